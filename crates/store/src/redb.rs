@@ -1,0 +1,639 @@
+//! The embedded backend on redb, a crash-safe copy-on-write B-tree.
+//!
+//! Layout follows etcd's MVCC: every write is a record keyed by its revision, and an index maps
+//! each live key to its latest revision. Compaction deletes records that a later record (at or
+//! below the compaction point) superseded, so history after the compaction point stays complete.
+//!
+//! All writes go through one writer thread that takes whatever requests are queued, applies
+//! them in one redb transaction and commits once: concurrent writers share one fsync (group
+//! commit). A write is acknowledged only after its commit is durable.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+use tracing::{debug, error};
+
+use crate::hub::{History, Hub};
+use crate::{
+    Event, EventKind, KeyValue, Op, Revision, Store, StoreError, TxnResult, WatchStream, apply_op,
+    check_condition, check_unique_keys,
+};
+
+/// revision -> encoded record (see `Record`).
+const REVS: TableDefinition<u64, &[u8]> = TableDefinition::new("revs");
+/// live key -> (mod revision, create revision, version).
+const INDEX: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("index");
+/// bookkeeping: current revision, compaction point, compaction progress.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+/// Records below this revision have been visited by compaction.
+const META_COMPACT_DONE: &str = "compact_done";
+
+/// Upper bound on requests applied in one commit.
+const MAX_BATCH: usize = 1024;
+/// Records visited per compaction step, so compaction never stalls writers for long.
+const COMPACT_STEP: u64 = 4096;
+
+const KIND_PUT: u8 = 0;
+const KIND_DELETE: u8 = 1;
+const HEADER: usize = 1 + 8 + 8 + 8 + 4;
+
+/// One history record, as stored under its revision.
+struct Record<'a> {
+    kind: u8,
+    create_revision: Revision,
+    version: u64,
+    /// The key's previous mod revision, 0 if it did not exist.
+    prev_revision: Revision,
+    key: &'a str,
+    value: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + self.key.len() + self.value.len());
+        out.push(self.kind);
+        out.extend_from_slice(&self.create_revision.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.prev_revision.to_le_bytes());
+        out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.key.as_bytes());
+        out.extend_from_slice(self.value);
+        out
+    }
+
+    fn decode(bytes: &'a [u8]) -> Result<Record<'a>, StoreError> {
+        let corrupt = || StoreError::backend(CorruptRecord);
+        if bytes.len() < HEADER {
+            return Err(corrupt());
+        }
+        let u64_at = |at: usize| {
+            u64::from_le_bytes(bytes[at..at + 8].try_into().expect("slice of length 8"))
+        };
+        let key_len =
+            u32::from_le_bytes(bytes[25..29].try_into().expect("slice of length 4")) as usize;
+        if bytes.len() < HEADER + key_len {
+            return Err(corrupt());
+        }
+        let key = std::str::from_utf8(&bytes[HEADER..HEADER + key_len]).map_err(|_| corrupt())?;
+        Ok(Record {
+            kind: bytes[0],
+            create_revision: u64_at(1),
+            version: u64_at(9),
+            prev_revision: u64_at(17),
+            key,
+            value: &bytes[HEADER + key_len..],
+        })
+    }
+
+    fn key_value(&self, revision: Revision) -> KeyValue {
+        KeyValue {
+            key: self.key.to_string(),
+            value: Bytes::copy_from_slice(self.value),
+            create_revision: self.create_revision,
+            mod_revision: revision,
+            version: self.version,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt history record")]
+struct CorruptRecord;
+
+enum Request {
+    Txn {
+        ops: Vec<Op>,
+        reply: oneshot::Sender<Result<TxnResult, StoreError>>,
+    },
+    Compact {
+        revision: Revision,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+struct Inner {
+    db: Database,
+    revision: AtomicU64,
+    compacted: AtomicU64,
+    hub: Hub,
+}
+
+/// A [`Store`] in one redb file.
+#[derive(Clone)]
+pub struct RedbStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inner: Arc<Inner>,
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Shared {
+    /// With the last handle gone, let the writer finish what is queued and stop, so that the
+    /// file can be opened again at once.
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl RedbStore {
+    /// Open or create the store at `path`. `cache_bytes` bounds redb's page cache.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbStore, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(StoreError::backend)?;
+        let (revision, compacted, compact_done) = {
+            let wtx = db.begin_write().map_err(StoreError::backend)?;
+            let meta = {
+                // Create every table up front so that readers never find one missing.
+                wtx.open_table(REVS).map_err(StoreError::backend)?;
+                wtx.open_table(INDEX).map_err(StoreError::backend)?;
+                let meta = wtx.open_table(META).map_err(StoreError::backend)?;
+                let get = |k| -> Result<u64, StoreError> {
+                    Ok(meta
+                        .get(k)
+                        .map_err(StoreError::backend)?
+                        .map_or(0, |v| v.value()))
+                };
+                (
+                    get(META_REVISION)?,
+                    get(META_COMPACTED)?,
+                    get(META_COMPACT_DONE)?,
+                )
+            };
+            wtx.commit().map_err(StoreError::backend)?;
+            meta
+        };
+        debug!(revision, compacted, "opened store");
+        let inner = Arc::new(Inner {
+            db,
+            revision: AtomicU64::new(revision),
+            compacted: AtomicU64::new(compacted),
+            hub: Hub::new(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            inner: inner.clone(),
+            requests: rx,
+            compaction: (compact_done < compacted).then_some(Compaction {
+                target: compacted,
+                next: compact_done,
+            }),
+        };
+        let writer = thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StoreError::backend)?;
+        Ok(RedbStore {
+            shared: Arc::new(Shared {
+                inner,
+                requests: Some(tx),
+                writer: Some(writer),
+            }),
+        })
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .requests
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(make(reply))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.shared.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(StoreError::backend)?
+    }
+}
+
+fn lookup(
+    index: &impl ReadableTable<&'static str, (u64, u64, u64)>,
+    revs: &impl ReadableTable<u64, &'static [u8]>,
+    key: &str,
+) -> Result<Option<KeyValue>, StoreError> {
+    let Some(entry) = index.get(key).map_err(StoreError::backend)? else {
+        return Ok(None);
+    };
+    let (mod_revision, _, _) = entry.value();
+    load(revs, mod_revision)
+}
+
+fn load(
+    revs: &impl ReadableTable<u64, &'static [u8]>,
+    revision: Revision,
+) -> Result<Option<KeyValue>, StoreError> {
+    let Some(raw) = revs.get(revision).map_err(StoreError::backend)? else {
+        return Ok(None);
+    };
+    let bytes = raw.value();
+    Ok(Some(Record::decode(bytes)?.key_value(revision)))
+}
+
+impl History for Inner {
+    fn history(
+        &self,
+        prefix: &str,
+        after: Revision,
+        upto: Revision,
+        limit: usize,
+    ) -> Result<(Vec<Event>, Revision), StoreError> {
+        let rtx = self.db.begin_read().map_err(StoreError::backend)?;
+        let meta = rtx.open_table(META).map_err(StoreError::backend)?;
+        // Compaction records its target in the same commit as its first deletion, so a snapshot
+        // that misses any record of the range also shows a compaction point above `after`.
+        let compacted = meta
+            .get(META_COMPACTED)
+            .map_err(StoreError::backend)?
+            .map_or(0, |v| v.value());
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        let revs = rtx.open_table(REVS).map_err(StoreError::backend)?;
+        let mut events = Vec::new();
+        for item in revs.range(after + 1..=upto).map_err(StoreError::backend)? {
+            let (rev, raw) = item.map_err(StoreError::backend)?;
+            let revision = rev.value();
+            let record = Record::decode(raw.value())?;
+            if !record.key.starts_with(prefix) {
+                continue;
+            }
+            let prev = if record.prev_revision > 0 {
+                load(&revs, record.prev_revision)?
+            } else {
+                None
+            };
+            let kind = if record.kind == KIND_DELETE {
+                EventKind::Delete
+            } else {
+                EventKind::Put
+            };
+            events.push(Event {
+                kind,
+                kv: record.key_value(revision),
+                prev,
+            });
+            if events.len() == limit {
+                return Ok((events, revision));
+            }
+        }
+        Ok((events, upto))
+    }
+
+    fn current(&self) -> Revision {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    fn compacted(&self) -> Revision {
+        self.compacted.load(Ordering::Acquire)
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let key = key.to_string();
+        self.read(move |inner| {
+            let rtx = inner.db.begin_read().map_err(StoreError::backend)?;
+            let index = rtx.open_table(INDEX).map_err(StoreError::backend)?;
+            let revs = rtx.open_table(REVS).map_err(StoreError::backend)?;
+            lookup(&index, &revs, &key)
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let prefix = prefix.to_string();
+        self.read(move |inner| {
+            let rtx = inner.db.begin_read().map_err(StoreError::backend)?;
+            let index = rtx.open_table(INDEX).map_err(StoreError::backend)?;
+            let revs = rtx.open_table(REVS).map_err(StoreError::backend)?;
+            let meta = rtx.open_table(META).map_err(StoreError::backend)?;
+            let revision = meta
+                .get(META_REVISION)
+                .map_err(StoreError::backend)?
+                .map_or(0, |v| v.value());
+            let mut kvs = Vec::new();
+            for item in index
+                .range(prefix.as_str()..)
+                .map_err(StoreError::backend)?
+            {
+                let (key, entry) = item.map_err(StoreError::backend)?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                let (mod_revision, _, _) = entry.value();
+                if let Some(kv) = load(&revs, mod_revision)? {
+                    kvs.push(kv);
+                }
+            }
+            Ok((kvs, revision))
+        })
+        .await
+    }
+
+    async fn txn(&self, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
+        check_unique_keys(&ops)?;
+        self.request(|reply| Request::Txn { ops, reply }).await
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        let inner = self.shared.inner.clone();
+        inner.hub.watch(inner.clone(), prefix, after)
+    }
+
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.shared.inner.current())
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.request(|reply| Request::Compact { revision, reply })
+            .await
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.shared.inner.compacted())
+    }
+}
+
+struct Compaction {
+    target: Revision,
+    /// Records below this have been visited.
+    next: Revision,
+}
+
+struct Writer {
+    inner: Arc<Inner>,
+    requests: mpsc::Receiver<Request>,
+    compaction: Option<Compaction>,
+}
+
+/// A transaction request whose conditions held, waiting for the batch to commit.
+struct Applied {
+    events: Vec<Event>,
+    reply: oneshot::Sender<Result<TxnResult, StoreError>>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            // With compaction pending, do not sleep on the queue: interleave its steps.
+            let first = if self.compaction.is_some() {
+                match self.requests.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match self.requests.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => return,
+                }
+            };
+            if let Some(first) = first {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match self.requests.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                self.commit_batch(batch);
+            }
+            if self.compaction.is_some()
+                && let Err(e) = self.compact_step()
+            {
+                error!(error = %e, "compaction step failed; will retry");
+                thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Request>) {
+        let mut txns = Vec::with_capacity(batch.len());
+        for request in batch {
+            match request {
+                Request::Txn { ops, reply } => txns.push((ops, reply)),
+                Request::Compact { revision, reply } => {
+                    let _ = reply.send(self.start_compaction(revision));
+                }
+            }
+        }
+        if txns.is_empty() {
+            return;
+        }
+        let base = self.inner.current();
+        match self.apply(base, txns) {
+            Ok((revision, applied)) => {
+                self.inner.revision.store(revision, Ordering::Release);
+                let mut all = Vec::new();
+                let mut replies = Vec::with_capacity(applied.len());
+                for a in applied {
+                    let result = TxnResult {
+                        revision: a.events.last().map_or(revision, Event::revision),
+                        results: a.events.iter().map(Event::to_op_result).collect(),
+                    };
+                    all.extend(a.events);
+                    replies.push((a.reply, result));
+                }
+                // Publish before replying: a writer that reads its own write back through a
+                // watch-fed cache must find it there.
+                self.inner.hub.publish(all);
+                for (reply, result) in replies {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err((e, replies)) => {
+                error!(error = %e, "store commit failed");
+                let shared = Arc::new(e);
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(Box::new(SharedError(
+                        shared.clone(),
+                    )))));
+                }
+            }
+        }
+    }
+
+    /// Apply every transaction whose conditions hold in one redb commit. On a storage failure
+    /// nothing is committed and the replies of the applied transactions come back to the caller.
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &mut self,
+        base: Revision,
+        txns: Vec<(Vec<Op>, oneshot::Sender<Result<TxnResult, StoreError>>)>,
+    ) -> Result<
+        (Revision, Vec<Applied>),
+        (
+            StoreError,
+            Vec<oneshot::Sender<Result<TxnResult, StoreError>>>,
+        ),
+    > {
+        let mut applied: Vec<Applied> = Vec::with_capacity(txns.len());
+        let mut pending = txns.into_iter();
+        let mut revision = base;
+        let outcome: Result<(), StoreError> = (|| {
+            let wtx = self.inner.db.begin_write().map_err(StoreError::backend)?;
+            {
+                let mut revs = wtx.open_table(REVS).map_err(StoreError::backend)?;
+                let mut index = wtx.open_table(INDEX).map_err(StoreError::backend)?;
+                let mut meta = wtx.open_table(META).map_err(StoreError::backend)?;
+                for (ops, reply) in pending.by_ref() {
+                    let mut current = Vec::with_capacity(ops.len());
+                    let mut failed = None;
+                    for op in &ops {
+                        let kv = lookup(&index, &revs, op.key())?;
+                        if let Err(e) = check_condition(op, kv.as_ref()) {
+                            failed = Some(e);
+                            break;
+                        }
+                        current.push(kv);
+                    }
+                    if let Some(e) = failed {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                    let mut events = Vec::with_capacity(ops.len());
+                    for (op, prev) in ops.iter().zip(current) {
+                        revision += 1;
+                        let event = apply_op(op, prev.as_ref(), revision);
+                        let record = Record {
+                            kind: match event.kind {
+                                EventKind::Put => KIND_PUT,
+                                EventKind::Delete => KIND_DELETE,
+                            },
+                            create_revision: event.kv.create_revision,
+                            version: event.kv.version,
+                            prev_revision: prev.as_ref().map_or(0, |p| p.mod_revision),
+                            key: &event.kv.key,
+                            value: &event.kv.value,
+                        };
+                        revs.insert(revision, record.encode().as_slice())
+                            .map_err(StoreError::backend)?;
+                        match event.kind {
+                            EventKind::Put => {
+                                let entry = (revision, event.kv.create_revision, event.kv.version);
+                                index
+                                    .insert(event.kv.key.as_str(), entry)
+                                    .map_err(StoreError::backend)?;
+                            }
+                            EventKind::Delete => {
+                                index
+                                    .remove(event.kv.key.as_str())
+                                    .map_err(StoreError::backend)?;
+                            }
+                        }
+                        events.push(event);
+                    }
+                    applied.push(Applied { events, reply });
+                }
+                meta.insert(META_REVISION, revision)
+                    .map_err(StoreError::backend)?;
+            }
+            wtx.commit().map_err(StoreError::backend)?;
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => Ok((revision, applied)),
+            Err(e) => {
+                let mut replies: Vec<_> = applied.into_iter().map(|a| a.reply).collect();
+                replies.extend(pending.map(|(_, reply)| reply));
+                Err((e, replies))
+            }
+        }
+    }
+
+    fn start_compaction(&mut self, target: Revision) -> Result<(), StoreError> {
+        let target = target.min(self.inner.current());
+        if target <= self.inner.compacted() {
+            return Ok(());
+        }
+        let next = self
+            .compaction
+            .as_ref()
+            .map_or(self.inner.compacted() + 1, |c| c.next);
+        let wtx = self.inner.db.begin_write().map_err(StoreError::backend)?;
+        {
+            let mut meta = wtx.open_table(META).map_err(StoreError::backend)?;
+            meta.insert(META_COMPACTED, target)
+                .map_err(StoreError::backend)?;
+        }
+        wtx.commit().map_err(StoreError::backend)?;
+        self.inner.compacted.store(target, Ordering::Release);
+        self.compaction = Some(Compaction { target, next });
+        debug!(target, "compaction started");
+        Ok(())
+    }
+
+    /// Visit the next records up to the compaction target, deleting superseded ones.
+    fn compact_step(&mut self) -> Result<(), StoreError> {
+        let Some(job) = self.compaction.as_mut() else {
+            return Ok(());
+        };
+        let end = job.target.min(job.next + COMPACT_STEP - 1);
+        let wtx = self.inner.db.begin_write().map_err(StoreError::backend)?;
+        {
+            let mut revs = wtx.open_table(REVS).map_err(StoreError::backend)?;
+            let mut doomed = Vec::new();
+            for item in revs.range(job.next..=end).map_err(StoreError::backend)? {
+                let (rev, raw) = item.map_err(StoreError::backend)?;
+                let record = Record::decode(raw.value())?;
+                // This record supersedes its predecessor, which is at or below the target.
+                if record.prev_revision > 0 {
+                    doomed.push(record.prev_revision);
+                }
+                // A deletion at or below the target leaves nothing of the key to keep.
+                if record.kind == KIND_DELETE {
+                    doomed.push(rev.value());
+                }
+            }
+            for rev in doomed {
+                revs.remove(rev).map_err(StoreError::backend)?;
+            }
+            let mut meta = wtx.open_table(META).map_err(StoreError::backend)?;
+            meta.insert(META_COMPACT_DONE, end + 1)
+                .map_err(StoreError::backend)?;
+        }
+        wtx.commit().map_err(StoreError::backend)?;
+        job.next = end + 1;
+        if job.next > job.target {
+            debug!(target = job.target, "compaction finished");
+            self.compaction = None;
+        }
+        Ok(())
+    }
+}
+
+/// One commit failure reported to every request of the batch.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct SharedError(Arc<StoreError>);
