@@ -1,0 +1,18 @@
+//! Kubernetes' API objects and the pure logic around them: which resources exist, how objects
+//! are defaulted and validated, selectors, quantities, cron schedules and patches. No IO, no
+//! async: everything here is plain data in, plain data out.
+
+pub mod cron;
+pub mod errors;
+pub mod kinds;
+pub mod names;
+pub mod patch;
+pub mod quantity;
+pub mod resources;
+pub mod selector;
+
+pub use k8s_openapi;
+pub use resources::Resource;
+
+/// The Kubernetes version whose API berth serves.
+pub const KUBERNETES_VERSION: (u32, u32, u32) = (1, 33, 0);

@@ -1,0 +1,549 @@
+//! The registry of served resources: names, scope, subresources and the kind rules behind each.
+//! Discovery, routing, storage keys and `kubectl get all` all read from this one table.
+
+use std::sync::LazyLock;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+};
+use serde_json::Value;
+
+use crate::kinds::{KindOps, ops};
+use crate::names::NameRule;
+
+/// A field a `fieldSelector` may name, and where its value lives in the object.
+#[derive(Debug)]
+pub struct FieldLabel {
+    pub label: &'static str,
+    pub path: &'static [&'static str],
+    /// The value a missing field selects as (booleans read "false" when unset).
+    pub absent: &'static str,
+}
+
+const fn field(label: &'static str, path: &'static [&'static str]) -> FieldLabel {
+    FieldLabel {
+        label,
+        path,
+        absent: "",
+    }
+}
+
+const fn bool_field(label: &'static str, path: &'static [&'static str]) -> FieldLabel {
+    FieldLabel {
+        label,
+        path,
+        absent: "false",
+    }
+}
+
+pub struct Resource {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Has a `status` subresource: the main resource cannot write status, and vice versa.
+    pub status: bool,
+    /// Has a `scale` subresource backed by `spec.replicas`.
+    pub scale: bool,
+    pub name_rule: NameRule,
+    /// `metadata.generation` counts spec changes.
+    pub generation: bool,
+    /// Clients may not set status on create (everything but nodes, whose agent reports it).
+    pub reset_status_on_create: bool,
+    pub field_labels: &'static [FieldLabel],
+    pub ops: &'static dyn KindOps,
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resource({}/{})", self.group_version(), self.plural)
+    }
+}
+
+impl Resource {
+    /// `v1` or `apps/v1`.
+    pub fn group_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The storage prefix under which every object of this resource lives.
+    pub fn key_prefix(&self) -> String {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
+        format!("/registry/{group}/{}/", self.plural)
+    }
+
+    /// The storage key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/{name}", self.key_prefix()),
+            _ => format!("{}{name}", self.key_prefix()),
+        }
+    }
+
+    /// The storage prefix of one namespace's objects (or all, for `None`).
+    pub fn namespace_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/", self.key_prefix()),
+            _ => self.key_prefix(),
+        }
+    }
+
+    /// `deployments.apps`, the form kubectl prints in `deployment.apps/web`.
+    pub fn group_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    pub fn list_kind(&self) -> String {
+        format!("{}List", self.kind)
+    }
+
+    pub fn supported_fields(&self) -> Vec<&'static str> {
+        let mut out = vec!["metadata.name", "metadata.namespace"];
+        out.extend(self.field_labels.iter().map(|f| f.label));
+        out
+    }
+
+    /// Every selectable field of `obj` with its value, for field selectors.
+    pub fn field_values(&self, obj: &Value) -> Vec<(&'static str, String)> {
+        let meta = &obj["metadata"];
+        let mut out = vec![
+            (
+                "metadata.name",
+                meta["name"].as_str().unwrap_or("").to_string(),
+            ),
+            (
+                "metadata.namespace",
+                meta["namespace"].as_str().unwrap_or("").to_string(),
+            ),
+        ];
+        for f in self.field_labels {
+            let mut v = obj;
+            for p in f.path {
+                v = &v[*p];
+            }
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Bool(b) => b.to_string(),
+                Value::Number(n) => n.to_string(),
+                _ => f.absent.to_string(),
+            };
+            out.push((f.label, s));
+        }
+        out
+    }
+}
+
+const ALL: &[&str] = &["all"];
+const NONE: &[&str] = &[];
+
+static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
+    vec![
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "Namespace",
+            plural: "namespaces",
+            singular: "namespace",
+            namespaced: false,
+            short_names: &["ns"],
+            categories: NONE,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Label,
+            generation: false,
+            reset_status_on_create: true,
+            field_labels: const { &[field("status.phase", &["status", "phase"])] },
+            ops: ops::<Namespace>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "Pod",
+            plural: "pods",
+            singular: "pod",
+            namespaced: true,
+            short_names: &["po"],
+            categories: ALL,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: true,
+            field_labels: const {
+                &[
+                    field("spec.nodeName", &["spec", "nodeName"]),
+                    field("spec.restartPolicy", &["spec", "restartPolicy"]),
+                    field("spec.schedulerName", &["spec", "schedulerName"]),
+                    field("spec.serviceAccountName", &["spec", "serviceAccountName"]),
+                    bool_field("spec.hostNetwork", &["spec", "hostNetwork"]),
+                    field("status.phase", &["status", "phase"]),
+                    field("status.podIP", &["status", "podIP"]),
+                    field("status.nominatedNodeName", &["status", "nominatedNodeName"]),
+                ]
+            },
+            ops: ops::<Pod>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "Node",
+            plural: "nodes",
+            singular: "node",
+            namespaced: false,
+            short_names: &["no"],
+            categories: NONE,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: const { &[bool_field("spec.unschedulable", &["spec", "unschedulable"])] },
+            ops: ops::<Node>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "Service",
+            plural: "services",
+            singular: "service",
+            namespaced: true,
+            short_names: &["svc"],
+            categories: ALL,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Dns1035Label,
+            generation: false,
+            reset_status_on_create: true,
+            field_labels: const {
+                &[
+                    field("spec.clusterIP", &["spec", "clusterIP"]),
+                    field("spec.type", &["spec", "type"]),
+                ]
+            },
+            ops: ops::<Service>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "Endpoints",
+            plural: "endpoints",
+            singular: "endpoints",
+            namespaced: true,
+            short_names: &["ep"],
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: &[],
+            ops: ops::<Endpoints>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "ConfigMap",
+            plural: "configmaps",
+            singular: "configmap",
+            namespaced: true,
+            short_names: &["cm"],
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: &[],
+            ops: ops::<ConfigMap>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "Secret",
+            plural: "secrets",
+            singular: "secret",
+            namespaced: true,
+            short_names: NONE,
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: const { &[field("type", &["type"])] },
+            ops: ops::<Secret>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "ServiceAccount",
+            plural: "serviceaccounts",
+            singular: "serviceaccount",
+            namespaced: true,
+            short_names: &["sa"],
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: &[],
+            ops: ops::<ServiceAccount>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "Event",
+            plural: "events",
+            singular: "event",
+            namespaced: true,
+            short_names: &["ev"],
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: const {
+                &[
+                    field("involvedObject.kind", &["involvedObject", "kind"]),
+                    field("involvedObject.namespace", &["involvedObject", "namespace"]),
+                    field("involvedObject.name", &["involvedObject", "name"]),
+                    field("involvedObject.uid", &["involvedObject", "uid"]),
+                    field(
+                        "involvedObject.apiVersion",
+                        &["involvedObject", "apiVersion"],
+                    ),
+                    field(
+                        "involvedObject.resourceVersion",
+                        &["involvedObject", "resourceVersion"],
+                    ),
+                    field("involvedObject.fieldPath", &["involvedObject", "fieldPath"]),
+                    field("reason", &["reason"]),
+                    field("reportingComponent", &["reportingComponent"]),
+                    field("source", &["source", "component"]),
+                    field("type", &["type"]),
+                ]
+            },
+            ops: ops::<Event>(),
+        },
+        Resource {
+            group: "apps",
+            version: "v1",
+            kind: "Deployment",
+            plural: "deployments",
+            singular: "deployment",
+            namespaced: true,
+            short_names: &["deploy"],
+            categories: ALL,
+            status: true,
+            scale: true,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            field_labels: &[],
+            ops: ops::<Deployment>(),
+        },
+        Resource {
+            group: "apps",
+            version: "v1",
+            kind: "ReplicaSet",
+            plural: "replicasets",
+            singular: "replicaset",
+            namespaced: true,
+            short_names: &["rs"],
+            categories: ALL,
+            status: true,
+            scale: true,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            field_labels: const { &[field("status.replicas", &["status", "replicas"])] },
+            ops: ops::<ReplicaSet>(),
+        },
+        Resource {
+            group: "apps",
+            version: "v1",
+            kind: "DaemonSet",
+            plural: "daemonsets",
+            singular: "daemonset",
+            namespaced: true,
+            short_names: &["ds"],
+            categories: ALL,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            field_labels: &[],
+            ops: ops::<DaemonSet>(),
+        },
+        Resource {
+            group: "apps",
+            version: "v1",
+            kind: "StatefulSet",
+            plural: "statefulsets",
+            singular: "statefulset",
+            namespaced: true,
+            short_names: &["sts"],
+            categories: ALL,
+            status: true,
+            scale: true,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            field_labels: &[],
+            ops: ops::<StatefulSet>(),
+        },
+        Resource {
+            group: "batch",
+            version: "v1",
+            kind: "Job",
+            plural: "jobs",
+            singular: "job",
+            namespaced: true,
+            short_names: NONE,
+            categories: ALL,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            field_labels: const { &[field("status.successful", &["status", "succeeded"])] },
+            ops: ops::<Job>(),
+        },
+        Resource {
+            group: "batch",
+            version: "v1",
+            kind: "CronJob",
+            plural: "cronjobs",
+            singular: "cronjob",
+            namespaced: true,
+            short_names: &["cj"],
+            categories: ALL,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            field_labels: &[],
+            ops: ops::<CronJob>(),
+        },
+        Resource {
+            group: "coordination.k8s.io",
+            version: "v1",
+            kind: "Lease",
+            plural: "leases",
+            singular: "lease",
+            namespaced: true,
+            short_names: NONE,
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: &[],
+            ops: ops::<Lease>(),
+        },
+    ]
+});
+
+/// Every served resource, in discovery order.
+pub fn all() -> &'static [Resource] {
+    &RESOURCES
+}
+
+/// The resource served at `group/version/plural`.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    all()
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The resource of a kind, as named by `apiVersion` and `kind` in an object.
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
+    all()
+        .iter()
+        .find(|r| r.kind == kind && r.group_version() == api_version)
+}
+
+/// The API groups in discovery order, each with its versions.
+pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for r in all() {
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) => {
+                if !versions.contains(&r.version) {
+                    versions.push(r.version);
+                }
+            }
+            None => out.push((r.group, vec![r.version])),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn registry_is_consistent() {
+        let mut seen = std::collections::HashSet::new();
+        for r in all() {
+            assert!(seen.insert(r.key_prefix()), "{r:?} shares a storage prefix");
+            assert_eq!(
+                find(r.group, r.version, r.plural).map(|f| f.kind),
+                Some(r.kind)
+            );
+            assert_eq!(
+                by_kind(&r.group_version(), r.kind).map(|f| f.plural),
+                Some(r.plural)
+            );
+        }
+        assert_eq!(groups()[0], ("", vec!["v1"]));
+        assert!(groups().iter().any(|(g, _)| *g == "apps"));
+    }
+
+    #[test]
+    fn field_values_read_paths() {
+        let pods = find("", "v1", "pods").unwrap();
+        let pod = json!({"metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
+        let values = pods.field_values(&pod);
+        let get = |k: &str| {
+            values
+                .iter()
+                .find(|(f, _)| *f == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("metadata.name"), Some("p"));
+        assert_eq!(get("spec.nodeName"), Some("n1"));
+        assert_eq!(get("status.phase"), Some("Running"));
+        assert_eq!(get("spec.hostNetwork"), Some("false"));
+        assert_eq!(pods.key(Some("ns"), "p"), "/registry/core/pods/ns/p");
+        let nodes = find("", "v1", "nodes").unwrap();
+        assert_eq!(nodes.key(None, "n1"), "/registry/core/nodes/n1");
+    }
+}
