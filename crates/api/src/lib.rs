@@ -7,6 +7,7 @@ pub mod errors;
 pub mod kinds;
 pub mod names;
 pub mod patch;
+pub mod proto;
 pub mod quantity;
 pub mod resources;
 pub mod selector;

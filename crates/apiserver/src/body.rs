@@ -1,0 +1,106 @@
+//! Response bodies: a whole buffer, a list of shared chunks (lists served straight from cached
+//! object bytes, without copying), or a stream fed by a task (watch, logs).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::mpsc;
+
+/// The body of every response the API server produces.
+pub struct Body {
+    kind: Kind,
+}
+
+enum Kind {
+    Chunks { chunks: VecDeque<Bytes>, len: u64 },
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body::chunks(Vec::new())
+    }
+
+    pub fn from_bytes(b: impl Into<Bytes>) -> Body {
+        Body::chunks(vec![b.into()])
+    }
+
+    /// A body made of chunks whose total length is known up front.
+    pub fn chunks(chunks: Vec<Bytes>) -> Body {
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        Body {
+            kind: Kind::Chunks {
+                chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
+                len,
+            },
+        }
+    }
+
+    /// A streaming body and the sender that feeds it. The body ends when the sender drops;
+    /// `Sender::closed` tells the feeding task that the client went away.
+    pub fn channel(capacity: usize) -> (mpsc::Sender<Bytes>, Body) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            tx,
+            Body {
+                kind: Kind::Stream(rx),
+            },
+        )
+    }
+
+    /// Read the whole body (for the in-process client and tests).
+    pub async fn collect(self) -> Bytes {
+        match self.kind {
+            Kind::Chunks { chunks, .. } => {
+                let mut out = bytes::BytesMut::new();
+                for c in chunks {
+                    out.extend_from_slice(&c);
+                }
+                out.freeze()
+            }
+            Kind::Stream(mut rx) => {
+                let mut out = bytes::BytesMut::new();
+                while let Some(c) = rx.recv().await {
+                    out.extend_from_slice(&c);
+                }
+                out.freeze()
+            }
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut self.kind {
+            Kind::Chunks { chunks, len } => match chunks.pop_front() {
+                Some(c) => {
+                    *len -= c.len() as u64;
+                    Poll::Ready(Some(Ok(Frame::data(c))))
+                }
+                None => Poll::Ready(None),
+            },
+            Kind::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(&self.kind, Kind::Chunks { chunks, .. } if chunks.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Chunks { len, .. } => SizeHint::with_exact(*len),
+            Kind::Stream(_) => SizeHint::default(),
+        }
+    }
+}

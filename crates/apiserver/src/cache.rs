@@ -1,0 +1,683 @@
+//! The watch cache: every read the API server serves comes from here.
+//!
+//! One dispatcher follows the store's changes in revision order and applies them to a
+//! per-resource map of decoded entries. Each entry keeps its JSON (with `resourceVersion`
+//! set), labels, selectable fields and table cells, computed once per write, so that lists are
+//! concatenations of shared bytes. A bounded history of recent events lets watchers resume from
+//! an older revision; persistent maps make a list snapshot free, so paginated lists stay
+//! consistent at their first page's revision.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use api::Resource;
+use api::selector::{FieldSelector, LabelSelectorExpr};
+use bytes::Bytes;
+use imbl::OrdMap;
+use serde_json::Value;
+use store::{EventKind, KeyValue, Revision, Store, StoreError};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::errors::ApiError;
+use crate::table::{self, Cell};
+
+/// Events kept per resource for watchers that resume from an older revision.
+const HISTORY: usize = 10_000;
+/// Revisions of store history loaded into the cache's history at startup, so that clients can
+/// resume their watches across an API server restart.
+const PREFILL: Revision = 10_000;
+/// Messages a watcher may fall behind before it is closed.
+const WATCHER_BACKLOG: usize = 4096;
+/// How long a list snapshot is kept for `continue` tokens.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(300);
+const SNAPSHOTS_KEPT: usize = 16;
+
+/// One object as the cache holds it.
+#[derive(Debug)]
+pub struct Entry {
+    /// `namespace/name`, or `name` for cluster-scoped objects.
+    pub key: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub uid: String,
+    pub rev: Revision,
+    /// The object's JSON with `metadata.resourceVersion` set.
+    pub json: Bytes,
+    pub labels: BTreeMap<String, String>,
+    pub fields: Vec<(&'static str, String)>,
+    pub cells: Vec<Cell>,
+    /// `PartialObjectMetadata`, the default `object` of a table row.
+    pub meta: Bytes,
+}
+
+impl Entry {
+    pub fn build(resource: &Resource, mut obj: Value, rev: Revision) -> Entry {
+        obj["metadata"]["resourceVersion"] = Value::String(rev.to_string());
+        let meta = &obj["metadata"];
+        let namespace = meta["namespace"].as_str().map(str::to_string);
+        let name = meta["name"].as_str().unwrap_or_default().to_string();
+        let key = match &namespace {
+            Some(ns) if resource.namespaced => format!("{ns}/{name}"),
+            _ => name.clone(),
+        };
+        Entry {
+            key,
+            namespace,
+            uid: meta["uid"].as_str().unwrap_or_default().to_string(),
+            name,
+            rev,
+            labels: table::labels_of(&obj),
+            fields: resource.field_values(&obj),
+            cells: table::cells(resource.kind, &obj),
+            meta: Bytes::from(table::partial_metadata(&obj).to_string()),
+            json: Bytes::from(obj.to_string()),
+        }
+    }
+
+    /// The object, decoded again (writes start from it).
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(f, _)| *f == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The same object at a later revision: how a deletion is reported.
+    fn at(&self, resource: &Resource, rev: Revision) -> Entry {
+        Entry::build(resource, self.value(), rev)
+    }
+}
+
+/// Which objects a list or watch wants.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub namespace: Option<String>,
+    pub labels: LabelSelectorExpr,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &Entry) -> bool {
+        if let Some(ns) = &self.namespace
+            && e.namespace.as_deref() != Some(ns.as_str())
+        {
+            return false;
+        }
+        self.labels.matches(&e.labels) && self.fields.matches(|f| e.field(f))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change of one resource, as the cache saw it.
+#[derive(Debug)]
+pub struct CacheEvent {
+    pub rev: Revision,
+    pub ty: EventType,
+    /// The object after the change; for a deletion, its last state at the deletion's revision.
+    pub obj: Arc<Entry>,
+    pub prev: Option<Arc<Entry>>,
+}
+
+impl CacheEvent {
+    /// How this change looks through a filter: objects moving into the filter are added,
+    /// objects moving out are deleted.
+    fn through(&self, f: &Filter) -> Option<EventType> {
+        let now = f.matches(&self.obj);
+        let before = self.prev.as_ref().is_some_and(|p| f.matches(p));
+        match (self.ty, before, now) {
+            (EventType::Deleted, _, true) => Some(EventType::Deleted),
+            (EventType::Deleted, _, false) => None,
+            (_, false, true) => Some(EventType::Added),
+            (_, true, true) => Some(EventType::Modified),
+            (_, true, false) => Some(EventType::Deleted),
+            (_, false, false) => None,
+        }
+    }
+}
+
+/// What a watcher receives.
+#[derive(Debug)]
+pub enum WatchMsg {
+    Event(EventType, Arc<Entry>),
+    /// Progress: everything up to this revision has been sent. The flag marks the end of the
+    /// initial events of a `sendInitialEvents` watch.
+    Bookmark(Revision, bool),
+}
+
+struct Watcher {
+    tx: mpsc::Sender<WatchMsg>,
+    filter: Arc<Filter>,
+    bookmarks: bool,
+}
+
+struct State {
+    items: OrdMap<String, Arc<Entry>>,
+    /// Revision of the last event applied to this resource.
+    rev: Revision,
+    history: VecDeque<Arc<CacheEvent>>,
+    /// Every event of this resource after this revision is in `history`.
+    history_start: Revision,
+    watchers: Vec<Watcher>,
+}
+
+/// A consistent view of one resource at one revision.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub items: OrdMap<String, Arc<Entry>>,
+    pub rev: Revision,
+}
+
+/// Where a watch starts.
+#[derive(Clone, Copy, Debug)]
+pub enum WatchFrom {
+    /// Synthetic ADDED events for everything that exists now, then changes.
+    Now { initial_events_end: bool },
+    /// Changes after this revision.
+    After(Revision),
+}
+
+pub struct ResourceCache {
+    pub resource: &'static Resource,
+    state: RwLock<State>,
+    snapshots: Mutex<VecDeque<(Snapshot, Instant)>>,
+}
+
+impl ResourceCache {
+    fn new(resource: &'static Resource, rev: Revision) -> ResourceCache {
+        ResourceCache {
+            resource,
+            state: RwLock::new(State {
+                items: OrdMap::new(),
+                rev,
+                history: VecDeque::new(),
+                history_start: rev,
+                watchers: Vec::new(),
+            }),
+            snapshots: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The revision this resource's view is at, given the dispatcher's progress.
+    fn view_rev(st: &State, synced: Revision) -> Revision {
+        st.rev.max(synced)
+    }
+
+    pub fn snapshot(&self, synced: Revision) -> Snapshot {
+        let st = self.read();
+        Snapshot {
+            items: st.items.clone(),
+            rev: Self::view_rev(&st, synced),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.read().items.get(key).cloned()
+    }
+
+    /// Keep a snapshot for the `continue` token of a paginated list.
+    pub fn keep_snapshot(&self, snap: &Snapshot) {
+        let mut kept = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.iter().any(|(s, _)| s.rev == snap.rev) {
+            return;
+        }
+        kept.retain(|(_, at)| at.elapsed() < SNAPSHOT_TTL);
+        if kept.len() >= SNAPSHOTS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((snap.clone(), Instant::now()));
+    }
+
+    pub fn kept_snapshot(&self, rev: Revision) -> Option<Snapshot> {
+        let kept = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter()
+            .find(|(s, at)| s.rev == rev && at.elapsed() < SNAPSHOT_TTL)
+            .map(|(s, _)| s.clone())
+    }
+
+    /// Register a watcher. Returns the messages to send first and the channel of the rest.
+    pub fn watch(
+        &self,
+        filter: Filter,
+        from: WatchFrom,
+        bookmarks: bool,
+        synced: Revision,
+    ) -> Result<(Vec<WatchMsg>, mpsc::Receiver<WatchMsg>), ApiError> {
+        let filter = Arc::new(filter);
+        let mut st = self.write();
+        let mut initial = Vec::new();
+        match from {
+            WatchFrom::Now { initial_events_end } => {
+                for e in st.items.values() {
+                    if filter.matches(e) {
+                        initial.push(WatchMsg::Event(EventType::Added, e.clone()));
+                    }
+                }
+                if initial_events_end {
+                    initial.push(WatchMsg::Bookmark(Self::view_rev(&st, synced), true));
+                }
+            }
+            WatchFrom::After(rev) => {
+                if rev < st.history_start {
+                    return Err(ApiError::gone(format!(
+                        "too old resource version: {rev} ({})",
+                        st.history_start + 1
+                    )));
+                }
+                let start = st.history.partition_point(|e| e.rev <= rev);
+                for ev in st.history.range(start..) {
+                    if let Some(ty) = ev.through(&filter) {
+                        initial.push(WatchMsg::Event(ty, ev.obj.clone()));
+                    }
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel(WATCHER_BACKLOG);
+        st.watchers.push(Watcher {
+            tx,
+            filter,
+            bookmarks,
+        });
+        Ok((initial, rx))
+    }
+
+    fn apply(&self, ev: Arc<CacheEvent>) {
+        let mut st = self.write();
+        match ev.ty {
+            EventType::Deleted => {
+                st.items.remove(&ev.obj.key);
+            }
+            _ => {
+                st.items.insert(ev.obj.key.clone(), ev.obj.clone());
+            }
+        }
+        st.rev = ev.rev;
+        st.watchers.retain(|w| {
+            let Some(ty) = ev.through(&w.filter) else {
+                return !w.tx.is_closed();
+            };
+            match w.tx.try_send(WatchMsg::Event(ty, ev.obj.clone())) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(
+                        resource = self.resource.plural,
+                        "closing a watcher that fell too far behind"
+                    );
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        push_history(&mut st, ev);
+    }
+
+    fn bookmark(&self, synced: Revision) {
+        let mut st = self.write();
+        let rev = Self::view_rev(&st, synced);
+        st.watchers.retain(|w| {
+            if !w.bookmarks {
+                return !w.tx.is_closed();
+            }
+            !matches!(
+                w.tx.try_send(WatchMsg::Bookmark(rev, false)),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        });
+    }
+
+    /// Replace the whole view after the cache lost track of the store; watchers must relist.
+    fn reset(&self, items: OrdMap<String, Arc<Entry>>, rev: Revision) {
+        let mut st = self.write();
+        st.items = items;
+        st.rev = rev;
+        st.history.clear();
+        st.history_start = rev;
+        st.watchers.clear();
+    }
+
+    pub fn watcher_count(&self) -> usize {
+        self.read().watchers.len()
+    }
+}
+
+fn push_history(st: &mut State, ev: Arc<CacheEvent>) {
+    st.history.push_back(ev);
+    while st.history.len() > HISTORY {
+        if let Some(old) = st.history.pop_front() {
+            st.history_start = old.rev;
+        }
+    }
+}
+
+pub struct Cache {
+    store: Arc<dyn Store>,
+    resources: Vec<Arc<ResourceCache>>,
+    /// Key prefix (`/registry/group/plural/`) to index in `resources`.
+    by_prefix: HashMap<String, usize>,
+    synced: watch::Sender<Revision>,
+}
+
+/// The resource prefix of a storage key: `/registry/apps/deployments/ns/x` ->
+/// `/registry/apps/deployments/`.
+fn prefix_of(key: &str) -> Option<&str> {
+    let mut slashes = key.match_indices('/').map(|(i, _)| i);
+    let end = slashes.nth(3)?;
+    Some(&key[..=end])
+}
+
+impl Cache {
+    /// Load everything from the store, then follow it.
+    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, StoreError> {
+        let started = Instant::now();
+        let (kvs, rev) = store.list("/registry/").await?;
+        let all = api::resources::all();
+        let mut by_prefix = HashMap::new();
+        let mut resources = Vec::new();
+        for (i, r) in all.iter().enumerate() {
+            by_prefix.insert(r.key_prefix(), i);
+            resources.push(Arc::new(ResourceCache::new(r, rev)));
+        }
+        let cache = Arc::new(Cache {
+            store: store.clone(),
+            resources,
+            by_prefix,
+            synced: watch::channel(rev).0,
+        });
+        let count = kvs.len();
+        for (i, items) in cache.build_items(kvs).into_iter().enumerate() {
+            cache.resources[i].write().items = items;
+        }
+        cache.prefill_history(rev).await;
+        info!(
+            objects = count,
+            revision = rev,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache loaded"
+        );
+        let dispatcher = cache.clone();
+        tokio::spawn(async move { dispatcher.follow(rev).await });
+        let ticker = cache.clone();
+        tokio::spawn(async move { ticker.bookmarks().await });
+        Ok(cache)
+    }
+
+    fn build_items(&self, kvs: Vec<KeyValue>) -> Vec<OrdMap<String, Arc<Entry>>> {
+        let mut items = vec![OrdMap::new(); self.resources.len()];
+        for kv in kvs {
+            let Some(i) = prefix_of(&kv.key).and_then(|p| self.by_prefix.get(p)) else {
+                continue;
+            };
+            if let Some(e) = self.decode(*i, &kv.value, kv.mod_revision) {
+                items[*i].insert(e.key.clone(), Arc::new(e));
+            }
+        }
+        items
+    }
+
+    fn decode(&self, i: usize, value: &[u8], rev: Revision) -> Option<Entry> {
+        let resource = self.resources[i].resource;
+        match serde_json::from_slice::<Value>(value) {
+            Ok(obj) => Some(Entry::build(resource, obj, rev)),
+            Err(e) => {
+                error!(resource = resource.plural, rev, error = %e, "stored object is not JSON; skipped");
+                None
+            }
+        }
+    }
+
+    /// Load recent store history into the per-resource histories.
+    async fn prefill_history(&self, rev: Revision) {
+        let compacted = self.store.compacted_revision().await.unwrap_or(rev);
+        let from = rev.saturating_sub(PREFILL).max(compacted);
+        if from >= rev {
+            return;
+        }
+        let Ok(mut w) = self.store.watch("/registry/", from).await else {
+            return;
+        };
+        let mut starts = vec![false; self.resources.len()];
+        'outer: while let Some(Ok(batch)) = w.next().await {
+            for ev in batch {
+                if ev.revision() > rev {
+                    break 'outer;
+                }
+                let Some(i) = prefix_of(&ev.kv.key)
+                    .and_then(|p| self.by_prefix.get(p))
+                    .copied()
+                else {
+                    continue;
+                };
+                let Some(ce) = self.cache_event(i, &ev, None) else {
+                    continue;
+                };
+                let mut st = self.resources[i].write();
+                if !starts[i] {
+                    st.history_start = from;
+                    starts[i] = true;
+                }
+                push_history(&mut st, Arc::new(ce));
+                if ev.revision() == rev {
+                    break 'outer;
+                }
+            }
+        }
+        // Resources that saw no event in the window are complete from `from` on as well.
+        for (i, seen) in starts.into_iter().enumerate() {
+            if !seen {
+                self.resources[i].write().history_start = from;
+            }
+        }
+    }
+
+    /// Turn a store event into a cache event. `current` is the cache's entry for the key, used
+    /// when the store no longer has the previous value.
+    fn cache_event(
+        &self,
+        i: usize,
+        ev: &store::Event,
+        current: Option<Arc<Entry>>,
+    ) -> Option<CacheEvent> {
+        let resource = self.resources[i].resource;
+        let rev = ev.revision();
+        let prev = match (&ev.prev, current) {
+            (_, Some(c)) => Some(c),
+            (Some(p), None) => self.decode(i, &p.value, p.mod_revision).map(Arc::new),
+            (None, None) => None,
+        };
+        match ev.kind {
+            EventKind::Put => {
+                let obj = Arc::new(self.decode(i, &ev.kv.value, rev)?);
+                let ty = if prev.is_some() && ev.kv.version > 1 {
+                    EventType::Modified
+                } else {
+                    EventType::Added
+                };
+                Some(CacheEvent { rev, ty, obj, prev })
+            }
+            EventKind::Delete => {
+                let last = prev.clone()?;
+                Some(CacheEvent {
+                    rev,
+                    ty: EventType::Deleted,
+                    obj: Arc::new(last.at(resource, rev)),
+                    prev,
+                })
+            }
+        }
+    }
+
+    /// The dispatcher: apply store changes in order, forever.
+    async fn follow(self: Arc<Self>, mut rev: Revision) {
+        loop {
+            let mut w = match self.store.watch("/registry/", rev).await {
+                Ok(w) => w,
+                Err(StoreError::Compacted { .. }) => {
+                    rev = self.relist().await;
+                    continue;
+                }
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    error!(error = %e, "cannot watch the store; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(batch) = w.next().await {
+                match batch {
+                    Ok(events) => {
+                        for ev in events {
+                            self.dispatch(&ev);
+                            rev = ev.revision();
+                        }
+                        self.synced.send_replace(rev);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, revision = rev, "store watch ended; resuming");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, ev: &store::Event) {
+        let Some(i) = prefix_of(&ev.kv.key)
+            .and_then(|p| self.by_prefix.get(p))
+            .copied()
+        else {
+            return;
+        };
+        let rc = &self.resources[i];
+        let key = ev.kv.key[rc.resource.key_prefix().len()..].to_string();
+        let current = rc.get(&key);
+        if let Some(ce) = self.cache_event(i, ev, current) {
+            rc.apply(Arc::new(ce));
+        }
+    }
+
+    /// Reload everything after falling behind the store's compaction. Watchers are dropped and
+    /// will relist.
+    async fn relist(&self) -> Revision {
+        loop {
+            match self.store.list("/registry/").await {
+                Ok((kvs, rev)) => {
+                    for (i, items) in self.build_items(kvs).into_iter().enumerate() {
+                        self.resources[i].reset(items, rev);
+                    }
+                    self.synced.send_replace(rev);
+                    warn!(
+                        revision = rev,
+                        "cache reloaded after falling behind compaction"
+                    );
+                    return rev;
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot reload the cache; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn bookmarks(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let synced = self.synced();
+            for r in &self.resources {
+                r.bookmark(synced);
+            }
+        }
+    }
+
+    pub fn resource(&self, r: &Resource) -> &ResourceCache {
+        let i = self.by_prefix[&r.key_prefix()];
+        &self.resources[i]
+    }
+
+    /// The revision the cache has applied.
+    pub fn synced(&self) -> Revision {
+        *self.synced.borrow()
+    }
+
+    /// Wait until the cache has applied revision `rev`, or fail after `timeout`.
+    pub async fn wait_for(&self, rev: Revision, timeout: Duration) -> Result<(), ApiError> {
+        let mut rx = self.synced.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|r| *r >= rev)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ApiError::unavailable("the cache stopped")),
+            Err(_) => {
+                debug!(
+                    rev,
+                    synced = self.synced(),
+                    "cache did not catch up in time"
+                );
+                Err(ApiError::timeout(format!(
+                    "Too large resource version: {rev}, current: {}",
+                    self.synced()
+                )))
+            }
+        }
+    }
+
+    /// Wait until the cache reflects every write the store has acknowledged: a consistent read.
+    pub async fn wait_fresh(&self) -> Result<Revision, ApiError> {
+        let rev = self.store.revision().await?;
+        if self.synced() < rev {
+            self.wait_for(rev, Duration::from_secs(10)).await?;
+        }
+        Ok(rev)
+    }
+}
+
+/// How often watchers that asked for bookmarks get one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_prefixes() {
+        assert_eq!(
+            prefix_of("/registry/core/pods/default/web"),
+            Some("/registry/core/pods/")
+        );
+        assert_eq!(
+            prefix_of("/registry/core/nodes/n1"),
+            Some("/registry/core/nodes/")
+        );
+        assert_eq!(prefix_of("/registry/x"), None);
+    }
+}

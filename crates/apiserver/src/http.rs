@@ -1,0 +1,179 @@
+//! HTTPS: TLS with HTTP/1.1 only (kubectl switches to HTTP/2 when offered it), bearer-token
+//! authentication, and request bodies read with a size limit before they reach the handler.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info};
+
+use crate::body::Body;
+use crate::errors::ApiError;
+use crate::server::{ApiServer, Identity, Reply};
+
+/// Bodies past the limit are still read (and dropped) up to this size, so that the client
+/// gets the 413 instead of a reset connection.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Maps bearer tokens to users.
+#[derive(Default)]
+pub struct Authenticator {
+    tokens: HashMap<String, String>,
+}
+
+impl Authenticator {
+    pub fn new(tokens: impl IntoIterator<Item = (String, String)>) -> Authenticator {
+        Authenticator {
+            tokens: tokens.into_iter().collect(),
+        }
+    }
+
+    pub fn identify(&self, headers: &http::HeaderMap) -> Identity {
+        let Some(token) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+        else {
+            return Identity::Anonymous;
+        };
+        // Compare against every token in constant time per candidate.
+        for (known, user) in &self.tokens {
+            if constant_time_eq(known.as_bytes(), token.as_bytes()) {
+                return Identity::User(user.clone());
+            }
+        }
+        Identity::Anonymous
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A TLS configuration that serves `chain` and offers only HTTP/1.1.
+pub fn tls_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accept connections until `shutdown` turns true.
+pub async fn serve(
+    api: Arc<ApiServer>,
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    auth: Arc<Authenticator>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving the Kubernetes API");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        debug!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let api = api.clone();
+                let auth = auth.clone();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let api = api.clone();
+                        let auth = auth.clone();
+                        async move { Ok::<_, Infallible>(handle(&api, &auth, req).await) }
+                    });
+                    let conn = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .with_upgrades();
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn handle(api: &ApiServer, auth: &Authenticator, req: Request<Incoming>) -> Response<Body> {
+    let who = auth.identify(req.headers());
+    let (parts, body) = req.into_parts();
+    match read_body(body, api.config.max_body_bytes).await {
+        Ok(bytes) => api.handle(Request::from_parts(parts, bytes), who).await,
+        Err(e) => {
+            let reply = Reply::from(e);
+            let mut resp = Response::new(reply.body);
+            *resp.status_mut() = reply.status;
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+    }
+}
+
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let mut buf = BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    Ok(buf.freeze())
+}

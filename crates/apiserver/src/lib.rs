@@ -1,0 +1,19 @@
+//! The Kubernetes API server: routes, wire encodings (JSON, Tables, watch streams,
+//! discovery, OpenAPI), the watch cache every read is served from, patches, admission and
+//! authentication. Only this crate touches the store.
+
+mod alloc;
+pub mod body;
+pub mod cache;
+mod discovery;
+pub mod errors;
+pub mod http;
+mod openapi;
+mod read;
+mod request;
+mod server;
+pub mod table;
+mod write;
+
+pub use body::Body;
+pub use server::{ApiServer, Config, Identity, git_version};

@@ -1,0 +1,450 @@
+//! Reads: get, list (with selectors, pagination and tables) and watch, all from the cache.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::selector::{FieldSelector, LabelSelectorExpr};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::StatusCode;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::body::Body;
+use crate::cache::{Entry, Filter, Snapshot, WatchFrom, WatchMsg};
+use crate::errors::{ApiError, ApiResult};
+use crate::request::{Output, Params, Target};
+use crate::server::{ApiServer, Reply};
+use crate::table;
+
+/// How long a request for a revision the cache has not reached yet may wait for it.
+const FUTURE_REVISION_WAIT: Duration = Duration::from_secs(3);
+
+/// What a table row carries besides its cells (`?includeObject=`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Include {
+    None,
+    Metadata,
+    Object,
+}
+
+fn include(params: &Params) -> Include {
+    match params.get("includeObject") {
+        Some("None") => Include::None,
+        Some("Object") => Include::Object,
+        _ => Include::Metadata,
+    }
+}
+
+pub(crate) fn entry_key(t: &Target, name: &str) -> String {
+    match &t.namespace {
+        Some(ns) if t.resource.namespaced => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
+}
+
+fn table_row(e: &Entry, inc: Include, now: Timestamp) -> Bytes {
+    let cells: Vec<Value> = e.cells.iter().map(|c| c.render(now)).collect();
+    let mut out = Vec::with_capacity(e.meta.len() + 128);
+    out.extend_from_slice(b"{\"cells\":");
+    out.extend_from_slice(Value::Array(cells).to_string().as_bytes());
+    match inc {
+        Include::None => {}
+        Include::Metadata => {
+            out.extend_from_slice(b",\"object\":");
+            out.extend_from_slice(&e.meta);
+        }
+        Include::Object => {
+            out.extend_from_slice(b",\"object\":");
+            out.extend_from_slice(&e.json);
+        }
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// A Table's opening, up to the start of its rows.
+fn table_head(kind: &str, version: &str, rev: u64, cont: Option<&str>, columns: bool) -> Bytes {
+    let mut meta = json!({"resourceVersion": rev.to_string()});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+    }
+    let cols = if columns {
+        table::column_definitions(kind)
+    } else {
+        json!([])
+    };
+    Bytes::from(format!(
+        "{{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/{version}\",\"metadata\":{meta},\"columnDefinitions\":{cols},\"rows\":["
+    ))
+}
+
+/// Interleave `items` with commas between an opening and a closing.
+fn joined(head: Bytes, items: Vec<Bytes>, tail: &'static [u8]) -> Body {
+    let mut chunks = Vec::with_capacity(items.len() * 2 + 2);
+    chunks.push(head);
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            chunks.push(Bytes::from_static(b","));
+        }
+        chunks.push(item);
+    }
+    chunks.push(Bytes::from_static(tail));
+    Body::chunks(chunks)
+}
+
+pub(crate) fn filter_from(t: &Target, params: &Params) -> ApiResult<Filter> {
+    let labels = match params.get("labelSelector") {
+        Some(s) => LabelSelectorExpr::parse(s)
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?,
+        None => LabelSelectorExpr::everything(),
+    };
+    let fields = match params.get("fieldSelector") {
+        Some(s) => {
+            let f = FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            f.check_supported(&t.resource.supported_fields())
+                .map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "{e}: {:?} is not a known field selector: only {:?}",
+                        e.to_string(),
+                        t.resource.supported_fields()
+                    ))
+                })?;
+            f
+        }
+        None => FieldSelector::default(),
+    };
+    Ok(Filter {
+        namespace: t.namespace.clone().filter(|_| t.resource.namespaced),
+        labels,
+        fields,
+    })
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: u64,
+    start: String,
+}
+
+fn encode_continue(rv: u64, start: &str) -> String {
+    let token = serde_json::to_vec(&ContinueToken {
+        rv,
+        start: start.to_string(),
+    })
+    .unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(token)
+}
+
+fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
+    URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| ApiError::bad_request("continue key is not valid"))
+}
+
+impl ApiServer {
+    pub(crate) async fn get(&self, t: &Target, name: &str, output: Output) -> ApiResult<Reply> {
+        self.cache.wait_fresh().await?;
+        let rc = self.cache.resource(t.resource);
+        let e = rc
+            .get(&entry_key(t, name))
+            .ok_or_else(|| ApiError::not_found(t.resource, name))?;
+        Ok(match output {
+            Output::Json => Reply::bytes(StatusCode::OK, "application/json", e.json.clone()),
+            Output::Table(version) => {
+                let head = table_head(t.resource.kind, version, e.rev, None, true);
+                let row = table_row(&e, Include::Metadata, Timestamp::now());
+                Reply {
+                    status: StatusCode::OK,
+                    content_type: "application/json",
+                    body: joined(head, vec![row], b"]}"),
+                    warnings: Vec::new(),
+                }
+            }
+        })
+    }
+
+    async fn list_snapshot(
+        &self,
+        t: &Target,
+        params: &Params,
+    ) -> ApiResult<(Snapshot, Option<String>)> {
+        let rc = self.cache.resource(t.resource);
+        if let Some(token) = params.get("continue").filter(|c| !c.is_empty()) {
+            let token = decode_continue(token)?;
+            let snap = rc.kept_snapshot(token.rv).ok_or_else(|| {
+                ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. \
+                     You can start a new list without the continue parameter.",
+                )
+            })?;
+            return Ok((snap, Some(token.start)));
+        }
+        match params.get("resourceVersion") {
+            None | Some("") => {
+                self.cache.wait_fresh().await?;
+            }
+            Some("0") => {}
+            Some(v) => {
+                let rev: u64 = v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {v:?}"))
+                })?;
+                self.cache.wait_for(rev, FUTURE_REVISION_WAIT).await?;
+                if params.get("resourceVersionMatch") == Some("Exact") {
+                    let snap = rc.snapshot(self.cache.synced());
+                    if snap.rev != rev {
+                        return Err(ApiError::gone(format!(
+                            "too old resource version: {rev} ({})",
+                            snap.rev
+                        )));
+                    }
+                    return Ok((snap, None));
+                }
+            }
+        }
+        Ok((rc.snapshot(self.cache.synced()), None))
+    }
+
+    pub(crate) async fn list(
+        &self,
+        t: &Target,
+        params: &Params,
+        output: Output,
+    ) -> ApiResult<Reply> {
+        let filter = filter_from(t, params)?;
+        let limit = params.number::<usize>("limit")?.filter(|l| *l > 0);
+        let (snap, start) = self.list_snapshot(t, params).await?;
+        let matched = select(&snap, &filter, start.as_deref(), limit);
+        let cont = match (limit, matched.last()) {
+            (Some(l), Some(last)) if matched.len() == l && has_more(&snap, &filter, &last.key) => {
+                self.cache.resource(t.resource).keep_snapshot(&snap);
+                Some(encode_continue(snap.rev, &last.key))
+            }
+            _ => None,
+        };
+        debug!(
+            resource = t.resource.plural,
+            items = matched.len(),
+            rev = snap.rev,
+            "list"
+        );
+        let body = match output {
+            Output::Json => {
+                let mut meta = json!({"resourceVersion": snap.rev.to_string()});
+                if let Some(c) = &cont {
+                    meta["continue"] = json!(c);
+                }
+                let head = Bytes::from(format!(
+                    "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{meta},\"items\":[",
+                    t.resource.list_kind(),
+                    t.resource.group_version()
+                ));
+                joined(
+                    head,
+                    matched.iter().map(|e| e.json.clone()).collect(),
+                    b"]}",
+                )
+            }
+            Output::Table(version) => {
+                let now = Timestamp::now();
+                let inc = include(params);
+                let head = table_head(t.resource.kind, version, snap.rev, cont.as_deref(), true);
+                joined(
+                    head,
+                    matched.iter().map(|e| table_row(e, inc, now)).collect(),
+                    b"]}",
+                )
+            }
+        };
+        Ok(Reply {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body,
+            warnings: Vec::new(),
+        })
+    }
+
+    pub(crate) async fn watch(
+        &self,
+        t: &Target,
+        params: &Params,
+        output: Output,
+    ) -> ApiResult<Reply> {
+        let filter = filter_from(t, params)?;
+        let from = if params.flag("sendInitialEvents") {
+            WatchFrom::Now {
+                initial_events_end: true,
+            }
+        } else {
+            match params.get("resourceVersion") {
+                None | Some("") | Some("0") => WatchFrom::Now {
+                    initial_events_end: false,
+                },
+                Some(v) => {
+                    let rev: u64 = v.parse().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resource version: {v:?}"))
+                    })?;
+                    self.cache.wait_for(rev, FUTURE_REVISION_WAIT).await?;
+                    WatchFrom::After(rev)
+                }
+            }
+        };
+        let timeout = match params.number::<u64>("timeoutSeconds")? {
+            Some(s) => Duration::from_secs(s),
+            // Long, and spread out, so that clients do not all reconnect at once.
+            None => Duration::from_secs(1800 + fastrand::u64(0..1800)),
+        };
+        let bookmarks = params.flag("allowWatchBookmarks");
+        let rc = self.cache.resource(t.resource);
+        let (tx, body) = Body::channel(64);
+        let encoder = Encoder {
+            kind: t.resource.kind,
+            api_version: t.resource.group_version(),
+            output,
+            include: include(params),
+            sent_columns: false,
+        };
+        match rc.watch(filter, from, bookmarks, self.cache.synced()) {
+            Ok((initial, rx)) => {
+                tokio::spawn(stream_watch(encoder, initial, rx, tx, timeout));
+            }
+            Err(e) => {
+                // A revision too old to resume from is reported in the stream, then it ends.
+                let line = error_line(&e);
+                tokio::spawn(async move {
+                    let _ = tx.send(line).await;
+                });
+            }
+        }
+        Ok(Reply {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body,
+            warnings: Vec::new(),
+        })
+    }
+}
+
+fn select(
+    snap: &Snapshot,
+    filter: &Filter,
+    start: Option<&str>,
+    limit: Option<usize>,
+) -> Vec<Arc<Entry>> {
+    let mut out = Vec::new();
+    let ns_prefix = filter.namespace.as_ref().map(|ns| format!("{ns}/"));
+    let lower = match (start, &ns_prefix) {
+        (Some(s), _) => Bound::Excluded(s.to_string()),
+        (None, Some(p)) => Bound::Included(p.clone()),
+        (None, None) => Bound::Unbounded,
+    };
+    for (key, e) in snap.items.range((lower, Bound::Unbounded)) {
+        if let Some(p) = &ns_prefix
+            && !key.starts_with(p.as_str())
+        {
+            break;
+        }
+        if filter.matches(e) {
+            out.push(e.clone());
+            if limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn has_more(snap: &Snapshot, filter: &Filter, after: &str) -> bool {
+    !select(snap, filter, Some(after), Some(1)).is_empty()
+}
+
+fn error_line(e: &ApiError) -> Bytes {
+    let mut line = json!({"type": "ERROR", "object": e.to_status()}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+struct Encoder {
+    kind: &'static str,
+    api_version: String,
+    output: Output,
+    include: Include,
+    sent_columns: bool,
+}
+
+impl Encoder {
+    fn encode(&mut self, msg: &WatchMsg) -> Bytes {
+        let mut out = Vec::new();
+        match msg {
+            WatchMsg::Event(ty, e) => {
+                out.extend_from_slice(b"{\"type\":\"");
+                out.extend_from_slice(ty.as_str().as_bytes());
+                out.extend_from_slice(b"\",\"object\":");
+                match self.output {
+                    Output::Json => out.extend_from_slice(&e.json),
+                    Output::Table(version) => {
+                        let head = table_head(self.kind, version, e.rev, None, !self.sent_columns);
+                        self.sent_columns = true;
+                        out.extend_from_slice(&head);
+                        out.extend_from_slice(&table_row(e, self.include, Timestamp::now()));
+                        out.extend_from_slice(b"]}");
+                    }
+                }
+                out.extend_from_slice(b"}\n");
+            }
+            WatchMsg::Bookmark(rev, initial_end) => {
+                let mut meta = json!({"resourceVersion": rev.to_string()});
+                if *initial_end {
+                    meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+                }
+                let obj =
+                    json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": meta});
+                out.extend_from_slice(
+                    json!({"type": "BOOKMARK", "object": obj})
+                        .to_string()
+                        .as_bytes(),
+                );
+                out.push(b'\n');
+            }
+        }
+        Bytes::from(out)
+    }
+}
+
+async fn stream_watch(
+    mut enc: Encoder,
+    initial: Vec<WatchMsg>,
+    mut rx: mpsc::Receiver<WatchMsg>,
+    tx: mpsc::Sender<Bytes>,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    for msg in &initial {
+        if tx.send(enc.encode(msg)).await.is_err() {
+            return;
+        }
+    }
+    drop(initial);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => {
+                    if tx.send(enc.encode(&msg)).await.is_err() {
+                        return;
+                    }
+                }
+                // The cache dropped this watcher (it fell behind); the client will resume.
+                None => return,
+            },
+            _ = &mut deadline => return,
+            _ = tx.closed() => return,
+        }
+    }
+}

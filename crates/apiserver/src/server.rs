@@ -1,0 +1,401 @@
+//! The API server: one `handle` entry point for every request, whether it arrived over HTTPS
+//! or from an in-process client, so that both pass the same validation and admission.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+use store::Store;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::body::Body;
+use crate::cache::Cache;
+use crate::discovery::Discovery;
+use crate::errors::{ApiError, ApiResult};
+use crate::openapi::{self, OpenApi};
+use crate::request::{self, DiscoveryFormat, Params, Route, Target};
+
+/// Who is making a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Anonymous,
+    User(String),
+    /// A component of this process (controllers, agent, bootstrap), through the in-process
+    /// client.
+    System(String),
+}
+
+impl Identity {
+    pub fn is_authenticated(&self) -> bool {
+        !matches!(self, Identity::Anonymous)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Virtual IPs for Services come from this IPv4 range.
+    pub service_cidr: (Ipv4Addr, u8),
+    /// The address clients and pods reach the API server at.
+    pub advertise: SocketAddr,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// How often store history is compacted (history this old is kept).
+    pub compact_every: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
+            advertise: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            max_body_bytes: 3 * 1024 * 1024,
+            compact_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A response before it becomes HTTP.
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Body,
+    pub warnings: Vec<String>,
+}
+
+impl Reply {
+    pub fn json(status: StatusCode, v: &Value) -> Reply {
+        Reply::bytes(status, "application/json", Bytes::from(v.to_string()))
+    }
+
+    pub fn bytes(status: StatusCode, content_type: &'static str, b: Bytes) -> Reply {
+        Reply {
+            status,
+            content_type,
+            body: Body::from_bytes(b),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(self.body);
+        *resp.status_mut() = self.status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, private"),
+        );
+        for w in self.warnings {
+            let value = format!("299 - {}", serde_json::Value::String(w));
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().append("Warning", v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<ApiError> for Reply {
+    fn from(e: ApiError) -> Reply {
+        let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Reply::json(status, &e.to_status())
+    }
+}
+
+pub struct ApiServer {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) config: Config,
+    discovery: Discovery,
+    openapi: OpenApi,
+    version: Value,
+}
+
+/// `v1.33.0+berth.0.1.0`: Kubernetes' version, with ours as build metadata.
+pub fn git_version() -> String {
+    let (major, minor, patch) = api::KUBERNETES_VERSION;
+    format!(
+        "v{major}.{minor}.{patch}+berth.{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+impl ApiServer {
+    /// Load the cache from `store` and start serving from it.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        config: Config,
+    ) -> Result<Arc<ApiServer>, store::StoreError> {
+        let cache = Cache::start(store.clone()).await?;
+        let (major, minor, _) = api::KUBERNETES_VERSION;
+        let version = json!({
+            "major": major.to_string(),
+            "minor": minor.to_string(),
+            "gitVersion": git_version(),
+            "gitCommit": option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown"),
+            "gitTreeState": "clean",
+            "buildDate": "1970-01-01T00:00:00Z",
+            "goVersion": "rustc",
+            "compiler": "rustc",
+            "platform": format!("linux/{}", match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                other => other,
+            }),
+        });
+        let server = Arc::new(ApiServer {
+            discovery: Discovery::new(&config.advertise.to_string()),
+            openapi: OpenApi::new(&git_version()),
+            store,
+            cache,
+            config,
+            version,
+        });
+        let compactor = server.clone();
+        tokio::spawn(async move { compactor.compact_periodically().await });
+        Ok(server)
+    }
+
+    /// Serve one request. The body has been read already (and bounded in size).
+    pub async fn handle(&self, req: Request<Bytes>, who: Identity) -> Response<Body> {
+        let span = info_span!("request", method = %req.method(), path = %req.uri().path());
+        async move {
+            let reply = match self.route(req, &who).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if e.code >= 500 {
+                        warn!(code = e.code, error = %e.message, "request failed");
+                    } else {
+                        debug!(code = e.code, reason = e.reason, "request refused");
+                    }
+                    Reply::from(e)
+                }
+            };
+            reply.into_response()
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn route(&self, req: Request<Bytes>, who: &Identity) -> ApiResult<Reply> {
+        let route = request::route(req.uri().path())?;
+        let public = matches!(route, Route::Version | Route::Health(_));
+        if !public && !who.is_authenticated() {
+            return Err(ApiError::unauthorized());
+        }
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let get_only = |m: &Method| {
+            if m == Method::GET || m == Method::HEAD {
+                Ok(())
+            } else {
+                Err(ApiError::method_not_allowed())
+            }
+        };
+        match route {
+            Route::Version => {
+                get_only(req.method())?;
+                Ok(Reply::json(StatusCode::OK, &self.version))
+            }
+            Route::Health(_) => Ok(Reply::bytes(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"ok"),
+            )),
+            Route::CoreVersions => {
+                get_only(req.method())?;
+                Ok(match request::discovery_format(accept.as_deref()) {
+                    DiscoveryFormat::Aggregated("v2") => Reply::bytes(
+                        StatusCode::OK,
+                        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+                        self.discovery.core_v2.clone(),
+                    ),
+                    DiscoveryFormat::Aggregated(_) => Reply::bytes(
+                        StatusCode::OK,
+                        "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList",
+                        self.discovery.core_v2beta1.clone(),
+                    ),
+                    DiscoveryFormat::Legacy => Reply::bytes(
+                        StatusCode::OK,
+                        "application/json",
+                        self.discovery.core_versions.clone(),
+                    ),
+                })
+            }
+            Route::Groups => {
+                get_only(req.method())?;
+                Ok(match request::discovery_format(accept.as_deref()) {
+                    DiscoveryFormat::Aggregated("v2") => Reply::bytes(
+                        StatusCode::OK,
+                        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+                        self.discovery.groups_v2.clone(),
+                    ),
+                    DiscoveryFormat::Aggregated(_) => Reply::bytes(
+                        StatusCode::OK,
+                        "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList",
+                        self.discovery.groups_v2beta1.clone(),
+                    ),
+                    DiscoveryFormat::Legacy => Reply::bytes(
+                        StatusCode::OK,
+                        "application/json",
+                        self.discovery.group_list.clone(),
+                    ),
+                })
+            }
+            Route::Group(g) => {
+                get_only(req.method())?;
+                let body = self.discovery.group(&g).ok_or_else(ApiError::no_route)?;
+                Ok(Reply::bytes(StatusCode::OK, "application/json", body))
+            }
+            Route::ResourceList(g, v) => {
+                get_only(req.method())?;
+                let body = self
+                    .discovery
+                    .resource_list(&g, &v)
+                    .ok_or_else(ApiError::no_route)?;
+                Ok(Reply::bytes(StatusCode::OK, "application/json", body))
+            }
+            Route::OpenApiV2 => {
+                get_only(req.method())?;
+                Ok(Reply::bytes(
+                    StatusCode::OK,
+                    openapi::V2_CONTENT_TYPE,
+                    self.openapi.v2.clone(),
+                ))
+            }
+            Route::OpenApiV3Index => {
+                get_only(req.method())?;
+                Ok(Reply::bytes(
+                    StatusCode::OK,
+                    "application/json",
+                    self.openapi.v3_index.clone(),
+                ))
+            }
+            Route::OpenApiV3(key) => {
+                get_only(req.method())?;
+                let body = self.openapi.v3(&key).ok_or_else(ApiError::no_route)?;
+                Ok(Reply::bytes(StatusCode::OK, "application/json", body))
+            }
+            Route::Resource(t) => {
+                let params = Params::parse(req.uri().query());
+                let output = request::output(accept.as_deref());
+                self.resource(req, t, params, output, who).await
+            }
+        }
+    }
+
+    async fn resource(
+        &self,
+        req: Request<Bytes>,
+        t: Target,
+        params: Params,
+        output: request::Output,
+        who: &Identity,
+    ) -> ApiResult<Reply> {
+        let method = req.method().clone();
+        match (&method, t.name.as_deref(), t.subresource.as_deref()) {
+            (&Method::GET, None, None) if params.flag("watch") => {
+                self.watch(&t, &params, output).await
+            }
+            (&Method::GET, None, None) => self.list(&t, &params, output).await,
+            (&Method::POST, None, None) => {
+                self.namespaced_target(&t)?;
+                self.create(&t, &req, &params, who).await
+            }
+            (&Method::DELETE, None, None) => self.delete_collection(&t, &req, &params, who).await,
+            (&Method::GET, Some(name), None | Some("status")) => {
+                self.namespaced_target(&t)?;
+                self.get(&t, name, output).await
+            }
+            (&Method::PUT, Some(name), sub @ (None | Some("status"))) => {
+                self.namespaced_target(&t)?;
+                self.update(&t, name, sub, &req, &params, who).await
+            }
+            (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
+                self.namespaced_target(&t)?;
+                self.patch(&t, name, sub, &req, &params, who).await
+            }
+            (&Method::DELETE, Some(name), None) => {
+                self.namespaced_target(&t)?;
+                self.delete(&t, name, &req, &params, who).await
+            }
+            (m, Some(name), Some("scale")) if t.resource.scale => {
+                self.namespaced_target(&t)?;
+                self.scale(&t, name, m, &req, &params, who).await
+            }
+            (&Method::PUT, Some(name), Some("finalize")) if t.resource.kind == "Namespace" => {
+                self.finalize(&t, name, &req, &params, who).await
+            }
+            (_, _, Some(sub)) if !matches!(sub, "status" | "scale" | "finalize") => {
+                Err(ApiError::no_route())
+            }
+            _ => Err(ApiError::method_not_allowed()),
+        }
+    }
+
+    /// Objects of a namespaced resource are only reachable within a namespace.
+    fn namespaced_target(&self, t: &Target) -> ApiResult<()> {
+        if t.resource.namespaced && t.namespace.is_none() {
+            return Err(ApiError::no_route());
+        }
+        Ok(())
+    }
+
+    /// Keep a few minutes of history and drop the rest, as the Kubernetes API server does.
+    async fn compact_periodically(&self) {
+        let mut previous = None;
+        let mut tick = tokio::time::interval(self.config.compact_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(rev) = previous
+                && let Err(e) = self.store.compact(rev).await
+            {
+                warn!(error = %e, "compaction failed");
+            }
+            previous = self.store.revision().await.ok();
+        }
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+/// Parse a request body into JSON: JSON itself, Kubernetes protobuf (by Content-Type), or
+/// YAML where allowed (apply patches).
+pub(crate) fn parse_body(req: &Request<Bytes>, yaml_allowed: bool) -> ApiResult<Value> {
+    let body = req.body();
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with(api::proto::CONTENT_TYPE) {
+        return api::proto::decode_object(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the protobuf request body could not be decoded: {e}"
+            ))
+        });
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => Ok(v),
+        Err(e) if yaml_allowed => serde_saphyr::from_slice::<Value>(body).map_err(|ye| {
+            ApiError::bad_request(format!("error decoding YAML: {ye} (as JSON: {e})"))
+        }),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the request body is not valid JSON: {e}"
+        ))),
+    }
+}

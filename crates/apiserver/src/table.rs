@@ -1,0 +1,1139 @@
+//! The columns `kubectl get` prints. kubectl has no printers of its own any more: the server
+//! sends a `meta.k8s.io` Table whose cells it computed, so these follow Kubernetes' printers.
+//! Cells are computed once when an object enters the cache; only relative times (AGE) are
+//! rendered per request.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use api::selector;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+pub struct Column {
+    pub name: &'static str,
+    pub ty: &'static str,
+    pub format: &'static str,
+    pub priority: u8,
+    pub description: &'static str,
+}
+
+const fn col(
+    name: &'static str,
+    ty: &'static str,
+    priority: u8,
+    description: &'static str,
+) -> Column {
+    Column {
+        name,
+        ty,
+        format: "",
+        priority,
+        description,
+    }
+}
+
+const NAME: Column = Column {
+    name: "Name",
+    ty: "string",
+    format: "name",
+    priority: 0,
+    description: "Name must be unique within a namespace.",
+};
+const AGE: Column = col(
+    "Age",
+    "string",
+    0,
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+);
+const CONTAINERS: Column = col(
+    "Containers",
+    "string",
+    1,
+    "Names of each container in the template.",
+);
+const IMAGES: Column = col(
+    "Images",
+    "string",
+    1,
+    "Images referenced by each container in the template.",
+);
+const SELECTOR: Column = col("Selector", "string", 1, "Label selector for pods.");
+
+/// One computed cell.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    Text(String),
+    Int(i64),
+    /// Time since the instant, rendered like `5m` when the response is built; `<none>` if unset.
+    Since(Option<Timestamp>),
+    /// A duration between two instants, or since the first if the second is unset.
+    Between(Option<Timestamp>, Option<Timestamp>),
+}
+
+impl Cell {
+    fn text(s: impl Into<String>) -> Cell {
+        Cell::Text(s.into())
+    }
+
+    pub fn render(&self, now: Timestamp) -> Value {
+        match self {
+            Cell::Text(s) => json!(s),
+            Cell::Int(n) => json!(n),
+            Cell::Since(Some(t)) => json!(human_duration(now.duration_since(*t))),
+            Cell::Since(None) => json!("<none>"),
+            Cell::Between(Some(a), b) => {
+                json!(human_duration(b.unwrap_or(now).duration_since(*a)))
+            }
+            Cell::Between(None, _) => json!(""),
+        }
+    }
+}
+
+/// Durations as Kubernetes prints them: `45s`, `3m20s`, `2d3h`, `5y12d`.
+pub fn human_duration(d: jiff::SignedDuration) -> String {
+    let secs = d.as_secs();
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let secs = secs.max(0);
+    let (mins, hours) = (secs / 60, secs / 3600);
+    if secs < 120 {
+        format!("{secs}s")
+    } else if mins < 10 {
+        match secs % 60 {
+            0 => format!("{mins}m"),
+            s => format!("{mins}m{s}s"),
+        }
+    } else if mins < 180 {
+        format!("{mins}m")
+    } else if hours < 8 {
+        match mins % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        }
+    } else if hours < 48 {
+        format!("{hours}h")
+    } else if hours < 24 * 8 {
+        match hours % 24 {
+            0 => format!("{}d", hours / 24),
+            h => format!("{}d{h}h", hours / 24),
+        }
+    } else if hours < 24 * 365 * 2 {
+        format!("{}d", hours / 24)
+    } else if hours < 24 * 365 * 8 {
+        let days = hours / 24;
+        match days % 365 {
+            0 => format!("{}y", days / 365),
+            dd => format!("{}y{dd}d", days / 365),
+        }
+    } else {
+        format!("{}y", hours / 24 / 365)
+    }
+}
+
+fn ts(v: &Value) -> Option<Timestamp> {
+    v.as_str().and_then(|s| s.parse().ok())
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn or_none(s: &str) -> String {
+    if s.is_empty() {
+        "<none>".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn created(obj: &Value) -> Cell {
+    Cell::Since(ts(&obj["metadata"]["creationTimestamp"]))
+}
+
+fn name(obj: &Value) -> Cell {
+    Cell::text(s(&obj["metadata"]["name"]))
+}
+
+/// Container names and images of a pod spec, comma separated.
+fn containers_and_images(pod_spec: &Value) -> (Cell, Cell) {
+    let cs = pod_spec["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = cs.iter().map(|c| s(&c["name"])).collect();
+    let images: Vec<&str> = cs.iter().map(|c| s(&c["image"])).collect();
+    (Cell::text(names.join(",")), Cell::text(images.join(",")))
+}
+
+fn selector_cell(sel: &Value) -> Cell {
+    let parsed: Option<api::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector> =
+        serde_json::from_value(sel.clone()).ok();
+    Cell::text(selector::describe(parsed.as_ref()))
+}
+
+fn map_selector(m: &Value) -> String {
+    match m.as_object() {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", s(v)))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "<none>".into(),
+    }
+}
+
+/// The columns of a kind's table.
+pub fn columns(kind: &str) -> Vec<Column> {
+    match kind {
+        "Pod" => vec![
+            NAME,
+            col(
+                "Ready",
+                "string",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            col(
+                "Status",
+                "string",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            col(
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
+            AGE,
+            col("IP", "string", 1, "IP address allocated to the pod."),
+            col("Node", "string", 1, "The node the pod is bound to."),
+            col(
+                "Nominated Node",
+                "string",
+                1,
+                "The node the scheduler nominated the pod for.",
+            ),
+            col(
+                "Readiness Gates",
+                "string",
+                1,
+                "Readiness gates of the pod and how many are satisfied.",
+            ),
+        ],
+        "Namespace" => vec![
+            NAME,
+            col("Status", "string", 0, "The status of the namespace"),
+            AGE,
+        ],
+        "Node" => vec![
+            NAME,
+            col("Status", "string", 0, "The status of the node"),
+            col("Roles", "string", 0, "The roles of the node"),
+            AGE,
+            col(
+                "Version",
+                "string",
+                0,
+                "Kubelet Version reported by the node.",
+            ),
+            col(
+                "Internal-IP",
+                "string",
+                1,
+                "List of addresses reachable to the node.",
+            ),
+            col(
+                "External-IP",
+                "string",
+                1,
+                "List of addresses reachable to the node.",
+            ),
+            col(
+                "OS-Image",
+                "string",
+                1,
+                "OS Image reported by the node from /etc/os-release.",
+            ),
+            col(
+                "Kernel-Version",
+                "string",
+                1,
+                "Kernel Version reported by the node.",
+            ),
+            col(
+                "Container-Runtime",
+                "string",
+                1,
+                "ContainerRuntime Version reported by the node.",
+            ),
+        ],
+        "Service" => vec![
+            NAME,
+            col("Type", "string", 0, "How the service is exposed."),
+            col(
+                "Cluster-IP",
+                "string",
+                0,
+                "The virtual IP of the service inside the cluster.",
+            ),
+            col(
+                "External-IP",
+                "string",
+                0,
+                "Addresses outside the cluster that reach the service.",
+            ),
+            col(
+                "Port(s)",
+                "string",
+                0,
+                "The list of ports that are exposed by this service.",
+            ),
+            AGE,
+            col(
+                "Selector",
+                "string",
+                1,
+                "Route service traffic to pods with label keys and values matching this selector.",
+            ),
+        ],
+        "Endpoints" => vec![
+            NAME,
+            col(
+                "Endpoints",
+                "string",
+                0,
+                "Addresses and ports behind the service.",
+            ),
+            AGE,
+        ],
+        "ConfigMap" => vec![NAME, col("Data", "integer", 0, "Number of data keys."), AGE],
+        "Secret" => vec![
+            NAME,
+            col("Type", "string", 0, "The type of secret"),
+            col("Data", "integer", 0, "Number of data keys."),
+            AGE,
+        ],
+        "ServiceAccount" => vec![
+            NAME,
+            col("Secrets", "integer", 0, "Number of secrets."),
+            AGE,
+        ],
+        "Event" => vec![
+            col(
+                "Last Seen",
+                "string",
+                0,
+                "Time when this event was last seen.",
+            ),
+            col("Type", "string", 0, "Type of this event (Normal, Warning)."),
+            col("Reason", "string", 0, "Why the action was taken."),
+            col("Object", "string", 0, "The object this event is about."),
+            col(
+                "Subobject",
+                "string",
+                1,
+                "The part of the object the event is about.",
+            ),
+            col("Source", "string", 1, "The component reporting this event."),
+            col("Message", "string", 0, "A description of the event."),
+            col(
+                "First Seen",
+                "string",
+                1,
+                "Time when this event was first seen.",
+            ),
+            col(
+                "Count",
+                "string",
+                1,
+                "The number of times this event has occurred.",
+            ),
+            Column {
+                priority: 1,
+                ..NAME
+            },
+        ],
+        "Deployment" => vec![
+            NAME,
+            col("Ready", "string", 0, "Number of the pod with ready state"),
+            col(
+                "Up-to-date",
+                "string",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            col(
+                "Available",
+                "string",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+            SELECTOR,
+        ],
+        "ReplicaSet" => vec![
+            NAME,
+            col("Desired", "integer", 0, "Number of desired pods."),
+            col(
+                "Current",
+                "integer",
+                0,
+                "Number of pods observed by the controller.",
+            ),
+            col(
+                "Ready",
+                "integer",
+                0,
+                "Number of pods with a Ready condition.",
+            ),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+            SELECTOR,
+        ],
+        "DaemonSet" => vec![
+            NAME,
+            col(
+                "Desired",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod.",
+            ),
+            col(
+                "Current",
+                "integer",
+                0,
+                "The number of nodes running at least one daemon pod and are supposed to.",
+            ),
+            col(
+                "Ready",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+            ),
+            col(
+                "Up-to-date",
+                "integer",
+                0,
+                "The total number of nodes that are running updated daemon pod.",
+            ),
+            col(
+                "Available",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available.",
+            ),
+            col(
+                "Node Selector",
+                "string",
+                0,
+                "The node labels the daemon pods require.",
+            ),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+            SELECTOR,
+        ],
+        "StatefulSet" => vec![
+            NAME,
+            col("Ready", "string", 0, "Number of the pod with ready state"),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+        ],
+        "Job" => vec![
+            NAME,
+            col("Status", "string", 0, "Status of the job."),
+            col(
+                "Completions",
+                "string",
+                0,
+                "The completed job pods out of the desired count.",
+            ),
+            col(
+                "Duration",
+                "string",
+                0,
+                "Time required to complete the job.",
+            ),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+            SELECTOR,
+        ],
+        "CronJob" => vec![
+            NAME,
+            col("Schedule", "string", 0, "The schedule in Cron format."),
+            col("Timezone", "string", 0, "The time zone of the schedule."),
+            col("Suspend", "boolean", 0, "Whether new jobs are suspended."),
+            col(
+                "Active",
+                "integer",
+                0,
+                "The number of currently running jobs.",
+            ),
+            col(
+                "Last Schedule",
+                "string",
+                0,
+                "When a job was last scheduled.",
+            ),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+            SELECTOR,
+        ],
+        "Lease" => vec![
+            NAME,
+            col("Holder", "string", 0, "The holder of the lease."),
+            AGE,
+        ],
+        _ => vec![
+            NAME,
+            Column {
+                name: "Created At",
+                ty: "date",
+                format: "",
+                priority: 0,
+                description: "The time the object was created.",
+            },
+        ],
+    }
+}
+
+/// The cells of one object's row, in `columns(kind)` order.
+pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
+    let spec = &obj["spec"];
+    let status = &obj["status"];
+    match kind {
+        "Pod" => pod_cells(obj),
+        "Namespace" => vec![name(obj), Cell::text(s(&status["phase"])), created(obj)],
+        "Node" => node_cells(obj),
+        "Service" => service_cells(obj),
+        "Endpoints" => vec![
+            name(obj),
+            Cell::text(endpoints_summary(&obj["subsets"])),
+            created(obj),
+        ],
+        "ConfigMap" => {
+            let n = obj["data"].as_object().map_or(0, |m| m.len())
+                + obj["binaryData"].as_object().map_or(0, |m| m.len());
+            vec![name(obj), Cell::Int(n as i64), created(obj)]
+        }
+        "Secret" => vec![
+            name(obj),
+            Cell::text(s(&obj["type"])),
+            Cell::Int(obj["data"].as_object().map_or(0, |m| m.len()) as i64),
+            created(obj),
+        ],
+        "ServiceAccount" => vec![
+            name(obj),
+            Cell::Int(obj["secrets"].as_array().map_or(0, |a| a.len()) as i64),
+            created(obj),
+        ],
+        "Event" => event_cells(obj),
+        "Deployment" => {
+            let (c, i) = containers_and_images(&spec["template"]["spec"]);
+            vec![
+                name(obj),
+                Cell::text(format!(
+                    "{}/{}",
+                    int(&status["readyReplicas"]),
+                    int(&spec["replicas"])
+                )),
+                Cell::Int(int(&status["updatedReplicas"])),
+                Cell::Int(int(&status["availableReplicas"])),
+                created(obj),
+                c,
+                i,
+                selector_cell(&spec["selector"]),
+            ]
+        }
+        "ReplicaSet" => {
+            let (c, i) = containers_and_images(&spec["template"]["spec"]);
+            vec![
+                name(obj),
+                Cell::Int(int(&spec["replicas"])),
+                Cell::Int(int(&status["replicas"])),
+                Cell::Int(int(&status["readyReplicas"])),
+                created(obj),
+                c,
+                i,
+                selector_cell(&spec["selector"]),
+            ]
+        }
+        "DaemonSet" => {
+            let (c, i) = containers_and_images(&spec["template"]["spec"]);
+            vec![
+                name(obj),
+                Cell::Int(int(&status["desiredNumberScheduled"])),
+                Cell::Int(int(&status["currentNumberScheduled"])),
+                Cell::Int(int(&status["numberReady"])),
+                Cell::Int(int(&status["updatedNumberScheduled"])),
+                Cell::Int(int(&status["numberAvailable"])),
+                Cell::text(map_selector(&spec["template"]["spec"]["nodeSelector"])),
+                created(obj),
+                c,
+                i,
+                selector_cell(&spec["selector"]),
+            ]
+        }
+        "StatefulSet" => {
+            let (c, i) = containers_and_images(&spec["template"]["spec"]);
+            vec![
+                name(obj),
+                Cell::text(format!(
+                    "{}/{}",
+                    int(&status["readyReplicas"]),
+                    int(&spec["replicas"])
+                )),
+                created(obj),
+                c,
+                i,
+            ]
+        }
+        "Job" => job_cells(obj),
+        "CronJob" => {
+            let (c, i) = containers_and_images(&spec["jobTemplate"]["spec"]["template"]["spec"]);
+            vec![
+                name(obj),
+                Cell::text(s(&spec["schedule"])),
+                Cell::text(or_none(s(&spec["timeZone"]))),
+                Cell::text(if spec["suspend"].as_bool() == Some(true) {
+                    "True"
+                } else {
+                    "False"
+                }),
+                Cell::Int(status["active"].as_array().map_or(0, |a| a.len()) as i64),
+                Cell::Since(ts(&status["lastScheduleTime"])),
+                created(obj),
+                c,
+                i,
+                selector_cell(&spec["jobTemplate"]["spec"]["selector"]),
+            ]
+        }
+        "Lease" => vec![
+            name(obj),
+            Cell::text(s(&spec["holderIdentity"])),
+            created(obj),
+        ],
+        _ => vec![
+            name(obj),
+            Cell::text(s(&obj["metadata"]["creationTimestamp"])),
+        ],
+    }
+}
+
+fn pod_cells(obj: &Value) -> Vec<Cell> {
+    let spec = &obj["spec"];
+    let status = &obj["status"];
+    let containers = spec["containers"].as_array().map_or(0, |a| a.len());
+    let mut reason = s(&status["phase"]).to_string();
+    if !s(&status["reason"]).is_empty() {
+        reason = s(&status["reason"]).to_string();
+    }
+    let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+    let condition = |ty: &str| {
+        conditions
+            .iter()
+            .find(|c| s(&c["type"]) == ty)
+            .map(|c| s(&c["status"]).to_string())
+    };
+    if let Some(c) = conditions.iter().find(|c| s(&c["type"]) == "PodScheduled")
+        && s(&c["reason"]) == "SchedulingGated"
+    {
+        reason = "SchedulingGated".into();
+    }
+    let mut restarts = 0;
+    let mut last_restart: Option<Timestamp> = None;
+    let mut note_restart = |cs: &Value, restarts: &mut i64| {
+        *restarts += int(&cs["restartCount"]);
+        if let Some(t) = ts(&cs["lastState"]["terminated"]["finishedAt"])
+            && last_restart.is_none_or(|l| t > l)
+        {
+            last_restart = Some(t);
+        }
+    };
+    let init_specs = spec["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let init_statuses = status["initContainerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut initializing = false;
+    for (i, cs) in init_statuses.iter().enumerate() {
+        note_restart(cs, &mut restarts);
+        let term = &cs["state"]["terminated"];
+        let waiting = &cs["state"]["waiting"];
+        let sidecar = init_specs
+            .iter()
+            .any(|c| s(&c["name"]) == s(&cs["name"]) && s(&c["restartPolicy"]) == "Always");
+        if !term.is_null() && int(&term["exitCode"]) == 0 {
+            continue;
+        }
+        if sidecar && cs["started"].as_bool() == Some(true) {
+            continue;
+        }
+        reason = if !term.is_null() {
+            if !s(&term["reason"]).is_empty() {
+                format!("Init:{}", s(&term["reason"]))
+            } else if int(&term["signal"]) != 0 {
+                format!("Init:Signal:{}", int(&term["signal"]))
+            } else {
+                format!("Init:ExitCode:{}", int(&term["exitCode"]))
+            }
+        } else if !s(&waiting["reason"]).is_empty() && s(&waiting["reason"]) != "PodInitializing" {
+            format!("Init:{}", s(&waiting["reason"]))
+        } else {
+            format!("Init:{}/{}", i, init_specs.len())
+        };
+        initializing = true;
+        break;
+    }
+    let mut ready = 0;
+    if !initializing || condition("Initialized").as_deref() == Some("True") {
+        let mut has_running = false;
+        let statuses = status["containerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for cs in statuses.iter().rev() {
+            note_restart(cs, &mut restarts);
+            let st = &cs["state"];
+            if !s(&st["waiting"]["reason"]).is_empty() {
+                reason = s(&st["waiting"]["reason"]).to_string();
+            } else if !st["terminated"].is_null() {
+                let t = &st["terminated"];
+                reason = if !s(&t["reason"]).is_empty() {
+                    s(&t["reason"]).to_string()
+                } else if int(&t["signal"]) != 0 {
+                    format!("Signal:{}", int(&t["signal"]))
+                } else {
+                    format!("ExitCode:{}", int(&t["exitCode"]))
+                };
+            } else if cs["ready"].as_bool() == Some(true) && !st["running"].is_null() {
+                has_running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && has_running {
+            reason = if condition("Ready").as_deref() == Some("True") {
+                "Running".into()
+            } else {
+                "NotReady".into()
+            };
+        }
+    }
+    if !obj["metadata"]["deletionTimestamp"].is_null() {
+        reason = if s(&status["reason"]) == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
+    }
+    let restarts_cell = match last_restart {
+        Some(t) if restarts > 0 => Cell::Text(format!(
+            "{restarts} ({} ago)",
+            human_duration(Timestamp::now().duration_since(t))
+        )),
+        _ => Cell::text(restarts.to_string()),
+    };
+    let gates = spec["readinessGates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let gates_cell = if gates.is_empty() {
+        "<none>".to_string()
+    } else {
+        let met = gates
+            .iter()
+            .filter(|g| condition(s(&g["conditionType"])).as_deref() == Some("True"))
+            .count();
+        format!("{met}/{}", gates.len())
+    };
+    vec![
+        name(obj),
+        Cell::text(format!("{ready}/{containers}")),
+        Cell::text(reason),
+        restarts_cell,
+        created(obj),
+        Cell::text(or_none(s(&status["podIP"]))),
+        Cell::text(or_none(s(&spec["nodeName"]))),
+        Cell::text(or_none(s(&status["nominatedNodeName"]))),
+        Cell::text(gates_cell),
+    ]
+}
+
+fn node_cells(obj: &Value) -> Vec<Cell> {
+    let status = &obj["status"];
+    let ready = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| s(&c["type"]) == "Ready"))
+        .map(|c| match s(&c["status"]) {
+            "True" => "Ready",
+            "False" => "NotReady",
+            _ => "Unknown",
+        })
+        .unwrap_or("Unknown");
+    let mut state = ready.to_string();
+    if obj["spec"]["unschedulable"].as_bool() == Some(true) {
+        state.push_str(",SchedulingDisabled");
+    }
+    let mut roles: Vec<String> = Vec::new();
+    if let Some(labels) = obj["metadata"]["labels"].as_object() {
+        for (k, v) in labels {
+            if let Some(role) = k.strip_prefix("node-role.kubernetes.io/") {
+                if !role.is_empty() {
+                    roles.push(role.to_string());
+                }
+            } else if k == "kubernetes.io/role" && !s(v).is_empty() {
+                roles.push(s(v).to_string());
+            }
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    let address = |ty: &str| -> String {
+        status["addresses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| s(&x["type"]) == ty))
+            .map_or("<none>".to_string(), |x| s(&x["address"]).to_string())
+    };
+    let info = &status["nodeInfo"];
+    vec![
+        name(obj),
+        Cell::text(state),
+        Cell::text(if roles.is_empty() {
+            "<none>".to_string()
+        } else {
+            roles.join(",")
+        }),
+        created(obj),
+        Cell::text(s(&info["kubeletVersion"])),
+        Cell::text(address("InternalIP")),
+        Cell::text(address("ExternalIP")),
+        Cell::text(or_none(s(&info["osImage"]))),
+        Cell::text(or_none(s(&info["kernelVersion"]))),
+        Cell::text(or_none(s(&info["containerRuntimeVersion"]))),
+    ]
+}
+
+fn service_cells(obj: &Value) -> Vec<Cell> {
+    let spec = &obj["spec"];
+    let ty = s(&spec["type"]);
+    let cluster_ip = match s(&spec["clusterIP"]) {
+        "" => "<none>",
+        ip => ip,
+    };
+    let mut external: Vec<String> = spec["externalIPs"]
+        .as_array()
+        .map(|a| a.iter().map(|v| s(v).to_string()).collect())
+        .unwrap_or_default();
+    let external = match ty {
+        "ExternalName" => s(&spec["externalName"]).to_string(),
+        "LoadBalancer" => {
+            for ing in obj["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let addr = if s(&ing["ip"]).is_empty() {
+                    s(&ing["hostname"])
+                } else {
+                    s(&ing["ip"])
+                };
+                external.push(addr.to_string());
+            }
+            if external.is_empty() {
+                "<pending>".to_string()
+            } else {
+                external.join(",")
+            }
+        }
+        _ if external.is_empty() => "<none>".to_string(),
+        _ => external.join(","),
+    };
+    let mut ports = Vec::new();
+    for p in spec["ports"].as_array().into_iter().flatten() {
+        let proto = match s(&p["protocol"]) {
+            "" => "TCP",
+            x => x,
+        };
+        match p["nodePort"].as_i64().filter(|n| *n != 0) {
+            Some(np) => ports.push(format!("{}:{np}/{proto}", int(&p["port"]))),
+            None => ports.push(format!("{}/{proto}", int(&p["port"]))),
+        }
+    }
+    vec![
+        name(obj),
+        Cell::text(ty),
+        Cell::text(cluster_ip),
+        Cell::text(external),
+        Cell::text(if ports.is_empty() {
+            "<none>".to_string()
+        } else {
+            ports.join(",")
+        }),
+        created(obj),
+        Cell::text(map_selector(&spec["selector"])),
+    ]
+}
+
+fn endpoints_summary(subsets: &Value) -> String {
+    const SHOWN: usize = 3;
+    let mut all = Vec::new();
+    for subset in subsets.as_array().into_iter().flatten() {
+        let ports: Vec<i64> = subset["ports"]
+            .as_array()
+            .map(|a| a.iter().map(|p| int(&p["port"])).collect())
+            .unwrap_or_default();
+        for addr in subset["addresses"].as_array().into_iter().flatten() {
+            if ports.is_empty() {
+                all.push(s(&addr["ip"]).to_string());
+            }
+            for p in &ports {
+                all.push(format!("{}:{p}", s(&addr["ip"])));
+            }
+        }
+    }
+    if all.is_empty() {
+        return "<none>".into();
+    }
+    let mut out = all[..all.len().min(SHOWN)].join(",");
+    if all.len() > SHOWN {
+        let _ = write!(out, " + {} more...", all.len() - SHOWN);
+    }
+    out
+}
+
+fn event_cells(obj: &Value) -> Vec<Cell> {
+    let involved = &obj["involvedObject"];
+    let last = ts(&obj["lastTimestamp"])
+        .or_else(|| ts(&obj["eventTime"]))
+        .or_else(|| ts(&obj["metadata"]["creationTimestamp"]));
+    let first = ts(&obj["firstTimestamp"]).or_else(|| ts(&obj["eventTime"]));
+    let object = format!(
+        "{}/{}",
+        s(&involved["kind"]).to_lowercase(),
+        s(&involved["name"])
+    );
+    let source = {
+        let component = s(&obj["source"]["component"]);
+        let component = if component.is_empty() {
+            s(&obj["reportingComponent"])
+        } else {
+            component
+        };
+        match s(&obj["source"]["host"]) {
+            "" => component.to_string(),
+            host => format!("{component}, {host}"),
+        }
+    };
+    vec![
+        Cell::Since(last),
+        Cell::text(s(&obj["type"])),
+        Cell::text(s(&obj["reason"])),
+        Cell::text(object),
+        Cell::text(s(&involved["fieldPath"])),
+        Cell::text(source),
+        Cell::text(s(&obj["message"]).trim()),
+        Cell::Since(first),
+        Cell::text(
+            obj["count"]
+                .as_i64()
+                .map_or(String::new(), |c| c.to_string()),
+        ),
+        name(obj),
+    ]
+}
+
+fn job_cells(obj: &Value) -> Vec<Cell> {
+    let spec = &obj["spec"];
+    let status = &obj["status"];
+    let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+    let has = |ty: &str| {
+        conditions
+            .iter()
+            .any(|c| s(&c["type"]) == ty && s(&c["status"]) == "True")
+    };
+    let state = if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else if spec["suspend"].as_bool() == Some(true) || has("Suspended") {
+        "Suspended"
+    } else {
+        "Running"
+    };
+    let succeeded = int(&status["succeeded"]);
+    let completions = match spec["completions"].as_i64() {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => {
+            let parallelism = spec["parallelism"].as_i64().unwrap_or(0);
+            if parallelism > 1 {
+                format!("{succeeded}/1 of {parallelism}")
+            } else {
+                format!("{succeeded}/1")
+            }
+        }
+    };
+    let (c, i) = containers_and_images(&spec["template"]["spec"]);
+    vec![
+        name(obj),
+        Cell::text(state),
+        Cell::text(completions),
+        Cell::Between(ts(&status["startTime"]), ts(&status["completionTime"])),
+        created(obj),
+        c,
+        i,
+        selector_cell(&spec["selector"]),
+    ]
+}
+
+/// `PartialObjectMetadata` for a table row: the metadata kubectl reads for `--show-labels`
+/// and `-L`, without the (large) managed fields.
+pub fn partial_metadata(obj: &Value) -> Value {
+    let mut meta = obj["metadata"].clone();
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("managedFields");
+    }
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
+}
+
+/// The column definitions as the Table carries them.
+pub fn column_definitions(kind: &str) -> Value {
+    Value::Array(
+        columns(kind)
+            .iter()
+            .map(|c| {
+                json!({"name": c.name, "type": c.ty, "format": c.format,
+                       "description": c.description, "priority": c.priority})
+            })
+            .collect(),
+    )
+}
+
+/// Labels as a sorted map, for selectors.
+pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
+    obj["metadata"]["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), s(v).to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::SignedDuration;
+
+    #[test]
+    fn durations_print_like_kubectl() {
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (119, "119s"),
+            (120, "2m"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600 - 1, "179m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 60, "3h1m"),
+            (9 * 3600, "9h"),
+            (2 * 86400, "2d"),
+            (2 * 86400 + 3600, "2d1h"),
+            (10 * 86400, "10d"),
+            (3 * 365 * 86400, "3y"),
+            (3 * 365 * 86400 + 86400, "3y1d"),
+            (9 * 365 * 86400, "9y"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(
+                human_duration(SignedDuration::from_secs(secs)),
+                want,
+                "{secs}s"
+            );
+        }
+        assert_eq!(human_duration(SignedDuration::from_secs(-5)), "<invalid>");
+    }
+
+    #[test]
+    fn pod_status_column() {
+        let running = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 0, "state": {"running": {}}},
+                {"name": "b", "ready": false, "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let c = cells("Pod", &running);
+        assert_eq!(c[1], Cell::text("1/2"));
+        assert_eq!(c[2], Cell::text("CrashLoopBackOff"));
+        assert_eq!(c[3], Cell::text("2"));
+        assert_eq!(c[5], Cell::text("10.0.0.5"));
+        let mut deleting = running.clone();
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        assert_eq!(cells("Pod", &deleting)[2], Cell::text("Terminating"));
+        let init = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}], "initContainers": [{"name": "i"}]},
+            "status": {"phase": "Pending", "initContainerStatuses": [{"name": "i", "state": {"running": {}}}]}});
+        assert_eq!(cells("Pod", &init)[2], Cell::text("Init:0/1"));
+        let pending = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending"}});
+        assert_eq!(cells("Pod", &pending)[2], Cell::text("Pending"));
+        assert_eq!(cells("Pod", &pending)[6], Cell::text("<none>"));
+    }
+
+    #[test]
+    fn service_and_deployment_columns() {
+        let svc = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "clusterIP": "10.43.0.10",
+            "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}, {"port": 53, "protocol": "UDP"}],
+            "selector": {"app": "web"}}});
+        let c = cells("Service", &svc);
+        assert_eq!(c[3], Cell::text("<none>"));
+        assert_eq!(c[4], Cell::text("80:30080/TCP,53/UDP"));
+        assert_eq!(c[6], Cell::text("app=web"));
+        let d = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}},
+            "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});
+        let c = cells("Deployment", &d);
+        assert_eq!(c[1], Cell::text("2/3"));
+        assert_eq!(c[2], Cell::Int(3));
+        assert_eq!(c[6], Cell::text("nginx:1.27"));
+        assert_eq!(c[7], Cell::text("app=web"));
+        assert_eq!(columns("Deployment").len(), c.len());
+        for kind in [
+            "Pod",
+            "Node",
+            "Service",
+            "Endpoints",
+            "ConfigMap",
+            "Secret",
+            "ServiceAccount",
+            "Event",
+            "ReplicaSet",
+            "DaemonSet",
+            "StatefulSet",
+            "Job",
+            "CronJob",
+            "Lease",
+            "Namespace",
+            "Other",
+        ] {
+            assert_eq!(columns(kind).len(), cells(kind, &json!({})).len(), "{kind}");
+        }
+    }
+}

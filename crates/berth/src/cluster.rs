@@ -1,0 +1,271 @@
+//! The control-plane roles: `berth server` (API server, store, controllers) and `berth up`
+//! (all of it on one machine). Starts, bootstraps the objects every cluster has, serves until
+//! SIGINT or SIGTERM.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use api::k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Namespace, Service, ServicePort,
+    ServiceSpec,
+};
+use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use apiserver::ApiServer;
+use apiserver::http::{Authenticator, serve, tls_config};
+use client::{Client, ClientError};
+use controllers::namespace::NamespaceController;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use store::RedbStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::inprocess::InProcess;
+use crate::pki;
+
+/// Namespaces every cluster has.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+/// The store's page cache; the API server keeps its own decoded cache, so this can be small.
+const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address the Kubernetes API listens on (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Where the cluster keeps its state, credentials and kubeconfig.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The address clients and pods use to reach the API server (default: the listen address,
+    /// or 127.0.0.1 when listening on all addresses).
+    #[arg(long)]
+    pub advertise_address: Option<IpAddr>,
+}
+
+/// `/var/lib/berth` for root, `$XDG_DATA_HOME/berth` (or `~/.local/share/berth`) otherwise.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/berth");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("berth");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/berth")
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+    }
+}
+
+/// Start the control plane and return once it serves.
+pub async fn start(args: &ServerArgs) -> Result<Running> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let advertise_ip = args
+        .advertise_address
+        .unwrap_or(if addr.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            addr.ip()
+        });
+    let advertise = SocketAddr::new(advertise_ip, addr.port());
+    let config = apiserver::Config {
+        advertise,
+        ..Default::default()
+    };
+    let service_ip = IpAddr::V4(Ipv4Addr::from(u32::from(config.service_cidr.0) + 1));
+    let pki = pki::load_or_create(
+        &data_dir,
+        &pki::Sans::for_server(addr.ip(), advertise_ip, service_ip),
+    )?;
+
+    let db_dir = data_dir.join("db");
+    std::fs::create_dir_all(&db_dir)?;
+    let store = RedbStore::open(&db_dir.join("state.redb"), STORE_CACHE_BYTES)
+        .with_context(|| format!("opening the store in {}", db_dir.display()))?;
+    let api = ApiServer::start(Arc::new(store), config)
+        .await
+        .context("loading the cluster state")?;
+
+    let bootstrap = InProcess::client(api.clone(), "berth-bootstrap");
+    bootstrap_objects(&bootstrap, advertise, service_ip).await?;
+    tokio::spawn(
+        NamespaceController::new(
+            InProcess::client(api.clone(), "namespace-controller"),
+            pki.ca_pem.clone(),
+        )
+        .run(),
+    );
+
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.serving_chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .context("parsing the serving certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())
+        .context("parsing the serving key")?;
+    let tls = tls_config(chain, key).context("building the TLS configuration")?;
+    let auth = Arc::new(Authenticator::new([(
+        pki.admin_token.clone(),
+        "admin".to_string(),
+    )]));
+    let (shutdown, rx) = watch::channel(false);
+    let server = tokio::spawn(serve(api.clone(), listener, tls, auth, rx));
+
+    let kubeconfig = pki::kubeconfig_path(&data_dir);
+    let server_url = format!("https://{}", format_host(advertise));
+    pki::write_kubeconfig(&kubeconfig, &server_url, &pki.ca_pem, &pki.admin_token)?;
+    Ok(Running {
+        addr,
+        kubeconfig,
+        shutdown,
+        server,
+    })
+}
+
+fn format_host(addr: SocketAddr) -> String {
+    match addr.ip() {
+        IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
+        IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
+    }
+}
+
+/// Serve until SIGINT or SIGTERM.
+pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
+    let running = start(&args).await?;
+    println!(
+        "berth {role}: Kubernetes API at https://{}; run: export KUBECONFIG={}",
+        format_host(running.addr),
+        running.kubeconfig.display()
+    );
+    wait_for_signal().await?;
+    info!("shutting down");
+    tokio::time::timeout(Duration::from_secs(5), running.stop())
+        .await
+        .ok();
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn exists_ok<T>(r: Result<T, ClientError>) -> Result<(), ClientError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_conflict() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The objects every cluster has: system namespaces and the `kubernetes` Service.
+async fn bootstrap_objects(c: &Client, advertise: SocketAddr, service_ip: IpAddr) -> Result<()> {
+    for ns in SYSTEM_NAMESPACES {
+        if c.get::<Namespace>(None, ns).await?.is_none() {
+            let obj = Namespace {
+                metadata: ObjectMeta {
+                    name: Some((*ns).to_string()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            exists_ok(c.create(None, &obj).await)
+                .with_context(|| format!("creating namespace {ns}"))?;
+        }
+    }
+    if c.get::<Service>(Some("default"), "kubernetes")
+        .await?
+        .is_none()
+    {
+        let svc = Service {
+            metadata: ObjectMeta {
+                name: Some("kubernetes".into()),
+                labels: Some(
+                    [("component", "apiserver"), ("provider", "kubernetes")]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(service_ip.to_string()),
+                ports: Some(vec![ServicePort {
+                    name: Some("https".into()),
+                    port: 443,
+                    protocol: Some("TCP".into()),
+                    target_port: Some(IntOrString::Int(i32::from(advertise.port()))),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        exists_ok(c.create(Some("default"), &svc).await)
+            .context("creating the kubernetes service")?;
+    }
+    let subsets = vec![EndpointSubset {
+        addresses: Some(vec![EndpointAddress {
+            ip: advertise.ip().to_string(),
+            ..Default::default()
+        }]),
+        ports: Some(vec![EndpointPort {
+            name: Some("https".into()),
+            port: i32::from(advertise.port()),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }];
+    match c.get::<Endpoints>(Some("default"), "kubernetes").await? {
+        None => {
+            let ep = Endpoints {
+                metadata: ObjectMeta {
+                    name: Some("kubernetes".into()),
+                    ..Default::default()
+                },
+                subsets: Some(subsets),
+            };
+            exists_ok(c.create(Some("default"), &ep).await)
+                .context("creating the kubernetes endpoints")?;
+        }
+        Some(mut ep) if ep.subsets.as_ref() != Some(&subsets) => {
+            ep.subsets = Some(subsets);
+            if let Err(e) = c.replace(Some("default"), "kubernetes", &ep).await {
+                warn!(error = %e, "could not update the kubernetes endpoints");
+            }
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `berth`: the command line. One binary for every role of the cluster and its client verbs.
+
+mod cluster;
+mod inprocess;
+mod pki;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "berth", version = apiserver_version(), about = "A container orchestrator that speaks the Kubernetes API")]
+struct Cli {
+    /// Log filter (tracing's syntax, e.g. `info`, `berth=debug`); `RUST_LOG` also works.
+    #[arg(long, global = true, env = "BERTH_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole single-node cluster on this machine, in the foreground.
+    Up(cluster::ServerArgs),
+    /// Run the control plane (API server, store, controllers) without a node agent.
+    Server(cluster::ServerArgs),
+}
+
+fn apiserver_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berth")
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => cluster::run(args, "up").await,
+            Command::Server(args) => cluster::run(args, "server").await,
+        }
+    })
+}

@@ -1,0 +1,286 @@
+//! The cluster's credentials: a CA made on first start, a serving certificate signed by it
+//! (renewed when it nears expiry or no longer covers the addresses served), and the admin
+//! bearer token. Everything lives under `<data-dir>/tls` and `<data-dir>/credentials`.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+use tracing::info;
+
+const CA_DAYS: i64 = 3650;
+const SERVING_DAYS: i64 = 365;
+/// A serving certificate this close to expiry is replaced at start.
+const RENEW_BEFORE_DAYS: i64 = 30;
+
+pub struct Pki {
+    pub ca_pem: String,
+    pub serving_chain_pem: String,
+    pub serving_key_pem: String,
+    pub admin_token: String,
+}
+
+/// Write a private file (mode 0600), replacing it atomically.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))?;
+    Ok(())
+}
+
+fn ca_params() -> Result<CertificateParams> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "berth-ca");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + Duration::days(CA_DAYS);
+    Ok(p)
+}
+
+/// Names and addresses the serving certificate must cover.
+pub struct Sans {
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+impl Sans {
+    pub fn for_server(listen: IpAddr, advertise: IpAddr, service_ip: IpAddr) -> Sans {
+        let mut dns = vec![
+            "localhost".to_string(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+        ];
+        if let Some(h) = hostname() {
+            dns.push(h);
+        }
+        let mut ips = vec![
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+            service_ip,
+            advertise,
+        ];
+        if !listen.is_unspecified() {
+            ips.push(listen);
+        }
+        ips.sort();
+        ips.dedup();
+        Sans { dns, ips }
+    }
+}
+
+pub fn hostname() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether an existing certificate still serves: not near expiry and covering every SAN.
+fn serving_cert_usable(pem: &str, sans: &Sans) -> bool {
+    let Ok((_, parsed)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = parsed.parse_x509() else {
+        return false;
+    };
+    let expires = cert.validity().not_after.timestamp();
+    let renew_at = OffsetDateTime::now_utc() + Duration::days(RENEW_BEFORE_DAYS);
+    if expires < renew_at.unix_timestamp() {
+        return false;
+    }
+    let Ok(Some(alt)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    for name in &alt.value.general_names {
+        match name {
+            x509_parser::extensions::GeneralName::DNSName(d) => dns.push(d.to_string()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                    ips.push(IpAddr::from(a));
+                } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                    ips.push(IpAddr::from(a));
+                }
+            }
+            _ => {}
+        }
+    }
+    sans.dns.iter().all(|d| dns.contains(d)) && sans.ips.iter().all(|i| ips.contains(i))
+}
+
+/// Load the cluster's credentials from `data_dir`, creating what is missing.
+pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
+    let tls = data_dir.join("tls");
+    let creds = data_dir.join("credentials");
+    ensure_dir(&tls)?;
+    ensure_dir(&creds)?;
+    let (ca_crt, ca_key) = (tls.join("ca.crt"), tls.join("ca.key"));
+    if !ca_crt.exists() || !ca_key.exists() {
+        let key = KeyPair::generate()?;
+        let cert = ca_params()?.self_signed(&key)?;
+        write_private(&ca_key, key.serialize_pem().as_bytes())?;
+        write_private(&ca_crt, cert.pem().as_bytes())?;
+        info!("created the cluster CA");
+    }
+    let ca_pem = fs::read_to_string(&ca_crt).context("reading the cluster CA")?;
+    let ca_key_pem = fs::read_to_string(&ca_key).context("reading the cluster CA key")?;
+    let (srv_crt, srv_key) = (tls.join("server.crt"), tls.join("server.key"));
+    let usable = srv_key.exists()
+        && fs::read_to_string(&srv_crt).is_ok_and(|pem| serving_cert_usable(&pem, sans));
+    if !usable {
+        let ca_key = KeyPair::from_pem(&ca_key_pem).context("parsing the CA key")?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("parsing the CA certificate")?;
+        let mut p = CertificateParams::new(sans.dns.clone())?;
+        for ip in &sans.ips {
+            p.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "berth-apiserver");
+        p.distinguished_name = dn;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::hours(1);
+        p.not_after = now + Duration::days(SERVING_DAYS);
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &issuer)?;
+        write_private(&srv_key, key.serialize_pem().as_bytes())?;
+        write_private(&srv_crt, cert.pem().as_bytes())?;
+        info!("issued a new serving certificate");
+    }
+    let token_path = creds.join("admin.token");
+    if !token_path.exists() {
+        write_private(&token_path, random_token()?.as_bytes())?;
+    }
+    let admin_token = fs::read_to_string(&token_path)
+        .context("reading the admin token")?
+        .trim()
+        .to_string();
+    if admin_token.len() < 32 {
+        bail!("{} holds a token that is too short", token_path.display());
+    }
+    Ok(Pki {
+        serving_chain_pem: format!("{}{}", fs::read_to_string(&srv_crt)?, ca_pem),
+        serving_key_pem: fs::read_to_string(&srv_key)?,
+        ca_pem,
+        admin_token,
+    })
+}
+
+/// 32 random bytes, hex encoded.
+pub fn random_token() -> Result<String> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("kubeconfig")
+}
+
+/// Write a kubeconfig for the admin user against `server`.
+pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> Result<()> {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let config = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: berth
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: admin
+  user:
+    token: {token}
+contexts:
+- name: berth
+  context:
+    cluster: berth
+    user: admin
+current-context: berth
+preferences: {{}}
+"
+    );
+    write_private(path, config.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_once_and_renews_for_new_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = Sans::for_server(
+            "127.0.0.1".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            "10.43.0.1".parse().unwrap(),
+        );
+        let first = load_or_create(dir.path(), &sans).unwrap();
+        let again = load_or_create(dir.path(), &sans).unwrap();
+        assert_eq!(first.ca_pem, again.ca_pem);
+        assert_eq!(
+            first.serving_chain_pem, again.serving_chain_pem,
+            "a usable certificate is kept"
+        );
+        assert_eq!(first.admin_token, again.admin_token);
+        let wider = Sans::for_server(
+            "10.1.2.3".parse().unwrap(),
+            "10.1.2.3".parse().unwrap(),
+            "10.43.0.1".parse().unwrap(),
+        );
+        let renewed = load_or_create(dir.path(), &wider).unwrap();
+        assert_eq!(first.ca_pem, renewed.ca_pem, "the CA stays");
+        assert_ne!(
+            first.serving_chain_pem, renewed.serving_chain_pem,
+            "a new address needs a new certificate"
+        );
+        let mode = fs::metadata(dir.path().join("tls/ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

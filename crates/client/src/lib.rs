@@ -1,0 +1,441 @@
+//! A typed client for the Kubernetes API. Every component of berth that is not the API server
+//! uses it, over HTTPS or over an in-process transport into the same request handler, so that
+//! every caller passes the same validation and admission.
+
+mod https;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use api::k8s_openapi::{ListableResource, Resource};
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use crate::https::HttpsTransport;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A response body as it streams in.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a `Status` failure.
+    #[error("{message} ({reason}, {code})")]
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("request failed")]
+    Transport(#[source] BoxError),
+    #[error("cannot decode the response")]
+    Decode(#[source] serde_json::Error),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(404)
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(409)
+    }
+}
+
+/// How requests reach the API server.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    async fn send(&self, req: Request<Bytes>) -> Result<http::Response<ResponseBody>, ClientError>;
+}
+
+/// A watch event with a typed object.
+#[derive(Debug)]
+pub enum WatchEvent<K> {
+    Added(K),
+    Modified(K),
+    Deleted(K),
+    Bookmark(String),
+    /// The server ended the watch with an error, e.g. 410 when the revision is too old.
+    Error(ClientError),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    transport: Arc<dyn Transport>,
+}
+
+/// Query options of a list or watch.
+#[derive(Clone, Debug, Default)]
+pub struct ListParams {
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+    pub limit: Option<u32>,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    pub timeout_seconds: Option<u32>,
+    pub bookmarks: bool,
+}
+
+impl ListParams {
+    fn query(&self) -> String {
+        let mut q = Vec::new();
+        let mut add = |k: &str, v: &str| q.push(format!("{k}={}", encode(v)));
+        if let Some(s) = &self.label_selector {
+            add("labelSelector", s);
+        }
+        if let Some(s) = &self.field_selector {
+            add("fieldSelector", s);
+        }
+        if let Some(l) = self.limit {
+            add("limit", &l.to_string());
+        }
+        if let Some(c) = &self.continue_token {
+            add("continue", c);
+        }
+        if let Some(rv) = &self.resource_version {
+            add("resourceVersion", rv);
+        }
+        if let Some(t) = self.timeout_seconds {
+            add("timeoutSeconds", &t.to_string());
+        }
+        if self.bookmarks {
+            add("allowWatchBookmarks", "true");
+        }
+        q.join("&")
+    }
+}
+
+/// Percent-encode a query value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The URL path of a resource's collection, in a namespace or cluster-wide.
+pub fn collection_path(r: &api::Resource, namespace: Option<&str>) -> String {
+    let base = if r.group.is_empty() {
+        format!("/api/{}", r.version)
+    } else {
+        format!("/apis/{}/{}", r.group, r.version)
+    };
+    match namespace {
+        Some(ns) if r.namespaced => format!("{base}/namespaces/{ns}/{}", r.plural),
+        _ => format!("{base}/{}", r.plural),
+    }
+}
+
+fn typed_path<K: Resource>(namespace: Option<&str>, name: Option<&str>) -> String {
+    let base = if K::GROUP.is_empty() {
+        format!("/api/{}", K::VERSION)
+    } else {
+        format!("/apis/{}/{}", K::GROUP, K::VERSION)
+    };
+    let mut p = match namespace {
+        Some(ns) => format!("{base}/namespaces/{ns}/{}", K::URL_PATH_SEGMENT),
+        None => format!("{base}/{}", K::URL_PATH_SEGMENT),
+    };
+    if let Some(n) = name {
+        p.push('/');
+        p.push_str(n);
+    }
+    p
+}
+
+async fn collect(body: ResponseBody) -> Result<Bytes, ClientError> {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(ClientError::Transport)
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    ClientError::Api {
+        code: status.as_u16(),
+        reason: v["reason"].as_str().unwrap_or("Unknown").to_string(),
+        message: v["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
+    }
+}
+
+impl Client {
+    pub fn new(transport: Arc<dyn Transport>) -> Client {
+        Client { transport }
+    }
+
+    /// Send a request and return the raw body of a successful response.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::ACCEPT, "application/json")
+            .body(body)
+            .map_err(|e| ClientError::Transport(Box::new(e)))?;
+        let resp = self.transport.send(req).await?;
+        let status = resp.status();
+        let bytes = collect(resp.into_body()).await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(bytes)
+    }
+
+    pub async fn request_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let b = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let bytes = self.request(method, path, "application/json", b).await?;
+        serde_json::from_slice(&bytes).map_err(ClientError::Decode)
+    }
+
+    pub async fn get<K>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<K>, ClientError>
+    where
+        K: Resource + DeserializeOwned,
+    {
+        match self
+            .request(
+                Method::GET,
+                &typed_path::<K>(namespace, Some(name)),
+                "application/json",
+                Bytes::new(),
+            )
+            .await
+        {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(ClientError::Decode),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A whole list (following `continue` tokens) and its resource version.
+    pub async fn list<K>(
+        &self,
+        namespace: Option<&str>,
+        params: &ListParams,
+    ) -> Result<(Vec<K>, String), ClientError>
+    where
+        K: Resource + ListableResource + DeserializeOwned,
+    {
+        let mut items = Vec::new();
+        let mut params = params.clone();
+        loop {
+            let path = format!("{}?{}", typed_path::<K>(namespace, None), params.query());
+            let v = self.request_json(Method::GET, &path, None).await?;
+            for item in v["items"].as_array().into_iter().flatten() {
+                items.push(K::deserialize(item).map_err(ClientError::Decode)?);
+            }
+            match v["metadata"]["continue"].as_str().filter(|c| !c.is_empty()) {
+                Some(c) => params.continue_token = Some(c.to_string()),
+                None => {
+                    let rv = v["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    return Ok((items, rv));
+                }
+            }
+        }
+    }
+
+    pub async fn create<K>(&self, namespace: Option<&str>, obj: &K) -> Result<K, ClientError>
+    where
+        K: Resource + Serialize + DeserializeOwned,
+    {
+        let body = serde_json::to_value(obj).map_err(ClientError::Decode)?;
+        let v = self
+            .request_json(Method::POST, &typed_path::<K>(namespace, None), Some(&body))
+            .await?;
+        K::deserialize(v).map_err(ClientError::Decode)
+    }
+
+    pub async fn replace<K>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        obj: &K,
+    ) -> Result<K, ClientError>
+    where
+        K: Resource + Serialize + DeserializeOwned,
+    {
+        let body = serde_json::to_value(obj).map_err(ClientError::Decode)?;
+        let v = self
+            .request_json(
+                Method::PUT,
+                &typed_path::<K>(namespace, Some(name)),
+                Some(&body),
+            )
+            .await?;
+        K::deserialize(v).map_err(ClientError::Decode)
+    }
+
+    /// A JSON merge patch.
+    pub async fn merge_patch<K>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<K, ClientError>
+    where
+        K: Resource + DeserializeOwned,
+    {
+        let b = self
+            .request(
+                Method::PATCH,
+                &typed_path::<K>(namespace, Some(name)),
+                "application/merge-patch+json",
+                Bytes::from(patch.to_string()),
+            )
+            .await?;
+        serde_json::from_slice(&b).map_err(ClientError::Decode)
+    }
+
+    pub async fn delete<K>(&self, namespace: Option<&str>, name: &str) -> Result<(), ClientError>
+    where
+        K: Resource,
+    {
+        match self
+            .request(
+                Method::DELETE,
+                &typed_path::<K>(namespace, Some(name)),
+                "application/json",
+                Bytes::new(),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Watch changes after `params.resource_version`.
+    pub async fn watch<K>(
+        &self,
+        namespace: Option<&str>,
+        params: &ListParams,
+    ) -> Result<Watch<K>, ClientError>
+    where
+        K: Resource + DeserializeOwned,
+    {
+        let path = format!(
+            "{}?watch=true&{}",
+            typed_path::<K>(namespace, None),
+            params.query()
+        );
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Bytes::new())
+            .map_err(|e| ClientError::Transport(Box::new(e)))?;
+        let resp = self.transport.send(req).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = collect(resp.into_body()).await?;
+            return Err(api_error(status, &bytes));
+        }
+        Ok(Watch {
+            body: Box::pin(resp.into_body()),
+            buf: BytesMut::new(),
+            pending: VecDeque::new(),
+            _kind: std::marker::PhantomData,
+        })
+    }
+}
+
+/// A stream of watch events.
+pub struct Watch<K> {
+    body: Pin<Box<ResponseBody>>,
+    buf: BytesMut,
+    pending: VecDeque<Value>,
+    _kind: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K: DeserializeOwned> Watch<K> {
+    /// The next event, or `None` when the server ended the watch.
+    pub async fn next(&mut self) -> Option<WatchEvent<K>> {
+        loop {
+            if let Some(v) = self.pending.pop_front() {
+                return Some(Self::event(v));
+            }
+            let frame = self.body.frame().await?;
+            let Ok(frame) = frame else { return None };
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(data.chunk());
+                while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                    let line = self.buf.split_to(nl + 1);
+                    if let Ok(v) = serde_json::from_slice::<Value>(&line) {
+                        self.pending.push_back(v);
+                    }
+                }
+            }
+        }
+    }
+
+    fn event(v: Value) -> WatchEvent<K> {
+        let ty = v["type"].as_str().unwrap_or("").to_string();
+        let obj = v["object"].clone();
+        if ty == "BOOKMARK" {
+            return WatchEvent::Bookmark(
+                obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
+        }
+        if ty == "ERROR" {
+            return WatchEvent::Error(ClientError::Api {
+                code: obj["code"].as_u64().unwrap_or(500) as u16,
+                reason: obj["reason"].as_str().unwrap_or("").to_string(),
+                message: obj["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        match K::deserialize(obj) {
+            Ok(k) => match ty.as_str() {
+                "ADDED" => WatchEvent::Added(k),
+                "MODIFIED" => WatchEvent::Modified(k),
+                _ => WatchEvent::Deleted(k),
+            },
+            Err(e) => WatchEvent::Error(ClientError::Decode(e)),
+        }
+    }
+}

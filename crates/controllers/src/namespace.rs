@@ -1,0 +1,220 @@
+//! The namespace controller. For a namespace being deleted it deletes everything inside, then
+//! removes the `kubernetes` finalizer so the API server can delete the namespace itself. For a
+//! live namespace it makes sure the `default` ServiceAccount and the `kube-root-ca.crt`
+//! ConfigMap exist, as pods expect.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use api::kinds::NAMESPACE_FINALIZER;
+use client::{Client, ClientError, ListParams, WatchEvent, collection_path};
+use http::Method;
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::queue::{self, Queue};
+
+/// How long to wait before looking again at a namespace whose content is still going away.
+const RECHECK: Duration = Duration::from_secs(1);
+/// How long a watch runs before it is renewed with a fresh list.
+const RESYNC: u32 = 300;
+
+pub struct NamespaceController {
+    client: Client,
+    /// The cluster CA, published in every namespace as `kube-root-ca.crt`.
+    ca_pem: String,
+}
+
+impl NamespaceController {
+    pub fn new(client: Client, ca_pem: String) -> NamespaceController {
+        NamespaceController { client, ca_pem }
+    }
+
+    pub async fn run(self) {
+        let (q, mut rx) = queue::queue();
+        let feeder = self.client.clone();
+        let fq = q.clone();
+        tokio::spawn(async move { feed(feeder, fq).await });
+        while let Some(name) = rx.next().await {
+            match self.reconcile(&name).await {
+                Ok(Outcome::Done) => {}
+                Ok(Outcome::Pending) => q.add_after(&name, RECHECK),
+                Err(e) => {
+                    warn!(namespace = %name, error = %e, "namespace reconcile failed; retrying");
+                    q.add_after(&name, RECHECK);
+                }
+            }
+        }
+    }
+
+    async fn reconcile(&self, name: &str) -> Result<Outcome, ClientError> {
+        let Some(ns) = self.client.get::<Namespace>(None, name).await? else {
+            return Ok(Outcome::Done);
+        };
+        if ns.metadata.deletion_timestamp.is_some() {
+            return self.finalize(&ns, name).await;
+        }
+        self.ensure_defaults(name).await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn ensure_defaults(&self, ns: &str) -> Result<(), ClientError> {
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some("default".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if self
+            .client
+            .get::<ServiceAccount>(Some(ns), "default")
+            .await?
+            .is_none()
+        {
+            ignore_exists(self.client.create(Some(ns), &sa).await)?;
+        }
+        if self
+            .client
+            .get::<ConfigMap>(Some(ns), "kube-root-ca.crt")
+            .await?
+            .is_none()
+        {
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some("kube-root-ca.crt".into()),
+                    annotations: Some(BTreeMap::from([(
+                        "kubernetes.io/description".to_string(),
+                        "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.".to_string(),
+                    )])),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([("ca.crt".to_string(), self.ca_pem.clone())])),
+                ..Default::default()
+            };
+            ignore_exists(self.client.create(Some(ns), &cm).await)?;
+        }
+        Ok(())
+    }
+
+    /// Delete everything in the namespace; once nothing is left, release it.
+    async fn finalize(&self, ns: &Namespace, name: &str) -> Result<Outcome, ClientError> {
+        let holds = ns
+            .spec
+            .as_ref()
+            .and_then(|s| s.finalizers.as_ref())
+            .is_some_and(|f| f.iter().any(|x| x == NAMESPACE_FINALIZER));
+        if !holds {
+            return Ok(Outcome::Done);
+        }
+        let mut remaining = 0;
+        for r in api::resources::all().iter().filter(|r| r.namespaced) {
+            let path = collection_path(r, Some(name));
+            match self.client.request_json(Method::DELETE, &path, None).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+            let left = self
+                .client
+                .request_json(Method::GET, &format!("{path}?limit=1"), None)
+                .await?;
+            remaining += left["items"].as_array().map_or(0, |a| a.len());
+        }
+        if remaining > 0 {
+            debug!(namespace = name, "waiting for content to go");
+            return Ok(Outcome::Pending);
+        }
+        let finalizers: Vec<String> = ns
+            .spec
+            .as_ref()
+            .and_then(|s| s.finalizers.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f != NAMESPACE_FINALIZER)
+            .collect();
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+                          "spec": {"finalizers": finalizers}});
+        match self
+            .client
+            .request_json(
+                Method::PUT,
+                &format!("/api/v1/namespaces/{name}/finalize"),
+                Some(&body),
+            )
+            .await
+        {
+            Ok(_) => {
+                info!(
+                    namespace = name,
+                    "namespace content deleted; namespace released"
+                );
+                Ok(Outcome::Done)
+            }
+            Err(e) if e.is_not_found() => Ok(Outcome::Done),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+enum Outcome {
+    Done,
+    /// Look again soon.
+    Pending,
+}
+
+fn ignore_exists<T>(r: Result<T, ClientError>) -> Result<(), ClientError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_conflict() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// List and watch namespaces forever, queueing each one that changes.
+async fn feed(client: Client, q: Queue) {
+    loop {
+        let (all, rv) = match client.list::<Namespace>(None, &ListParams::default()).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot list namespaces; retrying");
+                tokio::time::sleep(RECHECK).await;
+                continue;
+            }
+        };
+        for ns in &all {
+            if let Some(n) = &ns.metadata.name {
+                q.add(n);
+            }
+        }
+        let params = ListParams {
+            resource_version: Some(rv),
+            timeout_seconds: Some(RESYNC),
+            ..Default::default()
+        };
+        let mut w = match client.watch::<Namespace>(None, &params).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch namespaces; retrying");
+                tokio::time::sleep(RECHECK).await;
+                continue;
+            }
+        };
+        while let Some(ev) = w.next().await {
+            match ev {
+                WatchEvent::Added(ns) | WatchEvent::Modified(ns) => {
+                    if let Some(n) = &ns.metadata.name {
+                        q.add(n);
+                    }
+                }
+                WatchEvent::Deleted(_) | WatchEvent::Bookmark(_) => {}
+                WatchEvent::Error(e) => {
+                    debug!(error = %e, "namespace watch ended");
+                    break;
+                }
+            }
+        }
+    }
+}
