@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,7 +19,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use crate::body::Body;
 use crate::errors::ApiError;
@@ -142,19 +143,34 @@ pub async fn serve(
 async fn handle(api: &ApiServer, auth: &Authenticator, req: Request<Incoming>) -> Response<Body> {
     let who = auth.identify(req.headers());
     let (parts, body) = req.into_parts();
-    match read_body(body, api.config.max_body_bytes).await {
-        Ok(bytes) => api.handle(Request::from_parts(parts, bytes), who).await,
-        Err(e) => {
-            let reply = Reply::from(e);
-            let mut resp = Response::new(reply.body);
-            *resp.status_mut() = reply.status;
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-    }
+    let bytes = match read_body(body, api.config.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return error_response(e),
+    };
+    // A bug in one handler must cost one request, not the connection and its other requests.
+    let handled = std::panic::AssertUnwindSafe(api.handle(Request::from_parts(parts, bytes), who))
+        .catch_unwind()
+        .await;
+    handled.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        error!(panic = %what, "request handler panicked");
+        error_response(ApiError::internal("the request could not be handled"))
+    })
+}
+
+fn error_response(e: ApiError) -> Response<Body> {
+    let reply = Reply::from(e);
+    let mut resp = Response::new(reply.body);
+    *resp.status_mut() = reply.status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {

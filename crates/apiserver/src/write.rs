@@ -341,6 +341,9 @@ impl ApiServer {
         managed_already: bool,
     ) -> ApiResult<Written> {
         let r = t.resource;
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the object must be a JSON object"));
+        }
         if let Some(e) = gv_kind_mismatch(r, &obj) {
             return Err(e);
         }
@@ -839,8 +842,11 @@ impl ApiServer {
                 "fieldManager is required for apply patches",
             ));
         }
-        if !config.is_object() {
-            return Err(ApiError::bad_request("an apply patch must be an object"));
+        if !config.is_object() || !(config["metadata"].is_object() || config["metadata"].is_null())
+        {
+            return Err(ApiError::bad_request(
+                "an apply patch must be an object with object metadata",
+            ));
         }
         if config["apiVersion"].as_str().is_none_or(str::is_empty)
             || config["kind"].as_str().is_none_or(str::is_empty)
@@ -890,7 +896,9 @@ impl ApiServer {
                 .await;
             match result {
                 Ok(written) => return Ok(written.reply(StatusCode::OK)),
-                Err(e) if e.reason == "NotFound" && e.details.kind.as_deref() == Some(r.plural) => continue,
+                Err(e) if e.reason == "NotFound" && e.details.kind.as_deref() == Some(r.plural) => {
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }

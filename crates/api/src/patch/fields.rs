@@ -609,6 +609,7 @@ pub fn apply(
         }
         if !others.has_any_under(&path) && !applied.has_any_under(&path) {
             remove_at(&mut obj, &path);
+            prune_empty_parents(&mut obj, &path, &others, &applied);
             removed.push(path);
         }
     }
@@ -624,6 +625,23 @@ pub fn apply(
     });
     write_managed(&mut obj, managed);
     Ok(obj)
+}
+
+/// After removing `path`, remove the maps and lists it leaves empty, unless someone owns
+/// them as such (an explicitly empty `labels: {}`).
+fn prune_empty_parents(obj: &mut Value, path: &[Element], others: &FieldSet, applied: &FieldSet) {
+    for depth in (1..path.len()).rev() {
+        let parent = &path[..depth];
+        let empty = match get_at(obj, parent) {
+            Some(Value::Object(m)) => m.is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            _ => false,
+        };
+        if !empty || others.contains(parent) || applied.contains(parent) {
+            return;
+        }
+        remove_at(obj, parent);
+    }
 }
 
 /// Merge an applied configuration into an object: maps field by field, keyed lists item by

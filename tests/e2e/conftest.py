@@ -1,0 +1,146 @@
+"""Fixtures for end-to-end tests: the real berth binary, the real kubectl (several versions)
+and the Python kubernetes client, against a cluster started on a free port."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+BERTH = os.environ.get("BERTH_BIN") or shutil.which("berth")
+# The versions the suite drives; the oldest and newest we support at least.
+KUBECTL_VERSIONS = ["1.27", "1.33"]
+
+
+def kubectl_binary(version):
+    """The kubectl of a minor version: `kubectl.1.27` next to the kubectl on PATH."""
+    default = shutil.which("kubectl")
+    if default is None:
+        raise RuntimeError("kubectl is not on PATH")
+    real = Path(os.path.realpath(default))
+    candidate = real.parent / f"kubectl.{version}"
+    if candidate.exists():
+        return str(candidate)
+    out = subprocess.run([default, "version", "--client", "-o", "json"], capture_output=True, text=True)
+    minor = json.loads(out.stdout)["clientVersion"]["minor"].rstrip("+")
+    if f"1.{minor}" == version:
+        return default
+    raise RuntimeError(f"kubectl {version} not found (looked for {candidate})")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """One `berth server` process with its own data dir."""
+
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.data = self.workdir / "data"
+        self.port = free_port()
+        self.proc = None
+        self.log = self.workdir / "berth.log"
+        self.cache = self.workdir / "kubectl-cache"
+
+    @property
+    def kubeconfig(self):
+        return str(self.data / "kubeconfig")
+
+    def start(self):
+        if not BERTH:
+            raise RuntimeError("set BERTH_BIN to the berth binary")
+        log = open(self.log, "a")
+        self.proc = subprocess.Popen(
+            [BERTH, "server", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data)],
+            stdout=log, stderr=log, start_new_session=True)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"berth exited early:\n{self.log.read_text()}")
+            if Path(self.kubeconfig).exists():
+                r = self.kubectl("get", "ns", "default", check=False)
+                if r.returncode == 0:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"berth did not become ready:\n{self.log.read_text()}")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill9(self):
+        self.stop(signal.SIGKILL)
+
+    def kubectl(self, *args, version="1.33", input=None, check=True, timeout=60, env=None):
+        cmd = [kubectl_binary(version), "--kubeconfig", self.kubeconfig,
+               "--cache-dir", str(self.cache / version), *args]
+        full_env = dict(os.environ, **(env or {}))
+        r = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, env=full_env)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def json(self, *args, version="1.33"):
+        return json.loads(self.kubectl(*args, "-o", "json", version=version).stdout)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with tempfile.TemporaryDirectory(prefix="berth-e2e-") as d:
+        c = Cluster(d).start()
+        try:
+            yield c
+        finally:
+            died = c.proc is not None and c.proc.poll() is not None
+            c.stop()
+            if died:
+                print(f"berth exited during the tests; its log:\n{c.log.read_text()[-5000:]}")
+
+
+@pytest.fixture
+def fresh_cluster():
+    with tempfile.TemporaryDirectory(prefix="berth-e2e-") as d:
+        c = Cluster(d)
+        try:
+            yield c
+        finally:
+            c.stop()
+
+
+@pytest.fixture(params=KUBECTL_VERSIONS)
+def version(request):
+    return request.param
+
+
+@pytest.fixture
+def ns(cluster, request):
+    """A namespace of its own for one test."""
+    name = "t-" + request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-").replace(".", "-")[:50]
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def wait_until(predicate, timeout=20, interval=0.1, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
