@@ -1,5 +1,6 @@
 //! `berth`: the command line. One binary for every role of the cluster and its client verbs.
 
+mod bench;
 mod cluster;
 mod inprocess;
 mod pki;
@@ -24,6 +25,15 @@ enum Command {
     Up(cluster::ServerArgs),
     /// Run the control plane (API server, store, controllers) without a node agent.
     Server(cluster::ServerArgs),
+    /// Measure berth on this machine and print the figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The API server: create throughput and latency, list time, watch fan-out, memory.
+    Api(bench::ApiBenchArgs),
 }
 
 fn apiserver_version() -> &'static str {
@@ -54,6 +64,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Up(args) => cluster::run(args, "up").await,
             Command::Server(args) => cluster::run(args, "server").await,
+            Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
         }
     })
 }

@@ -40,14 +40,14 @@ impl HttpsTransport {
                 .add(cert)
                 .map_err(|e| ClientError::Transport(Box::new(e)))?;
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        // hyper-rustls sets ALPN itself (http/1.1 only, as enabled below).
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Transport(Box::new(e)))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()

@@ -187,6 +187,14 @@ impl Client {
         Client { transport }
     }
 
+    /// Send a request as it is and return the response as it comes.
+    pub async fn send(
+        &self,
+        req: Request<Bytes>,
+    ) -> Result<http::Response<ResponseBody>, ClientError> {
+        self.transport.send(req).await
+    }
+
     /// Send a request and return the raw body of a successful response.
     pub async fn request(
         &self,

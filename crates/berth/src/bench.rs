@@ -1,0 +1,373 @@
+//! `berth bench api`: the API server's figures, measured against a real `berth server` process
+//! over HTTPS on this machine. Creates with concurrent clients (throughput and latency), a
+//! list of many pods (time and the server's peak memory), watch fan-out (events delivered per
+//! second), and the server's idle memory. Prints a table; asserts nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use client::{Client, HttpsTransport, ListParams};
+use http::{Method, Request};
+use http_body_util::BodyExt;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ApiBenchArgs {
+    /// ConfigMaps (1 KiB of data each) created in the write test.
+    #[arg(long, default_value_t = 20_000)]
+    creates: usize,
+    /// Concurrent clients in the write tests.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Pods stored before the list test.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Lists timed in the list test.
+    #[arg(long, default_value_t = 10)]
+    lists: usize,
+    /// Watchers in the fan-out test.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Changes each watcher must receive in the fan-out test.
+    #[arg(long, default_value_t = 2_000)]
+    events: usize,
+}
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    client: Client,
+}
+
+impl Server {
+    fn rss_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn start_server() -> Result<Server> {
+    let exe = std::env::current_exe().context("locating the berth binary")?;
+    let dir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let child = Command::new(exe)
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting berth server")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if Instant::now() > deadline {
+            bail!("berth server did not start");
+        }
+        if let Some(client) = try_client(&dir, port)
+            && client
+                .request(Method::GET, "/readyz", "application/json", Bytes::new())
+                .await
+                .is_ok()
+            && client
+                .get::<api::k8s_openapi::api::core::v1::Namespace>(None, "default")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            return Ok(Server { child, dir, client });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn try_client(dir: &Path, port: u16) -> Option<Client> {
+    let ca = std::fs::read(dir.join("tls/ca.crt")).ok()?;
+    let token = std::fs::read_to_string(dir.join("credentials/admin.token")).ok()?;
+    let t = HttpsTransport::new(
+        &format!("https://127.0.0.1:{port}"),
+        &ca,
+        Some(token.trim()),
+    )
+    .ok()?;
+    Some(Client::new(Arc::new(t)))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Send `count` bodies to `path` from `clients` concurrent tasks; return latencies and the
+/// elapsed time.
+async fn create_many(
+    c: &Client,
+    path: &str,
+    count: usize,
+    clients: usize,
+    body: impl Fn(usize) -> Bytes + Send + Sync + 'static,
+) -> Result<(Vec<Duration>, Duration)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let body = Arc::new(body);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (c, next, body, path) = (c.clone(), next.clone(), body.clone(), path.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let t = Instant::now();
+                c.request(Method::POST, &path, "application/json", body(i))
+                    .await?;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(count);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    Ok((all, elapsed))
+}
+
+pub async fn run(args: ApiBenchArgs) -> Result<()> {
+    println!("berth bench api: starting a berth server on a scratch data dir");
+    let server = start_server().await?;
+    let c = server.client.clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = server.rss_kib("VmRSS:");
+    println!("{:<54} {:>20}   target", "figure", "value");
+    let row =
+        |name: &str, value: String, target: &str| println!("{name:<54} {value:>20}   {target}");
+    row(
+        "idle RSS of berth server",
+        format!("{:.1} MiB", idle_rss as f64 / 1024.0),
+        "<= 30 MiB",
+    );
+
+    // Writes: ConfigMaps of 1 KiB.
+    for ns in ["bench", "fan"] {
+        c.request_json(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(&json!({"metadata": {"name": ns}})),
+        )
+        .await?;
+    }
+    let payload = "x".repeat(1024);
+    let (lat, elapsed) = create_many(&c, "/api/v1/namespaces/bench/configmaps", args.creates, args.clients, move |i| {
+        Bytes::from(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}")},
+                           "data": {"payload": payload}}).to_string())
+    })
+    .await?;
+    row(
+        &format!(
+            "create {} ConfigMaps, {} clients",
+            args.creates, args.clients
+        ),
+        format!("{:.0}/s", args.creates as f64 / elapsed.as_secs_f64()),
+        ">= 5000/s",
+    );
+    row("  create latency p50", ms(percentile(&lat, 0.50)), "");
+    row(
+        "  create latency p99",
+        ms(percentile(&lat, 0.99)),
+        "<= 20 ms",
+    );
+    row("  create latency p99.9", ms(percentile(&lat, 0.999)), "");
+    row(
+        "  create latency max",
+        ms(*lat.last().unwrap_or(&Duration::ZERO)),
+        "",
+    );
+    row(
+        "RSS after the creates",
+        format!("{:.1} MiB", server.rss_kib("VmRSS:") as f64 / 1024.0),
+        "",
+    );
+
+    // Lists: pods.
+    let (_, pods_elapsed) = create_many(&c, "/api/v1/namespaces/bench/pods", args.pods, args.clients, |i| {
+        Bytes::from(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("pod-{i}"), "labels": {"app": "bench", "shard": (i % 16).to_string()}},
+            "spec": {"containers": [{"name": "app", "image": "registry.local/app:1.0",
+                "ports": [{"containerPort": 8080}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}}).to_string())
+    })
+    .await?;
+    row(
+        &format!("create {} pods", args.pods),
+        format!("{:.0}/s", args.pods as f64 / pods_elapsed.as_secs_f64()),
+        "",
+    );
+    for (label, accept) in [
+        ("list pods as JSON", "application/json"),
+        (
+            "list pods as a Table (kubectl get)",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        ),
+    ] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..args.lists {
+            let t = Instant::now();
+            let b = get(&c, "/api/v1/namespaces/bench/pods", accept).await?;
+            times.push(t.elapsed());
+            bytes = b.len();
+        }
+        times.sort();
+        row(
+            &format!(
+                "{label}, {} items ({:.1} MiB), p50",
+                args.pods,
+                bytes as f64 / 1048576.0
+            ),
+            ms(percentile(&times, 0.5)),
+            if accept == "application/json" {
+                "<= 150 ms"
+            } else {
+                ""
+            },
+        );
+    }
+    row(
+        "peak RSS so far (VmHWM)",
+        format!("{:.1} MiB", server.rss_kib("VmHWM:") as f64 / 1024.0),
+        "",
+    );
+
+    // Watch fan-out: every watcher sees every change.
+    let received = Arc::new(AtomicUsize::new(0));
+    let ready = Arc::new(Semaphore::new(0));
+    let (_, rv) = c
+        .list::<api::k8s_openapi::api::core::v1::ConfigMap>(Some("fan"), &ListParams::default())
+        .await?;
+    let mut watchers = Vec::new();
+    for _ in 0..args.watchers {
+        let (c, received, ready, rv) = (c.clone(), received.clone(), ready.clone(), rv.clone());
+        let expect = args.events;
+        watchers.push(tokio::spawn(async move {
+            let params = ListParams {
+                resource_version: Some(rv),
+                timeout_seconds: Some(600),
+                ..Default::default()
+            };
+            let mut w = c
+                .watch::<api::k8s_openapi::api::core::v1::ConfigMap>(Some("fan"), &params)
+                .await?;
+            ready.add_permits(1);
+            let mut n = 0;
+            while n < expect {
+                match w.next().await {
+                    Some(client::WatchEvent::Added(_) | client::WatchEvent::Modified(_)) => {
+                        n += 1;
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(_) => {}
+                    None => bail!("watch ended early after {n} events"),
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let _ = ready.acquire_many(args.watchers as u32).await?;
+    let started = Instant::now();
+    create_many(&c, "/api/v1/namespaces/fan/configmaps", args.events, args.clients, |i| {
+        Bytes::from(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("f-{i}")}}).to_string())
+    })
+    .await?;
+    let written = started.elapsed();
+    for w in watchers {
+        w.await??;
+    }
+    let delivered = started.elapsed();
+    row(
+        &format!(
+            "watch fan-out: {} watchers x {} changes",
+            args.watchers, args.events
+        ),
+        format!(
+            "{:.0} ev/s",
+            received.load(Ordering::Relaxed) as f64 / delivered.as_secs_f64()
+        ),
+        "",
+    );
+    row(
+        "  writes done / all delivered after",
+        format!("{} / {}", ms(written), ms(delivered)),
+        "",
+    );
+    row(
+        "final RSS / peak RSS",
+        format!(
+            "{:.0} / {:.0} MiB",
+            server.rss_kib("VmRSS:") as f64 / 1024.0,
+            server.rss_kib("VmHWM:") as f64 / 1024.0
+        ),
+        "",
+    );
+    Ok(())
+}
+
+async fn get(c: &Client, path: &str, accept: &str) -> Result<Bytes> {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(http::header::ACCEPT, accept)
+        .body(Bytes::new())?;
+    let resp = c.send(req).await?;
+    if !resp.status().is_success() {
+        bail!("list failed: {}", resp.status());
+    }
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?
+        .to_bytes())
+}
