@@ -1,0 +1,623 @@
+//! API semantics through `ApiServer::handle`, on the in-memory store: what clients rely on
+//! beyond what kubectl shows.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiserver::{ApiServer, Config, Identity};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+use store::MemStore;
+
+struct Api(Arc<ApiServer>);
+
+async fn start() -> Api {
+    let api = ApiServer::start(Arc::new(MemStore::new()), Config::default())
+        .await
+        .unwrap();
+    let a = Api(api);
+    for ns in ["default", "other"] {
+        a.call(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": ns}})),
+        )
+        .await;
+    }
+    a
+}
+
+impl Api {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        ct: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", ct)
+            .body(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default())
+            .unwrap();
+        let resp = self.0.handle(req, Identity::System("test".into())).await;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await;
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (parts.status, parts.headers, v)
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (s, _, v) = self.send(method, path, "application/json", body).await;
+        (s, v)
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method.clone(), path, body).await;
+        assert!(s.is_success(), "{method} {path}: {s} {v}");
+        v
+    }
+
+    /// Read a watch until `n` events arrived.
+    async fn watch(&self, path: &str, n: usize) -> Vec<(String, Value)> {
+        let req = Request::builder().uri(path).body(Bytes::new()).unwrap();
+        let resp = self.0.handle(req, Identity::System("test".into())).await;
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let frame = tokio::time::timeout(
+                Duration::from_secs(5),
+                http_body_util::BodyExt::frame(&mut body),
+            )
+            .await
+            .expect("watch event in time")
+            .expect("watch open")
+            .unwrap();
+            buf.extend_from_slice(&frame.into_data().unwrap());
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let v: Value = serde_json::from_slice(&line).unwrap();
+                if v["type"] != "BOOKMARK" {
+                    out.push((v["type"].as_str().unwrap().to_string(), v["object"].clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn cm(name: &str, labels: Value) -> Option<Value> {
+    Some(json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}))
+}
+
+#[tokio::test]
+async fn reads_see_acknowledged_writes() {
+    let a = start().await;
+    for i in 0..50 {
+        let created = a
+            .ok(
+                Method::POST,
+                "/api/v1/namespaces/default/configmaps",
+                cm(&format!("c{i}"), json!({})),
+            )
+            .await;
+        let rv: u64 = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let got = a
+            .ok(
+                Method::GET,
+                &format!("/api/v1/namespaces/default/configmaps/c{i}"),
+                None,
+            )
+            .await;
+        assert_eq!(got["metadata"]["uid"], created["metadata"]["uid"]);
+        let list = a
+            .ok(Method::GET, "/api/v1/namespaces/default/configmaps", None)
+            .await;
+        let list_rv: u64 = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(list_rv >= rv);
+        assert_eq!(list["items"].as_array().unwrap().len(), i + 1);
+    }
+}
+
+#[tokio::test]
+async fn pagination_is_consistent_at_the_first_page() {
+    let a = start().await;
+    for i in 0..5 {
+        a.ok(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            cm(&format!("p{i}"), json!({})),
+        )
+        .await;
+    }
+    let first = a
+        .ok(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps?limit=2",
+            None,
+        )
+        .await;
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    // Changes after the first page do not show up in later pages.
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        cm("p9", json!({})),
+    )
+    .await;
+    a.ok(
+        Method::DELETE,
+        "/api/v1/namespaces/default/configmaps/p4",
+        None,
+    )
+    .await;
+    let mut names: Vec<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut next = Some(token);
+    while let Some(t) = next {
+        let page = a
+            .ok(
+                Method::GET,
+                &format!("/api/v1/namespaces/default/configmaps?limit=2&continue={t}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            page["metadata"]["resourceVersion"],
+            first["metadata"]["resourceVersion"]
+        );
+        names.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+        );
+        next = page["metadata"]["continue"].as_str().map(str::to_string);
+    }
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+    let (s, v) = a
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps?limit=2&continue=bogus",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
+async fn filtered_watches_see_objects_move_in_and_out() {
+    let a = start().await;
+    let list = a
+        .ok(Method::GET, "/api/v1/namespaces/default/configmaps", None)
+        .await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        cm("w", json!({"team": "a"})),
+    )
+    .await;
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/other/configmaps",
+        cm("elsewhere", json!({"team": "a"})),
+    )
+    .await;
+    let patch = |team: &str| json!({"metadata": {"labels": {"team": team}}});
+    for team in ["b", "a"] {
+        let (s, _, v) = a
+            .send(
+                Method::PATCH,
+                "/api/v1/namespaces/default/configmaps/w",
+                "application/merge-patch+json",
+                Some(patch(team)),
+            )
+            .await;
+        assert!(s.is_success(), "{v}");
+    }
+    a.ok(
+        Method::DELETE,
+        "/api/v1/namespaces/default/configmaps/w",
+        None,
+    )
+    .await;
+    let events = a
+        .watch(&format!("/api/v1/namespaces/default/configmaps?watch=true&labelSelector=team%3Da&resourceVersion={rv}"), 4)
+        .await;
+    let kinds: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["ADDED", "DELETED", "ADDED", "DELETED"],
+        "leaving the selector reads as a deletion"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|(_, o)| o["metadata"]["namespace"] == "default")
+    );
+}
+
+#[tokio::test]
+async fn watch_from_a_forgotten_revision_is_410() {
+    let store = Arc::new(MemStore::new());
+    let first = Api(ApiServer::start(store.clone(), Config::default())
+        .await
+        .unwrap());
+    first
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": "default"}})),
+        )
+        .await;
+    let early = first
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            cm("old", json!({})),
+        )
+        .await;
+    let early_rv = early["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    first
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            cm("new", json!({})),
+        )
+        .await;
+    store::Store::compact(&*store, store::Store::revision(&*store).await.unwrap())
+        .await
+        .unwrap();
+    // A server started after the compaction cannot replay from before it.
+    let second = Api(ApiServer::start(store, Config::default()).await.unwrap());
+    let events = second
+        .watch(
+            &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={early_rv}"),
+            1,
+        )
+        .await;
+    assert_eq!(events[0].0, "ERROR");
+    assert_eq!(events[0].1["code"], 410);
+    assert_eq!(events[0].1["reason"], "Expired");
+}
+
+#[tokio::test]
+async fn a_revision_from_the_future_times_out() {
+    let a = start().await;
+    let req = Request::builder()
+        .uri("/api/v1/namespaces/default/configmaps?resourceVersion=999999")
+        .body(Bytes::new())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = a.0.handle(req, Identity::System("t".into())).await;
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn generation_follows_spec_and_status_is_separate() {
+    let a = start().await;
+    let d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}},
+        "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+    let created = a
+        .ok(
+            Method::POST,
+            "/apis/apps/v1/namespaces/default/deployments",
+            Some(d),
+        )
+        .await;
+    assert_eq!(created["metadata"]["generation"], 1);
+    let path = "/apis/apps/v1/namespaces/default/deployments/d";
+    // A status write through the main resource is ignored; a label change is not a spec change.
+    let (_, _, v) = a
+        .send(
+            Method::PATCH,
+            path,
+            "application/merge-patch+json",
+            Some(json!({"metadata": {"labels": {"x": "y"}}, "status": {"replicas": 9}})),
+        )
+        .await;
+    assert_eq!(v["metadata"]["generation"], 1);
+    assert!(v["status"].get("replicas").is_none());
+    let (_, _, v) = a
+        .send(Method::PATCH, &format!("{path}/status"), "application/merge-patch+json", Some(json!({"status": {"replicas": 3, "observedGeneration": 1}, "spec": {"replicas": 50}})))
+        .await;
+    assert_eq!(v["status"]["replicas"], 3);
+    assert_eq!(
+        v["spec"]["replicas"], 1,
+        "the status subresource cannot change the spec"
+    );
+    let (_, _, v) = a
+        .send(
+            Method::PATCH,
+            path,
+            "application/merge-patch+json",
+            Some(json!({"spec": {"replicas": 2}})),
+        )
+        .await;
+    assert_eq!(v["metadata"]["generation"], 2);
+    assert_eq!(v["status"]["replicas"], 3, "a spec write keeps the status");
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion() {
+    let a = start().await;
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        Some(json!({"metadata": {"name": "f", "finalizers": ["example.com/keep"]}})),
+    )
+    .await;
+    let (s, v) = a
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/configmaps/f",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert!(v["metadata"]["deletionTimestamp"].is_string());
+    let still = a
+        .ok(Method::GET, "/api/v1/namespaces/default/configmaps/f", None)
+        .await;
+    assert!(still["metadata"]["deletionTimestamp"].is_string());
+    // Edits are still allowed; removing the last finalizer completes the deletion.
+    let (s, _, _) = a
+        .send(
+            Method::PATCH,
+            "/api/v1/namespaces/default/configmaps/f",
+            "application/merge-patch+json",
+            Some(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    assert!(s.is_success());
+    let (s, _) = a
+        .call(Method::GET, "/api/v1/namespaces/default/configmaps/f", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bound_pods_are_deleted_gracefully() {
+    let a = start().await;
+    let pod = |name: &str, node: Option<&str>| {
+        let mut p = json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "i"}], "terminationGracePeriodSeconds": 20}});
+        if let Some(n) = node {
+            p["spec"]["nodeName"] = json!(n);
+        }
+        Some(p)
+    };
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/pods",
+        pod("unbound", None),
+    )
+    .await;
+    let (s, _) = a
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/unbound",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "an unscheduled pod goes at once");
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/pods",
+        pod("bound", Some("node-1")),
+    )
+    .await;
+    let (s, v) = a
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/bound",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 20);
+    let (s, _) = a
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/bound",
+            Some(json!({"gracePeriodSeconds": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "the node's agent finishes with grace 0");
+    let (s, _) = a
+        .call(Method::GET, "/api/v1/namespaces/default/pods/bound", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn service_addresses_are_unique_and_released() {
+    let a = Arc::new(start().await);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let svc = json!({"metadata": {"name": format!("s{i}")}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+            a.ok(Method::POST, "/api/v1/namespaces/default/services", Some(svc)).await
+        }));
+    }
+    let mut ips = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::new();
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert!(ips.insert(s["spec"]["clusterIP"].as_str().unwrap().to_string()));
+        assert!(ports.insert(s["spec"]["ports"][0]["nodePort"].as_i64().unwrap()));
+    }
+    // A requested address that is taken is refused; freed, it can be taken again.
+    let taken = a
+        .ok(Method::GET, "/api/v1/namespaces/default/services/s0", None)
+        .await["spec"]["clusterIP"]
+        .clone();
+    let want = json!({"metadata": {"name": "mine"}, "spec": {"clusterIP": taken, "ports": [{"port": 80}]}});
+    let (s, v) = a
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(want.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("already allocated"));
+    a.ok(
+        Method::DELETE,
+        "/api/v1/namespaces/default/services/s0",
+        None,
+    )
+    .await;
+    let mine = a
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(want),
+        )
+        .await;
+    assert_eq!(mine["spec"]["clusterIP"], taken);
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_and_reports_conflicts() {
+    let a = start().await;
+    let path = "/api/v1/namespaces/default/configmaps/ssa?fieldManager=tool-a";
+    let config = |v: &str| {
+        Some(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": v}}),
+        )
+    };
+    let (s, _, v) = a
+        .send(
+            Method::PATCH,
+            path,
+            "application/apply-patch+yaml",
+            config("1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let other = "/api/v1/namespaces/default/configmaps/ssa?fieldManager=tool-b";
+    let (s, _, v) = a
+        .send(
+            Method::PATCH,
+            other,
+            "application/apply-patch+yaml",
+            config("2"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(v["details"]["causes"][0]["field"], ".data.k");
+    let (s, _, v) = a
+        .send(
+            Method::PATCH,
+            &format!("{other}&force=true"),
+            "application/apply-patch+yaml",
+            config("2"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["data"]["k"], "2");
+    // YAML bodies are accepted for apply.
+    let yaml =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  k: \"2\"\n  y: yaml\n";
+    let req = Request::builder()
+        .method(Method::PATCH)
+        .uri(other)
+        .header("content-type", "application/apply-patch+yaml")
+        .body(Bytes::from(yaml))
+        .unwrap();
+    let resp = a.0.handle(req, Identity::System("t".into())).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unknown_fields_warn_or_fail() {
+    let a = start().await;
+    let body = Some(json!({"metadata": {"name": "u"}, "data": {}, "extra": 1}));
+    let (s, headers, _) = a
+        .send(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let warning = headers.get("warning").unwrap().to_str().unwrap();
+    assert!(warning.contains("unknown field"), "{warning}");
+    let (s, _, v) = a
+        .send(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            "application/json",
+            Some(json!({"metadata": {"name": "u2"}, "extra": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"extra\"")
+    );
+}
+
+#[tokio::test]
+async fn delete_collection_by_label() {
+    let a = start().await;
+    for (n, team) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+        a.ok(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            cm(n, json!({"team": team})),
+        )
+        .await;
+    }
+    let deleted = a
+        .ok(
+            Method::DELETE,
+            "/api/v1/namespaces/default/configmaps?labelSelector=team%3Da",
+            None,
+        )
+        .await;
+    assert_eq!(deleted["items"].as_array().unwrap().len(), 2);
+    let left = a
+        .ok(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps?labelSelector=team",
+            None,
+        )
+        .await;
+    let names: Vec<&str> = left["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b1"]);
+}
