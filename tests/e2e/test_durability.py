@@ -38,7 +38,9 @@ def test_acknowledged_writes_survive_kill9(fresh_cluster):
         t.join(timeout=60)
     assert len(acknowledged) > 50, "the writers made progress before the kill"
 
+    kubeconfig_before = open(c.kubeconfig).read()
     c.start()
+    assert open(c.kubeconfig).read() == kubeconfig_before, "the CA, address and token are reused"
     api = config.new_client_from_config(config_file=c.kubeconfig)
     v1 = client.CoreV1Api(api)
     stored = {cm.metadata.name for cm in v1.list_namespaced_config_map("durable").items}

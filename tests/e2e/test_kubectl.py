@@ -298,3 +298,17 @@ def test_terminating_namespace_refuses_content(cluster):
     assert cluster.json("get", "cm", "blocker", "-n", "held")["metadata"]["deletionTimestamp"]
     cluster.kubectl("patch", "cm", "blocker", "-n", "held", "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
     wait_until(lambda: cluster.kubectl("get", "ns", "held", check=False).returncode != 0, what="namespace removal")
+
+
+@pytest.mark.parametrize("minor", ["1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33"])
+def test_every_supported_kubectl(cluster, minor, tmp_path):
+    """Each kubectl we support: discovery, a typed create (protobuf from 1.32), apply, a table."""
+    ns = f"v{minor.replace('.', '')}"
+    cluster.kubectl("create", "ns", ns, version=minor)
+    cluster.kubectl("create", "cm", "made", "-n", ns, "--from-literal=by=kubectl", version=minor)
+    assert cluster.json("get", "cm", "made", "-n", ns)["data"] == {"by": "kubectl"}
+    out = cluster.kubectl("apply", "-n", ns, "-f", write(tmp_path, "d.yaml", DEPLOYMENT), version=minor).stdout
+    assert out.strip() == "deployment.apps/web created"
+    table = cluster.kubectl("get", "deploy,cm", "-n", ns, version=minor).stdout
+    assert "deployment.apps/web" in table and "configmap/made" in table
+    cluster.kubectl("delete", "ns", ns, version=minor)

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -29,6 +29,8 @@ use crate::server::{ApiServer, Identity, Reply};
 /// gets the 413 instead of a reset connection.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent its request headers by then is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Maps bearer tokens to users.
 #[derive(Default)]
@@ -124,6 +126,8 @@ pub async fn serve(
                     });
                     let conn = http1::Builder::new()
                         .keep_alive(true)
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
                         .serve_connection(TokioIo::new(tls), svc)
                         .with_upgrades();
                     if let Err(e) = conn.await {

@@ -143,6 +143,26 @@ fn object_meta(obj: &mut Value) -> ApiResult<&mut serde_json::Map<String, Value>
         .ok_or_else(|| ApiError::bad_request("metadata must be an object"))
 }
 
+/// An object's namespace is the one in the URL: filled in when missing, refused when
+/// different, and dropped for cluster-scoped kinds.
+fn settle_namespace(meta: &mut serde_json::Map<String, Value>, t: &Target) -> ApiResult<()> {
+    if !t.resource.namespaced {
+        meta.remove("namespace");
+        return Ok(());
+    }
+    let path_ns = t.namespace.clone().unwrap_or_default();
+    match meta.get("namespace").and_then(Value::as_str) {
+        None | Some("") => {
+            meta.insert("namespace".into(), json!(path_ns));
+            Ok(())
+        }
+        Some(ns) if ns != path_ns => Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 fn strip_rv(obj: &mut Value) {
     if let Some(m) = obj["metadata"].as_object_mut() {
         m.remove("resourceVersion");
@@ -350,22 +370,7 @@ impl ApiServer {
         obj["apiVersion"] = json!(r.group_version());
         obj["kind"] = json!(r.kind);
         let meta = object_meta(&mut obj)?;
-        if r.namespaced {
-            let path_ns = t.namespace.clone().unwrap_or_default();
-            match meta.get("namespace").and_then(Value::as_str) {
-                None | Some("") => {
-                    meta.insert("namespace".into(), json!(path_ns));
-                }
-                Some(ns) if ns != path_ns => {
-                    return Err(ApiError::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ));
-                }
-                Some(_) => {}
-            }
-        } else {
-            meta.remove("namespace");
-        }
+        settle_namespace(meta, t)?;
         if meta
             .get("resourceVersion")
             .and_then(Value::as_str)
@@ -553,20 +558,7 @@ impl ApiServer {
             }
             Some(_) => {}
         }
-        if r.namespaced {
-            let path_ns = t.namespace.clone().unwrap_or_default();
-            match meta.get("namespace").and_then(Value::as_str) {
-                None | Some("") => {
-                    meta.insert("namespace".into(), json!(path_ns));
-                }
-                Some(ns) if ns != path_ns => {
-                    return Err(ApiError::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
+        settle_namespace(meta, t)?;
         if let (Some(u), Some(ou)) = (
             meta.get("uid").and_then(Value::as_str),
             old["metadata"]["uid"].as_str(),

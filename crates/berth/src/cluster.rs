@@ -103,8 +103,10 @@ pub async fn start(args: &ServerArgs) -> Result<Running> {
         &pki::Sans::for_server(addr.ip(), advertise_ip, service_ip),
     )?;
 
+    // Objects include Secrets: the store is for this user's eyes only.
     let db_dir = data_dir.join("db");
     std::fs::create_dir_all(&db_dir)?;
+    std::fs::set_permissions(&db_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let store = RedbStore::open(&db_dir.join("state.redb"), STORE_CACHE_BYTES)
         .with_context(|| format!("opening the store in {}", db_dir.display()))?;
     let api = ApiServer::start(Arc::new(store), config)

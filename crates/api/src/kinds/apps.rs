@@ -55,6 +55,19 @@ pub(crate) fn validate_selector_and_template(
     validate_template(template, template_path, errs);
 }
 
+/// A long-running controller's selector and template: the selector picks the template's pods,
+/// which must restart always.
+fn validate_controller(
+    selector: &LabelSelector,
+    template: Option<&PodTemplateSpec>,
+    spec: &Path,
+    errs: &mut FieldErrors,
+) {
+    let tp = spec.child("template");
+    validate_selector_and_template(selector, template, spec, &tp, errs);
+    require_restart_always(template, &tp, errs);
+}
+
 /// Pods managed by a long-running controller must restart always.
 fn require_restart_always(
     template: Option<&PodTemplateSpec>,
@@ -127,9 +140,7 @@ impl Kind for Deployment {
             errs.required(&path, "");
             return;
         };
-        let tp = path.child("template");
-        validate_selector_and_template(&spec.selector, Some(&spec.template), &path, &tp, errs);
-        require_restart_always(Some(&spec.template), &tp, errs);
+        validate_controller(&spec.selector, Some(&spec.template), &path, errs);
         errs.non_negative(&path.child("replicas"), spec.replicas.map(i64::from));
         errs.non_negative(
             &path.child("revisionHistoryLimit"),
@@ -201,9 +212,7 @@ impl Kind for ReplicaSet {
             errs.required(&path, "");
             return;
         };
-        let tp = path.child("template");
-        validate_selector_and_template(&spec.selector, spec.template.as_ref(), &path, &tp, errs);
-        require_restart_always(spec.template.as_ref(), &tp, errs);
+        validate_controller(&spec.selector, spec.template.as_ref(), &path, errs);
         errs.non_negative(&path.child("replicas"), spec.replicas.map(i64::from));
         errs.non_negative(
             &path.child("minReadySeconds"),
@@ -239,9 +248,7 @@ impl Kind for DaemonSet {
             errs.required(&path, "");
             return;
         };
-        let tp = path.child("template");
-        validate_selector_and_template(&spec.selector, Some(&spec.template), &path, &tp, errs);
-        require_restart_always(Some(&spec.template), &tp, errs);
+        validate_controller(&spec.selector, Some(&spec.template), &path, errs);
         errs.non_negative(
             &path.child("minReadySeconds"),
             spec.min_ready_seconds.map(i64::from),
@@ -306,9 +313,7 @@ impl Kind for StatefulSet {
             errs.required(&path, "");
             return;
         };
-        let tp = path.child("template");
-        validate_selector_and_template(&spec.selector, Some(&spec.template), &path, &tp, errs);
-        require_restart_always(Some(&spec.template), &tp, errs);
+        validate_controller(&spec.selector, Some(&spec.template), &path, errs);
         errs.non_negative(&path.child("replicas"), spec.replicas.map(i64::from));
         if let Some(p) = &spec.pod_management_policy {
             errs.one_of(
