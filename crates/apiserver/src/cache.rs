@@ -395,8 +395,12 @@ fn prefix_of(key: &str) -> Option<&str> {
 }
 
 impl Cache {
-    /// Load everything from the store, then follow it.
-    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, StoreError> {
+    /// Load everything from the store, then follow it. Watchers that asked for bookmarks get
+    /// one every `bookmark_every`.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        bookmark_every: Duration,
+    ) -> Result<Arc<Cache>, StoreError> {
         let started = Instant::now();
         let (kvs, rev) = store.list("/registry/").await?;
         let all = api::resources::all();
@@ -426,7 +430,7 @@ impl Cache {
         let dispatcher = cache.clone();
         tokio::spawn(async move { dispatcher.follow(rev).await });
         let ticker = cache.clone();
-        tokio::spawn(async move { ticker.bookmarks().await });
+        tokio::spawn(async move { ticker.bookmarks(bookmark_every).await });
         Ok(cache)
     }
 
@@ -608,8 +612,8 @@ impl Cache {
         }
     }
 
-    async fn bookmarks(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+    async fn bookmarks(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -660,9 +664,6 @@ impl Cache {
         Ok(rev)
     }
 }
-
-/// How often watchers that asked for bookmarks get one.
-const BOOKMARK_EVERY: Duration = Duration::from_secs(20);
 
 #[cfg(test)]
 mod tests {

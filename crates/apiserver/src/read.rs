@@ -277,13 +277,25 @@ impl ApiServer {
         output: Output,
     ) -> ApiResult<Reply> {
         let filter = filter_from(t, params)?;
+        let rv = params.get("resourceVersion").filter(|v| !v.is_empty());
+        if rv.is_none() {
+            // "Most recent" starts from a state that includes every acknowledged write.
+            self.cache.wait_fresh().await?;
+        }
         let from = if params.flag("sendInitialEvents") {
+            // The initial state must be at least as new as the revision asked for.
+            if let Some(v) = rv.filter(|v| *v != "0") {
+                let rev: u64 = v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {v:?}"))
+                })?;
+                self.cache.wait_for(rev, FUTURE_REVISION_WAIT).await?;
+            }
             WatchFrom::Now {
                 initial_events_end: true,
             }
         } else {
-            match params.get("resourceVersion") {
-                None | Some("") | Some("0") => WatchFrom::Now {
+            match rv {
+                None | Some("0") => WatchFrom::Now {
                     initial_events_end: false,
                 },
                 Some(v) => {

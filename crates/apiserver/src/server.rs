@@ -44,6 +44,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How often store history is compacted (history this old is kept).
     pub compact_every: Duration,
+    /// How often watchers that allow bookmarks get one.
+    pub bookmark_every: Duration,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             advertise: SocketAddr::from(([127, 0, 0, 1], 6443)),
             max_body_bytes: 3 * 1024 * 1024,
             compact_every: Duration::from_secs(300),
+            bookmark_every: Duration::from_secs(20),
         }
     }
 }
@@ -131,7 +134,7 @@ impl ApiServer {
         store: Arc<dyn Store>,
         config: Config,
     ) -> Result<Arc<ApiServer>, store::StoreError> {
-        let cache = Cache::start(store.clone()).await?;
+        let cache = Cache::start(store.clone(), config.bookmark_every).await?;
         let (major, minor, _) = api::KUBERNETES_VERSION;
         let version = json!({
             "major": major.to_string(),

@@ -61,14 +61,24 @@ impl Api {
         v
     }
 
-    /// Read a watch until `n` events arrived.
+    /// Read a watch until `n` events arrived (bookmarks left out).
     async fn watch(&self, path: &str, n: usize) -> Vec<(String, Value)> {
+        self.watch_all(path, n)
+            .await
+            .into_iter()
+            .filter(|(t, _)| t != "BOOKMARK")
+            .collect()
+    }
+
+    /// Read a watch until `n` non-bookmark events arrived, keeping everything seen.
+    async fn watch_all(&self, path: &str, n: usize) -> Vec<(String, Value)> {
         let req = Request::builder().uri(path).body(Bytes::new()).unwrap();
         let resp = self.0.handle(req, Identity::System("test".into())).await;
         let mut body = resp.into_body();
         let mut buf = Vec::new();
         let mut out = Vec::new();
-        while out.len() < n {
+        let mut seen = 0;
+        while seen < n {
             let frame = tokio::time::timeout(
                 Duration::from_secs(5),
                 http_body_util::BodyExt::frame(&mut body),
@@ -81,9 +91,11 @@ impl Api {
             while let Some(i) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=i).collect();
                 let v: Value = serde_json::from_slice(&line).unwrap();
-                if v["type"] != "BOOKMARK" {
-                    out.push((v["type"].as_str().unwrap().to_string(), v["object"].clone()));
+                let ty = v["type"].as_str().unwrap().to_string();
+                if ty != "BOOKMARK" {
+                    seen += 1;
                 }
+                out.push((ty, v["object"].clone()));
             }
         }
         out
@@ -620,4 +632,78 @@ async fn delete_collection_by_label() {
         .map(|i| i["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["b1"]);
+}
+
+#[tokio::test]
+async fn bookmarks_and_initial_events() {
+    let config = Config {
+        bookmark_every: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let a = Api(ApiServer::start(Arc::new(MemStore::new()), config)
+        .await
+        .unwrap());
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "default"}})),
+    )
+    .await;
+    let made = a
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            cm("b", json!({})),
+        )
+        .await;
+    // sendInitialEvents: the current objects, then a bookmark marking their end.
+    let events = a
+        .watch_all("/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan", 1)
+        .await;
+    assert_eq!(events[0].0, "ADDED");
+    // Read on until the end-of-initial-events bookmark and one periodic bookmark arrive.
+    let req = Request::builder()
+        .uri("/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true")
+        .body(Bytes::new())
+        .unwrap();
+    let mut body =
+        a.0.handle(req, Identity::System("t".into()))
+            .await
+            .into_body();
+    let mut lines = Vec::new();
+    let mut buf = Vec::new();
+    while lines.len() < 3 {
+        let frame = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_body_util::BodyExt::frame(&mut body),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+        buf.extend_from_slice(&frame.into_data().unwrap());
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            lines.push(serde_json::from_slice::<Value>(&line).unwrap());
+        }
+    }
+    assert_eq!(lines[0]["type"], "ADDED");
+    assert_eq!(lines[1]["type"], "BOOKMARK");
+    assert_eq!(
+        lines[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert_eq!(lines[2]["type"], "BOOKMARK");
+    let rv: u64 = lines[2]["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let made_rv: u64 = made["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rv >= made_rv, "a bookmark never goes back");
+    assert_eq!(lines[2]["object"]["kind"], "ConfigMap");
 }
