@@ -2,6 +2,7 @@
 
 mod bench;
 mod cluster;
+mod images_cli;
 mod inprocess;
 mod pki;
 
@@ -25,6 +26,8 @@ enum Command {
     Up(cluster::ServerArgs),
     /// Run the control plane (API server, store, controllers) without a node agent.
     Server(cluster::ServerArgs),
+    /// Manage the node's images: pull, import, list, remove.
+    Image(images_cli::ImageArgs),
     /// Measure berth on this machine and print the figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -53,9 +56,20 @@ fn init_logging(filter: Option<&str>) {
         .init();
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, causes chained: what went wrong, then why.
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth")
@@ -65,6 +79,7 @@ fn main() -> Result<()> {
             Command::Up(args) => cluster::run(args, "up").await,
             Command::Server(args) => cluster::run(args, "server").await,
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
+            Command::Image(args) => images_cli::run(args).await,
         }
     })
 }

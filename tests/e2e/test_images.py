@@ -1,0 +1,97 @@
+"""`berth image`: import, pull, list, remove, on a node's image store."""
+
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import BERTH
+from images import Image, Registry
+
+
+@pytest.fixture(scope="module")
+def registry():
+    with tempfile.TemporaryDirectory(prefix="berth-registry-") as d:
+        r = Registry(d)
+        try:
+            yield r
+        finally:
+            r.stop()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return str(tmp_path / "data")
+
+
+def berth(data_dir, *args, check=True):
+    r = subprocess.run([BERTH, "image", "--data-dir", data_dir, *args], capture_output=True, text=True, timeout=120)
+    if check and r.returncode != 0:
+        raise AssertionError(f"berth image {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def listed(data_dir):
+    lines = berth(data_dir, "ls").stdout.splitlines()
+    assert lines[0].split() == ["IMAGE", "ID", "SIZE"]
+    return {l.split()[0]: l.split()[1] for l in lines[1:]}
+
+
+def test_import_oci_layout_and_docker_save(data_dir, tmp_path):
+    img = Image(cmd=["echo", "hi"])
+    oci = tmp_path / "busybox-oci.tar"
+    oci.write_bytes(img.oci_layout("test.local/busybox:oci"))
+    out = berth(data_dir, "import", str(oci)).stdout
+    assert "imported test.local/busybox:oci sha256:" in out
+    saved = tmp_path / "busybox-save.tar"
+    saved.write_bytes(img.docker_save("test.local/busybox:saved"))
+    out = berth(data_dir, "import", str(saved)).stdout
+    assert "imported test.local/busybox:saved" in out
+    images = listed(data_dir)
+    assert set(images) == {"test.local/busybox:oci", "test.local/busybox:saved"}
+    # The unpacked layer is shared: one copy of busybox on disk.
+    layers = os.listdir(os.path.join(data_dir, "images", "l"))
+    assert len(layers) == 1
+    assert os.path.islink(os.path.join(data_dir, "images", "l", layers[0], "bin", "sh"))
+    out = berth(data_dir, "rm", "test.local/busybox:oci").stdout
+    assert "untagged test.local/busybox:oci" in out or "deleted" in out
+    assert set(listed(data_dir)) == {"test.local/busybox:saved"}
+
+
+def test_import_rejects_garbage(data_dir, tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all" * 100)
+    r = berth(data_dir, "import", str(junk), check=False)
+    assert r.returncode != 0 and r.stderr.strip()
+    assert berth(data_dir, "ls").stdout.splitlines()[1:] == []
+
+
+def test_pull_by_tag_and_digest(data_dir, registry):
+    img = Image(cmd=["sh"])
+    digest = img.push(registry.addr, "tools/busybox", "1.0")
+    out = berth(data_dir, "pull", f"{registry.addr}/tools/busybox:1.0").stdout
+    assert f"{registry.addr}/tools/busybox:1.0 sha256:" in out
+    out = berth(data_dir, "pull", f"{registry.addr}/tools/busybox@{digest}").stdout
+    assert digest in out
+    images = listed(data_dir)
+    assert f"{registry.addr}/tools/busybox:1.0" in images
+    missing = berth(data_dir, "pull", f"{registry.addr}/tools/nothing:here", check=False)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_pull_rejects_a_corrupt_layer(data_dir, registry):
+    img = Image(layers=[Image().layers[0] + b"\0" * 1024], cmd=["sh"])
+    img.push(registry.addr, "tools/corrupt", "1.0")
+    blob = registry.blob_file("sha256:" + __import__("hashlib").sha256(img.blobs[0]).hexdigest())
+    data = bytearray(open(blob, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(blob, "wb").write(bytes(data))
+    r = berth(data_dir, "pull", f"{registry.addr}/tools/corrupt:1.0", check=False)
+    assert r.returncode != 0 and "does not match its digest" in r.stderr
+    assert f"{registry.addr}/tools/corrupt:1.0" not in listed(data_dir)
+
+
+def test_dead_registry(data_dir):
+    r = berth(data_dir, "pull", "127.0.0.1:1/nothing:1", check=False)
+    assert r.returncode != 0 and "127.0.0.1:1/nothing:1" in r.stderr
