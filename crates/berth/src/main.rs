@@ -28,6 +28,9 @@ enum Command {
     Server(cluster::ServerArgs),
     /// Manage the node's images: pull, import, list, remove.
     Image(images_cli::ImageArgs),
+    /// The per-container shim (started by the node agent, not by hand).
+    #[command(hide = true)]
+    Shim(ShimArgs),
     /// Measure berth on this machine and print the figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -37,6 +40,24 @@ enum Command {
 enum BenchCommand {
     /// The API server: create throughput and latency, list time, watch fan-out, memory.
     Api(bench::ApiBenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ShimArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    bundle: std::path::PathBuf,
+    #[arg(long)]
+    log_file: std::path::PathBuf,
+    #[arg(long)]
+    runc: std::path::PathBuf,
+    #[arg(long)]
+    state: std::path::PathBuf,
+    #[arg(long)]
+    cgroup: String,
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    log_max_bytes: u64,
 }
 
 fn apiserver_version() -> &'static str {
@@ -58,6 +79,18 @@ fn init_logging(filter: Option<&str>) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The shim stays single-threaded: no logging machinery, no async runtime.
+    if let Command::Shim(a) = cli.command {
+        runtime::containers::shim::main(runtime::containers::ShimArgs {
+            id: a.id,
+            bundle: a.bundle,
+            log: a.log_file,
+            runc: a.runc,
+            state: a.state,
+            log_max_bytes: a.log_max_bytes,
+            cgroup: a.cgroup,
+        });
+    }
     init_logging(cli.log.as_deref());
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -80,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Server(args) => cluster::run(args, "server").await,
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
             Command::Image(args) => images_cli::run(args).await,
+            Command::Shim(_) => unreachable!("the shim runs before the async runtime starts"),
         }
     })
 }
