@@ -52,6 +52,13 @@ impl Body {
         )
     }
 
+    /// A streaming body fed by someone else's channel; it ends when the sender drops.
+    pub fn from_receiver(rx: mpsc::Receiver<Bytes>) -> Body {
+        Body {
+            kind: Kind::Stream(rx),
+        }
+    }
+
     /// Read the whole body (for the in-process client and tests).
     pub async fn collect(self) -> Bytes {
         match self.kind {

@@ -47,6 +47,24 @@ fn subresources(r: &Resource) -> Vec<Sub> {
             verbs: &["get", "patch", "update"],
         });
     }
+    if r.kind == "Pod" {
+        let sub = |name, kind, verbs| Sub {
+            name,
+            group: "",
+            version: "v1",
+            kind,
+            verbs,
+        };
+        out.push(sub("attach", "PodAttachOptions", &["create", "get"]));
+        out.push(sub("binding", "Binding", &["create"]));
+        out.push(sub("exec", "PodExecOptions", &["create", "get"]));
+        out.push(sub("log", "Pod", &["get"]));
+        out.push(sub(
+            "portforward",
+            "PodPortForwardOptions",
+            &["create", "get"],
+        ));
+    }
     if r.kind == "Namespace" {
         out.push(Sub {
             name: "finalize",

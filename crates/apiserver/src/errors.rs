@@ -65,6 +65,10 @@ impl ApiError {
         ApiError::new(400, "BadRequest", message)
     }
 
+    pub fn service_unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(503, "ServiceUnavailable", message)
+    }
+
     pub fn unauthorized() -> ApiError {
         ApiError::new(401, "Unauthorized", "Unauthorized")
     }

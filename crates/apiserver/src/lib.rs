@@ -8,6 +8,7 @@ pub mod cache;
 mod discovery;
 pub mod errors;
 pub mod http;
+mod node;
 mod openapi;
 mod read;
 mod request;
@@ -16,4 +17,5 @@ pub mod table;
 mod write;
 
 pub use body::Body;
+pub use node::NodeConnector;
 pub use server::{ApiServer, Config, Identity, git_version};

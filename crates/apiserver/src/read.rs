@@ -160,12 +160,11 @@ impl ApiServer {
             Output::Table(version) => {
                 let head = table_head(t.resource.kind, version, e.rev, None, true);
                 let row = table_row(&e, Include::Metadata, Timestamp::now());
-                Reply {
-                    status: StatusCode::OK,
-                    content_type: "application/json",
-                    body: joined(head, vec![row], b"]}"),
-                    warnings: Vec::new(),
-                }
+                Reply::body(
+                    StatusCode::OK,
+                    "application/json",
+                    joined(head, vec![row], b"]}"),
+                )
             }
         })
     }
@@ -262,12 +261,7 @@ impl ApiServer {
                 )
             }
         };
-        Ok(Reply {
-            status: StatusCode::OK,
-            content_type: "application/json",
-            body,
-            warnings: Vec::new(),
-        })
+        Ok(Reply::body(StatusCode::OK, "application/json", body))
     }
 
     pub(crate) async fn watch(
@@ -334,12 +328,7 @@ impl ApiServer {
                 });
             }
         }
-        Ok(Reply {
-            status: StatusCode::OK,
-            content_type: "application/json",
-            body,
-            warnings: Vec::new(),
-        })
+        Ok(Reply::body(StatusCode::OK, "application/json", body))
     }
 }
 

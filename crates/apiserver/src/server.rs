@@ -66,6 +66,8 @@ pub struct Reply {
     pub content_type: &'static str,
     pub body: Body,
     pub warnings: Vec<String>,
+    /// A response made elsewhere (by a node's agent), passed on as it is.
+    raw: Option<Response<Body>>,
 }
 
 impl Reply {
@@ -74,15 +76,33 @@ impl Reply {
     }
 
     pub fn bytes(status: StatusCode, content_type: &'static str, b: Bytes) -> Reply {
+        Reply::body(status, content_type, Body::from_bytes(b))
+    }
+
+    pub fn body(status: StatusCode, content_type: &'static str, body: Body) -> Reply {
         Reply {
             status,
             content_type,
-            body: Body::from_bytes(b),
+            body,
             warnings: Vec::new(),
+            raw: None,
+        }
+    }
+
+    pub fn from_response(resp: Response<Body>) -> Reply {
+        Reply {
+            status: resp.status(),
+            content_type: "",
+            body: Body::empty(),
+            warnings: Vec::new(),
+            raw: Some(resp),
         }
     }
 
     fn into_response(self) -> Response<Body> {
+        if let Some(r) = self.raw {
+            return r;
+        }
         let mut resp = Response::new(self.body);
         *resp.status_mut() = self.status;
         resp.headers_mut().insert(
@@ -111,6 +131,7 @@ impl From<ApiError> for Reply {
 }
 
 pub struct ApiServer {
+    pub(crate) node_connector: std::sync::OnceLock<Arc<dyn crate::node::NodeConnector>>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) cache: Arc<Cache>,
     pub(crate) config: Config,
@@ -152,6 +173,7 @@ impl ApiServer {
             }),
         });
         let server = Arc::new(ApiServer {
+            node_connector: std::sync::OnceLock::new(),
             discovery: Discovery::new(&config.advertise.to_string()),
             openapi: OpenApi::new(&git_version()),
             store,
@@ -337,6 +359,16 @@ impl ApiServer {
             (&Method::PUT, Some(name), Some("finalize")) if t.resource.kind == "Namespace" => {
                 self.finalize(&t, name, &req, &params, who).await
             }
+            (&Method::POST, Some(name), Some("binding")) if t.resource.kind == "Pod" => {
+                self.namespaced_target(&t)?;
+                self.bind(&t, name, &req, &params, who).await
+            }
+            (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward")))
+                if t.resource.kind == "Pod" =>
+            {
+                self.namespaced_target(&t)?;
+                self.node_call(&t, name, sub, req, &params).await
+            }
             (_, _, Some(sub)) if !matches!(sub, "status" | "scale" | "finalize") => {
                 Err(ApiError::no_route())
             }
@@ -366,6 +398,11 @@ impl ApiServer {
             }
             previous = self.store.revision().await.ok();
         }
+    }
+
+    /// How this server reaches node agents (for logs, exec, attach, port-forward); set once.
+    pub fn set_node_connector(&self, c: Arc<dyn crate::node::NodeConnector>) {
+        let _ = self.node_connector.set(c);
     }
 
     pub fn cache(&self) -> &Cache {

@@ -1188,6 +1188,102 @@ impl ApiServer {
         Ok(written.reply(StatusCode::OK))
     }
 
+    /// `pods/{name}/binding`: put an unbound pod on a node. The scheduler's one write; it
+    /// never moves a pod that is bound already (409), which makes racing binders safe.
+    pub(crate) async fn bind(
+        &self,
+        t: &Target,
+        name: &str,
+        req: &Request<Bytes>,
+        params: &Params,
+        who: &Identity,
+    ) -> ApiResult<Reply> {
+        let r = t.resource;
+        let opts = write_opts(req, params, who)?;
+        let body = parse_body(req, false)?;
+        if let Some(n) = body["metadata"]["name"].as_str()
+            && !n.is_empty()
+            && n != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the binding ({n}) does not match the pod on the URL ({name})"
+            )));
+        }
+        let node = body["target"]["name"].as_str().unwrap_or("");
+        if node.is_empty() {
+            let mut errs = api::errors::FieldErrors::default();
+            errs.required(&api::errors::Path::root("target").child("name"), "");
+            return Err(ApiError::invalid(r, name, &errs));
+        }
+        let mut from_store = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let (old, rev) = self
+                .current(t, name, from_store)
+                .await?
+                .ok_or_else(|| ApiError::not_found(r, name))?;
+            if let Some(uid) = body["metadata"]["uid"].as_str()
+                && !uid.is_empty()
+                && old["metadata"]["uid"].as_str() != Some(uid)
+            {
+                return Err(ApiError::conflict(
+                    r,
+                    name,
+                    "the pod's UID does not match the binding",
+                ));
+            }
+            if !old["metadata"]["deletionTimestamp"].is_null() {
+                return Err(ApiError::conflict(
+                    r,
+                    name,
+                    &format!("pod {name} is being deleted, cannot be assigned to a host"),
+                ));
+            }
+            if let Some(bound) = old["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                return Err(ApiError::conflict(
+                    r,
+                    name,
+                    &format!("pod {name} is already assigned to node \"{bound}\""),
+                ));
+            }
+            let mut new = old.clone();
+            strip_rv(&mut new);
+            new["spec"]["nodeName"] = json!(node);
+            if let Some(extra) = body["metadata"]["annotations"].as_object() {
+                for (k, v) in extra {
+                    new["metadata"]["annotations"][k] = v.clone();
+                }
+            }
+            let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                                   "lastTransitionTime": now()});
+            let mut conditions: Vec<Value> = new["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c["type"] != "PodScheduled")
+                .collect();
+            conditions.insert(0, scheduled);
+            new["status"]["conditions"] = Value::Array(conditions);
+            if opts.dry_run {
+                break;
+            }
+            let op = Op::Put {
+                key: r.key(t.namespace.as_deref(), name),
+                value: Bytes::from(new.to_string()),
+                condition: Condition::ModRevision(rev),
+            };
+            match self.store.txn(vec![op]).await {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) => from_store = true,
+                Err(e) => return Err(self.store_failure(r, name, e)),
+            }
+        }
+        Ok(Reply::json(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
+    }
+
     pub(crate) async fn scale(
         &self,
         t: &Target,

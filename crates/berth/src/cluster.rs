@@ -17,6 +17,7 @@ use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use apiserver::ApiServer;
 use apiserver::http::{Authenticator, serve, tls_config};
 use client::{Client, ClientError};
+use controllers::binder::SingleNodeBinder;
 use controllers::namespace::NamespaceController;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -76,8 +77,18 @@ impl Running {
     }
 }
 
-/// Start the control plane and return once it serves.
-pub async fn start(args: &ServerArgs) -> Result<Running> {
+/// `berth up`: the control plane and a node agent.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub agent: crate::node::AgentArgs,
+}
+
+/// Start the control plane (and, given agent settings, this machine's node) and return once
+/// it serves.
+pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> Result<Running> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -123,6 +134,20 @@ pub async fn start(args: &ServerArgs) -> Result<Running> {
         .run(),
     );
 
+    if let Some(node_args) = node {
+        let client = InProcess::client(api.clone(), "system:node");
+        let agent = crate::node::build(client, &data_dir, node_args, true)?;
+        let name = agent.node_name().to_string();
+        api.set_node_connector(Arc::new(crate::node::LocalAgents::with(
+            &name,
+            agent.server(),
+        )));
+        tokio::spawn(
+            SingleNodeBinder::new(InProcess::client(api.clone(), "default-scheduler"), &name).run(),
+        );
+        tokio::spawn(agent.run());
+    }
+
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.serving_chain_pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -156,8 +181,8 @@ fn format_host(addr: SocketAddr) -> String {
 }
 
 /// Serve until SIGINT or SIGTERM.
-pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
-    let running = start(&args).await?;
+pub async fn run(args: ServerArgs, node: Option<crate::node::AgentArgs>, role: &str) -> Result<()> {
+    let running = start(&args, node.as_ref()).await?;
     println!(
         "berth {role}: Kubernetes API at https://{}; run: export KUBECONFIG={}",
         format_host(running.addr),
@@ -171,7 +196,7 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
+pub(crate) async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -4,6 +4,7 @@ mod bench;
 mod cluster;
 mod images_cli;
 mod inprocess;
+mod node;
 mod pki;
 
 use anyhow::Result;
@@ -23,9 +24,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a whole single-node cluster on this machine, in the foreground.
-    Up(cluster::ServerArgs),
+    Up(cluster::UpArgs),
     /// Run the control plane (API server, store, controllers) without a node agent.
     Server(cluster::ServerArgs),
+    /// Run a node agent for a cluster whose API server runs elsewhere.
+    Agent(node::RemoteAgentArgs),
     /// Manage the node's images: pull, import, list, remove.
     Image(images_cli::ImageArgs),
     /// The per-container shim (started by the node agent, not by hand).
@@ -109,8 +112,9 @@ fn run(cli: Cli) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => cluster::run(args, "up").await,
-            Command::Server(args) => cluster::run(args, "server").await,
+            Command::Up(args) => cluster::run(args.server, Some(args.agent), "up").await,
+            Command::Server(args) => cluster::run(args, None, "server").await,
+            Command::Agent(args) => node::run_remote(args).await,
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
             Command::Image(args) => images_cli::run(args).await,
             Command::Shim(_) => unreachable!("the shim runs before the async runtime starts"),

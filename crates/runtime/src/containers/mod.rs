@@ -1,12 +1,17 @@
 //! Containers: OCI runtime configurations, pod sandboxes, root filesystems, the shim and the
 //! runtime driver.
 
+pub mod exec;
 pub mod mount;
 pub mod oci;
 pub mod sandbox;
 pub mod shim;
 pub mod spec;
+mod traits;
 
+pub use exec::{ExecProcess, ExecSpec};
 pub use oci::{OciConfig, OciRuntime, RuntimeError, Started};
+pub use sandbox::{Isolation, NamespacePaths};
 pub use shim::{ShimArgs, ShimStatus};
 pub use spec::{ContainerSpec, MountSpec, Resources, Security, SharedNamespaces};
+pub use traits::{ContainerRuntime, FakeBehavior, FakeExec, FakeRuntime};

@@ -33,6 +33,8 @@ pub enum RuntimeError {
     Exists(String),
     #[error("container {0} not found")]
     NotFound(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
     #[error("the OCI runtime could not start the container: {0}")]
     Start(String),
     #[error("{what}")]
@@ -306,6 +308,27 @@ impl OciRuntime {
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .collect()
+    }
+
+    /// Run another process in a running container.
+    pub async fn exec(
+        &self,
+        id: &str,
+        spec: &super::exec::ExecSpec,
+    ) -> Result<super::exec::ExecProcess, RuntimeError> {
+        match self.status(id) {
+            Some(ShimStatus::Running { .. }) => {}
+            Some(_) => return Err(RuntimeError::NotRunning(id.to_string())),
+            None => return Err(RuntimeError::NotFound(id.to_string())),
+        }
+        super::exec::exec(
+            &self.cfg.runc,
+            &self.cfg.run_dir.join("runc"),
+            id,
+            &self.dir(id),
+            spec,
+        )
+        .await
     }
 
     /// The pid of a running container's init.

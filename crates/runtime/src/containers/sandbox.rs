@@ -207,3 +207,36 @@ fn loopback_up() -> io::Result<()> {
     unsafe { libc::close(fd) };
     result
 }
+
+/// Open a TCP connection to `addr` from inside the network namespace pinned at `netns` (from
+/// the host's when `None`). The socket belongs to the namespace it was made in, so it works
+/// from any thread afterwards.
+pub async fn connect(
+    netns: Option<&Path>,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<tokio::net::TcpStream> {
+    let Some(netns) = netns else {
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timed out",
+            )),
+        };
+    };
+    let ns = fs::File::open(netns)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A short-lived thread enters the namespace, so no pooled thread is left inside it.
+    std::thread::spawn(move || {
+        let r = nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(io::Error::from)
+            .and_then(|()| std::net::TcpStream::connect_timeout(&addr, timeout))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s));
+        let _ = tx.send(r);
+    });
+    let s = rx
+        .await
+        .map_err(|_| io::Error::other("namespace thread ended"))??;
+    tokio::net::TcpStream::from_std(s)
+}

@@ -1,0 +1,131 @@
+//! The node agent: registers the node and keeps its Lease fresh, watches the pods bound to
+//! it, and gives each one a worker that runs its containers and reports its status. It also
+//! serves the node's side of `kubectl logs`, `exec`, `attach` and `port-forward`.
+
+pub mod events;
+mod exec;
+pub mod images;
+pub mod logs;
+pub mod node;
+mod pods;
+pub mod portforward;
+pub mod server;
+pub mod spec;
+pub mod status;
+pub mod streams;
+pub mod volumes;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use client::Client;
+use runtime::containers::ContainerRuntime;
+use runtime::images::{ImageStore, Puller};
+
+pub use events::Events;
+pub use node::NodeInfo;
+
+/// Where the agent keeps pod data on disk.
+#[derive(Clone, Debug)]
+pub struct Dirs {
+    /// `<pods>/<uid>/`: volumes and the pod's `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
+    pub pods: PathBuf,
+    /// `<logs>/<namespace>_<pod>_<uid>/<container>/<restart>.log`, as the kubelet lays them out.
+    pub logs: PathBuf,
+}
+
+impl Dirs {
+    pub fn under(data_dir: &Path) -> Dirs {
+        Dirs {
+            pods: data_dir.join("pods"),
+            logs: data_dir.join("logs"),
+        }
+    }
+}
+
+pub struct AgentConfig {
+    pub node: NodeInfo,
+    pub dirs: Dirs,
+    /// Registries (`host:port`) pulled from over plain HTTP besides localhost.
+    pub insecure_registries: Vec<String>,
+}
+
+/// What every part of the agent shares.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) runtime: Arc<dyn ContainerRuntime>,
+    pub(crate) images: Arc<ImageStore>,
+    pub(crate) puller: Puller,
+    pub(crate) pull_locks: images::PullLocks,
+    pub(crate) insecure_registries: Vec<String>,
+    pub(crate) node: NodeInfo,
+    pub(crate) dirs: Dirs,
+    pub(crate) events: Events,
+    /// The hard RLIMIT_NOFILE the agent has: containers may not ask for more.
+    pub(crate) max_open_files: u64,
+}
+
+impl Shared {
+    pub(crate) fn log_dir(&self, namespace: &str, pod: &str, uid: &str) -> PathBuf {
+        self.dirs.logs.join(format!("{namespace}_{pod}_{uid}"))
+    }
+}
+
+fn hard_nofile() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(1024)
+}
+
+#[derive(Clone)]
+pub struct Agent {
+    shared: Arc<Shared>,
+}
+
+impl Agent {
+    pub fn new(
+        client: Client,
+        runtime: Arc<dyn ContainerRuntime>,
+        images: Arc<ImageStore>,
+        cfg: AgentConfig,
+    ) -> Agent {
+        let events = Events::start(client.clone(), "kubelet", &cfg.node.name);
+        Agent {
+            shared: Arc::new(Shared {
+                puller: Puller::new(images.clone()),
+                client,
+                runtime,
+                images,
+                pull_locks: Default::default(),
+                insecure_registries: cfg.insecure_registries,
+                node: cfg.node,
+                dirs: cfg.dirs,
+                events,
+                max_open_files: hard_nofile(),
+            }),
+        }
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.shared.node.name
+    }
+
+    /// The node's endpoints for logs, exec, attach and port-forward, for the API server.
+    pub fn server(&self) -> server::NodeServer {
+        server::NodeServer::new(self.shared.clone())
+    }
+
+    /// Register the node, then keep it alive and run its pods until the task is dropped.
+    pub async fn run(self) {
+        let c = &self.shared.client;
+        let mut delay = std::time::Duration::from_millis(200);
+        while let Err(e) = node::register(c, &self.shared.node).await {
+            tracing::warn!(error = %e, "could not register the node; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(10));
+        }
+        tokio::spawn(node::heartbeat(c.clone(), self.shared.node.clone()));
+        pods::run(self.shared.clone()).await;
+    }
+}

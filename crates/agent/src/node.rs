@@ -1,0 +1,274 @@
+//! The node: registered with what the machine has, kept alive with a Lease renewed every few
+//! seconds, its Ready condition reported now and then.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use api::k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use api::k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
+use api::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use client::{Client, ClientError};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+/// How often the Lease is renewed; the node is presumed dead after four missed renewals.
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+/// How often the Node's status is refreshed even when nothing changed.
+pub const STATUS_EVERY: Duration = Duration::from_secs(60);
+const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub name: String,
+    pub ip: IpAddr,
+    pub control_plane: bool,
+    pub max_pods: u32,
+    /// Where pods' data lives, for ephemeral-storage capacity.
+    pub data_dir: std::path::PathBuf,
+    pub runtime_version: String,
+}
+
+fn now_time() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// `PRETTY_NAME` from /etc/os-release.
+fn os_image() -> String {
+    read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn memory_kib() -> u64 {
+    read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn disk_kib(path: &std::path::Path) -> u64 {
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks() * s.fragment_size() / 1024)
+        .unwrap_or(0)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl NodeInfo {
+    pub fn object(&self) -> Node {
+        let mut labels = BTreeMap::from([
+            ("kubernetes.io/hostname".to_string(), self.name.clone()),
+            ("kubernetes.io/os".to_string(), "linux".to_string()),
+            (
+                "kubernetes.io/arch".to_string(),
+                runtime::images::host_arch().to_string(),
+            ),
+            ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+            (
+                "beta.kubernetes.io/arch".to_string(),
+                runtime::images::host_arch().to_string(),
+            ),
+        ]);
+        if self.control_plane {
+            labels.insert(
+                "node-role.kubernetes.io/control-plane".into(),
+                String::new(),
+            );
+        }
+        Node {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            spec: Some(Default::default()),
+            status: Some(self.status()),
+        }
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let capacity = BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpus().to_string())),
+            (
+                "memory".to_string(),
+                Quantity(format!("{}Ki", memory_kib())),
+            ),
+            ("pods".to_string(), Quantity(self.max_pods.to_string())),
+            (
+                "ephemeral-storage".to_string(),
+                Quantity(format!("{}Ki", disk_kib(&self.data_dir))),
+            ),
+        ]);
+        let now = now_time();
+        let condition = |ty: &str, status: &str, reason: &str, message: &str| NodeCondition {
+            type_: ty.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_heartbeat_time: Some(now.clone()),
+            last_transition_time: Some(now.clone()),
+        };
+        let uname = nix::sys::utsname::uname().ok();
+        let kernel = uname
+            .as_ref()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        NodeStatus {
+            capacity: Some(capacity.clone()),
+            allocatable: Some(capacity),
+            conditions: Some(vec![
+                condition(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "berth agent has sufficient memory available",
+                ),
+                condition(
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "berth agent has no disk pressure",
+                ),
+                condition(
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "berth agent has sufficient PID available",
+                ),
+                condition(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "berth agent is posting ready status",
+                ),
+            ]),
+            addresses: Some(vec![
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: self.ip.to_string(),
+                },
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: self.name.clone(),
+                },
+            ]),
+            daemon_endpoints: Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+            }),
+            node_info: Some(NodeSystemInfo {
+                architecture: runtime::images::host_arch().into(),
+                boot_id: read("/proc/sys/kernel/random/boot_id"),
+                container_runtime_version: self.runtime_version.clone(),
+                kernel_version: kernel,
+                kube_proxy_version: String::new(),
+                kubelet_version: format!(
+                    "v{}.{}.{}",
+                    api::KUBERNETES_VERSION.0,
+                    api::KUBERNETES_VERSION.1,
+                    api::KUBERNETES_VERSION.2
+                ),
+                machine_id: read("/etc/machine-id"),
+                operating_system: "linux".into(),
+                os_image: os_image(),
+                system_uuid: read("/sys/class/dmi/id/product_uuid"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Create the Node, or refresh its status if it exists (the agent restarted).
+pub async fn register(c: &Client, info: &NodeInfo) -> Result<(), ClientError> {
+    match c.get::<Node>(None, &info.name).await? {
+        None => {
+            c.create(None, &info.object()).await?;
+            info!(node = %info.name, "node registered");
+        }
+        Some(_) => {
+            report_status(c, info).await?;
+            info!(node = %info.name, "node re-registered");
+        }
+    }
+    Ok(())
+}
+
+pub async fn report_status(c: &Client, info: &NodeInfo) -> Result<(), ClientError> {
+    let status = serde_json::to_value(info.status()).map_err(ClientError::Decode)?;
+    c.request(
+        http::Method::PATCH,
+        &format!("/api/v1/nodes/{}/status", info.name),
+        "application/merge-patch+json",
+        bytes::Bytes::from(json!({"status": status}).to_string()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Renew the node's Lease forever; refresh its status now and then.
+pub async fn heartbeat(c: Client, info: NodeInfo) {
+    let mut last_status = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(LEASE_RENEW);
+    loop {
+        tick.tick().await;
+        if let Err(e) = renew_lease(&c, &info.name).await {
+            warn!(error = %e, "could not renew the node lease");
+        }
+        if last_status.elapsed() >= STATUS_EVERY {
+            match report_status(&c, &info).await {
+                Ok(()) => last_status = tokio::time::Instant::now(),
+                Err(e) => warn!(error = %e, "could not report node status"),
+            }
+        }
+    }
+}
+
+async fn renew_lease(c: &Client, node: &str) -> Result<(), ClientError> {
+    let now = MicroTime(jiff::Timestamp::now());
+    match c.get::<Lease>(Some(LEASE_NAMESPACE), node).await? {
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(now);
+            spec.holder_identity = Some(node.to_string());
+            spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+            c.replace(Some(LEASE_NAMESPACE), node, &lease).await?;
+        }
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.to_string()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node.to_string()),
+                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            c.create(Some(LEASE_NAMESPACE), &lease).await?;
+        }
+    }
+    debug!(node, "lease renewed");
+    Ok(())
+}

@@ -1,0 +1,1036 @@
+//! One pod's life on the node. A worker owns a pod from the moment it is bound here until it
+//! is gone: it makes the sandbox and volumes, runs init containers in order and then the
+//! containers, restarts them as the restart policy says (with Kubernetes' exponential
+//! back-off), terminates them gracefully on deletion, and reports status whenever it changes.
+//! It is level-triggered: every wake-up compares what should be with what is.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodStatus, Secret};
+use bytes::Bytes;
+use runtime::containers::{Isolation, NamespacePaths, SharedNamespaces, ShimStatus};
+use runtime::images::Image;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::Shared;
+use crate::spec::{self, Refs};
+use crate::status::{self, Slot, State};
+use crate::volumes;
+
+/// First restart delay after a crash, and its ceiling; a container that ran this long without
+/// crashing starts over from the first delay.
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often a worker looks again even if nothing happened (volume contents, status).
+const RESYNC: Duration = Duration::from_secs(30);
+
+pub(crate) enum Msg {
+    Pod(Arc<Pod>),
+    /// The pod object is gone from the API.
+    Gone,
+    Exited {
+        id: String,
+        status: ShimStatus,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+struct Backoff {
+    /// The delay before the next restart.
+    delay: Duration,
+    /// No start before this.
+    until: Option<Instant>,
+    started: Option<Instant>,
+}
+
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    pod: Arc<Pod>,
+    uid: String,
+    slots: Vec<Slot>,
+    backoff: HashMap<String, Backoff>,
+    /// Spec hashes of the running attempts, to restart containers whose definition changed.
+    hashes: HashMap<String, u64>,
+    sandbox: Option<NamespacePaths>,
+    volumes: Option<HashMap<String, PathBuf>>,
+    volumes_at: Option<Instant>,
+    start_time: String,
+    reported: Option<serde_json::Value>,
+    gone: bool,
+    done: bool,
+    tx: mpsc::Sender<Msg>,
+}
+
+fn hash_of(c: &Container) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(c).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+fn containers(pod: &Pod) -> (Vec<Container>, Vec<Container>) {
+    let spec = pod.spec.clone().unwrap_or_default();
+    (spec.init_containers.unwrap_or_default(), spec.containers)
+}
+
+impl Worker {
+    pub(crate) fn new(shared: Arc<Shared>, pod: Arc<Pod>, tx: mpsc::Sender<Msg>) -> Worker {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let (inits, mains) = containers(&pod);
+        let mut slots: Vec<Slot> = inits
+            .iter()
+            .map(|c| {
+                Slot::new(
+                    &c.name,
+                    c.image.as_deref().unwrap_or(""),
+                    true,
+                    c.restart_policy.as_deref() == Some("Always"),
+                )
+            })
+            .collect();
+        slots.extend(
+            mains
+                .iter()
+                .map(|c| Slot::new(&c.name, c.image.as_deref().unwrap_or(""), false, false)),
+        );
+        // What the API last heard survives an agent restart: restart counts and last states.
+        let known: Vec<&api::k8s_openapi::api::core::v1::ContainerStatus> = pod
+            .status
+            .iter()
+            .flat_map(|s| {
+                s.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.container_statuses.iter().flatten())
+            })
+            .collect();
+        for s in &mut slots {
+            if let Some(k) = known.iter().find(|k| k.name == s.name) {
+                s.restart_count = k.restart_count;
+                s.image_id = k.image_id.clone();
+                if let Some(t) = k.state.as_ref().and_then(|st| st.terminated.as_ref()) {
+                    s.state = terminated_from_api(t);
+                    s.container_id = k
+                        .container_id
+                        .clone()
+                        .unwrap_or_default()
+                        .trim_start_matches("berth://")
+                        .to_string();
+                }
+                s.last_state = k
+                    .last_state
+                    .as_ref()
+                    .and_then(|l| l.terminated.as_ref())
+                    .map(terminated_from_api);
+            }
+        }
+        let start_time = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(runtime::containers::shim::now_rfc3339);
+        Worker {
+            shared,
+            pod,
+            uid,
+            slots,
+            backoff: HashMap::new(),
+            hashes: HashMap::new(),
+            sandbox: None,
+            volumes: None,
+            volumes_at: None,
+            start_time,
+            reported: None,
+            gone: false,
+            done: false,
+            tx,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.pod.metadata.name.clone().unwrap_or_default()
+    }
+
+    fn namespace(&self) -> String {
+        self.pod.metadata.namespace.clone().unwrap_or_default()
+    }
+
+    fn policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    fn host_network(&self) -> bool {
+        self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+    }
+
+    fn pod_dir(&self) -> PathBuf {
+        self.shared.dirs.pods.join(&self.uid)
+    }
+
+    fn log_path(&self, name: &str, attempt: i32) -> PathBuf {
+        self.shared
+            .log_dir(&self.namespace(), &self.name(), &self.uid)
+            .join(name)
+            .join(format!("{attempt}.log"))
+    }
+
+    fn container_id(&self, name: &str, attempt: i32) -> String {
+        format!("{}_{name}_{attempt}", self.uid)
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        self.adopt();
+        loop {
+            let wake = self.sync().await;
+            if self.done {
+                break;
+            }
+            let deadline = wake.unwrap_or_else(|| Instant::now() + RESYNC);
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => {
+                        self.handle(m).await;
+                        while let Ok(m) = rx.try_recv() {
+                            self.handle(m).await;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        debug!(pod = %self.name(), "worker done");
+    }
+
+    /// Take over containers that were running before the agent (re)started.
+    fn adopt(&mut self) {
+        let prefix = format!("{}_", self.uid);
+        for id in self.shared.runtime.list() {
+            let Some(rest) = id.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((name, attempt)) = rest.rsplit_once('_') else {
+                continue;
+            };
+            let attempt: i32 = attempt.parse().unwrap_or(0);
+            let Some(i) = self.slots.iter().position(|s| s.name == name) else {
+                continue;
+            };
+            match self.shared.runtime.status(&id) {
+                Some(ShimStatus::Running { started_at, .. }) => {
+                    let s = &mut self.slots[i];
+                    s.state = State::Running { started_at };
+                    s.container_id = id.clone();
+                    s.restart_count = s.restart_count.max(attempt);
+                    s.started = true;
+                    s.ready = true;
+                    if let Some(c) = self.container(name) {
+                        self.hashes.insert(name.to_string(), hash_of(&c));
+                    }
+                    self.watch(id.clone());
+                    info!(pod = %self.name(), container = name, "adopted a running container");
+                }
+                Some(status) => {
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(Msg::Exited { id, status }).await;
+                    });
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn container(&self, name: &str) -> Option<Container> {
+        let (inits, mains) = containers(&self.pod);
+        inits.into_iter().chain(mains).find(|c| c.name == name)
+    }
+
+    async fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Pod(p) => self.pod = p,
+            Msg::Gone => self.gone = true,
+            Msg::Exited { id, status } => self.exited(&id, status).await,
+        }
+    }
+
+    /// A container ended: record how, and free what its run held (the log stays).
+    async fn exited(&mut self, id: &str, st: ShimStatus) {
+        let Some(i) = self.slots.iter().position(|s| s.container_id == id) else {
+            let _ = self.shared.runtime.remove(id).await;
+            return;
+        };
+        let state = match st {
+            ShimStatus::Exited {
+                exit_code,
+                signal,
+                oom_killed,
+                started_at,
+                finished_at,
+                ..
+            } => State::Terminated {
+                exit_code,
+                signal,
+                reason: if oom_killed {
+                    "OOMKilled".into()
+                } else if exit_code == 0 {
+                    "Completed".into()
+                } else {
+                    "Error".into()
+                },
+                message: String::new(),
+                started_at,
+                finished_at,
+            },
+            ShimStatus::Failed { error, finished_at } => State::Terminated {
+                exit_code: 128,
+                signal: 0,
+                reason: "StartError".into(),
+                message: error,
+                started_at: finished_at.clone(),
+                finished_at,
+            },
+            ShimStatus::Running { .. } => return,
+        };
+        let name = self.slots[i].name.clone();
+        let failed = !state.succeeded();
+        if failed {
+            let (kind, reason) = match &state {
+                State::Terminated { reason, .. } if reason == "OOMKilled" => {
+                    ("Warning", "OOMKilled")
+                }
+                _ => ("Normal", "Died"),
+            };
+            if reason == "OOMKilled" {
+                self.event(
+                    kind,
+                    reason,
+                    &format!("Container {name} was killed for using more memory than its limit"),
+                );
+            }
+        }
+        let s = &mut self.slots[i];
+        s.state = state;
+        s.ready = false;
+        self.hashes.remove(&name);
+        if let Err(e) = self.shared.runtime.remove(id).await {
+            warn!(id, error = %e, "could not clean up an ended container");
+        }
+    }
+
+    fn watch(&self, id: String) {
+        let rt = self.shared.runtime.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            match rt.wait(&id).await {
+                Ok(status) => {
+                    let _ = tx.send(Msg::Exited { id, status }).await;
+                }
+                Err(e) => debug!(id, error = %e, "stopped watching a container"),
+            }
+        });
+    }
+
+    fn event(&self, kind: &str, reason: &str, message: &str) {
+        self.shared.events.record(&self.pod, kind, reason, message);
+    }
+
+    fn terminating(&self) -> bool {
+        self.gone || self.pod.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Bring the pod's containers in line with its spec; returns when to look again.
+    async fn sync(&mut self) -> Option<Instant> {
+        if self.terminating() {
+            self.terminate().await;
+            return None;
+        }
+        let phase = status::phase(&self.pod, &self.slots);
+        if phase == "Succeeded" || phase == "Failed" {
+            // Done for good: nothing restarts; the sandbox and volumes can go.
+            self.stop_all(Duration::from_secs(0)).await;
+            self.release().await;
+            if self.report().await {
+                self.done = true;
+            }
+            return Some(Instant::now() + Duration::from_secs(2));
+        }
+        if !self.ensure_sandbox().await {
+            self.report().await;
+            return Some(Instant::now() + Duration::from_secs(2));
+        }
+        if !self.ensure_volumes().await {
+            self.report().await;
+            return Some(Instant::now() + Duration::from_secs(2));
+        }
+        let (inits, mains) = containers(&self.pod);
+        let mut wake: Option<Instant> = None;
+        let mut soonest = |t: Option<Instant>| {
+            if let Some(t) = t {
+                wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+            }
+        };
+        let mut inits_done = true;
+        for c in &inits {
+            let i = self.slot(&c.name);
+            if self.slots[i].init_done() {
+                continue;
+            }
+            inits_done = false;
+            match &self.slots[i].state {
+                State::Running { .. } => {}
+                State::Terminated { .. } if self.policy() == "Never" && !self.slots[i].sidecar => {}
+                _ => soonest(self.maybe_start(c).await),
+            }
+            break;
+        }
+        if inits_done {
+            for c in &mains {
+                let i = self.slot(&c.name);
+                let restart = match &self.slots[i].state {
+                    State::Running { .. } => {
+                        if self.hashes.get(&c.name).is_some_and(|h| *h != hash_of(c)) {
+                            self.event(
+                                "Normal",
+                                "Killing",
+                                &format!(
+                                    "Container {} definition changed, will be restarted",
+                                    c.name
+                                ),
+                            );
+                            self.stop_container(i, self.grace()).await;
+                        }
+                        false
+                    }
+                    State::Terminated { exit_code, .. } => match self.policy().as_str() {
+                        "Always" => true,
+                        "OnFailure" => *exit_code != 0,
+                        _ => false,
+                    },
+                    State::Waiting { .. } => true,
+                };
+                if restart {
+                    soonest(self.maybe_start(c).await);
+                }
+            }
+        }
+        self.report().await;
+        soonest(Some(Instant::now() + RESYNC));
+        wake
+    }
+
+    fn slot(&self, name: &str) -> usize {
+        self.slots
+            .iter()
+            .position(|s| s.name == name)
+            .expect("every container has a slot")
+    }
+
+    fn grace(&self) -> Duration {
+        let secs = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30)
+            .max(0);
+        Duration::from_secs(secs as u64)
+    }
+
+    /// Start `c` unless it must wait out a back-off; returns when it may be tried again.
+    async fn maybe_start(&mut self, c: &Container) -> Option<Instant> {
+        let i = self.slot(&c.name);
+        let ran_before = !self.slots[i].container_id.is_empty();
+        let b = self.backoff.entry(c.name.clone()).or_default();
+        if let Some(until) = b.until
+            && until > Instant::now()
+        {
+            if ran_before
+                && matches!(
+                    self.slots[i].state,
+                    State::Terminated { .. } | State::Waiting { .. }
+                )
+            {
+                let secs = b.delay.as_secs();
+                let msg = format!(
+                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    secs,
+                    c.name,
+                    self.name(),
+                    self.namespace(),
+                    self.uid
+                );
+                let s = &mut self.slots[i];
+                if let State::Terminated { .. } = s.state {
+                    s.last_state = Some(s.state.clone());
+                }
+                if !matches!(&s.state, State::Waiting { reason, .. } if reason == "ImagePullBackOff" || reason == "CreateContainerConfigError")
+                {
+                    s.state = State::waiting("CrashLoopBackOff", msg);
+                }
+            }
+            return Some(until);
+        }
+        if ran_before {
+            // Kubernetes' back-off: the first restart is immediate, each later one waits twice
+            // as long (up to five minutes); a long healthy run resets it.
+            let healthy = b.started.is_some_and(|s| s.elapsed() >= BACKOFF_RESET);
+            if healthy || b.delay.is_zero() {
+                b.delay = if healthy {
+                    Duration::ZERO
+                } else {
+                    BACKOFF_START
+                };
+            } else {
+                b.delay = (b.delay * 2).min(BACKOFF_MAX);
+            }
+            if !healthy && self.slots[i].restart_count > 0 {
+                let delay = b.delay;
+                if b.until.is_none() {
+                    b.until = Some(Instant::now() + delay / 2);
+                    return self.defer(i, c, delay / 2);
+                }
+            }
+        }
+        self.start(c).await
+    }
+
+    fn defer(&mut self, i: usize, c: &Container, after: Duration) -> Option<Instant> {
+        let s = &mut self.slots[i];
+        if let State::Terminated { .. } = s.state {
+            s.last_state = Some(s.state.clone());
+        }
+        s.state = State::waiting(
+            "CrashLoopBackOff",
+            format!(
+                "back-off {}s restarting failed container={} pod={}_{}({})",
+                after.as_secs().max(1),
+                c.name,
+                self.pod.metadata.name.clone().unwrap_or_default(),
+                self.pod.metadata.namespace.clone().unwrap_or_default(),
+                self.uid
+            ),
+        );
+        self.event(
+            "Warning",
+            "BackOff",
+            &format!(
+                "Back-off restarting failed container {} in pod {}",
+                c.name,
+                self.name()
+            ),
+        );
+        Some(Instant::now() + after)
+    }
+
+    async fn start(&mut self, c: &Container) -> Option<Instant> {
+        let i = self.slot(&c.name);
+        let ran_before = !self.slots[i].container_id.is_empty();
+        let attempt = if ran_before {
+            self.slots[i].restart_count + 1
+        } else {
+            self.slots[i].restart_count
+        };
+        let image_ref = c.image.clone().unwrap_or_default();
+        let image = match self
+            .shared
+            .ensure_image(&self.pod, &image_ref, c.image_pull_policy.as_deref())
+            .await
+        {
+            Ok(img) => img,
+            Err((reason, message)) => {
+                let b = self.backoff.entry(c.name.clone()).or_default();
+                let retry = if reason == "ErrImageNeverPull" {
+                    RESYNC
+                } else {
+                    // Pull failures back off too: first ErrImagePull, then ImagePullBackOff.
+                    b.delay = if b.delay.is_zero() {
+                        BACKOFF_START
+                    } else {
+                        (b.delay * 2).min(BACKOFF_MAX)
+                    };
+                    b.delay
+                };
+                b.until = Some(Instant::now() + retry);
+                let s = &mut self.slots[i];
+                let shown = match (&s.state, reason.as_str()) {
+                    (State::Waiting { reason: r, .. }, "ErrImagePull")
+                        if r == "ErrImagePull" || r == "ImagePullBackOff" =>
+                    {
+                        "ImagePullBackOff"
+                    }
+                    _ => reason.as_str(),
+                };
+                s.state = State::waiting(shown, message.clone());
+                if shown == "ImagePullBackOff" {
+                    self.event(
+                        "Normal",
+                        "BackOff",
+                        &format!("Back-off pulling image \"{image_ref}\""),
+                    );
+                } else {
+                    self.event("Warning", "Failed", &message);
+                }
+                return Some(Instant::now() + retry);
+            }
+        };
+        let id = self.container_id(&c.name, attempt);
+        let spec = match self.build_spec(c, &image, &id).await {
+            Ok(s) => s,
+            Err(message) => {
+                self.slots[i].state = State::waiting("CreateContainerConfigError", message.clone());
+                self.event("Warning", "Failed", &format!("Error: {message}"));
+                let b = self.backoff.entry(c.name.clone()).or_default();
+                b.until = Some(Instant::now() + BACKOFF_START);
+                return b.until;
+            }
+        };
+        let layers = self.shared.images.layer_dirs(&image);
+        let log = self.log_path(&c.name, attempt);
+        self.event(
+            "Normal",
+            "Created",
+            &format!("Created container {}", c.name),
+        );
+        match self.shared.runtime.start(&spec, &layers, &log).await {
+            Ok(started) => {
+                let s = &mut self.slots[i];
+                if ran_before {
+                    if let State::Terminated { .. } = s.state {
+                        s.last_state = Some(s.state.clone());
+                    }
+                    s.restart_count = attempt;
+                }
+                s.state = State::Running {
+                    started_at: started.started_at,
+                };
+                s.container_id = id.clone();
+                s.image_id = image
+                    .repo_digests
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| image.id.to_string());
+                s.started = true;
+                s.ready = true;
+                self.hashes.insert(c.name.clone(), hash_of(c));
+                let b = self.backoff.entry(c.name.clone()).or_default();
+                b.started = Some(Instant::now());
+                b.until = None;
+                self.event(
+                    "Normal",
+                    "Started",
+                    &format!("Started container {}", c.name),
+                );
+                self.watch(id);
+                None
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let s = &mut self.slots[i];
+                if ran_before && let State::Terminated { .. } = s.state {
+                    s.last_state = Some(s.state.clone());
+                }
+                s.restart_count = attempt;
+                s.container_id = id;
+                s.state = State::Terminated {
+                    exit_code: 128,
+                    signal: 0,
+                    reason: "StartError".into(),
+                    message: message.clone(),
+                    started_at: runtime::containers::shim::now_rfc3339(),
+                    finished_at: runtime::containers::shim::now_rfc3339(),
+                };
+                self.event("Warning", "Failed", &format!("Error: {message}"));
+                let b = self.backoff.entry(c.name.clone()).or_default();
+                b.started = Some(Instant::now());
+                Some(Instant::now())
+            }
+        }
+    }
+
+    async fn build_spec(
+        &self,
+        c: &Container,
+        image: &Image,
+        id: &str,
+    ) -> Result<runtime::containers::ContainerSpec, String> {
+        let ns = self.namespace();
+        let (cms, secrets) = spec::referenced(c);
+        let mut refs = Refs::default();
+        for name in cms {
+            let data = self
+                .shared
+                .client
+                .get::<ConfigMap>(Some(&ns), &name)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|cm| cm.data.unwrap_or_default());
+            refs.config_maps.insert(name, data);
+        }
+        for name in secrets {
+            let data = self
+                .shared
+                .client
+                .get::<Secret>(Some(&ns), &name)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|s| {
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect()
+                });
+            refs.secrets.insert(name, data);
+        }
+        let (passwd, group) = self.shared.image_accounts(image);
+        let sandbox = self.sandbox.clone().unwrap_or_default();
+        let dir = self.pod_dir();
+        let volumes = self.volumes.clone().unwrap_or_default();
+        let host_ip = self.shared.node.ip.to_string();
+        let pod_ip = if self.host_network() {
+            host_ip.clone()
+        } else {
+            String::new()
+        };
+        let ctx = spec::Ctx {
+            id: id.to_string(),
+            node_name: &self.shared.node.name,
+            host_ip: &host_ip,
+            pod_ip: &pod_ip,
+            namespaces: SharedNamespaces {
+                net: sandbox.net,
+                ipc: sandbox.ipc,
+                uts: sandbox.uts,
+                pid: None,
+                host_pid: self.pod.spec.as_ref().and_then(|s| s.host_pid) == Some(true),
+            },
+            cgroup: format!("/berth/pod{}/{}", self.uid, id),
+            volumes: &volumes,
+            pod_files: vec![
+                (dir.join("hosts"), "/etc/hosts"),
+                (dir.join("hostname"), "/etc/hostname"),
+                (dir.join("resolv.conf"), "/etc/resolv.conf"),
+            ],
+            passwd: &passwd,
+            group: &group,
+            max_open_files: self.shared.max_open_files,
+        };
+        spec::container_spec(&self.pod, c, &image.config, &refs, &ctx).map_err(|e| e.0)
+    }
+
+    async fn ensure_sandbox(&mut self) -> bool {
+        if self.sandbox.is_some() {
+            return true;
+        }
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network == Some(true);
+        let iso = Isolation {
+            net: !host_network,
+            ipc: spec.host_ipc != Some(true),
+            uts: !host_network,
+        };
+        let hostname = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.name().chars().take(63).collect());
+        let dir = self.pod_dir();
+        let files = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let hosts = if host_network {
+                std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+            } else {
+                format!(
+                    "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\n127.0.1.1\t{hostname}\n"
+                )
+            };
+            std::fs::write(dir.join("hosts"), hosts)?;
+            std::fs::write(
+                dir.join("hostname"),
+                format!(
+                    "{}\n",
+                    if host_network {
+                        self.shared.node.name.clone()
+                    } else {
+                        hostname.clone()
+                    }
+                ),
+            )?;
+            std::fs::write(
+                dir.join("resolv.conf"),
+                std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = files {
+            warn!(pod = %self.name(), error = %e, "could not write the pod's files");
+            return false;
+        }
+        match self
+            .shared
+            .runtime
+            .create_sandbox(&self.uid, &hostname, iso)
+            .await
+        {
+            Ok(ns) => {
+                self.sandbox = Some(ns);
+                true
+            }
+            Err(e) => {
+                self.event(
+                    "Warning",
+                    "FailedCreatePodSandBox",
+                    &format!("Failed to create pod sandbox: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    async fn ensure_volumes(&mut self) -> bool {
+        let fresh = self.volumes_at.is_some_and(|t| t.elapsed() < RESYNC);
+        if self.volumes.is_some() && fresh {
+            return true;
+        }
+        match volumes::prepare(&self.pod, &self.shared.client, &self.pod_dir()).await {
+            Ok(v) => {
+                self.volumes = Some(v);
+                self.volumes_at = Some(Instant::now());
+                true
+            }
+            Err(e) => {
+                // Keep using what was there; a first failure blocks the start.
+                if self.volumes.is_none() {
+                    self.event(
+                        "Warning",
+                        "FailedMount",
+                        &format!("MountVolume.SetUp failed: {e}"),
+                    );
+                    for s in self.slots.iter_mut().filter(|s| !s.started) {
+                        s.state = State::waiting("ContainerCreating", "");
+                    }
+                    return false;
+                }
+                true
+            }
+        }
+    }
+
+    /// Stop one container: SIGTERM, then SIGKILL after `grace`.
+    async fn stop_container(&mut self, i: usize, grace: Duration) {
+        let id = self.slots[i].container_id.clone();
+        if !self.slots[i].state.is_running() || id.is_empty() {
+            return;
+        }
+        let rt = self.shared.runtime.clone();
+        let name = self.slots[i].name.clone();
+        self.event("Normal", "Killing", &format!("Stopping container {name}"));
+        let _ = rt.kill(&id, libc::SIGTERM).await;
+        let status = match tokio::time::timeout(grace, rt.wait(&id)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                let _ = rt.kill(&id, libc::SIGKILL).await;
+                match tokio::time::timeout(Duration::from_secs(10), rt.wait(&id)).await {
+                    Ok(Ok(s)) => s,
+                    _ => return,
+                }
+            }
+        };
+        self.exited(&id, status).await;
+    }
+
+    async fn stop_all(&mut self, grace: Duration) {
+        // Containers first, then sidecars, together within the grace period.
+        let order: Vec<usize> = (0..self.slots.len())
+            .filter(|i| !self.slots[*i].init)
+            .chain((0..self.slots.len()).filter(|i| self.slots[*i].init))
+            .collect();
+        let deadline = tokio::time::Instant::now() + grace;
+        for i in order {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.stop_container(i, left).await;
+        }
+    }
+
+    /// Free the sandbox, volumes and cgroups of a pod that runs nothing any more.
+    async fn release(&mut self) {
+        if self.sandbox.take().is_some()
+            && let Err(e) = self.shared.runtime.remove_sandbox(&self.uid).await
+        {
+            warn!(pod = %self.name(), error = %e, "could not remove the sandbox");
+        }
+        if self.volumes.take().is_some() {
+            let _ = volumes::teardown(&self.pod_dir());
+        }
+        remove_pod_cgroups(&self.uid);
+    }
+
+    /// The pod is being deleted: stop everything within its grace period, report, and let
+    /// the API server delete it.
+    async fn terminate(&mut self) {
+        let grace = if self.gone {
+            Duration::from_secs(2).min(self.grace())
+        } else {
+            self.grace()
+        };
+        self.stop_all(grace).await;
+        for id in self.shared.runtime.list() {
+            if id.starts_with(&format!("{}_", self.uid)) {
+                let _ = self.shared.runtime.remove(&id).await;
+            }
+        }
+        self.release().await;
+        let _ = volumes::teardown(&self.pod_dir());
+        if !self.gone {
+            self.report().await;
+            let body = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}});
+            let path = format!(
+                "/api/v1/namespaces/{}/pods/{}",
+                self.namespace(),
+                self.name()
+            );
+            match self
+                .shared
+                .client
+                .request(
+                    http::Method::DELETE,
+                    &path,
+                    "application/json",
+                    Bytes::from(body.to_string()),
+                )
+                .await
+            {
+                Ok(_) => info!(pod = %self.name(), "pod terminated"),
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => {
+                    warn!(pod = %self.name(), error = %e, "could not delete the terminated pod; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.shared.log_dir(
+            &self.namespace(),
+            &self.name(),
+            &self.uid,
+        ));
+        self.done = true;
+    }
+
+    /// Send the pod's status if it changed since last time; false if it could not be sent.
+    async fn report(&mut self) -> bool {
+        let host_ip = self.shared.node.ip.to_string();
+        let pod_ip = if self.host_network() {
+            host_ip.clone()
+        } else {
+            String::new()
+        };
+        let s: PodStatus = status::pod_status(&status::Report {
+            pod: &self.pod,
+            slots: &self.slots,
+            sandbox_ready: self.sandbox.is_some(),
+            host_ip: &host_ip,
+            pod_ip: &pod_ip,
+            start_time: &self.start_time,
+        });
+        let value = serde_json::to_value(&s).unwrap_or_default();
+        // Condition times alone do not make a change worth writing.
+        let mut comparable = value.clone();
+        if let Some(cs) = comparable["conditions"].as_array_mut() {
+            for c in cs {
+                if let Some(m) = c.as_object_mut() {
+                    m.remove("lastTransitionTime");
+                }
+            }
+        }
+        if self.reported.as_ref() == Some(&comparable) {
+            return true;
+        }
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/{}/status",
+            self.namespace(),
+            self.name()
+        );
+        let patch = json!({"status": value});
+        match self
+            .shared
+            .client
+            .request(
+                http::Method::PATCH,
+                &path,
+                "application/merge-patch+json",
+                Bytes::from(patch.to_string()),
+            )
+            .await
+        {
+            Ok(b) => {
+                if let Ok(p) = serde_json::from_slice::<Pod>(&b) {
+                    self.pod = Arc::new(p);
+                }
+                self.reported = Some(comparable);
+                true
+            }
+            Err(e) if e.is_not_found() => {
+                self.gone = true;
+                true
+            }
+            Err(e) => {
+                warn!(pod = %self.name(), error = %e, "could not report pod status");
+                false
+            }
+        }
+    }
+}
+
+fn terminated_from_api(t: &api::k8s_openapi::api::core::v1::ContainerStateTerminated) -> State {
+    let ts = |x: &Option<api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        x.as_ref()
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default()
+    };
+    State::Terminated {
+        exit_code: t.exit_code,
+        signal: t.signal.unwrap_or(0),
+        reason: t.reason.clone().unwrap_or_default(),
+        message: t.message.clone().unwrap_or_default(),
+        started_at: ts(&t.started_at),
+        finished_at: ts(&t.finished_at),
+    }
+}
+
+/// Remove the pod's cgroup directories (the runtime removes only the containers' own).
+pub(crate) fn remove_pod_cgroups(uid: &str) {
+    for ctl in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = ctl.path().join("berth").join(format!("pod{uid}"));
+        if dir.exists() {
+            // Leftover container leaves first (a killed shim may not have cleaned up).
+            for leaf in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if leaf.path().is_dir() {
+                    let _ = std::fs::remove_dir(leaf.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}

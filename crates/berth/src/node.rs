@@ -1,0 +1,233 @@
+//! The node role: the agent with its image store and container runtime, started by `berth up`
+//! next to the control plane, or by `berth agent` against a remote API server.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agent::server::{NodeBody, NodeServer};
+use agent::{Agent, AgentConfig, Dirs, NodeInfo};
+use anyhow::{Context, Result, bail};
+use apiserver::{Body, NodeConnector};
+use async_trait::async_trait;
+use bytes::Bytes;
+use client::Client;
+use http::{Request, Response};
+use runtime::containers::{ContainerRuntime, OciConfig, OciRuntime};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The node's name (default: this machine's hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The node's address (default: the address of the default route's interface).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// Runtime state (bundles, namespaces); containers here outlive an agent restart, not a
+    /// reboot (default: /run/berth, or a directory named after --data-dir when it is set).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// The OCI runtime binary that runs containers.
+    #[arg(long, default_value = "runc")]
+    pub runtime: String,
+    /// A registry (host:port) to pull from over plain HTTP; localhost always may. Repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Most pods this node runs at once.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+}
+
+/// `berth agent`: a node for a cluster whose API server runs elsewhere.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RemoteAgentArgs {
+    /// The API server, e.g. https://10.0.0.1:6443.
+    #[arg(long)]
+    pub server: String,
+    /// A bearer token the API server accepts.
+    #[arg(long, env = "BERTH_TOKEN")]
+    pub token: String,
+    /// The cluster CA certificate (PEM); `<data-dir>/pki/ca.crt` on the server.
+    #[arg(long)]
+    pub ca_cert: PathBuf,
+    /// Where this node keeps images, pod data and logs.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.to_lowercase())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The address this machine would use to reach the outside (no packet is sent).
+fn primary_ip() -> IpAddr {
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A run directory per data directory, so that two clusters on one machine never share one.
+fn default_run_dir(data_dir: &Path, default_data: &Path) -> PathBuf {
+    if data_dir == default_data {
+        return PathBuf::from("/run/berth");
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data_dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    PathBuf::from(format!("/run/berth-{:08x}", h as u32))
+}
+
+fn find_binary(name: &str) -> Result<PathBuf> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in
+        std::env::split_paths(&path).chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
+    {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("the OCI runtime {name:?} is not installed (on Debian: apt-get install runc)")
+}
+
+fn runtime_version(runc: &Path) -> String {
+    std::process::Command::new(runc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(|l| l.replace(" version ", "://")))
+        .unwrap_or_else(|| "runc://unknown".into())
+}
+
+/// Build the agent for this machine.
+pub fn build(
+    client: Client,
+    data_dir: &Path,
+    args: &AgentArgs,
+    control_plane: bool,
+) -> Result<Agent> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the node agent runs containers and needs root; run `berth server` for the control plane alone"
+        );
+    }
+    let runc = find_binary(&args.runtime)?;
+    let run_dir = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| default_run_dir(data_dir, &crate::cluster::default_data_dir()));
+    let runtime = OciRuntime::new(OciConfig {
+        run_dir: run_dir.clone(),
+        rw_dir: data_dir.join("containers"),
+        shim: std::env::current_exe().context("finding the berth binary")?,
+        runc: runc.clone(),
+        log_max_bytes: 10 * 1024 * 1024,
+    })
+    .with_context(|| format!("preparing the container runtime in {}", run_dir.display()))?;
+    let images = Arc::new(crate::images_cli::store_in(data_dir)?);
+    let node = NodeInfo {
+        name: args.node_name.clone().unwrap_or_else(hostname),
+        ip: args.node_ip.unwrap_or_else(primary_ip),
+        control_plane,
+        max_pods: args.max_pods,
+        data_dir: data_dir.to_path_buf(),
+        runtime_version: runtime_version(&runc),
+    };
+    let cfg = AgentConfig {
+        node,
+        dirs: Dirs::under(data_dir),
+        insecure_registries: args.insecure_registries.clone(),
+    };
+    Ok(Agent::new(
+        client,
+        Arc::new(runtime) as Arc<dyn ContainerRuntime>,
+        images,
+        cfg,
+    ))
+}
+
+/// `berth agent`: run this machine's node against a remote API server until signalled.
+pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
+    let ca = std::fs::read(&args.ca_cert)
+        .with_context(|| format!("reading {}", args.ca_cert.display()))?;
+    let transport = client::HttpsTransport::new(&args.server, &ca, Some(&args.token))
+        .with_context(|| format!("connecting to {}", args.server))?;
+    let client = Client::new(Arc::new(transport));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::cluster::default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let agent = build(client, &data_dir, &args.agent, false)?;
+    println!(
+        "berth agent: node {} joining {}",
+        agent.node_name(),
+        args.server
+    );
+    tokio::select! {
+        _ = agent.run() => {}
+        r = crate::cluster::wait_for_signal() => r?,
+    }
+    Ok(())
+}
+
+/// The agents in this process, for the API server's pod `log`/`exec`/`attach`/`portforward`.
+#[derive(Default)]
+pub struct LocalAgents {
+    agents: HashMap<String, NodeServer>,
+}
+
+impl LocalAgents {
+    pub fn with(node: &str, server: NodeServer) -> LocalAgents {
+        LocalAgents {
+            agents: HashMap::from([(node.to_string(), server)]),
+        }
+    }
+}
+
+#[async_trait]
+impl NodeConnector for LocalAgents {
+    async fn call(&self, node: &str, req: Request<Bytes>) -> Option<Response<Body>> {
+        let server = self.agents.get(node)?;
+        let resp = server.handle(req).await;
+        Some(resp.map(|b| match b {
+            NodeBody::Full(b) => Body::from_bytes(b),
+            NodeBody::Stream(rx) => Body::from_receiver(rx),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dirs_follow_data_dirs() {
+        let default = Path::new("/var/lib/berth");
+        assert_eq!(
+            default_run_dir(default, default),
+            PathBuf::from("/run/berth")
+        );
+        let a = default_run_dir(Path::new("/tmp/a"), default);
+        let b = default_run_dir(Path::new("/tmp/b"), default);
+        assert_ne!(a, b);
+        assert_eq!(a, default_run_dir(Path::new("/tmp/a"), default));
+    }
+}
