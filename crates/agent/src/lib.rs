@@ -9,6 +9,7 @@ pub mod logs;
 pub mod node;
 mod pods;
 pub mod portforward;
+pub mod probe;
 pub mod server;
 pub mod spec;
 pub mod status;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
+use crate::probe::{self, Kind};
 use crate::spec::{self, Refs};
 use crate::status::{self, Slot, State};
 use crate::volumes;
@@ -34,6 +35,7 @@ const RESYNC: Duration = Duration::from_secs(30);
 
 pub(crate) enum Msg {
     Pod(Arc<Pod>),
+    Probe(probe::Verdict),
     /// The pod object is gone from the API.
     Gone,
     Exited {
@@ -64,6 +66,9 @@ pub(crate) struct Worker {
     volumes_at: Option<Instant>,
     start_time: String,
     reported: Option<serde_json::Value>,
+    /// Probe tasks of the running attempt of each container.
+    probes: HashMap<String, Vec<tokio::task::JoinHandle<()>>>,
+    verdicts: mpsc::Sender<probe::Verdict>,
     gone: bool,
     done: bool,
     tx: mpsc::Sender<Msg>,
@@ -149,6 +154,8 @@ impl Worker {
             volumes_at: None,
             start_time,
             reported: None,
+            probes: HashMap::new(),
+            verdicts: mpsc::channel(1).0,
             gone: false,
             done: false,
             tx,
@@ -191,6 +198,8 @@ impl Worker {
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let (vtx, mut vrx) = mpsc::channel(16);
+        self.verdicts = vtx;
         self.adopt();
         loop {
             let wake = self.sync().await;
@@ -208,8 +217,12 @@ impl Worker {
                     }
                     None => break,
                 },
+                Some(v) = vrx.recv() => self.handle(Msg::Probe(v)).await,
                 _ = tokio::time::sleep_until(deadline) => {}
             }
+        }
+        for (_, tasks) in self.probes.drain() {
+            tasks.iter().for_each(|t| t.abort());
         }
         debug!(pod = %self.name(), "worker done");
     }
@@ -234,10 +247,25 @@ impl Worker {
                     s.state = State::Running { started_at };
                     s.container_id = id.clone();
                     s.restart_count = s.restart_count.max(attempt);
-                    s.started = true;
-                    s.ready = true;
+                    // What the API last heard stands until the probes say otherwise.
+                    let known = self
+                        .pod
+                        .status
+                        .iter()
+                        .flat_map(|st| {
+                            st.container_statuses
+                                .iter()
+                                .flatten()
+                                .chain(st.init_container_statuses.iter().flatten())
+                        })
+                        .find(|k| k.name == name)
+                        .map(|k| (k.started.unwrap_or(true), k.ready));
+                    let (started, ready) = known.unwrap_or((true, true));
+                    s.started = started;
+                    s.ready = ready;
                     if let Some(c) = self.container(name) {
                         self.hashes.insert(name.to_string(), hash_of(&c));
+                        self.start_probes(&c, &id, started);
                     }
                     self.watch(id.clone());
                     info!(pod = %self.name(), container = name, "adopted a running container");
@@ -261,6 +289,7 @@ impl Worker {
     async fn handle(&mut self, m: Msg) {
         match m {
             Msg::Pod(p) => self.pod = p,
+            Msg::Probe(v) => self.verdict(v).await,
             Msg::Gone => self.gone = true,
             Msg::Exited { id, status } => self.exited(&id, status).await,
         }
@@ -305,6 +334,9 @@ impl Worker {
             ShimStatus::Running { .. } => return,
         };
         let name = self.slots[i].name.clone();
+        if let Some(tasks) = self.probes.remove(&name) {
+            tasks.iter().for_each(|t| t.abort());
+        }
         let failed = !state.succeeded();
         if failed {
             let (kind, reason) = match &state {
@@ -627,8 +659,9 @@ impl Worker {
                     .first()
                     .cloned()
                     .unwrap_or_else(|| image.id.to_string());
-                s.started = true;
-                s.ready = true;
+                let startup = c.startup_probe.is_none();
+                s.started = startup;
+                s.ready = startup && c.readiness_probe.is_none();
                 self.hashes.insert(c.name.clone(), hash_of(c));
                 let b = self.backoff.entry(c.name.clone()).or_default();
                 b.started = Some(Instant::now());
@@ -638,7 +671,9 @@ impl Worker {
                     "Started",
                     &format!("Started container {}", c.name),
                 );
-                self.watch(id);
+                self.watch(id.clone());
+                self.post_start(i, c, &id).await;
+                self.start_probes(c, &id, startup);
                 None
             }
             Err(e) => {
@@ -833,39 +868,234 @@ impl Worker {
         }
     }
 
-    /// Stop one container: SIGTERM, then SIGKILL after `grace`.
+    /// Stop one container: its preStop hook, SIGTERM, then SIGKILL after `grace`.
     async fn stop_container(&mut self, i: usize, grace: Duration) {
-        let id = self.slots[i].container_id.clone();
-        if !self.slots[i].state.is_running() || id.is_empty() {
-            return;
-        }
-        let rt = self.shared.runtime.clone();
-        let name = self.slots[i].name.clone();
-        self.event("Normal", "Killing", &format!("Stopping container {name}"));
-        let _ = rt.kill(&id, libc::SIGTERM).await;
-        let status = match tokio::time::timeout(grace, rt.wait(&id)).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                let _ = rt.kill(&id, libc::SIGKILL).await;
-                match tokio::time::timeout(Duration::from_secs(10), rt.wait(&id)).await {
-                    Ok(Ok(s)) => s,
-                    _ => return,
-                }
+        self.stop_many(&[i], grace).await;
+    }
+
+    /// Stop containers together within `grace`: each gets its preStop hook and SIGTERM at
+    /// once, and SIGKILL when the time is up.
+    async fn stop_many(&mut self, which: &[usize], grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let mut stops = Vec::new();
+        for &i in which {
+            let id = self.slots[i].container_id.clone();
+            if !self.slots[i].state.is_running() || id.is_empty() {
+                continue;
             }
-        };
-        self.exited(&id, status).await;
+            let name = self.slots[i].name.clone();
+            self.event("Normal", "Killing", &format!("Stopping container {name}"));
+            let hook = self.container(&name).and_then(|c| {
+                let h = c.lifecycle.as_ref()?.pre_stop.as_ref()?;
+                probe::hook_action(&c, h).ok()
+            });
+            let target = self.probe_target(&id);
+            let (rt, events, pod) = (
+                self.shared.runtime.clone(),
+                self.shared.events.clone(),
+                self.pod.clone(),
+            );
+            stops.push(async move {
+                if let Some(a) = hook {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Err(e) = probe::run(&a, &target, left).await {
+                        events.record_about(
+                            &pod,
+                            Some(&name),
+                            "Warning",
+                            "FailedPreStopHook",
+                            &format!("PreStopHook failed: {e}"),
+                        );
+                    }
+                }
+                let _ = rt.kill(&id, libc::SIGTERM).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let status = match tokio::time::timeout(left, rt.wait(&id)).await {
+                    Ok(Ok(s)) => Some(s),
+                    _ => {
+                        let _ = rt.kill(&id, libc::SIGKILL).await;
+                        tokio::time::timeout(Duration::from_secs(10), rt.wait(&id))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
+                };
+                (id, status)
+            });
+        }
+        for (id, status) in futures_util::future::join_all(stops).await {
+            if let Some(st) = status {
+                self.exited(&id, st).await;
+            }
+        }
     }
 
     async fn stop_all(&mut self, grace: Duration) {
-        // Containers first, then sidecars, together within the grace period.
-        let order: Vec<usize> = (0..self.slots.len())
+        // Containers first, then sidecars (init containers that keep running).
+        let deadline = Instant::now() + grace;
+        let mains: Vec<usize> = (0..self.slots.len())
             .filter(|i| !self.slots[*i].init)
-            .chain((0..self.slots.len()).filter(|i| self.slots[*i].init))
             .collect();
-        let deadline = tokio::time::Instant::now() + grace;
-        for i in order {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.stop_container(i, left).await;
+        self.stop_many(&mains, grace).await;
+        let sidecars: Vec<usize> = (0..self.slots.len())
+            .filter(|i| self.slots[*i].init)
+            .collect();
+        self.stop_many(
+            &sidecars,
+            deadline.saturating_duration_since(Instant::now()),
+        )
+        .await;
+    }
+
+    fn probe_target(&self, id: &str) -> probe::Target {
+        probe::Target {
+            runtime: self.shared.runtime.clone(),
+            container: id.to_string(),
+            netns: if self.host_network() {
+                None
+            } else {
+                self.sandbox.as_ref().and_then(|s| s.net.clone())
+            },
+        }
+    }
+
+    /// Start the probes of a container attempt that just started (or was adopted):
+    /// the startup probe alone until it succeeds, then liveness and readiness.
+    fn start_probes(&mut self, c: &Container, id: &str, started: bool) {
+        let mut tasks = Vec::new();
+        let mut spawn = |kind: Kind, p: &api::k8s_openapi::api::core::v1::Probe| {
+            match probe::probe_action(c, p) {
+                Ok(action) => {
+                    if let probe::Action::Unsupported(why) = &action {
+                        self.shared.events.record_about(
+                            &self.pod,
+                            Some(&c.name),
+                            "Warning",
+                            "Unhealthy",
+                            why,
+                        );
+                    }
+                    let target = self.probe_target(id);
+                    tasks.push(tokio::spawn(probe::watch(
+                        kind,
+                        action,
+                        probe::Timing::of(p),
+                        target,
+                        self.verdicts.clone(),
+                    )));
+                }
+                Err(e) => warn!(container = %c.name, error = %e, "probe cannot run"),
+            }
+        };
+        if !started {
+            if let Some(p) = &c.startup_probe {
+                spawn(Kind::Startup, p);
+            }
+        } else {
+            if let Some(p) = &c.liveness_probe {
+                spawn(Kind::Liveness, p);
+            }
+            if let Some(p) = &c.readiness_probe {
+                spawn(Kind::Readiness, p);
+            }
+        }
+        self.probes.entry(c.name.clone()).or_default().extend(tasks);
+    }
+
+    async fn verdict(&mut self, v: probe::Verdict) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.container_id == v.container)
+        else {
+            return;
+        };
+        if !self.slots[i].state.is_running() {
+            return;
+        }
+        let name = self.slots[i].name.clone();
+        let Some(c) = self.container(&name) else {
+            return;
+        };
+        match (v.kind, v.ok) {
+            (Kind::Startup, true) => {
+                self.slots[i].started = true;
+                self.slots[i].ready = c.readiness_probe.is_none();
+                self.start_probes(&c, &v.container, true);
+            }
+            (Kind::Readiness, ok) => {
+                self.slots[i].ready = ok;
+                if !ok {
+                    self.shared.events.record_about(
+                        &self.pod,
+                        Some(&name),
+                        "Warning",
+                        "Unhealthy",
+                        &format!("Readiness probe failed: {}", v.message),
+                    );
+                }
+            }
+            (Kind::Liveness, true) => {}
+            (kind @ (Kind::Startup | Kind::Liveness), false) => {
+                let events = &self.shared.events;
+                events.record_about(
+                    &self.pod,
+                    Some(&name),
+                    "Warning",
+                    "Unhealthy",
+                    &format!("{} probe failed: {}", kind.name(), v.message),
+                );
+                events.record_about(
+                    &self.pod,
+                    Some(&name),
+                    "Normal",
+                    "Killing",
+                    &format!(
+                        "Container {name} failed {} probe, will be restarted",
+                        kind.name().to_lowercase()
+                    ),
+                );
+                let probe = if kind == Kind::Startup {
+                    &c.startup_probe
+                } else {
+                    &c.liveness_probe
+                };
+                let grace = probe
+                    .as_ref()
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .map(|s| Duration::from_secs(s.max(0) as u64))
+                    .unwrap_or_else(|| self.grace());
+                self.stop_container(i, grace).await;
+            }
+        }
+    }
+
+    /// Run the postStart hook; if it fails, the container is killed (and restarted as its
+    /// policy says).
+    async fn post_start(&mut self, i: usize, c: &Container, id: &str) {
+        let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) else {
+            return;
+        };
+        let result = match probe::hook_action(c, h) {
+            Ok(a) => {
+                probe::run(
+                    &a,
+                    &self.probe_target(id),
+                    self.grace().max(Duration::from_secs(1)),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.shared.events.record_about(
+                &self.pod,
+                Some(&c.name),
+                "Warning",
+                "FailedPostStartHook",
+                &format!("PostStartHook failed: {e}"),
+            );
+            self.stop_container(i, Duration::from_secs(2)).await;
         }
     }
 

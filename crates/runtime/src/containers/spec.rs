@@ -145,7 +145,7 @@ pub struct SharedNamespaces {
 }
 
 /// Everything needed to run one container.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContainerSpec {
     /// Unique on the node; also the OCI runtime's container ID.
     pub id: String,
