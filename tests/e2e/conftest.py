@@ -41,9 +41,10 @@ def free_port():
 
 
 class Cluster:
-    """One `berth server` process with its own data dir."""
+    """One `berth server` (or `berth up`, with a node) process with its own data dir."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, role="server"):
+        self.role = role
         self.workdir = Path(workdir)
         self.data = self.workdir / "data"
         self.port = free_port()
@@ -60,7 +61,7 @@ class Cluster:
             raise RuntimeError("set BERTH_BIN to the berth binary")
         log = open(self.log, "a")
         self.proc = subprocess.Popen(
-            [BERTH, "server", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data)],
+            [BERTH, self.role, "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data)],
             stdout=log, stderr=log, start_new_session=True)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -68,7 +69,7 @@ class Cluster:
                 raise RuntimeError(f"berth exited early:\n{self.log.read_text()}")
             if Path(self.kubeconfig).exists():
                 r = self.kubectl("get", "ns", "default", check=False)
-                if r.returncode == 0:
+                if r.returncode == 0 and (self.role != "up" or self.node_ready()):
                     return self
             time.sleep(0.1)
         raise RuntimeError(f"berth did not become ready:\n{self.log.read_text()}")
@@ -85,6 +86,29 @@ class Cluster:
 
     def kill9(self):
         self.stop(signal.SIGKILL)
+
+    def node_ready(self):
+        r = self.kubectl("get", "nodes", "-o", "json", check=False)
+        if r.returncode != 0:
+            return False
+        for n in json.loads(r.stdout)["items"]:
+            for c in n["status"].get("conditions", []):
+                if c["type"] == "Ready" and c["status"] == "True":
+                    return True
+        return False
+
+    def berth(self, *args, check=True, timeout=120):
+        """A `berth` client verb on this cluster's data dir, e.g. `image import`."""
+        r = subprocess.run([BERTH, *args[:2], "--data-dir", str(self.data), *args[2:]],
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"berth {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def import_image(self, image, name):
+        path = self.workdir / (name.replace("/", "_").replace(":", "_") + ".tar")
+        path.write_bytes(image.oci_layout(name))
+        self.berth("image", "import", str(path))
 
     def kubectl(self, *args, version="1.33", input=None, check=True, timeout=60, env=None):
         cmd = [kubectl_binary(version), "--kubeconfig", self.kubeconfig,
@@ -120,6 +144,36 @@ def fresh_cluster():
             yield c
         finally:
             c.stop()
+
+
+@pytest.fixture(scope="module")
+def node():
+    """`berth up`: a one-node cluster that runs pods, with the test busybox image imported as
+    `busybox:test`."""
+    from images import Image
+    assert os.geteuid() == 0, "pods run real containers: run the tests as root (scripts/test.sh does)"
+    with tempfile.TemporaryDirectory(prefix="berth-node-") as d:
+        c = Cluster(d, role="up").start()
+        try:
+            c.import_image(Image(cmd=("sh",)), "busybox:test")
+            yield c
+        finally:
+            died = c.proc is not None and c.proc.poll() is not None
+            c.stop()
+            if died:
+                print(f"berth exited during the tests; its log:\n{c.log.read_text()[-5000:]}")
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """Debian's docker-registry on loopback, empty at first."""
+    from images import Registry
+    with tempfile.TemporaryDirectory(prefix="berth-registry-") as d:
+        r = Registry(d)
+        try:
+            yield r
+        finally:
+            r.stop()
 
 
 @pytest.fixture(params=KUBECTL_VERSIONS)

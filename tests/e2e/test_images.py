@@ -2,22 +2,11 @@
 
 import os
 import subprocess
-import tempfile
 
 import pytest
 
 from conftest import BERTH
-from images import Image, Registry
-
-
-@pytest.fixture(scope="module")
-def registry():
-    with tempfile.TemporaryDirectory(prefix="berth-registry-") as d:
-        r = Registry(d)
-        try:
-            yield r
-        finally:
-            r.stop()
+from images import Image
 
 
 @pytest.fixture
