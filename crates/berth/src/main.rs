@@ -34,6 +34,9 @@ enum Command {
     /// The per-container shim (started by the node agent, not by hand).
     #[command(hide = true)]
     Shim(ShimArgs),
+    /// Run a process in a container with the built-in runtime (started by the agent).
+    #[command(hide = true)]
+    OciExec(OciExecArgs),
     /// Measure berth on this machine and print the figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -53,14 +56,27 @@ struct ShimArgs {
     bundle: std::path::PathBuf,
     #[arg(long)]
     log_file: std::path::PathBuf,
+    /// An OCI runtime binary; without it, the built-in runtime.
     #[arg(long)]
-    runc: std::path::PathBuf,
+    runc: Option<std::path::PathBuf>,
     #[arg(long)]
     state: std::path::PathBuf,
     #[arg(long)]
     cgroup: String,
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     log_max_bytes: u64,
+}
+
+#[derive(clap::Args)]
+struct OciExecArgs {
+    #[arg(long)]
+    root: std::path::PathBuf,
+    #[arg(long)]
+    process: std::path::PathBuf,
+    #[arg(long)]
+    console_socket: Option<std::path::PathBuf>,
+    #[arg(long)]
+    id: String,
 }
 
 fn apiserver_version() -> &'static str {
@@ -94,6 +110,14 @@ fn main() -> std::process::ExitCode {
             cgroup: a.cgroup,
         });
     }
+    if let Command::OciExec(a) = cli.command {
+        runtime::containers::youki::exec_main(
+            &a.id,
+            &a.root,
+            &a.process,
+            a.console_socket.as_deref(),
+        );
+    }
     init_logging(cli.log.as_deref());
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -117,7 +141,9 @@ fn run(cli: Cli) -> Result<()> {
             Command::Agent(args) => node::run_remote(args).await,
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
             Command::Image(args) => images_cli::run(args).await,
-            Command::Shim(_) => unreachable!("the shim runs before the async runtime starts"),
+            Command::Shim(_) | Command::OciExec(_) => {
+                unreachable!("helpers run before the async runtime starts")
+            }
         }
     })
 }

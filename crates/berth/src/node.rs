@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use client::Client;
 use http::{Request, Response};
-use runtime::containers::{ContainerRuntime, OciConfig, OciRuntime};
+use runtime::containers::{ContainerRuntime, Engine, OciConfig, OciRuntime};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
@@ -28,8 +28,9 @@ pub struct AgentArgs {
     /// reboot (default: /run/berth, or a directory named after --data-dir when it is set).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// The OCI runtime binary that runs containers.
-    #[arg(long, default_value = "runc")]
+    /// The OCI runtime: `builtin` (youki's libcontainer inside berth) or a runc-compatible
+    /// binary such as `runc`.
+    #[arg(long, default_value = "builtin")]
     pub runtime: String,
     /// A registry (host:port) to pull from over plain HTTP; localhost always may. Repeatable.
     #[arg(long = "insecure-registry")]
@@ -127,7 +128,16 @@ pub fn build(
             "the node agent runs containers and needs root; run `berth server` for the control plane alone"
         );
     }
-    let runc = find_binary(&args.runtime)?;
+    let (engine, runtime_version) = if args.runtime == "builtin" {
+        (
+            Engine::Builtin,
+            format!("berth://{}", env!("CARGO_PKG_VERSION")),
+        )
+    } else {
+        let runc = find_binary(&args.runtime)?;
+        let version = runtime_version(&runc);
+        (Engine::Binary(runc), version)
+    };
     let run_dir = args
         .run_dir
         .clone()
@@ -136,7 +146,7 @@ pub fn build(
         run_dir: run_dir.clone(),
         rw_dir: data_dir.join("containers"),
         shim: std::env::current_exe().context("finding the berth binary")?,
-        runc: runc.clone(),
+        engine,
         log_max_bytes: 10 * 1024 * 1024,
     })
     .with_context(|| format!("preparing the container runtime in {}", run_dir.display()))?;
@@ -147,7 +157,7 @@ pub fn build(
         control_plane,
         max_pods: args.max_pods,
         data_dir: data_dir.to_path_buf(),
-        runtime_version: runtime_version(&runc),
+        runtime_version,
     };
     let cfg = AgentConfig {
         node,

@@ -1,14 +1,19 @@
-//! Real containers through the shim and runc, from an image built out of the
-//! `busybox-static` package. Needs root, runc and busybox; the test script provides all three.
+//! Real containers through the shim, with each engine (the built-in libcontainer and the runc
+//! binary), from an image built out of the `busybox-static` package; and the
+//! `ContainerRuntime` conformance suite on both. Needs root, runc and busybox; the test script
+//! provides all three.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use runtime::containers::conformance::{self, Harness};
 use runtime::containers::sandbox::{self, Isolation};
 use runtime::containers::{
-    ContainerSpec, OciConfig, OciRuntime, Resources, Security, SharedNamespaces, ShimStatus,
+    ContainerRuntime, ContainerSpec, Engine, ExecSpec, OciConfig, OciRuntime, Resources, Security,
+    SharedNamespaces, ShimStatus,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn require_root_tools() -> PathBuf {
     // SAFETY: geteuid has no preconditions.
@@ -77,25 +82,36 @@ fn busybox_layer(dir: &Path) -> PathBuf {
 }
 
 struct Env {
+    /// Names this test's cgroups (machine-wide, and the engines' tests run at the same time).
+    tag: String,
     _tmp: tempfile::TempDir,
     rt: OciRuntime,
     layer: PathBuf,
     logs: PathBuf,
 }
 
-fn env() -> Env {
-    let runc = require_root_tools();
+fn runc() -> Engine {
+    Engine::Binary(require_root_tools())
+}
+
+fn builtin() -> Engine {
+    require_root_tools();
+    Engine::Builtin
+}
+
+fn env(engine: Engine) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let layer = busybox_layer(tmp.path());
     let rt = OciRuntime::new(OciConfig {
         run_dir: tmp.path().join("run"),
         rw_dir: tmp.path().join("rw"),
         shim: PathBuf::from(env!("CARGO_BIN_EXE_berth")),
-        runc,
+        engine,
         log_max_bytes: 1 << 20,
     })
     .unwrap();
     Env {
+        tag: format!("{:08x}", fastrand::u32(..)),
         logs: tmp.path().join("logs"),
         layer,
         rt,
@@ -103,7 +119,20 @@ fn env() -> Env {
     }
 }
 
-fn spec(id: &str, script: &str, ns: SharedNamespaces) -> ContainerSpec {
+impl Drop for Env {
+    fn drop(&mut self) {
+        // The runtimes remove a container's own cgroup, not its parents.
+        for c in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(c.path().join("berth-test").join(&self.tag));
+        }
+    }
+}
+
+fn spec(e: &Env, id: &str, script: &str, ns: SharedNamespaces) -> ContainerSpec {
     ContainerSpec {
         id: id.to_string(),
         args: vec!["sh".into(), "-c".into(), script.into()],
@@ -117,7 +146,8 @@ fn spec(id: &str, script: &str, ns: SharedNamespaces) -> ContainerSpec {
         resources: Resources::default(),
         security: Security::default(),
         namespaces: ns,
-        cgroup: format!("/berth-test/{id}"),
+        // Unique: the engines' tests run at the same time, and cgroups are machine-wide.
+        cgroup: format!("/berth-test/{}/{id}", e.tag),
         max_open_files: 1024,
     }
 }
@@ -147,10 +177,9 @@ fn exit_code(s: &ShimStatus) -> (i32, bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn output_exit_codes_and_cleanup() {
-    let e = env();
+async fn output_exit_codes_and_cleanup(e: Env) {
     let s = spec(
+        &e,
         "out",
         "echo hello; echo oops >&2; printf 'no newline'; exit 3",
         SharedNamespaces::default(),
@@ -171,12 +200,10 @@ async fn output_exit_codes_and_cleanup() {
     assert!(e.rt.list().is_empty());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&*e.rt.config().run_dir.to_string_lossy()));
-    assert!(!Path::new("/sys/fs/cgroup/memory/berth-test/out").exists());
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory{}", s.cgroup)).exists());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pod_namespaces_are_shared_and_isolated() {
-    let e = env();
+async fn pod_namespaces_are_shared_and_isolated(e: Env) {
     let ns_root = e.rt.namespaces_root();
     let paths = sandbox::create(
         &ns_root,
@@ -195,7 +222,8 @@ async fn pod_namespaces_are_shared_and_isolated() {
         uts: paths.uts.clone(),
         ..Default::default()
     };
-    let (status, log) = run_to_end(&e, &spec("ns1", "hostname; ip -o link", shared.clone())).await;
+    let (status, log) =
+        run_to_end(&e, &spec(&e, "ns1", "hostname; ip -o link", shared.clone())).await;
     assert_eq!(exit_code(&status), (0, false));
     assert!(log.contains(" stdout F pod-a"), "the pod's hostname: {log}");
     let links: Vec<&str> = log.lines().filter(|l| l.contains(": <")).collect();
@@ -205,10 +233,9 @@ async fn pod_namespaces_are_shared_and_isolated() {
     assert!(!ns_root.join("pod-a").exists());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_hog_is_oom_killed() {
-    let e = env();
+async fn memory_hog_is_oom_killed(e: Env) {
     let mut s = spec(
+        &e,
         "hog",
         "dd if=/dev/zero of=/dev/null bs=64M count=1",
         SharedNamespaces::default(),
@@ -218,10 +245,13 @@ async fn memory_hog_is_oom_killed() {
     assert_eq!(exit_code(&status), (137, true));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_ends_a_running_container() {
-    let e = env();
-    let s = spec("sleeper", "exec sleep 1000", SharedNamespaces::default());
+async fn kill_ends_a_running_container(e: Env) {
+    let s = spec(
+        &e,
+        "sleeper",
+        "exec sleep 1000",
+        SharedNamespaces::default(),
+    );
     let log = e.logs.join("sleeper.log");
     let started =
         e.rt.start(&s, std::slice::from_ref(&e.layer), &log)
@@ -243,10 +273,8 @@ async fn kill_ends_a_running_container() {
     e.rt.remove("sleeper").await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_command_is_reported() {
-    let e = env();
-    let mut s = spec("nocmd", "", SharedNamespaces::default());
+async fn a_missing_command_is_reported(e: Env) {
+    let mut s = spec(&e, "nocmd", "", SharedNamespaces::default());
     s.args = vec!["/bin/does-not-exist".into()];
     let log = e.logs.join("nocmd.log");
     let err =
@@ -256,3 +284,120 @@ async fn a_missing_command_is_reported() {
     assert!(err.to_string().contains("does-not-exist"), "{err}");
     assert!(e.rt.list().is_empty(), "a failed start leaves nothing");
 }
+
+async fn exec_with_pipes_and_a_terminal(e: Env) {
+    let s = spec(&e, "execs", "exec sleep 1000", SharedNamespaces::default());
+    let log = e.logs.join("execs.log");
+    e.rt.start(&s, std::slice::from_ref(&e.layer), &log)
+        .await
+        .unwrap();
+    // Pipes: stdin in, stdout and stderr apart, the exit code back.
+    let p =
+        e.rt.exec(
+            "execs",
+            &ExecSpec {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "read x; echo got-$x; echo e >&2; exit 5".into(),
+                ],
+                tty: false,
+                stdin: true,
+            },
+        )
+        .await
+        .unwrap();
+    let mut stdin = p.stdin.unwrap();
+    stdin.write_all(b"hi\n").await.unwrap();
+    drop(stdin);
+    let (mut out, mut err) = (String::new(), String::new());
+    p.stdout.unwrap().read_to_string(&mut out).await.unwrap();
+    p.stderr.unwrap().read_to_string(&mut err).await.unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("got-hi\n", "e\n"));
+    assert_eq!(p.exit.await.unwrap(), 5);
+    // A terminal inside the container, resizable from here.
+    let p =
+        e.rt.exec(
+            "execs",
+            &ExecSpec {
+                argv: vec!["sh".into(), "-c".into(), "sleep 0.3; tty; stty size".into()],
+                tty: true,
+                stdin: true,
+            },
+        )
+        .await
+        .unwrap();
+    (p.resize.as_ref().unwrap())(90, 30);
+    let mut out = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        p.stdout.unwrap().read_to_string(&mut out),
+    )
+    .await;
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert!(out.contains("30 90"), "{out:?}");
+    assert_eq!(p.exit.await.unwrap(), 0);
+    e.rt.kill("execs", 9).await.unwrap();
+    e.rt.wait("execs").await.unwrap();
+    e.rt.remove("execs").await.unwrap();
+}
+
+impl Harness for Env {
+    fn runtime(&self) -> &dyn ContainerRuntime {
+        &self.rt
+    }
+    fn forever(&self, id: &str) -> ContainerSpec {
+        spec(self, id, "exec sleep 1000", SharedNamespaces::default())
+    }
+    fn exits(&self, id: &str, code: i32) -> ContainerSpec {
+        spec(
+            self,
+            id,
+            &format!("exit {code}"),
+            SharedNamespaces::default(),
+        )
+    }
+    fn exec_result(&self, _: &str, _: &[String], _: &[u8], _: i32) {}
+    fn layers(&self) -> Vec<PathBuf> {
+        vec![self.layer.clone()]
+    }
+    fn log(&self, id: &str) -> PathBuf {
+        self.logs.join(format!("{id}.log"))
+    }
+}
+
+async fn conforms(e: Env) {
+    conformance::all(&e).await;
+}
+
+/// Each check, once per engine.
+macro_rules! for_each_engine {
+    ($($check:ident),* $(,)?) => {
+        mod builtin_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(super::env(super::builtin())).await;
+                }
+            )*
+        }
+        mod runc_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(super::env(super::runc())).await;
+                }
+            )*
+        }
+    };
+}
+
+for_each_engine!(
+    output_exit_codes_and_cleanup,
+    pod_namespaces_are_shared_and_isolated,
+    memory_hog_is_oom_killed,
+    kill_ends_a_running_container,
+    a_missing_command_is_reported,
+    exec_with_pipes_and_a_terminal,
+    conforms,
+);

@@ -2,9 +2,14 @@
 //! runtime's `exec` with the container's own process settings (user, environment, working
 //! directory, capabilities) and new arguments, over pipes or a terminal.
 //!
-//! With a terminal, the runtime wants a terminal of its own on the caller's side: it gets the
-//! slave end of a pty that the agent allocates (as its controlling terminal, so a window-size
-//! change on the master reaches it as SIGWINCH and it resizes the container's console).
+//! With the built-in runtime, `berth oci-exec` (single-threaded, as libcontainer's fork wants)
+//! starts the process and waits for it; with a terminal, the process gets a pty made inside
+//! the container, whose master comes back over a console socket, so resizing the master
+//! reaches the process directly.
+//!
+//! With runc, the runtime wants a terminal of its own on the caller's side: it gets the slave
+//! end of a pty that the agent allocates (as its controlling terminal, so a window-size change
+//! on the master reaches it as SIGWINCH and it resizes the container's console).
 
 use std::future::Future;
 use std::io;
@@ -15,7 +20,7 @@ use std::process::Stdio;
 use std::task::{Context, Poll};
 
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::oci::RuntimeError;
 
@@ -65,9 +70,18 @@ fn process_json(bundle: &Path, spec: &ExecSpec) -> Result<serde_json::Value, Run
     Ok(p)
 }
 
-/// Start `spec` in the container whose bundle is `bundle`, with `runc --root state`.
+/// How an exec is started.
+#[derive(Clone, Copy, Debug)]
+pub enum Via<'a> {
+    /// `berth oci-exec` (the built-in runtime); console sockets go in `sockets`.
+    Helper { berth: &'a Path, sockets: &'a Path },
+    /// `runc exec`.
+    Runc(&'a Path),
+}
+
+/// Start `spec` in the container whose bundle is `bundle`; `state` is the runtime's root.
 pub async fn exec(
-    runc: &Path,
+    via: Via<'_>,
     state: &Path,
     id: &str,
     bundle: &Path,
@@ -83,21 +97,156 @@ pub async fn exec(
         .tempfile_in(bundle)
         .map_err(io_err("writing the exec process"))?;
     std::fs::write(file.path(), process.to_string()).map_err(io_err("writing the exec process"))?;
-    let mut cmd = tokio::process::Command::new(runc);
-    cmd.arg("--root")
-        .arg(state)
-        .arg("exec")
-        .arg("--process")
-        .arg(file.path());
-    if spec.tty {
-        cmd.arg("--tty");
+    match via {
+        Via::Runc(runc) => {
+            let mut cmd = tokio::process::Command::new(runc);
+            cmd.arg("--root")
+                .arg(state)
+                .arg("exec")
+                .arg("--process")
+                .arg(file.path());
+            if spec.tty {
+                cmd.arg("--tty");
+            }
+            cmd.arg(id).kill_on_drop(true);
+            if spec.tty {
+                exec_tty(cmd, file).await
+            } else {
+                exec_pipes(cmd, file, spec.stdin).await
+            }
+        }
+        Via::Helper { berth, sockets } => {
+            let mut cmd = tokio::process::Command::new(berth);
+            cmd.arg("oci-exec")
+                .arg("--root")
+                .arg(state)
+                .arg("--process")
+                .arg(file.path())
+                .kill_on_drop(true);
+            if spec.tty {
+                exec_console(cmd, file, sockets, id).await
+            } else {
+                cmd.arg("--id").arg(id);
+                exec_pipes(cmd, file, spec.stdin).await
+            }
+        }
     }
-    cmd.arg(id).kill_on_drop(true);
-    if spec.tty {
-        exec_tty(cmd, file).await
-    } else {
-        exec_pipes(cmd, file, spec.stdin).await
+}
+
+/// An exec whose process gets a terminal made in the container; the master arrives over a
+/// console socket.
+async fn exec_console(
+    mut cmd: tokio::process::Command,
+    file: tempfile::NamedTempFile,
+    sockets: &Path,
+    id: &str,
+) -> Result<ExecProcess, RuntimeError> {
+    // Short: a socket path must fit in 108 bytes.
+    let path = sockets.join(format!("tty-{:08x}.sock", fastrand::u32(..)));
+    let listener =
+        tokio::net::UnixListener::bind(&path).map_err(io_err("creating a console socket"))?;
+    let _cleanup = Unlink(path.clone());
+    cmd.arg("--console-socket").arg(&path).arg("--id").arg(id);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(io_err("starting the exec helper"))?;
+    let accepted = tokio::select! {
+        a = listener.accept() => a.map_err(io_err("waiting for the terminal"))?.0,
+        _ = child.wait() => {
+            let mut why = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut why).await;
+            }
+            return Err(RuntimeError::Start(why.trim().to_string()));
+        }
+    };
+    let stream = accepted
+        .into_std()
+        .map_err(io_err("waiting for the terminal"))?;
+    stream
+        .set_nonblocking(false)
+        .map_err(io_err("waiting for the terminal"))?;
+    let master = tokio::task::spawn_blocking(move || receive_fd(&stream))
+        .await
+        .map_err(|e| io_err("receiving the terminal")(io::Error::other(e)))?
+        .map_err(io_err("receiving the terminal"))?;
+    let (stdin, stdout, resize) = from_master(master)?;
+    let exit = async move {
+        let status = child.wait().await.map_err(io_err("waiting for the exec"))?;
+        drop(file);
+        Ok(exit_code(status))
+    };
+    Ok(ExecProcess {
+        stdin: Some(stdin),
+        stdout: Some(stdout),
+        stderr: None,
+        resize: Some(resize),
+        exit: Box::pin(exit),
+    })
+}
+
+struct Unlink(std::path::PathBuf);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// The one file descriptor sent over `s` (SCM_RIGHTS).
+fn receive_fd(s: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 4096];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err(io::Error::other("no terminal was sent"))
+}
+
+type Resize = Box<dyn Fn(u16, u16) + Send + Sync>;
+
+/// A pty master as the exec's stdin, stdout and resize handle.
+fn from_master(master: OwnedFd) -> Result<(Writer, Reader, Resize), RuntimeError> {
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| io_err("setting up the terminal")(e.into()))?;
+    let writer = master
+        .try_clone()
+        .map_err(io_err("setting up the terminal"))?;
+    let sizer = master
+        .try_clone()
+        .map_err(io_err("setting up the terminal"))?;
+    let reader = Pty::new(master).map_err(io_err("setting up the terminal"))?;
+    let writer = Pty::new(writer).map_err(io_err("setting up the terminal"))?;
+    let resize = move |width: u16, height: u16| {
+        let ws = libc::winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which outlives the call.
+        unsafe { libc::ioctl(sizer.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    };
+    Ok((Box::pin(writer), Box::pin(reader), Box::new(resize)))
 }
 
 async fn exec_pipes(
@@ -162,41 +311,17 @@ async fn exec_tty(
     }
     let mut child = cmd.spawn().map_err(io_err("running the OCI runtime"))?;
     drop(cmd);
-    nix::fcntl::fcntl(
-        &pty.master,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .map_err(|e| io_err("allocating a terminal")(e.into()))?;
-    let writer = pty
-        .master
-        .try_clone()
-        .map_err(io_err("allocating a terminal"))?;
-    let sizer = pty
-        .master
-        .try_clone()
-        .map_err(io_err("allocating a terminal"))?;
-    let reader = Pty::new(pty.master).map_err(io_err("allocating a terminal"))?;
-    let writer = Pty::new(writer).map_err(io_err("allocating a terminal"))?;
-    let resize = move |width: u16, height: u16| {
-        let ws = libc::winsize {
-            ws_row: height,
-            ws_col: width,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which outlives the call.
-        unsafe { libc::ioctl(sizer.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    };
+    let (writer, reader, resize) = from_master(pty.master)?;
     let exit = async move {
         let status = child.wait().await.map_err(io_err("waiting for the exec"))?;
         drop(file);
         Ok(exit_code(status))
     };
     Ok(ExecProcess {
-        stdin: Some(Box::pin(writer)),
-        stdout: Some(Box::pin(reader)),
+        stdin: Some(writer),
+        stdout: Some(reader),
         stderr: None,
-        resize: Some(Box::new(resize)),
+        resize: Some(resize),
         exit: Box::pin(exit),
     })
 }

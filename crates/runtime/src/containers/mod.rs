@@ -1,6 +1,7 @@
 //! Containers: OCI runtime configurations, pod sandboxes, root filesystems, the shim and the
 //! runtime driver.
 
+pub mod conformance;
 pub mod exec;
 pub mod mount;
 pub mod oci;
@@ -8,9 +9,10 @@ pub mod sandbox;
 pub mod shim;
 pub mod spec;
 mod traits;
+pub mod youki;
 
 pub use exec::{ExecProcess, ExecSpec};
-pub use oci::{OciConfig, OciRuntime, RuntimeError, Started};
+pub use oci::{Engine, OciConfig, OciRuntime, RuntimeError, Started};
 pub use sandbox::{Isolation, NamespacePaths};
 pub use shim::{ShimArgs, ShimStatus};
 pub use spec::{ContainerSpec, MountSpec, Resources, Security, SharedNamespaces};

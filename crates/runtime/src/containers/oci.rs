@@ -1,8 +1,9 @@
-//! Containers through an OCI runtime binary (runc), each watched by its own shim.
+//! Containers through an OCI runtime (libcontainer built in, or a runc-compatible binary),
+//! each watched by its own shim.
 //!
 //! ```text
 //! <run>/containers/<id>/      bundle (config.json, rootfs/), shim.pid, status.json
-//! <run>/runc/                 the OCI runtime's own state
+//! <run>/youki/, <run>/runc/   the OCI runtime's own state (built-in, or the binary's)
 //! <run>/ns/<pod>/             pinned pod namespaces (see sandbox)
 //! <disk>/<id>/{upper,work}    the container's writable layer, on disk
 //! ```
@@ -58,9 +59,18 @@ pub struct OciConfig {
     pub rw_dir: PathBuf,
     /// The berth binary, re-executed as the shim.
     pub shim: PathBuf,
-    /// The OCI runtime binary.
-    pub runc: PathBuf,
+    pub engine: Engine,
     pub log_max_bytes: u64,
+}
+
+/// Which OCI runtime runs containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// youki's libcontainer, in berth's own single-threaded processes (the shim for the
+    /// container, `berth oci-exec` for execs).
+    Builtin,
+    /// A runtime binary with runc's command line.
+    Binary(PathBuf),
 }
 
 /// What a started container reports.
@@ -76,11 +86,7 @@ pub struct OciRuntime {
 
 impl OciRuntime {
     pub fn new(cfg: OciConfig) -> Result<OciRuntime, RuntimeError> {
-        for d in [
-            cfg.run_dir.join("containers"),
-            cfg.run_dir.join("runc"),
-            cfg.rw_dir.clone(),
-        ] {
+        for d in [cfg.run_dir.join("containers"), cfg.rw_dir.clone()] {
             fs::create_dir_all(&d).map_err(io_err(format!("creating {}", d.display())))?;
         }
         Ok(OciRuntime { cfg })
@@ -98,9 +104,17 @@ impl OciRuntime {
         self.cfg.run_dir.join("containers").join(id)
     }
 
-    fn runc(&self) -> Command {
-        let mut c = Command::new(&self.cfg.runc);
-        c.arg("--root").arg(self.cfg.run_dir.join("runc"));
+    /// The OCI runtime's state root.
+    fn state(&self) -> PathBuf {
+        match self.cfg.engine {
+            Engine::Builtin => self.cfg.run_dir.join("youki"),
+            Engine::Binary(_) => self.cfg.run_dir.join("runc"),
+        }
+    }
+
+    fn runc(&self, binary: &Path) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(binary);
+        c.arg("--root").arg(self.state());
         c
     }
 
@@ -149,10 +163,8 @@ impl OciRuntime {
             .arg(dir)
             .arg("--log-file")
             .arg(log)
-            .arg("--runc")
-            .arg(&self.cfg.runc)
             .arg("--state")
-            .arg(self.cfg.run_dir.join("runc"))
+            .arg(self.state())
             .arg("--cgroup")
             .arg(&spec.cgroup)
             .arg("--log-max-bytes")
@@ -163,6 +175,9 @@ impl OciRuntime {
                 fs::File::create(dir.join("shim.log"))
                     .map_err(io_err("creating the shim's log"))?,
             );
+        if let Engine::Binary(b) = &self.cfg.engine {
+            cmd.arg("--runc").arg(b);
+        }
         let raw = sync_w.as_raw_fd();
         // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it puts the
         // sync pipe at fd 3 (without close-on-exec) for the shim.
@@ -262,16 +277,27 @@ impl OciRuntime {
 
     /// Send a signal to the container's init.
     pub async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
-        let status = self
-            .runc()
-            .arg("kill")
-            .arg(id)
-            .arg(signal.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(io_err("running the OCI runtime"))?;
-        if !status.success() {
+        let ok = match &self.cfg.engine {
+            Engine::Builtin => {
+                let (id, state) = (id.to_string(), self.state());
+                tokio::task::spawn_blocking(move || super::youki::kill(&id, &state, signal))
+                    .await
+                    .map_err(|e| io_err("signalling the container")(io::Error::other(e)))?
+                    .is_ok()
+            }
+            Engine::Binary(b) => self
+                .runc(b)
+                .arg("kill")
+                .arg(id)
+                .arg(signal.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .map_err(io_err("running the OCI runtime"))?
+                .success(),
+        };
+        if !ok {
             // Already gone is not an error for someone who wants it gone.
             debug!(id, signal, "kill found no running container");
         }
@@ -282,14 +308,25 @@ impl OciRuntime {
     pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let dir = self.dir(id);
         mount::unmount(&dir.join("rootfs"))?;
-        let _ = self
-            .runc()
-            .arg("delete")
-            .arg("--force")
-            .arg(id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        match &self.cfg.engine {
+            Engine::Builtin => {
+                let (id, state) = (id.to_string(), self.state());
+                let _ =
+                    tokio::task::spawn_blocking(move || super::youki::delete(&id, &state, true))
+                        .await;
+            }
+            Engine::Binary(b) => {
+                let _ = self
+                    .runc(b)
+                    .arg("delete")
+                    .arg("--force")
+                    .arg(id)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+            }
+        }
         for d in [dir, self.cfg.rw_dir.join(id)] {
             match fs::remove_dir_all(&d) {
                 Ok(()) => {}
@@ -321,14 +358,14 @@ impl OciRuntime {
             Some(_) => return Err(RuntimeError::NotRunning(id.to_string())),
             None => return Err(RuntimeError::NotFound(id.to_string())),
         }
-        super::exec::exec(
-            &self.cfg.runc,
-            &self.cfg.run_dir.join("runc"),
-            id,
-            &self.dir(id),
-            spec,
-        )
-        .await
+        let how = match &self.cfg.engine {
+            Engine::Builtin => super::exec::Via::Helper {
+                berth: &self.cfg.shim,
+                sockets: &self.cfg.run_dir,
+            },
+            Engine::Binary(b) => super::exec::Via::Runc(b),
+        };
+        super::exec::exec(how, &self.state(), id, &self.dir(id), spec).await
     }
 
     /// The pid of a running container's init.

@@ -62,8 +62,8 @@ pub struct ShimArgs {
     pub id: String,
     pub bundle: PathBuf,
     pub log: PathBuf,
-    /// The OCI runtime binary.
-    pub runc: PathBuf,
+    /// The OCI runtime binary; `None` for the built-in one (libcontainer, in this process).
+    pub runc: Option<PathBuf>,
     /// The OCI runtime's state root.
     pub state: PathBuf,
     /// Rotate the log beyond this size.
@@ -97,8 +97,8 @@ pub fn read_status(bundle: &Path) -> Option<ShimStatus> {
     serde_json::from_slice(&fs::read(bundle.join("status.json")).ok()?).ok()
 }
 
-fn runc(args: &ShimArgs) -> Command {
-    let mut c = Command::new(&args.runc);
+fn runc(args: &ShimArgs, binary: &Path) -> Command {
+    let mut c = Command::new(binary);
     c.arg("--root")
         .arg(&args.state)
         .arg("--log")
@@ -156,74 +156,34 @@ fn run(args: &ShimArgs) -> io::Result<()> {
         (unsafe { libc::fcntl(3, libc::F_GETFD) } >= 0).then(|| unsafe { File::from_raw_fd(3) });
     fs::write(args.bundle.join("shim.pid"), std::process::id().to_string())?;
 
-    // Block SIGCHLD before any child exists, so no exit goes unnoticed.
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    mask.thread_block().map_err(io::Error::from)?;
-    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(io::Error::from)?;
-
     let (out_r, out_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-    let created = runc(args)
-        .arg("create")
-        .arg("--bundle")
-        .arg(&args.bundle)
-        .arg("--pid-file")
-        .arg(args.bundle.join("init.pid"))
-        .arg(&args.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .status()?;
-    if !created.success() {
-        let error = runtime_error(&args.bundle);
+    let fail = |sync: &mut Option<File>, pid: i32, error: String| {
         report(
-            &mut sync,
-            &StartResult {
-                ok: false,
-                pid: 0,
-                error: error.clone(),
-            },
-        );
-        let _ = runc(args)
-            .arg("delete")
-            .arg("--force")
-            .arg(&args.id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        return Err(io::Error::other(error));
-    }
-    let pid: i32 = fs::read_to_string(args.bundle.join("init.pid"))?
-        .trim()
-        .parse()
-        .map_err(|_| io::Error::other("the OCI runtime wrote no pid"))?;
-    let started = runc(args)
-        .arg("start")
-        .arg(&args.id)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if !started.success() {
-        let error = runtime_error(&args.bundle);
-        report(
-            &mut sync,
+            sync,
             &StartResult {
                 ok: false,
                 pid,
                 error: error.clone(),
             },
         );
-        let _ = runc(args)
-            .arg("delete")
-            .arg("--force")
-            .arg(&args.id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        return Err(io::Error::other(error));
+        remove(args);
+        io::Error::other(error)
+    };
+    let pid = match create(args, out_w, err_w) {
+        Ok(pid) => pid,
+        Err(e) => return Err(fail(&mut sync, 0, e)),
+    };
+    // Block SIGCHLD before the container runs, so no exit goes unnoticed (the init is parked
+    // until started; the pump reaps once before it first waits, in case it died meanwhile).
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block().map_err(io::Error::from)?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(io::Error::from)?;
+    if let Err(e) = start(args) {
+        return Err(fail(&mut sync, pid, e));
     }
     let started_at = now_rfc3339();
     write_status(
@@ -245,13 +205,7 @@ fn run(args: &ShimArgs) -> io::Result<()> {
     let mut log = Log::open(&args.log, args.log_max_bytes)?;
     let status = pump(pid, out_r, err_r, &sigfd, &mut log)?;
     let oom_killed = oom_kills(&args.cgroup) > 0;
-    let _ = runc(args)
-        .arg("delete")
-        .arg("--force")
-        .arg(&args.id)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    remove(args);
     let (exit_code, signal) = match status {
         WaitStatus::Exited(_, c) => (c, 0),
         WaitStatus::Signaled(_, s, _) => (128 + s as i32, s as i32),
@@ -268,6 +222,68 @@ fn run(args: &ShimArgs) -> io::Result<()> {
             oom_killed,
         },
     )
+}
+
+/// Create the container with the pipes as its stdout and stderr; returns its init's pid.
+fn create(args: &ShimArgs, out: OwnedFd, err: OwnedFd) -> Result<i32, String> {
+    let Some(binary) = &args.runc else {
+        return super::youki::create(&args.id, &args.bundle, &args.state, out, err);
+    };
+    let created = runc(args, binary)
+        .arg("create")
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--pid-file")
+        .arg(args.bundle.join("init.pid"))
+        .arg(&args.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .status()
+        .map_err(|e| format!("running {}: {e}", binary.display()))?;
+    if !created.success() {
+        return Err(runtime_error(&args.bundle));
+    }
+    fs::read_to_string(args.bundle.join("init.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| "the OCI runtime wrote no pid".to_string())
+}
+
+fn start(args: &ShimArgs) -> Result<(), String> {
+    let Some(binary) = &args.runc else {
+        return super::youki::start(&args.id, &args.state);
+    };
+    let started = runc(args, binary)
+        .arg("start")
+        .arg(&args.id)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("running {}: {e}", binary.display()))?;
+    if started.success() {
+        Ok(())
+    } else {
+        Err(runtime_error(&args.bundle))
+    }
+}
+
+/// Remove the container from the OCI runtime (its state and cgroup), killing what is left.
+fn remove(args: &ShimArgs) {
+    match &args.runc {
+        None => {
+            let _ = super::youki::delete(&args.id, &args.state, true);
+        }
+        Some(binary) => {
+            let _ = runc(args, binary)
+                .arg("delete")
+                .arg("--force")
+                .arg(&args.id)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// Copy the container's output into the log until its init exits and the pipes drain.

@@ -130,6 +130,12 @@ impl ContainerRuntime for OciRuntime {
     }
 }
 
+/// Whether container `id` is the one called `name`: the whole ID, or the container name in
+/// an agent-made ID (`<pod>_<name>_<attempt>`).
+fn named(id: &str, name: &str) -> bool {
+    id == name || id.contains(&format!("_{name}_"))
+}
+
 /// How a fake container ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FakeBehavior {
@@ -173,7 +179,7 @@ impl FakeRuntime {
         FakeRuntime::default()
     }
 
-    /// Containers whose spec ID contains `_<name>_` behave so from now on.
+    /// Containers with ID `name`, or `_<name>_` in their ID, behave so from now on.
     pub fn behave(&self, name: &str, b: FakeBehavior) {
         self.behavior
             .lock()
@@ -181,7 +187,7 @@ impl FakeRuntime {
             .insert(name.to_string(), b);
     }
 
-    /// Execs in containers whose ID contains `_<name>_` end so from now on.
+    /// Execs in containers with ID `name`, or `_<name>_` in their ID, end so from now on.
     pub fn on_exec(&self, name: &str, e: FakeExec) {
         self.lock().execs.insert(name.to_string(), e);
     }
@@ -217,7 +223,7 @@ impl FakeRuntime {
     fn behavior_for(&self, id: &str) -> FakeBehavior {
         let b = self.behavior.lock().unwrap_or_else(|p| p.into_inner());
         b.iter()
-            .find(|(name, _)| id.contains(&format!("_{name}_")))
+            .find(|(name, _)| named(id, name))
             .map(|(_, b)| b.clone())
             .unwrap_or(FakeBehavior::RunForever)
     }
@@ -359,7 +365,7 @@ impl ContainerRuntime for FakeRuntime {
         let result = st
             .execs
             .iter()
-            .find(|(name, _)| id.contains(&format!("_{name}_")))
+            .find(|(name, _)| named(id, name))
             .map(|(_, e)| e.clone())
             .unwrap_or_default();
         let code = result.exit_code;

@@ -1,0 +1,111 @@
+//! The built-in OCI runtime: youki's `libcontainer`, called in-process. Creating a container
+//! or an exec forks with a raw `clone3`, so those two run only in single-threaded processes of
+//! ours (the shim, and the `berth oci-exec` helper); kill and delete do not fork and may run
+//! anywhere.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+
+/// Create the container of `bundle` (its init waits to be started) with the given stdio;
+/// returns the init's pid. The init is a child of the caller.
+pub fn create(
+    id: &str,
+    bundle: &Path,
+    state: &Path,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<i32, String> {
+    std::fs::create_dir_all(state).map_err(|e| format!("creating {}: {e}", state.display()))?;
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+    let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_executor(DefaultExecutor {})
+        .with_root_path(state)
+        .map_err(|e| e.to_string())?
+        .with_stdin(OwnedFd::from(devnull))
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .validate_id()
+        .map_err(|e| e.to_string())?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    container
+        .pid()
+        .map(|p| p.as_raw())
+        .ok_or_else(|| "the container has no init process".to_string())
+}
+
+fn load(id: &str, state: &Path) -> Result<Container, String> {
+    Container::load(state.join(id)).map_err(|e| e.to_string())
+}
+
+/// Let a created container's init run its process.
+pub fn start(id: &str, state: &Path) -> Result<(), String> {
+    load(id, state)?.start().map_err(|e| e.to_string())
+}
+
+/// Signal the container's init.
+pub fn kill(id: &str, state: &Path, signal: i32) -> Result<(), String> {
+    let sig = Signal::try_from(signal).map_err(|e| format!("{e:?}"))?;
+    load(id, state)?.kill(sig, false).map_err(|e| e.to_string())
+}
+
+/// Remove the container's state and cgroups (killing it first if `force`).
+pub fn delete(id: &str, state: &Path, force: bool) -> Result<(), String> {
+    if !state.join(id).exists() {
+        return Ok(());
+    }
+    load(id, state)?.delete(force).map_err(|e| e.to_string())
+}
+
+/// Start `process` (an OCI process JSON) in the running container; with a console socket the
+/// process gets a terminal whose master is sent there. Returns the process's pid, a child of
+/// the caller.
+pub fn exec(
+    id: &str,
+    state: &Path,
+    process: &Path,
+    console_socket: Option<&Path>,
+) -> Result<i32, String> {
+    let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_executor(DefaultExecutor {})
+        .with_root_path(state)
+        .map_err(|e| e.to_string())?
+        .with_console_socket(console_socket)
+        .as_tenant()
+        .with_process(Some(process))
+        .with_detach(console_socket.is_some())
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(pid.as_raw())
+}
+
+/// `berth oci-exec`: run `exec` and wait for the process; never returns. The exit code is
+/// the process's (128 + signal if it was killed), or 255 if it could not start.
+pub fn exec_main(id: &str, state: &Path, process: &Path, console_socket: Option<&Path>) -> ! {
+    let pid = match exec(id, state, process, console_socket) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("exec failed: {e}");
+            std::process::exit(255);
+        }
+    };
+    let code = loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break 255,
+        }
+    };
+    std::process::exit(code)
+}
