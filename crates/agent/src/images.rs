@@ -117,8 +117,30 @@ impl PullLocks {
 }
 
 impl Shared {
-    /// Make the image available for a container of `pod`, as its pull policy says.
+    fn note_use(&self, img: &Image) {
+        let now = jiff::Timestamp::now().as_second().max(0) as u64;
+        self.image_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(img.id.as_str().to_string(), now);
+    }
+
+    /// Make the image available for a container of `pod`, as its pull policy says (and note
+    /// its use, for garbage collection).
     pub(crate) async fn ensure_image(
+        &self,
+        pod: &Pod,
+        reference: &str,
+        declared: Option<&str>,
+    ) -> Result<Image, ImageFailure> {
+        let r = self.ensure_image_inner(pod, reference, declared).await;
+        if let Ok(img) = &r {
+            self.note_use(img);
+        }
+        r
+    }
+
+    async fn ensure_image_inner(
         &self,
         pod: &Pod,
         reference: &str,

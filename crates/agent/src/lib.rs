@@ -4,6 +4,7 @@
 
 pub mod events;
 mod exec;
+pub mod gc;
 pub mod images;
 pub mod logs;
 pub mod node;
@@ -50,6 +51,7 @@ pub struct AgentConfig {
     pub dirs: Dirs,
     /// Registries (`host:port`) pulled from over plain HTTP besides localhost.
     pub insecure_registries: Vec<String>,
+    pub image_gc: gc::Thresholds,
 }
 
 /// What every part of the agent shares.
@@ -65,6 +67,13 @@ pub(crate) struct Shared {
     pub(crate) events: Events,
     /// The hard RLIMIT_NOFILE the agent has: containers may not ask for more.
     pub(crate) max_open_files: u64,
+    /// The pods on this node by UID, as last seen.
+    pub(crate) pods: std::sync::Mutex<
+        std::collections::HashMap<String, Arc<api::k8s_openapi::api::core::v1::Pod>>,
+    >,
+    /// Image ID -> when a container last started from it (seconds since the epoch).
+    pub(crate) image_used: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    pub(crate) image_gc: gc::Thresholds,
 }
 
 impl Shared {
@@ -104,6 +113,9 @@ impl Agent {
                 dirs: cfg.dirs,
                 events,
                 max_open_files: hard_nofile(),
+                pods: Default::default(),
+                image_used: Default::default(),
+                image_gc: cfg.image_gc,
             }),
         }
     }
@@ -127,6 +139,38 @@ impl Agent {
             delay = (delay * 2).min(std::time::Duration::from_secs(10));
         }
         tokio::spawn(node::heartbeat(c.clone(), self.shared.node.clone()));
+        tokio::spawn(collect_images(self.shared.clone()));
         pods::run(self.shared.clone()).await;
+    }
+}
+
+/// Keep the image disk under its thresholds, sparing every image a pod here uses.
+async fn collect_images(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(gc::EVERY);
+    loop {
+        tick.tick().await;
+        let refs: Vec<String> = {
+            let pods = shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+            pods.values()
+                .filter_map(|p| p.spec.as_ref())
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                })
+                .filter_map(|c| c.image.clone())
+                .collect()
+        };
+        let in_use = gc::references(refs.iter().map(String::as_str));
+        let last_used = shared
+            .image_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            gc::collect(&s.images, &in_use, &last_used, s.image_gc)
+        })
+        .await;
     }
 }

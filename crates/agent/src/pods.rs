@@ -32,6 +32,11 @@ fn uid(p: &Pod) -> String {
 impl Workers {
     fn dispatch(&mut self, p: Pod) {
         let id = uid(&p);
+        self.shared
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), Arc::new(p.clone()));
         if let Some(tx) = self.running.get(&id) {
             if tx.try_send(Msg::Pod(Arc::new(p.clone()))).is_err() {
                 // The worker is busy; it will see the latest object when it gets to it.
@@ -58,6 +63,11 @@ impl Workers {
 
     fn gone(&mut self, id: &str) {
         self.finished.remove(id);
+        self.shared
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         if let Some(tx) = self.running.get(id) {
             let tx = tx.clone();
             tokio::spawn(async move {

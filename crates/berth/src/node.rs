@@ -35,6 +35,12 @@ pub struct AgentArgs {
     /// A registry (host:port) to pull from over plain HTTP; localhost always may. Repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Disk usage (percent) at which unused images are removed...
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_percent: u8,
+    /// ...until usage is below this.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_percent: u8,
     /// Most pods this node runs at once.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
@@ -163,6 +169,10 @@ pub fn build(
         node,
         dirs: Dirs::under(data_dir),
         insecure_registries: args.insecure_registries.clone(),
+        image_gc: agent::gc::Thresholds {
+            high: args.image_gc_high_percent,
+            low: args.image_gc_low_percent,
+        },
     };
     Ok(Agent::new(
         client,
