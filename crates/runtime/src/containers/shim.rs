@@ -124,17 +124,22 @@ pub fn main(args: ShimArgs) -> ! {
     let code = match run(&args) {
         Ok(()) => 0,
         Err(e) => {
-            let _ = write_status(
-                &args.bundle,
-                &ShimStatus::Failed {
-                    finished_at: now_rfc3339(),
-                    error: e.to_string(),
-                },
-            );
+            // A failed start has recorded itself already (before telling the agent, which then
+            // removes the bundle): write nothing more into a directory being removed.
+            if !matches!(read_status(&args.bundle), Some(ShimStatus::Failed { .. })) {
+                let _ = write_status(&args.bundle, &failed(e.to_string()));
+            }
             1
         }
     };
     std::process::exit(code)
+}
+
+fn failed(error: String) -> ShimStatus {
+    ShimStatus::Failed {
+        finished_at: now_rfc3339(),
+        error,
+    }
 }
 
 fn report(sync: &mut Option<File>, result: &StartResult) {
@@ -160,7 +165,11 @@ fn run(args: &ShimArgs) -> io::Result<()> {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    // On a failed start, clean up and record the failure first, and only then tell the agent:
+    // it removes the bundle as soon as it hears, so the shim must be done writing into it.
     let fail = |sync: &mut Option<File>, pid: i32, error: String| {
+        remove(args);
+        let _ = write_status(&args.bundle, &failed(error.clone()));
         report(
             sync,
             &StartResult {
@@ -169,7 +178,6 @@ fn run(args: &ShimArgs) -> io::Result<()> {
                 error: error.clone(),
             },
         );
-        remove(args);
         io::Error::other(error)
     };
     let pid = match create(args, out_w, err_w) {
