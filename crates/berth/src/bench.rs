@@ -39,14 +39,15 @@ pub struct ApiBenchArgs {
     events: usize,
 }
 
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    client: Client,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) dir: PathBuf,
+    pub(crate) client: Client,
+    pub(crate) port: u16,
 }
 
 impl Server {
-    fn rss_kib(&self, field: &str) -> u64 {
+    pub(crate) fn rss_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
@@ -66,12 +67,12 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
-async fn start_server() -> Result<Server> {
+pub(crate) async fn start_server() -> Result<Server> {
     let exe = std::env::current_exe().context("locating the berth binary")?;
     let dir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -107,13 +108,18 @@ async fn start_server() -> Result<Server> {
                 .flatten()
                 .is_some()
         {
-            return Ok(Server { child, dir, client });
+            return Ok(Server {
+                child,
+                dir,
+                client,
+                port,
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-fn try_client(dir: &Path, port: u16) -> Option<Client> {
+pub(crate) fn try_client(dir: &Path, port: u16) -> Option<Client> {
     let ca = std::fs::read(dir.join("tls/ca.crt")).ok()?;
     let token = std::fs::read_to_string(dir.join("credentials/admin.token")).ok()?;
     let t = HttpsTransport::new(
@@ -125,7 +131,7 @@ fn try_client(dir: &Path, port: u16) -> Option<Client> {
     Some(Client::new(Arc::new(t)))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -133,7 +139,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 

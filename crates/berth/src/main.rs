@@ -1,6 +1,7 @@
 //! `berth`: the command line. One binary for every role of the cluster and its client verbs.
 
 mod bench;
+mod bench_pods;
 mod cluster;
 mod images_cli;
 mod inprocess;
@@ -46,6 +47,8 @@ enum Command {
 enum BenchCommand {
     /// The API server: create throughput and latency, list time, watch fan-out, memory.
     Api(bench::ApiBenchArgs),
+    /// The node: pod start latency, bursts and memory, beside runc and podman.
+    Pods(bench_pods::PodBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +91,13 @@ fn init_logging(filter: Option<&str>) {
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".to_string());
+    // youki's crates warn about every cgroup v1 controller the kernel lacks, on every container
+    // they touch; that is not news to a user, so they speak only of errors unless asked.
+    let filter = if filter.contains("libcontainer") || filter.contains("libcgroups") {
+        filter
+    } else {
+        format!("{filter},libcontainer=error,libcgroups=error")
+    };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -140,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Server(args) => cluster::run(args, None, "server").await,
             Command::Agent(args) => node::run_remote(args).await,
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
+            Command::Bench(BenchCommand::Pods(args)) => bench_pods::run(args).await,
             Command::Image(args) => images_cli::run(args).await,
             Command::Shim(_) | Command::OciExec(_) => {
                 unreachable!("helpers run before the async runtime starts")
