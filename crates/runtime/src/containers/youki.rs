@@ -55,6 +55,10 @@ pub fn start(id: &str, state: &Path) -> Result<(), String> {
 /// Signal the container's init.
 pub fn kill(id: &str, state: &Path, signal: i32) -> Result<(), String> {
     let sig = Signal::try_from(signal).map_err(|e| format!("{e:?}"))?;
+    if !state.join(id).exists() {
+        // Its shim has deleted it: it has ended.
+        return Err(format!("container {id} does not exist"));
+    }
     load(id, state)?.kill(sig, false).map_err(|e| e.to_string())
 }
 
