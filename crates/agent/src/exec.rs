@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use runtime::containers::{ExecProcess, ExecSpec};
+use runtime::containers::{Attachment, ExecProcess, ExecSpec, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::Shared;
-use crate::streams::{Channels, Input, Output, exit_status, failure};
+use crate::streams::{Channels, Input, Output, Want, exit_status, failure};
 
 /// After the process exits, output still in the pipes gets this long to drain (a background
 /// child may hold them open for ever).
@@ -85,6 +85,8 @@ pub(crate) async fn exec(shared: Arc<Shared>, id: String, spec: ExecSpec, ch: Ch
                         f(width, height);
                     }
                 }
+                // The process runs on to its end, as it does on Kubernetes.
+                Input::Hangup => {}
             }
         }
     });
@@ -99,12 +101,65 @@ pub(crate) async fn exec(shared: Arc<Shared>, id: String, spec: ExecSpec, ch: Ch
     let _ = output.send(Output::Status(status)).await;
 }
 
-/// Attach to a container's output: what it writes from now on, until it exits.
-pub(crate) async fn attach(shared: Arc<Shared>, id: String, log: std::path::PathBuf, ch: Channels) {
-    let Channels { input, output } = ch;
-    // Nothing reads the client's stdin: the container's stdin is not kept open (see README).
-    drop(input);
-    let tail = crate::logs::follow_raw(shared.clone(), id.clone(), log, output.clone());
-    tail.await;
+/// Attach to a container's own stdio: what it writes from now on, until it exits, and the
+/// client's input to its stdin if it keeps one open.
+pub(crate) async fn attach(
+    shared: Arc<Shared>,
+    id: String,
+    log: std::path::PathBuf,
+    want: Want,
+    ch: Channels,
+) {
+    let Channels { mut input, output } = ch;
+    let Attachment {
+        input: mut to,
+        output: mut from,
+    } = match shared.runtime.attach(&id).await {
+        Ok(a) => a,
+        Err(e) => {
+            // A container started by an agent without attach support: follow its log.
+            debug!(container = %id, error = %e, "attaching through the log instead");
+            drop(input);
+            crate::logs::follow_raw(shared.clone(), id.clone(), log, output.clone()).await;
+            let _ = output.send(Output::Status(exit_status(0))).await;
+            return;
+        }
+    };
+    // Ends when the client hangs up.
+    let mut feeder = tokio::spawn(async move {
+        if want.stdin && to.send(&Frame::OpenStdin).await.is_err() {
+            return;
+        }
+        while let Some(i) = input.recv().await {
+            let f = match i {
+                Input::Stdin(b) => Frame::Stdin(b.to_vec()),
+                Input::StdinEnd => Frame::CloseStdin,
+                Input::Resize { width, height } => Frame::Resize { width, height },
+                Input::Hangup => return,
+            };
+            if to.send(&f).await.is_err() {
+                // The container has ended: the output side finds out too.
+                std::future::pending::<()>().await;
+            }
+        }
+    });
+    loop {
+        let f = tokio::select! {
+            f = from.next() => f,
+            // Dropping the connection tells the shim this client is gone.
+            _ = &mut feeder => break,
+        };
+        let msg = match f {
+            Ok(Some(Frame::Stdout(b))) => Output::Stdout(Bytes::from(b)),
+            Ok(Some(Frame::Stderr(b))) => Output::Stderr(Bytes::from(b)),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break,
+        };
+        if output.send(msg).await.is_err() {
+            break;
+        }
+    }
+    feeder.abort();
+    debug!(container = %id, "attach finished");
     let _ = output.send(Output::Status(exit_status(0))).await;
 }

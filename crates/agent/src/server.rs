@@ -150,7 +150,7 @@ impl NodeServer {
         };
         match call.verb.as_str() {
             "log" => self.logs(&call, &pod, &query).await,
-            "exec" | "attach" => self.exec(&call, &mut req, &query),
+            "exec" | "attach" => self.exec(&call, &pod, &mut req, &query),
             "portforward" => self.port_forward(&call, &pod, &mut req, &query),
             _ => status(StatusCode::NOT_FOUND, "NotFound", "no such node endpoint"),
         }
@@ -214,16 +214,33 @@ impl NodeServer {
     fn exec(
         &self,
         c: &Call,
+        pod: &Pod,
         req: &mut Request<Bytes>,
         query: &[(String, String)],
     ) -> Response<NodeBody> {
         let attach = c.verb == "attach";
-        let want = Want {
+        let mut want = Want {
             stdin: flag(query, "stdin"),
             stdout: flag(query, "stdout"),
             stderr: flag(query, "stderr"),
             tty: flag(query, "tty"),
         };
+        if attach {
+            // Whether a container has a terminal was settled when it started; an attach takes
+            // it as it is (as the kubelet does).
+            let has_tty = pod
+                .spec
+                .iter()
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                })
+                .find(|k| k.name == c.container)
+                .and_then(|k| k.tty)
+                == Some(true);
+            want.tty &= has_tty;
+        }
         let argv: Vec<String> = query
             .iter()
             .filter(|(k, _)| k == "command")
@@ -251,11 +268,6 @@ impl NodeServer {
                 ));
             }
         };
-        if attach && want.tty {
-            return bad_request(
-                "attaching with a terminal is not supported by berth: the container was not started with one",
-            );
-        }
         let proto = match streams::negotiate(req.headers(), EXEC_SPDY, EXEC_WEBSOCKET) {
             Ok(p) => p,
             Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
@@ -274,7 +286,7 @@ impl NodeServer {
                 return;
             };
             match log {
-                Some(log) => crate::exec::attach(shared, id, log, ch).await,
+                Some(log) => crate::exec::attach(shared, id, log, want, ch).await,
                 None => {
                     let spec = ExecSpec {
                         argv,

@@ -493,6 +493,8 @@ pub fn container_spec(
         gid,
         extra_gids,
         tty: c.tty == Some(true),
+        stdin: c.stdin == Some(true),
+        stdin_once: c.stdin_once == Some(true),
         mounts,
         resources: resources(c),
         security,

@@ -139,6 +139,10 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The agent pins pod namespaces under a private mount of its own; the scratch run
+        // directory goes with it.
+        let _ = runtime::containers::mount::unmount(&self.run_dir.join("ns"));
+        let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
 

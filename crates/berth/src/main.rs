@@ -68,6 +68,12 @@ struct ShimArgs {
     cgroup: String,
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     log_max_bytes: u64,
+    #[arg(long)]
+    stdin: bool,
+    #[arg(long)]
+    stdin_once: bool,
+    #[arg(long)]
+    tty: bool,
 }
 
 #[derive(clap::Args)]
@@ -118,6 +124,9 @@ fn main() -> std::process::ExitCode {
             state: a.state,
             log_max_bytes: a.log_max_bytes,
             cgroup: a.cgroup,
+            stdin: a.stdin,
+            stdin_once: a.stdin_once,
+            tty: a.tty,
         });
     }
     if let Command::OciExec(a) = cli.command {

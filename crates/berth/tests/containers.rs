@@ -10,8 +10,8 @@ use std::time::Duration;
 use runtime::containers::conformance::{self, Harness};
 use runtime::containers::sandbox::{self, Isolation};
 use runtime::containers::{
-    ContainerRuntime, ContainerSpec, Engine, ExecSpec, OciConfig, OciRuntime, Resources, Security,
-    SharedNamespaces, ShimStatus,
+    Attachment, ContainerRuntime, ContainerSpec, Engine, ExecSpec, Frame, OciConfig, OciRuntime,
+    Resources, Security, SharedNamespaces, ShimStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -142,6 +142,8 @@ fn spec(e: &Env, id: &str, script: &str, ns: SharedNamespaces) -> ContainerSpec 
         gid: 0,
         extra_gids: vec![],
         tty: false,
+        stdin: false,
+        stdin_once: false,
         mounts: vec![],
         resources: Resources::default(),
         security: Security::default(),
@@ -201,6 +203,68 @@ async fn output_exit_codes_and_cleanup(e: Env) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&*e.rt.config().run_dir.to_string_lossy()));
     assert!(!Path::new(&format!("/sys/fs/cgroup/memory{}", s.cgroup)).exists());
+}
+
+/// Processes in containers start as on any Linux box: no signal ignored or blocked (berth is a
+/// Rust program, which ignores SIGPIPE itself), so `yes | head -1` ends `yes` with SIGPIPE.
+async fn signals_start_at_their_defaults(e: Env) {
+    let script = "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -1; \
+                  exec sleep 1000";
+    let s = spec(&e, "signals", script, SharedNamespaces::default());
+    let log = e.logs.join("signals.log");
+    e.rt.start(&s, std::slice::from_ref(&e.layer), &log)
+        .await
+        .unwrap();
+    let argv = [
+        "sh",
+        "-c",
+        "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -1",
+    ];
+    let p =
+        e.rt.exec(
+            "signals",
+            &ExecSpec {
+                argv: argv.map(String::from).to_vec(),
+                tty: false,
+                stdin: false,
+            },
+        )
+        .await
+        .unwrap();
+    let mut out = String::new();
+    p.stdout.unwrap().read_to_string(&mut out).await.unwrap();
+    let mut err = String::new();
+    p.stderr.unwrap().read_to_string(&mut err).await.unwrap();
+    assert_eq!(p.exit.await.unwrap(), 0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let container: String = logged
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_string() + "\n")
+        .collect();
+    // The standard signals (1-31) are what programs rely on; runc itself leaves its first
+    // real-time signal ignored in the container's init, which only glibc uses, for itself.
+    for (who, text) in [("container", container.as_str()), ("exec", out.as_str())] {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap_or_else(|| panic!("{who}: no {name} in {text:?}"))
+        };
+        assert_eq!(field("SigBlk:"), 0, "{who} starts with signals blocked");
+        assert_eq!(
+            field("SigIgn:") & 0x7fff_ffff,
+            0,
+            "{who} starts with signals ignored"
+        );
+        assert!(
+            text.ends_with("y\n"),
+            "{who}: {text:?}; exec stderr {err:?}"
+        );
+    }
+    assert!(!err.contains("Broken pipe"), "{err}");
+    e.rt.kill("signals", 9).await.unwrap();
+    e.rt.wait("signals").await.unwrap();
+    e.rt.remove("signals").await.unwrap();
 }
 
 async fn pod_namespaces_are_shared_and_isolated(e: Env) {
@@ -342,6 +406,56 @@ async fn exec_with_pipes_and_a_terminal(e: Env) {
     e.rt.remove("execs").await.unwrap();
 }
 
+/// A container with a terminal: attached input reaches its shell, a resize reaches the
+/// terminal, and what it shows is both attached and logged.
+async fn attach_with_a_terminal(e: Env) {
+    let s = ContainerSpec {
+        args: vec!["sh".into()],
+        tty: true,
+        stdin: true,
+        ..spec(&e, "ttyattach", "", SharedNamespaces::default())
+    };
+    let log = e.logs.join("ttyattach.log");
+    e.rt.start(&s, std::slice::from_ref(&e.layer), &log)
+        .await
+        .unwrap();
+    let Attachment {
+        mut input,
+        mut output,
+    } = e.rt.attach("ttyattach").await.unwrap();
+    input.send(&Frame::OpenStdin).await.unwrap();
+    input
+        .send(&Frame::Resize {
+            width: 100,
+            height: 30,
+        })
+        .await
+        .unwrap();
+    input
+        .send(&Frame::Stdin(b"stty size; exit 3\n".to_vec()))
+        .await
+        .unwrap();
+    let mut shown = Vec::new();
+    let read_all = async {
+        while let Some(f) = output.next().await.unwrap() {
+            match f {
+                Frame::Stdout(b) => shown.extend(b),
+                other => panic!("a terminal has only stdout: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the attachment ends when the container does");
+    let shown = String::from_utf8_lossy(&shown);
+    assert!(shown.contains("30 100"), "{shown:?}");
+    let status = e.rt.wait("ttyattach").await.unwrap();
+    assert_eq!(exit_code(&status), (3, false));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains(" stdout F 30 100"), "{logged}");
+    e.rt.remove("ttyattach").await.unwrap();
+}
+
 impl Harness for Env {
     fn runtime(&self) -> &dyn ContainerRuntime {
         &self.rt
@@ -358,6 +472,14 @@ impl Harness for Env {
         )
     }
     fn exec_result(&self, _: &str, _: &[String], _: &[u8], _: i32) {}
+    fn echo(&self, id: &str) -> ContainerSpec {
+        ContainerSpec {
+            args: vec!["cat".into()],
+            stdin: true,
+            stdin_once: true,
+            ..spec(self, id, "", SharedNamespaces::default())
+        }
+    }
     fn layers(&self) -> Vec<PathBuf> {
         vec![self.layer.clone()]
     }
@@ -399,5 +521,7 @@ for_each_engine!(
     kill_ends_a_running_container,
     a_missing_command_is_reported,
     exec_with_pipes_and_a_terminal,
+    attach_with_a_terminal,
+    signals_start_at_their_defaults,
     conforms,
 );

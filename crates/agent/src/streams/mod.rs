@@ -116,7 +116,12 @@ where
 pub enum Input {
     Stdin(Bytes),
     StdinEnd,
-    Resize { width: u16, height: u16 },
+    Resize {
+        width: u16,
+        height: u16,
+    },
+    /// The client's connection has closed (after `StdinEnd`, if stdin was open).
+    Hangup,
 }
 
 /// What the agent sends back. `Status` is last: it ends the session.
@@ -275,6 +280,7 @@ async fn spdy_channels(io: Upgraded, want: Want) -> Option<Channels> {
                         if stdin_open {
                             let _ = in_tx.send(Input::StdinEnd).await;
                         }
+                        let _ = in_tx.send(Input::Hangup).await;
                     }
                 },
                 out = out_rx.recv() => match out {

@@ -67,6 +67,7 @@ pub async fn exec_channels(io: Upgraded, _subprotocol: &str) -> Channels {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                         reading = false;
                         let _ = in_tx.send(Input::StdinEnd).await;
+                        let _ = in_tx.send(Input::Hangup).await;
                     }
                     Some(Ok(_)) => {}
                 },

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use super::attach::{AttachOutput, Attachment, Frame};
 use super::exec::ExecSpec;
 use super::oci::RuntimeError;
 use super::sandbox::Isolation;
@@ -24,6 +25,9 @@ pub trait Harness: Sync {
     /// In the container `id`, an exec of `argv` prints `stdout` and exits with `code`; the
     /// harness may have to arrange that (a fake), or it simply holds (a real runtime).
     fn exec_result(&self, id: &str, argv: &[String], stdout: &[u8], code: i32);
+    /// A container that copies its stdin to its stdout until the end of its input, then exits
+    /// with 0 (`cat`, with `stdin` and `stdinOnce`).
+    fn echo(&self, id: &str) -> ContainerSpec;
     fn layers(&self) -> Vec<PathBuf>;
     fn log(&self, id: &str) -> PathBuf;
 }
@@ -140,6 +144,69 @@ pub async fn exec(h: &dyn Harness) {
     assert!(rt.exec(&s.id, &spec).await.is_err());
 }
 
+/// The next output frame's bytes, within the suite's patience.
+async fn next_output(a: &mut AttachOutput) -> Option<Frame> {
+    tokio::time::timeout(WAIT, a.next())
+        .await
+        .expect("attach output in time")
+        .expect("reading attach output")
+}
+
+/// Attaching to a container with stdin open: input reaches it, its output comes back, and
+/// with `stdinOnce` the end of the first session's input is the end of its stdin. A
+/// container that has ended cannot be attached to.
+pub async fn attach(h: &dyn Harness) {
+    let rt = h.runtime();
+    let s = h.echo("conf-attach");
+    rt.start(&s, &h.layers(), &h.log(&s.id))
+        .await
+        .expect("start");
+    let Attachment {
+        mut input,
+        mut output,
+    } = rt.attach(&s.id).await.expect("attach");
+    // A second client sees the same output.
+    let mut watcher = rt.attach(&s.id).await.expect("second attach").output;
+    input.send(&Frame::OpenStdin).await.expect("open stdin");
+    input
+        .send(&Frame::Stdin(b"ping\n".to_vec()))
+        .await
+        .expect("stdin");
+    let mut echoed = Vec::new();
+    while echoed.len() < 5 {
+        match next_output(&mut output).await {
+            Some(Frame::Stdout(b)) => echoed.extend(b),
+            other => panic!("expected the echo on stdout, got {other:?}"),
+        }
+    }
+    assert_eq!(echoed, b"ping\n");
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match next_output(&mut watcher).await {
+            Some(Frame::Stdout(b)) => seen.extend(b),
+            other => panic!("the second client expected the echo, got {other:?}"),
+        }
+    }
+    assert_eq!(seen, b"ping\n");
+    input.send(&Frame::CloseStdin).await.expect("close stdin");
+    assert_eq!(
+        ended(&wait(h, &s.id).await),
+        (0, 0),
+        "EOF on stdin ended it"
+    );
+    // Both clients are hung up on once the container has ended.
+    while let Some(f) = next_output(&mut output).await {
+        assert!(matches!(f, Frame::Stdout(_)), "{f:?}");
+    }
+    while next_output(&mut watcher).await.is_some() {}
+    assert!(
+        rt.attach(&s.id).await.is_err(),
+        "no attaching to an ended container"
+    );
+    rt.remove(&s.id).await.expect("remove");
+    assert!(rt.attach(&s.id).await.is_err());
+}
+
 /// Sandboxes are created once, found, and removed.
 pub async fn sandboxes(h: &dyn Harness) {
     let rt = h.runtime();
@@ -173,6 +240,7 @@ pub async fn all(h: &dyn Harness) {
     exit_codes(h).await;
     duplicate_ids(h).await;
     exec(h).await;
+    attach(h).await;
     sandboxes(h).await;
 }
 
@@ -208,6 +276,14 @@ mod tests {
                     stdout: stdout.to_vec(),
                 },
             );
+        }
+        fn echo(&self, id: &str) -> ContainerSpec {
+            ContainerSpec {
+                id: id.into(),
+                stdin: true,
+                stdin_once: true,
+                ..Default::default()
+            }
         }
         fn layers(&self) -> Vec<PathBuf> {
             Vec::new()

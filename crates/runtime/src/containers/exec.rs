@@ -109,6 +109,14 @@ pub async fn exec(
                 cmd.arg("--tty");
             }
             cmd.arg(id).kill_on_drop(true);
+            // SAFETY: default_signals makes only async-signal-safe calls. runc hands its own
+            // signal state to the process, so it starts from the defaults.
+            unsafe {
+                cmd.pre_exec(|| {
+                    super::shim::default_signals();
+                    Ok(())
+                });
+            }
             if spec.tty {
                 exec_tty(cmd, file).await
             } else {
@@ -195,7 +203,7 @@ impl Drop for Unlink {
 }
 
 /// The one file descriptor sent over `s` (SCM_RIGHTS).
-fn receive_fd(s: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
+pub(crate) fn receive_fd(s: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::FromRawFd;
     let mut buf = [0u8; 4096];

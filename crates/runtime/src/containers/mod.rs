@@ -1,6 +1,7 @@
 //! Containers: OCI runtime configurations, pod sandboxes, root filesystems, the shim and the
 //! runtime driver.
 
+pub mod attach;
 pub mod conformance;
 pub mod exec;
 pub mod mount;
@@ -11,6 +12,7 @@ pub mod spec;
 mod traits;
 pub mod youki;
 
+pub use attach::{AttachInput, AttachOutput, Attachment, Frame};
 pub use exec::{ExecProcess, ExecSpec};
 pub use oci::{Engine, OciConfig, OciRuntime, RuntimeError, Started};
 pub use sandbox::{Isolation, NamespacePaths};

@@ -178,6 +178,15 @@ impl OciRuntime {
         if let Engine::Binary(b) = &self.cfg.engine {
             cmd.arg("--runc").arg(b);
         }
+        for (on, flag) in [
+            (spec.stdin, "--stdin"),
+            (spec.stdin_once, "--stdin-once"),
+            (spec.tty, "--tty"),
+        ] {
+            if on {
+                cmd.arg(flag);
+            }
+        }
         let raw = sync_w.as_raw_fd();
         // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it puts the
         // sync pipe at fd 3 (without close-on-exec) for the shim.
@@ -345,6 +354,18 @@ impl OciRuntime {
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .collect()
+    }
+
+    /// Attach to a running container's stdio.
+    pub async fn attach(&self, id: &str) -> Result<super::attach::Attachment, RuntimeError> {
+        match self.status(id) {
+            Some(ShimStatus::Running { .. }) => {}
+            Some(_) => return Err(RuntimeError::NotRunning(id.to_string())),
+            None => return Err(RuntimeError::NotFound(id.to_string())),
+        }
+        super::attach::connect(&self.dir(id))
+            .await
+            .map_err(io_err(format!("attaching to container {id}")))
     }
 
     /// Run another process in a running container.

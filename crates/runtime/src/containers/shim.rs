@@ -1,20 +1,23 @@
 //! The per-container shim: berth re-executed as `berth shim`, single-threaded and without an
 //! async runtime. It detaches from the agent (new session, child subreaper), creates and
-//! starts the container through the OCI runtime with pipes as its stdout and stderr, copies
-//! them into a CRI-format log, waits for the container's init, tells OOM kills apart, removes
+//! starts the container through the OCI runtime with pipes as its stdio (or a terminal), copies
+//! its output into a CRI-format log and to attached clients, waits for the container's init, tells OOM kills apart, removes
 //! the container from the OCI runtime and records how it ended. Because it outlives the agent,
 //! containers keep running (and logging) across agent restarts.
 //!
 //! Files in the container's directory:
 //! - `config.json`, `rootfs/`: the bundle, prepared by the agent;
 //! - `shim.pid`: this process;
-//! - `status.json`: `running` with the init's pid, then `exited` with the exit code.
+//! - `status.json`: `running` with the init's pid, then `exited` with the exit code;
+//! - `attach.sock`: where clients attach to the container's stdio while it runs (see
+//!   `attach`); `console.sock` briefly, for a container with a terminal.
 //!
 //! The agent learns the start result on file descriptor 3, as one JSON line.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -24,6 +27,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use super::attach::{Frame, Hub, Slot};
 
 /// The largest log line kept whole; longer lines are split and marked partial.
 const MAX_LINE: usize = 16 * 1024;
@@ -70,6 +75,12 @@ pub struct ShimArgs {
     pub log_max_bytes: u64,
     /// cgroup path of the container, to read its OOM count.
     pub cgroup: String,
+    /// Keep the container's stdin open for attached clients.
+    pub stdin: bool,
+    /// Close it after the first attach session that used it.
+    pub stdin_once: bool,
+    /// The container has a terminal (its config asks for one).
+    pub tty: bool,
 }
 
 pub fn now_rfc3339() -> String {
@@ -150,8 +161,52 @@ fn report(sync: &mut Option<File>, result: &StartResult) {
     }
 }
 
+/// Put every signal's action back to the default and unblock them all. A container's first
+/// process inherits these from its creator, and whoever started berth (a shell's background
+/// job, a service manager, Rust's own runtime for SIGPIPE) may have ignored or blocked some.
+/// Only async-signal-safe calls: also fit for between fork and exec.
+pub fn default_signals() {
+    /// The kernel's `struct sigaction` (glibc's wrapper refuses the signals it keeps for
+    /// itself, which an ignoring parent leaves ignored too).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: rt_sigaction with SIG_DFL and a valid struct, and sigprocmask with an empty set,
+    // only change this process's signal state.
+    unsafe {
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    std::mem::size_of::<u64>(),
+                );
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
 fn run(args: &ShimArgs) -> io::Result<()> {
     nix::unistd::setsid().map_err(io::Error::from)?;
+    // The container (created below, a fork of this process or of the OCI runtime it runs)
+    // starts from default signal actions; the shim itself then ignores SIGPIPE again, as it
+    // writes to clients and pipes that may have gone.
+    default_signals();
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
@@ -160,11 +215,25 @@ fn run(args: &ShimArgs) -> io::Result<()> {
     let mut sync =
         (unsafe { libc::fcntl(3, libc::F_GETFD) } >= 0).then(|| unsafe { File::from_raw_fd(3) });
     fs::write(args.bundle.join("shim.pid"), std::process::id().to_string())?;
+    // Sockets are made here under short relative names (an address holds 108 bytes).
+    std::env::set_current_dir(&args.bundle)?;
 
     let (out_r, out_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let (in_r, in_w) = if args.stdin && !args.tty {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let console = if args.tty {
+        let _ = fs::remove_file(CONSOLE_SOCKET);
+        Some(UnixListener::bind(CONSOLE_SOCKET)?)
+    } else {
+        None
+    };
     // On a failed start, clean up and record the failure first, and only then tell the agent:
     // it removes the bundle as soon as it hears, so the shim must be done writing into it.
     let fail = |sync: &mut Option<File>, pid: i32, error: String| {
@@ -180,9 +249,40 @@ fn run(args: &ShimArgs) -> io::Result<()> {
         );
         io::Error::other(error)
     };
-    let pid = match create(args, out_w, err_w) {
+    let pid = match create(args, in_r, out_w, err_w, console.is_some()) {
         Ok(pid) => pid,
         Err(e) => return Err(fail(&mut sync, 0, e)),
+    };
+    // SAFETY: ignoring SIGPIPE only changes this process's signal state.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // With a terminal, the runtime has sent its master over the console socket by now.
+    let master = match console.map(|l| receive_master(&l)) {
+        None => None,
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            return Err(fail(
+                &mut sync,
+                pid,
+                format!("receiving the container's terminal: {e}"),
+            ));
+        }
+    };
+    let _ = fs::remove_file(CONSOLE_SOCKET);
+    let hub = (|| {
+        let (stdin, tty) = match &master {
+            Some(m) => (
+                args.stdin.then(|| m.try_clone()).transpose()?,
+                Some(m.try_clone()?),
+            ),
+            None => (in_w, None),
+        };
+        Hub::new(Path::new(ATTACH_SOCKET), stdin, args.stdin_once, tty)
+    })();
+    let mut hub = match hub {
+        Ok(h) => h,
+        Err(e) => {
+            return Err(fail(&mut sync, pid, format!("setting up attach: {e}")));
+        }
     };
     // Block SIGCHLD before the container runs, so no exit goes unnoticed (the init is parked
     // until started; the pump reaps once before it first waits, in case it died meanwhile).
@@ -211,7 +311,16 @@ fn run(args: &ShimArgs) -> io::Result<()> {
     );
 
     let mut log = Log::open(&args.log, args.log_max_bytes)?;
-    let status = pump(pid, out_r, err_r, &sigfd, &mut log)?;
+    let streams = match master {
+        // Everything the terminal shows is the container's stdout; the pipes carry nothing.
+        Some(m) => [Some(Stream::new(m, "stdout")), None],
+        None => [
+            Some(Stream::new(out_r, "stdout")),
+            Some(Stream::new(err_r, "stderr")),
+        ],
+    };
+    let status = pump(pid, streams, &sigfd, &mut log, &mut hub)?;
+    hub.close(Path::new(ATTACH_SOCKET));
     let oom_killed = oom_kills(&args.cgroup) > 0;
     remove(args);
     let (exit_code, signal) = match status {
@@ -232,19 +341,57 @@ fn run(args: &ShimArgs) -> io::Result<()> {
     )
 }
 
-/// Create the container with the pipes as its stdout and stderr; returns its init's pid.
-fn create(args: &ShimArgs, out: OwnedFd, err: OwnedFd) -> Result<i32, String> {
+/// The console socket's name in the bundle (the shim's working directory).
+const CONSOLE_SOCKET: &str = "console.sock";
+const ATTACH_SOCKET: &str = super::attach::SOCKET;
+
+/// The terminal master the OCI runtime sent over the console socket.
+fn receive_master(l: &UnixListener) -> io::Result<OwnedFd> {
+    l.set_nonblocking(true)?;
+    let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+    if poll(&mut fds, PollTimeout::from(10_000u16)).map_err(io::Error::from)? == 0 {
+        return Err(io::Error::other("the OCI runtime sent no terminal"));
+    }
+    let (conn, _) = l.accept()?;
+    conn.set_nonblocking(false)?;
+    super::exec::receive_fd(&conn)
+}
+
+/// Create the container with `stdin` (or /dev/null) and the pipes as its stdio, or with a
+/// terminal sent to the console socket; returns its init's pid.
+fn create(
+    args: &ShimArgs,
+    stdin: Option<OwnedFd>,
+    out: OwnedFd,
+    err: OwnedFd,
+    console: bool,
+) -> Result<i32, String> {
     let Some(binary) = &args.runc else {
-        return super::youki::create(&args.id, &args.bundle, &args.state, out, err);
+        let console = console.then(|| args.bundle.join(CONSOLE_SOCKET));
+        return super::youki::create(
+            &args.id,
+            &args.bundle,
+            &args.state,
+            super::youki::Stdio {
+                stdin,
+                stdout: out,
+                stderr: err,
+                console,
+            },
+        );
     };
-    let created = runc(args, binary)
-        .arg("create")
+    let mut cmd = runc(args, binary);
+    cmd.arg("create")
         .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
-        .arg(args.bundle.join("init.pid"))
+        .arg(args.bundle.join("init.pid"));
+    if console {
+        cmd.arg("--console-socket").arg(CONSOLE_SOCKET);
+    }
+    let created = cmd
         .arg(&args.id)
-        .stdin(Stdio::null())
+        .stdin(stdin.map(Stdio::from).unwrap_or_else(Stdio::null))
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .status()
@@ -297,15 +444,11 @@ fn remove(args: &ShimArgs) {
 /// Copy the container's output into the log until its init exits and the pipes drain.
 fn pump(
     init: i32,
-    out: OwnedFd,
-    err: OwnedFd,
+    mut streams: [Option<Stream>; 2],
     sigfd: &SignalFd,
     log: &mut Log,
+    hub: &mut Hub,
 ) -> io::Result<WaitStatus> {
-    let mut streams = [
-        Some(Stream::new(out, "stdout")),
-        Some(Stream::new(err, "stderr")),
-    ];
     let mut exited = None;
     loop {
         // Besides the init itself, reap anything that reparented to us.
@@ -334,6 +477,18 @@ fn pump(
                 PollFlags::POLLIN,
             ));
         }
+        let interests = hub.interests();
+        let slots: Vec<Slot> = interests.iter().map(|i| i.0).collect();
+        for (_, fd, read, write) in interests {
+            let mut flags = PollFlags::empty();
+            if read {
+                flags |= PollFlags::POLLIN;
+            }
+            if write {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(fd, flags));
+        }
         // Once the init is gone, anything still holding the pipes gets a moment, no more.
         let timeout = if exited.is_some() {
             PollTimeout::from(500u16)
@@ -352,16 +507,29 @@ fn pump(
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<bool> = fds
+        let revents: Vec<PollFlags> = fds
             .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
             .collect();
+        let ready: Vec<bool> = revents.iter().map(|r| !r.is_empty()).collect();
+        drop(fds);
+        let hub_ready: Vec<(Slot, bool)> = slots
+            .iter()
+            .zip(&revents[1 + live.len()..])
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(s, r)| (*s, r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)))
+            .collect();
+        // Before the output is read: sending it can drop clients, which renumbers them.
+        hub.ready(&hub_ready);
         if ready[0] {
             let _ = sigfd.read_signal();
         }
         for (n, i) in live.iter().enumerate() {
             if ready[n + 1] {
-                let open = streams[*i].as_mut().expect("live stream").read_into(log)?;
+                let open = streams[*i]
+                    .as_mut()
+                    .expect("live stream")
+                    .read_into(log, hub)?;
                 if !open && let Some(mut s) = streams[*i].take() {
                     s.finish(log)?;
                 }
@@ -385,17 +553,24 @@ impl Stream {
         }
     }
 
-    /// Read what is available; false at end of stream.
-    fn read_into(&mut self, log: &mut Log) -> io::Result<bool> {
+    /// Read what is available into the log and to attached clients; false at end of stream.
+    fn read_into(&mut self, log: &mut Log, hub: &mut Hub) -> io::Result<bool> {
         let mut buf = [0u8; 64 * 1024];
         let n = match nix::unistd::read(&self.fd, &mut buf) {
             Ok(n) => n,
             Err(nix::Error::EINTR | nix::Error::EAGAIN) => return Ok(true),
+            // A terminal whose other side is all closed.
+            Err(nix::Error::EIO) => return Ok(false),
             Err(e) => return Err(e.into()),
         };
         if n == 0 {
             return Ok(false);
         }
+        hub.broadcast(&if self.name == "stderr" {
+            Frame::Stderr(buf[..n].to_vec())
+        } else {
+            Frame::Stdout(buf[..n].to_vec())
+        });
         self.pending.extend_from_slice(&buf[..n]);
         while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=i).collect();

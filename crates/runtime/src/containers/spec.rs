@@ -156,6 +156,10 @@ pub struct ContainerSpec {
     pub gid: u32,
     pub extra_gids: Vec<u32>,
     pub tty: bool,
+    /// Keep stdin open for attached clients (`stdin: true`).
+    pub stdin: bool,
+    /// Close stdin after the first attach session (`stdinOnce: true`).
+    pub stdin_once: bool,
     pub mounts: Vec<MountSpec>,
     pub resources: Resources,
     pub security: Security,
@@ -302,6 +306,8 @@ mod tests {
             gid: 0,
             extra_gids: vec![],
             tty: false,
+            stdin: false,
+            stdin_once: false,
             mounts: vec![MountSpec {
                 source: "/data/v".into(),
                 destination: "/v".into(),

@@ -1,5 +1,6 @@
 //! The node agent's view of a container runtime: pod sandboxes and containers. `OciRuntime` is
-//! the real one; `FakeRuntime` runs nothing and lets tests decide how containers end.
+//! the real one; `FakeRuntime` runs nothing and lets tests decide how containers end (a fake
+//! container with stdin open echoes what is attached to it, as `cat` would).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use super::attach::{AttachInput, AttachOutput, Attachment, Decoder, Frame};
 use super::exec::{ExecProcess, ExecSpec};
 use super::oci::{OciRuntime, RuntimeError, Started};
 use super::sandbox::{self, Isolation, NamespacePaths};
@@ -45,6 +47,8 @@ pub trait ContainerRuntime: Send + Sync {
     fn sandbox(&self, pod: &str) -> Option<NamespacePaths>;
     /// Run another process in a running container.
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<ExecProcess, RuntimeError>;
+    /// Attach to a running container's own stdio.
+    async fn attach(&self, id: &str) -> Result<Attachment, RuntimeError>;
 }
 
 #[async_trait]
@@ -128,6 +132,10 @@ impl ContainerRuntime for OciRuntime {
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<ExecProcess, RuntimeError> {
         OciRuntime::exec(self, id, spec).await
     }
+
+    async fn attach(&self, id: &str) -> Result<Attachment, RuntimeError> {
+        OciRuntime::attach(self, id).await
+    }
 }
 
 /// Whether container `id` is the one called `name`: the whole ID, or the container name in
@@ -150,6 +158,8 @@ pub enum FakeBehavior {
 struct FakeContainer {
     spec: ContainerSpec,
     status: watch::Sender<ShimStatus>,
+    /// What it "writes", to every attached client.
+    output: tokio::sync::broadcast::Sender<Frame>,
 }
 
 /// What an exec in a fake container prints and returns.
@@ -284,6 +294,7 @@ impl ContainerRuntime for FakeRuntime {
             FakeContainer {
                 spec: spec.clone(),
                 status: watch::channel(status).0,
+                output: tokio::sync::broadcast::channel(64).0,
             },
         );
         Ok(Started { pid, started_at })
@@ -375,6 +386,76 @@ impl ContainerRuntime for FakeRuntime {
             stderr: Some(Box::pin(tokio::io::empty())),
             resize: None,
             exit: Box::pin(async move { Ok(code) }),
+        })
+    }
+
+    async fn attach(&self, id: &str) -> Result<Attachment, RuntimeError> {
+        let (mut ended, stdin_once, out_tx) = {
+            let st = self.lock();
+            let c = st
+                .containers
+                .get(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+            if !matches!(*c.status.borrow(), ShimStatus::Running { .. }) {
+                return Err(RuntimeError::NotRunning(id.to_string()));
+            }
+            (c.status.subscribe(), c.spec.stdin_once, c.output.clone())
+        };
+        let mut out_rx = out_tx.subscribe();
+        let (client, fake) = tokio::io::duplex(64 * 1024);
+        let (client_r, client_w) = tokio::io::split(client);
+        let (mut fake_r, mut fake_w) = tokio::io::split(fake);
+        let (this, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            use tokio::sync::broadcast::error::RecvError;
+            let mut decoder = Decoder::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    _ = async {
+                        let _ = ended.wait_for(|s| !matches!(s, ShimStatus::Running { .. })).await;
+                    } => {
+                        // Deliver what it wrote before it ended, then hang up.
+                        while let Ok(f) = out_rx.try_recv() {
+                            let _ = fake_w.write_all(&f.encode()).await;
+                        }
+                        return;
+                    }
+                    f = out_rx.recv() => match f {
+                        Ok(f) => {
+                            if fake_w.write_all(&f.encode()).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                    n = fake_r.read(&mut buf), if reading => {
+                        let Ok(n @ 1..) = n else {
+                            reading = false;
+                            continue;
+                        };
+                        decoder.push(&buf[..n]);
+                        while let Ok(Some(f)) = decoder.next_frame() {
+                            match f {
+                                // Like `cat`: what comes in goes out.
+                                Frame::Stdin(b) => {
+                                    let _ = out_tx.send(Frame::Stdout(b));
+                                }
+                                // And the end of its input ends it.
+                                Frame::CloseStdin if stdin_once => this.exit(&id, 0),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Attachment {
+            input: AttachInput::new(Box::pin(client_w)),
+            output: AttachOutput::new(Box::pin(client_r)),
         })
     }
 }

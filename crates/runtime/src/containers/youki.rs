@@ -12,24 +12,31 @@ use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 
+/// A new container's stdio: its stdin (`None` for /dev/null), stdout and stderr, or, for a
+/// container with a terminal, the console socket that receives the terminal's master.
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub console: Option<std::path::PathBuf>,
+}
+
 /// Create the container of `bundle` (its init waits to be started) with the given stdio;
 /// returns the init's pid. The init is a child of the caller.
-pub fn create(
-    id: &str,
-    bundle: &Path,
-    state: &Path,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-) -> Result<i32, String> {
+pub fn create(id: &str, bundle: &Path, state: &Path, stdio: Stdio) -> Result<i32, String> {
     std::fs::create_dir_all(state).map_err(|e| format!("creating {}: {e}", state.display()))?;
-    let devnull = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+    let stdin = match stdio.stdin {
+        Some(fd) => fd,
+        None => OwnedFd::from(std::fs::File::open("/dev/null").map_err(|e| e.to_string())?),
+    };
     let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_executor(DefaultExecutor {})
         .with_root_path(state)
         .map_err(|e| e.to_string())?
-        .with_stdin(OwnedFd::from(devnull))
-        .with_stdout(stdout)
-        .with_stderr(stderr)
+        .with_console_socket(stdio.console)
+        .with_stdin(stdin)
+        .with_stdout(stdio.stdout)
+        .with_stderr(stdio.stderr)
         .validate_id()
         .map_err(|e| e.to_string())?
         .as_init(bundle)
@@ -95,6 +102,8 @@ pub fn exec(
 /// `berth oci-exec`: run `exec` and wait for the process; never returns. The exit code is
 /// the process's (128 + signal if it was killed), or 255 if it could not start.
 pub fn exec_main(id: &str, state: &Path, process: &Path, console_socket: Option<&Path>) -> ! {
+    // The process inherits our signal dispositions: start it from the defaults.
+    super::shim::default_signals();
     let pid = match exec(id, state, process, console_socket) {
         Ok(p) => p,
         Err(e) => {
