@@ -51,6 +51,9 @@ class Cluster:
         self.proc = None
         self.log = self.workdir / "berth.log"
         self.cache = self.workdir / "kubectl-cache"
+        # The node's runtime state: short (socket paths), on the host's tmpfs, removed by
+        # `teardown`.
+        self.run_dir = f"/run/berth-e2e-{self.port}"
 
     @property
     def kubeconfig(self):
@@ -60,9 +63,10 @@ class Cluster:
         if not BERTH:
             raise RuntimeError("set BERTH_BIN to the berth binary")
         log = open(self.log, "a")
-        self.proc = subprocess.Popen(
-            [BERTH, self.role, "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data)],
-            stdout=log, stderr=log, start_new_session=True)
+        args = [BERTH, self.role, "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data)]
+        if self.role in ("up", "agent"):
+            args += ["--run-dir", self.run_dir]
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -83,6 +87,18 @@ class Cluster:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def teardown(self):
+        """Stop the cluster and leave nothing on the host: pods are deleted while the agent
+        runs (containers outlive the agent by design), then its runtime state goes."""
+        if self.role == "up" and self.proc and self.proc.poll() is None:
+            self.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1",
+                         "--timeout=60s", check=False, timeout=90)
+        self.stop()
+        mounts = [line.split()[4] for line in open("/proc/self/mountinfo")]
+        for m in sorted((m for m in mounts if m.startswith(self.run_dir + "/")), reverse=True):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def kill9(self):
         self.stop(signal.SIGKILL)
@@ -159,7 +175,7 @@ def node():
             yield c
         finally:
             died = c.proc is not None and c.proc.poll() is not None
-            c.stop()
+            c.teardown()
             if died:
                 print(f"berth exited during the tests; its log:\n{c.log.read_text()[-5000:]}")
 

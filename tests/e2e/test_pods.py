@@ -140,8 +140,9 @@ def test_exec(node, pns, version):
     assert bad.returncode != 0
 
 
-def run_in_pty(argv, keys, wait=6.0, size=(33, 101)):
-    """Run argv with a terminal of `size` rows x cols, type `keys`, return (output, exit code)."""
+def run_in_pty(argv, keys, wait=6.0, size=(33, 101), when=b"#"):
+    """Run argv with a terminal of `size` rows x cols, type `keys` once `when` shows, return
+    (output, exit code)."""
     import fcntl
     import struct
     import termios
@@ -162,13 +163,21 @@ def run_in_pty(argv, keys, wait=6.0, size=(33, 101)):
             if not chunk:
                 break
             out += chunk
-        if not sent and b"#" in out:
+        if not sent and when in out:
             os.write(fd, keys)
             sent = True
-    try:
+    # A client that does not end by itself fails the test rather than hanging it.
+    status = None
+    for _ in range(50):
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+        time.sleep(0.1)
+    if status is None:
+        os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        status = 0
+        out += b"\n[still running: killed]"
     return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)
 
 
@@ -180,6 +189,41 @@ def test_exec_with_a_terminal(node, pns, version):
     assert "/dev/pts/0" in out, out
     assert "33 101" in out, out
     assert code == 4
+
+
+def test_attach_follows_output(node, pns, version):
+    apply(node, pns, pod_yaml("ticker", ["sh", "-c", "i=0; while [ $i -lt 8 ]; do echo tick $i; i=$((i+1)); sleep 0.5; done"],
+                              restart="Never"))
+    wait_running(node, pns, "ticker")
+    r = node.kubectl("attach", "-n", pns, "ticker", version=version, timeout=30)
+    ticks = [l for l in r.stdout.splitlines() if l.startswith("tick ")]
+    # What it writes from the attach on, to its end; earlier lines are in the log only.
+    assert ticks and ticks[-1] == "tick 7", r.stdout
+    assert "tick 0" not in ticks or len(ticks) == 8
+
+
+def test_run_interactive_feeds_stdin_and_removes_the_pod(node, pns, version):
+    r = node.kubectl("run", "-i", "--rm", "--restart=Never", "-n", pns, "upper", "--image=busybox:test",
+                     "--image-pull-policy=IfNotPresent", "--", "sh", "-c", "tr a-z A-Z; echo after-eof",
+                     input="hello from stdin\n", version=version, timeout=60)
+    assert "HELLO FROM STDIN\nafter-eof" in r.stdout, r.stdout + r.stderr
+    # stdinOnce: the end of kubectl's input was the end of the container's stdin, it exited,
+    # and --rm deleted the pod.
+    wait_until(lambda: node.kubectl("get", "pod", "-n", pns, "upper", check=False).returncode != 0,
+               timeout=30, what="pod removed")
+
+
+def test_attach_with_a_terminal(node, pns, version):
+    apply(node, pns, pod_yaml("tty", ["sh"], restart="Never", extra="    stdin: true\n    tty: true\n"))
+    wait_running(node, pns, "tty")
+    argv = [kubectl_binary(version), "--kubeconfig", node.kubeconfig, "attach", "-it", "-n", pns, "tty"]
+    # The shell's prompt came before the attach: type once kubectl says it is attached.
+    out, _ = run_in_pty(argv, b"stty size; exit 5\r", size=(31, 97), when=b"pressing enter", wait=15)
+    assert "31 97" in out, out
+    wait_phase(node, pns, "tty", "Failed")
+    assert status_of(node, pns, "tty")["state"]["terminated"]["exitCode"] == 5
+    # A terminal's output is the container's stdout, in its log too.
+    assert "31 97" in node.kubectl("logs", "-n", pns, "tty").stdout
 
 
 def test_port_forward(node, pns, version):
@@ -428,7 +472,7 @@ def test_agent_sigkill_keeps_pods_running():
             c.kubectl("delete", "pod", "keeper")
             wait_until(lambda: subprocess.run(["pgrep", "-f", "sleep 8642"]).returncode == 1, what="container gone")
         finally:
-            c.stop()
+            c.teardown()
 
 
 def test_pods_deleted_while_the_agent_is_down_are_cleaned_up():
@@ -451,7 +495,7 @@ def test_pods_deleted_while_the_agent_is_down_are_cleaned_up():
                        what="the orphaned container killed")
             wait_until(lambda: not traces_of(uid), timeout=10, what="no traces of the orphan")
         finally:
-            c.stop()
+            c.teardown()
 
 
 # ----- images -------------------------------------------------------------------------------------
