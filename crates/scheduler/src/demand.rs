@@ -1,0 +1,217 @@
+//! What a pod asks of a node, taken out of its spec once: resource requests (as Kubernetes
+//! sums them), the node it names, selectors and affinity, tolerations and host ports, and
+//! the key of its equivalence class.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use api::k8s_openapi::api::core::v1::{NodeSelectorTerm, Pod, Toleration};
+use api::quantity::Quantity;
+
+/// CPU (millicores) and memory (bytes) that scoring counts for a container asking for none,
+/// as kube-scheduler does, so that request-less pods still spread.
+pub const DEFAULT_CPU_MILLI: i64 = 100;
+pub const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemandError {
+    #[error("pod {pod}: invalid quantity {value:?} for {resource}")]
+    Quantity {
+        pod: String,
+        resource: String,
+        value: String,
+        #[source]
+        source: api::quantity::QuantityError,
+    },
+}
+
+/// A host port a pod binds: (protocol, host IP, port).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub protocol: String,
+    pub ip: String,
+    pub port: i32,
+}
+
+impl HostPort {
+    /// Whether two bindings collide: same protocol and port, and an IP in common (`0.0.0.0`
+    /// is every IP).
+    pub fn conflicts(&self, other: &HostPort) -> bool {
+        self.protocol == other.protocol
+            && self.port == other.port
+            && (self.ip == other.ip || self.ip == "0.0.0.0" || other.ip == "0.0.0.0")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Demand {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Resource name -> amount: millicores for `cpu`, whole units (bytes, devices) otherwise.
+    /// Every pod also takes one of the node's `pods`.
+    pub requests: BTreeMap<String, i64>,
+    /// CPU and memory as scoring counts them (with the defaults for containers asking none).
+    pub score_cpu: i64,
+    pub score_memory: i64,
+    pub node_name: Option<String>,
+    pub node_selector: BTreeMap<String, String>,
+    /// Required node affinity: any one term must hold. `None` when there is none.
+    pub required: Option<Vec<NodeSelectorTerm>>,
+    /// Preferred node affinity: (weight, term).
+    pub preferred: Vec<(i32, NodeSelectorTerm)>,
+    pub tolerations: Vec<Toleration>,
+    pub host_ports: Vec<HostPort>,
+    /// Pods with the same class ask for the same things and are evaluated once together.
+    pub class: u64,
+}
+
+fn amount(resource: &str, q: &Quantity) -> i64 {
+    if resource == "cpu" {
+        q.milli()
+    } else {
+        q.value()
+    }
+}
+
+impl Demand {
+    pub fn of(pod: &Pod) -> Result<Demand, DemandError> {
+        let meta = &pod.metadata;
+        let name = meta.name.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let parse = |resource: &str, value: &str| {
+            Quantity::parse(value)
+                .map(|q| amount(resource, &q))
+                .map_err(|source| DemandError::Quantity {
+                    pod: name.clone(),
+                    resource: resource.to_string(),
+                    value: value.to_string(),
+                    source,
+                })
+        };
+        // Containers run together (their requests add up); init containers one at a time
+        // before them (the largest counts); the pod's overhead comes on top.
+        let mut sum: BTreeMap<String, i64> = BTreeMap::new();
+        let (mut score_cpu, mut score_memory) = (0, 0);
+        for c in &spec.containers {
+            let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+            let mut cpu = None;
+            let mut memory = None;
+            for (k, v) in req.into_iter().flatten() {
+                let n = parse(k, &v.0)?;
+                *sum.entry(k.clone()).or_default() += n;
+                match k.as_str() {
+                    "cpu" => cpu = Some(n),
+                    "memory" => memory = Some(n),
+                    _ => {}
+                }
+            }
+            score_cpu += cpu.unwrap_or(DEFAULT_CPU_MILLI);
+            score_memory += memory.unwrap_or(DEFAULT_MEMORY);
+        }
+        let mut requests = sum;
+        for c in spec.init_containers.iter().flatten() {
+            let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+            for (k, v) in req.into_iter().flatten() {
+                let n = parse(k, &v.0)?;
+                let e = requests.entry(k.clone()).or_default();
+                *e = (*e).max(n);
+                match k.as_str() {
+                    "cpu" => score_cpu = score_cpu.max(n),
+                    "memory" => score_memory = score_memory.max(n),
+                    _ => {}
+                }
+            }
+        }
+        for (k, v) in spec.overhead.iter().flatten() {
+            let n = parse(k, &v.0)?;
+            *requests.entry(k.clone()).or_default() += n;
+            match k.as_str() {
+                "cpu" => score_cpu += n,
+                "memory" => score_memory += n,
+                _ => {}
+            }
+        }
+        requests.retain(|_, v| *v != 0);
+        let node_affinity = spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref());
+        let required = node_affinity
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|r| r.node_selector_terms.clone());
+        let preferred = node_affinity
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .into_iter()
+            .flatten()
+            .map(|p| (p.weight, p.preference.clone()))
+            .collect();
+        let mut host_ports: Vec<HostPort> = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let port = p.host_port.filter(|p| *p > 0)?;
+                Some(HostPort {
+                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    ip: p
+                        .host_ip
+                        .clone()
+                        .filter(|i| !i.is_empty())
+                        .unwrap_or_else(|| "0.0.0.0".into()),
+                    port,
+                })
+            })
+            .collect();
+        host_ports.sort();
+        host_ports.dedup();
+        let mut d = Demand {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name,
+            uid: meta.uid.clone().unwrap_or_default(),
+            requests,
+            score_cpu,
+            score_memory,
+            node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
+            node_selector: spec.node_selector.clone().unwrap_or_default(),
+            required,
+            preferred,
+            tolerations: spec.tolerations.clone().unwrap_or_default(),
+            host_ports,
+            class: 0,
+        };
+        d.class = d.class_key();
+        Ok(d)
+    }
+
+    /// A hash of everything placement looks at, and nothing else.
+    fn class_key(&self) -> u64 {
+        let shape = serde_json::json!([
+            self.requests,
+            self.score_cpu,
+            self.score_memory,
+            self.node_name,
+            self.node_selector,
+            self.required,
+            self.preferred
+                .iter()
+                .map(|(w, t)| serde_json::json!([w, t]))
+                .collect::<Vec<_>>(),
+            self.tolerations,
+            self.host_ports
+                .iter()
+                .map(|p| (&p.protocol, &p.ip, p.port))
+                .collect::<Vec<_>>(),
+        ]);
+        let mut h = DefaultHasher::new();
+        shape.to_string().hash(&mut h);
+        h.finish()
+    }
+}

@@ -1,0 +1,197 @@
+//! Feasibility: why a node cannot take a pod, in kube-scheduler's words. Checks that do not
+//! depend on what runs on the node (`static_reason`) are made once per equivalence class;
+//! the others (`dynamic_reasons`) after every placement on the node.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use api::k8s_openapi::api::core::v1::{
+    NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
+};
+
+use crate::demand::Demand;
+use crate::snapshot::{PODS, Snapshot};
+
+/// Why a node was ruled out.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Unschedulable,
+    NodeName,
+    Affinity,
+    Taint { key: String, value: String },
+    Ports,
+    TooManyPods,
+    Insufficient(String),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Unschedulable => write!(f, "node(s) were unschedulable"),
+            Reason::NodeName => write!(f, "node(s) didn't match the requested node name"),
+            Reason::Affinity => write!(f, "node(s) didn't match Pod's node affinity/selector"),
+            Reason::Taint { key, value } => {
+                write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
+            }
+            Reason::Ports => write!(
+                f,
+                "node(s) didn't have free ports for the requested pod ports"
+            ),
+            Reason::TooManyPods => write!(f, "Too many pods"),
+            Reason::Insufficient(r) => write!(f, "Insufficient {r}"),
+        }
+    }
+}
+
+/// Whether `t` tolerates `taint` (Kubernetes' rules: an empty effect matches every effect,
+/// `Exists` with no key matches every taint, `Equal` is the default operator).
+pub(crate) fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty())
+        && e != taint.effect
+    {
+        return false;
+    }
+    let key = t.key.as_deref().unwrap_or("");
+    match t.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => key.is_empty() || key == taint.key,
+        "Equal" => {
+            key == taint.key
+                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
+        _ => false,
+    }
+}
+
+fn requirement_holds(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let value = labels.get(&r.key);
+    let values = r.values.as_deref().unwrap_or_default();
+    let number = |s: &str| s.parse::<i64>().ok();
+    let compare = |want: fn(i64, i64) -> bool| match (
+        value.and_then(|v| number(v)),
+        values.first().and_then(|v| number(v)),
+    ) {
+        (Some(a), Some(b)) => want(a, b),
+        _ => false,
+    };
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => compare(|a, b| a > b),
+        "Lt" => compare(|a, b| a < b),
+        _ => false,
+    }
+}
+
+/// A node selector term holds when all its label expressions do (field expressions on
+/// `metadata.name` are honoured too); an empty term matches nothing, as in Kubernetes.
+pub(crate) fn term_holds(
+    t: &NodeSelectorTerm,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let exprs = t.match_expressions.as_deref().unwrap_or_default();
+    let fields = t.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    let name_labels = BTreeMap::from([("metadata.name".to_string(), name.to_string())]);
+    exprs.iter().all(|r| requirement_holds(r, labels))
+        && fields.iter().all(|r| requirement_holds(r, &name_labels))
+}
+
+/// The first reason node `i` can never take pods of `d`'s class, whatever runs there.
+pub(crate) fn static_reason(s: &Snapshot, i: usize, d: &Demand) -> Option<Reason> {
+    if s.unschedulable[i] {
+        let cordon = Taint {
+            key: "node.kubernetes.io/unschedulable".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        };
+        if !d.tolerations.iter().any(|t| tolerates(t, &cordon)) {
+            return Some(Reason::Unschedulable);
+        }
+    }
+    if let Some(n) = &d.node_name
+        && n != &s.names[i]
+    {
+        return Some(Reason::NodeName);
+    }
+    for taint in &s.taints[i] {
+        if matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
+            && !d.tolerations.iter().any(|t| tolerates(t, taint))
+        {
+            return Some(Reason::Taint {
+                key: taint.key.clone(),
+                value: taint.value.clone().unwrap_or_default(),
+            });
+        }
+    }
+    let labels = &s.labels[i];
+    let selector_ok = d
+        .node_selector
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let affinity_ok = d
+        .required
+        .as_ref()
+        .is_none_or(|terms| terms.iter().any(|t| term_holds(t, &s.names[i], labels)));
+    if !(selector_ok && affinity_ok) {
+        return Some(Reason::Affinity);
+    }
+    None
+}
+
+/// Why node `i`, as it is now, has no room for `d` (empty if it has).
+pub(crate) fn dynamic_reasons(s: &Snapshot, i: usize, d: &Demand) -> Vec<Reason> {
+    if d.host_ports
+        .iter()
+        .any(|p| s.ports[i].iter().any(|q| p.conflicts(q)))
+    {
+        return vec![Reason::Ports];
+    }
+    let mut out = Vec::new();
+    if s.requested(i, PODS) + 1 > s.allocatable(i, PODS) {
+        out.push(Reason::TooManyPods);
+    }
+    for (k, v) in &d.requests {
+        let free = match s.column(k) {
+            Some(c) => s.allocatable(i, c) - s.requested(i, c),
+            None => 0,
+        };
+        if *v > free {
+            out.push(Reason::Insufficient(k.clone()));
+        }
+    }
+    out
+}
+
+/// Whether node `i` has room for `d` now (`dynamic_reasons` is empty), without allocating.
+pub(crate) fn has_room(s: &Snapshot, i: usize, d: &Demand) -> bool {
+    if s.requested(i, PODS) >= s.allocatable(i, PODS) {
+        return false;
+    }
+    for (k, v) in &d.requests {
+        let free = match s.column(k) {
+            Some(c) => s.allocatable(i, c) - s.requested(i, c),
+            None => 0,
+        };
+        if *v > free {
+            return false;
+        }
+    }
+    !d.host_ports
+        .iter()
+        .any(|p| s.ports[i].iter().any(|q| p.conflicts(q)))
+}
+
+/// "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {k: v}."
+pub(crate) fn message(nodes: usize, reasons: &BTreeMap<Reason, usize>) -> String {
+    if nodes == 0 {
+        return "no nodes available to schedule pods".into();
+    }
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    format!("0/{nodes} nodes are available: {}.", parts.join(", "))
+}

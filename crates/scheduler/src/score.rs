@@ -1,0 +1,103 @@
+//! Scoring feasible nodes, with kube-scheduler's plugins and default weights: the resource
+//! strategy (least-allocated spreads, most-allocated packs) plus balanced allocation, weight 1
+//! each; untolerated PreferNoSchedule taints, weight 3; preferred node affinity, weight 2.
+//! Each plugin scores 0-100.
+
+use std::str::FromStr;
+
+use crate::demand::Demand;
+use crate::filter::{term_holds, tolerates};
+use crate::snapshot::{CPU, MEMORY, Snapshot};
+
+/// How resource use is scored: Borg's choice between spreading (E-PVM-like, room left for
+/// bursts and failures) and packing (best fit, fewer machines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Prefer the nodes with the most room left.
+    LeastAllocated,
+    /// Prefer the fullest nodes that still fit.
+    MostAllocated,
+    /// Prefer nodes whose CPU and memory use stay in proportion.
+    Balanced,
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Strategy, String> {
+        match s {
+            "least-allocated" | "LeastAllocated" => Ok(Strategy::LeastAllocated),
+            "most-allocated" | "MostAllocated" => Ok(Strategy::MostAllocated),
+            "balanced" | "BalancedAllocation" => Ok(Strategy::Balanced),
+            other => Err(format!(
+                "unknown scoring strategy {other:?} (least-allocated, most-allocated, balanced)"
+            )),
+        }
+    }
+}
+
+const W_TAINT: i64 = 3;
+const W_AFFINITY: i64 = 2;
+
+/// Raw inputs of the scores that do not change with the node's use: untolerated
+/// PreferNoSchedule taints, and the weight of preferred affinity terms the node matches.
+pub(crate) fn static_raw(s: &Snapshot, i: usize, d: &Demand) -> (i64, i64) {
+    let taints = s.taints[i]
+        .iter()
+        .filter(|t| t.effect == "PreferNoSchedule")
+        .filter(|t| !d.tolerations.iter().any(|tol| tolerates(tol, t)))
+        .count() as i64;
+    let affinity = d
+        .preferred
+        .iter()
+        .filter(|(_, t)| term_holds(t, &s.names[i], &s.labels[i]))
+        .map(|(w, _)| i64::from(*w))
+        .sum();
+    (taints, affinity)
+}
+
+/// Weighted static scores, normalized over the nodes being compared (`raw` of each).
+pub(crate) fn normalize(raw: &[(i64, i64)]) -> Vec<i64> {
+    let max_taints = raw.iter().map(|r| r.0).max().unwrap_or(0);
+    let max_affinity = raw.iter().map(|r| r.1).max().unwrap_or(0);
+    raw.iter()
+        .map(|(t, a)| {
+            let taint = if max_taints == 0 {
+                100
+            } else {
+                (max_taints - t) * 100 / max_taints
+            };
+            let affinity = if max_affinity == 0 {
+                0
+            } else {
+                a * 100 / max_affinity
+            };
+            W_TAINT * taint + W_AFFINITY * affinity
+        })
+        .collect()
+}
+
+/// The resource part of node `i`'s score were `d` placed there.
+pub(crate) fn resource(s: &Snapshot, i: usize, d: &Demand, strategy: Strategy) -> i64 {
+    let used = s.score_requested[i];
+    let parts = [
+        (used[0] + d.score_cpu, s.allocatable(i, CPU)),
+        (used[1] + d.score_memory, s.allocatable(i, MEMORY)),
+    ];
+    let fraction = |(req, alloc): (i64, i64)| {
+        if alloc <= 0 {
+            1.0
+        } else {
+            (req as f64 / alloc as f64).min(1.0)
+        }
+    };
+    let (fc, fm) = (fraction(parts[0]), fraction(parts[1]));
+    // Two resources: the standard deviation of their shares is half their difference.
+    let balanced = ((1.0 - (fc - fm).abs() / 2.0) * 100.0) as i64;
+    let least = (((1.0 - fc) + (1.0 - fm)) * 50.0) as i64;
+    let most = ((fc + fm) * 50.0) as i64;
+    match strategy {
+        Strategy::LeastAllocated => least + balanced,
+        Strategy::MostAllocated => most + balanced,
+        Strategy::Balanced => 2 * balanced,
+    }
+}

@@ -1,0 +1,407 @@
+//! Table-driven cases: a snapshot and pods in, the chosen nodes or Kubernetes' reasons out.
+
+#![allow(clippy::unwrap_used)]
+
+use api::k8s_openapi::api::core::v1::{Node, Pod};
+use serde_json::{Value, json};
+
+use crate::{Config, Decision, Demand, Plan, Snapshot, Strategy, schedule};
+
+fn node(name: &str, cpu: &str, memory: &str, extra: Value) -> Node {
+    let mut n = json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {},
+        "status": {"allocatable": {"cpu": cpu, "memory": memory, "pods": "110",
+                                   "ephemeral-storage": "100Gi"}},
+    });
+    merge(&mut n, extra);
+    serde_json::from_value(n).unwrap()
+}
+
+fn pod(name: &str, cpu: &str, memory: &str, extra: Value) -> Pod {
+    let mut p = json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "spec": {"containers": [{"name": "c", "image": "i",
+                 "resources": {"requests": {"cpu": cpu, "memory": memory}}}]},
+    });
+    merge(&mut p, extra);
+    serde_json::from_value(p).unwrap()
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn run(nodes: &[Node], bound: &[Pod], pods: &[Pod], strategy: Strategy) -> (Plan, Snapshot) {
+    let mut s = Snapshot::new(nodes, bound);
+    let demands: Vec<Demand> = pods.iter().map(|p| Demand::of(p).unwrap()).collect();
+    let cfg = Config {
+        strategy,
+        ..Config::default()
+    };
+    (schedule(&mut s, &demands, &cfg), s)
+}
+
+fn outcome(d: &Decision) -> String {
+    match d {
+        Decision::Bind { node } => node.clone(),
+        Decision::Unschedulable { message, .. } => message.clone(),
+    }
+}
+
+fn bound_to(p: Pod, node: &str) -> Pod {
+    let mut v = serde_json::to_value(p).unwrap();
+    v["spec"]["nodeName"] = json!(node);
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn one_pod_cases() {
+    let small = || node("small", "1", "1Gi", json!({}));
+    let big = || node("big", "8", "32Gi", json!({}));
+    let gpu = || {
+        node(
+            "gpu",
+            "8",
+            "32Gi",
+            json!({"metadata": {"labels": {"accel": "a100", "cores": "64"}},
+                   "spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]},
+                   "status": {"allocatable": {"nvidia.com/gpu": "2"}}}),
+        )
+    };
+    let cordoned = || {
+        node(
+            "cordoned",
+            "8",
+            "32Gi",
+            json!({"spec": {"unschedulable": true}}),
+        )
+    };
+    let tolerate_gpu = json!({"spec": {"tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}});
+    let cases: Vec<(&str, Vec<Node>, Pod, &str)> = vec![
+        (
+            "fits where there is room",
+            vec![small(), big()],
+            pod("p", "2", "1Gi", json!({})),
+            "big",
+        ),
+        (
+            "no room anywhere",
+            vec![small(), big()],
+            pod("p", "16", "1Gi", json!({})),
+            "0/2 nodes are available: 2 Insufficient cpu.",
+        ),
+        (
+            "every reason counted, sorted",
+            vec![small(), gpu(), cordoned()],
+            pod("p", "500m", "2Gi", json!({})),
+            "0/3 nodes are available: 1 Insufficient memory, 1 node(s) had untolerated taint \
+             {dedicated: gpu}, 1 node(s) were unschedulable.",
+        ),
+        (
+            "a toleration opens the tainted node",
+            vec![small(), gpu()],
+            pod("p", "2", "1Gi", tolerate_gpu.clone()),
+            "gpu",
+        ),
+        (
+            "Exists with no key tolerates everything, cordons included",
+            vec![cordoned()],
+            pod(
+                "p",
+                "1",
+                "1Gi",
+                json!({"spec": {"tolerations": [{"operator": "Exists"}]}}),
+            ),
+            "cordoned",
+        ),
+        (
+            "extended resources",
+            vec![big(), gpu()],
+            {
+                let mut p = pod("p", "1", "1Gi", tolerate_gpu.clone());
+                p.spec.as_mut().unwrap().containers[0]
+                    .resources
+                    .as_mut()
+                    .unwrap()
+                    .requests
+                    .as_mut()
+                    .unwrap()
+                    .insert(
+                        "nvidia.com/gpu".into(),
+                        api::k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into()),
+                    );
+                p
+            },
+            "gpu",
+        ),
+        (
+            "too many of an extended resource",
+            vec![big()],
+            pod(
+                "p",
+                "1",
+                "1Gi",
+                json!({"spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"example.com/fpga": "1"}}}]}}),
+            ),
+            "0/1 nodes are available: 1 Insufficient example.com/fpga.",
+        ),
+        (
+            "node selector",
+            vec![small(), big()],
+            pod(
+                "p",
+                "100m",
+                "1Mi",
+                json!({"spec": {"nodeSelector": {"kubernetes.io/hostname": "small"}}}),
+            ),
+            "small",
+        ),
+        (
+            "node selector matching nothing",
+            vec![small(), big()],
+            pod(
+                "p",
+                "100m",
+                "1Mi",
+                json!({"spec": {"nodeSelector": {"zone": "mars"}}}),
+            ),
+            "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.",
+        ),
+        (
+            "required affinity with Gt",
+            vec![big(), gpu()],
+            pod("p", "100m", "1Mi", {
+                let mut v = tolerate_gpu.clone();
+                merge(
+                    &mut v,
+                    json!({"spec": {"affinity": {"nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "cores", "operator": "Gt", "values": ["32"]}]}]}}}}}),
+                );
+                v
+            }),
+            "gpu",
+        ),
+        (
+            "required affinity with NotIn, any term",
+            vec![small(), big()],
+            pod(
+                "p",
+                "100m",
+                "1Mi",
+                json!({"spec": {"affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["nowhere"]}]},
+                    {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["big"]}]}]}}}}}),
+            ),
+            "small",
+        ),
+        (
+            "nodeName",
+            vec![small(), big()],
+            pod("p", "100m", "1Mi", json!({"spec": {"nodeName": "small"}})),
+            "small",
+        ),
+        (
+            "nodeName of a full node",
+            vec![small(), big()],
+            pod("p", "2", "1Mi", json!({"spec": {"nodeName": "small"}})),
+            "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) didn't match the requested node name.",
+        ),
+        (
+            "preferred affinity wins among equals",
+            vec![
+                node("a", "4", "8Gi", json!({})),
+                node(
+                    "b",
+                    "4",
+                    "8Gi",
+                    json!({"metadata": {"labels": {"disk": "ssd"}}}),
+                ),
+            ],
+            pod(
+                "p",
+                "100m",
+                "1Mi",
+                json!({"spec": {"affinity": {"nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 50, "preference":
+                    {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}}}}),
+            ),
+            "b",
+        ),
+        (
+            "PreferNoSchedule is avoided when there is a choice",
+            vec![
+                node(
+                    "a",
+                    "4",
+                    "8Gi",
+                    json!({"spec": {"taints": [{"key": "old", "effect": "PreferNoSchedule"}]}}),
+                ),
+                node("b", "4", "8Gi", json!({})),
+            ],
+            pod("p", "100m", "1Mi", json!({})),
+            "b",
+        ),
+    ];
+    for (what, nodes, p, want) in cases {
+        let (plan, _) = run(&nodes, &[], &[p], Strategy::LeastAllocated);
+        assert_eq!(outcome(&plan.decisions[0]), want, "{what}");
+    }
+}
+
+#[test]
+fn running_pods_use_room_and_ports() {
+    let nodes = [
+        node(
+            "a",
+            "2",
+            "4Gi",
+            json!({"status": {"allocatable": {"pods": "2"}}}),
+        ),
+        node("b", "2", "4Gi", json!({})),
+    ];
+    let web = json!({"spec": {"containers": [{"name": "c", "image": "i",
+        "resources": {"requests": {"cpu": "100m"}}, "ports": [{"containerPort": 80, "hostPort": 8080}]}]}});
+    let bound = [
+        bound_to(pod("x", "1", "1Gi", json!({})), "a"),
+        bound_to(pod("y", "100m", "1Mi", web.clone()), "b"),
+        // Ended pods hold nothing.
+        {
+            let mut p = bound_to(pod("done", "2", "4Gi", json!({})), "b");
+            p.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
+            p
+        },
+    ];
+    let (plan, _) = run(
+        &nodes,
+        &bound,
+        &[pod("z", "1500m", "1Gi", json!({}))],
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(outcome(&plan.decisions[0]), "b");
+    let (plan, _) = run(
+        &nodes,
+        &bound,
+        &[pod("w", "100m", "1Mi", web.clone())],
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(outcome(&plan.decisions[0]), "a", "b's host port is taken");
+    // a holds one pod of two; with another bound it is full.
+    let more = [
+        bound.to_vec(),
+        vec![bound_to(pod("v", "1m", "1Mi", json!({})), "a")],
+    ]
+    .concat();
+    let (plan, _) = run(
+        &nodes,
+        &more,
+        &[pod("w", "100m", "1Mi", web)],
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(
+        outcome(&plan.decisions[0]),
+        "0/2 nodes are available: 1 Too many pods, 1 node(s) didn't have free ports for the requested pod ports."
+    );
+}
+
+#[test]
+fn a_batch_never_overbooks_and_strategies_spread_or_pack() {
+    let nodes: Vec<Node> = (0..4)
+        .map(|i| node(&format!("n{i}"), "4", "16Gi", json!({})))
+        .collect();
+    let pods: Vec<Pod> = (0..18)
+        .map(|i| pod(&format!("p{i}"), "1", "1Gi", json!({})))
+        .collect();
+    for strategy in [
+        Strategy::LeastAllocated,
+        Strategy::MostAllocated,
+        Strategy::Balanced,
+    ] {
+        let (plan, s) = run(&nodes, &[], &pods, strategy);
+        let placed: Vec<String> = plan
+            .decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Bind { node } => Some(node.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed.len(), 16, "{strategy:?}: 4 nodes x 4 cpu");
+        assert_eq!(
+            outcome(&plan.decisions[17]),
+            "0/4 nodes are available: 4 Insufficient cpu.",
+            "{strategy:?}"
+        );
+        let (cpu, total, _, _) = s.allocated();
+        assert_eq!((cpu, total), (16_000, 16_000));
+        let first_four: std::collections::BTreeSet<&String> = placed[..4].iter().collect();
+        match strategy {
+            Strategy::LeastAllocated => assert_eq!(first_four.len(), 4, "spread: {placed:?}"),
+            Strategy::MostAllocated => assert_eq!(first_four.len(), 1, "packed: {placed:?}"),
+            Strategy::Balanced => {}
+        }
+    }
+}
+
+#[test]
+fn a_lone_pod_on_a_large_cluster_scores_a_sample() {
+    let nodes: Vec<Node> = (0..2000)
+        .map(|i| node(&format!("n{i}"), "4", "16Gi", json!({})))
+        .collect();
+    let mut s = Snapshot::new(&nodes, &[]);
+    let d = Demand::of(&pod("p", "1", "1Gi", json!({}))).unwrap();
+    let plan = schedule(&mut s, &[d], &Config::default());
+    assert!(matches!(plan.decisions[0], Decision::Bind { .. }));
+    // 2000 nodes: 50% - 16% = 34% -> 680 nodes looked at, not all 2000.
+    assert_eq!(plan.nodes_evaluated, 680);
+    let mut s = Snapshot::new(&nodes, &[]);
+    let d = Demand::of(&pod("p", "1", "1Gi", json!({}))).unwrap();
+    let cfg = Config {
+        percentage_of_nodes_to_score: Some(100),
+        ..Config::default()
+    };
+    assert_eq!(schedule(&mut s, &[d], &cfg).nodes_evaluated, 2000);
+}
+
+#[test]
+fn requests_add_up_as_kubernetes_counts_them() {
+    let p = pod(
+        "p",
+        "1",
+        "1Gi",
+        json!({"spec": {
+        "containers": [
+            {"name": "a", "image": "i", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}},
+            {"name": "b", "image": "i", "resources": {"requests": {"cpu": "250m"}}}],
+        "initContainers": [{"name": "init", "image": "i", "resources": {"requests": {"cpu": "2", "memory": "100Mi"}}}],
+        "overhead": {"cpu": "100m"}}}),
+    );
+    let d = Demand::of(&p).unwrap();
+    assert_eq!(
+        d.requests["cpu"], 2100,
+        "the larger of init (2) and containers (0.75), plus overhead"
+    );
+    assert_eq!(d.requests["memory"], 1 << 30);
+    // Scoring counts 200Mi for the container that asks no memory.
+    assert_eq!(d.score_memory, (1 << 30) + 200 * 1024 * 1024);
+    let same = Demand::of(&pod("q", "1", "1Gi", json!({"spec": {
+        "containers": [
+            {"name": "a", "image": "i", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}},
+            {"name": "b", "image": "i", "resources": {"requests": {"cpu": "250m"}}}],
+        "initContainers": [{"name": "init", "image": "i", "resources": {"requests": {"cpu": "2", "memory": "100Mi"}}}],
+        "overhead": {"cpu": "100m"}}}))).unwrap();
+    assert_eq!(d.class, same.class, "same template, same class");
+    let other = Demand::of(&pod("r", "1", "2Gi", json!({}))).unwrap();
+    assert_ne!(d.class, other.class);
+}
