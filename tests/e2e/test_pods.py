@@ -23,7 +23,7 @@ from images import Image, busybox_layer
 @pytest.fixture
 def pns(node, request):
     """A namespace of its own for one test, on the node cluster."""
-    name = "p-" + request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-").replace(".", "-")[:50]
+    name = "p-" + request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-").replace(".", "-")[:50].rstrip("-")
     node.kubectl("create", "namespace", name)
     yield name
     node.kubectl("delete", "namespace", name, "--wait=false", check=False)
@@ -407,6 +407,32 @@ def test_missing_configmap_blocks_the_start(node, pns):
                == "CreateContainerConfigError", what="CreateContainerConfigError")
     node.kubectl("create", "configmap", "absent", "-n", pns, "--from-literal=k=v")
     wait_running(node, pns, "blocked", timeout=40)
+
+
+# ----- scheduling -------------------------------------------------------------------------------
+
+def test_unschedulable_pod_says_why_and_starts_once_a_node_fits(node, pns):
+    apply(node, pns, pod_yaml("picky", ["sleep", "3600"], extra="  nodeSelector: {disk: ssd}\n"))
+
+    def waiting_reason():
+        for c in get_pod(node, pns, "picky")["status"].get("conditions", []):
+            if c["type"] == "PodScheduled" and c["status"] == "False":
+                return c["message"]
+        return None
+    wait_until(lambda: waiting_reason() is not None, what="PodScheduled=False")
+    assert waiting_reason() == "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    described = node.kubectl("describe", "pod", "-n", pns, "picky").stdout
+    assert "FailedScheduling" in described and "didn't match Pod's node affinity/selector" in described
+    name = node.kubectl("get", "nodes", "-o", "name").stdout.split()[0]
+    node.kubectl("label", name, "disk=ssd")
+    try:
+        # A node change puts waiting pods back in line at once.
+        wait_running(node, pns, "picky", timeout=30)
+        assert get_pod(node, pns, "picky")["spec"]["nodeName"] == name.split("/")[1]
+        events = node.kubectl("get", "events", "-n", pns, "--field-selector", "reason=Scheduled").stdout
+        assert f"Successfully assigned {pns}/picky to {name.split('/')[1]}" in events
+    finally:
+        node.kubectl("label", name, "disk-")
 
 
 # ----- deletion ---------------------------------------------------------------------------------

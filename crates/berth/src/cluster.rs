@@ -17,8 +17,8 @@ use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use apiserver::ApiServer;
 use apiserver::http::{Authenticator, serve, tls_config};
 use client::{Client, ClientError};
-use controllers::binder::SingleNodeBinder;
 use controllers::namespace::NamespaceController;
+use controllers::scheduling::SchedulerLoop;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use store::RedbStore;
@@ -46,6 +46,15 @@ pub struct ServerArgs {
     /// or 127.0.0.1 when listening on all addresses).
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
+    /// How the scheduler scores nodes: `least-allocated` spreads pods, `most-allocated`
+    /// packs them onto the fewest nodes, `balanced` keeps each node's CPU and memory use in
+    /// proportion.
+    #[arg(long, default_value = "least-allocated", value_parser = parse_strategy)]
+    pub scheduler_strategy: scheduler::Strategy,
+}
+
+fn parse_strategy(s: &str) -> Result<scheduler::Strategy, String> {
+    s.parse()
 }
 
 /// `/var/lib/berth` for root, `$XDG_DATA_HOME/berth` (or `~/.local/share/berth`) otherwise.
@@ -133,6 +142,16 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         )
         .run(),
     );
+    tokio::spawn(
+        SchedulerLoop::new(
+            InProcess::client(api.clone(), "default-scheduler"),
+            scheduler::Config {
+                strategy: args.scheduler_strategy,
+                ..Default::default()
+            },
+        )
+        .run(),
+    );
 
     if let Some(node_args) = node {
         let client = InProcess::client(api.clone(), "system:node");
@@ -142,9 +161,6 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             &name,
             agent.server(),
         )));
-        tokio::spawn(
-            SingleNodeBinder::new(InProcess::client(api.clone(), "default-scheduler"), &name).run(),
-        );
         tokio::spawn(agent.run());
     }
 

@@ -7,6 +7,7 @@ mod images_cli;
 mod inprocess;
 mod node;
 mod pki;
+mod sim;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
     /// Measure berth on this machine and print the figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// What-if: the real scheduler and store placing pods on simulated nodes.
+    Sim(sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -161,6 +164,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Pods(args)) => bench_pods::run(args).await,
             Command::Image(args) => images_cli::run(args).await,
+            Command::Sim(args) => sim::run(args).await,
             Command::Shim(_) | Command::OciExec(_) => {
                 unreachable!("helpers run before the async runtime starts")
             }

@@ -1,6 +1,6 @@
 //! Reconcilers: each watches the objects it cares about and, level-triggered and idempotent,
 //! moves the cluster toward what those objects say.
 
-pub mod binder;
 pub mod namespace;
 mod queue;
+pub mod scheduling;

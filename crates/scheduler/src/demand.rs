@@ -75,7 +75,15 @@ fn amount(resource: &str, q: &Quantity) -> i64 {
 }
 
 impl Demand {
+    /// What `pod` asks, with its equivalence class.
     pub fn of(pod: &Pod) -> Result<Demand, DemandError> {
+        let mut d = Demand::usage(pod)?;
+        d.class = d.class_key();
+        Ok(d)
+    }
+
+    /// What `pod` asks, without working out its class (for pods already placed).
+    pub(crate) fn usage(pod: &Pod) -> Result<Demand, DemandError> {
         let meta = &pod.metadata;
         let name = meta.name.clone().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
@@ -172,7 +180,7 @@ impl Demand {
             .collect();
         host_ports.sort();
         host_ports.dedup();
-        let mut d = Demand {
+        Ok(Demand {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name,
             uid: meta.uid.clone().unwrap_or_default(),
@@ -186,9 +194,7 @@ impl Demand {
             tolerations: spec.tolerations.clone().unwrap_or_default(),
             host_ports,
             class: 0,
-        };
-        d.class = d.class_key();
-        Ok(d)
+        })
     }
 
     /// A hash of everything placement looks at, and nothing else.

@@ -28,6 +28,9 @@ pub struct Plan {
     pub decisions: Vec<Decision>,
     /// Nodes whose feasibility or score was computed, over the whole batch.
     pub nodes_evaluated: u64,
+    /// Time spent deciding each pod, in microseconds (a class's first pod pays for its
+    /// evaluation of every node).
+    pub micros: Vec<u32>,
 }
 
 /// A node in a class's heap: the best score on top, ties broken by a random draw; stale once
@@ -132,6 +135,7 @@ pub fn schedule(s: &mut Snapshot, pods: &[Demand], cfg: &Config) -> Plan {
     let n = s.len();
     let mut start = if n == 0 { 0 } else { rng.usize(..n) };
     for d in pods {
+        let began = std::time::Instant::now();
         let chosen = if per_class[&d.class] > 1 {
             let class = classes.entry(d.class).or_insert_with(|| {
                 Class::build(s, d, strategy, &mut rng, &mut plan.nodes_evaluated)
@@ -200,6 +204,8 @@ pub fn schedule(s: &mut Snapshot, pods: &[Demand], cfg: &Config) -> Plan {
             None => unschedulable(s, d),
         };
         plan.decisions.push(decision);
+        plan.micros
+            .push(u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX));
     }
     plan
 }

@@ -44,10 +44,13 @@ fn quantity(resource: &str, q: &str) -> i64 {
 
 impl Snapshot {
     /// Nodes, and the pods already bound (ended pods hold nothing).
-    pub fn new(nodes: &[Node], pods: &[Pod]) -> Snapshot {
+    pub fn new<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+    ) -> Snapshot {
         let mut s = Snapshot {
-            names: Vec::with_capacity(nodes.len()),
-            index: HashMap::with_capacity(nodes.len()),
+            names: Vec::new(),
+            index: HashMap::new(),
             columns: FIXED.iter().map(|c| c.to_string()).collect(),
             allocatable: Vec::new(),
             requested: Vec::new(),
@@ -67,7 +70,7 @@ impl Snapshot {
                 continue;
             }
             let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
-            if let (Some(i), Ok(d)) = (node.and_then(|n| s.node(n)), Demand::of(p)) {
+            if let (Some(i), Ok(d)) = (node.and_then(|n| s.node(n)), Demand::usage(p)) {
                 s.assume(i, &d);
             }
         }
