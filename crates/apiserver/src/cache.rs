@@ -28,8 +28,10 @@ const HISTORY: usize = 10_000;
 /// Revisions of store history loaded into the cache's history at startup, so that clients can
 /// resume their watches across an API server restart.
 const PREFILL: Revision = 10_000;
-/// Messages a watcher may fall behind before it is closed.
-const WATCHER_BACKLOG: usize = 4096;
+/// Messages a watcher may fall behind before it is closed. Each is a shared pointer and the
+/// channel allocates only as it fills, so the bound is generous: a controller that watches all
+/// pods while tens of thousands are created and bound must not be forced to relist them all.
+const WATCHER_BACKLOG: usize = 65_536;
 /// How long a list snapshot is kept for `continue` tokens.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(300);
 const SNAPSHOTS_KEPT: usize = 16;

@@ -58,6 +58,10 @@ pub struct SimArgs {
     /// Percentage of nodes a lone pod scores (default: kube-scheduler's adaptive share).
     #[arg(long)]
     percentage_of_nodes_to_score: Option<u8>,
+    /// Start the scheduler only once every pod exists: placements then measure scheduling
+    /// and commits alone, not the pods' creation.
+    #[arg(long)]
+    after_create: bool,
 }
 
 const NAMESPACE: &str = "sim";
@@ -147,7 +151,10 @@ pub async fn run(args: SimArgs) -> Result<()> {
     )
     .quiet();
     let stats = sched.stats();
-    tokio::spawn(sched.run());
+    let mut sched = Some(sched);
+    if !args.after_create {
+        tokio::spawn(sched.take().expect("not started yet").run());
+    }
 
     let templates = args.templates.max(1);
     let pods = (0..args.pods)
@@ -161,10 +168,14 @@ pub async fn run(args: SimArgs) -> Result<()> {
             }))?)
         })
         .collect::<Result<Vec<_>>>()?;
-    let start = Instant::now();
+    let mut start = Instant::now();
     create_all(&c, Some(NAMESPACE), pods).await?;
     let created = start.elapsed();
     println!("{:<44} {:>12.2} s", "pods created", created.as_secs_f64());
+    if let Some(s) = sched {
+        start = Instant::now();
+        tokio::spawn(s.run());
+    }
 
     // Until every pod is decided, or nothing has moved for a while (the rest fit nowhere).
     let (mut last, mut still) = (0, Instant::now());
@@ -175,7 +186,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
         }
         if bound != last {
             (last, still) = (bound, Instant::now());
-        } else if still.elapsed() > Duration::from_secs(5) {
+        } else if still.elapsed() > Duration::from_secs(30) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -187,19 +198,23 @@ pub async fn run(args: SimArgs) -> Result<()> {
         still.duration_since(start)
     };
 
-    let mut micros: Vec<Duration> = stats
-        .micros
+    let mut decided: Vec<Duration> = stats
+        .nanos
         .lock()
         .map(|m| {
             m.iter()
-                .map(|u| Duration::from_micros(u64::from(*u)))
+                .map(|u| Duration::from_nanos(u64::from(*u)))
                 .collect()
         })
         .unwrap_or_default();
-    micros.sort();
-    let busy: Duration = micros.iter().sum();
+    decided.sort();
+    let busy: Duration = decided.iter().sum();
     let row = |name: &str, value: String| println!("{name:<44} {value:>14}");
     row("pods bound", format!("{placed} of {}", args.pods));
+    row(
+        "unschedulable verdicts",
+        stats.unschedulable.load(Ordering::Relaxed).to_string(),
+    );
     row(
         "placements committed per second",
         format!("{:.0}/s", placed as f64 / elapsed.as_secs_f64()),
@@ -207,16 +222,16 @@ pub async fn run(args: SimArgs) -> Result<()> {
     row(
         "decision latency p50 / p99",
         format!(
-            "{} / {} us",
-            percentile(&micros, 0.50).as_micros(),
-            percentile(&micros, 0.99).as_micros()
+            "{:.1} / {:.1} us",
+            percentile(&decided, 0.50).as_nanos() as f64 / 1e3,
+            percentile(&decided, 0.99).as_nanos() as f64 / 1e3
         ),
     );
     row(
         "decisions per second of scheduler time",
         format!(
             "{:.0}/s",
-            micros.len() as f64 / busy.as_secs_f64().max(1e-9)
+            decided.len() as f64 / busy.as_secs_f64().max(1e-9)
         ),
     );
 

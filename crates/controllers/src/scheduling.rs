@@ -33,8 +33,8 @@ const COMMITS: usize = 64;
 pub struct Stats {
     pub bound: std::sync::atomic::AtomicU64,
     pub unschedulable: std::sync::atomic::AtomicU64,
-    /// Per-pod decision times in microseconds.
-    pub micros: Mutex<Vec<u32>>,
+    /// Per-pod decision times in nanoseconds.
+    pub nanos: Mutex<Vec<u32>>,
 }
 
 pub struct SchedulerLoop {
@@ -312,8 +312,8 @@ impl SchedulerLoop {
         let pods_by_key: HashMap<String, Pod> =
             pending.iter().map(|p| (key(p), (*p).clone())).collect();
         let plan = scheduler::schedule(&mut snapshot, &demands, &self.cfg);
-        if let Ok(mut m) = self.stats.micros.lock() {
-            m.extend_from_slice(&plan.micros);
+        if let Ok(mut m) = self.stats.nanos.lock() {
+            m.extend_from_slice(&plan.nanos);
         }
         let mut binds = Vec::new();
         for (d, decision) in demands.into_iter().zip(plan.decisions) {

@@ -28,9 +28,9 @@ pub struct Plan {
     pub decisions: Vec<Decision>,
     /// Nodes whose feasibility or score was computed, over the whole batch.
     pub nodes_evaluated: u64,
-    /// Time spent deciding each pod, in microseconds (a class's first pod pays for its
+    /// Time spent deciding each pod, in nanoseconds (a class's first pod pays for its
     /// evaluation of every node).
-    pub micros: Vec<u32>,
+    pub nanos: Vec<u32>,
 }
 
 /// A node in a class's heap: the best score on top, ties broken by a random draw; stale once
@@ -204,8 +204,8 @@ pub fn schedule(s: &mut Snapshot, pods: &[Demand], cfg: &Config) -> Plan {
             None => unschedulable(s, d),
         };
         plan.decisions.push(decision);
-        plan.micros
-            .push(u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX));
+        plan.nanos
+            .push(u32::try_from(began.elapsed().as_nanos()).unwrap_or(u32::MAX));
     }
     plan
 }
