@@ -130,7 +130,8 @@ pub async fn run(args: SimArgs) -> Result<()> {
                 "status": {"allocatable": {"cpu": args.node_cpu, "memory": args.node_memory,
                                            "pods": args.node_pods.to_string()},
                            "capacity": {"cpu": args.node_cpu, "memory": args.node_memory,
-                                        "pods": args.node_pods.to_string()}},
+                                        "pods": args.node_pods.to_string()},
+                           "conditions": [{"type": "Ready", "status": "True"}]},
             }))
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -58,7 +58,8 @@ fn merge(a: &mut Value, b: Value) {
 async fn add_node(c: &Client, name: &str, zone: &str, extra: Value) {
     let mut v = json!({
         "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
-        "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"}},
+        "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"},
+                   "conditions": [{"type": "Ready", "status": "True"}]},
     });
     merge(&mut v, extra);
     let n: Node = serde_json::from_value(v).unwrap();

@@ -33,6 +33,28 @@ pub struct Snapshot {
     pub(crate) version: Vec<u32>,
 }
 
+/// The taint Kubernetes' node lifecycle puts on a node that is not Ready (`not-ready` when it
+/// says so or has not said yet, `unreachable` when its agent stopped reporting), so that only
+/// pods tolerating it land there.
+fn condition_taint(n: &Node) -> Option<Taint> {
+    let ready = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str());
+    let key = match ready {
+        Some("True") => return None,
+        Some("Unknown") => "node.kubernetes.io/unreachable",
+        _ => "node.kubernetes.io/not-ready",
+    };
+    Some(Taint {
+        key: key.into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    })
+}
+
 fn quantity(resource: &str, q: &str) -> i64 {
     let q = Quantity::parse(q).unwrap_or(Quantity::ZERO);
     if resource == "cpu" {
@@ -99,8 +121,13 @@ impl Snapshot {
         self.labels
             .push(n.metadata.labels.clone().unwrap_or_default());
         let spec = n.spec.as_ref();
-        self.taints
-            .push(spec.and_then(|s| s.taints.clone()).unwrap_or_default());
+        let mut taints = spec.and_then(|s| s.taints.clone()).unwrap_or_default();
+        if let Some(t) = condition_taint(n)
+            && !taints.iter().any(|x| x.key == t.key)
+        {
+            taints.push(t);
+        }
+        self.taints.push(taints);
         self.unschedulable
             .push(spec.and_then(|s| s.unschedulable) == Some(true));
         self.ports.push(Vec::new());

@@ -12,7 +12,8 @@ fn node(name: &str, cpu: &str, memory: &str, extra: Value) -> Node {
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
         "spec": {},
         "status": {"allocatable": {"cpu": cpu, "memory": memory, "pods": "110",
-                                   "ephemeral-storage": "100Gi"}},
+                                   "ephemeral-storage": "100Gi"},
+                   "conditions": [{"type": "Ready", "status": "True"}]},
     });
     merge(&mut n, extra);
     serde_json::from_value(n).unwrap()
@@ -238,6 +239,38 @@ fn one_pod_cases() {
                     {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}}}}),
             ),
             "b",
+        ),
+        (
+            "nodes that are not Ready take only pods that tolerate it",
+            vec![
+                node(
+                    "down",
+                    "4",
+                    "8Gi",
+                    json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}),
+                ),
+                node("new", "4", "8Gi", json!({"status": {"conditions": []}})),
+            ],
+            pod("p", "100m", "1Mi", json!({})),
+            "0/2 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, \
+             1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }.",
+        ),
+        (
+            "a toleration of not-ready (as DaemonSet pods have)",
+            vec![node(
+                "new",
+                "4",
+                "8Gi",
+                json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+            )],
+            pod(
+                "p",
+                "100m",
+                "1Mi",
+                json!({"spec": {"tolerations": [
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}]}}),
+            ),
+            "new",
         ),
         (
             "PreferNoSchedule is avoided when there is a choice",
