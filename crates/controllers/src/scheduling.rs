@@ -26,7 +26,7 @@ pub const SCHEDULER: &str = "default-scheduler";
 const RETRY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Bindings in flight at once.
-const COMMITS: usize = 64;
+const COMMITS: usize = 256;
 
 /// What the loop has done, for benchmarks and the simulator.
 #[derive(Default)]
