@@ -43,6 +43,17 @@ impl HostPort {
     }
 }
 
+/// A topology spread constraint: pods matching `selector` (in the pod's namespace) may differ
+/// by at most `max_skew` between the domains of `key` (zones, hostnames, ...).
+#[derive(Clone, Debug)]
+pub struct Spread {
+    pub max_skew: i32,
+    pub key: String,
+    /// `DoNotSchedule` (a filter) rather than `ScheduleAnyway` (a preference, not enforced).
+    pub hard: bool,
+    pub selector: api::selector::LabelSelectorExpr,
+}
+
 #[derive(Clone, Debug)]
 pub struct Demand {
     pub namespace: String,
@@ -62,6 +73,9 @@ pub struct Demand {
     pub preferred: Vec<(i32, NodeSelectorTerm)>,
     pub tolerations: Vec<Toleration>,
     pub host_ports: Vec<HostPort>,
+    /// The pod's own labels (it counts toward other pods' spread once placed).
+    pub labels: BTreeMap<String, String>,
+    pub spread: Vec<Spread>,
     /// Pods with the same class ask for the same things and are evaluated once together.
     pub class: u64,
 }
@@ -180,6 +194,19 @@ impl Demand {
             .collect();
         host_ports.sort();
         host_ports.dedup();
+        let spread = spec
+            .topology_spread_constraints
+            .iter()
+            .flatten()
+            .map(|c| Spread {
+                max_skew: c.max_skew.max(1),
+                key: c.topology_key.clone(),
+                hard: c.when_unsatisfiable != "ScheduleAnyway",
+                // A constraint whose selector cannot be read matches nothing.
+                selector: api::selector::LabelSelectorExpr::from_object(c.label_selector.as_ref())
+                    .unwrap_or_else(|_| api::selector::LabelSelectorExpr::nothing()),
+            })
+            .collect();
         Ok(Demand {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name,
@@ -193,6 +220,8 @@ impl Demand {
             preferred,
             tolerations: spec.tolerations.clone().unwrap_or_default(),
             host_ports,
+            labels: meta.labels.clone().unwrap_or_default(),
+            spread,
             class: 0,
         })
     }
@@ -215,6 +244,16 @@ impl Demand {
                 .iter()
                 .map(|p| (&p.protocol, &p.ip, p.port))
                 .collect::<Vec<_>>(),
+            self.spread
+                .iter()
+                .map(|s| (s.max_skew, &s.key, s.hard, s.selector.to_string()))
+                .collect::<Vec<_>>(),
+            // Spread counts pods of the pod's own namespace.
+            if self.spread.is_empty() {
+                ""
+            } else {
+                &self.namespace
+            },
         ]);
         let mut h = DefaultHasher::new();
         shape.to_string().hash(&mut h);

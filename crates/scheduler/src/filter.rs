@@ -2,7 +2,7 @@
 //! depend on what runs on the node (`static_reason`) are made once per equivalence class;
 //! the others (`dynamic_reasons`) after every placement on the node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use api::k8s_openapi::api::core::v1::{
@@ -22,6 +22,8 @@ pub enum Reason {
     Ports,
     TooManyPods,
     Insufficient(String),
+    Spread,
+    SpreadMissingLabel,
 }
 
 impl fmt::Display for Reason {
@@ -39,6 +41,11 @@ impl fmt::Display for Reason {
             ),
             Reason::TooManyPods => write!(f, "Too many pods"),
             Reason::Insufficient(r) => write!(f, "Insufficient {r}"),
+            Reason::Spread => write!(f, "node(s) didn't match pod topology spread constraints"),
+            Reason::SpreadMissingLabel => write!(
+                f,
+                "node(s) didn't match pod topology spread constraints (missing required label)"
+            ),
         }
     }
 }
@@ -128,17 +135,74 @@ pub(crate) fn static_reason(s: &Snapshot, i: usize, d: &Demand) -> Option<Reason
             });
         }
     }
-    let labels = &s.labels[i];
-    let selector_ok = d
-        .node_selector
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let affinity_ok = d
-        .required
-        .as_ref()
-        .is_none_or(|terms| terms.iter().any(|t| term_holds(t, &s.names[i], labels)));
-    if !(selector_ok && affinity_ok) {
+    if !affinity_ok(s, i, d) {
         return Some(Reason::Affinity);
+    }
+    None
+}
+
+/// Whether node `i` satisfies the pod's node selector and required node affinity.
+fn affinity_ok(s: &Snapshot, i: usize, d: &Demand) -> bool {
+    let labels = &s.labels[i];
+    d.node_selector
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+        && d.required
+            .as_ref()
+            .is_none_or(|terms| terms.iter().any(|t| term_holds(t, &s.names[i], labels)))
+}
+
+/// For each hard topology spread constraint of a pod: how many matching pods each domain
+/// holds (over the nodes its selector and affinity allow, as Kubernetes' default
+/// `nodeAffinityPolicy: Honor` has it), and the smallest such count.
+pub(crate) struct SpreadCounts(Vec<(HashMap<String, i64>, i64)>);
+
+pub(crate) fn spread_counts(s: &Snapshot, d: &Demand) -> Option<SpreadCounts> {
+    if !d.spread.iter().any(|c| c.hard) {
+        return None;
+    }
+    let per = d
+        .spread
+        .iter()
+        .filter(|c| c.hard)
+        .map(|c| {
+            let mut counts: HashMap<String, i64> = HashMap::new();
+            for i in 0..s.len() {
+                let Some(domain) = s.labels[i].get(&c.key) else {
+                    continue;
+                };
+                if !affinity_ok(s, i, d) {
+                    continue;
+                }
+                let n = s.pods_on[i]
+                    .iter()
+                    .filter(|(ns, l)| ns == &d.namespace && c.selector.matches(l))
+                    .count() as i64;
+                *counts.entry(domain.clone()).or_default() += n;
+            }
+            let min = counts.values().copied().min().unwrap_or(0);
+            (counts, min)
+        })
+        .collect();
+    Some(SpreadCounts(per))
+}
+
+/// Whether placing the pod on node `i` would break a hard spread constraint.
+pub(crate) fn spread_reason(
+    s: &Snapshot,
+    i: usize,
+    d: &Demand,
+    sc: &SpreadCounts,
+) -> Option<Reason> {
+    for ((counts, min), c) in sc.0.iter().zip(d.spread.iter().filter(|c| c.hard)) {
+        let Some(domain) = s.labels[i].get(&c.key) else {
+            return Some(Reason::SpreadMissingLabel);
+        };
+        let here = counts.get(domain).copied().unwrap_or(0);
+        let own = i64::from(c.selector.matches(&d.labels));
+        if here + own - min > i64::from(c.max_skew) {
+            return Some(Reason::Spread);
+        }
     }
     None
 }

@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub(crate) taints: Vec<Vec<Taint>>,
     pub(crate) unschedulable: Vec<bool>,
     pub(crate) ports: Vec<Vec<HostPort>>,
+    /// Namespace and labels of each pod on the node, for topology spread.
+    pub(crate) pods_on: Vec<Vec<(String, BTreeMap<String, String>)>>,
     /// Bumped whenever a node's usage changes, so cached evaluations know they are stale.
     pub(crate) version: Vec<u32>,
 }
@@ -81,6 +83,7 @@ impl Snapshot {
             taints: Vec::new(),
             unschedulable: Vec::new(),
             ports: Vec::new(),
+            pods_on: Vec::new(),
             version: Vec::new(),
         };
         for n in nodes {
@@ -131,6 +134,7 @@ impl Snapshot {
         self.unschedulable
             .push(spec.and_then(|s| s.unschedulable) == Some(true));
         self.ports.push(Vec::new());
+        self.pods_on.push(Vec::new());
         self.version.push(0);
     }
 
@@ -197,6 +201,7 @@ impl Snapshot {
         self.score_requested[i][0] += d.score_cpu;
         self.score_requested[i][1] += d.score_memory;
         self.ports[i].extend(d.host_ports.iter().cloned());
+        self.pods_on[i].push((d.namespace.clone(), d.labels.clone()));
         self.version[i] = self.version[i].wrapping_add(1);
     }
 

@@ -438,3 +438,76 @@ fn requests_add_up_as_kubernetes_counts_them() {
     let other = Demand::of(&pod("r", "1", "2Gi", json!({}))).unwrap();
     assert_ne!(d.class, other.class);
 }
+
+#[test]
+fn topology_spread_keeps_zones_within_the_skew() {
+    let zoned = |name: &str, zone: &str, cpu: &str| {
+        node(
+            name,
+            cpu,
+            "16Gi",
+            json!({"metadata": {"labels": {"zone": zone}}}),
+        )
+    };
+    let spread = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+         "labelSelector": {"matchLabels": {"app": "web"}}}]}});
+    // Two nodes in east, one in west: four web pods go two and two, whatever the room says.
+    let nodes = [
+        zoned("e1", "east", "8"),
+        zoned("e2", "east", "8"),
+        zoned("w1", "west", "8"),
+    ];
+    let pods: Vec<Pod> = (0..4)
+        .map(|i| pod(&format!("web-{i}"), "100m", "1Mi", spread.clone()))
+        .collect();
+    let (plan, _) = run(&nodes, &[], &pods, Strategy::LeastAllocated);
+    let west = plan.decisions.iter().filter(|d| outcome(d) == "w1").count();
+    assert_eq!(west, 2, "{:?}", plan.decisions);
+    // West is full: one more web pod in east would make the skew 3 - 1 = 2.
+    let nodes = [
+        zoned("e1", "east", "8"),
+        zoned("e2", "east", "8"),
+        zoned("w1", "west", "1"),
+    ];
+    let bound = [
+        bound_to(pod("a", "100m", "1Mi", spread.clone()), "e1"),
+        bound_to(pod("b", "100m", "1Mi", spread.clone()), "e2"),
+        bound_to(pod("c", "900m", "1Mi", spread.clone()), "w1"),
+        // Pods the selector does not match do not count.
+        bound_to(pod("other", "100m", "1Mi", json!({})), "w1"),
+    ];
+    let (plan, _) = run(
+        &nodes,
+        &bound,
+        &[pod("d", "500m", "1Mi", spread.clone())],
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(
+        outcome(&plan.decisions[0]),
+        "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match pod topology spread constraints."
+    );
+    // A node without the topology label cannot take part.
+    let nodes = [node("bare", "8", "16Gi", json!({}))];
+    let (plan, _) = run(
+        &nodes,
+        &[],
+        &[pod("e", "100m", "1Mi", spread.clone())],
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(
+        outcome(&plan.decisions[0]),
+        "0/1 nodes are available: 1 node(s) didn't match pod topology spread constraints (missing required label)."
+    );
+    // ScheduleAnyway is a preference only.
+    let soft = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": {"matchLabels": {"app": "web"}}}]}});
+    let (plan, _) = run(
+        &nodes,
+        &[],
+        &[pod("f", "100m", "1Mi", soft)],
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(outcome(&plan.decisions[0]), "bare");
+}
