@@ -37,13 +37,14 @@ pub struct SimArgs {
     /// Each node's pod limit.
     #[arg(long, default_value_t = 110)]
     node_pods: u32,
-    /// Each pod's CPU request (template k of --templates asks k+1 times this).
+    /// Each pod's CPU request (pods of template k ask (k mod 4) + 1 times this).
     #[arg(long, default_value = "100m")]
     pod_cpu: String,
     /// Each pod's memory request (scaled like --pod-cpu).
     #[arg(long, default_value = "256Mi")]
     pod_memory: String,
-    /// Distinct pod templates; pods of one template are one equivalence class.
+    /// Pod templates; templates differ in their requests (1x to 4x), so pods fall into at
+    /// most four equivalence classes.
     #[arg(long, default_value_t = 1)]
     templates: usize,
     /// Zones the nodes are spread over (label topology.kubernetes.io/zone).
