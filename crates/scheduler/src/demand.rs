@@ -54,6 +54,27 @@ pub struct Spread {
     pub selector: api::selector::LabelSelectorExpr,
 }
 
+/// A required inter-pod (anti-)affinity term: pods matching `selector` in `namespaces` (the
+/// pod's own when empty), counted per domain of the node label `key`.
+#[derive(Clone, Debug)]
+pub struct PodTerm {
+    pub key: String,
+    pub selector: api::selector::LabelSelectorExpr,
+    pub namespaces: Vec<String>,
+}
+
+impl PodTerm {
+    /// Whether a pod in `ns` with `labels` is one the term is about, for a pod in `own`.
+    pub(crate) fn matches(&self, own: &str, ns: &str, labels: &BTreeMap<String, String>) -> bool {
+        let in_ns = if self.namespaces.is_empty() {
+            ns == own
+        } else {
+            self.namespaces.iter().any(|n| n == ns)
+        };
+        in_ns && self.selector.matches(labels)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Demand {
     pub namespace: String,
@@ -76,6 +97,10 @@ pub struct Demand {
     /// The pod's own labels (it counts toward other pods' spread once placed).
     pub labels: BTreeMap<String, String>,
     pub spread: Vec<Spread>,
+    /// Required pod affinity: each term's domain must already hold a matching pod.
+    pub pod_affinity: Vec<PodTerm>,
+    /// Required pod anti-affinity: no term's domain may hold a matching pod.
+    pub pod_anti_affinity: Vec<PodTerm>,
     /// Pods with the same class ask for the same things and are evaluated once together.
     pub class: u64,
 }
@@ -207,6 +232,36 @@ impl Demand {
                     .unwrap_or_else(|_| api::selector::LabelSelectorExpr::nothing()),
             })
             .collect();
+        let terms = |ts: Option<&Vec<api::k8s_openapi::api::core::v1::PodAffinityTerm>>| {
+            ts.into_iter()
+                .flatten()
+                .map(|t| PodTerm {
+                    key: t.topology_key.clone(),
+                    selector: api::selector::LabelSelectorExpr::from_object(
+                        t.label_selector.as_ref(),
+                    )
+                    .unwrap_or_else(|_| api::selector::LabelSelectorExpr::nothing()),
+                    namespaces: t.namespaces.clone().unwrap_or_default(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let affinity = spec.affinity.as_ref();
+        let pod_affinity = terms(
+            affinity
+                .and_then(|a| a.pod_affinity.as_ref())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                }),
+        );
+        let pod_anti_affinity = terms(
+            affinity
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                }),
+        );
         Ok(Demand {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name,
@@ -222,12 +277,31 @@ impl Demand {
             host_ports,
             labels: meta.labels.clone().unwrap_or_default(),
             spread,
+            pod_affinity,
+            pod_anti_affinity,
             class: 0,
         })
     }
 
+    /// Whether placement depends on the pods around (spread or inter-pod rules), not only on
+    /// the node: such pods are placed one at a time.
+    pub(crate) fn has_pod_rules(&self) -> bool {
+        self.spread.iter().any(|s| s.hard)
+            || !self.pod_affinity.is_empty()
+            || !self.pod_anti_affinity.is_empty()
+    }
+
     /// A hash of everything placement looks at, and nothing else.
     fn class_key(&self) -> u64 {
+        let terms: Vec<Vec<(&String, String, &Vec<String>)>> =
+            [&self.pod_affinity, &self.pod_anti_affinity]
+                .iter()
+                .map(|ts| {
+                    ts.iter()
+                        .map(|t| (&t.key, t.selector.to_string(), &t.namespaces))
+                        .collect()
+                })
+                .collect();
         let shape = serde_json::json!([
             self.requests,
             self.score_cpu,
@@ -248,11 +322,12 @@ impl Demand {
                 .iter()
                 .map(|s| (s.max_skew, &s.key, s.hard, s.selector.to_string()))
                 .collect::<Vec<_>>(),
-            // Spread counts pods of the pod's own namespace.
-            if self.spread.is_empty() {
-                ""
+            terms,
+            // Spread and pod (anti-)affinity look at the pod's own namespace and labels.
+            if !self.has_pod_rules() {
+                String::new()
             } else {
-                &self.namespace
+                format!("{}/{:?}", self.namespace, self.labels)
             },
         ]);
         let mut h = DefaultHasher::new();

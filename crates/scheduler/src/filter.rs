@@ -2,7 +2,7 @@
 //! depend on what runs on the node (`static_reason`) are made once per equivalence class;
 //! the others (`dynamic_reasons`) after every placement on the node.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use api::k8s_openapi::api::core::v1::{
@@ -24,6 +24,8 @@ pub enum Reason {
     Insufficient(String),
     Spread,
     SpreadMissingLabel,
+    PodAffinity,
+    PodAntiAffinity,
 }
 
 impl fmt::Display for Reason {
@@ -42,6 +44,8 @@ impl fmt::Display for Reason {
             Reason::TooManyPods => write!(f, "Too many pods"),
             Reason::Insufficient(r) => write!(f, "Insufficient {r}"),
             Reason::Spread => write!(f, "node(s) didn't match pod topology spread constraints"),
+            Reason::PodAffinity => write!(f, "node(s) didn't match pod affinity rules"),
+            Reason::PodAntiAffinity => write!(f, "node(s) didn't match pod anti-affinity rules"),
             Reason::SpreadMissingLabel => write!(
                 f,
                 "node(s) didn't match pod topology spread constraints (missing required label)"
@@ -152,16 +156,24 @@ fn affinity_ok(s: &Snapshot, i: usize, d: &Demand) -> bool {
             .is_none_or(|terms| terms.iter().any(|t| term_holds(t, &s.names[i], labels)))
 }
 
-/// For each hard topology spread constraint of a pod: how many matching pods each domain
+/// What a pod's spread constraints and inter-pod terms need to know about the pods around,
+/// gathered once per pod: per hard spread constraint, how many matching pods each domain
 /// holds (over the nodes its selector and affinity allow, as Kubernetes' default
-/// `nodeAffinityPolicy: Honor` has it), and the smallest such count.
-pub(crate) struct SpreadCounts(Vec<(HashMap<String, i64>, i64)>);
+/// `nodeAffinityPolicy: Honor` has it) and the smallest such count; per (anti-)affinity term,
+/// the domains that hold a matching pod.
+pub(crate) struct PodRules {
+    spread: Vec<(HashMap<String, i64>, i64)>,
+    anti: Vec<HashSet<String>>,
+    /// `None` when no pod matches anywhere and the pod matches its own term: it may then
+    /// start the group on any node.
+    affinity: Vec<Option<HashSet<String>>>,
+}
 
-pub(crate) fn spread_counts(s: &Snapshot, d: &Demand) -> Option<SpreadCounts> {
-    if !d.spread.iter().any(|c| c.hard) {
+pub(crate) fn pod_rules(s: &Snapshot, d: &Demand) -> Option<PodRules> {
+    if !d.has_pod_rules() {
         return None;
     }
-    let per = d
+    let spread = d
         .spread
         .iter()
         .filter(|c| c.hard)
@@ -184,17 +196,40 @@ pub(crate) fn spread_counts(s: &Snapshot, d: &Demand) -> Option<SpreadCounts> {
             (counts, min)
         })
         .collect();
-    Some(SpreadCounts(per))
+    let domains = |t: &crate::demand::PodTerm| {
+        let mut out = HashSet::new();
+        for i in 0..s.len() {
+            if let Some(domain) = s.labels[i].get(&t.key)
+                && s.pods_on[i]
+                    .iter()
+                    .any(|(ns, l)| t.matches(&d.namespace, ns, l))
+            {
+                out.insert(domain.clone());
+            }
+        }
+        out
+    };
+    let anti = d.pod_anti_affinity.iter().map(domains).collect();
+    let affinity = d
+        .pod_affinity
+        .iter()
+        .map(|t| {
+            let found = domains(t);
+            let starts_group = found.is_empty() && t.matches(&d.namespace, &d.namespace, &d.labels);
+            (!starts_group).then_some(found)
+        })
+        .collect();
+    Some(PodRules {
+        spread,
+        anti,
+        affinity,
+    })
 }
 
-/// Whether placing the pod on node `i` would break a hard spread constraint.
-pub(crate) fn spread_reason(
-    s: &Snapshot,
-    i: usize,
-    d: &Demand,
-    sc: &SpreadCounts,
-) -> Option<Reason> {
-    for ((counts, min), c) in sc.0.iter().zip(d.spread.iter().filter(|c| c.hard)) {
+/// Whether placing the pod on node `i` would break a hard spread constraint or a required
+/// inter-pod term (in kube-scheduler's order: spread, then affinity, then anti-affinity).
+pub(crate) fn pod_rules_reason(s: &Snapshot, i: usize, d: &Demand, r: &PodRules) -> Option<Reason> {
+    for ((counts, min), c) in r.spread.iter().zip(d.spread.iter().filter(|c| c.hard)) {
         let Some(domain) = s.labels[i].get(&c.key) else {
             return Some(Reason::SpreadMissingLabel);
         };
@@ -202,6 +237,23 @@ pub(crate) fn spread_reason(
         let own = i64::from(c.selector.matches(&d.labels));
         if here + own - min > i64::from(c.max_skew) {
             return Some(Reason::Spread);
+        }
+    }
+    for (found, t) in r.affinity.iter().zip(&d.pod_affinity) {
+        let Some(found) = found else { continue };
+        if !s.labels[i]
+            .get(&t.key)
+            .is_some_and(|dom| found.contains(dom))
+        {
+            return Some(Reason::PodAffinity);
+        }
+    }
+    for (found, t) in r.anti.iter().zip(&d.pod_anti_affinity) {
+        if s.labels[i]
+            .get(&t.key)
+            .is_some_and(|dom| found.contains(dom))
+        {
+            return Some(Reason::PodAntiAffinity);
         }
     }
     None

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::demand::Demand;
 use crate::filter::{
-    Reason, dynamic_reasons, has_room, message, spread_counts, spread_reason, static_reason,
+    Reason, dynamic_reasons, has_room, message, pod_rules, pod_rules_reason, static_reason,
 };
 use crate::score::{normalize, resource, static_raw};
 use crate::snapshot::Snapshot;
@@ -67,14 +67,14 @@ fn nodes_to_find(n: usize, pct: Option<u8>) -> usize {
 /// Why each node refuses `d`, as a histogram.
 fn reasons(s: &Snapshot, d: &Demand) -> BTreeMap<Reason, usize> {
     let mut out = BTreeMap::new();
-    let spread = spread_counts(s, d);
+    let rules = pod_rules(s, d);
     for i in 0..s.len() {
         let rs = match static_reason(s, i, d) {
             Some(r) => vec![r],
             None => {
                 let rs = dynamic_reasons(s, i, d);
-                match &spread {
-                    Some(sc) if rs.is_empty() => spread_reason(s, i, d, sc).into_iter().collect(),
+                match &rules {
+                    Some(r) if rs.is_empty() => pod_rules_reason(s, i, d, r).into_iter().collect(),
                     _ => rs,
                 }
             }
@@ -145,9 +145,9 @@ pub fn schedule(s: &mut Snapshot, pods: &[Demand], cfg: &Config) -> Plan {
     let mut start = if n == 0 { 0 } else { rng.usize(..n) };
     for d in pods {
         let began = std::time::Instant::now();
-        // A placement changes spread counts across a whole domain, which a class's per-node
-        // heap cannot follow: such pods are placed one by one.
-        let chosen = if per_class[&d.class] > 1 && d.spread.is_empty() {
+        // A placement changes spread counts and inter-pod matches across a whole domain,
+        // which a class's per-node heap cannot follow: such pods are placed one by one.
+        let chosen = if per_class[&d.class] > 1 && !d.has_pod_rules() {
             let class = classes.entry(d.class).or_insert_with(|| {
                 Class::build(s, d, strategy, &mut rng, &mut plan.nodes_evaluated)
             });
@@ -172,7 +172,7 @@ pub fn schedule(s: &mut Snapshot, pods: &[Demand], cfg: &Config) -> Plan {
             // A pod of its own: scan from where the last one stopped, until enough feasible
             // nodes are found, and take the best of those.
             let want = nodes_to_find(n, cfg.percentage_of_nodes_to_score);
-            let spread = spread_counts(s, d);
+            let rules = pod_rules(s, d);
             let mut found = Vec::new();
             let mut raw = Vec::new();
             let mut looked = 0;
@@ -181,9 +181,9 @@ pub fn schedule(s: &mut Snapshot, pods: &[Demand], cfg: &Config) -> Plan {
                 looked += 1;
                 if static_reason(s, i, d).is_none()
                     && has_room(s, i, d)
-                    && spread
+                    && rules
                         .as_ref()
-                        .is_none_or(|sc| spread_reason(s, i, d, sc).is_none())
+                        .is_none_or(|r| pod_rules_reason(s, i, d, r).is_none())
                 {
                     found.push(i);
                     raw.push(static_raw(s, i, d));

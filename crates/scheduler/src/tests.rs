@@ -511,3 +511,89 @@ fn topology_spread_keeps_zones_within_the_skew() {
     );
     assert_eq!(outcome(&plan.decisions[0]), "bare");
 }
+
+#[test]
+fn inter_pod_affinity_and_anti_affinity() {
+    let host = |name: &str, zone: &str| {
+        node(
+            name,
+            "8",
+            "16Gi",
+            json!({"metadata": {"labels": {"zone": zone}}}),
+        )
+    };
+    let nodes = [host("n1", "east"), host("n2", "east"), host("n3", "west")];
+    // One replica per node: three fit, the fourth has nowhere to go.
+    let one_per_node = json!({"metadata": {"labels": {"app": "db"}}, "spec": {"affinity": {"podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app": "db"}}}]}}}});
+    let pods: Vec<Pod> = (0..4)
+        .map(|i| pod(&format!("db-{i}"), "100m", "1Mi", one_per_node.clone()))
+        .collect();
+    let (plan, _) = run(&nodes, &[], &pods, Strategy::MostAllocated);
+    let mut placed: Vec<String> = plan.decisions[..3].iter().map(outcome).collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        ["n1", "n2", "n3"],
+        "packing does not beat anti-affinity"
+    );
+    assert_eq!(
+        outcome(&plan.decisions[3]),
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+    );
+    // A cache wants to be in the zone of the db it serves; another namespace's db is no use.
+    let near_db = json!({"metadata": {"labels": {"app": "cache"}}, "spec": {"affinity": {"podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone",
+            "labelSelector": {"matchLabels": {"app": "db"}}}]}}}});
+    let db_in_west = bound_to(
+        pod(
+            "db",
+            "100m",
+            "1Mi",
+            json!({"metadata": {"labels": {"app": "db"}}}),
+        ),
+        "n3",
+    );
+    let (plan, _) = run(
+        &nodes,
+        &[db_in_west],
+        &[pod("cache", "100m", "1Mi", near_db.clone())],
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(outcome(&plan.decisions[0]), "n3");
+    let mut elsewhere = bound_to(
+        pod(
+            "db",
+            "100m",
+            "1Mi",
+            json!({"metadata": {"labels": {"app": "db"}}}),
+        ),
+        "n3",
+    );
+    elsewhere.metadata.namespace = Some("other".into());
+    let (plan, _) = run(
+        &nodes,
+        &[elsewhere],
+        &[pod("cache", "100m", "1Mi", near_db)],
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(
+        outcome(&plan.decisions[0]),
+        "0/3 nodes are available: 3 node(s) didn't match pod affinity rules."
+    );
+    // The first pod of a group that wants to be together may start it anywhere.
+    let together = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"affinity": {"podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone",
+            "labelSelector": {"matchLabels": {"app": "web"}}}]}}}});
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| pod(&format!("web-{i}"), "100m", "1Mi", together.clone()))
+        .collect();
+    let (plan, _) = run(&nodes, &[], &pods, Strategy::LeastAllocated);
+    let zones: std::collections::BTreeSet<&str> = plan
+        .decisions
+        .iter()
+        .map(|d| if outcome(d) == "n3" { "west" } else { "east" })
+        .collect();
+    assert_eq!(zones.len(), 1, "all in one zone: {:?}", plan.decisions);
+}
