@@ -26,6 +26,7 @@ pub enum Reason {
     SpreadMissingLabel,
     PodAffinity,
     PodAntiAffinity,
+    ExistingAntiAffinity,
 }
 
 impl fmt::Display for Reason {
@@ -46,6 +47,12 @@ impl fmt::Display for Reason {
             Reason::Spread => write!(f, "node(s) didn't match pod topology spread constraints"),
             Reason::PodAffinity => write!(f, "node(s) didn't match pod affinity rules"),
             Reason::PodAntiAffinity => write!(f, "node(s) didn't match pod anti-affinity rules"),
+            Reason::ExistingAntiAffinity => {
+                write!(
+                    f,
+                    "node(s) didn't satisfy existing pods anti-affinity rules"
+                )
+            }
             Reason::SpreadMissingLabel => write!(
                 f,
                 "node(s) didn't match pod topology spread constraints (missing required label)"
@@ -167,10 +174,33 @@ pub(crate) struct PodRules {
     /// `None` when no pod matches anywhere and the pod matches its own term: it may then
     /// start the group on any node.
     affinity: Vec<Option<HashSet<String>>>,
+    /// (topology key, domain) pairs where a placed pod's anti-affinity keeps this pod out.
+    forbidden: HashSet<(String, String)>,
+}
+
+/// Domains placed pods' required anti-affinity closes to `d`.
+fn forbidden_by_others(s: &Snapshot, d: &Demand) -> HashSet<(String, String)> {
+    s.anti_terms
+        .iter()
+        .filter(|(_, owner, t)| t.matches(owner, &d.namespace, &d.labels))
+        .filter_map(|(i, _, t)| {
+            let domain = s.labels[*i].get(&t.key)?;
+            Some((t.key.clone(), domain.clone()))
+        })
+        .collect()
+}
+
+/// Whether placing `d` depends on the pods around it: its own spread or inter-pod rules, or
+/// placed pods' anti-affinity against it.
+pub(crate) fn needs_pod_rules(s: &Snapshot, d: &Demand) -> bool {
+    d.has_pod_rules()
+        || s.anti_terms
+            .iter()
+            .any(|(_, owner, t)| t.matches(owner, &d.namespace, &d.labels))
 }
 
 pub(crate) fn pod_rules(s: &Snapshot, d: &Demand) -> Option<PodRules> {
-    if !d.has_pod_rules() {
+    if !needs_pod_rules(s, d) {
         return None;
     }
     let spread = d
@@ -223,6 +253,7 @@ pub(crate) fn pod_rules(s: &Snapshot, d: &Demand) -> Option<PodRules> {
         spread,
         anti,
         affinity,
+        forbidden: forbidden_by_others(s, d),
     })
 }
 
@@ -255,6 +286,12 @@ pub(crate) fn pod_rules_reason(s: &Snapshot, i: usize, d: &Demand, r: &PodRules)
         {
             return Some(Reason::PodAntiAffinity);
         }
+    }
+    if r.forbidden
+        .iter()
+        .any(|(key, dom)| s.labels[i].get(key) == Some(dom))
+    {
+        return Some(Reason::ExistingAntiAffinity);
     }
     None
 }

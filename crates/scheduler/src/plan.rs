@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::demand::Demand;
 use crate::filter::{
-    Reason, dynamic_reasons, has_room, message, pod_rules, pod_rules_reason, static_reason,
+    Reason, dynamic_reasons, has_room, message, needs_pod_rules, pod_rules, pod_rules_reason,
+    static_reason,
 };
 use crate::score::{normalize, resource, static_raw};
 use crate::snapshot::Snapshot;
@@ -147,7 +148,7 @@ pub fn schedule(s: &mut Snapshot, pods: &[Demand], cfg: &Config) -> Plan {
         let began = std::time::Instant::now();
         // A placement changes spread counts and inter-pod matches across a whole domain,
         // which a class's per-node heap cannot follow: such pods are placed one by one.
-        let chosen = if per_class[&d.class] > 1 && !d.has_pod_rules() {
+        let chosen = if per_class[&d.class] > 1 && !needs_pod_rules(s, d) {
             let class = classes.entry(d.class).or_insert_with(|| {
                 Class::build(s, d, strategy, &mut rng, &mut plan.nodes_evaluated)
             });

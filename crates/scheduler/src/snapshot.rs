@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub(crate) ports: Vec<Vec<HostPort>>,
     /// Namespace and labels of each pod on the node, for topology spread.
     pub(crate) pods_on: Vec<Vec<(String, BTreeMap<String, String>)>>,
+    /// Required anti-affinity terms of the pods placed: (node, the pod's namespace, term).
+    /// They keep matching pods out of the term's domain, whoever comes later.
+    pub(crate) anti_terms: Vec<(usize, String, crate::demand::PodTerm)>,
     /// Bumped whenever a node's usage changes, so cached evaluations know they are stale.
     pub(crate) version: Vec<u32>,
 }
@@ -84,6 +87,7 @@ impl Snapshot {
             unschedulable: Vec::new(),
             ports: Vec::new(),
             pods_on: Vec::new(),
+            anti_terms: Vec::new(),
             version: Vec::new(),
         };
         for n in nodes {
@@ -202,6 +206,9 @@ impl Snapshot {
         self.score_requested[i][1] += d.score_memory;
         self.ports[i].extend(d.host_ports.iter().cloned());
         self.pods_on[i].push((d.namespace.clone(), d.labels.clone()));
+        for t in &d.pod_anti_affinity {
+            self.anti_terms.push((i, d.namespace.clone(), t.clone()));
+        }
         self.version[i] = self.version[i].wrapping_add(1);
     }
 

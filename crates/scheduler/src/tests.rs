@@ -582,6 +582,32 @@ fn inter_pod_affinity_and_anti_affinity() {
         outcome(&plan.decisions[0]),
         "0/3 nodes are available: 3 node(s) didn't match pod affinity rules."
     );
+    // A pod without rules of its own is kept out by a placed pod's anti-affinity against it.
+    let loner = json!({"metadata": {"labels": {"app": "loner"}}, "spec": {"affinity": {"podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone",
+            "labelSelector": {"matchLabels": {"app": "noisy"}}}]}}}});
+    let placed = bound_to(pod("loner", "100m", "1Mi", loner), "n3");
+    let noisy = json!({"metadata": {"labels": {"app": "noisy"}}});
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| pod(&format!("noisy-{i}"), "100m", "1Mi", noisy.clone()))
+        .collect();
+    let (plan, _) = run(
+        &nodes,
+        std::slice::from_ref(&placed),
+        &pods,
+        Strategy::LeastAllocated,
+    );
+    assert!(
+        plan.decisions.iter().all(|d| outcome(d) != "n3"),
+        "{:?}",
+        plan.decisions
+    );
+    let west_only = [host("n3", "west")];
+    let (plan, _) = run(&west_only, &[placed], &pods[..1], Strategy::LeastAllocated);
+    assert_eq!(
+        outcome(&plan.decisions[0]),
+        "0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules."
+    );
     // The first pod of a group that wants to be together may start it anywhere.
     let together = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"affinity": {"podAffinity": {
         "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone",
