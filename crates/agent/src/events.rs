@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use api::k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
-use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use api::k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
+use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use client::Client;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -56,15 +56,7 @@ impl Events {
         reason: &str,
         message: &str,
     ) {
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: pod.metadata.namespace.clone(),
-            name: pod.metadata.name.clone(),
-            uid: pod.metadata.uid.clone(),
-            resource_version: pod.metadata.resource_version.clone(),
-            field_path: container.map(|c| field_path(pod, c)),
-        };
+        let reference = api::events::pod_reference(pod, container.map(|c| field_path(pod, c)));
         let r = Record {
             reference,
             kind: kind.into(),
@@ -132,28 +124,19 @@ async fn write(client: Client, mut rx: mpsc::Receiver<Record>, component: String
             r.reference.name.clone().unwrap_or_default(),
             now.as_nanosecond() as u64 ^ fastrand::u64(..) & 0xffff
         );
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            involved_object: r.reference,
-            reason: Some(r.reason),
-            message: Some(r.message),
-            type_: Some(r.kind),
-            count: Some(1),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: None::<MicroTime>,
-            source: Some(EventSource {
-                component: Some(component.clone()),
-                host: Some(host.clone()),
-            }),
-            reporting_component: Some(component.clone()),
-            reporting_instance: Some(host.clone()),
-            ..Default::default()
+        let by = api::events::Reporter {
+            component: &component,
+            host: Some(&host),
         };
+        let ev = api::events::new(
+            r.reference,
+            Some(name.clone()),
+            &r.kind,
+            &r.reason,
+            &r.message,
+            &by,
+            now,
+        );
         match client.create(Some(&ns), &ev).await {
             Ok(_) => {
                 seen.retain(|_, f| f.at.elapsed() < FOLD_WINDOW);

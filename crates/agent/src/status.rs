@@ -249,6 +249,13 @@ pub fn pod_status(r: &Report<'_>) -> PodStatus {
     let all_ready = unready.is_empty() && inits_done;
     let phase = phase(r.pod, r.slots);
     let terminal = phase == "Succeeded" || phase == "Failed";
+    // Ready and ContainersReady fail for the same reason.
+    let not_ready_reason = if terminal {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let not_ready_message = format!("containers with unready status: [{}]", unready.join(" "));
     let mut conditions = vec![
         condition(
             previous,
@@ -271,29 +278,15 @@ pub fn pod_status(r: &Report<'_>) -> PodStatus {
             previous,
             "Ready",
             all_ready,
-            Some(if terminal {
-                "PodCompleted"
-            } else {
-                "ContainersNotReady"
-            }),
-            Some(format!(
-                "containers with unready status: [{}]",
-                unready.join(" ")
-            )),
+            Some(not_ready_reason),
+            Some(not_ready_message.clone()),
         ),
         condition(
             previous,
             "ContainersReady",
             all_ready,
-            Some(if terminal {
-                "PodCompleted"
-            } else {
-                "ContainersNotReady"
-            }),
-            Some(format!(
-                "containers with unready status: [{}]",
-                unready.join(" ")
-            )),
+            Some(not_ready_reason),
+            Some(not_ready_message),
         ),
     ];
     if let Some(scheduled) = previous

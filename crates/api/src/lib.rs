@@ -4,6 +4,7 @@
 
 pub mod cron;
 pub mod errors;
+pub mod events;
 pub mod kinds;
 pub mod names;
 pub mod patch;

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod};
-use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use api::k8s_openapi::api::core::v1::{Event, Node, Pod};
+use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use api::k8s_openapi::{ListableResource, Resource};
 use bytes::Bytes;
 use client::{Client, ClientError, ListParams, WatchEvent};
@@ -457,38 +457,20 @@ impl SchedulerLoop {
 
     async fn event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let now = jiff::Timestamp::now();
-        let ev = Event {
-            metadata: ObjectMeta {
-                generate_name: Some(format!(
-                    "{}.",
-                    pod.metadata.name.clone().unwrap_or_default()
-                )),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                namespace: Some(ns.clone()),
-                uid: pod.metadata.uid.clone(),
-                resource_version: pod.metadata.resource_version.clone(),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            type_: Some(kind.into()),
-            count: Some(1),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            source: Some(EventSource {
-                component: Some(SCHEDULER.into()),
-                host: None,
-            }),
-            reporting_component: Some(SCHEDULER.into()),
-            ..Default::default()
+        let by = api::events::Reporter {
+            component: SCHEDULER,
+            host: None,
         };
+        let reference = api::events::pod_reference(pod, None);
+        let ev = api::events::new(
+            reference,
+            None,
+            kind,
+            reason,
+            message,
+            &by,
+            jiff::Timestamp::now(),
+        );
         let r: Result<Event, ClientError> = self.client.create(Some(&ns), &ev).await;
         if let Err(e) = r {
             debug!(error = %e, "could not record a scheduling event");

@@ -356,13 +356,17 @@ impl OciRuntime {
             .collect()
     }
 
+    fn ensure_running(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.status(id) {
+            Some(ShimStatus::Running { .. }) => Ok(()),
+            Some(_) => Err(RuntimeError::NotRunning(id.to_string())),
+            None => Err(RuntimeError::NotFound(id.to_string())),
+        }
+    }
+
     /// Attach to a running container's stdio.
     pub async fn attach(&self, id: &str) -> Result<super::attach::Attachment, RuntimeError> {
-        match self.status(id) {
-            Some(ShimStatus::Running { .. }) => {}
-            Some(_) => return Err(RuntimeError::NotRunning(id.to_string())),
-            None => return Err(RuntimeError::NotFound(id.to_string())),
-        }
+        self.ensure_running(id)?;
         super::attach::connect(&self.dir(id))
             .await
             .map_err(io_err(format!("attaching to container {id}")))
@@ -374,11 +378,7 @@ impl OciRuntime {
         id: &str,
         spec: &super::exec::ExecSpec,
     ) -> Result<super::exec::ExecProcess, RuntimeError> {
-        match self.status(id) {
-            Some(ShimStatus::Running { .. }) => {}
-            Some(_) => return Err(RuntimeError::NotRunning(id.to_string())),
-            None => return Err(RuntimeError::NotFound(id.to_string())),
-        }
+        self.ensure_running(id)?;
         let how = match &self.cfg.engine {
             Engine::Builtin => super::exec::Via::Helper {
                 berth: &self.cfg.shim,

@@ -144,6 +144,18 @@ fn named(id: &str, name: &str) -> bool {
     id == name || id.contains(&format!("_{name}_"))
 }
 
+/// The fake container `id`, if it is running.
+fn running<'a>(st: &'a FakeState, id: &str) -> Result<&'a FakeContainer, RuntimeError> {
+    let c = st
+        .containers
+        .get(id)
+        .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+    if !matches!(*c.status.borrow(), ShimStatus::Running { .. }) {
+        return Err(RuntimeError::NotRunning(id.to_string()));
+    }
+    Ok(c)
+}
+
 /// How a fake container ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FakeBehavior {
@@ -363,13 +375,7 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<ExecProcess, RuntimeError> {
         let st = self.lock();
-        let c = st
-            .containers
-            .get(id)
-            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
-        if !matches!(*c.status.borrow(), ShimStatus::Running { .. }) {
-            return Err(RuntimeError::NotRunning(id.to_string()));
-        }
+        running(&st, id)?;
         if spec.argv.is_empty() {
             return Err(RuntimeError::Start("no command to run".into()));
         }
@@ -392,13 +398,7 @@ impl ContainerRuntime for FakeRuntime {
     async fn attach(&self, id: &str) -> Result<Attachment, RuntimeError> {
         let (mut ended, stdin_once, out_tx) = {
             let st = self.lock();
-            let c = st
-                .containers
-                .get(id)
-                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
-            if !matches!(*c.status.borrow(), ShimStatus::Running { .. }) {
-                return Err(RuntimeError::NotRunning(id.to_string()));
-            }
+            let c = running(&st, id)?;
             (c.status.subscribe(), c.spec.stdin_once, c.output.clone())
         };
         let mut out_rx = out_tx.subscribe();
