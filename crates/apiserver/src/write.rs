@@ -1109,6 +1109,34 @@ impl ApiServer {
                 return Step::Mark(marked);
             }
         }
+        // Pods own nothing in berth: their deletion is the agent's, never held for dependents.
+        let propagation = del
+            .propagation
+            .unwrap_or_else(|| Propagation::default_for(r));
+        if r.kind != "Pod"
+            && let Some(f) = propagation.finalizer()
+        {
+            let mut finalizers: Vec<Value> =
+                meta["finalizers"].as_array().cloned().unwrap_or_default();
+            let held = finalizers.iter().any(|x| x == f);
+            if pending && held {
+                return Step::AlreadyPending;
+            }
+            // Switching between orphaning and foreground deletion replaces the other.
+            let other = match propagation {
+                Propagation::Orphan => "foregroundDeletion",
+                _ => "orphan",
+            };
+            finalizers.retain(|x| x != other);
+            finalizers.push(json!(f));
+            let mut marked = old.clone();
+            marked["metadata"]["finalizers"] = json!(finalizers);
+            if !pending {
+                marked["metadata"]["deletionTimestamp"] = json!(now());
+                marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            }
+            return Step::Mark(marked);
+        }
         if has_finalizers {
             if pending {
                 return Step::AlreadyPending;
@@ -1438,9 +1466,42 @@ enum Step {
     Mark(Value),
 }
 
+/// What happens to an object's dependents (objects naming it in their ownerReferences).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Propagation {
+    /// Keep them, without the reference (the `orphan` finalizer, for the garbage collector).
+    Orphan,
+    /// Delete the owner now; the garbage collector deletes the dependents after.
+    Background,
+    /// Delete the dependents first (the `foregroundDeletion` finalizer).
+    Foreground,
+}
+
+impl Propagation {
+    /// What a delete without a policy does: batch/v1 Jobs keep their pods, as in
+    /// Kubernetes (for compatibility with clients that predate garbage collection);
+    /// everything else cascades in the background.
+    fn default_for(r: &Resource) -> Propagation {
+        if r.kind == "Job" {
+            Propagation::Orphan
+        } else {
+            Propagation::Background
+        }
+    }
+
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Orphan => Some("orphan"),
+            Propagation::Foreground => Some("foregroundDeletion"),
+            Propagation::Background => None,
+        }
+    }
+}
+
 /// `DeleteOptions`, from the body and the query string.
 struct DeleteOptions {
     grace_period: Option<i64>,
+    propagation: Option<Propagation>,
     uid: Option<String>,
     resource_version: Option<String>,
 }
@@ -1463,17 +1524,32 @@ impl DeleteOptions {
             Some(g) => Some(g),
             None => params.number("gracePeriodSeconds")?,
         };
-        if let Some(p) = body["propagationPolicy"]
+        let propagation = match body["propagationPolicy"]
             .as_str()
             .or(params.get("propagationPolicy"))
-            && !matches!(p, "Orphan" | "Background" | "Foreground")
         {
-            return Err(ApiError::bad_request(format!(
-                "propagationPolicy must be one of \"Orphan\", \"Background\" or \"Foreground\", not {p:?}"
-            )));
-        }
+            Some("Orphan") => Some(Propagation::Orphan),
+            Some("Background") => Some(Propagation::Background),
+            Some("Foreground") => Some(Propagation::Foreground),
+            Some(p) => {
+                return Err(ApiError::bad_request(format!(
+                    "propagationPolicy must be one of \"Orphan\", \"Background\" or \"Foreground\", not {p:?}"
+                )));
+            }
+            None => {
+                let orphan = body["orphanDependents"]
+                    .as_bool()
+                    .or_else(|| params.get("orphanDependents").map(|v| v == "true"));
+                match orphan {
+                    Some(true) => Some(Propagation::Orphan),
+                    Some(false) => Some(Propagation::Background),
+                    None => None,
+                }
+            }
+        };
         Ok(DeleteOptions {
             grace_period,
+            propagation,
             uid: body["preconditions"]["uid"].as_str().map(str::to_string),
             resource_version: body["preconditions"]["resourceVersion"]
                 .as_str()

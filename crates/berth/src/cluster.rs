@@ -142,6 +142,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         )
         .run(),
     );
+    controllers::start_workloads(&InProcess::client(api.clone(), "kube-controller-manager"));
     tokio::spawn(
         SchedulerLoop::new(
             InProcess::client(api.clone(), "default-scheduler"),

@@ -341,18 +341,48 @@ impl Client {
     where
         K: Resource,
     {
-        match self
+        self.request(
+            Method::DELETE,
+            &typed_path::<K>(namespace, Some(name)),
+            "application/json",
+            Bytes::new(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Delete an object at `path` with `DeleteOptions` (propagation policy, preconditions).
+    pub async fn delete_with(&self, path: &str, options: &Value) -> Result<(), ClientError> {
+        self.request(
+            Method::DELETE,
+            path,
+            "application/json",
+            Bytes::from(options.to_string()),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A JSON merge patch of the `status` subresource.
+    pub async fn patch_status<K>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<K, ClientError>
+    where
+        K: Resource + DeserializeOwned,
+    {
+        let path = format!("{}/status", typed_path::<K>(namespace, Some(name)));
+        let b = self
             .request(
-                Method::DELETE,
-                &typed_path::<K>(namespace, Some(name)),
-                "application/json",
-                Bytes::new(),
+                Method::PATCH,
+                &path,
+                "application/merge-patch+json",
+                Bytes::from(patch.to_string()),
             )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await?;
+        serde_json::from_slice(&b).map_err(ClientError::Decode)
     }
 
     /// Watch changes after `params.resource_version`.
@@ -364,11 +394,47 @@ impl Client {
     where
         K: Resource + DeserializeOwned,
     {
-        let path = format!(
-            "{}?watch=true&{}",
-            typed_path::<K>(namespace, None),
-            params.query()
-        );
+        self.watch_at(&typed_path::<K>(namespace, None), params)
+            .await
+    }
+
+    /// A whole list of the collection at `path`, as JSON objects, and its resource version.
+    pub async fn list_at(
+        &self,
+        path: &str,
+        params: &ListParams,
+    ) -> Result<(Vec<Value>, String), ClientError> {
+        let mut items = Vec::new();
+        let mut params = params.clone();
+        loop {
+            let url = format!("{path}?{}", params.query());
+            let mut v = self.request_json(Method::GET, &url, None).await?;
+            if let Some(a) = v["items"].as_array_mut() {
+                items.append(a);
+            }
+            match v["metadata"]["continue"].as_str().filter(|c| !c.is_empty()) {
+                Some(c) => params.continue_token = Some(c.to_string()),
+                None => {
+                    let rv = v["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    return Ok((items, rv));
+                }
+            }
+        }
+    }
+
+    /// Watch the collection at `path` (from [`collection_path`]); K may be `serde_json::Value`.
+    pub async fn watch_at<K>(
+        &self,
+        path: &str,
+        params: &ListParams,
+    ) -> Result<Watch<K>, ClientError>
+    where
+        K: DeserializeOwned,
+    {
+        let path = format!("{path}?watch=true&{}", params.query());
         let req = Request::builder()
             .method(Method::GET)
             .uri(path)

@@ -305,7 +305,8 @@ fn special(name: &str, b: &[u8]) -> Result<Option<Value>, ProtoError> {
             let m = ints(b)?;
             let secs = m.get(&1).copied().unwrap_or(0);
             let nanos = m.get(&2).copied().unwrap_or(0);
-            if secs == GO_ZERO_TIME && nanos == 0 {
+            // Go writes a zero time as an empty message; its JSON is null.
+            if m.is_empty() || (secs == GO_ZERO_TIME && nanos == 0) {
                 return Ok(Some(Value::Null));
             }
             let ts = jiff::Timestamp::new(secs, nanos as i32)
@@ -428,6 +429,8 @@ mod tests {
         let mut meta = Vec::new();
         len(1, b"settings", &mut meta);
         len(8, &time, &mut meta);
+        // What Go writes for a zero time since it stopped writing year 1: nothing.
+        len(9, &[], &mut meta);
         let mut entry = Vec::new();
         len(1, b"mode", &mut entry);
         len(2, b"fast", &mut entry);

@@ -1,0 +1,547 @@
+//! The garbage collector: ownerReferences as Kubernetes means them. It mirrors the owner
+//! references of every kind into a graph, and
+//! - deletes an object once none of its owners exists any more (background cascading
+//!   deletion; an owner is gone when the API server says so, or has another uid);
+//! - for an owner deleted in the foreground (finalizer `foregroundDeletion`), deletes its
+//!   dependents (in the foreground too, when they block their owner's deletion) and lets the
+//!   owner go once no blocking dependent is left;
+//! - for an owner deleted with orphaning (finalizer `orphan`), removes the references to it
+//!   from its dependents, then lets it go.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::resources::Resource;
+use client::{Client, ClientError, ListParams, WatchEvent, collection_path};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::queue::{self, Queue};
+
+pub const FOREGROUND: &str = "foregroundDeletion";
+pub const ORPHAN: &str = "orphan";
+const RETRY: Duration = Duration::from_secs(1);
+const RESYNC: u32 = 300;
+
+#[derive(Clone, Debug)]
+struct Owner {
+    uid: String,
+    api_version: String,
+    kind: String,
+    name: String,
+    blocks: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Object {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: String,
+    owners: Vec<Owner>,
+    deleting: bool,
+    finalizers: Vec<String>,
+}
+
+impl Object {
+    fn path(&self) -> String {
+        format!(
+            "{}/{}",
+            collection_path(self.resource, self.namespace.as_deref()),
+            self.name
+        )
+    }
+
+    fn holds(&self, finalizer: &str) -> bool {
+        self.deleting && self.finalizers.iter().any(|f| f == finalizer)
+    }
+}
+
+#[derive(Default)]
+struct Graph {
+    objects: HashMap<String, Object>,
+    /// owner uid -> dependent uids
+    dependents: HashMap<String, HashSet<String>>,
+}
+
+impl Graph {
+    fn put(&mut self, uid: &str, o: Object) {
+        if let Some(old) = self.objects.remove(uid) {
+            for ow in &old.owners {
+                if let Some(d) = self.dependents.get_mut(&ow.uid) {
+                    d.remove(uid);
+                    if d.is_empty() {
+                        self.dependents.remove(&ow.uid);
+                    }
+                }
+            }
+        }
+        for ow in &o.owners {
+            self.dependents
+                .entry(ow.uid.clone())
+                .or_default()
+                .insert(uid.to_string());
+        }
+        self.objects.insert(uid.to_string(), o);
+    }
+
+    fn remove(&mut self, uid: &str) -> Option<Object> {
+        let o = self.objects.remove(uid)?;
+        for ow in &o.owners {
+            if let Some(d) = self.dependents.get_mut(&ow.uid) {
+                d.remove(uid);
+                if d.is_empty() {
+                    self.dependents.remove(&ow.uid);
+                }
+            }
+        }
+        Some(o)
+    }
+
+    fn dependents_of(&self, uid: &str) -> Vec<(String, Object)> {
+        self.dependents
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| self.objects.get(d).map(|o| (d.clone(), o.clone())))
+            .collect()
+    }
+}
+
+fn parse(resource: &'static Resource, v: &Value) -> Option<(String, Object)> {
+    let m = &v["metadata"];
+    let uid = m["uid"].as_str()?.to_string();
+    let owners = m["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some(Owner {
+                uid: r["uid"].as_str()?.to_string(),
+                api_version: r["apiVersion"].as_str().unwrap_or("").to_string(),
+                kind: r["kind"].as_str().unwrap_or("").to_string(),
+                name: r["name"].as_str().unwrap_or("").to_string(),
+                blocks: r["blockOwnerDeletion"].as_bool().unwrap_or(false),
+            })
+        })
+        .collect();
+    Some((
+        uid,
+        Object {
+            resource,
+            namespace: m["namespace"].as_str().map(str::to_string),
+            name: m["name"].as_str().unwrap_or("").to_string(),
+            owners,
+            deleting: m["deletionTimestamp"].is_string(),
+            finalizers: m["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect(),
+        },
+    ))
+}
+
+pub struct GarbageCollector {
+    client: Client,
+    graph: Arc<Mutex<Graph>>,
+}
+
+/// How an owner stands, seen from a dependent.
+enum Standing {
+    Solid,
+    Gone,
+    /// Being deleted in the foreground: waiting for its dependents.
+    Waiting,
+}
+
+impl GarbageCollector {
+    pub fn new(client: Client) -> GarbageCollector {
+        GarbageCollector {
+            client,
+            graph: Arc::default(),
+        }
+    }
+
+    fn graph(&self) -> std::sync::MutexGuard<'_, Graph> {
+        self.graph.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn run(self) {
+        let (q, mut rx) = queue::queue();
+        let kinds: Vec<&'static Resource> = api::resources::all()
+            .iter()
+            .filter(|r| r.kind != "Event")
+            .collect();
+        let synced = Arc::new(Semaphore::new(0));
+        for r in &kinds {
+            tokio::spawn(follow(
+                self.client.clone(),
+                r,
+                self.graph.clone(),
+                q.clone(),
+                synced.clone(),
+            ));
+        }
+        // Decide only on a whole graph: wait for every first list.
+        let _ = synced.acquire_many(kinds.len() as u32).await;
+        info!(kinds = kinds.len(), "garbage collector synced");
+        let all: Vec<String> = self.graph().objects.keys().cloned().collect();
+        for uid in all {
+            q.add(&uid);
+        }
+        while let Some(uid) = rx.next().await {
+            match self.process(&uid).await {
+                Ok(true) => {}
+                Ok(false) => q.add_after(&uid, RETRY),
+                Err(e) => {
+                    debug!(uid, error = %e, "garbage collection step failed; retrying");
+                    q.add_after(&uid, RETRY);
+                }
+            }
+        }
+    }
+
+    /// One object's part of collection; false when it must be looked at again.
+    async fn process(&self, uid: &str) -> Result<bool, ClientError> {
+        let Some(o) = self.graph().objects.get(uid).cloned() else {
+            return Ok(true);
+        };
+        if o.holds(ORPHAN) {
+            let deps = self.graph().dependents_of(uid);
+            for (dep_uid, dep) in deps {
+                self.drop_owners(&dep_uid, &dep, &[uid.to_string()], &[])
+                    .await?;
+            }
+            self.release(uid, &o, ORPHAN).await?;
+            return Ok(true);
+        }
+        if o.holds(FOREGROUND) {
+            let deps = self.graph().dependents_of(uid);
+            let mut blocking = 0;
+            for (dep_uid, dep) in &deps {
+                let blocks = dep.owners.iter().any(|w| w.uid == uid && w.blocks);
+                if blocks {
+                    blocking += 1;
+                }
+                if !dep.deleting {
+                    let policy = if blocks { "Foreground" } else { "Background" };
+                    self.delete(dep_uid, dep, policy).await?;
+                }
+            }
+            if blocking > 0 {
+                // Their deletion events bring the owner back here.
+                return Ok(true);
+            }
+            self.release(uid, &o, FOREGROUND).await?;
+            return Ok(true);
+        }
+        if o.owners.is_empty() || o.deleting {
+            return Ok(true);
+        }
+        let mut solid = 0;
+        let mut gone = Vec::new();
+        let mut waiting = Vec::new();
+        for w in &o.owners {
+            match self.standing(&o, w).await? {
+                Standing::Solid => solid += 1,
+                Standing::Gone => gone.push(w.uid.clone()),
+                Standing::Waiting => waiting.push(w.uid.clone()),
+            }
+        }
+        if solid == 0 {
+            let foreground = o
+                .owners
+                .iter()
+                .any(|w| w.blocks && waiting.contains(&w.uid));
+            let policy = if foreground {
+                "Foreground"
+            } else {
+                "Background"
+            };
+            info!(kind = o.resource.kind, name = %o.name, namespace = ?o.namespace, policy,
+                  "owners gone; deleting");
+            self.delete(uid, &o, policy).await?;
+        } else if !gone.is_empty() || !waiting.is_empty() {
+            // Some owner remains: forget the dead ones, and stop blocking the ones being
+            // deleted in the foreground.
+            self.drop_owners(uid, &o, &gone, &waiting).await?;
+        }
+        Ok(true)
+    }
+
+    async fn standing(&self, o: &Object, w: &Owner) -> Result<Standing, ClientError> {
+        let known = self
+            .graph()
+            .objects
+            .get(&w.uid)
+            .map(|owner| owner.holds(FOREGROUND));
+        if let Some(foreground) = known {
+            return Ok(if foreground {
+                Standing::Waiting
+            } else {
+                Standing::Solid
+            });
+        }
+        // Not in the graph: gone, or the graph has not heard of it yet. Ask.
+        let Some(r) = api::resources::by_kind(&w.api_version, &w.kind) else {
+            // A kind this server does not serve: never delete on a guess.
+            return Ok(Standing::Solid);
+        };
+        let ns = if r.namespaced {
+            o.namespace.as_deref()
+        } else {
+            None
+        };
+        let path = format!("{}/{}", collection_path(r, ns), w.name);
+        match self
+            .client
+            .request_json(http::Method::GET, &path, None)
+            .await
+        {
+            Ok(v) if v["metadata"]["uid"].as_str() == Some(w.uid.as_str()) => {
+                let deleting = v["metadata"]["deletionTimestamp"].is_string();
+                let fg = v["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == FOREGROUND));
+                Ok(if deleting && fg {
+                    Standing::Waiting
+                } else {
+                    Standing::Solid
+                })
+            }
+            Ok(_) => Ok(Standing::Gone),
+            Err(e) if e.is_not_found() => Ok(Standing::Gone),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, uid: &str, o: &Object, policy: &str) -> Result<(), ClientError> {
+        let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1",
+                          "propagationPolicy": policy, "preconditions": {"uid": uid}});
+        match self.client.delete_with(&o.path(), &opts).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove the references to `gone` owners and clear blockOwnerDeletion on `unblock`.
+    async fn drop_owners(
+        &self,
+        uid: &str,
+        o: &Object,
+        gone: &[String],
+        unblock: &[String],
+    ) -> Result<(), ClientError> {
+        let path = o.path();
+        for _ in 0..5 {
+            let v = match self
+                .client
+                .request_json(http::Method::GET, &path, None)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if v["metadata"]["uid"].as_str() != Some(uid) {
+                return Ok(());
+            }
+            let refs: Vec<Value> = v["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| !gone.iter().any(|g| r["uid"] == g.as_str()))
+                .map(|r| {
+                    let mut r = r.clone();
+                    if unblock.iter().any(|u| r["uid"] == u.as_str()) {
+                        r["blockOwnerDeletion"] = json!(false);
+                    }
+                    r
+                })
+                .collect();
+            let patch = json!({"metadata": {"ownerReferences": refs,
+                                            "resourceVersion": v["metadata"]["resourceVersion"]}});
+            match self
+                .client
+                .request(
+                    http::Method::PATCH,
+                    &path,
+                    "application/merge-patch+json",
+                    bytes::Bytes::from(patch.to_string()),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Api {
+            code: 409,
+            reason: "Conflict".into(),
+            message: format!("{path} kept changing"),
+        })
+    }
+
+    /// Remove `finalizer` from the owner so that the API server can finish deleting it.
+    async fn release(&self, uid: &str, o: &Object, finalizer: &str) -> Result<(), ClientError> {
+        let path = o.path();
+        for _ in 0..5 {
+            let v = match self
+                .client
+                .request_json(http::Method::GET, &path, None)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if v["metadata"]["uid"].as_str() != Some(uid) {
+                return Ok(());
+            }
+            let finalizers: Vec<Value> = v["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| *f != finalizer)
+                .cloned()
+                .collect();
+            let patch = json!({"metadata": {"finalizers": finalizers,
+                                            "resourceVersion": v["metadata"]["resourceVersion"]}});
+            match self
+                .client
+                .request(
+                    http::Method::PATCH,
+                    &path,
+                    "application/merge-patch+json",
+                    bytes::Bytes::from(patch.to_string()),
+                )
+                .await
+            {
+                Ok(_) => {
+                    debug!(kind = o.resource.kind, name = %o.name, finalizer, "released");
+                    return Ok(());
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Api {
+            code: 409,
+            reason: "Conflict".into(),
+            message: format!("{path} kept changing"),
+        })
+    }
+}
+
+/// Mirror one kind into the graph and queue what a change makes worth a look.
+async fn follow(
+    client: Client,
+    r: &'static Resource,
+    graph: Arc<Mutex<Graph>>,
+    q: Queue,
+    synced: Arc<Semaphore>,
+) {
+    let path = collection_path(r, None);
+    let mut first = true;
+    loop {
+        let (items, rv) = match client.list_at(&path, &ListParams::default()).await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(kind = r.kind, error = %e, "garbage collector cannot list; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        {
+            let mut g = graph.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh: HashMap<String, Object> = items.iter().filter_map(|v| parse(r, v)).collect();
+            let stale: Vec<String> = g
+                .objects
+                .iter()
+                .filter(|(uid, o)| std::ptr::eq(o.resource, r) && !fresh.contains_key(*uid))
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            for uid in stale {
+                gone(&mut g, &uid, &q);
+            }
+            for (uid, o) in fresh {
+                changed(&mut g, &uid, o, &q, !first);
+            }
+        }
+        if first {
+            synced.add_permits(1);
+            first = false;
+        }
+        let params = ListParams {
+            resource_version: Some(rv),
+            timeout_seconds: Some(RESYNC),
+            bookmarks: true,
+            ..Default::default()
+        };
+        let mut w = match client.watch_at::<Value>(&path, &params).await {
+            Ok(w) => w,
+            Err(e) => {
+                debug!(kind = r.kind, error = %e, "garbage collector watch failed");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        while let Some(ev) = w.next().await {
+            let mut g = graph.lock().unwrap_or_else(|p| p.into_inner());
+            match ev {
+                WatchEvent::Added(v) | WatchEvent::Modified(v) => {
+                    if let Some((uid, o)) = parse(r, &v) {
+                        changed(&mut g, &uid, o, &q, true);
+                    }
+                }
+                WatchEvent::Deleted(v) => {
+                    if let Some(uid) = v["metadata"]["uid"].as_str() {
+                        gone(&mut g, uid, &q);
+                    }
+                }
+                WatchEvent::Bookmark(_) => {}
+                WatchEvent::Error(_) => break,
+            }
+        }
+    }
+}
+
+fn changed(g: &mut Graph, uid: &str, o: Object, q: &Queue, live: bool) {
+    let look = o.holds(ORPHAN)
+        || o.holds(FOREGROUND)
+        || o.owners.iter().any(|w| match g.objects.get(&w.uid) {
+            None => true,
+            Some(owner) => owner.holds(FOREGROUND),
+        });
+    let became_foreground = o.holds(FOREGROUND);
+    g.put(uid, o);
+    if live && look {
+        q.add(uid);
+    }
+    if live && became_foreground {
+        // Its dependents are now waiting on it.
+        for (d, _) in g.dependents_of(uid) {
+            q.add(&d);
+        }
+    }
+}
+
+fn gone(g: &mut Graph, uid: &str, q: &Queue) {
+    let Some(o) = g.remove(uid) else { return };
+    for (d, _) in g.dependents_of(uid) {
+        q.add(&d);
+    }
+    // An owner deleted in the foreground may now be free to go.
+    for w in &o.owners {
+        if g.objects.get(&w.uid).is_some_and(|x| x.holds(FOREGROUND)) {
+            q.add(&w.uid);
+        }
+    }
+}

@@ -1,0 +1,293 @@
+"""Workloads on `berth up`, driven by the real kubectl: Deployments (create, scale, rollouts,
+undo, pause/resume, restart, history), ReplicaSets, and deletion that cascades (or orphans)
+through ownerReferences. Pods run as real containers. Needs root (scripts/test.sh runs it so)."""
+
+import json
+import time
+
+import pytest
+
+from conftest import wait_until
+from images import Image
+
+
+@pytest.fixture
+def wns(node, request):
+    """A namespace of its own for one test, on the node cluster."""
+    base = request.node.originalname.lower().replace("_", "-").removeprefix("test-")[:40].rstrip("-")
+    param = getattr(getattr(request.node, "callspec", None), "id", "")
+    name = f"w-{base}-{param.replace('.', '-')}".rstrip("-")
+    node.kubectl("create", "namespace", name)
+    yield name
+    node.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def deployment(c, ns, name):
+    return c.json("get", "deployment", name, "-n", ns)
+
+
+def replicasets(c, ns, selector):
+    return c.json("get", "rs", "-n", ns, "-l", selector)["items"]
+
+
+def pods(c, ns, selector):
+    return c.json("get", "pods", "-n", ns, "-l", selector)["items"]
+
+
+def live(items):
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def images_of(items):
+    return sorted({p["spec"]["containers"][0]["image"] for p in items})
+
+
+def rolled_out(c, ns, name, version="1.33", timeout=90):
+    out = c.kubectl("rollout", "status", f"deployment/{name}", "-n", ns, f"--timeout={timeout}s",
+                    version=version, timeout=timeout + 10)
+    assert "successfully rolled out" in out.stdout, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_create_deployment_reaches_its_replicas_and_tables_say_so(node, wns, version):
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=5", "-n", wns,
+                 "--", "sleep", "3600", version=version)
+    rolled_out(node, wns, "web", version=version)
+    d = deployment(node, wns, "web")
+    st = d["status"]
+    assert (st["replicas"], st["readyReplicas"], st["availableReplicas"], st["updatedReplicas"]) == (5, 5, 5, 5)
+    assert st["observedGeneration"] == d["metadata"]["generation"]
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Available"]["status"] == "True"
+    assert conds["Progressing"]["reason"] == "NewReplicaSetAvailable"
+    ps = pods(node, wns, "app=web")
+    assert len(ps) == 5 and all(p["status"]["phase"] == "Running" for p in ps)
+    # Pods are named after their ReplicaSet, which is named after the deployment and hash.
+    [rs] = replicasets(node, wns, "app=web")
+    h = rs["metadata"]["labels"]["pod-template-hash"]
+    assert rs["metadata"]["name"] == f"web-{h}"
+    assert rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+    assert all(p["metadata"]["name"].startswith(f"web-{h}-") for p in ps)
+    assert all(p["metadata"]["ownerReferences"][0]["name"] == rs["metadata"]["name"] for p in ps)
+    table = node.kubectl("get", "deployment", "web", "-n", wns, version=version).stdout.split("\n")
+    assert table[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert table[1].split()[:4] == ["web", "5/5", "5", "5"]
+    rs_table = node.kubectl("get", "rs", "-n", wns, version=version).stdout.split("\n")
+    assert rs_table[0].split() == ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
+    assert rs_table[1].split()[:4] == [f"web-{h}", "5", "5", "5"]
+    described = node.kubectl("describe", "deployment", "web", "-n", wns, version=version).stdout
+    assert f"NewReplicaSet:   web-{h} (5/5 replicas created)" in described, described
+    assert f"Scaled up replica set web-{h} from 0 to 5" in described, described
+
+
+def test_scale_up_and_down(node, wns):
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=2", "-n", wns,
+                 "--", "sleep", "3600")
+    rolled_out(node, wns, "web")
+    node.kubectl("scale", "deployment", "web", "--replicas=4", "-n", wns)
+    rolled_out(node, wns, "web")
+    assert len(live(pods(node, wns, "app=web"))) == 4
+    node.kubectl("scale", "deployment", "web", "--replicas=1", "-n", wns)
+    wait_until(lambda: len(live(pods(node, wns, "app=web"))) == 1, timeout=30, what="scale down to 1")
+    rolled_out(node, wns, "web")
+    d = deployment(node, wns, "web")
+    assert d["status"]["replicas"] == 1 and d["status"]["availableReplicas"] == 1
+    # Scaling the ReplicaSet behind the deployment's back is undone by the deployment.
+    [rs] = replicasets(node, wns, "app=web")
+    node.kubectl("scale", "rs", rs["metadata"]["name"], "--replicas=3", "-n", wns)
+    wait_until(lambda: node.json("get", "rs", rs["metadata"]["name"], "-n", wns)["spec"]["replicas"] == 1,
+               timeout=30, what="the deployment to restore its size")
+
+
+def test_set_image_rolls_out_and_undo_rolls_back(node, wns, version):
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=3", "-n", wns,
+                 "--", "sleep", "3600", version=version)
+    rolled_out(node, wns, "web", version=version)
+    node.import_image(Image(cmd=("sh",), env=["PATH=/bin:/usr/bin", "IMAGE=v2"]), "busybox:v2")
+    node.kubectl("set", "image", "deployment/web", "busybox=busybox:v2", "-n", wns, version=version)
+    # Annotated after the change, as Kubernetes' docs advise: the cause goes to the new set.
+    node.kubectl("annotate", "deployment", "web", "-n", wns, "kubernetes.io/change-cause=to v2", version=version)
+    rolled_out(node, wns, "web", version=version)
+    assert images_of(live(pods(node, wns, "app=web"))) == ["busybox:v2"]
+    sets = replicasets(node, wns, "app=web")
+    assert sorted(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] for rs in sets) == ["1", "2"]
+    by_rev = {rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]: rs for rs in sets}
+    assert by_rev["1"]["spec"]["replicas"] == 0 and by_rev["2"]["spec"]["replicas"] == 3
+    history = node.kubectl("rollout", "history", "deployment/web", "-n", wns, version=version).stdout
+    lines = [l.split(None, 1) for l in history.strip().split("\n")[2:]]
+    assert lines == [["1", "<none>"], ["2", "to v2"]], history
+
+    node.kubectl("rollout", "undo", "deployment/web", "-n", wns, version=version)
+    rolled_out(node, wns, "web", version=version)
+    wait_until(lambda: images_of(live(pods(node, wns, "app=web"))) == ["busybox:test"], timeout=30,
+               what="pods of the first template only")
+    assert len(live(pods(node, wns, "app=web"))) == 3
+    # The old set came back (same name) as revision 3; no third set was made.
+    sets = replicasets(node, wns, "app=web")
+    assert len(sets) == 2
+    assert by_rev["1"]["metadata"]["name"] in [
+        rs["metadata"]["name"] for rs in sets
+        if rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"]
+    assert deployment(node, wns, "web")["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+
+
+def test_rolling_update_keeps_availability(node, wns):
+    """maxUnavailable 0: during the whole rollout at least `replicas` pods are ready."""
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=3", "-n", wns,
+                 "--", "sleep", "3600")
+    node.kubectl("patch", "deployment", "web", "-n", wns, "-p",
+                 json.dumps({"spec": {"strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                                      "template": {"spec": {"terminationGracePeriodSeconds": 1}}}}))
+    rolled_out(node, wns, "web")
+    node.kubectl("set", "env", "deployment/web", "VERSION=2", "-n", wns)
+    lowest = 99
+    highest = 0
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        st = deployment(node, wns, "web")["status"]
+        ready = [p for p in pods(node, wns, "app=web")
+                 if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+                 and not p["metadata"].get("deletionTimestamp")]
+        lowest = min(lowest, len(ready))
+        highest = max(highest, len(live(pods(node, wns, "app=web"))))
+        if st.get("updatedReplicas") == 3 and st.get("availableReplicas") == 3 and st.get("replicas") == 3:
+            break
+        time.sleep(0.05)
+    rolled_out(node, wns, "web")
+    assert lowest >= 3, f"availability fell to {lowest} ready pods"
+    assert highest <= 4, f"maxSurge 1 exceeded: {highest} pods"
+    envs = [p["spec"]["containers"][0].get("env") for p in live(pods(node, wns, "app=web"))]
+    assert envs == [[{"name": "VERSION", "value": "2"}]] * 3
+
+
+def test_recreate_stops_old_pods_before_new_ones(node, wns):
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=2", "-n", wns,
+                 "--", "sleep", "3600")
+    node.kubectl("patch", "deployment", "web", "-n", wns, "--type=json", "-p", json.dumps([
+        {"op": "replace", "path": "/spec/strategy", "value": {"type": "Recreate"}},
+        {"op": "add", "path": "/spec/template/spec/terminationGracePeriodSeconds", "value": 1}]))
+    rolled_out(node, wns, "web")
+    old = {p["metadata"]["name"] for p in pods(node, wns, "app=web")}
+    node.kubectl("set", "env", "deployment/web", "VERSION=2", "-n", wns)
+    mixed = False
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        ps = pods(node, wns, "app=web")
+        names = {p["metadata"]["name"] for p in ps}
+        if names & old and names - old:
+            mixed = True
+        st = deployment(node, wns, "web")["status"]
+        if not names & old and st.get("availableReplicas") == 2 and st.get("updatedReplicas") == 2:
+            break
+        time.sleep(0.05)
+    rolled_out(node, wns, "web")
+    assert not mixed, "old and new pods existed at the same time"
+
+
+def test_pause_resume_and_restart(node, wns, version):
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=2", "-n", wns,
+                 "--", "sleep", "3600", version=version)
+    rolled_out(node, wns, "web", version=version)
+    node.kubectl("rollout", "pause", "deployment/web", "-n", wns, version=version)
+    node.kubectl("set", "env", "deployment/web", "VERSION=2", "-n", wns, version=version)
+    time.sleep(2)
+    assert len(replicasets(node, wns, "app=web")) == 1, "a paused deployment rolled out"
+    conds = {c["type"]: c for c in deployment(node, wns, "web")["status"]["conditions"]}
+    assert conds["Progressing"]["reason"] == "DeploymentPaused"
+    node.kubectl("rollout", "resume", "deployment/web", "-n", wns, version=version)
+    rolled_out(node, wns, "web", version=version)
+    assert len(replicasets(node, wns, "app=web")) == 2
+    before = {p["metadata"]["name"] for p in live(pods(node, wns, "app=web"))}
+    node.kubectl("rollout", "restart", "deployment/web", "-n", wns, version=version)
+    rolled_out(node, wns, "web", version=version)
+    wait_until(lambda: len(live(pods(node, wns, "app=web"))) == 2, timeout=30, what="two pods")
+    after = {p["metadata"]["name"] for p in live(pods(node, wns, "app=web"))}
+    assert not before & after, "restart kept old pods"
+
+
+def test_progress_deadline_exceeded_is_reported(node, wns):
+    node.kubectl("create", "deployment", "stuck", "--image=busybox:nowhere", "--replicas=1", "-n", wns)
+    node.kubectl("patch", "deployment", "stuck", "-n", wns, "-p", '{"spec":{"progressDeadlineSeconds":3}}')
+    out = node.kubectl("rollout", "status", "deployment/stuck", "-n", wns, "--timeout=60s", check=False, timeout=70)
+    assert out.returncode != 0
+    assert 'deployment "stuck" exceeded its progress deadline' in out.stderr, out.stderr
+    conds = {c["type"]: c for c in deployment(node, wns, "stuck")["status"]["conditions"]}
+    assert conds["Progressing"]["status"] == "False"
+    assert conds["Progressing"]["reason"] == "ProgressDeadlineExceeded"
+    assert conds["Available"]["status"] == "False"
+
+
+def test_delete_deployment_removes_its_replicasets_and_pods(node, wns, version):
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=2", "-n", wns,
+                 "--", "sleep", "3600", version=version)
+    node.kubectl("patch", "deployment", "web", "-n", wns, "-p",
+                 '{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":1}}}}', version=version)
+    rolled_out(node, wns, "web", version=version)
+    node.kubectl("delete", "deployment", "web", "-n", wns, version=version)
+    wait_until(lambda: not replicasets(node, wns, "app=web") and not pods(node, wns, "app=web"),
+               timeout=60, what="replica sets and pods to go")
+
+
+def test_foreground_deletion_waits_for_dependents(node, wns):
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=2", "-n", wns,
+                 "--", "sleep", "3600")
+    node.kubectl("patch", "deployment", "web", "-n", wns, "-p",
+                 '{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":1}}}}')
+    rolled_out(node, wns, "web")
+    out = node.kubectl("delete", "deployment", "web", "-n", wns, "--cascade=foreground", timeout=90)
+    assert 'deployment.apps "web" deleted' in out.stdout
+    # kubectl waited for the deployment itself, which went only after its dependents.
+    assert not replicasets(node, wns, "app=web")
+    assert not pods(node, wns, "app=web")
+    assert node.kubectl("get", "deployment", "web", "-n", wns, check=False).returncode != 0
+
+
+def test_orphan_deletion_keeps_replicasets_and_a_new_deployment_adopts_them(node, wns):
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=2", "-n", wns,
+                 "--", "sleep", "3600")
+    rolled_out(node, wns, "web")
+    [rs] = replicasets(node, wns, "app=web")
+    names = {p["metadata"]["name"] for p in pods(node, wns, "app=web")}
+    node.kubectl("delete", "deployment", "web", "-n", wns, "--cascade=orphan")
+    wait_until(lambda: node.kubectl("get", "deployment", "web", "-n", wns, check=False).returncode != 0,
+               what="the deployment to go")
+    time.sleep(1)
+    [kept] = replicasets(node, wns, "app=web")
+    assert kept["metadata"]["name"] == rs["metadata"]["name"]
+    assert not kept["metadata"].get("ownerReferences")
+    assert {p["metadata"]["name"] for p in pods(node, wns, "app=web")} == names
+    # The same deployment again adopts the set and its pods: nothing new starts.
+    node.kubectl("create", "deployment", "web", "--image=busybox:test", "--replicas=2", "-n", wns,
+                 "--", "sleep", "3600")
+    rolled_out(node, wns, "web")
+    [adopted] = replicasets(node, wns, "app=web")
+    assert adopted["metadata"]["name"] == rs["metadata"]["name"]
+    assert adopted["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+    assert {p["metadata"]["name"] for p in pods(node, wns, "app=web")} == names
+
+
+def test_replicaset_replaces_a_deleted_pod_and_adopts_orphans(node, wns):
+    rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "front"},
+          "spec": {"replicas": 2, "selector": {"matchLabels": {"tier": "front"}},
+                   "template": {"metadata": {"labels": {"tier": "front"}},
+                                "spec": {"terminationGracePeriodSeconds": 1,
+                                         "containers": [{"name": "c", "image": "busybox:test",
+                                                         "command": ["sleep", "3600"]}]}}}}
+    node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(rs))
+    wait_until(lambda: node.json("get", "rs", "front", "-n", wns).get("status", {}).get("readyReplicas") == 2,
+               timeout=30, what="2 ready replicas")
+    victim = pods(node, wns, "tier=front")[0]["metadata"]["name"]
+    node.kubectl("delete", "pod", victim, "-n", wns, "--wait=false")
+    wait_until(lambda: len(live(pods(node, wns, "tier=front"))) == 2
+               and victim not in {p["metadata"]["name"] for p in live(pods(node, wns, "tier=front"))},
+               timeout=30, what="a replacement pod")
+    # Scaling to 3 while a matching bare pod exists: the set adopts it instead of creating one.
+    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray", "labels": {"tier": "front"}},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "c", "image": "busybox:test", "command": ["sleep", "3600"]}]}}
+    node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(bare))
+    node.kubectl("scale", "rs", "front", "--replicas=3", "-n", wns)
+    wait_until(lambda: node.json("get", "pod", "stray", "-n", wns)["metadata"].get("ownerReferences"),
+               timeout=30, what="the stray pod to be adopted")
+    time.sleep(1)
+    assert len(live(pods(node, wns, "tier=front"))) == 3
