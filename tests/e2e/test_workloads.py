@@ -291,3 +291,168 @@ def test_replicaset_replaces_a_deleted_pod_and_adopts_orphans(node, wns):
                timeout=30, what="the stray pod to be adopted")
     time.sleep(1)
     assert len(live(pods(node, wns, "tier=front"))) == 3
+
+
+def job_yaml(name, command, extra_spec=None, restart="Never"):
+    spec = {"template": {"spec": {"restartPolicy": restart, "terminationGracePeriodSeconds": 1,
+                                  "containers": [{"name": "c", "image": "busybox:test",
+                                                  "command": ["sh", "-c", command]}]}}}
+    spec.update(extra_spec or {})
+    return json.dumps({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec})
+
+
+def condition(obj, kind):
+    for c in obj.get("status", {}).get("conditions", []):
+        if c["type"] == kind and c["status"] == "True":
+            return c
+    return None
+
+
+def test_job_runs_to_completion(node, wns, version):
+    node.kubectl("apply", "-n", wns, "-f", "-", version=version,
+                 input=job_yaml("count", "echo done-$RANDOM", {"completions": 3, "parallelism": 2}))
+    out = node.kubectl("wait", "--for=condition=complete", "job/count", "-n", wns, "--timeout=60s",
+                       version=version, timeout=70)
+    assert "condition met" in out.stdout
+    job = node.json("get", "job", "count", "-n", wns)
+    assert job["status"]["succeeded"] == 3
+    assert job["status"].get("active", 0) == 0
+    assert job["status"]["completionTime"] >= job["status"]["startTime"]
+    ps = pods(node, wns, "job-name=count")
+    assert len(ps) == 3 and all(p["status"]["phase"] == "Succeeded" for p in ps)
+    logs = node.kubectl("logs", "job/count", "-n", wns, version=version).stdout
+    assert logs.startswith("done-")
+    table = node.kubectl("get", "job", "count", "-n", wns, version=version).stdout.split("\n")
+    assert table[0].split()[:3] == ["NAME", "STATUS", "COMPLETIONS"] or table[0].split()[:2] == ["NAME", "COMPLETIONS"]
+    assert "3/3" in table[1]
+
+
+def test_failing_job_stops_at_its_backoff_limit(node, wns):
+    node.kubectl("apply", "-n", wns, "-f", "-", input=job_yaml("fails", "exit 3", {"backoffLimit": 1}))
+    out = node.kubectl("wait", "--for=condition=failed", "job/fails", "-n", wns, "--timeout=90s", timeout=100)
+    assert "condition met" in out.stdout
+    job = node.json("get", "job", "fails", "-n", wns)
+    assert condition(job, "Failed")["reason"] == "BackoffLimitExceeded"
+    # backoffLimit 1: the first try and one retry, then no more.
+    assert job["status"]["failed"] == 2
+    time.sleep(2)
+    assert len(pods(node, wns, "job-name=fails")) == 2
+    described = node.kubectl("describe", "job", "fails", "-n", wns).stdout
+    assert "BackoffLimitExceeded" in described
+
+
+def test_indexed_job_and_deadline(node, wns):
+    node.kubectl("apply", "-n", wns, "-f", "-",
+                 input=job_yaml("idx", "echo index=$JOB_COMPLETION_INDEX",
+                                {"completions": 3, "parallelism": 3, "completionMode": "Indexed"}))
+    node.kubectl("wait", "--for=condition=complete", "job/idx", "-n", wns, "--timeout=60s", timeout=70)
+    job = node.json("get", "job", "idx", "-n", wns)
+    assert job["status"]["completedIndexes"] == "0-2"
+    outputs = sorted(node.kubectl("logs", p["metadata"]["name"], "-n", wns).stdout.strip()
+                     for p in pods(node, wns, "job-name=idx"))
+    assert outputs == ["index=0", "index=1", "index=2"]
+    node.kubectl("apply", "-n", wns, "-f", "-",
+                 input=job_yaml("slow", "sleep 600", {"activeDeadlineSeconds": 2}))
+    node.kubectl("wait", "--for=condition=failed", "job/slow", "-n", wns, "--timeout=60s", timeout=70)
+    assert condition(node.json("get", "job", "slow", "-n", wns), "Failed")["reason"] == "DeadlineExceeded"
+    wait_until(lambda: not live(pods(node, wns, "job-name=slow")) or
+               all(p["status"]["phase"] in ("Failed", "Succeeded") for p in pods(node, wns, "job-name=slow")),
+               timeout=30, what="the deadline to stop the pod")
+
+
+def test_finished_job_is_deleted_after_its_ttl(node, wns):
+    node.kubectl("apply", "-n", wns, "-f", "-",
+                 input=job_yaml("brief", "true", {"ttlSecondsAfterFinished": 2}))
+    node.kubectl("wait", "--for=condition=complete", "job/brief", "-n", wns, "--timeout=60s", timeout=70)
+    wait_until(lambda: node.kubectl("get", "job", "brief", "-n", wns, check=False).returncode != 0,
+               timeout=30, what="the job to expire")
+    wait_until(lambda: not pods(node, wns, "job-name=brief"), timeout=30, what="its pods to go")
+
+
+def test_cronjob_fires_and_keeps_its_history(node, wns, version):
+    cj = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+          "spec": {"schedule": "* * * * *", "successfulJobsHistoryLimit": 3,
+                   "jobTemplate": {"spec": {"template": {"spec": {
+                       "restartPolicy": "Never",
+                       "containers": [{"name": "c", "image": "busybox:test", "command": ["echo", "tick"]}]}}}}}}
+    node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(cj), version=version)
+    # The first minute boundary may be up to 60 s away.
+    jobs = wait_until(lambda: [j for j in node.json("get", "jobs", "-n", wns)["items"] if condition(j, "Complete")],
+                      timeout=100, interval=1, what="a completed job from the cron job")
+    job = jobs[0]
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
+    assert job["metadata"]["name"].startswith("tick-")
+    got = node.json("get", "cronjob", "tick", "-n", wns)
+    assert got["status"]["lastScheduleTime"] and got["status"]["lastSuccessfulTime"]
+    table = node.kubectl("get", "cronjob", "tick", "-n", wns, version=version).stdout.split("\n")
+    assert table[0].split()[:3] == ["NAME", "SCHEDULE", "TIMEZONE"] or table[0].split()[:2] == ["NAME", "SCHEDULE"]
+    # A manual run from the template, as `kubectl create job --from` does.
+    node.kubectl("create", "job", "manual", "--from=cronjob/tick", "-n", wns, version=version)
+    node.kubectl("wait", "--for=condition=complete", "job/manual", "-n", wns, "--timeout=60s", timeout=70)
+    assert node.kubectl("logs", "job/manual", "-n", wns).stdout.strip() == "tick"
+    # Deleting the cron job takes its jobs and their pods along.
+    node.kubectl("delete", "cronjob", "tick", "-n", wns, version=version)
+    wait_until(lambda: not [j for j in node.json("get", "jobs", "-n", wns)["items"]
+                            if j["metadata"]["name"].startswith("tick-")],
+               timeout=30, what="the cron job's jobs to go")
+
+
+def test_daemonset_runs_one_pod_per_node_and_rolls(node, wns, version):
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+          "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                   "template": {"metadata": {"labels": {"app": "agent"}},
+                                "spec": {"terminationGracePeriodSeconds": 1,
+                                         "containers": [{"name": "c", "image": "busybox:test",
+                                                         "command": ["sleep", "3600"]}]}}}}
+    node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(ds), version=version)
+    out = node.kubectl("rollout", "status", "ds/agent", "-n", wns, "--timeout=60s", version=version, timeout=70)
+    assert "successfully rolled out" in out.stdout
+    nodes = [n["metadata"]["name"] for n in node.json("get", "nodes")["items"]]
+    ps = live(pods(node, wns, "app=agent"))
+    assert sorted(p["spec"]["nodeName"] for p in ps) == sorted(nodes)
+    st = node.json("get", "ds", "agent", "-n", wns)["status"]
+    assert st["desiredNumberScheduled"] == len(nodes) == st["numberReady"] == st["updatedNumberScheduled"]
+    table = node.kubectl("get", "ds", "agent", "-n", wns, version=version).stdout.split("\n")
+    assert table[0].split()[:6] == ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE"]
+    # A template change replaces the daemon.
+    old = {p["metadata"]["name"] for p in ps}
+    node.kubectl("set", "env", "ds/agent", "V=2", "-n", wns, version=version)
+    node.kubectl("rollout", "status", "ds/agent", "-n", wns, "--timeout=60s", version=version, timeout=70)
+    wait_until(lambda: {p["metadata"]["name"] for p in live(pods(node, wns, "app=agent"))}.isdisjoint(old)
+               and len(live(pods(node, wns, "app=agent"))) == len(nodes), timeout=30, what="new daemons")
+    # A node selector that matches no node: the daemons go.
+    node.kubectl("patch", "ds", "agent", "-n", wns, "-p",
+                 '{"spec":{"template":{"spec":{"nodeSelector":{"role":"nowhere"}}}}}', version=version)
+    wait_until(lambda: not live(pods(node, wns, "app=agent")), timeout=30, what="daemons to leave")
+    assert node.json("get", "ds", "agent", "-n", wns)["status"]["desiredNumberScheduled"] == 0
+
+
+def test_statefulset_makes_ordered_stable_pods(node, wns, version):
+    sts = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+           "spec": {"serviceName": "db", "replicas": 3, "selector": {"matchLabels": {"app": "db"}},
+                    "template": {"metadata": {"labels": {"app": "db"}},
+                                 "spec": {"terminationGracePeriodSeconds": 1,
+                                          "containers": [{"name": "c", "image": "busybox:test",
+                                                          "command": ["sh", "-c", "hostname; sleep 3600"]}]}}}}
+    node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(sts), version=version)
+    out = node.kubectl("rollout", "status", "sts/db", "-n", wns, "--timeout=90s", version=version, timeout=100)
+    assert "roll out complete" in out.stdout or "rolling update complete" in out.stdout, out.stdout
+    ps = {p["metadata"]["name"]: p for p in live(pods(node, wns, "app=db"))}
+    assert sorted(ps) == ["db-0", "db-1", "db-2"]
+    # Ordered: each started after the one before it.
+    starts = [ps[f"db-{i}"]["metadata"]["creationTimestamp"] for i in range(3)]
+    assert starts == sorted(starts)
+    assert ps["db-1"]["spec"]["hostname"] == "db-1" and ps["db-1"]["spec"]["subdomain"] == "db"
+    assert node.kubectl("logs", "db-2", "-n", wns).stdout.strip() == "db-2"
+    # A deleted member comes back under the same name.
+    uid = ps["db-1"]["metadata"]["uid"]
+    node.kubectl("delete", "pod", "db-1", "-n", wns, version=version)
+    wait_until(lambda: (p := node.kubectl("get", "pod", "db-1", "-n", wns, "-o", "json", check=False)).returncode == 0
+               and json.loads(p.stdout)["metadata"]["uid"] != uid
+               and json.loads(p.stdout)["status"].get("phase") == "Running",
+               timeout=60, what="db-1 to come back")
+    node.kubectl("scale", "sts", "db", "--replicas=1", "-n", wns, version=version)
+    wait_until(lambda: sorted(p["metadata"]["name"] for p in pods(node, wns, "app=db")) == ["db-0"],
+               timeout=60, what="scale down to db-0")
+    st = node.json("get", "sts", "db", "-n", wns)["status"]
+    assert st["replicas"] == 1 and st["readyReplicas"] == 1

@@ -97,6 +97,78 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// Does the schedule fire on this day?
+    fn day_matches(&self, d: jiff::civil::Date) -> bool {
+        let dom = self.days_of_month.contains(&(d.day() as u32));
+        let dow = self
+            .days_of_week
+            .contains(&(d.weekday().to_sunday_zero_offset() as u32));
+        // Cron's rule: with both fields restricted either may match; otherwise both must
+        // (and an unrestricted field matches every day).
+        if self.dom_and_dow_restricted == (true, true) {
+            dom || dow
+        } else {
+            dom && dow
+        }
+    }
+
+    /// The first time after `t` at which the schedule fires, read on the clocks of `tz`;
+    /// `None` if it never does within five years (e.g. February 30th).
+    pub fn next_after(
+        &self,
+        t: jiff::Timestamp,
+        tz: &jiff::tz::TimeZone,
+    ) -> Option<jiff::Timestamp> {
+        use jiff::ToSpan;
+        let local = t.to_zoned(tz.clone()).datetime();
+        let mut dt = local
+            .with()
+            .second(0)
+            .subsec_nanosecond(0)
+            .build()
+            .ok()?
+            .checked_add(1.minute())
+            .ok()?;
+        let limit = local.date().checked_add(5.years()).ok()?;
+        while dt.date() <= limit {
+            if !self.months.contains(&(dt.month() as u32)) {
+                let first = dt.date().first_of_month().checked_add(1.month()).ok()?;
+                dt = first.to_datetime(jiff::civil::Time::midnight());
+                continue;
+            }
+            if !self.day_matches(dt.date()) {
+                dt = dt
+                    .date()
+                    .tomorrow()
+                    .ok()?
+                    .to_datetime(jiff::civil::Time::midnight());
+                continue;
+            }
+            if !self.hours.contains(&(dt.hour() as u32)) {
+                dt = dt
+                    .with()
+                    .minute(0)
+                    .build()
+                    .ok()?
+                    .checked_add(1.hour())
+                    .ok()?;
+                continue;
+            }
+            if !self.minutes.contains(&(dt.minute() as u32)) {
+                dt = dt.checked_add(1.minute()).ok()?;
+                continue;
+            }
+            let at = tz.to_ambiguous_zoned(dt).compatible().ok()?.timestamp();
+            if at > t {
+                return Some(at);
+            }
+            dt = dt.checked_add(1.minute()).ok()?;
+        }
+        None
+    }
+}
+
 fn is_star(f: &str) -> bool {
     f == "*" || f == "?"
 }
@@ -155,6 +227,74 @@ fn parse_field(f: &str, spec: &FieldSpec) -> Result<BTreeSet<u32>, CronError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn next(schedule: &str, after: &str, tz: &str) -> String {
+        let tz = jiff::tz::TimeZone::get(tz).unwrap();
+        let t: jiff::Timestamp = after.parse().unwrap();
+        Schedule::parse(schedule)
+            .unwrap()
+            .next_after(t, &tz)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn next_firing_times() {
+        let cases = [
+            (
+                "* * * * *",
+                "2026-11-22T10:15:30Z",
+                "UTC",
+                "2026-11-22T10:16:00Z",
+            ),
+            (
+                "*/15 * * * *",
+                "2026-11-22T10:15:00Z",
+                "UTC",
+                "2026-11-22T10:30:00Z",
+            ),
+            (
+                "0 9 * * mon-fri",
+                "2026-11-21T12:00:00Z",
+                "UTC",
+                "2026-11-23T09:00:00Z",
+            ),
+            (
+                "@monthly",
+                "2026-12-15T00:00:00Z",
+                "UTC",
+                "2027-01-01T00:00:00Z",
+            ),
+            // Both day fields restricted: either matches (the 1st, or a Friday).
+            (
+                "0 0 1 * 5",
+                "2026-11-22T00:00:00Z",
+                "UTC",
+                "2026-11-27T00:00:00Z",
+            ),
+            (
+                "0 0 29 2 *",
+                "2026-03-01T00:00:00Z",
+                "UTC",
+                "2028-02-29T00:00:00Z",
+            ),
+            // On the clocks of the time zone: 9:00 in Tokyo is 0:00 UTC.
+            (
+                "0 9 * * *",
+                "2026-11-22T01:00:00Z",
+                "Asia/Tokyo",
+                "2026-11-23T00:00:00Z",
+            ),
+            ("0 0 30 2 *", "2026-01-01T00:00:00Z", "UTC", ""),
+        ];
+        for (schedule, after, tz, want) in cases {
+            assert_eq!(
+                next(schedule, after, tz),
+                want,
+                "{schedule} after {after} in {tz}"
+            );
+        }
+    }
 
     #[test]
     fn parses_common_schedules() {

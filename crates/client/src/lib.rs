@@ -363,6 +363,30 @@ impl Client {
         .map(drop)
     }
 
+    /// Replace the whole `status` of an object (a JSON patch, so fields left out are removed),
+    /// for the status's one writer.
+    pub async fn put_status<K>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        status: &Value,
+    ) -> Result<K, ClientError>
+    where
+        K: Resource + DeserializeOwned,
+    {
+        let path = format!("{}/status", typed_path::<K>(namespace, Some(name)));
+        let patch = serde_json::json!([{"op": "add", "path": "/status", "value": status}]);
+        let b = self
+            .request(
+                Method::PATCH,
+                &path,
+                "application/json-patch+json",
+                Bytes::from(patch.to_string()),
+            )
+            .await?;
+        serde_json::from_slice(&b).map_err(ClientError::Decode)
+    }
+
     /// A JSON merge patch of the `status` subresource.
     pub async fn patch_status<K>(
         &self,

@@ -1044,7 +1044,7 @@ impl DeploymentController {
             let status = serde_json::to_value(&new).unwrap_or_default();
             match self
                 .client
-                .patch_status::<Deployment>(ns, name, &json!({"status": status}))
+                .put_status::<Deployment>(ns, name, &status)
                 .await
             {
                 Ok(_) => {}

@@ -1,41 +1,60 @@
 //! Reconcilers: each watches the objects it cares about and, level-triggered and idempotent,
 //! moves the cluster toward what those objects say.
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod mirror;
 pub mod namespace;
 mod owned;
 mod queue;
 pub mod replicaset;
 pub mod scheduling;
+pub mod statefulset;
 
-use api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use api::k8s_openapi::api::core::v1::Pod;
+use api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use api::k8s_openapi::api::batch::v1::{CronJob, Job};
+use api::k8s_openapi::api::core::v1::{Node, Pod};
 use client::Client;
 
+use crate::cronjob::CronJobController;
+use crate::daemonset::DaemonSetController;
 use crate::deployment::DeploymentController;
 use crate::gc::GarbageCollector;
+use crate::job::JobController;
 use crate::mirror::Mirror;
 use crate::replicaset::ReplicaSetController;
+use crate::statefulset::StatefulSetController;
 
 /// Start the workload controllers and the garbage collector on shared mirrors.
 pub fn start_workloads(client: &Client) {
     let pods = Mirror::<Pod>::new();
     let sets = Mirror::<ReplicaSet>::new();
     let deployments = Mirror::<Deployment>::new();
-    let rs = ReplicaSetController::new(client.clone(), pods.clone(), sets.clone());
-    let dc = DeploymentController::new(
-        client.clone(),
-        deployments.clone(),
-        sets.clone(),
-        pods.clone(),
+    let daemons = Mirror::<DaemonSet>::new();
+    let stateful = Mirror::<StatefulSet>::new();
+    let jobs = Mirror::<Job>::new();
+    let cronjobs = Mirror::<CronJob>::new();
+    let nodes = Mirror::<Node>::new();
+    let c = || client.clone();
+    tokio::spawn(ReplicaSetController::new(c(), pods.clone(), sets.clone()).run());
+    tokio::spawn(
+        DeploymentController::new(c(), deployments.clone(), sets.clone(), pods.clone()).run(),
     );
-    tokio::spawn(rs.run());
-    tokio::spawn(dc.run());
-    tokio::spawn(GarbageCollector::new(client.clone()).run());
+    tokio::spawn(DaemonSetController::new(c(), daemons.clone(), pods.clone(), nodes.clone()).run());
+    tokio::spawn(StatefulSetController::new(c(), stateful.clone(), pods.clone()).run());
+    tokio::spawn(JobController::new(c(), jobs.clone(), pods.clone()).run());
+    tokio::spawn(CronJobController::new(c(), cronjobs.clone(), jobs.clone()).run());
+    tokio::spawn(GarbageCollector::new(c()).run());
     // Mirrors run last, so that every subscriber hears the first list.
-    tokio::spawn(pods.run(client.clone()));
-    tokio::spawn(sets.run(client.clone()));
-    tokio::spawn(deployments.run(client.clone()));
+    tokio::spawn(pods.run(c()));
+    tokio::spawn(sets.run(c()));
+    tokio::spawn(deployments.run(c()));
+    tokio::spawn(daemons.run(c()));
+    tokio::spawn(stateful.run(c()));
+    tokio::spawn(jobs.run(c()));
+    tokio::spawn(cronjobs.run(c()));
+    tokio::spawn(nodes.run(c()));
 }

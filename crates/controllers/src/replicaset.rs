@@ -357,13 +357,10 @@ impl ReplicaSetController {
         if new != old {
             let ns = rs.metadata.namespace.as_deref();
             let name = rs.metadata.name.as_deref().unwrap_or("");
-            let mut status = serde_json::to_value(&new).unwrap_or_default();
-            if new.conditions.is_none() {
-                status["conditions"] = serde_json::Value::Null;
-            }
+            let status = serde_json::to_value(&new).unwrap_or_default();
             match self
                 .client
-                .patch_status::<ReplicaSet>(ns, name, &json!({"status": status}))
+                .put_status::<ReplicaSet>(ns, name, &status)
                 .await
             {
                 Ok(_) => {}

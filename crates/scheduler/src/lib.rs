@@ -18,6 +18,13 @@ mod snapshot;
 
 pub use demand::{Demand, DemandError};
 pub use filter::Reason;
+
+/// The first reason node `i` of the snapshot can never take pods like `d`, whatever runs
+/// there (cordon, nodeName, taints, node selector and affinity), or `None`. Controllers that
+/// pick nodes themselves, like the DaemonSet controller, ask this.
+pub fn never_fits(s: &Snapshot, i: usize, d: &Demand) -> Option<Reason> {
+    filter::static_reason(s, i, d)
+}
 pub use plan::{Decision, Plan, schedule};
 pub use score::Strategy;
 pub use snapshot::Snapshot;
