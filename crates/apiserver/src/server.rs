@@ -46,6 +46,9 @@ pub struct Config {
     pub compact_every: Duration,
     /// How often watchers that allow bookmarks get one.
     pub bookmark_every: Duration,
+    /// How long pods tolerate a not-ready or unreachable node unless they say otherwise
+    /// (the tolerations every pod gets on creation).
+    pub default_toleration_seconds: i64,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             max_body_bytes: 3 * 1024 * 1024,
             compact_every: Duration::from_secs(300),
             bookmark_every: Duration::from_secs(20),
+            default_toleration_seconds: api::kinds::DEFAULT_NOT_READY_TOLERATION_SECONDS,
         }
     }
 }

@@ -232,6 +232,35 @@ impl ApiServer {
     }
 
     /// Run admission for `r`, turning its errors into API errors.
+    /// The not-ready and unreachable tolerations defaulting gave a new pod last as long as
+    /// this server is configured to (Kubernetes' DefaultTolerationSeconds admission).
+    fn default_tolerations(&self, submitted: &Value, admitted: &mut Value) {
+        let secs = self.config.default_toleration_seconds;
+        if secs == api::kinds::DEFAULT_NOT_READY_TOLERATION_SECONDS {
+            return;
+        }
+        let asked: Vec<&str> = submitted["spec"]["tolerations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["key"].as_str())
+            .collect();
+        for t in admitted["spec"]["tolerations"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            let key = t["key"].as_str().unwrap_or("");
+            if matches!(
+                key,
+                "node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable"
+            ) && !asked.contains(&key)
+            {
+                t["tolerationSeconds"] = json!(secs);
+            }
+        }
+    }
+
     fn admit(
         &self,
         r: &'static Resource,
@@ -257,6 +286,10 @@ impl ApiServer {
                 )),
                 AdmitError::Invalid(errs) => ApiError::invalid(r, &name, &errs),
             })?;
+        let mut admitted = admitted;
+        if r.kind == "Pod" && op == Operation::Create {
+            self.default_tolerations(obj, &mut admitted.object);
+        }
         let unknown: Vec<String> = admitted
             .unknown_fields
             .iter()

@@ -51,6 +51,15 @@ pub struct ServerArgs {
     /// proportion.
     #[arg(long, default_value = "least-allocated", value_parser = parse_strategy)]
     pub scheduler_strategy: scheduler::Strategy,
+    /// Seconds without a Lease renewal after which a node is unreachable: it gets the
+    /// `node.kubernetes.io/unreachable` taints and its pods are evicted once their
+    /// toleration runs out.
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_period: u64,
+    /// Seconds pods stay on a not-ready or unreachable node before eviction, unless their
+    /// spec says otherwise.
+    #[arg(long, default_value_t = 300)]
+    pub default_toleration_seconds: i64,
 }
 
 fn parse_strategy(s: &str) -> Result<scheduler::Strategy, String> {
@@ -115,6 +124,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     let advertise = SocketAddr::new(advertise_ip, addr.port());
     let config = apiserver::Config {
         advertise,
+        default_toleration_seconds: args.default_toleration_seconds,
         ..Default::default()
     };
     let service_ip = IpAddr::V4(Ipv4Addr::from(u32::from(config.service_cidr.0) + 1));
@@ -142,7 +152,12 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         )
         .run(),
     );
-    controllers::start_workloads(&InProcess::client(api.clone(), "kube-controller-manager"));
+    controllers::start_workloads(
+        &InProcess::client(api.clone(), "kube-controller-manager"),
+        controllers::nodelifecycle::Config {
+            grace: Duration::from_secs(args.node_monitor_grace_period),
+        },
+    );
     tokio::spawn(
         SchedulerLoop::new(
             InProcess::client(api.clone(), "default-scheduler"),

@@ -8,6 +8,7 @@ pub mod gc;
 pub mod job;
 pub mod mirror;
 pub mod namespace;
+pub mod nodelifecycle;
 mod owned;
 mod queue;
 pub mod replicaset;
@@ -16,6 +17,7 @@ pub mod statefulset;
 
 use api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use api::k8s_openapi::api::batch::v1::{CronJob, Job};
+use api::k8s_openapi::api::coordination::v1::Lease;
 use api::k8s_openapi::api::core::v1::{Node, Pod};
 use client::Client;
 
@@ -25,11 +27,13 @@ use crate::deployment::DeploymentController;
 use crate::gc::GarbageCollector;
 use crate::job::JobController;
 use crate::mirror::Mirror;
+use crate::nodelifecycle::NodeLifecycleController;
 use crate::replicaset::ReplicaSetController;
 use crate::statefulset::StatefulSetController;
 
-/// Start the workload controllers and the garbage collector on shared mirrors.
-pub fn start_workloads(client: &Client) {
+/// Start the workload controllers, node lifecycle and the garbage collector on shared
+/// mirrors.
+pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     let pods = Mirror::<Pod>::new();
     let sets = Mirror::<ReplicaSet>::new();
     let deployments = Mirror::<Deployment>::new();
@@ -38,6 +42,7 @@ pub fn start_workloads(client: &Client) {
     let jobs = Mirror::<Job>::new();
     let cronjobs = Mirror::<CronJob>::new();
     let nodes = Mirror::<Node>::new();
+    let leases = Mirror::<Lease>::new();
     let c = || client.clone();
     tokio::spawn(ReplicaSetController::new(c(), pods.clone(), sets.clone()).run());
     tokio::spawn(
@@ -48,6 +53,10 @@ pub fn start_workloads(client: &Client) {
     tokio::spawn(JobController::new(c(), jobs.clone(), pods.clone()).run());
     tokio::spawn(CronJobController::new(c(), cronjobs.clone(), jobs.clone()).run());
     tokio::spawn(GarbageCollector::new(c()).run());
+    tokio::spawn(
+        NodeLifecycleController::new(c(), nodes_cfg, nodes.clone(), leases.clone(), pods.clone())
+            .run(),
+    );
     // Mirrors run last, so that every subscriber hears the first list.
     tokio::spawn(pods.run(c()));
     tokio::spawn(sets.run(c()));
@@ -57,4 +66,5 @@ pub fn start_workloads(client: &Client) {
     tokio::spawn(jobs.run(c()));
     tokio::spawn(cronjobs.run(c()));
     tokio::spawn(nodes.run(c()));
+    tokio::spawn(leases.run(c()));
 }

@@ -1,0 +1,280 @@
+//! The workload controllers, the scheduler loop and node lifecycle in an in-process cluster:
+//! the API server on the in-memory store and nodes played by small fake agents that renew
+//! their Lease, report bound pods running and ready, and finish deletions. A node "fails" when
+//! its fake agent stops.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use api::k8s_openapi::api::coordination::v1::Lease;
+use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use apiserver::{ApiServer, Identity};
+use async_trait::async_trait;
+use bytes::Bytes;
+use client::{Client, ClientError, ListParams, ResponseBody, Transport};
+use controllers::scheduling::SchedulerLoop;
+use http_body_util::BodyExt;
+use serde_json::json;
+use store::MemStore;
+
+struct InProcess(Arc<ApiServer>);
+
+#[async_trait]
+impl Transport for InProcess {
+    async fn send(
+        &self,
+        req: http::Request<Bytes>,
+    ) -> Result<http::Response<ResponseBody>, ClientError> {
+        let resp = self.0.handle(req, Identity::System("test".into())).await;
+        Ok(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
+    }
+}
+
+async fn cluster() -> Client {
+    let cfg = apiserver::Config {
+        default_toleration_seconds: 1,
+        ..Default::default()
+    };
+    let api = ApiServer::start(Arc::new(MemStore::new()), cfg)
+        .await
+        .unwrap();
+    let c = Client::new(Arc::new(InProcess(api)));
+    for ns in ["default", "kube-node-lease"] {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+        c.create(None, &ns).await.unwrap();
+    }
+    tokio::spawn(SchedulerLoop::new(c.clone(), scheduler::Config::default()).run());
+    controllers::start_workloads(
+        &c,
+        controllers::nodelifecycle::Config {
+            grace: Duration::from_secs(1),
+        },
+    );
+    c
+}
+
+/// A node played by a loop: it lives while `alive` is set.
+async fn add_node(c: &Client, name: &str, taints: serde_json::Value) -> Arc<AtomicBool> {
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {"taints": taints},
+        "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "20"},
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .unwrap();
+    c.create(None, &n).await.unwrap();
+    let alive = Arc::new(AtomicBool::new(true));
+    tokio::spawn(fake_agent(c.clone(), name.to_string(), alive.clone()));
+    alive
+}
+
+async fn fake_agent(c: Client, node: String, alive: Arc<AtomicBool>) {
+    while alive.load(Ordering::Relaxed) {
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": {"name": node},
+            "spec": {"holderIdentity": node, "renewTime": now, "leaseDurationSeconds": 40}}))
+        .unwrap();
+        match c
+            .get::<Lease>(Some("kube-node-lease"), &node)
+            .await
+            .unwrap()
+        {
+            Some(mut old) => {
+                old.spec = lease.spec;
+                let _ = c.replace(Some("kube-node-lease"), &node, &old).await;
+            }
+            None => {
+                let _ = c.create(Some("kube-node-lease"), &lease).await;
+            }
+        }
+        let params = ListParams {
+            field_selector: Some(format!("spec.nodeName={node}")),
+            ..Default::default()
+        };
+        let (pods, _) = c.list::<Pod>(None, &params).await.unwrap();
+        for p in pods {
+            let ns = p.metadata.namespace.clone().unwrap();
+            let name = p.metadata.name.clone().unwrap();
+            if p.metadata.deletion_timestamp.is_some() {
+                let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+                let _ = c
+                    .delete_with(&path, &json!({"gracePeriodSeconds": 0}))
+                    .await;
+                continue;
+            }
+            if p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+                let now = jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string();
+                let status = json!({"status": {"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+                let _ = c.patch_status::<Pod>(Some(&ns), &name, &status).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn live_pods(c: &Client, selector: &str) -> Vec<Pod> {
+    let params = ListParams {
+        label_selector: Some(selector.into()),
+        ..Default::default()
+    };
+    let (pods, _) = c.list::<Pod>(Some("default"), &params).await.unwrap();
+    pods.into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+fn per_node(pods: &[Pod]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for p in pods {
+        let n = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        *m.entry(n).or_insert(0) += 1;
+    }
+    m
+}
+
+async fn deploy(c: &Client, name: &str, replicas: i32) {
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "c", "image": "i",
+                                  "resources": {"requests": {"cpu": "100m"}}}]}}}}))
+    .unwrap();
+    c.create(Some("default"), &d).await.unwrap();
+}
+
+async fn available(c: &Client, name: &str) -> i32 {
+    c.get::<Deployment>(Some("default"), name)
+        .await
+        .unwrap()
+        .and_then(|d| d.status?.available_replicas)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_spreads_and_comes_back_after_a_node_fails() {
+    let c = cluster().await;
+    let _a = add_node(&c, "node-a", json!([])).await;
+    let b = add_node(&c, "node-b", json!([])).await;
+    let _c = add_node(&c, "node-c", json!([])).await;
+    deploy(&c, "web", 6).await;
+    eventually("6 available", async || {
+        (available(&c, "web").await == 6).then_some(())
+    })
+    .await;
+    let spread = per_node(&live_pods(&c, "app=web").await);
+    assert_eq!(
+        spread.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{spread:?}"
+    );
+
+    // node-b stops renewing its Lease.
+    b.store(false, Ordering::Relaxed);
+    let node = eventually("node-b unreachable", async || {
+        let n = c.get::<Node>(None, "node-b").await.unwrap()?;
+        let tainted = n
+            .spec
+            .as_ref()?
+            .taints
+            .as_ref()?
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute");
+        tainted.then_some(n)
+    })
+    .await;
+    let ready = node
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "Unknown");
+    assert_eq!(ready.reason.as_deref(), Some("NodeStatusUnknown"));
+
+    // Its pods tolerate that for 1 s (this cluster's default), then are evicted and replaced
+    // on the nodes that still work.
+    eventually("pods replaced away from node-b", async || {
+        let pods = live_pods(&c, "app=web").await;
+        let spread = per_node(&pods);
+        (pods.len() == 6 && !spread.contains_key("node-b") && available(&c, "web").await == 6)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_skip_tainted_nodes_and_deleting_the_set_removes_them() {
+    let c = cluster().await;
+    add_node(&c, "node-a", json!([])).await;
+    add_node(&c, "node-b", json!([])).await;
+    add_node(
+        &c,
+        "gpu",
+        json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+    )
+    .await;
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "logs"},
+        "spec": {"selector": {"matchLabels": {"app": "logs"}},
+                 "template": {"metadata": {"labels": {"app": "logs"}},
+                              "spec": {"containers": [{"name": "c", "image": "i"}]}}}}))
+    .unwrap();
+    c.create(Some("default"), &ds).await.unwrap();
+    let pods = eventually("a daemon on each untainted node", async || {
+        let pods = live_pods(&c, "app=logs").await;
+        let on: Vec<String> = per_node(&pods).into_keys().collect();
+        (on == ["node-a", "node-b"]).then_some(pods)
+    })
+    .await;
+    assert_eq!(pods.len(), 2);
+    let st = eventually("status", async || {
+        let ds = c.get::<DaemonSet>(Some("default"), "logs").await.unwrap()?;
+        let st = ds.status?;
+        (st.number_ready == 2).then_some(st)
+    })
+    .await;
+    assert_eq!(st.desired_number_scheduled, 2);
+    // A node joining gets its daemon.
+    add_node(&c, "node-d", json!([])).await;
+    eventually("a daemon on node-d", async || {
+        per_node(&live_pods(&c, "app=logs").await)
+            .contains_key("node-d")
+            .then_some(())
+    })
+    .await;
+    // Background deletion: the garbage collector removes the daemons after the set.
+    c.delete::<DaemonSet>(Some("default"), "logs")
+        .await
+        .unwrap();
+    eventually("daemons gone", async || {
+        live_pods(&c, "app=logs").await.is_empty().then_some(())
+    })
+    .await;
+}
