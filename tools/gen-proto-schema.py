@@ -26,6 +26,10 @@ ROOTS = [
 ] + ["api.apps.v1." + k for k in ["Deployment", "ReplicaSet", "DaemonSet", "StatefulSet"]] + [
     "api.batch.v1.Job", "api.batch.v1.CronJob", "api.coordination.v1.Lease",
     "api.autoscaling.v1.Scale", "apimachinery.pkg.apis.meta.v1.DeleteOptions",
+    "api.core.v1.ResourceQuota", "api.core.v1.LimitRange",
+    "api.policy.v1.PodDisruptionBudget", "api.policy.v1.Eviction",
+    "api.scheduling.v1.PriorityClass", "api.autoscaling.v2.HorizontalPodAutoscaler",
+    "api.apps.v1.ControllerRevision",
 ]
 
 # Messages the decoder knows by heart: their JSON form is not an object of their fields.

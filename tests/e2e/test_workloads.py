@@ -456,3 +456,47 @@ def test_statefulset_makes_ordered_stable_pods(node, wns, version):
                timeout=60, what="scale down to db-0")
     st = node.json("get", "sts", "db", "-n", wns)["status"]
     assert st["replicas"] == 1 and st["readyReplicas"] == 1
+
+
+def test_cordon_and_drain_respect_a_disruption_budget(node, wns, version):
+    [name] = [n["metadata"]["name"] for n in node.json("get", "nodes")["items"]]
+    node.kubectl("create", "deployment", "drained", "--image=busybox:test", "--replicas=3", "-n", wns,
+                 "--", "sleep", "3600", version=version)
+    node.kubectl("patch", "deployment", "drained", "-n", wns, "-p",
+                 '{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":1}}}}', version=version)
+    rolled_out(node, wns, "drained", version=version)
+    node.kubectl("create", "pdb", "keep-two", "--selector=app=drained", "--min-available=2", "-n", wns,
+                 version=version)
+    pdb = wait_until(lambda: (b := node.json("get", "pdb", "keep-two", "-n", wns)).get("status", {})
+                     .get("observedGeneration") == b["metadata"]["generation"]
+                     and b["status"].get("currentHealthy") == 3 and b,
+                     timeout=30, what="the budget's status")
+    assert pdb["status"]["disruptionsAllowed"] == 1 and pdb["status"]["desiredHealthy"] == 2
+    table = node.kubectl("get", "pdb", "keep-two", "-n", wns, version=version).stdout.split("\n")
+    assert table[0].split() == ["NAME", "MIN", "AVAILABLE", "MAX", "UNAVAILABLE", "ALLOWED", "DISRUPTIONS", "AGE"]
+    assert table[1].split()[:4] == ["keep-two", "2", "N/A", "1"]
+    try:
+        node.kubectl("cordon", name, version=version)
+        nodes = node.kubectl("get", "nodes", version=version).stdout
+        assert "Ready,SchedulingDisabled" in nodes, nodes
+        # The budget lets one pod go; the drain then waits on the rest and gives up.
+        out = node.kubectl("drain", name, "--pod-selector=app=drained", "--timeout=8s", check=False,
+                           version=version, timeout=60)
+        assert out.returncode != 0
+        assert "disruption budget" in out.stdout + out.stderr, out.stdout + out.stderr
+        running = live(pods(node, wns, "app=drained"))
+        bound = [p for p in running if p["spec"].get("nodeName")]
+        assert len(bound) == 2, [p["metadata"]["name"] for p in running]
+        # The replacement waits: the only node is cordoned.
+        pending = [p for p in running if not p["spec"].get("nodeName")]
+        assert len(pending) == 1
+        # Without the budget the drain completes.
+        node.kubectl("delete", "pdb", "keep-two", "-n", wns, version=version)
+        out = node.kubectl("drain", name, "--pod-selector=app=drained", "--timeout=60s",
+                           version=version, timeout=90)
+        assert f"node/{name} drained" in out.stdout, out.stdout
+        assert not [p for p in live(pods(node, wns, "app=drained")) if p["spec"].get("nodeName")]
+    finally:
+        node.kubectl("uncordon", name, version=version)
+    rolled_out(node, wns, "drained", version=version)
+    assert len(live(pods(node, wns, "app=drained"))) == 3

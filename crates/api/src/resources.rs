@@ -4,11 +4,15 @@
 use std::sync::LazyLock;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+    ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, Service,
+    ServiceAccount,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use serde_json::Value;
 
 use crate::kinds::{KindOps, ops};
@@ -447,6 +451,91 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             field_labels: &[],
             ops: ops::<CronJob>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "ResourceQuota",
+            plural: "resourcequotas",
+            singular: "resourcequota",
+            namespaced: true,
+            short_names: &["quota"],
+            categories: NONE,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: true,
+            field_labels: &[],
+            ops: ops::<ResourceQuota>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "LimitRange",
+            plural: "limitranges",
+            singular: "limitrange",
+            namespaced: true,
+            short_names: &["limits"],
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: &[],
+            ops: ops::<LimitRange>(),
+        },
+        Resource {
+            group: "autoscaling",
+            version: "v2",
+            kind: "HorizontalPodAutoscaler",
+            plural: "horizontalpodautoscalers",
+            singular: "horizontalpodautoscaler",
+            namespaced: true,
+            short_names: &["hpa"],
+            categories: ALL,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: true,
+            field_labels: &[],
+            ops: ops::<HorizontalPodAutoscaler>(),
+        },
+        Resource {
+            group: "policy",
+            version: "v1",
+            kind: "PodDisruptionBudget",
+            plural: "poddisruptionbudgets",
+            singular: "poddisruptionbudget",
+            namespaced: true,
+            short_names: &["pdb"],
+            categories: NONE,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            field_labels: &[],
+            ops: ops::<PodDisruptionBudget>(),
+        },
+        Resource {
+            group: "scheduling.k8s.io",
+            version: "v1",
+            kind: "PriorityClass",
+            plural: "priorityclasses",
+            singular: "priorityclass",
+            namespaced: false,
+            short_names: &["pc"],
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: &[],
+            ops: ops::<PriorityClass>(),
         },
         Resource {
             group: "coordination.k8s.io",

@@ -57,6 +57,13 @@ fn subresources(r: &Resource) -> Vec<Sub> {
         };
         out.push(sub("attach", "PodAttachOptions", &["create", "get"]));
         out.push(sub("binding", "Binding", &["create"]));
+        out.push(Sub {
+            name: "eviction",
+            group: "policy",
+            version: "v1",
+            kind: "Eviction",
+            verbs: &["create"],
+        });
         out.push(sub("exec", "PodExecOptions", &["create", "get"]));
         out.push(sub("log", "Pod", &["get"]));
         out.push(sub(

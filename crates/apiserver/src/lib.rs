@@ -7,6 +7,7 @@ pub mod body;
 pub mod cache;
 mod discovery;
 pub mod errors;
+mod evict;
 pub mod http;
 mod node;
 mod openapi;

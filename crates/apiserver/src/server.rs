@@ -363,6 +363,10 @@ impl ApiServer {
             (&Method::PUT, Some(name), Some("finalize")) if t.resource.kind == "Namespace" => {
                 self.finalize(&t, name, &req, &params, who).await
             }
+            (&Method::POST, Some(name), Some("eviction")) if t.resource.kind == "Pod" => {
+                self.namespaced_target(&t)?;
+                self.evict(&t, name, &req, &params, who).await
+            }
             (&Method::POST, Some(name), Some("binding")) if t.resource.kind == "Pod" => {
                 self.namespaced_target(&t)?;
                 self.bind(&t, name, &req, &params, who).await

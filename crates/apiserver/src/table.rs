@@ -497,6 +497,85 @@ pub fn columns(kind: &str) -> Vec<Column> {
             col("Holder", "string", 0, "The holder of the lease."),
             AGE,
         ],
+        "PodDisruptionBudget" => vec![
+            NAME,
+            col(
+                "Min Available",
+                "string",
+                0,
+                "The minimum number of pods that must be available.",
+            ),
+            col(
+                "Max Unavailable",
+                "string",
+                0,
+                "The maximum number of pods that may be unavailable.",
+            ),
+            col(
+                "Allowed Disruptions",
+                "integer",
+                0,
+                "Calculated number of pods that may be disrupted at this time.",
+            ),
+            AGE,
+        ],
+        "PriorityClass" => vec![
+            NAME,
+            col("Value", "integer", 0, "The priority of pods of this class."),
+            col(
+                "Global-Default",
+                "boolean",
+                0,
+                "Whether pods without a class get this one.",
+            ),
+            AGE,
+            col(
+                "PreemptionPolicy",
+                "string",
+                0,
+                "Whether pods of this class may preempt others.",
+            ),
+        ],
+        "ResourceQuota" => vec![
+            NAME,
+            AGE,
+            col(
+                "Request",
+                "string",
+                0,
+                "Request represents a minimum amount of cpu/memory that a container may consume.",
+            ),
+            col(
+                "Limit",
+                "string",
+                0,
+                "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node.",
+            ),
+        ],
+        "HorizontalPodAutoscaler" => vec![
+            NAME,
+            col(
+                "Reference",
+                "string",
+                0,
+                "The object whose scale is controlled.",
+            ),
+            col("Targets", "string", 0, "The metrics and their targets."),
+            col(
+                "MinPods",
+                "string",
+                0,
+                "The lower limit for the number of replicas.",
+            ),
+            col(
+                "MaxPods",
+                "integer",
+                0,
+                "The upper limit for the number of replicas.",
+            ),
+            col("Replicas", "integer", 0, "Current number of replicas."),
+            AGE,
+        ],
         _ => vec![
             NAME,
             Column {
@@ -626,10 +705,108 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
             Cell::text(s(&spec["holderIdentity"])),
             created(obj),
         ],
+        "PodDisruptionBudget" => {
+            let show = |v: &Value| match v {
+                Value::Null => "N/A".to_string(),
+                Value::String(x) => x.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                name(obj),
+                Cell::text(show(&spec["minAvailable"])),
+                Cell::text(show(&spec["maxUnavailable"])),
+                Cell::Int(int(&status["disruptionsAllowed"])),
+                created(obj),
+            ]
+        }
+        "PriorityClass" => vec![
+            name(obj),
+            Cell::Int(int(&obj["value"])),
+            Cell::text(if obj["globalDefault"].as_bool() == Some(true) {
+                "true"
+            } else {
+                "false"
+            }),
+            created(obj),
+            Cell::text(or_none(s(&obj["preemptionPolicy"]))),
+        ],
+        "ResourceQuota" => {
+            let usage = |limits: bool| {
+                let hard = status["hard"].as_object().or(spec["hard"].as_object());
+                hard.into_iter()
+                    .flatten()
+                    .filter(|(k, _)| k.starts_with("limits.") == limits)
+                    .map(|(k, v)| {
+                        let used = status["used"][k].as_str().unwrap_or("0");
+                        format!("{k}: {used}/{}", s(v))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name(obj),
+                created(obj),
+                Cell::text(usage(false)),
+                Cell::text(usage(true)),
+            ]
+        }
+        "HorizontalPodAutoscaler" => {
+            let r = &spec["scaleTargetRef"];
+            let targets: Vec<String> = spec["metrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| hpa_target(m, &status["currentMetrics"]))
+                .collect();
+            vec![
+                name(obj),
+                Cell::text(format!("{}/{}", s(&r["kind"]), s(&r["name"]))),
+                Cell::text(if targets.is_empty() {
+                    "<none>".into()
+                } else {
+                    targets.join(", ")
+                }),
+                Cell::text(
+                    spec["minReplicas"]
+                        .as_i64()
+                        .map_or("<unset>".into(), |n| n.to_string()),
+                ),
+                Cell::Int(int(&spec["maxReplicas"])),
+                Cell::Int(int(&status["currentReplicas"])),
+                created(obj),
+            ]
+        }
         _ => vec![
             name(obj),
             Cell::text(s(&obj["metadata"]["creationTimestamp"])),
         ],
+    }
+}
+
+/// One metric of an HPA as kubectl shows it: `cpu: 12%/50%`, `<unknown>` until measured.
+fn hpa_target(m: &Value, current: &Value) -> String {
+    let r = &m["resource"];
+    let res = s(&r["name"]);
+    let target = &r["target"];
+    let now = current
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Resource" && c["resource"]["name"] == res)
+        .map(|c| &c["resource"]["current"]);
+    match s(&target["type"]) {
+        "Utilization" => {
+            let cur = now
+                .and_then(|c| c["averageUtilization"].as_i64())
+                .map_or("<unknown>".to_string(), |u| format!("{u}%"));
+            format!("{res}: {cur}/{}%", int(&target["averageUtilization"]))
+        }
+        _ => {
+            let cur = now
+                .and_then(|c| c["averageValue"].as_str())
+                .map_or("<unknown>".to_string(), str::to_string);
+            format!("{res}: {cur}/{}", s(&target["averageValue"]))
+        }
     }
 }
 
@@ -1130,6 +1307,10 @@ mod tests {
             "Job",
             "CronJob",
             "Lease",
+            "PodDisruptionBudget",
+            "PriorityClass",
+            "ResourceQuota",
+            "HorizontalPodAutoscaler",
             "Namespace",
             "Other",
         ] {

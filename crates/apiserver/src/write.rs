@@ -42,11 +42,21 @@ pub(crate) struct WriteOpts {
     force: bool,
 }
 
+impl WriteOpts {
+    pub(crate) fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+}
+
 fn now() -> String {
     Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn write_opts(req: &Request<Bytes>, params: &Params, who: &Identity) -> ApiResult<WriteOpts> {
+pub(crate) fn write_opts(
+    req: &Request<Bytes>,
+    params: &Params,
+    who: &Identity,
+) -> ApiResult<WriteOpts> {
     let dry_run = match params.get("dryRun") {
         None | Some("") => false,
         Some("All") => true,
@@ -96,7 +106,7 @@ fn write_opts(req: &Request<Bytes>, params: &Params, who: &Identity) -> ApiResul
 }
 
 /// The result of a write.
-struct Written {
+pub(crate) struct Written {
     obj: Value,
     rev: u64,
     warnings: Vec<String>,
@@ -970,7 +980,7 @@ impl ApiServer {
 
     /// Delete one object; returns its last state and whether it is gone (rather than
     /// waiting for finalizers or a graceful shutdown).
-    async fn delete_object(
+    pub(crate) async fn delete_object(
         &self,
         t: &Target,
         name: &str,
@@ -1221,6 +1231,43 @@ impl ApiServer {
     }
 
     // ----- subresources -------------------------------------------------------------------
+
+    /// Write `new`'s status if the object is still at `old_rev`; false if it moved on.
+    pub(crate) async fn write_status_at(
+        &self,
+        t: &Target,
+        name: &str,
+        mut new: Value,
+        old_rev: u64,
+        opts: &WriteOpts,
+    ) -> ApiResult<bool> {
+        let (old, rev) = self
+            .current(t, name, false)
+            .await?
+            .ok_or_else(|| ApiError::not_found(t.resource, name))?;
+        if rev != old_rev {
+            return Ok(false);
+        }
+        strip_rv(&mut new);
+        match self
+            .commit(
+                t,
+                name,
+                &mut new,
+                &old,
+                rev,
+                Scope::Status,
+                opts,
+                true,
+                true,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Commit::Conflict) => Ok(false),
+            Err(Commit::Failed(e)) => Err(e),
+        }
+    }
 
     /// `namespaces/{name}/finalize`: the namespace controller clears `spec.finalizers` here.
     pub(crate) async fn finalize(
@@ -1532,7 +1579,7 @@ impl Propagation {
 }
 
 /// `DeleteOptions`, from the body and the query string.
-struct DeleteOptions {
+pub(crate) struct DeleteOptions {
     grace_period: Option<i64>,
     propagation: Option<Propagation>,
     uid: Option<String>,
@@ -1546,6 +1593,11 @@ impl DeleteOptions {
         } else {
             parse_body(req, false)?
         };
+        DeleteOptions::from_value(&body, params)
+    }
+
+    /// From a `DeleteOptions` object (as an Eviction carries it) and the query string.
+    pub(crate) fn from_value(body: &Value, params: &Params) -> ApiResult<DeleteOptions> {
         if let Some(dry) = body["dryRun"].as_array()
             && dry.iter().any(|d| d != "All")
         {

@@ -4,6 +4,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod gc;
 pub mod job;
 pub mod mirror;
@@ -19,11 +20,13 @@ use api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, Statefu
 use api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use api::k8s_openapi::api::coordination::v1::Lease;
 use api::k8s_openapi::api::core::v1::{Node, Pod};
+use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use client::Client;
 
 use crate::cronjob::CronJobController;
 use crate::daemonset::DaemonSetController;
 use crate::deployment::DeploymentController;
+use crate::disruption::DisruptionController;
 use crate::gc::GarbageCollector;
 use crate::job::JobController;
 use crate::mirror::Mirror;
@@ -43,6 +46,7 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     let cronjobs = Mirror::<CronJob>::new();
     let nodes = Mirror::<Node>::new();
     let leases = Mirror::<Lease>::new();
+    let budgets = Mirror::<PodDisruptionBudget>::new();
     let c = || client.clone();
     tokio::spawn(ReplicaSetController::new(c(), pods.clone(), sets.clone()).run());
     tokio::spawn(
@@ -52,6 +56,16 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     tokio::spawn(StatefulSetController::new(c(), stateful.clone(), pods.clone()).run());
     tokio::spawn(JobController::new(c(), jobs.clone(), pods.clone()).run());
     tokio::spawn(CronJobController::new(c(), cronjobs.clone(), jobs.clone()).run());
+    tokio::spawn(
+        DisruptionController::new(
+            c(),
+            budgets.clone(),
+            pods.clone(),
+            sets.clone(),
+            stateful.clone(),
+        )
+        .run(),
+    );
     tokio::spawn(GarbageCollector::new(c()).run());
     tokio::spawn(
         NodeLifecycleController::new(c(), nodes_cfg, nodes.clone(), leases.clone(), pods.clone())
@@ -67,4 +81,5 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     tokio::spawn(cronjobs.run(c()));
     tokio::spawn(nodes.run(c()));
     tokio::spawn(leases.run(c()));
+    tokio::spawn(budgets.run(c()));
 }

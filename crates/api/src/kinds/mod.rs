@@ -8,6 +8,7 @@ mod apps;
 mod batch;
 mod core;
 mod pod;
+mod policy;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -23,6 +24,7 @@ use crate::names;
 pub use self::batch::{CONTROLLER_UID_LABEL, JOB_NAME_LABEL};
 pub use self::core::{NAMESPACE_FINALIZER, NAMESPACE_NAME_LABEL, NODE_PORT_RANGE, parse_cidr};
 pub use self::pod::{DEFAULT_NOT_READY_TOLERATION_SECONDS, default_pull_policy, qos_class};
+pub use self::policy::HIGHEST_USER_PRIORITY;
 
 /// The typed rules of one kind. Every hook has a harmless default.
 pub trait Kind:

@@ -192,6 +192,11 @@ fn build() -> Schemas {
         ("Secret", with_meta),
         ("Event", with_meta),
         ("Lease", with_meta),
+        ("PodDisruptionBudget", with_meta),
+        ("PriorityClass", with_meta),
+        ("ResourceQuota", with_meta),
+        ("LimitRange", with_meta),
+        ("HorizontalPodAutoscaler", with_meta),
     ]);
     Schemas { by_kind }
 }

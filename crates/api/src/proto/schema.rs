@@ -4,6 +4,29 @@ use super::{Field, Message, Shape::*, Ty::*};
 
 pub(super) static MESSAGES: &[Message] = &[
     Message {
+        name: "api.apps.v1.ControllerRevision",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "data",
+                ty: Msg("apimachinery.pkg.runtime.RawExtension"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "revision",
+                ty: I64,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.apps.v1.DaemonSet",
         fields: &[
             Field {
@@ -790,6 +813,547 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 2,
                 json: "selector",
                 ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.ContainerResourceMetricSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "target",
+                ty: Msg("api.autoscaling.v2.MetricTarget"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "container",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.ContainerResourceMetricStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "current",
+                ty: Msg("api.autoscaling.v2.MetricValueStatus"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "container",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.CrossVersionObjectReference",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "kind",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "apiVersion",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.ExternalMetricSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metric",
+                ty: Msg("api.autoscaling.v2.MetricIdentifier"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "target",
+                ty: Msg("api.autoscaling.v2.MetricTarget"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.ExternalMetricStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metric",
+                ty: Msg("api.autoscaling.v2.MetricIdentifier"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "current",
+                ty: Msg("api.autoscaling.v2.MetricValueStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.HorizontalPodAutoscaler",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.autoscaling.v2.HorizontalPodAutoscalerSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.autoscaling.v2.HorizontalPodAutoscalerStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.HorizontalPodAutoscalerBehavior",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "scaleUp",
+                ty: Msg("api.autoscaling.v2.HpaScalingRules"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "scaleDown",
+                ty: Msg("api.autoscaling.v2.HpaScalingRules"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.HorizontalPodAutoscalerCondition",
+        fields: &[
+            Field {
+                tag: 2,
+                json: "status",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "lastTransitionTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "reason",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "message",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.HorizontalPodAutoscalerSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "scaleTargetRef",
+                ty: Msg("api.autoscaling.v2.CrossVersionObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "minReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "maxReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "metrics",
+                ty: Msg("api.autoscaling.v2.MetricSpec"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 5,
+                json: "behavior",
+                ty: Msg("api.autoscaling.v2.HorizontalPodAutoscalerBehavior"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.HorizontalPodAutoscalerStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "observedGeneration",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "lastScaleTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "currentReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "desiredReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "currentMetrics",
+                ty: Msg("api.autoscaling.v2.MetricStatus"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 6,
+                json: "conditions",
+                ty: Msg("api.autoscaling.v2.HorizontalPodAutoscalerCondition"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.HpaScalingPolicy",
+        fields: &[
+            Field {
+                tag: 2,
+                json: "value",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "periodSeconds",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.HpaScalingRules",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "selectPolicy",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "policies",
+                ty: Msg("api.autoscaling.v2.HpaScalingPolicy"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "stabilizationWindowSeconds",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "tolerance",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.MetricIdentifier",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "selector",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.MetricSpec",
+        fields: &[
+            Field {
+                tag: 2,
+                json: "object",
+                ty: Msg("api.autoscaling.v2.ObjectMetricSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "pods",
+                ty: Msg("api.autoscaling.v2.PodsMetricSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "resource",
+                ty: Msg("api.autoscaling.v2.ResourceMetricSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "external",
+                ty: Msg("api.autoscaling.v2.ExternalMetricSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "containerResource",
+                ty: Msg("api.autoscaling.v2.ContainerResourceMetricSource"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.MetricStatus",
+        fields: &[
+            Field {
+                tag: 2,
+                json: "object",
+                ty: Msg("api.autoscaling.v2.ObjectMetricStatus"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "pods",
+                ty: Msg("api.autoscaling.v2.PodsMetricStatus"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "resource",
+                ty: Msg("api.autoscaling.v2.ResourceMetricStatus"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "external",
+                ty: Msg("api.autoscaling.v2.ExternalMetricStatus"),
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "containerResource",
+                ty: Msg("api.autoscaling.v2.ContainerResourceMetricStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.MetricTarget",
+        fields: &[
+            Field {
+                tag: 2,
+                json: "value",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "averageValue",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "averageUtilization",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.MetricValueStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "value",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "averageValue",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "averageUtilization",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.ObjectMetricSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "describedObject",
+                ty: Msg("api.autoscaling.v2.CrossVersionObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "target",
+                ty: Msg("api.autoscaling.v2.MetricTarget"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "metric",
+                ty: Msg("api.autoscaling.v2.MetricIdentifier"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.ObjectMetricStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metric",
+                ty: Msg("api.autoscaling.v2.MetricIdentifier"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "current",
+                ty: Msg("api.autoscaling.v2.MetricValueStatus"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "describedObject",
+                ty: Msg("api.autoscaling.v2.CrossVersionObjectReference"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.PodsMetricSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metric",
+                ty: Msg("api.autoscaling.v2.MetricIdentifier"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "target",
+                ty: Msg("api.autoscaling.v2.MetricTarget"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.PodsMetricStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metric",
+                ty: Msg("api.autoscaling.v2.MetricIdentifier"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "current",
+                ty: Msg("api.autoscaling.v2.MetricValueStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.ResourceMetricSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "target",
+                ty: Msg("api.autoscaling.v2.MetricTarget"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v2.ResourceMetricStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "current",
+                ty: Msg("api.autoscaling.v2.MetricValueStatus"),
                 shape: Single,
             },
         ],
@@ -2363,6 +2927,67 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
         ],
+    },
+    Message {
+        name: "api.core.v1.LimitRange",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.core.v1.LimitRangeSpec"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.LimitRangeItem",
+        fields: &[
+            Field {
+                tag: 2,
+                json: "max",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Map,
+            },
+            Field {
+                tag: 3,
+                json: "min",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Map,
+            },
+            Field {
+                tag: 4,
+                json: "default",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Map,
+            },
+            Field {
+                tag: 5,
+                json: "defaultRequest",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Map,
+            },
+            Field {
+                tag: 6,
+                json: "maxLimitRequestRatio",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Map,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.LimitRangeSpec",
+        fields: &[Field {
+            tag: 1,
+            json: "limits",
+            ty: Msg("api.core.v1.LimitRangeItem"),
+            shape: Repeated,
+        }],
     },
     Message {
         name: "api.core.v1.LinuxContainerUser",
@@ -4036,6 +4661,69 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.ResourceQuota",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.core.v1.ResourceQuotaSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.core.v1.ResourceQuotaStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ResourceQuotaSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "hard",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Map,
+            },
+            Field {
+                tag: 2,
+                json: "scopes",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "scopeSelector",
+                ty: Msg("api.core.v1.ScopeSelector"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ResourceQuotaStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "hard",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Map,
+            },
+            Field {
+                tag: 2,
+                json: "used",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Map,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.ResourceRequirements",
         fields: &[
             Field {
@@ -4071,6 +4759,38 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 2,
                 json: "resources",
                 ty: Msg("api.core.v1.ResourceHealth"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ScopeSelector",
+        fields: &[Field {
+            tag: 1,
+            json: "matchExpressions",
+            ty: Msg("api.core.v1.ScopedResourceSelectorRequirement"),
+            shape: Repeated,
+        }],
+    },
+    Message {
+        name: "api.core.v1.ScopedResourceSelectorRequirement",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "scopeName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "operator",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "values",
+                ty: Str,
                 shape: Repeated,
             },
         ],
@@ -4850,6 +5570,157 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 4,
                 json: "hostProcess",
                 ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.policy.v1.Eviction",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "deleteOptions",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.DeleteOptions"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.policy.v1.PodDisruptionBudget",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.policy.v1.PodDisruptionBudgetSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.policy.v1.PodDisruptionBudgetStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.policy.v1.PodDisruptionBudgetSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "minAvailable",
+                ty: Msg("apimachinery.pkg.util.intstr.IntOrString"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "selector",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "maxUnavailable",
+                ty: Msg("apimachinery.pkg.util.intstr.IntOrString"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "unhealthyPodEvictionPolicy",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.policy.v1.PodDisruptionBudgetStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "observedGeneration",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "disruptedPods",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Map,
+            },
+            Field {
+                tag: 3,
+                json: "disruptionsAllowed",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "currentHealthy",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "desiredHealthy",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "expectedPods",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "conditions",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Condition"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.scheduling.v1.PriorityClass",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "value",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "globalDefault",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "description",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "preemptionPolicy",
+                ty: Str,
                 shape: Single,
             },
         ],
