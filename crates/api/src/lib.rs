@@ -10,6 +10,7 @@ pub mod names;
 pub mod patch;
 pub mod proto;
 pub mod quantity;
+pub mod quota;
 pub mod resources;
 pub mod selector;
 

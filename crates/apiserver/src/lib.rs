@@ -2,6 +2,7 @@
 //! discovery, OpenAPI), the watch cache every read is served from, patches, admission and
 //! authentication. Only this crate touches the store.
 
+mod admission;
 mod alloc;
 pub mod body;
 pub mod cache;

@@ -139,6 +139,9 @@ pub struct ApiServer {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) cache: Arc<Cache>,
     pub(crate) config: Config,
+    /// Per namespace with quotas: creates there are admitted one at a time.
+    pub(crate) quota_locks:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     discovery: Discovery,
     openapi: OpenApi,
     version: Value,
@@ -183,6 +186,7 @@ impl ApiServer {
             store,
             cache,
             config,
+            quota_locks: std::sync::Mutex::default(),
             version,
         });
         let compactor = server.clone();

@@ -453,6 +453,7 @@ impl ApiServer {
             m.remove("status");
         }
         self.check_namespace(r, t.namespace.as_deref()).await?;
+        let _quota = self.quota_lock(t.namespace.as_deref()).await?;
         for _ in 0..MAX_ATTEMPTS {
             let mut attempt = obj.clone();
             if generated {
@@ -468,6 +469,8 @@ impl ApiServer {
                 .to_string();
             let (mut admitted, warnings) =
                 self.admit(r, &attempt, None, Operation::Create, opts)?;
+            self.admit_with_context(r, t.namespace.as_deref(), &mut admitted)
+                .await?;
             let owner = format!("{}/{}", t.namespace.as_deref().unwrap_or(""), name);
             let mut ops = self.allocations(r, None, Some(&mut admitted), &owner)?;
             if !managed_already {

@@ -12,6 +12,7 @@ use api::k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Namespace, Service, ServicePort,
     ServiceSpec,
 };
+use api::k8s_openapi::api::scheduling::v1::PriorityClass;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use apiserver::ApiServer;
@@ -260,6 +261,33 @@ async fn bootstrap_objects(c: &Client, advertise: SocketAddr, service_ip: IpAddr
             };
             exists_ok(c.create(None, &obj).await)
                 .with_context(|| format!("creating namespace {ns}"))?;
+        }
+    }
+    // The classes Kubernetes reserves for what keeps a cluster or a node alive.
+    for (name, value, about) in [
+        (
+            "system-cluster-critical",
+            2_000_000_000,
+            "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+        ),
+        (
+            "system-node-critical",
+            2_000_001_000,
+            "Used for system critical pods that must not be moved from their current node.",
+        ),
+    ] {
+        if c.get::<PriorityClass>(None, name).await?.is_none() {
+            let pc = PriorityClass {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                value,
+                description: Some(about.into()),
+                ..Default::default()
+            };
+            exists_ok(c.create(None, &pc).await)
+                .with_context(|| format!("creating priority class {name}"))?;
         }
     }
     if c.get::<Service>(Some("default"), "kubernetes")

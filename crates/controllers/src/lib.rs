@@ -13,13 +13,14 @@ pub mod nodelifecycle;
 mod owned;
 mod queue;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod scheduling;
 pub mod statefulset;
 
 use api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use api::k8s_openapi::api::coordination::v1::Lease;
-use api::k8s_openapi::api::core::v1::{Node, Pod};
+use api::k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use client::Client;
 
@@ -32,6 +33,7 @@ use crate::job::JobController;
 use crate::mirror::Mirror;
 use crate::nodelifecycle::NodeLifecycleController;
 use crate::replicaset::ReplicaSetController;
+use crate::resourcequota::ResourceQuotaController;
 use crate::statefulset::StatefulSetController;
 
 /// Start the workload controllers, node lifecycle and the garbage collector on shared
@@ -47,6 +49,7 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     let nodes = Mirror::<Node>::new();
     let leases = Mirror::<Lease>::new();
     let budgets = Mirror::<PodDisruptionBudget>::new();
+    let quotas = Mirror::<ResourceQuota>::new();
     let c = || client.clone();
     tokio::spawn(ReplicaSetController::new(c(), pods.clone(), sets.clone()).run());
     tokio::spawn(
@@ -66,6 +69,7 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
         )
         .run(),
     );
+    tokio::spawn(ResourceQuotaController::new(c(), quotas.clone(), pods.clone()).run());
     tokio::spawn(GarbageCollector::new(c()).run());
     tokio::spawn(
         NodeLifecycleController::new(c(), nodes_cfg, nodes.clone(), leases.clone(), pods.clone())
@@ -82,4 +86,5 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     tokio::spawn(nodes.run(c()));
     tokio::spawn(leases.run(c()));
     tokio::spawn(budgets.run(c()));
+    tokio::spawn(quotas.run(c()));
 }

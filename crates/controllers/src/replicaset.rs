@@ -146,7 +146,13 @@ impl ReplicaSetController {
                 self.delete(key, ns, &active, active.len() - want).await;
             }
         }
-        self.update_status(&rs, &active, failure).await
+        // A refused create (quota, admission) is tried again; the condition says why.
+        let retry = failure.is_some().then_some(RETRY * 5);
+        let recheck = self.update_status(&rs, &active, failure).await?;
+        Ok(match (recheck, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     async fn create(&self, rs: &ReplicaSet, key: &str, count: usize) -> Option<String> {

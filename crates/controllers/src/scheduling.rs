@@ -103,6 +103,58 @@ async fn reflect<K>(
     }
 }
 
+fn victim_priority(p: &Pod) -> i32 {
+    p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+/// The placed pods per snapshot node, as preemption weighs them.
+struct Placement {
+    by_node: Vec<Vec<scheduler::Placed>>,
+    keys: Vec<Vec<(String, Pod)>>,
+    /// Pods on their way out: (node, priority).
+    terminating: HashMap<String, (String, i32)>,
+}
+
+impl Placement {
+    fn of(st: &State, snapshot: &Snapshot) -> Placement {
+        let mut by_node = vec![Vec::new(); snapshot.len()];
+        let mut keys = vec![Vec::new(); snapshot.len()];
+        let mut terminating = HashMap::new();
+        for (k, p) in &st.pods {
+            let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+                continue;
+            };
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            if matches!(phase, Some("Succeeded" | "Failed")) {
+                continue;
+            }
+            if p.metadata.deletion_timestamp.is_some() {
+                terminating.insert(k.clone(), (node.to_string(), victim_priority(p)));
+                continue;
+            }
+            let (Some(i), Ok(demand)) = (snapshot.node(node), Demand::of(p)) else {
+                continue;
+            };
+            by_node[i].push(scheduler::Placed {
+                priority: victim_priority(p),
+                demand,
+            });
+            keys[i].push((k.clone(), p.clone()));
+        }
+        Placement {
+            by_node,
+            keys,
+            terminating,
+        }
+    }
+
+    fn terminating_below(&self, node: &str, priority: i32) -> bool {
+        self.terminating
+            .values()
+            .any(|(n, p)| n == node && *p < priority)
+    }
+}
+
 fn key(p: &Pod) -> String {
     format!(
         "{}/{}",
@@ -316,6 +368,7 @@ impl SchedulerLoop {
             m.extend_from_slice(&plan.nanos);
         }
         let mut binds = Vec::new();
+        let mut placed: Option<Placement> = None;
         for (d, decision) in demands.into_iter().zip(plan.decisions) {
             let k = format!("{}/{}", d.namespace, d.name);
             let Some(pod) = pods_by_key.get(&k) else {
@@ -331,6 +384,14 @@ impl SchedulerLoop {
                     self.stats
                         .unschedulable
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let placed = placed.get_or_insert_with(|| Placement::of(st, &snapshot));
+                    let preempted = self.preempt(pod, &d, &snapshot, placed).await;
+                    let message = match preempted {
+                        Some(node) => {
+                            format!("{message} Preempting lower-priority pods on {node}.")
+                        }
+                        None => message,
+                    };
                     self.unschedulable(pod, &message).await;
                 }
             }
@@ -366,6 +427,74 @@ impl SchedulerLoop {
                 }
             }
         }
+    }
+
+    /// Make room for `pod` by evicting lower-priority pods, if that can work; returns the
+    /// node nominated for it.
+    async fn preempt(
+        &self,
+        pod: &Pod,
+        d: &Demand,
+        snapshot: &Snapshot,
+        placed: &mut Placement,
+    ) -> Option<String> {
+        let spec = pod.spec.as_ref()?;
+        if spec.preemption_policy.as_deref() == Some("Never") {
+            return None;
+        }
+        let priority = spec.priority.unwrap_or(0);
+        // Victims chosen earlier are still leaving: wait for them rather than pick more.
+        if let Some(nominated) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            && placed.terminating_below(nominated, priority)
+        {
+            return Some(nominated.to_string());
+        }
+        let choice = scheduler::preemption(snapshot, d, priority, &placed.by_node)?;
+        let node = snapshot.name(choice.node).to_string();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        info!(pod = %format!("{ns}/{name}"), node = %node, victims = choice.victims.len(), "preempting");
+        let patch = json!({"status": {"nominatedNodeName": node}});
+        if let Err(e) = self
+            .client
+            .patch_status::<Pod>(Some(&ns), &name, &patch)
+            .await
+        {
+            debug!(error = %e, "could not nominate a node");
+        }
+        // Remove the victims from the picture, so later pods of this cycle do not pick them.
+        let mut victims = choice.victims.clone();
+        victims.sort_unstable_by(|a, b| b.cmp(a));
+        for v in victims {
+            let (vkey, victim) = placed.keys[choice.node].remove(v);
+            placed.by_node[choice.node].remove(v);
+            let (vns, vname) = vkey.split_once('/').unwrap_or(("", &vkey));
+            let path = format!("/api/v1/namespaces/{vns}/pods/{vname}");
+            let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1",
+                              "preconditions": {"uid": victim.metadata.uid}});
+            match self.client.delete_with(&path, &opts).await {
+                Ok(()) => {
+                    if self.report {
+                        self.event(
+                            &victim,
+                            "Normal",
+                            "Preempted",
+                            &format!("Preempted by pod {uid} on node {node}"),
+                        )
+                        .await;
+                    }
+                }
+                Err(e) => debug!(pod = %vkey, error = %e, "could not preempt"),
+            }
+            placed
+                .terminating
+                .insert(vkey, (node.clone(), victim_priority(&victim)));
+        }
+        Some(node)
     }
 
     fn wait(&self, st: &mut State, k: &str) {

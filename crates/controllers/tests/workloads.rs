@@ -278,3 +278,175 @@ async fn daemons_skip_tainted_nodes_and_deleting_the_set_removes_them() {
     })
     .await;
 }
+
+async fn create_json<K>(
+    c: &Client,
+    ns: Option<&str>,
+    v: serde_json::Value,
+) -> Result<K, ClientError>
+where
+    K: api::k8s_openapi::Resource + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let obj: K = serde_json::from_value(v).unwrap();
+    c.create(ns, &obj).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_pod_preempts_the_fewest_lower_ones() {
+    use api::k8s_openapi::api::scheduling::v1::PriorityClass;
+    let c = cluster().await;
+    add_node(&c, "only", json!([])).await;
+    for (name, value) in [("low", 10), ("high", 1000)] {
+        create_json::<PriorityClass>(
+            &c,
+            None,
+            json!({"metadata": {"name": name}, "value": value}),
+        )
+        .await
+        .unwrap();
+    }
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "batch"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "batch"}},
+                 "template": {"metadata": {"labels": {"app": "batch"}},
+                              "spec": {"priorityClassName": "low",
+                                       "containers": [{"name": "c", "image": "i",
+                                           "resources": {"requests": {"cpu": "1"}}}]}}}}))
+    .unwrap();
+    c.create(Some("default"), &d).await.unwrap();
+    eventually("the node full of batch pods", async || {
+        let n = available(&c, "batch").await;
+        (n == 4).then_some(())
+    })
+    .await;
+    let urgent = create_json::<Pod>(&c, Some("default"), json!({
+        "metadata": {"name": "urgent"},
+        "spec": {"priorityClassName": "high",
+                 "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "2"}}}]}}))
+    .await
+    .unwrap();
+    // Admission resolved the class.
+    assert_eq!(urgent.spec.as_ref().unwrap().priority, Some(1000));
+    let bound = eventually("the urgent pod to run", async || {
+        let p = c.get::<Pod>(Some("default"), "urgent").await.unwrap()?;
+        p.spec.as_ref()?.node_name.clone()
+    })
+    .await;
+    assert_eq!(bound, "only");
+    // Exactly two batch pods made room; their replacements wait, they do not take it back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let batch = live_pods(&c, "app=batch").await;
+    let running: Vec<_> = batch
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+        .collect();
+    assert_eq!(running.len(), 2, "{batch:?}");
+    assert_eq!(batch.len(), 4);
+    // A class that does not exist is refused.
+    let err = create_json::<Pod>(
+        &c,
+        Some("default"),
+        json!({
+        "metadata": {"name": "nope"},
+        "spec": {"priorityClassName": "missing", "containers": [{"name": "c", "image": "i"}]}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(403));
+    assert!(
+        err.to_string()
+            .contains("no PriorityClass with name missing was found"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_what_exceeds_them_and_limit_ranges_fill_in_defaults() {
+    use api::k8s_openapi::api::apps::v1::ReplicaSet;
+    use api::k8s_openapi::api::core::v1::{LimitRange, ResourceQuota};
+    let c = cluster().await;
+    add_node(&c, "node-a", json!([])).await;
+    create_json::<LimitRange>(
+        &c,
+        Some("default"),
+        json!({
+        "metadata": {"name": "defaults"},
+        "spec": {"limits": [{"type": "Container", "defaultRequest": {"cpu": "250m"},
+                             "default": {"cpu": "500m"}, "max": {"cpu": "1"}}]}}),
+    )
+    .await
+    .unwrap();
+    create_json::<ResourceQuota>(
+        &c,
+        Some("default"),
+        json!({
+        "metadata": {"name": "small"},
+        "spec": {"hard": {"pods": "3", "requests.cpu": "1"}}}),
+    )
+    .await
+    .unwrap();
+    // Defaults from the LimitRange.
+    let p = create_json::<Pod>(
+        &c,
+        Some("default"),
+        json!({
+        "metadata": {"name": "plain"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    )
+    .await
+    .unwrap();
+    let res = p.spec.unwrap().containers[0].resources.clone().unwrap();
+    assert_eq!(res.requests.unwrap()["cpu"].0, "250m");
+    assert_eq!(res.limits.unwrap()["cpu"].0, "500m");
+    // Above the LimitRange's max.
+    let err = create_json::<Pod>(&c, Some("default"), json!({
+        "metadata": {"name": "greedy"},
+        "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": "2"}}}]}}))
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(403));
+    assert!(
+        err.to_string()
+            .contains("maximum cpu usage per Container is 1, but limit is 2"),
+        "{err}"
+    );
+    // A deployment asking more than the quota holds gets what fits, and says why not more.
+    deploy(&c, "web", 4).await;
+    let rs = eventually("the replica set to report the quota", async || {
+        let (sets, _) = c
+            .list::<ReplicaSet>(Some("default"), &ListParams::default())
+            .await
+            .unwrap();
+        let rs = sets.into_iter().next()?;
+        let cond = rs
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "ReplicaFailure")?
+            .clone();
+        Some((rs, cond))
+    })
+    .await;
+    assert!(
+        rs.1.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("exceeded quota: small"),
+        "{:?}",
+        rs.1
+    );
+    let web = live_pods(&c, "app=web").await;
+    // 250m were taken by "plain"; three of web's 100m pods fit under 1 CPU, but pods: 3 allows two.
+    assert_eq!(web.len(), 2);
+    let used = eventually("quota usage", async || {
+        let q = c
+            .get::<ResourceQuota>(Some("default"), "small")
+            .await
+            .unwrap()?;
+        let used = q.status?.used?;
+        (used.get("pods").map(|q| q.0.as_str()) == Some("3")).then_some(used)
+    })
+    .await;
+    assert_eq!(used["requests.cpu"].0, "450m");
+}

@@ -13,6 +13,7 @@
 mod demand;
 mod filter;
 mod plan;
+mod preempt;
 mod score;
 mod snapshot;
 
@@ -26,6 +27,7 @@ pub fn never_fits(s: &Snapshot, i: usize, d: &Demand) -> Option<Reason> {
     filter::static_reason(s, i, d)
 }
 pub use plan::{Decision, Plan, schedule};
+pub use preempt::{Placed, Preemption, preemption};
 pub use score::Strategy;
 pub use snapshot::Snapshot;
 

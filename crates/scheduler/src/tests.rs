@@ -623,3 +623,90 @@ fn inter_pod_affinity_and_anti_affinity() {
         .collect();
     assert_eq!(zones.len(), 1, "all in one zone: {:?}", plan.decisions);
 }
+
+/// A node's name and its placed pods: (name, priority, cpu).
+type Layout<'a> = [(&'a str, &'a [(&'a str, i32, &'a str)])];
+
+/// Preemption: which node, which victims (by pod name), for a pod of priority 100 asking
+/// `cpu`; nodes of 2 CPUs hold the listed (name, priority, cpu) pods.
+fn preempt_case(cpu: &str, layout: &Layout<'_>, extra: Value) -> Option<(String, Vec<String>)> {
+    let nodes: Vec<Node> = layout
+        .iter()
+        .map(|(n, _)| node(n, "2", "8Gi", json!({})))
+        .collect();
+    let mut bound = Vec::new();
+    let mut placed: Vec<Vec<crate::Placed>> = Vec::new();
+    for (n, pods) in layout {
+        let mut here = Vec::new();
+        for (name, prio, c) in *pods {
+            let p = bound_to(pod(name, c, "100Mi", json!({})), n);
+            here.push(crate::Placed {
+                priority: *prio,
+                demand: Demand::of(&p).unwrap(),
+            });
+            bound.push(p);
+        }
+        placed.push(here);
+    }
+    let s = Snapshot::new(&nodes, &bound);
+    let d = Demand::of(&pod("urgent", cpu, "100Mi", extra)).unwrap();
+    crate::preemption(&s, &d, 100, &placed).map(|p| {
+        let (n, pods) = &layout[p.node];
+        (
+            n.to_string(),
+            p.victims.iter().map(|v| pods[*v].0.to_string()).collect(),
+        )
+    })
+}
+
+#[test]
+fn preemption_cases() {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // The fewest victims of the lowest priority; a pod that fits without them is spared.
+    assert_eq!(
+        preempt_case(
+            "1",
+            &[
+                ("a", &[("a1", 10, "1"), ("a2", 50, "1")]),
+                ("b", &[("b1", 20, "1500m")])
+            ],
+            json!({})
+        ),
+        Some(("a".into(), s(&["a1"])))
+    );
+    // Higher or equal priority pods are never victims.
+    assert_eq!(
+        preempt_case(
+            "1",
+            &[("a", &[("a1", 100, "2")]), ("b", &[("b1", 200, "2")])],
+            json!({})
+        ),
+        None
+    );
+    // The node whose most important victim matters least wins, even with more victims.
+    assert_eq!(
+        preempt_case(
+            "2",
+            &[
+                ("a", &[("a1", 90, "2")]),
+                ("b", &[("b1", 5, "1"), ("b2", 6, "1")])
+            ],
+            json!({})
+        ),
+        Some(("b".into(), s(&["b1", "b2"])))
+    );
+    // A node the pod may not use anyway (node selector) is no candidate.
+    assert_eq!(
+        preempt_case(
+            "1",
+            &[("a", &[("a1", 1, "2")]), ("b", &[("b1", 50, "2")])],
+            json!({"spec": {"nodeSelector": {"kubernetes.io/hostname": "b"}}})
+        ),
+        Some(("b".into(), s(&["b1"])))
+    );
+    // Too big even for an empty node: nothing to gain.
+    assert_eq!(
+        preempt_case("3", &[("a", &[("a1", 1, "1")])], json!({})),
+        None
+    );
+}

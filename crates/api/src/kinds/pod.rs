@@ -59,8 +59,6 @@ impl Kind for Pod {
                 .as_deref()
                 .unwrap_or("default"),
         );
-        default_if_none(&mut spec.priority, 0);
-        default_str(&mut spec.preemption_policy, "PreemptLowerPriority");
         add_default_tolerations(spec.tolerations.get_or_insert_with(Vec::new));
         let qos = qos_class(spec);
         let status = self.status.get_or_insert_with(Default::default);

@@ -1,0 +1,262 @@
+//! Admission that reads other objects, after a new object has been decoded, defaulted and
+//! validated: a pod's priority from its PriorityClass, its containers' defaults and bounds
+//! from the namespace's LimitRanges, and every create against the namespace's ResourceQuotas
+//! (Borg's rule: quota decides what is admitted). Creates in a namespace with quotas are
+//! admitted one at a time, each against a cache that holds every write acknowledged before,
+//! so two creates cannot both take the last of a quota.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use api::Resource;
+use api::k8s_openapi::api::core::v1::{LimitRange, PodSpec, ResourceQuota};
+use api::quantity::Quantity;
+use serde_json::{Value, json};
+
+use crate::errors::{ApiError, ApiResult};
+use crate::server::ApiServer;
+
+/// Quota names for counting objects of a resource: `count/deployments.apps`, and for a few
+/// core kinds their older names (`services`, `configmaps`, ...).
+fn count_keys(r: &Resource) -> Vec<String> {
+    let mut keys = vec![if r.group.is_empty() {
+        format!("count/{}", r.plural)
+    } else {
+        format!("count/{}.{}", r.plural, r.group)
+    }];
+    if r.group.is_empty()
+        && matches!(
+            r.plural,
+            "pods" | "services" | "configmaps" | "secrets" | "resourcequotas"
+        )
+    {
+        keys.push(r.plural.to_string());
+    }
+    keys
+}
+
+fn forbidden(r: &Resource, name: &str, why: String) -> ApiError {
+    let plural = if r.group.is_empty() {
+        r.plural.to_string()
+    } else {
+        format!("{}.{}", r.plural, r.group)
+    };
+    let mut e = ApiError::forbidden(format!("{plural} \"{name}\" is forbidden: {why}"));
+    e.details.name = Some(name.to_string());
+    e.details.kind = Some(r.plural.to_string());
+    e
+}
+
+impl ApiServer {
+    /// Every object of `kind` in `namespace` (all, for cluster-scoped kinds), from the cache.
+    pub(crate) fn cached(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Vec<Value> {
+        let Some(r) = api::resources::by_kind(api_version, kind) else {
+            return Vec::new();
+        };
+        let snap = self.cache.resource(r).snapshot(self.cache.synced());
+        match namespace {
+            Some(ns) => {
+                let prefix = format!("{ns}/");
+                snap.items
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(_, e)| e.value())
+                    .collect()
+            }
+            None => snap.items.values().map(|e| e.value()).collect(),
+        }
+    }
+
+    /// The lock that serializes creates in a namespace with quotas.
+    pub(crate) async fn quota_lock(
+        &self,
+        namespace: Option<&str>,
+    ) -> ApiResult<Option<tokio::sync::OwnedMutexGuard<()>>> {
+        let Some(ns) = namespace else { return Ok(None) };
+        // Without waiting: a quota created this very moment may be missed, as Kubernetes'
+        // informer-fed quota admission may miss it too; creates elsewhere pay nothing.
+        if self.cached("v1", "ResourceQuota", Some(ns)).is_empty() {
+            return Ok(None);
+        }
+        let lock = {
+            let mut locks = self.quota_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks
+                .entry(ns.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+                .clone()
+        };
+        let guard = lock.lock_owned().await;
+        // Everything admitted before us is in the cache now.
+        self.cache.wait_fresh().await?;
+        Ok(Some(guard))
+    }
+
+    /// Admission for a new object that needs the cluster's other objects.
+    pub(crate) async fn admit_with_context(
+        &self,
+        r: &'static Resource,
+        namespace: Option<&str>,
+        obj: &mut Value,
+    ) -> ApiResult<()> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if r.kind == "Pod" {
+            // A class or range created just before the pod applies to it.
+            self.cache.wait_fresh().await?;
+            self.admit_priority(r, &name, obj)?;
+            self.admit_limits(r, &name, namespace, obj)?;
+        }
+        if let Some(ns) = namespace {
+            self.admit_quota(r, &name, ns, obj)?;
+        }
+        Ok(())
+    }
+
+    fn admit_priority(&self, r: &Resource, name: &str, pod: &mut Value) -> ApiResult<()> {
+        let classes = self.cached("scheduling.k8s.io/v1", "PriorityClass", None);
+        let asked = pod["spec"]["priorityClassName"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let class = if asked.is_empty() {
+            classes.iter().find(|c| c["globalDefault"] == true)
+        } else {
+            let found = classes
+                .iter()
+                .find(|c| c["metadata"]["name"] == asked.as_str());
+            if found.is_none() {
+                return Err(forbidden(
+                    r,
+                    name,
+                    format!("no PriorityClass with name {asked} was found"),
+                ));
+            }
+            found
+        };
+        let (value, policy) = match class {
+            Some(c) => {
+                if asked.is_empty() {
+                    pod["spec"]["priorityClassName"] = c["metadata"]["name"].clone();
+                }
+                (
+                    c["value"].as_i64().unwrap_or(0),
+                    c["preemptionPolicy"]
+                        .as_str()
+                        .unwrap_or("PreemptLowerPriority")
+                        .to_string(),
+                )
+            }
+            None => (0, "PreemptLowerPriority".to_string()),
+        };
+        if let Some(given) = pod["spec"]["priority"].as_i64()
+            && given != value
+        {
+            return Err(forbidden(
+                r,
+                name,
+                format!(
+                    "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+                ),
+            ));
+        }
+        pod["spec"]["priority"] = json!(value);
+        if pod["spec"]["preemptionPolicy"].is_null() {
+            pod["spec"]["preemptionPolicy"] = json!(policy);
+        }
+        Ok(())
+    }
+
+    fn admit_limits(
+        &self,
+        r: &Resource,
+        name: &str,
+        namespace: Option<&str>,
+        pod: &mut Value,
+    ) -> ApiResult<()> {
+        let ranges: Vec<LimitRange> = self
+            .cached("v1", "LimitRange", namespace)
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect();
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let mut spec: PodSpec = serde_json::from_value(pod["spec"].clone())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        api::quota::apply_limit_ranges(&mut spec, &ranges)
+            .map_err(|errs| forbidden(r, name, format!("[{}]", errs.join(", "))))?;
+        pod["spec"] = serde_json::to_value(spec).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(())
+    }
+
+    fn admit_quota(&self, r: &Resource, name: &str, ns: &str, obj: &Value) -> ApiResult<()> {
+        let quotas: Vec<ResourceQuota> = self
+            .cached("v1", "ResourceQuota", Some(ns))
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect();
+        if quotas.is_empty() {
+            return Ok(());
+        }
+        // What this object asks, and what the namespace uses already.
+        let mut requested: BTreeMap<String, Quantity> = BTreeMap::new();
+        let mut used: BTreeMap<String, Quantity> = BTreeMap::new();
+        let keys = count_keys(r);
+        let existing = self.cached(&r.group_version(), r.kind, Some(ns));
+        for k in &keys {
+            requested.insert(k.clone(), Quantity::from_units(1));
+            used.insert(k.clone(), Quantity::from_units(existing.len() as i64));
+        }
+        let spec: Option<PodSpec> = if r.kind == "Pod" {
+            serde_json::from_value(obj["spec"].clone()).ok()
+        } else {
+            None
+        };
+        if let Some(spec) = &spec {
+            requested.extend(api::quota::pod_usage(spec));
+            // Pods count while they run: finished ones hold nothing.
+            let mut pods_used: BTreeMap<String, Quantity> = BTreeMap::new();
+            for p in &existing {
+                if matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+                    continue;
+                }
+                if let Ok(s) = serde_json::from_value::<PodSpec>(p["spec"].clone()) {
+                    for (k, v) in api::quota::pod_usage(&s) {
+                        let e = pods_used.entry(k).or_insert(Quantity::ZERO);
+                        *e = e.checked_add(v).unwrap_or(*e);
+                    }
+                }
+            }
+            used.extend(pods_used);
+        }
+        for q in &quotas {
+            let qname = q.metadata.name.as_deref().unwrap_or("");
+            let hard = q
+                .spec
+                .as_ref()
+                .and_then(|s| s.hard.clone())
+                .unwrap_or_default();
+            if let Some(spec) = &spec
+                && let Some(missing) = api::quota::unspecified(&hard, spec)
+            {
+                return Err(forbidden(
+                    r,
+                    name,
+                    format!("failed quota: {qname}: must specify {missing}"),
+                ));
+            }
+            if let Some(why) = api::quota::exceeds(&hard, &used, &requested) {
+                return Err(forbidden(
+                    r,
+                    name,
+                    format!("exceeded quota: {qname}, {why}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
