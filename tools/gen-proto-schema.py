@@ -79,7 +79,8 @@ def openapi_names(root):
             m = re.search(r"^pub (?:struct|enum) (\w+)", text, re.M)
             if not m:
                 continue
-            fields = dict((rust, js) for js, rust in
+            # Keywords get a trailing underscore on both sides (`type_`, `r#type`).
+            fields = dict((rust.rstrip("_"), js) for js, rust in
                           re.findall(r'"([^"]+)" => Field::Key_(\w+),', text))
             out[(module, m.group(1).lower())] = fields
     return out

@@ -73,10 +73,13 @@ def test_apply_twice_then_update(cluster, ns, version, tmp_path):
 
 def test_get_output_formats(cluster, ns, version, tmp_path):
     cluster.kubectl("apply", "-n", ns, "-f", write(tmp_path, "d.yaml", DEPLOYMENT), version=version)
+    # This cluster has no nodes: the controller makes both pods, which stay Pending.
+    wait_until(lambda: cluster.json("get", "deploy", "web", "-n", ns).get("status", {}).get("updatedReplicas") == 2,
+               what="the deployment controller to make the pods")
     wide = cluster.kubectl("get", "deploy", "-n", ns, "-o", "wide", version=version).stdout.splitlines()
     assert wide[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"]
     row = wide[1].split()
-    assert row[0:4] == ["web", "0/2", "0", "0"]
+    assert row[0:4] == ["web", "0/2", "2", "0"]
     assert row[5:] == ["web,sidecar", "nginx:1.25,busybox:1.36", "app=web"]
     assert cluster.kubectl("get", "deploy", "-n", ns, "-o", "name", version=version).stdout.split() == ["deployment.apps/web"]
     y = cluster.kubectl("get", "deploy", "web", "-n", ns, "-o", "yaml", version=version).stdout
@@ -201,7 +204,9 @@ def test_server_side_apply(cluster, ns, version, tmp_path):
     cluster.kubectl("apply", "--server-side", "-n", ns, "-f", f, version=version)
     shown = cluster.json("get", "deploy", "web", "-n", ns, "--show-managed-fields")
     managers = {m["manager"]: m["operation"] for m in shown["metadata"]["managedFields"]}
-    assert managers == {"kubectl": "Apply"}
+    # The deployment controller records its revision annotation and the status, as in Kubernetes.
+    assert managers.pop("kubectl") == "Apply"
+    assert set(managers) <= {"kube-controller-manager"}, managers
     cluster.kubectl("patch", "deploy", "web", "-n", ns, "--type=merge", "-p", '{"spec":{"replicas":9}}', "--field-manager=scaler", version=version)
     conflict = cluster.kubectl("apply", "--server-side", "-n", ns, "-f", write(tmp_path, "d3.yaml", DEPLOYMENT.replace("replicas: 2", "replicas: 3")), version=version, check=False)
     assert conflict.returncode != 0

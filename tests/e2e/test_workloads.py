@@ -281,16 +281,20 @@ def test_replicaset_replaces_a_deleted_pod_and_adopts_orphans(node, wns):
     wait_until(lambda: len(live(pods(node, wns, "tier=front"))) == 2
                and victim not in {p["metadata"]["name"] for p in live(pods(node, wns, "tier=front"))},
                timeout=30, what="a replacement pod")
-    # Scaling to 3 while a matching bare pod exists: the set adopts it instead of creating one.
-    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray", "labels": {"tier": "front"}},
+    # A bare pod that matches a new set's selector is adopted: the set makes only the rest.
+    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray", "labels": {"tier": "back"}},
             "spec": {"terminationGracePeriodSeconds": 1,
                      "containers": [{"name": "c", "image": "busybox:test", "command": ["sleep", "3600"]}]}}
     node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(bare))
-    node.kubectl("scale", "rs", "front", "--replicas=3", "-n", wns)
+    back = json.loads(json.dumps(rs).replace("front", "back"))
+    node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(back))
     wait_until(lambda: node.json("get", "pod", "stray", "-n", wns)["metadata"].get("ownerReferences"),
                timeout=30, what="the stray pod to be adopted")
-    time.sleep(1)
-    assert len(live(pods(node, wns, "tier=front"))) == 3
+    owner = node.json("get", "pod", "stray", "-n", wns)["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("ReplicaSet", "back", True)
+    wait_until(lambda: node.json("get", "rs", "back", "-n", wns).get("status", {}).get("readyReplicas") == 2,
+               timeout=30, what="2 ready replicas")
+    assert len(live(pods(node, wns, "tier=back"))) == 2
 
 
 def job_yaml(name, command, extra_spec=None, restart="Never"):
@@ -500,3 +504,54 @@ def test_cordon_and_drain_respect_a_disruption_budget(node, wns, version):
         node.kubectl("uncordon", name, version=version)
     rolled_out(node, wns, "drained", version=version)
     assert len(live(pods(node, wns, "app=drained"))) == 3
+
+
+def test_top_and_an_autoscaler_that_scales_up_and_back_down(node, wns, version):
+    # Each pod burns a core until told to stop: the autoscaler sees the load come and go.
+    burn = "while [ ! -e /tmp/stop ]; do :; done; sleep 3600"
+    d = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "burn"},
+         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "burn"}},
+                  "template": {"metadata": {"labels": {"app": "burn"}},
+                               "spec": {"terminationGracePeriodSeconds": 1,
+                                        "containers": [{"name": "c", "image": "busybox:test",
+                                                        "command": ["sh", "-c", burn],
+                                                        "resources": {"requests": {"cpu": "100m"}}}]}}}}
+    node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(d), version=version)
+    rolled_out(node, wns, "burn", version=version)
+
+    def busy():
+        r = node.kubectl("top", "pod", "-n", wns, check=False, version=version)
+        rows = [l.split() for l in r.stdout.strip().split("\n")[1:]] if r.returncode == 0 else []
+        return r.stdout if rows and int(rows[0][1].rstrip("m")) > 300 else None
+    # kubectl top: usage of the node and of the pod, once two samples exist.
+    top = wait_until(busy, timeout=60, interval=2, what="kubectl top pod to show a busy pod")
+    assert top.split("\n")[0].split()[:3] == ["NAME", "CPU(cores)", "MEMORY(bytes)"], top
+    nodes = node.kubectl("top", "node", version=version).stdout
+    assert "CPU(cores)" in nodes.split("\n")[0] and "%" in nodes.split("\n")[1], nodes
+    if version == "1.27":
+        # kubectl 1.27's `autoscale` writes autoscaling/v1, which berth does not serve (v2 only).
+        hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "burn"},
+               "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
+                        "minReplicas": 1, "maxReplicas": 3,
+                        "metrics": [{"type": "Resource", "resource": {
+                            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}]}}
+        node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(hpa), version=version)
+    else:
+        node.kubectl("autoscale", "deployment", "burn", "--cpu-percent=50", "--min=1", "--max=3", "-n", wns,
+                     version=version)
+    node.kubectl("patch", "hpa", "burn", "-n", wns, "--type=merge", "-p",
+                 '{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}', version=version)
+    wait_until(lambda: deployment(node, wns, "burn")["spec"]["replicas"] == 3, timeout=90, interval=2,
+               what="the autoscaler to scale up to 3")
+    hpa = node.json("get", "hpa", "burn", "-n", wns)
+    assert hpa["status"]["desiredReplicas"] == 3
+    table = node.kubectl("get", "hpa", "burn", "-n", wns, version=version).stdout.split("\n")
+    assert table[0].split()[:2] == ["NAME", "REFERENCE"], table
+    assert "Deployment/burn" in table[1] and "%/50%" in table[1], table
+    described = node.kubectl("describe", "hpa", "burn", "-n", wns, version=version).stdout
+    assert "SuccessfulRescale" in described and "New size: 3" in described, described
+    # The loops end; the autoscaler comes back down to the minimum.
+    for p in live(pods(node, wns, "app=burn")):
+        node.kubectl("exec", p["metadata"]["name"], "-n", wns, "--", "touch", "/tmp/stop", check=False)
+    wait_until(lambda: deployment(node, wns, "burn")["spec"]["replicas"] == 1, timeout=150, interval=2,
+               what="the autoscaler to scale back down to 1")

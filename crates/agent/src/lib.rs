@@ -13,6 +13,7 @@ pub mod portforward;
 pub mod probe;
 pub mod server;
 pub mod spec;
+pub mod stats;
 pub mod status;
 pub mod streams;
 pub mod volumes;
@@ -74,6 +75,7 @@ pub(crate) struct Shared {
     /// Image ID -> when a container last started from it (seconds since the epoch).
     pub(crate) image_used: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     pub(crate) image_gc: gc::Thresholds,
+    pub(crate) stats: Arc<stats::Sampler>,
 }
 
 impl Shared {
@@ -116,6 +118,7 @@ impl Agent {
                 pods: Default::default(),
                 image_used: Default::default(),
                 image_gc: cfg.image_gc,
+                stats: Arc::default(),
             }),
         }
     }
@@ -140,6 +143,7 @@ impl Agent {
         }
         tokio::spawn(node::heartbeat(c.clone(), self.shared.node.clone()));
         tokio::spawn(collect_images(self.shared.clone()));
+        tokio::spawn(self.shared.stats.clone().run());
         pods::run(self.shared.clone()).await;
     }
 }

@@ -122,6 +122,23 @@ impl NodeServer {
     }
 
     pub async fn handle(&self, mut req: Request<Bytes>) -> Response<NodeBody> {
+        if req.uri().path() == "/stats/summary" {
+            return match self.shared.stats.summary(&self.shared) {
+                Some(s) => Response::builder()
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(NodeBody::Full(Bytes::from(
+                        serde_json::to_vec(&s).unwrap_or_default(),
+                    )))
+                    .unwrap_or_else(|_| {
+                        status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "")
+                    }),
+                None => status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "no usage measured yet",
+                ),
+            };
+        }
         let Some(call) = call_of(req.uri().path()) else {
             return status(StatusCode::NOT_FOUND, "NotFound", "no such node endpoint");
         };

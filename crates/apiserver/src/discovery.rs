@@ -225,6 +225,44 @@ impl Discovery {
             ));
             legacy_groups.push(g);
         }
+        // metrics.k8s.io, served by the API server from the agents' usage summaries.
+        {
+            let (group, v) = (crate::metrics::GROUP, crate::metrics::VERSION);
+            let gv = format!("{group}/{v}");
+            let res = |plural: &str, singular: &str, kind: &str, namespaced: bool| {
+                (
+                    json!({"resource": plural, "singularResource": singular,
+                           "responseKind": {"group": group, "version": v, "kind": kind},
+                           "scope": if namespaced { "Namespaced" } else { "Cluster" },
+                           "verbs": ["get", "list"]}),
+                    json!({"name": plural, "singularName": singular, "namespaced": namespaced,
+                           "kind": kind, "verbs": ["get", "list"]}),
+                )
+            };
+            let (nodes, nodes_legacy) = res("nodes", "", "NodeMetrics", false);
+            let (pods, pods_legacy) = res("pods", "", "PodMetrics", true);
+            group_items.push(json!({"metadata": {"name": group}, "versions": [
+                {"version": v, "resources": [nodes, pods], "freshness": "Current"}]}));
+            resource_lists.push((
+                gv.clone(),
+                Bytes::from(
+                    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                           "resources": [nodes_legacy, pods_legacy]})
+                    .to_string(),
+                ),
+            ));
+            let gvs = json!([{"groupVersion": gv, "version": v}]);
+            let g = json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]});
+            groups.push((
+                group.to_string(),
+                Bytes::from(
+                    json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
+                           "versions": g["versions"], "preferredVersion": g["preferredVersion"]})
+                    .to_string(),
+                ),
+            ));
+            legacy_groups.push(g);
+        }
         let aggregated = |items: Vec<Value>, version: &str| -> Bytes {
             Bytes::from(
                 json!({"kind": "APIGroupDiscoveryList",

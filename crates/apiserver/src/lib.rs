@@ -10,6 +10,7 @@ mod discovery;
 pub mod errors;
 mod evict;
 pub mod http;
+mod metrics;
 mod node;
 mod openapi;
 mod read;

@@ -15,6 +15,7 @@ use crate::body::Body;
 use crate::cache::Cache;
 use crate::discovery::Discovery;
 use crate::errors::{ApiError, ApiResult};
+use crate::metrics;
 use crate::openapi::{self, OpenApi};
 use crate::request::{self, DiscoveryFormat, Params, Route, Target};
 
@@ -216,6 +217,17 @@ impl ApiServer {
     }
 
     async fn route(&self, req: Request<Bytes>, who: &Identity) -> ApiResult<Reply> {
+        if req
+            .uri()
+            .path()
+            .starts_with(&format!("/apis/{}/{}/", metrics::GROUP, metrics::VERSION))
+        {
+            if !who.is_authenticated() {
+                return Err(ApiError::unauthorized());
+            }
+            let params = Params::parse(req.uri().query());
+            return self.metrics(req.uri().path(), &params, req.method()).await;
+        }
         let route = request::route(req.uri().path())?;
         let public = matches!(route, Route::Version | Route::Health(_));
         if !public && !who.is_authenticated() {

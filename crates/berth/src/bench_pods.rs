@@ -531,6 +531,60 @@ pub async fn run(args: PodBenchArgs) -> Result<()> {
     clear(&c, &agent.run_dir).await?;
     watcher.abort();
 
+    // A Deployment of `burst` replicas, from create to all available, as `kubectl apply`
+    // followed by `kubectl rollout status` sees it: the controllers, the scheduler and the
+    // agent together.
+    let replicas = args.burst;
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "bench", "namespace": NAMESPACE},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "bench"}},
+                 "template": {"metadata": {"labels": {"app": "bench"}},
+                              "spec": {"terminationGracePeriodSeconds": 0,
+                                       "containers": [{"name": "main", "image": IMAGE,
+                                                       "imagePullPolicy": "Never",
+                                                       "command": ["sleep", "100000"]}]}}},
+    });
+    let t = Instant::now();
+    c.request_json(
+        Method::POST,
+        &format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments"),
+        Some(&deployment),
+    )
+    .await?;
+    let deadline = t + Duration::from_secs(300);
+    loop {
+        let d = c
+            .request_json(
+                Method::GET,
+                &format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/bench"),
+                None,
+            )
+            .await?;
+        if d["status"]["availableReplicas"].as_u64() == Some(replicas as u64)
+            && d["status"]["updatedReplicas"].as_u64() == Some(replicas as u64)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the deployment did not become available: {}", d["status"]);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    row(
+        &format!("deployment of {replicas} replicas: create -> {replicas}/{replicas} available"),
+        format!("{:.2} s", t.elapsed().as_secs_f64()),
+        "seconds",
+    );
+    c.request(
+        Method::DELETE,
+        &format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/bench"),
+        "application/json",
+        Bytes::from(json!({"propagationPolicy": "Foreground"}).to_string()),
+    )
+    .await?;
+    clear(&c, &agent.run_dir).await?;
+
     // The floor and the peer, on this machine, now.
     let store = crate::images_cli::store_in(&server.dir.join("node"))?;
     let image = store

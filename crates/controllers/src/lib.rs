@@ -6,6 +6,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod mirror;
 pub mod namespace;
@@ -18,6 +19,7 @@ pub mod scheduling;
 pub mod statefulset;
 
 use api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use api::k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use api::k8s_openapi::api::coordination::v1::Lease;
 use api::k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
@@ -29,6 +31,7 @@ use crate::daemonset::DaemonSetController;
 use crate::deployment::DeploymentController;
 use crate::disruption::DisruptionController;
 use crate::gc::GarbageCollector;
+use crate::hpa::HpaController;
 use crate::job::JobController;
 use crate::mirror::Mirror;
 use crate::nodelifecycle::NodeLifecycleController;
@@ -50,6 +53,7 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     let leases = Mirror::<Lease>::new();
     let budgets = Mirror::<PodDisruptionBudget>::new();
     let quotas = Mirror::<ResourceQuota>::new();
+    let hpas = Mirror::<HorizontalPodAutoscaler>::new();
     let c = || client.clone();
     tokio::spawn(ReplicaSetController::new(c(), pods.clone(), sets.clone()).run());
     tokio::spawn(
@@ -70,6 +74,7 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
         .run(),
     );
     tokio::spawn(ResourceQuotaController::new(c(), quotas.clone(), pods.clone()).run());
+    tokio::spawn(HpaController::new(c(), hpas.clone()).run());
     tokio::spawn(GarbageCollector::new(c()).run());
     tokio::spawn(
         NodeLifecycleController::new(c(), nodes_cfg, nodes.clone(), leases.clone(), pods.clone())
@@ -87,4 +92,5 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     tokio::spawn(leases.run(c()));
     tokio::spawn(budgets.run(c()));
     tokio::spawn(quotas.run(c()));
+    tokio::spawn(hpas.run(c()));
 }

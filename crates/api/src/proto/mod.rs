@@ -451,6 +451,19 @@ mod tests {
     }
 
     #[test]
+    fn fields_named_after_keywords_are_kept() {
+        let mut meta = Vec::new();
+        len(1, b"web", &mut meta);
+        let mut spec = Vec::new();
+        len(4, b"NodePort", &mut spec);
+        let mut svc = Vec::new();
+        len(1, &meta, &mut svc);
+        len(2, &spec, &mut svc);
+        let obj = decode_object(&envelope("v1", "Service", &svc)).unwrap();
+        assert_eq!(obj["spec"]["type"], "NodePort");
+    }
+
+    #[test]
     fn deployment_with_int_or_string_and_negative_numbers() {
         let mut port = Vec::new();
         num(3, 80, &mut port);

@@ -53,6 +53,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.apps.v1.DaemonSetCondition",
         fields: &[
             Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "status",
                 ty: Str,
@@ -180,12 +186,20 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     Message {
         name: "api.apps.v1.DaemonSetUpdateStrategy",
-        fields: &[Field {
-            tag: 2,
-            json: "rollingUpdate",
-            ty: Msg("api.apps.v1.RollingUpdateDaemonSet"),
-            shape: Single,
-        }],
+        fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "rollingUpdate",
+                ty: Msg("api.apps.v1.RollingUpdateDaemonSet"),
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.apps.v1.Deployment",
@@ -213,6 +227,12 @@ pub(super) static MESSAGES: &[Message] = &[
     Message {
         name: "api.apps.v1.DeploymentCondition",
         fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
             Field {
                 tag: 2,
                 json: "status",
@@ -359,12 +379,20 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     Message {
         name: "api.apps.v1.DeploymentStrategy",
-        fields: &[Field {
-            tag: 2,
-            json: "rollingUpdate",
-            ty: Msg("api.apps.v1.RollingUpdateDeployment"),
-            shape: Single,
-        }],
+        fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "rollingUpdate",
+                ty: Msg("api.apps.v1.RollingUpdateDeployment"),
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.apps.v1.ReplicaSet",
@@ -392,6 +420,12 @@ pub(super) static MESSAGES: &[Message] = &[
     Message {
         name: "api.apps.v1.ReplicaSetCondition",
         fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
             Field {
                 tag: 2,
                 json: "status",
@@ -571,6 +605,12 @@ pub(super) static MESSAGES: &[Message] = &[
     Message {
         name: "api.apps.v1.StatefulSetCondition",
         fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
             Field {
                 tag: 2,
                 json: "status",
@@ -761,12 +801,20 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     Message {
         name: "api.apps.v1.StatefulSetUpdateStrategy",
-        fields: &[Field {
-            tag: 2,
-            json: "rollingUpdate",
-            ty: Msg("api.apps.v1.RollingUpdateStatefulSetStrategy"),
-            shape: Single,
-        }],
+        fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "rollingUpdate",
+                ty: Msg("api.apps.v1.RollingUpdateStatefulSetStrategy"),
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.autoscaling.v1.Scale",
@@ -964,6 +1012,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.autoscaling.v2.HorizontalPodAutoscalerCondition",
         fields: &[
             Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "status",
                 ty: Str,
@@ -1069,6 +1123,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.autoscaling.v2.HpaScalingPolicy",
         fields: &[
             Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "value",
                 ty: I32,
@@ -1132,6 +1192,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.autoscaling.v2.MetricSpec",
         fields: &[
             Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "object",
                 ty: Msg("api.autoscaling.v2.ObjectMetricSource"),
@@ -1167,6 +1233,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.autoscaling.v2.MetricStatus",
         fields: &[
             Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "object",
                 ty: Msg("api.autoscaling.v2.ObjectMetricStatus"),
@@ -1201,6 +1273,12 @@ pub(super) static MESSAGES: &[Message] = &[
     Message {
         name: "api.autoscaling.v2.MetricTarget",
         fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
             Field {
                 tag: 2,
                 json: "value",
@@ -1484,6 +1562,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.batch.v1.JobCondition",
         fields: &[
             Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "status",
                 ty: Str,
@@ -1738,12 +1822,20 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     Message {
         name: "api.batch.v1.PodFailurePolicyOnPodConditionsPattern",
-        fields: &[Field {
-            tag: 2,
-            json: "status",
-            ty: Str,
-            shape: Single,
-        }],
+        fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "status",
+                ty: Str,
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.batch.v1.PodFailurePolicyRule",
@@ -1900,12 +1992,20 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     Message {
         name: "api.core.v1.AppArmorProfile",
-        fields: &[Field {
-            tag: 2,
-            json: "localhostProfile",
-            ty: Str,
-            shape: Single,
-        }],
+        fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "localhostProfile",
+                ty: Str,
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.core.v1.AttachedVolume",
@@ -2718,6 +2818,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 9,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 10,
                 json: "eventTime",
                 ty: Msg("apimachinery.pkg.apis.meta.v1.MicroTime"),
@@ -2949,6 +3055,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.core.v1.LimitRangeItem",
         fields: &[
             Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "max",
                 ty: Msg("apimachinery.pkg.api.resource.Quantity"),
@@ -3103,6 +3215,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.core.v1.NamespaceCondition",
         fields: &[
             Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "status",
                 ty: Str,
@@ -3179,12 +3297,20 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     Message {
         name: "api.core.v1.NodeAddress",
-        fields: &[Field {
-            tag: 2,
-            json: "address",
-            ty: Str,
-            shape: Single,
-        }],
+        fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "address",
+                ty: Str,
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.core.v1.NodeAffinity",
@@ -3206,6 +3332,12 @@ pub(super) static MESSAGES: &[Message] = &[
     Message {
         name: "api.core.v1.NodeCondition",
         fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
             Field {
                 tag: 2,
                 json: "status",
@@ -3672,6 +3804,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.core.v1.PersistentVolumeClaimCondition",
         fields: &[
             Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "status",
                 ty: Str,
@@ -3916,6 +4054,12 @@ pub(super) static MESSAGES: &[Message] = &[
     Message {
         name: "api.core.v1.PodCondition",
         fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
             Field {
                 tag: 2,
                 json: "status",
@@ -4811,6 +4955,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 3,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 4,
                 json: "level",
                 ty: Str,
@@ -4820,12 +4970,20 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     Message {
         name: "api.core.v1.SeccompProfile",
-        fields: &[Field {
-            tag: 2,
-            json: "localhostProfile",
-            ty: Str,
-            shape: Single,
-        }],
+        fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "localhostProfile",
+                ty: Str,
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.core.v1.Secret",
@@ -4841,6 +4999,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "data",
                 ty: Bytes,
                 shape: Map,
+            },
+            Field {
+                tag: 3,
+                json: "type",
+                ty: Str,
+                shape: Single,
             },
             Field {
                 tag: 4,
@@ -5070,6 +5234,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "clusterIP",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "type",
                 ty: Str,
                 shape: Single,
             },
@@ -5728,6 +5898,12 @@ pub(super) static MESSAGES: &[Message] = &[
     Message {
         name: "apimachinery.pkg.apis.meta.v1.Condition",
         fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
             Field {
                 tag: 2,
                 json: "status",
