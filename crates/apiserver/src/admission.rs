@@ -72,6 +72,20 @@ impl ApiServer {
         }
     }
 
+    /// Whether a namespace without LimitRanges in the cache is due for a fresh look.
+    fn recheck_due(&self, ns: &str) -> bool {
+        const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+        let mut seen = self.limit_checks.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match seen.get(ns) {
+            Some(t) if now.duration_since(*t) < TTL => false,
+            _ => {
+                seen.insert(ns.to_string(), now);
+                true
+            }
+        }
+    }
+
     /// The lock that serializes creates in a namespace with quotas.
     pub(crate) async fn quota_lock(
         &self,
@@ -105,8 +119,21 @@ impl ApiServer {
     ) -> ApiResult<()> {
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
         if r.kind == "Pod" {
-            // A class or range created just before the pod applies to it.
-            self.cache.wait_fresh().await?;
+            // A class or range created just before the pod applies to it: when the cache has
+            // none, look again once it holds every acknowledged write (for LimitRanges, at
+            // most every 30 s per namespace, as Kubernetes' live lookup).
+            let class = obj["spec"]["priorityClassName"].as_str().unwrap_or("");
+            let class_missing = !class.is_empty()
+                && !self
+                    .cached("scheduling.k8s.io/v1", "PriorityClass", None)
+                    .iter()
+                    .any(|c| c["metadata"]["name"] == class);
+            let ranges_unknown = namespace.is_some_and(|ns| {
+                self.cached("v1", "LimitRange", Some(ns)).is_empty() && self.recheck_due(ns)
+            });
+            if class_missing || ranges_unknown {
+                self.cache.wait_fresh().await?;
+            }
             self.admit_priority(r, &name, obj)?;
             self.admit_limits(r, &name, namespace, obj)?;
         }

@@ -143,6 +143,9 @@ pub struct ApiServer {
     /// Per namespace with quotas: creates there are admitted one at a time.
     pub(crate) quota_locks:
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each namespace was last looked at afresh for LimitRanges (none cached).
+    pub(crate) limit_checks:
+        std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     discovery: Discovery,
     openapi: OpenApi,
     version: Value,
@@ -188,6 +191,7 @@ impl ApiServer {
             cache,
             config,
             quota_locks: std::sync::Mutex::default(),
+            limit_checks: std::sync::Mutex::default(),
             version,
         });
         let compactor = server.clone();

@@ -484,56 +484,72 @@ impl Client {
 pub struct Watch<K> {
     body: Pin<Box<ResponseBody>>,
     buf: BytesMut,
-    pending: VecDeque<Value>,
+    pending: VecDeque<Bytes>,
     _kind: std::marker::PhantomData<fn() -> K>,
+}
+
+/// The `type` of a watch event line, read without building its object.
+#[derive(serde::Deserialize)]
+struct EventType {
+    #[serde(rename = "type")]
+    ty: String,
+}
+
+/// The object of a watch event line, decoded straight into its type.
+#[derive(serde::Deserialize)]
+struct EventObject<K> {
+    object: K,
 }
 
 impl<K: DeserializeOwned> Watch<K> {
     /// The next event, or `None` when the server ended the watch.
     pub async fn next(&mut self) -> Option<WatchEvent<K>> {
         loop {
-            if let Some(v) = self.pending.pop_front() {
-                return Some(Self::event(v));
+            if let Some(line) = self.pending.pop_front() {
+                if let Some(ev) = Self::event(&line) {
+                    return Some(ev);
+                }
+                continue;
             }
             let frame = self.body.frame().await?;
             let Ok(frame) = frame else { return None };
             if let Ok(data) = frame.into_data() {
                 self.buf.extend_from_slice(data.chunk());
                 while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
-                    let line = self.buf.split_to(nl + 1);
-                    if let Ok(v) = serde_json::from_slice::<Value>(&line) {
-                        self.pending.push_back(v);
-                    }
+                    let line = self.buf.split_to(nl + 1).freeze();
+                    self.pending.push_back(line);
                 }
             }
         }
     }
 
-    fn event(v: Value) -> WatchEvent<K> {
-        let ty = v["type"].as_str().unwrap_or("").to_string();
-        let obj = v["object"].clone();
-        if ty == "BOOKMARK" {
-            return WatchEvent::Bookmark(
-                obj["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-            );
-        }
-        if ty == "ERROR" {
-            return WatchEvent::Error(ClientError::Api {
+    /// Decode one event line; `None` for a line that is not an event.
+    fn event(line: &[u8]) -> Option<WatchEvent<K>> {
+        let ty = serde_json::from_slice::<EventType>(line).ok()?.ty;
+        if ty == "BOOKMARK" || ty == "ERROR" {
+            let v: Value = serde_json::from_slice(line).ok()?;
+            let obj = &v["object"];
+            if ty == "BOOKMARK" {
+                return Some(WatchEvent::Bookmark(
+                    obj["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                ));
+            }
+            return Some(WatchEvent::Error(ClientError::Api {
                 code: obj["code"].as_u64().unwrap_or(500) as u16,
                 reason: obj["reason"].as_str().unwrap_or("").to_string(),
                 message: obj["message"].as_str().unwrap_or("").to_string(),
-            });
+            }));
         }
-        match K::deserialize(obj) {
-            Ok(k) => match ty.as_str() {
-                "ADDED" => WatchEvent::Added(k),
-                "MODIFIED" => WatchEvent::Modified(k),
-                _ => WatchEvent::Deleted(k),
+        Some(match serde_json::from_slice::<EventObject<K>>(line) {
+            Ok(e) => match ty.as_str() {
+                "ADDED" => WatchEvent::Added(e.object),
+                "MODIFIED" => WatchEvent::Modified(e.object),
+                _ => WatchEvent::Deleted(e.object),
             },
             Err(e) => WatchEvent::Error(ClientError::Decode(e)),
-        }
+        })
     }
 }
