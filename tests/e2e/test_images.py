@@ -23,8 +23,14 @@ def berth(data_dir, *args, check=True):
 
 def listed(data_dir):
     lines = berth(data_dir, "ls").stdout.splitlines()
-    assert lines[0].split() == ["IMAGE", "ID", "SIZE"]
+    assert lines[0].split() == ["IMAGE", "ID", "SIZE", "PINNED"]
     return {l.split()[0]: l.split()[1] for l in lines[1:]}
+
+
+def pinned(data_dir):
+    """Which images garbage collection must keep, by name."""
+    lines = berth(data_dir, "ls").stdout.splitlines()
+    return {l.split()[0]: l.split()[-1] == "true" for l in lines[1:]}
 
 
 def test_import_oci_layout_and_docker_save(data_dir, tmp_path):
@@ -39,10 +45,19 @@ def test_import_oci_layout_and_docker_save(data_dir, tmp_path):
     assert "imported test.local/busybox:saved" in out
     images = listed(data_dir)
     assert set(images) == {"test.local/busybox:oci", "test.local/busybox:saved"}
+    # Imported by hand, so kept under disk pressure: there may be no registry to pull from.
+    assert pinned(data_dir) == {"test.local/busybox:oci": True, "test.local/busybox:saved": True}
     # The unpacked layer is shared: one copy of busybox on disk.
     layers = os.listdir(os.path.join(data_dir, "images", "l"))
     assert len(layers) == 1
     assert os.path.islink(os.path.join(data_dir, "images", "l", layers[0], "bin", "sh"))
+    assert "unpinned test.local/busybox:saved" in berth(data_dir, "unpin", "test.local/busybox:saved").stdout
+    # One image under two names: the pin is the image's.
+    assert pinned(data_dir) == {"test.local/busybox:oci": False, "test.local/busybox:saved": False}
+    berth(data_dir, "pin", "test.local/busybox:oci")
+    assert pinned(data_dir) == {"test.local/busybox:oci": True, "test.local/busybox:saved": True}
+    missing = berth(data_dir, "pin", "test.local/nothing:1", check=False)
+    assert missing.returncode != 0 and "nothing" in missing.stderr
     out = berth(data_dir, "rm", "test.local/busybox:oci").stdout
     assert "untagged test.local/busybox:oci" in out or "deleted" in out
     assert set(listed(data_dir)) == {"test.local/busybox:saved"}
@@ -65,6 +80,8 @@ def test_pull_by_tag_and_digest(data_dir, registry):
     assert digest in out
     images = listed(data_dir)
     assert f"{registry.addr}/tools/busybox:1.0" in images
+    # A registry can serve it again: garbage collection may take it when it is unused.
+    assert pinned(data_dir)[f"{registry.addr}/tools/busybox:1.0"] is False
     missing = berth(data_dir, "pull", f"{registry.addr}/tools/nothing:here", check=False)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 

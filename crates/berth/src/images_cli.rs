@@ -22,8 +22,13 @@ pub enum ImageCommand {
         #[arg(long)]
         username: Option<String>,
     },
-    /// Import an OCI image layout or `docker save` archive (plain, gzip or zstd).
+    /// Import an OCI image layout or `docker save` archive (plain, gzip or zstd). Imported
+    /// images are pinned: garbage collection under disk pressure keeps them.
     Import { file: PathBuf },
+    /// Pin images, so that garbage collection under disk pressure keeps them.
+    Pin { references: Vec<String> },
+    /// Unpin images: when unused, garbage collection may remove them.
+    Unpin { references: Vec<String> },
     /// List stored images.
     #[command(alias = "list")]
     Ls,
@@ -115,15 +120,38 @@ pub async fn run(args: ImageArgs) -> Result<()> {
         ImageCommand::Ls => {
             let mut images = store.list()?;
             images.sort_by(|a, b| a.names.cmp(&b.names));
-            println!("{:<50} {:<14} {:>10}", "IMAGE", "ID", "SIZE");
+            println!("{:<50} {:<14} {:>10}  PINNED", "IMAGE", "ID", "SIZE");
             for i in images {
                 let size = human_bytes(i.size);
+                let pinned = if i.pinned { "true" } else { "false" };
                 if i.names.is_empty() {
-                    println!("{:<50} {:<14} {:>10}", "<none>", i.id.short(), size);
+                    println!(
+                        "{:<50} {:<14} {:>10}  {pinned}",
+                        "<none>",
+                        i.id.short(),
+                        size
+                    );
                 }
                 for n in &i.names {
-                    println!("{:<50} {:<14} {:>10}", n, i.id.short(), size);
+                    println!("{:<50} {:<14} {:>10}  {pinned}", n, i.id.short(), size);
                 }
+            }
+        }
+        ImageCommand::Pin { references } | ImageCommand::Unpin { references }
+            if references.is_empty() =>
+        {
+            bail!("name the images (by reference or ID)");
+        }
+        ImageCommand::Pin { references } => {
+            for r in references {
+                let i = store.set_pinned(&r, true)?;
+                println!("pinned {r} {}", i.id);
+            }
+        }
+        ImageCommand::Unpin { references } => {
+            for r in references {
+                let i = store.set_pinned(&r, false)?;
+                println!("unpinned {r} {}", i.id);
             }
         }
         ImageCommand::Rm { references } => {

@@ -41,6 +41,11 @@ pub struct AgentArgs {
     /// ...until usage is below this.
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub image_gc_low_percent: u8,
+    /// Seconds an image must have gone unused (or, never used, been stored) before garbage
+    /// collection may remove it. Pinned images (`berth image import`, `berth image pin`)
+    /// are never removed.
+    #[arg(long, default_value_t = 120)]
+    pub image_minimum_gc_age: u64,
     /// Most pods this node runs at once.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
@@ -172,6 +177,7 @@ pub fn build(
         image_gc: agent::gc::Thresholds {
             high: args.image_gc_high_percent,
             low: args.image_gc_low_percent,
+            min_age: std::time::Duration::from_secs(args.image_minimum_gc_age),
         },
     };
     Ok(Agent::new(

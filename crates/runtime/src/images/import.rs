@@ -138,7 +138,7 @@ fn import_oci_layout(
             manifest = Digest::parse(pick.digest().as_ref())?;
         }
         let names: Vec<String> = name.into_iter().collect();
-        out.push(store.add_image(&manifest, &names, progress)?);
+        out.push(store.add_image(&manifest, &names, true, progress)?);
     }
     Ok(out)
 }
@@ -178,7 +178,7 @@ fn import_docker_save(
             .iter()
             .filter_map(|t| normalize(t).ok())
             .collect();
-        out.push(store.add_image(&digest, &names, progress)?);
+        out.push(store.add_image(&digest, &names, true, progress)?);
     }
     Ok(out)
 }

@@ -167,7 +167,8 @@ impl Puller {
         let store = self.store.clone();
         let names = vec![whole];
         // Unpacking is disk work; keep it off the async threads.
-        let image = tokio::task::block_in_place(|| store.add_image(&digest, &names, progress))?;
+        let image =
+            tokio::task::block_in_place(|| store.add_image(&digest, &names, false, progress))?;
         Ok(image)
     }
 

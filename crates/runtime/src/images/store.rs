@@ -103,6 +103,10 @@ pub struct Image {
     pub config: RunConfig,
     /// When this store got it (RFC 3339).
     pub added: String,
+    /// Kept whatever the disk pressure: images a user imported by hand (there may be no
+    /// registry to pull them from again), like the airgap images k3s pins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -343,11 +347,13 @@ impl ImageStore {
     }
 
     /// Record an image whose manifest, config and layer blobs are all in the store, unpacking
-    /// its layers. `names` become its names (taken away from any other image).
+    /// its layers. `names` become its names (taken away from any other image); a `pinned`
+    /// image is never garbage collected.
     pub fn add_image(
         &self,
         manifest_digest: &Digest,
         names: &[String],
+        pinned: bool,
         progress: &dyn Progress,
     ) -> Result<Image, StoreError> {
         let manifest: ImageManifest = serde_json::from_slice(&self.read_blob(manifest_digest)?)
@@ -406,6 +412,7 @@ impl ImageStore {
             added: jiff::Timestamp::now()
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
                 .to_string(),
+            pinned,
         };
         self.record(image, names)
     }
@@ -421,6 +428,7 @@ impl ImageStore {
             .map(|n| format!("{}@{}", repository_of(n), image.manifest))
             .collect();
         if let Some(existing) = index.images.iter_mut().find(|i| i.id == image.id) {
+            existing.pinned |= image.pinned;
             for n in names {
                 if !existing.names.contains(n) {
                     existing.names.push(n.clone());
@@ -442,6 +450,22 @@ impl ImageStore {
             .retain(|i| !i.names.is_empty() || i.id == image.id);
         self.write_index(&index)?;
         info!(id = image.id.short(), names = ?image.names, "image stored");
+        Ok(image)
+    }
+
+    /// Pin an image (garbage collection keeps it) or unpin it. Returns the image as it is now.
+    pub fn set_pinned(&self, reference: &str, pinned: bool) -> Result<Image, StoreError> {
+        let target = self
+            .resolve(reference)?
+            .ok_or_else(|| StoreError::NotFound(reference.to_string()))?;
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let Some(image) = index.images.iter_mut().find(|i| i.id == target.id) else {
+            return Err(StoreError::NotFound(reference.to_string()));
+        };
+        image.pinned = pinned;
+        let image = image.clone();
+        self.write_index(&index)?;
         Ok(image)
     }
 
