@@ -66,6 +66,8 @@ pub(crate) struct Worker {
     volumes_at: Option<Instant>,
     start_time: String,
     reported: Option<serde_json::Value>,
+    /// The pod's resourceVersion as the last report left it.
+    reported_revision: u64,
     /// Probe tasks of the running attempt of each container.
     probes: HashMap<String, Vec<tokio::task::JoinHandle<()>>>,
     verdicts: mpsc::Sender<probe::Verdict>,
@@ -154,6 +156,7 @@ impl Worker {
             volumes_at: None,
             start_time,
             reported: None,
+            reported_revision: 0,
             probes: HashMap::new(),
             verdicts: mpsc::channel(1).0,
             gone: false,
@@ -288,7 +291,21 @@ impl Worker {
 
     async fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Pod(p) => self.pod = p,
+            Msg::Pod(p) => {
+                // Someone else rewrote what this agent reports (the node lifecycle controller
+                // marks pods not ready while the node is unreachable): say it again.
+                // Events older than the last report are not news.
+                let newer = revision(&p) >= self.reported_revision;
+                if newer
+                    && self
+                        .reported
+                        .as_ref()
+                        .is_some_and(|r| status_drifted(r, &p))
+                {
+                    self.reported = None;
+                }
+                self.pod = p;
+            }
             Msg::Probe(v) => self.verdict(v).await,
             Msg::Gone => self.gone = true,
             Msg::Exited { id, status } => self.exited(&id, status).await,
@@ -1212,6 +1229,7 @@ impl Worker {
         {
             Ok(b) => {
                 if let Ok(p) = serde_json::from_slice::<Pod>(&b) {
+                    self.reported_revision = revision(&p);
                     self.pod = Arc::new(p);
                 }
                 self.reported = Some(comparable);
@@ -1227,6 +1245,46 @@ impl Worker {
             }
         }
     }
+}
+
+fn revision(p: &Pod) -> u64 {
+    p.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The pod conditions this agent owns.
+const OWN_CONDITIONS: [&str; 4] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "ContainersReady",
+    "Ready",
+];
+
+/// Whether the API's copy of a pod disagrees with what this agent last reported, in the phase
+/// or in a condition the agent owns.
+fn status_drifted(reported: &serde_json::Value, pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return true;
+    };
+    if reported["phase"].as_str() != status.phase.as_deref() {
+        return true;
+    }
+    let api: HashMap<&str, &str> = status
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| (c.type_.as_str(), c.status.as_str()))
+        .collect();
+    reported["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c["type"].as_str()?, c["status"].as_str()?)))
+        .filter(|(ty, _)| OWN_CONDITIONS.contains(ty))
+        .any(|(ty, st)| api.get(ty) != Some(&st))
 }
 
 fn terminated_from_api(t: &api::k8s_openapi::api::core::v1::ContainerStateTerminated) -> State {
@@ -1262,5 +1320,43 @@ pub(crate) fn remove_pod_cgroups(uid: &str) {
             }
             let _ = std::fs::remove_dir(&dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(phase: &str, ready: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "resourceVersion": "7"},
+            "status": {"phase": phase, "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": ready},
+            ]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rewritten_condition_or_phase_is_drift_but_foreign_conditions_are_not() {
+        let reported = json!({"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True"},
+        ]});
+        assert!(!status_drifted(&reported, &pod("Running", "True")));
+        assert!(status_drifted(&reported, &pod("Running", "False")));
+        assert!(status_drifted(&reported, &pod("Pending", "True")));
+        // A condition someone else owns (PodScheduled, DisruptionTarget) is theirs to change.
+        let mut with_target = pod("Running", "True");
+        let conditions = with_target
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap();
+        conditions[0].status = "False".into();
+        assert!(!status_drifted(&reported, &with_target));
+        assert_eq!(revision(&with_target), 7);
     }
 }
