@@ -61,6 +61,10 @@ pub struct ServerArgs {
     /// spec says otherwise.
     #[arg(long, default_value_t = 300)]
     pub default_toleration_seconds: i64,
+    /// Seconds between compactions of the store's history: each drops what is older than
+    /// the previous one, so watches can resume from at least this far back.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub compaction_interval: u64,
 }
 
 fn parse_strategy(s: &str) -> Result<scheduler::Strategy, String> {
@@ -126,6 +130,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     let config = apiserver::Config {
         advertise,
         default_toleration_seconds: args.default_toleration_seconds,
+        compact_every: Duration::from_secs(args.compaction_interval),
         ..Default::default()
     };
     let service_ip = IpAddr::V4(Ipv4Addr::from(u32::from(config.service_cidr.0) + 1));
