@@ -138,6 +138,45 @@ class Cluster:
     def json(self, *args, version="1.33"):
         return json.loads(self.kubectl(*args, "-o", "json", version=version).stdout)
 
+    def diagnostics(self, namespace=None):
+        """What a person would look at after a failure: is the process alive, the node's
+        conditions and taints, the pods, recent events and the warnings in the log."""
+        parts = []
+        alive = self.proc is not None and self.proc.poll() is None
+        parts.append(f"berth process: {'running' if alive else 'exited'}")
+        if alive:
+            for args in (["get", "nodes", "-o", "wide"],
+                         ["get", "nodes", "-o", "jsonpath={.items[*].spec.taints}"],
+                         ["get", "pods", "-o", "wide"] + (["-n", namespace] if namespace else ["-A"]),
+                         ["get", "events", "--sort-by=.lastTimestamp"] + (["-n", namespace] if namespace else ["-A"])):
+                r = self.kubectl(*args, check=False, timeout=20)
+                parts.append(f"$ kubectl {' '.join(args)}\n{(r.stdout + r.stderr)[-3000:]}")
+        log = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        notable = [line for line in log if " WARN " in line or " ERROR " in line or "panicked" in line]
+        parts.append("berth log, warnings and errors (last 30):\n" + "\n".join(notable[-30:]))
+        parts.append("berth log, last 15 lines:\n" + "\n".join(log[-15:]))
+        return "\n\n".join(parts)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the cluster's state to the first failing test of each cluster, so that a failure
+    seen only in CI can be understood from its output."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    c = funcargs.get("node") or funcargs.get("cluster")
+    if c is None or getattr(c, "diagnosed", False):
+        return
+    c.diagnosed = True
+    try:
+        text = c.diagnostics(funcargs.get("wns") or funcargs.get("ns"))
+    except Exception as e:  # diagnostics must never hide the failure itself
+        text = f"could not collect diagnostics: {e}"
+    report.sections.append(("berth state at the first failure", text))
+
 
 @pytest.fixture(scope="module")
 def cluster():
