@@ -101,6 +101,10 @@ pub struct Demand {
     pub pod_affinity: Vec<PodTerm>,
     /// Required pod anti-affinity: no term's domain may hold a matching pod.
     pub pod_anti_affinity: Vec<PodTerm>,
+    /// Preferred pod affinity: (weight, term); domains holding a matching pod score higher.
+    pub preferred_pod_affinity: Vec<(i32, PodTerm)>,
+    /// Preferred pod anti-affinity: (weight, term); such domains score lower.
+    pub preferred_pod_anti_affinity: Vec<(i32, PodTerm)>,
     /// Pods with the same class ask for the same things and are evaluated once together.
     pub class: u64,
 }
@@ -232,19 +236,22 @@ impl Demand {
                     .unwrap_or_else(|_| api::selector::LabelSelectorExpr::nothing()),
             })
             .collect();
-        let terms = |ts: Option<&Vec<api::k8s_openapi::api::core::v1::PodAffinityTerm>>| {
-            ts.into_iter()
-                .flatten()
-                .map(|t| PodTerm {
-                    key: t.topology_key.clone(),
-                    selector: api::selector::LabelSelectorExpr::from_object(
-                        t.label_selector.as_ref(),
-                    )
-                    .unwrap_or_else(|_| api::selector::LabelSelectorExpr::nothing()),
-                    namespaces: t.namespaces.clone().unwrap_or_default(),
-                })
-                .collect::<Vec<_>>()
+        let term = |t: &api::k8s_openapi::api::core::v1::PodAffinityTerm| PodTerm {
+            key: t.topology_key.clone(),
+            selector: api::selector::LabelSelectorExpr::from_object(t.label_selector.as_ref())
+                .unwrap_or_else(|_| api::selector::LabelSelectorExpr::nothing()),
+            namespaces: t.namespaces.clone().unwrap_or_default(),
         };
+        let terms = |ts: Option<&Vec<api::k8s_openapi::api::core::v1::PodAffinityTerm>>| {
+            ts.into_iter().flatten().map(term).collect::<Vec<_>>()
+        };
+        let weighted =
+            |ts: Option<&Vec<api::k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>| {
+                ts.into_iter()
+                    .flatten()
+                    .map(|w| (w.weight, term(&w.pod_affinity_term)))
+                    .collect::<Vec<_>>()
+            };
         let affinity = spec.affinity.as_ref();
         let pod_affinity = terms(
             affinity
@@ -259,6 +266,22 @@ impl Demand {
                 .and_then(|a| a.pod_anti_affinity.as_ref())
                 .and_then(|a| {
                     a.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                }),
+        );
+        let preferred_pod_affinity = weighted(
+            affinity
+                .and_then(|a| a.pod_affinity.as_ref())
+                .and_then(|a| {
+                    a.preferred_during_scheduling_ignored_during_execution
+                        .as_ref()
+                }),
+        );
+        let preferred_pod_anti_affinity = weighted(
+            affinity
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .and_then(|a| {
+                    a.preferred_during_scheduling_ignored_during_execution
                         .as_ref()
                 }),
         );
@@ -279,16 +302,27 @@ impl Demand {
             spread,
             pod_affinity,
             pod_anti_affinity,
+            preferred_pod_affinity,
+            preferred_pod_anti_affinity,
             class: 0,
         })
     }
 
-    /// Whether placement depends on the pods around (spread or inter-pod rules), not only on
-    /// the node: such pods are placed one at a time.
+    /// Whether placement depends on the pods around (spread or inter-pod rules, required or
+    /// preferred), not only on the node: such pods are placed one at a time.
     pub(crate) fn has_pod_rules(&self) -> bool {
-        self.spread.iter().any(|s| s.hard)
+        !self.spread.is_empty()
             || !self.pod_affinity.is_empty()
             || !self.pod_anti_affinity.is_empty()
+            || self.has_pod_preferences()
+    }
+
+    /// Whether scoring looks at the pods around: ScheduleAnyway spread or preferred inter-pod
+    /// terms.
+    pub(crate) fn has_pod_preferences(&self) -> bool {
+        self.spread.iter().any(|s| !s.hard)
+            || !self.preferred_pod_affinity.is_empty()
+            || !self.preferred_pod_anti_affinity.is_empty()
     }
 
     /// A hash of everything placement looks at, and nothing else.
@@ -302,6 +336,18 @@ impl Demand {
                         .collect()
                 })
                 .collect();
+        let weighted: Vec<String> = [
+            &self.preferred_pod_affinity,
+            &self.preferred_pod_anti_affinity,
+        ]
+        .iter()
+        .map(|ts| {
+            ts.iter()
+                .map(|(w, t)| format!("{w}:{}:{}:{:?}", t.key, t.selector, t.namespaces))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
         let shape = serde_json::json!([
             self.requests,
             self.score_cpu,
@@ -323,6 +369,7 @@ impl Demand {
                 .map(|s| (s.max_skew, &s.key, s.hard, s.selector.to_string()))
                 .collect::<Vec<_>>(),
             terms,
+            weighted,
             // Spread and pod (anti-)affinity look at the pod's own namespace and labels.
             if !self.has_pod_rules() {
                 String::new()

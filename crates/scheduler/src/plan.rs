@@ -8,7 +8,7 @@ use crate::filter::{
     Reason, dynamic_reasons, has_room, message, needs_pod_rules, pod_rules, pod_rules_reason,
     static_reason,
 };
-use crate::score::{normalize, resource, static_raw};
+use crate::score::{normalize, pod_preferences, resource, static_raw};
 use crate::snapshot::Snapshot;
 use crate::{Config, Strategy};
 
@@ -195,10 +195,12 @@ pub fn schedule(s: &mut Snapshot, pods: &[Demand], cfg: &Config) -> Plan {
                 start = (start + looked) % n;
             }
             let statics = normalize(&raw);
+            let around = pod_preferences(s, d, &found);
             found
                 .iter()
                 .zip(statics)
-                .map(|(i, st)| (resource(s, *i, d, strategy) + st, rng.u32(..), *i))
+                .zip(around)
+                .map(|((i, st), ar)| (resource(s, *i, d, strategy) + st + ar, rng.u32(..), *i))
                 .max()
                 .map(|(_, _, i)| i)
         };

@@ -1,8 +1,10 @@
 //! Scoring feasible nodes, with kube-scheduler's plugins and default weights: the resource
 //! strategy (least-allocated spreads, most-allocated packs) plus balanced allocation, weight 1
-//! each; untolerated PreferNoSchedule taints, weight 3; preferred node affinity, weight 2.
+//! each; untolerated PreferNoSchedule taints, weight 3; preferred node affinity, weight 2;
+//! preferred inter-pod (anti-)affinity, weight 2; ScheduleAnyway topology spread, weight 2.
 //! Each plugin scores 0-100.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use crate::demand::Demand;
@@ -37,6 +39,92 @@ impl FromStr for Strategy {
 
 const W_TAINT: i64 = 3;
 const W_AFFINITY: i64 = 2;
+const W_POD_AFFINITY: i64 = 2;
+const W_SPREAD: i64 = 2;
+
+/// How many pods matching `matches(namespace, labels)` each domain of node label `key` holds.
+fn per_domain<'s>(
+    s: &'s Snapshot,
+    key: &str,
+    matches: impl Fn(&str, &std::collections::BTreeMap<String, String>) -> bool,
+) -> HashMap<&'s str, i64> {
+    let mut out: HashMap<&str, i64> = HashMap::new();
+    for i in 0..s.len() {
+        let Some(domain) = s.labels[i].get(key) else {
+            continue;
+        };
+        let n = s.pods_on[i].iter().filter(|(ns, l)| matches(ns, l)).count() as i64;
+        *out.entry(domain.as_str()).or_default() += n;
+    }
+    out
+}
+
+/// The scores that depend on the pods around, for the nodes `found`, normalized over them:
+/// preferred inter-pod terms (each matching pod in a node's domain adds the term's weight,
+/// or takes it away for anti-affinity) and ScheduleAnyway spread (fewer matching pods in the
+/// node's domain is better; a node without the topology label scores nothing).
+pub(crate) fn pod_preferences(s: &Snapshot, d: &Demand, found: &[usize]) -> Vec<i64> {
+    if !d.has_pod_preferences() {
+        return vec![0; found.len()];
+    }
+    let mut affinity = vec![0i64; found.len()];
+    let weighted = d
+        .preferred_pod_affinity
+        .iter()
+        .map(|(w, t)| (i64::from(*w), t))
+        .chain(
+            d.preferred_pod_anti_affinity
+                .iter()
+                .map(|(w, t)| (-i64::from(*w), t)),
+        );
+    for (w, t) in weighted {
+        let counts = per_domain(s, &t.key, |ns, l| t.matches(&d.namespace, ns, l));
+        for (a, i) in affinity.iter_mut().zip(found) {
+            if let Some(domain) = s.labels[*i].get(&t.key) {
+                *a += w * counts.get(domain.as_str()).copied().unwrap_or(0);
+            }
+        }
+    }
+    let (lo, hi) = (
+        affinity.iter().copied().min().unwrap_or(0),
+        affinity.iter().copied().max().unwrap_or(0),
+    );
+    let affinity = affinity.iter().map(|a| {
+        if hi > lo {
+            (a - lo) * 100 / (hi - lo)
+        } else {
+            0
+        }
+    });
+
+    let soft: Vec<_> = d.spread.iter().filter(|c| !c.hard).collect();
+    let mut crowd: Vec<Option<i64>> = vec![Some(0); found.len()];
+    for c in &soft {
+        let counts = per_domain(s, &c.key, |ns, l| {
+            ns == d.namespace && c.selector.matches(l)
+        });
+        for (n, i) in crowd.iter_mut().zip(found) {
+            *n = match (*n, s.labels[*i].get(&c.key)) {
+                (Some(n), Some(domain)) => {
+                    Some(n + counts.get(domain.as_str()).copied().unwrap_or(0))
+                }
+                _ => None,
+            };
+        }
+    }
+    let known = crowd.iter().flatten().copied();
+    let (lo, hi) = (known.clone().min().unwrap_or(0), known.max().unwrap_or(0));
+    let spread = crowd.iter().map(|n| match n {
+        _ if soft.is_empty() => 0,
+        None => 0,
+        Some(_) if hi == 0 => 100,
+        Some(n) => (hi + lo - n) * 100 / hi,
+    });
+    affinity
+        .zip(spread)
+        .map(|(a, sp)| W_POD_AFFINITY * a + W_SPREAD * sp)
+        .collect()
+}
 
 /// Raw inputs of the scores that do not change with the node's use: untolerated
 /// PreferNoSchedule taints, and the weight of preferred affinity terms the node matches.

@@ -624,6 +624,86 @@ fn inter_pod_affinity_and_anti_affinity() {
     assert_eq!(zones.len(), 1, "all in one zone: {:?}", plan.decisions);
 }
 
+#[test]
+fn preferences_from_the_pods_around_weigh_in_scoring() {
+    let host = |name: &str, zone: &str| {
+        node(
+            name,
+            "8",
+            "16Gi",
+            json!({"metadata": {"labels": {"zone": zone}}}),
+        )
+    };
+    let nodes = [host("n1", "east"), host("n2", "east"), host("n3", "west")];
+    // Packing alone puts replicas together...
+    let plain = json!({"metadata": {"labels": {"app": "web"}}});
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| pod(&format!("web-{i}"), "1", "2Gi", plain.clone()))
+        .collect();
+    let (plan, _) = run(&nodes, &[], &pods, Strategy::MostAllocated);
+    let used: std::collections::BTreeSet<String> = plan.decisions.iter().map(outcome).collect();
+    assert_eq!(used.len(), 1, "{:?}", plan.decisions);
+    // ...preferring to be apart spreads them, one per node, and a fourth still runs.
+    let apart = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"affinity": {"podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "web"}}}}]}}}});
+    let pods: Vec<Pod> = (0..4)
+        .map(|i| pod(&format!("web-{i}"), "1", "2Gi", apart.clone()))
+        .collect();
+    let (plan, _) = run(&nodes, &[], &pods, Strategy::MostAllocated);
+    let mut first: Vec<String> = plan.decisions[..3].iter().map(outcome).collect();
+    first.sort();
+    assert_eq!(first, ["n1", "n2", "n3"], "{:?}", plan.decisions);
+    assert!(
+        matches!(plan.decisions[3], Decision::Bind { .. }),
+        "a preference never refuses"
+    );
+
+    // A cache prefers the zone of its db, even on the busier node.
+    let db = bound_to(
+        pod(
+            "db",
+            "4",
+            "1Mi",
+            json!({"metadata": {"labels": {"app": "db"}}}),
+        ),
+        "n3",
+    );
+    let near_db = json!({"spec": {"affinity": {"podAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 50, "podAffinityTerm": {
+            "topologyKey": "zone", "labelSelector": {"matchLabels": {"app": "db"}}}}]}}}});
+    let cache = [pod("cache", "100m", "1Mi", near_db)];
+    let (plan, _) = run(
+        &nodes,
+        std::slice::from_ref(&db),
+        &cache,
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(outcome(&plan.decisions[0]), "n3");
+    let (plan, _) = run(
+        &nodes,
+        &[db],
+        &[pod("cache", "100m", "1Mi", json!({}))],
+        Strategy::LeastAllocated,
+    );
+    assert_ne!(
+        outcome(&plan.decisions[0]),
+        "n3",
+        "without the preference, room wins"
+    );
+
+    // ScheduleAnyway spread evens out zones where packing would not.
+    let soft = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": {"matchLabels": {"app": "web"}}}]}});
+    let pods: Vec<Pod> = (0..4)
+        .map(|i| pod(&format!("web-{i}"), "1", "2Gi", soft.clone()))
+        .collect();
+    let (plan, _) = run(&nodes, &[], &pods, Strategy::MostAllocated);
+    let west = plan.decisions.iter().filter(|d| outcome(d) == "n3").count();
+    assert_eq!(west, 2, "{:?}", plan.decisions);
+}
+
 /// A node's name and its placed pods: (name, priority, cpu).
 type Layout<'a> = [(&'a str, &'a [(&'a str, i32, &'a str)])];
 
