@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::k8s_openapi::api::core::v1::{Event, Node, Pod};
+use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use api::k8s_openapi::{ListableResource, Resource};
 use bytes::Bytes;
@@ -113,10 +114,37 @@ struct Placement {
     keys: Vec<Vec<(String, Pod)>>,
     /// Pods on their way out: (node, priority).
     terminating: HashMap<String, (String, i32)>,
+    /// Disruptions each PodDisruptionBudget allows now (`Placed::budgets` index this).
+    allowed: Vec<i32>,
+}
+
+/// The budgets that cover a pod: same namespace, selector matching its labels.
+fn budgets_of(p: &Pod, budgets: &[(String, api::selector::LabelSelectorExpr, i32)]) -> Vec<usize> {
+    let ns = p.metadata.namespace.as_deref().unwrap_or("");
+    let empty = BTreeMap::new();
+    let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
+    (0..budgets.len())
+        .filter(|b| budgets[*b].0 == ns && budgets[*b].1.matches(labels))
+        .collect()
 }
 
 impl Placement {
-    fn of(st: &State, snapshot: &Snapshot) -> Placement {
+    fn of(st: &State, snapshot: &Snapshot, pdbs: &[PodDisruptionBudget]) -> Placement {
+        let budgets: Vec<(String, api::selector::LabelSelectorExpr, i32)> = pdbs
+            .iter()
+            .map(|b| {
+                let selector = api::selector::LabelSelectorExpr::from_object(
+                    b.spec.as_ref().and_then(|s| s.selector.as_ref()),
+                )
+                .unwrap_or_else(|_| api::selector::LabelSelectorExpr::nothing());
+                let allowed = b.status.as_ref().map_or(0, |s| s.disruptions_allowed);
+                (
+                    b.metadata.namespace.clone().unwrap_or_default(),
+                    selector,
+                    allowed,
+                )
+            })
+            .collect();
         let mut by_node = vec![Vec::new(); snapshot.len()];
         let mut keys = vec![Vec::new(); snapshot.len()];
         let mut terminating = HashMap::new();
@@ -138,6 +166,7 @@ impl Placement {
             by_node[i].push(scheduler::Placed {
                 priority: victim_priority(p),
                 demand,
+                budgets: budgets_of(p, &budgets),
             });
             keys[i].push((k.clone(), p.clone()));
         }
@@ -145,6 +174,7 @@ impl Placement {
             by_node,
             keys,
             terminating,
+            allowed: budgets.iter().map(|b| b.2).collect(),
         }
     }
 
@@ -384,7 +414,13 @@ impl SchedulerLoop {
                     self.stats
                         .unschedulable
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let placed = placed.get_or_insert_with(|| Placement::of(st, &snapshot));
+                    if placed.is_none() {
+                        let pdbs = self.budgets().await;
+                        placed = Some(Placement::of(st, &snapshot, &pdbs));
+                    }
+                    let Some(placed) = placed.as_mut() else {
+                        continue;
+                    };
                     let preempted = self.preempt(pod, &d, &snapshot, placed).await;
                     let message = match preempted {
                         Some(node) => {
@@ -452,12 +488,14 @@ impl SchedulerLoop {
         {
             return Some(nominated.to_string());
         }
-        let choice = scheduler::preemption(snapshot, d, priority, &placed.by_node)?;
+        let choice =
+            scheduler::preemption(snapshot, d, priority, &placed.by_node, &placed.allowed)?;
+
         let node = snapshot.name(choice.node).to_string();
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        info!(pod = %format!("{ns}/{name}"), node = %node, victims = choice.victims.len(), "preempting");
+        info!(pod = %format!("{ns}/{name}"), node = %node, victims = choice.victims.len(), budget_violations = choice.violations, "preempting");
         let patch = json!({"status": {"nominatedNodeName": node}});
         if let Err(e) = self
             .client
@@ -471,7 +509,12 @@ impl SchedulerLoop {
         victims.sort_unstable_by(|a, b| b.cmp(a));
         for v in victims {
             let (vkey, victim) = placed.keys[choice.node].remove(v);
-            placed.by_node[choice.node].remove(v);
+            // Its budgets have one disruption fewer to give for the rest of this cycle.
+            for b in placed.by_node[choice.node].remove(v).budgets {
+                if let Some(n) = placed.allowed.get_mut(b) {
+                    *n -= 1;
+                }
+            }
             let (vns, vname) = vkey.split_once('/').unwrap_or(("", &vkey));
             let path = format!("/api/v1/namespaces/{vns}/pods/{vname}");
             let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1",
@@ -495,6 +538,22 @@ impl SchedulerLoop {
                 .insert(vkey, (node.clone(), victim_priority(&victim)));
         }
         Some(node)
+    }
+
+    /// The cluster's PodDisruptionBudgets, which preemption tries not to break (none if they
+    /// cannot be read: budgets only steer the choice of victims).
+    async fn budgets(&self) -> Vec<PodDisruptionBudget> {
+        match self
+            .client
+            .list::<PodDisruptionBudget>(None, &ListParams::default())
+            .await
+        {
+            Ok((items, _)) => items,
+            Err(e) => {
+                debug!(error = %e, "cannot list disruption budgets for preemption");
+                Vec::new()
+            }
+        }
     }
 
     fn wait(&self, st: &mut State, k: &str) {

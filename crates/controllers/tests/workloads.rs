@@ -360,6 +360,109 @@ async fn a_high_priority_pod_preempts_the_fewest_lower_ones() {
     );
 }
 
+async fn pods_named(c: &Client) -> Vec<(String, Option<String>, bool)> {
+    let (pods, _) = c
+        .list::<Pod>(Some("default"), &ListParams::default())
+        .await
+        .unwrap();
+    pods.into_iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.spec.and_then(|s| s.node_name),
+                p.metadata.deletion_timestamp.is_some(),
+            )
+        })
+        .collect()
+}
+
+/// A Deployment of `replicas` pods of one CPU each, of priority class `class`.
+async fn deploy_with_class(c: &Client, name: &str, replicas: i32, class: &str) {
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"priorityClassName": class,
+                                       "containers": [{"name": "c", "image": "i",
+                                           "resources": {"requests": {"cpu": "1"}}}]}}}}))
+    .unwrap();
+    c.create(Some("default"), &d).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preemption_spares_pods_a_disruption_budget_protects() {
+    use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use api::k8s_openapi::api::scheduling::v1::PriorityClass;
+    let c = cluster().await;
+    add_node(&c, "only", json!([])).await;
+    for (name, value) in [("low", 10), ("mid", 20), ("high", 1000)] {
+        create_json::<PriorityClass>(
+            &c,
+            None,
+            json!({"metadata": {"name": name}, "value": value}),
+        )
+        .await
+        .unwrap();
+    }
+    // The least important pods are the guarded ones: a budget allows none of them to go.
+    // The spare ones are bare pods, so that no replacement of theirs preempts in turn.
+    deploy_with_class(&c, "guarded", 2, "low").await;
+    for i in 0..2 {
+        create_json::<Pod>(&c, Some("default"), json!({
+            "metadata": {"name": format!("spare-{i}"), "labels": {"app": "spare"}},
+            "spec": {"priorityClassName": "mid",
+                     "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "1"}}}]}}))
+        .await
+        .unwrap();
+    }
+    create_json::<PodDisruptionBudget>(
+        &c,
+        Some("default"),
+        json!({"metadata": {"name": "guarded"},
+               "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "guarded"}}}}),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the node full, the budget counting two healthy pods",
+        async || {
+            let spare = live_pods(&c, "app=spare").await;
+            let placed = spare
+                .iter()
+                .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some());
+            let full = available(&c, "guarded").await == 2 && spare.len() == 2 && placed;
+            let pdb = c
+                .get::<PodDisruptionBudget>(Some("default"), "guarded")
+                .await
+                .unwrap()?;
+            let st = pdb.status?;
+            (full && st.current_healthy == 2 && st.disruptions_allowed == 0).then_some(())
+        },
+    )
+    .await;
+    create_json::<Pod>(&c, Some("default"), json!({
+        "metadata": {"name": "urgent"},
+        "spec": {"priorityClassName": "high",
+                 "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "2"}}}]}}))
+    .await
+    .unwrap();
+    eventually("the urgent pod to run", async || {
+        let p = c.get::<Pod>(Some("default"), "urgent").await.unwrap()?;
+        p.spec.as_ref()?.node_name.clone()
+    })
+    .await;
+    let bound = |pods: Vec<Pod>| {
+        pods.iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .count()
+    };
+    // The more important but unprotected pods made room; the guarded ones all still run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = pods_named(&c).await;
+    assert_eq!(bound(live_pods(&c, "app=guarded").await), 2, "{all:?}");
+    assert_eq!(live_pods(&c, "app=spare").await.len(), 0, "{all:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_refuse_what_exceeds_them_and_limit_ranges_fill_in_defaults() {
     use api::k8s_openapi::api::apps::v1::ReplicaSet;

@@ -1,9 +1,11 @@
 //! Preemption: for a pod that fits nowhere, the node where evicting pods of lower priority
 //! would make room, and the fewest, least important of them to evict. As in kube-scheduler: a
 //! node qualifies if the pod passes its static filters there and fits once every lower
-//! priority pod is gone; then victims are reprieved, most important first, while the pod still
-//! fits; the node whose most important victim matters least wins, then the one with fewest
-//! victims, then the smallest sum of their priorities.
+//! priority pod is gone; then victims are reprieved while the pod still fits, first those
+//! whose eviction would break a PodDisruptionBudget, then the rest, most important first in
+//! each group; the node with the fewest budget violations wins, then the one whose most
+//! important victim matters least, then the one with fewest victims, then the smallest sum of
+//! their priorities. Budgets are a preference here, as in Kubernetes, not a guarantee.
 
 use crate::demand::{Demand, HostPort};
 use crate::filter::static_reason;
@@ -14,6 +16,8 @@ use crate::snapshot::{PODS, Snapshot};
 pub struct Placed {
     pub priority: i32,
     pub demand: Demand,
+    /// The disruption budgets (indexes into `preemption`'s `allowed`) that cover this pod.
+    pub budgets: Vec<usize>,
 }
 
 /// The chosen node and the indexes (into that node's `placed` list) of the pods to evict.
@@ -21,6 +25,8 @@ pub struct Placed {
 pub struct Preemption {
     pub node: usize,
     pub victims: Vec<usize>,
+    /// How many victims' eviction breaks a budget.
+    pub violations: usize,
 }
 
 /// Does `d` fit on node `i` once the pods in `gone` have left?
@@ -52,14 +58,40 @@ fn fits_without(s: &Snapshot, i: usize, d: &Demand, gone: &[&Demand]) -> bool {
         .any(|p| held.iter().any(|q| p.conflicts(q)))
 }
 
-/// Where `d`, of `priority`, could run by preempting; `placed[i]` lists node i's pods.
+/// Split `candidates` (most important first) into those whose eviction, in that order, would
+/// break a budget and those it would not; `allowed[b]` is budget b's disruptions allowed.
+fn by_budget(on: &[Placed], candidates: &[usize], allowed: &[i32]) -> (Vec<usize>, Vec<usize>) {
+    let mut left = allowed.to_vec();
+    let (mut breaking, mut fine) = (Vec::new(), Vec::new());
+    for j in candidates {
+        let budgets = &on[*j].budgets;
+        if budgets
+            .iter()
+            .any(|b| left.get(*b).is_some_and(|n| *n <= 0))
+        {
+            breaking.push(*j);
+        } else {
+            fine.push(*j);
+        }
+        for b in budgets {
+            if let Some(n) = left.get_mut(*b) {
+                *n -= 1;
+            }
+        }
+    }
+    (breaking, fine)
+}
+
+/// Where `d`, of `priority`, could run by preempting; `placed[i]` lists node i's pods and
+/// `allowed` the disruptions each budget allows now.
 pub fn preemption(
     s: &Snapshot,
     d: &Demand,
     priority: i32,
     placed: &[Vec<Placed>],
+    allowed: &[i32],
 ) -> Option<Preemption> {
-    let mut best: Option<((i32, usize, i64), Preemption)> = None;
+    let mut best: Option<((usize, i32, usize, i64), Preemption)> = None;
     for i in 0..s.len() {
         if static_reason(s, i, d).is_some() {
             continue;
@@ -75,10 +107,11 @@ pub fn preemption(
         if !fits_without(s, i, d, &all) {
             continue;
         }
-        // Reprieve the most important first.
+        // Reprieve those a budget protects first, then the rest, the most important first.
         lower.sort_by_key(|j| std::cmp::Reverse(on[*j].priority));
+        let (breaking, fine) = by_budget(on, &lower, allowed);
         let mut victims: Vec<usize> = lower.clone();
-        for j in &lower {
+        for j in breaking.iter().chain(&fine) {
             let without: Vec<usize> = victims.iter().copied().filter(|v| v != j).collect();
             let gone: Vec<&Demand> = without.iter().map(|v| &on[*v].demand).collect();
             if fits_without(s, i, d, &gone) {
@@ -95,10 +128,23 @@ pub fn preemption(
             .max()
             .unwrap_or(i32::MIN);
         let sum: i64 = victims.iter().map(|v| i64::from(on[*v].priority)).sum();
-        let rank = (top, victims.len(), sum);
+        let ordered: Vec<usize> = lower
+            .iter()
+            .copied()
+            .filter(|j| victims.contains(j))
+            .collect();
+        let violations = by_budget(on, &ordered, allowed).0.len();
+        let rank = (violations, top, victims.len(), sum);
         if best.as_ref().is_none_or(|(r, _)| rank < *r) {
             victims.sort_unstable();
-            best = Some((rank, Preemption { node: i, victims }));
+            best = Some((
+                rank,
+                Preemption {
+                    node: i,
+                    victims,
+                    violations,
+                },
+            ));
         }
     }
     best.map(|(_, p)| p)

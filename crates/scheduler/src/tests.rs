@@ -710,6 +710,16 @@ type Layout<'a> = [(&'a str, &'a [(&'a str, i32, &'a str)])];
 /// Preemption: which node, which victims (by pod name), for a pod of priority 100 asking
 /// `cpu`; nodes of 2 CPUs hold the listed (name, priority, cpu) pods.
 fn preempt_case(cpu: &str, layout: &Layout<'_>, extra: Value) -> Option<(String, Vec<String>)> {
+    preempt_with_budgets(cpu, layout, extra, &[])
+}
+
+/// As `preempt_case`, with disruption budgets: (disruptions allowed, the pods covered).
+fn preempt_with_budgets(
+    cpu: &str,
+    layout: &Layout<'_>,
+    extra: Value,
+    budgets: &[(i32, &[&str])],
+) -> Option<(String, Vec<String>)> {
     let nodes: Vec<Node> = layout
         .iter()
         .map(|(n, _)| node(n, "2", "8Gi", json!({})))
@@ -723,6 +733,9 @@ fn preempt_case(cpu: &str, layout: &Layout<'_>, extra: Value) -> Option<(String,
             here.push(crate::Placed {
                 priority: *prio,
                 demand: Demand::of(&p).unwrap(),
+                budgets: (0..budgets.len())
+                    .filter(|b| budgets[*b].1.contains(name))
+                    .collect(),
             });
             bound.push(p);
         }
@@ -730,13 +743,62 @@ fn preempt_case(cpu: &str, layout: &Layout<'_>, extra: Value) -> Option<(String,
     }
     let s = Snapshot::new(&nodes, &bound);
     let d = Demand::of(&pod("urgent", cpu, "100Mi", extra)).unwrap();
-    crate::preemption(&s, &d, 100, &placed).map(|p| {
+    let allowed: Vec<i32> = budgets.iter().map(|b| b.0).collect();
+    crate::preemption(&s, &d, 100, &placed, &allowed).map(|p| {
         let (n, pods) = &layout[p.node];
         (
             n.to_string(),
             p.victims.iter().map(|v| pods[*v].0.to_string()).collect(),
         )
     })
+}
+
+#[test]
+fn preemption_avoids_breaking_disruption_budgets() {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let layout: &Layout<'_> = &[("a", &[("a1", 10, "2")]), ("b", &[("b1", 20, "2")])];
+    assert_eq!(
+        preempt_case("1", layout, json!({})),
+        Some(("a".into(), s(&["a1"])))
+    );
+    // a1's budget allows no disruption: the node whose victim breaks none wins.
+    assert_eq!(
+        preempt_with_budgets("1", layout, json!({}), &[(0, &["a1"])]),
+        Some(("b".into(), s(&["b1"])))
+    );
+    // On one node, the protected pod is reprieved before a more important unprotected one.
+    let one: &Layout<'_> = &[("a", &[("a1", 10, "1"), ("a2", 20, "1")])];
+    assert_eq!(
+        preempt_case("1", one, json!({})),
+        Some(("a".into(), s(&["a1"])))
+    );
+    assert_eq!(
+        preempt_with_budgets("1", one, json!({}), &[(0, &["a1"])]),
+        Some(("a".into(), s(&["a2"])))
+    );
+    // A budget that allows one disruption covers one victim, not two.
+    assert_eq!(
+        preempt_with_budgets(
+            "2",
+            &[
+                ("a", &[("a1", 10, "1"), ("a2", 10, "1")]),
+                ("b", &[("b1", 30, "2")])
+            ],
+            json!({}),
+            &[(1, &["a1", "a2"])]
+        ),
+        Some(("b".into(), s(&["b1"])))
+    );
+    // A budget is a preference: with no other way, the pod still preempts.
+    assert_eq!(
+        preempt_with_budgets(
+            "2",
+            &[("a", &[("a1", 10, "2")])],
+            json!({}),
+            &[(0, &["a1"])]
+        ),
+        Some(("a".into(), s(&["a1"])))
+    );
 }
 
 #[test]
