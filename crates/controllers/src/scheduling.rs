@@ -1,4 +1,4 @@
-//! The scheduler's thin shell: it mirrors nodes and pods through list+watch, hands the pods
+//! The scheduler's thin shell: it mirrors nodes, pods and namespace labels through list+watch, hands the pods
 //! waiting for a node to the pure `scheduler` in batches, and commits its plan through the
 //! `pods/{name}/binding` subresource (which refuses a pod that is already bound, so a stale
 //! plan loses nothing). Pods that fit nowhere get `PodScheduled=False` with the scheduler's
@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::k8s_openapi::api::core::v1::{Event, Node, Pod};
+use api::k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use api::k8s_openapi::{ListableResource, Resource};
@@ -54,6 +54,7 @@ enum Reflected<K> {
 enum Change {
     Nodes(Reflected<Node>),
     Pods(Reflected<Pod>),
+    Namespaces(Reflected<Namespace>),
 }
 
 /// Keep `tx` fed with the objects of kind K: a full list, then changes, again from a new
@@ -212,7 +213,10 @@ fn ours(p: &Pod) -> bool {
 struct State {
     nodes: BTreeMap<String, Node>,
     pods: HashMap<String, Pod>,
-    synced: (bool, bool),
+    /// Namespace labels, for inter-pod terms that select namespaces.
+    namespaces: scheduler::NamespaceLabels,
+    /// Nodes, pods and namespaces listed at least once.
+    synced: (bool, bool, bool),
     /// Pods this loop bound whose binding the watch has not shown yet: (node, what it asks).
     assumed: HashMap<String, (String, Demand)>,
     /// Pods that fit nowhere: when to try again, and how many tries so far.
@@ -256,6 +260,36 @@ impl State {
                 }
                 Reflected::Event(ev) => self.pod_event(*ev),
             },
+            Change::Namespaces(r) => {
+                let labels = |n: &Namespace| {
+                    (
+                        n.metadata.name.clone().unwrap_or_default(),
+                        n.metadata.labels.clone().unwrap_or_default(),
+                    )
+                };
+                match r {
+                    Reflected::Reset(items) => {
+                        self.namespaces = items.iter().map(labels).collect();
+                        self.synced.2 = true;
+                    }
+                    Reflected::Event(ev) => match *ev {
+                        WatchEvent::Added(n) | WatchEvent::Modified(n) => {
+                            let (k, v) = labels(&n);
+                            if self.namespaces.get(&k) == Some(&v) {
+                                return;
+                            }
+                            self.namespaces.insert(k, v);
+                        }
+                        WatchEvent::Deleted(n) => {
+                            self.namespaces
+                                .remove(n.metadata.name.as_deref().unwrap_or_default());
+                        }
+                        _ => return,
+                    },
+                }
+                // Terms may select other namespaces now.
+                self.waiting.clear();
+            }
         }
     }
 
@@ -321,7 +355,16 @@ impl SchedulerLoop {
             Change::Nodes,
             tx.clone(),
         ));
-        tokio::spawn(reflect::<Pod>(self.client.clone(), Change::Pods, tx));
+        tokio::spawn(reflect::<Pod>(
+            self.client.clone(),
+            Change::Pods,
+            tx.clone(),
+        ));
+        tokio::spawn(reflect::<Namespace>(
+            self.client.clone(),
+            Change::Namespaces,
+            tx,
+        ));
         let mut st = State::default();
         loop {
             let retry = st.next_retry();
@@ -341,7 +384,7 @@ impl SchedulerLoop {
             while let Ok(c) = rx.try_recv() {
                 st.apply(c);
             }
-            if st.synced == (true, true) {
+            if st.synced == (true, true, true) {
                 self.cycle(&mut st).await;
             }
         }
@@ -377,7 +420,8 @@ impl SchedulerLoop {
                 })
                 .then_with(|| key(a).cmp(&key(b)))
         });
-        let mut snapshot = Snapshot::new(st.nodes.values(), st.pods.values().filter(|p| bound(p)));
+        let mut snapshot = Snapshot::new(st.nodes.values(), st.pods.values().filter(|p| bound(p)))
+            .with_namespaces(st.namespaces.clone());
         for (node, d) in st.assumed.values() {
             if let Some(i) = snapshot.node(node) {
                 snapshot.assume(i, d);

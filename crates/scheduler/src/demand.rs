@@ -54,26 +54,44 @@ pub struct Spread {
     pub selector: api::selector::LabelSelectorExpr,
 }
 
-/// A required inter-pod (anti-)affinity term: pods matching `selector` in `namespaces` (the
-/// pod's own when empty), counted per domain of the node label `key`.
+/// An inter-pod (anti-)affinity term: pods matching `selector` in `namespaces` and in the
+/// namespaces whose labels `namespace_selector` matches (the pod's own namespace when there
+/// are neither; an empty selector is every namespace), counted per domain of the node label
+/// `key`.
 #[derive(Clone, Debug)]
 pub struct PodTerm {
     pub key: String,
     pub selector: api::selector::LabelSelectorExpr,
     pub namespaces: Vec<String>,
+    pub namespace_selector: Option<api::selector::LabelSelectorExpr>,
 }
+
+/// Namespace name -> its labels, for terms that select namespaces by label.
+pub type NamespaceLabels = std::collections::HashMap<String, BTreeMap<String, String>>;
 
 impl PodTerm {
     /// Whether a pod in `ns` with `labels` is one the term is about, for a pod in `own`.
-    pub(crate) fn matches(&self, own: &str, ns: &str, labels: &BTreeMap<String, String>) -> bool {
-        let in_ns = if self.namespaces.is_empty() {
-            ns == own
-        } else {
-            self.namespaces.iter().any(|n| n == ns)
+    pub(crate) fn matches(
+        &self,
+        namespaces: &NamespaceLabels,
+        own: &str,
+        ns: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let in_ns = match &self.namespace_selector {
+            None if self.namespaces.is_empty() => ns == own,
+            None => self.namespaces.iter().any(|n| n == ns),
+            Some(sel) => {
+                self.namespaces.iter().any(|n| n == ns)
+                    || namespaces.get(ns).is_some_and(|l| sel.matches(l))
+            }
         };
         in_ns && self.selector.matches(labels)
     }
 }
+
+/// What of a term decides placement: key, selector, namespaces, namespace selector.
+type TermShape<'a> = (&'a String, String, &'a Vec<String>, Option<String>);
 
 #[derive(Clone, Debug)]
 pub struct Demand {
@@ -241,6 +259,10 @@ impl Demand {
             selector: api::selector::LabelSelectorExpr::from_object(t.label_selector.as_ref())
                 .unwrap_or_else(|_| api::selector::LabelSelectorExpr::nothing()),
             namespaces: t.namespaces.clone().unwrap_or_default(),
+            namespace_selector: t.namespace_selector.as_ref().map(|s| {
+                api::selector::LabelSelectorExpr::from_object(Some(s))
+                    .unwrap_or_else(|_| api::selector::LabelSelectorExpr::nothing())
+            }),
         };
         let terms = |ts: Option<&Vec<api::k8s_openapi::api::core::v1::PodAffinityTerm>>| {
             ts.into_iter().flatten().map(term).collect::<Vec<_>>()
@@ -327,15 +349,21 @@ impl Demand {
 
     /// A hash of everything placement looks at, and nothing else.
     fn class_key(&self) -> u64 {
-        let terms: Vec<Vec<(&String, String, &Vec<String>)>> =
-            [&self.pod_affinity, &self.pod_anti_affinity]
-                .iter()
-                .map(|ts| {
-                    ts.iter()
-                        .map(|t| (&t.key, t.selector.to_string(), &t.namespaces))
-                        .collect()
-                })
-                .collect();
+        let terms: Vec<Vec<TermShape<'_>>> = [&self.pod_affinity, &self.pod_anti_affinity]
+            .iter()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| {
+                        (
+                            &t.key,
+                            t.selector.to_string(),
+                            &t.namespaces,
+                            t.namespace_selector.as_ref().map(|s| s.to_string()),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
         let weighted: Vec<String> = [
             &self.preferred_pod_affinity,
             &self.preferred_pod_anti_affinity,
@@ -343,7 +371,10 @@ impl Demand {
         .iter()
         .map(|ts| {
             ts.iter()
-                .map(|(w, t)| format!("{w}:{}:{}:{:?}", t.key, t.selector, t.namespaces))
+                .map(|(w, t)| {
+                    let ns_sel = t.namespace_selector.as_ref().map(|s| s.to_string());
+                    format!("{w}:{}:{}:{:?}:{ns_sel:?}", t.key, t.selector, t.namespaces)
+                })
                 .collect::<Vec<_>>()
                 .join(",")
         })

@@ -182,7 +182,7 @@ pub(crate) struct PodRules {
 fn forbidden_by_others(s: &Snapshot, d: &Demand) -> HashSet<(String, String)> {
     s.anti_terms
         .iter()
-        .filter(|(_, owner, t)| t.matches(owner, &d.namespace, &d.labels))
+        .filter(|(_, owner, t)| t.matches(&s.namespaces, owner, &d.namespace, &d.labels))
         .filter_map(|(i, _, t)| {
             let domain = s.labels[*i].get(&t.key)?;
             Some((t.key.clone(), domain.clone()))
@@ -196,7 +196,7 @@ pub(crate) fn needs_pod_rules(s: &Snapshot, d: &Demand) -> bool {
     d.has_pod_rules()
         || s.anti_terms
             .iter()
-            .any(|(_, owner, t)| t.matches(owner, &d.namespace, &d.labels))
+            .any(|(_, owner, t)| t.matches(&s.namespaces, owner, &d.namespace, &d.labels))
 }
 
 pub(crate) fn pod_rules(s: &Snapshot, d: &Demand) -> Option<PodRules> {
@@ -232,7 +232,7 @@ pub(crate) fn pod_rules(s: &Snapshot, d: &Demand) -> Option<PodRules> {
             if let Some(domain) = s.labels[i].get(&t.key)
                 && s.pods_on[i]
                     .iter()
-                    .any(|(ns, l)| t.matches(&d.namespace, ns, l))
+                    .any(|(ns, l)| t.matches(&s.namespaces, &d.namespace, ns, l))
             {
                 out.insert(domain.clone());
             }
@@ -245,7 +245,8 @@ pub(crate) fn pod_rules(s: &Snapshot, d: &Demand) -> Option<PodRules> {
         .iter()
         .map(|t| {
             let found = domains(t);
-            let starts_group = found.is_empty() && t.matches(&d.namespace, &d.namespace, &d.labels);
+            let starts_group =
+                found.is_empty() && t.matches(&s.namespaces, &d.namespace, &d.namespace, &d.labels);
             (!starts_group).then_some(found)
         })
         .collect();

@@ -17,7 +17,7 @@ mod preempt;
 mod score;
 mod snapshot;
 
-pub use demand::{Demand, DemandError};
+pub use demand::{Demand, DemandError, NamespaceLabels};
 pub use filter::Reason;
 
 /// The first reason node `i` of the snapshot can never take pods like `d`, whatever runs

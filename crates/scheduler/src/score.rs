@@ -78,7 +78,9 @@ pub(crate) fn pod_preferences(s: &Snapshot, d: &Demand, found: &[usize]) -> Vec<
                 .map(|(w, t)| (-i64::from(*w), t)),
         );
     for (w, t) in weighted {
-        let counts = per_domain(s, &t.key, |ns, l| t.matches(&d.namespace, ns, l));
+        let counts = per_domain(s, &t.key, |ns, l| {
+            t.matches(&s.namespaces, &d.namespace, ns, l)
+        });
         for (a, i) in affinity.iter_mut().zip(found) {
             if let Some(domain) = s.labels[*i].get(&t.key) {
                 *a += w * counts.get(domain.as_str()).copied().unwrap_or(0);

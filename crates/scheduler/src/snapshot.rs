@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub(crate) anti_terms: Vec<(usize, String, crate::demand::PodTerm)>,
     /// Bumped whenever a node's usage changes, so cached evaluations know they are stale.
     pub(crate) version: Vec<u32>,
+    /// Labels of each namespace, for inter-pod terms with a namespace selector.
+    pub(crate) namespaces: crate::demand::NamespaceLabels,
 }
 
 /// The taint Kubernetes' node lifecycle puts on a node that is not Ready (`not-ready` when it
@@ -89,6 +91,7 @@ impl Snapshot {
             pods_on: Vec::new(),
             anti_terms: Vec::new(),
             version: Vec::new(),
+            namespaces: Default::default(),
         };
         for n in nodes {
             s.add_node(n);
@@ -104,6 +107,12 @@ impl Snapshot {
             }
         }
         s
+    }
+
+    /// Tell the snapshot the namespaces' labels (for terms that select namespaces by label).
+    pub fn with_namespaces(mut self, namespaces: crate::demand::NamespaceLabels) -> Snapshot {
+        self.namespaces = namespaces;
+        self
     }
 
     fn add_node(&mut self, n: &Node) {

@@ -625,6 +625,59 @@ fn inter_pod_affinity_and_anti_affinity() {
 }
 
 #[test]
+fn inter_pod_terms_select_namespaces_by_label() {
+    let host = |name: &str, zone: &str| {
+        node(
+            name,
+            "8",
+            "16Gi",
+            json!({"metadata": {"labels": {"zone": zone}}}),
+        )
+    };
+    let nodes = [host("n1", "east"), host("n2", "east"), host("n3", "west")];
+    let mut db = bound_to(
+        pod(
+            "db",
+            "100m",
+            "1Mi",
+            json!({"metadata": {"labels": {"app": "db"}}}),
+        ),
+        "n3",
+    );
+    db.metadata.namespace = Some("data".into());
+    let namespaces: crate::NamespaceLabels = [
+        ("default".to_string(), Default::default()),
+        (
+            "data".to_string(),
+            [("team".to_string(), "storage".to_string())].into(),
+        ),
+    ]
+    .into();
+    let place = |namespace_selector: Value| {
+        let near_db = json!({"spec": {"affinity": {"podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone",
+                "namespaceSelector": namespace_selector,
+                "labelSelector": {"matchLabels": {"app": "db"}}}]}}}});
+        let mut s =
+            Snapshot::new(&nodes, std::slice::from_ref(&db)).with_namespaces(namespaces.clone());
+        let d = Demand::of(&pod("cache", "100m", "1Mi", near_db)).unwrap();
+        outcome(&schedule(&mut s, &[d], &Config::default()).decisions[0])
+    };
+    assert_eq!(place(json!({"matchLabels": {"team": "storage"}})), "n3");
+    // An empty selector is every namespace.
+    assert_eq!(place(json!({})), "n3");
+    assert_eq!(
+        place(json!({"matchLabels": {"team": "web"}})),
+        "0/3 nodes are available: 3 node(s) didn't match pod affinity rules."
+    );
+    // Without a selector the term looks in the pod's own namespace only.
+    assert_eq!(
+        place(Value::Null),
+        "0/3 nodes are available: 3 node(s) didn't match pod affinity rules."
+    );
+}
+
+#[test]
 fn preferences_from_the_pods_around_weigh_in_scoring() {
     let host = |name: &str, zone: &str| {
         node(
