@@ -1,9 +1,10 @@
-//! The scheduler's thin shell: it mirrors nodes, pods and namespace labels through list+watch, hands the pods
-//! waiting for a node to the pure `scheduler` in batches, and commits its plan through the
-//! `pods/{name}/binding` subresource (which refuses a pod that is already bound, so a stale
-//! plan loses nothing). Pods that fit nowhere get `PodScheduled=False` with the scheduler's
-//! message and a `FailedScheduling` event, and are tried again when nodes or pods change, or
-//! after a back-off (1 s doubling to 10 s).
+//! The scheduler's thin shell: it mirrors nodes, pods and namespace labels through
+//! list+watch, hands the pods waiting for a node to the pure `scheduler` in batches, and
+//! commits its plan through the `pods/{name}/binding` subresource (which refuses a pod that
+//! is already bound, so a stale plan loses nothing). Pods that fit nowhere get
+//! `PodScheduled=False` with the scheduler's message and a `FailedScheduling` event, and are
+//! tried again when nodes, pods or namespaces change, or after a back-off (1 s doubling to
+//! 10 s).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
