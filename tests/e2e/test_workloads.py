@@ -401,6 +401,14 @@ def test_cronjob_fires_and_keeps_its_history(node, wns, version):
                timeout=30, what="the cron job's jobs to go")
 
 
+def revisions_listed(c, ns, what, version):
+    """The revision numbers `kubectl rollout history` lists, in its order."""
+    out = c.kubectl("rollout", "history", what, "-n", ns, version=version).stdout
+    lines = out.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("REVISION"))
+    return [l.split()[0] for l in lines[start + 1:] if l.strip()]
+
+
 def test_daemonset_runs_one_pod_per_node_and_rolls(node, wns, version):
     ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
           "spec": {"selector": {"matchLabels": {"app": "agent"}},
@@ -424,6 +432,18 @@ def test_daemonset_runs_one_pod_per_node_and_rolls(node, wns, version):
     node.kubectl("rollout", "status", "ds/agent", "-n", wns, "--timeout=60s", version=version, timeout=70)
     wait_until(lambda: {p["metadata"]["name"] for p in live(pods(node, wns, "app=agent"))}.isdisjoint(old)
                and len(live(pods(node, wns, "app=agent"))) == len(nodes), timeout=30, what="new daemons")
+    # Each template is a numbered ControllerRevision; undo brings the first back as the third.
+    assert revisions_listed(node, wns, "ds/agent", version) == ["1", "2"]
+    revs = node.kubectl("get", "controllerrevisions", "-n", wns, version=version).stdout.splitlines()
+    assert revs[0].split() == ["NAME", "CONTROLLER", "REVISION", "AGE"]
+    assert sorted(l.split()[1:3] for l in revs[1:]) == [["daemonset.apps/agent", "1"], ["daemonset.apps/agent", "2"]]
+    node.kubectl("rollout", "undo", "ds/agent", "-n", wns, version=version)
+    node.kubectl("rollout", "status", "ds/agent", "-n", wns, "--timeout=60s", version=version, timeout=70)
+    assert "env" not in node.json("get", "ds", "agent", "-n", wns)["spec"]["template"]["spec"]["containers"][0]
+    wait_until(lambda: revisions_listed(node, wns, "ds/agent", version) == ["2", "3"], timeout=20,
+               what="the first revision renumbered")
+    wait_until(lambda: all("env" not in p["spec"]["containers"][0] for p in live(pods(node, wns, "app=agent")))
+               and len(live(pods(node, wns, "app=agent"))) == len(nodes), timeout=30, what="daemons rolled back")
     # A node selector that matches no node: the daemons go.
     node.kubectl("patch", "ds", "agent", "-n", wns, "-p",
                  '{"spec":{"template":{"spec":{"nodeSelector":{"role":"nowhere"}}}}}', version=version)
@@ -460,6 +480,17 @@ def test_statefulset_makes_ordered_stable_pods(node, wns, version):
                timeout=60, what="scale down to db-0")
     st = node.json("get", "sts", "db", "-n", wns)["status"]
     assert st["replicas"] == 1 and st["readyReplicas"] == 1
+    # Template changes are revisions too, and undo rolls the set back.
+    node.kubectl("set", "env", "sts/db", "V=2", "-n", wns, version=version)
+    node.kubectl("rollout", "status", "sts/db", "-n", wns, "--timeout=60s", version=version, timeout=70)
+    assert revisions_listed(node, wns, "sts/db", version) == ["1", "2"]
+    node.kubectl("rollout", "undo", "sts/db", "-n", wns, version=version)
+    node.kubectl("rollout", "status", "sts/db", "-n", wns, "--timeout=60s", version=version, timeout=70)
+    assert "env" not in node.json("get", "sts", "db", "-n", wns)["spec"]["template"]["spec"]["containers"][0]
+    wait_until(lambda: revisions_listed(node, wns, "sts/db", version) == ["2", "3"], timeout=20,
+               what="the first revision renumbered")
+    wait_until(lambda: [("env" in p["spec"]["containers"][0]) for p in live(pods(node, wns, "app=db"))] == [False],
+               timeout=60, what="db-0 rolled back")
 
 
 def test_cordon_and_drain_respect_a_disruption_budget(node, wns, version):

@@ -3,7 +3,9 @@
 
 use std::sync::LazyLock;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -536,6 +538,23 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             field_labels: &[],
             ops: ops::<PriorityClass>(),
+        },
+        Resource {
+            group: "apps",
+            version: "v1",
+            kind: "ControllerRevision",
+            plural: "controllerrevisions",
+            singular: "controllerrevision",
+            namespaced: true,
+            short_names: NONE,
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: false,
+            field_labels: &[],
+            ops: ops::<ControllerRevision>(),
         },
         Resource {
             group: "coordination.k8s.io",

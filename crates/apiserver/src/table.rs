@@ -492,6 +492,17 @@ pub fn columns(kind: &str) -> Vec<Column> {
             IMAGES,
             SELECTOR,
         ],
+        "ControllerRevision" => vec![
+            NAME,
+            col(
+                "Controller",
+                "string",
+                0,
+                "The object that owns the revision.",
+            ),
+            col("Revision", "integer", 0, "The revision's number."),
+            AGE,
+        ],
         "Lease" => vec![
             NAME,
             col("Holder", "string", 0, "The holder of the lease."),
@@ -698,6 +709,31 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
                 c,
                 i,
                 selector_cell(&spec["jobTemplate"]["spec"]["selector"]),
+            ]
+        }
+        "ControllerRevision" => {
+            let owner = obj["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|o| o.iter().find(|r| r["controller"] == true))
+                .map(|r| {
+                    let kind = s(&r["kind"]).to_lowercase();
+                    let group = s(&r["apiVersion"])
+                        .split_once('/')
+                        .map(|(g, _)| g.to_string())
+                        .unwrap_or_default();
+                    let kind = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{kind}/{}", s(&r["name"]))
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name(obj),
+                Cell::text(owner),
+                Cell::Int(obj["revision"].as_i64().unwrap_or(0)),
+                created(obj),
             ]
         }
         "Lease" => vec![
@@ -1307,6 +1343,7 @@ mod tests {
             "Job",
             "CronJob",
             "Lease",
+            "ControllerRevision",
             "PodDisruptionBudget",
             "PriorityClass",
             "ResourceQuota",

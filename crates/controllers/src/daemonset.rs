@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use api::k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use api::k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     Toleration,
@@ -31,6 +31,7 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 pub struct DaemonSetController {
     client: Client,
     sets: Arc<Mirror<DaemonSet>>,
+    revisions: Arc<Mirror<ControllerRevision>>,
     pods: Arc<Mirror<Pod>>,
     nodes: Arc<Mirror<Node>>,
     expect: Expectations,
@@ -139,6 +140,7 @@ impl DaemonSetController {
         sets: Arc<Mirror<DaemonSet>>,
         pods: Arc<Mirror<Pod>>,
         nodes: Arc<Mirror<Node>>,
+        revisions: Arc<Mirror<ControllerRevision>>,
     ) -> DaemonSetController {
         let (queue, rx) = queue::queue();
         let q = queue.clone();
@@ -177,6 +179,7 @@ impl DaemonSetController {
         DaemonSetController {
             client,
             sets,
+            revisions,
             pods,
             nodes,
             expect: Expectations::default(),
@@ -254,6 +257,23 @@ impl DaemonSetController {
             .into_iter()
             .filter(|p| controlled_by::<DaemonSet>(&p.metadata, uid))
             .collect();
+        if ds.metadata.deletion_timestamp.is_none() {
+            let in_use: std::collections::HashSet<String> = pods
+                .iter()
+                .filter_map(|p| p.metadata.labels.as_ref()?.get(REVISION_LABEL).cloned())
+                .collect();
+            crate::history::record(
+                &self.client,
+                &self.revisions,
+                &*ds,
+                &spec.template,
+                &hash,
+                spec.revision_history_limit
+                    .unwrap_or(crate::history::DEFAULT_LIMIT),
+                &in_use,
+            )
+            .await?;
+        }
         let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
         for p in &pods {
             by_node

@@ -6,6 +6,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod gc;
+pub mod history;
 pub mod hpa;
 pub mod job;
 pub mod mirror;
@@ -18,7 +19,9 @@ pub mod resourcequota;
 pub mod scheduling;
 pub mod statefulset;
 
-use api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use api::k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use api::k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use api::k8s_openapi::api::coordination::v1::Lease;
@@ -54,13 +57,25 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     let budgets = Mirror::<PodDisruptionBudget>::new();
     let quotas = Mirror::<ResourceQuota>::new();
     let hpas = Mirror::<HorizontalPodAutoscaler>::new();
+    let revisions = Mirror::<ControllerRevision>::new();
     let c = || client.clone();
     tokio::spawn(ReplicaSetController::new(c(), pods.clone(), sets.clone()).run());
     tokio::spawn(
         DeploymentController::new(c(), deployments.clone(), sets.clone(), pods.clone()).run(),
     );
-    tokio::spawn(DaemonSetController::new(c(), daemons.clone(), pods.clone(), nodes.clone()).run());
-    tokio::spawn(StatefulSetController::new(c(), stateful.clone(), pods.clone()).run());
+    tokio::spawn(
+        DaemonSetController::new(
+            c(),
+            daemons.clone(),
+            pods.clone(),
+            nodes.clone(),
+            revisions.clone(),
+        )
+        .run(),
+    );
+    tokio::spawn(
+        StatefulSetController::new(c(), stateful.clone(), pods.clone(), revisions.clone()).run(),
+    );
     tokio::spawn(JobController::new(c(), jobs.clone(), pods.clone()).run());
     tokio::spawn(CronJobController::new(c(), cronjobs.clone(), jobs.clone()).run());
     tokio::spawn(
@@ -93,4 +108,5 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     tokio::spawn(budgets.run(c()));
     tokio::spawn(quotas.run(c()));
     tokio::spawn(hpas.run(c()));
+    tokio::spawn(revisions.run(c()));
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use api::k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use api::k8s_openapi::api::core::v1::Pod;
 use client::{Client, ClientError};
 use tracing::debug;
@@ -28,6 +28,7 @@ const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 pub struct StatefulSetController {
     client: Client,
     sets: Arc<Mirror<StatefulSet>>,
+    revisions: Arc<Mirror<ControllerRevision>>,
     pods: Arc<Mirror<Pod>>,
     expect: Expectations,
     queue: Queue,
@@ -56,6 +57,7 @@ impl StatefulSetController {
         client: Client,
         sets: Arc<Mirror<StatefulSet>>,
         pods: Arc<Mirror<Pod>>,
+        revisions: Arc<Mirror<ControllerRevision>>,
     ) -> StatefulSetController {
         let (queue, rx) = queue::queue();
         let q = queue.clone();
@@ -76,6 +78,7 @@ impl StatefulSetController {
         StatefulSetController {
             client,
             sets,
+            revisions,
             pods,
             expect: Expectations::default(),
             queue,
@@ -119,6 +122,32 @@ impl StatefulSetController {
             {
                 by_ordinal.insert(i, p);
             }
+        }
+        if set.metadata.deletion_timestamp.is_none() {
+            let mut in_use: std::collections::HashSet<String> = by_ordinal
+                .values()
+                .filter_map(|p| revision_of(p).map(str::to_string))
+                .collect();
+            // The current revision's template is what a rollback would need first.
+            if let Some(h) = set
+                .status
+                .as_ref()
+                .and_then(|s| s.current_revision.as_deref())
+                .and_then(|r| r.strip_prefix(&format!("{name}-")))
+            {
+                in_use.insert(h.to_string());
+            }
+            crate::history::record(
+                &self.client,
+                &self.revisions,
+                &*set,
+                &spec.template,
+                &hash,
+                spec.revision_history_limit
+                    .unwrap_or(crate::history::DEFAULT_LIMIT),
+                &in_use,
+            )
+            .await?;
         }
         let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
         let min_ready = spec.min_ready_seconds.unwrap_or(0);

@@ -1,9 +1,10 @@
-//! apps/v1: Deployments, ReplicaSets, DaemonSets and StatefulSets.
+//! apps/v1: Deployments, ReplicaSets, DaemonSets, StatefulSets and the ControllerRevisions
+//! that record DaemonSet and StatefulSet templates.
 
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
-    RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
-    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
+    ControllerRevision, DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy,
+    ReplicaSet, RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy,
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -351,6 +352,24 @@ impl Kind for StatefulSet {
                      'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
                 );
             }
+        }
+    }
+}
+
+impl Kind for ControllerRevision {
+    fn validate(&self, old: Option<&Self>, errs: &mut FieldErrors) {
+        if self.revision < 0 {
+            errs.invalid(
+                &Path::root("revision"),
+                self.revision,
+                "must be greater than or equal to 0",
+            );
+        }
+        // What a revision recorded does not change; only its number and metadata may.
+        if let Some(old) = old
+            && old.data != self.data
+        {
+            errs.invalid(&Path::root("data"), "", "field is immutable");
         }
     }
 }

@@ -192,6 +192,7 @@ fn build() -> Schemas {
         ("Secret", with_meta),
         ("Event", with_meta),
         ("Lease", with_meta),
+        ("ControllerRevision", with_meta),
         ("PodDisruptionBudget", with_meta),
         ("PriorityClass", with_meta),
         ("ResourceQuota", with_meta),
