@@ -488,17 +488,43 @@ pub struct Watch<K> {
     _kind: std::marker::PhantomData<fn() -> K>,
 }
 
-/// The `type` of a watch event line, read without building its object.
+/// One watch event line, decoded in a single pass: `type` names the variant, `object` is its
+/// content (the server writes `type` first, so nothing is buffered).
 #[derive(serde::Deserialize)]
-struct EventType {
-    #[serde(rename = "type")]
-    ty: String,
+#[serde(tag = "type", content = "object")]
+enum Line<K> {
+    #[serde(rename = "ADDED")]
+    Added(K),
+    #[serde(rename = "MODIFIED")]
+    Modified(K),
+    #[serde(rename = "DELETED")]
+    Deleted(K),
+    #[serde(rename = "BOOKMARK")]
+    Bookmark(BookmarkObject),
+    #[serde(rename = "ERROR")]
+    Error(StatusObject),
 }
 
-/// The object of a watch event line, decoded straight into its type.
 #[derive(serde::Deserialize)]
-struct EventObject<K> {
-    object: K,
+struct BookmarkObject {
+    #[serde(default)]
+    metadata: BookmarkMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct BookmarkMeta {
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: String,
+}
+
+#[derive(serde::Deserialize)]
+struct StatusObject {
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    message: String,
 }
 
 impl<K: DeserializeOwned> Watch<K> {
@@ -523,33 +549,69 @@ impl<K: DeserializeOwned> Watch<K> {
         }
     }
 
-    /// Decode one event line; `None` for a line that is not an event.
+    /// Decode one event line; `None` for a blank one.
     fn event(line: &[u8]) -> Option<WatchEvent<K>> {
-        let ty = serde_json::from_slice::<EventType>(line).ok()?.ty;
-        if ty == "BOOKMARK" || ty == "ERROR" {
-            let v: Value = serde_json::from_slice(line).ok()?;
-            let obj = &v["object"];
-            if ty == "BOOKMARK" {
-                return Some(WatchEvent::Bookmark(
-                    obj["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                ));
-            }
-            return Some(WatchEvent::Error(ClientError::Api {
-                code: obj["code"].as_u64().unwrap_or(500) as u16,
-                reason: obj["reason"].as_str().unwrap_or("").to_string(),
-                message: obj["message"].as_str().unwrap_or("").to_string(),
-            }));
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
         }
-        Some(match serde_json::from_slice::<EventObject<K>>(line) {
-            Ok(e) => match ty.as_str() {
-                "ADDED" => WatchEvent::Added(e.object),
-                "MODIFIED" => WatchEvent::Modified(e.object),
-                _ => WatchEvent::Deleted(e.object),
-            },
+        Some(match serde_json::from_slice::<Line<K>>(line) {
+            Ok(Line::Added(k)) => WatchEvent::Added(k),
+            Ok(Line::Modified(k)) => WatchEvent::Modified(k),
+            Ok(Line::Deleted(k)) => WatchEvent::Deleted(k),
+            Ok(Line::Bookmark(b)) => WatchEvent::Bookmark(b.metadata.resource_version),
+            Ok(Line::Error(st)) => WatchEvent::Error(ClientError::Api {
+                code: st.code.unwrap_or(500),
+                reason: st.reason,
+                message: st.message,
+            }),
             Err(e) => WatchEvent::Error(ClientError::Decode(e)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Obj {
+        n: i32,
+    }
+
+    fn event(line: &str) -> Option<WatchEvent<Obj>> {
+        Watch::<Obj>::event(line.as_bytes())
+    }
+
+    #[test]
+    fn watch_lines_decode_in_one_pass() {
+        assert!(matches!(
+            event(r#"{"type":"ADDED","object":{"n":1}}"#),
+            Some(WatchEvent::Added(Obj { n: 1 }))
+        ));
+        assert!(matches!(
+            event(r#"{"type":"DELETED","object":{"n":2}}"#),
+            Some(WatchEvent::Deleted(Obj { n: 2 }))
+        ));
+        match event(
+            r#"{"type":"BOOKMARK","object":{"kind":"X","metadata":{"resourceVersion":"42"}}}"#,
+        ) {
+            Some(WatchEvent::Bookmark(rv)) => assert_eq!(rv, "42"),
+            other => panic!("{other:?}"),
+        }
+        match event(
+            r#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}"#,
+        ) {
+            Some(WatchEvent::Error(e)) => {
+                assert_eq!(e.code(), Some(410));
+                assert!(e.to_string().contains("too old"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An object of the wrong shape is an error, not a silent skip.
+        assert!(matches!(
+            event(r#"{"type":"MODIFIED","object":{"n":"x"}}"#),
+            Some(WatchEvent::Error(ClientError::Decode(_)))
+        ));
+        assert!(event("\n").is_none());
     }
 }
