@@ -77,6 +77,10 @@ impl ApiServer {
         const TTL: std::time::Duration = std::time::Duration::from_secs(30);
         let mut seen = self.limit_checks.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
+        // Forget expired looks, so deleted namespaces do not pile up.
+        if seen.len() > 1024 {
+            seen.retain(|_, t| now.duration_since(*t) < TTL);
+        }
         match seen.get(ns) {
             Some(t) if now.duration_since(*t) < TTL => false,
             _ => {

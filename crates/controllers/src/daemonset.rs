@@ -257,23 +257,20 @@ impl DaemonSetController {
             .into_iter()
             .filter(|p| controlled_by::<DaemonSet>(&p.metadata, uid))
             .collect();
-        if ds.metadata.deletion_timestamp.is_none() {
-            let in_use: std::collections::HashSet<String> = pods
-                .iter()
-                .filter_map(|p| p.metadata.labels.as_ref()?.get(REVISION_LABEL).cloned())
-                .collect();
-            crate::history::record(
-                &self.client,
-                &self.revisions,
-                &*ds,
-                &spec.template,
-                &hash,
-                spec.revision_history_limit
-                    .unwrap_or(crate::history::DEFAULT_LIMIT),
-                &in_use,
-            )
-            .await?;
-        }
+        let in_use = pods
+            .iter()
+            .filter_map(|p| p.metadata.labels.as_ref()?.get(REVISION_LABEL).cloned())
+            .collect();
+        crate::history::record(
+            &self.client,
+            &self.revisions,
+            &*ds,
+            &spec.template,
+            &hash,
+            spec.revision_history_limit,
+            &in_use,
+        )
+        .await?;
         let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
         for p in &pods {
             by_node

@@ -22,7 +22,7 @@ use crate::mirror::Mirror;
 use crate::owned::controller_ref;
 
 /// Revisions kept when the owner does not say (`revisionHistoryLimit`).
-pub const DEFAULT_LIMIT: i32 = 10;
+const DEFAULT_LIMIT: i32 = 10;
 
 /// The revision's data: a strategic merge patch that puts `template` back whole.
 pub fn patch_for(template: &PodTemplateSpec) -> Value {
@@ -34,7 +34,7 @@ pub fn patch_for(template: &PodTemplateSpec) -> Value {
 }
 
 /// The revisions `uid` controls in `namespace`, oldest first.
-pub fn owned(
+fn owned(
     revisions: &Mirror<ControllerRevision>,
     namespace: &str,
     uid: &str,
@@ -49,31 +49,36 @@ pub fn owned(
 }
 
 /// Make the template with `hash` the owner's newest revision and drop the oldest ones beyond
-/// `limit` that no pod runs (`in_use`: the hashes live pods carry). Returns its number.
+/// `limit` (the owner's `revisionHistoryLimit`, 10 when unset) that no pod runs (`in_use`:
+/// the hashes live pods carry). An owner being deleted records nothing.
 pub async fn record<K>(
     client: &Client,
     revisions: &Mirror<ControllerRevision>,
     owner: &K,
     template: &PodTemplateSpec,
     hash: &str,
-    limit: i32,
+    limit: Option<i32>,
     in_use: &HashSet<String>,
-) -> Result<i64, ClientError>
+) -> Result<(), ClientError>
 where
     K: Resource + Metadata<Ty = ObjectMeta>,
 {
     let meta = owner.metadata();
+    if meta.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
     let ns = meta.namespace.clone().unwrap_or_default();
     let owner_name = meta.name.clone().unwrap_or_default();
     let uid = meta.uid.clone().unwrap_or_default();
     let mine = owned(revisions, &ns, &uid);
     let newest = mine.last().map_or(0, |r| r.revision);
     let name = format!("{owner_name}-{hash}");
-    let number = match mine
+    match mine
         .iter()
         .find(|r| r.metadata.name.as_deref() == Some(&name))
     {
-        Some(r) if r.revision == newest => newest,
+        Some(r) if r.revision == newest => {}
         Some(_) => {
             // Back to an older template: it is the newest revision again.
             let patch = json!({"revision": newest + 1});
@@ -85,7 +90,6 @@ where
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
-            newest + 1
         }
         None => {
             let mut labels = template
@@ -113,7 +117,6 @@ where
                 Err(e) if e.is_conflict() => {}
                 Err(e) => return Err(e),
             }
-            newest + 1
         }
     };
     // History beyond the limit goes, oldest first, unless pods still run it.
@@ -142,5 +145,5 @@ where
             debug!(revision = %rname, error = %e, "could not drop an old revision");
         }
     }
-    Ok(number)
+    Ok(())
 }

@@ -123,32 +123,29 @@ impl StatefulSetController {
                 by_ordinal.insert(i, p);
             }
         }
-        if set.metadata.deletion_timestamp.is_none() {
-            let mut in_use: std::collections::HashSet<String> = by_ordinal
-                .values()
-                .filter_map(|p| revision_of(p).map(str::to_string))
-                .collect();
-            // The current revision's template is what a rollback would need first.
-            if let Some(h) = set
-                .status
-                .as_ref()
-                .and_then(|s| s.current_revision.as_deref())
-                .and_then(|r| r.strip_prefix(&format!("{name}-")))
-            {
-                in_use.insert(h.to_string());
-            }
-            crate::history::record(
-                &self.client,
-                &self.revisions,
-                &*set,
-                &spec.template,
-                &hash,
-                spec.revision_history_limit
-                    .unwrap_or(crate::history::DEFAULT_LIMIT),
-                &in_use,
-            )
-            .await?;
+        let mut in_use: std::collections::HashSet<String> = by_ordinal
+            .values()
+            .filter_map(|p| revision_of(p).map(str::to_string))
+            .collect();
+        // The current revision's template is what a rollback would need first.
+        if let Some(h) = set
+            .status
+            .as_ref()
+            .and_then(|s| s.current_revision.as_deref())
+            .and_then(|r| r.strip_prefix(&format!("{name}-")))
+        {
+            in_use.insert(h.to_string());
         }
+        crate::history::record(
+            &self.client,
+            &self.revisions,
+            &*set,
+            &spec.template,
+            &hash,
+            spec.revision_history_limit,
+            &in_use,
+        )
+        .await?;
         let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
         let now = jiff::Timestamp::now();

@@ -293,27 +293,10 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_priority_pod_preempts_the_fewest_lower_ones() {
-    use api::k8s_openapi::api::scheduling::v1::PriorityClass;
     let c = cluster().await;
     add_node(&c, "only", json!([])).await;
-    for (name, value) in [("low", 10), ("high", 1000)] {
-        create_json::<PriorityClass>(
-            &c,
-            None,
-            json!({"metadata": {"name": name}, "value": value}),
-        )
-        .await
-        .unwrap();
-    }
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "batch"},
-        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "batch"}},
-                 "template": {"metadata": {"labels": {"app": "batch"}},
-                              "spec": {"priorityClassName": "low",
-                                       "containers": [{"name": "c", "image": "i",
-                                           "resources": {"requests": {"cpu": "1"}}}]}}}}))
-    .unwrap();
-    c.create(Some("default"), &d).await.unwrap();
+    priority_classes(&c, &[("low", 10), ("high", 1000)]).await;
+    deploy_with_class(&c, "batch", 4, "low").await;
     eventually("the node full of batch pods", async || {
         let n = available(&c, "batch").await;
         (n == 4).then_some(())
@@ -376,6 +359,16 @@ async fn pods_named(c: &Client) -> Vec<(String, Option<String>, bool)> {
         .collect()
 }
 
+/// PriorityClasses by (name, value).
+async fn priority_classes(c: &Client, classes: &[(&str, i32)]) {
+    use api::k8s_openapi::api::scheduling::v1::PriorityClass;
+    for (name, value) in classes {
+        create_json::<PriorityClass>(c, None, json!({"metadata": {"name": name}, "value": value}))
+            .await
+            .unwrap();
+    }
+}
+
 /// A Deployment of `replicas` pods of one CPU each, of priority class `class`.
 async fn deploy_with_class(c: &Client, name: &str, replicas: i32, class: &str) {
     let d: Deployment = serde_json::from_value(json!({
@@ -392,18 +385,9 @@ async fn deploy_with_class(c: &Client, name: &str, replicas: i32, class: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preemption_spares_pods_a_disruption_budget_protects() {
     use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
-    use api::k8s_openapi::api::scheduling::v1::PriorityClass;
     let c = cluster().await;
     add_node(&c, "only", json!([])).await;
-    for (name, value) in [("low", 10), ("mid", 20), ("high", 1000)] {
-        create_json::<PriorityClass>(
-            &c,
-            None,
-            json!({"metadata": {"name": name}, "value": value}),
-        )
-        .await
-        .unwrap();
-    }
+    priority_classes(&c, &[("low", 10), ("mid", 20), ("high", 1000)]).await;
     // The least important pods are the guarded ones: a budget allows none of them to go.
     // The spare ones are bare pods, so that no replacement of theirs preempts in turn.
     deploy_with_class(&c, "guarded", 2, "low").await;

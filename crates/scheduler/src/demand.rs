@@ -90,9 +90,6 @@ impl PodTerm {
     }
 }
 
-/// What of a term decides placement: key, selector, namespaces, namespace selector.
-type TermShape<'a> = (&'a String, String, &'a Vec<String>, Option<String>);
-
 #[derive(Clone, Debug)]
 pub struct Demand {
     pub namespace: String,
@@ -275,38 +272,24 @@ impl Demand {
                     .collect::<Vec<_>>()
             };
         let affinity = spec.affinity.as_ref();
-        let pod_affinity = terms(
-            affinity
-                .and_then(|a| a.pod_affinity.as_ref())
-                .and_then(|a| {
-                    a.required_during_scheduling_ignored_during_execution
-                        .as_ref()
-                }),
-        );
-        let pod_anti_affinity = terms(
-            affinity
-                .and_then(|a| a.pod_anti_affinity.as_ref())
-                .and_then(|a| {
-                    a.required_during_scheduling_ignored_during_execution
-                        .as_ref()
-                }),
-        );
-        let preferred_pod_affinity = weighted(
-            affinity
-                .and_then(|a| a.pod_affinity.as_ref())
-                .and_then(|a| {
-                    a.preferred_during_scheduling_ignored_during_execution
-                        .as_ref()
-                }),
-        );
-        let preferred_pod_anti_affinity = weighted(
-            affinity
-                .and_then(|a| a.pod_anti_affinity.as_ref())
-                .and_then(|a| {
-                    a.preferred_during_scheduling_ignored_during_execution
-                        .as_ref()
-                }),
-        );
+        let near = affinity.and_then(|a| a.pod_affinity.as_ref());
+        let apart = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
+        let pod_affinity = terms(near.and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
+        let pod_anti_affinity = terms(apart.and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
+        let preferred_pod_affinity = weighted(near.and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
+        let preferred_pod_anti_affinity = weighted(apart.and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
         Ok(Demand {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name,
@@ -349,34 +332,23 @@ impl Demand {
 
     /// A hash of everything placement looks at, and nothing else.
     fn class_key(&self) -> u64 {
-        let terms: Vec<Vec<TermShape<'_>>> = [&self.pod_affinity, &self.pod_anti_affinity]
+        let shape_of = |t: &PodTerm| {
+            let ns_sel = t.namespace_selector.as_ref().map(|s| s.to_string());
+            format!("{}:{}:{:?}:{ns_sel:?}", t.key, t.selector, t.namespaces)
+        };
+        let terms: Vec<Vec<String>> = [&self.pod_affinity, &self.pod_anti_affinity]
             .iter()
-            .map(|ts| {
-                ts.iter()
-                    .map(|t| {
-                        (
-                            &t.key,
-                            t.selector.to_string(),
-                            &t.namespaces,
-                            t.namespace_selector.as_ref().map(|s| s.to_string()),
-                        )
-                    })
-                    .collect()
-            })
+            .map(|ts| ts.iter().map(shape_of).collect())
             .collect();
-        let weighted: Vec<String> = [
+        let weighted: Vec<Vec<String>> = [
             &self.preferred_pod_affinity,
             &self.preferred_pod_anti_affinity,
         ]
         .iter()
         .map(|ts| {
             ts.iter()
-                .map(|(w, t)| {
-                    let ns_sel = t.namespace_selector.as_ref().map(|s| s.to_string());
-                    format!("{w}:{}:{}:{:?}:{ns_sel:?}", t.key, t.selector, t.namespaces)
-                })
-                .collect::<Vec<_>>()
-                .join(",")
+                .map(|(w, t)| format!("{w}:{}", shape_of(t)))
+                .collect()
         })
         .collect();
         let shape = serde_json::json!([

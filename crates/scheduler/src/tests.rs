@@ -29,6 +29,16 @@ fn pod(name: &str, cpu: &str, memory: &str, extra: Value) -> Pod {
     serde_json::from_value(p).unwrap()
 }
 
+/// A node of 8 CPUs and 16 GiB in `zone`.
+fn host(name: &str, zone: &str) -> Node {
+    node(
+        name,
+        "8",
+        "16Gi",
+        json!({"metadata": {"labels": {"zone": zone}}}),
+    )
+}
+
 fn merge(a: &mut Value, b: Value) {
     match (a, b) {
         (Value::Object(a), Value::Object(b)) => {
@@ -514,14 +524,6 @@ fn topology_spread_keeps_zones_within_the_skew() {
 
 #[test]
 fn inter_pod_affinity_and_anti_affinity() {
-    let host = |name: &str, zone: &str| {
-        node(
-            name,
-            "8",
-            "16Gi",
-            json!({"metadata": {"labels": {"zone": zone}}}),
-        )
-    };
     let nodes = [host("n1", "east"), host("n2", "east"), host("n3", "west")];
     // One replica per node: three fit, the fourth has nowhere to go.
     let one_per_node = json!({"metadata": {"labels": {"app": "db"}}, "spec": {"affinity": {"podAntiAffinity": {
@@ -626,14 +628,6 @@ fn inter_pod_affinity_and_anti_affinity() {
 
 #[test]
 fn inter_pod_terms_select_namespaces_by_label() {
-    let host = |name: &str, zone: &str| {
-        node(
-            name,
-            "8",
-            "16Gi",
-            json!({"metadata": {"labels": {"zone": zone}}}),
-        )
-    };
     let nodes = [host("n1", "east"), host("n2", "east"), host("n3", "west")];
     let mut db = bound_to(
         pod(
@@ -679,14 +673,6 @@ fn inter_pod_terms_select_namespaces_by_label() {
 
 #[test]
 fn preferences_from_the_pods_around_weigh_in_scoring() {
-    let host = |name: &str, zone: &str| {
-        node(
-            name,
-            "8",
-            "16Gi",
-            json!({"metadata": {"labels": {"zone": zone}}}),
-        )
-    };
     let nodes = [host("n1", "east"), host("n2", "east"), host("n3", "west")];
     // Packing alone puts replicas together...
     let plain = json!({"metadata": {"labels": {"app": "web"}}});
