@@ -141,7 +141,7 @@ impl Demand {
     }
 
     /// What `pod` asks, without working out its class (for pods already placed).
-    pub(crate) fn usage(pod: &Pod) -> Result<Demand, DemandError> {
+    pub fn usage(pod: &Pod) -> Result<Demand, DemandError> {
         let meta = &pod.metadata;
         let name = meta.name.clone().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();

@@ -182,10 +182,13 @@ pub(crate) struct PodRules {
 fn forbidden_by_others(s: &Snapshot, d: &Demand) -> HashSet<(String, String)> {
     s.anti_terms
         .iter()
-        .filter(|(_, owner, t)| t.matches(&s.namespaces, owner, &d.namespace, &d.labels))
-        .filter_map(|(i, _, t)| {
-            let domain = s.labels[*i].get(&t.key)?;
-            Some((t.key.clone(), domain.clone()))
+        .filter(|a| {
+            a.term
+                .matches(&s.namespaces, &a.namespace, &d.namespace, &d.labels)
+        })
+        .filter_map(|a| {
+            let domain = s.labels[a.node].get(&a.term.key)?;
+            Some((a.term.key.clone(), domain.clone()))
         })
         .collect()
 }
@@ -194,9 +197,10 @@ fn forbidden_by_others(s: &Snapshot, d: &Demand) -> HashSet<(String, String)> {
 /// placed pods' anti-affinity against it.
 pub(crate) fn needs_pod_rules(s: &Snapshot, d: &Demand) -> bool {
     d.has_pod_rules()
-        || s.anti_terms
-            .iter()
-            .any(|(_, owner, t)| t.matches(&s.namespaces, owner, &d.namespace, &d.labels))
+        || s.anti_terms.iter().any(|a| {
+            a.term
+                .matches(&s.namespaces, &a.namespace, &d.namespace, &d.labels)
+        })
 }
 
 pub(crate) fn pod_rules(s: &Snapshot, d: &Demand) -> Option<PodRules> {

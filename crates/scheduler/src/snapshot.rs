@@ -31,13 +31,22 @@ pub struct Snapshot {
     pub(crate) ports: Vec<Vec<HostPort>>,
     /// Namespace and labels of each pod on the node, for topology spread.
     pub(crate) pods_on: Vec<Vec<(String, BTreeMap<String, String>)>>,
-    /// Required anti-affinity terms of the pods placed: (node, the pod's namespace, term).
-    /// They keep matching pods out of the term's domain, whoever comes later.
-    pub(crate) anti_terms: Vec<(usize, String, crate::demand::PodTerm)>,
+    /// Required anti-affinity terms of the pods placed. They keep matching pods out of the
+    /// term's domain, whoever comes later.
+    pub(crate) anti_terms: Vec<AntiTerm>,
     /// Bumped whenever a node's usage changes, so cached evaluations know they are stale.
     pub(crate) version: Vec<u32>,
     /// Labels of each namespace, for inter-pod terms with a namespace selector.
     pub(crate) namespaces: crate::demand::NamespaceLabels,
+}
+
+/// A placed pod's required anti-affinity term.
+pub(crate) struct AntiTerm {
+    pub node: usize,
+    pub namespace: String,
+    /// The pod's name, so that the term goes when the pod does.
+    pub pod: String,
+    pub term: crate::demand::PodTerm,
 }
 
 /// The taint Kubernetes' node lifecycle puts on a node that is not Ready (`not-ready` when it
@@ -216,9 +225,49 @@ impl Snapshot {
         self.ports[i].extend(d.host_ports.iter().cloned());
         self.pods_on[i].push((d.namespace.clone(), d.labels.clone()));
         for t in &d.pod_anti_affinity {
-            self.anti_terms.push((i, d.namespace.clone(), t.clone()));
+            self.anti_terms.push(AntiTerm {
+                node: i,
+                namespace: d.namespace.clone(),
+                pod: d.name.clone(),
+                term: t.clone(),
+            });
         }
         self.version[i] = self.version[i].wrapping_add(1);
+    }
+
+    /// Stop counting `d` on node `i`: the pod `assume` counted there has gone (or ended, or
+    /// its binding failed). `d` must be what was assumed.
+    pub fn forget(&mut self, i: usize, d: &Demand) {
+        let w = self.width();
+        for (k, v) in &d.requests {
+            if let Some(c) = self.column(k) {
+                self.requested[i * w + c] -= v;
+            }
+        }
+        self.requested[i * w + PODS] -= 1;
+        self.score_requested[i][0] -= d.score_cpu;
+        self.score_requested[i][1] -= d.score_memory;
+        for p in &d.host_ports {
+            if let Some(j) = self.ports[i].iter().position(|q| q == p) {
+                self.ports[i].swap_remove(j);
+            }
+        }
+        if let Some(j) = self.pods_on[i]
+            .iter()
+            .position(|(ns, l)| *ns == d.namespace && *l == d.labels)
+        {
+            self.pods_on[i].swap_remove(j);
+        }
+        if !d.pod_anti_affinity.is_empty() {
+            self.anti_terms
+                .retain(|t| !(t.node == i && t.namespace == d.namespace && t.pod == d.name));
+        }
+        self.version[i] = self.version[i].wrapping_add(1);
+    }
+
+    /// Replace the namespaces' labels (they changed).
+    pub fn set_namespaces(&mut self, namespaces: crate::demand::NamespaceLabels) {
+        self.namespaces = namespaces;
     }
 
     /// The share of a node's allocatable CPU and memory requested, for reports.

@@ -891,3 +891,32 @@ fn preemption_cases() {
         None
     );
 }
+
+#[test]
+fn forgetting_a_pod_gives_back_all_it_held() {
+    let nodes = [node("a", "2", "4Gi", json!({}))];
+    let db = json!({"metadata": {"labels": {"app": "db"}}, "spec": {
+        "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "1500m"}},
+                        "ports": [{"containerPort": 80, "hostPort": 8080}]}],
+        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "kubernetes.io/hostname",
+             "labelSelector": {"matchLabels": {"app": "db"}}}]}}}});
+    let x = Demand::of(&pod("x", "1500m", "1Gi", db.clone())).unwrap();
+    let y = Demand::of(&pod("y", "1500m", "1Gi", db)).unwrap();
+    let fresh = Snapshot::new(&nodes, &[]);
+    let mut s = Snapshot::new(&nodes, &[]);
+    let cfg = Config::default();
+    let plan = schedule(&mut s, std::slice::from_ref(&x), &cfg);
+    assert_eq!(outcome(&plan.decisions[0]), "a");
+    let plan = schedule(&mut s, std::slice::from_ref(&y), &cfg);
+    assert_eq!(
+        outcome(&plan.decisions[0]),
+        "0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports."
+    );
+    // Room, the port and the anti-affinity domain must all come back for y to fit.
+    s.forget(0, &x);
+    assert_eq!(s.allocated(), fresh.allocated());
+    assert_eq!(s.nodes_used(), 0);
+    let plan = schedule(&mut s, std::slice::from_ref(&y), &cfg);
+    assert_eq!(outcome(&plan.decisions[0]), "a");
+}
