@@ -6,7 +6,7 @@
 //! tried again when nodes, pods or namespaces change, or after a back-off (1 s doubling to
 //! 10 s).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,6 @@ use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use api::k8s_openapi::{ListableResource, Resource};
 use bytes::Bytes;
 use client::{Client, ClientError, ListParams, WatchEvent};
-use futures_util::StreamExt;
 use scheduler::{Decision, Demand, Snapshot};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -28,7 +27,7 @@ pub const SCHEDULER: &str = "default-scheduler";
 const RETRY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Bindings in flight at once.
-const COMMITS: usize = 256;
+const COMMITS: usize = 512;
 
 /// What the loop has done, for benchmarks and the simulator.
 #[derive(Default)]
@@ -56,6 +55,8 @@ enum Change {
     Nodes(Reflected<Node>),
     Pods(Reflected<Pod>),
     Namespaces(Reflected<Namespace>),
+    /// A binding sent in an earlier cycle has come back.
+    Bound(String, Result<(), ClientError>),
 }
 
 /// Keep `tx` fed with the objects of kind K: a full list, then changes, again from a new
@@ -113,7 +114,7 @@ fn victim_priority(p: &Pod) -> i32 {
 /// The placed pods per snapshot node, as preemption weighs them.
 struct Placement {
     by_node: Vec<Vec<scheduler::Placed>>,
-    keys: Vec<Vec<(String, Pod)>>,
+    keys: Vec<Vec<(String, Arc<Pod>)>>,
     /// Pods on their way out: (node, priority).
     terminating: HashMap<String, (String, i32)>,
     /// Disruptions each PodDisruptionBudget allows now (`Placed::budgets` index this).
@@ -209,17 +210,52 @@ fn ours(p: &Pod) -> bool {
         .is_none_or(|s| s == SCHEDULER)
 }
 
+fn ended(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+fn node_of(p: &Pod) -> Option<&str> {
+    p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+/// What of a node placement looks at: a change elsewhere (a heartbeat, images, addresses)
+/// changes no decision.
+fn placement_view(n: &Node) -> impl PartialEq + use<'_> {
+    let spec = n.spec.as_ref();
+    let status = n.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str());
+    (
+        &n.metadata.labels,
+        spec.map(|s| (&s.taints, s.unschedulable)),
+        status.map(|s| (&s.allocatable, &s.capacity)),
+        ready,
+    )
+}
+
 /// What the loop mirrors and remembers between cycles.
 #[derive(Default)]
 struct State {
     nodes: BTreeMap<String, Node>,
-    pods: HashMap<String, Pod>,
+    pods: HashMap<String, Arc<Pod>>,
     /// Namespace labels, for inter-pod terms that select namespaces.
     namespaces: scheduler::NamespaceLabels,
     /// Nodes, pods and namespaces listed at least once.
     synced: (bool, bool, bool),
-    /// Pods this loop bound whose binding the watch has not shown yet: (node, what it asks).
-    assumed: HashMap<String, (String, Demand)>,
+    /// The cluster as placement sees it, kept up to date between cycles as pods come, go and
+    /// are bound; rebuilt (from `nodes` and `counted`) when the nodes change.
+    snapshot: Option<Snapshot>,
+    /// The pods `snapshot` counts, with their node and what they take: bound pods that have
+    /// not ended, and the pods in `assumed`.
+    counted: HashMap<String, (String, Demand)>,
+    /// Pods this loop bound (or is binding) whose binding the watch has not shown yet.
+    assumed: HashSet<String>,
+    /// Pods waiting for a node: not bound, this scheduler's, not being deleted, and not in
+    /// `assumed`.
+    unbound: HashSet<String>,
     /// Pods that fit nowhere: when to try again, and how many tries so far.
     waiting: HashMap<String, (Instant, u32)>,
 }
@@ -238,8 +274,15 @@ impl State {
                     }
                     Reflected::Event(ev) => match *ev {
                         WatchEvent::Added(n) | WatchEvent::Modified(n) => {
-                            self.nodes
-                                .insert(n.metadata.name.clone().unwrap_or_default(), n);
+                            let name = n.metadata.name.clone().unwrap_or_default();
+                            let same = self
+                                .nodes
+                                .get(&name)
+                                .is_some_and(|old| placement_view(old) == placement_view(&n));
+                            self.nodes.insert(name, n);
+                            if same {
+                                return;
+                            }
                         }
                         WatchEvent::Deleted(n) => {
                             self.nodes
@@ -249,16 +292,11 @@ impl State {
                     },
                 }
                 // The cluster changed: whatever did not fit may now.
+                self.snapshot = None;
                 self.waiting.clear();
             }
             Change::Pods(r) => match r {
-                Reflected::Reset(items) => {
-                    self.pods = items.into_iter().map(|p| (key(&p), p)).collect();
-                    self.assumed
-                        .retain(|k, _| self.pods.get(k).is_some_and(|p| !bound(p)));
-                    self.synced.1 = true;
-                    self.waiting.clear();
-                }
+                Reflected::Reset(items) => self.reset_pods(items),
                 Reflected::Event(ev) => self.pod_event(*ev),
             },
             Change::Namespaces(r) => {
@@ -288,10 +326,41 @@ impl State {
                         _ => return,
                     },
                 }
+                if let Some(s) = self.snapshot.as_mut() {
+                    s.set_namespaces(self.namespaces.clone());
+                }
                 // Terms may select other namespaces now.
                 self.waiting.clear();
             }
+            Change::Bound(k, r) => self.bound(k, r),
         }
+    }
+
+    fn reset_pods(&mut self, items: Vec<Pod>) {
+        self.pods = items.into_iter().map(|p| (key(&p), Arc::new(p))).collect();
+        self.assumed
+            .retain(|k| self.pods.get(k).is_some_and(|p| !bound(p)));
+        // Count afresh; what this loop is binding stays where it put it.
+        let assumed = &self.assumed;
+        self.counted.retain(|k, _| assumed.contains(k));
+        for (k, p) in &self.pods {
+            if bound(p)
+                && !ended(p)
+                && let Ok(d) = Demand::usage(p)
+            {
+                self.counted
+                    .insert(k.clone(), (node_of(p).unwrap_or_default().to_string(), d));
+            }
+        }
+        self.unbound = self
+            .pods
+            .iter()
+            .filter(|(k, p)| waits(p) && !self.assumed.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.snapshot = None;
+        self.synced.1 = true;
+        self.waiting.clear();
     }
 
     fn pod_event(&mut self, ev: WatchEvent<Pod>) {
@@ -301,32 +370,113 @@ impl State {
                 if bound(&p) {
                     self.assumed.remove(&k);
                     self.waiting.remove(&k);
-                    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                    if matches!(phase, Some("Succeeded" | "Failed")) {
+                    if ended(&p) {
                         // Room freed.
                         self.waiting.clear();
                     }
                 }
-                self.pods.insert(k, p);
+                if waits(&p) && !self.assumed.contains(&k) {
+                    self.unbound.insert(k.clone());
+                } else {
+                    self.unbound.remove(&k);
+                }
+                self.pods.insert(k.clone(), Arc::new(p));
+                self.recount(&k);
             }
             WatchEvent::Deleted(p) => {
                 let k = key(&p);
                 self.pods.remove(&k);
                 self.assumed.remove(&k);
+                self.unbound.remove(&k);
                 if bound(&p) {
                     self.waiting.clear();
                 } else {
                     self.waiting.remove(&k);
                 }
+                self.recount(&k);
             }
             _ => {}
         }
+    }
+
+    /// A binding this loop sent has come back.
+    fn bound(&mut self, k: String, r: Result<(), ClientError>) {
+        match r {
+            // The watch will show it bound.
+            Ok(()) => return,
+            // Bound meanwhile (or gone): the plan was stale for this pod; the watch brings
+            // the truth.
+            Err(e) if e.is_conflict() || e.is_not_found() => {}
+            Err(e) => {
+                warn!(pod = %k, error = %e, "could not bind the pod; trying again");
+                self.waiting.insert(k.clone(), (Instant::now() + RETRY, 0));
+            }
+        }
+        if self.assumed.remove(&k) {
+            if self.pods.get(&k).is_some_and(|p| waits(p)) {
+                self.unbound.insert(k.clone());
+            }
+            self.recount(&k);
+        }
+    }
+
+    /// Bring what the snapshot counts for pod `k` in line with what the pod is now.
+    fn recount(&mut self, k: &str) {
+        if self.assumed.contains(k) {
+            // Counted where this loop put it until the watch says more.
+            return;
+        }
+        let want = self.pods.get(k).filter(|p| bound(p) && !ended(p)).cloned();
+        let have = self.counted.get(k).map(|(n, _)| n.as_str());
+        if have == want.as_deref().and_then(node_of) {
+            return;
+        }
+        if let Some((node, d)) = self.counted.remove(k)
+            && let Some(s) = self.snapshot.as_mut()
+            && let Some(i) = s.node(&node)
+        {
+            s.forget(i, &d);
+        }
+        let Some(p) = want else {
+            return;
+        };
+        let Ok(d) = Demand::usage(&p) else {
+            return;
+        };
+        let node = node_of(&p).unwrap_or_default().to_string();
+        if let Some(s) = self.snapshot.as_mut()
+            && let Some(i) = s.node(&node)
+        {
+            s.assume(i, &d);
+        }
+        self.counted.insert(k.to_string(), (node, d));
+    }
+
+    /// The snapshot (built from the nodes and the pods counted if the nodes changed), taken
+    /// out for a cycle.
+    fn take_snapshot(&mut self) -> Snapshot {
+        if let Some(s) = self.snapshot.take() {
+            return s;
+        }
+        let mut s = Snapshot::new(self.nodes.values(), std::iter::empty())
+            .with_namespaces(self.namespaces.clone());
+        for (node, d) in self.counted.values() {
+            if let Some(i) = s.node(node) {
+                s.assume(i, d);
+            }
+        }
+        s
     }
 
     /// The earliest moment a waiting pod should be tried again.
     fn next_retry(&self) -> Option<Instant> {
         self.waiting.values().map(|(t, _)| *t).min()
     }
+}
+
+/// Whether the pod waits for this scheduler to place it.
+fn waits(p: &Pod) -> bool {
+    !bound(p) && ours(p) && p.metadata.deletion_timestamp.is_none()
 }
 
 impl SchedulerLoop {
@@ -364,8 +514,9 @@ impl SchedulerLoop {
         tokio::spawn(reflect::<Namespace>(
             self.client.clone(),
             Change::Namespaces,
-            tx,
+            tx.clone(),
         ));
+        let commits = Arc::new(tokio::sync::Semaphore::new(COMMITS));
         let mut st = State::default();
         loop {
             let retry = st.next_retry();
@@ -386,29 +537,31 @@ impl SchedulerLoop {
                 st.apply(c);
             }
             if st.synced == (true, true, true) {
-                self.cycle(&mut st).await;
+                self.cycle(&mut st, &tx, &commits).await;
             }
         }
     }
 
-    /// Place every pod that waits for a node and may be tried now.
-    async fn cycle(&self, st: &mut State) {
+    /// Place every pod that waits for a node and may be tried now. Bindings are sent without
+    /// waiting for them (at most `COMMITS` at once); their pods count as placed until the
+    /// watch shows them bound, or the binding fails.
+    async fn cycle(
+        &self,
+        st: &mut State,
+        tx: &mpsc::UnboundedSender<Change>,
+        commits: &Arc<tokio::sync::Semaphore>,
+    ) {
         let now = Instant::now();
-        let mut pending: Vec<&Pod> = st
-            .pods
+        let mut pending: Vec<Arc<Pod>> = st
+            .unbound
             .iter()
-            .filter(|(k, p)| {
-                !bound(p)
-                    && ours(p)
-                    && p.metadata.deletion_timestamp.is_none()
-                    && !st.assumed.contains_key(*k)
-                    && st.waiting.get(*k).is_none_or(|(t, _)| *t <= now)
-            })
-            .map(|(_, p)| p)
+            .filter(|k| st.waiting.get(*k).is_none_or(|(t, _)| *t <= now))
+            .filter_map(|k| st.pods.get(k).cloned())
             .collect();
         if pending.is_empty() {
             return;
         }
+        let started = std::time::Instant::now();
         // Higher priority first, then first come, first served.
         pending.sort_by(|a, b| {
             let prio = |p: &Pod| p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
@@ -421,38 +574,52 @@ impl SchedulerLoop {
                 })
                 .then_with(|| key(a).cmp(&key(b)))
         });
-        let mut snapshot = Snapshot::new(st.nodes.values(), st.pods.values().filter(|p| bound(p)))
-            .with_namespaces(st.namespaces.clone());
-        for (node, d) in st.assumed.values() {
-            if let Some(i) = snapshot.node(node) {
-                snapshot.assume(i, d);
-            }
-        }
         let mut demands = Vec::with_capacity(pending.len());
+        let mut pods = Vec::with_capacity(pending.len());
         let mut invalid = Vec::new();
-        for p in &pending {
-            match Demand::of(p) {
-                Ok(d) => demands.push(d),
-                Err(e) => invalid.push(((*p).clone(), e.to_string())),
+        for p in pending {
+            match Demand::of(&p) {
+                Ok(d) => {
+                    demands.push(d);
+                    pods.push(p);
+                }
+                Err(e) => invalid.push((p, e.to_string())),
             }
         }
-        let pods_by_key: HashMap<String, Pod> =
-            pending.iter().map(|p| (key(p), (*p).clone())).collect();
+        let prepared = started.elapsed();
+        let mut snapshot = st.take_snapshot();
         let plan = scheduler::schedule(&mut snapshot, &demands, &self.cfg);
+        debug!(
+            pods = pods.len(),
+            prepare_ms = prepared.as_millis() as u64,
+            plan_ms = (started.elapsed() - prepared).as_millis() as u64,
+            "scheduling cycle"
+        );
         if let Ok(mut m) = self.stats.nanos.lock() {
             m.extend_from_slice(&plan.nanos);
         }
-        let mut binds = Vec::new();
         let mut placed: Option<Placement> = None;
-        for (d, decision) in demands.into_iter().zip(plan.decisions) {
+        for ((d, pod), decision) in demands.into_iter().zip(pods).zip(plan.decisions) {
             let k = format!("{}/{}", d.namespace, d.name);
-            let Some(pod) = pods_by_key.get(&k) else {
-                continue;
-            };
             match decision {
                 Decision::Bind { node } => {
-                    st.assumed.insert(k, (node.clone(), d));
-                    binds.push((pod.clone(), node));
+                    // The plan counted it in the snapshot already.
+                    st.unbound.remove(&k);
+                    st.assumed.insert(k.clone());
+                    st.counted.insert(k.clone(), (node.clone(), d));
+                    let (client, report, tx) = (self.client.clone(), self.report, tx.clone());
+                    let commits = commits.clone();
+                    let stats = self.stats.clone();
+                    tokio::spawn(async move {
+                        let _permit = commits.acquire_owned().await;
+                        let r = bind(&client, report, &pod, &node).await;
+                        if r.is_ok() {
+                            stats
+                                .bound
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        let _ = tx.send(Change::Bound(k, r));
+                    });
                 }
                 Decision::Unschedulable { message, .. } => {
                     self.wait(st, &k);
@@ -466,47 +633,21 @@ impl SchedulerLoop {
                     let Some(placed) = placed.as_mut() else {
                         continue;
                     };
-                    let preempted = self.preempt(pod, &d, &snapshot, placed).await;
+                    let preempted = self.preempt(&pod, &d, &snapshot, placed).await;
                     let message = match preempted {
                         Some(node) => {
                             format!("{message} Preempting lower-priority pods on {node}.")
                         }
                         None => message,
                     };
-                    self.unschedulable(pod, &message).await;
+                    self.unschedulable(&pod, &message).await;
                 }
             }
         }
+        st.snapshot = Some(snapshot);
         for (pod, why) in invalid {
             self.wait(st, &key(&pod));
             self.unschedulable(&pod, &why).await;
-        }
-        let results: Vec<(String, Result<(), ClientError>)> = futures_util::stream::iter(binds)
-            .map(|(pod, node)| async move {
-                let r = self.bind(&pod, &node).await;
-                (key(&pod), r)
-            })
-            .buffer_unordered(COMMITS)
-            .collect()
-            .await;
-        for (k, r) in results {
-            match r {
-                Ok(()) => {
-                    self.stats
-                        .bound
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                // Bound meanwhile (or gone): the plan was stale for this pod; the watch
-                // brings the truth.
-                Err(e) if e.is_conflict() || e.is_not_found() => {
-                    st.assumed.remove(&k);
-                }
-                Err(e) => {
-                    warn!(pod = %k, error = %e, "could not bind the pod; trying again");
-                    st.assumed.remove(&k);
-                    st.waiting.insert(k, (Instant::now() + RETRY, 0));
-                }
-            }
         }
     }
 
@@ -567,7 +708,8 @@ impl SchedulerLoop {
             match self.client.delete_with(&path, &opts).await {
                 Ok(()) => {
                     if self.report {
-                        self.event(
+                        event(
+                            &self.client,
                             &victim,
                             "Normal",
                             "Preempted",
@@ -606,36 +748,6 @@ impl SchedulerLoop {
         let backoff = (RETRY * 2u32.saturating_pow(tries)).min(MAX_BACKOFF);
         st.waiting
             .insert(k.to_string(), (Instant::now() + backoff, tries + 1));
-    }
-
-    async fn bind(&self, pod: &Pod, node: &str) -> Result<(), ClientError> {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let binding = json!({
-            "apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-        });
-        let path = format!("/api/v1/namespaces/{ns}/pods/{name}/binding");
-        self.client
-            .request(
-                http::Method::POST,
-                &path,
-                "application/json",
-                Bytes::from(binding.to_string()),
-            )
-            .await?;
-        if self.report {
-            info!(pod = %format!("{ns}/{name}"), node, "pod bound");
-            self.event(
-                pod,
-                "Normal",
-                "Scheduled",
-                &format!("Successfully assigned {ns}/{name} to {node}"),
-            )
-            .await;
-        }
-        Ok(())
     }
 
     /// Say why the pod waits, in the scheduler's words (once per message).
@@ -684,29 +796,60 @@ impl SchedulerLoop {
         {
             debug!(error = %e, "could not mark the pod unschedulable");
         }
-        self.event(pod, "Warning", "FailedScheduling", message)
-            .await;
+        event(&self.client, pod, "Warning", "FailedScheduling", message).await;
     }
+}
 
-    async fn event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let by = api::events::Reporter {
-            component: SCHEDULER,
-            host: None,
-        };
-        let reference = api::events::pod_reference(pod, None);
-        let ev = api::events::new(
-            reference,
-            None,
-            kind,
-            reason,
-            message,
-            &by,
-            jiff::Timestamp::now(),
-        );
-        let r: Result<Event, ClientError> = self.client.create(Some(&ns), &ev).await;
-        if let Err(e) = r {
-            debug!(error = %e, "could not record a scheduling event");
-        }
+/// Commit one placement through `pods/{name}/binding`.
+async fn bind(client: &Client, report: bool, pod: &Pod, node: &str) -> Result<(), ClientError> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let binding = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    let path = format!("/api/v1/namespaces/{ns}/pods/{name}/binding");
+    client
+        .request(
+            http::Method::POST,
+            &path,
+            "application/json",
+            Bytes::from(binding.to_string()),
+        )
+        .await?;
+    if report {
+        info!(pod = %format!("{ns}/{name}"), node, "pod bound");
+        event(
+            client,
+            pod,
+            "Normal",
+            "Scheduled",
+            &format!("Successfully assigned {ns}/{name} to {node}"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn event(client: &Client, pod: &Pod, kind: &str, reason: &str, message: &str) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let by = api::events::Reporter {
+        component: SCHEDULER,
+        host: None,
+    };
+    let reference = api::events::pod_reference(pod, None);
+    let ev = api::events::new(
+        reference,
+        None,
+        kind,
+        reason,
+        message,
+        &by,
+        jiff::Timestamp::now(),
+    );
+    let r: Result<Event, ClientError> = client.create(Some(&ns), &ev).await;
+    if let Err(e) = r {
+        debug!(error = %e, "could not record a scheduling event");
     }
 }
