@@ -20,6 +20,24 @@ use serde_json::Value;
 
 pub use crate::https::HttpsTransport;
 
+/// One page of a list, as the server sends it.
+#[derive(serde::Deserialize)]
+#[serde(bound = "K: DeserializeOwned")]
+struct Page<K> {
+    #[serde(default)]
+    items: Option<Vec<K>>,
+    #[serde(default)]
+    metadata: PageMeta,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageMeta {
+    #[serde(rename = "continue")]
+    continue_: Option<String>,
+    resource_version: Option<String>,
+}
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A response body as it streams in.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -268,19 +286,15 @@ impl Client {
         let mut params = params.clone();
         loop {
             let path = format!("{}?{}", typed_path::<K>(namespace, None), params.query());
-            let v = self.request_json(Method::GET, &path, None).await?;
-            for item in v["items"].as_array().into_iter().flatten() {
-                items.push(K::deserialize(item).map_err(ClientError::Decode)?);
-            }
-            match v["metadata"]["continue"].as_str().filter(|c| !c.is_empty()) {
-                Some(c) => params.continue_token = Some(c.to_string()),
-                None => {
-                    let rv = v["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string();
-                    return Ok((items, rv));
-                }
+            let b = self
+                .request(Method::GET, &path, "application/json", Bytes::new())
+                .await?;
+            // Straight into the item type: no intermediate JSON tree.
+            let page: Page<K> = serde_json::from_slice(&b).map_err(ClientError::Decode)?;
+            items.extend(page.items.into_iter().flatten());
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(c) => params.continue_token = Some(c),
+                None => return Ok((items, page.metadata.resource_version.unwrap_or_default())),
             }
         }
     }
@@ -289,11 +303,16 @@ impl Client {
     where
         K: Resource + Serialize + DeserializeOwned,
     {
-        let body = serde_json::to_value(obj).map_err(ClientError::Decode)?;
-        let v = self
-            .request_json(Method::POST, &typed_path::<K>(namespace, None), Some(&body))
+        let body = serde_json::to_vec(obj).map_err(ClientError::Decode)?;
+        let b = self
+            .request(
+                Method::POST,
+                &typed_path::<K>(namespace, None),
+                "application/json",
+                Bytes::from(body),
+            )
             .await?;
-        K::deserialize(v).map_err(ClientError::Decode)
+        serde_json::from_slice(&b).map_err(ClientError::Decode)
     }
 
     pub async fn replace<K>(
@@ -305,15 +324,16 @@ impl Client {
     where
         K: Resource + Serialize + DeserializeOwned,
     {
-        let body = serde_json::to_value(obj).map_err(ClientError::Decode)?;
-        let v = self
-            .request_json(
+        let body = serde_json::to_vec(obj).map_err(ClientError::Decode)?;
+        let b = self
+            .request(
                 Method::PUT,
                 &typed_path::<K>(namespace, Some(name)),
-                Some(&body),
+                "application/json",
+                Bytes::from(body),
             )
             .await?;
-        K::deserialize(v).map_err(ClientError::Decode)
+        serde_json::from_slice(&b).map_err(ClientError::Decode)
     }
 
     /// A JSON merge patch.
