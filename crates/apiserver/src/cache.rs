@@ -57,6 +57,32 @@ pub struct Entry {
 impl Entry {
     pub fn build(resource: &Resource, mut obj: Value, rev: Revision) -> Entry {
         obj["metadata"]["resourceVersion"] = Value::String(rev.to_string());
+        let json = Bytes::from(obj.to_string());
+        Entry::derive(resource, &obj, rev, json)
+    }
+
+    /// The entry of an object as stored. The JSON kept is the stored text with the
+    /// `resourceVersion` put in, not a re-encoding; what the entry derives (labels, fields,
+    /// cells) comes from a parse that skips `managedFields`, which none of it reads.
+    pub fn decode(resource: &Resource, stored: &[u8], rev: Revision) -> serde_json::Result<Entry> {
+        use serde::de::DeserializeSeed;
+        let skimmed = with_resource_version(stored, rev).and_then(|json| {
+            let mut de = serde_json::Deserializer::from_slice(stored);
+            let obj = Skim { depth: 0 }.deserialize(&mut de).ok()?;
+            de.end().ok()?;
+            // Anything unexpected (a stored version, a metadata that is no object) takes
+            // the long way.
+            let plain = obj["metadata"].is_object() && obj["metadata"]["resourceVersion"].is_null();
+            plain.then_some((obj, json))
+        });
+        let Some((mut obj, json)) = skimmed else {
+            return Ok(Entry::build(resource, serde_json::from_slice(stored)?, rev));
+        };
+        obj["metadata"]["resourceVersion"] = Value::String(rev.to_string());
+        Ok(Entry::derive(resource, &obj, rev, Bytes::from(json)))
+    }
+
+    fn derive(resource: &Resource, obj: &Value, rev: Revision, json: Bytes) -> Entry {
         let meta = &obj["metadata"];
         let namespace = meta["namespace"].as_str().map(str::to_string);
         let name = meta["name"].as_str().unwrap_or_default().to_string();
@@ -70,11 +96,11 @@ impl Entry {
             uid: meta["uid"].as_str().unwrap_or_default().to_string(),
             name,
             rev,
-            labels: table::labels_of(&obj),
-            fields: resource.field_values(&obj),
-            cells: table::cells(resource.kind, &obj),
-            meta: Bytes::from(table::partial_metadata(&obj).to_string()),
-            json: Bytes::from(obj.to_string()),
+            labels: table::labels_of(obj),
+            fields: resource.field_values(obj),
+            cells: table::cells(resource.kind, obj),
+            meta: Bytes::from(table::partial_metadata(obj).to_string()),
+            json,
         }
     }
 
@@ -93,6 +119,106 @@ impl Entry {
     /// The same object at a later revision: how a deletion is reported.
     fn at(&self, resource: &Resource, rev: Revision) -> Entry {
         Entry::build(resource, self.value(), rev)
+    }
+}
+
+/// `json` with `"resourceVersion":"<rev>"` first in its top-level `metadata` object, or `None`
+/// if it has none. (The store never holds a `resourceVersion`, so there is none to replace.)
+fn with_resource_version(json: &[u8], rev: Revision) -> Option<Vec<u8>> {
+    let at = metadata_start(json)?;
+    let rest = &json[at..];
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'}');
+    let field = format!(
+        "\"resourceVersion\":\"{rev}\"{}",
+        if empty { "" } else { "," }
+    );
+    let mut out = Vec::with_capacity(json.len() + field.len());
+    out.extend_from_slice(&json[..at]);
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// Where the members of the top-level `"metadata"` object begin (just past its `{`).
+fn metadata_start(json: &[u8]) -> Option<usize> {
+    let skip_ws = |mut j: usize| {
+        while json.get(j).is_some_and(u8::is_ascii_whitespace) {
+            j += 1;
+        }
+        j
+    };
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+                let text = json.get(start..i)?;
+                i += 1;
+                if depth == 1 && text == b"metadata" {
+                    let colon = skip_ws(i);
+                    if json.get(colon) == Some(&b':') {
+                        let open = skip_ws(colon + 1);
+                        return (json.get(open) == Some(&b'{')).then_some(open + 1);
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Decodes an object as a JSON tree without `metadata.managedFields` (the largest part of
+/// most objects, and of no use to what the cache derives).
+struct Skim {
+    /// 0 for the object itself, 1 for its `metadata`.
+    depth: u8,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Skim {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Skim {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            match (self.depth, k.as_str()) {
+                (0, "metadata") => {
+                    let v = map.next_value_seed(Skim { depth: 1 })?;
+                    out.insert(k, v);
+                }
+                (1, "managedFields") => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                _ => {
+                    out.insert(k, map.next_value()?);
+                }
+            }
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -451,8 +577,8 @@ impl Cache {
 
     fn decode(&self, i: usize, value: &[u8], rev: Revision) -> Option<Entry> {
         let resource = self.resources[i].resource;
-        match serde_json::from_slice::<Value>(value) {
-            Ok(obj) => Some(Entry::build(resource, obj, rev)),
+        match Entry::decode(resource, value, rev) {
+            Ok(e) => Some(e),
             Err(e) => {
                 error!(resource = resource.plural, rev, error = %e, "stored object is not JSON; skipped");
                 None
@@ -682,5 +808,79 @@ mod tests {
             Some("/registry/core/nodes/")
         );
         assert_eq!(prefix_of("/registry/x"), None);
+    }
+
+    #[test]
+    fn the_resource_version_goes_into_the_stored_text() {
+        let cases = [
+            (
+                r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"},"spec":{}}"#,
+                Some(
+                    r#"{"apiVersion":"v1","kind":"Pod","metadata":{"resourceVersion":"7","name":"a"},"spec":{}}"#,
+                ),
+            ),
+            (
+                r#"{"kind":"x","metadata":{}}"#,
+                Some(r#"{"kind":"x","metadata":{"resourceVersion":"7"}}"#),
+            ),
+            (
+                "{ \"metadata\" :\n { } }",
+                Some("{ \"metadata\" :\n {\"resourceVersion\":\"7\" } }"),
+            ),
+            // Nested objects named metadata, keys and values that say "metadata" or hold
+            // quotes are not the object's own metadata.
+            (
+                r#"{"data":{"metadata":{"a":1}},"kind":"metadata","k\"metadata":[{"metadata":{}}],"metadata":{"name":"b"}}"#,
+                Some(
+                    r#"{"data":{"metadata":{"a":1}},"kind":"metadata","k\"metadata":[{"metadata":{}}],"metadata":{"resourceVersion":"7","name":"b"}}"#,
+                ),
+            ),
+            (r#"{"kind":"x"}"#, None),
+            (r#"{"metadata":null}"#, None),
+        ];
+        for (stored, want) in cases {
+            let got = with_resource_version(stored.as_bytes(), 7);
+            assert_eq!(
+                got.as_deref().map(|b| std::str::from_utf8(b).unwrap()),
+                want,
+                "{stored}"
+            );
+            if let Some(g) = got {
+                let v: Value = serde_json::from_slice(&g).unwrap();
+                assert_eq!(v["metadata"]["resourceVersion"], "7", "{stored}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_from_stored_text_matches_one_from_the_object() {
+        let pods = api::resources::all()
+            .iter()
+            .find(|r| r.kind == "Pod")
+            .unwrap();
+        let stored = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1",
+                         "labels": {"app": "web"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Update",
+                                            "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running"}});
+        let text = stored.to_string();
+        let fast = Entry::decode(pods, text.as_bytes(), 42).unwrap();
+        let slow = Entry::build(pods, stored.clone(), 42);
+        assert_eq!(fast.key, slow.key);
+        assert_eq!(fast.labels, slow.labels);
+        assert_eq!(fast.fields, slow.fields);
+        assert_eq!(format!("{:?}", fast.cells), format!("{:?}", slow.cells));
+        assert_eq!(fast.meta, slow.meta);
+        let a: Value = serde_json::from_slice(&fast.json).unwrap();
+        let b: Value = serde_json::from_slice(&slow.json).unwrap();
+        assert_eq!(a, b, "the same object, managedFields and all");
+        // Text that cannot take the short way still decodes.
+        let odd =
+            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x","resourceVersion":"3"}}"#;
+        let e = Entry::decode(pods, odd.as_bytes(), 9).unwrap();
+        let v: Value = serde_json::from_slice(&e.json).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "9");
     }
 }

@@ -4,6 +4,7 @@
 
 mod admission;
 mod alloc;
+mod binding;
 pub mod body;
 pub mod cache;
 mod discovery;

@@ -18,6 +18,7 @@ use store::{Condition, Op, OpResult, StoreError};
 use tracing::debug;
 
 use crate::alloc;
+use crate::binding::{self, Refusal};
 use crate::errors::{ApiError, ApiResult};
 use crate::read::{entry_key, filter_from};
 use crate::request::{Params, Target};
@@ -1326,61 +1327,55 @@ impl ApiServer {
             errs.required(&api::errors::Path::root("target").child("name"), "");
             return Err(ApiError::invalid(r, name, &errs));
         }
+        let uid = body["metadata"]["uid"].as_str().filter(|u| !u.is_empty());
+        let annotations = body["metadata"]["annotations"]
+            .as_object()
+            .filter(|a| !a.is_empty());
+        let scheduled = binding::scheduled(&now());
+        let refused = |why: Refusal| {
+            let message = match why {
+                Refusal::Uid => "the pod's UID does not match the binding".to_string(),
+                Refusal::Deleting => {
+                    format!("pod {name} is being deleted, cannot be assigned to a host")
+                }
+                Refusal::Bound(n) => format!("pod {name} is already assigned to node \"{n}\""),
+            };
+            ApiError::conflict(r, name, &message)
+        };
         let mut from_store = false;
         for _ in 0..MAX_ATTEMPTS {
-            let (old, rev) = self
-                .current(t, name, from_store)
-                .await?
-                .ok_or_else(|| ApiError::not_found(r, name))?;
-            if let Some(uid) = body["metadata"]["uid"].as_str()
-                && !uid.is_empty()
-                && old["metadata"]["uid"].as_str() != Some(uid)
-            {
-                return Err(ApiError::conflict(
-                    r,
-                    name,
-                    "the pod's UID does not match the binding",
-                ));
-            }
-            if !old["metadata"]["deletionTimestamp"].is_null() {
-                return Err(ApiError::conflict(
-                    r,
-                    name,
-                    &format!("pod {name} is being deleted, cannot be assigned to a host"),
-                ));
-            }
-            if let Some(bound) = old["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-                return Err(ApiError::conflict(
-                    r,
-                    name,
-                    &format!("pod {name} is already assigned to node \"{bound}\""),
-                ));
-            }
-            let mut new = old.clone();
-            strip_rv(&mut new);
-            new["spec"]["nodeName"] = json!(node);
-            if let Some(extra) = body["metadata"]["annotations"].as_object() {
-                for (k, v) in extra {
-                    new["metadata"]["annotations"][k] = v.clone();
+            // The cached text, edited in place, when it can be; else the JSON tree.
+            let mut text = None;
+            if !from_store && annotations.is_none() {
+                self.cache.wait_fresh().await?;
+                let e = self
+                    .cache
+                    .resource(r)
+                    .get(&entry_key(t, name))
+                    .ok_or_else(|| ApiError::not_found(r, name))?;
+                if let Some(bound) = binding::bind_text(&e.json, e.rev, node, uid, &scheduled) {
+                    text = Some((bound.map_err(refused)?, e.rev));
                 }
             }
-            let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
-                                   "lastTransitionTime": now()});
-            let mut conditions: Vec<Value> = new["status"]["conditions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| c["type"] != "PodScheduled")
-                .collect();
-            conditions.insert(0, scheduled);
-            new["status"]["conditions"] = Value::Array(conditions);
+            let (text, rev) = match text {
+                Some(t) => t,
+                None => {
+                    let (mut pod, rev) = self
+                        .current(t, name, from_store)
+                        .await?
+                        .ok_or_else(|| ApiError::not_found(r, name))?;
+                    strip_rv(&mut pod);
+                    binding::bind_tree(&mut pod, node, uid, annotations, &scheduled)
+                        .map_err(refused)?;
+                    (pod.to_string(), rev)
+                }
+            };
             if opts.dry_run {
                 break;
             }
             let op = Op::Put {
                 key: r.key(t.namespace.as_deref(), name),
-                value: Bytes::from(new.to_string()),
+                value: Bytes::from(text),
                 condition: Condition::ModRevision(rev),
             };
             match self.store.txn(vec![op]).await {
