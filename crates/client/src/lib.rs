@@ -3,6 +3,7 @@
 //! every caller passes the same validation and admission.
 
 mod https;
+mod lean;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -106,6 +107,10 @@ pub struct ListParams {
     pub resource_version: Option<String>,
     pub timeout_seconds: Option<u32>,
     pub bookmarks: bool,
+    /// Drop each object's `metadata.managedFields` before decoding it (client-side, as
+    /// client-go's informers can), for callers that never read them: less to decode and to
+    /// keep.
+    pub strip_managed_fields: bool,
 }
 
 impl ListParams {
@@ -290,7 +295,12 @@ impl Client {
                 .request(Method::GET, &path, "application/json", Bytes::new())
                 .await?;
             // Straight into the item type: no intermediate JSON tree.
-            let page: Page<K> = serde_json::from_slice(&b).map_err(ClientError::Decode)?;
+            let lean = params
+                .strip_managed_fields
+                .then(|| lean::strip_managed_fields(&b))
+                .flatten();
+            let page: Page<K> = serde_json::from_slice(lean.as_deref().unwrap_or(&b))
+                .map_err(ClientError::Decode)?;
             items.extend(page.items.into_iter().flatten());
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(c) => params.continue_token = Some(c),
@@ -495,6 +505,7 @@ impl Client {
             body: Box::pin(resp.into_body()),
             buf: BytesMut::new(),
             pending: VecDeque::new(),
+            strip: params.strip_managed_fields,
             _kind: std::marker::PhantomData,
         })
     }
@@ -505,6 +516,8 @@ pub struct Watch<K> {
     body: Pin<Box<ResponseBody>>,
     buf: BytesMut,
     pending: VecDeque<Bytes>,
+    /// Drop `managedFields` before decoding.
+    strip: bool,
     _kind: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -552,7 +565,11 @@ impl<K: DeserializeOwned> Watch<K> {
     pub async fn next(&mut self) -> Option<WatchEvent<K>> {
         loop {
             if let Some(line) = self.pending.pop_front() {
-                if let Some(ev) = Self::event(&line) {
+                let lean = self
+                    .strip
+                    .then(|| lean::strip_managed_fields(&line))
+                    .flatten();
+                if let Some(ev) = Self::event(lean.as_deref().unwrap_or(&line)) {
                     return Some(ev);
                 }
                 continue;

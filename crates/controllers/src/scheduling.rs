@@ -70,8 +70,13 @@ async fn reflect<K>(
 ) where
     K: Resource + ListableResource + DeserializeOwned + Send + 'static,
 {
+    // Placement never reads who manages which field.
+    let lean = ListParams {
+        strip_managed_fields: true,
+        ..Default::default()
+    };
     loop {
-        let (items, rv) = match client.list::<K>(None, &ListParams::default()).await {
+        let (items, rv) = match client.list::<K>(None, &lean).await {
             Ok(x) => x,
             Err(e) => {
                 warn!(kind = K::KIND, error = %e, "scheduler cannot list; retrying");
@@ -86,7 +91,7 @@ async fn reflect<K>(
             resource_version: Some(rv),
             timeout_seconds: Some(300),
             bookmarks: true,
-            ..Default::default()
+            ..lean.clone()
         };
         let mut w = match client.watch::<K>(None, &params).await {
             Ok(w) => w,
