@@ -1,8 +1,5 @@
 //! `berth`: the command line. One binary for every role of the cluster and its client verbs.
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod bench;
 mod bench_pods;
 mod cluster;
