@@ -47,13 +47,7 @@ impl ApiServer {
         let pdb_r = api::resources::by_kind("policy/v1", "PodDisruptionBudget")
             .ok_or_else(|| ApiError::internal("PodDisruptionBudgets are not served"))?;
         for _ in 0..MAX_ATTEMPTS {
-            self.cache.wait_fresh().await?;
-            let pod = self
-                .cache
-                .resource(r)
-                .get(&format!("{ns}/{name}"))
-                .ok_or_else(|| ApiError::not_found(r, name))?
-                .value();
+            let pod = self.fresh(t, name).await?.value();
             let phase = pod["status"]["phase"].as_str().unwrap_or("");
             // Finished or never-started pods disrupt nothing.
             let ignore_budgets = matches!(phase, "Succeeded" | "Failed" | "Pending")

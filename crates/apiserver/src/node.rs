@@ -113,13 +113,7 @@ impl ApiServer {
         if !allowed {
             return Err(ApiError::method_not_allowed());
         }
-        self.cache.wait_fresh().await?;
-        let pod = self
-            .cache
-            .resource(t.resource)
-            .get(&crate::read::entry_key(t, name))
-            .map(|e| e.value())
-            .ok_or_else(|| ApiError::not_found(t.resource, name))?;
+        let pod = self.fresh(t, name).await?.value();
         let ns = t.namespace.as_deref().unwrap_or("default");
         let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
         let (verb, container) = match sub {

@@ -149,12 +149,18 @@ fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
 }
 
 impl ApiServer {
-    pub(crate) async fn get(&self, t: &Target, name: &str, output: Output) -> ApiResult<Reply> {
+    /// The cached object named by `t` and `name`, as new as every acknowledged write (404
+    /// when there is none).
+    pub(crate) async fn fresh(&self, t: &Target, name: &str) -> ApiResult<Arc<Entry>> {
         self.cache.wait_fresh().await?;
-        let rc = self.cache.resource(t.resource);
-        let e = rc
+        self.cache
+            .resource(t.resource)
             .get(&entry_key(t, name))
-            .ok_or_else(|| ApiError::not_found(t.resource, name))?;
+            .ok_or_else(|| ApiError::not_found(t.resource, name))
+    }
+
+    pub(crate) async fn get(&self, t: &Target, name: &str, output: Output) -> ApiResult<Reply> {
+        let e = self.fresh(t, name).await?;
         Ok(match output {
             Output::Json => Reply::bytes(StatusCode::OK, "application/json", e.json.clone()),
             Output::Table(version) => {

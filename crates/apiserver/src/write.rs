@@ -1347,12 +1347,7 @@ impl ApiServer {
             // The cached text, edited in place, when it can be; else the JSON tree.
             let mut text = None;
             if !from_store && annotations.is_none() {
-                self.cache.wait_fresh().await?;
-                let e = self
-                    .cache
-                    .resource(r)
-                    .get(&entry_key(t, name))
-                    .ok_or_else(|| ApiError::not_found(r, name))?;
+                let e = self.fresh(t, name).await?;
                 if let Some(bound) = binding::bind_text(&e.json, e.rev, node, uid, &scheduled) {
                     text = Some((bound.map_err(refused)?, e.rev));
                 }
@@ -1401,12 +1396,7 @@ impl ApiServer {
     ) -> ApiResult<Reply> {
         let r = t.resource;
         if method == Method::GET {
-            self.cache.wait_fresh().await?;
-            let e = self
-                .cache
-                .resource(r)
-                .get(&entry_key(t, name))
-                .ok_or_else(|| ApiError::not_found(r, name))?;
+            let e = self.fresh(t, name).await?;
             return Ok(Reply::json(StatusCode::OK, &scale_of(&e.value())));
         }
         let opts = write_opts(req, params, who)?;
