@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use api::k8s_openapi::{ListableResource, Resource};
@@ -337,7 +337,7 @@ impl State {
                 // Terms may select other namespaces now.
                 self.waiting.clear();
             }
-            Change::Bound(k, r) => self.bound(k, r),
+            Change::Bound(k, r) => self.binding_done(k, r),
         }
     }
 
@@ -405,7 +405,7 @@ impl State {
     }
 
     /// A binding this loop sent has come back.
-    fn bound(&mut self, k: String, r: Result<(), ClientError>) {
+    fn binding_done(&mut self, k: String, r: Result<(), ClientError>) {
         match r {
             // The watch will show it bound.
             Ok(()) => return,
@@ -713,14 +713,14 @@ impl SchedulerLoop {
             match self.client.delete_with(&path, &opts).await {
                 Ok(()) => {
                     if self.report {
-                        event(
+                        crate::owned::event(
                             &self.client,
-                            &victim,
+                            SCHEDULER,
+                            &*victim,
                             "Normal",
                             "Preempted",
                             &format!("Preempted by pod {uid} on node {node}"),
-                        )
-                        .await;
+                        );
                     }
                 }
                 Err(e) => debug!(pod = %vkey, error = %e, "could not preempt"),
@@ -801,7 +801,14 @@ impl SchedulerLoop {
         {
             debug!(error = %e, "could not mark the pod unschedulable");
         }
-        event(&self.client, pod, "Warning", "FailedScheduling", message).await;
+        crate::owned::event(
+            &self.client,
+            SCHEDULER,
+            pod,
+            "Warning",
+            "FailedScheduling",
+            message,
+        );
     }
 }
 
@@ -825,36 +832,14 @@ async fn bind(client: &Client, report: bool, pod: &Pod, node: &str) -> Result<()
         .await?;
     if report {
         info!(pod = %format!("{ns}/{name}"), node, "pod bound");
-        event(
+        crate::owned::event(
             client,
+            SCHEDULER,
             pod,
             "Normal",
             "Scheduled",
             &format!("Successfully assigned {ns}/{name} to {node}"),
-        )
-        .await;
+        );
     }
     Ok(())
-}
-
-async fn event(client: &Client, pod: &Pod, kind: &str, reason: &str, message: &str) {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let by = api::events::Reporter {
-        component: SCHEDULER,
-        host: None,
-    };
-    let reference = api::events::pod_reference(pod, None);
-    let ev = api::events::new(
-        reference,
-        None,
-        kind,
-        reason,
-        message,
-        &by,
-        jiff::Timestamp::now(),
-    );
-    let r: Result<Event, ClientError> = client.create(Some(&ns), &ev).await;
-    if let Err(e) = r {
-        debug!(error = %e, "could not record a scheduling event");
-    }
 }
