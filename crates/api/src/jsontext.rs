@@ -1,6 +1,7 @@
-//! Dropping `metadata.managedFields` from JSON text before it is decoded, for callers that
-//! never read them (as client-go's informers can): the field tree is most of a typical
-//! object's size and most of the time spent decoding it.
+//! Finding and cutting parts of an API object's JSON text without decoding it: where its
+//! `metadata` begins (the watch cache puts the `resourceVersion` there), and the text without
+//! `metadata.managedFields` (for callers that never read them, as client-go's informers can:
+//! the field tree is most of a typical object's size and of the time spent decoding it).
 
 use std::ops::Range;
 
@@ -13,6 +14,9 @@ fn ws(b: &[u8], mut i: usize) -> usize {
 
 /// `i` at an opening quote; the index past the closing one.
 fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
     i += 1;
     while *b.get(i)? != b'"' {
         i += if b[i] == b'\\' { 2 } else { 1 };
@@ -58,6 +62,37 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// The object member whose key starts at `i`: its key and where its value starts.
+fn member(b: &[u8], i: usize) -> Option<(&[u8], usize)> {
+    let key_end = string_end(b, i)?;
+    let colon = ws(b, key_end);
+    if b.get(colon) != Some(&b':') {
+        return None;
+    }
+    Some((&b[i + 1..key_end - 1], ws(b, colon + 1)))
+}
+
+/// Where the members of the top-level `metadata` object begin (just past its `{`), if it has
+/// one.
+pub fn metadata_start(json: &[u8]) -> Option<usize> {
+    let mut j = ws(json, 0);
+    if json.get(j) != Some(&b'{') {
+        return None;
+    }
+    j = ws(json, j + 1);
+    loop {
+        let (key, v) = member(json, j)?;
+        if key == b"metadata" {
+            return (json.get(v) == Some(&b'{')).then_some(v + 1);
+        }
+        j = ws(json, value_end(json, v)?);
+        if json.get(j) != Some(&b',') {
+            return None;
+        }
+        j = ws(json, j + 1);
+    }
+}
+
 /// Walk the object at `i`: an API object (its `metadata` loses `managedFields`), a watch
 /// event (its `object` is one) or a list (each of its `items` is one). `in_meta` when the
 /// object is a `metadata`. Returns the index past it.
@@ -70,9 +105,7 @@ fn object(b: &[u8], i: usize, in_meta: bool, cuts: &mut Vec<Range<usize>>) -> Op
     let mut comma: Option<usize> = None;
     loop {
         let key_start = j;
-        let key_end = string_end(b, j)?;
-        let key = &b[key_start + 1..key_end - 1];
-        let v = ws(b, ws(b, key_end) + 1);
+        let (key, v) = member(b, j)?;
         let end = match (in_meta, key, b.get(v)) {
             (true, b"managedFields", _) => {
                 let end = value_end(b, v)?;
@@ -127,7 +160,7 @@ fn object(b: &[u8], i: usize, in_meta: bool, cuts: &mut Vec<Range<usize>>) -> Op
 
 /// `json` without any `metadata.managedFields` of the object, watch event or list it holds;
 /// `None` when there are none (or the text is not a JSON object: the decoder will say so).
-pub(crate) fn strip_managed_fields(json: &[u8]) -> Option<Vec<u8>> {
+pub fn strip_managed_fields(json: &[u8]) -> Option<Vec<u8>> {
     let start = ws(json, 0);
     if json.get(start) != Some(&b'{') {
         return None;
@@ -211,6 +244,33 @@ mod tests {
         let got: Value = serde_json::from_slice(&strip_managed_fields(spaced).unwrap()).unwrap();
         assert_eq!(got, json!({"metadata": {"name": "a"}}));
         assert!(strip_managed_fields(b"[1]").is_none());
+        assert!(
+            strip_managed_fields(b"{\"kind\": \"Pod\"}").is_none(),
+            "nothing to cut"
+        );
         assert!(strip_managed_fields(b"{\"metadata\": {\"managedFields\": [").is_none());
+    }
+
+    #[test]
+    fn the_top_level_metadata_is_found() {
+        let cases: [(&str, Option<&str>); 6] = [
+            (
+                r#"{"kind":"Pod","metadata":{"name":"a"}}"#,
+                Some(r#""name":"a"}}"#),
+            ),
+            ("{ \"metadata\" :\n { } }", Some(" } }")),
+            // Nested objects named metadata, keys and values that say it, quotes in keys.
+            (
+                r#"{"data":{"metadata":{}},"kind":"metadata","k\"metadata":[{"metadata":{}}],"metadata":{"x":1}}"#,
+                Some(r#""x":1}}"#),
+            ),
+            (r#"{"kind":"x"}"#, None),
+            (r#"{"metadata":null}"#, None),
+            ("[]", None),
+        ];
+        for (json, rest) in cases {
+            let at = metadata_start(json.as_bytes());
+            assert_eq!(at.map(|i| &json[i..]), rest, "{json}");
+        }
     }
 }

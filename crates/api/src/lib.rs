@@ -5,6 +5,7 @@
 pub mod cron;
 pub mod errors;
 pub mod events;
+pub mod jsontext;
 pub mod kinds;
 pub mod names;
 pub mod patch;

@@ -125,7 +125,7 @@ impl Entry {
 /// `json` with `"resourceVersion":"<rev>"` first in its top-level `metadata` object, or `None`
 /// if it has none. (The store never holds a `resourceVersion`, so there is none to replace.)
 fn with_resource_version(json: &[u8], rev: Revision) -> Option<Vec<u8>> {
-    let at = metadata_start(json)?;
+    let at = api::jsontext::metadata_start(json)?;
     let rest = &json[at..];
     let empty = rest
         .iter()
@@ -140,44 +140,6 @@ fn with_resource_version(json: &[u8], rev: Revision) -> Option<Vec<u8>> {
     out.extend_from_slice(field.as_bytes());
     out.extend_from_slice(rest);
     Some(out)
-}
-
-/// Where the members of the top-level `"metadata"` object begin (just past its `{`).
-fn metadata_start(json: &[u8]) -> Option<usize> {
-    let skip_ws = |mut j: usize| {
-        while json.get(j).is_some_and(u8::is_ascii_whitespace) {
-            j += 1;
-        }
-        j
-    };
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < json.len() {
-        match json[i] {
-            b'"' => {
-                let start = i + 1;
-                i = start;
-                while i < json.len() && json[i] != b'"' {
-                    i += if json[i] == b'\\' { 2 } else { 1 };
-                }
-                let text = json.get(start..i)?;
-                i += 1;
-                if depth == 1 && text == b"metadata" {
-                    let colon = skip_ws(i);
-                    if json.get(colon) == Some(&b':') {
-                        let open = skip_ws(colon + 1);
-                        return (json.get(open) == Some(&b'{')).then_some(open + 1);
-                    }
-                }
-                continue;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 /// Decodes an object as a JSON tree without `metadata.managedFields` (the largest part of

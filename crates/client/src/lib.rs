@@ -3,7 +3,6 @@
 //! every caller passes the same validation and admission.
 
 mod https;
-mod lean;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -297,7 +296,7 @@ impl Client {
             // Straight into the item type: no intermediate JSON tree.
             let lean = params
                 .strip_managed_fields
-                .then(|| lean::strip_managed_fields(&b))
+                .then(|| api::jsontext::strip_managed_fields(&b))
                 .flatten();
             let page: Page<K> = serde_json::from_slice(lean.as_deref().unwrap_or(&b))
                 .map_err(ClientError::Decode)?;
@@ -567,7 +566,7 @@ impl<K: DeserializeOwned> Watch<K> {
             if let Some(line) = self.pending.pop_front() {
                 let lean = self
                     .strip
-                    .then(|| lean::strip_managed_fields(&line))
+                    .then(|| api::jsontext::strip_managed_fields(&line))
                     .flatten();
                 if let Some(ev) = Self::event(lean.as_deref().unwrap_or(&line)) {
                     return Some(ev);
