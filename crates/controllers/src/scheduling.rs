@@ -577,7 +577,10 @@ impl SchedulerLoop {
                         .creation_timestamp
                         .cmp(&b.metadata.creation_timestamp)
                 })
-                .then_with(|| key(a).cmp(&key(b)))
+                .then_with(|| {
+                    let (ma, mb) = (&a.metadata, &b.metadata);
+                    (&ma.namespace, &ma.name).cmp(&(&mb.namespace, &mb.name))
+                })
         });
         let mut demands = Vec::with_capacity(pending.len());
         let mut pods = Vec::with_capacity(pending.len());
