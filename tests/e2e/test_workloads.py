@@ -559,17 +559,12 @@ def test_top_and_an_autoscaler_that_scales_up_and_back_down(node, wns, version):
     assert top.split("\n")[0].split()[:3] == ["NAME", "CPU(cores)", "MEMORY(bytes)"], top
     nodes = node.kubectl("top", "node", version=version).stdout
     assert "CPU(cores)" in nodes.split("\n")[0] and "%" in nodes.split("\n")[1], nodes
-    if version == "1.27":
-        # kubectl 1.27's `autoscale` writes autoscaling/v1, which berth does not serve (v2 only).
-        hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "burn"},
-               "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
-                        "minReplicas": 1, "maxReplicas": 3,
-                        "metrics": [{"type": "Resource", "resource": {
-                            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}]}}
-        node.kubectl("apply", "-n", wns, "-f", "-", input=json.dumps(hpa), version=version)
-    else:
-        node.kubectl("autoscale", "deployment", "burn", "--cpu-percent=50", "--min=1", "--max=3", "-n", wns,
-                     version=version)
+    # kubectl 1.27 writes autoscaling/v1 here, later versions autoscaling/v2: both are served.
+    node.kubectl("autoscale", "deployment", "burn", "--cpu-percent=50", "--min=1", "--max=3", "-n", wns,
+                 version=version)
+    v1 = node.kubectl("get", "horizontalpodautoscalers.v1.autoscaling", "burn", "-n", wns, "-o",
+                      "jsonpath={.apiVersion} {.spec.targetCPUUtilizationPercentage}", version=version).stdout
+    assert v1 == "autoscaling/v1 50", v1
     node.kubectl("patch", "hpa", "burn", "-n", wns, "--type=merge", "-p",
                  '{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}', version=version)
     wait_until(lambda: deployment(node, wns, "burn")["spec"]["replicas"] == 3, timeout=90, interval=2,

@@ -14,6 +14,7 @@ pub mod quantity;
 pub mod quota;
 pub mod resources;
 pub mod selector;
+pub mod versions;
 
 pub use k8s_openapi;
 pub use resources::Resource;

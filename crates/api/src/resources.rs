@@ -608,6 +608,29 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
             None => out.push((r.group, vec![r.version])),
         }
     }
+    for v in crate::versions::all() {
+        if let Some((_, versions)) = out.iter_mut().find(|(g, _)| *g == v.group)
+            && !versions.contains(&v.version)
+        {
+            versions.push(v.version);
+        }
+    }
+    out
+}
+
+/// The resources served at `group/version`, with the version they are shown in there:
+/// stored ones as they are, and those an older version's view converts.
+pub fn served(group: &str, version: &str) -> Vec<(&'static Resource, &'static str)> {
+    let mut out: Vec<(&'static Resource, &'static str)> = all()
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .map(|r| (r, r.version))
+        .collect();
+    for v in crate::versions::all() {
+        if v.group == group && v.version == version {
+            out.push((v.storage(), v.version));
+        }
+    }
     out
 }
 

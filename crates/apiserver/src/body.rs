@@ -59,6 +59,31 @@ impl Body {
         }
     }
 
+    /// Pass each message of this body through `f`: a whole body is one message, a stream's
+    /// chunks are one each (a watch event). A stream stays a stream.
+    pub fn map_messages(self, mut f: impl FnMut(Bytes) -> Bytes + Send + 'static) -> Body {
+        match self.kind {
+            Kind::Chunks { chunks, .. } => {
+                let mut whole = bytes::BytesMut::new();
+                for c in chunks {
+                    whole.extend_from_slice(&c);
+                }
+                Body::from_bytes(f(whole.freeze()))
+            }
+            Kind::Stream(mut rx) => {
+                let (tx, body) = Body::channel(rx.max_capacity());
+                tokio::spawn(async move {
+                    while let Some(c) = rx.recv().await {
+                        if tx.send(f(c)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                body
+            }
+        }
+    }
+
     /// Read the whole body (for the in-process client and tests).
     pub async fn collect(self) -> Bytes {
         match self.kind {

@@ -27,13 +27,13 @@ struct Sub {
     verbs: &'static [&'static str],
 }
 
-fn subresources(r: &Resource) -> Vec<Sub> {
+fn subresources(r: &Resource, version: &'static str) -> Vec<Sub> {
     let mut out = Vec::new();
     if r.status {
         out.push(Sub {
             name: "status",
             group: r.group,
-            version: r.version,
+            version,
             kind: r.kind,
             verbs: &["get", "patch", "update"],
         });
@@ -92,10 +92,10 @@ fn scope(r: &Resource) -> &'static str {
     }
 }
 
-fn aggregated_resource(r: &Resource) -> Value {
+fn aggregated_resource(r: &Resource, version: &'static str) -> Value {
     let mut v = json!({
         "resource": r.plural,
-        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "responseKind": {"group": r.group, "version": version, "kind": r.kind},
         "scope": scope(r),
         "singularResource": r.singular,
         "verbs": VERBS,
@@ -106,7 +106,7 @@ fn aggregated_resource(r: &Resource) -> Value {
     if !r.categories.is_empty() {
         v["categories"] = json!(r.categories);
     }
-    let subs: Vec<Value> = subresources(r)
+    let subs: Vec<Value> = subresources(r, version)
         .iter()
         .map(|s| {
             json!({"subresource": s.name,
@@ -122,10 +122,7 @@ fn aggregated_resource(r: &Resource) -> Value {
 
 fn legacy_resources(group: &str, version: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for r in resources::all()
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
+    for (r, version) in resources::served(group, version) {
         let mut v = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -140,7 +137,7 @@ fn legacy_resources(group: &str, version: &str) -> Vec<Value> {
             v["categories"] = json!(r.categories);
         }
         out.push(v);
-        for s in subresources(r) {
+        for s in subresources(r, version) {
             let mut sv = json!({
                 "name": format!("{}/{}", r.plural, s.name),
                 "singularName": "",
@@ -148,7 +145,7 @@ fn legacy_resources(group: &str, version: &str) -> Vec<Value> {
                 "kind": s.kind,
                 "verbs": s.verbs,
             });
-            if s.group != r.group || s.version != r.version {
+            if s.group != r.group || s.version != version {
                 sv["group"] = json!(s.group);
                 sv["version"] = json!(s.version);
             }
@@ -182,10 +179,9 @@ impl Discovery {
             let versions_json: Vec<Value> = versions
                 .iter()
                 .map(|v| {
-                    let rs: Vec<Value> = resources::all()
-                        .iter()
-                        .filter(|r| r.group == group && r.version == *v)
-                        .map(aggregated_resource)
+                    let rs: Vec<Value> = resources::served(group, v)
+                        .into_iter()
+                        .map(|(r, version)| aggregated_resource(r, version))
                         .collect();
                     json!({"version": v, "resources": rs, "freshness": "Current"})
                 })

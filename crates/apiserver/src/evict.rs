@@ -112,6 +112,7 @@ impl ApiServer {
                         namespace: Some(ns.clone()),
                         name: Some(pdb_name.clone()),
                         subresource: Some("status".into()),
+                        view: None,
                     };
                     if !opts.dry_run()
                         && !self
@@ -127,6 +128,7 @@ impl ApiServer {
                 namespace: Some(ns.clone()),
                 name: Some(name.to_string()),
                 subresource: None,
+                view: None,
             };
             self.delete_object(&target, name, &opts, &del).await?;
             let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},

@@ -32,12 +32,12 @@ fn message(build: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     out
 }
 
-/// The URL template of one object of a resource.
-pub fn object_path(r: &Resource) -> String {
+/// The URL template of one object of a resource, served in `version`.
+pub fn object_path(r: &Resource, version: &str) -> String {
     let base = if r.group.is_empty() {
-        format!("/api/{}", r.version)
+        format!("/api/{version}")
     } else {
-        format!("/apis/{}/{}", r.group, r.version)
+        format!("/apis/{}/{version}", r.group)
     };
     if r.namespaced {
         format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
@@ -97,9 +97,20 @@ fn v2_document(items: &[Vec<u8>], version: &str) -> Vec<u8> {
     })
 }
 
-fn operation_id(r: &Resource) -> String {
+/// `patchNamespacedDeployment`; an older version's view names its group and version too
+/// (`patchAutoscalingV1NamespacedHorizontalPodAutoscaler`), as ids are unique per document.
+fn operation_id(r: &Resource, version: &str) -> String {
     let scope = if r.namespaced { "Namespaced" } else { "" };
-    format!("patch{scope}{}", r.kind)
+    if version == r.version {
+        return format!("patch{scope}{}", r.kind);
+    }
+    let title = |s: &str| {
+        let mut c = s.chars();
+        c.next()
+            .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+            .unwrap_or_default()
+    };
+    format!("patch{}{}{scope}{}", title(r.group), title(version), r.kind)
 }
 
 pub struct OpenApi {
@@ -110,16 +121,12 @@ pub struct OpenApi {
 
 impl OpenApi {
     pub fn new(version: &str) -> OpenApi {
-        let items: Vec<Vec<u8>> = resources::all()
-            .iter()
-            .map(|r| {
-                named_path_item(
-                    &object_path(r),
-                    &operation_id(r),
-                    r.group,
-                    r.kind,
-                    r.version,
-                )
+        let items: Vec<Vec<u8>> = resources::groups()
+            .into_iter()
+            .flat_map(|(group, versions)| versions.into_iter().map(move |v| (group, v)))
+            .flat_map(|(group, v)| resources::served(group, v))
+            .map(|(r, v)| {
+                named_path_item(&object_path(r, v), &operation_id(r, v), r.group, r.kind, v)
             })
             .collect();
         let mut v3 = Vec::new();
@@ -132,16 +139,13 @@ impl OpenApi {
                     format!("apis/{group}/{v}")
                 };
                 let mut paths = serde_json::Map::new();
-                for r in resources::all()
-                    .iter()
-                    .filter(|r| r.group == group && r.version == v)
-                {
+                for (r, v) in resources::served(group, v) {
                     paths.insert(
-                        object_path(r),
+                        object_path(r, v),
                         json!({"patch": {
-                            "operationId": operation_id(r),
+                            "operationId": operation_id(r, v),
                             "x-kubernetes-action": "patch",
-                            "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
+                            "x-kubernetes-group-version-kind": {"group": r.group, "version": v, "kind": r.kind},
                             "parameters": [{"name": "fieldValidation", "in": "query",
                                             "schema": {"type": "string", "uniqueItems": true}}],
                             "responses": {"200": {"description": "OK"}}

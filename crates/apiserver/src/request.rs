@@ -3,6 +3,7 @@
 
 use api::Resource;
 use api::resources;
+use api::versions::{self, View};
 
 use crate::errors::ApiError;
 
@@ -33,6 +34,9 @@ pub struct Target {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub subresource: Option<String>,
+    /// Set when the path names an older version than the one stored: requests and replies
+    /// are converted through it.
+    pub view: Option<&'static View>,
 }
 
 impl PartialEq for Target {
@@ -41,6 +45,7 @@ impl PartialEq for Target {
             && self.namespace == other.namespace
             && self.name == other.name
             && self.subresource == other.subresource
+            && self.view.map(View::group_version) == other.view.map(View::group_version)
     }
 }
 
@@ -74,14 +79,26 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
     Ok(route)
 }
 
+/// The resource served at `group/version` under `plural`, and the view converting it if
+/// that is not its stored version.
+fn served(
+    group: &str,
+    version: &str,
+    plural: &str,
+) -> Option<(&'static Resource, Option<&'static View>)> {
+    if let Some(r) = resources::find(group, version, plural) {
+        return Some((r, None));
+    }
+    versions::find(group, version, plural).map(|v| (v.storage(), Some(v)))
+}
+
 fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
-    let find =
-        |plural: &str| resources::find(group, version, plural).ok_or_else(ApiError::no_route);
+    let find = |plural: &str| served(group, version, plural).ok_or_else(ApiError::no_route);
     let s = |x: &&str| Some((*x).to_string());
     // `namespaces/{ns}/{plural}...` names namespaced content unless the third segment is a
     // subresource of the namespace itself.
     if let ["namespaces", ns, plural, tail @ ..] = rest
-        && let Some(r) = resources::find(group, version, plural).filter(|r| r.namespaced)
+        && let Some((r, view)) = served(group, version, plural).filter(|(r, _)| r.namespaced)
     {
         return match tail {
             [] => Ok(Target {
@@ -89,31 +106,38 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
                 namespace: s(ns),
                 name: None,
                 subresource: None,
+                view,
             }),
             [name] => Ok(Target {
                 resource: r,
                 namespace: s(ns),
                 name: s(name),
                 subresource: None,
+                view,
             }),
             [name, sub] => Ok(Target {
                 resource: r,
                 namespace: s(ns),
                 name: s(name),
                 subresource: s(sub),
+                view,
             }),
             _ => Err(ApiError::no_route()),
         };
     }
     match rest {
-        [plural] => Ok(Target {
-            resource: find(plural)?,
-            namespace: None,
-            name: None,
-            subresource: None,
-        }),
+        [plural] => {
+            let (resource, view) = find(plural)?;
+            Ok(Target {
+                resource,
+                namespace: None,
+                name: None,
+                subresource: None,
+                view,
+            })
+        }
         [plural, name] => {
-            let r = find(plural)?;
+            let (r, view) = find(plural)?;
             if r.namespaced {
                 return Err(ApiError::no_route());
             }
@@ -122,10 +146,11 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
                 namespace: None,
                 name: s(name),
                 subresource: None,
+                view,
             })
         }
         [plural, name, sub] => {
-            let r = find(plural)?;
+            let (r, view) = find(plural)?;
             if r.namespaced {
                 return Err(ApiError::no_route());
             }
@@ -134,6 +159,7 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
                 namespace: None,
                 name: s(name),
                 subresource: s(sub),
+                view,
             })
         }
         _ => Err(ApiError::no_route()),

@@ -336,7 +336,12 @@ impl ApiServer {
             Route::Resource(t) => {
                 let params = Params::parse(req.uri().query());
                 let output = request::output(accept.as_deref());
-                self.resource(req, t, params, output, who).await
+                let view = t.view;
+                let reply = self.resource(req, t, params, output, who).await?;
+                Ok(match view {
+                    Some(view) => crate::views::show_reply(view, reply),
+                    None => reply,
+                })
             }
         }
     }

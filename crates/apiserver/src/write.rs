@@ -142,6 +142,46 @@ fn gv_kind_mismatch(r: &Resource, obj: &Value) -> Option<ApiError> {
     None
 }
 
+/// An object written through `t`, in the version it is stored in, with warnings for fields
+/// the written version does not have (or an error, if the request validates strictly).
+fn stored_form(t: &Target, obj: Value, opts: &WriteOpts) -> ApiResult<(Value, Vec<String>)> {
+    let Some(view) = t.view else {
+        return Ok((obj, Vec::new()));
+    };
+    let r = t.resource;
+    let gv = view.group_version();
+    if let Some(av) = obj["apiVersion"].as_str().filter(|s| !s.is_empty())
+        && av != gv
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({gv})"
+        )));
+    }
+    if let Some(e) = gv_kind_mismatch(r, &json!({"kind": obj["kind"]})) {
+        return Err(e);
+    }
+    let cannot = |why: String| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {why}",
+            r.kind, view.version, r.kind
+        ))
+    };
+    let converted = (view.read)(obj).map_err(|e| cannot(e.to_string()))?;
+    let unknown: Vec<String> = converted
+        .unknown_fields
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    match opts.validation {
+        Validation::Strict if !unknown.is_empty() => Err(cannot(format!(
+            "strict decoding error: {}",
+            unknown.join(", ")
+        ))),
+        Validation::Warn => Ok((converted.object, unknown)),
+        _ => Ok((converted.object, Vec::new())),
+    }
+}
+
 fn object_meta(obj: &mut Value) -> ApiResult<&mut serde_json::Map<String, Value>> {
     if !obj.is_object() {
         return Err(ApiError::bad_request("the object must be a JSON object"));
@@ -390,8 +430,9 @@ impl ApiServer {
         who: &Identity,
     ) -> ApiResult<Reply> {
         let opts = write_opts(req, params, who)?;
-        let body = parse_body(req, false)?;
-        let written = self.create_object(t, body, &opts, false).await?;
+        let (body, warnings) = stored_form(t, parse_body(req, false)?, &opts)?;
+        let mut written = self.create_object(t, body, &opts, false).await?;
+        written.warnings.extend(warnings);
         Ok(written.reply(StatusCode::CREATED))
     }
 
@@ -820,14 +861,15 @@ impl ApiServer {
         who: &Identity,
     ) -> ApiResult<Reply> {
         let opts = write_opts(req, params, who)?;
-        let body = parse_body(req, false)?;
+        let (body, warnings) = stored_form(t, parse_body(req, false)?, &opts)?;
         let pinned = pinned_rv(&body)?;
         let scope = Self::scope_of(t.resource, sub);
-        let written = self
+        let mut written = self
             .update_loop(t, name, scope, &opts, true, &mut |_old| {
                 Ok((body.clone(), pinned))
             })
             .await?;
+        written.warnings.extend(warnings);
         Ok(written.reply(StatusCode::OK))
     }
 
@@ -853,16 +895,45 @@ impl ApiServer {
         let scope = Self::scope_of(r, sub);
         let kind_schema = schema::for_kind(r.kind);
         if ty == PatchType::Apply {
+            if let Some(view) = t.view {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "server-side apply of {} is served in {} only, not {}",
+                        r.plural,
+                        r.group_version(),
+                        view.group_version()
+                    ),
+                ));
+            }
             return self.apply(t, name, scope, patch, &opts).await;
         }
-        let written = self
+        let mut warnings = Vec::new();
+        let mut written = self
             .update_loop(t, name, scope, &opts, true, &mut |old| {
-                let new = apply_patch(ty, old, &patch, kind_schema)?;
+                // Through an older version, the patch applies to the object as it shows it.
+                let new = match t.view {
+                    None => apply_patch(ty, old, &patch, kind_schema)?,
+                    Some(view) => {
+                        let shown = (view.show)(old.clone()).map_err(|e| {
+                            ApiError::internal(format!(
+                                "converting to {}: {e}",
+                                view.group_version()
+                            ))
+                        })?;
+                        let patched = apply_patch(ty, &shown, &patch, kind_schema)?;
+                        let (new, w) = stored_form(t, patched, &opts)?;
+                        warnings = w;
+                        new
+                    }
+                };
                 // A patch that sets resourceVersion makes it a precondition.
                 let pinned = pinned_rv(&new)?.filter(|p| Some(*p) != pinned_rv(old).ok().flatten());
                 Ok((new, pinned))
             })
             .await?;
+        written.warnings.extend(warnings);
         Ok(written.reply(StatusCode::OK))
     }
 
@@ -1222,6 +1293,7 @@ impl ApiServer {
                 namespace: ns,
                 name: Some(name.clone()),
                 subresource: None,
+                view: None,
             };
             match self.delete_object(&one, &name, &opts, &del).await {
                 Ok((w, _)) => items.push(w.obj),

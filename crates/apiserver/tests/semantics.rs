@@ -707,3 +707,127 @@ async fn bookmarks_and_initial_events() {
     assert!(rv >= made_rv, "a bookmark never goes back");
     assert_eq!(lines[2]["object"]["kind"], "ConfigMap");
 }
+
+#[tokio::test]
+async fn autoscalers_are_served_in_v1_and_v2_alike() {
+    let a = start().await;
+    let v1 = "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers";
+    let v2 = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers";
+    let empty = a.ok(Method::GET, v1, None).await;
+    let rv = empty["metadata"]["resourceVersion"].as_str().unwrap();
+    let watch_path = format!("{v1}?watch=true&resourceVersion={rv}");
+    let watch = a.watch(&watch_path, 2);
+    let created = async {
+        // What kubectl 1.27's `autoscale` sends.
+        let made = a
+            .ok(
+                Method::POST,
+                v1,
+                Some(json!({
+                    "apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+                    "metadata": {"name": "web"},
+                    "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                             "minReplicas": 1, "maxReplicas": 5, "targetCPUUtilizationPercentage": 60}
+                })),
+            )
+            .await;
+        assert_eq!(made["apiVersion"], "autoscaling/v1");
+        assert_eq!(made["spec"]["targetCPUUtilizationPercentage"], 60);
+        // The same object, stored and read as v2.
+        let stored = a.ok(Method::GET, &format!("{v2}/web"), None).await;
+        assert_eq!(stored["apiVersion"], "autoscaling/v2");
+        assert_eq!(
+            stored["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            60
+        );
+        // v2 adds a memory metric; a v1 merge patch changes only the CPU target.
+        let mut both = stored.clone();
+        both["spec"]["metrics"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "Resource", "resource": {"name": "memory",
+                         "target": {"type": "AverageValue", "averageValue": "512Mi"}}}));
+        a.ok(Method::PUT, &format!("{v2}/web"), Some(both)).await;
+        let (s, _, patched) = a
+            .send(
+                Method::PATCH,
+                &format!("{v1}/web"),
+                "application/merge-patch+json",
+                Some(json!({"spec": {"targetCPUUtilizationPercentage": 75}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{patched}");
+        assert_eq!(patched["spec"]["targetCPUUtilizationPercentage"], 75);
+        let stored = a.ok(Method::GET, &format!("{v2}/web"), None).await;
+        let metrics = stored["spec"]["metrics"].as_array().unwrap();
+        assert_eq!(metrics.len(), 2, "{stored}");
+        assert_eq!(metrics[0]["resource"]["target"]["averageUtilization"], 75);
+        assert_eq!(metrics[1]["resource"]["name"], "memory");
+        assert!(stored["metadata"]["annotations"].is_null(), "{stored}");
+    };
+    let (events, ()) = tokio::join!(watch, created);
+    assert_eq!(events[0].0, "ADDED");
+    for (_, obj) in &events {
+        assert_eq!(obj["apiVersion"], "autoscaling/v1", "{obj}");
+    }
+
+    let list = a.ok(Method::GET, v1, None).await;
+    assert_eq!(list["kind"], "HorizontalPodAutoscalerList");
+    assert_eq!(list["apiVersion"], "autoscaling/v1");
+    assert_eq!(list["items"][0]["apiVersion"], "autoscaling/v1");
+    assert_eq!(
+        list["items"][0]["spec"]["targetCPUUtilizationPercentage"],
+        75
+    );
+
+    // Unknown fields are judged against v1, and server-side apply is a v2 matter.
+    let (s, _, v) = a
+        .send(
+            Method::POST,
+            &format!("{v1}?fieldValidation=Strict"),
+            "application/json",
+            Some(
+                json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+                        "metadata": {"name": "x"},
+                        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"},
+                                 "maxReplicas": 2, "metrics": []}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"spec.metrics\""),
+        "{v}"
+    );
+    let (s, _, v) = a
+        .send(
+            Method::PATCH,
+            &format!("{v1}/web?fieldManager=t"),
+            "application/apply-patch+yaml",
+            Some(
+                json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+                        "metadata": {"name": "web"}, "spec": {"maxReplicas": 3}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
+
+    // Discovery offers both, v2 preferred.
+    let group = a.ok(Method::GET, "/apis/autoscaling", None).await;
+    assert_eq!(group["preferredVersion"]["version"], "v2");
+    let versions: Vec<&str> = group["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["v2", "v1"]);
+    let res = a.ok(Method::GET, "/apis/autoscaling/v1", None).await;
+    assert_eq!(res["resources"][0]["name"], "horizontalpodautoscalers");
+    a.ok(Method::DELETE, &format!("{v1}/web"), None).await;
+    let (s, _) = a.call(Method::GET, &format!("{v2}/web"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
