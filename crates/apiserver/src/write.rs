@@ -142,6 +142,17 @@ fn gv_kind_mismatch(r: &Resource, obj: &Value) -> Option<ApiError> {
     None
 }
 
+/// Where a binding reads the pod from, in the order it falls back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The cache as it is.
+    Cached,
+    /// The cache once it has caught up with every acknowledged write.
+    Fresh,
+    /// The store itself (after a conflict).
+    Store,
+}
+
 /// An object written through `t`, in the version it is stored in, with warnings for fields
 /// the written version does not have (or an error, if the request validates strictly).
 fn stored_form(t: &Target, obj: Value, opts: &WriteOpts) -> ApiResult<(Value, Vec<String>)> {
@@ -1414,21 +1425,41 @@ impl ApiServer {
             };
             ApiError::conflict(r, name, &message)
         };
-        let mut from_store = false;
+        // The first try reads the cache as it is, without waiting for it to catch up with
+        // the store: the write is conditional on the revision read, so a stale read costs a
+        // retry, never a wrong binding. Waiting would make every binding in flight queue
+        // behind the cache's apply of all the others. A refusal is only believed fresh.
+        let key = entry_key(t, name);
+        let mut read = Read::Cached;
         for _ in 0..MAX_ATTEMPTS {
             // The cached text, edited in place, when it can be; else the JSON tree.
             let mut text = None;
-            if !from_store && annotations.is_none() {
-                let e = self.fresh(t, name).await?;
-                if let Some(bound) = binding::bind_text(&e.json, e.rev, node, uid, &scheduled) {
-                    text = Some((bound.map_err(refused)?, e.rev));
+            if read != Read::Store && annotations.is_none() {
+                let cached = match read {
+                    Read::Cached => self.cache.resource(r).get(&key),
+                    _ => None,
+                };
+                let e = match cached {
+                    Some(e) => e,
+                    None => {
+                        read = Read::Fresh;
+                        self.fresh(t, name).await?
+                    }
+                };
+                match binding::bind_text(&e.json, e.rev, node, uid, &scheduled) {
+                    Some(Err(_)) if read == Read::Cached => {
+                        read = Read::Fresh;
+                        continue;
+                    }
+                    Some(bound) => text = Some((bound.map_err(refused)?, e.rev)),
+                    None => {}
                 }
             }
             let (text, rev) = match text {
                 Some(t) => t,
                 None => {
                     let (mut pod, rev) = self
-                        .current(t, name, from_store)
+                        .current(t, name, read == Read::Store)
                         .await?
                         .ok_or_else(|| ApiError::not_found(r, name))?;
                     strip_rv(&mut pod);
@@ -1447,7 +1478,7 @@ impl ApiServer {
             };
             match self.store.txn(vec![op]).await {
                 Ok(_) => break,
-                Err(StoreError::Conflict { .. }) => from_store = true,
+                Err(StoreError::Conflict { .. }) => read = Read::Store,
                 Err(e) => return Err(self.store_failure(r, name, e)),
             }
         }
