@@ -26,8 +26,8 @@ use tracing::{debug, info, warn};
 pub const SCHEDULER: &str = "default-scheduler";
 const RETRY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Bindings in flight at once.
-const COMMITS: usize = 512;
+/// Bindings in flight at once: enough that the store's group commits stay full.
+const COMMITS: usize = 2048;
 
 /// What the loop has done, for benchmarks and the simulator.
 #[derive(Default)]

@@ -452,7 +452,15 @@ impl Writer {
             return;
         }
         let base = self.inner.current();
-        match self.apply(base, txns) {
+        let started = std::time::Instant::now();
+        let count = txns.len();
+        let outcome = self.apply(base, txns);
+        tracing::trace!(
+            txns = count,
+            us = started.elapsed().as_micros() as u64,
+            "batch committed"
+        );
+        match outcome {
             Ok((revision, applied)) => {
                 self.inner.revision.store(revision, Ordering::Release);
                 let mut all = Vec::new();
