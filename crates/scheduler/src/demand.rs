@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use api::k8s_openapi::api::core::v1::{NodeSelectorTerm, Pod, Toleration};
+use api::k8s_openapi::api::core::v1::{NodeSelectorTerm, Pod, PodSpec, Toleration};
 use api::quantity::Quantity;
 
 /// CPU (millicores) and memory (bytes) that scoring counts for a container asking for none,
@@ -144,7 +144,14 @@ impl Demand {
     pub fn usage(pod: &Pod) -> Result<Demand, DemandError> {
         let meta = &pod.metadata;
         let name = meta.name.clone().unwrap_or_default();
-        let spec = pod.spec.clone().unwrap_or_default();
+        let no_spec;
+        let spec = match &pod.spec {
+            Some(s) => s,
+            None => {
+                no_spec = PodSpec::default();
+                &no_spec
+            }
+        };
         let parse = |resource: &str, value: &str| {
             Quantity::parse(value)
                 .map(|q| amount(resource, &q))
@@ -351,18 +358,16 @@ impl Demand {
                 .collect()
         })
         .collect();
-        let shape = serde_json::json!([
-            self.requests,
+        // Serialized straight into the hasher: no tree, no string.
+        let shape = (
+            &self.requests,
             self.score_cpu,
             self.score_memory,
-            self.node_name,
-            self.node_selector,
-            self.required,
-            self.preferred
-                .iter()
-                .map(|(w, t)| serde_json::json!([w, t]))
-                .collect::<Vec<_>>(),
-            self.tolerations,
+            &self.node_name,
+            &self.node_selector,
+            &self.required,
+            &self.preferred,
+            &self.tolerations,
             self.host_ports
                 .iter()
                 .map(|p| (&p.protocol, &p.ip, p.port))
@@ -379,9 +384,24 @@ impl Demand {
             } else {
                 format!("{}/{:?}", self.namespace, self.labels)
             },
-        ]);
+        );
         let mut h = DefaultHasher::new();
-        shape.to_string().hash(&mut h);
+        serde_json::to_writer(HashWriter(&mut h), &shape)
+            .expect("serializing plain data into a hasher cannot fail");
         h.finish()
+    }
+}
+
+/// Bytes written to it go into a hasher.
+struct HashWriter<'a, H>(&'a mut H);
+
+impl<H: Hasher> std::io::Write for HashWriter<'_, H> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
