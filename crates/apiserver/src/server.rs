@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use store::Store;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::body::Body;
 use crate::cache::Cache;
@@ -201,13 +201,16 @@ impl ApiServer {
 
     /// Serve one request. The body has been read already (and bounded in size).
     pub async fn handle(&self, req: Request<Bytes>, who: Identity) -> Response<Body> {
-        let span = info_span!("request", method = %req.method(), path = %req.uri().path());
+        // A span per request costs more than a binding's own work when it is recorded, so it
+        // is there when debugging; failures name their request themselves.
+        let span = debug_span!("request", method = %req.method(), path = %req.uri().path());
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
         async move {
             let reply = match self.route(req, &who).await {
                 Ok(r) => r,
                 Err(e) => {
                     if e.code >= 500 {
-                        warn!(code = e.code, error = %e.message, "request failed");
+                        warn!(%method, %path, code = e.code, error = %e.message, "request failed");
                     } else {
                         debug!(code = e.code, reason = e.reason, "request refused");
                     }

@@ -1482,9 +1482,12 @@ impl ApiServer {
                 Err(e) => return Err(self.store_failure(r, name, e)),
             }
         }
-        Ok(Reply::json(
+        Ok(Reply::bytes(
             StatusCode::CREATED,
-            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            "application/json",
+            Bytes::from_static(
+                br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","code":201}"#,
+            ),
         ))
     }
 

@@ -174,8 +174,10 @@ pub async fn run(args: SimArgs) -> Result<()> {
     create_all(&c, Some(NAMESPACE), pods).await?;
     let created = start.elapsed();
     println!("{:<44} {:>12.2} s", "pods created", created.as_secs_f64());
+    let mut cpu_start = cpu_time();
     if let Some(s) = sched {
         start = Instant::now();
+        cpu_start = cpu_time();
         tokio::spawn(s.run());
     }
 
@@ -194,6 +196,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let placed = stats.bound.load(Ordering::Relaxed) as usize;
+    let cpu_spent = cpu_time().saturating_sub(cpu_start);
     let elapsed = if placed >= args.pods {
         start.elapsed()
     } else {
@@ -220,6 +223,14 @@ pub async fn run(args: SimArgs) -> Result<()> {
     row(
         "placements committed per second",
         format!("{:.0}/s", placed as f64 / elapsed.as_secs_f64()),
+    );
+    // Steadier than the rate on a shared machine, and what a faster one would divide.
+    row(
+        "CPU (all threads) per placement",
+        format!(
+            "{:.0} us",
+            cpu_spent.as_secs_f64() * 1e6 / placed.max(1) as f64
+        ),
     );
     row(
         "decision latency p50 / p99",
@@ -260,4 +271,15 @@ pub async fn run(args: SimArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// CPU time this process has used, user and system, over all its threads.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
+        let t = |tv: nix::sys::time::TimeVal| {
+            Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
+        };
+        t(u.user_time()) + t(u.system_time())
+    })
 }
