@@ -182,14 +182,8 @@ pub(crate) struct PodRules {
 fn forbidden_by_others(s: &Snapshot, d: &Demand) -> HashSet<(String, String)> {
     s.anti_terms
         .iter()
-        .filter(|a| {
-            a.term
-                .matches(&s.namespaces, &a.namespace, &d.namespace, &d.labels)
-        })
-        .filter_map(|a| {
-            let domain = s.labels[a.node].get(&a.term.key)?;
-            Some((a.term.key.clone(), domain.clone()))
-        })
+        .filter(|a| a.selects(s, d))
+        .filter_map(|a| Some((a.term.key.clone(), a.domain(s)?.to_string())))
         .collect()
 }
 
@@ -197,10 +191,8 @@ fn forbidden_by_others(s: &Snapshot, d: &Demand) -> HashSet<(String, String)> {
 /// placed pods' anti-affinity against it.
 pub(crate) fn needs_pod_rules(s: &Snapshot, d: &Demand) -> bool {
     d.has_pod_rules()
-        || s.anti_terms.iter().any(|a| {
-            a.term
-                .matches(&s.namespaces, &a.namespace, &d.namespace, &d.labels)
-        })
+        || s.anti_terms.iter().any(|a| a.selects(s, d))
+        || s.scored_terms.iter().any(|(_, t)| t.selects(s, d))
 }
 
 pub(crate) fn pod_rules(s: &Snapshot, d: &Demand) -> Option<PodRules> {

@@ -60,14 +60,29 @@ fn per_domain<'s>(
 }
 
 /// The scores that depend on the pods around, for the nodes `found`, normalized over them:
-/// preferred inter-pod terms (each matching pod in a node's domain adds the term's weight,
-/// or takes it away for anti-affinity) and ScheduleAnyway spread (fewer matching pods in the
+/// preferred inter-pod terms, both ways (each matching pod in a node's domain adds the term's
+/// weight, or takes it away for anti-affinity; and so does each placed pod's term that selects
+/// this pod, for the nodes of that pod's domain) and ScheduleAnyway spread (fewer matching pods in the
 /// node's domain is better; a node without the topology label scores nothing).
 pub(crate) fn pod_preferences(s: &Snapshot, d: &Demand, found: &[usize]) -> Vec<i64> {
-    if !d.has_pod_preferences() {
+    let theirs: Vec<(i64, &str, &str)> = s
+        .scored_terms
+        .iter()
+        .filter(|(_, t)| t.selects(s, d))
+        .filter_map(|(w, t)| Some((*w, t.term.key.as_str(), t.domain(s)?)))
+        .collect();
+    if !d.has_pod_preferences() && theirs.is_empty() {
         return vec![0; found.len()];
     }
     let mut affinity = vec![0i64; found.len()];
+    // The placed pods' terms about this pod: their weight on every node of their domain.
+    for (w, key, domain) in theirs {
+        for (a, i) in affinity.iter_mut().zip(found) {
+            if s.labels[*i].get(key).is_some_and(|v| v == domain) {
+                *a += w;
+            }
+        }
+    }
     let weighted = d
         .preferred_pod_affinity
         .iter()

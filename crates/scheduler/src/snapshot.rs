@@ -33,20 +33,42 @@ pub struct Snapshot {
     pub(crate) pods_on: Vec<Vec<(String, BTreeMap<String, String>)>>,
     /// Required anti-affinity terms of the pods placed. They keep matching pods out of the
     /// term's domain, whoever comes later.
-    pub(crate) anti_terms: Vec<AntiTerm>,
+    pub(crate) anti_terms: Vec<PlacedTerm>,
+    /// Terms of the pods placed that score the pods coming later, with their weight
+    /// (kube-scheduler's symmetric inter-pod scoring): a preferred affinity term adds its
+    /// weight to the nodes of its domain for the pods it selects, a preferred anti-affinity
+    /// term takes it away, a required affinity term adds `HARD_AFFINITY_WEIGHT`.
+    pub(crate) scored_terms: Vec<(i64, PlacedTerm)>,
     /// Bumped whenever a node's usage changes, so cached evaluations know they are stale.
     pub(crate) version: Vec<u32>,
     /// Labels of each namespace, for inter-pod terms with a namespace selector.
     pub(crate) namespaces: crate::demand::NamespaceLabels,
 }
 
-/// A placed pod's required anti-affinity term.
-pub(crate) struct AntiTerm {
+/// What a required affinity term of a placed pod weighs in the scores of the pods it selects
+/// (kube-scheduler's `hardPodAffinityWeight`, 1 by default).
+pub(crate) const HARD_AFFINITY_WEIGHT: i64 = 1;
+
+/// An inter-pod term of a placed pod.
+pub(crate) struct PlacedTerm {
     pub node: usize,
     pub namespace: String,
     /// The pod's name, so that the term goes when the pod does.
     pub pod: String,
     pub term: crate::demand::PodTerm,
+}
+
+impl PlacedTerm {
+    /// Whether the term is about `d`.
+    pub(crate) fn selects(&self, s: &Snapshot, d: &Demand) -> bool {
+        self.term
+            .matches(&s.namespaces, &self.namespace, &d.namespace, &d.labels)
+    }
+
+    /// The term's domain: its node's value of the topology key (none without the label).
+    pub(crate) fn domain<'s>(&self, s: &'s Snapshot) -> Option<&'s str> {
+        s.labels[self.node].get(&self.term.key).map(String::as_str)
+    }
 }
 
 /// The taint Kubernetes' node lifecycle puts on a node that is not Ready (`not-ready` when it
@@ -99,6 +121,7 @@ impl Snapshot {
             ports: Vec::new(),
             pods_on: Vec::new(),
             anti_terms: Vec::new(),
+            scored_terms: Vec::new(),
             version: Vec::new(),
             namespaces: Default::default(),
         };
@@ -224,14 +247,20 @@ impl Snapshot {
         self.score_requested[i][1] += d.score_memory;
         self.ports[i].extend(d.host_ports.iter().cloned());
         self.pods_on[i].push((d.namespace.clone(), d.labels.clone()));
-        for t in &d.pod_anti_affinity {
-            self.anti_terms.push(AntiTerm {
-                node: i,
-                namespace: d.namespace.clone(),
-                pod: d.name.clone(),
-                term: t.clone(),
-            });
-        }
+        let placed = |term: &crate::demand::PodTerm| PlacedTerm {
+            node: i,
+            namespace: d.namespace.clone(),
+            pod: d.name.clone(),
+            term: term.clone(),
+        };
+        self.anti_terms
+            .extend(d.pod_anti_affinity.iter().map(placed));
+        let weighted = (d.pod_affinity.iter())
+            .map(|t| (HARD_AFFINITY_WEIGHT, t))
+            .chain((d.preferred_pod_affinity.iter()).map(|(w, t)| (i64::from(*w), t)))
+            .chain((d.preferred_pod_anti_affinity.iter()).map(|(w, t)| (-i64::from(*w), t)));
+        self.scored_terms
+            .extend(weighted.map(|(w, t)| (w, placed(t))));
         self.version[i] = self.version[i].wrapping_add(1);
     }
 
@@ -258,9 +287,12 @@ impl Snapshot {
         {
             self.pods_on[i].swap_remove(j);
         }
+        let theirs = |t: &PlacedTerm| t.node == i && t.namespace == d.namespace && t.pod == d.name;
         if !d.pod_anti_affinity.is_empty() {
-            self.anti_terms
-                .retain(|t| !(t.node == i && t.namespace == d.namespace && t.pod == d.name));
+            self.anti_terms.retain(|t| !theirs(t));
+        }
+        if !d.pod_affinity.is_empty() || d.has_pod_preferences() {
+            self.scored_terms.retain(|(_, t)| !theirs(t));
         }
         self.version[i] = self.version[i].wrapping_add(1);
     }

@@ -920,3 +920,71 @@ fn forgetting_a_pod_gives_back_all_it_held() {
     let plan = schedule(&mut s, std::slice::from_ref(&y), &cfg);
     assert_eq!(outcome(&plan.decisions[0]), "a");
 }
+
+#[test]
+fn placed_pods_preferences_score_the_pods_they_select() {
+    // Two otherwise equal nodes; a placed web pod's terms about caches decide where a cache
+    // goes, though the cache itself has no inter-pod terms.
+    let nodes = [host("n1", "east"), host("n2", "east")];
+    let web = |terms: Value| {
+        bound_to(
+            pod(
+                "web",
+                "100m",
+                "1Mi",
+                json!({"metadata": {"labels": {"app": "web"}}, "spec": {"affinity": terms}}),
+            ),
+            "n1",
+        )
+    };
+    let about_caches = |weight: i32| {
+        json!([{"weight": weight, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app": "cache"}}}}])
+    };
+    let cache = |name: &str, app: &str| {
+        pod(
+            name,
+            "100m",
+            "1Mi",
+            json!({"metadata": {"labels": {"app": app}}}),
+        )
+    };
+    let cases = [
+        (
+            json!({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": about_caches(100)}}),
+            "cache",
+            "n1",
+        ),
+        (
+            json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": about_caches(100)}}),
+            "cache",
+            "n2",
+        ),
+        (
+            json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "kubernetes.io/hostname",
+                 "labelSelector": {"matchLabels": {"app": "cache"}}}]}}),
+            "cache",
+            "n1",
+        ),
+        // A pod the term does not select is not moved by it (least-allocated: away from web).
+        (
+            json!({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": about_caches(100)}}),
+            "other",
+            "n2",
+        ),
+    ];
+    for (terms, app, want) in cases {
+        let (plan, mut s) = run(
+            &nodes,
+            &[web(terms.clone())],
+            &[cache("c", app)],
+            Strategy::LeastAllocated,
+        );
+        assert_eq!(outcome(&plan.decisions[0]), want, "{terms} for {app}");
+        // Once the web pod is gone, so are its terms.
+        let web_demand = Demand::of(&web(terms.clone())).unwrap();
+        s.forget(s.node("n1").unwrap(), &web_demand);
+        assert!(s.scored_terms.is_empty(), "{terms}");
+    }
+}
