@@ -1,27 +1,9 @@
 //! `berth`: the command line. One binary for every role of the cluster and its client verbs.
 
-/// mimalloc: threads allocate and free without contending for shared arenas (with glibc's
-/// malloc, frees of memory another thread allocated queued on arena locks and left the cores
-/// idle under load).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::PerRole = alloc::PerRole;
 
-/// `mi_option_arena_eager_commit` (the fifth option of mimalloc's `mi_option_e`).
-const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-
-/// Arenas are committed as they are used, so that memory mimalloc purges is given back to
-/// the OS (decommitted) rather than reset and still counted in the resident set: the idle
-/// server stays near the system allocator's footprint. The option is read when the first
-/// arena is made, before `main`, so it is set from the earliest constructor.
-extern "C" fn keep_freed_memory_returned() {
-    // SAFETY: setting an option takes no pointers and is allowed at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
-}
-
-#[used]
-#[unsafe(link_section = ".init_array.00101")]
-static CONFIGURE_ALLOCATOR: extern "C" fn() = keep_freed_memory_returned;
-
+mod alloc;
 mod bench;
 mod bench_pods;
 mod cluster;
