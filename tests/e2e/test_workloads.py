@@ -581,3 +581,18 @@ def test_top_and_an_autoscaler_that_scales_up_and_back_down(node, wns, version):
         node.kubectl("exec", p["metadata"]["name"], "-n", wns, "--", "touch", "/tmp/stop", check=False)
     wait_until(lambda: deployment(node, wns, "burn")["spec"]["replicas"] == 1, timeout=150, interval=2,
                what="the autoscaler to scale back down to 1")
+
+
+@pytest.mark.parametrize("mode", [[], ["--after-create"]])
+def test_the_simulator_places_every_pod_and_reports_its_figures(mode):
+    import subprocess
+    from conftest import BERTH
+    r = subprocess.run([BERTH, "sim", "--nodes", "50", "--pods", "400", "--templates", "3", "--zones", "3",
+                        *mode], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {l[:44].strip(): l[44:].strip() for l in r.stdout.splitlines()}
+    assert rows["pods bound"] == "400 of 400", r.stdout
+    assert rows["nodes used"] == "50 of 50", r.stdout
+    for figure in ["placements committed per second", "CPU (all threads) per placement",
+                   "decision latency p50 / p99", "allocated CPU / memory"]:
+        assert rows.get(figure), (figure, r.stdout)
