@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use api::k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use api::k8s_openapi::{ListableResource, Resource};
 use bytes::Bytes;
 use client::{Client, ClientError, ListParams, WatchEvent};
@@ -843,18 +843,28 @@ impl SchedulerLoop {
 async fn bind(client: &Client, report: bool, pod: &Pod, node: &str) -> Result<(), ClientError> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let binding = json!({
-        "apiVersion": "v1", "kind": "Binding",
-        "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-    });
     let path = format!("/api/v1/namespaces/{ns}/pods/{name}/binding");
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.to_string()),
+            ..Default::default()
+        },
+    };
+    let body = serde_json::to_vec(&binding).expect("a Binding always serializes");
     client
         .request(
             http::Method::POST,
             &path,
             "application/json",
-            Bytes::from(binding.to_string()),
+            Bytes::from(body),
         )
         .await?;
     if report {
