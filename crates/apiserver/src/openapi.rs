@@ -121,14 +121,7 @@ pub struct OpenApi {
 
 impl OpenApi {
     pub fn new(version: &str) -> OpenApi {
-        let items: Vec<Vec<u8>> = resources::groups()
-            .into_iter()
-            .flat_map(|(group, versions)| versions.into_iter().map(move |v| (group, v)))
-            .flat_map(|(group, v)| resources::served(group, v))
-            .map(|(r, v)| {
-                named_path_item(&object_path(r, v), &operation_id(r, v), r.group, r.kind, v)
-            })
-            .collect();
+        let mut items = Vec::new();
         let mut v3 = Vec::new();
         let mut index = serde_json::Map::new();
         for (group, versions) in resources::groups() {
@@ -140,6 +133,13 @@ impl OpenApi {
                 };
                 let mut paths = serde_json::Map::new();
                 for (r, v) in resources::served(group, v) {
+                    items.push(named_path_item(
+                        &object_path(r, v),
+                        &operation_id(r, v),
+                        r.group,
+                        r.kind,
+                        v,
+                    ));
                     paths.insert(
                         object_path(r, v),
                         json!({"patch": {

@@ -204,13 +204,13 @@ impl ApiServer {
         // A span per request costs more than a binding's own work when it is recorded, so it
         // is there when debugging; failures name their request themselves.
         let span = debug_span!("request", method = %req.method(), path = %req.uri().path());
-        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         async move {
             let reply = match self.route(req, &who).await {
                 Ok(r) => r,
                 Err(e) => {
                     if e.code >= 500 {
-                        warn!(%method, %path, code = e.code, error = %e.message, "request failed");
+                        warn!(%method, path = uri.path(), code = e.code, error = %e.message, "request failed");
                     } else {
                         debug!(code = e.code, reason = e.reason, "request refused");
                     }

@@ -171,25 +171,39 @@ fn stored_form(t: &Target, obj: Value, opts: &WriteOpts) -> ApiResult<(Value, Ve
     if let Some(e) = gv_kind_mismatch(r, &json!({"kind": obj["kind"]})) {
         return Err(e);
     }
-    let cannot = |why: String| {
-        ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: {why}",
-            r.kind, view.version, r.kind
-        ))
-    };
-    let converted = (view.read)(obj).map_err(|e| cannot(e.to_string()))?;
-    let unknown: Vec<String> = converted
-        .unknown_fields
+    let converted = (view.read)(obj).map_err(|e| cannot_handle(r, view.version, &e.to_string()))?;
+    let warnings = judge_unknown(r, view.version, &converted.unknown_fields, opts)?;
+    Ok((converted.object, warnings))
+}
+
+/// A body that cannot be read as `r` in `version`, in Kubernetes' words.
+fn cannot_handle(r: &Resource, version: &str, why: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "{} in version \"{version}\" cannot be handled as a {}: {why}",
+        r.kind, r.kind
+    ))
+}
+
+/// Fields of a body that nothing in `r` (as `version`) knew, judged by the request's
+/// `fieldValidation`: an error when strict, warnings when warning, nothing when ignored.
+fn judge_unknown(
+    r: &Resource,
+    version: &str,
+    fields: &[String],
+    opts: &WriteOpts,
+) -> ApiResult<Vec<String>> {
+    let unknown: Vec<String> = fields
         .iter()
         .map(|f| format!("unknown field \"{f}\""))
         .collect();
     match opts.validation {
-        Validation::Strict if !unknown.is_empty() => Err(cannot(format!(
-            "strict decoding error: {}",
-            unknown.join(", ")
-        ))),
-        Validation::Warn => Ok((converted.object, unknown)),
-        _ => Ok((converted.object, Vec::new())),
+        Validation::Strict if !unknown.is_empty() => Err(cannot_handle(
+            r,
+            version,
+            &format!("strict decoding error: {}", unknown.join(", ")),
+        )),
+        Validation::Warn => Ok(unknown),
+        _ => Ok(Vec::new()),
     }
 }
 
@@ -342,32 +356,15 @@ impl ApiServer {
                 find_unknown_fields: opts.validation != Validation::Ignore,
             })
             .map_err(|e| match e {
-                AdmitError::Decode(msg) => ApiError::bad_request(format!(
-                    "{} in version \"{}\" cannot be handled as a {}: {msg}",
-                    r.kind, r.version, r.kind
-                )),
+                AdmitError::Decode(msg) => cannot_handle(r, r.version, &msg),
                 AdmitError::Invalid(errs) => ApiError::invalid(r, &name, &errs),
             })?;
         let mut admitted = admitted;
         if r.kind == "Pod" && op == Operation::Create {
             self.default_tolerations(obj, &mut admitted.object);
         }
-        let unknown: Vec<String> = admitted
-            .unknown_fields
-            .iter()
-            .map(|f| format!("unknown field \"{f}\""))
-            .collect();
-        match opts.validation {
-            Validation::Strict if !unknown.is_empty() => Err(ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
-                r.kind,
-                r.version,
-                r.kind,
-                unknown.join(", ")
-            ))),
-            Validation::Warn => Ok((admitted.object, unknown)),
-            _ => Ok((admitted.object, Vec::new())),
-        }
+        let warnings = judge_unknown(r, r.version, &admitted.unknown_fields, opts)?;
+        Ok((admitted.object, warnings))
     }
 
     /// Store operations that Services need besides their own key.

@@ -16,51 +16,37 @@ static USE_SYSTEM: AtomicBool = AtomicBool::new(false);
 
 pub struct PerRole;
 
+/// The allocator of this process's role.
+fn chosen() -> &'static dyn GlobalAlloc {
+    if USE_SYSTEM.load(Ordering::Relaxed) {
+        &System
+    } else {
+        &MiMalloc
+    }
+}
+
 // SAFETY: each call goes to one of two sound allocators, the same one for a block's whole
-// life, because the choice is fixed before anything is allocated.
+// life, because the choice is fixed before anything is allocated; the callers' contracts
+// are passed on unchanged.
 unsafe impl GlobalAlloc for PerRole {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract is passed on unchanged.
-        unsafe {
-            if USE_SYSTEM.load(Ordering::Relaxed) {
-                System.alloc(layout)
-            } else {
-                MiMalloc.alloc(layout)
-            }
-        }
+        // SAFETY: see the impl.
+        unsafe { chosen().alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        unsafe {
-            if USE_SYSTEM.load(Ordering::Relaxed) {
-                System.alloc_zeroed(layout)
-            } else {
-                MiMalloc.alloc_zeroed(layout)
-            }
-        }
+        // SAFETY: see the impl.
+        unsafe { chosen().alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from the same allocator (the choice never changes).
-        unsafe {
-            if USE_SYSTEM.load(Ordering::Relaxed) {
-                System.dealloc(ptr, layout)
-            } else {
-                MiMalloc.dealloc(ptr, layout)
-            }
-        }
+        // SAFETY: see the impl; `ptr` came from the same allocator.
+        unsafe { chosen().dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for `dealloc`.
-        unsafe {
-            if USE_SYSTEM.load(Ordering::Relaxed) {
-                System.realloc(ptr, layout, new_size)
-            } else {
-                MiMalloc.realloc(ptr, layout, new_size)
-            }
-        }
+        // SAFETY: see the impl; `ptr` came from the same allocator.
+        unsafe { chosen().realloc(ptr, layout, new_size) }
     }
 }
 

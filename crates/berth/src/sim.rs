@@ -171,8 +171,8 @@ pub async fn run(args: SimArgs) -> Result<()> {
             }))?)
         })
         .collect::<Result<Vec<_>>>()?;
-    // The measured window: from here (the scheduler already running), or from the scheduler's
-    // start with --after-create. CPU is counted over the same window.
+    // The measured window: from here (the scheduler already running), or from the
+    // scheduler's release with --after-create. CPU is counted over the same window.
     let mut start = Instant::now();
     let mut cpu_start = cpu_time();
     create_all(&c, Some(NAMESPACE), pods).await?;

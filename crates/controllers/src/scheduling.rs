@@ -536,7 +536,7 @@ impl SchedulerLoop {
         let mut hold = self.hold.clone();
         loop {
             let retry = st.next_retry();
-            let held = hold.as_ref().is_some_and(|h| *h.borrow());
+            let held = holding(&hold);
             tokio::select! {
                 c = rx.recv() => match c {
                     Some(c) => st.apply(c),
@@ -564,8 +564,7 @@ impl SchedulerLoop {
             while let Ok(c) = rx.try_recv() {
                 st.apply(c);
             }
-            let held = hold.as_ref().is_some_and(|h| *h.borrow());
-            if st.synced == (true, true, true) && !held {
+            if st.synced == (true, true, true) && !holding(&hold) {
                 self.cycle(&mut st, &tx, &commits).await;
             }
         }
@@ -840,6 +839,11 @@ impl SchedulerLoop {
 }
 
 /// Commit one placement through `pods/{name}/binding`.
+/// Whether the loop is held from placing pods.
+fn holding(hold: &Option<tokio::sync::watch::Receiver<bool>>) -> bool {
+    hold.as_ref().is_some_and(|h| *h.borrow())
+}
+
 async fn bind(client: &Client, report: bool, pod: &Pod, node: &str) -> Result<(), ClientError> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
