@@ -273,6 +273,112 @@ def test_crash_loop_backoff_grows(node, pns):
     assert "BackOff" in events
 
 
+def zombies_of(pid):
+    """Children of `pid` that ended and were never waited for."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z" and fields[1] == str(pid):
+            out.append(int(entry))
+    return out
+
+
+def test_a_container_that_cannot_start_backs_off_and_leaves_no_zombies(node, pns):
+    # A typo in the command: the container is created but cannot start.
+    apply(node, pns, pod_yaml("typo", ["/nonexistent"]))
+    wait_until(lambda: status_of(node, pns, "typo").get("restartCount", 0) >= 2, timeout=40,
+               what="two retries")
+    s = status_of(node, pns, "typo")
+    last = s["lastState"]["terminated"]
+    assert last["reason"] == "StartError" and last["exitCode"] == 128
+    assert "nonexistent" in last["message"]
+    # Waiting out the back-off, as a crashing container does.
+    wait_until(lambda: (status_of(node, pns, "typo")["state"].get("waiting") or {}).get("reason")
+               == "CrashLoopBackOff", what="CrashLoopBackOff")
+    time.sleep(15)
+    # With 10 s and then 20 s between retries, 30-odd seconds allow a handful, not hundreds.
+    assert status_of(node, pns, "typo")["restartCount"] <= 5
+    assert "CrashLoopBackOff" in node.kubectl("get", "pod", "typo", "-n", pns).stdout
+    assert zombies_of(node.proc.pid) == []
+
+
+def test_privileged_containers_get_the_hosts_capabilities_and_devices(node, pns):
+    extra = """    securityContext: {privileged: true}
+"""
+    script = "grep CapEff /proc/self/status; ls /dev/loop-control; grep ' /sys ' /proc/mounts; " \
+             "mkdir -p /mnt && mount -t tmpfs none /mnt && echo mounted"
+    apply(node, pns, pod_yaml("priv", ["sh", "-c", script], restart="Never", extra=extra))
+    wait_phase(node, pns, "priv", "Succeeded")
+    out = node.kubectl("logs", "-n", pns, "priv").stdout
+    host = [l for l in open("/proc/self/status") if l.startswith("CapBnd:")][0].split()[1]
+    assert f"CapEff:\t{host}" in out, out
+    assert "/dev/loop-control" in out and "mounted" in out, out
+    assert " rw," in [l for l in out.splitlines() if " /sys " in l][0], out
+
+
+def test_host_path_volumes_create_or_check_as_kubernetes_does(node, pns):
+    base = tempfile.mkdtemp(prefix="berth-hostpath-")
+    created = os.path.join(base, "made/by/berth")
+    manifest = f"""apiVersion: v1
+kind: Pod
+metadata: {{name: unset}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo hi > /logs/out.txt"]
+    volumeMounts: [{{name: logs, mountPath: /logs}}]
+  volumes:
+  - {{name: logs, hostPath: {{path: {created}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: strict}}
+spec:
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: IfNotPresent
+    command: ["sleep", "3600"]
+    volumeMounts: [{{name: d, mountPath: /d}}]
+  volumes:
+  - {{name: d, hostPath: {{path: {base}/absent, type: Directory}}}}
+"""
+    apply(node, pns, manifest)
+    wait_phase(node, pns, "unset", "Succeeded")
+    assert open(os.path.join(created, "out.txt")).read() == "hi\n"
+
+    def failed_mount():
+        ev = node.kubectl("get", "events", "-n", pns, "--field-selector", "involvedObject.name=strict").stdout
+        return "FailedMount" in ev and f"hostPath type check failed: {base}/absent is not a directory" in ev
+    wait_until(failed_mount, timeout=30, what="a FailedMount event naming the path")
+    assert not os.path.exists(f"{base}/absent")
+
+
+def test_a_second_delete_with_a_shorter_grace_period_kills_sooner(node, pns):
+    # The container ignores SIGTERM, so only the kill at the end of the grace period stops it.
+    yaml = pod_yaml("stubborn", ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]).replace(
+        "terminationGracePeriodSeconds: 1", "terminationGracePeriodSeconds: 60")
+    apply(node, pns, yaml)
+    wait_running(node, pns, "stubborn")
+    node.kubectl("delete", "pod", "stubborn", "-n", pns, "--wait=false")
+    time.sleep(2)
+    assert get_pod(node, pns, "stubborn")["metadata"]["deletionGracePeriodSeconds"] == 60
+    t0 = time.time()
+    node.kubectl("delete", "pod", "stubborn", "-n", pns, "--grace-period=1", "--wait=false")
+    wait_until(lambda: node.kubectl("get", "pod", "stubborn", "-n", pns, check=False).returncode != 0,
+               timeout=30, what="the pod gone after the shorter grace period")
+    assert time.time() - t0 < 20
+
+
 def test_oom_kill_is_reported(node, pns):
     extra = """    resources:
       limits: {memory: 32Mi}

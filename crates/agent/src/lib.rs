@@ -2,6 +2,7 @@
 //! it, and gives each one a worker that runs its containers and reports its status. It also
 //! serves the node's side of `kubectl logs`, `exec`, `attach` and `port-forward`.
 
+mod backoff;
 pub mod events;
 mod exec;
 pub mod gc;
@@ -68,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) events: Events,
     /// The hard RLIMIT_NOFILE the agent has: containers may not ask for more.
     pub(crate) max_open_files: u64,
+    /// The capabilities berth holds, all a privileged container can get.
+    pub(crate) host_capabilities: Vec<String>,
     /// The pods on this node by UID, as last seen.
     pub(crate) pods: std::sync::Mutex<
         std::collections::HashMap<String, Arc<api::k8s_openapi::api::core::v1::Pod>>,
@@ -115,6 +118,7 @@ impl Agent {
                 dirs: cfg.dirs,
                 events,
                 max_open_files: hard_nofile(),
+                host_capabilities: runtime::containers::host::capabilities(),
                 pods: Default::default(),
                 image_used: Default::default(),
                 image_gc: cfg.image_gc,

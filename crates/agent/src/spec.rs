@@ -39,6 +39,9 @@ pub struct Ctx<'a> {
     pub passwd: &'a str,
     pub group: &'a str,
     pub max_open_files: u64,
+    /// What a privileged container gets: the host's capabilities and device nodes.
+    pub host_capabilities: &'a [String],
+    pub host_devices: Vec<runtime::containers::DeviceSpec>,
 }
 
 /// The ConfigMaps and Secrets a container's environment names.
@@ -359,7 +362,7 @@ pub fn user(
     Ok((uid, gid))
 }
 
-fn capabilities(c: &Container) -> Vec<String> {
+fn capabilities(c: &Container, host: &[String]) -> Vec<String> {
     let mut caps: Vec<String> = runtime::containers::spec::DEFAULT_CAPABILITIES
         .iter()
         .map(|s| s.to_string())
@@ -387,10 +390,8 @@ fn capabilities(c: &Container) -> Vec<String> {
     }
     for add in cc.add.iter().flatten().map(norm) {
         if add == "CAP_ALL" {
-            caps = runtime::containers::spec::ALL_CAPABILITIES
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            // Every capability the host can grant (asking for more fails to start).
+            caps = host.to_vec();
         } else if !caps.contains(&add) {
             caps.push(add);
         }
@@ -446,9 +447,14 @@ pub fn container_spec(
         })
         .unwrap_or_default();
     let sc = c.security_context.as_ref();
+    let privileged = sc.and_then(|s| s.privileged) == Some(true);
     let security = Security {
-        privileged: sc.and_then(|s| s.privileged) == Some(true),
-        capabilities: capabilities(c),
+        privileged,
+        capabilities: if privileged {
+            ctx.host_capabilities.to_vec()
+        } else {
+            capabilities(c, ctx.host_capabilities)
+        },
         no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
         readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem) == Some(true),
     };
@@ -496,6 +502,11 @@ pub fn container_spec(
         stdin: c.stdin == Some(true),
         stdin_once: c.stdin_once == Some(true),
         mounts,
+        devices: if privileged {
+            ctx.host_devices.clone()
+        } else {
+            Vec::new()
+        },
         resources: resources(c),
         security,
         namespaces: ctx.namespaces.clone(),
@@ -528,6 +539,8 @@ mod tests {
             passwd: "root:x:0:0::/root:/bin/sh\napp:x:1000:2000::/home/app:/bin/sh\n",
             group: "root:x:0:\nstaff:x:50:\n",
             max_open_files: 1024,
+            host_capabilities: &[],
+            host_devices: vec![],
         }
     }
 

@@ -29,6 +29,13 @@ pub enum VolumeError {
     },
     #[error(transparent)]
     Api(#[from] ClientError),
+    /// One volume of a pod could not be set up (the kubelet's FailedMount wording).
+    #[error("MountVolume.SetUp failed for volume {volume:?} : {source}")]
+    SetUp {
+        volume: String,
+        #[source]
+        source: Box<VolumeError>,
+    },
 }
 
 fn io_err(name: &str, what: impl Into<String>) -> impl FnOnce(io::Error) -> VolumeError {
@@ -247,7 +254,12 @@ pub async fn prepare(
         .into_iter()
         .flatten()
     {
-        let dir = prepare_one(pod, v, c, root, &ns).await?;
+        let dir = prepare_one(pod, v, c, root, &ns)
+            .await
+            .map_err(|e| VolumeError::SetUp {
+                volume: v.name.clone(),
+                source: Box::new(e),
+            })?;
         out.insert(v.name.clone(), dir);
     }
     Ok(out)
@@ -280,37 +292,7 @@ async fn prepare_one(
     }
     if let Some(h) = &v.host_path {
         let p = PathBuf::from(&h.path);
-        match h.type_.as_deref().unwrap_or("") {
-            "DirectoryOrCreate" => {
-                fs::create_dir_all(&p)
-                    .map_err(io_err(name, format!("creating {}", p.display())))?;
-            }
-            "FileOrCreate" if !p.exists() => {
-                if let Some(parent) = p.parent() {
-                    fs::create_dir_all(parent).map_err(io_err(name, "creating directories"))?;
-                }
-                fs::File::create(&p).map_err(io_err(name, format!("creating {}", p.display())))?;
-            }
-            "Directory" if !p.is_dir() => {
-                return Err(VolumeError::Missing(format!(
-                    "hostPath type check failed: {} is not a directory",
-                    p.display()
-                )));
-            }
-            "File" if !p.is_file() => {
-                return Err(VolumeError::Missing(format!(
-                    "hostPath type check failed: {} is not a file",
-                    p.display()
-                )));
-            }
-            "Socket" | "CharDevice" | "BlockDevice" if !p.exists() => {
-                return Err(VolumeError::Missing(format!(
-                    "hostPath type check failed: {} does not exist",
-                    p.display()
-                )));
-            }
-            _ => {}
-        }
+        host_path_check(&p, h.type_.as_deref().unwrap_or("")).map_err(VolumeError::Missing)?;
         return Ok(p);
     }
     if let Some(cm) = &v.config_map {
@@ -452,6 +434,55 @@ pub fn teardown(root: &Path) -> io::Result<()> {
     }
 }
 
+/// The kubelet's hostPath type check: create what the `...OrCreate` types (and, as container
+/// runtimes do for a bind mount, the unset type) ask for when it is missing, and refuse a path
+/// of the wrong kind with Kubernetes' message.
+fn host_path_check(p: &Path, ty: &str) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+    let kind = fs::metadata(p).ok().map(|m| m.file_type());
+    let failed = |what: &str| format!("hostPath type check failed: {} is not {what}", p.display());
+    let create_dir = || {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(p)
+            .map_err(|e| format!("creating {}: {e}", p.display()))
+    };
+    match ty {
+        "" if kind.is_none() => create_dir(),
+        "" => Ok(()),
+        "DirectoryOrCreate" if kind.is_none() => create_dir(),
+        "DirectoryOrCreate" | "Directory" if kind.is_some_and(|k| k.is_dir()) => Ok(()),
+        "DirectoryOrCreate" | "Directory" => Err(failed("a directory")),
+        "FileOrCreate" if kind.is_none() => {
+            if let Some(parent) = p.parent() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            }
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(p)
+                .map(drop)
+                .map_err(|e| format!("creating {}: {e}", p.display()))
+        }
+        "FileOrCreate" | "File" if kind.is_some_and(|k| k.is_file()) => Ok(()),
+        "FileOrCreate" | "File" => Err(failed("a file")),
+        "Socket" if kind.is_some_and(|k| k.is_socket()) => Ok(()),
+        "Socket" => Err(failed("a socket file")),
+        "CharDevice" if kind.is_some_and(|k| k.is_char_device()) => Ok(()),
+        "CharDevice" => Err(failed("a character device")),
+        "BlockDevice" if kind.is_some_and(|k| k.is_block_device()) => Ok(()),
+        "BlockDevice" => Err(failed("a block device")),
+        other => Err(format!("{other} is an invalid volume type")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -506,6 +537,42 @@ mod tests {
                 .mode()
                 & 0o777,
             0o600
+        );
+    }
+
+    #[test]
+    fn host_path_types_check_and_create_as_the_kubelet_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("a/b");
+        // Unset type: a missing path becomes a directory (what the fluentd DaemonSet needs).
+        host_path_check(&missing, "").unwrap();
+        assert!(missing.is_dir());
+        let file = dir.path().join("f/x.log");
+        host_path_check(&file, "FileOrCreate").unwrap();
+        assert!(file.is_file());
+        host_path_check(&file, "File").unwrap();
+        let err = host_path_check(&file, "Directory").unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "hostPath type check failed: {} is not a directory",
+                file.display()
+            )
+        );
+        let gone = dir.path().join("nope");
+        let err = host_path_check(&gone, "File").unwrap_err();
+        assert!(err.ends_with("is not a file"), "{err}");
+        assert!(!gone.exists());
+        let err = host_path_check(&gone, "Socket").unwrap_err();
+        assert!(err.ends_with("is not a socket file"), "{err}");
+        host_path_check(Path::new("/dev/null"), "CharDevice").unwrap();
+        let err = host_path_check(Path::new("/dev/null"), "BlockDevice").unwrap_err();
+        assert!(err.ends_with("is not a block device"), "{err}");
+        host_path_check(&gone, "DirectoryOrCreate").unwrap();
+        assert!(gone.is_dir());
+        assert_eq!(
+            host_path_check(&gone, "Whatever").unwrap_err(),
+            "Whatever is an invalid volume type"
         );
     }
 }

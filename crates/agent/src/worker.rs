@@ -15,21 +15,17 @@ use bytes::Bytes;
 use runtime::containers::{Isolation, NamespacePaths, SharedNamespaces, ShimStatus};
 use runtime::images::Image;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
+use crate::backoff::{self, Backoff};
 use crate::probe::{self, Kind};
 use crate::spec::{self, Refs};
 use crate::status::{self, Slot, State};
 use crate::volumes;
 
-/// First restart delay after a crash, and its ceiling; a container that ran this long without
-/// crashing starts over from the first delay.
-const BACKOFF_START: Duration = Duration::from_secs(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often a worker looks again even if nothing happened (volume contents, status).
 const RESYNC: Duration = Duration::from_secs(30);
 
@@ -44,21 +40,16 @@ pub(crate) enum Msg {
     },
 }
 
-#[derive(Clone, Debug, Default)]
-struct Backoff {
-    /// The delay before the next restart.
-    delay: Duration,
-    /// No start before this.
-    until: Option<Instant>,
-    started: Option<Instant>,
-}
-
 pub(crate) struct Worker {
     shared: Arc<Shared>,
     pod: Arc<Pod>,
     uid: String,
     slots: Vec<Slot>,
+    /// Per container: the restart back-off, and when its last run ended (or failed to start).
     backoff: HashMap<String, Backoff>,
+    ended: HashMap<String, Instant>,
+    /// Per container: the back-off of failed image pulls.
+    pulls: HashMap<String, Backoff>,
     /// Spec hashes of the running attempts, to restart containers whose definition changed.
     hashes: HashMap<String, u64>,
     sandbox: Option<NamespacePaths>,
@@ -150,6 +141,8 @@ impl Worker {
             uid,
             slots,
             backoff: HashMap::new(),
+            ended: HashMap::new(),
+            pulls: HashMap::new(),
             hashes: HashMap::new(),
             sandbox: None,
             volumes: None,
@@ -205,7 +198,7 @@ impl Worker {
         self.verdicts = vtx;
         self.adopt();
         loop {
-            let wake = self.sync().await;
+            let wake = self.sync(&mut rx).await;
             if self.done {
                 break;
             }
@@ -374,6 +367,7 @@ impl Worker {
         s.state = state;
         s.ready = false;
         self.hashes.remove(&name);
+        self.ended.insert(name, Instant::now());
         if let Err(e) = self.shared.runtime.remove(id).await {
             warn!(id, error = %e, "could not clean up an ended container");
         }
@@ -401,15 +395,15 @@ impl Worker {
     }
 
     /// Bring the pod's containers in line with its spec; returns when to look again.
-    async fn sync(&mut self) -> Option<Instant> {
+    async fn sync(&mut self, inbox: &mut mpsc::Receiver<Msg>) -> Option<Instant> {
         if self.terminating() {
-            self.terminate().await;
+            self.terminate(inbox).await;
             return None;
         }
         let phase = status::phase(&self.pod, &self.slots);
         if phase == "Succeeded" || phase == "Failed" {
             // Done for good: nothing restarts; the sandbox and volumes can go.
-            self.stop_all(Duration::from_secs(0)).await;
+            self.stop_all(fixed(Duration::ZERO)).await;
             self.release().await;
             if self.report().await {
                 self.done = true;
@@ -507,86 +501,83 @@ impl Worker {
     async fn maybe_start(&mut self, c: &Container) -> Option<Instant> {
         let i = self.slot(&c.name);
         let ran_before = !self.slots[i].container_id.is_empty();
-        let b = self.backoff.entry(c.name.clone()).or_default();
-        if let Some(until) = b.until
-            && until > Instant::now()
-        {
-            if ran_before
-                && matches!(
-                    self.slots[i].state,
-                    State::Terminated { .. } | State::Waiting { .. }
-                )
-            {
-                let secs = b.delay.as_secs();
-                let msg = format!(
-                    "back-off {}s restarting failed container={} pod={}_{}({})",
-                    secs,
-                    c.name,
-                    self.name(),
-                    self.namespace(),
-                    self.uid
-                );
-                let s = &mut self.slots[i];
-                if let State::Terminated { .. } = s.state {
-                    s.last_state = Some(s.state.clone());
-                }
-                if !matches!(&s.state, State::Waiting { reason, .. } if reason == "ImagePullBackOff" || reason == "CreateContainerConfigError")
-                {
-                    s.state = State::waiting("CrashLoopBackOff", msg);
-                }
-            }
-            return Some(until);
-        }
         if ran_before {
-            // Kubernetes' back-off: the first restart is immediate, each later one waits twice
-            // as long (up to five minutes); a long healthy run resets it.
-            let healthy = b.started.is_some_and(|s| s.elapsed() >= BACKOFF_RESET);
-            if healthy || b.delay.is_zero() {
-                b.delay = if healthy {
-                    Duration::ZERO
-                } else {
-                    BACKOFF_START
-                };
-            } else {
-                b.delay = (b.delay * 2).min(BACKOFF_MAX);
+            let now = Instant::now();
+            let ended = self.ended.get(&c.name).copied().unwrap_or(now);
+            let b = self.backoff.entry(c.name.clone()).or_default();
+            if let Some(until) = b.hold(ended, now) {
+                let delay = b.delay();
+                self.crash_loop(i, c, delay);
+                return Some(until);
             }
-            if !healthy && self.slots[i].restart_count > 0 {
-                let delay = b.delay;
-                if b.until.is_none() {
-                    b.until = Some(Instant::now() + delay / 2);
-                    return self.defer(i, c, delay / 2);
-                }
-            }
+            b.next(ended);
         }
         self.start(c).await
     }
 
-    fn defer(&mut self, i: usize, c: &Container, after: Duration) -> Option<Instant> {
+    /// `c` waits out its back-off: say so as the kubelet does, with the run that ended as
+    /// its last state.
+    fn crash_loop(&mut self, i: usize, c: &Container, delay: std::time::Duration) {
+        let message = format!(
+            "back-off {}s restarting failed container={} pod={}_{}({})",
+            delay.as_secs(),
+            c.name,
+            self.name(),
+            self.namespace(),
+            self.uid
+        );
         let s = &mut self.slots[i];
         if let State::Terminated { .. } = s.state {
             s.last_state = Some(s.state.clone());
         }
-        s.state = State::waiting(
-            "CrashLoopBackOff",
-            format!(
-                "back-off {}s restarting failed container={} pod={}_{}({})",
-                after.as_secs().max(1),
-                c.name,
-                self.pod.metadata.name.clone().unwrap_or_default(),
-                self.pod.metadata.namespace.clone().unwrap_or_default(),
-                self.uid
-            ),
-        );
-        self.event(
-            "Warning",
-            "BackOff",
-            &format!(
-                "Back-off restarting failed container {} in pod {}",
-                c.name,
-                self.name()
-            ),
-        );
-        Some(Instant::now() + after)
+        let already =
+            matches!(&s.state, State::Waiting { reason, .. } if reason == "CrashLoopBackOff");
+        s.state = State::waiting("CrashLoopBackOff", message);
+        if !already {
+            self.event(
+                "Warning",
+                "BackOff",
+                &format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    c.name,
+                    self.name()
+                ),
+            );
+        }
+    }
+
+    /// An image pull for `c` failed: ErrImagePull first, then ImagePullBackOff while it
+    /// waits longer each time.
+    fn pull_failed(&mut self, i: usize, c: &Container, reason: &str, message: String) -> Instant {
+        let now = Instant::now();
+        let retry = if reason == "ErrImageNeverPull" {
+            now + RESYNC
+        } else {
+            let p = self.pulls.entry(c.name.clone()).or_default();
+            p.next(now);
+            now + p.delay()
+        };
+        let s = &mut self.slots[i];
+        let shown = match (&s.state, reason) {
+            (State::Waiting { reason: r, .. }, "ErrImagePull")
+                if r == "ErrImagePull" || r == "ImagePullBackOff" =>
+            {
+                "ImagePullBackOff"
+            }
+            _ => reason,
+        };
+        s.state = State::waiting(shown, message.clone());
+        if shown == "ImagePullBackOff" {
+            let image = c.image.clone().unwrap_or_default();
+            self.event(
+                "Normal",
+                "BackOff",
+                &format!("Back-off pulling image \"{image}\""),
+            );
+        } else {
+            self.event("Warning", "Failed", &message);
+        }
+        retry
     }
 
     async fn start(&mut self, c: &Container) -> Option<Instant> {
@@ -598,47 +589,21 @@ impl Worker {
             self.slots[i].restart_count
         };
         let image_ref = c.image.clone().unwrap_or_default();
+        // A failed pull is not tried again before its back-off is over.
+        let now = Instant::now();
+        if let Some(until) = self.pulls.get(&c.name).and_then(|p| p.hold(p.last()?, now)) {
+            return Some(until);
+        }
         let image = match self
             .shared
             .ensure_image(&self.pod, &image_ref, c.image_pull_policy.as_deref())
             .await
         {
-            Ok(img) => img,
-            Err((reason, message)) => {
-                let b = self.backoff.entry(c.name.clone()).or_default();
-                let retry = if reason == "ErrImageNeverPull" {
-                    RESYNC
-                } else {
-                    // Pull failures back off too: first ErrImagePull, then ImagePullBackOff.
-                    b.delay = if b.delay.is_zero() {
-                        BACKOFF_START
-                    } else {
-                        (b.delay * 2).min(BACKOFF_MAX)
-                    };
-                    b.delay
-                };
-                b.until = Some(Instant::now() + retry);
-                let s = &mut self.slots[i];
-                let shown = match (&s.state, reason.as_str()) {
-                    (State::Waiting { reason: r, .. }, "ErrImagePull")
-                        if r == "ErrImagePull" || r == "ImagePullBackOff" =>
-                    {
-                        "ImagePullBackOff"
-                    }
-                    _ => reason.as_str(),
-                };
-                s.state = State::waiting(shown, message.clone());
-                if shown == "ImagePullBackOff" {
-                    self.event(
-                        "Normal",
-                        "BackOff",
-                        &format!("Back-off pulling image \"{image_ref}\""),
-                    );
-                } else {
-                    self.event("Warning", "Failed", &message);
-                }
-                return Some(Instant::now() + retry);
+            Ok(img) => {
+                self.pulls.remove(&c.name);
+                img
             }
+            Err((reason, message)) => return Some(self.pull_failed(i, c, &reason, message)),
         };
         let id = self.container_id(&c.name, attempt);
         let spec = match self.build_spec(c, &image, &id).await {
@@ -646,9 +611,8 @@ impl Worker {
             Err(message) => {
                 self.slots[i].state = State::waiting("CreateContainerConfigError", message.clone());
                 self.event("Warning", "Failed", &format!("Error: {message}"));
-                let b = self.backoff.entry(c.name.clone()).or_default();
-                b.until = Some(Instant::now() + BACKOFF_START);
-                return b.until;
+                // The missing ConfigMap or Secret may appear at any time: look again soon.
+                return Some(Instant::now() + backoff::INITIAL);
             }
         };
         let layers = self.shared.images.layer_dirs(&image);
@@ -680,9 +644,6 @@ impl Worker {
                 s.started = startup;
                 s.ready = startup && c.readiness_probe.is_none();
                 self.hashes.insert(c.name.clone(), hash_of(c));
-                let b = self.backoff.entry(c.name.clone()).or_default();
-                b.started = Some(Instant::now());
-                b.until = None;
                 self.event(
                     "Normal",
                     "Started",
@@ -710,9 +671,11 @@ impl Worker {
                     finished_at: runtime::containers::shim::now_rfc3339(),
                 };
                 self.event("Warning", "Failed", &format!("Error: {message}"));
-                let b = self.backoff.entry(c.name.clone()).or_default();
-                b.started = Some(Instant::now());
-                Some(Instant::now())
+                // A container that could not start is a run that ended at once: it is retried
+                // with the same back-off as one that crashed (kubelet's RunContainerError,
+                // then CrashLoopBackOff). Look again shortly to show the wait.
+                self.ended.insert(c.name.clone(), Instant::now());
+                Some(Instant::now() + Duration::from_secs(1))
             }
         }
     }
@@ -724,6 +687,7 @@ impl Worker {
         id: &str,
     ) -> Result<runtime::containers::ContainerSpec, String> {
         let ns = self.namespace();
+        let privileged = c.security_context.as_ref().and_then(|s| s.privileged) == Some(true);
         let (cms, secrets) = spec::referenced(c);
         let mut refs = Refs::default();
         for name in cms {
@@ -784,6 +748,12 @@ impl Worker {
             passwd: &passwd,
             group: &group,
             max_open_files: self.shared.max_open_files,
+            host_capabilities: &self.shared.host_capabilities,
+            host_devices: if privileged {
+                runtime::containers::host::devices()
+            } else {
+                Vec::new()
+            },
         };
         spec::container_spec(&self.pod, c, &image.config, &refs, &ctx).map_err(|e| e.0)
     }
@@ -870,11 +840,7 @@ impl Worker {
             Err(e) => {
                 // Keep using what was there; a first failure blocks the start.
                 if self.volumes.is_none() {
-                    self.event(
-                        "Warning",
-                        "FailedMount",
-                        &format!("MountVolume.SetUp failed: {e}"),
-                    );
+                    self.event("Warning", "FailedMount", &e.to_string());
                     for s in self.slots.iter_mut().filter(|s| !s.started) {
                         s.state = State::waiting("ContainerCreating", "");
                     }
@@ -887,13 +853,12 @@ impl Worker {
 
     /// Stop one container: its preStop hook, SIGTERM, then SIGKILL after `grace`.
     async fn stop_container(&mut self, i: usize, grace: Duration) {
-        self.stop_many(&[i], grace).await;
+        self.stop_many(&[i], fixed(grace)).await;
     }
 
-    /// Stop containers together within `grace`: each gets its preStop hook and SIGTERM at
-    /// once, and SIGKILL when the time is up.
-    async fn stop_many(&mut self, which: &[usize], grace: Duration) {
-        let deadline = Instant::now() + grace;
+    /// Stop containers together: each gets its preStop hook and SIGTERM at once, and SIGKILL
+    /// at the deadline (which a second, shorter delete may bring forward meanwhile).
+    async fn stop_many(&mut self, which: &[usize], deadline: watch::Receiver<Instant>) {
         let mut stops = Vec::new();
         for &i in which {
             let id = self.slots[i].container_id.clone();
@@ -912,10 +877,12 @@ impl Worker {
                 self.shared.events.clone(),
                 self.pod.clone(),
             );
+            let mut deadline = deadline.clone();
             stops.push(async move {
                 if let Some(a) = hook {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if let Err(e) = probe::run(&a, &target, left).await {
+                    let left = deadline.borrow().saturating_duration_since(Instant::now());
+                    let ran = by_deadline(&mut deadline, probe::run(&a, &target, left)).await;
+                    if let Some(Err(e)) = ran {
                         events.record_about(
                             &pod,
                             Some(&name),
@@ -926,9 +893,8 @@ impl Worker {
                     }
                 }
                 let _ = rt.kill(&id, libc::SIGTERM).await;
-                let left = deadline.saturating_duration_since(Instant::now());
-                let status = match tokio::time::timeout(left, rt.wait(&id)).await {
-                    Ok(Ok(s)) => Some(s),
+                let status = match by_deadline(&mut deadline, rt.wait(&id)).await {
+                    Some(Ok(s)) => Some(s),
                     _ => {
                         let _ = rt.kill(&id, libc::SIGKILL).await;
                         tokio::time::timeout(Duration::from_secs(10), rt.wait(&id))
@@ -947,21 +913,16 @@ impl Worker {
         }
     }
 
-    async fn stop_all(&mut self, grace: Duration) {
+    async fn stop_all(&mut self, deadline: watch::Receiver<Instant>) {
         // Containers first, then sidecars (init containers that keep running).
-        let deadline = Instant::now() + grace;
         let mains: Vec<usize> = (0..self.slots.len())
             .filter(|i| !self.slots[*i].init)
             .collect();
-        self.stop_many(&mains, grace).await;
+        self.stop_many(&mains, deadline.clone()).await;
         let sidecars: Vec<usize> = (0..self.slots.len())
             .filter(|i| self.slots[*i].init)
             .collect();
-        self.stop_many(
-            &sidecars,
-            deadline.saturating_duration_since(Instant::now()),
-        )
-        .await;
+        self.stop_many(&sidecars, deadline).await;
     }
 
     fn probe_target(&self, id: &str) -> probe::Target {
@@ -1131,13 +1092,46 @@ impl Worker {
 
     /// The pod is being deleted: stop everything within its grace period, report, and let
     /// the API server delete it.
-    async fn terminate(&mut self) {
+    async fn terminate(&mut self, inbox: &mut mpsc::Receiver<Msg>) {
         let grace = if self.gone {
             Duration::from_secs(2).min(self.grace())
         } else {
             self.grace()
         };
-        self.stop_all(grace).await;
+        // While the containers stop, a second delete may shorten the grace period (or the pod
+        // may be force-deleted): the kill comes sooner. Other news waits until they are done.
+        let (sooner, deadline) = watch::channel(Instant::now() + grace);
+        let mut held = Vec::new();
+        {
+            let stopping = self.stop_all(deadline);
+            tokio::pin!(stopping);
+            loop {
+                tokio::select! {
+                    () = &mut stopping => break,
+                    Some(m) = inbox.recv() => {
+                        let grace = match &m {
+                            Msg::Pod(p) => p.metadata.deletion_grace_period_seconds,
+                            Msg::Gone => Some(0),
+                            _ => None,
+                        };
+                        if let Some(g) = grace {
+                            let at = Instant::now() + Duration::from_secs(g.max(0) as u64);
+                            sooner.send_if_modified(|d| {
+                                let earlier = at < *d;
+                                if earlier {
+                                    *d = at;
+                                }
+                                earlier
+                            });
+                        }
+                        held.push(m);
+                    }
+                }
+            }
+        }
+        for m in held {
+            self.handle(m).await;
+        }
         for id in self.shared.runtime.list() {
             if id.starts_with(&format!("{}_", self.uid)) {
                 let _ = self.shared.runtime.remove(&id).await;
@@ -1242,6 +1236,32 @@ impl Worker {
             Err(e) => {
                 warn!(pod = %self.name(), error = %e, "could not report pod status");
                 false
+            }
+        }
+    }
+}
+
+/// A deadline that does not move.
+fn fixed(after: Duration) -> watch::Receiver<Instant> {
+    watch::channel(Instant::now() + after).1
+}
+
+/// Run `fut` until the deadline (which may move earlier meanwhile); `None` if it passed first.
+async fn by_deadline<F: std::future::Future>(
+    deadline: &mut watch::Receiver<Instant>,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        let at = *deadline.borrow_and_update();
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            () = tokio::time::sleep_until(at) => return None,
+            moved = deadline.changed() => {
+                if moved.is_err() {
+                    // Nobody can move it any more.
+                    return tokio::time::timeout_at(at, &mut fut).await.ok();
+                }
             }
         }
     }

@@ -67,7 +67,9 @@ fn busybox_layer(dir: &Path) -> PathBuf {
     h.set_mode(0o755);
     h.set_size(busybox.len() as u64);
     b.append_data(&mut h, "bin/busybox", &busybox[..]).unwrap();
-    for applet in ["sh", "echo", "sleep", "ip", "dd", "cat", "hostname", "id"] {
+    for applet in [
+        "sh", "echo", "sleep", "ip", "dd", "cat", "hostname", "id", "mount", "mkdir",
+    ] {
         let mut h = header();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
@@ -145,6 +147,7 @@ fn spec(e: &Env, id: &str, script: &str, ns: SharedNamespaces) -> ContainerSpec 
         stdin: false,
         stdin_once: false,
         mounts: vec![],
+        devices: vec![],
         resources: Resources::default(),
         security: Security::default(),
         namespaces: ns,
@@ -347,6 +350,81 @@ async fn a_missing_command_is_reported(e: Env) {
             .unwrap_err();
     assert!(err.to_string().contains("does-not-exist"), "{err}");
     assert!(e.rt.list().is_empty(), "a failed start leaves nothing");
+    // Nor a zombie: the shim that gave up was reaped. (Other tests' shims may be ending at
+    // the same moment, so allow a moment for those.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !zombie_shims().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "zombie shims left: {:?}",
+            zombie_shims()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Children of this process that ended and were never waited for.
+fn zombie_shims() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&me.as_str()) {
+            out.push(head.split_whitespace().next().unwrap().parse().unwrap());
+        }
+    }
+    out
+}
+
+async fn privileged_gets_the_hosts_capabilities_and_devices(e: Env) {
+    let script = "cat /proc/self/status; echo; cat /proc/mounts; \
+                  [ -c /dev/loop-control ] && echo has-loop-control; \
+                  mkdir -p /mnt && mount -t tmpfs none /mnt && echo mounted";
+    let mut s = spec(&e, "priv", script, SharedNamespaces::default());
+    s.security = Security {
+        privileged: true,
+        capabilities: runtime::containers::host::capabilities(),
+        ..Security::default()
+    };
+    s.devices = runtime::containers::host::devices();
+    let (status, log) = run_to_end(&e, &s).await;
+    assert_eq!(exit_code(&status), (0, false), "{log}");
+    // The log's lines carry a timestamp, the stream and a tag before the text.
+    let out: String = log
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let host = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bnd = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("CapBnd:"))
+            .map(str::to_string)
+    };
+    let eff = out
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .expect("CapEff in the output");
+    // Everything the host holds, effective.
+    assert_eq!(
+        eff.trim_start_matches("CapEff:").trim(),
+        bnd(&host).unwrap().trim_start_matches("CapBnd:").trim(),
+        "{out}"
+    );
+    assert!(out.contains("has-loop-control"), "{out}");
+    assert!(out.contains("mounted"), "{out}");
+    let sys = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/sys"))
+        .expect("/sys in the mounts");
+    assert!(sys.contains(" rw,"), "{sys}");
 }
 
 async fn exec_with_pipes_and_a_terminal(e: Env) {
@@ -520,6 +598,7 @@ for_each_engine!(
     memory_hog_is_oom_killed,
     kill_ends_a_running_container,
     a_missing_command_is_reported,
+    privileged_gets_the_hosts_capabilities_and_devices,
     exec_with_pipes_and_a_terminal,
     attach_with_a_terminal,
     signals_start_at_their_defaults,

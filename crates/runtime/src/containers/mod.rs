@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod conformance;
 pub mod exec;
+pub mod host;
 pub mod mount;
 pub mod oci;
 pub mod sandbox;
@@ -17,5 +18,5 @@ pub use exec::{ExecProcess, ExecSpec};
 pub use oci::{Engine, OciConfig, OciRuntime, RuntimeError, Started};
 pub use sandbox::{Isolation, NamespacePaths};
 pub use shim::{ShimArgs, ShimStatus};
-pub use spec::{ContainerSpec, MountSpec, Resources, Security, SharedNamespaces};
+pub use spec::{ContainerSpec, DeviceSpec, MountSpec, Resources, Security, SharedNamespaces};
 pub use traits::{ContainerRuntime, FakeBehavior, FakeExec, FakeRuntime};

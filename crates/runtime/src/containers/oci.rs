@@ -198,9 +198,9 @@ impl OciRuntime {
                 Ok(())
             });
         }
-        // The shim is reaped in `wait` (while it is our child; after an agent restart, init
-        // reaps it).
-        drop(cmd.spawn().map_err(io_err("starting the shim"))?);
+        // A shim that started its container is reaped in `wait` (while it is our child; after
+        // an agent restart, init reaps it). One that failed is reaped here.
+        let child = cmd.spawn().map_err(io_err("starting the shim"))?;
         drop(sync_w);
         let line = tokio::task::spawn_blocking(move || {
             let mut r = io::BufReader::new(fs::File::from(sync_r));
@@ -209,8 +209,12 @@ impl OciRuntime {
         })
         .await
         .map_err(|e| io_err("waiting for the shim")(io::Error::other(e)))?
-        .map_err(io_err("reading from the shim"))?;
-        let result: StartResult = serde_json::from_str(line.trim()).map_err(|_| {
+        .map_err(io_err("reading from the shim"));
+        let parsed = line.map(|l| serde_json::from_str::<StartResult>(l.trim()));
+        if !matches!(&parsed, Ok(Ok(r)) if r.ok) {
+            reap(child).await;
+        }
+        let result: StartResult = parsed?.map_err(|_| {
             let why = match read_status(dir) {
                 Some(ShimStatus::Failed { error, .. }) => error,
                 _ => {
@@ -399,6 +403,26 @@ impl OciRuntime {
 }
 
 /// A pid file descriptor (readable once the process exits), if the process exists.
+/// Wait for a shim that gave up (it exits right after saying so); one that lingers is killed,
+/// so no failed start leaves a zombie or a stray process behind.
+async fn reap(mut child: std::process::Child) {
+    let waited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    });
+    let _ = waited.await;
+}
+
 fn pidfd(pid: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };

@@ -101,6 +101,19 @@ pub struct MountSpec {
     pub tmpfs: bool,
 }
 
+/// A device node made in the container's `/dev`, with access allowed in its cgroup.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceSpec {
+    pub path: String,
+    /// `c` (character) or `b` (block).
+    pub kind: char,
+    pub major: i64,
+    pub minor: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// cgroup limits.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
@@ -114,6 +127,8 @@ pub struct Resources {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Security {
+    /// Every device allowed, `/sys` writable, no masked paths. The capabilities and devices
+    /// a privileged container gets are the host's, given in `capabilities` and `devices`.
     pub privileged: bool,
     /// The full capability set (after adds and drops).
     pub capabilities: Vec<String>,
@@ -161,6 +176,8 @@ pub struct ContainerSpec {
     /// Close stdin after the first attach session (`stdinOnce: true`).
     pub stdin_once: bool,
     pub mounts: Vec<MountSpec>,
+    /// Device nodes beyond the usual few (a privileged container gets the host's).
+    pub devices: Vec<DeviceSpec>,
     pub resources: Resources,
     pub security: Security,
     /// The pod's namespaces; its hostname was set when its UTS namespace was made.
@@ -178,11 +195,7 @@ pub struct SpecError(String);
 /// The OCI runtime configuration of `c`, with its root filesystem at `rootfs` (relative to the
 /// bundle).
 pub fn runtime_spec(c: &ContainerSpec, rootfs: &str) -> Result<Spec, SpecError> {
-    let caps = if c.security.privileged {
-        ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect()
-    } else {
-        c.security.capabilities.clone()
-    };
+    let caps = c.security.capabilities.clone();
     let mut namespaces = vec![json!({"type": "mount"})];
     let mut join = |ty: &str, path: &Option<PathBuf>, own: bool| match path {
         Some(p) => namespaces.push(json!({"type": ty, "path": p})),
@@ -200,7 +213,7 @@ pub fn runtime_spec(c: &ContainerSpec, rootfs: &str) -> Result<Spec, SpecError> 
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if c.security.privileged { "rw" } else { "ro" }]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if c.security.privileged { "rw" } else { "ro" }]}),
     ];
     for m in &c.mounts {
         if m.tmpfs {
@@ -255,11 +268,22 @@ pub fn runtime_spec(c: &ContainerSpec, rootfs: &str) -> Result<Spec, SpecError> 
         // No swap beyond the limit.
         resources["memory"]["swap"] = json!(m);
     }
+    let devices: Vec<Value> = c
+        .devices
+        .iter()
+        .map(|d| {
+            json!({"path": d.path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor,
+                   "fileMode": d.mode, "uid": d.uid, "gid": d.gid})
+        })
+        .collect();
     let mut linux = json!({
         "namespaces": namespaces,
         "resources": resources,
         "cgroupsPath": c.cgroup,
     });
+    if !devices.is_empty() {
+        linux["devices"] = json!(devices);
+    }
     if !c.security.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -314,6 +338,7 @@ mod tests {
                 readonly: true,
                 tmpfs: false,
             }],
+            devices: vec![],
             resources: Resources {
                 cpu_shares: Some(512),
                 cpu_quota: Some(50_000),
@@ -367,14 +392,32 @@ mod tests {
     fn privileged_and_non_root() {
         let mut c = base();
         c.security.privileged = true;
+        c.security.capabilities = vec!["CAP_SYS_ADMIN".into()];
+        c.devices = vec![DeviceSpec {
+            path: "/dev/loop0".into(),
+            kind: 'b',
+            major: 7,
+            minor: 0,
+            mode: 0o660,
+            uid: 0,
+            gid: 6,
+        }];
         let spec = serde_json::to_value(runtime_spec(&c, "rootfs").unwrap()).unwrap();
-        assert!(
-            spec["process"]["capabilities"]["bounding"]
-                .as_array()
-                .unwrap()
-                .contains(&json!("CAP_SYS_ADMIN"))
+        assert_eq!(
+            spec["process"]["capabilities"]["bounding"],
+            json!(["CAP_SYS_ADMIN"])
         );
         assert!(spec["linux"].get("maskedPaths").is_none());
+        assert_eq!(spec["linux"]["devices"][0]["path"], "/dev/loop0");
+        assert_eq!(spec["linux"]["devices"][0]["type"], "b");
+        assert_eq!(spec["linux"]["resources"]["devices"][0]["allow"], true);
+        let sys = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert!(sys["options"].as_array().unwrap().contains(&json!("rw")));
         let mut c = base();
         c.uid = 1000;
         let spec = serde_json::to_value(runtime_spec(&c, "rootfs").unwrap()).unwrap();
