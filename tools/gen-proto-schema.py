@@ -7,6 +7,12 @@ The field numbers and types come from the k8s-pb crate (prost code generated fro
 .proto files); the JSON names come from k8s-openapi (the serde field names). Both are joined
 on module path and case-folded type name, starting from the kinds berth serves.
 
+The table keeps each message's fields in their .proto order, which is the Go struct's
+declaration order (go-to-protobuf preserves it), so it also says in which order Kubernetes
+writes an object's JSON fields. Go structs embedded inline (a Volume's VolumeSource, a
+Probe's ProbeHandler) are a field of their own in protobuf but flattened in JSON: they are
+marked `Inline`, and their fields belong to the enclosing object.
+
 Run from the repository root: python3 tools/gen-proto-schema.py
 """
 import json
@@ -30,6 +36,12 @@ ROOTS = [
     "api.policy.v1.PodDisruptionBudget", "api.policy.v1.Eviction",
     "api.scheduling.v1.PriorityClass", "api.autoscaling.v2.HorizontalPodAutoscaler",
     "api.apps.v1.ControllerRevision",
+    "api.core.v1.ReplicationController", "api.core.v1.PersistentVolume",
+    "api.core.v1.PersistentVolumeClaim", "api.events.v1.Event",
+    "api.networking.v1.Ingress", "api.networking.v1.IngressClass",
+    "api.autoscaling.v1.HorizontalPodAutoscaler", "apimachinery.pkg.apis.meta.v1.Status",
+    "apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
+    "apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",
 ]
 
 # Messages the decoder knows by heart: their JSON form is not an object of their fields.
@@ -80,10 +92,16 @@ def openapi_names(root):
             if not m:
                 continue
             # Keywords get a trailing underscore on both sides (`type_`, `r#type`).
-            fields = dict((rust.rstrip("_"), js) for js, rust in
+            # Keyed by the Rust name without underscores: the two crates split acronyms
+            # differently (`pod_cidrs` here, `pod_cid_rs` in k8s-pb).
+            fields = dict((norm(rust), js) for js, rust in
                           re.findall(r'"([^"]+)" => Field::Key_(\w+),', text))
             out[(module, m.group(1).lower())] = fields
     return out
+
+
+def norm(rust):
+    return rust.rstrip("_").replace("_", "")
 
 
 ATTR = re.compile(r'#\[prost\(([^\]]*)\)\]')
@@ -120,7 +138,7 @@ def pb_messages(root):
                 target = None
                 if kind == "message":
                     target = resolve(module, message_path(ty))
-                fields.append((tag, rust.rstrip("_"), kind, shape, target))
+                fields.append((tag, norm(rust), kind, shape, target))
             msgs[f"{module}.{name}"] = fields
     return msgs
 
@@ -159,11 +177,46 @@ def resolve(module, path):
     return ".".join(parts + segs) if segs[:-1] == [] or path.startswith("super") else ".".join(segs)
 
 
+def key_of(m):
+    module, tname = m.rsplit(".", 1)
+    return (module, tname.lower())
+
+
+def json_names_of(names, m):
+    return names.get(key_of(m))
+
+
+def inline(msgs, names, m, rust):
+    """Whether field `rust` of message `m` is a Go struct embedded inline: k8s-openapi has no
+    field of that name, and every field of the embedded message it knows is a field of the
+    enclosing type there."""
+    outer = json_names_of(names, m) or {}
+    if rust in outer:
+        return False
+    field = next((f for f in msgs[m] if f[1] == rust), None)
+    if field is None or field[2] != "message" or field[3] != "Single":
+        return False
+    # k8s-openapi flattens these types away (there is no VolumeSource there): judge by the
+    # embedded message's own fields, most of which the enclosing type must have.
+    fields = [f[1] for f in msgs[field[4]]]
+    return bool(fields) and 2 * sum(f in outer for f in fields) > len(fields)
+
+
 def main():
     pb_dir, openapi_dir = crate_dirs()
     names = openapi_names(openapi_dir)
     msgs = pb_messages(pb_dir)
-    seen, order, queue = set(), [], list(ROOTS)
+    # Each kind's list, for the order of list replies (k8s-openapi has one generic List).
+    roots = list(ROOTS)
+    for r in ROOTS:
+        if r + "List" in msgs:
+            roots.append(r + "List")
+            names.setdefault(key_of(r + "List"), {"metadata": "metadata", "items": "items"})
+    names.setdefault(key_of("apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList"),
+                     {"metadata": "metadata", "items": "items"})
+    names.setdefault(key_of("apimachinery.pkg.apis.meta.v1.PartialObjectMetadata"),
+                     {"metadata": "metadata"})
+    seen, order, queue = set(), [], roots
     while queue:
         m = queue.pop(0)
         if m in seen or m in SPECIAL:
@@ -172,13 +225,15 @@ def main():
             sys.exit(f"message {m} not found in k8s-pb")
         seen.add(m)
         order.append(m)
-        module, tname = m.rsplit(".", 1)
-        known = names.get((module, tname.lower()))
+        known = json_names_of(names, m)
         if known is None:
             sys.exit(f"no k8s-openapi type for {m}")
         # Fields of newer Kubernetes versions than the one served are not followed.
         for (_, rust, kind, _, target) in msgs[m]:
-            if target and target not in seen and rust in known:
+            if target and inline(msgs, names, m, rust):
+                # Its fields are the enclosing type's in JSON.
+                names.setdefault(key_of(target), known)
+            if target and target not in seen and (rust in known or inline(msgs, names, m, rust)):
                 queue.append(target)
     out = ["// @generated by tools/gen-proto-schema.py from k8s-pb "
            f"{PB} (field numbers) and k8s-openapi {OPENAPI} (JSON names). Do not edit.",
@@ -186,17 +241,18 @@ def main():
            "pub(super) static MESSAGES: &[Message] = &["]
     kinds = {"string": "Str", "bytes": "Bytes", "bool": "Bool", "int32": "I32",
              "int64": "I64", "double": "F64"}
-    skipped = 0
+    skipped = []
     for m in sorted(order):
-        module, tname = m.rsplit(".", 1)
-        json_names = names.get((module, tname.lower()))
+        json_names = json_names_of(names, m)
         if json_names is None:
             sys.exit(f"no k8s-openapi type for {m}")
         out.append(f"    Message {{ name: {json.dumps(m)}, fields: &[")
-        for (tag, rust, kind, shape, target) in sorted(msgs[m]):
+        for (tag, rust, kind, shape, target) in msgs[m]:
             js = json_names.get(rust)
-            if js is None:
-                skipped += 1
+            if js is None and inline(msgs, names, m, rust):
+                js, shape = "", "Inline"
+            elif js is None:
+                skipped.append(f"{m}.{rust}")
                 continue
             ty = f"Msg({json.dumps(target)})" if kind == "message" else kinds[kind]
             out.append(f"        Field {{ tag: {tag}, json: {json.dumps(js)}, ty: {ty}, shape: {shape} }},")
@@ -205,7 +261,9 @@ def main():
     path = os.path.join("crates", "api", "src", "proto", "schema.rs")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
-    print(f"{path}: {len(order)} messages; {skipped} fields newer than the served API skipped")
+    print(f"{path}: {len(order)} messages; fields newer than the served API skipped:")
+    for f in skipped:
+        print(f"  {f}")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,55 @@ pub fn metadata_start(json: &[u8]) -> Option<usize> {
     }
 }
 
+/// The members of the object whose text is `obj`, in order: each key (as written, escapes and
+/// all) and the range of its value's text. `None` if `obj` is not one object.
+pub fn members(obj: &[u8]) -> Option<Vec<(&[u8], Range<usize>)>> {
+    let mut j = ws(obj, 0);
+    if obj.get(j) != Some(&b'{') {
+        return None;
+    }
+    let mut out = Vec::new();
+    j = ws(obj, j + 1);
+    if obj.get(j) == Some(&b'}') {
+        return (ws(obj, j + 1) == obj.len()).then_some(out);
+    }
+    loop {
+        let (key, v) = member(obj, j)?;
+        let end = value_end(obj, v)?;
+        out.push((key, v..end));
+        let next = ws(obj, end);
+        match obj.get(next)? {
+            b',' => j = ws(obj, next + 1),
+            b'}' => return (ws(obj, next + 1) == obj.len()).then_some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// Where `resourceVersion` goes in the top-level `metadata` to keep ObjectMeta's order (after
+/// name, generateName, namespace, selfLink and uid): the index, and whether a comma is needed
+/// before and after it. `None` if there is no `metadata` object.
+pub fn resource_version_slot(json: &[u8]) -> Option<(usize, bool, bool)> {
+    const BEFORE: [&[u8]; 5] = [b"name", b"generateName", b"namespace", b"selfLink", b"uid"];
+    let mut j = ws(json, metadata_start(json)?);
+    if json.get(j) == Some(&b'}') {
+        return Some((j, false, false));
+    }
+    loop {
+        let (key, v) = member(json, j)?;
+        if !BEFORE.contains(&key) {
+            return Some((j, false, true));
+        }
+        let end = value_end(json, v)?;
+        let next = ws(json, end);
+        match json.get(next)? {
+            b',' => j = ws(json, next + 1),
+            b'}' => return Some((end, true, false)),
+            _ => return None,
+        }
+    }
+}
+
 /// Walk the object at `i`: an API object (its `metadata` loses `managedFields`), a watch
 /// event (its `object` is one) or a list (each of its `items` is one). `in_meta` when the
 /// object is a `metadata`. Returns the index past it.

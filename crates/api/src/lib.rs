@@ -15,6 +15,7 @@ pub mod quota;
 pub mod resources;
 pub mod selector;
 pub mod versions;
+pub mod wire;
 
 pub use k8s_openapi;
 pub use resources::Resource;

@@ -2,11 +2,10 @@
 //! The scheduler's hot write edits the cached text of the pod (metadata, managed fields and
 //! all, copied through untouched); anything unusual goes through the JSON tree.
 
-use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 /// Why a pod cannot be bound.
@@ -70,15 +69,14 @@ struct Meta {
     deletion_timestamp: Option<IgnoredAny>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Spec {
-    node_name: Option<String>,
-}
+/// PodSpec's fields in the order Kubernetes writes them, to put `nodeName` in its place.
+static POD_SPEC_ORDER: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| api::wire::declared_fields("api.core.v1.PodSpec"));
 
-/// Bind the pod in `cached`, the cache's text of it at `rev` (whose metadata starts with the
+/// Bind the pod in `cached`, the cache's text of it at `rev` (whose metadata holds the
 /// `resourceVersion` the cache put there), giving the text to store; `None` when the text is
-/// not of that shape, and the tree must do it.
+/// not of that shape, and the tree must do it. Everything but the spec's new `nodeName` and the
+/// status is copied through as it is, in its order.
 pub(crate) fn bind_text(
     cached: &[u8],
     rev: u64,
@@ -86,46 +84,105 @@ pub(crate) fn bind_text(
     uid: Option<&str>,
     scheduled: &Value,
 ) -> Option<Result<String, Refusal>> {
-    let top: BTreeMap<&str, &RawValue> = serde_json::from_slice(cached).ok()?;
-    let meta_raw = top.get("metadata")?.get();
-    let rest = meta_raw.strip_prefix(&format!("{{\"resourceVersion\":\"{rev}\""))?;
-    let members = match rest.strip_prefix(',') {
-        Some(m) => m,
-        None if rest == "}" => rest,
-        None => return None,
+    use api::jsontext::members;
+    let text = |r: &std::ops::Range<usize>, within: &[u8]| -> Option<String> {
+        String::from_utf8(within[r.clone()].to_vec()).ok()
     };
-    let meta: Meta = serde_json::from_str(meta_raw).ok()?;
+    let top = members(cached)?;
+    let find = |k: &[u8]| {
+        top.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, r)| r.clone())
+    };
+    let meta_range = find(b"metadata")?;
+    let meta_raw = &cached[meta_range.clone()];
+    let meta_members = members(meta_raw)?;
+    let rv = format!("\"{rev}\"");
+    if !meta_members
+        .iter()
+        .any(|(k, r)| *k == b"resourceVersion" && meta_raw[r.clone()] == *rv.as_bytes())
+    {
+        return None;
+    }
+    let meta: Meta = serde_json::from_slice(meta_raw).ok()?;
     if uid.is_some_and(|u| meta.uid.as_deref() != Some(u)) {
         return Some(Err(Refusal::Uid));
     }
     if meta.deletion_timestamp.is_some() {
         return Some(Err(Refusal::Deleting));
     }
-    let spec_raw = top.get("spec").map_or("{}", |s| s.get());
-    let spec: Spec = serde_json::from_str(spec_raw).ok()?;
-    match spec.node_name {
-        Some(n) if !n.is_empty() => return Some(Err(Refusal::Bound(n))),
-        // An empty nodeName member would be repeated: the tree replaces it.
-        Some(_) => return None,
-        None => {}
+    // The metadata without the resourceVersion (the store never holds one).
+    let mut new_meta = String::from("{");
+    for (k, r) in meta_members
+        .iter()
+        .filter(|(k, _)| *k != b"resourceVersion")
+    {
+        if new_meta.len() > 1 {
+            new_meta.push(',');
+        }
+        new_meta.push('"');
+        new_meta.push_str(std::str::from_utf8(k).ok()?);
+        new_meta.push_str("\":");
+        new_meta.push_str(&text(r, meta_raw)?);
     }
-    let spec_members = spec_raw.strip_prefix('{')?;
-    let comma = if spec_members.trim_start().starts_with('}') {
-        ""
-    } else {
-        ","
+    new_meta.push('}');
+    // The spec with nodeName where PodSpec's order puts it.
+    let spec_raw: &[u8] = match find(b"spec") {
+        Some(r) => &cached[r],
+        None => b"{}",
     };
-    let node_json = serde_json::to_string(node).ok()?;
-    let new_spec = format!("{{\"nodeName\":{node_json}{comma}{spec_members}");
-    let mut status: Value = match top.get("status") {
-        Some(s) => serde_json::from_str(s.get()).ok()?,
+    let spec_members = members(spec_raw)?;
+    if let Some((_, r)) = spec_members.iter().find(|(k, _)| *k == b"nodeName") {
+        let n: String = serde_json::from_slice(&spec_raw[r.clone()]).ok()?;
+        if !n.is_empty() {
+            return Some(Err(Refusal::Bound(n)));
+        }
+        // An empty nodeName member would be repeated: the tree replaces it.
+        return None;
+    }
+    let rank = |k: &[u8]| {
+        POD_SPEC_ORDER
+            .iter()
+            .position(|f| f.as_bytes() == k)
+            .unwrap_or(usize::MAX)
+    };
+    let node_rank = rank(b"nodeName");
+    let node_member = format!("\"nodeName\":{}", serde_json::to_string(node).ok()?);
+    let mut new_spec = String::from("{");
+    let mut placed = false;
+    for (k, r) in &spec_members {
+        if !placed && rank(k) > node_rank {
+            if new_spec.len() > 1 {
+                new_spec.push(',');
+            }
+            new_spec.push_str(&node_member);
+            placed = true;
+        }
+        if new_spec.len() > 1 {
+            new_spec.push(',');
+        }
+        new_spec.push('"');
+        new_spec.push_str(std::str::from_utf8(k).ok()?);
+        new_spec.push_str("\":");
+        new_spec.push_str(&text(r, spec_raw)?);
+    }
+    if !placed {
+        if new_spec.len() > 1 {
+            new_spec.push(',');
+        }
+        new_spec.push_str(&node_member);
+    }
+    new_spec.push('}');
+    let mut status: Value = match find(b"status") {
+        Some(r) => serde_json::from_slice(&cached[r]).ok()?,
         None => json!({}),
     };
     if !status.is_object() {
         return None;
     }
     set_condition(&mut status, scheduled);
-    let new_status = status.to_string();
+    let new_status =
+        String::from_utf8(api::wire::to_vec_as(&status, "api.core.v1.PodStatus")).ok()?;
 
     let mut out = String::with_capacity(cached.len() + new_status.len() + node.len() + 32);
     out.push('{');
@@ -133,22 +190,24 @@ pub(crate) fn bind_text(
         if out.len() > 1 {
             out.push(',');
         }
-        out.push_str(&serde_json::to_string(k).unwrap_or_default());
-        out.push(':');
+        out.push('"');
+        out.push_str(k);
+        out.push_str("\":");
         out.push_str(v);
     };
-    for (k, v) in &top {
-        match *k {
-            "metadata" => put(k, &format!("{{{members}")),
+    for (k, r) in &top {
+        let k = std::str::from_utf8(k).ok()?;
+        match k {
+            "metadata" => put(k, &new_meta),
             "spec" => put(k, &new_spec),
             "status" => put(k, &new_status),
-            _ => put(k, v.get()),
+            _ => put(k, &text(r, cached)?),
         }
     }
-    if !top.contains_key("spec") {
+    if find(b"spec").is_none() {
         put("spec", &new_spec);
     }
-    if !top.contains_key("status") {
+    if find(b"status").is_none() {
         put("status", &new_status);
     }
     out.push('}');
@@ -167,7 +226,7 @@ mod tests {
                 .iter()
                 .find(|r| r.kind == "Pod")
                 .unwrap(),
-            pod.to_string().as_bytes(),
+            &api::wire::to_vec(pod),
             rev,
         )
         .unwrap();
@@ -197,6 +256,8 @@ mod tests {
             bind_tree(&mut tree, "n\"1", None, None, &scheduled).unwrap();
             let got: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(got, tree, "{pod}");
+            // And the same text, in Kubernetes' order.
+            assert_eq!(text.as_bytes(), api::wire::to_vec(&tree), "{pod}");
         }
     }
 
@@ -238,7 +299,7 @@ mod tests {
         // An empty nodeName member; a resourceVersion not where the cache puts it.
         let empty = json!({"metadata": {"name": "a"}, "spec": {"nodeName": ""}});
         assert!(bind_text(&cached(&empty, 3), 3, "n1", None, &scheduled).is_none());
-        let elsewhere = br#"{"metadata":{"name":"a","resourceVersion":"3"},"spec":{}}"#;
-        assert!(bind_text(elsewhere, 3, "n1", None, &scheduled).is_none());
+        let other = br#"{"metadata":{"name":"a","resourceVersion":"2"},"spec":{}}"#;
+        assert!(bind_text(other, 3, "n1", None, &scheduled).is_none());
     }
 }

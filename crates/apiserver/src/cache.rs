@@ -57,7 +57,7 @@ pub struct Entry {
 impl Entry {
     pub fn build(resource: &Resource, mut obj: Value, rev: Revision) -> Entry {
         obj["metadata"]["resourceVersion"] = Value::String(rev.to_string());
-        let json = Bytes::from(obj.to_string());
+        let json = Bytes::from(api::wire::to_vec(&obj));
         Entry::derive(resource, &obj, rev, json)
     }
 
@@ -122,23 +122,20 @@ impl Entry {
     }
 }
 
-/// `json` with `"resourceVersion":"<rev>"` first in its top-level `metadata` object, or `None`
-/// if it has none. (The store never holds a `resourceVersion`, so there is none to replace.)
+/// `json` with `"resourceVersion":"<rev>"` in its top-level `metadata` object, where
+/// ObjectMeta's order puts it (after the uid), or `None` if it has none. (The store never
+/// holds a `resourceVersion`, so there is none to replace.)
 fn with_resource_version(json: &[u8], rev: Revision) -> Option<Vec<u8>> {
-    let at = api::jsontext::metadata_start(json)?;
-    let rest = &json[at..];
-    let empty = rest
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'}');
+    let (at, comma_before, comma_after) = api::jsontext::resource_version_slot(json)?;
     let field = format!(
-        "\"resourceVersion\":\"{rev}\"{}",
-        if empty { "" } else { "," }
+        "{}\"resourceVersion\":\"{rev}\"{}",
+        if comma_before { "," } else { "" },
+        if comma_after { "," } else { "" }
     );
     let mut out = Vec::with_capacity(json.len() + field.len());
     out.extend_from_slice(&json[..at]);
     out.extend_from_slice(field.as_bytes());
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&json[at..]);
     Some(out)
 }
 
@@ -778,8 +775,19 @@ mod tests {
             (
                 r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"},"spec":{}}"#,
                 Some(
-                    r#"{"apiVersion":"v1","kind":"Pod","metadata":{"resourceVersion":"7","name":"a"},"spec":{}}"#,
+                    r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a","resourceVersion":"7"},"spec":{}}"#,
                 ),
+            ),
+            // After the uid, before what follows it in ObjectMeta.
+            (
+                r#"{"metadata":{"name":"a","namespace":"n","uid":"u","generation":2,"labels":{}}}"#,
+                Some(
+                    r#"{"metadata":{"name":"a","namespace":"n","uid":"u","resourceVersion":"7","generation":2,"labels":{}}}"#,
+                ),
+            ),
+            (
+                r#"{"metadata":{"labels":{"name":"x"}}}"#,
+                Some(r#"{"metadata":{"resourceVersion":"7","labels":{"name":"x"}}}"#),
             ),
             (
                 r#"{"kind":"x","metadata":{}}"#,
@@ -787,14 +795,14 @@ mod tests {
             ),
             (
                 "{ \"metadata\" :\n { } }",
-                Some("{ \"metadata\" :\n {\"resourceVersion\":\"7\" } }"),
+                Some("{ \"metadata\" :\n { \"resourceVersion\":\"7\"} }"),
             ),
             // Nested objects named metadata, keys and values that say "metadata" or hold
             // quotes are not the object's own metadata.
             (
                 r#"{"data":{"metadata":{"a":1}},"kind":"metadata","k\"metadata":[{"metadata":{}}],"metadata":{"name":"b"}}"#,
                 Some(
-                    r#"{"data":{"metadata":{"a":1}},"kind":"metadata","k\"metadata":[{"metadata":{}}],"metadata":{"resourceVersion":"7","name":"b"}}"#,
+                    r#"{"data":{"metadata":{"a":1}},"kind":"metadata","k\"metadata":[{"metadata":{}}],"metadata":{"name":"b","resourceVersion":"7"}}"#,
                 ),
             ),
             (r#"{"kind":"x"}"#, None),

@@ -32,6 +32,9 @@ pub struct Details {
     pub causes: Vec<Cause>,
     /// Seconds a client should wait before retrying.
     pub retry_after: Option<u32>,
+    /// Write `details` even when it says nothing (`{}`), as Kubernetes does for a path it
+    /// does not serve (kubectl debug reads it and fails on a missing one).
+    pub always: bool,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -97,11 +100,13 @@ impl ApiError {
 
     /// The plain 404 for paths the server does not serve.
     pub fn no_route() -> ApiError {
-        ApiError::new(
+        let mut e = ApiError::new(
             404,
             "NotFound",
             "the server could not find the requested resource",
-        )
+        );
+        e.details.always = true;
+        e
     }
 
     pub fn method_not_allowed() -> ApiError {
@@ -185,6 +190,10 @@ impl ApiError {
         e
     }
 
+    pub fn not_acceptable(message: impl Into<String>) -> ApiError {
+        ApiError::new(406, "NotAcceptable", message)
+    }
+
     pub fn too_large(limit: usize) -> ApiError {
         ApiError::new(
             413,
@@ -237,7 +246,8 @@ impl ApiError {
         if let Some(n) = &d.name {
             details.insert("name".into(), json!(n));
         }
-        if let Some(g) = &d.group {
+        // The core group is the empty string, which Kubernetes leaves out.
+        if let Some(g) = d.group.as_ref().filter(|g| !g.is_empty()) {
             details.insert("group".into(), json!(g));
         }
         if let Some(k) = &d.kind {
@@ -260,7 +270,7 @@ impl ApiError {
         if let Some(r) = d.retry_after {
             details.insert("retryAfterSeconds".into(), json!(r));
         }
-        if !details.is_empty() {
+        if !details.is_empty() || d.always {
             status["details"] = Value::Object(details);
         }
         status
@@ -312,5 +322,24 @@ mod tests {
         let s = ApiError::not_found(deploys, "web").to_status();
         assert_eq!(s["message"], "deployments.apps \"web\" not found");
         assert_eq!(s["details"]["kind"], "deployments");
+    }
+
+    #[test]
+    fn status_bodies_are_kubernetes_own_text() {
+        let pods = api::resources::find("", "v1", "pods").unwrap();
+        let text = |e: &ApiError| String::from_utf8(api::wire::to_vec(&e.to_status())).unwrap();
+        assert_eq!(
+            text(&ApiError::not_found(pods, "x")),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods \"x\" not found","reason":"NotFound","details":{"name":"x","kind":"pods"},"code":404}"#
+        );
+        assert_eq!(
+            text(&ApiError::no_route()),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#
+        );
+        let deploys = api::resources::find("apps", "v1", "deployments").unwrap();
+        assert!(
+            text(&ApiError::not_found(deploys, "web"))
+                .contains(r#""details":{"name":"web","group":"apps","kind":"deployments"}"#)
+        );
     }
 }

@@ -132,7 +132,7 @@ impl ApiServer {
             };
             self.delete_object(&target, name, &opts, &del).await?;
             let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                "status": "Success"});
+                                "status": "Success", "code": 201});
             return Ok(Reply::json(StatusCode::CREATED, &status));
         }
         Err(ApiError::unavailable(

@@ -69,10 +69,7 @@ fn table_row(e: &Entry, inc: Include, now: Timestamp) -> Bytes {
 
 /// A Table's opening, up to the start of its rows.
 fn table_head(kind: &str, version: &str, rev: u64, cont: Option<&str>, columns: bool) -> Bytes {
-    let mut meta = json!({"resourceVersion": rev.to_string()});
-    if let Some(c) = cont {
-        meta["continue"] = json!(c);
-    }
+    let meta = list_meta(rev, cont);
     let cols = if columns {
         table::column_definitions(kind)
     } else {
@@ -81,6 +78,48 @@ fn table_head(kind: &str, version: &str, rev: u64, cont: Option<&str>, columns: 
     Bytes::from(format!(
         "{{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/{version}\",\"metadata\":{meta},\"columnDefinitions\":{cols},\"rows\":["
     ))
+}
+
+/// An object as `PartialObjectMetadata`: its whole metadata (managed fields included, as
+/// Kubernetes sends them), cut from the cached text as it is.
+fn partial_object(e: &Entry, version: &str) -> Bytes {
+    let meta = api::jsontext::members(&e.json)
+        .and_then(|m| m.into_iter().find(|(k, _)| *k == b"metadata"))
+        .map_or(&b"{}"[..], |(_, r)| &e.json[r]);
+    let mut out = format!(
+        "{{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/{version}\",\"metadata\":"
+    )
+    .into_bytes();
+    out.extend_from_slice(meta);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// Kubernetes' 406 for the single-object form asked of a list, and the other way round.
+fn a_list(t: &Target) -> ApiError {
+    ApiError::not_acceptable(format!(
+        "you requested PartialObjectMetadata, but the requested object is a list (*{}.{})",
+        t.resource.version,
+        t.resource.list_kind()
+    ))
+}
+
+fn not_a_list(t: &Target) -> ApiError {
+    ApiError::not_acceptable(format!(
+        "you requested PartialObjectMetadataList, but the requested object is not a list (*{}.{})",
+        t.resource.version, t.resource.kind
+    ))
+}
+
+/// A list's `metadata`, in ListMeta's order: resourceVersion, then continue.
+fn list_meta(rev: u64, cont: Option<&str>) -> String {
+    match cont {
+        Some(c) => format!(
+            "{{\"resourceVersion\":\"{rev}\",\"continue\":{}}}",
+            Value::String(c.to_string())
+        ),
+        None => format!("{{\"resourceVersion\":\"{rev}\"}}"),
+    }
 }
 
 /// Interleave `items` with commas between an opening and a closing.
@@ -162,14 +201,18 @@ impl ApiServer {
     pub(crate) async fn get(&self, t: &Target, name: &str, output: Output) -> ApiResult<Reply> {
         let e = self.fresh(t, name).await?;
         Ok(match output {
-            Output::Json => Reply::bytes(StatusCode::OK, "application/json", e.json.clone()),
+            Output::Json => Reply::object(StatusCode::OK, e.json.clone()),
+            Output::Metadata { list: true, .. } => return Err(not_a_list(t)),
+            Output::Metadata { version, .. } => {
+                Reply::object(StatusCode::OK, partial_object(&e, version))
+            }
             Output::Table(version) => {
                 let head = table_head(t.resource.kind, version, e.rev, None, true);
                 let row = table_row(&e, Include::Metadata, Timestamp::now());
                 Reply::body(
                     StatusCode::OK,
                     "application/json",
-                    joined(head, vec![row], b"]}"),
+                    joined(head, vec![row], b"]}\n"),
                 )
             }
         })
@@ -241,10 +284,7 @@ impl ApiServer {
         );
         let body = match output {
             Output::Json => {
-                let mut meta = json!({"resourceVersion": snap.rev.to_string()});
-                if let Some(c) = &cont {
-                    meta["continue"] = json!(c);
-                }
+                let meta = list_meta(snap.rev, cont.as_deref());
                 let head = Bytes::from(format!(
                     "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{meta},\"items\":[",
                     t.resource.list_kind(),
@@ -253,7 +293,19 @@ impl ApiServer {
                 joined(
                     head,
                     matched.iter().map(|e| e.json.clone()).collect(),
-                    b"]}",
+                    b"]}\n",
+                )
+            }
+            Output::Metadata { list: false, .. } => return Err(a_list(t)),
+            Output::Metadata { version, .. } => {
+                let head = Bytes::from(format!(
+                    "{{\"kind\":\"PartialObjectMetadataList\",\"apiVersion\":\"meta.k8s.io/{version}\",\"metadata\":{},\"items\":[",
+                    list_meta(snap.rev, cont.as_deref())
+                ));
+                joined(
+                    head,
+                    matched.iter().map(|e| partial_object(e, version)).collect(),
+                    b"]}\n",
                 )
             }
             Output::Table(version) => {
@@ -263,7 +315,7 @@ impl ApiServer {
                 joined(
                     head,
                     matched.iter().map(|e| table_row(e, inc, now)).collect(),
-                    b"]}",
+                    b"]}\n",
                 )
             }
         };
@@ -372,8 +424,9 @@ fn has_more(snap: &Snapshot, filter: &Filter, after: &str) -> bool {
 }
 
 fn error_line(e: &ApiError) -> Bytes {
-    let mut line = json!({"type": "ERROR", "object": e.to_status()}).to_string();
-    line.push('\n');
+    let mut line = b"{\"type\":\"ERROR\",\"object\":".to_vec();
+    line.extend_from_slice(&api::wire::to_vec(&e.to_status()));
+    line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }
 
@@ -395,6 +448,9 @@ impl Encoder {
                 out.extend_from_slice(b"\",\"object\":");
                 match self.output {
                     Output::Json => out.extend_from_slice(&e.json),
+                    Output::Metadata { version, .. } => {
+                        out.extend_from_slice(&partial_object(e, version));
+                    }
                     Output::Table(version) => {
                         let head = table_head(self.kind, version, e.rev, None, !self.sent_columns);
                         self.sent_columns = true;
@@ -412,11 +468,9 @@ impl Encoder {
                 }
                 let obj =
                     json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": meta});
-                out.extend_from_slice(
-                    json!({"type": "BOOKMARK", "object": obj})
-                        .to_string()
-                        .as_bytes(),
-                );
+                out.extend_from_slice(b"{\"type\":\"BOOKMARK\",\"object\":");
+                out.extend_from_slice(&api::wire::to_vec(&obj));
+                out.push(b'}');
                 out.push(b'\n');
             }
         }

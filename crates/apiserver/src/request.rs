@@ -240,6 +240,12 @@ pub enum Output {
     Json,
     /// A `meta.k8s.io` Table, in this version.
     Table(&'static str),
+    /// Only the metadata, as `meta.k8s.io` `PartialObjectMetadata` (client-go's metadata
+    /// informers, kube-rs' `metadata` calls); `list` when the `...List` form was asked for.
+    Metadata {
+        version: &'static str,
+        list: bool,
+    },
 }
 
 /// Whether and which aggregated discovery a client accepts.
@@ -263,12 +269,29 @@ fn media_params(accept: &str) -> impl Iterator<Item = Vec<(&str, &str)>> {
 pub fn output(accept: Option<&str>) -> Output {
     for params in media_params(accept.unwrap_or("")) {
         let get = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
-        if get("as") == Some("Table") && get("g") == Some("meta.k8s.io") {
-            match get("v") {
-                Some("v1") => return Output::Table("v1"),
-                Some("v1beta1") => return Output::Table("v1beta1"),
-                _ => {}
+        if get("g") != Some("meta.k8s.io") {
+            continue;
+        }
+        let version = match get("v") {
+            Some("v1") => "v1",
+            Some("v1beta1") => "v1beta1",
+            _ => continue,
+        };
+        match get("as") {
+            Some("Table") => return Output::Table(version),
+            Some("PartialObjectMetadata") => {
+                return Output::Metadata {
+                    version,
+                    list: false,
+                };
             }
+            Some("PartialObjectMetadataList") => {
+                return Output::Metadata {
+                    version,
+                    list: true,
+                };
+            }
+            _ => {}
         }
     }
     Output::Json
@@ -359,6 +382,24 @@ mod tests {
         let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         assert_eq!(output(Some(table)), Output::Table("v1"));
         assert_eq!(output(Some("application/json")), Output::Json);
+        assert_eq!(
+            output(Some(
+                "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+            )),
+            Output::Metadata {
+                version: "v1",
+                list: true
+            }
+        );
+        assert_eq!(
+            output(Some(
+                "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+            )),
+            Output::Metadata {
+                version: "v1",
+                list: false
+            }
+        );
         let v2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
         assert_eq!(
             discovery_format(Some(v2)),

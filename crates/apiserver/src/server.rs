@@ -76,8 +76,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An object, written as Kubernetes writes it (fields in Go's order, a final newline).
     pub fn json(status: StatusCode, v: &Value) -> Reply {
-        Reply::bytes(status, "application/json", Bytes::from(v.to_string()))
+        Reply::object(status, Bytes::from(api::wire::to_vec(v)))
+    }
+
+    /// An object's JSON text, with the newline Kubernetes ends each one with.
+    pub fn object(status: StatusCode, json: Bytes) -> Reply {
+        Reply::body(
+            status,
+            "application/json",
+            Body::chunks(vec![json, Bytes::from_static(b"\n")]),
+        )
     }
 
     pub fn bytes(status: StatusCode, content_type: &'static str, b: Bytes) -> Reply {

@@ -19,7 +19,16 @@ fn show_message(view: &'static View, bytes: Bytes) -> Bytes {
         return bytes;
     };
     show_value(view, &mut v);
-    let mut out = serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec());
+    let mut out = match (v["type"].as_str(), v.get("object")) {
+        // A watch event: `type`, then `object`, as Kubernetes writes them.
+        (Some(ty), Some(obj)) if v.as_object().is_some_and(|m| m.len() == 2) => {
+            let mut e = format!("{{\"type\":{},\"object\":", Value::String(ty.into())).into_bytes();
+            e.extend_from_slice(&api::wire::to_vec(obj));
+            e.push(b'}');
+            e
+        }
+        _ => api::wire::to_vec(&v),
+    };
     // Watch events are one JSON document per line.
     if bytes.ends_with(b"\n") {
         out.push(b'\n');

@@ -109,13 +109,17 @@ pub(crate) fn write_opts(
 /// The result of a write.
 pub(crate) struct Written {
     obj: Value,
+    /// The revision it was written at; 0 for a dry-run create, which was not, and whose
+    /// reply has no resourceVersion (a client that sends it back must not be refused).
     rev: u64,
     warnings: Vec<String>,
 }
 
 impl Written {
     fn reply(mut self, status: StatusCode) -> Reply {
-        self.obj["metadata"]["resourceVersion"] = json!(self.rev.to_string());
+        if self.rev != 0 {
+            self.obj["metadata"]["resourceVersion"] = json!(self.rev.to_string());
+        }
         let mut r = Reply::json(status, &self.obj);
         r.warnings = self.warnings;
         r
@@ -546,7 +550,7 @@ impl ApiServer {
                 0,
                 Op::Put {
                     key,
-                    value: Bytes::from(admitted.to_string()),
+                    value: Bytes::from(api::wire::to_vec(&admitted)),
                     condition: Condition::Absent,
                 },
             );
@@ -839,7 +843,7 @@ impl ApiServer {
             0,
             Op::Put {
                 key,
-                value: Bytes::from(admitted.to_string()),
+                value: Bytes::from(api::wire::to_vec(&admitted)),
                 condition: Condition::ModRevision(old_rev),
             },
         );
@@ -1045,18 +1049,25 @@ impl ApiServer {
         let opts = write_opts(req, params, who)?;
         let del = DeleteOptions::from(req, params)?;
         let (written, gone) = self.delete_object(t, name, &opts, &del).await?;
-        if gone && !matches!(t.resource.kind, "Pod" | "Namespace") {
+        if gone && !t.resource.delete_returns_object {
+            // Kubernetes' success Status: no code, and no group for the core group.
+            let mut details = json!({"name": name, "kind": t.resource.plural,
+                                     "uid": written.obj["metadata"]["uid"]});
+            if !t.resource.group.is_empty() {
+                details["group"] = json!(t.resource.group);
+            }
             let status = json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "details": {"name": name, "group": t.resource.group, "kind": t.resource.plural,
-                            "uid": written.obj["metadata"]["uid"]},
+                "details": details,
             });
             return Ok(Reply::json(StatusCode::OK, &status));
         }
-        let status = if gone {
-            StatusCode::OK
-        } else {
+        // An object still there (finalizers, a graceful pod deletion) comes back as it is
+        // now; 202 only for the deprecated `orphanDependents: false`, as in Kubernetes.
+        let status = if !gone && del.orphan_dependents == Some(false) {
             StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
         };
         Ok(written.reply(status))
     }
@@ -1462,7 +1473,10 @@ impl ApiServer {
                     strip_rv(&mut pod);
                     binding::bind_tree(&mut pod, node, uid, annotations, &scheduled)
                         .map_err(refused)?;
-                    (pod.to_string(), rev)
+                    (
+                        String::from_utf8(api::wire::to_vec(&pod)).unwrap_or_default(),
+                        rev,
+                    )
                 }
             };
             if opts.dry_run {
@@ -1673,6 +1687,7 @@ impl Propagation {
 pub(crate) struct DeleteOptions {
     grace_period: Option<i64>,
     propagation: Option<Propagation>,
+    orphan_dependents: Option<bool>,
     uid: Option<String>,
     resource_version: Option<String>,
 }
@@ -1700,6 +1715,9 @@ impl DeleteOptions {
             Some(g) => Some(g),
             None => params.number("gracePeriodSeconds")?,
         };
+        let orphan_dependents = body["orphanDependents"]
+            .as_bool()
+            .or_else(|| params.get("orphanDependents").map(|v| v == "true"));
         let propagation = match body["propagationPolicy"]
             .as_str()
             .or(params.get("propagationPolicy"))
@@ -1712,20 +1730,16 @@ impl DeleteOptions {
                     "propagationPolicy must be one of \"Orphan\", \"Background\" or \"Foreground\", not {p:?}"
                 )));
             }
-            None => {
-                let orphan = body["orphanDependents"]
-                    .as_bool()
-                    .or_else(|| params.get("orphanDependents").map(|v| v == "true"));
-                match orphan {
-                    Some(true) => Some(Propagation::Orphan),
-                    Some(false) => Some(Propagation::Background),
-                    None => None,
-                }
-            }
+            None => match orphan_dependents {
+                Some(true) => Some(Propagation::Orphan),
+                Some(false) => Some(Propagation::Background),
+                None => None,
+            },
         };
         Ok(DeleteOptions {
             grace_period,
             propagation,
+            orphan_dependents,
             uid: body["preconditions"]["uid"].as_str().map(str::to_string),
             resource_version: body["preconditions"]["resourceVersion"]
                 .as_str()

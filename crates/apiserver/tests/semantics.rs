@@ -50,6 +50,20 @@ impl Api {
         (parts.status, parts.headers, v)
     }
 
+    /// The reply's text, as a client reads it.
+    async fn raw(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default())
+            .unwrap();
+        let resp = self.0.handle(req, Identity::System("test".into())).await;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await;
+        (parts.status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let (s, _, v) = self.send(method, path, "application/json", body).await;
         (s, v)
@@ -391,7 +405,7 @@ async fn finalizers_hold_deletion() {
             None,
         )
         .await;
-    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(s, StatusCode::OK);
     assert!(v["metadata"]["deletionTimestamp"].is_string());
     let still = a
         .ok(Method::GET, "/api/v1/namespaces/default/configmaps/f", None)
@@ -450,7 +464,7 @@ async fn bound_pods_are_deleted_gracefully() {
             None,
         )
         .await;
-    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(s, StatusCode::OK);
     assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 20);
     let (s, _) = a
         .call(
@@ -830,4 +844,192 @@ async fn autoscalers_are_served_in_v1_and_v2_alike() {
     a.ok(Method::DELETE, &format!("{v1}/web"), None).await;
     let (s, _) = a.call(Method::GET, &format!("{v2}/web"), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// What clients compare byte for byte: objects in Kubernetes' field order with a final
+/// newline, the delete replies Kubernetes gives per kind, dry-run creates without a
+/// resourceVersion, and the Status of a path nothing serves.
+#[tokio::test]
+async fn replies_read_as_kubernetes_writes_them() {
+    let a = start().await;
+    let (s, text) = a
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(json!({"data": {"k": "v"}, "metadata": {"name": "c", "labels": {"b": "1", "a": "2"}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert!(
+        text.starts_with(r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c","namespace":"default","uid":""#),
+        "{text}"
+    );
+    assert!(text.ends_with("}\n"), "{text}");
+    let created: Value = serde_json::from_str(&text).unwrap();
+    let (_, got) = a
+        .raw(Method::GET, "/api/v1/namespaces/default/configmaps/c", None)
+        .await;
+    let rv = created["metadata"]["resourceVersion"].as_str().unwrap();
+    let uid = created["metadata"]["uid"].as_str().unwrap();
+    assert!(
+        got.contains(&format!(
+            r#""uid":"{uid}","resourceVersion":"{rv}","creationTimestamp""#
+        )),
+        "{got}"
+    );
+    assert!(got.contains(r#""labels":{"a":"2","b":"1"}"#), "{got}");
+    assert!(got.ends_with("\"data\":{\"k\":\"v\"}}\n"), "{got}");
+
+    // A dry-run create was not stored, and says no resourceVersion.
+    let (s, dry) = a
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps?dryRun=All",
+            Some(json!({"metadata": {"name": "d"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert!(dry["metadata"].get("resourceVersion").is_none(), "{dry}");
+    assert!(dry["metadata"]["uid"].is_string());
+
+    // ConfigMaps answer a delete with a Status (no code, no group for the core group).
+    let (s, text) = a
+        .raw(
+            Method::DELETE,
+            "/api/v1/namespaces/default/configmaps/c",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        text,
+        format!(
+            r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Success","details":{{"name":"c","kind":"configmaps","uid":"{uid}"}}}}"#
+        ) + "\n"
+    );
+    // Services and service accounts answer with the object.
+    for (path, body) in [
+        (
+            "/api/v1/namespaces/default/services",
+            json!({"metadata": {"name": "s"},
+            "spec": {"ports": [{"port": 80}]}}),
+        ),
+        (
+            "/api/v1/namespaces/default/serviceaccounts",
+            json!({"metadata": {"name": "sa"}}),
+        ),
+    ] {
+        let made = a.ok(Method::POST, path, Some(body)).await;
+        let name = made["metadata"]["name"].as_str().unwrap();
+        let (s, gone) = a
+            .call(Method::DELETE, &format!("{path}/{name}"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(gone["metadata"]["uid"], made["metadata"]["uid"], "{gone}");
+        assert_ne!(gone["kind"], "Status");
+    }
+    // Deployments: a Status naming the group.
+    a.ok(
+        Method::POST,
+        "/apis/apps/v1/namespaces/default/deployments",
+        Some(json!({"metadata": {"name": "web"}, "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "c", "image": "i"}]}}}})),
+    )
+    .await;
+    let (_, gone) = a
+        .call(
+            Method::DELETE,
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            Some(json!({"propagationPolicy": "Orphan"})),
+        )
+        .await;
+    assert_eq!(
+        gone["kind"], "Deployment",
+        "held by the orphan finalizer: {gone}"
+    );
+
+    // An eviction answers 201 with a Status that says so.
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/pods",
+        Some(json!({"metadata": {"name": "ev"},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}})),
+    )
+    .await;
+    let (s, text) = a
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/pods/ev/eviction",
+            Some(json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                        "metadata": {"name": "ev", "namespace": "default"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(
+        text,
+        "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Success\",\"code\":201}\n"
+    );
+
+    // A path nothing serves: Kubernetes' text, details and all.
+    let (s, text) = a
+        .raw(Method::GET, "/api/v1/namespaces/default/widgets", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        text,
+        "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"the server could not find the requested resource\",\"reason\":\"NotFound\",\"details\":{},\"code\":404}\n"
+    );
+}
+
+/// client-go's metadata informers and kube-rs' metadata calls: only the metadata, whole.
+#[tokio::test]
+async fn partial_object_metadata_is_served() {
+    let a = start().await;
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps?fieldManager=me",
+        Some(json!({"metadata": {"name": "m", "labels": {"app": "x"}}, "data": {"big": "..."}})),
+    )
+    .await;
+    let get = |path: &str, accept: &str| {
+        let req = Request::builder()
+            .uri(path)
+            .header("accept", accept)
+            .body(Bytes::new())
+            .unwrap();
+        let api = a.0.clone();
+        async move {
+            let resp = api.handle(req, Identity::System("test".into())).await;
+            let (parts, body) = resp.into_parts();
+            let text = String::from_utf8(body.collect().await.to_vec()).unwrap();
+            (parts.status, text)
+        }
+    };
+    let one = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let many = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    let (s, text) = get("/api/v1/namespaces/default/configmaps/m", one).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        text.starts_with(r#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":"m","#),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["metadata"]["labels"]["app"], "x");
+    assert_eq!(v["metadata"]["managedFields"][0]["manager"], "me");
+    assert!(v.get("data").is_none());
+    let (s, text) = get("/api/v1/namespaces/default/configmaps", many).await;
+    assert_eq!(s, StatusCode::OK);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["kind"], "PartialObjectMetadataList");
+    assert!(v["metadata"]["resourceVersion"].is_string());
+    assert_eq!(v["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(v["items"][0]["metadata"]["name"], "m");
+    // The single form of a list, and the list form of one object: 406, as Kubernetes says.
+    let (s, text) = get("/api/v1/namespaces/default/configmaps", one).await;
+    assert_eq!(s, StatusCode::NOT_ACCEPTABLE, "{text}");
+    assert!(text.contains("but the requested object is a list"), "{text}");
+    let (s, _) = get("/api/v1/namespaces/default/configmaps/m", many).await;
+    assert_eq!(s, StatusCode::NOT_ACCEPTABLE);
 }

@@ -6,7 +6,10 @@
 //! and carries the object's own message. Messages are decoded by a table of field numbers and
 //! JSON names (`schema.rs`, generated); a few well-known types have their own JSON forms.
 
+mod encode;
 mod schema;
+
+pub use encode::{EncodeError, encode_object};
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -46,6 +49,9 @@ pub enum Shape {
     Repeated,
     /// `map<string, T>`: entries are messages with the key at 1 and the value at 2.
     Map,
+    /// A Go struct embedded inline: its own message in protobuf, its fields the enclosing
+    /// object's in JSON (`json` is empty).
+    Inline,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,6 +66,32 @@ pub enum ProtoError {
 
 static BY_NAME: LazyLock<HashMap<&'static str, &'static Message>> =
     LazyLock::new(|| schema::MESSAGES.iter().map(|m| (m.name, m)).collect());
+
+/// A message of the schema by its full name (`api.core.v1.Pod`).
+pub fn message(name: &str) -> Option<&'static Message> {
+    BY_NAME.get(name).copied()
+}
+
+/// The message of a kind (`apps/v1` + `Deployment`), if it is in the schema.
+pub fn message_of_kind(api_version: &str, kind: &str) -> Option<&'static Message> {
+    message(&message_name(api_version, kind))
+}
+
+/// Whether `name` is one of the types whose JSON is not an object of their fields (times,
+/// quantities, int-or-strings, embedded raw JSON).
+pub fn is_special(name: &str) -> bool {
+    SPECIAL.contains(&name)
+}
+
+const SPECIAL: &[&str] = &[
+    "apimachinery.pkg.apis.meta.v1.Time",
+    "apimachinery.pkg.apis.meta.v1.MicroTime",
+    "apimachinery.pkg.apis.meta.v1.Duration",
+    "apimachinery.pkg.api.resource.Quantity",
+    "apimachinery.pkg.util.intstr.IntOrString",
+    "apimachinery.pkg.runtime.RawExtension",
+    "apimachinery.pkg.apis.meta.v1.FieldsV1",
+];
 
 /// Decode a whole request body into the object's JSON, with `apiVersion` and `kind` set.
 pub fn decode_object(body: &[u8]) -> Result<Value, ProtoError> {
@@ -96,10 +128,11 @@ pub fn decode_object(body: &[u8]) -> Result<Value, ProtoError> {
 
 /// `apps/v1` + `Deployment` -> `api.apps.v1.Deployment`.
 fn message_name(api_version: &str, kind: &str) -> String {
-    if kind == "DeleteOptions" {
-        return "apimachinery.pkg.apis.meta.v1.DeleteOptions".into();
-    }
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    // Options and Status are kinds of every group; the meta group's own kinds live there too.
+    if matches!(kind, "DeleteOptions" | "Status") || group == "meta.k8s.io" {
+        return format!("apimachinery.pkg.apis.meta.v1.{kind}");
+    }
     let module = match group.split('.').next() {
         Some("") | None => "core",
         Some(g) => g,
@@ -191,12 +224,25 @@ impl<'a> Iterator for Reader<'a> {
 
 fn decode_message(buf: &[u8], msg: &Message) -> Result<Value, ProtoError> {
     let mut obj = Map::new();
+    decode_into(buf, msg, &mut obj)?;
+    Ok(Value::Object(obj))
+}
+
+fn decode_into(buf: &[u8], msg: &Message, obj: &mut Map<String, Value>) -> Result<(), ProtoError> {
     for item in Reader::new(buf) {
         let (tag, wire) = item?;
         let Some(f) = msg.fields.iter().find(|f| f.tag == tag) else {
             continue;
         };
         match f.shape {
+            Shape::Inline => {
+                let (Ty::Msg(name), Wire::Len(b)) = (f.ty, wire) else {
+                    return Err(ProtoError::Malformed("embedded field is not a message"));
+                };
+                let inner = message(name)
+                    .ok_or(ProtoError::Malformed("reference to an unknown message"))?;
+                decode_into(b, inner, obj)?;
+            }
             Shape::Single => {
                 // Go's JSON leaves out empty strings and unset times; protobuf sends them.
                 let v = value(f.ty, wire)?;
@@ -240,7 +286,7 @@ fn decode_message(buf: &[u8], msg: &Message) -> Result<Value, ProtoError> {
             }
         }
     }
-    Ok(Value::Object(obj))
+    Ok(())
 }
 
 fn zero(ty: Ty) -> Value {

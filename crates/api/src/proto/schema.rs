@@ -27,6 +27,23 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.apps.v1.ControllerRevisionList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.apps.v1.ControllerRevision"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.apps.v1.DaemonSet",
         fields: &[
             Field {
@@ -81,6 +98,23 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "message",
                 ty: Str,
                 shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.apps.v1.DaemonSetList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.apps.v1.DaemonSet"),
+                shape: Repeated,
             },
         ],
     },
@@ -240,6 +274,18 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 6,
+                json: "lastUpdateTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "lastTransitionTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
                 tag: 4,
                 json: "reason",
                 ty: Str,
@@ -251,17 +297,22 @@ pub(super) static MESSAGES: &[Message] = &[
                 ty: Str,
                 shape: Single,
             },
+        ],
+    },
+    Message {
+        name: "api.apps.v1.DeploymentList",
+        fields: &[
             Field {
-                tag: 6,
-                json: "lastUpdateTime",
-                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
                 shape: Single,
             },
             Field {
-                tag: 7,
-                json: "lastTransitionTime",
-                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
-                shape: Single,
+                tag: 2,
+                json: "items",
+                ty: Msg("api.apps.v1.Deployment"),
+                shape: Repeated,
             },
         ],
     },
@@ -340,6 +391,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 7,
+                json: "readyReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
                 tag: 4,
                 json: "availableReplicas",
                 ty: I32,
@@ -352,26 +409,20 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 9,
+                json: "terminatingReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
                 tag: 6,
                 json: "conditions",
                 ty: Msg("api.apps.v1.DeploymentCondition"),
                 shape: Repeated,
             },
             Field {
-                tag: 7,
-                json: "readyReplicas",
-                ty: I32,
-                shape: Single,
-            },
-            Field {
                 tag: 8,
                 json: "collisionCount",
-                ty: I32,
-                shape: Single,
-            },
-            Field {
-                tag: 9,
-                json: "terminatingReplicas",
                 ty: I32,
                 shape: Single,
             },
@@ -453,11 +504,34 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.apps.v1.ReplicaSetList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.apps.v1.ReplicaSet"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.apps.v1.ReplicaSetSpec",
         fields: &[
             Field {
                 tag: 1,
                 json: "replicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "minReadySeconds",
                 ty: I32,
                 shape: Single,
             },
@@ -471,12 +545,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 3,
                 json: "template",
                 ty: Msg("api.core.v1.PodTemplateSpec"),
-                shape: Single,
-            },
-            Field {
-                tag: 4,
-                json: "minReadySeconds",
-                ty: I32,
                 shape: Single,
             },
         ],
@@ -497,12 +565,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 3,
-                json: "observedGeneration",
-                ty: I64,
-                shape: Single,
-            },
-            Field {
                 tag: 4,
                 json: "readyReplicas",
                 ty: I32,
@@ -515,16 +577,22 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 6,
-                json: "conditions",
-                ty: Msg("api.apps.v1.ReplicaSetCondition"),
-                shape: Repeated,
-            },
-            Field {
                 tag: 7,
                 json: "terminatingReplicas",
                 ty: I32,
                 shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "observedGeneration",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "conditions",
+                ty: Msg("api.apps.v1.ReplicaSetCondition"),
+                shape: Repeated,
             },
         ],
     },
@@ -634,6 +702,23 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "message",
                 ty: Str,
                 shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.apps.v1.StatefulSetList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.apps.v1.StatefulSet"),
+                shape: Repeated,
             },
         ],
     },
@@ -812,6 +897,133 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 2,
                 json: "rollingUpdate",
                 ty: Msg("api.apps.v1.RollingUpdateStatefulSetStrategy"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v1.CrossVersionObjectReference",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "kind",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "apiVersion",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v1.HorizontalPodAutoscaler",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.autoscaling.v1.HorizontalPodAutoscalerSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.autoscaling.v1.HorizontalPodAutoscalerStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v1.HorizontalPodAutoscalerList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.autoscaling.v1.HorizontalPodAutoscaler"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v1.HorizontalPodAutoscalerSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "scaleTargetRef",
+                ty: Msg("api.autoscaling.v1.CrossVersionObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "minReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "maxReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "targetCPUUtilizationPercentage",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.autoscaling.v1.HorizontalPodAutoscalerStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "observedGeneration",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "lastScaleTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "currentReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "desiredReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "currentCPUUtilizationPercentage",
+                ty: I32,
                 shape: Single,
             },
         ],
@@ -1044,6 +1256,23 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.autoscaling.v2.HorizontalPodAutoscalerList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.autoscaling.v2.HorizontalPodAutoscaler"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.autoscaling.v2.HorizontalPodAutoscalerSpec",
         fields: &[
             Field {
@@ -1146,6 +1375,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.autoscaling.v2.HpaScalingRules",
         fields: &[
             Field {
+                tag: 3,
+                json: "stabilizationWindowSeconds",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
                 tag: 1,
                 json: "selectPolicy",
                 ty: Str,
@@ -1156,12 +1391,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "policies",
                 ty: Msg("api.autoscaling.v2.HpaScalingPolicy"),
                 shape: Repeated,
-            },
-            Field {
-                tag: 3,
-                json: "stabilizationWindowSeconds",
-                ty: I32,
-                shape: Single,
             },
             Field {
                 tag: 4,
@@ -1216,15 +1445,15 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 5,
-                json: "external",
-                ty: Msg("api.autoscaling.v2.ExternalMetricSource"),
-                shape: Single,
-            },
-            Field {
                 tag: 7,
                 json: "containerResource",
                 ty: Msg("api.autoscaling.v2.ContainerResourceMetricSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "external",
+                ty: Msg("api.autoscaling.v2.ExternalMetricSource"),
                 shape: Single,
             },
         ],
@@ -1257,15 +1486,15 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 5,
-                json: "external",
-                ty: Msg("api.autoscaling.v2.ExternalMetricStatus"),
-                shape: Single,
-            },
-            Field {
                 tag: 7,
                 json: "containerResource",
                 ty: Msg("api.autoscaling.v2.ContainerResourceMetricStatus"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "external",
+                ty: Msg("api.autoscaling.v2.ExternalMetricStatus"),
                 shape: Single,
             },
         ],
@@ -1460,11 +1689,34 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.batch.v1.CronJobList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.batch.v1.CronJob"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.batch.v1.CronJobSpec",
         fields: &[
             Field {
                 tag: 1,
                 json: "schedule",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "timeZone",
                 ty: Str,
                 shape: Single,
             },
@@ -1502,12 +1754,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 7,
                 json: "failedJobsHistoryLimit",
                 ty: I32,
-                shape: Single,
-            },
-            Field {
-                tag: 8,
-                json: "timeZone",
-                ty: Str,
                 shape: Single,
             },
         ],
@@ -1600,6 +1846,23 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.batch.v1.JobList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.batch.v1.Job"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.batch.v1.JobSpec",
         fields: &[
             Field {
@@ -1621,6 +1884,36 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 11,
+                json: "podFailurePolicy",
+                ty: Msg("api.batch.v1.PodFailurePolicy"),
+                shape: Single,
+            },
+            Field {
+                tag: 16,
+                json: "successPolicy",
+                ty: Msg("api.batch.v1.SuccessPolicy"),
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "backoffLimit",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 12,
+                json: "backoffLimitPerIndex",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 13,
+                json: "maxFailedIndexes",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
                 tag: 4,
                 json: "selector",
                 ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
@@ -1636,12 +1929,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 6,
                 json: "template",
                 ty: Msg("api.core.v1.PodTemplateSpec"),
-                shape: Single,
-            },
-            Field {
-                tag: 7,
-                json: "backoffLimit",
-                ty: I32,
                 shape: Single,
             },
             Field {
@@ -1663,24 +1950,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 11,
-                json: "podFailurePolicy",
-                ty: Msg("api.batch.v1.PodFailurePolicy"),
-                shape: Single,
-            },
-            Field {
-                tag: 12,
-                json: "backoffLimitPerIndex",
-                ty: I32,
-                shape: Single,
-            },
-            Field {
-                tag: 13,
-                json: "maxFailedIndexes",
-                ty: I32,
-                shape: Single,
-            },
-            Field {
                 tag: 14,
                 json: "podReplacementPolicy",
                 ty: Str,
@@ -1690,12 +1959,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 15,
                 json: "managedBy",
                 ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 16,
-                json: "successPolicy",
-                ty: Msg("api.batch.v1.SuccessPolicy"),
                 shape: Single,
             },
         ],
@@ -1740,8 +2003,20 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 11,
+                json: "terminating",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
                 tag: 7,
                 json: "completedIndexes",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "failedIndexes",
                 ty: Str,
                 shape: Single,
             },
@@ -1754,18 +2029,6 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 9,
                 json: "ready",
-                ty: I32,
-                shape: Single,
-            },
-            Field {
-                tag: 10,
-                json: "failedIndexes",
-                ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 11,
-                json: "terminating",
                 ty: I32,
                 shape: Single,
             },
@@ -1921,6 +2184,23 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.coordination.v1.LeaseList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.coordination.v1.Lease"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.coordination.v1.LeaseSpec",
         fields: &[
             Field {
@@ -2025,6 +2305,128 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.AwsElasticBlockStoreVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "volumeID",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "partition",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.AzureDiskVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "diskName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "diskURI",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "cachingMode",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "kind",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.AzureFilePersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "secretName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "shareName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "secretNamespace",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.AzureFileVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "secretName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "shareName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.Binding",
         fields: &[
             Field {
@@ -2037,6 +2439,106 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 2,
                 json: "target",
                 ty: Msg("api.core.v1.ObjectReference"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.CSIPersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "driver",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "volumeHandle",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "volumeAttributes",
+                ty: Str,
+                shape: Map,
+            },
+            Field {
+                tag: 6,
+                json: "controllerPublishSecretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "nodeStageSecretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "nodePublishSecretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "controllerExpandSecretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "nodeExpandSecretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.CSIVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "driver",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "volumeAttributes",
+                ty: Str,
+                shape: Map,
+            },
+            Field {
+                tag: 5,
+                json: "nodePublishSecretRef",
+                ty: Msg("api.core.v1.LocalObjectReference"),
                 shape: Single,
             },
         ],
@@ -2059,6 +2561,146 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.CephFsPersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "monitors",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "user",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "secretFile",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "secretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.CephFsVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "monitors",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "user",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "secretFile",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "secretRef",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.CinderPersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "volumeID",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "secretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.CinderVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "volumeID",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "secretRef",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.ClientIpConfig",
         fields: &[Field {
             tag: 1,
@@ -2068,12 +2710,53 @@ pub(super) static MESSAGES: &[Message] = &[
         }],
     },
     Message {
+        name: "api.core.v1.ClusterTrustBundleProjection",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "signerName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "labelSelector",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "optional",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.ConfigMap",
         fields: &[
             Field {
                 tag: 1,
                 json: "metadata",
                 ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "immutable",
+                ty: Bool,
                 shape: Single,
             },
             Field {
@@ -2088,26 +2771,34 @@ pub(super) static MESSAGES: &[Message] = &[
                 ty: Bytes,
                 shape: Map,
             },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ConfigMapEnvSource",
+        fields: &[
             Field {
-                tag: 4,
-                json: "immutable",
+                tag: 1,
+                json: "",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Inline,
+            },
+            Field {
+                tag: 2,
+                json: "optional",
                 ty: Bool,
                 shape: Single,
             },
         ],
     },
     Message {
-        name: "api.core.v1.ConfigMapEnvSource",
-        fields: &[Field {
-            tag: 2,
-            json: "optional",
-            ty: Bool,
-            shape: Single,
-        }],
-    },
-    Message {
         name: "api.core.v1.ConfigMapKeySelector",
         fields: &[
+            Field {
+                tag: 1,
+                json: "",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Inline,
+            },
             Field {
                 tag: 2,
                 json: "key",
@@ -2119,6 +2810,23 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "optional",
                 ty: Bool,
                 shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ConfigMapList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.ConfigMap"),
+                shape: Repeated,
             },
         ],
     },
@@ -2153,6 +2861,58 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 5,
                 json: "kubeletConfigKey",
                 ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ConfigMapProjection",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Inline,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.KeyToPath"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "optional",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ConfigMapVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Inline,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.KeyToPath"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "defaultMode",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "optional",
+                ty: Bool,
                 shape: Single,
             },
         ],
@@ -2197,6 +2957,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Repeated,
             },
             Field {
+                tag: 19,
+                json: "envFrom",
+                ty: Msg("api.core.v1.EnvFromSource"),
+                shape: Repeated,
+            },
+            Field {
                 tag: 7,
                 json: "env",
                 ty: Msg("api.core.v1.EnvVar"),
@@ -2209,9 +2975,27 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 23,
+                json: "resizePolicy",
+                ty: Msg("api.core.v1.ContainerResizePolicy"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 24,
+                json: "restartPolicy",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 9,
                 json: "volumeMounts",
                 ty: Msg("api.core.v1.VolumeMount"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 21,
+                json: "volumeDevices",
+                ty: Msg("api.core.v1.VolumeDevice"),
                 shape: Repeated,
             },
             Field {
@@ -2227,6 +3011,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 22,
+                json: "startupProbe",
+                ty: Msg("api.core.v1.Probe"),
+                shape: Single,
+            },
+            Field {
                 tag: 12,
                 json: "lifecycle",
                 ty: Msg("api.core.v1.Lifecycle"),
@@ -2235,6 +3025,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 13,
                 json: "terminationMessagePath",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 20,
+                json: "terminationMessagePolicy",
                 ty: Str,
                 shape: Single,
             },
@@ -2266,42 +3062,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 18,
                 json: "tty",
                 ty: Bool,
-                shape: Single,
-            },
-            Field {
-                tag: 19,
-                json: "envFrom",
-                ty: Msg("api.core.v1.EnvFromSource"),
-                shape: Repeated,
-            },
-            Field {
-                tag: 20,
-                json: "terminationMessagePolicy",
-                ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 21,
-                json: "volumeDevices",
-                ty: Msg("api.core.v1.VolumeDevice"),
-                shape: Repeated,
-            },
-            Field {
-                tag: 22,
-                json: "startupProbe",
-                ty: Msg("api.core.v1.Probe"),
-                shape: Single,
-            },
-            Field {
-                tag: 23,
-                json: "resizePolicy",
-                ty: Msg("api.core.v1.ContainerResizePolicy"),
-                shape: Repeated,
-            },
-            Field {
-                tag: 24,
-                json: "restartPolicy",
-                ty: Str,
                 shape: Single,
             },
         ],
@@ -2585,18 +3345,84 @@ pub(super) static MESSAGES: &[Message] = &[
         }],
     },
     Message {
+        name: "api.core.v1.DownwardAPIProjection",
+        fields: &[Field {
+            tag: 1,
+            json: "items",
+            ty: Msg("api.core.v1.DownwardAPIVolumeFile"),
+            shape: Repeated,
+        }],
+    },
+    Message {
+        name: "api.core.v1.DownwardAPIVolumeFile",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fieldRef",
+                ty: Msg("api.core.v1.ObjectFieldSelector"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "resourceFieldRef",
+                ty: Msg("api.core.v1.ResourceFieldSelector"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "mode",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.DownwardAPIVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "items",
+                ty: Msg("api.core.v1.DownwardAPIVolumeFile"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "defaultMode",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.EmptyDirVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "medium",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "sizeLimit",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.EndpointAddress",
         fields: &[
             Field {
                 tag: 1,
                 json: "ip",
                 ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 2,
-                json: "targetRef",
-                ty: Msg("api.core.v1.ObjectReference"),
                 shape: Single,
             },
             Field {
@@ -2609,6 +3435,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 4,
                 json: "nodeName",
                 ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "targetRef",
+                ty: Msg("api.core.v1.ObjectReference"),
                 shape: Single,
             },
         ],
@@ -2678,6 +3510,23 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 2,
                 json: "subsets",
                 ty: Msg("api.core.v1.EndpointSubset"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.EndpointsList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.Endpoints"),
                 shape: Repeated,
             },
         ],
@@ -2759,10 +3608,176 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     Message {
         name: "api.core.v1.EphemeralContainer",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "",
+                ty: Msg("api.core.v1.EphemeralContainerCommon"),
+                shape: Inline,
+            },
+            Field {
+                tag: 2,
+                json: "targetContainerName",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.EphemeralContainerCommon",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "image",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "command",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "args",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 5,
+                json: "workingDir",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "ports",
+                ty: Msg("api.core.v1.ContainerPort"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 19,
+                json: "envFrom",
+                ty: Msg("api.core.v1.EnvFromSource"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 7,
+                json: "env",
+                ty: Msg("api.core.v1.EnvVar"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 8,
+                json: "resources",
+                ty: Msg("api.core.v1.ResourceRequirements"),
+                shape: Single,
+            },
+            Field {
+                tag: 23,
+                json: "resizePolicy",
+                ty: Msg("api.core.v1.ContainerResizePolicy"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 24,
+                json: "restartPolicy",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "volumeMounts",
+                ty: Msg("api.core.v1.VolumeMount"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 21,
+                json: "volumeDevices",
+                ty: Msg("api.core.v1.VolumeDevice"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 10,
+                json: "livenessProbe",
+                ty: Msg("api.core.v1.Probe"),
+                shape: Single,
+            },
+            Field {
+                tag: 11,
+                json: "readinessProbe",
+                ty: Msg("api.core.v1.Probe"),
+                shape: Single,
+            },
+            Field {
+                tag: 22,
+                json: "startupProbe",
+                ty: Msg("api.core.v1.Probe"),
+                shape: Single,
+            },
+            Field {
+                tag: 12,
+                json: "lifecycle",
+                ty: Msg("api.core.v1.Lifecycle"),
+                shape: Single,
+            },
+            Field {
+                tag: 13,
+                json: "terminationMessagePath",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 20,
+                json: "terminationMessagePolicy",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 14,
+                json: "imagePullPolicy",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 15,
+                json: "securityContext",
+                ty: Msg("api.core.v1.SecurityContext"),
+                shape: Single,
+            },
+            Field {
+                tag: 16,
+                json: "stdin",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 17,
+                json: "stdinOnce",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 18,
+                json: "tty",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.EphemeralVolumeSource",
         fields: &[Field {
-            tag: 2,
-            json: "targetContainerName",
-            ty: Str,
+            tag: 1,
+            json: "volumeClaimTemplate",
+            ty: Msg("api.core.v1.PersistentVolumeClaimTemplate"),
             shape: Single,
         }],
     },
@@ -2862,6 +3877,23 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.EventList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.Event"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.EventSeries",
         fields: &[
             Field {
@@ -2905,6 +3937,249 @@ pub(super) static MESSAGES: &[Message] = &[
         }],
     },
     Message {
+        name: "api.core.v1.FcVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "targetWWNs",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "lun",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "wwids",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.FlexPersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "driver",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "secretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "options",
+                ty: Str,
+                shape: Map,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.FlexVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "driver",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "secretRef",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "options",
+                ty: Str,
+                shape: Map,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.FlockerVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "datasetName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "datasetUUID",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.GcePersistentDiskVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "pdName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "partition",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.GitRepoVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "repository",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "revision",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "directory",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.GlusterfsPersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "endpoints",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "endpointsNamespace",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.GlusterfsVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "endpoints",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.GrpcAction",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "port",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "service",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.HostAlias",
         fields: &[
             Field {
@@ -2929,6 +4204,23 @@ pub(super) static MESSAGES: &[Message] = &[
             ty: Str,
             shape: Single,
         }],
+    },
+    Message {
+        name: "api.core.v1.HostPathVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.core.v1.HttpGetAction",
@@ -2978,6 +4270,188 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 2,
                 json: "value",
                 ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ImageVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "reference",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "pullPolicy",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.IscsiPersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "targetPortal",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "iqn",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "lun",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "iscsiInterface",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "portals",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 8,
+                json: "chapAuthDiscovery",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 11,
+                json: "chapAuthSession",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "secretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 12,
+                json: "initiatorName",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.IscsiVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "targetPortal",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "iqn",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "lun",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "iscsiInterface",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "portals",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 8,
+                json: "chapAuthDiscovery",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 11,
+                json: "chapAuthSession",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "secretRef",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 12,
+                json: "initiatorName",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.KeyToPath",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "key",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "mode",
+                ty: I32,
                 shape: Single,
             },
         ],
@@ -3093,6 +4567,23 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.LimitRangeList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.LimitRange"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.LimitRangeSpec",
         fields: &[Field {
             tag: 1,
@@ -3172,6 +4663,23 @@ pub(super) static MESSAGES: &[Message] = &[
         }],
     },
     Message {
+        name: "api.core.v1.LocalVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.ModifyVolumeStatus",
         fields: &[
             Field {
@@ -3247,6 +4755,23 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.NamespaceList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.Namespace"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.NamespaceSpec",
         fields: &[Field {
             tag: 1,
@@ -3269,6 +4794,29 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "conditions",
                 ty: Msg("api.core.v1.NamespaceCondition"),
                 shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.NfsVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "server",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
             },
         ],
     },
@@ -3427,6 +4975,23 @@ pub(super) static MESSAGES: &[Message] = &[
         }],
     },
     Message {
+        name: "api.core.v1.NodeList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.Node"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.NodeRuntimeHandler",
         fields: &[
             Field {
@@ -3519,10 +5084,10 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 2,
-                json: "externalID",
+                tag: 7,
+                json: "podCIDRs",
                 ty: Str,
-                shape: Single,
+                shape: Repeated,
             },
             Field {
                 tag: 3,
@@ -3546,6 +5111,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 6,
                 json: "configSource",
                 ty: Msg("api.core.v1.NodeConfigSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "externalID",
+                ty: Str,
                 shape: Single,
             },
         ],
@@ -3778,6 +5349,29 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.PersistentVolume",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.core.v1.PersistentVolumeSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.core.v1.PersistentVolumeStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.PersistentVolumeClaim",
         fields: &[
             Field {
@@ -3842,6 +5436,23 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.PersistentVolumeClaimList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.PersistentVolumeClaim"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.PersistentVolumeClaimSpec",
         fields: &[
             Field {
@@ -3849,6 +5460,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "accessModes",
                 ty: Str,
                 shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "selector",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
+                shape: Single,
             },
             Field {
                 tag: 2,
@@ -3860,12 +5477,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 3,
                 json: "volumeName",
                 ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 4,
-                json: "selector",
-                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
                 shape: Single,
             },
             Field {
@@ -3949,6 +5560,305 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 9,
                 json: "modifyVolumeStatus",
                 ty: Msg("api.core.v1.ModifyVolumeStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.PersistentVolumeClaimTemplate",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.core.v1.PersistentVolumeClaimSpec"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.PersistentVolumeClaimVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "claimName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.PersistentVolumeList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.PersistentVolume"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.PersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "gcePersistentDisk",
+                ty: Msg("api.core.v1.GcePersistentDiskVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "awsElasticBlockStore",
+                ty: Msg("api.core.v1.AwsElasticBlockStoreVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "hostPath",
+                ty: Msg("api.core.v1.HostPathVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "glusterfs",
+                ty: Msg("api.core.v1.GlusterfsPersistentVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "nfs",
+                ty: Msg("api.core.v1.NfsVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "rbd",
+                ty: Msg("api.core.v1.RbdPersistentVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "iscsi",
+                ty: Msg("api.core.v1.IscsiPersistentVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "cinder",
+                ty: Msg("api.core.v1.CinderPersistentVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "cephfs",
+                ty: Msg("api.core.v1.CephFsPersistentVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "fc",
+                ty: Msg("api.core.v1.FcVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 11,
+                json: "flocker",
+                ty: Msg("api.core.v1.FlockerVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 12,
+                json: "flexVolume",
+                ty: Msg("api.core.v1.FlexPersistentVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 13,
+                json: "azureFile",
+                ty: Msg("api.core.v1.AzureFilePersistentVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 14,
+                json: "vsphereVolume",
+                ty: Msg("api.core.v1.VsphereVirtualDiskVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 15,
+                json: "quobyte",
+                ty: Msg("api.core.v1.QuobyteVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 16,
+                json: "azureDisk",
+                ty: Msg("api.core.v1.AzureDiskVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 17,
+                json: "photonPersistentDisk",
+                ty: Msg("api.core.v1.PhotonPersistentDiskVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 18,
+                json: "portworxVolume",
+                ty: Msg("api.core.v1.PortworxVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 19,
+                json: "scaleIO",
+                ty: Msg("api.core.v1.ScaleIoPersistentVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 20,
+                json: "local",
+                ty: Msg("api.core.v1.LocalVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 21,
+                json: "storageos",
+                ty: Msg("api.core.v1.StorageOsPersistentVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 22,
+                json: "csi",
+                ty: Msg("api.core.v1.CSIPersistentVolumeSource"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.PersistentVolumeSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "capacity",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Map,
+            },
+            Field {
+                tag: 2,
+                json: "",
+                ty: Msg("api.core.v1.PersistentVolumeSource"),
+                shape: Inline,
+            },
+            Field {
+                tag: 3,
+                json: "accessModes",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "claimRef",
+                ty: Msg("api.core.v1.ObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "persistentVolumeReclaimPolicy",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "storageClassName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "mountOptions",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 8,
+                json: "volumeMode",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "nodeAffinity",
+                ty: Msg("api.core.v1.VolumeNodeAffinity"),
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "volumeAttributesClassName",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.PersistentVolumeStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "phase",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "message",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "reason",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "lastPhaseTransitionTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.PhotonPersistentDiskVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "pdID",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
                 shape: Single,
             },
         ],
@@ -4061,6 +5971,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 7,
+                json: "observedGeneration",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "status",
                 ty: Str,
@@ -4088,12 +6004,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 6,
                 json: "message",
                 ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 7,
-                json: "observedGeneration",
-                ty: I64,
                 shape: Single,
             },
         ],
@@ -4146,6 +6056,23 @@ pub(super) static MESSAGES: &[Message] = &[
             ty: Str,
             shape: Single,
         }],
+    },
+    Message {
+        name: "api.core.v1.PodList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.Pod"),
+                shape: Repeated,
+            },
+        ],
     },
     Message {
         name: "api.core.v1.PodOs",
@@ -4224,8 +6151,20 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 8,
+                json: "windowsOptions",
+                ty: Msg("api.core.v1.WindowsSecurityContextOptions"),
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "runAsUser",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "runAsGroup",
                 ty: I64,
                 shape: Single,
             },
@@ -4242,14 +6181,14 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Repeated,
             },
             Field {
-                tag: 5,
-                json: "fsGroup",
-                ty: I64,
+                tag: 12,
+                json: "supplementalGroupsPolicy",
+                ty: Str,
                 shape: Single,
             },
             Field {
-                tag: 6,
-                json: "runAsGroup",
+                tag: 5,
+                json: "fsGroup",
                 ty: I64,
                 shape: Single,
             },
@@ -4258,12 +6197,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "sysctls",
                 ty: Msg("api.core.v1.Sysctl"),
                 shape: Repeated,
-            },
-            Field {
-                tag: 8,
-                json: "windowsOptions",
-                ty: Msg("api.core.v1.WindowsSecurityContextOptions"),
-                shape: Single,
             },
             Field {
                 tag: 9,
@@ -4284,12 +6217,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 12,
-                json: "supplementalGroupsPolicy",
-                ty: Str,
-                shape: Single,
-            },
-            Field {
                 tag: 13,
                 json: "seLinuxChangePolicy",
                 ty: Str,
@@ -4307,9 +6234,21 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Repeated,
             },
             Field {
+                tag: 20,
+                json: "initContainers",
+                ty: Msg("api.core.v1.Container"),
+                shape: Repeated,
+            },
+            Field {
                 tag: 2,
                 json: "containers",
                 ty: Msg("api.core.v1.Container"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 34,
+                json: "ephemeralContainers",
+                ty: Msg("api.core.v1.EphemeralContainer"),
                 shape: Repeated,
             },
             Field {
@@ -4355,6 +6294,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 21,
+                json: "automountServiceAccountToken",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
                 tag: 10,
                 json: "nodeName",
                 ty: Str,
@@ -4375,6 +6320,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 13,
                 json: "hostIPC",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 27,
+                json: "shareProcessNamespace",
                 ty: Bool,
                 shape: Single,
             },
@@ -4415,18 +6366,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 20,
-                json: "initContainers",
-                ty: Msg("api.core.v1.Container"),
-                shape: Repeated,
-            },
-            Field {
-                tag: 21,
-                json: "automountServiceAccountToken",
-                ty: Bool,
-                shape: Single,
-            },
-            Field {
                 tag: 22,
                 json: "tolerations",
                 ty: Msg("api.core.v1.Toleration"),
@@ -4454,12 +6393,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 26,
                 json: "dnsConfig",
                 ty: Msg("api.core.v1.PodDnsConfig"),
-                shape: Single,
-            },
-            Field {
-                tag: 27,
-                json: "shareProcessNamespace",
-                ty: Bool,
                 shape: Single,
             },
             Field {
@@ -4496,12 +6429,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 33,
                 json: "topologySpreadConstraints",
                 ty: Msg("api.core.v1.TopologySpreadConstraint"),
-                shape: Repeated,
-            },
-            Field {
-                tag: 34,
-                json: "ephemeralContainers",
-                ty: Msg("api.core.v1.EphemeralContainer"),
                 shape: Repeated,
             },
             Field {
@@ -4546,6 +6473,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "api.core.v1.PodStatus",
         fields: &[
             Field {
+                tag: 17,
+                json: "observedGeneration",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
                 tag: 1,
                 json: "phase",
                 ty: Str,
@@ -4570,10 +6503,22 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 11,
+                json: "nominatedNodeName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 5,
                 json: "hostIP",
                 ty: Str,
                 shape: Single,
+            },
+            Field {
+                tag: 16,
+                json: "hostIPs",
+                ty: Msg("api.core.v1.HostIp"),
+                shape: Repeated,
             },
             Field {
                 tag: 6,
@@ -4582,10 +6527,22 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 12,
+                json: "podIPs",
+                ty: Msg("api.core.v1.PodIp"),
+                shape: Repeated,
+            },
+            Field {
                 tag: 7,
                 json: "startTime",
                 ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
                 shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "initContainerStatuses",
+                ty: Msg("api.core.v1.ContainerStatus"),
+                shape: Repeated,
             },
             Field {
                 tag: 8,
@@ -4598,24 +6555,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "qosClass",
                 ty: Str,
                 shape: Single,
-            },
-            Field {
-                tag: 10,
-                json: "initContainerStatuses",
-                ty: Msg("api.core.v1.ContainerStatus"),
-                shape: Repeated,
-            },
-            Field {
-                tag: 11,
-                json: "nominatedNodeName",
-                ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 12,
-                json: "podIPs",
-                ty: Msg("api.core.v1.PodIp"),
-                shape: Repeated,
             },
             Field {
                 tag: 13,
@@ -4634,18 +6573,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "resourceClaimStatuses",
                 ty: Msg("api.core.v1.PodResourceClaimStatus"),
                 shape: Repeated,
-            },
-            Field {
-                tag: 16,
-                json: "hostIPs",
-                ty: Msg("api.core.v1.HostIp"),
-                shape: Repeated,
-            },
-            Field {
-                tag: 17,
-                json: "observedGeneration",
-                ty: I64,
-                shape: Single,
             },
         ],
     },
@@ -4690,6 +6617,29 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.PortworxVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "volumeID",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.PreferredSchedulingTerm",
         fields: &[
             Field {
@@ -4709,6 +6659,12 @@ pub(super) static MESSAGES: &[Message] = &[
     Message {
         name: "api.core.v1.Probe",
         fields: &[
+            Field {
+                tag: 1,
+                json: "",
+                ty: Msg("api.core.v1.ProbeHandler"),
+                shape: Inline,
+            },
             Field {
                 tag: 2,
                 json: "initialDelaySeconds",
@@ -4744,6 +6700,344 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "terminationGracePeriodSeconds",
                 ty: I64,
                 shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ProbeHandler",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "exec",
+                ty: Msg("api.core.v1.ExecAction"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "httpGet",
+                ty: Msg("api.core.v1.HttpGetAction"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "tcpSocket",
+                ty: Msg("api.core.v1.TcpSocketAction"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "grpc",
+                ty: Msg("api.core.v1.GrpcAction"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ProjectedVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "sources",
+                ty: Msg("api.core.v1.VolumeProjection"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "defaultMode",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.QuobyteVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "registry",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "volume",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "user",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "group",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "tenant",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.RbdPersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "monitors",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "image",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "pool",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "user",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "keyring",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "secretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.RbdVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "monitors",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "image",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "pool",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "user",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "keyring",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "secretRef",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ReplicationController",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.core.v1.ReplicationControllerSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.core.v1.ReplicationControllerStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ReplicationControllerCondition",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "status",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "lastTransitionTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "reason",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "message",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ReplicationControllerList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.ReplicationController"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ReplicationControllerSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "replicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "minReadySeconds",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "selector",
+                ty: Str,
+                shape: Map,
+            },
+            Field {
+                tag: 3,
+                json: "template",
+                ty: Msg("api.core.v1.PodTemplateSpec"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ReplicationControllerStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "replicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fullyLabeledReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "readyReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "availableReplicas",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "observedGeneration",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "conditions",
+                ty: Msg("api.core.v1.ReplicationControllerCondition"),
+                shape: Repeated,
             },
         ],
     },
@@ -4828,6 +7122,23 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.ResourceQuotaList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.ResourceQuota"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.ResourceQuotaSpec",
         fields: &[
             Field {
@@ -4904,6 +7215,136 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "resources",
                 ty: Msg("api.core.v1.ResourceHealth"),
                 shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ScaleIoPersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "gateway",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "system",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "secretRef",
+                ty: Msg("api.core.v1.SecretReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "sslEnabled",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "protectionDomain",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "storagePool",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "storageMode",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "volumeName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ScaleIoVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "gateway",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "system",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "secretRef",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "sslEnabled",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "protectionDomain",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "storagePool",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "storageMode",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "volumeName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
             },
         ],
     },
@@ -4995,16 +7436,16 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 5,
+                json: "immutable",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
                 tag: 2,
                 json: "data",
                 ty: Bytes,
                 shape: Map,
-            },
-            Field {
-                tag: 3,
-                json: "type",
-                ty: Str,
-                shape: Single,
             },
             Field {
                 tag: 4,
@@ -5013,25 +7454,39 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Map,
             },
             Field {
-                tag: 5,
-                json: "immutable",
-                ty: Bool,
+                tag: 3,
+                json: "type",
+                ty: Str,
                 shape: Single,
             },
         ],
     },
     Message {
         name: "api.core.v1.SecretEnvSource",
-        fields: &[Field {
-            tag: 2,
-            json: "optional",
-            ty: Bool,
-            shape: Single,
-        }],
+        fields: &[
+            Field {
+                tag: 1,
+                json: "",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Inline,
+            },
+            Field {
+                tag: 2,
+                json: "optional",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.core.v1.SecretKeySelector",
         fields: &[
+            Field {
+                tag: 1,
+                json: "",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Inline,
+            },
             Field {
                 tag: 2,
                 json: "key",
@@ -5040,6 +7495,92 @@ pub(super) static MESSAGES: &[Message] = &[
             },
             Field {
                 tag: 3,
+                json: "optional",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.SecretList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.Secret"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.SecretProjection",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Inline,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.KeyToPath"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "optional",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.SecretReference",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "namespace",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.SecretVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "secretName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.KeyToPath"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "defaultMode",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
                 json: "optional",
                 ty: Bool,
                 shape: Single,
@@ -5068,8 +7609,20 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 10,
+                json: "windowsOptions",
+                ty: Msg("api.core.v1.WindowsSecurityContextOptions"),
+                shape: Single,
+            },
+            Field {
                 tag: 4,
                 json: "runAsUser",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "runAsGroup",
                 ty: I64,
                 shape: Single,
             },
@@ -5092,21 +7645,9 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 8,
-                json: "runAsGroup",
-                ty: I64,
-                shape: Single,
-            },
-            Field {
                 tag: 9,
                 json: "procMount",
                 ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 10,
-                json: "windowsOptions",
-                ty: Msg("api.core.v1.WindowsSecurityContextOptions"),
                 shape: Single,
             },
             Field {
@@ -5176,6 +7717,63 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.ServiceAccountList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.ServiceAccount"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ServiceAccountTokenProjection",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "audience",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "expirationSeconds",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.ServiceList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.core.v1.Service"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.ServicePort",
         fields: &[
             Field {
@@ -5187,6 +7785,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "protocol",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "appProtocol",
                 ty: Str,
                 shape: Single,
             },
@@ -5206,12 +7810,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 5,
                 json: "nodePort",
                 ty: I32,
-                shape: Single,
-            },
-            Field {
-                tag: 6,
-                json: "appProtocol",
-                ty: Str,
                 shape: Single,
             },
         ],
@@ -5236,6 +7834,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "clusterIP",
                 ty: Str,
                 shape: Single,
+            },
+            Field {
+                tag: 18,
+                json: "clusterIPs",
+                ty: Str,
+                shape: Repeated,
             },
             Field {
                 tag: 4,
@@ -5298,22 +7902,16 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 17,
-                json: "ipFamilyPolicy",
-                ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 18,
-                json: "clusterIPs",
-                ty: Str,
-                shape: Repeated,
-            },
-            Field {
                 tag: 19,
                 json: "ipFamilies",
                 ty: Str,
                 shape: Repeated,
+            },
+            Field {
+                tag: 17,
+                json: "ipFamilyPolicy",
+                ty: Str,
+                shape: Single,
             },
             Field {
                 tag: 20,
@@ -5375,6 +7973,76 @@ pub(super) static MESSAGES: &[Message] = &[
             ty: I64,
             shape: Single,
         }],
+    },
+    Message {
+        name: "api.core.v1.StorageOsPersistentVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "volumeName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "volumeNamespace",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "secretRef",
+                ty: Msg("api.core.v1.ObjectReference"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.StorageOsVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "volumeName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "volumeNamespace",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "readOnly",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "secretRef",
+                ty: Msg("api.core.v1.LocalObjectReference"),
+                shape: Single,
+            },
+        ],
     },
     Message {
         name: "api.core.v1.Sysctl",
@@ -5581,12 +8249,20 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     Message {
         name: "api.core.v1.Volume",
-        fields: &[Field {
-            tag: 1,
-            json: "name",
-            ty: Str,
-            shape: Single,
-        }],
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "",
+                ty: Msg("api.core.v1.VolumeSource"),
+                shape: Inline,
+            },
+        ],
     },
     Message {
         name: "api.core.v1.VolumeDevice",
@@ -5621,6 +8297,12 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
+                tag: 7,
+                json: "recursiveReadOnly",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 3,
                 json: "mountPath",
                 ty: Str,
@@ -5641,12 +8323,6 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 6,
                 json: "subPathExpr",
-                ty: Str,
-                shape: Single,
-            },
-            Field {
-                tag: 7,
-                json: "recursiveReadOnly",
                 ty: Str,
                 shape: Single,
             },
@@ -5682,6 +8358,50 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.VolumeNodeAffinity",
+        fields: &[Field {
+            tag: 1,
+            json: "required",
+            ty: Msg("api.core.v1.NodeSelector"),
+            shape: Single,
+        }],
+    },
+    Message {
+        name: "api.core.v1.VolumeProjection",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "secret",
+                ty: Msg("api.core.v1.SecretProjection"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "downwardAPI",
+                ty: Msg("api.core.v1.DownwardAPIProjection"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "configMap",
+                ty: Msg("api.core.v1.ConfigMapProjection"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "serviceAccountToken",
+                ty: Msg("api.core.v1.ServiceAccountTokenProjection"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "clusterTrustBundle",
+                ty: Msg("api.core.v1.ClusterTrustBundleProjection"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.core.v1.VolumeResourceRequirements",
         fields: &[
             Field {
@@ -5695,6 +8415,220 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "requests",
                 ty: Msg("apimachinery.pkg.api.resource.Quantity"),
                 shape: Map,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.VolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "hostPath",
+                ty: Msg("api.core.v1.HostPathVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "emptyDir",
+                ty: Msg("api.core.v1.EmptyDirVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "gcePersistentDisk",
+                ty: Msg("api.core.v1.GcePersistentDiskVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "awsElasticBlockStore",
+                ty: Msg("api.core.v1.AwsElasticBlockStoreVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "gitRepo",
+                ty: Msg("api.core.v1.GitRepoVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "secret",
+                ty: Msg("api.core.v1.SecretVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "nfs",
+                ty: Msg("api.core.v1.NfsVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "iscsi",
+                ty: Msg("api.core.v1.IscsiVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "glusterfs",
+                ty: Msg("api.core.v1.GlusterfsVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "persistentVolumeClaim",
+                ty: Msg("api.core.v1.PersistentVolumeClaimVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 11,
+                json: "rbd",
+                ty: Msg("api.core.v1.RbdVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 12,
+                json: "flexVolume",
+                ty: Msg("api.core.v1.FlexVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 13,
+                json: "cinder",
+                ty: Msg("api.core.v1.CinderVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 14,
+                json: "cephfs",
+                ty: Msg("api.core.v1.CephFsVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 15,
+                json: "flocker",
+                ty: Msg("api.core.v1.FlockerVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 16,
+                json: "downwardAPI",
+                ty: Msg("api.core.v1.DownwardAPIVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 17,
+                json: "fc",
+                ty: Msg("api.core.v1.FcVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 18,
+                json: "azureFile",
+                ty: Msg("api.core.v1.AzureFileVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 19,
+                json: "configMap",
+                ty: Msg("api.core.v1.ConfigMapVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 20,
+                json: "vsphereVolume",
+                ty: Msg("api.core.v1.VsphereVirtualDiskVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 21,
+                json: "quobyte",
+                ty: Msg("api.core.v1.QuobyteVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 22,
+                json: "azureDisk",
+                ty: Msg("api.core.v1.AzureDiskVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 23,
+                json: "photonPersistentDisk",
+                ty: Msg("api.core.v1.PhotonPersistentDiskVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 26,
+                json: "projected",
+                ty: Msg("api.core.v1.ProjectedVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 24,
+                json: "portworxVolume",
+                ty: Msg("api.core.v1.PortworxVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 25,
+                json: "scaleIO",
+                ty: Msg("api.core.v1.ScaleIoVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 27,
+                json: "storageos",
+                ty: Msg("api.core.v1.StorageOsVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 28,
+                json: "csi",
+                ty: Msg("api.core.v1.CSIVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 29,
+                json: "ephemeral",
+                ty: Msg("api.core.v1.EphemeralVolumeSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 30,
+                json: "image",
+                ty: Msg("api.core.v1.ImageVolumeSource"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.VsphereVirtualDiskVolumeSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "volumePath",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "fsType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "storagePolicyName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "storagePolicyID",
+                ty: Str,
+                shape: Single,
             },
         ],
     },
@@ -5745,6 +8679,480 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.events.v1.Event",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "eventTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.MicroTime"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "series",
+                ty: Msg("api.events.v1.EventSeries"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "reportingController",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "reportingInstance",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "action",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "reason",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "regarding",
+                ty: Msg("api.core.v1.ObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "related",
+                ty: Msg("api.core.v1.ObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 10,
+                json: "note",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 11,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 12,
+                json: "deprecatedSource",
+                ty: Msg("api.core.v1.EventSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 13,
+                json: "deprecatedFirstTimestamp",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
+                tag: 14,
+                json: "deprecatedLastTimestamp",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
+                tag: 15,
+                json: "deprecatedCount",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.events.v1.EventList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.events.v1.Event"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.events.v1.EventSeries",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "count",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "lastObservedTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.MicroTime"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.HttpIngressPath",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "pathType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "backend",
+                ty: Msg("api.networking.v1.IngressBackend"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.HttpIngressRuleValue",
+        fields: &[Field {
+            tag: 1,
+            json: "paths",
+            ty: Msg("api.networking.v1.HttpIngressPath"),
+            shape: Repeated,
+        }],
+    },
+    Message {
+        name: "api.networking.v1.Ingress",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.networking.v1.IngressSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.networking.v1.IngressStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressBackend",
+        fields: &[
+            Field {
+                tag: 4,
+                json: "service",
+                ty: Msg("api.networking.v1.IngressServiceBackend"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "resource",
+                ty: Msg("api.core.v1.TypedLocalObjectReference"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressClass",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.networking.v1.IngressClassSpec"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressClassList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.networking.v1.IngressClass"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressClassParametersReference",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "apiGroup",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "kind",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "scope",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "namespace",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressClassSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "controller",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "parameters",
+                ty: Msg("api.networking.v1.IngressClassParametersReference"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.networking.v1.Ingress"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressLoadBalancerIngress",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "ip",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "hostname",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "ports",
+                ty: Msg("api.networking.v1.IngressPortStatus"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressLoadBalancerStatus",
+        fields: &[Field {
+            tag: 1,
+            json: "ingress",
+            ty: Msg("api.networking.v1.IngressLoadBalancerIngress"),
+            shape: Repeated,
+        }],
+    },
+    Message {
+        name: "api.networking.v1.IngressPortStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "port",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "protocol",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "error",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressRule",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "host",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "",
+                ty: Msg("api.networking.v1.IngressRuleValue"),
+                shape: Inline,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressRuleValue",
+        fields: &[Field {
+            tag: 1,
+            json: "http",
+            ty: Msg("api.networking.v1.HttpIngressRuleValue"),
+            shape: Single,
+        }],
+    },
+    Message {
+        name: "api.networking.v1.IngressServiceBackend",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "port",
+                ty: Msg("api.networking.v1.ServiceBackendPort"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressSpec",
+        fields: &[
+            Field {
+                tag: 4,
+                json: "ingressClassName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 1,
+                json: "defaultBackend",
+                ty: Msg("api.networking.v1.IngressBackend"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "tls",
+                ty: Msg("api.networking.v1.IngressTls"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "rules",
+                ty: Msg("api.networking.v1.IngressRule"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.IngressStatus",
+        fields: &[Field {
+            tag: 1,
+            json: "loadBalancer",
+            ty: Msg("api.networking.v1.IngressLoadBalancerStatus"),
+            shape: Single,
+        }],
+    },
+    Message {
+        name: "api.networking.v1.IngressTls",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "hosts",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "secretName",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.ServiceBackendPort",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "number",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.policy.v1.Eviction",
         fields: &[
             Field {
@@ -5781,6 +9189,23 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "status",
                 ty: Msg("api.policy.v1.PodDisruptionBudgetStatus"),
                 shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.policy.v1.PodDisruptionBudgetList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.policy.v1.PodDisruptionBudget"),
+                shape: Repeated,
             },
         ],
     },
@@ -5892,6 +9317,23 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "preemptionPolicy",
                 ty: Str,
                 shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.scheduling.v1.PriorityClassList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.scheduling.v1.PriorityClass"),
+                shape: Repeated,
             },
         ],
     },
@@ -6014,6 +9456,35 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "values",
                 ty: Str,
                 shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.ListMeta",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "selfLink",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "resourceVersion",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "continue",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "remainingItemCount",
+                ty: I64,
+                shape: Single,
             },
         ],
     },
@@ -6163,6 +9634,12 @@ pub(super) static MESSAGES: &[Message] = &[
         name: "apimachinery.pkg.apis.meta.v1.OwnerReference",
         fields: &[
             Field {
+                tag: 5,
+                json: "apiVersion",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
                 tag: 1,
                 json: "kind",
                 ty: Str,
@@ -6181,12 +9658,6 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Single,
             },
             Field {
-                tag: 5,
-                json: "apiVersion",
-                ty: Str,
-                shape: Single,
-            },
-            Field {
                 tag: 6,
                 json: "controller",
                 ty: Bool,
@@ -6197,6 +9668,32 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "blockOwnerDeletion",
                 ty: Bool,
                 shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
+        fields: &[Field {
+            tag: 1,
+            json: "metadata",
+            ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+            shape: Single,
+        }],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.PartialObjectMetadata"),
+                shape: Repeated,
             },
         ],
     },
@@ -6213,6 +9710,111 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 2,
                 json: "resourceVersion",
                 ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.Status",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "status",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "message",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "reason",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "details",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.StatusDetails"),
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "code",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.StatusCause",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "reason",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "message",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "field",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.StatusDetails",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "group",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "kind",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "uid",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "causes",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.StatusCause"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 5,
+                json: "retryAfterSeconds",
+                ty: I32,
                 shape: Single,
             },
         ],
