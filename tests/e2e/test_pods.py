@@ -248,6 +248,38 @@ def test_port_forward(node, pns, version):
         proc.wait(timeout=10)
 
 
+def read_to_end(port, timeout=10):
+    """Connect, say nothing, and read until the other side closes; None if it never does."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.settimeout(timeout)
+        out = b""
+        try:
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    return out
+                out += b
+        except socket.timeout:
+            return None
+
+
+def test_port_forward_passes_the_pods_close_on(node, pns, version):
+    # A server that answers and closes, with no length to tell the client where the end is.
+    apply(node, pns, pod_yaml("closer", ["nc", "-ll", "-p", "9090", "-e", "echo", "no-length"]))
+    wait_running(node, pns, "closer")
+    port = free_port()
+    proc = subprocess.Popen([kubectl_binary(version), "--kubeconfig", node.kubeconfig, "port-forward", "-n", pns,
+                             "pod/closer", f"{port}:9090"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: "Forwarding from" in (proc.stdout.readline() or ""), timeout=20, what="port-forward ready")
+        for _ in range(2):
+            assert read_to_end(port) == b"no-length\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 # ----- restarts, OOM, probes --------------------------------------------------------------------
 
 def test_crash_loop_backoff_grows(node, pns):
@@ -694,6 +726,17 @@ def test_python_client_logs_and_exec(node, pns):
                 stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
     ws.run_forever(timeout=10)
     assert ws.returncode == 7
+    # Stdin written as text (the client sends str as WebSocket text messages) is read too.
+    ws = stream(api.connect_get_namespaced_pod_exec, "py", pns, command=["cat"],
+                stderr=True, stdin=True, stdout=True, tty=False, _preload_content=False)
+    ws.write_stdin("typed as text\n")
+    got = ""
+    deadline = time.time() + 10
+    while time.time() < deadline and "typed as text" not in got:
+        ws.update(timeout=1)
+        got += ws.read_stdout() if ws.peek_stdout() else ""
+    ws.close()
+    assert got == "typed as text\n"
 
 
 def test_host_network(node, pns):

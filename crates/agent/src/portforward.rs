@@ -77,7 +77,7 @@ where
                         return;
                     };
                     match target.connect(port).await {
-                        Ok(conn) => forward_spdy(conn, id, rx, sender).await,
+                        Ok(conn) => forward_spdy(conn, id, error_id, rx, sender).await,
                         Err(e) => {
                             let msg = format!(
                                 "error forwarding port {port} to pod: failed to connect to localhost:{port} inside the pod: {e}"
@@ -106,16 +106,22 @@ where
     debug!("port-forward session ended");
 }
 
+/// Say `msg` on the error stream, if any, and close it (an empty `msg`: just close it).
 async fn report(sender: &spdy::Sender, error_id: Option<u32>, msg: &str) {
     if let Some(e) = error_id {
         let _ = sender.data(e, Bytes::from(msg.to_string()), true).await;
     }
 }
 
-/// Copy between one TCP connection and one SPDY data stream.
+/// Copy between one TCP connection and one SPDY data stream, closing each direction when its
+/// source closes (a client's FIN shuts the pod's socket for writing; the pod's end of the
+/// connection ends the data stream). Once the pod side has ended, the error stream is closed
+/// too, as the kubelet does: kubectl waits for it before it closes its local connection,
+/// so a reply without a Content-Length would otherwise never end.
 async fn forward_spdy(
     conn: tokio::net::TcpStream,
     id: u32,
+    error_id: Option<u32>,
     mut from_client: mpsc::Receiver<Option<Bytes>>,
     sender: spdy::Sender,
 ) {
@@ -145,6 +151,7 @@ async fn forward_spdy(
             }
         }
         let _ = sender.data(id, Bytes::new(), true).await;
+        report(&sender, error_id, "").await;
     };
     tokio::join!(up, down);
 }
@@ -193,15 +200,22 @@ pub async fn serve_websocket(io: Upgraded, target: Target, ports: Vec<u16>) {
                     }
                 }
             };
-            tokio::join!(up, down);
+            // The forward is over once the pod has closed its end (as the kubelet's is):
+            // when every port's is, the session closes, which is how a WebSocket client
+            // learns of it.
+            let up = tokio::spawn(up);
+            down.await;
+            up.abort();
         });
     }
     drop(out_tx);
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(Ok(Message::Binary(b))) if !b.is_empty() => {
-                    let ch = b[0] as usize;
+                Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
+                    let b = ws::data(m).unwrap_or_default();
+                    let Some(&first) = b.first() else { continue };
+                    let ch = first as usize;
                     if ch.is_multiple_of(2)
                         && let Some(Some(w)) = writers.get(ch / 2)
                         && w.send(b.slice(1..)).await.is_err()

@@ -1029,7 +1029,10 @@ async fn partial_object_metadata_is_served() {
     // The single form of a list, and the list form of one object: 406, as Kubernetes says.
     let (s, text) = get("/api/v1/namespaces/default/configmaps", one).await;
     assert_eq!(s, StatusCode::NOT_ACCEPTABLE, "{text}");
-    assert!(text.contains("but the requested object is a list"), "{text}");
+    assert!(
+        text.contains("but the requested object is a list"),
+        "{text}"
+    );
     let (s, _) = get("/api/v1/namespaces/default/configmaps/m", many).await;
     assert_eq!(s, StatusCode::NOT_ACCEPTABLE);
 }

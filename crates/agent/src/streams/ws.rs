@@ -32,6 +32,16 @@ pub fn message(ch: u8, data: &[u8]) -> Message {
     Message::Binary(b.freeze())
 }
 
+/// The bytes of a data message. Binary and text messages are read alike, as kube-apiserver
+/// does: the Python client sends stdin (channel byte and all) in text messages.
+pub fn data(m: Message) -> Option<Bytes> {
+    match m {
+        Message::Binary(b) => Some(b),
+        Message::Text(t) => Some(AsRef::<Bytes>::as_ref(&t).clone()),
+        _ => None,
+    }
+}
+
 fn normal_close() -> Message {
     Message::Close(Some(CloseFrame {
         code: CloseCode::Normal,
@@ -50,8 +60,9 @@ pub async fn exec_channels(io: Upgraded, _subprotocol: &str) -> Channels {
         loop {
             tokio::select! {
                 msg = stream.next(), if reading => match msg {
-                    Some(Ok(Message::Binary(b))) if !b.is_empty() => {
-                        let inputs = match b[0] {
+                    Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
+                        let b = data(m).unwrap_or_default();
+                        let inputs = match b.first().copied().unwrap_or(u8::MAX - 1) {
                             STDIN => vec![Input::Stdin(b.slice(1..))],
                             RESIZE => resizes(&b[1..]),
                             CLOSE if b.get(1) == Some(&STDIN) => vec![Input::StdinEnd],
@@ -119,7 +130,12 @@ pub async fn tunnel(io: Upgraded) -> tokio::io::DuplexStream {
     tokio::spawn(async move {
         while let Some(Ok(m)) = stream.next().await {
             match m {
-                Message::Binary(b) if w.write_all(&b).await.is_err() => break,
+                m @ (Message::Binary(_) | Message::Text(_)) => {
+                    let b = data(m).unwrap_or_default();
+                    if w.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
                 Message::Ping(p) => {
                     let _ = pong_tx.send(p).await;
                 }
