@@ -220,6 +220,29 @@ def test_server_side_apply(cluster, ns, version, tmp_path):
     assert "labels" not in cluster.json("get", "deploy", "web", "-n", ns)["metadata"]
 
 
+def test_client_side_apply_then_server_side_keeps_server_filled_fields(cluster, ns, version, tmp_path):
+    svc = write(tmp_path, "svc.yaml", """apiVersion: v1
+kind: Service
+metadata: {name: front}
+spec:
+  selector: {app: front}
+  ports: [{port: 80, targetPort: 8080}]
+""")
+    cluster.kubectl("apply", "-n", ns, "-f", svc, version=version)
+    ip = cluster.json("get", "svc", "front", "-n", ns)["spec"]["clusterIP"]
+    # The allocated address and IP families belong to no client.
+    shown = cluster.json("get", "svc", "front", "-n", ns, "--show-managed-fields")
+    owned = json.dumps([m["fieldsV1"] for m in shown["metadata"]["managedFields"]])
+    for f in ("f:clusterIP", "f:clusterIPs", "f:ipFamilies", "f:ipFamilyPolicy"):
+        assert f not in owned, (f, owned)
+    # Moving to server-side apply, and applying again, keeps them.
+    for _ in range(2):
+        cluster.kubectl("apply", "--server-side", "-n", ns, "-f", svc, version=version)
+    spec = cluster.json("get", "svc", "front", "-n", ns)["spec"]
+    assert spec["clusterIP"] == ip and spec["clusterIPs"] == [ip]
+    assert spec["ipFamilies"] == ["IPv4"] and spec["ipFamilyPolicy"] == "SingleStack"
+
+
 def test_delete_variants(cluster, ns, version, tmp_path):
     f = write(tmp_path, "cms.yaml", "\n---\n".join(
         f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm{i}\n  labels: {{group: {'a' if i < 3 else 'b'}}}\n" for i in range(5)))

@@ -138,6 +138,27 @@ pub fn plan(
             }
         }
     }
+    // IP families are the allocator's too (Kubernetes sets them in its Service registry, so
+    // they belong to no field manager): an update that leaves them out keeps the old ones.
+    if new["spec"]["type"].as_str() != Some("ExternalName") {
+        for (field, default) in [
+            ("ipFamilyPolicy", json!("SingleStack")),
+            ("ipFamilies", json!(["IPv4"])),
+        ] {
+            let unset = match &new["spec"][field] {
+                Value::Null => true,
+                Value::Array(a) => a.is_empty(),
+                Value::String(s) => s.is_empty(),
+                _ => false,
+            };
+            if unset {
+                new["spec"][field] = old
+                    .map(|o| o["spec"][field].clone())
+                    .filter(|v| !v.is_null())
+                    .unwrap_or(default);
+            }
+        }
+    }
     // Cluster IP.
     let mut after = Held::default();
     if wants_ip(new) {

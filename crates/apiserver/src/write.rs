@@ -523,10 +523,10 @@ impl ApiServer {
                 .to_string();
             let (mut admitted, warnings) =
                 self.admit(r, &attempt, None, Operation::Create, opts)?;
-            self.admit_with_context(r, t.namespace.as_deref(), &mut admitted)
-                .await?;
-            let owner = format!("{}/{}", t.namespace.as_deref().unwrap_or(""), name);
-            let mut ops = self.allocations(r, None, Some(&mut admitted), &owner)?;
+            // The creator owns what it sent and its defaults, as in Kubernetes; not what
+            // admission and the allocators add after (a Service's cluster IP and IP
+            // families, a pod's priority), or a later server-side apply could not leave
+            // them out.
             if !managed_already {
                 let gv = r.group_version();
                 let w = Writer {
@@ -537,6 +537,10 @@ impl ApiServer {
                 };
                 fields::record_update(None, &mut admitted, schema::for_kind(r.kind), &w);
             }
+            self.admit_with_context(r, t.namespace.as_deref(), &mut admitted)
+                .await?;
+            let owner = format!("{}/{}", t.namespace.as_deref().unwrap_or(""), name);
+            let mut ops = self.allocations(r, None, Some(&mut admitted), &owner)?;
             strip_rv(&mut admitted);
             if opts.dry_run {
                 return Ok(Written {

@@ -135,10 +135,8 @@ impl Kind for Service {
                 p.target_port = Some(IntOrString::Int(p.port));
             }
         }
-        default_str(&mut spec.ip_family_policy, "SingleStack");
-        if spec.ip_families.as_ref().is_none_or(Vec::is_empty) {
-            spec.ip_families = Some(vec!["IPv4".into()]);
-        }
+        // ipFamilyPolicy and ipFamilies are set with the cluster IP, by the API server's
+        // allocator: they are not defaults a client owns.
         default_str(&mut spec.internal_traffic_policy, "Cluster");
         if ty == "NodePort" || ty == "LoadBalancer" {
             default_str(&mut spec.external_traffic_policy, "Cluster");
