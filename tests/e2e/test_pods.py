@@ -711,6 +711,74 @@ def test_corrupt_layer_is_rejected(node, pns, registry):
 
 # ----- the Python client ------------------------------------------------------------------------
 
+def test_kubectl_debug_adds_an_ephemeral_container(node, pns, version):
+    apply(node, pns, pod_yaml("app", ["sh", "-c", "exec sleep 3600"]), version=version)
+    wait_running(node, pns, "app")
+    # Interactively, with the target's processes in view.
+    r = node.kubectl("debug", "-n", pns, "app", "-i", "--image=busybox:test", "--target=main",
+                     "-c", "dbg", "--", "sh", input="echo from-debug; ps; exit\n", version=version, timeout=90)
+    assert "from-debug" in r.stdout, r.stdout + r.stderr
+    assert "sleep 3600" in r.stdout, r.stdout
+    pod = get_pod(node, pns, "app")
+    assert pod["spec"]["ephemeralContainers"][0]["name"] == "dbg"
+
+    def debug_state():
+        statuses = get_pod(node, pns, "app")["status"].get("ephemeralContainerStatuses", [])
+        return next((s["state"] for s in statuses if s["name"] == "dbg"), {})
+    # An ephemeral container runs once: it is not restarted, and the pod stays Running.
+    wait_until(lambda: "terminated" in debug_state(), what="the debug container ended")
+    time.sleep(2)
+    assert "terminated" in debug_state()
+    assert get_pod(node, pns, "app")["status"]["phase"] == "Running"
+    assert node.kubectl("logs", "-n", pns, "app", "-c", "dbg", version=version).stdout.startswith("from-debug")
+
+
+def test_kubectl_debug_node_mounts_the_host(node, pns, version):
+    # kubectl 1.33 sends this pod as protobuf; its /host hostPath must arrive whole.
+    name = node.json("get", "nodes")["items"][0]["metadata"]["name"]
+    out = node.kubectl("debug", "-n", pns, f"node/{name}", "--image=busybox:test", "--",
+                       "cat", "/host/etc/hostname", version=version).stdout
+    pod_name = out.split("Creating debugging pod ")[1].split()[0]
+    pod = get_pod(node, pns, pod_name)
+    host = [v for v in pod["spec"]["volumes"] if v.get("hostPath")]
+    assert host and host[0]["hostPath"]["path"] == "/", pod["spec"]["volumes"]
+    wait_phase(node, pns, pod_name, "Succeeded")
+    assert node.kubectl("logs", "-n", pns, pod_name).stdout == open("/etc/hostname").read()
+
+
+def test_a_job_from_a_cronjob_keeps_its_volumes(node, pns, version):
+    cron = """apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: main
+            image: busybox:test
+            imagePullPolicy: IfNotPresent
+            command: ["cat", "/cfg/greeting"]
+            volumeMounts: [{name: cfg, mountPath: /cfg}]
+          volumes:
+          - name: cfg
+            configMap: {name: greeting}
+"""
+    node.kubectl("create", "configmap", "greeting", "-n", pns, "--from-literal=greeting=hello-from-cm")
+    apply(node, pns, cron, version=version)
+    node.kubectl("create", "job", "now", "-n", pns, "--from=cronjob/nightly", version=version)
+    job = node.json("get", "job", "now", "-n", pns)
+    assert job["spec"]["template"]["spec"]["volumes"] == [
+        {"name": "cfg", "configMap": {"name": "greeting", "defaultMode": 420}}]
+    wait_until(lambda: node.json("get", "job", "now", "-n", pns).get("status", {}).get("succeeded") == 1,
+               timeout=60, what="the job done")
+    pods = node.json("get", "pods", "-n", pns, "-l", "job-name=now")["items"]
+    assert node.kubectl("logs", "-n", pns, pods[0]["metadata"]["name"]).stdout == "hello-from-cm"
+
+
 def test_python_client_logs_and_exec(node, pns):
     from kubernetes import client, config
     from kubernetes.stream import stream

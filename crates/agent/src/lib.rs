@@ -162,11 +162,17 @@ async fn collect_images(shared: Arc<Shared>) {
             pods.values()
                 .filter_map(|p| p.spec.as_ref())
                 .flat_map(|s| {
+                    let ephemeral = s
+                        .ephemeral_containers
+                        .iter()
+                        .flatten()
+                        .filter_map(|e| e.image.clone());
                     s.containers
                         .iter()
                         .chain(s.init_containers.iter().flatten())
+                        .filter_map(|c| c.image.clone())
+                        .chain(ephemeral)
                 })
-                .filter_map(|c| c.image.clone())
                 .collect()
         };
         let in_use = gc::references(refs.iter().map(String::as_str));

@@ -249,12 +249,19 @@ impl NodeServer {
                 .spec
                 .iter()
                 .flat_map(|s| {
+                    let ephemeral = s
+                        .ephemeral_containers
+                        .iter()
+                        .flatten()
+                        .map(|e| (e.name.as_str(), e.tty));
                     s.containers
                         .iter()
                         .chain(s.init_containers.iter().flatten())
+                        .map(|k| (k.name.as_str(), k.tty))
+                        .chain(ephemeral)
                 })
-                .find(|k| k.name == c.container)
-                .and_then(|k| k.tty)
+                .find(|(name, _)| *name == c.container)
+                .and_then(|(_, tty)| tty)
                 == Some(true);
             want.tty &= has_tty;
         }
@@ -373,6 +380,7 @@ fn waiting_reason(pod: &Pod, container: &str) -> Option<String> {
         .iter()
         .flatten()
         .chain(s.init_container_statuses.iter().flatten())
+        .chain(s.ephemeral_container_statuses.iter().flatten())
         .find(|c| c.name == container)
         .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
 }

@@ -60,6 +60,9 @@ pub struct Slot {
     pub restart_count: i32,
     pub ready: bool,
     pub started: bool,
+    /// An ephemeral container (`kubectl debug`): run once, never restarted, and no part of
+    /// the pod's phase or readiness.
+    pub ephemeral: bool,
 }
 
 impl Slot {
@@ -68,6 +71,7 @@ impl Slot {
             name: name.to_string(),
             init,
             sidecar,
+            ephemeral: false,
             image: image.to_string(),
             image_id: String::new(),
             container_id: String::new(),
@@ -77,6 +81,18 @@ impl Slot {
             ready: false,
             started: false,
         }
+    }
+
+    pub fn ephemeral(name: &str, image: &str) -> Slot {
+        Slot {
+            ephemeral: true,
+            ..Slot::new(name, image, false, false)
+        }
+    }
+
+    /// One of the pod's (regular) containers.
+    pub fn is_main(&self) -> bool {
+        !self.init && !self.ephemeral
     }
 
     /// An init container that has done its job.
@@ -165,7 +181,7 @@ pub fn phase(pod: &Pod, slots: &[Slot]) -> &'static str {
         return "Pending";
     }
     let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
-    for s in slots.iter().filter(|s| !s.init) {
+    for s in slots.iter().filter(|s| s.is_main()) {
         match &s.state {
             State::Running { .. } => running += 1,
             State::Terminated { exit_code, .. } => {
@@ -243,7 +259,7 @@ pub fn pod_status(r: &Report<'_>) -> PodStatus {
     let unready: Vec<&str> = r
         .slots
         .iter()
-        .filter(|s| !s.init && !s.ready)
+        .filter(|s| s.is_main() && !s.ready)
         .map(|s| s.name.as_str())
         .collect();
     let all_ready = unready.is_empty() && inits_done;
@@ -316,10 +332,18 @@ pub fn pod_status(r: &Report<'_>) -> PodStatus {
         container_statuses: Some(
             r.slots
                 .iter()
-                .filter(|s| !s.init)
+                .filter(|s| s.is_main())
                 .map(container_status)
                 .collect(),
         ),
+        ephemeral_container_statuses: Some(
+            r.slots
+                .iter()
+                .filter(|s| s.ephemeral)
+                .map(container_status)
+                .collect(),
+        )
+        .filter(|v: &Vec<_>| !v.is_empty()),
         ..Default::default()
     }
 }

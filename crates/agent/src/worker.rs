@@ -78,6 +78,24 @@ fn containers(pod: &Pod) -> (Vec<Container>, Vec<Container>) {
     (spec.init_containers.unwrap_or_default(), spec.containers)
 }
 
+/// The pod's ephemeral containers, each as the container it runs as and the container whose
+/// processes it should see (`targetContainerName`).
+fn ephemeral_containers(pod: &Pod) -> Vec<(Container, Option<String>)> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.ephemeral_containers.iter().flatten())
+        .filter_map(|e| {
+            let mut v = serde_json::to_value(e).ok()?;
+            let target = v
+                .as_object_mut()?
+                .remove("targetContainerName")
+                .and_then(|t| t.as_str().map(str::to_string))
+                .filter(|t| !t.is_empty());
+            Some((serde_json::from_value(v).ok()?, target))
+        })
+        .collect()
+}
+
 impl Worker {
     pub(crate) fn new(shared: Arc<Shared>, pod: Arc<Pod>, tx: mpsc::Sender<Msg>) -> Worker {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -98,6 +116,11 @@ impl Worker {
                 .iter()
                 .map(|c| Slot::new(&c.name, c.image.as_deref().unwrap_or(""), false, false)),
         );
+        slots.extend(
+            ephemeral_containers(&pod)
+                .iter()
+                .map(|(c, _)| Slot::ephemeral(&c.name, c.image.as_deref().unwrap_or(""))),
+        );
         // What the API last heard survives an agent restart: restart counts and last states.
         let known: Vec<&api::k8s_openapi::api::core::v1::ContainerStatus> = pod
             .status
@@ -107,6 +130,7 @@ impl Worker {
                     .iter()
                     .flatten()
                     .chain(s.container_statuses.iter().flatten())
+                    .chain(s.ephemeral_container_statuses.iter().flatten())
             })
             .collect();
         for s in &mut slots {
@@ -253,6 +277,7 @@ impl Worker {
                                 .iter()
                                 .flatten()
                                 .chain(st.init_container_statuses.iter().flatten())
+                                .chain(st.ephemeral_container_statuses.iter().flatten())
                         })
                         .find(|k| k.name == name)
                         .map(|k| (k.started.unwrap_or(true), k.ready));
@@ -279,7 +304,32 @@ impl Worker {
 
     fn container(&self, name: &str) -> Option<Container> {
         let (inits, mains) = containers(&self.pod);
-        inits.into_iter().chain(mains).find(|c| c.name == name)
+        let ephemeral = ephemeral_containers(&self.pod).into_iter().map(|(c, _)| c);
+        inits
+            .into_iter()
+            .chain(mains)
+            .chain(ephemeral)
+            .find(|c| c.name == name)
+    }
+
+    /// Start ephemeral containers added since the last look; each runs once.
+    async fn sync_ephemeral(&mut self) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        for (c, _) in ephemeral_containers(&self.pod) {
+            if !self.slots.iter().any(|s| s.name == c.name) {
+                self.slots
+                    .push(Slot::ephemeral(&c.name, c.image.as_deref().unwrap_or("")));
+            }
+            let i = self.slot(&c.name);
+            let never_ran = self.slots[i].container_id.is_empty();
+            if never_ran
+                && matches!(self.slots[i].state, State::Waiting { .. })
+                && let Some(t) = self.start(&c).await
+            {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        }
+        wake
     }
 
     async fn handle(&mut self, m: Msg) {
@@ -440,6 +490,7 @@ impl Worker {
             break;
         }
         if inits_done {
+            soonest(self.sync_ephemeral().await);
             for c in &mains {
                 let i = self.slot(&c.name);
                 let restart = match &self.slots[i].state {
@@ -735,7 +786,7 @@ impl Worker {
                 net: sandbox.net,
                 ipc: sandbox.ipc,
                 uts: sandbox.uts,
-                pid: None,
+                pid: self.target_pid_namespace(&c.name),
                 host_pid: self.pod.spec.as_ref().and_then(|s| s.host_pid) == Some(true),
             },
             cgroup: format!("/berth/pod{}/{}", self.uid, id),
@@ -756,6 +807,22 @@ impl Worker {
             },
         };
         spec::container_spec(&self.pod, c, &image.config, &refs, &ctx).map_err(|e| e.0)
+    }
+
+    /// For an ephemeral container that targets another, that container's PID namespace (so
+    /// a debugger sees its processes), while the target runs.
+    fn target_pid_namespace(&self, name: &str) -> Option<PathBuf> {
+        let (_, target) = ephemeral_containers(&self.pod)
+            .into_iter()
+            .find(|(c, _)| c.name == name)?;
+        let slot = self
+            .slots
+            .iter()
+            .find(|s| Some(&s.name) == target.as_ref())?;
+        match self.shared.runtime.status(&slot.container_id)? {
+            ShimStatus::Running { pid, .. } => Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
+            _ => None,
+        }
     }
 
     async fn ensure_sandbox(&mut self) -> bool {

@@ -57,6 +57,11 @@ fn subresources(r: &Resource, version: &'static str) -> Vec<Sub> {
         };
         out.push(sub("attach", "PodAttachOptions", &["create", "get"]));
         out.push(sub("binding", "Binding", &["create"]));
+        out.push(sub(
+            "ephemeralcontainers",
+            "Pod",
+            &["get", "patch", "update"],
+        ));
         out.push(Sub {
             name: "eviction",
             group: "policy",

@@ -378,15 +378,18 @@ impl ApiServer {
                 self.create(&t, &req, &params, who).await
             }
             (&Method::DELETE, None, None) => self.delete_collection(&t, &req, &params, who).await,
-            (&Method::GET, Some(name), None | Some("status")) => {
+            (_, Some(_), Some(sub)) if !has_subresource(t.resource, sub) => {
+                Err(ApiError::no_route())
+            }
+            (&Method::GET, Some(name), None | Some("status" | "ephemeralcontainers")) => {
                 self.namespaced_target(&t)?;
                 self.get(&t, name, output).await
             }
-            (&Method::PUT, Some(name), sub @ (None | Some("status"))) => {
+            (&Method::PUT, Some(name), sub @ (None | Some("status" | "ephemeralcontainers"))) => {
                 self.namespaced_target(&t)?;
                 self.update(&t, name, sub, &req, &params, who).await
             }
-            (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
+            (&Method::PATCH, Some(name), sub @ (None | Some("status" | "ephemeralcontainers"))) => {
                 self.namespaced_target(&t)?;
                 self.patch(&t, name, sub, &req, &params, who).await
             }
@@ -415,9 +418,7 @@ impl ApiServer {
                 self.namespaced_target(&t)?;
                 self.node_call(&t, name, sub, req, &params).await
             }
-            (_, _, Some(sub)) if !matches!(sub, "status" | "scale" | "finalize") => {
-                Err(ApiError::no_route())
-            }
+            (_, None, Some(_)) => Err(ApiError::no_route()),
             _ => Err(ApiError::method_not_allowed()),
         }
     }
@@ -453,6 +454,24 @@ impl ApiServer {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+}
+
+/// Whether `r` has the subresource `sub` (a request for one it lacks is a 404, as in
+/// Kubernetes: `kubectl scale` of a ConfigMap is "not found", not "not allowed").
+fn has_subresource(r: &api::Resource, sub: &str) -> bool {
+    match sub {
+        "status" => r.status,
+        "scale" => r.scale,
+        "finalize" => r.kind == "Namespace",
+        "eviction"
+        | "binding"
+        | "log"
+        | "exec"
+        | "attach"
+        | "portforward"
+        | "ephemeralcontainers" => r.kind == "Pod",
+        _ => false,
     }
 }
 

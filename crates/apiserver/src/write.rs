@@ -406,6 +406,7 @@ impl ApiServer {
     fn scope_of(r: &Resource, sub: Option<&str>) -> Scope {
         match (sub, r.status) {
             (Some("status"), _) => Scope::Status,
+            (Some("ephemeralcontainers"), _) => Scope::EphemeralContainers,
             (_, true) => Scope::Main,
             (_, false) => Scope::Whole,
         }
@@ -701,14 +702,25 @@ impl ApiServer {
         new["kind"] = json!(r.kind);
         strip_rv(new);
         match scope {
-            Scope::Main => match old.get("status") {
-                Some(s) => new["status"] = s.clone(),
-                None => {
-                    if let Some(m) = new.as_object_mut() {
-                        m.remove("status");
+            Scope::Main => {
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(m) = new.as_object_mut() {
+                            m.remove("status");
+                        }
                     }
                 }
-            },
+                // A pod's ephemeral containers change only through their subresource.
+                if r.kind == "Pod"
+                    && let Some(spec) = new["spec"].as_object_mut()
+                {
+                    match old["spec"].get("ephemeralContainers") {
+                        Some(e) => spec.insert("ephemeralContainers".into(), e.clone()),
+                        None => spec.remove("ephemeralContainers"),
+                    };
+                }
+            }
             Scope::Status => {
                 let mut merged = old.clone();
                 merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
@@ -716,6 +728,24 @@ impl ApiServer {
                     && let Some(m) = merged.as_object_mut()
                 {
                     m.remove("status");
+                }
+                if let Some(mf) = new["metadata"].get("managedFields") {
+                    merged["metadata"]["managedFields"] = mf.clone();
+                }
+                strip_rv(&mut merged);
+                *new = merged;
+            }
+            Scope::EphemeralContainers => {
+                // Only the ephemeral containers change here; they cannot change elsewhere.
+                let mut merged = old.clone();
+                merged["spec"]["ephemeralContainers"] = new["spec"]
+                    .get("ephemeralContainers")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                if merged["spec"]["ephemeralContainers"].is_null()
+                    && let Some(m) = merged["spec"].as_object_mut()
+                {
+                    m.remove("ephemeralContainers");
                 }
                 if let Some(mf) = new["metadata"].get("managedFields") {
                     merged["metadata"]["managedFields"] = mf.clone();

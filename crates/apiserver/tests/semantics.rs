@@ -1036,3 +1036,82 @@ async fn partial_object_metadata_is_served() {
     let (s, _) = get("/api/v1/namespaces/default/configmaps/m", many).await;
     assert_eq!(s, StatusCode::NOT_ACCEPTABLE);
 }
+
+/// `kubectl debug POD`: ephemeral containers are added through their own subresource, and
+/// only added; subresources a kind lacks are 404s.
+#[tokio::test]
+async fn ephemeral_containers_are_added_through_their_subresource() {
+    let a = start().await;
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/pods",
+        Some(json!({"metadata": {"name": "app"},
+                    "spec": {"containers": [{"name": "main", "image": "i"}]}})),
+    )
+    .await;
+    let path = "/api/v1/namespaces/default/pods/app/ephemeralcontainers";
+    let debugger = json!({"name": "debugger", "image": "busybox", "targetContainerName": "main",
+                          "stdin": true, "tty": true});
+    let (s, _, v) = a
+        .send(
+            Method::PATCH,
+            path,
+            "application/strategic-merge-patch+json",
+            Some(json!({"spec": {"ephemeralContainers": [debugger]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["ephemeralContainers"][0]["name"], "debugger");
+    let got = a.ok(Method::GET, path, None).await;
+    assert_eq!(got["kind"], "Pod");
+    // The main resource cannot change them.
+    let (s, _, v) = a
+        .send(
+            Method::PATCH,
+            "/api/v1/namespaces/default/pods/app",
+            "application/merge-patch+json",
+            Some(json!({"spec": {"ephemeralContainers": null}})),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+    assert_eq!(v["spec"]["ephemeralContainers"][0]["name"], "debugger");
+    // Nor may the subresource remove or change one, or add one with ports.
+    let mut pod = a.ok(Method::GET, path, None).await;
+    pod["spec"]["ephemeralContainers"] = json!([]);
+    let (s, v) = a.call(Method::PUT, path, Some(pod.clone())).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    pod["spec"]["ephemeralContainers"] = json!([debugger,
+        {"name": "web", "image": "busybox", "ports": [{"containerPort": 80}]}]);
+    let (s, v) = a.call(Method::PUT, path, Some(pod)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be set for an Ephemeral Container"),
+        "{v}"
+    );
+    // `kubectl scale -f configmap.yaml`: not found, as Kubernetes says.
+    a.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        Some(json!({"metadata": {"name": "cm"}})),
+    )
+    .await;
+    let (s, _) = a
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/cm/scale",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = a
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/cm/status",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

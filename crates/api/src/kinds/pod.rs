@@ -72,6 +72,7 @@ impl Kind for Pod {
             return;
         };
         validate_pod_spec(spec, &path, SpecContext::Pod, errs);
+        validate_ephemeral(spec, &path, errs);
         if let Some(old_spec) = old.and_then(|o| o.spec.as_ref()) {
             validate_pod_spec_update(spec, old_spec, errs);
         }
@@ -673,8 +674,11 @@ fn validate_toleration(t: &Toleration, path: &Path, errs: &mut FieldErrors) {
 
 /// Only images, the active deadline and added tolerations may change on a running pod.
 fn validate_pod_spec_update(new: &PodSpec, old: &PodSpec, errs: &mut FieldErrors) {
+    validate_ephemeral_update(new, old, errs);
     let mut a = new.clone();
     let mut b = old.clone();
+    a.ephemeral_containers = None;
+    b.ephemeral_containers = None;
     if a.containers.len() == b.containers.len() {
         for (x, y) in a.containers.iter_mut().zip(b.containers.iter_mut()) {
             x.image = None;
@@ -710,6 +714,82 @@ fn validate_pod_spec_update(new: &PodSpec, old: &PodSpec, errs: &mut FieldErrors
              `spec.initContainers[*].image`, `spec.activeDeadlineSeconds` (only to set or \
              shorten it) and `spec.tolerations` (only additions to existing tolerations)",
         );
+    }
+}
+
+/// Ephemeral containers may be added to a running pod, never changed or removed, and lack
+/// what a debugging container cannot have (ports, probes, lifecycle hooks, resources).
+fn validate_ephemeral_update(new: &PodSpec, old: &PodSpec, errs: &mut FieldErrors) {
+    let path = Path::root("spec").child("ephemeralContainers");
+    let olds = old.ephemeral_containers.as_deref().unwrap_or(&[]);
+    let news = new.ephemeral_containers.as_deref().unwrap_or(&[]);
+    for (i, o) in olds.iter().enumerate() {
+        match news.iter().find(|n| n.name == o.name) {
+            Some(n) if n == o => {}
+            Some(_) => errs.forbidden(
+                &path.index(i),
+                format!(
+                    "existing ephemeral containers \"{}\" may not be changed",
+                    o.name
+                ),
+            ),
+            None => errs.forbidden(
+                &path,
+                format!(
+                    "existing ephemeral containers \"{}\" may not be removed",
+                    o.name
+                ),
+            ),
+        }
+    }
+}
+
+/// The rules for one ephemeral container, beside those of every container.
+fn validate_ephemeral(spec: &PodSpec, path: &Path, errs: &mut FieldErrors) {
+    let mut names: BTreeSet<&str> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| c.name.as_str())
+        .collect();
+    for (i, e) in spec.ephemeral_containers.iter().flatten().enumerate() {
+        let p = path.child("ephemeralContainers").index(i);
+        if e.name.is_empty() {
+            errs.required(&p.child("name"), "");
+        } else if !names.insert(e.name.as_str()) {
+            errs.duplicate(&p.child("name"), &e.name);
+        }
+        if e.image.as_deref().is_none_or(str::is_empty) {
+            errs.required(&p.child("image"), "");
+        }
+        let forbidden = [
+            ("ports", e.ports.as_ref().is_some_and(|x| !x.is_empty())),
+            ("livenessProbe", e.liveness_probe.is_some()),
+            ("readinessProbe", e.readiness_probe.is_some()),
+            ("startupProbe", e.startup_probe.is_some()),
+            ("lifecycle", e.lifecycle.is_some()),
+            (
+                "resources",
+                e.resources
+                    .as_ref()
+                    .is_some_and(|r| r.limits.is_some() || r.requests.is_some()),
+            ),
+        ];
+        for (field, set) in forbidden {
+            if set {
+                errs.forbidden(&p.child(field), "cannot be set for an Ephemeral Container");
+            }
+        }
+        if let Some(t) = e.target_container_name.as_deref().filter(|t| !t.is_empty())
+            && !spec.containers.iter().any(|c| c.name == t)
+            && !spec.init_containers.iter().flatten().any(|c| c.name == t)
+        {
+            errs.invalid(
+                &p.child("targetContainerName"),
+                t,
+                "must reference a container in the pod",
+            );
+        }
     }
 }
 

@@ -319,6 +319,8 @@ pub enum Scope {
     Main,
     /// Only `status`.
     Status,
+    /// Only `spec.ephemeralContainers` (a pod's `ephemeralcontainers` subresource).
+    EphemeralContainers,
 }
 
 const SERVER_OWNED_META: &[&str] = &[
@@ -356,6 +358,14 @@ pub fn owned_fields(value: &Value, ty: &Type, scope: Scope) -> FieldSet {
         Scope::Status => {
             set.children
                 .retain(|e, _| *e == Element::Field("status".into()));
+        }
+        Scope::EphemeralContainers => {
+            set.children
+                .retain(|e, _| *e == Element::Field("spec".into()));
+            if let Some(spec) = set.children.get_mut(&Element::Field("spec".into())) {
+                spec.children
+                    .retain(|e, _| *e == Element::Field("ephemeralContainers".into()));
+            }
         }
     }
     set
@@ -440,7 +450,11 @@ pub struct Writer<'a> {
 
 impl Writer<'_> {
     fn subresource(&self) -> Option<&'static str> {
-        (self.scope == Scope::Status).then_some("status")
+        match self.scope {
+            Scope::Status => Some("status"),
+            Scope::EphemeralContainers => Some("ephemeralcontainers"),
+            Scope::Whole | Scope::Main => None,
+        }
     }
 }
 
