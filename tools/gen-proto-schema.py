@@ -42,6 +42,7 @@ ROOTS = [
     "api.autoscaling.v1.HorizontalPodAutoscaler", "apimachinery.pkg.apis.meta.v1.Status",
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",
+    "api.storage.v1.StorageClass",
 ]
 
 # Messages the decoder knows by heart: their JSON form is not an object of their fields.

@@ -10,9 +10,11 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, Service,
+    ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
+    PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, Secret, Service,
     ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use serde_json::Value;
@@ -257,6 +259,24 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
         Resource {
             group: "",
             version: "v1",
+            kind: "ReplicationController",
+            plural: "replicationcontrollers",
+            singular: "replicationcontroller",
+            namespaced: true,
+            short_names: &["rc"],
+            categories: ALL,
+            status: true,
+            scale: true,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            delete_returns_object: false,
+            field_labels: const { &[field("status.replicas", &["status", "replicas"])] },
+            ops: ops::<ReplicationController>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
             kind: "Endpoints",
             plural: "endpoints",
             singular: "endpoints",
@@ -271,6 +291,42 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             delete_returns_object: false,
             field_labels: &[],
             ops: ops::<Endpoints>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "PersistentVolume",
+            plural: "persistentvolumes",
+            singular: "persistentvolume",
+            namespaced: false,
+            short_names: &["pv"],
+            categories: NONE,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: true,
+            delete_returns_object: true,
+            field_labels: &[],
+            ops: ops::<PersistentVolume>(),
+        },
+        Resource {
+            group: "",
+            version: "v1",
+            kind: "PersistentVolumeClaim",
+            plural: "persistentvolumeclaims",
+            singular: "persistentvolumeclaim",
+            namespaced: true,
+            short_names: &["pvc"],
+            categories: NONE,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: false,
+            reset_status_on_create: true,
+            delete_returns_object: true,
+            field_labels: &[],
+            ops: ops::<PersistentVolumeClaim>(),
         },
         Resource {
             group: "",
@@ -598,6 +654,42 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             field_labels: &[],
             ops: ops::<Lease>(),
         },
+        Resource {
+            group: "networking.k8s.io",
+            version: "v1",
+            kind: "Ingress",
+            plural: "ingresses",
+            singular: "ingress",
+            namespaced: true,
+            short_names: &["ing"],
+            categories: NONE,
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            delete_returns_object: false,
+            field_labels: &[],
+            ops: ops::<Ingress>(),
+        },
+        Resource {
+            group: "networking.k8s.io",
+            version: "v1",
+            kind: "IngressClass",
+            plural: "ingressclasses",
+            singular: "ingressclass",
+            namespaced: false,
+            short_names: &[],
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: false,
+            delete_returns_object: false,
+            field_labels: &[],
+            ops: ops::<IngressClass>(),
+        },
     ]
 });
 
@@ -634,26 +726,46 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
         }
     }
     for v in crate::versions::all() {
-        if let Some((_, versions)) = out.iter_mut().find(|(g, _)| *g == v.group)
-            && !versions.contains(&v.version)
-        {
-            versions.push(v.version);
+        match out.iter_mut().find(|(g, _)| *g == v.group) {
+            Some((_, versions)) => {
+                if !versions.contains(&v.version) {
+                    versions.push(v.version);
+                }
+            }
+            None => out.push((v.group, vec![v.version])),
         }
     }
     out
 }
 
-/// The resources served at `group/version`, with the version they are shown in there:
-/// stored ones as they are, and those an older version's view converts.
-pub fn served(group: &str, version: &str) -> Vec<(&'static Resource, &'static str)> {
-    let mut out: Vec<(&'static Resource, &'static str)> = all()
+/// A resource as one group-version serves it: what is stored, and the group and version it is
+/// shown in there.
+#[derive(Clone, Copy, Debug)]
+pub struct Served {
+    pub resource: &'static Resource,
+    pub group: &'static str,
+    pub version: &'static str,
+}
+
+/// The resources served at `group/version`: stored ones as they are, and those a view
+/// converts.
+pub fn served(group: &str, version: &str) -> Vec<Served> {
+    let mut out: Vec<Served> = all()
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .map(|r| (r, r.version))
+        .map(|r| Served {
+            resource: r,
+            group: r.group,
+            version: r.version,
+        })
         .collect();
     for v in crate::versions::all() {
         if v.group == group && v.version == version {
-            out.push((v.storage(), v.version));
+            out.push(Served {
+                resource: v.storage(),
+                group: v.group,
+                version: v.version,
+            });
         }
     }
     out

@@ -13,11 +13,14 @@ use serde_json::Value;
 use crate::kinds::unknown_fields;
 use crate::resources::{self, Resource};
 
-/// An older version a stored resource is also served in.
+/// An older version a stored resource is also served in, or another group serving the same
+/// objects (events.k8s.io Events are core Events).
 pub struct View {
     pub group: &'static str,
     pub version: &'static str,
     pub plural: &'static str,
+    /// The group the objects are stored in.
+    pub storage_group: &'static str,
     /// The stored object, as this version shows it.
     pub show: fn(Value) -> Result<Value, ConvertError>,
     /// An object written in this version, in the stored version.
@@ -40,7 +43,7 @@ impl View {
     pub fn storage(&self) -> &'static Resource {
         resources::all()
             .iter()
-            .find(|r| r.group == self.group && r.plural == self.plural)
+            .find(|r| r.group == self.storage_group && r.plural == self.plural)
             .expect("every view names a stored resource")
     }
 }
@@ -65,13 +68,24 @@ pub enum ConvertError {
     },
 }
 
-static VIEWS: &[View] = &[View {
-    group: "autoscaling",
-    version: "v1",
-    plural: "horizontalpodautoscalers",
-    show: hpa::show,
-    read: hpa::read,
-}];
+static VIEWS: &[View] = &[
+    View {
+        group: "autoscaling",
+        version: "v1",
+        plural: "horizontalpodautoscalers",
+        storage_group: "autoscaling",
+        show: hpa::show,
+        read: hpa::read,
+    },
+    View {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        storage_group: "",
+        show: events::show,
+        read: events::read,
+    },
+];
 
 /// Every view, in discovery order (after its stored version, which stays preferred).
 pub fn all() -> &'static [View] {
@@ -83,6 +97,62 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static View> {
     VIEWS
         .iter()
         .find(|v| v.group == group && v.version == version && v.plural == plural)
+}
+
+/// events.k8s.io/v1 Events over the stored core/v1 Events: the same fields under newer names
+/// (kube-rs' and client-go's newer recorders write these).
+mod events {
+    use k8s_openapi::api::events::v1::Event;
+    use serde_json::Map;
+
+    use super::*;
+
+    /// core/v1 name -> events.k8s.io/v1 name.
+    const RENAMED: &[(&str, &str)] = &[
+        ("involvedObject", "regarding"),
+        ("message", "note"),
+        ("reportingComponent", "reportingController"),
+        ("source", "deprecatedSource"),
+        ("firstTimestamp", "deprecatedFirstTimestamp"),
+        ("lastTimestamp", "deprecatedLastTimestamp"),
+        ("count", "deprecatedCount"),
+    ];
+
+    fn rename(obj: Value, api_version: &str, to_new: bool) -> Value {
+        let Value::Object(fields) = obj else {
+            return obj;
+        };
+        let mut out = Map::new();
+        for (k, v) in fields {
+            let k = RENAMED
+                .iter()
+                .find(|(old, new)| if to_new { *old == k } else { *new == k })
+                .map(|(old, new)| if to_new { *new } else { *old })
+                .map(str::to_string)
+                .unwrap_or(k);
+            out.insert(k, v);
+        }
+        out.insert("apiVersion".into(), Value::String(api_version.into()));
+        out.insert("kind".into(), Value::String("Event".into()));
+        Value::Object(out)
+    }
+
+    pub(super) fn show(stored: Value) -> Result<Value, ConvertError> {
+        Ok(rename(stored, "events.k8s.io/v1", true))
+    }
+
+    pub(super) fn read(written: Value) -> Result<Converted, ConvertError> {
+        let typed: Event = serde_json::from_value(written.clone()).map_err(ConvertError::Decode)?;
+        let mut unknown = Vec::new();
+        if let Ok(round) = serde_json::to_value(&typed) {
+            unknown_fields(&written, &round, "", &mut unknown);
+        }
+        let known = serde_json::to_value(&typed).map_err(ConvertError::Decode)?;
+        Ok(Converted {
+            object: rename(known, "v1", false),
+            unknown_fields: unknown,
+        })
+    }
 }
 
 /// autoscaling/v1 HorizontalPodAutoscalers over the stored autoscaling/v2.
@@ -306,9 +376,31 @@ mod tests {
     fn every_view_has_a_stored_version_it_is_not() {
         for v in all() {
             let r = v.storage();
-            assert_ne!(r.version, v.version, "{v:?}");
+            assert_ne!((r.group, r.version), (v.group, v.version), "{v:?}");
             assert!(resources::find(v.group, v.version, v.plural).is_none());
         }
+    }
+
+    #[test]
+    fn events_k8s_io_events_are_core_events_renamed() {
+        let view = find("events.k8s.io", "v1", "events").unwrap();
+        let written = json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e1", "namespace": "default"},
+            "eventTime": "2026-12-01T00:00:00.000000Z", "reportingController": "me",
+            "reportingInstance": "me-1", "action": "Tested", "reason": "Works",
+            "regarding": {"kind": "Pod", "name": "p", "namespace": "default"},
+            "note": "it works", "type": "Normal", "deprecatedCount": 3
+        });
+        let c = (view.read)(written.clone()).unwrap();
+        assert!(c.unknown_fields.is_empty());
+        assert_eq!(c.object["apiVersion"], "v1");
+        assert_eq!(c.object["involvedObject"]["name"], "p");
+        assert_eq!(c.object["message"], "it works");
+        assert_eq!(c.object["reportingComponent"], "me");
+        assert_eq!(c.object["count"], 3);
+        let shown = (view.show)(c.object).unwrap();
+        assert_eq!(shown, written);
     }
 
     #[test]

@@ -17,9 +17,12 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    Binding, ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, Pod, ResourceQuota, Secret,
-    Service, ServiceAccount,
+    Binding, ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
+    PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, Secret, Service,
+    ServiceAccount,
 };
+use k8s_openapi::api::events::v1::Event as NewEvent;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::{Eviction, PodDisruptionBudget};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
@@ -344,6 +347,12 @@ fn every_field_of_every_served_kind_survives_protobuf() {
         round_trip::<PodDisruptionBudget>(),
         round_trip::<Eviction>(),
         round_trip::<PriorityClass>(),
+        round_trip::<ReplicationController>(),
+        round_trip::<PersistentVolume>(),
+        round_trip::<PersistentVolumeClaim>(),
+        round_trip::<Ingress>(),
+        round_trip::<IngressClass>(),
+        round_trip::<NewEvent>(),
     ];
     // Every kind the server serves is among them.
     let checked: BTreeSet<&str> = results.iter().map(|(n, _)| n.as_str()).collect();

@@ -742,6 +742,30 @@ impl Cache {
         }
     }
 
+    /// Whether the cache catches up with the store within `limit` (the informer-sync check).
+    pub async fn wait_fresh_for(&self, limit: Duration) -> bool {
+        match self.store.revision().await {
+            Ok(rev) => self.synced() >= rev || self.wait_for(rev, limit).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// How many objects each resource holds, by plural (`apiserver_storage_objects`).
+    pub fn object_counts(&self) -> Vec<(String, usize)> {
+        self.resources
+            .iter()
+            .map(|r| {
+                let n = r
+                    .state
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .items
+                    .len();
+                (r.resource.group_resource(), n)
+            })
+            .collect()
+    }
+
     /// Wait until the cache reflects every write the store has acknowledged: a consistent read.
     pub async fn wait_fresh(&self) -> Result<Revision, ApiError> {
         let rev = self.store.revision().await?;

@@ -3,7 +3,7 @@
 //! what kubectl asks for first). Built once at startup.
 
 use api::Resource;
-use api::resources;
+use api::resources::{self, Served};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -27,12 +27,12 @@ struct Sub {
     verbs: &'static [&'static str],
 }
 
-fn subresources(r: &Resource, version: &'static str) -> Vec<Sub> {
+fn subresources(r: &Resource, group: &'static str, version: &'static str) -> Vec<Sub> {
     let mut out = Vec::new();
     if r.status {
         out.push(Sub {
             name: "status",
-            group: r.group,
+            group,
             version,
             kind: r.kind,
             verbs: &["get", "patch", "update"],
@@ -97,10 +97,11 @@ fn scope(r: &Resource) -> &'static str {
     }
 }
 
-fn aggregated_resource(r: &Resource, version: &'static str) -> Value {
+fn aggregated_resource(served: Served) -> Value {
+    let (r, group, version) = (served.resource, served.group, served.version);
     let mut v = json!({
         "resource": r.plural,
-        "responseKind": {"group": r.group, "version": version, "kind": r.kind},
+        "responseKind": {"group": group, "version": version, "kind": r.kind},
         "scope": scope(r),
         "singularResource": r.singular,
         "verbs": VERBS,
@@ -111,7 +112,7 @@ fn aggregated_resource(r: &Resource, version: &'static str) -> Value {
     if !r.categories.is_empty() {
         v["categories"] = json!(r.categories);
     }
-    let subs: Vec<Value> = subresources(r, version)
+    let subs: Vec<Value> = subresources(r, group, version)
         .iter()
         .map(|s| {
             json!({"subresource": s.name,
@@ -127,7 +128,8 @@ fn aggregated_resource(r: &Resource, version: &'static str) -> Value {
 
 fn legacy_resources(group: &str, version: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for (r, version) in resources::served(group, version) {
+    for served in resources::served(group, version) {
+        let (r, version) = (served.resource, served.version);
         let mut v = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -142,7 +144,7 @@ fn legacy_resources(group: &str, version: &str) -> Vec<Value> {
             v["categories"] = json!(r.categories);
         }
         out.push(v);
-        for s in subresources(r, version) {
+        for s in subresources(r, served.group, version) {
             let mut sv = json!({
                 "name": format!("{}/{}", r.plural, s.name),
                 "singularName": "",
@@ -150,7 +152,7 @@ fn legacy_resources(group: &str, version: &str) -> Vec<Value> {
                 "kind": s.kind,
                 "verbs": s.verbs,
             });
-            if s.group != r.group || s.version != version {
+            if s.group != served.group || s.version != version {
                 sv["group"] = json!(s.group);
                 sv["version"] = json!(s.version);
             }
@@ -186,7 +188,7 @@ impl Discovery {
                 .map(|v| {
                     let rs: Vec<Value> = resources::served(group, v)
                         .into_iter()
-                        .map(|(r, version)| aggregated_resource(r, version))
+                        .map(aggregated_resource)
                         .collect();
                     json!({"version": v, "resources": rs, "freshness": "Current"})
                 })

@@ -1,5 +1,6 @@
-//! HTTPS: TLS with HTTP/1.1 only (kubectl switches to HTTP/2 when offered it), bearer-token
-//! authentication, and request bodies read with a size limit before they reach the handler.
+//! HTTPS: TLS with HTTP/1.1 only (kubectl switches to HTTP/2 when offered it), authentication
+//! by a client certificate the cluster CA signed or by a bearer token, and request bodies read
+//! with a size limit before they reach the handler.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -71,18 +72,39 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A TLS configuration that serves `chain` and offers only HTTP/1.1.
+/// A TLS configuration that serves `chain`, offers only HTTP/1.1, and accepts client
+/// certificates signed by `client_ca` (a client without one may still bring a token).
 pub fn tls_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    client_ca: Vec<CertificateDer<'static>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in client_ca {
+        roots.add(c)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The user a verified client certificate names: its common name (the organizations would be
+/// the groups, which authorization will read).
+fn certificate_user(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// Accept connections until `shutdown` turns true.
@@ -119,10 +141,20 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
+                    // The TLS layer verified the certificate against the cluster CA.
+                    let cert_user = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(certificate_user);
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let api = api.clone();
                         let auth = auth.clone();
-                        async move { Ok::<_, Infallible>(handle(&api, &auth, req).await) }
+                        let cert_user = cert_user.clone();
+                        async move {
+                            Ok::<_, Infallible>(handle(&api, &auth, cert_user, req).await)
+                        }
                     });
                     let conn = http1::Builder::new()
                         .keep_alive(true)
@@ -144,8 +176,16 @@ pub async fn serve(
     }
 }
 
-async fn handle(api: &ApiServer, auth: &Authenticator, req: Request<Incoming>) -> Response<Body> {
-    let who = auth.identify(req.headers());
+async fn handle(
+    api: &ApiServer,
+    auth: &Authenticator,
+    cert_user: Option<String>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let who = match cert_user {
+        Some(user) => Identity::User(user),
+        None => auth.identify(req.headers()),
+    };
     let (parts, body) = req.into_parts();
     let bytes = match read_body(body, api.config.max_body_bytes).await {
         Ok(bytes) => bytes,

@@ -18,6 +18,7 @@ mod read;
 mod request;
 mod server;
 pub mod table;
+mod telemetry;
 mod views;
 mod write;
 

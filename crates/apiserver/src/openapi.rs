@@ -132,7 +132,8 @@ impl OpenApi {
                     format!("apis/{group}/{v}")
                 };
                 let mut paths = serde_json::Map::new();
-                for (r, v) in resources::served(group, v) {
+                for served in resources::served(group, v) {
+                    let (r, v) = (served.resource, served.version);
                     items.push(named_path_item(
                         &object_path(r, v),
                         &operation_id(r, v),

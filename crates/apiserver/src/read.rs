@@ -376,7 +376,15 @@ impl ApiServer {
         };
         match rc.watch(filter, from, bookmarks, self.cache.synced()) {
             Ok((initial, rx)) => {
-                tokio::spawn(stream_watch(encoder, initial, rx, tx, timeout));
+                let (group, version) = match t.view {
+                    Some(v) => (v.group, v.version),
+                    None => (t.resource.group, t.resource.version),
+                };
+                let counted = self.telemetry.watcher(group, version, t.resource.kind);
+                tokio::spawn(async move {
+                    stream_watch(encoder, initial, rx, tx, timeout).await;
+                    drop(counted);
+                });
             }
             Err(e) => {
                 // A revision too old to resume from is reported in the stream, then it ends.

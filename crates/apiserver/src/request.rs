@@ -12,6 +12,8 @@ use crate::errors::ApiError;
 pub enum Route {
     Version,
     Health(String),
+    /// `/metrics`: the server's own metrics, in Prometheus' text format.
+    Metrics,
     /// `/api`
     CoreVersions,
     /// `/apis`
@@ -54,6 +56,7 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
     let parts: Vec<&str> = trimmed.split('/').skip(1).collect();
     let route = match parts.as_slice() {
         ["version"] => Route::Version,
+        ["metrics"] => Route::Metrics,
         [h @ ("healthz" | "livez" | "readyz"), rest @ ..] => {
             let mut name = (*h).to_string();
             for r in rest {
@@ -191,6 +194,15 @@ impl Params {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeated parameter (`?exclude=a&exclude=b`).
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// `?watch=true`, `?watch=1` and a bare `?watch` are all true.

@@ -18,6 +18,7 @@ use crate::errors::{ApiError, ApiResult};
 use crate::metrics;
 use crate::openapi::{self, OpenApi};
 use crate::request::{self, DiscoveryFormat, Params, Route, Target};
+use crate::telemetry::{MeteredStore, RequestLabels, Telemetry};
 
 /// Who is making a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +160,7 @@ pub struct ApiServer {
     discovery: Discovery,
     openapi: OpenApi,
     version: Value,
+    pub(crate) telemetry: Arc<Telemetry>,
 }
 
 /// `v1.33.0+berth.0.1.0`: Kubernetes' version, with ours as build metadata.
@@ -176,6 +178,11 @@ impl ApiServer {
         store: Arc<dyn Store>,
         config: Config,
     ) -> Result<Arc<ApiServer>, store::StoreError> {
+        let telemetry = Arc::new(Telemetry::default());
+        let store: Arc<dyn Store> = Arc::new(MeteredStore {
+            inner: store,
+            telemetry: telemetry.clone(),
+        });
         let cache = Cache::start(store.clone(), config.bookmark_every).await?;
         let (major, minor, _) = api::KUBERNETES_VERSION;
         let version = json!({
@@ -203,6 +210,7 @@ impl ApiServer {
             quota_locks: std::sync::Mutex::default(),
             limit_checks: std::sync::Mutex::default(),
             version,
+            telemetry,
         });
         let compactor = server.clone();
         tokio::spawn(async move { compactor.compact_periodically().await });
@@ -215,6 +223,8 @@ impl ApiServer {
         // is there when debugging; failures name their request themselves.
         let span = debug_span!("request", method = %req.method(), path = %req.uri().path());
         let (method, uri) = (req.method().clone(), req.uri().clone());
+        let started = std::time::Instant::now();
+        let labels = request_labels(&req);
         async move {
             let reply = match self.route(req, &who).await {
                 Ok(r) => r,
@@ -227,7 +237,10 @@ impl ApiServer {
                     Reply::from(e)
                 }
             };
-            reply.into_response()
+            let resp = reply.into_response();
+            self.telemetry
+                .request(labels, resp.status().as_u16(), started.elapsed());
+            resp
         }
         .instrument(span)
         .await
@@ -247,6 +260,7 @@ impl ApiServer {
         }
         let route = request::route(req.uri().path())?;
         let public = matches!(route, Route::Version | Route::Health(_));
+        let params = Params::parse(req.uri().query());
         if !public && !who.is_authenticated() {
             return Err(ApiError::unauthorized());
         }
@@ -267,11 +281,16 @@ impl ApiServer {
                 get_only(req.method())?;
                 Ok(Reply::json(StatusCode::OK, &self.version))
             }
-            Route::Health(_) => Ok(Reply::bytes(
-                StatusCode::OK,
-                "text/plain; charset=utf-8",
-                Bytes::from_static(b"ok"),
-            )),
+            Route::Health(path) => self.health(&path, &params).await,
+            Route::Metrics => {
+                get_only(req.method())?;
+                let objects = self.cache.object_counts();
+                Ok(Reply::bytes(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    Bytes::from(self.telemetry.render(&objects)),
+                ))
+            }
             Route::CoreVersions => {
                 get_only(req.method())?;
                 Ok(match request::discovery_format(accept.as_deref()) {
@@ -423,6 +442,65 @@ impl ApiServer {
         }
     }
 
+    /// `/livez`, `/readyz`, `/healthz` and their single checks (`/readyz/etcd`), with
+    /// `?verbose` listing every check and `?exclude=` leaving some out, as kube-apiserver does.
+    async fn health(&self, path: &str, params: &Params) -> ApiResult<Reply> {
+        let (endpoint, only) = path.split_once('/').unwrap_or((path, ""));
+        let store_ok = self.store.revision().await.is_ok();
+        let mut checks: Vec<(&str, bool)> = vec![("ping", true), ("log", true), ("etcd", store_ok)];
+        if endpoint == "readyz" {
+            checks.push(("etcd-readiness", store_ok));
+            checks.push((
+                "informer-sync",
+                self.cache.wait_fresh_for(Duration::from_secs(1)).await,
+            ));
+            checks.push(("poststarthook/start-apiserver-admission-initializer", true));
+            checks.push(("shutdown", true));
+        } else {
+            checks.push(("poststarthook/start-apiserver-admission-initializer", true));
+        }
+        let text = |status: StatusCode, body: String| {
+            Reply::bytes(status, "text/plain; charset=utf-8", Bytes::from(body))
+        };
+        if !only.is_empty() {
+            return match checks.iter().find(|(n, _)| *n == only) {
+                Some((_, true)) => Ok(text(StatusCode::OK, "ok".into())),
+                Some((n, false)) => Ok(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal server error: {n} check failed\n"),
+                )),
+                None => Err(ApiError::no_route()),
+            };
+        }
+        let excluded: Vec<&str> = params.all("exclude");
+        let mut body = String::new();
+        let mut passed = true;
+        for (name, ok) in &checks {
+            if excluded.contains(name) {
+                body.push_str(&format!("[+]{name} excluded: ok\n"));
+                continue;
+            }
+            passed &= ok;
+            if *ok {
+                body.push_str(&format!("[+]{name} ok\n"));
+            } else {
+                body.push_str(&format!("[-]{name} failed: reason withheld\n"));
+            }
+        }
+        let verdict = if passed { "passed" } else { "failed" };
+        body.push_str(&format!("{endpoint} check {verdict}\n"));
+        let status = if passed {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        if params.flag("verbose") || !passed {
+            Ok(text(status, body))
+        } else {
+            Ok(text(status, "ok".into()))
+        }
+    }
+
     /// Objects of a namespaced resource are only reachable within a namespace.
     fn namespaced_target(&self, t: &Target) -> ApiResult<()> {
         if t.resource.namespaced && t.namespace.is_none() {
@@ -454,6 +532,66 @@ impl ApiServer {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+}
+
+/// How a request is counted in `apiserver_request_total`: Kubernetes' verb (LIST and WATCH
+/// for collections, APPLY for server-side apply, CONNECT for streams), resource and scope.
+fn request_labels(req: &Request<Bytes>) -> RequestLabels {
+    let query = Params::parse(req.uri().query());
+    let dry_run = query.get("dryRun").is_some();
+    let method = req.method();
+    let Ok(Route::Resource(t)) = request::route(req.uri().path()) else {
+        return RequestLabels {
+            verb: match *method {
+                Method::GET | Method::HEAD => "GET",
+                Method::POST => "POST",
+                Method::PUT => "PUT",
+                Method::PATCH => "PATCH",
+                Method::DELETE => "DELETE",
+                _ => "OTHER",
+            },
+            dry_run,
+            ..Default::default()
+        };
+    };
+    let sub = t.subresource.clone().unwrap_or_default();
+    let connect = matches!(sub.as_str(), "exec" | "attach" | "portforward" | "proxy");
+    let apply = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+    let verb = match (method, t.name.is_some()) {
+        _ if connect => "CONNECT",
+        (&Method::GET | &Method::HEAD, false) if query.flag("watch") => "WATCH",
+        (&Method::GET | &Method::HEAD, false) => "LIST",
+        (&Method::GET | &Method::HEAD, true) => "GET",
+        (&Method::POST, _) => "POST",
+        (&Method::PUT, _) => "PUT",
+        (&Method::PATCH, _) if apply => "APPLY",
+        (&Method::PATCH, _) => "PATCH",
+        (&Method::DELETE, false) => "DELETECOLLECTION",
+        (&Method::DELETE, true) => "DELETE",
+        _ => "OTHER",
+    };
+    let (group, version) = match t.view {
+        Some(v) => (v.group, v.version),
+        None => (t.resource.group, t.resource.version),
+    };
+    RequestLabels {
+        verb,
+        dry_run,
+        group: group.to_string(),
+        version: version.to_string(),
+        resource: t.resource.plural.to_string(),
+        subresource: sub,
+        scope: if t.name.is_some() {
+            "resource"
+        } else if t.namespace.is_some() {
+            "namespace"
+        } else {
+            "cluster"
+        },
     }
 }
 

@@ -188,6 +188,66 @@ fn map_selector(m: &Value) -> String {
     }
 }
 
+/// `RWO,ROX`: access modes as kubectl abbreviates them.
+fn access_modes(modes: &Value) -> String {
+    modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match s(m) {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn or_unset(s: &str) -> String {
+    if s.is_empty() {
+        "<unset>".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// An ingress's class, hosts, addresses and ports, as kubectl prints them.
+fn ingress_cells(obj: &Value) -> Vec<Cell> {
+    let spec = &obj["spec"];
+    let class = s(&spec["ingressClassName"]);
+    let hosts: Vec<&str> = spec["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| s(&r["host"]))
+        .map(|h| if h.is_empty() { "*" } else { h })
+        .collect();
+    let addresses: Vec<&str> = obj["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let ip = s(&i["ip"]);
+            if ip.is_empty() { s(&i["hostname"]) } else { ip }
+        })
+        .collect();
+    let tls = spec["tls"].as_array().is_some_and(|t| !t.is_empty());
+    vec![
+        name(obj),
+        Cell::text(if class.is_empty() { "<none>" } else { class }),
+        Cell::text(if hosts.is_empty() {
+            "*".to_string()
+        } else {
+            hosts.join(",")
+        }),
+        Cell::text(addresses.join(",")),
+        Cell::text(if tls { "80, 443" } else { "80" }),
+        created(obj),
+    ]
+}
+
 /// The columns of a kind's table.
 pub fn columns(kind: &str) -> Vec<Column> {
     match kind {
@@ -399,6 +459,104 @@ pub fn columns(kind: &str) -> Vec<Column> {
             CONTAINERS,
             IMAGES,
             SELECTOR,
+        ],
+        "ReplicationController" => vec![
+            NAME,
+            col("Desired", "integer", 0, "Number of desired pods."),
+            col("Current", "integer", 0, "Number of actually running pods."),
+            col("Ready", "integer", 0, "Number of ready pods."),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+            SELECTOR,
+        ],
+        "PersistentVolume" => vec![
+            NAME,
+            col(
+                "Capacity",
+                "string",
+                0,
+                "The storage capacity of the volume.",
+            ),
+            col(
+                "Access Modes",
+                "string",
+                0,
+                "The ways the volume can be mounted.",
+            ),
+            col(
+                "Reclaim Policy",
+                "string",
+                0,
+                "What happens to the volume when it is released from its claim.",
+            ),
+            col("Status", "string", 0, "The phase of the volume."),
+            col("Claim", "string", 0, "The claim bound to the volume."),
+            col(
+                "StorageClass",
+                "string",
+                0,
+                "The storage class of the volume.",
+            ),
+            col(
+                "VolumeAttributesClass",
+                "string",
+                0,
+                "The volume attributes class of the volume.",
+            ),
+            col("Reason", "string", 0, "Why the volume is in its phase."),
+            AGE,
+            col("VolumeMode", "string", 1, "Filesystem or raw block device."),
+        ],
+        "PersistentVolumeClaim" => vec![
+            NAME,
+            col("Status", "string", 0, "The phase of the claim."),
+            col("Volume", "string", 0, "The volume the claim is bound to."),
+            col(
+                "Capacity",
+                "string",
+                0,
+                "The storage capacity of the bound volume.",
+            ),
+            col(
+                "Access Modes",
+                "string",
+                0,
+                "The ways the volume can be mounted.",
+            ),
+            col(
+                "StorageClass",
+                "string",
+                0,
+                "The storage class the claim asks for.",
+            ),
+            col(
+                "VolumeAttributesClass",
+                "string",
+                0,
+                "The volume attributes class the claim asks for.",
+            ),
+            AGE,
+            col("VolumeMode", "string", 1, "Filesystem or raw block device."),
+        ],
+        "Ingress" => vec![
+            NAME,
+            col("Class", "string", 0, "The ingress class of the ingress."),
+            col("Hosts", "string", 0, "The hosts the ingress routes."),
+            col("Address", "string", 0, "Where the ingress is reachable."),
+            col("Ports", "string", 0, "The ports the ingress listens on."),
+            AGE,
+        ],
+        "IngressClass" => vec![
+            NAME,
+            col(
+                "Controller",
+                "string",
+                0,
+                "The controller that implements the class.",
+            ),
+            col("Parameters", "string", 0, "The class's parameters, if any."),
+            AGE,
         ],
         "DaemonSet" => vec![
             NAME,
@@ -659,6 +817,83 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
                 c,
                 i,
                 selector_cell(&spec["selector"]),
+            ]
+        }
+        "ReplicationController" => {
+            let (c, i) = containers_and_images(&spec["template"]["spec"]);
+            vec![
+                name(obj),
+                Cell::Int(int(&spec["replicas"])),
+                Cell::Int(int(&status["replicas"])),
+                Cell::Int(int(&status["readyReplicas"])),
+                created(obj),
+                c,
+                i,
+                Cell::text(map_selector(&spec["selector"])),
+            ]
+        }
+        "PersistentVolume" => {
+            let claim = &spec["claimRef"];
+            let claim = if claim.is_object() {
+                format!("{}/{}", s(&claim["namespace"]), s(&claim["name"]))
+            } else {
+                String::new()
+            };
+            vec![
+                name(obj),
+                Cell::text(s(&spec["capacity"]["storage"])),
+                Cell::text(access_modes(&spec["accessModes"])),
+                Cell::text(s(&spec["persistentVolumeReclaimPolicy"])),
+                Cell::text(s(&status["phase"])),
+                Cell::text(claim),
+                Cell::text(s(&spec["storageClassName"])),
+                Cell::text(or_unset(s(&spec["volumeAttributesClassName"]))),
+                Cell::text(s(&status["reason"])),
+                created(obj),
+                Cell::text(s(&spec["volumeMode"])),
+            ]
+        }
+        "PersistentVolumeClaim" => {
+            let bound = s(&status["phase"]) == "Bound";
+            vec![
+                name(obj),
+                Cell::text(s(&status["phase"])),
+                Cell::text(s(&spec["volumeName"])),
+                Cell::text(if bound {
+                    s(&status["capacity"]["storage"])
+                } else {
+                    ""
+                }),
+                Cell::text(if bound {
+                    access_modes(&status["accessModes"])
+                } else {
+                    String::new()
+                }),
+                Cell::text(s(&spec["storageClassName"])),
+                Cell::text(or_unset(s(&spec["volumeAttributesClassName"]))),
+                created(obj),
+                Cell::text(s(&spec["volumeMode"])),
+            ]
+        }
+        "Ingress" => ingress_cells(obj),
+        "IngressClass" => {
+            let p = &spec["parameters"];
+            let params = if p.is_object() {
+                let group = s(&p["apiGroup"]);
+                let kind = if group.is_empty() {
+                    s(&p["kind"]).to_string()
+                } else {
+                    format!("{}.{group}", s(&p["kind"]))
+                };
+                format!("{kind}/{}", s(&p["name"]))
+            } else {
+                "<none>".into()
+            };
+            vec![
+                name(obj),
+                Cell::text(s(&spec["controller"])),
+                Cell::text(params),
+                created(obj),
             ]
         }
         "DaemonSet" => {

@@ -151,6 +151,11 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
 
     let bootstrap = InProcess::client(api.clone(), "berth-bootstrap");
     bootstrap_objects(&bootstrap, advertise, service_ip).await?;
+    tokio::spawn(keep_kubernetes_service(
+        bootstrap.clone(),
+        advertise,
+        service_ip,
+    ));
     tokio::spawn(
         NamespaceController::new(
             InProcess::client(api.clone(), "namespace-controller"),
@@ -192,7 +197,11 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             .context("parsing the serving certificate")?;
     let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())
         .context("parsing the serving key")?;
-    let tls = tls_config(chain, key).context("building the TLS configuration")?;
+    let client_ca: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .context("parsing the cluster CA")?;
+    let tls = tls_config(chain, key, client_ca).context("building the TLS configuration")?;
     let auth = Arc::new(Authenticator::new([(
         pki.admin_token.clone(),
         "admin".to_string(),
@@ -202,7 +211,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
 
     let kubeconfig = pki::kubeconfig_path(&data_dir);
     let server_url = format!("https://{}", format_host(advertise));
-    pki::write_kubeconfig(&kubeconfig, &server_url, &pki.ca_pem, &pki.admin_token)?;
+    pki::write_kubeconfig(&kubeconfig, &server_url, &pki)?;
     Ok(Running {
         addr,
         kubeconfig,
@@ -215,6 +224,36 @@ fn format_host(addr: SocketAddr) -> String {
     match addr.ip() {
         IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
         IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
+    }
+}
+
+/// Put the `kubernetes` Service back as soon as it is deleted (in-cluster clients find the API
+/// through it), and look every ten seconds in case a deletion went unseen, as kube-apiserver's
+/// bootstrap controller does.
+async fn keep_kubernetes_service(c: Client, advertise: SocketAddr, service_ip: IpAddr) {
+    let params = client::ListParams {
+        field_selector: Some("metadata.name=kubernetes".into()),
+        ..Default::default()
+    };
+    loop {
+        if let Err(e) = ensure_kubernetes_service(&c, advertise, service_ip).await {
+            warn!(error = %e, "could not restore the kubernetes service");
+        }
+        let Ok(mut watch) = c.watch::<Service>(Some("default"), &params).await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                ev = watch.next() => match ev {
+                    Some(client::WatchEvent::Deleted(_)) | None => break,
+                    Some(_) => {}
+                },
+                () = &mut deadline => break,
+            }
+        }
     }
 }
 
@@ -295,6 +334,15 @@ async fn bootstrap_objects(c: &Client, advertise: SocketAddr, service_ip: IpAddr
                 .with_context(|| format!("creating priority class {name}"))?;
         }
     }
+    ensure_kubernetes_service(c, advertise, service_ip).await
+}
+
+/// The `kubernetes` Service and its Endpoints, naming this server.
+async fn ensure_kubernetes_service(
+    c: &Client,
+    advertise: SocketAddr,
+    service_ip: IpAddr,
+) -> Result<()> {
     if c.get::<Service>(Some("default"), "kubernetes")
         .await?
         .is_none()

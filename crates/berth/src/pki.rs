@@ -1,6 +1,7 @@
 //! The cluster's credentials: a CA made on first start, a serving certificate signed by it
-//! (renewed when it nears expiry or no longer covers the addresses served), and the admin
-//! bearer token. Everything lives under `<data-dir>/tls` and `<data-dir>/credentials`.
+//! (renewed when it nears expiry or no longer covers the addresses served), and the admin's
+//! bearer token and client certificate (`system:masters`, renewed like the serving one).
+//! Everything lives under `<data-dir>/tls` and `<data-dir>/credentials`.
 
 use std::fs;
 use std::io::Write;
@@ -26,6 +27,9 @@ pub struct Pki {
     pub serving_chain_pem: String,
     pub serving_key_pem: String,
     pub admin_token: String,
+    /// The admin's client certificate and key.
+    pub admin_cert_pem: String,
+    pub admin_key_pem: String,
 }
 
 /// Write a private file (mode 0600), replacing it atomically.
@@ -110,6 +114,21 @@ pub fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Whether a certificate is still far from expiry.
+fn fresh(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    let expires = cert.validity().not_after.timestamp();
+    let renew_at = OffsetDateTime::now_utc() + Duration::days(RENEW_BEFORE_DAYS);
+    expires >= renew_at.unix_timestamp()
+}
+
+/// Whether an existing client certificate is still good for a while.
+fn client_cert_usable(pem: &str) -> bool {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .ok()
+        .and_then(|(_, parsed)| parsed.parse_x509().ok().map(|c| fresh(&c)))
+        .unwrap_or(false)
+}
+
 /// Whether an existing certificate still serves: not near expiry and covering every SAN.
 fn serving_cert_usable(pem: &str, sans: &Sans) -> bool {
     let Ok((_, parsed)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
@@ -118,9 +137,7 @@ fn serving_cert_usable(pem: &str, sans: &Sans) -> bool {
     let Ok(cert) = parsed.parse_x509() else {
         return false;
     };
-    let expires = cert.validity().not_after.timestamp();
-    let renew_at = OffsetDateTime::now_utc() + Duration::days(RENEW_BEFORE_DAYS);
-    if expires < renew_at.unix_timestamp() {
+    if !fresh(&cert) {
         return false;
     }
     let Ok(Some(alt)) = cert.subject_alternative_name() else {
@@ -188,6 +205,32 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
         write_private(&srv_crt, cert.pem().as_bytes())?;
         info!("issued a new serving certificate");
     }
+    let (admin_crt, admin_key) = (creds.join("admin.crt"), creds.join("admin.key"));
+    let usable = admin_key.exists()
+        && fs::read_to_string(&admin_crt).is_ok_and(|pem| client_cert_usable(&pem));
+    if !usable {
+        let ca_key = KeyPair::from_pem(&ca_key_pem).context("parsing the CA key")?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("parsing the CA certificate")?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "system:masters");
+        dn.push(DnType::CommonName, "admin");
+        p.distinguished_name = dn;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::hours(1);
+        p.not_after = now + Duration::days(SERVING_DAYS);
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &issuer)?;
+        write_private(&admin_key, key.serialize_pem().as_bytes())?;
+        write_private(&admin_crt, cert.pem().as_bytes())?;
+        info!("issued the admin's client certificate");
+    }
     let token_path = creds.join("admin.token");
     if !token_path.exists() {
         write_private(&token_path, random_token()?.as_bytes())?;
@@ -204,6 +247,8 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
         serving_key_pem: fs::read_to_string(&srv_key)?,
         ca_pem,
         admin_token,
+        admin_cert_pem: fs::read_to_string(&admin_crt)?,
+        admin_key_pem: fs::read_to_string(&admin_key)?,
     })
 }
 
@@ -218,10 +263,15 @@ pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
     data_dir.join("kubeconfig")
 }
 
-/// Write a kubeconfig for the admin user against `server`.
-pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> Result<()> {
+/// Write a kubeconfig for the admin user against `server`: a client certificate, which most
+/// tools expect, and the bearer token, which others do.
+pub fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<()> {
     use base64::Engine;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ca = b64(&pki.ca_pem);
+    let cert = b64(&pki.admin_cert_pem);
+    let key = b64(&pki.admin_key_pem);
+    let token = &pki.admin_token;
     let config = format!(
         "apiVersion: v1
 kind: Config
@@ -233,6 +283,8 @@ clusters:
 users:
 - name: admin
   user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
     token: {token}
 contexts:
 - name: berth

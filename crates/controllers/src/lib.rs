@@ -25,7 +25,7 @@ use api::k8s_openapi::api::apps::v1::{
 use api::k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use api::k8s_openapi::api::coordination::v1::Lease;
-use api::k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
+use api::k8s_openapi::api::core::v1::{Node, Pod, ReplicationController, ResourceQuota};
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use client::Client;
 
@@ -47,6 +47,7 @@ use crate::statefulset::StatefulSetController;
 pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     let pods = Mirror::<Pod>::new();
     let sets = Mirror::<ReplicaSet>::new();
+    let rcs = Mirror::<ReplicationController>::new();
     let deployments = Mirror::<Deployment>::new();
     let daemons = Mirror::<DaemonSet>::new();
     let stateful = Mirror::<StatefulSet>::new();
@@ -60,6 +61,7 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     let revisions = Mirror::<ControllerRevision>::new();
     let c = || client.clone();
     tokio::spawn(ReplicaSetController::new(c(), pods.clone(), sets.clone()).run());
+    tokio::spawn(ReplicaSetController::new(c(), pods.clone(), rcs.clone()).run());
     tokio::spawn(
         DeploymentController::new(c(), deployments.clone(), sets.clone(), pods.clone()).run(),
     );
@@ -98,6 +100,7 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     // Mirrors run last, so that every subscriber hears the first list.
     tokio::spawn(pods.run(c()));
     tokio::spawn(sets.run(c()));
+    tokio::spawn(rcs.run(c()));
     tokio::spawn(deployments.run(c()));
     tokio::spawn(daemons.run(c()));
     tokio::spawn(stateful.run(c()));

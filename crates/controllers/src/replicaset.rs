@@ -2,16 +2,22 @@
 //! creating them from the template (in doubling batches, so a failing create costs one call,
 //! not a hundred) and deleting the least valuable first. It adopts matching orphans, releases
 //! pods whose labels no longer match, and is the one writer of the ReplicaSet's status.
+//! ReplicationControllers, the older form of the same thing (a selector of plain labels), are
+//! run by the same code (`Replicated` says how to read each), as Kubernetes runs them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use api::k8s_openapi::api::core::v1::Pod;
+use api::k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
+use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use api::k8s_openapi::{Metadata, Resource};
 use api::selector::LabelSelectorExpr;
 use client::{Client, ClientError};
 use futures_util::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, warn};
 
@@ -19,32 +25,117 @@ use crate::mirror::{Mirror, key_of};
 use crate::owned::{self, Expectations, controlled_by, controller_of, controller_ref};
 use crate::queue::{self, Queue};
 
-const COMPONENT: &str = "replicaset-controller";
 const RETRY: Duration = Duration::from_secs(1);
 /// Pods created or deleted at once, at most.
 const BURST: usize = 500;
 
-pub struct ReplicaSetController {
+/// A kind that keeps a number of pods from a template: ReplicaSets and ReplicationControllers.
+pub trait Replicated:
+    Resource
+    + api::k8s_openapi::ListableResource
+    + Metadata<Ty = ObjectMeta>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The name events are reported under.
+    const COMPONENT: &'static str;
+    fn selector(&self) -> Option<LabelSelectorExpr>;
+    fn replicas(&self) -> i32;
+    fn template(&self) -> Option<PodTemplateSpec>;
+    fn min_ready_seconds(&self) -> i32;
+    /// The status, in the ReplicaSet's shape (the two have the same fields).
+    fn status(&self) -> ReplicaSetStatus;
+}
+
+impl Replicated for ReplicaSet {
+    const COMPONENT: &'static str = "replicaset-controller";
+
+    fn selector(&self) -> Option<LabelSelectorExpr> {
+        selector(self)
+    }
+
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+
+    fn template(&self) -> Option<PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.clone())
+    }
+
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+
+    fn status(&self) -> ReplicaSetStatus {
+        self.status.clone().unwrap_or_default()
+    }
+}
+
+impl Replicated for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
+
+    fn selector(&self) -> Option<LabelSelectorExpr> {
+        let labels = self
+            .spec
+            .as_ref()?
+            .selector
+            .clone()
+            .filter(|s| !s.is_empty())?;
+        let sel = LabelSelector {
+            match_labels: Some(labels),
+            match_expressions: None,
+        };
+        LabelSelectorExpr::from_object(Some(&sel)).ok()
+    }
+
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+
+    fn template(&self) -> Option<PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.clone())
+    }
+
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+
+    fn status(&self) -> ReplicaSetStatus {
+        self.status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+}
+
+pub struct ReplicaSetController<K: Replicated = ReplicaSet> {
     client: Client,
     pods: Arc<Mirror<Pod>>,
-    sets: Arc<Mirror<ReplicaSet>>,
+    sets: Arc<Mirror<K>>,
     expect: Expectations,
     queue: Queue,
     rx: queue::Receiver,
 }
 
-impl ReplicaSetController {
+impl<K: Replicated> ReplicaSetController<K> {
     /// Subscribe to the mirrors; call before they run.
-    pub fn new(
-        client: Client,
-        pods: Arc<Mirror<Pod>>,
-        sets: Arc<Mirror<ReplicaSet>>,
-    ) -> ReplicaSetController {
+    pub fn new(client: Client, pods: Arc<Mirror<Pod>>, sets: Arc<Mirror<K>>) -> Self {
         let (queue, rx) = queue::queue();
         let q = queue.clone();
         sets.on_change(move |_, new| {
             if let Some(rs) = new {
-                q.add(&key_of(&rs.metadata));
+                q.add(&key_of(rs.metadata()));
             }
         });
         let q = queue.clone();
@@ -52,7 +143,7 @@ impl ReplicaSetController {
         pods.on_change(move |old, new| {
             for p in [old, new].into_iter().flatten() {
                 match controller_of(&p.metadata) {
-                    Some(r) if r.kind == "ReplicaSet" => {
+                    Some(r) if r.kind == K::KIND => {
                         let ns = p.metadata.namespace.as_deref().unwrap_or("");
                         q.add(&format!("{ns}/{}", r.name));
                     }
@@ -62,8 +153,8 @@ impl ReplicaSetController {
                         let ns = p.metadata.namespace.as_deref().unwrap_or("");
                         let labels = p.metadata.labels.clone().unwrap_or_default();
                         for rs in s.in_namespace(ns) {
-                            if selector(&rs).is_some_and(|sel| sel.matches(&labels)) {
-                                q.add(&key_of(&rs.metadata));
+                            if rs.selector().is_some_and(|sel| sel.matches(&labels)) {
+                                q.add(&key_of(rs.metadata()));
                             }
                         }
                     }
@@ -103,25 +194,25 @@ impl ReplicaSetController {
             self.expect.forget(key);
             return Ok(None);
         };
-        let Some(sel) = selector(&rs) else {
+        let Some(sel) = rs.selector() else {
             return Ok(None);
         };
-        let uid = rs.metadata.uid.as_deref();
+        let uid = rs.metadata().uid.as_deref();
         let mut mine = Vec::new();
         for p in self.pods.in_namespace(ns) {
             let labels = p.metadata.labels.clone().unwrap_or_default();
             let matches = sel.matches(&labels);
-            if controlled_by::<ReplicaSet>(&p.metadata, uid) {
+            if controlled_by::<K>(&p.metadata, uid) {
                 if matches {
                     mine.push(p);
-                } else if rs.metadata.deletion_timestamp.is_none() {
+                } else if rs.metadata().deletion_timestamp.is_none() {
                     self.release(&p, uid).await;
                 }
             } else if controller_of(&p.metadata).is_none()
                 && matches
                 && owned::is_active(&p)
-                && rs.metadata.deletion_timestamp.is_none()
-                && let Some(p) = self.adopt(&rs, &p).await
+                && rs.metadata().deletion_timestamp.is_none()
+                && let Some(p) = self.adopt(&*rs, &p).await
             {
                 mine.push(Arc::new(p));
             }
@@ -133,36 +224,27 @@ impl ReplicaSetController {
                 .get(ns, n)
                 .map(|p| p.metadata.deletion_timestamp.is_none())
         };
-        if self.expect.satisfied(key, seen) && rs.metadata.deletion_timestamp.is_none() {
-            let want = rs
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .unwrap_or(1)
-                .max(0) as usize;
+        if self.expect.satisfied(key, seen) && rs.metadata().deletion_timestamp.is_none() {
+            let want = rs.replicas().max(0) as usize;
             if active.len() < want {
-                failure = self.create(&rs, key, want - active.len()).await;
+                failure = self.create(&*rs, key, want - active.len()).await;
             } else if active.len() > want {
                 self.delete(key, ns, &active, active.len() - want).await;
             }
         }
         // A refused create (quota, admission) is tried again; the condition says why.
         let retry = failure.is_some().then_some(RETRY * 5);
-        let recheck = self.update_status(&rs, &active, failure).await?;
+        let recheck = self.update_status(&*rs, &active, failure).await?;
         Ok(match (recheck, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
     }
 
-    async fn create(&self, rs: &ReplicaSet, key: &str, count: usize) -> Option<String> {
-        let ns = rs.metadata.namespace.clone().unwrap_or_default();
-        let name = rs.metadata.name.clone().unwrap_or_default();
-        let template = rs
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.clone())
-            .unwrap_or_default();
+    async fn create(&self, rs: &K, key: &str, count: usize) -> Option<String> {
+        let ns = rs.metadata().namespace.clone().unwrap_or_default();
+        let name = rs.metadata().name.clone().unwrap_or_default();
+        let template = rs.template().unwrap_or_default();
         let count = count.min(BURST);
         let mut done = 0;
         let mut batch = 1;
@@ -193,7 +275,7 @@ impl ReplicaSetController {
                 let message = format!("Error creating: {e}");
                 owned::event(
                     &self.client,
-                    COMPONENT,
+                    K::COMPONENT,
                     rs,
                     "Warning",
                     "FailedCreate",
@@ -205,7 +287,7 @@ impl ReplicaSetController {
                 let message = format!("Created pod: {p}");
                 owned::event(
                     &self.client,
-                    COMPONENT,
+                    K::COMPONENT,
                     rs,
                     "Normal",
                     "SuccessfulCreate",
@@ -244,7 +326,7 @@ impl ReplicaSetController {
                 Ok(()) | Err(ClientError::Api { code: 404, .. }) => {
                     owned::event(
                         &self.client,
-                        COMPONENT,
+                        K::COMPONENT,
                         &*rs,
                         "Normal",
                         "SuccessfulDelete",
@@ -256,7 +338,7 @@ impl ReplicaSetController {
         }
     }
 
-    async fn adopt(&self, rs: &ReplicaSet, p: &Pod) -> Option<Pod> {
+    async fn adopt(&self, rs: &K, p: &Pod) -> Option<Pod> {
         let ns = p.metadata.namespace.as_deref();
         let name = p.metadata.name.as_deref().unwrap_or("");
         let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
@@ -292,17 +374,15 @@ impl ReplicaSetController {
 
     async fn update_status(
         &self,
-        rs: &ReplicaSet,
+        rs: &K,
         active: &[&Arc<Pod>],
         failure: Option<String>,
     ) -> Result<Option<Duration>, ClientError> {
-        let spec = rs.spec.clone().unwrap_or_default();
-        let min_ready = spec.min_ready_seconds.unwrap_or(0);
-        let template_labels: BTreeMap<String, String> = spec
-            .template
-            .as_ref()
-            .and_then(|t| t.metadata.as_ref())
-            .and_then(|m| m.labels.clone())
+        let min_ready = rs.min_ready_seconds();
+        let template_labels: BTreeMap<String, String> = rs
+            .template()
+            .and_then(|t| t.metadata)
+            .and_then(|m| m.labels)
             .unwrap_or_default();
         let now = jiff::Timestamp::now();
         let mut ready = 0;
@@ -326,7 +406,7 @@ impl ReplicaSetController {
                 Err(None) => {}
             }
         }
-        let old = rs.status.clone().unwrap_or_default();
+        let old = rs.status();
         let mut conditions: Vec<ReplicaSetCondition> = old
             .conditions
             .clone()
@@ -356,19 +436,15 @@ impl ReplicaSetController {
             fully_labeled_replicas: Some(fully_labeled),
             ready_replicas: Some(ready),
             available_replicas: Some(available),
-            observed_generation: rs.metadata.generation,
+            observed_generation: rs.metadata().generation,
             conditions: (!conditions.is_empty()).then_some(conditions),
             terminating_replicas: old.terminating_replicas,
         };
         if new != old {
-            let ns = rs.metadata.namespace.as_deref();
-            let name = rs.metadata.name.as_deref().unwrap_or("");
+            let ns = rs.metadata().namespace.as_deref();
+            let name = rs.metadata().name.as_deref().unwrap_or("");
             let status = serde_json::to_value(&new).unwrap_or_default();
-            match self
-                .client
-                .put_status::<ReplicaSet>(ns, name, &status)
-                .await
-            {
+            match self.client.put_status::<K>(ns, name, &status).await {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),

@@ -15,7 +15,7 @@ use super::{Kind, default_if_none, default_str};
 use crate::errors::{FieldErrors, Path};
 use crate::selector::LabelSelectorExpr;
 
-fn default_template(t: &mut PodTemplateSpec) {
+pub(crate) fn default_template(t: &mut PodTemplateSpec) {
     default_pod_spec(t.spec.get_or_insert_with(Default::default));
 }
 
@@ -70,7 +70,7 @@ fn validate_controller(
 }
 
 /// Pods managed by a long-running controller must restart always.
-fn require_restart_always(
+pub(crate) fn require_restart_always(
     template: Option<&PodTemplateSpec>,
     template_path: &Path,
     errs: &mut FieldErrors,

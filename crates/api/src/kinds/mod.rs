@@ -7,6 +7,7 @@
 mod apps;
 mod batch;
 mod core;
+mod more;
 mod pod;
 mod policy;
 

@@ -175,6 +175,28 @@ fn build() -> Schemas {
         ("imagePullSecrets", Atomic),
     ]);
     let endpoints = leak(vec![("metadata", Struct(meta)), ("subsets", Atomic)]);
+    let replication_controller = leak(vec![
+        ("metadata", Struct(meta)),
+        (
+            "spec",
+            Struct(leak(vec![
+                ("template", Struct(template)),
+                ("selector", Atomic),
+            ])),
+        ),
+        ("status", Struct(status_with_conditions)),
+    ]);
+    let volume = leak(vec![
+        ("metadata", Struct(meta)),
+        (
+            "spec",
+            Struct(leak(vec![
+                ("accessModes", Atomic),
+                ("mountOptions", Atomic),
+            ])),
+        ),
+        ("status", Struct(status_with_conditions)),
+    ]);
     let by_kind = BTreeMap::from([
         ("Pod", pod),
         ("Deployment", workload),
@@ -198,6 +220,11 @@ fn build() -> Schemas {
         ("ResourceQuota", with_meta),
         ("LimitRange", with_meta),
         ("HorizontalPodAutoscaler", with_meta),
+        ("ReplicationController", replication_controller),
+        ("PersistentVolume", volume),
+        ("PersistentVolumeClaim", volume),
+        ("Ingress", with_meta),
+        ("IngressClass", with_meta),
     ]);
     Schemas { by_kind }
 }

@@ -8143,6 +8143,32 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.core.v1.TopologySelectorLabelRequirement",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "key",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "values",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.core.v1.TopologySelectorTerm",
+        fields: &[Field {
+            tag: 1,
+            json: "matchLabelExpressions",
+            ty: Msg("api.core.v1.TopologySelectorLabelRequirement"),
+            shape: Repeated,
+        }],
+    },
+    Message {
         name: "api.core.v1.TopologySpreadConstraint",
         fields: &[
             Field {
@@ -9333,6 +9359,76 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 2,
                 json: "items",
                 ty: Msg("api.scheduling.v1.PriorityClass"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.StorageClass",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "provisioner",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "parameters",
+                ty: Str,
+                shape: Map,
+            },
+            Field {
+                tag: 4,
+                json: "reclaimPolicy",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "mountOptions",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 6,
+                json: "allowVolumeExpansion",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "volumeBindingMode",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "allowedTopologies",
+                ty: Msg("api.core.v1.TopologySelectorTerm"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.StorageClassList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.storage.v1.StorageClass"),
                 shape: Repeated,
             },
         ],

@@ -1,0 +1,313 @@
+//! Kinds served for clients and tools that expect them, with Kubernetes' defaults and checks:
+//! ReplicationControllers (run by their controller), PersistentVolumes and claims (bound by the
+//! storage work: until then a claim waits, Pending, as it would with no provisioner), and
+//! networking.k8s.io Ingresses and IngressClasses (routed by the ingress work).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus, PersistentVolumeStatus,
+    ReplicationController,
+};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+
+use super::apps::{default_template, require_restart_always};
+use super::{Kind, default_if_none, default_str};
+use crate::errors::{FieldErrors, Path};
+use crate::quantity::Quantity;
+
+const ACCESS_MODES: &[&str] = &[
+    "ReadWriteOnce",
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOncePod",
+];
+const VOLUME_MODES: &[&str] = &["Filesystem", "Block"];
+
+impl Kind for ReplicationController {
+    fn default(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        default_if_none(&mut spec.replicas, 1);
+        // An RC without a selector selects its template's labels; without labels, the
+        // template gets the selector's.
+        let template_labels = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        if spec.selector.as_ref().is_none_or(BTreeMap::is_empty) && !template_labels.is_empty() {
+            spec.selector = Some(template_labels.clone());
+        }
+        if let Some(t) = spec.template.as_mut() {
+            if template_labels.is_empty()
+                && let Some(sel) = spec.selector.clone()
+            {
+                t.metadata.get_or_insert_with(Default::default).labels = Some(sel);
+            }
+            default_template(t);
+        }
+        if self.metadata.labels.as_ref().is_none_or(BTreeMap::is_empty) {
+            self.metadata.labels = Some(template_labels).filter(|l| !l.is_empty());
+        }
+    }
+
+    fn validate(&self, _old: Option<&Self>, errs: &mut FieldErrors) {
+        let path = Path::root("spec");
+        let Some(spec) = &self.spec else {
+            errs.required(&path, "");
+            return;
+        };
+        errs.non_negative(&path.child("replicas"), spec.replicas.map(i64::from));
+        errs.non_negative(
+            &path.child("minReadySeconds"),
+            spec.min_ready_seconds.map(i64::from),
+        );
+        let selector = spec.selector.clone().unwrap_or_default();
+        if selector.is_empty() {
+            errs.required(&path.child("selector"), "");
+        }
+        let Some(template) = &spec.template else {
+            errs.required(&path.child("template"), "");
+            return;
+        };
+        let labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        if selector.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+            errs.invalid(
+                &path.child("template").child("metadata").child("labels"),
+                &labels,
+                "`selector` does not match template `labels`",
+            );
+        }
+        require_restart_always(Some(template), &path.child("template"), errs);
+    }
+}
+
+fn check_access_modes(modes: Option<&Vec<String>>, path: &Path, errs: &mut FieldErrors) {
+    match modes {
+        Some(m) if !m.is_empty() => {
+            for (i, mode) in m.iter().enumerate() {
+                errs.one_of(&path.index(i), mode, ACCESS_MODES);
+            }
+        }
+        _ => errs.required(path, ""),
+    }
+}
+
+fn check_storage(
+    q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    path: &Path,
+    errs: &mut FieldErrors,
+) {
+    match q.map(|q| Quantity::parse(&q.0)) {
+        None => errs.required(path, ""),
+        Some(Err(e)) => errs.invalid(path, "", e.to_string()),
+        Some(Ok(q)) if q.milli() <= 0 => errs.invalid(path, "", "must be greater than zero"),
+        Some(Ok(_)) => {}
+    }
+}
+
+impl Kind for PersistentVolume {
+    fn prepare_create(&mut self) {
+        self.status = Some(PersistentVolumeStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        });
+    }
+
+    fn default(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        default_str(&mut spec.persistent_volume_reclaim_policy, "Retain");
+        default_str(&mut spec.volume_mode, "Filesystem");
+    }
+
+    fn validate(&self, _old: Option<&Self>, errs: &mut FieldErrors) {
+        let path = Path::root("spec");
+        let Some(spec) = &self.spec else {
+            errs.required(&path, "");
+            return;
+        };
+        check_access_modes(spec.access_modes.as_ref(), &path.child("accessModes"), errs);
+        check_storage(
+            spec.capacity.as_ref().and_then(|c| c.get("storage")),
+            &path.child("capacity").child("storage"),
+            errs,
+        );
+        if let Some(p) = &spec.persistent_volume_reclaim_policy {
+            errs.one_of(
+                &path.child("persistentVolumeReclaimPolicy"),
+                p,
+                &["Retain", "Delete", "Recycle"],
+            );
+        }
+        if let Some(m) = &spec.volume_mode {
+            errs.one_of(&path.child("volumeMode"), m, VOLUME_MODES);
+        }
+        let sources = [
+            spec.host_path.is_some(),
+            spec.local.is_some(),
+            spec.nfs.is_some(),
+            spec.csi.is_some(),
+            spec.iscsi.is_some(),
+            spec.fc.is_some(),
+            spec.rbd.is_some(),
+            spec.cephfs.is_some(),
+        ];
+        if !sources.contains(&true) {
+            errs.required(&path, "must specify a volume type");
+        }
+    }
+}
+
+impl Kind for PersistentVolumeClaim {
+    fn prepare_create(&mut self) {
+        self.status = Some(PersistentVolumeClaimStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        });
+    }
+
+    fn default(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        default_str(&mut spec.volume_mode, "Filesystem");
+    }
+
+    fn validate(&self, old: Option<&Self>, errs: &mut FieldErrors) {
+        let path = Path::root("spec");
+        let Some(spec) = &self.spec else {
+            errs.required(&path, "");
+            return;
+        };
+        check_access_modes(spec.access_modes.as_ref(), &path.child("accessModes"), errs);
+        check_storage(
+            spec.resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage")),
+            &path.child("resources").child("requests").child("storage"),
+            errs,
+        );
+        if let Some(m) = &spec.volume_mode {
+            errs.one_of(&path.child("volumeMode"), m, VOLUME_MODES);
+        }
+        if let Some(old_spec) = old.and_then(|o| o.spec.as_ref()) {
+            // Only the requested size (to grow it) and the volume name (to bind it) change.
+            let mut a = spec.clone();
+            let mut b = old_spec.clone();
+            a.resources = None;
+            b.resources = None;
+            if b.volume_name.as_deref().is_none_or(str::is_empty) {
+                a.volume_name = None;
+                b.volume_name = None;
+            }
+            if a != b {
+                errs.forbidden(
+                    &path,
+                    "spec is immutable after creation except resources.requests and \
+                     volumeAttributesClassName for bound claims",
+                );
+            }
+        }
+    }
+}
+
+fn check_backend(b: &IngressBackend, path: &Path, errs: &mut FieldErrors) {
+    match (&b.service, &b.resource) {
+        (Some(_), Some(_)) => {
+            errs.invalid(path, "", "cannot set both resource and service backends")
+        }
+        (None, None) => errs.required(path, "one of `service` or `resource` is required"),
+        (Some(s), None) => {
+            if s.name.is_empty() {
+                errs.required(&path.child("service").child("name"), "");
+            }
+            match &s.port {
+                Some(p)
+                    if p.number.is_some() == p.name.as_deref().is_some_and(|n| !n.is_empty()) =>
+                {
+                    errs.invalid(
+                        &path.child("service").child("port"),
+                        "",
+                        "cannot set both port name & port number",
+                    );
+                }
+                Some(_) => {}
+                None => errs.required(&path.child("service").child("port"), ""),
+            }
+        }
+        (None, Some(_)) => {}
+    }
+}
+
+impl Kind for Ingress {
+    fn validate(&self, _old: Option<&Self>, errs: &mut FieldErrors) {
+        let path = Path::root("spec");
+        let Some(spec) = &self.spec else {
+            errs.required(&path, "");
+            return;
+        };
+        if let Some(b) = &spec.default_backend {
+            check_backend(b, &path.child("defaultBackend"), errs);
+        }
+        let rules = spec.rules.as_deref().unwrap_or(&[]);
+        if rules.is_empty() && spec.default_backend.is_none() {
+            errs.invalid(
+                &path.child("rules"),
+                "[]",
+                "either `defaultBackend` or `rules` must be specified",
+            );
+        }
+        for (i, r) in rules.iter().enumerate() {
+            let rp = path.child("rules").index(i);
+            if let Some(h) = r.host.as_deref().filter(|h| !h.is_empty()) {
+                let bare = h.strip_prefix("*.").unwrap_or(h);
+                if !crate::names::dns1123_subdomain(bare).is_empty() {
+                    errs.invalid(
+                        &rp.child("host"),
+                        h,
+                        "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain",
+                    );
+                }
+            }
+            let Some(http) = &r.http else { continue };
+            for (j, p) in http.paths.iter().enumerate() {
+                let pp = rp.child("http").child("paths").index(j);
+                let path_type = p.path_type.as_str();
+                errs.one_of(
+                    &pp.child("pathType"),
+                    path_type,
+                    &["Exact", "Prefix", "ImplementationSpecific"],
+                );
+                let text = p.path.as_deref().unwrap_or("");
+                if path_type != "ImplementationSpecific" && !text.starts_with('/') {
+                    errs.invalid(&pp.child("path"), text, "must be an absolute path");
+                }
+                check_backend(&p.backend, &pp.child("backend"), errs);
+            }
+        }
+    }
+}
+
+impl Kind for IngressClass {
+    fn validate(&self, old: Option<&Self>, errs: &mut FieldErrors) {
+        let path = Path::root("spec");
+        let controller = self
+            .spec
+            .as_ref()
+            .and_then(|s| s.controller.clone())
+            .unwrap_or_default();
+        if controller.is_empty() {
+            errs.required(&path.child("controller"), "");
+        }
+        if let Some(old_controller) = old
+            .and_then(|o| o.spec.as_ref())
+            .and_then(|s| s.controller.clone())
+        {
+            errs.immutable(&path.child("controller"), &controller, &old_controller);
+        }
+    }
+}
