@@ -4,6 +4,7 @@ events.k8s.io, client certificates, the `kubernetes` Service, health checks, met
 
 import base64
 import datetime
+import os
 import subprocess
 
 import yaml
@@ -207,3 +208,25 @@ def test_python_client_decodes_deletes_and_evictions(cluster, ns):
                                             dry_run="All")
     assert made.metadata.resource_version is None
     api.create_namespaced_config_map(ns, made)
+
+
+def test_berth_up_without_root_says_so_and_creates_nothing():
+    import shutil
+    import tempfile
+    from conftest import BERTH
+    # A place an unprivileged user can reach (the build directory is root's).
+    place = tempfile.mkdtemp(prefix="berth-nonroot-")
+    try:
+        os.chmod(place, 0o777)
+        binary = os.path.join(place, "berth")
+        shutil.copy(BERTH, binary)
+        os.chmod(binary, 0o755)
+        data = os.path.join(place, "never")
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", binary, "up",
+                            "--data-dir", data, "--listen", "127.0.0.1:0"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0
+        assert "needs root" in r.stderr, r.stderr
+        assert not os.path.exists(data)
+    finally:
+        shutil.rmtree(place, ignore_errors=True)

@@ -101,3 +101,40 @@ def test_pull_rejects_a_corrupt_layer(data_dir, registry):
 def test_dead_registry(data_dir):
     r = berth(data_dir, "pull", "127.0.0.1:1/nothing:1", check=False)
     assert r.returncode != 0 and "127.0.0.1:1/nothing:1" in r.stderr
+
+
+def test_mirrors_and_rewrites_serve_an_unreachable_registry(data_dir, registry):
+    # An offline site: images name a registry nobody can reach, a local mirror has them under
+    # another repository.
+    img = Image(cmd=["sh"])
+    img.push(registry.addr, "mirrored/team/app", "1.4")
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, "registries.yaml"), "w") as f:
+        f.write(f"""mirrors:
+  registry.example.com:
+    endpoint: ["http://127.0.0.1:1", "http://{registry.addr}"]
+    rewrite:
+      "^team/(.*)": "mirrored/team/$1"
+""")
+    out = berth(data_dir, "pull", "registry.example.com/team/app:1.4")
+    assert "registry.example.com/team/app:1.4 sha256:" in out.stdout
+    # Stored under the name asked for; the dead first endpoint was passed over.
+    assert "registry.example.com/team/app:1.4" in listed(data_dir)
+    assert "127.0.0.1:1" in out.stderr
+    # A broken configuration is a clear error, not a silent pull from elsewhere.
+    with open(os.path.join(data_dir, "registries.yaml"), "w") as f:
+        f.write("mirrors:\n  registry.example.com:\n    endpoints: [x]\n")
+    bad = berth(data_dir, "pull", "registry.example.com/team/app:1.4", check=False)
+    assert bad.returncode != 0 and "not a valid registries.yaml" in bad.stderr
+
+
+def test_tag_gives_an_imported_image_any_name(data_dir, tmp_path):
+    tar = tmp_path / "img.tar"
+    tar.write_bytes(Image(cmd=["sh"]).oci_layout("local/busybox:1"))
+    berth(data_dir, "import", str(tar))
+    out = berth(data_dir, "tag", "local/busybox:1", "nginx:1.27").stdout
+    assert out.startswith("tagged docker.io/library/nginx:1.27 sha256:")
+    images = listed(data_dir)
+    assert images["docker.io/library/nginx:1.27"] == images["docker.io/local/busybox:1"]
+    missing = berth(data_dir, "tag", "nope:1", "x:1", check=False)
+    assert missing.returncode != 0 and "nope:1" in missing.stderr

@@ -1,6 +1,7 @@
 """The real kubectl, oldest and newest supported versions, against the real binary."""
 
 import json
+import re
 import os
 import subprocess
 import textwrap
@@ -340,3 +341,22 @@ def test_every_supported_kubectl(cluster, minor, tmp_path):
     table = cluster.kubectl("get", "deploy,cm", "-n", ns, version=minor).stdout
     assert "deployment.apps/web" in table and "configmap/made" in table
     cluster.kubectl("delete", "ns", ns, version=minor)
+
+
+def test_explain_reads_complete_openapi(cluster, version):
+    out = cluster.kubectl("explain", "pod.spec.containers", version=version).stdout
+    lines = out.splitlines()
+    assert lines[0].split() == ["KIND:", "Pod"] and lines[1].split() == ["VERSION:", "v1"], out
+    assert "FIELD: containers <[]Container>" in out or "FIELD:    containers <[]Container>" in out, out
+    assert "List of containers belonging to the pod." in out
+    assert "A single application container that you want to run within a pod." in out
+    assert re.search(r"^  image\t<string>$", out, re.M), out
+    assert re.search(r"^  name\t<string> -required-$", out, re.M), out
+    assert re.search(r"^  resources\t<ResourceRequirements>$", out, re.M), out
+    deep = cluster.kubectl("explain", "deploy", "--recursive", version=version).stdout
+    assert "GROUP:      apps" in deep and "KIND:       Deployment" in deep, deep[:400]
+    assert re.search(r"^        containers\t<\[\]Container> -required-$", deep, re.M), deep[:3000]
+    assert re.search(r"^    replicas\t<integer>$", deep, re.M)
+    # A field that does not exist is refused as Kubernetes refuses it.
+    bad = cluster.kubectl("explain", "pod.spec.nope", version=version, check=False)
+    assert bad.returncode != 0 and 'field "nope" does not exist' in bad.stderr

@@ -818,3 +818,15 @@ def test_host_network(node, pns):
     assert int(lines[1]) == len(os.listdir("/sys/class/net"))
     ip = get_pod(node, pns, "onhost")["status"]["podIP"]
     assert ip == get_pod(node, pns, "onhost")["status"]["hostIP"]
+
+
+def test_image_verbs_say_when_the_node_uses_another_data_dir(node, tmp_path):
+    from conftest import BERTH
+    other = tmp_path / "elsewhere"
+    r = subprocess.run([BERTH, "image", "--data-dir", str(other), "ls"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"runs on {node.data}" in r.stderr and "--data-dir" in r.stderr, r.stderr
+    # On the node's own data dir there is nothing to say.
+    same = subprocess.run([BERTH, "image", "--data-dir", str(node.data), "ls"], capture_output=True, text=True,
+                          timeout=60)
+    assert "note:" not in same.stderr

@@ -175,9 +175,13 @@ impl Shared {
             return Ok(img);
         }
         let auth = self.pull_credentials(pod, reference).await;
+        // Read at every pull, so an edit takes effect without a restart.
+        let registries = runtime::images::Registries::load(&self.registries_file)
+            .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
         let opts = PullOptions {
             insecure: self.insecure_registries.clone(),
             auth,
+            registries,
         };
         self.events.record(
             pod,

@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub dirs: Dirs,
     /// Registries (`host:port`) pulled from over plain HTTP besides localhost.
     pub insecure_registries: Vec<String>,
+    /// Mirrors and registry settings (`<data-dir>/registries.yaml`; may not exist).
+    pub registries_file: PathBuf,
     pub image_gc: gc::Thresholds,
 }
 
@@ -64,6 +66,7 @@ pub(crate) struct Shared {
     pub(crate) puller: Puller,
     pub(crate) pull_locks: images::PullLocks,
     pub(crate) insecure_registries: Vec<String>,
+    pub(crate) registries_file: PathBuf,
     pub(crate) node: NodeInfo,
     pub(crate) dirs: Dirs,
     pub(crate) events: Events,
@@ -114,6 +117,7 @@ impl Agent {
                 images,
                 pull_locks: Default::default(),
                 insecure_registries: cfg.insecure_registries,
+                registries_file: cfg.registries_file,
                 node: cfg.node,
                 dirs: cfg.dirs,
                 events,

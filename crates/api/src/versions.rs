@@ -25,6 +25,8 @@ pub struct View {
     pub show: fn(Value) -> Result<Value, ConvertError>,
     /// An object written in this version, in the stored version.
     pub read: fn(Value) -> Result<Converted, ConvertError>,
+    /// This version's JSON schema (for OpenAPI), added to the generator's definitions.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
 
 impl std::fmt::Debug for View {
@@ -76,6 +78,7 @@ static VIEWS: &[View] = &[
         storage_group: "autoscaling",
         show: hpa::show,
         read: hpa::read,
+        schema: |g| g.subschema_for::<v1::HorizontalPodAutoscaler>(),
     },
     View {
         group: "events.k8s.io",
@@ -84,6 +87,7 @@ static VIEWS: &[View] = &[
         storage_group: "",
         show: events::show,
         read: events::read,
+        schema: |g| g.subschema_for::<k8s_openapi::api::events::v1::Event>(),
     },
 ];
 

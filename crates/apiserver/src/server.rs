@@ -346,18 +346,26 @@ impl ApiServer {
             }
             Route::OpenApiV2 => {
                 get_only(req.method())?;
-                Ok(Reply::bytes(
-                    StatusCode::OK,
-                    openapi::V2_CONTENT_TYPE,
-                    self.openapi.v2.clone(),
-                ))
+                // kubectl asks for protobuf; anything else that accepts JSON gets JSON.
+                let proto = accept
+                    .as_deref()
+                    .is_some_and(|a| a.contains("application/com.github.proto-openapi.spec.v2"));
+                Ok(if proto {
+                    Reply::bytes(
+                        StatusCode::OK,
+                        openapi::V2_PROTO_CONTENT_TYPE,
+                        self.openapi.v2_proto(),
+                    )
+                } else {
+                    Reply::bytes(StatusCode::OK, "application/json", self.openapi.v2_json())
+                })
             }
             Route::OpenApiV3Index => {
                 get_only(req.method())?;
                 Ok(Reply::bytes(
                     StatusCode::OK,
                     "application/json",
-                    self.openapi.v3_index.clone(),
+                    self.openapi.v3_index(),
                 ))
             }
             Route::OpenApiV3(key) => {

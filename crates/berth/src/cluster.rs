@@ -257,9 +257,26 @@ async fn keep_kubernetes_service(c: Client, advertise: SocketAddr, service_ip: I
     }
 }
 
+/// Refuse, before anything is created, to run a role that runs containers without root.
+pub fn require_root(role: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "{role} runs containers (namespaces, cgroups, mounts) and needs root: run it with sudo \
+             (`berth server` runs the control plane alone, without root)"
+        );
+    }
+    Ok(())
+}
+
 /// Serve until SIGINT or SIGTERM.
 pub async fn run(args: ServerArgs, node: Option<crate::node::AgentArgs>, role: &str) -> Result<()> {
+    if node.is_some() {
+        require_root(&format!("berth {role}"))?;
+    }
     let running = start(&args, node.as_ref()).await?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    crate::instances::register(&data_dir);
     println!(
         "berth {role}: Kubernetes API at https://{}; run: export KUBECONFIG={}",
         format_host(running.addr),
@@ -270,6 +287,7 @@ pub async fn run(args: ServerArgs, node: Option<crate::node::AgentArgs>, role: &
     tokio::time::timeout(Duration::from_secs(5), running.stop())
         .await
         .ok();
+    crate::instances::unregister(&data_dir);
     Ok(())
 }
 

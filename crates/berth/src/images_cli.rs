@@ -25,6 +25,9 @@ pub enum ImageCommand {
     /// Import an OCI image layout or `docker save` archive (plain, gzip or zstd). Imported
     /// images are pinned: garbage collection under disk pressure keeps them.
     Import { file: PathBuf },
+    /// Give an image another name (any registry, repository and tag), as `docker tag` does:
+    /// pods can then name it so. A name moves off the image that had it.
+    Tag { source: String, target: String },
     /// Pin images, so that garbage collection under disk pressure keeps them.
     Pin { references: Vec<String> },
     /// Unpin images: when unused, garbage collection may remove them.
@@ -56,6 +59,9 @@ pub async fn run(args: ImageArgs) -> Result<()> {
         .data_dir
         .unwrap_or_else(crate::cluster::default_data_dir);
     let store = Arc::new(store_in(&data_dir)?);
+    if let Some(note) = crate::instances::elsewhere(&data_dir) {
+        eprintln!("{note}");
+    }
     match args.command {
         ImageCommand::Pull {
             reference,
@@ -77,6 +83,9 @@ pub async fn run(args: ImageArgs) -> Result<()> {
                     &PullOptions {
                         insecure: insecure_registry,
                         auth,
+                        registries: runtime::images::Registries::load(
+                            &data_dir.join("registries.yaml"),
+                        )?,
                     },
                     &bars,
                 )
@@ -116,6 +125,14 @@ pub async fn run(args: ImageArgs) -> Result<()> {
                     println!("imported {n} {}", i.id);
                 }
             }
+        }
+        ImageCommand::Tag { source, target } => {
+            let image = store.tag(&source, &target)?;
+            println!(
+                "tagged {} {}",
+                runtime::images::normalize(&target)?,
+                image.id
+            );
         }
         ImageCommand::Ls => {
             let mut images = store.list()?;

@@ -174,6 +174,7 @@ pub fn build(
         node,
         dirs: Dirs::under(data_dir),
         insecure_registries: args.insecure_registries.clone(),
+        registries_file: data_dir.join("registries.yaml"),
         image_gc: agent::gc::Thresholds {
             high: args.image_gc_high_percent,
             low: args.image_gc_low_percent,
@@ -190,6 +191,7 @@ pub fn build(
 
 /// `berth agent`: run this machine's node against a remote API server until signalled.
 pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
+    crate::cluster::require_root("berth agent")?;
     let ca = std::fs::read(&args.ca_cert)
         .with_context(|| format!("reading {}", args.ca_cert.display()))?;
     let transport = client::HttpsTransport::new(&args.server, &ca, Some(&args.token))
@@ -207,11 +209,13 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
         agent.node_name(),
         args.server
     );
-    tokio::select! {
-        _ = agent.run() => {}
-        r = crate::cluster::wait_for_signal() => r?,
-    }
-    Ok(())
+    crate::instances::register(&data_dir);
+    let result = tokio::select! {
+        _ = agent.run() => Ok(()),
+        r = crate::cluster::wait_for_signal() => r,
+    };
+    crate::instances::unregister(&data_dir);
+    result
 }
 
 /// The agents in this process, for the API server's pod `log`/`exec`/`attach`/`portforward`.

@@ -29,7 +29,13 @@ pub use self::policy::HIGHEST_USER_PRIORITY;
 
 /// The typed rules of one kind. Every hook has a harmless default.
 pub trait Kind:
-    Serialize + DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta> + Send + Sync + 'static
+    Serialize
+    + DeserializeOwned
+    + k8s_openapi::Metadata<Ty = ObjectMeta>
+    + schemars::JsonSchema
+    + Send
+    + Sync
+    + 'static
 {
     /// Set what the server owns on a new object, e.g. a pod's initial status.
     fn prepare_create(&mut self) {}
@@ -77,11 +83,18 @@ pub enum AdmitError {
 /// The object-safe face of a [`Kind`].
 pub trait KindOps: Send + Sync {
     fn admit(&self, a: Admission<'_>) -> Result<Admitted, AdmitError>;
+
+    /// The kind's JSON schema, added to `generator`'s definitions; returns the reference.
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
 }
 
 struct Ops<T>(PhantomData<fn() -> T>);
 
 impl<T: Kind> KindOps for Ops<T> {
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        generator.subschema_for::<T>()
+    }
+
     fn admit(&self, a: Admission<'_>) -> Result<Admitted, AdmitError> {
         let mut obj: T = decode(a.object)?;
         let unknown_fields = if a.find_unknown_fields {

@@ -4,12 +4,14 @@
 pub mod digest;
 mod import;
 mod pull;
+pub mod registries;
 mod store;
 mod unpack;
 
 pub use digest::Digest;
 pub use import::import;
 pub use pull::{Credentials, PullError, PullOptions, Puller};
+pub use registries::Registries;
 pub use store::{Image, ImageStore, LayerRef, RunConfig, StoreError, normalize, repository_of};
 pub use unpack::{UnpackError, unpack_layer};
 

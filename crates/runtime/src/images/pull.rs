@@ -15,9 +15,10 @@ use oci_client::manifest::{
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::digest::{Digest, HashingWriter};
+use super::registries::Registries;
 use super::store::{Image, ImageStore, StoreError};
 use super::{Progress, ProgressEvent, platform_matches};
 
@@ -53,9 +54,11 @@ pub struct PullOptions {
     pub insecure: Vec<String>,
     /// Credentials for the image's registry.
     pub auth: Option<Credentials>,
+    /// Mirrors, rewrites and per-registry settings (`registries.yaml`).
+    pub registries: Registries,
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -101,22 +104,80 @@ impl Puller {
             .map_err(|e| PullError::BadReference(reference.to_string(), e))?;
         let whole = r.whole();
         let registry = r.resolve_registry().to_string();
-        let protocol = if is_local(&registry) || opts.insecure.contains(&registry) {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Client::new(ClientConfig {
-            protocol,
-            ..Default::default()
-        });
-        let auth = match &opts.auth {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => RegistryAuth::Anonymous,
-        };
+        let plain_http = is_local(&registry) || opts.insecure.contains(&registry);
+        let mut suffix = String::new();
+        if let Some(t) = r.tag() {
+            suffix = format!(":{t}");
+        }
+        if let Some(d) = r.digest() {
+            suffix.push_str(&format!("@{d}"));
+        }
+        let sources = opts
+            .registries
+            .sources(&registry, r.repository(), &suffix, plain_http);
+        let mut last = None;
+        for source in sources {
+            let at = Reference::try_from(source.reference.as_str())
+                .map_err(|e| PullError::BadReference(source.reference.clone(), e))?;
+            let mut config = ClientConfig {
+                protocol: if source.http || is_local(&source.registry) {
+                    ClientProtocol::Http
+                } else {
+                    ClientProtocol::Https
+                },
+                accept_invalid_certificates: source.tls.insecure_skip_verify,
+                ..Default::default()
+            };
+            if let Some(ca) = &source.tls.ca_file {
+                let data = std::fs::read(ca).map_err(|e| PullError::Registry {
+                    reference: source.reference.clone(),
+                    message: format!("reading the CA file {}: {e}", ca.display()),
+                })?;
+                config
+                    .extra_root_certificates
+                    .push(oci_client::client::Certificate {
+                        encoding: oci_client::client::CertificateEncoding::Pem,
+                        data,
+                    });
+            }
+            if source.tls.cert_file.is_some() {
+                warn!(registry = %source.registry, "client certificates for registries are not supported; pulling without one");
+            }
+            let client = Client::new(config);
+            let creds = if source.mirror {
+                source.auth.as_ref()
+            } else {
+                opts.auth.as_ref().or(source.auth.as_ref())
+            };
+            let auth = match creds {
+                Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+                None => RegistryAuth::Anonymous,
+            };
+            match self.pull_from(&at, &whole, &client, &auth, progress).await {
+                Ok(image) => return Ok(image),
+                Err(e) if source.mirror => {
+                    warn!(image = %whole, mirror = %source.registry, error = %e, "a mirror could not serve the image; trying the next source");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(PullError::NotFound { reference: whole }))
+    }
+
+    /// Pull the image at `r` (a mirror's, or the registry's own), stored as `name`.
+    async fn pull_from(
+        &self,
+        r: &Reference,
+        name: &str,
+        client: &Client,
+        auth: &RegistryAuth,
+        progress: &dyn Progress,
+    ) -> Result<Image, PullError> {
+        let whole = r.whole();
         let fail = |e: oci_client::errors::OciDistributionError| classify(&whole, e);
         let (bytes, _) = client
-            .pull_manifest_raw(&r, &auth, MANIFEST_TYPES)
+            .pull_manifest_raw(r, auth, MANIFEST_TYPES)
             .await
             .map_err(fail)?;
         let mut manifest_bytes = bytes.to_vec();
@@ -144,7 +205,7 @@ impl Puller {
             let chosen = Digest::parse(pick.digest().as_ref()).map_err(StoreError::from)?;
             let by_digest = r.clone_with_digest(chosen.to_string());
             let (bytes, _) = client
-                .pull_manifest_raw(&by_digest, &auth, MANIFEST_TYPES)
+                .pull_manifest_raw(&by_digest, auth, MANIFEST_TYPES)
                 .await
                 .map_err(fail)?;
             manifest_bytes = bytes.to_vec();
@@ -160,12 +221,12 @@ impl Puller {
             .write_blob(std::io::Cursor::new(&manifest_bytes), Some(&digest))?;
         let manifest: ImageManifest =
             serde_json::from_slice(&manifest_bytes).map_err(|e| malformed("image manifest", e))?;
-        self.fetch(&client, &r, manifest.config(), progress).await?;
+        self.fetch(client, r, manifest.config(), progress).await?;
         for layer in manifest.layers() {
-            self.fetch(&client, &r, layer, progress).await?;
+            self.fetch(client, r, layer, progress).await?;
         }
         let store = self.store.clone();
-        let names = vec![whole];
+        let names = vec![name.to_string()];
         // Unpacking is disk work; keep it off the async threads.
         let image =
             tokio::task::block_in_place(|| store.add_image(&digest, &names, false, progress))?;

@@ -453,6 +453,16 @@ impl ImageStore {
         Ok(image)
     }
 
+    /// Give the image `source` names (a reference or an ID) the name `target` too, as
+    /// `docker tag` does; a name belongs to one image, so any other loses it.
+    pub fn tag(&self, source: &str, target: &str) -> Result<Image, StoreError> {
+        let image = self
+            .resolve(source)?
+            .ok_or_else(|| StoreError::NotFound(source.to_string()))?;
+        let name = normalize(target)?;
+        self.record(image, &[name])
+    }
+
     /// Pin an image (garbage collection keeps it) or unpin it. Returns the image as it is now.
     pub fn set_pinned(&self, reference: &str, pinned: bool) -> Result<Image, StoreError> {
         let target = self
