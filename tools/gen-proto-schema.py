@@ -43,6 +43,10 @@ ROOTS = [
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",
     "api.storage.v1.StorageClass",
+    # Discovery documents, legacy and aggregated.
+    "apimachinery.pkg.apis.meta.v1.APIGroupList", "apimachinery.pkg.apis.meta.v1.APIGroup",
+    "apimachinery.pkg.apis.meta.v1.APIResourceList", "apimachinery.pkg.apis.meta.v1.APIVersions",
+    "api.apidiscovery.v2.APIGroupDiscoveryList", "api.apidiscovery.v2beta1.APIGroupDiscoveryList",
 ]
 
 # Messages the decoder knows by heart: their JSON form is not an object of their fields.
@@ -54,6 +58,7 @@ SPECIAL = {
     "apimachinery.pkg.util.intstr.IntOrString",
     "apimachinery.pkg.runtime.RawExtension",
     "apimachinery.pkg.apis.meta.v1.FieldsV1",
+    "apimachinery.pkg.apis.meta.v1.Verbs",
 }
 
 
@@ -184,7 +189,24 @@ def key_of(m):
 
 
 def json_names_of(names, m):
-    return names.get(key_of(m))
+    found = names.get(key_of(m))
+    if found is None and (m.startswith("api.apidiscovery.") or m.endswith(".GroupVersionKind")):
+        # k8s-openapi has no discovery types; their JSON names are the proto names.
+        return DISCOVERY_NAMES
+    return found
+
+
+class CamelNames(dict):
+    """Rust field name (without underscores) -> JSON name, for the discovery types."""
+    KNOWN = ["metadata", "items", "versions", "version", "resources", "freshness", "resource",
+             "responseKind", "scope", "singularResource", "verbs", "shortNames", "categories",
+             "subresources", "subresource", "acceptedTypes", "group", "kind"]
+
+    def __init__(self):
+        super().__init__((k.lower(), k) for k in self.KNOWN)
+
+
+DISCOVERY_NAMES = CamelNames()
 
 
 def inline(msgs, names, m, rust):

@@ -242,6 +242,18 @@ spec:
     spec = cluster.json("get", "svc", "front", "-n", ns)["spec"]
     assert spec["clusterIP"] == ip and spec["clusterIPs"] == [ip]
     assert spec["ipFamilies"] == ["IPv4"] and spec["ipFamilyPolicy"] == "SingleStack"
+    # The same for a pod's tolerations, which admission adds (and a pod may not lose).
+    pod = write(tmp_path, "pod.yaml", """apiVersion: v1
+kind: Pod
+metadata: {name: tolerant}
+spec:
+  containers: [{name: main, image: busybox:1.36}]
+""")
+    cluster.kubectl("apply", "-n", ns, "-f", pod, version=version)
+    for _ in range(2):
+        cluster.kubectl("apply", "--server-side", "-n", ns, "-f", pod, version=version)
+    keys = {t["key"] for t in cluster.json("get", "pod", "tolerant", "-n", ns)["spec"]["tolerations"]}
+    assert keys == {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
 
 
 def test_delete_variants(cluster, ns, version, tmp_path):

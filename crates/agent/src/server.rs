@@ -39,7 +39,9 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<NodeBody> {
     Response::builder()
         .status(code)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(NodeBody::Full(Bytes::from(body.to_string())))
+        .body(NodeBody::Full(Bytes::from(
+            [api::wire::to_vec(&body), b"\n".to_vec()].concat(),
+        )))
         .expect("a valid response")
 }
 

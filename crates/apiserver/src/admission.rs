@@ -140,10 +140,29 @@ impl ApiServer {
             }
             self.admit_priority(r, &name, obj)?;
             self.admit_limits(r, &name, namespace, obj)?;
+            self.admit_tolerations(obj)?;
         }
         if let Some(ns) = namespace {
             self.admit_quota(r, &name, ns, obj)?;
         }
+        Ok(())
+    }
+
+    /// The not-ready and unreachable tolerations every new pod gets, for as long as this
+    /// server is configured to keep pods on such nodes.
+    fn admit_tolerations(&self, pod: &mut Value) -> ApiResult<()> {
+        let mut tolerations: Vec<api::k8s_openapi::api::core::v1::Toleration> =
+            match pod["spec"].get("tolerations") {
+                Some(t) if !t.is_null() => serde_json::from_value(t.clone())
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+                _ => Vec::new(),
+            };
+        api::kinds::add_default_tolerations(
+            &mut tolerations,
+            self.config.default_toleration_seconds,
+        );
+        pod["spec"]["tolerations"] =
+            serde_json::to_value(tolerations).map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(())
     }
 

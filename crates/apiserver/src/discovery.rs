@@ -162,6 +162,11 @@ fn legacy_resources(group: &str, version: &str) -> Vec<Value> {
     out
 }
 
+/// A document's text, as Kubernetes writes it.
+fn wire(v: &Value) -> Bytes {
+    Bytes::from(api::wire::to_vec(v))
+}
+
 /// Every discovery document, rendered.
 pub struct Discovery {
     /// `/api` and `/apis` aggregated, in v2 and v2beta1.
@@ -206,7 +211,7 @@ impl Discovery {
                     "groupVersion": gv,
                     "resources": legacy_resources(group, v),
                 });
-                resource_lists.push((gv, Bytes::from(list.to_string())));
+                resource_lists.push((gv, wire(&list)));
             }
             if group.is_empty() {
                 core_item = Some(item);
@@ -220,10 +225,9 @@ impl Discovery {
             let g = json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]});
             groups.push((
                 group.to_string(),
-                Bytes::from(
-                    json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
-                           "versions": g["versions"], "preferredVersion": g["preferredVersion"]})
-                    .to_string(),
+                wire(
+                    &json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
+                           "versions": g["versions"], "preferredVersion": g["preferredVersion"]}),
                 ),
             ));
             legacy_groups.push(g);
@@ -248,31 +252,26 @@ impl Discovery {
                 {"version": v, "resources": [nodes, pods], "freshness": "Current"}]}));
             resource_lists.push((
                 gv.clone(),
-                Bytes::from(
-                    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-                           "resources": [nodes_legacy, pods_legacy]})
-                    .to_string(),
+                wire(
+                    &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                           "resources": [nodes_legacy, pods_legacy]}),
                 ),
             ));
             let gvs = json!([{"groupVersion": gv, "version": v}]);
             let g = json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]});
             groups.push((
                 group.to_string(),
-                Bytes::from(
-                    json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
-                           "versions": g["versions"], "preferredVersion": g["preferredVersion"]})
-                    .to_string(),
+                wire(
+                    &json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
+                           "versions": g["versions"], "preferredVersion": g["preferredVersion"]}),
                 ),
             ));
             legacy_groups.push(g);
         }
         let aggregated = |items: Vec<Value>, version: &str| -> Bytes {
-            Bytes::from(
-                json!({"kind": "APIGroupDiscoveryList",
+            wire(&json!({"kind": "APIGroupDiscoveryList",
                        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
-                       "metadata": {}, "items": items})
-                .to_string(),
-            )
+                       "metadata": {}, "items": items}))
         };
         let core = vec![core_item.expect("the core group is served")];
         Discovery {
@@ -280,13 +279,10 @@ impl Discovery {
             core_v2beta1: aggregated(core, "v2beta1"),
             groups_v2: aggregated(group_items.clone(), "v2"),
             groups_v2beta1: aggregated(group_items, "v2beta1"),
-            core_versions: Bytes::from(
-                json!({"kind": "APIVersions", "versions": ["v1"],
-                       "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]})
-                .to_string(),
-            ),
-            group_list: Bytes::from(
-                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": legacy_groups}).to_string(),
+            core_versions: wire(&json!({"kind": "APIVersions", "versions": ["v1"],
+                       "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]})),
+            group_list: wire(
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": legacy_groups}),
             ),
             groups,
             resource_lists,

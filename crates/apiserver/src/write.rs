@@ -312,35 +312,6 @@ impl ApiServer {
     }
 
     /// Run admission for `r`, turning its errors into API errors.
-    /// The not-ready and unreachable tolerations defaulting gave a new pod last as long as
-    /// this server is configured to (Kubernetes' DefaultTolerationSeconds admission).
-    fn default_tolerations(&self, submitted: &Value, admitted: &mut Value) {
-        let secs = self.config.default_toleration_seconds;
-        if secs == api::kinds::DEFAULT_NOT_READY_TOLERATION_SECONDS {
-            return;
-        }
-        let asked: Vec<&str> = submitted["spec"]["tolerations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["key"].as_str())
-            .collect();
-        for t in admitted["spec"]["tolerations"]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-        {
-            let key = t["key"].as_str().unwrap_or("");
-            if matches!(
-                key,
-                "node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable"
-            ) && !asked.contains(&key)
-            {
-                t["tolerationSeconds"] = json!(secs);
-            }
-        }
-    }
-
     fn admit(
         &self,
         r: &'static Resource,
@@ -363,10 +334,6 @@ impl ApiServer {
                 AdmitError::Decode(msg) => cannot_handle(r, r.version, &msg),
                 AdmitError::Invalid(errs) => ApiError::invalid(r, &name, &errs),
             })?;
-        let mut admitted = admitted;
-        if r.kind == "Pod" && op == Operation::Create {
-            self.default_tolerations(obj, &mut admitted.object);
-        }
         let warnings = judge_unknown(r, r.version, &admitted.unknown_fields, opts)?;
         Ok((admitted.object, warnings))
     }

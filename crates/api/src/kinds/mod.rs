@@ -24,7 +24,9 @@ use crate::names;
 
 pub use self::batch::{CONTROLLER_UID_LABEL, JOB_NAME_LABEL};
 pub use self::core::{NAMESPACE_FINALIZER, NAMESPACE_NAME_LABEL, NODE_PORT_RANGE, parse_cidr};
-pub use self::pod::{DEFAULT_NOT_READY_TOLERATION_SECONDS, default_pull_policy, qos_class};
+pub use self::pod::{
+    DEFAULT_NOT_READY_TOLERATION_SECONDS, add_default_tolerations, default_pull_policy, qos_class,
+};
 pub use self::policy::HIGHEST_USER_PRIORITY;
 
 /// The typed rules of one kind. Every hook has a harmless default.

@@ -59,7 +59,6 @@ impl Kind for Pod {
                 .as_deref()
                 .unwrap_or("default"),
         );
-        add_default_tolerations(spec.tolerations.get_or_insert_with(Vec::new));
         let qos = qos_class(spec);
         let status = self.status.get_or_insert_with(Default::default);
         default_str(&mut status.qos_class, qos);
@@ -194,7 +193,10 @@ fn requests_default_to_limits(r: &mut ResourceRequirements) {
     }
 }
 
-fn add_default_tolerations(tolerations: &mut Vec<Toleration>) {
+/// Kubernetes' DefaultTolerationSeconds admission: a new pod that does not say how long it
+/// stays on a not-ready or unreachable node tolerates that for `seconds`. Admission, not
+/// defaulting: what it adds belongs to no client.
+pub fn add_default_tolerations(tolerations: &mut Vec<Toleration>, seconds: i64) {
     for key in [
         "node.kubernetes.io/not-ready",
         "node.kubernetes.io/unreachable",
@@ -212,7 +214,7 @@ fn add_default_tolerations(tolerations: &mut Vec<Toleration>) {
                 key: Some(key.into()),
                 operator: Some("Exists".into()),
                 effect: Some("NoExecute".into()),
-                toleration_seconds: Some(DEFAULT_NOT_READY_TOLERATION_SECONDS),
+                toleration_seconds: Some(seconds),
                 value: None,
             });
         }
@@ -822,7 +824,8 @@ mod tests {
         );
         assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
         assert_eq!(spec.termination_grace_period_seconds, Some(30));
-        assert_eq!(spec.tolerations.as_ref().unwrap().len(), 2);
+        // Tolerations are admission's, not defaults.
+        assert!(spec.tolerations.is_none());
         assert_eq!(c.liveness_probe.as_ref().unwrap().period_seconds, Some(10));
         let status = p.status.as_ref().unwrap();
         assert_eq!(status.phase.as_deref(), Some("Pending"));
@@ -831,6 +834,21 @@ mod tests {
             Some("Guaranteed"),
             "requests default to limits"
         );
+    }
+
+    #[test]
+    fn default_tolerations_are_added_unless_covered() {
+        let mut t = Vec::new();
+        add_default_tolerations(&mut t, 300);
+        assert_eq!(t.len(), 2);
+        assert!(t.iter().all(|x| x.toleration_seconds == Some(300)));
+        // A toleration of everything covers both.
+        let mut all = vec![Toleration {
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }];
+        add_default_tolerations(&mut all, 60);
+        assert_eq!(all.len(), 1);
     }
 
     #[test]

@@ -213,6 +213,17 @@ fn special(name: &str, v: &Value, path: &str) -> Result<Option<Vec<u8>>, EncodeE
         "apimachinery.pkg.runtime.RawExtension" | "apimachinery.pkg.apis.meta.v1.FieldsV1" => {
             len(1, v.to_string().as_bytes(), &mut out);
         }
+        "apimachinery.pkg.apis.meta.v1.Verbs" => {
+            for verb in v.as_array().ok_or_else(|| bad(path, "not a list"))? {
+                len(
+                    1,
+                    verb.as_str()
+                        .ok_or_else(|| bad(path, "not a string"))?
+                        .as_bytes(),
+                    &mut out,
+                );
+            }
+        }
         _ => return Ok(None),
     }
     Ok(Some(out))

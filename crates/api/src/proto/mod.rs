@@ -91,6 +91,7 @@ const SPECIAL: &[&str] = &[
     "apimachinery.pkg.util.intstr.IntOrString",
     "apimachinery.pkg.runtime.RawExtension",
     "apimachinery.pkg.apis.meta.v1.FieldsV1",
+    "apimachinery.pkg.apis.meta.v1.Verbs",
 ];
 
 /// Decode a whole request body into the object's JSON, with `apiVersion` and `kind` set.
@@ -129,8 +130,17 @@ pub fn decode_object(body: &[u8]) -> Result<Value, ProtoError> {
 /// `apps/v1` + `Deployment` -> `api.apps.v1.Deployment`.
 fn message_name(api_version: &str, kind: &str) -> String {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    // Options and Status are kinds of every group; the meta group's own kinds live there too.
-    if matches!(kind, "DeleteOptions" | "Status") || group == "meta.k8s.io" {
+    // Options, Status and the discovery documents are kinds of every group; the meta group's
+    // own kinds live there too.
+    let meta = [
+        "DeleteOptions",
+        "Status",
+        "APIGroupList",
+        "APIGroup",
+        "APIResourceList",
+        "APIVersions",
+    ];
+    if meta.contains(&kind) || group == "meta.k8s.io" {
         return format!("apimachinery.pkg.apis.meta.v1.{kind}");
     }
     let module = match group.split('.').next() {
@@ -376,6 +386,15 @@ fn special(name: &str, b: &[u8]) -> Result<Option<Value>, ProtoError> {
             } else {
                 json!(m.get(&2).copied().unwrap_or(0) as i32)
             }
+        }
+        "apimachinery.pkg.apis.meta.v1.Verbs" => {
+            let mut verbs = Vec::new();
+            for item in Reader::new(b) {
+                if let (1, Wire::Len(v)) = item? {
+                    verbs.push(Value::String(utf8(v)?));
+                }
+            }
+            Value::Array(verbs)
         }
         "apimachinery.pkg.runtime.RawExtension" | "apimachinery.pkg.apis.meta.v1.FieldsV1" => {
             let raw = bytes_at(b, 1)?;

@@ -4,6 +4,284 @@ use super::{Field, Message, Shape::*, Ty::*};
 
 pub(super) static MESSAGES: &[Message] = &[
     Message {
+        name: "api.apidiscovery.v2.APIGroupDiscovery",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "versions",
+                ty: Msg("api.apidiscovery.v2.APIVersionDiscovery"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.apidiscovery.v2.APIGroupDiscoveryList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.apidiscovery.v2.APIGroupDiscovery"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.apidiscovery.v2.APIResourceDiscovery",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "resource",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "responseKind",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.GroupVersionKind"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "scope",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "singularResource",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "verbs",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 6,
+                json: "shortNames",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 7,
+                json: "categories",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 8,
+                json: "subresources",
+                ty: Msg("api.apidiscovery.v2.APISubresourceDiscovery"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.apidiscovery.v2.APISubresourceDiscovery",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "subresource",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "responseKind",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.GroupVersionKind"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "acceptedTypes",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.GroupVersionKind"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "verbs",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.apidiscovery.v2.APIVersionDiscovery",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "version",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "resources",
+                ty: Msg("api.apidiscovery.v2.APIResourceDiscovery"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "freshness",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.apidiscovery.v2beta1.APIGroupDiscovery",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "versions",
+                ty: Msg("api.apidiscovery.v2beta1.APIVersionDiscovery"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.apidiscovery.v2beta1.APIGroupDiscoveryList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.apidiscovery.v2beta1.APIGroupDiscovery"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.apidiscovery.v2beta1.APIResourceDiscovery",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "resource",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "responseKind",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.GroupVersionKind"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "scope",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "singularResource",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "verbs",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 6,
+                json: "shortNames",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 7,
+                json: "categories",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 8,
+                json: "subresources",
+                ty: Msg("api.apidiscovery.v2beta1.APISubresourceDiscovery"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.apidiscovery.v2beta1.APISubresourceDiscovery",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "subresource",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "responseKind",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.GroupVersionKind"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "acceptedTypes",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.GroupVersionKind"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "verbs",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.apidiscovery.v2beta1.APIVersionDiscovery",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "version",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "resources",
+                ty: Msg("api.apidiscovery.v2beta1.APIResourceDiscovery"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "freshness",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.apps.v1.ControllerRevision",
         fields: &[
             Field {
@@ -9434,6 +9712,143 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "apimachinery.pkg.apis.meta.v1.APIGroup",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "versions",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.GroupVersionForDiscovery"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "preferredVersion",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.GroupVersionForDiscovery"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "serverAddressByClientCIDRs",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ServerAddressByClientCIDR"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.APIGroupList",
+        fields: &[Field {
+            tag: 1,
+            json: "groups",
+            ty: Msg("apimachinery.pkg.apis.meta.v1.APIGroup"),
+            shape: Repeated,
+        }],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.APIResource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "singularName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "namespaced",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "group",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "version",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "kind",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "verbs",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Verbs"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "shortNames",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 7,
+                json: "categories",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 10,
+                json: "storageVersionHash",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.APIResourceList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "groupVersion",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "resources",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.APIResource"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.APIVersions",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "versions",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "serverAddressByClientCIDRs",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ServerAddressByClientCIDR"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "apimachinery.pkg.apis.meta.v1.Condition",
         fields: &[
             Field {
@@ -9511,6 +9926,46 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 6,
                 json: "ignoreStoreReadErrorWithClusterBreakingPotential",
                 ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.GroupVersionForDiscovery",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "groupVersion",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "version",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.GroupVersionKind",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "group",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "version",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "kind",
+                ty: Str,
                 shape: Single,
             },
         ],
@@ -9805,6 +10260,23 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "resourceVersion",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.ServerAddressByClientCIDR",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "clientCIDR",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "serverAddress",
                 ty: Str,
                 shape: Single,
             },
