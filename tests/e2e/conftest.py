@@ -239,10 +239,19 @@ def version(request):
 @pytest.fixture
 def ns(cluster, request):
     """A namespace of its own for one test."""
-    name = "t-" + request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-").replace(".", "-")[:50]
+    name = namespace_for("t", request.node.name)
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def namespace_for(prefix, test_name):
+    """A namespace name of its own for a test: readable, short enough, and distinct even
+    where two long names (or parameters) share their first fifty characters."""
+    import hashlib
+    readable = test_name.lower().replace("[", "-").replace("]", "").replace("_", "-").replace(".", "-")
+    tag = hashlib.sha1(test_name.encode()).hexdigest()[:6]
+    return f"{prefix}-{readable[:44].rstrip('-')}-{tag}"
 
 
 def wait_until(predicate, timeout=20, interval=0.1, what="condition"):

@@ -63,6 +63,10 @@ def test_events_are_served_in_events_k8s_io_too(cluster, ns, version):
     assert got.note == "written through events.k8s.io" and got.regarding.name == "p"
     names = cluster.kubectl("get", "events.events.k8s.io", "-n", ns, "-o", "name", version=version).stdout
     assert "event.events.k8s.io/e1" in names
+    # Its own field names select, as Kubernetes maps them.
+    picked = api.list_namespaced_event(ns, field_selector="regarding.name=p,reportingController=example.com/tester")
+    assert [e.metadata.name for e in picked.items] == ["e1"]
+    assert api.list_namespaced_event(ns, field_selector="regarding.name=q").items == []
 
 
 def test_client_certificates_authenticate(cluster, tmp_path, version):
@@ -150,7 +154,7 @@ metadata: {name: drop, labels: {app: pruned}}
     assert names == ["configmap/keep"]
 
 
-def test_persistent_volumes_claims_and_ingresses_are_served(cluster, ns, version):
+def test_pv_pvc_and_ingress_are_served(cluster, ns, version):
     manifest = f"""apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {{name: data}}

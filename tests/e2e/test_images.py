@@ -118,6 +118,16 @@ def test_mirrors_and_rewrites_serve_an_unreachable_registry(data_dir, registry):
 """)
     out = berth(data_dir, "pull", "registry.example.com/team/app:1.4")
     assert "registry.example.com/team/app:1.4 sha256:" in out.stdout
+    # Docker Hub's images, mirrored under docker.io (the name k3s' files use).
+    img.push(registry.addr, "hub/busybox", "9.9")
+    with open(os.path.join(data_dir, "registries.yaml"), "a") as f:
+        f.write(f"""  docker.io:
+    endpoint: ["http://{registry.addr}"]
+    rewrite:
+      "^library/(.*)": "hub/$1"
+""")
+    hub = berth(data_dir, "pull", "busybox:9.9")
+    assert "docker.io/library/busybox:9.9 sha256:" in hub.stdout
     # Stored under the name asked for; the dead first endpoint was passed over.
     assert "registry.example.com/team/app:1.4" in listed(data_dir)
     assert "127.0.0.1:1" in out.stderr

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Cluster, free_port, kubectl_binary, wait_until
+from conftest import Cluster, free_port, kubectl_binary, namespace_for, wait_until
 from images import Image, busybox_layer
 
 
@@ -23,7 +23,7 @@ from images import Image, busybox_layer
 @pytest.fixture
 def pns(node, request):
     """A namespace of its own for one test, on the node cluster."""
-    name = "p-" + request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-").replace(".", "-")[:50].rstrip("-")
+    name = namespace_for("p", request.node.name)
     node.kubectl("create", "namespace", name)
     yield name
     node.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -27,6 +27,18 @@ pub struct View {
     pub read: fn(Value) -> Result<Converted, ConvertError>,
     /// This version's JSON schema (for OpenAPI), added to the generator's definitions.
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// Field selectors this version names differently: (its name, the stored version's).
+    pub field_labels: &'static [(&'static str, &'static str)],
+}
+
+impl View {
+    /// A field selector's field, in the stored version's name.
+    pub fn stored_field(&self, field: &str) -> String {
+        self.field_labels
+            .iter()
+            .find(|(ours, _)| *ours == field)
+            .map_or_else(|| field.to_string(), |(_, stored)| stored.to_string())
+    }
 }
 
 impl std::fmt::Debug for View {
@@ -79,6 +91,7 @@ static VIEWS: &[View] = &[
         show: hpa::show,
         read: hpa::read,
         schema: |g| g.subschema_for::<v1::HorizontalPodAutoscaler>(),
+        field_labels: &[],
     },
     View {
         group: "events.k8s.io",
@@ -88,6 +101,20 @@ static VIEWS: &[View] = &[
         show: events::show,
         read: events::read,
         schema: |g| g.subschema_for::<k8s_openapi::api::events::v1::Event>(),
+        field_labels: &[
+            ("regarding.kind", "involvedObject.kind"),
+            ("regarding.namespace", "involvedObject.namespace"),
+            ("regarding.name", "involvedObject.name"),
+            ("regarding.uid", "involvedObject.uid"),
+            ("regarding.apiVersion", "involvedObject.apiVersion"),
+            (
+                "regarding.resourceVersion",
+                "involvedObject.resourceVersion",
+            ),
+            ("regarding.fieldPath", "involvedObject.fieldPath"),
+            ("reportingController", "reportingComponent"),
+            ("deprecatedSource", "source"),
+        ],
     },
 ];
 

@@ -76,26 +76,22 @@ static POD_SPEC_ORDER: LazyLock<Vec<&'static str>> =
 /// Bind the pod in `cached`, the cache's text of it at `rev` (whose metadata holds the
 /// `resourceVersion` the cache put there), giving the text to store; `None` when the text is
 /// not of that shape, and the tree must do it. Everything but the spec's new `nodeName` and the
-/// status is copied through as it is, in its order.
+/// status is copied through as it is, in its order, without decoding it.
 pub(crate) fn bind_text(
     cached: &[u8],
     rev: u64,
     node: &str,
     uid: Option<&str>,
     scheduled: &Value,
-) -> Option<Result<String, Refusal>> {
+) -> Option<Result<Vec<u8>, Refusal>> {
     use api::jsontext::members;
-    let text = |r: &std::ops::Range<usize>, within: &[u8]| -> Option<String> {
-        String::from_utf8(within[r.clone()].to_vec()).ok()
-    };
     let top = members(cached)?;
     let find = |k: &[u8]| {
         top.iter()
             .find(|(key, _)| *key == k)
             .map(|(_, r)| r.clone())
     };
-    let meta_range = find(b"metadata")?;
-    let meta_raw = &cached[meta_range.clone()];
+    let meta_raw = &cached[find(b"metadata")?];
     let meta_members = members(meta_raw)?;
     let rv = format!("\"{rev}\"");
     if !meta_members
@@ -111,22 +107,6 @@ pub(crate) fn bind_text(
     if meta.deletion_timestamp.is_some() {
         return Some(Err(Refusal::Deleting));
     }
-    // The metadata without the resourceVersion (the store never holds one).
-    let mut new_meta = String::from("{");
-    for (k, r) in meta_members
-        .iter()
-        .filter(|(k, _)| *k != b"resourceVersion")
-    {
-        if new_meta.len() > 1 {
-            new_meta.push(',');
-        }
-        new_meta.push('"');
-        new_meta.push_str(std::str::from_utf8(k).ok()?);
-        new_meta.push_str("\":");
-        new_meta.push_str(&text(r, meta_raw)?);
-    }
-    new_meta.push('}');
-    // The spec with nodeName where PodSpec's order puts it.
     let spec_raw: &[u8] = match find(b"spec") {
         Some(r) => &cached[r],
         None => b"{}",
@@ -140,39 +120,6 @@ pub(crate) fn bind_text(
         // An empty nodeName member would be repeated: the tree replaces it.
         return None;
     }
-    let rank = |k: &[u8]| {
-        POD_SPEC_ORDER
-            .iter()
-            .position(|f| f.as_bytes() == k)
-            .unwrap_or(usize::MAX)
-    };
-    let node_rank = rank(b"nodeName");
-    let node_member = format!("\"nodeName\":{}", serde_json::to_string(node).ok()?);
-    let mut new_spec = String::from("{");
-    let mut placed = false;
-    for (k, r) in &spec_members {
-        if !placed && rank(k) > node_rank {
-            if new_spec.len() > 1 {
-                new_spec.push(',');
-            }
-            new_spec.push_str(&node_member);
-            placed = true;
-        }
-        if new_spec.len() > 1 {
-            new_spec.push(',');
-        }
-        new_spec.push('"');
-        new_spec.push_str(std::str::from_utf8(k).ok()?);
-        new_spec.push_str("\":");
-        new_spec.push_str(&text(r, spec_raw)?);
-    }
-    if !placed {
-        if new_spec.len() > 1 {
-            new_spec.push(',');
-        }
-        new_spec.push_str(&node_member);
-    }
-    new_spec.push('}');
     let mut status: Value = match find(b"status") {
         Some(r) => serde_json::from_slice(&cached[r]).ok()?,
         None => json!({}),
@@ -181,36 +128,80 @@ pub(crate) fn bind_text(
         return None;
     }
     set_condition(&mut status, scheduled);
-    let new_status =
-        String::from_utf8(api::wire::to_vec_as(&status, "api.core.v1.PodStatus")).ok()?;
+    let new_status = api::wire::to_vec_as(&status, "api.core.v1.PodStatus");
+    let node_json = serde_json::to_vec(node).ok()?;
 
-    let mut out = String::with_capacity(cached.len() + new_status.len() + node.len() + 32);
-    out.push('{');
-    let mut put = |k: &str, v: &str| {
-        if out.len() > 1 {
-            out.push(',');
+    let mut out = Vec::with_capacity(cached.len() + new_status.len() + node.len() + 32);
+    // `"key":` before a member, with a comma unless it is the first of its object.
+    fn key(out: &mut Vec<u8>, first: &mut bool, k: &[u8]) {
+        if !*first {
+            out.push(b',');
         }
-        out.push('"');
-        out.push_str(k);
-        out.push_str("\":");
-        out.push_str(v);
+        *first = false;
+        out.push(b'"');
+        out.extend_from_slice(k);
+        out.extend_from_slice(b"\":");
+    }
+    let write_meta = |out: &mut Vec<u8>| {
+        // The metadata without the resourceVersion (the store never holds one).
+        out.push(b'{');
+        let mut first = true;
+        for (k, r) in meta_members
+            .iter()
+            .filter(|(k, _)| *k != b"resourceVersion")
+        {
+            key(out, &mut first, k);
+            out.extend_from_slice(&meta_raw[r.clone()]);
+        }
+        out.push(b'}');
     };
+    let write_spec = |out: &mut Vec<u8>| {
+        // The spec with nodeName where PodSpec's order puts it.
+        let rank = |k: &[u8]| {
+            POD_SPEC_ORDER
+                .iter()
+                .position(|f| f.as_bytes() == k)
+                .unwrap_or(usize::MAX)
+        };
+        let node_rank = rank(b"nodeName");
+        out.push(b'{');
+        let mut first = true;
+        let mut placed = false;
+        for (k, r) in &spec_members {
+            if !placed && rank(k) > node_rank {
+                key(out, &mut first, b"nodeName");
+                out.extend_from_slice(&node_json);
+                placed = true;
+            }
+            key(out, &mut first, k);
+            out.extend_from_slice(&spec_raw[r.clone()]);
+        }
+        if !placed {
+            key(out, &mut first, b"nodeName");
+            out.extend_from_slice(&node_json);
+        }
+        out.push(b'}');
+    };
+    out.push(b'{');
+    let mut first = true;
     for (k, r) in &top {
-        let k = std::str::from_utf8(k).ok()?;
-        match k {
-            "metadata" => put(k, &new_meta),
-            "spec" => put(k, &new_spec),
-            "status" => put(k, &new_status),
-            _ => put(k, &text(r, cached)?),
+        key(&mut out, &mut first, k);
+        match *k {
+            b"metadata" => write_meta(&mut out),
+            b"spec" => write_spec(&mut out),
+            b"status" => out.extend_from_slice(&new_status),
+            _ => out.extend_from_slice(&cached[r.clone()]),
         }
     }
     if find(b"spec").is_none() {
-        put("spec", &new_spec);
+        key(&mut out, &mut first, b"spec");
+        write_spec(&mut out);
     }
     if find(b"status").is_none() {
-        put("status", &new_status);
+        key(&mut out, &mut first, b"status");
+        out.extend_from_slice(&new_status);
     }
-    out.push('}');
+    out.push(b'}');
     Some(Ok(out))
 }
 
@@ -254,10 +245,10 @@ mod tests {
                 .unwrap();
             let mut tree = pod.clone();
             bind_tree(&mut tree, "n\"1", None, None, &scheduled).unwrap();
-            let got: Value = serde_json::from_str(&text).unwrap();
+            let got: Value = serde_json::from_slice(&text).unwrap();
             assert_eq!(got, tree, "{pod}");
             // And the same text, in Kubernetes' order.
-            assert_eq!(text.as_bytes(), api::wire::to_vec(&tree), "{pod}");
+            assert_eq!(text, api::wire::to_vec(&tree), "{pod}");
         }
     }
 

@@ -144,7 +144,14 @@ pub(crate) fn filter_from(t: &Target, params: &Params) -> ApiResult<Filter> {
     };
     let fields = match params.get("fieldSelector") {
         Some(s) => {
-            let f = FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let mut f =
+                FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            // A view may name fields differently (events.k8s.io's `regarding.name`).
+            if let Some(view) = t.view {
+                for term in &mut f.terms {
+                    term.field = view.stored_field(&term.field);
+                }
+            }
             f.check_supported(&t.resource.supported_fields())
                 .map_err(|e| {
                     ApiError::bad_request(format!(

@@ -224,9 +224,11 @@ impl ApiServer {
         let span = debug_span!("request", method = %req.method(), path = %req.uri().path());
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let started = std::time::Instant::now();
-        let labels = request_labels(&req);
+        let route = request::route(req.uri().path());
+        let params = Params::parse(req.uri().query());
+        let labels = request_labels(&req, route.as_ref().ok(), &params);
         async move {
-            let reply = match self.route(req, &who).await {
+            let reply = match self.route(req, route, params, &who).await {
                 Ok(r) => r,
                 Err(e) => {
                     if e.code >= 500 {
@@ -246,7 +248,13 @@ impl ApiServer {
         .await
     }
 
-    async fn route(&self, req: Request<Bytes>, who: &Identity) -> ApiResult<Reply> {
+    async fn route(
+        &self,
+        req: Request<Bytes>,
+        route: ApiResult<Route>,
+        params: Params,
+        who: &Identity,
+    ) -> ApiResult<Reply> {
         if req
             .uri()
             .path()
@@ -255,12 +263,10 @@ impl ApiServer {
             if !who.is_authenticated() {
                 return Err(ApiError::unauthorized());
             }
-            let params = Params::parse(req.uri().query());
             return self.metrics(req.uri().path(), &params, req.method()).await;
         }
-        let route = request::route(req.uri().path())?;
+        let route = route?;
         let public = matches!(route, Route::Version | Route::Health(_));
-        let params = Params::parse(req.uri().query());
         if !public && !who.is_authenticated() {
             return Err(ApiError::unauthorized());
         }
@@ -354,10 +360,14 @@ impl ApiServer {
                     Reply::bytes(
                         StatusCode::OK,
                         openapi::V2_PROTO_CONTENT_TYPE,
-                        self.openapi.v2_proto(),
+                        self.openapi.v2_proto().await,
                     )
                 } else {
-                    Reply::bytes(StatusCode::OK, "application/json", self.openapi.v2_json())
+                    Reply::bytes(
+                        StatusCode::OK,
+                        "application/json",
+                        self.openapi.v2_json().await,
+                    )
                 })
             }
             Route::OpenApiV3Index => {
@@ -365,16 +375,15 @@ impl ApiServer {
                 Ok(Reply::bytes(
                     StatusCode::OK,
                     "application/json",
-                    self.openapi.v3_index(),
+                    self.openapi.v3_index().await,
                 ))
             }
             Route::OpenApiV3(key) => {
                 get_only(req.method())?;
-                let body = self.openapi.v3(&key).ok_or_else(ApiError::no_route)?;
+                let body = self.openapi.v3(&key).await.ok_or_else(ApiError::no_route)?;
                 Ok(Reply::bytes(StatusCode::OK, "application/json", body))
             }
             Route::Resource(t) => {
-                let params = Params::parse(req.uri().query());
                 let output = request::output(accept.as_deref());
                 let view = t.view;
                 let reply = self.resource(req, t, params, output, who).await?;
@@ -545,11 +554,10 @@ impl ApiServer {
 
 /// How a request is counted in `apiserver_request_total`: Kubernetes' verb (LIST and WATCH
 /// for collections, APPLY for server-side apply, CONNECT for streams), resource and scope.
-fn request_labels(req: &Request<Bytes>) -> RequestLabels {
-    let query = Params::parse(req.uri().query());
+fn request_labels(req: &Request<Bytes>, route: Option<&Route>, query: &Params) -> RequestLabels {
     let dry_run = query.get("dryRun").is_some();
     let method = req.method();
-    let Ok(Route::Resource(t)) = request::route(req.uri().path()) else {
+    let Some(Route::Resource(t)) = route else {
         return RequestLabels {
             verb: match *method {
                 Method::GET | Method::HEAD => "GET",
@@ -563,7 +571,12 @@ fn request_labels(req: &Request<Bytes>) -> RequestLabels {
             ..Default::default()
         };
     };
-    let sub = t.subresource.clone().unwrap_or_default();
+    // Only real subresources become a label: any other path segment would make a new series.
+    let sub = t
+        .subresource
+        .clone()
+        .filter(|s| has_subresource(t.resource, s))
+        .unwrap_or_default();
     let connect = matches!(sub.as_str(), "exec" | "attach" | "portforward" | "proxy");
     let apply = req
         .headers()

@@ -1474,10 +1474,7 @@ impl ApiServer {
                     strip_rv(&mut pod);
                     binding::bind_tree(&mut pod, node, uid, annotations, &scheduled)
                         .map_err(refused)?;
-                    (
-                        String::from_utf8(api::wire::to_vec(&pod)).unwrap_or_default(),
-                        rev,
-                    )
+                    (api::wire::to_vec(&pod), rev)
                 }
             };
             if opts.dry_run {

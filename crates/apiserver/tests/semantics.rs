@@ -1049,6 +1049,17 @@ async fn ephemeral_containers_are_added_through_their_subresource() {
                     "spec": {"containers": [{"name": "main", "image": "i"}]}})),
     )
     .await;
+    // Not on create: only added to a running pod.
+    let (s, v) = a
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(json!({"metadata": {"name": "early"},
+                        "spec": {"containers": [{"name": "main", "image": "i"}],
+                                 "ephemeralContainers": [{"name": "d", "image": "i"}]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     let path = "/api/v1/namespaces/default/pods/app/ephemeralcontainers";
     let debugger = json!({"name": "debugger", "image": "busybox", "targetContainerName": "main",
                           "stdin": true, "tty": true});

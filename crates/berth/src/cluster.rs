@@ -238,6 +238,8 @@ async fn keep_kubernetes_service(c: Client, advertise: SocketAddr, service_ip: I
     loop {
         if let Err(e) = ensure_kubernetes_service(&c, advertise, service_ip).await {
             warn!(error = %e, "could not restore the kubernetes service");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
         let Ok(mut watch) = c.watch::<Service>(Some("default"), &params).await else {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -248,8 +250,13 @@ async fn keep_kubernetes_service(c: Client, advertise: SocketAddr, service_ip: I
         loop {
             tokio::select! {
                 ev = watch.next() => match ev {
-                    Some(client::WatchEvent::Deleted(_)) | None => break,
+                    Some(client::WatchEvent::Deleted(_)) => break,
                     Some(_) => {}
+                    // The watch ended (a server shutting down, a timeout): not at once again.
+                    None => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
                 },
                 () = &mut deadline => break,
             }

@@ -72,6 +72,18 @@ impl Kind for Pod {
         };
         validate_pod_spec(spec, &path, SpecContext::Pod, errs);
         validate_ephemeral(spec, &path, errs);
+        // They are added to running pods only, through their subresource.
+        if old.is_none()
+            && spec
+                .ephemeral_containers
+                .as_ref()
+                .is_some_and(|e| !e.is_empty())
+        {
+            errs.forbidden(
+                &path.child("ephemeralContainers"),
+                "cannot be set on create",
+            );
+        }
         if let Some(old_spec) = old.and_then(|o| o.spec.as_ref()) {
             validate_pod_spec_update(spec, old_spec, errs);
         }
@@ -278,6 +290,16 @@ pub(crate) fn validate_template<'a>(
     match &t.spec {
         Some(spec) => {
             validate_pod_spec(spec, &path.child("spec"), SpecContext::Template, errs);
+            if spec
+                .ephemeral_containers
+                .as_ref()
+                .is_some_and(|e| !e.is_empty())
+            {
+                errs.forbidden(
+                    &path.child("spec").child("ephemeralContainers"),
+                    "ephemeral containers not allowed in pod template",
+                );
+            }
             Some(spec)
         }
         None => {

@@ -14,7 +14,7 @@
 
 mod gnostic;
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use api::Resource;
 use api::resources::{self, Served};
@@ -32,7 +32,7 @@ const STATUS_SCHEMA: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Status";
 
 pub struct OpenApi {
     version: String,
-    docs: OnceLock<Documents>,
+    docs: tokio::sync::OnceCell<Arc<Documents>>,
 }
 
 struct Documents {
@@ -47,29 +47,38 @@ impl OpenApi {
     pub fn new(version: &str) -> OpenApi {
         OpenApi {
             version: version.to_string(),
-            docs: OnceLock::new(),
+            docs: tokio::sync::OnceCell::new(),
         }
     }
 
-    fn docs(&self) -> &Documents {
-        self.docs.get_or_init(|| build(&self.version))
+    /// The documents, built once, off the async threads (it takes a moment: every schema).
+    async fn docs(&self) -> Arc<Documents> {
+        self.docs
+            .get_or_init(|| async {
+                let version = self.version.clone();
+                let built = tokio::task::spawn_blocking(move || build(&version)).await;
+                Arc::new(built.unwrap_or_else(|_| build(&self.version)))
+            })
+            .await
+            .clone()
     }
 
-    pub fn v2_json(&self) -> Bytes {
-        self.docs().v2_json.clone()
+    pub async fn v2_json(&self) -> Bytes {
+        self.docs().await.v2_json.clone()
     }
 
-    pub fn v2_proto(&self) -> Bytes {
-        self.docs().v2_proto.clone()
+    pub async fn v2_proto(&self) -> Bytes {
+        self.docs().await.v2_proto.clone()
     }
 
-    pub fn v3_index(&self) -> Bytes {
-        self.docs().v3_index.clone()
+    pub async fn v3_index(&self) -> Bytes {
+        self.docs().await.v3_index.clone()
     }
 
     /// The v3 document of `api/v1` or `apis/{group}/{version}`.
-    pub fn v3(&self, key: &str) -> Option<Bytes> {
+    pub async fn v3(&self, key: &str) -> Option<Bytes> {
         self.docs()
+            .await
             .v3
             .iter()
             .find(|(k, _)| k == key)
@@ -709,19 +718,19 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn v3(o: &OpenApi, key: &str) -> Value {
-        serde_json::from_slice(&o.v3(key).unwrap()).unwrap()
+    async fn v3(o: &OpenApi, key: &str) -> Value {
+        serde_json::from_slice(&o.v3(key).await.unwrap()).unwrap()
     }
 
-    #[test]
-    fn v3_documents_hold_every_kind_with_its_schema() {
+    #[tokio::test]
+    async fn v3_documents_hold_every_kind_with_its_schema() {
         let o = OpenApi::new("v1.33.0");
-        let index: Value = serde_json::from_slice(&o.v3_index()).unwrap();
+        let index: Value = serde_json::from_slice(&o.v3_index().await).unwrap();
         let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
             .as_str()
             .unwrap();
         assert!(url.starts_with("/openapi/v3/apis/apps/v1?hash="));
-        let apps = v3(&o, "apis/apps/v1");
+        let apps = v3(&o, "apis/apps/v1").await;
         let op = &apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         assert!(
@@ -767,7 +776,7 @@ mod tests {
                 } else {
                     format!("apis/{group}/{v}")
                 };
-                let doc = v3(&o, &key);
+                let doc = v3(&o, &key).await;
                 for served in resources::served(group, v) {
                     let gvk = json!({"group": group, "kind": served.resource.kind, "version": v});
                     let found = doc["components"]["schemas"]
@@ -785,10 +794,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn v2_has_definitions_without_v3_forms() {
+    #[tokio::test]
+    async fn v2_has_definitions_without_v3_forms() {
         let o = OpenApi::new("v1.33.0");
-        let doc: Value = serde_json::from_slice(&o.v2_json()).unwrap();
+        let doc: Value = serde_json::from_slice(&o.v2_json().await).unwrap();
         let pod = &doc["definitions"]["io.k8s.api.core.v1.Pod"];
         assert_eq!(
             pod["properties"]["spec"]["$ref"],
@@ -802,6 +811,6 @@ mod tests {
                 .unwrap()
                 .contains(&json!("application/strategic-merge-patch+json"))
         );
-        assert!(!o.v2_proto().is_empty());
+        assert!(!o.v2_proto().await.is_empty());
     }
 }

@@ -103,18 +103,11 @@ impl Puller {
         let r = Reference::try_from(reference)
             .map_err(|e| PullError::BadReference(reference.to_string(), e))?;
         let whole = r.whole();
-        let registry = r.resolve_registry().to_string();
+        let (registry, repository, suffix) = parts(&r);
         let plain_http = is_local(&registry) || opts.insecure.contains(&registry);
-        let mut suffix = String::new();
-        if let Some(t) = r.tag() {
-            suffix = format!(":{t}");
-        }
-        if let Some(d) = r.digest() {
-            suffix.push_str(&format!("@{d}"));
-        }
         let sources = opts
             .registries
-            .sources(&registry, r.repository(), &suffix, plain_http);
+            .sources(&registry, &repository, &suffix, plain_http);
         let mut last = None;
         for source in sources {
             let at = Reference::try_from(source.reference.as_str())
@@ -129,16 +122,28 @@ impl Puller {
                 ..Default::default()
             };
             if let Some(ca) = &source.tls.ca_file {
-                let data = std::fs::read(ca).map_err(|e| PullError::Registry {
-                    reference: source.reference.clone(),
-                    message: format!("reading the CA file {}: {e}", ca.display()),
-                })?;
-                config
-                    .extra_root_certificates
-                    .push(oci_client::client::Certificate {
-                        encoding: oci_client::client::CertificateEncoding::Pem,
-                        data,
-                    });
+                match std::fs::read(ca) {
+                    Ok(data) => {
+                        config
+                            .extra_root_certificates
+                            .push(oci_client::client::Certificate {
+                                encoding: oci_client::client::CertificateEncoding::Pem,
+                                data,
+                            })
+                    }
+                    Err(e) => {
+                        let e = PullError::Registry {
+                            reference: source.reference.clone(),
+                            message: format!("reading the CA file {}: {e}", ca.display()),
+                        };
+                        if !source.mirror {
+                            return Err(e);
+                        }
+                        warn!(image = %whole, mirror = %source.registry, error = %e, "a mirror could not serve the image; trying the next source");
+                        last = Some(e);
+                        continue;
+                    }
+                }
             }
             if source.tls.cert_file.is_some() {
                 warn!(registry = %source.registry, "client certificates for registries are not supported; pulling without one");
@@ -300,6 +305,19 @@ impl Puller {
     }
 }
 
+/// A reference's registry as written (`docker.io`, the name mirrors are configured under,
+/// not the host it resolves to), its repository, and its `:tag` and/or `@digest`.
+fn parts(r: &Reference) -> (String, String, String) {
+    let mut suffix = String::new();
+    if let Some(t) = r.tag() {
+        suffix = format!(":{t}");
+    }
+    if let Some(d) = r.digest() {
+        suffix.push_str(&format!("@{d}"));
+    }
+    (r.registry().to_string(), r.repository().to_string(), suffix)
+}
+
 fn media_type(manifest: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(manifest)
         .ok()
@@ -349,5 +367,31 @@ fn classify(reference: &str, e: oci_client::errors::OciDistributionError) -> Pul
             reference: reference.to_string(),
             message,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn docker_hub_images_are_looked_up_as_docker_io() {
+        let r = Reference::try_from("busybox:1.36").unwrap();
+        assert_eq!(
+            parts(&r),
+            (
+                "docker.io".to_string(),
+                "library/busybox".to_string(),
+                ":1.36".to_string()
+            )
+        );
+        let r = Reference::try_from(
+            "ghcr.io/o/app@sha256:0123456789012345678901234567890123456789012345678901234567890123",
+        )
+        .unwrap();
+        let (registry, repo, suffix) = parts(&r);
+        assert_eq!((registry.as_str(), repo.as_str()), ("ghcr.io", "o/app"));
+        assert!(suffix.starts_with("@sha256:"));
     }
 }
