@@ -3,6 +3,7 @@
 //! repeats into a count the way Kubernetes' event recorder does.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use api::k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
@@ -33,7 +34,12 @@ impl Events {
     /// Start the writer; `component` and `host` go into each event's source.
     pub fn start(client: Client, component: &str, host: &str) -> Events {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write(client, rx, component.to_string(), host.to_string()));
+        // The queue outlives a writer that panicked; the next one carries on from it.
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let (component, host) = (component.to_string(), host.to_string());
+        supervise::supervise("event-writer", move || {
+            write(client.clone(), rx.clone(), component.clone(), host.clone())
+        });
         Events { tx }
     }
 
@@ -89,7 +95,13 @@ struct Folded {
     at: tokio::time::Instant,
 }
 
-async fn write(client: Client, mut rx: mpsc::Receiver<Record>, component: String, host: String) {
+async fn write(
+    client: Client,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Record>>>,
+    component: String,
+    host: String,
+) {
+    let mut rx = rx.lock().await;
     let mut seen: HashMap<(String, String, String, String, String), Folded> = HashMap::new();
     while let Some(r) = rx.recv().await {
         let now = jiff::Timestamp::now();

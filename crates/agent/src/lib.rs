@@ -26,6 +26,7 @@ use std::sync::Arc;
 use client::Client;
 use runtime::containers::ContainerRuntime;
 use runtime::images::{ImageStore, Puller};
+use supervise::{AbortOnDrop, supervise};
 
 pub use events::Events;
 pub use node::NodeInfo;
@@ -149,10 +150,33 @@ impl Agent {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(std::time::Duration::from_secs(10));
         }
-        tokio::spawn(node::heartbeat(c.clone(), self.shared.node.clone()));
-        tokio::spawn(collect_images(self.shared.clone()));
-        tokio::spawn(self.shared.stats.clone().run());
-        pods::run(self.shared.clone()).await;
+        // Each loop is supervised; all stop when this future is dropped.
+        let (c, node) = (c.clone(), self.shared.node.clone());
+        let heartbeat = supervise("node-heartbeat", move || {
+            node::heartbeat(c.clone(), node.clone())
+        });
+        let shared = self.shared.clone();
+        let images = supervise("image-gc", move || collect_images(shared.clone()));
+        let stats = self.shared.stats.clone();
+        let sampler = supervise("stats-sampler", move || stats.clone().run());
+        let workers = Arc::new(pods::Workers::default());
+        let _workers = StopWorkers(workers.clone());
+        let shared = self.shared.clone();
+        let pods = supervise("pod-dispatcher", move || {
+            pods::run(shared.clone(), workers.clone())
+        });
+        let _stop = [heartbeat, images, sampler].map(AbortOnDrop);
+        let mut pods = AbortOnDrop(pods);
+        let _ = (&mut pods.0).await;
+    }
+}
+
+/// Stops the pod workers when the agent's future is dropped.
+struct StopWorkers(Arc<pods::Workers>);
+
+impl Drop for StopWorkers {
+    fn drop(&mut self) {
+        self.0.stop_all();
     }
 }
 

@@ -3,26 +3,34 @@
 //! pods that no longer exist.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::k8s_openapi::api::core::v1::Pod;
-use client::{ListParams, WatchEvent};
+use client::{ListParams, Watcher, watcher};
+use supervise::panic_message;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{error, info, warn};
 
 use crate::Shared;
 use crate::worker::{Msg, Worker};
 
-/// How long a watch runs before it is renewed with a fresh list.
-const WATCH_SECONDS: u32 = 300;
+/// The pod workers, kept across restarts of the dispatching loop (a restart lists again and
+/// hands each pod to the worker it already has).
+#[derive(Default)]
+pub(crate) struct Workers {
+    state: Mutex<WorkerState>,
+}
 
-struct Workers {
-    shared: Arc<Shared>,
+#[derive(Default)]
+struct WorkerState {
     running: HashMap<String, mpsc::Sender<Msg>>,
+    /// To stop each running worker when the agent stops.
+    aborts: HashMap<String, tokio::task::AbortHandle>,
     /// Pods whose worker finished with the pod in a final phase; only deletion matters now.
     finished: HashSet<String>,
-    done_tx: mpsc::UnboundedSender<String>,
+    /// Leftovers of pods deleted while the agent was down are gone.
+    cleaned: bool,
 }
 
 fn uid(p: &Pod) -> String {
@@ -30,45 +38,73 @@ fn uid(p: &Pod) -> String {
 }
 
 impl Workers {
-    fn dispatch(&mut self, p: Pod) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WorkerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dispatch(self: &Arc<Self>, shared: &Arc<Shared>, p: Pod) {
         let id = uid(&p);
-        self.shared
+        let p = Arc::new(p);
+        shared
             .pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), Arc::new(p.clone()));
-        if let Some(tx) = self.running.get(&id) {
-            if tx.try_send(Msg::Pod(Arc::new(p.clone()))).is_err() {
+            .insert(id.clone(), p.clone());
+        let mut st = self.lock();
+        if let Some(tx) = st.running.get(&id) {
+            if tx.try_send(Msg::Pod(p.clone())).is_err() {
                 // The worker is busy; it will see the latest object when it gets to it.
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let _ = tx.send(Msg::Pod(Arc::new(p))).await;
+                    let _ = tx.send(Msg::Pod(p)).await;
                 });
             }
             return;
         }
-        if self.finished.contains(&id) && p.metadata.deletion_timestamp.is_none() {
+        if st.finished.contains(&id) && p.metadata.deletion_timestamp.is_none() {
             return;
         }
+        st.finished.remove(&id);
         let (tx, rx) = mpsc::channel(64);
-        let worker = Worker::new(self.shared.clone(), Arc::new(p), tx.clone());
-        let done = self.done_tx.clone();
-        let key = id.clone();
+        let worker = Worker::new(shared.clone(), p, tx.clone());
+        let (workers, key) = (self.clone(), id.clone());
+        let run = tokio::spawn(worker.run(rx));
+        st.aborts.insert(id.clone(), run.abort_handle());
         tokio::spawn(async move {
-            worker.run(rx).await;
-            let _ = done.send(key);
+            let outcome = run.await;
+            let mut st = workers.lock();
+            st.running.remove(&key);
+            st.aborts.remove(&key);
+            match outcome {
+                Err(e) if e.is_panic() => {
+                    // Not finished: the pod's next change starts a fresh worker.
+                    error!(pod = %key, panic = %panic_message(&*e.into_panic()), "the pod's worker panicked");
+                }
+                // Only deletion matters to it now.
+                _ => {
+                    st.finished.insert(key);
+                }
+            }
         });
-        self.running.insert(id, tx);
+        st.running.insert(id, tx);
     }
 
-    fn gone(&mut self, id: &str) {
-        self.finished.remove(id);
-        self.shared
+    /// Stop every worker (the agent is stopping; its containers carry on without it).
+    pub(crate) fn stop_all(&self) {
+        for (_, a) in self.lock().aborts.drain() {
+            a.abort();
+        }
+    }
+
+    fn gone(&self, shared: &Shared, id: &str) {
+        shared
             .pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        if let Some(tx) = self.running.get(id) {
+        let mut st = self.lock();
+        st.finished.remove(id);
+        if let Some(tx) = st.running.get(id) {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _ = tx.send(Msg::Gone).await;
@@ -77,75 +113,40 @@ impl Workers {
     }
 }
 
-pub(crate) async fn run(shared: Arc<Shared>) {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let mut w = Workers {
-        shared: shared.clone(),
-        running: HashMap::new(),
-        finished: HashSet::new(),
-        done_tx,
+/// Follow the pods bound to this node and keep a worker on each.
+pub(crate) async fn run(shared: Arc<Shared>, workers: Arc<Workers>) {
+    let params = ListParams {
+        field_selector: Some(format!("spec.nodeName={}", shared.node.name)),
+        ..Default::default()
     };
-    let mut cleaned = false;
-    let selector = format!("spec.nodeName={}", shared.node.name);
+    let mut w = Watcher::<Pod>::new(shared.client.clone(), None, params);
     loop {
-        let params = ListParams {
-            field_selector: Some(selector.clone()),
-            ..Default::default()
-        };
-        let (pods, rv) = match shared.client.list::<Pod>(None, &params).await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "cannot list this node's pods; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let present: HashSet<String> = pods.iter().map(uid).collect();
-        for id in w.running.keys().cloned().collect::<Vec<_>>() {
-            if !present.contains(&id) {
-                w.gone(&id);
-            }
-        }
-        w.finished.retain(|id| present.contains(id));
-        if !cleaned {
-            remove_orphans(&shared, &present).await;
-            cleaned = true;
-        }
-        for p in pods {
-            w.dispatch(p);
-        }
-        let params = ListParams {
-            field_selector: Some(selector.clone()),
-            resource_version: Some(rv),
-            timeout_seconds: Some(WATCH_SECONDS),
-            bookmarks: true,
-            ..Default::default()
-        };
-        let mut watch = match shared.client.watch::<Pod>(None, &params).await {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "cannot watch this node's pods; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                ev = watch.next() => match ev {
-                    Some(WatchEvent::Added(p)) | Some(WatchEvent::Modified(p)) => w.dispatch(p),
-                    Some(WatchEvent::Deleted(p)) => w.gone(&uid(&p)),
-                    Some(WatchEvent::Bookmark(_)) => {}
-                    Some(WatchEvent::Error(e)) => {
-                        debug!(error = %e, "pod watch ended");
-                        break;
-                    }
-                    None => break,
-                },
-                Some(id) = done_rx.recv() => {
-                    w.running.remove(&id);
-                    w.finished.insert(id);
+        match w.next().await {
+            watcher::Event::Restarted(pods) => {
+                let present: HashSet<String> = pods.iter().map(uid).collect();
+                let (missing, clean) = {
+                    let mut st = workers.lock();
+                    st.finished.retain(|id| present.contains(id));
+                    let missing: Vec<String> = st
+                        .running
+                        .keys()
+                        .filter(|id| !present.contains(*id))
+                        .cloned()
+                        .collect();
+                    (missing, !std::mem::replace(&mut st.cleaned, true))
+                };
+                for id in missing {
+                    workers.gone(&shared, &id);
+                }
+                if clean {
+                    remove_orphans(&shared, &present).await;
+                }
+                for p in pods {
+                    workers.dispatch(&shared, p);
                 }
             }
+            watcher::Event::Applied(p) => workers.dispatch(&shared, p),
+            watcher::Event::Deleted(p) => workers.gone(&shared, &uid(&p)),
         }
     }
 }

@@ -514,10 +514,20 @@ impl Cache {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cache loaded"
         );
+        // Restarted after a panic, the dispatcher resumes after the last revision it applied
+        // in full.
         let dispatcher = cache.clone();
-        tokio::spawn(async move { dispatcher.follow(rev).await });
+        supervise::supervise("watch-cache", move || {
+            let d = dispatcher.clone();
+            async move {
+                let from = d.synced();
+                d.follow(from).await
+            }
+        });
         let ticker = cache.clone();
-        tokio::spawn(async move { ticker.bookmarks(bookmark_every).await });
+        supervise::supervise("watch-bookmarks", move || {
+            ticker.clone().bookmarks(bookmark_every)
+        });
         Ok(cache)
     }
 

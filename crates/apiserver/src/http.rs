@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,7 +19,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, error, info};
+use tracing::{debug, info};
 
 use crate::body::Body;
 use crate::errors::ApiError;
@@ -110,7 +109,7 @@ fn certificate_user(cert: &CertificateDer<'_>) -> Option<String> {
 /// Accept connections until `shutdown` turns true.
 pub async fn serve(
     api: Arc<ApiServer>,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     tls: Arc<ServerConfig>,
     auth: Arc<Authenticator>,
     mut shutdown: watch::Receiver<bool>,
@@ -191,19 +190,8 @@ async fn handle(
         Ok(bytes) => bytes,
         Err(e) => return error_response(e),
     };
-    // A bug in one handler must cost one request, not the connection and its other requests.
-    let handled = std::panic::AssertUnwindSafe(api.handle(Request::from_parts(parts, bytes), who))
-        .catch_unwind()
-        .await;
-    handled.unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        error!(panic = %what, "request handler panicked");
-        error_response(ApiError::internal("the request could not be handled"))
-    })
+    // A panic in a handler is a 500 from `ApiServer::handle` itself.
+    api.handle(Request::from_parts(parts, bytes), who).await
 }
 
 fn error_response(e: ApiError) -> Response<Body> {

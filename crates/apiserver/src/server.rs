@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use store::Store;
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, debug, debug_span, error, warn};
 
 use crate::body::Body;
 use crate::cache::Cache;
@@ -213,7 +214,10 @@ impl ApiServer {
             telemetry,
         });
         let compactor = server.clone();
-        tokio::spawn(async move { compactor.compact_periodically().await });
+        supervise::supervise("compactor", move || {
+            let c = compactor.clone();
+            async move { c.compact_periodically().await }
+        });
         Ok(server)
     }
 
@@ -228,7 +232,17 @@ impl ApiServer {
         let params = Params::parse(req.uri().query());
         let labels = request_labels(&req, route.as_ref().ok(), &params);
         async move {
-            let reply = match self.route(req, route, params, &who).await {
+            // A bug in one handler costs that request a 500, on every transport (the
+            // in-process one included), not the caller's task or the connection.
+            let routed = std::panic::AssertUnwindSafe(self.route(req, route, params, &who))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let what = supervise::panic_message(&*panic);
+                    error!(%method, path = uri.path(), panic = %what, "request handler panicked");
+                    Err(ApiError::internal("the request could not be handled"))
+                });
+            let reply = match routed {
                 Ok(r) => r,
                 Err(e) => {
                     if e.code >= 500 {

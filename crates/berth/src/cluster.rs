@@ -18,7 +18,9 @@ use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use apiserver::ApiServer;
 use apiserver::http::{Authenticator, serve, tls_config};
 use client::{Client, ClientError};
-use controllers::namespace::NamespaceController;
+use controllers::harness::{self, Outcome, Queue, Reconciler};
+use controllers::leader::{self, Elector, Leadership};
+use controllers::mirror::Mirror;
 use controllers::scheduling::SchedulerLoop;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -151,34 +153,44 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
 
     let bootstrap = InProcess::client(api.clone(), "berth-bootstrap");
     bootstrap_objects(&bootstrap, advertise, service_ip).await?;
-    tokio::spawn(keep_kubernetes_service(
-        bootstrap.clone(),
-        advertise,
-        service_ip,
-    ));
-    tokio::spawn(
-        NamespaceController::new(
-            InProcess::client(api.clone(), "namespace-controller"),
-            pki.ca_pem.clone(),
-        )
-        .run(),
-    );
-    controllers::start_workloads(
+    KubernetesService::start(bootstrap.clone(), advertise, service_ip);
+    // Controllers and the scheduler run once per cluster: each holds a Lease in kube-system
+    // while it runs (a single server always wins its own, at once, restarts included).
+    let identity = format!("{}_{}", crate::node::hostname(), advertise);
+    let elect = |lease: &str, user: &str| {
+        let elector = Arc::new(Elector::new(
+            InProcess::client(api.clone(), user),
+            leader::Config::new(lease, &identity),
+        ));
+        let leadership = elector.leadership();
+        supervise::supervise("leader-election", move || {
+            let elector = elector.clone();
+            async move { elector.run().await }
+        });
+        leadership
+    };
+    controllers::start_controllers(
         &InProcess::client(api.clone(), "kube-controller-manager"),
         controllers::nodelifecycle::Config {
             grace: Duration::from_secs(args.node_monitor_grace_period),
         },
+        pki.ca_pem.clone(),
+        elect("kube-controller-manager", "kube-controller-manager"),
     );
-    tokio::spawn(
-        SchedulerLoop::new(
-            InProcess::client(api.clone(), "default-scheduler"),
-            scheduler::Config {
-                strategy: args.scheduler_strategy,
-                ..Default::default()
-            },
-        )
-        .run(),
-    );
+    let scheduler = Arc::new(SchedulerLoop::new(
+        InProcess::client(api.clone(), "default-scheduler"),
+        scheduler::Config {
+            strategy: args.scheduler_strategy,
+            ..Default::default()
+        },
+    ));
+    let leadership = elect("kube-scheduler", "default-scheduler");
+    supervise::supervise("scheduler", move || {
+        let scheduler = scheduler.clone();
+        leader::while_leading("scheduler", leadership.clone(), move || {
+            scheduler.clone().run()
+        })
+    });
 
     if let Some(node_args) = node {
         let client = InProcess::client(api.clone(), "system:node");
@@ -207,7 +219,16 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         "admin".to_string(),
     )]));
     let (shutdown, rx) = watch::channel(false);
-    let server = tokio::spawn(serve(api.clone(), listener, tls, auth, rx));
+    let listener = Arc::new(listener);
+    let server = supervise::supervise("api-server", move || {
+        serve(
+            api.clone(),
+            listener.clone(),
+            tls.clone(),
+            auth.clone(),
+            rx.clone(),
+        )
+    });
 
     let kubeconfig = pki::kubeconfig_path(&data_dir);
     let server_url = format!("https://{}", format_host(advertise));
@@ -227,40 +248,63 @@ fn format_host(addr: SocketAddr) -> String {
     }
 }
 
-/// Put the `kubernetes` Service back as soon as it is deleted (in-cluster clients find the API
-/// through it), and look every ten seconds in case a deletion went unseen, as kube-apiserver's
-/// bootstrap controller does.
-async fn keep_kubernetes_service(c: Client, advertise: SocketAddr, service_ip: IpAddr) {
-    let params = client::ListParams {
-        field_selector: Some("metadata.name=kubernetes".into()),
-        ..Default::default()
-    };
-    loop {
-        if let Err(e) = ensure_kubernetes_service(&c, advertise, service_ip).await {
-            warn!(error = %e, "could not restore the kubernetes service");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        let Ok(mut watch) = c.watch::<Service>(Some("default"), &params).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+/// Puts the `kubernetes` Service and its Endpoints back as soon as either is deleted
+/// (in-cluster clients find the API through them), and looks every ten seconds in case a
+/// change went unseen, as kube-apiserver's bootstrap controller does.
+struct KubernetesService {
+    client: Client,
+    advertise: SocketAddr,
+    service_ip: IpAddr,
+    queue: Queue,
+}
+
+const KUBERNETES_SERVICE_RECHECK: Duration = Duration::from_secs(10);
+
+impl KubernetesService {
+    /// Start it (with the mirrors it follows), supervised.
+    fn start(client: Client, advertise: SocketAddr, service_ip: IpAddr) {
+        let queue = Queue::new("kubernetes-service");
+        let only = || client::ListParams {
+            field_selector: Some("metadata.name=kubernetes".into()),
+            ..Default::default()
         };
-        let deadline = tokio::time::sleep(Duration::from_secs(10));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                ev = watch.next() => match ev {
-                    Some(client::WatchEvent::Deleted(_)) => break,
-                    Some(_) => {}
-                    // The watch ended (a server shutting down, a timeout): not at once again.
-                    None => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        break;
-                    }
-                },
-                () = &mut deadline => break,
+        let services = Mirror::<Service>::narrowed(Some("default"), only());
+        let endpoints = Mirror::<Endpoints>::narrowed(Some("default"), only());
+        let q = queue.clone();
+        services.on_change(move |_, new| {
+            if new.is_none() {
+                q.add("kubernetes");
             }
-        }
+        });
+        let q = queue.clone();
+        endpoints.on_change(move |_, _| q.add("kubernetes"));
+        queue.add("kubernetes");
+        let keeper = Arc::new(KubernetesService {
+            client: client.clone(),
+            advertise,
+            service_ip,
+            queue,
+        });
+        harness::start(keeper.clone(), keeper.queue.clone(), 1, Leadership::Always);
+        let c = client.clone();
+        supervise::supervise("mirror/kubernetes-service", move || {
+            services.clone().run(c.clone())
+        });
+        supervise::supervise("mirror/kubernetes-endpoints", move || {
+            endpoints.clone().run(client.clone())
+        });
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for KubernetesService {
+    fn name(&self) -> &'static str {
+        "kubernetes-service"
+    }
+
+    async fn reconcile(&self, _key: &str) -> Outcome {
+        ensure_kubernetes_service(&self.client, self.advertise, self.service_ip).await?;
+        Ok(Some(KUBERNETES_SERVICE_RECHECK))
     }
 }
 
@@ -359,7 +403,9 @@ async fn bootstrap_objects(c: &Client, advertise: SocketAddr, service_ip: IpAddr
                 .with_context(|| format!("creating priority class {name}"))?;
         }
     }
-    ensure_kubernetes_service(c, advertise, service_ip).await
+    ensure_kubernetes_service(c, advertise, service_ip)
+        .await
+        .context("creating the kubernetes service")
 }
 
 /// The `kubernetes` Service and its Endpoints, naming this server.
@@ -367,7 +413,7 @@ async fn ensure_kubernetes_service(
     c: &Client,
     advertise: SocketAddr,
     service_ip: IpAddr,
-) -> Result<()> {
+) -> Result<(), ClientError> {
     if c.get::<Service>(Some("default"), "kubernetes")
         .await?
         .is_none()
@@ -396,8 +442,7 @@ async fn ensure_kubernetes_service(
             }),
             ..Default::default()
         };
-        exists_ok(c.create(Some("default"), &svc).await)
-            .context("creating the kubernetes service")?;
+        exists_ok(c.create(Some("default"), &svc).await)?;
     }
     let subsets = vec![EndpointSubset {
         addresses: Some(vec![EndpointAddress {
@@ -421,8 +466,7 @@ async fn ensure_kubernetes_service(
                 },
                 subsets: Some(subsets),
             };
-            exists_ok(c.create(Some("default"), &ep).await)
-                .context("creating the kubernetes endpoints")?;
+            exists_ok(c.create(Some("default"), &ep).await)?;
         }
         Some(mut ep) if ep.subsets.as_ref() != Some(&subsets) => {
             ep.subsets = Some(subsets);

@@ -157,7 +157,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
     // With --after-create the scheduler follows the pods as they are made but places none
     // until all exist.
     let (release, held) = tokio::sync::watch::channel(args.after_create);
-    tokio::spawn(sched.held(held).run());
+    tokio::spawn(Arc::new(sched.held(held)).run());
 
     let templates = args.templates.max(1);
     let pods = (0..args.pods)

@@ -3,6 +3,7 @@
 //! every caller passes the same validation and admission.
 
 mod https;
+pub mod watcher;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use crate::https::HttpsTransport;
+pub use crate::watcher::Watcher;
 
 /// One page of a list, as the server sends it.
 #[derive(serde::Deserialize)]
@@ -168,7 +170,8 @@ pub fn collection_path(r: &api::Resource, namespace: Option<&str>) -> String {
     }
 }
 
-fn typed_path<K: Resource>(namespace: Option<&str>, name: Option<&str>) -> String {
+/// The path of a typed kind's collection (or, with `name`, one object).
+pub fn typed_path<K: Resource>(namespace: Option<&str>, name: Option<&str>) -> String {
     let base = if K::GROUP.is_empty() {
         format!("/api/{}", K::VERSION)
     } else {
@@ -286,10 +289,23 @@ impl Client {
     where
         K: Resource + ListableResource + DeserializeOwned,
     {
+        self.list_items(&typed_path::<K>(namespace, None), params)
+            .await
+    }
+
+    /// A whole list of the collection at `path`, decoded as `K`, and its resource version.
+    pub async fn list_items<K>(
+        &self,
+        collection: &str,
+        params: &ListParams,
+    ) -> Result<(Vec<K>, String), ClientError>
+    where
+        K: DeserializeOwned,
+    {
         let mut items = Vec::new();
         let mut params = params.clone();
         loop {
-            let path = format!("{}?{}", typed_path::<K>(namespace, None), params.query());
+            let path = format!("{collection}?{}", params.query());
             let b = self
                 .request(Method::GET, &path, "application/json", Bytes::new())
                 .await?;

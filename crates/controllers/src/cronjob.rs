@@ -9,19 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::cron::Schedule;
-use api::k8s_openapi::api::batch::v1::{CronJob, Job};
+use api::k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use api::k8s_openapi::api::core::v1::ObjectReference;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use client::{Client, ClientError};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::harness::{Outcome, Queue, Reconciler};
 use crate::mirror::{Mirror, key_of};
 use crate::owned::{self, controlled_by, controller_of, controller_ref};
-use crate::queue::{self, Queue};
 
 const COMPONENT: &str = "cronjob-controller";
-const RETRY: Duration = Duration::from_secs(1);
 const SCHEDULED_AT: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 /// More missed times than this and the controller says so (and still runs the latest).
 const TOO_MANY_MISSED: usize = 100;
@@ -31,7 +30,6 @@ pub struct CronJobController {
     cronjobs: Arc<Mirror<CronJob>>,
     jobs: Arc<Mirror<Job>>,
     queue: Queue,
-    rx: queue::Receiver,
 }
 
 /// The Job's outcome, if it has one.
@@ -55,7 +53,7 @@ impl CronJobController {
         cronjobs: Arc<Mirror<CronJob>>,
         jobs: Arc<Mirror<Job>>,
     ) -> CronJobController {
-        let (queue, rx) = queue::queue();
+        let queue = Queue::new("cronjob-controller");
         let q = queue.clone();
         cronjobs.on_change(move |_, new| {
             if let Some(c) = new {
@@ -76,219 +74,79 @@ impl CronJobController {
             cronjobs,
             jobs,
             queue,
-            rx,
         }
     }
 
-    pub async fn run(mut self) {
-        self.cronjobs.synced().await;
-        self.jobs.synced().await;
-        while let Some(key) = self.rx.next().await {
-            match self.reconcile(&key).await {
-                Ok(Some(after)) => self.queue.add_after(&key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    debug!(cronjob = %key, error = %e, "reconcile failed; retrying");
-                    self.queue.add_after(&key, RETRY);
-                }
-            }
-        }
+    /// The queue its change handlers feed.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
-    async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ClientError> {
+    async fn reconcile(&self, key: &str) -> Outcome {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let Some(cj) = self.cronjobs.get(ns, name) else {
             return Ok(None);
         };
-        if cj.metadata.deletion_timestamp.is_some() {
-            return Ok(None);
-        }
-        let spec = cj.spec.clone().unwrap_or_default();
         let uid = cj.metadata.uid.as_deref();
-        let mut jobs: Vec<Arc<Job>> = self
+        let jobs: Vec<Arc<Job>> = self
             .jobs
             .in_namespace(ns)
             .into_iter()
             .filter(|j| controlled_by::<CronJob>(&j.metadata, uid))
             .collect();
-        jobs.sort_by(|a, b| {
-            a.metadata
-                .creation_timestamp
-                .cmp(&b.metadata.creation_timestamp)
-        });
-        let old = cj.status.clone().unwrap_or_default();
-        let mut last_success = old.last_successful_time.clone();
-        for j in &jobs {
-            if outcome(j) == Some("Complete") {
-                let t = j.status.as_ref().and_then(|s| s.completion_time.clone());
-                if t.as_ref().map(|t| t.0) > last_success.as_ref().map(|t| t.0) {
-                    last_success = t;
-                }
-            }
-        }
-        let was_active: Vec<String> = old
-            .active
-            .iter()
-            .flatten()
-            .filter_map(|r| r.name.clone())
-            .collect();
-        for j in &jobs {
-            let n = j.metadata.name.clone().unwrap_or_default();
-            if let Some(o) = outcome(j)
-                && was_active.contains(&n)
-            {
-                owned::event(
-                    &self.client,
-                    COMPONENT,
-                    &*cj,
-                    "Normal",
-                    "SawCompletedJob",
-                    &format!("Saw completed job: {n}, condition: {o}"),
-                );
-            }
-        }
-        let mut active: Vec<ObjectReference> = jobs
-            .iter()
-            .filter(|j| outcome(j).is_none() && j.metadata.deletion_timestamp.is_none())
-            .map(|j| job_ref(j))
-            .collect();
-        self.trim_history(&cj, &jobs).await;
+        let plan = plan(&cj, jobs, jiff::Timestamp::now());
+        self.apply(&cj, key, plan).await
+    }
 
-        let tz = match spec.time_zone.as_deref() {
-            Some(z) => match jiff::tz::TimeZone::get(z) {
-                Ok(tz) => tz,
-                Err(_) => {
+    /// Carry a plan out: old Jobs go, the due Job is made, and the status says so.
+    async fn apply(&self, cj: &CronJob, key: &str, plan: Plan) -> Outcome {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        for (kind, reason, message) in &plan.events {
+            owned::event(&self.client, COMPONENT, cj, kind, reason, message);
+        }
+        for n in &plan.trim {
+            match self.delete_job(cj, ns, n).await {
+                Ok(()) => {}
+                Err(e) => warn!(job = %n, error = %e, "could not delete an old job"),
+            }
+        }
+        let mut status = plan.status;
+        if let Some(at) = plan.create {
+            for n in &plan.replace {
+                self.delete_job(cj, ns, n).await?;
+            }
+            match self.create_job(cj, at).await {
+                Ok(job) => {
+                    let n = job.metadata.name.clone().unwrap_or_default();
                     owned::event(
                         &self.client,
                         COMPONENT,
-                        &*cj,
-                        "Warning",
-                        "UnknownTimeZone",
-                        &format!("invalid timeZone: {z:?}"),
+                        cj,
+                        "Normal",
+                        "SuccessfulCreate",
+                        &format!("Created job {n}"),
                     );
-                    return Ok(None);
+                    status
+                        .active
+                        .get_or_insert_with(Vec::new)
+                        .push(job_ref(&job));
                 }
-            },
-            None => jiff::tz::TimeZone::UTC,
-        };
-        let schedule = match Schedule::parse(&spec.schedule) {
-            Ok(s) => s,
-            Err(e) => {
-                owned::event(
-                    &self.client,
-                    COMPONENT,
-                    &*cj,
-                    "Warning",
-                    "UnparseableSchedule",
-                    &format!("unparseable schedule: {:?} : {e}", spec.schedule),
-                );
-                return Ok(None);
-            }
-        };
-        let now = jiff::Timestamp::now();
-        let since = old
-            .last_schedule_time
-            .as_ref()
-            .or(cj.metadata.creation_timestamp.as_ref())
-            .map_or(now, |t| t.0);
-        // The latest time due, and how many were missed before it.
-        let mut due = None;
-        let mut missed = 0;
-        let mut t = since;
-        while let Some(n) = schedule.next_after(t, &tz) {
-            if n > now {
-                break;
-            }
-            due = Some(n);
-            missed += 1;
-            t = n;
-            if missed > 10 * TOO_MANY_MISSED {
-                // Long gone by: jump to the recent past.
-                t = now - jiff::SignedDuration::from_secs(3600);
+                // Made already (the mirror lags): the time is done.
+                Err(e) if e.code() == Some(409) => {}
+                Err(e) => {
+                    owned::event(
+                        &self.client,
+                        COMPONENT,
+                        cj,
+                        "Warning",
+                        "FailedCreate",
+                        &format!("Error creating job: {e}"),
+                    );
+                    return Err(e);
+                }
             }
         }
-        let mut last_schedule = old.last_schedule_time.clone();
-        if missed > TOO_MANY_MISSED {
-            owned::event(
-                &self.client,
-                COMPONENT,
-                &*cj,
-                "Warning",
-                "TooManyMissedTimes",
-                "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew",
-            );
-        }
-        let suspended = spec.suspend.unwrap_or(false);
-        if let Some(at) = due
-            && !suspended
-        {
-            let late = spec
-                .starting_deadline_seconds
-                .is_some_and(|d| at + jiff::SignedDuration::from_secs(d) < now);
-            let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
-            if late {
-                info!(cronjob = %key, "missed the starting deadline; skipping this time");
-                last_schedule = Some(Time(at));
-            } else if policy == "Forbid" && !active.is_empty() {
-                // Wait: the time is taken once the running Job ends, if still in the deadline.
-                debug!(cronjob = %key, "an earlier job still runs; Forbid");
-            } else {
-                if policy == "Replace" {
-                    for r in active.drain(..) {
-                        let job_name = r.name.clone().unwrap_or_default();
-                        let path = format!("/apis/batch/v1/namespaces/{ns}/jobs/{job_name}");
-                        let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1",
-                                          "propagationPolicy": "Background"});
-                        match self.client.delete_with(&path, &opts).await {
-                            Ok(()) | Err(ClientError::Api { code: 404, .. }) => {
-                                owned::event(
-                                    &self.client,
-                                    COMPONENT,
-                                    &*cj,
-                                    "Normal",
-                                    "SuccessfulDelete",
-                                    &format!("Deleted job {job_name}"),
-                                );
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-                match self.create_job(&cj, at).await {
-                    Ok(job) => {
-                        let n = job.metadata.name.clone().unwrap_or_default();
-                        owned::event(
-                            &self.client,
-                            COMPONENT,
-                            &*cj,
-                            "Normal",
-                            "SuccessfulCreate",
-                            &format!("Created job {n}"),
-                        );
-                        active.push(job_ref(&job));
-                    }
-                    // Made already (the mirror lags): the time is done.
-                    Err(e) if e.code() == Some(409) => {}
-                    Err(e) => {
-                        owned::event(
-                            &self.client,
-                            COMPONENT,
-                            &*cj,
-                            "Warning",
-                            "FailedCreate",
-                            &format!("Error creating job: {e}"),
-                        );
-                        return Err(e);
-                    }
-                }
-                last_schedule = Some(Time(at));
-            }
-        }
-        let mut status = old.clone();
-        status.active = (!active.is_empty()).then_some(active);
-        status.last_schedule_time = last_schedule;
-        status.last_successful_time = last_success;
-        if status != old {
+        if Some(&status) != cj.status.as_ref() && status != CronJobStatus::default() {
             let v = serde_json::to_value(&status).unwrap_or_default();
             match self.client.put_status::<CronJob>(Some(ns), name, &v).await {
                 Ok(_) => {}
@@ -296,15 +154,30 @@ impl CronJobController {
                 Err(e) => return Err(e),
             }
         }
-        if suspended {
-            return Ok(None);
+        Ok(plan.recheck)
+    }
+
+    /// Delete one of its Jobs (and, in the background, the Job's pods).
+    async fn delete_job(&self, cj: &CronJob, ns: &str, n: &str) -> Result<(), ClientError> {
+        let path = format!("/apis/batch/v1/namespaces/{ns}/jobs/{n}");
+        let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1",
+                          "propagationPolicy": "Background"});
+        match self.client.delete_with(&path, &opts).await {
+            Ok(()) => {
+                let message = format!("Deleted job {n}");
+                owned::event(
+                    &self.client,
+                    COMPONENT,
+                    cj,
+                    "Normal",
+                    "SuccessfulDelete",
+                    &message,
+                );
+                Ok(())
+            }
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
         }
-        // Look again at the next time (or soon, while a Forbid waits).
-        let next = schedule.next_after(now, &tz).map(|n| {
-            let ms = (n - now).total(jiff::Unit::Millisecond).unwrap_or(0.0);
-            Duration::from_millis(ms.max(0.0) as u64 + 50)
-        });
-        Ok(next)
     }
 
     async fn create_job(&self, cj: &CronJob, at: jiff::Timestamp) -> Result<Job, ClientError> {
@@ -333,38 +206,194 @@ impl CronJobController {
         };
         self.client.create(Some(&ns), &job).await
     }
+}
 
-    /// Delete finished Jobs beyond the history limits, oldest first.
-    async fn trim_history(&self, cj: &CronJob, jobs: &[Arc<Job>]) {
-        let spec = cj.spec.clone().unwrap_or_default();
-        for (kind, limit) in [
-            ("Complete", spec.successful_jobs_history_limit.unwrap_or(3)),
-            ("Failed", spec.failed_jobs_history_limit.unwrap_or(1)),
-        ] {
-            let done: Vec<&Arc<Job>> = jobs
-                .iter()
-                .filter(|j| outcome(j) == Some(kind) && j.metadata.deletion_timestamp.is_none())
-                .collect();
-            let excess = done.len().saturating_sub(limit.max(0) as usize);
-            for j in done.into_iter().take(excess) {
-                let ns = j.metadata.namespace.as_deref().unwrap_or("");
-                let n = j.metadata.name.as_deref().unwrap_or("");
-                let path = format!("/apis/batch/v1/namespaces/{ns}/jobs/{n}");
-                let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1",
-                                  "propagationPolicy": "Background"});
-                match self.client.delete_with(&path, &opts).await {
-                    Ok(()) => owned::event(
-                        &self.client,
-                        COMPONENT,
-                        cj,
-                        "Normal",
-                        "SuccessfulDelete",
-                        &format!("Deleted job {n}"),
-                    ),
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => warn!(job = n, error = %e, "could not delete an old job"),
-                }
+/// What the controller intends for one CronJob, decided from what it observed.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Plan {
+    /// Finished Jobs beyond the history limits, oldest first: to delete.
+    trim: Vec<String>,
+    /// Run the Job for this scheduled time.
+    create: Option<jiff::Timestamp>,
+    /// Running Jobs to delete before (concurrencyPolicy Replace).
+    replace: Vec<String>,
+    /// Events about the CronJob: type, reason, message.
+    events: Vec<(&'static str, String, String)>,
+    /// The CronJob's status, without the Job about to be made.
+    status: CronJobStatus,
+    /// Look again after this long (the next scheduled time).
+    recheck: Option<Duration>,
+}
+
+/// The CronJob controller's decision for `cj`, whose Jobs are `jobs`, at `now`.
+pub(crate) fn plan(cj: &CronJob, mut jobs: Vec<Arc<Job>>, now: jiff::Timestamp) -> Plan {
+    let old = cj.status.clone().unwrap_or_default();
+    let mut plan = Plan {
+        status: old.clone(),
+        ..Default::default()
+    };
+    if cj.metadata.deletion_timestamp.is_some() {
+        return plan;
+    }
+    let spec = cj.spec.clone().unwrap_or_default();
+    jobs.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+    });
+    let mut last_success = old.last_successful_time.clone();
+    for j in &jobs {
+        if outcome(j) == Some("Complete") {
+            let t = j.status.as_ref().and_then(|s| s.completion_time.clone());
+            if t.as_ref().map(|t| t.0) > last_success.as_ref().map(|t| t.0) {
+                last_success = t;
             }
         }
+    }
+    let was_active: Vec<String> = old
+        .active
+        .iter()
+        .flatten()
+        .filter_map(|r| r.name.clone())
+        .collect();
+    for j in &jobs {
+        let n = j.metadata.name.clone().unwrap_or_default();
+        if let Some(o) = outcome(j)
+            && was_active.contains(&n)
+        {
+            plan.events.push((
+                "Normal",
+                "SawCompletedJob".into(),
+                format!("Saw completed job: {n}, condition: {o}"),
+            ));
+        }
+    }
+    let mut active: Vec<ObjectReference> = jobs
+        .iter()
+        .filter(|j| outcome(j).is_none() && j.metadata.deletion_timestamp.is_none())
+        .map(|j| job_ref(j))
+        .collect();
+    for (kind, limit) in [
+        ("Complete", spec.successful_jobs_history_limit.unwrap_or(3)),
+        ("Failed", spec.failed_jobs_history_limit.unwrap_or(1)),
+    ] {
+        let done: Vec<&Arc<Job>> = jobs
+            .iter()
+            .filter(|j| outcome(j) == Some(kind) && j.metadata.deletion_timestamp.is_none())
+            .collect();
+        let excess = done.len().saturating_sub(limit.max(0) as usize);
+        plan.trim.extend(
+            done.into_iter()
+                .take(excess)
+                .map(|j| j.metadata.name.clone().unwrap_or_default()),
+        );
+    }
+
+    let tz = match spec.time_zone.as_deref() {
+        Some(z) => match jiff::tz::TimeZone::get(z) {
+            Ok(tz) => tz,
+            Err(_) => {
+                plan.events.push((
+                    "Warning",
+                    "UnknownTimeZone".into(),
+                    format!("invalid timeZone: {z:?}"),
+                ));
+                return plan;
+            }
+        },
+        None => jiff::tz::TimeZone::UTC,
+    };
+    let schedule = match Schedule::parse(&spec.schedule) {
+        Ok(s) => s,
+        Err(e) => {
+            plan.events.push((
+                "Warning",
+                "UnparseableSchedule".into(),
+                format!("unparseable schedule: {:?} : {e}", spec.schedule),
+            ));
+            return plan;
+        }
+    };
+    let since = old
+        .last_schedule_time
+        .as_ref()
+        .or(cj.metadata.creation_timestamp.as_ref())
+        .map_or(now, |t| t.0);
+    // The latest time due, and how many were missed before it.
+    let mut due = None;
+    let mut missed = 0;
+    let mut t = since;
+    while let Some(n) = schedule.next_after(t, &tz) {
+        if n > now {
+            break;
+        }
+        due = Some(n);
+        missed += 1;
+        t = n;
+        if missed > 10 * TOO_MANY_MISSED {
+            // Long gone by: jump to the recent past.
+            t = now - jiff::SignedDuration::from_secs(3600);
+        }
+    }
+    let mut last_schedule = old.last_schedule_time.clone();
+    if missed > TOO_MANY_MISSED {
+        plan.events.push((
+            "Warning",
+            "TooManyMissedTimes".into(),
+            "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
+        ));
+    }
+    let suspended = spec.suspend.unwrap_or(false);
+    if let Some(at) = due
+        && !suspended
+    {
+        let late = spec
+            .starting_deadline_seconds
+            .is_some_and(|d| at + jiff::SignedDuration::from_secs(d) < now);
+        let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
+        let name = cj.metadata.name.as_deref().unwrap_or("");
+        if late {
+            info!(
+                cronjob = name,
+                "missed the starting deadline; skipping this time"
+            );
+            last_schedule = Some(Time(at));
+        } else if policy == "Forbid" && !active.is_empty() {
+            // Wait: the time is taken once the running Job ends, if still in the deadline.
+            debug!(cronjob = name, "an earlier job still runs; Forbid");
+        } else {
+            if policy == "Replace" {
+                plan.replace = active.drain(..).filter_map(|r| r.name).collect();
+            }
+            plan.create = Some(at);
+            last_schedule = Some(Time(at));
+        }
+    }
+    plan.status.active = (!active.is_empty()).then_some(active);
+    plan.status.last_schedule_time = last_schedule;
+    plan.status.last_successful_time = last_success;
+    if !suspended {
+        // Look again at the next time (or then, while a Forbid waits).
+        plan.recheck = schedule.next_after(now, &tz).map(|n| {
+            let ms = (n - now).total(jiff::Unit::Millisecond).unwrap_or(0.0);
+            Duration::from_millis(ms.max(0.0) as u64 + 50)
+        });
+    }
+    plan
+}
+
+#[async_trait::async_trait]
+impl Reconciler for CronJobController {
+    fn name(&self) -> &'static str {
+        "cronjob-controller"
+    }
+
+    async fn ready(&self) {
+        self.cronjobs.synced().await;
+        self.jobs.synced().await;
+    }
+
+    async fn reconcile(&self, key: &str) -> Outcome {
+        CronJobController::reconcile(self, key).await
     }
 }

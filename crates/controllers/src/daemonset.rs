@@ -20,12 +20,11 @@ use scheduler::{Demand, Snapshot};
 use tracing::debug;
 
 use crate::deployment::{resolve, template_hash};
+use crate::harness::{Outcome, Queue, Reconciler};
 use crate::mirror::{Mirror, key_of};
 use crate::owned::{self, Expectations, controlled_by, controller_of, controller_ref};
-use crate::queue::{self, Queue};
 
 const COMPONENT: &str = "daemonset-controller";
-const RETRY: Duration = Duration::from_secs(1);
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 pub struct DaemonSetController {
@@ -36,7 +35,6 @@ pub struct DaemonSetController {
     nodes: Arc<Mirror<Node>>,
     expect: Expectations,
     queue: Queue,
-    rx: queue::Receiver,
 }
 
 /// The tolerations Kubernetes gives every daemon pod, so that node trouble does not evict it.
@@ -142,7 +140,7 @@ impl DaemonSetController {
         nodes: Arc<Mirror<Node>>,
         revisions: Arc<Mirror<ControllerRevision>>,
     ) -> DaemonSetController {
-        let (queue, rx) = queue::queue();
+        let queue = Queue::new("daemonset-controller");
         let q = queue.clone();
         sets.on_change(move |_, new| {
             if let Some(ds) = new {
@@ -184,24 +182,12 @@ impl DaemonSetController {
             nodes,
             expect: Expectations::default(),
             queue,
-            rx,
         }
     }
 
-    pub async fn run(mut self) {
-        self.sets.synced().await;
-        self.pods.synced().await;
-        self.nodes.synced().await;
-        while let Some(key) = self.rx.next().await {
-            match self.reconcile(&key).await {
-                Ok(Some(after)) => self.queue.add_after(&key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    debug!(daemonset = %key, error = %e, "reconcile failed; retrying");
-                    self.queue.add_after(&key, RETRY);
-                }
-            }
-        }
+    /// The queue its change handlers feed.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ClientError> {
@@ -481,5 +467,22 @@ impl DaemonSetController {
                 Err(e) => debug!(pod = %n, error = %e, "could not delete a daemon pod"),
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for DaemonSetController {
+    fn name(&self) -> &'static str {
+        "daemonset-controller"
+    }
+
+    async fn ready(&self) {
+        self.sets.synced().await;
+        self.pods.synced().await;
+        self.nodes.synced().await;
+    }
+
+    async fn reconcile(&self, key: &str) -> Outcome {
+        DaemonSetController::reconcile(self, key).await
     }
 }

@@ -21,12 +21,11 @@ use client::{Client, ClientError};
 use serde_json::json;
 use tracing::{debug, info};
 
+use crate::harness::{Outcome, Queue, Reconciler};
 use crate::mirror::{Mirror, key_of};
 use crate::owned::{self, controlled_by, controller_of, controller_ref};
-use crate::queue::{self, Queue};
 
 const COMPONENT: &str = "deployment-controller";
-const RETRY: Duration = Duration::from_secs(1);
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
@@ -49,7 +48,6 @@ pub struct DeploymentController {
     sets: Arc<Mirror<ReplicaSet>>,
     pods: Arc<Mirror<Pod>>,
     queue: Queue,
-    rx: queue::Receiver,
 }
 
 /// The sets of one deployment, as the rollout sees them.
@@ -206,7 +204,7 @@ impl DeploymentController {
         sets: Arc<Mirror<ReplicaSet>>,
         pods: Arc<Mirror<Pod>>,
     ) -> DeploymentController {
-        let (queue, rx) = queue::queue();
+        let queue = Queue::new("deployment-controller");
         let q = queue.clone();
         deployments.on_change(move |_, new| {
             if let Some(d) = new {
@@ -252,24 +250,12 @@ impl DeploymentController {
             sets,
             pods,
             queue,
-            rx,
         }
     }
 
-    pub async fn run(mut self) {
-        self.deployments.synced().await;
-        self.sets.synced().await;
-        self.pods.synced().await;
-        while let Some(key) = self.rx.next().await {
-            match self.reconcile(&key).await {
-                Ok(Some(after)) => self.queue.add_after(&key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    debug!(deployment = %key, error = %e, "reconcile failed; retrying");
-                    self.queue.add_after(&key, RETRY);
-                }
-            }
-        }
+    /// The queue its change handlers feed.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ClientError> {
@@ -1091,6 +1077,23 @@ fn complete(d: &Deployment, s: &Sets) -> bool {
         && s.old
             .iter()
             .all(|rs| rs.status.as_ref().is_none_or(|st| st.replicas == 0))
+}
+
+#[async_trait::async_trait]
+impl Reconciler for DeploymentController {
+    fn name(&self) -> &'static str {
+        "deployment-controller"
+    }
+
+    async fn ready(&self) {
+        self.deployments.synced().await;
+        self.sets.synced().await;
+        self.pods.synced().await;
+    }
+
+    async fn reconcile(&self, key: &str) -> Outcome {
+        DeploymentController::reconcile(self, key).await
+    }
 }
 
 #[cfg(test)]

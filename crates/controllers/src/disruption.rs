@@ -15,14 +15,12 @@ use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use api::selector::LabelSelectorExpr;
 use client::{Client, ClientError};
-use tracing::debug;
 
 use crate::deployment::resolve;
+use crate::harness::{Outcome, Queue, Reconciler};
 use crate::mirror::{Mirror, key_of};
 use crate::owned::{self, controller_of};
-use crate::queue::{self, Queue};
 
-const RETRY: Duration = Duration::from_secs(1);
 /// A granted eviction whose pod is still there after this long is presumed to have failed.
 const DISRUPTION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -33,7 +31,6 @@ pub struct DisruptionController {
     sets: Arc<Mirror<ReplicaSet>>,
     stateful: Arc<Mirror<StatefulSet>>,
     queue: Queue,
-    rx: queue::Receiver,
 }
 
 impl DisruptionController {
@@ -44,7 +41,7 @@ impl DisruptionController {
         sets: Arc<Mirror<ReplicaSet>>,
         stateful: Arc<Mirror<StatefulSet>>,
     ) -> DisruptionController {
-        let (queue, rx) = queue::queue();
+        let queue = Queue::new("disruption-controller");
         let q = queue.clone();
         budgets.on_change(move |_, new| {
             if let Some(b) = new {
@@ -67,23 +64,12 @@ impl DisruptionController {
             sets,
             stateful,
             queue,
-            rx,
         }
     }
 
-    pub async fn run(mut self) {
-        self.budgets.synced().await;
-        self.pods.synced().await;
-        while let Some(key) = self.rx.next().await {
-            match self.reconcile(&key).await {
-                Ok(Some(after)) => self.queue.add_after(&key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    debug!(pdb = %key, error = %e, "reconcile failed; retrying");
-                    self.queue.add_after(&key, RETRY);
-                }
-            }
-        }
+    /// The queue its change handlers feed.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ClientError> {
@@ -202,5 +188,21 @@ impl DisruptionController {
             }
         }
         Ok(recheck)
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for DisruptionController {
+    fn name(&self) -> &'static str {
+        "disruption-controller"
+    }
+
+    async fn ready(&self) {
+        self.budgets.synced().await;
+        self.pods.synced().await;
+    }
+
+    async fn reconcile(&self, key: &str) -> Outcome {
+        DisruptionController::reconcile(self, key).await
     }
 }

@@ -9,21 +9,20 @@
 //!   from its dependents, then lets it go.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use api::resources::Resource;
-use client::{Client, ClientError, ListParams, WatchEvent, collection_path};
+use client::{Client, ClientError, ListParams, Watcher, collection_path, watcher};
 use serde_json::{Value, json};
+use supervise::supervise;
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::queue::{self, Queue};
+use crate::harness::{Outcome, Queue, Reconciler};
 
 pub const FOREGROUND: &str = "foregroundDeletion";
 pub const ORPHAN: &str = "orphan";
-const RETRY: Duration = Duration::from_secs(1);
-const RESYNC: u32 = 300;
 
 #[derive(Clone, Debug)]
 struct Owner {
@@ -120,6 +119,7 @@ struct Lite {
 #[serde(default, rename_all = "camelCase")]
 struct LiteMeta {
     uid: Option<String>,
+    resource_version: Option<String>,
     name: Option<String>,
     namespace: Option<String>,
     deletion_timestamp: Option<String>,
@@ -167,6 +167,12 @@ fn parse(resource: &'static Resource, v: Lite) -> Option<(String, Object)> {
 pub struct GarbageCollector {
     client: Client,
     graph: Arc<Mutex<Graph>>,
+    queue: Queue,
+    kinds: Vec<&'static Resource>,
+    /// One permit per kind whose first list is in the graph.
+    listed: Arc<Semaphore>,
+    /// Every kind listed once: from then on, changes queue what they concern.
+    synced: Arc<AtomicBool>,
 }
 
 /// How an owner stands, seen from a dependent.
@@ -182,52 +188,48 @@ impl GarbageCollector {
         GarbageCollector {
             client,
             graph: Arc::default(),
+            queue: Queue::new("garbage-collector"),
+            kinds: api::resources::all()
+                .iter()
+                .filter(|r| r.kind != "Event")
+                .collect(),
+            listed: Arc::new(Semaphore::new(0)),
+            synced: Arc::default(),
         }
+    }
+
+    /// The queue of object uids to look at.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     fn graph(&self) -> std::sync::MutexGuard<'_, Graph> {
         self.graph.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub async fn run(self) {
-        let (q, mut rx) = queue::queue();
-        let kinds: Vec<&'static Resource> = api::resources::all()
-            .iter()
-            .filter(|r| r.kind != "Event")
-            .collect();
-        let synced = Arc::new(Semaphore::new(0));
-        for r in &kinds {
-            tokio::spawn(follow(
-                self.client.clone(),
-                r,
-                self.graph.clone(),
-                q.clone(),
-                synced.clone(),
-            ));
-        }
-        // Decide only on a whole graph: wait for every first list.
-        let _ = synced.acquire_many(kinds.len() as u32).await;
-        info!(kinds = kinds.len(), "garbage collector synced");
-        let all: Vec<String> = self.graph().objects.keys().cloned().collect();
-        for uid in all {
-            q.add(&uid);
-        }
-        while let Some(uid) = rx.next().await {
-            match self.process(&uid).await {
-                Ok(true) => {}
-                Ok(false) => q.add_after(&uid, RETRY),
-                Err(e) => {
-                    debug!(uid, error = %e, "garbage collection step failed; retrying");
-                    q.add_after(&uid, RETRY);
-                }
-            }
+    /// Start mirroring every kind's owner references into the graph, one supervised
+    /// follower per kind.
+    pub fn follow_all(&self) {
+        for &r in &self.kinds {
+            let (client, graph, q) = (self.client.clone(), self.graph.clone(), self.queue.clone());
+            let (listed, synced) = (self.listed.clone(), self.synced.clone());
+            supervise(r.kind, move || {
+                follow(
+                    client.clone(),
+                    r,
+                    graph.clone(),
+                    q.clone(),
+                    listed.clone(),
+                    synced.clone(),
+                )
+            });
         }
     }
 
-    /// One object's part of collection; false when it must be looked at again.
-    async fn process(&self, uid: &str) -> Result<bool, ClientError> {
+    /// One object's part of collection.
+    async fn process(&self, uid: &str) -> Outcome {
         let Some(o) = self.graph().objects.get(uid).cloned() else {
-            return Ok(true);
+            return Ok(None);
         };
         if o.holds(ORPHAN) {
             let deps = self.graph().dependents_of(uid);
@@ -236,7 +238,7 @@ impl GarbageCollector {
                     .await?;
             }
             self.release(uid, &o, ORPHAN).await?;
-            return Ok(true);
+            return Ok(None);
         }
         if o.holds(FOREGROUND) {
             let deps = self.graph().dependents_of(uid);
@@ -253,13 +255,13 @@ impl GarbageCollector {
             }
             if blocking > 0 {
                 // Their deletion events bring the owner back here.
-                return Ok(true);
+                return Ok(None);
             }
             self.release(uid, &o, FOREGROUND).await?;
-            return Ok(true);
+            return Ok(None);
         }
         if o.owners.is_empty() || o.deleting {
-            return Ok(true);
+            return Ok(None);
         }
         let mut solid = 0;
         let mut gone = Vec::new();
@@ -289,7 +291,7 @@ impl GarbageCollector {
             // deleted in the foreground.
             self.drop_owners(uid, &o, &gone, &waiting).await?;
         }
-        Ok(true)
+        Ok(None)
     }
 
     async fn standing(&self, o: &Object, w: &Owner) -> Result<Standing, ClientError> {
@@ -466,71 +468,51 @@ async fn follow(
     r: &'static Resource,
     graph: Arc<Mutex<Graph>>,
     q: Queue,
-    synced: Arc<Semaphore>,
+    listed: Arc<Semaphore>,
+    synced: Arc<AtomicBool>,
 ) {
-    let path = collection_path(r, None);
+    let mut w = Watcher::<Lite>::at(
+        client,
+        collection_path(r, None),
+        r.kind,
+        ListParams::default(),
+        |l| l.metadata.resource_version.as_deref(),
+    );
     let mut first = true;
     loop {
-        let (items, rv) = match client.list_at(&path, &ListParams::default()).await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(kind = r.kind, error = %e, "garbage collector cannot list; retrying");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        {
-            let mut g = graph.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh: HashMap<String, Object> = items
-                .into_iter()
-                .filter_map(|v| parse(r, serde_json::from_value(v).ok()?))
-                .collect();
-            let stale: Vec<String> = g
-                .objects
-                .iter()
-                .filter(|(uid, o)| std::ptr::eq(o.resource, r) && !fresh.contains_key(*uid))
-                .map(|(uid, _)| uid.clone())
-                .collect();
-            for uid in stale {
-                gone(&mut g, &uid, &q);
-            }
-            for (uid, o) in fresh {
-                changed(&mut g, &uid, o, &q, !first);
-            }
-        }
-        if first {
-            synced.add_permits(1);
-            first = false;
-        }
-        let params = ListParams {
-            resource_version: Some(rv),
-            timeout_seconds: Some(RESYNC),
-            bookmarks: true,
-            ..Default::default()
-        };
-        let mut w = match client.watch_at::<Lite>(&path, &params).await {
-            Ok(w) => w,
-            Err(e) => {
-                debug!(kind = r.kind, error = %e, "garbage collector watch failed");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        while let Some(ev) = w.next().await {
-            let mut g = graph.lock().unwrap_or_else(|p| p.into_inner());
-            match ev {
-                WatchEvent::Added(v) | WatchEvent::Modified(v) => {
-                    if let Some((uid, o)) = parse(r, v) {
-                        changed(&mut g, &uid, o, &q, true);
-                    }
+        let event = w.next().await;
+        let live = synced.load(Ordering::Acquire);
+        let mut g = graph.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            watcher::Event::Restarted(items) => {
+                let fresh: HashMap<String, Object> =
+                    items.into_iter().filter_map(|v| parse(r, v)).collect();
+                let stale: Vec<String> = g
+                    .objects
+                    .iter()
+                    .filter(|(uid, o)| std::ptr::eq(o.resource, r) && !fresh.contains_key(*uid))
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                for uid in stale {
+                    gone(&mut g, &uid, &q);
                 }
-                WatchEvent::Deleted(v) => {
-                    if let Some(uid) = v.metadata.uid {
-                        gone(&mut g, &uid, &q);
-                    }
+                for (uid, o) in fresh {
+                    changed(&mut g, &uid, o, &q, live);
                 }
-                WatchEvent::Bookmark(_) => {}
-                WatchEvent::Error(_) => break,
+                if first {
+                    listed.add_permits(1);
+                    first = false;
+                }
+            }
+            watcher::Event::Applied(v) => {
+                if let Some((uid, o)) = parse(r, v) {
+                    changed(&mut g, &uid, o, &q, live);
+                }
+            }
+            watcher::Event::Deleted(v) => {
+                if let Some(uid) = v.metadata.uid {
+                    gone(&mut g, &uid, &q);
+                }
             }
         }
     }
@@ -566,5 +548,27 @@ fn gone(g: &mut Graph, uid: &str, q: &Queue) {
         if g.objects.get(&w.uid).is_some_and(|x| x.holds(FOREGROUND)) {
             q.add(&w.uid);
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for GarbageCollector {
+    fn name(&self) -> &'static str {
+        "garbage-collector"
+    }
+
+    /// Decide only on a whole graph: wait for every kind's first list, then look at all.
+    async fn ready(&self) {
+        let _all = self.listed.acquire_many(self.kinds.len() as u32).await;
+        let uids: Vec<String> = self.graph().objects.keys().cloned().collect();
+        self.synced.store(true, Ordering::Release);
+        for uid in uids {
+            self.queue.add(&uid);
+        }
+        info!(kinds = self.kinds.len(), "garbage collector synced");
+    }
+
+    async fn reconcile(&self, uid: &str) -> Outcome {
+        self.process(uid).await
     }
 }

@@ -14,11 +14,11 @@ use api::k8s_openapi::api::core::v1::Pod;
 use api::quantity::Quantity;
 use client::{Client, ClientError, ListParams, encode};
 use serde_json::{Value, json};
-use tracing::{debug, info};
+use tracing::info;
 
+use crate::harness::{Outcome, Queue, Reconciler};
 use crate::mirror::{Mirror, key_of};
 use crate::owned;
-use crate::queue::{self, Queue};
 
 const COMPONENT: &str = "horizontal-pod-autoscaler";
 const PERIOD: Duration = Duration::from_secs(15);
@@ -29,7 +29,6 @@ pub struct HpaController {
     client: Client,
     hpas: Arc<Mirror<HorizontalPodAutoscaler>>,
     queue: Queue,
-    rx: queue::Receiver,
     /// Per HPA: recent recommendations, for the stabilization windows.
     history: Mutex<HashMap<String, VecDeque<(Instant, i32)>>>,
 }
@@ -53,7 +52,7 @@ fn requests_of(p: &Pod, resource: &str) -> Option<Quantity> {
 
 impl HpaController {
     pub fn new(client: Client, hpas: Arc<Mirror<HorizontalPodAutoscaler>>) -> HpaController {
-        let (queue, rx) = queue::queue();
+        let queue = Queue::new(COMPONENT);
         let q = queue.clone();
         hpas.on_change(move |old, new| {
             // Status writes of our own need no new pass.
@@ -70,29 +69,13 @@ impl HpaController {
             client,
             hpas,
             queue,
-            rx,
             history: Mutex::default(),
         }
     }
 
-    pub async fn run(mut self) {
-        self.hpas.synced().await;
-        let q = self.queue.clone();
-        let all = self.hpas.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PERIOD);
-            loop {
-                tick.tick().await;
-                for h in all.all() {
-                    q.add(&key_of(&h.metadata));
-                }
-            }
-        });
-        while let Some(key) = self.rx.next().await {
-            if let Err(e) = self.reconcile(&key).await {
-                debug!(hpa = %key, error = %e, "autoscaler pass failed");
-            }
-        }
+    /// The queue its change handlers feed.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     async fn reconcile(&self, key: &str) -> Result<(), ClientError> {
@@ -472,5 +455,22 @@ fn quantity_string(resource: &str, amount: f64) -> String {
         format!("{}m", (amount * 1000.0).round() as i64)
     } else {
         format!("{}", amount.round() as i64)
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for HpaController {
+    fn name(&self) -> &'static str {
+        COMPONENT
+    }
+
+    async fn ready(&self) {
+        self.hpas.synced().await;
+    }
+
+    /// Every autoscaler is looked at again each period, as Kubernetes' sync period.
+    async fn reconcile(&self, key: &str) -> Outcome {
+        HpaController::reconcile(self, key).await?;
+        Ok(self.hpas.get_key(key).map(|_| PERIOD))
     }
 }

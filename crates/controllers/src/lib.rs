@@ -6,14 +6,15 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod gc;
+pub mod harness;
 pub mod history;
 pub mod hpa;
 pub mod job;
+pub mod leader;
 pub mod mirror;
 pub mod namespace;
 pub mod nodelifecycle;
 mod owned;
-mod queue;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod scheduling;
@@ -25,9 +26,11 @@ use api::k8s_openapi::api::apps::v1::{
 use api::k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use api::k8s_openapi::api::coordination::v1::Lease;
-use api::k8s_openapi::api::core::v1::{Node, Pod, ReplicationController, ResourceQuota};
+use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, ResourceQuota};
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use client::Client;
+use std::sync::Arc;
+use supervise::supervise;
 
 use crate::cronjob::CronJobController;
 use crate::daemonset::DaemonSetController;
@@ -36,15 +39,23 @@ use crate::disruption::DisruptionController;
 use crate::gc::GarbageCollector;
 use crate::hpa::HpaController;
 use crate::job::JobController;
+use crate::leader::Leadership;
 use crate::mirror::Mirror;
+use crate::namespace::NamespaceController;
 use crate::nodelifecycle::NodeLifecycleController;
 use crate::replicaset::ReplicaSetController;
 use crate::resourcequota::ResourceQuotaController;
 use crate::statefulset::StatefulSetController;
 
-/// Start the workload controllers, node lifecycle and the garbage collector on shared
-/// mirrors.
-pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
+/// Start the workload controllers, node lifecycle, the namespace controller and the garbage
+/// collector on shared mirrors, each supervised and running while `leadership` holds (the
+/// mirrors run always, so a new leader starts from a warm copy).
+pub fn start_controllers(
+    client: &Client,
+    nodes_cfg: nodelifecycle::Config,
+    ca_pem: String,
+    leadership: Leadership,
+) {
     let pods = Mirror::<Pod>::new();
     let sets = Mirror::<ReplicaSet>::new();
     let rcs = Mirror::<ReplicationController>::new();
@@ -59,57 +70,96 @@ pub fn start_workloads(client: &Client, nodes_cfg: nodelifecycle::Config) {
     let quotas = Mirror::<ResourceQuota>::new();
     let hpas = Mirror::<HorizontalPodAutoscaler>::new();
     let revisions = Mirror::<ControllerRevision>::new();
+    let namespaces = Mirror::<Namespace>::new();
     let c = || client.clone();
-    tokio::spawn(ReplicaSetController::new(c(), pods.clone(), sets.clone()).run());
-    tokio::spawn(ReplicaSetController::new(c(), pods.clone(), rcs.clone()).run());
-    tokio::spawn(
-        DeploymentController::new(c(), deployments.clone(), sets.clone(), pods.clone()).run(),
-    );
-    tokio::spawn(
-        DaemonSetController::new(
-            c(),
-            daemons.clone(),
-            pods.clone(),
-            nodes.clone(),
-            revisions.clone(),
-        )
-        .run(),
-    );
-    tokio::spawn(
-        StatefulSetController::new(c(), stateful.clone(), pods.clone(), revisions.clone()).run(),
-    );
-    tokio::spawn(JobController::new(c(), jobs.clone(), pods.clone()).run());
-    tokio::spawn(CronJobController::new(c(), cronjobs.clone(), jobs.clone()).run());
-    tokio::spawn(
-        DisruptionController::new(
-            c(),
-            budgets.clone(),
-            pods.clone(),
-            sets.clone(),
-            stateful.clone(),
-        )
-        .run(),
-    );
-    tokio::spawn(ResourceQuotaController::new(c(), quotas.clone(), pods.clone()).run());
-    tokio::spawn(HpaController::new(c(), hpas.clone()).run());
-    tokio::spawn(GarbageCollector::new(c()).run());
-    tokio::spawn(
-        NodeLifecycleController::new(c(), nodes_cfg, nodes.clone(), leases.clone(), pods.clone())
-            .run(),
-    );
-    // Mirrors run last, so that every subscriber hears the first list.
-    tokio::spawn(pods.run(c()));
-    tokio::spawn(sets.run(c()));
-    tokio::spawn(rcs.run(c()));
-    tokio::spawn(deployments.run(c()));
-    tokio::spawn(daemons.run(c()));
-    tokio::spawn(stateful.run(c()));
-    tokio::spawn(jobs.run(c()));
-    tokio::spawn(cronjobs.run(c()));
-    tokio::spawn(nodes.run(c()));
-    tokio::spawn(leases.run(c()));
-    tokio::spawn(budgets.run(c()));
-    tokio::spawn(quotas.run(c()));
-    tokio::spawn(hpas.run(c()));
-    tokio::spawn(revisions.run(c()));
+    let l = || leadership.clone();
+
+    let rs = Arc::new(ReplicaSetController::new(c(), pods.clone(), sets.clone()));
+    harness::start(rs.clone(), rs.queue(), 1, l());
+    let rc = Arc::new(ReplicaSetController::new(c(), pods.clone(), rcs.clone()));
+    harness::start(rc.clone(), rc.queue(), 1, l());
+    let d = Arc::new(DeploymentController::new(
+        c(),
+        deployments.clone(),
+        sets.clone(),
+        pods.clone(),
+    ));
+    harness::start(d.clone(), d.queue(), 1, l());
+    let ds = Arc::new(DaemonSetController::new(
+        c(),
+        daemons.clone(),
+        pods.clone(),
+        nodes.clone(),
+        revisions.clone(),
+    ));
+    harness::start(ds.clone(), ds.queue(), 1, l());
+    let ss = Arc::new(StatefulSetController::new(
+        c(),
+        stateful.clone(),
+        pods.clone(),
+        revisions.clone(),
+    ));
+    harness::start(ss.clone(), ss.queue(), 1, l());
+    let job = Arc::new(JobController::new(c(), jobs.clone(), pods.clone()));
+    harness::start(job.clone(), job.queue(), 1, l());
+    let cj = Arc::new(CronJobController::new(c(), cronjobs.clone(), jobs.clone()));
+    harness::start(cj.clone(), cj.queue(), 1, l());
+    let pdb = Arc::new(DisruptionController::new(
+        c(),
+        budgets.clone(),
+        pods.clone(),
+        sets.clone(),
+        stateful.clone(),
+    ));
+    harness::start(pdb.clone(), pdb.queue(), 1, l());
+    let quota = Arc::new(ResourceQuotaController::new(
+        c(),
+        quotas.clone(),
+        pods.clone(),
+    ));
+    harness::start(quota.clone(), quota.queue(), 1, l());
+    let hpa = Arc::new(HpaController::new(c(), hpas.clone()));
+    harness::start(hpa.clone(), hpa.queue(), 1, l());
+    let gc = Arc::new(GarbageCollector::new(c()));
+    gc.follow_all();
+    harness::start(gc.clone(), gc.queue(), 1, l());
+    let life = Arc::new(NodeLifecycleController::new(
+        c(),
+        nodes_cfg,
+        nodes.clone(),
+        leases.clone(),
+        pods.clone(),
+    ));
+    harness::start(life.clone(), life.queue(), 1, l());
+    let ns = Arc::new(NamespaceController::new(c(), namespaces.clone(), ca_pem));
+    harness::start(ns.clone(), ns.queue(), 1, l());
+
+    // Mirrors start last, so that every subscriber hears the first list.
+    supervise_mirror("mirror/pods", &pods, c());
+    supervise_mirror("mirror/replicasets", &sets, c());
+    supervise_mirror("mirror/replicationcontrollers", &rcs, c());
+    supervise_mirror("mirror/deployments", &deployments, c());
+    supervise_mirror("mirror/daemonsets", &daemons, c());
+    supervise_mirror("mirror/statefulsets", &stateful, c());
+    supervise_mirror("mirror/jobs", &jobs, c());
+    supervise_mirror("mirror/cronjobs", &cronjobs, c());
+    supervise_mirror("mirror/nodes", &nodes, c());
+    supervise_mirror("mirror/leases", &leases, c());
+    supervise_mirror("mirror/poddisruptionbudgets", &budgets, c());
+    supervise_mirror("mirror/resourcequotas", &quotas, c());
+    supervise_mirror("mirror/horizontalpodautoscalers", &hpas, c());
+    supervise_mirror("mirror/controllerrevisions", &revisions, c());
+    supervise_mirror("mirror/namespaces", &namespaces, c());
+}
+
+fn supervise_mirror<K>(name: &'static str, mirror: &Arc<Mirror<K>>, client: Client)
+where
+    K: api::k8s_openapi::Resource + api::k8s_openapi::ListableResource,
+    K: api::k8s_openapi::Metadata<
+            Ty = api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        >,
+    K: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let mirror = mirror.clone();
+    supervise(name, move || mirror.clone().run(client.clone()));
 }

@@ -1,21 +1,15 @@
-//! Mirrors: an in-memory copy of one kind's objects, kept current by list+watch and shared by
-//! every controller that reads that kind. Controllers read the copy instead of asking the API
+//! Mirrors: an in-memory copy of one kind's objects, kept current by the client's watcher and
+//! shared by every controller that reads that kind. Controllers read the copy instead of asking the API
 //! server, and subscribe to hear which objects changed (to queue the keys they care about).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use api::k8s_openapi::{ListableResource, Metadata, Resource};
-use client::{Client, ListParams, WatchEvent};
+use client::{Client, ListParams, Watcher, watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
-use tracing::{debug, warn};
-
-const RETRY: Duration = Duration::from_secs(1);
-/// How long one watch runs before the mirror lists again.
-const RESYNC: u32 = 300;
 
 /// Told of each change: the object before (if it existed) and after (if it still exists).
 type Handler<K> = Box<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
@@ -25,6 +19,9 @@ pub struct Mirror<K> {
     objects: RwLock<BTreeMap<String, Arc<K>>>,
     handlers: Mutex<Vec<Handler<K>>>,
     synced: watch::Sender<bool>,
+    /// What to follow: a namespace or all, and the selectors.
+    namespace: Option<String>,
+    params: ListParams,
 }
 
 /// The mirror key of an object.
@@ -41,11 +38,19 @@ where
     K: Resource + ListableResource + Metadata<Ty = ObjectMeta>,
     K: DeserializeOwned + Send + Sync + 'static,
 {
+    /// Every object of the kind.
     pub fn new() -> Arc<Mirror<K>> {
+        Mirror::narrowed(None, ListParams::default())
+    }
+
+    /// The objects in `namespace` (or all) that `params`' selectors pick.
+    pub fn narrowed(namespace: Option<&str>, params: ListParams) -> Arc<Mirror<K>> {
         Arc::new(Mirror {
             objects: RwLock::default(),
             handlers: Mutex::default(),
             synced: watch::Sender::new(false),
+            namespace: namespace.map(str::to_string),
+            params,
         })
     }
 
@@ -59,6 +64,11 @@ where
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         self.read().get(&format!("{namespace}/{name}")).cloned()
+    }
+
+    /// By mirror key (`namespace/name`).
+    pub fn get_key(&self, key: &str) -> Option<Arc<K>> {
+        self.read().get(key).cloned()
     }
 
     /// Every object in `namespace`.
@@ -146,40 +156,12 @@ where
 
     /// Keep the copy current for as long as the process runs.
     pub async fn run(self: Arc<Self>, client: Client) {
+        let mut w = Watcher::<K>::new(client, self.namespace.as_deref(), self.params.clone());
         loop {
-            let (items, rv) = match client.list::<K>(None, &ListParams::default()).await {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(kind = K::KIND, error = %e, "cannot list; retrying");
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            };
-            self.reset(items);
-            let params = ListParams {
-                resource_version: Some(rv),
-                timeout_seconds: Some(RESYNC),
-                bookmarks: true,
-                ..Default::default()
-            };
-            let mut w = match client.watch::<K>(None, &params).await {
-                Ok(w) => w,
-                Err(e) => {
-                    debug!(kind = K::KIND, error = %e, "watch failed; listing again");
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            };
-            while let Some(ev) = w.next().await {
-                match ev {
-                    WatchEvent::Added(o) | WatchEvent::Modified(o) => self.put(o),
-                    WatchEvent::Deleted(o) => self.remove(&o),
-                    WatchEvent::Bookmark(_) => {}
-                    WatchEvent::Error(e) => {
-                        debug!(kind = K::KIND, error = %e, "watch ended; listing again");
-                        break;
-                    }
-                }
+            match w.next().await {
+                watcher::Event::Restarted(items) => self.reset(items),
+                watcher::Event::Applied(o) => self.put(o),
+                watcher::Event::Deleted(o) => self.remove(&o),
             }
         }
     }

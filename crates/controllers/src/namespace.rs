@@ -4,62 +4,83 @@
 //! ConfigMap exist, as pods expect.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use api::kinds::NAMESPACE_FINALIZER;
-use client::{Client, ClientError, ListParams, WatchEvent, collection_path};
+use client::{Client, ClientError, collection_path};
 use http::Method;
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::queue::{self, Queue};
+use crate::harness::{Outcome, Queue, Reconciler};
+use crate::mirror::Mirror;
 
 /// How long to wait before looking again at a namespace whose content is still going away.
 const RECHECK: Duration = Duration::from_secs(1);
-/// How long a watch runs before it is renewed with a fresh list.
-const RESYNC: u32 = 300;
 
 pub struct NamespaceController {
     client: Client,
+    namespaces: Arc<Mirror<Namespace>>,
+    queue: Queue,
     /// The cluster CA, published in every namespace as `kube-root-ca.crt`.
     ca_pem: String,
 }
 
 impl NamespaceController {
-    pub fn new(client: Client, ca_pem: String) -> NamespaceController {
-        NamespaceController { client, ca_pem }
-    }
-
-    pub async fn run(self) {
-        let (q, mut rx) = queue::queue();
-        let feeder = self.client.clone();
-        let fq = q.clone();
-        tokio::spawn(async move { feed(feeder, fq).await });
-        while let Some(name) = rx.next().await {
-            match self.reconcile(&name).await {
-                Ok(Outcome::Done) => {}
-                Ok(Outcome::Pending) => q.add_after(&name, RECHECK),
-                Err(e) => {
-                    warn!(namespace = %name, error = %e, "namespace reconcile failed; retrying");
-                    q.add_after(&name, RECHECK);
-                }
+    pub fn new(
+        client: Client,
+        namespaces: Arc<Mirror<Namespace>>,
+        ca_pem: String,
+    ) -> NamespaceController {
+        let queue = Queue::new("namespace-controller");
+        let q = queue.clone();
+        namespaces.on_change(move |_, new| {
+            if let Some(n) = new.and_then(|ns| ns.metadata.name.as_deref()) {
+                q.add(n);
             }
+        });
+        NamespaceController {
+            client,
+            namespaces,
+            queue,
+            ca_pem,
         }
     }
 
-    async fn reconcile(&self, name: &str) -> Result<Outcome, ClientError> {
+    /// The queue its change handler feeds.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for NamespaceController {
+    fn name(&self) -> &'static str {
+        "namespace-controller"
+    }
+
+    async fn ready(&self) {
+        self.namespaces.synced().await;
+    }
+
+    /// Reads the namespace from the API server, not the mirror: deciding to delete a
+    /// namespace's content wants the latest word.
+    async fn reconcile(&self, name: &str) -> Outcome {
         let Some(ns) = self.client.get::<Namespace>(None, name).await? else {
-            return Ok(Outcome::Done);
+            return Ok(None);
         };
         if ns.metadata.deletion_timestamp.is_some() {
             return self.finalize(&ns, name).await;
         }
         self.ensure_defaults(name).await?;
-        Ok(Outcome::Done)
+        Ok(None)
     }
+}
 
+impl NamespaceController {
     async fn ensure_defaults(&self, ns: &str) -> Result<(), ClientError> {
         let sa = ServiceAccount {
             metadata: ObjectMeta {
@@ -100,14 +121,14 @@ impl NamespaceController {
     }
 
     /// Delete everything in the namespace; once nothing is left, release it.
-    async fn finalize(&self, ns: &Namespace, name: &str) -> Result<Outcome, ClientError> {
+    async fn finalize(&self, ns: &Namespace, name: &str) -> Outcome {
         let holds = ns
             .spec
             .as_ref()
             .and_then(|s| s.finalizers.as_ref())
             .is_some_and(|f| f.iter().any(|x| x == NAMESPACE_FINALIZER));
         if !holds {
-            return Ok(Outcome::Done);
+            return Ok(None);
         }
         let mut remaining = 0;
         for r in api::resources::all().iter().filter(|r| r.namespaced) {
@@ -125,7 +146,7 @@ impl NamespaceController {
         }
         if remaining > 0 {
             debug!(namespace = name, "waiting for content to go");
-            return Ok(Outcome::Pending);
+            return Ok(Some(RECHECK));
         }
         let finalizers: Vec<String> = ns
             .spec
@@ -151,18 +172,12 @@ impl NamespaceController {
                     namespace = name,
                     "namespace content deleted; namespace released"
                 );
-                Ok(Outcome::Done)
+                Ok(None)
             }
-            Err(e) if e.is_not_found() => Ok(Outcome::Done),
+            Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
-}
-
-enum Outcome {
-    Done,
-    /// Look again soon.
-    Pending,
 }
 
 fn ignore_exists<T>(r: Result<T, ClientError>) -> Result<(), ClientError> {
@@ -170,51 +185,5 @@ fn ignore_exists<T>(r: Result<T, ClientError>) -> Result<(), ClientError> {
         Ok(_) => Ok(()),
         Err(e) if e.is_conflict() => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-/// List and watch namespaces forever, queueing each one that changes.
-async fn feed(client: Client, q: Queue) {
-    loop {
-        let (all, rv) = match client.list::<Namespace>(None, &ListParams::default()).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot list namespaces; retrying");
-                tokio::time::sleep(RECHECK).await;
-                continue;
-            }
-        };
-        for ns in &all {
-            if let Some(n) = &ns.metadata.name {
-                q.add(n);
-            }
-        }
-        let params = ListParams {
-            resource_version: Some(rv),
-            timeout_seconds: Some(RESYNC),
-            ..Default::default()
-        };
-        let mut w = match client.watch::<Namespace>(None, &params).await {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "cannot watch namespaces; retrying");
-                tokio::time::sleep(RECHECK).await;
-                continue;
-            }
-        };
-        while let Some(ev) = w.next().await {
-            match ev {
-                WatchEvent::Added(ns) | WatchEvent::Modified(ns) => {
-                    if let Some(n) = &ns.metadata.name {
-                        q.add(n);
-                    }
-                }
-                WatchEvent::Deleted(_) | WatchEvent::Bookmark(_) => {}
-                WatchEvent::Error(e) => {
-                    debug!(error = %e, "namespace watch ended");
-                    break;
-                }
-            }
-        }
     }
 }

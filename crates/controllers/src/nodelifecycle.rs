@@ -13,7 +13,7 @@
 //! Times are measured from when this controller saw a renewal, not from the agent's clock, so
 //! clock skew between machines does not make nodes flap.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,16 +22,17 @@ use api::k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use client::{Client, ClientError};
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::mirror::Mirror;
+use crate::harness::{Outcome, Queue, Reconciler};
+use crate::mirror::{Mirror, key_of};
 use crate::owned;
 
 const COMPONENT: &str = "node-controller";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 const LEASE_NAMESPACE: &str = "kube-node-lease";
-/// How often every node is looked at.
+/// How often each node is looked at again (its Lease may expire, a toleration run out).
 const PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
@@ -54,8 +55,18 @@ pub struct NodeLifecycleController {
     nodes: Arc<Mirror<Node>>,
     leases: Arc<Mirror<Lease>>,
     pods: Arc<Mirror<Pod>>,
+    /// Mirror keys of the pods bound to each node name (nodes that exist or not).
+    bound: Arc<Mutex<HashMap<String, BTreeSet<String>>>>,
+    queue: Queue,
     /// Per node: the last renew time seen, and when this controller saw it change.
     seen: Mutex<HashMap<String, (Option<String>, Instant)>>,
+}
+
+fn node_of(p: &Pod) -> Option<&str> {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
 }
 
 fn ready_status(n: &Node) -> &str {
@@ -111,64 +122,87 @@ impl NodeLifecycleController {
         leases: Arc<Mirror<Lease>>,
         pods: Arc<Mirror<Pod>>,
     ) -> NodeLifecycleController {
+        let queue = Queue::new(COMPONENT);
+        let q = queue.clone();
+        nodes.on_change(move |old, new| {
+            if let Some(n) = new.or(old).and_then(|n| n.metadata.name.as_deref()) {
+                q.add(n);
+            }
+        });
+        let q = queue.clone();
+        leases.on_change(move |old, new| {
+            let Some(l) = new.or(old) else { return };
+            if l.metadata.namespace.as_deref() == Some(LEASE_NAMESPACE)
+                && let Some(n) = l.metadata.name.as_deref()
+            {
+                q.add(n);
+            }
+        });
+        let bound: Arc<Mutex<HashMap<String, BTreeSet<String>>>> = Arc::default();
+        let (q, b) = (queue.clone(), bound.clone());
+        pods.on_change(move |old, new| {
+            let before = old.and_then(node_of);
+            let after = new.and_then(node_of);
+            if before == after {
+                return;
+            }
+            let key = key_of(&new.or(old).expect("a change has a side").metadata);
+            let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = before
+                && let Some(set) = b.get_mut(n)
+            {
+                set.remove(&key);
+                if set.is_empty() {
+                    b.remove(n);
+                }
+            }
+            if let Some(n) = after {
+                b.entry(n.to_string()).or_default().insert(key);
+                // A pod bound to a node that may not exist: look.
+                q.add(n);
+            }
+        });
         NodeLifecycleController {
             client,
             cfg,
             nodes,
             leases,
             pods,
+            bound,
+            queue,
             seen: Mutex::default(),
         }
     }
 
-    pub async fn run(self) {
-        self.nodes.synced().await;
-        self.leases.synced().await;
-        self.pods.synced().await;
-        let mut tick = tokio::time::interval(PERIOD);
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.pass().await {
-                debug!(error = %e, "node lifecycle pass failed");
-            }
-        }
+    /// The queue of node names its change handlers feed.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
-    async fn pass(&self) -> Result<(), ClientError> {
-        let nodes = self.nodes.all();
-        let now = jiff::Timestamp::now();
-        let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
-        for p in self.pods.all() {
-            if let Some(n) = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .filter(|n| !n.is_empty())
-            {
-                by_node.entry(n).or_default().push(p);
-            }
-        }
-        for node in &nodes {
-            let name = node.metadata.name.clone().unwrap_or_default();
-            let pods = by_node.remove(&name).unwrap_or_default();
-            if let Err(e) = self.check(node, &name, &pods, now).await {
-                warn!(node = %name, error = %e, "node lifecycle step failed");
-            }
-        }
-        // Whatever is left is bound to nodes that do not exist.
-        for (node, pods) in by_node {
-            for p in pods {
-                let ns = p.metadata.namespace.as_deref().unwrap_or("");
-                let n = p.metadata.name.as_deref().unwrap_or("");
-                info!(pod = %format!("{ns}/{n}"), node = %node, "pod bound to a node that is gone; deleting");
-                let path = format!("/api/v1/namespaces/{ns}/pods/{n}");
-                let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
-                                  "preconditions": {"uid": p.metadata.uid}});
-                match self.client.delete_with(&path, &opts).await {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() || e.is_conflict() => {}
-                    Err(e) => return Err(e),
-                }
+    fn pods_on(&self, node: &str) -> Vec<Arc<Pod>> {
+        let keys: Vec<String> = self
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        keys.iter().filter_map(|k| self.pods.get_key(k)).collect()
+    }
+
+    /// Pods bound to a node that does not exist are deleted at once.
+    async fn collect_orphans(&self, node: &str, pods: &[Arc<Pod>]) -> Result<(), ClientError> {
+        for p in pods {
+            let ns = p.metadata.namespace.as_deref().unwrap_or("");
+            let n = p.metadata.name.as_deref().unwrap_or("");
+            info!(pod = %format!("{ns}/{n}"), node = %node, "pod bound to a node that is gone; deleting");
+            let path = format!("/api/v1/namespaces/{ns}/pods/{n}");
+            let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                              "preconditions": {"uid": p.metadata.uid}});
+            match self.client.delete_with(&path, &opts).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -362,6 +396,36 @@ impl NodeLifecycleController {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for NodeLifecycleController {
+    fn name(&self) -> &'static str {
+        COMPONENT
+    }
+
+    async fn ready(&self) {
+        self.nodes.synced().await;
+        self.leases.synced().await;
+        self.pods.synced().await;
+    }
+
+    /// One node: its health from its Lease and Ready condition, its taints, its pods'
+    /// evictions; or, for a node that is gone, the pods still bound to it.
+    async fn reconcile(&self, name: &str) -> Outcome {
+        let pods = self.pods_on(name);
+        let Some(node) = self.nodes.get("", name) else {
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
+            self.collect_orphans(name, &pods).await?;
+            return Ok(None);
+        };
+        self.check(&node, name, &pods, jiff::Timestamp::now())
+            .await?;
+        Ok(Some(PERIOD))
     }
 }
 

@@ -21,11 +21,12 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, warn};
 
+use crate::harness::{Outcome, Queue, Reconciler};
 use crate::mirror::{Mirror, key_of};
 use crate::owned::{self, Expectations, controlled_by, controller_of, controller_ref};
-use crate::queue::{self, Queue};
 
-const RETRY: Duration = Duration::from_secs(1);
+/// How soon a set whose pods could not be made (quota, admission) tries again.
+const CREATE_RETRY: Duration = Duration::from_secs(5);
 /// Pods created or deleted at once, at most.
 const BURST: usize = 500;
 
@@ -125,13 +126,12 @@ pub struct ReplicaSetController<K: Replicated = ReplicaSet> {
     sets: Arc<Mirror<K>>,
     expect: Expectations,
     queue: Queue,
-    rx: queue::Receiver,
 }
 
 impl<K: Replicated> ReplicaSetController<K> {
     /// Subscribe to the mirrors; call before they run.
     pub fn new(client: Client, pods: Arc<Mirror<Pod>>, sets: Arc<Mirror<K>>) -> Self {
-        let (queue, rx) = queue::queue();
+        let queue = Queue::new(K::COMPONENT);
         let q = queue.clone();
         sets.on_change(move |_, new| {
             if let Some(rs) = new {
@@ -167,23 +167,12 @@ impl<K: Replicated> ReplicaSetController<K> {
             sets,
             expect: Expectations::default(),
             queue,
-            rx,
         }
     }
 
-    pub async fn run(mut self) {
-        self.pods.synced().await;
-        self.sets.synced().await;
-        while let Some(key) = self.rx.next().await {
-            match self.reconcile(&key).await {
-                Ok(Some(after)) => self.queue.add_after(&key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    debug!(replicaset = %key, error = %e, "reconcile failed; retrying");
-                    self.queue.add_after(&key, RETRY);
-                }
-            }
-        }
+    /// The queue its change handlers feed.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     /// Bring one ReplicaSet's pods to its spec; returns when to look again, if a pod is
@@ -233,7 +222,7 @@ impl<K: Replicated> ReplicaSetController<K> {
             }
         }
         // A refused create (quota, admission) is tried again; the condition says why.
-        let retry = failure.is_some().then_some(RETRY * 5);
+        let retry = failure.is_some().then_some(CREATE_RETRY);
         let recheck = self.update_status(&*rs, &active, failure).await?;
         Ok(match (recheck, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -451,6 +440,22 @@ impl<K: Replicated> ReplicaSetController<K> {
             }
         }
         Ok(recheck)
+    }
+}
+
+#[async_trait::async_trait]
+impl<K: Replicated> Reconciler for ReplicaSetController<K> {
+    fn name(&self) -> &'static str {
+        K::COMPONENT
+    }
+
+    async fn ready(&self) {
+        self.pods.synced().await;
+        self.sets.synced().await;
+    }
+
+    async fn reconcile(&self, key: &str) -> Outcome {
+        ReplicaSetController::reconcile(self, key).await
     }
 }
 

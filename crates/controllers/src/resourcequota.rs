@@ -11,13 +11,11 @@ use api::k8s_openapi::api::core::v1::{Pod, ResourceQuota, ResourceQuotaStatus};
 use api::k8s_openapi::apimachinery::pkg::api::resource::Quantity as Q;
 use api::quantity::Quantity;
 use client::{Client, ClientError, ListParams, collection_path};
-use tracing::debug;
 
+use crate::harness::{Outcome, Queue, Reconciler};
 use crate::mirror::{Mirror, key_of};
 use crate::owned;
-use crate::queue::{self, Queue};
 
-const RETRY: Duration = Duration::from_secs(1);
 /// Object counts are read from the API server; they are refreshed this often.
 const RESYNC: Duration = Duration::from_secs(10);
 
@@ -26,7 +24,6 @@ pub struct ResourceQuotaController {
     quotas: Arc<Mirror<ResourceQuota>>,
     pods: Arc<Mirror<Pod>>,
     queue: Queue,
-    rx: queue::Receiver,
 }
 
 impl ResourceQuotaController {
@@ -35,7 +32,7 @@ impl ResourceQuotaController {
         quotas: Arc<Mirror<ResourceQuota>>,
         pods: Arc<Mirror<Pod>>,
     ) -> ResourceQuotaController {
-        let (queue, rx) = queue::queue();
+        let queue = Queue::new("resourcequota-controller");
         let q = queue.clone();
         quotas.on_change(move |_, new| {
             if let Some(x) = new {
@@ -56,23 +53,12 @@ impl ResourceQuotaController {
             quotas,
             pods,
             queue,
-            rx,
         }
     }
 
-    pub async fn run(mut self) {
-        self.quotas.synced().await;
-        self.pods.synced().await;
-        while let Some(key) = self.rx.next().await {
-            match self.reconcile(&key).await {
-                Ok(true) => self.queue.add_after(&key, RESYNC),
-                Ok(false) => {}
-                Err(e) => {
-                    debug!(quota = %key, error = %e, "reconcile failed; retrying");
-                    self.queue.add_after(&key, RETRY);
-                }
-            }
-        }
+    /// The queue its change handlers feed.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     async fn reconcile(&self, key: &str) -> Result<bool, ClientError> {
@@ -144,5 +130,23 @@ impl ResourceQuotaController {
             }
         }
         Ok(true)
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for ResourceQuotaController {
+    fn name(&self) -> &'static str {
+        "resourcequota-controller"
+    }
+
+    async fn ready(&self) {
+        self.quotas.synced().await;
+        self.pods.synced().await;
+    }
+
+    async fn reconcile(&self, key: &str) -> Outcome {
+        // Counts of other kinds are read from the API server: refreshed now and then.
+        let again = ResourceQuotaController::reconcile(self, key).await?;
+        Ok(again.then_some(RESYNC))
     }
 }

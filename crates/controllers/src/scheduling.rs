@@ -13,9 +13,9 @@ use std::time::Duration;
 use api::k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use api::k8s_openapi::{ListableResource, Resource};
+use api::k8s_openapi::{ListableResource, Metadata, Resource};
 use bytes::Bytes;
-use client::{Client, ClientError, ListParams, WatchEvent};
+use client::{Client, ClientError, ListParams, Watcher, watcher};
 use scheduler::{Decision, Demand, Snapshot};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -48,68 +48,34 @@ pub struct SchedulerLoop {
     hold: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
-enum Reflected<K> {
-    Reset(Vec<K>),
-    Event(Box<WatchEvent<K>>),
-}
-
 enum Change {
-    Nodes(Reflected<Node>),
-    Pods(Reflected<Pod>),
-    Namespaces(Reflected<Namespace>),
+    Nodes(Box<watcher::Event<Node>>),
+    Pods(Box<watcher::Event<Pod>>),
+    Namespaces(Box<watcher::Event<Namespace>>),
     /// A binding sent in an earlier cycle has come back.
     Bound(String, Result<(), ClientError>),
 }
 
-/// Keep `tx` fed with the objects of kind K: a full list, then changes, again from a new
-/// list whenever the watch ends.
+/// Keep `tx` fed with what the watcher reports of kind K.
 /// The channel is unbounded: the reflector must keep up with the API server's watch (which
 /// drops watchers that fall behind) even while a cycle is busy committing.
 async fn reflect<K>(
     client: Client,
-    wrap: fn(Reflected<K>) -> Change,
+    wrap: fn(watcher::Event<K>) -> Change,
     tx: mpsc::UnboundedSender<Change>,
 ) where
-    K: Resource + ListableResource + DeserializeOwned + Send + 'static,
+    K: Resource + ListableResource + Metadata<Ty = ObjectMeta> + DeserializeOwned,
+    K: Send + 'static,
 {
     // Placement never reads who manages which field.
     let lean = ListParams {
         strip_managed_fields: true,
         ..Default::default()
     };
+    let mut w = Watcher::<K>::new(client, None, lean);
     loop {
-        let (items, rv) = match client.list::<K>(None, &lean).await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(kind = K::KIND, error = %e, "scheduler cannot list; retrying");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        if tx.send(wrap(Reflected::Reset(items))).is_err() {
+        if tx.send(wrap(w.next().await)).is_err() {
             return;
-        }
-        let params = ListParams {
-            resource_version: Some(rv),
-            timeout_seconds: Some(300),
-            bookmarks: true,
-            ..lean.clone()
-        };
-        let mut w = match client.watch::<K>(None, &params).await {
-            Ok(w) => w,
-            Err(e) => {
-                debug!(kind = K::KIND, error = %e, "scheduler watch failed; relisting");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        while let Some(ev) = w.next().await {
-            if matches!(ev, WatchEvent::Error(_)) {
-                break;
-            }
-            if tx.send(wrap(Reflected::Event(Box::new(ev)))).is_err() {
-                return;
-            }
         }
     }
 }
@@ -271,41 +237,35 @@ impl State {
     fn apply(&mut self, c: Change) {
         match c {
             Change::Nodes(r) => {
-                match r {
-                    Reflected::Reset(items) => {
+                match *r {
+                    watcher::Event::Restarted(items) => {
                         self.nodes = items
                             .into_iter()
                             .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
                             .collect();
                         self.synced.0 = true;
                     }
-                    Reflected::Event(ev) => match *ev {
-                        WatchEvent::Added(n) | WatchEvent::Modified(n) => {
-                            let name = n.metadata.name.clone().unwrap_or_default();
-                            let same = self
-                                .nodes
-                                .get(&name)
-                                .is_some_and(|old| placement_view(old) == placement_view(&n));
-                            self.nodes.insert(name, n);
-                            if same {
-                                return;
-                            }
+                    watcher::Event::Applied(n) => {
+                        let name = n.metadata.name.clone().unwrap_or_default();
+                        let same = self
+                            .nodes
+                            .get(&name)
+                            .is_some_and(|old| placement_view(old) == placement_view(&n));
+                        self.nodes.insert(name, n);
+                        if same {
+                            return;
                         }
-                        WatchEvent::Deleted(n) => {
-                            self.nodes
-                                .remove(n.metadata.name.as_deref().unwrap_or_default());
-                        }
-                        _ => return,
-                    },
+                    }
+                    watcher::Event::Deleted(n) => {
+                        self.nodes
+                            .remove(n.metadata.name.as_deref().unwrap_or_default());
+                    }
                 }
                 // The cluster changed: whatever did not fit may now.
                 self.snapshot = None;
                 self.waiting.clear();
             }
-            Change::Pods(r) => match r {
-                Reflected::Reset(items) => self.reset_pods(items),
-                Reflected::Event(ev) => self.pod_event(*ev),
-            },
+            Change::Pods(ev) => self.pod_event(*ev),
             Change::Namespaces(r) => {
                 let labels = |n: &Namespace| {
                     (
@@ -313,25 +273,22 @@ impl State {
                         n.metadata.labels.clone().unwrap_or_default(),
                     )
                 };
-                match r {
-                    Reflected::Reset(items) => {
+                match *r {
+                    watcher::Event::Restarted(items) => {
                         self.namespaces = items.iter().map(labels).collect();
                         self.synced.2 = true;
                     }
-                    Reflected::Event(ev) => match *ev {
-                        WatchEvent::Added(n) | WatchEvent::Modified(n) => {
-                            let (k, v) = labels(&n);
-                            if self.namespaces.get(&k) == Some(&v) {
-                                return;
-                            }
-                            self.namespaces.insert(k, v);
+                    watcher::Event::Applied(n) => {
+                        let (k, v) = labels(&n);
+                        if self.namespaces.get(&k) == Some(&v) {
+                            return;
                         }
-                        WatchEvent::Deleted(n) => {
-                            self.namespaces
-                                .remove(n.metadata.name.as_deref().unwrap_or_default());
-                        }
-                        _ => return,
-                    },
+                        self.namespaces.insert(k, v);
+                    }
+                    watcher::Event::Deleted(n) => {
+                        self.namespaces
+                            .remove(n.metadata.name.as_deref().unwrap_or_default());
+                    }
                 }
                 if let Some(s) = self.snapshot.as_mut() {
                     s.set_namespaces(self.namespaces.clone());
@@ -370,9 +327,9 @@ impl State {
         self.waiting.clear();
     }
 
-    fn pod_event(&mut self, ev: WatchEvent<Pod>) {
+    fn pod_event(&mut self, ev: watcher::Event<Pod>) {
         match ev {
-            WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+            watcher::Event::Applied(p) => {
                 let k = key(&p);
                 if bound(&p) {
                     self.assumed.remove(&k);
@@ -390,7 +347,7 @@ impl State {
                 self.pods.insert(k.clone(), Arc::new(p));
                 self.recount(&k);
             }
-            WatchEvent::Deleted(p) => {
+            watcher::Event::Deleted(p) => {
                 let k = key(&p);
                 self.pods.remove(&k);
                 self.assumed.remove(&k);
@@ -402,7 +359,7 @@ impl State {
                 }
                 self.recount(&k);
             }
-            _ => {}
+            watcher::Event::Restarted(items) => self.reset_pods(items),
         }
     }
 
@@ -514,21 +471,25 @@ impl SchedulerLoop {
         self.stats.clone()
     }
 
-    pub async fn run(self) {
+    /// Follow the cluster and place pods, until the process ends. Supervise it: a restart
+    /// starts over from fresh lists.
+    pub async fn run(self: Arc<Self>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(reflect::<Node>(
+        // Dropped with this loop (a panic included), which stops them.
+        let mut reflectors = tokio::task::JoinSet::new();
+        reflectors.spawn(reflect::<Node>(
             self.client.clone(),
-            Change::Nodes,
+            |e| Change::Nodes(Box::new(e)),
             tx.clone(),
         ));
-        tokio::spawn(reflect::<Pod>(
+        reflectors.spawn(reflect::<Pod>(
             self.client.clone(),
-            Change::Pods,
+            |e| Change::Pods(Box::new(e)),
             tx.clone(),
         ));
-        tokio::spawn(reflect::<Namespace>(
+        reflectors.spawn(reflect::<Namespace>(
             self.client.clone(),
-            Change::Namespaces,
+            |e| Change::Namespaces(Box::new(e)),
             tx.clone(),
         ));
         let commits = Arc::new(tokio::sync::Semaphore::new(COMMITS));
@@ -542,6 +503,15 @@ impl SchedulerLoop {
                     Some(c) => st.apply(c),
                     None => return,
                 },
+                ended = reflectors.join_next() => {
+                    // A reflector never ends on its own: it panicked. Start over.
+                    if let Some(Err(e)) = ended
+                        && e.is_panic()
+                    {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                    return;
+                }
                 _ = async {
                     match retry {
                         Some(t) => tokio::time::sleep_until(t).await,

@@ -12,16 +12,14 @@ use std::time::Duration;
 use api::k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use api::k8s_openapi::api::core::v1::Pod;
 use client::{Client, ClientError};
-use tracing::debug;
 
 use crate::daemonset::REVISION_LABEL;
 use crate::deployment::template_hash;
+use crate::harness::{Outcome, Queue, Reconciler};
 use crate::mirror::{Mirror, key_of};
 use crate::owned::{self, Expectations, controlled_by, controller_of, controller_ref};
-use crate::queue::{self, Queue};
 
 const COMPONENT: &str = "statefulset-controller";
-const RETRY: Duration = Duration::from_secs(1);
 const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
@@ -32,7 +30,6 @@ pub struct StatefulSetController {
     pods: Arc<Mirror<Pod>>,
     expect: Expectations,
     queue: Queue,
-    rx: queue::Receiver,
 }
 
 /// The ordinal in a pod's name, if it is one of this set's.
@@ -59,7 +56,7 @@ impl StatefulSetController {
         pods: Arc<Mirror<Pod>>,
         revisions: Arc<Mirror<ControllerRevision>>,
     ) -> StatefulSetController {
-        let (queue, rx) = queue::queue();
+        let queue = Queue::new("statefulset-controller");
         let q = queue.clone();
         sets.on_change(move |_, new| {
             if let Some(s) = new {
@@ -82,23 +79,12 @@ impl StatefulSetController {
             pods,
             expect: Expectations::default(),
             queue,
-            rx,
         }
     }
 
-    pub async fn run(mut self) {
-        self.sets.synced().await;
-        self.pods.synced().await;
-        while let Some(key) = self.rx.next().await {
-            match self.reconcile(&key).await {
-                Ok(Some(after)) => self.queue.add_after(&key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    debug!(statefulset = %key, error = %e, "reconcile failed; retrying");
-                    self.queue.add_after(&key, RETRY);
-                }
-            }
-        }
+    /// The queue its change handlers feed.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ClientError> {
@@ -382,5 +368,21 @@ impl StatefulSetController {
                 Err(e)
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for StatefulSetController {
+    fn name(&self) -> &'static str {
+        "statefulset-controller"
+    }
+
+    async fn ready(&self) {
+        self.sets.synced().await;
+        self.pods.synced().await;
+    }
+
+    async fn reconcile(&self, key: &str) -> Outcome {
+        StatefulSetController::reconcile(self, key).await
     }
 }

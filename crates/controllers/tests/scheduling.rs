@@ -3,44 +3,30 @@
 //! nowhere, and a second chance when the cluster changes.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use apiserver::{ApiServer, Identity};
-use async_trait::async_trait;
-use bytes::Bytes;
-use client::{Client, ClientError, ListParams, ResponseBody, Transport};
+use apiserver::ApiServer;
+use client::{Client, ListParams};
 use controllers::scheduling::SchedulerLoop;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use store::MemStore;
-
-struct InProcess(Arc<ApiServer>);
-
-#[async_trait]
-impl Transport for InProcess {
-    async fn send(
-        &self,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<ResponseBody>, ClientError> {
-        let resp = self.0.handle(req, Identity::System("test".into())).await;
-        Ok(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
-    }
-}
 
 async fn cluster(strategy: scheduler::Strategy) -> Client {
     let api = ApiServer::start(Arc::new(MemStore::new()), apiserver::Config::default())
         .await
         .unwrap();
-    let c = Client::new(Arc::new(InProcess(api)));
+    let c = common::client(&api, "test");
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
     c.create(None, &ns).await.unwrap();
     let cfg = scheduler::Config {
         strategy,
         ..Default::default()
     };
-    tokio::spawn(SchedulerLoop::new(c.clone(), cfg).run());
+    tokio::spawn(Arc::new(SchedulerLoop::new(c.clone(), cfg)).run());
     c
 }
 

@@ -4,6 +4,8 @@
 //! its fake agent stops.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,27 +14,11 @@ use std::time::Duration;
 use api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use api::k8s_openapi::api::coordination::v1::Lease;
 use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use apiserver::{ApiServer, Identity};
-use async_trait::async_trait;
-use bytes::Bytes;
-use client::{Client, ClientError, ListParams, ResponseBody, Transport};
+use apiserver::ApiServer;
+use client::{Client, ClientError, ListParams};
 use controllers::scheduling::SchedulerLoop;
-use http_body_util::BodyExt;
 use serde_json::json;
 use store::MemStore;
-
-struct InProcess(Arc<ApiServer>);
-
-#[async_trait]
-impl Transport for InProcess {
-    async fn send(
-        &self,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<ResponseBody>, ClientError> {
-        let resp = self.0.handle(req, Identity::System("test".into())).await;
-        Ok(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
-    }
-}
 
 async fn cluster() -> Client {
     let cfg = apiserver::Config {
@@ -42,17 +28,19 @@ async fn cluster() -> Client {
     let api = ApiServer::start(Arc::new(MemStore::new()), cfg)
         .await
         .unwrap();
-    let c = Client::new(Arc::new(InProcess(api)));
+    let c = common::client(&api, "test");
     for ns in ["default", "kube-node-lease"] {
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
         c.create(None, &ns).await.unwrap();
     }
-    tokio::spawn(SchedulerLoop::new(c.clone(), scheduler::Config::default()).run());
-    controllers::start_workloads(
+    tokio::spawn(Arc::new(SchedulerLoop::new(c.clone(), scheduler::Config::default())).run());
+    controllers::start_controllers(
         &c,
         controllers::nodelifecycle::Config {
             grace: Duration::from_secs(1),
         },
+        String::new(),
+        controllers::leader::Leadership::Always,
     );
     c
 }

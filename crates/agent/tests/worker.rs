@@ -1,0 +1,328 @@
+//! The node agent's pod workers, driven end to end without containers: a whole agent on the
+//! in-process API server (in-memory store), with `FakeRuntime` in place of the OCI runtime
+//! and an image imported into a scratch image store. What a user sees through the API: pods
+//! start and report Running and Ready, ended containers report their exit, pods that fail to
+//! start say why, deletion stops containers and frees the sandbox, and a pod deleted while the
+//! agent is away is cleaned up when it comes back.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::{Agent, AgentConfig, Dirs, NodeInfo};
+use api::k8s_openapi::api::core::v1::{Namespace, Pod};
+use apiserver::{ApiServer, Identity};
+use async_trait::async_trait;
+use bytes::Bytes;
+use client::{Client, ClientError, ResponseBody, Transport};
+use http_body_util::BodyExt;
+use runtime::containers::{ContainerRuntime, FakeBehavior, FakeRuntime};
+use runtime::images::ImageStore;
+use serde_json::{Value, json};
+use store::MemStore;
+
+const NODE: &str = "worker-test";
+const IMAGE: &str = "test.local/app:1";
+
+struct InProcess(Arc<ApiServer>, &'static str);
+
+#[async_trait]
+impl Transport for InProcess {
+    async fn send(
+        &self,
+        req: http::Request<Bytes>,
+    ) -> Result<http::Response<ResponseBody>, ClientError> {
+        let resp = self.0.handle(req, Identity::System(self.1.into())).await;
+        Ok(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
+    }
+}
+
+/// A one-layer image in `docker save` form, as `berth image import` reads it.
+fn image_archive() -> Vec<u8> {
+    let file = |b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    file(&mut layer, "app", b"#!/bin/sh\n");
+    let layer = layer.into_inner().unwrap();
+    let diff_id = runtime::images::Digest::of(&layer).as_str().to_string();
+    let config = json!({
+        "architecture": runtime::images::host_arch(), "os": "linux",
+        "config": {"Entrypoint": ["/app"], "Env": ["PATH=/"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let manifest = json!([{"Config": "config.json", "RepoTags": [IMAGE], "Layers": ["layer.tar"]}]);
+    let mut archive = tar::Builder::new(Vec::new());
+    file(&mut archive, "layer.tar", &layer);
+    file(&mut archive, "config.json", config.to_string().as_bytes());
+    file(
+        &mut archive,
+        "manifest.json",
+        manifest.to_string().as_bytes(),
+    );
+    archive.into_inner().unwrap()
+}
+
+struct Node {
+    client: Client,
+    api: Arc<ApiServer>,
+    runtime: FakeRuntime,
+    dir: tempfile::TempDir,
+    agent: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    async fn start() -> Node {
+        let api = ApiServer::start(Arc::new(MemStore::new()), apiserver::Config::default())
+            .await
+            .unwrap();
+        let client = Client::new(Arc::new(InProcess(api.clone(), "test")));
+        for ns in ["default", "kube-node-lease"] {
+            let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+            client.create(None, &ns).await.unwrap();
+        }
+        let mut node = Node {
+            client,
+            api,
+            runtime: FakeRuntime::new(),
+            dir: tempfile::tempdir().unwrap(),
+            agent: None,
+        };
+        let store = ImageStore::open(&node.dir.path().join("images")).unwrap();
+        runtime::images::import(&store, &image_archive()[..], &runtime::images::Quiet).unwrap();
+        node.start_agent();
+        node
+    }
+
+    /// Start (or restart) the agent on the same runtime and directories.
+    fn start_agent(&mut self) {
+        let data = self.dir.path();
+        let images = Arc::new(ImageStore::open(&data.join("images")).unwrap());
+        let cfg = AgentConfig {
+            node: NodeInfo {
+                name: NODE.into(),
+                ip: "127.0.0.1".parse().unwrap(),
+                control_plane: true,
+                max_pods: 110,
+                data_dir: data.to_path_buf(),
+                runtime_version: "fake://1".into(),
+            },
+            dirs: Dirs::under(data),
+            insecure_registries: Vec::new(),
+            registries_file: data.join("registries.yaml"),
+            image_gc: agent::gc::Thresholds {
+                high: 100,
+                low: 99,
+                min_age: Duration::from_secs(3600),
+            },
+        };
+        let client = Client::new(Arc::new(InProcess(self.api.clone(), "system:node")));
+        let runtime = Arc::new(self.runtime.clone()) as Arc<dyn ContainerRuntime>;
+        let agent = Agent::new(client, runtime, images, cfg);
+        self.agent = Some(tokio::spawn(agent.run()));
+    }
+
+    fn stop_agent(&mut self) {
+        if let Some(a) = self.agent.take() {
+            a.abort();
+        }
+    }
+
+    async fn create(&self, name: &str, spec: Value) {
+        let mut spec = spec;
+        spec["nodeName"] = json!(NODE);
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+        self.client.create(Some("default"), &pod).await.unwrap();
+    }
+
+    async fn pod(&self, name: &str) -> Option<Value> {
+        self.client
+            .get::<Pod>(Some("default"), name)
+            .await
+            .unwrap()
+            .map(|p| serde_json::to_value(p).unwrap())
+    }
+
+    /// Wait (at most 20 s) until the pod satisfies `ok`.
+    async fn until(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(p) = self.pod(name).await
+                && ok(&p)
+            {
+                return p;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pod {name} never {what}: {:#}",
+                self.pod(name).await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn until_gone(&self, name: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.pod(name).await.is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pod {name} never went away"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The runtime's containers and sandboxes of the pod with `uid`.
+    fn held_by(&self, uid: &str) -> (usize, bool) {
+        let containers = self
+            .runtime
+            .list()
+            .iter()
+            .filter(|c| c.starts_with(uid))
+            .count();
+        (
+            containers,
+            self.runtime.sandboxes().iter().any(|s| s == uid),
+        )
+    }
+}
+
+fn container(name: &str) -> Value {
+    json!({"name": name, "image": IMAGE})
+}
+
+fn ready(p: &Value) -> bool {
+    p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_runs_reports_ready_and_deletion_stops_it_and_frees_its_sandbox() {
+    let node = Node::start().await;
+    node.create("web", json!({"containers": [container("app")]}))
+        .await;
+    let p = node
+        .until("web", "became Running and Ready", |p| {
+            p["status"]["phase"] == "Running" && ready(p)
+        })
+        .await;
+    let status = &p["status"]["containerStatuses"][0];
+    assert_eq!(status["name"], "app");
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["restartCount"], 0);
+    assert!(
+        status["state"]["running"]["startedAt"].is_string(),
+        "{status}"
+    );
+    assert_eq!(status["image"], IMAGE);
+    assert!(
+        status["imageID"].as_str().unwrap().contains("sha256:"),
+        "{status}"
+    );
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_eq!(node.held_by(&uid), (1, true));
+
+    // A graceful delete: the agent stops the container, frees the sandbox, then lets the
+    // pod go.
+    node.client
+        .delete::<Pod>(Some("default"), "web")
+        .await
+        .unwrap();
+    node.until_gone("web").await;
+    assert_eq!(node.held_by(&uid), (0, false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_containers_report_their_exit_and_failures_to_start_say_why() {
+    let node = Node::start().await;
+    node.runtime.behave("done", FakeBehavior::Exit(0));
+    node.runtime.behave("crash", FakeBehavior::Exit(3));
+    node.runtime.behave(
+        "broken",
+        FakeBehavior::FailToStart("exec: /app: no such file".into()),
+    );
+
+    node.create(
+        "ok",
+        json!({"restartPolicy": "Never", "containers": [container("done")]}),
+    )
+    .await;
+    node.create(
+        "bad",
+        json!({"restartPolicy": "Never", "containers": [container("crash")]}),
+    )
+    .await;
+    node.create("nostart", json!({"containers": [container("broken")]}))
+        .await;
+
+    let p = node
+        .until("ok", "succeeded", |p| p["status"]["phase"] == "Succeeded")
+        .await;
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["exitCode"], 0);
+    assert_eq!(t["reason"], "Completed");
+
+    let p = node
+        .until("bad", "failed", |p| p["status"]["phase"] == "Failed")
+        .await;
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["exitCode"], 3);
+    assert_eq!(t["reason"], "Error");
+
+    // As the kubelet reports it: the start error as the last state, and a back-off before the
+    // next try.
+    let p = node
+        .until("nostart", "said why it cannot start", |p| {
+            p["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] == "StartError"
+        })
+        .await;
+    let status = &p["status"]["containerStatuses"][0];
+    let message = status["lastState"]["terminated"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(message.contains("exec: /app: no such file"), "{message}");
+    assert_eq!(status["state"]["waiting"]["reason"], "CrashLoopBackOff");
+    assert!(status["restartCount"].as_i64().unwrap() >= 1, "{status}");
+    assert!(!ready(&p));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_while_the_agent_was_away_is_cleaned_up_when_it_returns() {
+    let mut node = Node::start().await;
+    node.create("left", json!({"containers": [container("app")]}))
+        .await;
+    let p = node.until("left", "became Ready", ready).await;
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_eq!(node.held_by(&uid), (1, true));
+
+    node.stop_agent();
+    // Gone from the API at once (as a force delete does) while nobody minds the node.
+    let opts = json!({"gracePeriodSeconds": 0});
+    node.client
+        .delete_with("/api/v1/namespaces/default/pods/left", &opts)
+        .await
+        .unwrap();
+    node.until_gone("left").await;
+    assert_eq!(node.held_by(&uid), (1, true), "nobody has cleaned up yet");
+
+    node.start_agent();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node.held_by(&uid) != (0, false) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            node.held_by(&uid)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,38 @@
+//! What the in-process tests share: the transport every in-process client uses, with an
+//! identity per client.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use apiserver::{ApiServer, Identity};
+use async_trait::async_trait;
+use bytes::Bytes;
+use client::{Client, ClientError, ResponseBody, Transport};
+use http_body_util::BodyExt;
+
+pub struct InProcess {
+    pub api: Arc<ApiServer>,
+    pub who: String,
+}
+
+#[async_trait]
+impl Transport for InProcess {
+    async fn send(
+        &self,
+        req: http::Request<Bytes>,
+    ) -> Result<http::Response<ResponseBody>, ClientError> {
+        let resp = self
+            .api
+            .handle(req, Identity::System(self.who.clone()))
+            .await;
+        Ok(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
+    }
+}
+
+/// A client of `api` acting as `who`.
+pub fn client(api: &Arc<ApiServer>, who: &str) -> Client {
+    Client::new(Arc::new(InProcess {
+        api: api.clone(),
+        who: who.to_string(),
+    }))
+}
