@@ -19,7 +19,7 @@ use apiserver::ApiServer;
 use apiserver::http::{Authenticator, serve, tls_config};
 use client::{Client, ClientError};
 use controllers::harness::{self, Outcome, Queue, Reconciler};
-use controllers::leader::{self, Elector, Leadership};
+use controllers::leader::{self, Leadership};
 use controllers::mirror::Mirror;
 use controllers::scheduling::SchedulerLoop;
 use rustls_pki_types::pem::PemObject;
@@ -154,28 +154,17 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     let bootstrap = InProcess::client(api.clone(), "berth-bootstrap");
     bootstrap_objects(&bootstrap, advertise, service_ip).await?;
     KubernetesService::start(bootstrap.clone(), advertise, service_ip);
-    // Controllers and the scheduler run once per cluster: each holds a Lease in kube-system
-    // while it runs (a single server always wins its own, at once, restarts included).
-    let identity = format!("{}_{}", crate::node::hostname(), advertise);
-    let elect = |lease: &str, user: &str| {
-        let elector = Arc::new(Elector::new(
-            InProcess::client(api.clone(), user),
-            leader::Config::new(lease, &identity),
-        ));
-        let leadership = elector.leadership();
-        supervise::supervise("leader-election", move || {
-            let elector = elector.clone();
-            async move { elector.run().await }
-        });
-        leadership
-    };
+    // Controllers and the scheduler run once per cluster. With peers they would each hold a
+    // Lease (`controllers::leader::Elector`); a single server is always the leader, and
+    // renewing a Lease nobody contends would only cost it a store write every two seconds.
+    let leadership = Leadership::Always;
     controllers::start_controllers(
         &InProcess::client(api.clone(), "kube-controller-manager"),
         controllers::nodelifecycle::Config {
             grace: Duration::from_secs(args.node_monitor_grace_period),
         },
         pki.ca_pem.clone(),
-        elect("kube-controller-manager", "kube-controller-manager"),
+        leadership.clone(),
     );
     let scheduler = Arc::new(SchedulerLoop::new(
         InProcess::client(api.clone(), "default-scheduler"),
@@ -184,7 +173,6 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             ..Default::default()
         },
     ));
-    let leadership = elect("kube-scheduler", "default-scheduler");
     supervise::supervise("scheduler", move || {
         let scheduler = scheduler.clone();
         leader::while_leading("scheduler", leadership.clone(), move || {

@@ -70,7 +70,7 @@ pub struct RemoteAgentArgs {
     pub agent: AgentArgs,
 }
 
-pub(crate) fn hostname() -> String {
+fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

@@ -397,3 +397,157 @@ impl Reconciler for CronJobController {
         CronJobController::reconcile(self, key).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::Value;
+
+    use super::*;
+
+    /// 12:00:30 UTC: the every-minute schedule was due at 12:00:00.
+    fn now() -> jiff::Timestamp {
+        "2026-01-01T12:00:30Z".parse().unwrap()
+    }
+
+    fn cronjob(spec: Value, status: Value) -> CronJob {
+        let mut spec = spec;
+        if spec.get("schedule").is_none() {
+            spec["schedule"] = json!("* * * * *");
+        }
+        spec["jobTemplate"] = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        serde_json::from_value(json!({
+            "metadata": {"name": "cj", "namespace": "ns", "uid": "u1",
+                         "creationTimestamp": "2026-01-01T11:59:30Z"},
+            "spec": spec, "status": status,
+        }))
+        .unwrap()
+    }
+
+    /// A Job of the CronJob, created at `created`; `outcome` Complete or Failed, or running.
+    fn job(name: &str, created: &str, outcome: Option<&str>) -> Arc<Job> {
+        let mut j = json!({"metadata": {"name": name, "namespace": "ns", "uid": name,
+                                        "creationTimestamp": created}});
+        if let Some(o) = outcome {
+            j["status"] = json!({"completionTime": created,
+                                 "conditions": [{"type": o, "status": "True"}]});
+        }
+        Arc::new(serde_json::from_value(j).unwrap())
+    }
+
+    fn names(refs: &Option<Vec<ObjectReference>>) -> Vec<String> {
+        refs.iter()
+            .flatten()
+            .filter_map(|r| r.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_due_time_makes_a_job_and_the_next_time_is_rechecked() {
+        let cj = cronjob(json!({}), json!({}));
+        let p = plan(&cj, Vec::new(), now());
+        assert_eq!(p.create, Some("2026-01-01T12:00:00Z".parse().unwrap()));
+        assert_eq!(
+            p.status.last_schedule_time.as_ref().unwrap().0.to_string(),
+            "2026-01-01T12:00:00Z"
+        );
+        let wait = p.recheck.unwrap();
+        assert!(
+            wait >= Duration::from_secs(30) && wait < Duration::from_secs(31),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn a_time_already_run_is_not_run_again() {
+        let cj = cronjob(
+            json!({}),
+            json!({"lastScheduleTime": "2026-01-01T12:00:00Z"}),
+        );
+        let p = plan(&cj, Vec::new(), now());
+        assert_eq!(p.create, None);
+    }
+
+    #[test]
+    fn forbid_waits_for_the_running_job_and_replace_deletes_it() {
+        let running = || vec![job("cj-1", "2026-01-01T11:59:00Z", None)];
+        let forbid = cronjob(json!({"concurrencyPolicy": "Forbid"}), json!({}));
+        let p = plan(&forbid, running(), now());
+        assert_eq!(p.create, None);
+        assert_eq!(names(&p.status.active), ["cj-1"]);
+        let replace = cronjob(json!({"concurrencyPolicy": "Replace"}), json!({}));
+        let p = plan(&replace, running(), now());
+        assert!(p.create.is_some());
+        assert_eq!(p.replace, ["cj-1"]);
+        assert!(
+            p.status.active.is_none(),
+            "the new job joins once it is made"
+        );
+        let allow = cronjob(json!({}), json!({}));
+        let p = plan(&allow, running(), now());
+        assert!(p.create.is_some() && p.replace.is_empty());
+        assert_eq!(names(&p.status.active), ["cj-1"]);
+    }
+
+    #[test]
+    fn a_time_missed_by_more_than_the_starting_deadline_is_skipped() {
+        let cj = cronjob(json!({"startingDeadlineSeconds": 10}), json!({}));
+        let p = plan(&cj, Vec::new(), now());
+        assert_eq!(p.create, None);
+        assert_eq!(
+            p.status.last_schedule_time.as_ref().unwrap().0.to_string(),
+            "2026-01-01T12:00:00Z",
+            "taken, so not tried again"
+        );
+    }
+
+    #[test]
+    fn suspended_cronjobs_make_nothing_and_sleep() {
+        let cj = cronjob(json!({"suspend": true}), json!({}));
+        let p = plan(&cj, Vec::new(), now());
+        assert_eq!((p.create, p.recheck), (None, None));
+    }
+
+    #[test]
+    fn finished_jobs_beyond_the_history_limits_go_oldest_first() {
+        let cj = cronjob(
+            json!({"successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 1}),
+            json!({"lastScheduleTime": "2026-01-01T12:00:00Z", "active": [{"name": "c"}]}),
+        );
+        let jobs = vec![
+            job("b", "2026-01-01T11:57:00Z", Some("Complete")),
+            job("a", "2026-01-01T11:56:00Z", Some("Complete")),
+            job("c", "2026-01-01T11:58:00Z", Some("Complete")),
+            job("f1", "2026-01-01T11:50:00Z", Some("Failed")),
+            job("f2", "2026-01-01T11:51:00Z", Some("Failed")),
+        ];
+        let p = plan(&cj, jobs, now());
+        assert_eq!(p.trim, ["a", "b", "f1"]);
+        // c was active: its end is noticed, and it is the last success.
+        assert_eq!(
+            p.events,
+            [(
+                "Normal",
+                "SawCompletedJob".into(),
+                "Saw completed job: c, condition: Complete".into()
+            )]
+        );
+        assert!(p.status.active.is_none());
+        assert_eq!(
+            p.status.last_successful_time.unwrap().0.to_string(),
+            "2026-01-01T11:58:00Z"
+        );
+    }
+
+    #[test]
+    fn bad_schedules_and_time_zones_are_reported_not_run() {
+        let cj = cronjob(json!({"schedule": "every minute"}), json!({}));
+        let p = plan(&cj, Vec::new(), now());
+        assert_eq!(p.create, None);
+        assert_eq!(p.events[0].1, "UnparseableSchedule");
+        let cj = cronjob(json!({"timeZone": "Mars/Olympus"}), json!({}));
+        let p = plan(&cj, Vec::new(), now());
+        assert_eq!(p.create, None);
+        assert_eq!(p.events[0].1, "UnknownTimeZone");
+    }
+}

@@ -14,7 +14,7 @@ use api::k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
 use api::k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use api::selector::LabelSelectorExpr;
 use client::{Client, ClientError};
@@ -842,192 +842,14 @@ impl DeploymentController {
         s: &Sets,
         created: Option<(&str, String)>,
     ) -> Result<Option<Duration>, ClientError> {
-        let old = d.status.clone().unwrap_or_default();
-        let n = want(d);
-        let active = |rs: &&ReplicaSet| rs.metadata.deletion_timestamp.is_none();
-        let replicas: i32 = s
-            .all()
-            .filter(active)
-            .map(|rs| rs.status.as_ref().map_or(0, |st| st.replicas))
-            .sum();
-        let updated = s
-            .new
-            .as_ref()
-            .map_or(0, |rs| rs.status.as_ref().map_or(0, |st| st.replicas));
-        let ready: i32 = s
-            .all()
-            .filter(active)
-            .map(|rs| {
-                rs.status
-                    .as_ref()
-                    .and_then(|st| st.ready_replicas)
-                    .unwrap_or(0)
-            })
-            .sum();
-        let available: i32 = s.all().filter(active).map(available_of).sum();
-        let (_, max_unavailable) = fenceposts(d);
-        let mut conditions = old.conditions.clone().unwrap_or_default();
-        let now = owned::now_time();
-        let set = |conditions: &mut Vec<DeploymentCondition>,
-                   type_: &str,
-                   status: &str,
-                   reason: &str,
-                   message: String| {
-            if let Some(c) = conditions.iter_mut().find(|c| c.type_ == type_) {
-                if c.status == status
-                    && c.reason.as_deref() == Some(reason)
-                    && c.message.as_deref() == Some(&message)
-                {
-                    return;
-                }
-                if c.status != status {
-                    c.last_transition_time = Some(now.clone());
-                }
-                c.status = status.into();
-                c.reason = Some(reason.into());
-                c.message = Some(message);
-                c.last_update_time = Some(now.clone());
-            } else {
-                conditions.push(DeploymentCondition {
-                    type_: type_.into(),
-                    status: status.into(),
-                    reason: Some(reason.into()),
-                    message: Some(message),
-                    last_transition_time: Some(now.clone()),
-                    last_update_time: Some(now.clone()),
-                });
-            }
-        };
-        if available >= n - max_unavailable {
-            set(
-                &mut conditions,
-                "Available",
-                "True",
-                "MinimumReplicasAvailable",
-                "Deployment has minimum availability.".into(),
-            );
-        } else {
-            set(
-                &mut conditions,
-                "Available",
-                "False",
-                "MinimumReplicasUnavailable",
-                "Deployment does not have minimum availability.".into(),
-            );
+        let plan = status_plan(d, s, created, jiff::Timestamp::now());
+        if let Some((kind, reason, message)) = &plan.event {
+            owned::event(&self.client, COMPONENT, d, kind, reason, message);
         }
-        let new_name = s
-            .new
-            .as_ref()
-            .and_then(|rs| rs.metadata.name.clone())
-            .unwrap_or_default();
-        let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
-        let deadline = d.spec.as_ref().and_then(|s| s.progress_deadline_seconds);
-        let mut recheck = None;
-        let progressing = conditions
-            .iter()
-            .find(|c| c.type_ == "Progressing")
-            .cloned();
-        let was_paused = progressing
-            .as_ref()
-            .is_some_and(|c| c.reason.as_deref() == Some("DeploymentPaused"));
-        let counts_moved = old.replicas != Some(replicas)
-            || old.updated_replicas != Some(updated)
-            || old.ready_replicas != Some(ready)
-            || old.available_replicas != Some(available);
-        let done = updated == n && replicas == n && available == n && s.new.is_some();
-        if paused {
-            if !was_paused {
-                set(
-                    &mut conditions,
-                    "Progressing",
-                    "Unknown",
-                    "DeploymentPaused",
-                    "Deployment is paused".into(),
-                );
-            }
-        } else if was_paused {
-            set(
-                &mut conditions,
-                "Progressing",
-                "Unknown",
-                "DeploymentResumed",
-                "Deployment is resumed".into(),
-            );
-        } else if deadline.is_some() {
-            if done {
-                set(
-                    &mut conditions,
-                    "Progressing",
-                    "True",
-                    "NewReplicaSetAvailable",
-                    format!("ReplicaSet \"{new_name}\" has successfully progressed."),
-                );
-            } else if let Some((reason, message)) = created {
-                set(&mut conditions, "Progressing", "True", reason, message);
-            } else if counts_moved || progressing.is_none() {
-                let reason = if progressing.is_none() {
-                    "FoundNewReplicaSet"
-                } else {
-                    "ReplicaSetUpdated"
-                };
-                let message = if progressing.is_none() {
-                    format!("Found new replica set \"{new_name}\"")
-                } else {
-                    format!("ReplicaSet \"{new_name}\" is progressing.")
-                };
-                // Any progress moves the deadline.
-                if let Some(c) = conditions.iter_mut().find(|c| c.type_ == "Progressing") {
-                    c.last_update_time = Some(now.clone());
-                }
-                set(&mut conditions, "Progressing", "True", reason, message);
-            } else if let (Some(secs), Some(c)) = (deadline, &progressing) {
-                let since = c.last_update_time.as_ref().map(|t| t.0);
-                let at = since.map(|t| t + jiff::SignedDuration::from_secs(i64::from(secs)));
-                match at {
-                    Some(at) if at <= jiff::Timestamp::now() => {
-                        if c.reason.as_deref() != Some("ProgressDeadlineExceeded") {
-                            owned::event(
-                                &self.client,
-                                COMPONENT,
-                                d,
-                                "Warning",
-                                "ProgressDeadlineExceeded",
-                                &format!("ReplicaSet \"{new_name}\" has timed out progressing."),
-                            );
-                        }
-                        set(
-                            &mut conditions,
-                            "Progressing",
-                            "False",
-                            "ProgressDeadlineExceeded",
-                            format!("ReplicaSet \"{new_name}\" has timed out progressing."),
-                        );
-                    }
-                    Some(at) => {
-                        let left = (at - jiff::Timestamp::now())
-                            .total(jiff::Unit::Millisecond)
-                            .unwrap_or(0.0);
-                        recheck = Some(Duration::from_millis(left.max(0.0) as u64 + 100));
-                    }
-                    None => {}
-                }
-            }
-        }
-        let new = DeploymentStatus {
-            observed_generation: d.metadata.generation,
-            replicas: Some(replicas),
-            updated_replicas: Some(updated),
-            ready_replicas: Some(ready),
-            available_replicas: Some(available),
-            unavailable_replicas: Some((n - available).max(0)),
-            conditions: Some(conditions),
-            collision_count: old.collision_count,
-            terminating_replicas: old.terminating_replicas,
-        };
-        if new != old {
+        if let Some(new) = &plan.status {
             let ns = d.metadata.namespace.as_deref();
             let name = d.metadata.name.as_deref().unwrap_or("");
-            let status = serde_json::to_value(&new).unwrap_or_default();
+            let status = serde_json::to_value(new).unwrap_or_default();
             match self
                 .client
                 .put_status::<Deployment>(ns, name, &status)
@@ -1038,11 +860,215 @@ impl DeploymentController {
                 Err(e) => return Err(e),
             }
         }
-        if recheck.is_none() && !done && !paused && deadline.is_some() {
-            recheck = Some(Duration::from_secs(5));
-        }
-        Ok(recheck)
+        Ok(plan.recheck)
     }
+}
+
+/// What the deployment's status should say, decided from its sets.
+#[derive(Debug, Default, PartialEq)]
+struct StatusPlan {
+    /// The new status, if it changed.
+    status: Option<DeploymentStatus>,
+    /// An event about the deployment: type, reason, message.
+    event: Option<(&'static str, String, String)>,
+    /// Look again after this long (the progress deadline).
+    recheck: Option<Duration>,
+}
+
+/// The deployment's status from its sets at `now`; `created`: the reason and message of a
+/// new set made in this pass.
+fn status_plan(
+    d: &Deployment,
+    s: &Sets,
+    created: Option<(&str, String)>,
+    now: jiff::Timestamp,
+) -> StatusPlan {
+    let mut plan = StatusPlan::default();
+    let old = d.status.clone().unwrap_or_default();
+    let n = want(d);
+    let active = |rs: &&ReplicaSet| rs.metadata.deletion_timestamp.is_none();
+    let replicas: i32 = s
+        .all()
+        .filter(active)
+        .map(|rs| rs.status.as_ref().map_or(0, |st| st.replicas))
+        .sum();
+    let updated = s
+        .new
+        .as_ref()
+        .map_or(0, |rs| rs.status.as_ref().map_or(0, |st| st.replicas));
+    let ready: i32 = s
+        .all()
+        .filter(active)
+        .map(|rs| {
+            rs.status
+                .as_ref()
+                .and_then(|st| st.ready_replicas)
+                .unwrap_or(0)
+        })
+        .sum();
+    let available: i32 = s.all().filter(active).map(available_of).sum();
+    let (_, max_unavailable) = fenceposts(d);
+    let mut conditions = old.conditions.clone().unwrap_or_default();
+    let stamp = Time(now);
+    let set = |conditions: &mut Vec<DeploymentCondition>,
+               type_: &str,
+               status: &str,
+               reason: &str,
+               message: String| {
+        if let Some(c) = conditions.iter_mut().find(|c| c.type_ == type_) {
+            if c.status == status
+                && c.reason.as_deref() == Some(reason)
+                && c.message.as_deref() == Some(&message)
+            {
+                return;
+            }
+            if c.status != status {
+                c.last_transition_time = Some(stamp.clone());
+            }
+            c.status = status.into();
+            c.reason = Some(reason.into());
+            c.message = Some(message);
+            c.last_update_time = Some(stamp.clone());
+        } else {
+            conditions.push(DeploymentCondition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: Some(reason.into()),
+                message: Some(message),
+                last_transition_time: Some(stamp.clone()),
+                last_update_time: Some(stamp.clone()),
+            });
+        }
+    };
+    if available >= n - max_unavailable {
+        set(
+            &mut conditions,
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".into(),
+        );
+    } else {
+        set(
+            &mut conditions,
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+        );
+    }
+    let new_name = s
+        .new
+        .as_ref()
+        .and_then(|rs| rs.metadata.name.clone())
+        .unwrap_or_default();
+    let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
+    let deadline = d.spec.as_ref().and_then(|s| s.progress_deadline_seconds);
+    let mut recheck = None;
+    let progressing = conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .cloned();
+    let was_paused = progressing
+        .as_ref()
+        .is_some_and(|c| c.reason.as_deref() == Some("DeploymentPaused"));
+    let counts_moved = old.replicas != Some(replicas)
+        || old.updated_replicas != Some(updated)
+        || old.ready_replicas != Some(ready)
+        || old.available_replicas != Some(available);
+    let done = updated == n && replicas == n && available == n && s.new.is_some();
+    if paused {
+        if !was_paused {
+            set(
+                &mut conditions,
+                "Progressing",
+                "Unknown",
+                "DeploymentPaused",
+                "Deployment is paused".into(),
+            );
+        }
+    } else if was_paused {
+        set(
+            &mut conditions,
+            "Progressing",
+            "Unknown",
+            "DeploymentResumed",
+            "Deployment is resumed".into(),
+        );
+    } else if deadline.is_some() {
+        if done {
+            set(
+                &mut conditions,
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+            );
+        } else if let Some((reason, message)) = created {
+            set(&mut conditions, "Progressing", "True", reason, message);
+        } else if counts_moved || progressing.is_none() {
+            let reason = if progressing.is_none() {
+                "FoundNewReplicaSet"
+            } else {
+                "ReplicaSetUpdated"
+            };
+            let message = if progressing.is_none() {
+                format!("Found new replica set \"{new_name}\"")
+            } else {
+                format!("ReplicaSet \"{new_name}\" is progressing.")
+            };
+            // Any progress moves the deadline.
+            if let Some(c) = conditions.iter_mut().find(|c| c.type_ == "Progressing") {
+                c.last_update_time = Some(stamp.clone());
+            }
+            set(&mut conditions, "Progressing", "True", reason, message);
+        } else if let (Some(secs), Some(c)) = (deadline, &progressing) {
+            let since = c.last_update_time.as_ref().map(|t| t.0);
+            let at = since.map(|t| t + jiff::SignedDuration::from_secs(i64::from(secs)));
+            match at {
+                Some(at) if at <= now => {
+                    if c.reason.as_deref() != Some("ProgressDeadlineExceeded") {
+                        plan.event = Some((
+                            "Warning",
+                            "ProgressDeadlineExceeded".into(),
+                            format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                        ));
+                    }
+                    set(
+                        &mut conditions,
+                        "Progressing",
+                        "False",
+                        "ProgressDeadlineExceeded",
+                        format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                    );
+                }
+                Some(at) => {
+                    let left = (at - now).total(jiff::Unit::Millisecond).unwrap_or(0.0);
+                    recheck = Some(Duration::from_millis(left.max(0.0) as u64 + 100));
+                }
+                None => {}
+            }
+        }
+    }
+    let new = DeploymentStatus {
+        observed_generation: d.metadata.generation,
+        replicas: Some(replicas),
+        updated_replicas: Some(updated),
+        ready_replicas: Some(ready),
+        available_replicas: Some(available),
+        unavailable_replicas: Some((n - available).max(0)),
+        conditions: Some(conditions),
+        collision_count: old.collision_count,
+        terminating_replicas: old.terminating_replicas,
+    };
+    if new != old {
+        plan.status = Some(new);
+    }
+    if recheck.is_none() && !done && !paused && deadline.is_some() {
+        recheck = Some(Duration::from_secs(5));
+    }
+    plan.recheck = recheck;
+    plan
 }
 
 /// Copy the deployment's annotations that belong on its sets (e.g. kubernetes.io/change-cause).
@@ -1098,7 +1124,153 @@ impl Reconciler for DeploymentController {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::Value;
+
     use super::*;
+
+    fn now() -> jiff::Timestamp {
+        "2026-01-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn deployment(spec: Value, status: Value) -> Deployment {
+        let mut spec = spec;
+        spec["selector"] = json!({"matchLabels": {"app": "web"}});
+        spec["template"] =
+            json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": []}});
+        serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "ns", "generation": 2},
+                                      "spec": spec, "status": status}),
+        )
+        .unwrap()
+    }
+
+    /// A set with `replicas` pods of which `available` are available.
+    fn set(name: &str, replicas: i32, available: i32) -> ReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {}},
+            "status": {"replicas": replicas, "readyReplicas": available,
+                       "availableReplicas": available},
+        }))
+        .unwrap()
+    }
+
+    fn condition(p: &StatusPlan, ty: &str) -> (String, String) {
+        let c = p
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == ty)
+            .unwrap();
+        (c.status.clone(), c.reason.clone().unwrap_or_default())
+    }
+
+    #[test]
+    fn a_finished_rollout_reports_its_counts_and_new_set_available() {
+        let d = deployment(
+            json!({"replicas": 3, "progressDeadlineSeconds": 600}),
+            json!({}),
+        );
+        let sets = Sets {
+            new: Some(set("web-2", 3, 3)),
+            old: vec![set("web-1", 0, 0)],
+        };
+        let p = status_plan(&d, &sets, None, now());
+        let st = p.status.clone().unwrap();
+        assert_eq!(st.observed_generation, Some(2));
+        assert_eq!(
+            (
+                st.replicas,
+                st.updated_replicas,
+                st.available_replicas,
+                st.unavailable_replicas
+            ),
+            (Some(3), Some(3), Some(3), Some(0))
+        );
+        assert_eq!(
+            condition(&p, "Available"),
+            ("True".into(), "MinimumReplicasAvailable".into())
+        );
+        assert_eq!(
+            condition(&p, "Progressing"),
+            ("True".into(), "NewReplicaSetAvailable".into())
+        );
+        assert_eq!((p.event, p.recheck), (None, None));
+        // Written once: the same sets again change nothing.
+        let again = deployment(
+            json!({"replicas": 3, "progressDeadlineSeconds": 600}),
+            serde_json::to_value(&st).unwrap(),
+        );
+        assert_eq!(
+            status_plan(&again, &sets, None, now()),
+            StatusPlan::default()
+        );
+    }
+
+    #[test]
+    fn a_rollout_that_stops_moving_passes_its_progress_deadline() {
+        let stuck_since = (now() - jiff::SignedDuration::from_secs(700)).to_string();
+        let status = json!({"replicas": 4, "updatedReplicas": 1, "readyReplicas": 3,
+            "availableReplicas": 3,
+            "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                            "lastUpdateTime": stuck_since, "lastTransitionTime": stuck_since}]});
+        let d = deployment(
+            json!({"replicas": 3, "progressDeadlineSeconds": 600}),
+            status,
+        );
+        let sets = Sets {
+            new: Some(set("web-2", 1, 0)),
+            old: vec![set("web-1", 3, 3)],
+        };
+        let p = status_plan(&d, &sets, None, now());
+        assert_eq!(
+            condition(&p, "Progressing"),
+            ("False".into(), "ProgressDeadlineExceeded".into())
+        );
+        let (kind, reason, _) = p.event.clone().unwrap();
+        assert_eq!(
+            (kind, reason.as_str()),
+            ("Warning", "ProgressDeadlineExceeded")
+        );
+        // Before the deadline: looked at again when it would pass.
+        let recent = (now() - jiff::SignedDuration::from_secs(500)).to_string();
+        let status = json!({"replicas": 4, "updatedReplicas": 1, "readyReplicas": 3,
+            "availableReplicas": 3,
+            "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                            "lastUpdateTime": recent, "lastTransitionTime": recent}]});
+        let d = deployment(
+            json!({"replicas": 3, "progressDeadlineSeconds": 600}),
+            status,
+        );
+        let p = status_plan(&d, &sets, None, now());
+        let wait = p.recheck.unwrap();
+        assert!(
+            wait > Duration::from_secs(99) && wait < Duration::from_secs(101),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn too_few_available_and_paused_rollouts_say_so() {
+        let d = deployment(json!({"replicas": 4, "paused": true}), json!({}));
+        let sets = Sets {
+            new: Some(set("web-2", 4, 1)),
+            old: vec![],
+        };
+        let p = status_plan(&d, &sets, None, now());
+        assert_eq!(
+            condition(&p, "Available"),
+            ("False".into(), "MinimumReplicasUnavailable".into())
+        );
+        assert_eq!(
+            condition(&p, "Progressing"),
+            ("Unknown".into(), "DeploymentPaused".into())
+        );
+    }
 
     #[test]
     fn percentages_round_as_kubernetes_does() {
