@@ -217,8 +217,11 @@ def test_attach_with_a_terminal(node, pns, version):
     apply(node, pns, pod_yaml("tty", ["sh"], restart="Never", extra="    stdin: true\n    tty: true\n"))
     wait_running(node, pns, "tty")
     argv = [kubectl_binary(version), "--kubeconfig", node.kubeconfig, "attach", "-it", "-n", pns, "tty"]
-    # The shell's prompt came before the attach: type once kubectl says it is attached.
-    out, _ = run_in_pty(argv, b"stty size; exit 5\r", size=(31, 97), when=b"pressing enter", wait=15)
+    # The shell's prompt came before the attach: type once kubectl says it is attached. kubectl
+    # sends the size one larger and then the real one (to make a running program redraw), on
+    # its own stream beside stdin: the shell waits a moment so that both have arrived.
+    out, _ = run_in_pty(argv, b"sleep 1; stty size; exit 5\r", size=(31, 97), when=b"pressing enter",
+                        wait=15)
     assert "31 97" in out, out
     wait_phase(node, pns, "tty", "Failed")
     assert status_of(node, pns, "tty")["state"]["terminated"]["exitCode"] == 5
