@@ -214,7 +214,7 @@ impl Drop for Taken<'_> {
 }
 
 /// Reconcile keys from `queue` with `workers` at a time, for as long as the process runs.
-pub async fn run<R: Reconciler>(reconciler: Arc<R>, queue: Queue, workers: usize) {
+pub async fn run(reconciler: Arc<dyn Reconciler>, queue: Queue, workers: usize) {
     reconciler.ready().await;
     let mut tasks = Vec::new();
     for _ in 0..workers.max(1) {
@@ -261,6 +261,7 @@ pub fn start<R: Reconciler>(
     leadership: Leadership,
 ) -> JoinHandle<()> {
     let name = reconciler.name();
+    let reconciler: Arc<dyn Reconciler> = reconciler;
     supervise(name, move || {
         let (r, q) = (reconciler.clone(), queue.clone());
         while_leading(name, leadership.clone(), move || {

@@ -87,11 +87,22 @@ impl Leadership {
 
 /// Run `make()`'s future while `leadership` holds, again each time it is regained; a run cut
 /// short by lost leadership is dropped (its work is picked up by the next leader).
-pub async fn while_leading<F, Fut>(name: &'static str, mut leadership: Leadership, make: F)
+pub async fn while_leading<F, Fut>(name: &'static str, leadership: Leadership, make: F)
 where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    F: Fn() -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    // One copy of the loop for every component: only this boxing is per caller.
+    lead(name, leadership, &move || Box::pin(make())).await
+}
+
+type Run = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+async fn lead(
+    name: &'static str,
+    mut leadership: Leadership,
+    make: &(dyn Fn() -> Run + Send + Sync),
+) {
     loop {
         leadership.acquired().await;
         tokio::select! {

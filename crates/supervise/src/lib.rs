@@ -40,6 +40,13 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // One copy of the loop for every component: only this boxing is per caller.
+    supervise_boxed(name, Box::new(move || Box::pin(make())))
+}
+
+type Run = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn supervise_boxed(name: &'static str, make: Box<dyn Fn() -> Run + Send>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut delay = FIRST;
         loop {
