@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +55,12 @@ class Cluster:
         # The node's runtime state: short (socket paths), on the host's tmpfs, removed by
         # `teardown`.
         self.run_dir = f"/run/berth-e2e-{self.port}"
+        # A node runs in a network namespace of its own with only loopback in it, so that
+        # nothing its pods send can leave the machine; `relay.py` carries the API (and any
+        # host port the tests expose) between the two loopbacks.
+        self.netns = f"berth-e2e-{self.port}" if role in ("up", "agent") else None
+        self.relay = None
+        self.reached = set()
 
     @property
     def kubeconfig(self):
@@ -66,6 +73,9 @@ class Cluster:
         args = [BERTH, self.role, "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data)]
         if self.role in ("up", "agent"):
             args += ["--run-dir", self.run_dir]
+        if self.netns:
+            self.enter_netns()
+            args = ["nsenter", f"--net={self.netns_path}", *args]
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -77,6 +87,39 @@ class Cluster:
                     return self
             time.sleep(0.1)
         raise RuntimeError(f"berth did not become ready:\n{self.log.read_text()}")
+
+    @property
+    def netns_path(self):
+        return f"/run/netns/{self.netns}"
+
+    def enter_netns(self):
+        """Make the node's namespace (loopback only) and the relay for its API port."""
+        if not os.path.exists(self.netns_path):
+            subprocess.run(["ip", "netns", "add", self.netns], check=True)
+            subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
+        if self.relay is None:
+            relay = Path(__file__).with_name("relay.py")
+            self.relay = subprocess.Popen([sys.executable, str(relay), self.netns_path], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, text=True, start_new_session=True)
+            self.relay_command("in", self.port)
+
+    def relay_command(self, direction, port):
+        self.relay.stdin.write(f"{direction} {port}\n")
+        self.relay.stdin.flush()
+        answer = self.relay.stdout.readline().strip()
+        if answer != "ok":
+            raise RuntimeError(f"relay {direction} {port}: {answer or 'relay exited'}")
+
+    def reach_host(self, port):
+        """Let the node reach a service on the machine's loopback (a test registry) at the
+        same 127.0.0.1 port."""
+        if port not in self.reached:
+            self.relay_command("out", port)
+            self.reached.add(port)
+
+    def in_netns(self, *cmd, **kw):
+        """Run a command inside the node's network namespace."""
+        return subprocess.run(["nsenter", f"--net={self.netns_path}", *cmd], **kw)
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
@@ -99,6 +142,13 @@ class Cluster:
         for m in sorted((m for m in mounts if m.startswith(self.run_dir + "/")), reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.relay is not None:
+            self.relay.kill()
+            self.relay.wait()
+            self.relay = None
+            self.reached.clear()
+        if self.netns and os.path.exists(self.netns_path):
+            subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
 
     def kill9(self):
         self.stop(signal.SIGKILL)

@@ -584,7 +584,7 @@ def traces_of(uid):
     for line in open("/proc/self/mountinfo"):
         if uid in line:
             found.append("mount " + line.split()[4])
-    for pattern in ["/run/berth*/containers/*", "/run/berth*/ns/*", "/sys/fs/cgroup/*/berth/*"]:
+    for pattern in ["/run/berth*/containers/*", "/run/berth*/ns/*", "/run/berth*/net/*", "/sys/fs/cgroup/*/berth/*"]:
         found += [p for p in glob.glob(pattern) if uid in p]
     return found
 
@@ -668,6 +668,7 @@ def test_pods_deleted_while_the_agent_is_down_are_cleaned_up():
 # ----- images -------------------------------------------------------------------------------------
 
 def test_pull_from_a_registry(node, pns, registry):
+    node.reach_host(registry.port)
     digest = Image(cmd=("sh", "-c", "echo pulled-image-ran")).push(registry.addr, "apps/hello", "v1")
     apply(node, pns, pod_yaml("pulled", image=f"{registry.addr}/apps/hello:v1", restart="Never")
           .replace("imagePullPolicy: IfNotPresent", "imagePullPolicy: Always"))
@@ -680,6 +681,7 @@ def test_pull_from_a_registry(node, pns, registry):
 
 
 def test_missing_image_backs_off(node, pns, registry):
+    node.reach_host(registry.port)
     apply(node, pns, pod_yaml("ghost", image=f"{registry.addr}/apps/ghost:none"))
     seen = set()
 
@@ -698,6 +700,7 @@ def test_missing_image_backs_off(node, pns, registry):
 
 
 def test_corrupt_layer_is_rejected(node, pns, registry):
+    node.reach_host(registry.port)
     img = Image(layers=[busybox_layer(extra={"marker": b"corrupt me"})], cmd=("true",))
     img.push(registry.addr, "apps/corrupt", "v1")
     blob = registry.blob_file("sha256:" + __import__("hashlib").sha256(img.blobs[0]).hexdigest())
@@ -818,7 +821,9 @@ def test_host_network(node, pns):
     wait_phase(node, pns, "onhost", "Succeeded")
     lines = node.kubectl("logs", "-n", pns, "onhost").stdout.splitlines()
     assert lines[0] == node.json("get", "nodes")["items"][0]["metadata"]["name"]
-    assert int(lines[1]) == len(os.listdir("/sys/class/net"))
+    # The node's interfaces: those of the namespace it runs in.
+    node_links = node.in_netns("ip", "-o", "link", "show", capture_output=True, text=True, check=True).stdout
+    assert int(lines[1]) == len(node_links.splitlines())
     ip = get_pod(node, pns, "onhost")["status"]["podIP"]
     assert ip == get_pod(node, pns, "onhost")["status"]["hostIP"]
 

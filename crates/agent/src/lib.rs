@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use client::Client;
+use net::{Cidr, NetError, PodNetwork};
 use runtime::containers::ContainerRuntime;
 use runtime::images::{ImageStore, Puller};
 use supervise::{AbortOnDrop, supervise};
@@ -51,6 +52,7 @@ impl Dirs {
 
 pub struct AgentConfig {
     pub node: NodeInfo,
+    pub network: NetworkSetup,
     pub dirs: Dirs,
     /// Registries (`host:port`) pulled from over plain HTTP besides localhost.
     pub insecure_registries: Vec<String>,
@@ -58,6 +60,20 @@ pub struct AgentConfig {
     pub registries_file: PathBuf,
     pub image_gc: gc::Thresholds,
 }
+
+/// Where the node's pod network comes from.
+#[derive(Clone)]
+pub enum NetworkSetup {
+    /// A network to use as it is (tests give a `FakeNetwork`).
+    Ready(Arc<dyn PodNetwork>),
+    /// Built (blocking) from the node's pod ranges once the control plane has assigned them
+    /// (`spec.podCIDRs`, after the node registers).
+    FromNode(MakeNetwork),
+}
+
+/// Builds the pod network from the node's ranges.
+pub type MakeNetwork =
+    Arc<dyn Fn(Vec<Cidr>) -> Result<Arc<dyn PodNetwork>, NetError> + Send + Sync>;
 
 /// What every part of the agent shares.
 pub(crate) struct Shared {
@@ -69,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) insecure_registries: Vec<String>,
     pub(crate) registries_file: PathBuf,
     pub(crate) node: NodeInfo,
+    /// The pod network, set once the node has its ranges (before any pod runs).
+    pub(crate) network: std::sync::OnceLock<Arc<dyn PodNetwork>>,
     pub(crate) dirs: Dirs,
     pub(crate) events: Events,
     /// The hard RLIMIT_NOFILE the agent has: containers may not ask for more.
@@ -100,6 +118,7 @@ fn hard_nofile() -> u64 {
 #[derive(Clone)]
 pub struct Agent {
     shared: Arc<Shared>,
+    network: NetworkSetup,
 }
 
 impl Agent {
@@ -120,6 +139,7 @@ impl Agent {
                 insecure_registries: cfg.insecure_registries,
                 registries_file: cfg.registries_file,
                 node: cfg.node,
+                network: Default::default(),
                 dirs: cfg.dirs,
                 events,
                 max_open_files: hard_nofile(),
@@ -129,6 +149,7 @@ impl Agent {
                 image_gc: cfg.image_gc,
                 stats: Arc::default(),
             }),
+            network: cfg.network,
         }
     }
 
@@ -159,15 +180,60 @@ impl Agent {
         let images = supervise("image-gc", move || collect_images(shared.clone()));
         let stats = self.shared.stats.clone();
         let sampler = supervise("stats-sampler", move || stats.clone().run());
+        let _stop = [heartbeat, images, sampler].map(AbortOnDrop);
+        // Pods run once the network can give them addresses.
+        if self.shared.network.get().is_none() {
+            let network = self.network().await;
+            let _ = self.shared.network.set(network);
+        }
         let workers = Arc::new(pods::Workers::default());
         let _workers = StopWorkers(workers.clone());
         let shared = self.shared.clone();
         let pods = supervise("pod-dispatcher", move || {
             pods::run(shared.clone(), workers.clone())
         });
-        let _stop = [heartbeat, images, sampler].map(AbortOnDrop);
         let mut pods = AbortOnDrop(pods);
         let _ = (&mut pods.0).await;
+    }
+}
+
+impl Agent {
+    /// The node's pod network: as given, or made from the node's ranges once it has them.
+    async fn network(&self) -> Arc<dyn PodNetwork> {
+        let make = match &self.network {
+            NetworkSetup::Ready(n) => return n.clone(),
+            NetworkSetup::FromNode(make) => make.clone(),
+        };
+        let c = &self.shared.client;
+        let name = &self.shared.node.name;
+        let mut delay = std::time::Duration::from_millis(50);
+        let mut said = false;
+        loop {
+            match node::pod_cidrs(c, name).await {
+                Ok(ranges) if !ranges.is_empty() => {
+                    let m = make.clone();
+                    let r = ranges.clone();
+                    match tokio::task::spawn_blocking(move || m(r)).await {
+                        Ok(Ok(n)) => {
+                            tracing::info!(ranges = ?ranges.iter().map(ToString::to_string).collect::<Vec<_>>(), "pod network ready");
+                            return n;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "could not set up the pod network; retrying")
+                        }
+                        Err(e) => tracing::error!(error = %e, "pod network set-up panicked"),
+                    }
+                }
+                Ok(_) if !said && delay >= std::time::Duration::from_secs(2) => {
+                    said = true;
+                    tracing::warn!(node = %name, "waiting for the control plane to give the node its pod address range (spec.podCIDR)");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not read the node"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        }
     }
 }
 

@@ -199,6 +199,19 @@ impl NodeInfo {
 }
 
 /// Create the Node, or refresh its status if it exists (the agent restarted).
+/// The node's pod address ranges, as the control plane assigned them (none yet: empty).
+pub async fn pod_cidrs(c: &Client, name: &str) -> Result<Vec<net::Cidr>, ClientError> {
+    let node = c.get::<Node>(None, name).await?;
+    let spec = node.and_then(|n| n.spec);
+    let list = spec
+        .as_ref()
+        .and_then(|s| s.pod_cidrs.clone())
+        .filter(|l| !l.is_empty())
+        .or_else(|| spec.and_then(|s| s.pod_cidr).map(|c| vec![c]))
+        .unwrap_or_default();
+    Ok(list.iter().filter_map(|c| c.parse().ok()).collect())
+}
+
 pub async fn register(c: &Client, info: &NodeInfo) -> Result<(), ClientError> {
     match c.get::<Node>(None, &info.name).await? {
         None => {

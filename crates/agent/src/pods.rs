@@ -166,6 +166,15 @@ async fn remove_orphans(shared: &Shared, present: &HashSet<String>) {
             warn!(container = %id, error = %e, "could not remove an orphaned container");
         }
     }
+    if let Some(network) = shared.network.get() {
+        for pod in network.attached() {
+            if !present.contains(&pod)
+                && let Err(e) = network.detach(&pod).await
+            {
+                warn!(pod = %pod, error = %e, "could not free the network of a pod that no longer exists");
+            }
+        }
+    }
     for pod in shared.runtime.sandboxes() {
         if !present.contains(&pod) {
             let _ = shared.runtime.remove_sandbox(&pod).await;

@@ -53,6 +53,8 @@ pub(crate) struct Worker {
     /// Spec hashes of the running attempts, to restart containers whose definition changed.
     hashes: HashMap<String, u64>,
     sandbox: Option<NamespacePaths>,
+    /// The pod's addresses (the node's for a hostNetwork pod), once its sandbox is wired.
+    ips: Vec<std::net::IpAddr>,
     volumes: Option<HashMap<String, PathBuf>>,
     volumes_at: Option<Instant>,
     start_time: String,
@@ -169,6 +171,7 @@ impl Worker {
             pulls: HashMap::new(),
             hashes: HashMap::new(),
             sandbox: None,
+            ips: Vec::new(),
             volumes: None,
             volumes_at: None,
             start_time,
@@ -200,6 +203,62 @@ impl Worker {
 
     fn host_network(&self) -> bool {
         self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+    }
+
+    /// The pod's primary address: the node's for a hostNetwork pod, else the first the pod
+    /// network gave it (empty until then).
+    fn pod_ip(&self) -> String {
+        if self.host_network() {
+            return self.shared.node.ip.to_string();
+        }
+        self.ips
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    /// The node ports the pod's containers ask for (`hostPort`).
+    fn host_ports(&self) -> Vec<net::HostPort> {
+        let Some(spec) = self.pod.spec.as_ref() else {
+            return Vec::new();
+        };
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let host_port = u16::try_from(p.host_port?).ok().filter(|p| *p > 0)?;
+                Some(net::HostPort {
+                    protocol: net::Protocol::from_kubernetes(
+                        p.protocol.as_deref().unwrap_or("TCP"),
+                    )?,
+                    host_port,
+                    container_port: u16::try_from(p.container_port).ok()?,
+                    host_ip: p.host_ip.as_deref().and_then(|h| h.parse().ok()),
+                })
+            })
+            .collect()
+    }
+
+    /// Connect the pod's network namespace to the pod network.
+    async fn attach_network(&mut self, ns: &NamespacePaths) -> Result<(), String> {
+        let Some(path) = ns.net.as_deref() else {
+            return Ok(());
+        };
+        let Some(network) = self.shared.network.get() else {
+            return Err("the pod network is not ready".into());
+        };
+        let ports = self.host_ports();
+        let ips = network
+            .attach(&net::Attachment {
+                uid: &self.uid,
+                netns: path,
+                host_ports: &ports,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.ips = ips;
+        Ok(())
     }
 
     fn pod_dir(&self) -> PathBuf {
@@ -772,11 +831,7 @@ impl Worker {
         let dir = self.pod_dir();
         let volumes = self.volumes.clone().unwrap_or_default();
         let host_ip = self.shared.node.ip.to_string();
-        let pod_ip = if self.host_network() {
-            host_ip.clone()
-        } else {
-            String::new()
-        };
+        let pod_ip = self.pod_ip();
         let ctx = spec::Ctx {
             id: id.to_string(),
             node_name: &self.shared.node.name,
@@ -840,14 +895,49 @@ impl Worker {
             .hostname
             .clone()
             .unwrap_or_else(|| self.name().chars().take(63).collect());
+        let ns = match self
+            .shared
+            .runtime
+            .create_sandbox(&self.uid, &hostname, iso)
+            .await
+        {
+            Ok(ns) => ns,
+            Err(e) => {
+                self.event(
+                    "Warning",
+                    "FailedCreatePodSandBox",
+                    &format!("Failed to create pod sandbox: {e}"),
+                );
+                return false;
+            }
+        };
+        if let Err(e) = self.attach_network(&ns).await {
+            self.event(
+                "Warning",
+                "FailedCreatePodSandBox",
+                &format!("Failed to create pod sandbox: setting up the pod's network: {e}"),
+            );
+            return false;
+        }
         let dir = self.pod_dir();
+        let own = self
+            .ips
+            .iter()
+            .map(|ip| format!("{ip}\t{hostname}\n"))
+            .collect::<String>();
         let files = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
             let hosts = if host_network {
                 std::fs::read_to_string("/etc/hosts").unwrap_or_default()
             } else {
+                // Kubernetes' managed hosts file: the pod's own name resolves to its address.
+                let own = if own.is_empty() {
+                    format!("127.0.1.1\t{hostname}\n")
+                } else {
+                    own
+                };
                 format!(
-                    "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\n127.0.1.1\t{hostname}\n"
+                    "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\n{own}"
                 )
             };
             std::fs::write(dir.join("hosts"), hosts)?;
@@ -872,25 +962,8 @@ impl Worker {
             warn!(pod = %self.name(), error = %e, "could not write the pod's files");
             return false;
         }
-        match self
-            .shared
-            .runtime
-            .create_sandbox(&self.uid, &hostname, iso)
-            .await
-        {
-            Ok(ns) => {
-                self.sandbox = Some(ns);
-                true
-            }
-            Err(e) => {
-                self.event(
-                    "Warning",
-                    "FailedCreatePodSandBox",
-                    &format!("Failed to create pod sandbox: {e}"),
-                );
-                false
-            }
-        }
+        self.sandbox = Some(ns);
+        true
     }
 
     async fn ensure_volumes(&mut self) -> bool {
@@ -1146,12 +1219,22 @@ impl Worker {
 
     /// Free the sandbox, volumes and cgroups of a pod that runs nothing any more.
     async fn release(&mut self) {
-        if self.sandbox.take().is_some()
+        // Whether or not this worker made them: after an agent restart, a pod that was
+        // terminating has a sandbox and an address from the previous run.
+        self.sandbox = None;
+        self.ips.clear();
+        if let Some(network) = self.shared.network.get()
+            && let Err(e) = network.detach(&self.uid).await
+        {
+            warn!(pod = %self.name(), error = %e, "could not free the pod's network");
+        }
+        if self.shared.runtime.sandbox(&self.uid).is_some()
             && let Err(e) = self.shared.runtime.remove_sandbox(&self.uid).await
         {
             warn!(pod = %self.name(), error = %e, "could not remove the sandbox");
         }
-        if self.volumes.take().is_some() {
+        self.volumes = None;
+        if self.pod_dir().exists() {
             let _ = volumes::teardown(&self.pod_dir());
         }
         remove_pod_cgroups(&self.uid);
@@ -1245,11 +1328,7 @@ impl Worker {
     /// Send the pod's status if it changed since last time; false if it could not be sent.
     async fn report(&mut self) -> bool {
         let host_ip = self.shared.node.ip.to_string();
-        let pod_ip = if self.host_network() {
-            host_ip.clone()
-        } else {
-            String::new()
-        };
+        let pod_ip = self.pod_ip();
         let s: PodStatus = status::pod_status(&status::Report {
             pod: &self.pod,
             slots: &self.slots,

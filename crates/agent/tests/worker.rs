@@ -9,13 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::{Agent, AgentConfig, Dirs, NodeInfo};
+use agent::{Agent, AgentConfig, Dirs, NetworkSetup, NodeInfo};
 use api::k8s_openapi::api::core::v1::{Namespace, Pod};
 use apiserver::{ApiServer, Identity};
 use async_trait::async_trait;
 use bytes::Bytes;
 use client::{Client, ClientError, ResponseBody, Transport};
 use http_body_util::BodyExt;
+use net::{FakeNetwork, PodNetwork};
 use runtime::containers::{ContainerRuntime, FakeBehavior, FakeRuntime};
 use runtime::images::ImageStore;
 use serde_json::{Value, json};
@@ -73,6 +74,7 @@ struct Node {
     client: Client,
     api: Arc<ApiServer>,
     runtime: FakeRuntime,
+    network: Arc<FakeNetwork>,
     dir: tempfile::TempDir,
     agent: Option<tokio::task::JoinHandle<()>>,
 }
@@ -91,6 +93,7 @@ impl Node {
             client,
             api,
             runtime: FakeRuntime::new(),
+            network: Arc::new(FakeNetwork::new(&["10.42.0.0/24".parse().unwrap()])),
             dir: tempfile::tempdir().unwrap(),
             agent: None,
         };
@@ -113,6 +116,7 @@ impl Node {
                 data_dir: data.to_path_buf(),
                 runtime_version: "fake://1".into(),
             },
+            network: NetworkSetup::Ready(self.network.clone()),
             dirs: Dirs::under(data),
             insecure_registries: Vec::new(),
             registries_file: data.join("registries.yaml"),
@@ -180,7 +184,8 @@ impl Node {
     }
 
     /// The runtime's containers and sandboxes of the pod with `uid`.
-    fn held_by(&self, uid: &str) -> (usize, bool) {
+    /// What the pod holds on the node: containers, a sandbox, addresses.
+    fn held_by(&self, uid: &str) -> (usize, bool, bool) {
         let containers = self
             .runtime
             .list()
@@ -190,6 +195,7 @@ impl Node {
         (
             containers,
             self.runtime.sandboxes().iter().any(|s| s == uid),
+            self.network.addresses(uid).is_some(),
         )
     }
 }
@@ -230,7 +236,12 @@ async fn a_pod_runs_reports_ready_and_deletion_stops_it_and_frees_its_sandbox() 
         "{status}"
     );
     let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
-    assert_eq!(node.held_by(&uid), (1, true));
+    assert_eq!(node.held_by(&uid), (1, true, true));
+    // The pod's address, from the node's range, is in its status.
+    let ip = node.network.addresses(&uid).unwrap()[0].to_string();
+    assert!(ip.starts_with("10.42.0."), "{ip}");
+    assert_eq!(p["status"]["podIP"], ip.as_str());
+    assert_eq!(p["status"]["podIPs"][0]["ip"], ip.as_str());
 
     // A graceful delete: the agent stops the container, frees the sandbox, then lets the
     // pod go.
@@ -239,7 +250,7 @@ async fn a_pod_runs_reports_ready_and_deletion_stops_it_and_frees_its_sandbox() 
         .await
         .unwrap();
     node.until_gone("web").await;
-    assert_eq!(node.held_by(&uid), (0, false));
+    assert_eq!(node.held_by(&uid), (0, false, false));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +314,7 @@ async fn a_pod_deleted_while_the_agent_was_away_is_cleaned_up_when_it_returns() 
         .await;
     let p = node.until("left", "became Ready", ready).await;
     let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
-    assert_eq!(node.held_by(&uid), (1, true));
+    assert_eq!(node.held_by(&uid), (1, true, true));
 
     node.stop_agent();
     // Gone from the API at once (as a force delete does) while nobody minds the node.
@@ -313,11 +324,15 @@ async fn a_pod_deleted_while_the_agent_was_away_is_cleaned_up_when_it_returns() 
         .await
         .unwrap();
     node.until_gone("left").await;
-    assert_eq!(node.held_by(&uid), (1, true), "nobody has cleaned up yet");
+    assert_eq!(
+        node.held_by(&uid),
+        (1, true, true),
+        "nobody has cleaned up yet"
+    );
 
     node.start_agent();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while node.held_by(&uid) != (0, false) {
+    while node.held_by(&uid) != (0, false, false) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{:?}",

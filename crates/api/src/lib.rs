@@ -2,6 +2,7 @@
 //! are defaulted and validated, selectors, quantities, cron schedules and patches. No IO, no
 //! async: everything here is plain data in, plain data out.
 
+pub mod cidr;
 pub mod cron;
 pub mod errors;
 pub mod events;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use api::cidr::Cidr;
 use api::k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Namespace, Service, ServicePort,
     ServiceSpec,
@@ -67,10 +68,30 @@ pub struct ServerArgs {
     /// the previous one, so watches can resume from at least this far back.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub compaction_interval: u64,
+    /// The pods' address ranges, one per IP family (`10.42.0.0/16,fd42::/56` for dual-stack);
+    /// each node gets a part of each.
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidrs)]
+    pub cluster_cidr: Cidrs,
+    /// The size of each node's IPv4 pod range.
+    #[arg(long = "node-cidr-mask-size-ipv4", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    pub node_cidr_mask_v4: u8,
+    /// The size of each node's IPv6 pod range.
+    #[arg(long = "node-cidr-mask-size-ipv6", default_value_t = 64, value_parser = clap::value_parser!(u8).range(16..=120))]
+    pub node_cidr_mask_v6: u8,
 }
 
 fn parse_strategy(s: &str) -> Result<scheduler::Strategy, String> {
     s.parse()
+}
+
+/// Address ranges from a flag: at most one per IP family.
+#[derive(Clone, Debug)]
+pub struct Cidrs(pub Vec<Cidr>);
+
+pub fn parse_cidrs(s: &str) -> Result<Cidrs, String> {
+    api::cidr::parse_list(s)
+        .map(Cidrs)
+        .map_err(|e| e.to_string())
 }
 
 /// `/var/lib/berth` for root, `$XDG_DATA_HOME/berth` (or `~/.local/share/berth`) otherwise.
@@ -163,6 +184,11 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         controllers::nodelifecycle::Config {
             grace: Duration::from_secs(args.node_monitor_grace_period),
         },
+        controllers::nodeipam::Config {
+            cluster_cidrs: args.cluster_cidr.0.clone(),
+            node_mask_v4: args.node_cidr_mask_v4,
+            node_mask_v6: args.node_cidr_mask_v6,
+        },
         pki.ca_pem.clone(),
         leadership.clone(),
     );
@@ -182,7 +208,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
 
     if let Some(node_args) = node {
         let client = InProcess::client(api.clone(), "system:node");
-        let agent = crate::node::build(client, &data_dir, node_args, true)?;
+        let agent = crate::node::build(client, &data_dir, node_args, &args.cluster_cidr.0, true)?;
         let name = agent.node_name().to_string();
         api.set_node_connector(Arc::new(crate::node::LocalAgents::with(
             &name,

@@ -5,6 +5,7 @@ static ALLOC: alloc::PerRole = alloc::PerRole;
 
 mod alloc;
 mod bench;
+mod bench_net;
 mod bench_pods;
 mod cluster;
 mod images_cli;
@@ -57,6 +58,8 @@ enum BenchCommand {
     Api(bench::ApiBenchArgs),
     /// The node: pod start latency, bursts and memory, beside runc and podman.
     Pods(bench_pods::PodBenchArgs),
+    /// The pod network: set-up and tear-down per pod beside a bare veth, and churn.
+    Net(bench_net::NetBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -159,6 +162,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Benchmarks that run pods or wire pod networks do it in a network namespace of their
+    // own, entered before any thread starts so that every thread and child is in it.
+    if matches!(
+        cli.command,
+        Command::Bench(BenchCommand::Pods(_) | BenchCommand::Net(_))
+    ) {
+        bench_net::isolate()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth")
@@ -170,6 +181,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Agent(args) => node::run_remote(args).await,
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Pods(args)) => bench_pods::run(args).await,
+            Command::Bench(BenchCommand::Net(args)) => bench_net::run(args).await,
             Command::Image(args) => images_cli::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Shim(_) | Command::OciExec(_) => {

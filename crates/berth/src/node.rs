@@ -66,8 +66,30 @@ pub struct RemoteAgentArgs {
     /// Where this node keeps images, pod data and logs.
     #[arg(long, env = "BERTH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The cluster's pod ranges, as the servers have them: pod traffic leaving them is
+    /// masqueraded.
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = crate::cluster::parse_cidrs)]
+    pub cluster_cidr: crate::cluster::Cidrs,
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+/// The pod network of this node: a bridge, made once the control plane has given the node
+/// its ranges.
+fn network_setup(run_dir: &Path, cluster_cidrs: &[net::Cidr]) -> agent::NetworkSetup {
+    let state_dir = run_dir.join("net");
+    let cluster_cidrs = cluster_cidrs.to_vec();
+    agent::NetworkSetup::FromNode(Arc::new(move |pod_cidrs| {
+        let network = net::BridgeNetwork::new(net::BridgeConfig {
+            bridge: "berth0".into(),
+            pod_cidrs,
+            cluster_cidrs: cluster_cidrs.clone(),
+            state_dir: state_dir.clone(),
+            mtu: None,
+            nft: net::nft::find(),
+        })?;
+        Ok(Arc::new(network) as Arc<dyn net::PodNetwork>)
+    }))
 }
 
 fn hostname() -> String {
@@ -131,6 +153,7 @@ pub fn build(
     client: Client,
     data_dir: &Path,
     args: &AgentArgs,
+    cluster_cidrs: &[net::Cidr],
     control_plane: bool,
 ) -> Result<Agent> {
     // SAFETY: geteuid has no preconditions.
@@ -170,8 +193,10 @@ pub fn build(
         data_dir: data_dir.to_path_buf(),
         runtime_version,
     };
+    let network = network_setup(&run_dir, cluster_cidrs);
     let cfg = AgentConfig {
         node,
+        network,
         dirs: Dirs::under(data_dir),
         insecure_registries: args.insecure_registries.clone(),
         registries_file: data_dir.join("registries.yaml"),
@@ -203,7 +228,7 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
         .unwrap_or_else(crate::cluster::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let agent = build(client, &data_dir, &args.agent, false)?;
+    let agent = build(client, &data_dir, &args.agent, &args.cluster_cidr.0, false)?;
     println!(
         "berth agent: node {} joining {}",
         agent.node_name(),

@@ -13,6 +13,7 @@ pub mod job;
 pub mod leader;
 pub mod mirror;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 mod owned;
 pub mod replicaset;
@@ -42,6 +43,7 @@ use crate::job::JobController;
 use crate::leader::Leadership;
 use crate::mirror::Mirror;
 use crate::namespace::NamespaceController;
+use crate::nodeipam::NodeIpamController;
 use crate::nodelifecycle::NodeLifecycleController;
 use crate::replicaset::ReplicaSetController;
 use crate::resourcequota::ResourceQuotaController;
@@ -53,6 +55,7 @@ use crate::statefulset::StatefulSetController;
 pub fn start_controllers(
     client: &Client,
     nodes_cfg: nodelifecycle::Config,
+    ipam: nodeipam::Config,
     ca_pem: String,
     leadership: Leadership,
 ) {
@@ -131,6 +134,8 @@ pub fn start_controllers(
         pods.clone(),
     ));
     harness::start(life.clone(), life.queue(), 1, l());
+    let ipam = Arc::new(NodeIpamController::new(c(), nodes.clone(), ipam));
+    harness::start(ipam.clone(), ipam.queue(), 1, l());
     let ns = Arc::new(NamespaceController::new(c(), namespaces.clone(), ca_pem));
     harness::start(ns.clone(), ns.queue(), 1, l());
 

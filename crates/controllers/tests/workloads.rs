@@ -39,6 +39,11 @@ async fn cluster() -> Client {
         controllers::nodelifecycle::Config {
             grace: Duration::from_secs(1),
         },
+        controllers::nodeipam::Config {
+            cluster_cidrs: vec!["10.42.0.0/16".parse().unwrap()],
+            node_mask_v4: 24,
+            node_mask_v6: 64,
+        },
         String::new(),
         controllers::leader::Leadership::Always,
     );
@@ -524,4 +529,51 @@ async fn quotas_refuse_what_exceeds_them_and_limit_ranges_fill_in_defaults() {
     })
     .await;
     assert_eq!(used["requests.cpu"].0, "450m");
+}
+
+/// Every node gets its own pod range from the cluster's; the API keeps it fixed; a deleted
+/// node's range goes to the next node that needs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_get_distinct_pod_ranges_that_do_not_change() {
+    let c = cluster().await;
+    let mut alive = Vec::new();
+    for n in ["ipam-a", "ipam-b", "ipam-c"] {
+        alive.push(add_node(&c, n, json!([])).await);
+    }
+    let range = |n: &'static str| {
+        let c = c.clone();
+        async move {
+            let node = c.get::<Node>(None, n).await.unwrap()?;
+            let spec = node.spec?;
+            let list = spec.pod_cidrs?;
+            assert_eq!(spec.pod_cidr.as_deref(), list.first().map(String::as_str));
+            list.first().cloned()
+        }
+    };
+    let mut got = Vec::new();
+    for n in ["ipam-a", "ipam-b", "ipam-c"] {
+        got.push(eventually(&format!("{n} has a range"), async || range(n).await).await);
+    }
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["10.42.0.0/24", "10.42.1.0/24", "10.42.2.0/24"]);
+
+    // A range, once given, is not changed by a client.
+    let err = c
+        .merge_patch::<Node>(
+            None,
+            "ipam-a",
+            &json!({"spec": {"podCIDR": "10.42.9.0/24", "podCIDRs": ["10.42.9.0/24"]}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("may not change podCIDR"), "{err}");
+
+    // The range of a node that goes is given again.
+    let freed = got[1].clone();
+    c.delete::<Node>(None, "ipam-b").await.unwrap();
+    alive[1].store(false, Ordering::Relaxed);
+    alive.push(add_node(&c, "ipam-d", json!([])).await);
+    let d = eventually("ipam-d has a range", async || range("ipam-d").await).await;
+    assert_eq!(d, freed);
 }

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Kind, default_if_none, default_str, validate_labels, validate_port};
+use crate::cidr::Cidr;
 use crate::errors::{FieldErrors, Path};
 use crate::names;
 
@@ -59,7 +60,21 @@ impl Kind for Namespace {
 }
 
 impl Kind for Node {
-    fn validate(&self, _old: Option<&Self>, errs: &mut FieldErrors) {
+    /// `podCIDR` and `podCIDRs` say the same thing in two shapes (the API server's conversion
+    /// keeps them in step): whichever a client wrote fills the other.
+    fn default(&mut self) {
+        let Some(spec) = self.spec.as_mut() else {
+            return;
+        };
+        let single = spec.pod_cidr.clone().filter(|c| !c.is_empty());
+        match (&single, spec.pod_cidrs.as_deref()) {
+            (Some(c), None | Some([])) => spec.pod_cidrs = Some(vec![c.clone()]),
+            (None, Some([first, ..])) => spec.pod_cidr = Some(first.clone()),
+            _ => {}
+        }
+    }
+
+    fn validate(&self, old: Option<&Self>, errs: &mut FieldErrors) {
         let path = Path::root("spec");
         let Some(spec) = &self.spec else { return };
         let mut seen = HashSet::new();
@@ -86,25 +101,49 @@ impl Kind for Node {
                 errs.duplicate(&p, format!("{}:{}", t.key, t.effect));
             }
         }
-        if let Some(cidr) = spec.pod_cidr.as_deref().filter(|c| !c.is_empty())
-            && parse_cidr(cidr).is_none()
-        {
+        let cidrs = spec.pod_cidrs.clone().unwrap_or_default();
+        for (i, cidr) in cidrs.iter().enumerate() {
+            if cidr.parse::<Cidr>().is_err() {
+                errs.invalid(
+                    &path.child("podCIDRs").index(i),
+                    cidr,
+                    "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+                );
+            }
+        }
+        let parsed: Vec<Cidr> = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+        if cidrs.len() > 2 || (parsed.len() == 2 && parsed[0].is_ipv6() == parsed[1].is_ipv6()) {
             errs.invalid(
+                &path.child("podCIDRs"),
+                cidrs.join(","),
+                "may specify no more than one CIDR for each IP family",
+            );
+        }
+        let first = cidrs.first().map(String::as_str).unwrap_or("");
+        match spec.pod_cidr.as_deref().filter(|c| !c.is_empty()) {
+            Some(cidr) if cidr.parse::<Cidr>().is_err() => errs.invalid(
                 &path.child("podCIDR"),
                 cidr,
                 "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
-            );
+            ),
+            Some(cidr) if cidr != first => errs.invalid(
+                &path.child("podCIDRs"),
+                first,
+                "first entry must match podCIDR",
+            ),
+            _ => {}
+        }
+        // A node's ranges are assigned once: pods hold addresses from them.
+        if let Some(old) = old.and_then(|o| o.spec.as_ref()) {
+            let was = old.pod_cidrs.clone().unwrap_or_default();
+            if !was.is_empty() && was != cidrs {
+                errs.forbidden(
+                    &path.child("podCIDRs"),
+                    "node updates may not change podCIDR except from \"\" to valid",
+                );
+            }
         }
     }
-}
-
-/// Parse `a.b.c.d/n` (or an IPv6 CIDR) into its address and prefix length.
-pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (ip, len) = s.split_once('/')?;
-    let ip: IpAddr = ip.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((ip, len))
 }
 
 impl Kind for Service {

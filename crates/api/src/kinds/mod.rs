@@ -23,7 +23,7 @@ use crate::errors::{FieldErrors, Path};
 use crate::names;
 
 pub use self::batch::{CONTROLLER_UID_LABEL, JOB_NAME_LABEL};
-pub use self::core::{NAMESPACE_FINALIZER, NAMESPACE_NAME_LABEL, NODE_PORT_RANGE, parse_cidr};
+pub use self::core::{NAMESPACE_FINALIZER, NAMESPACE_NAME_LABEL, NODE_PORT_RANGE};
 pub use self::pod::{
     DEFAULT_NOT_READY_TOLERATION_SECONDS, add_default_tolerations, default_pull_policy, qos_class,
 };

@@ -184,7 +184,7 @@ pub struct FakeExec {
 #[derive(Default)]
 struct FakeState {
     execs: HashMap<String, FakeExec>,
-    sandboxes: HashMap<String, String>,
+    sandboxes: HashMap<String, (String, Isolation)>,
     containers: HashMap<String, FakeContainer>,
     next_pid: i32,
 }
@@ -251,18 +251,28 @@ impl FakeRuntime {
     }
 }
 
+/// Paths a fake sandbox names for its namespaces (nothing is there: the fake runs nothing).
+fn fake_namespaces(pod: &str, iso: Isolation) -> NamespacePaths {
+    let at = |k: &str, on: bool| on.then(|| PathBuf::from(format!("/fake/ns/{pod}/{k}")));
+    NamespacePaths {
+        net: at("net", iso.net),
+        ipc: at("ipc", iso.ipc),
+        uts: at("uts", iso.uts),
+    }
+}
+
 #[async_trait]
 impl ContainerRuntime for FakeRuntime {
     async fn create_sandbox(
         &self,
         pod: &str,
         hostname: &str,
-        _: Isolation,
+        iso: Isolation,
     ) -> Result<NamespacePaths, RuntimeError> {
         self.lock()
             .sandboxes
-            .insert(pod.to_string(), hostname.to_string());
-        Ok(NamespacePaths::default())
+            .insert(pod.to_string(), (hostname.to_string(), iso));
+        Ok(fake_namespaces(pod, iso))
     }
 
     async fn remove_sandbox(&self, pod: &str) -> Result<(), RuntimeError> {
@@ -369,8 +379,8 @@ impl ContainerRuntime for FakeRuntime {
     fn sandbox(&self, pod: &str) -> Option<NamespacePaths> {
         self.lock()
             .sandboxes
-            .contains_key(pod)
-            .then(NamespacePaths::default)
+            .get(pod)
+            .map(|(_, iso)| fake_namespaces(pod, *iso))
     }
 
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<ExecProcess, RuntimeError> {

@@ -1,0 +1,319 @@
+//! A small, blocking route-netlink client: the handful of link, address and route requests a
+//! node's pod network needs. A socket belongs to the network namespace it was opened in, so
+//! `Netlink::open_in` opens one inside a pod's namespace from a short-lived thread and the
+//! caller uses it from anywhere afterwards.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+
+/// A link as the kernel reports it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub controller: Option<u32>,
+    pub mtu: Option<u32>,
+}
+
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's network namespace.
+    pub fn open() -> io::Result<Netlink> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.set_ext_ack(true).ok();
+        Ok(Netlink { socket, seq: 0 })
+    }
+
+    /// A socket in the network namespace pinned at `netns`.
+    pub fn open_in(netns: &Path) -> io::Result<Netlink> {
+        let ns = std::fs::File::open(netns)?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Only this short-lived thread changes namespace.
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                Netlink::open()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("netlink thread panicked")))
+        })
+    }
+
+    /// Send one request and wait for its acknowledgement.
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.exchange(msg, flags, |_| {})
+    }
+
+    /// Send a request and collect every answer until the kernel says it is done (a dump) or
+    /// acknowledges it.
+    fn exchange(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        mut each: impl FnMut(RouteNetlinkMessage),
+    ) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut header = NetlinkHeader::default();
+        // Every request but a dump is acknowledged, so the answer always has an end.
+        header.flags = NLM_F_REQUEST | flags | if dump { 0 } else { NLM_F_ACK };
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        let mut rx = vec![0u8; 32 * 1024];
+        loop {
+            let n = self.socket.recv(&mut &mut rx[..], 0)?;
+            let mut at = 0;
+            while at < n {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..n])
+                    .map_err(|e| io::Error::other(format!("decoding a netlink reply: {e}")))?;
+                let len = reply.header.length as usize;
+                if reply.header.sequence_number == self.seq {
+                    match reply.payload {
+                        NetlinkPayload::Error(e) => match e.code {
+                            None => return Ok(()),
+                            Some(_) => return Err(e.to_io()),
+                        },
+                        NetlinkPayload::Done(_) => return Ok(()),
+                        NetlinkPayload::InnerMessage(m) => each(m),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                at += (len + 3) & !3;
+            }
+            if n == 0 {
+                return Err(io::Error::other("netlink socket closed"));
+            }
+        }
+    }
+
+    /// The link called `name`, if there is one.
+    pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let mut found = None;
+        match self.exchange(RouteNetlinkMessage::GetLink(msg), 0, |m| {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                found = Some(link_of(&l));
+            }
+        }) {
+            Ok(()) => Ok(found),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every link in the namespace.
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let mut out = Vec::new();
+        self.exchange(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+            |m| {
+                if let RouteNetlinkMessage::NewLink(l) = m {
+                    out.push(link_of(&l));
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Create a bridge (it is not an error if it exists).
+    pub fn add_bridge(&mut self, name: &str, mtu: Option<u32>) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        match self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Create a veth pair whose `host` end is up (and attached to the bridge `controller`, if
+    /// given), and whose `peer` end is made directly inside the namespace open at `netns`
+    /// (moving an existing end there costs far more).
+    pub fn add_veth(
+        &mut self,
+        host: &str,
+        controller: Option<u32>,
+        peer: &str,
+        netns: &impl AsRawFd,
+        mtu: Option<u32>,
+    ) -> io::Result<()> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg
+            .attributes
+            .push(LinkAttribute::IfName(peer.to_string()));
+        peer_msg
+            .attributes
+            .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        let mut msg = LinkMessage::default();
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(host.to_string()));
+        if let Some(c) = controller {
+            msg.attributes.push(LinkAttribute::Controller(c));
+        }
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+            peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Delete a link by name; a link that is gone already is not an error.
+    pub fn delete_link(&mut self, name: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::DelLink(msg), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+            r => r,
+        }
+    }
+
+    pub fn set_up(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Give a link an address (replacing it if it has it already).
+    pub fn add_address(&mut self, index: u32, ip: IpAddr, prefix: u8) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.index = index;
+        msg.header.prefix_len = prefix;
+        msg.header.family = family(ip);
+        if ip.is_ipv6() {
+            // Pod addresses are unique by allocation: duplicate detection only delays them.
+            msg.header.flags = AddressHeaderFlags::Nodad;
+        }
+        msg.attributes.push(AddressAttribute::Local(ip));
+        msg.attributes.push(AddressAttribute::Address(ip));
+        self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// The addresses on a link.
+    pub fn addresses(&mut self, index: u32) -> io::Result<Vec<(IpAddr, u8)>> {
+        let mut out = Vec::new();
+        self.exchange(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+            |m| {
+                if let RouteNetlinkMessage::NewAddress(a) = m
+                    && a.header.index == index
+                {
+                    for attr in &a.attributes {
+                        if let AddressAttribute::Address(ip) = attr {
+                            out.push((*ip, a.header.prefix_len));
+                        }
+                    }
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// A default route through `gateway`, reached on link `index`.
+    pub fn add_default_route(&mut self, index: u32, gateway: IpAddr) -> io::Result<()> {
+        let mut msg = route_message(gateway.is_ipv6(), 0);
+        msg.header.scope = RouteScope::Universe;
+        msg.attributes.push(RouteAttribute::Oif(index));
+        msg.attributes
+            .push(RouteAttribute::Gateway(route_address(gateway)));
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+}
+
+fn route_message(v6: bool, prefix: u8) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    msg.header.destination_prefix_length = prefix;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.kind = RouteType::Unicast;
+    msg
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+fn family(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    }
+}
+
+fn link_of(l: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: l.header.index,
+        name: String::new(),
+        up: l.header.flags.contains(LinkFlags::Up),
+        controller: None,
+        mtu: None,
+    };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Controller(c) => link.controller = Some(*c),
+            LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+            _ => {}
+        }
+    }
+    link
+}

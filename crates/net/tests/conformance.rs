@@ -1,0 +1,242 @@
+//! The pod network conformance suite, run by the fake and by the real bridge network. The real
+//! one needs root (the test script runs the suite as root) and works inside a network
+//! namespace the test makes for itself, so nothing it does reaches the machine's own network.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use net::conformance::{self, Harness};
+use net::netlink::Netlink;
+use net::{
+    Attachment, BridgeConfig, BridgeNetwork, Cidr, FakeNetwork, HostPort, PodNetwork, Protocol,
+};
+use nix::sched::{CloneFlags, setns, unshare};
+
+fn cidrs(list: &[&str]) -> Vec<Cidr> {
+    list.iter().map(|c| c.parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn fake_network_conforms() {
+    let ranges = cidrs(&["10.42.0.0/24"]);
+    let disk = net::fake::Disk::default();
+    let open = || -> Box<dyn PodNetwork> { Box::new(FakeNetwork::reopen(&ranges, disk.clone())) };
+    let netns = |_: &str| PathBuf::from("/nonexistent");
+    conformance::run_all(
+        &Harness {
+            open: &open,
+            netns: &netns,
+        },
+        2_000,
+    )
+    .await;
+}
+
+fn new_netns() -> (File, PathBuf) {
+    net::netns::create().expect("a network namespace (needs root)")
+}
+
+/// Run `f` on a thread inside the namespace at `ns`.
+fn inside<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = File::open(ns).expect("open namespace");
+    std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread in namespace")
+}
+
+fn nft_path() -> PathBuf {
+    net::nft::find()
+        .expect("the tests need nft (Debian package nftables; the test script installs it)")
+}
+
+/// Everything runs on this thread after it moved into a namespace of its own ("the node"):
+/// the runtime, the blocking threads it spawns and `nft` all inherit it.
+fn on_test_node(test: impl FnOnce(&Path) + Send + 'static) {
+    std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).expect("unshare a network namespace (needs root)");
+        let dir = tempfile::tempdir().expect("tempdir");
+        test(dir.path());
+    })
+    .join()
+    .expect("the test thread panicked");
+}
+
+fn config(state: &Path) -> BridgeConfig {
+    BridgeConfig {
+        bridge: "berth0".into(),
+        pod_cidrs: cidrs(&["10.42.7.0/24"]),
+        cluster_cidrs: cidrs(&["10.42.0.0/16"]),
+        state_dir: state.join("net"),
+        mtu: None,
+        nft: Some(nft_path()),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn bridge_network_conforms() {
+    on_test_node(|dir| {
+        let cfg = config(dir);
+        let open = move || -> Box<dyn PodNetwork> {
+            Box::new(BridgeNetwork::new(cfg.clone()).expect("bridge network"))
+        };
+        let held = Mutex::new(Vec::new());
+        let netns = |_: &str| {
+            let (f, p) = new_netns();
+            held.lock().unwrap().push(f);
+            p
+        };
+        runtime().block_on(conformance::run_all(
+            &Harness {
+                open: &open,
+                netns: &netns,
+            },
+            300,
+        ));
+        // Nothing is left on the node: no veth, no record.
+        let mut host = Netlink::open().unwrap();
+        let left: Vec<String> = host
+            .links()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .filter(|n| n.starts_with("veth"))
+            .collect();
+        assert!(left.is_empty(), "veths left behind: {left:?}");
+        assert_eq!(std::fs::read_dir(dir.join("net")).unwrap().count(), 0);
+    });
+}
+
+fn serve_once(ns: &Path, addr: SocketAddr, reply: &'static str) -> std::thread::JoinHandle<String> {
+    let file = File::open(ns).expect("open namespace");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        let l = TcpListener::bind(addr).expect("bind in the pod");
+        tx.send(()).unwrap();
+        let (mut s, peer) = l.accept().expect("accept");
+        s.write_all(reply.as_bytes()).unwrap();
+        peer.ip().to_string()
+    });
+    rx.recv().unwrap();
+    h
+}
+
+fn fetch(ns: &Path, to: SocketAddr) -> std::io::Result<String> {
+    inside(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+}
+
+/// Two pods talk by address; the node reaches a pod; a host port leads to its pod; a pod's
+/// traffic to an address outside the cluster leaves with the node's address.
+#[test]
+fn pods_talk_over_the_bridge_and_leave_masqueraded() {
+    on_test_node(|dir| {
+        let rt = runtime();
+        let net = BridgeNetwork::new(config(dir)).expect("bridge network");
+        let (_a, a_ns) = new_netns();
+        let (_b, b_ns) = new_netns();
+        let port = HostPort {
+            protocol: Protocol::Tcp,
+            host_port: 8080,
+            container_port: 80,
+            host_ip: None,
+        };
+        let a_ip = rt
+            .block_on(net.attach(&Attachment {
+                uid: "a",
+                netns: &a_ns,
+                host_ports: &[],
+            }))
+            .unwrap()[0];
+        let b_ip = rt
+            .block_on(net.attach(&Attachment {
+                uid: "b",
+                netns: &b_ns,
+                host_ports: std::slice::from_ref(&port),
+            }))
+            .unwrap()[0];
+
+        // The pod's side: its address on eth0.
+        let addrs = inside(&a_ns, || {
+            let mut nl = Netlink::open().unwrap();
+            let eth0 = nl.link("eth0").unwrap().expect("eth0 in the pod");
+            assert!(eth0.up);
+            nl.addresses(eth0.index).unwrap()
+        });
+        let v4: Vec<_> = addrs.into_iter().filter(|(ip, _)| ip.is_ipv4()).collect();
+        assert_eq!(v4, vec![(a_ip, 24)]);
+
+        // Pod to pod: the server sees the client's own address.
+        let server = serve_once(&b_ns, SocketAddr::new(b_ip, 80), "from b");
+        assert_eq!(fetch(&a_ns, SocketAddr::new(b_ip, 80)).unwrap(), "from b");
+        assert_eq!(server.join().unwrap(), a_ip.to_string());
+
+        // A host port: from pod a to the node's bridge address, port 8080, lands in b.
+        let gw: IpAddr = "10.42.7.1".parse().unwrap();
+        let server = serve_once(&b_ns, SocketAddr::new(b_ip, 80), "via host port");
+        assert_eq!(
+            fetch(&a_ns, SocketAddr::new(gw, 8080)).unwrap(),
+            "via host port"
+        );
+        server.join().unwrap();
+
+        // Outside the cluster: a "remote" namespace linked to the node by a veth pair; the
+        // remote has no route to pods, so only a masqueraded connection can be answered.
+        let (_r, r_ns) = new_netns();
+        let remote: IpAddr = "192.0.2.2".parse().unwrap();
+        {
+            let mut nl = Netlink::open().unwrap();
+            let r_file = File::open(&r_ns).unwrap();
+            nl.add_veth("uplink", None, "uplink-r", &r_file, None)
+                .unwrap();
+            let up = nl.link("uplink").unwrap().unwrap();
+            nl.add_address(up.index, "192.0.2.1".parse().unwrap(), 24)
+                .unwrap();
+        }
+        inside(&r_ns, || {
+            let mut nl = Netlink::open().unwrap();
+            let l = nl.link("uplink-r").unwrap().unwrap();
+            nl.add_address(l.index, "192.0.2.2".parse().unwrap(), 24)
+                .unwrap();
+            nl.set_up(l.index).unwrap();
+        });
+        let server = serve_once(&r_ns, SocketAddr::new(remote, 80), "outside");
+        assert_eq!(
+            fetch(&a_ns, SocketAddr::new(remote, 80)).unwrap(),
+            "outside"
+        );
+        assert_eq!(server.join().unwrap(), "192.0.2.1", "not masqueraded");
+
+        rt.block_on(net.detach("a")).unwrap();
+        rt.block_on(net.detach("b")).unwrap();
+        let mut host = Netlink::open().unwrap();
+        assert!(host.link(&net::bridge::host_veth("a")).unwrap().is_none());
+        // b's host port is gone with it.
+        let rules = Command::new(nft_path())
+            .args(["list", "map", "ip", "berth", "hostports"])
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&rules.stdout).contains("8080"));
+    });
+}

@@ -1,0 +1,217 @@
+"""The pod network, end to end: every pod gets an address from its node's range, pods talk by
+address, a hostPort reaches its pod from outside the node, traffic leaving the cluster is
+masqueraded, and deleting pods leaves no address, veth or rule behind, also across an agent
+`kill -9`.
+
+Safety: the node runs in a network namespace of its own (conftest), and the "outside world"
+here is one more namespace the test makes, linked to the node's by a veth pair. No packet in
+these tests is sent from, or can reach, the machine's own network namespace."""
+
+import ipaddress
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import Cluster, namespace_for, wait_until
+from images import Image
+from test_pods import apply, get_pod, pod_yaml, traces_of, wait_running
+
+SERVER = ["sh", "-c", "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
+
+
+@pytest.fixture
+def nns(node, request):
+    name = namespace_for("n", request.node.name)
+    node.kubectl("create", "namespace", name)
+    yield name
+    node.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def http_get(node, ns, client, ip, port=8080):
+    """GET / from inside the pod `client`, with busybox's nc (its wget needs NSS)."""
+    r = node.kubectl("exec", "-n", ns, client, "--", "sh", "-c",
+                     f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}", check=False)
+    return r.stdout
+
+
+def links(node):
+    out = node.in_netns("ip", "-o", "link", "show", capture_output=True, text=True, check=True).stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+
+def test_nodes_get_a_range_and_pods_an_address_in_it(node, nns, version):
+    n = node.json("get", "nodes")["items"][0]
+    assert n["spec"]["podCIDR"] == "10.42.0.0/24"
+    assert n["spec"]["podCIDRs"] == ["10.42.0.0/24"]
+    apply(node, nns, pod_yaml("web", SERVER), version=version)
+    apply(node, nns, pod_yaml("client", ["sleep", "3600"]), version=version)
+    wait_running(node, nns, "web")
+    wait_running(node, nns, "client")
+    web, client = get_pod(node, nns, "web"), get_pod(node, nns, "client")
+    ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in (web, client)}
+    for name, ip in ips.items():
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network("10.42.0.0/24"), (name, ip)
+        assert ip != "10.42.0.1", "the gateway was given to a pod"
+    assert ips["web"] != ips["client"]
+    assert web["status"]["podIPs"] == [{"ip": ips["web"]}]
+    # `kubectl get -o wide` shows it.
+    wide = node.kubectl("get", "pod", "web", "-n", nns, "-o", "wide", version=version).stdout
+    assert ips["web"] in wide
+    # The pod's own name resolves to its address, and eth0 carries it.
+    hosts = node.kubectl("exec", "-n", nns, "web", "--", "cat", "/etc/hosts").stdout
+    assert f"{ips['web']}\tweb" in hosts
+    addr = node.kubectl("exec", "-n", nns, "web", "--", "ip", "addr", "show", "eth0").stdout
+    assert f"inet {ips['web']}/24" in addr
+    # Pod to pod, by address.
+    assert "hello-from-web" in http_get(node, nns, "client", ips["web"])
+    # The downward API sees the same address.
+    apply(node, nns, pod_yaml("env", ["sh", "-c", "echo $MY_IP; sleep 3600"], extra="""    env:
+    - name: MY_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+"""), version=version)
+    wait_running(node, nns, "env")
+    env_ip = get_pod(node, nns, "env")["status"]["podIP"]
+    wait_until(lambda: node.kubectl("logs", "-n", nns, "env").stdout.strip() == env_ip, what="podIP in env")
+
+
+def test_host_network_pods_keep_the_nodes_address(node, nns):
+    apply(node, nns, pod_yaml("hostnet", ["sleep", "3600"], extra="  hostNetwork: true\n"))
+    wait_running(node, nns, "hostnet")
+    p = get_pod(node, nns, "hostnet")
+    assert p["status"]["podIP"] == p["status"]["hostIP"]
+    # It sees the node's interfaces (the pods' bridge among them), not an eth0 of its own.
+    assert "berth0" in links(node)
+    seen = node.kubectl("exec", "-n", nns, "hostnet", "--", "ip", "link", "show").stdout
+    assert "berth0" in seen
+
+
+@pytest.fixture
+def outside(node):
+    """A namespace beyond the node ("the internet"): 192.0.2.2, linked to the node's namespace
+    (192.0.2.1) by a veth pair, with no route back to the pods."""
+    name = f"berth-outside-{node.port}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "link", "add", "up0", "netns", node.netns, "type", "veth",
+                        "peer", "name", "up1", "netns", name], check=True)
+        node.in_netns("ip", "addr", "add", "192.0.2.1/24", "dev", "up0", check=True)
+        node.in_netns("ip", "link", "set", "up0", "up", check=True)
+        ns = ["nsenter", f"--net=/run/netns/{name}"]
+        subprocess.run(ns + ["ip", "addr", "add", "192.0.2.2/24", "dev", "up1"], check=True)
+        subprocess.run(ns + ["ip", "link", "set", "up1", "up"], check=True)
+        subprocess.run(ns + ["ip", "link", "set", "lo", "up"], check=True)
+        yield ns
+    finally:
+        node.in_netns("ip", "link", "del", "up0", capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+PEER_SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("192.0.2.2", 9000))
+s.listen()
+print("listening", flush=True)
+c, a = s.accept()
+c.sendall(a[0].encode())
+c.close()
+"""
+
+FETCH = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+out = b""
+while True:
+    d = s.recv(4096)
+    if not d:
+        break
+    out += d
+print(out.decode())
+"""
+
+
+def test_egress_is_masqueraded_and_host_ports_reach_their_pod(node, nns, outside):
+    # Out: the far side sees the node's address, not the pod's (it has no route to pods).
+    server = subprocess.Popen(outside + ["python3", "-c", PEER_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        apply(node, nns, pod_yaml("egress", ["sleep", "3600"]))
+        wait_running(node, nns, "egress")
+        seen = node.kubectl("exec", "-n", nns, "egress", "--", "sh", "-c", "nc -w 3 192.0.2.2 9000").stdout
+        assert seen == "192.0.2.1"
+    finally:
+        server.kill()
+        server.wait()
+    # In: a hostPort on the node's address leads to the pod.
+    apply(node, nns, pod_yaml("hp", SERVER, extra="""    ports:
+    - containerPort: 8080
+      hostPort: 18080
+"""))
+    wait_running(node, nns, "hp")
+    out = subprocess.run(outside + ["python3", "-c", FETCH, "192.0.2.1", "18080"],
+                         capture_output=True, text=True, timeout=20)
+    assert "hello-from-hp" in out.stdout, out.stderr
+    node.kubectl("delete", "pod", "hp", "-n", nns)
+    out = subprocess.run(outside + ["python3", "-c", FETCH, "192.0.2.1", "18080"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode != 0, "the host port still leads somewhere after its pod went"
+
+
+def node_leftovers(c):
+    """Veths, address records and nsfs mounts of pods on the node."""
+    veths = [l for l in links(c) if l.startswith("veth")]
+    records = os.listdir(os.path.join(c.run_dir, "net")) if os.path.isdir(os.path.join(c.run_dir, "net")) else []
+    mounts = [line.split()[4] for line in open("/proc/self/mountinfo") if f"{c.run_dir}/ns/" in line]
+    return veths, records, mounts
+
+
+def test_churn_with_an_agent_kill_leaves_no_address_veth_or_namespace():
+    with tempfile.TemporaryDirectory(prefix="berth-net-churn-") as d:
+        c = Cluster(d, role="up").start()
+        try:
+            c.import_image(Image(cmd=("sh",)), "busybox:test")
+            deploy = """apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: churn
+spec:
+  replicas: 10
+  selector: {matchLabels: {app: churn}}
+  template:
+    metadata: {labels: {app: churn}}
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: main
+        image: busybox:test
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "trap 'sleep 1; exit 0' TERM; while true; do sleep 1; done"]
+"""
+            c.kubectl("apply", "-f", "-", input=deploy)
+
+            def running():
+                pods = c.json("get", "pods", "-l", "app=churn")["items"]
+                return len(pods) == 10 and all(p["status"].get("podIP") for p in pods)
+            wait_until(running, timeout=60, what="10 pods with addresses")
+            ips = [p["status"]["podIP"] for p in c.json("get", "pods", "-l", "app=churn")["items"]]
+            assert len(set(ips)) == 10
+            # Replace them all, and kill the agent while they are terminating.
+            c.kubectl("delete", "pods", "-l", "app=churn", "--wait=false")
+            time.sleep(0.5)
+            c.kill9()
+            c.start()
+            wait_until(running, timeout=90, what="10 new pods with addresses")
+            c.kubectl("delete", "deployment", "churn")
+            wait_until(lambda: not c.json("get", "pods")["items"], timeout=90, what="every pod gone")
+            wait_until(lambda: node_leftovers(c) == ([], [], []), timeout=30,
+                       what=f"no leftovers (veths, records, mounts): {node_leftovers(c)}")
+        finally:
+            c.teardown()
