@@ -42,7 +42,7 @@ ROOTS = [
     "api.autoscaling.v1.HorizontalPodAutoscaler", "apimachinery.pkg.apis.meta.v1.Status",
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",
-    "api.storage.v1.StorageClass",
+    "api.storage.v1.StorageClass", "api.discovery.v1.EndpointSlice",
     # Discovery documents, legacy and aggregated.
     "apimachinery.pkg.apis.meta.v1.APIGroupList", "apimachinery.pkg.apis.meta.v1.APIGroup",
     "apimachinery.pkg.apis.meta.v1.APIResourceList", "apimachinery.pkg.apis.meta.v1.APIVersions",

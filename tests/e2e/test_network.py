@@ -215,3 +215,102 @@ spec:
                        what=f"no leftovers (veths, records, mounts): {node_leftovers(c)}")
         finally:
             c.teardown()
+
+
+def slices_of(node, ns, svc):
+    items = node.json("get", "endpointslices", "-n", ns, "-l", f"kubernetes.io/service-name={svc}")["items"]
+    return items
+
+
+def ready_addresses(node, ns, svc):
+    return sorted(a for s in slices_of(node, ns, svc) for e in s.get("endpoints") or []
+                  if e["conditions"].get("ready") for a in e["addresses"])
+
+
+def test_services_get_endpoint_slices_and_endpoints_of_their_ready_pods(node, nns, version):
+    ready_file = "/tmp/ready"
+    deploy = f"""apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox:test
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "touch {ready_file}; exec sleep 3600"]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe:
+          exec: {{command: ["cat", "{ready_file}"]}}
+          periodSeconds: 1
+"""
+    node.kubectl("apply", "-n", nns, "-f", "-", input=deploy, version=version)
+    node.kubectl("expose", "deployment", "web", "--port=80", "--target-port=http", "-n", nns, version=version)
+    wait_until(lambda: len(ready_addresses(node, nns, "web")) == 2, timeout=60, what="two ready endpoints")
+    pods = node.json("get", "pods", "-n", nns, "-l", "app=web")["items"]
+    assert ready_addresses(node, nns, "web") == sorted(p["status"]["podIP"] for p in pods)
+    [s] = slices_of(node, nns, "web")
+    assert s["addressType"] == "IPv4"
+    assert s["ports"] == [{"name": "", "port": 8080, "protocol": "TCP"}]
+    assert s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "endpointslice-controller.k8s.io"
+    assert s["metadata"]["ownerReferences"][0]["kind"] == "Service"
+    assert {e["targetRef"]["name"] for e in s["endpoints"]} == {p["metadata"]["name"] for p in pods}
+    # kubectl's tables.
+    table = node.kubectl("get", "endpointslices", "-n", nns, version=version).stdout.splitlines()
+    assert table[0].split() == ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
+    assert table[1].split()[1:3] == ["IPv4", "8080"]
+    eps = node.kubectl("get", "endpoints", "web", "-n", nns, version=version).stdout
+    for p in pods:
+        assert f"{p['status']['podIP']}:8080" in eps
+
+    # A pod that fails its readiness probe leaves the ready set within its probe period, and
+    # is listed as not ready.
+    victim = pods[0]
+    node.kubectl("exec", "-n", nns, victim["metadata"]["name"], "--", "rm", ready_file)
+    started = time.time()
+    wait_until(lambda: ready_addresses(node, nns, "web") == [pods[1]["status"]["podIP"]], timeout=20,
+               what="the unready pod out of the ready endpoints")
+    assert time.time() - started < 10
+    e = node.json("get", "endpoints", "web", "-n", nns)
+    assert [a["ip"] for a in e["subsets"][0]["notReadyAddresses"]] == [victim["status"]["podIP"]]
+    # Scaling to zero empties the slices, but they stay.
+    node.kubectl("scale", "deployment", "web", "--replicas=0", "-n", nns, version=version)
+    wait_until(lambda: all(not s.get("endpoints") for s in slices_of(node, nns, "web")), timeout=30,
+               what="no endpoints")
+    # Deleting the Service takes its slices and Endpoints with it.
+    node.kubectl("delete", "service", "web", "-n", nns, version=version)
+    wait_until(lambda: not slices_of(node, nns, "web"), timeout=30, what="slices gone")
+    wait_until(lambda: node.kubectl("get", "endpoints", "web", "-n", nns, check=False).returncode != 0,
+               timeout=30, what="endpoints gone")
+
+
+def test_endpoints_of_selectorless_services_are_mirrored(node, nns):
+    manifest = """apiVersion: v1
+kind: Service
+metadata:
+  name: external-db
+spec:
+  ports: [{port: 5432}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: external-db
+subsets:
+- addresses: [{ip: 192.0.2.10}, {ip: 192.0.2.11}]
+  ports: [{port: 5432}]
+"""
+    node.kubectl("apply", "-n", nns, "-f", "-", input=manifest)
+    wait_until(lambda: ready_addresses(node, nns, "external-db") == ["192.0.2.10", "192.0.2.11"], timeout=20,
+               what="mirrored slice")
+    [s] = slices_of(node, nns, "external-db")
+    assert s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == \
+        "endpointslicemirroring-controller.k8s.io"
+    # The API server's own Service has one too.
+    assert ready_addresses(node, "default", "kubernetes")

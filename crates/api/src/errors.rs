@@ -141,6 +141,10 @@ impl FieldErrors {
         self.push(ErrorKind::Forbidden, path, detail);
     }
 
+    pub fn too_many(&mut self, path: &Path, max: usize) {
+        self.push(ErrorKind::TooMany(max), path, "");
+    }
+
     pub fn too_long(&mut self, path: &Path, max: usize) {
         self.push(ErrorKind::TooLong(max), path, "");
     }

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, Secret, Service,
     ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -653,6 +654,24 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             delete_returns_object: false,
             field_labels: &[],
             ops: ops::<Lease>(),
+        },
+        Resource {
+            group: "discovery.k8s.io",
+            version: "v1",
+            kind: "EndpointSlice",
+            plural: "endpointslices",
+            singular: "endpointslice",
+            namespaced: true,
+            short_names: &[],
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: false,
+            delete_returns_object: false,
+            field_labels: &[],
+            ops: ops::<EndpointSlice>(),
         },
         Resource {
             group: "networking.k8s.io",

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, Secret, Service,
     ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as NewEvent;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::{Eviction, PodDisruptionBudget};
@@ -352,6 +353,7 @@ fn every_field_of_every_served_kind_survives_protobuf() {
         round_trip::<PersistentVolumeClaim>(),
         round_trip::<Ingress>(),
         round_trip::<IngressClass>(),
+        round_trip::<EndpointSlice>(),
         round_trip::<NewEvent>(),
     ];
     // Every kind the server serves is among them.

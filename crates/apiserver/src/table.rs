@@ -373,6 +373,23 @@ pub fn columns(kind: &str) -> Vec<Column> {
             ),
             AGE,
         ],
+        "EndpointSlice" => vec![
+            NAME,
+            col(
+                "AddressType",
+                "string",
+                0,
+                "The type of addresses in the slice.",
+            ),
+            col("Ports", "string", 0, "Ports in the slice."),
+            col(
+                "Endpoints",
+                "string",
+                0,
+                "Addresses of the endpoints in the slice.",
+            ),
+            AGE,
+        ],
         "ConfigMap" => vec![NAME, col("Data", "integer", 0, "Number of data keys."), AGE],
         "Secret" => vec![
             NAME,
@@ -770,6 +787,13 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
         "Endpoints" => vec![
             name(obj),
             Cell::text(endpoints_summary(&obj["subsets"])),
+            created(obj),
+        ],
+        "EndpointSlice" => vec![
+            name(obj),
+            Cell::text(s(&obj["addressType"])),
+            Cell::text(slice_ports(&obj["ports"])),
+            Cell::text(slice_endpoints(&obj["endpoints"])),
             created(obj),
         ],
         "ConfigMap" => {
@@ -1338,6 +1362,45 @@ fn service_cells(obj: &Value) -> Vec<Cell> {
     ]
 }
 
+/// An EndpointSlice's ports as `kubectl get` prints them: `80,443`, `<unset>` for a port that
+/// means all, `<none>` for none.
+fn slice_ports(ports: &Value) -> String {
+    let list: Vec<String> = ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| match p["port"].as_i64() {
+            Some(n) => n.to_string(),
+            None => "<unset>".into(),
+        })
+        .collect();
+    if list.is_empty() {
+        "<none>".into()
+    } else {
+        list.join(",")
+    }
+}
+
+/// The first three addresses of an EndpointSlice, and how many more.
+fn slice_endpoints(endpoints: &Value) -> String {
+    const SHOWN: usize = 3;
+    let all: Vec<&str> = endpoints
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    if all.is_empty() {
+        return "<none>".into();
+    }
+    let mut out = all[..all.len().min(SHOWN)].join(",");
+    if all.len() > SHOWN {
+        let _ = write!(out, " + {} more...", all.len() - SHOWN);
+    }
+    out
+}
+
 fn endpoints_summary(subsets: &Value) -> String {
     const SHOWN: usize = 3;
     let mut all = Vec::new();
@@ -1568,6 +1631,7 @@ mod tests {
             "Node",
             "Service",
             "Endpoints",
+            "EndpointSlice",
             "ConfigMap",
             "Secret",
             "ServiceAccount",

@@ -50,7 +50,7 @@ fn network(state: &Path) -> Result<BridgeNetwork> {
 fn summary(name: &str, mut d: Vec<Duration>) {
     d.sort();
     println!(
-        "  {name:<44} p50 {:>7.3} ms   p99 {:>7.3} ms",
+        "  {name:<44} p50 {:>9}   p99 {:>9}",
         ms(percentile(&d, 0.50)),
         ms(percentile(&d, 0.99))
     );

@@ -5,6 +5,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
+pub mod endpointslice;
 pub mod gc;
 pub mod harness;
 pub mod history;
@@ -27,7 +28,10 @@ use api::k8s_openapi::api::apps::v1::{
 use api::k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use api::k8s_openapi::api::coordination::v1::Lease;
-use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, ResourceQuota};
+use api::k8s_openapi::api::core::v1::{
+    Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Service,
+};
+use api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use client::Client;
 use std::sync::Arc;
@@ -37,6 +41,7 @@ use crate::cronjob::CronJobController;
 use crate::daemonset::DaemonSetController;
 use crate::deployment::DeploymentController;
 use crate::disruption::DisruptionController;
+use crate::endpointslice::EndpointSliceController;
 use crate::gc::GarbageCollector;
 use crate::hpa::HpaController;
 use crate::job::JobController;
@@ -74,6 +79,9 @@ pub fn start_controllers(
     let hpas = Mirror::<HorizontalPodAutoscaler>::new();
     let revisions = Mirror::<ControllerRevision>::new();
     let namespaces = Mirror::<Namespace>::new();
+    let services = Mirror::<Service>::new();
+    let slices = Mirror::<EndpointSlice>::new();
+    let endpoints = Mirror::<Endpoints>::new();
     let c = || client.clone();
     let l = || leadership.clone();
 
@@ -136,6 +144,14 @@ pub fn start_controllers(
     harness::start(life.clone(), life.queue(), 1, l());
     let ipam = Arc::new(NodeIpamController::new(c(), nodes.clone(), ipam));
     harness::start(ipam.clone(), ipam.queue(), 1, l());
+    let eps = Arc::new(EndpointSliceController::new(
+        c(),
+        services.clone(),
+        pods.clone(),
+        slices.clone(),
+        endpoints.clone(),
+    ));
+    harness::start(eps.clone(), eps.queue(), 2, l());
     let ns = Arc::new(NamespaceController::new(c(), namespaces.clone(), ca_pem));
     harness::start(ns.clone(), ns.queue(), 1, l());
 
@@ -155,6 +171,9 @@ pub fn start_controllers(
     supervise_mirror("mirror/horizontalpodautoscalers", &hpas, c());
     supervise_mirror("mirror/controllerrevisions", &revisions, c());
     supervise_mirror("mirror/namespaces", &namespaces, c());
+    supervise_mirror("mirror/services", &services, c());
+    supervise_mirror("mirror/endpointslices", &slices, c());
+    supervise_mirror("mirror/endpoints", &endpoints, c());
 }
 
 fn supervise_mirror<K>(name: &'static str, mirror: &Arc<Mirror<K>>, client: Client)

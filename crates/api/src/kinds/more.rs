@@ -9,11 +9,13 @@ use k8s_openapi::api::core::v1::{
     PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus, PersistentVolumeStatus,
     ReplicationController,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 
 use super::apps::{default_template, require_restart_always};
 use super::{Kind, default_if_none, default_str};
 use crate::errors::{FieldErrors, Path};
+use crate::names;
 use crate::quantity::Quantity;
 
 const ACCESS_MODES: &[&str] = &[
@@ -308,6 +310,92 @@ impl Kind for IngressClass {
             .and_then(|s| s.controller.clone())
         {
             errs.immutable(&path.child("controller"), &controller, &old_controller);
+        }
+    }
+}
+
+const ADDRESS_TYPES: &[&str] = &["IPv4", "IPv6", "FQDN"];
+const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
+
+impl Kind for EndpointSlice {
+    fn default(&mut self) {
+        for p in self.ports.iter_mut().flatten() {
+            default_str(&mut p.protocol, "TCP");
+            default_str(&mut p.name, "");
+        }
+    }
+
+    fn validate(&self, old: Option<&Self>, errs: &mut FieldErrors) {
+        let at = Path::root("addressType");
+        if self.address_type.is_empty() {
+            errs.required(&at, "");
+        } else {
+            errs.one_of(&at, &self.address_type, ADDRESS_TYPES);
+        }
+        if let Some(old) = old
+            && old.address_type != self.address_type
+        {
+            errs.invalid(&at, &self.address_type, "field is immutable");
+        }
+        let ep = Path::root("endpoints");
+        if self.endpoints.len() > 1000 {
+            errs.too_many(&ep, 1000);
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let p = ep.index(i);
+            let ap = p.child("addresses");
+            if e.addresses.is_empty() {
+                errs.required(&ap, "must contain at least 1 address");
+            } else if e.addresses.len() > 100 {
+                errs.too_many(&ap, 100);
+            }
+            for (j, a) in e.addresses.iter().enumerate() {
+                let problem = match self.address_type.as_str() {
+                    "IPv4" => a
+                        .parse::<std::net::Ipv4Addr>()
+                        .is_err()
+                        .then_some("must be a valid IPv4 address"),
+                    "IPv6" => a
+                        .parse::<std::net::Ipv6Addr>()
+                        .is_err()
+                        .then_some("must be a valid IPv6 address"),
+                    _ => (!names::dns1123_subdomain(a).is_empty()).then_some(
+                        "must be a valid DNS subdomain (lower case alphanumeric characters, '-' or '.')",
+                    ),
+                };
+                if let Some(msg) = problem {
+                    errs.invalid(&ap.index(j), a, msg);
+                }
+            }
+            if let Some(h) = e.hostname.as_deref() {
+                for m in names::dns1123_label(h) {
+                    errs.invalid(&p.child("hostname"), h, m);
+                }
+            }
+        }
+        let pp = Path::root("ports");
+        let ports = self.ports.as_deref().unwrap_or_default();
+        if ports.len() > 100 {
+            errs.too_many(&pp, 100);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, port) in ports.iter().enumerate() {
+            let p = pp.index(i);
+            let name = port.name.as_deref().unwrap_or("");
+            if !name.is_empty() {
+                for m in names::dns1123_label(name) {
+                    errs.invalid(&p.child("name"), name, m);
+                }
+            }
+            if !seen.insert(name) {
+                errs.duplicate(&p.child("name"), name);
+            }
+            if let Some(n) = port.port {
+                super::validate_port(errs, &p.child("port"), n, true);
+            }
+            if let Some(proto) = port.protocol.as_deref() {
+                errs.one_of(&p.child("protocol"), proto, PROTOCOLS);
+            }
         }
     }
 }

@@ -175,6 +175,11 @@ fn build() -> Schemas {
         ("imagePullSecrets", Atomic),
     ]);
     let endpoints = leak(vec![("metadata", Struct(meta)), ("subsets", Atomic)]);
+    let endpoint_slice = leak(vec![
+        ("metadata", Struct(meta)),
+        ("endpoints", Atomic),
+        ("ports", Atomic),
+    ]);
     let replication_controller = leak(vec![
         ("metadata", Struct(meta)),
         (
@@ -210,6 +215,7 @@ fn build() -> Schemas {
         ("Namespace", namespace),
         ("ServiceAccount", service_account),
         ("Endpoints", endpoints),
+        ("EndpointSlice", endpoint_slice),
         ("ConfigMap", with_meta),
         ("Secret", with_meta),
         ("Event", with_meta),

@@ -8983,6 +8983,192 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.discovery.v1.Endpoint",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "addresses",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "conditions",
+                ty: Msg("api.discovery.v1.EndpointConditions"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "hostname",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "targetRef",
+                ty: Msg("api.core.v1.ObjectReference"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "deprecatedTopology",
+                ty: Str,
+                shape: Map,
+            },
+            Field {
+                tag: 6,
+                json: "nodeName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "zone",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "hints",
+                ty: Msg("api.discovery.v1.EndpointHints"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.discovery.v1.EndpointConditions",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "ready",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "serving",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "terminating",
+                ty: Bool,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.discovery.v1.EndpointHints",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "forZones",
+                ty: Msg("api.discovery.v1.ForZone"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "forNodes",
+                ty: Msg("api.discovery.v1.ForNode"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.discovery.v1.EndpointPort",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "protocol",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "port",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "appProtocol",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.discovery.v1.EndpointSlice",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "addressType",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "endpoints",
+                ty: Msg("api.discovery.v1.Endpoint"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "ports",
+                ty: Msg("api.discovery.v1.EndpointPort"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.discovery.v1.EndpointSliceList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.discovery.v1.EndpointSlice"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.discovery.v1.ForNode",
+        fields: &[Field {
+            tag: 1,
+            json: "name",
+            ty: Str,
+            shape: Single,
+        }],
+    },
+    Message {
+        name: "api.discovery.v1.ForZone",
+        fields: &[Field {
+            tag: 1,
+            json: "name",
+            ty: Str,
+            shape: Single,
+        }],
+    },
+    Message {
         name: "api.events.v1.Event",
         fields: &[
             Field {
