@@ -314,3 +314,42 @@ subsets:
         "endpointslicemirroring-controller.k8s.io"
     # The API server's own Service has one too.
     assert ready_addresses(node, "default", "kubernetes")
+
+
+def test_cluster_ips_route_to_ready_pods_and_refuse_without_any(node, nns, version):
+    for name in ("web-1", "web-2"):
+        apply(node, nns, pod_yaml(name, SERVER, extra="""    ports: [{name: http, containerPort: 8080}]
+    readinessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+""").replace("metadata:\n", "metadata:\n  labels: {app: web}\n", 1), version=version)
+    apply(node, nns, pod_yaml("client", ["sleep", "3600"]), version=version)
+    node.kubectl("create", "service", "clusterip", "web", "--tcp=80:8080", "-n", nns, version=version)
+    node.kubectl("create", "service", "clusterip", "nobody", "--tcp=80:8080", "-n", nns, version=version)
+    wait_running(node, nns, "client")
+    wait_until(lambda: len(ready_addresses(node, nns, "web")) == 2, timeout=60, what="two endpoints")
+    vip = node.json("get", "service", "web", "-n", nns)["spec"]["clusterIP"]
+    seen = set()
+    for _ in range(20):
+        out = http_get(node, nns, "client", vip, 80)
+        assert "hello-from-web-" in out, out
+        seen.add(out.strip().splitlines()[-1])
+        if len(seen) == 2:
+            break
+    assert seen == {"hello-from-web-1", "hello-from-web-2"}, seen
+    # A pod reaches itself through its own Service (hairpin).
+    assert "hello-from-web-" in http_get(node, nns, "web-1", vip, 80)
+    # No endpoints: refused at once.
+    empty = node.json("get", "service", "nobody", "-n", nns)["spec"]["clusterIP"]
+    started = time.time()
+    r = node.kubectl("exec", "-n", nns, "client", "--", "sh", "-c", f"nc -w 5 {empty} 80 </dev/null; echo rc=$?",
+                     check=False)
+    assert "rc=1" in r.stdout, r.stdout + r.stderr
+    assert time.time() - started < 4
+    # A Service whose pods leave it refuses too, as soon as its slices say so.
+    node.kubectl("label", "pod", "web-1", "app-", "-n", nns)
+    node.kubectl("label", "pod", "web-2", "app-", "-n", nns)
+    wait_until(lambda: ready_addresses(node, nns, "web") == [], timeout=20, what="no ready endpoints")
+    out = node.kubectl("exec", "-n", nns, "client", "--", "sh", "-c", f"nc -w 5 {vip} 80 </dev/null; echo rc=$?",
+                       check=False).stdout
+    assert "rc=1" in out

@@ -12,6 +12,7 @@ pub mod node;
 mod pods;
 pub mod portforward;
 pub mod probe;
+pub mod proxy;
 pub mod server;
 pub mod spec;
 pub mod stats;
@@ -53,6 +54,8 @@ impl Dirs {
 pub struct AgentConfig {
     pub node: NodeInfo,
     pub network: NetworkSetup,
+    /// The `nft` binary for the Service proxy; `None` runs no proxy.
+    pub service_proxy: Option<PathBuf>,
     pub dirs: Dirs,
     /// Registries (`host:port`) pulled from over plain HTTP besides localhost.
     pub insecure_registries: Vec<String>,
@@ -119,6 +122,7 @@ fn hard_nofile() -> u64 {
 pub struct Agent {
     shared: Arc<Shared>,
     network: NetworkSetup,
+    service_proxy: Option<PathBuf>,
 }
 
 impl Agent {
@@ -150,6 +154,7 @@ impl Agent {
                 stats: Arc::default(),
             }),
             network: cfg.network,
+            service_proxy: cfg.service_proxy,
         }
     }
 
@@ -186,6 +191,13 @@ impl Agent {
             let network = self.network().await;
             let _ = self.shared.network.set(network);
         }
+        // The Service proxy, once the node's routes are there.
+        let _proxy = self.service_proxy.clone().map(|nft| {
+            let c = self.shared.client.clone();
+            AbortOnDrop(supervise("service-proxy", move || {
+                proxy::run(c.clone(), nft.clone())
+            }))
+        });
         let workers = Arc::new(pods::Workers::default());
         let _workers = StopWorkers(workers.clone());
         let shared = self.shared.clone();

@@ -117,6 +117,7 @@ impl Node {
                 runtime_version: "fake://1".into(),
             },
             network: NetworkSetup::Ready(self.network.clone()),
+            service_proxy: None,
             dirs: Dirs::under(data),
             insecure_registries: Vec::new(),
             registries_file: data.join("registries.yaml"),

@@ -41,6 +41,7 @@ fn network(state: &Path) -> Result<BridgeNetwork> {
         bridge: "berth0".into(),
         pod_cidrs: vec!["10.42.0.0/16".parse()?],
         cluster_cidrs: vec!["10.42.0.0/16".parse()?],
+        service_cidrs: vec!["10.43.0.0/16".parse()?],
         state_dir: state.join("net"),
         mtu: None,
         nft: net::nft::find(),

@@ -72,6 +72,9 @@ pub struct ServerArgs {
     /// each node gets a part of each.
     #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidrs)]
     pub cluster_cidr: Cidrs,
+    /// The Services' address range (IPv4), from which cluster IPs are allocated.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_service_cidr)]
+    pub service_cidr: Cidr,
     /// The size of each node's IPv4 pod range.
     #[arg(long = "node-cidr-mask-size-ipv4", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
     pub node_cidr_mask_v4: u8,
@@ -82,6 +85,16 @@ pub struct ServerArgs {
 
 fn parse_strategy(s: &str) -> Result<scheduler::Strategy, String> {
     s.parse()
+}
+
+pub fn parse_service_cidr(s: &str) -> Result<Cidr, String> {
+    let c: Cidr = s.parse().map_err(|e: api::cidr::CidrError| e.to_string())?;
+    if c.is_ipv6() || c.prefix() > 28 || c.prefix() < 12 {
+        return Err(format!(
+            "{s}: the service range must be IPv4, from /12 to /28"
+        ));
+    }
+    Ok(c)
 }
 
 /// Address ranges from a flag: at most one per IP family.
@@ -154,6 +167,10 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         advertise,
         default_toleration_seconds: args.default_toleration_seconds,
         compact_every: Duration::from_secs(args.compaction_interval),
+        service_cidr: match args.service_cidr.network() {
+            IpAddr::V4(a) => (a, args.service_cidr.prefix()),
+            IpAddr::V6(_) => unreachable!("the flag's parser takes IPv4 only"),
+        },
         ..Default::default()
     };
     let service_ip = IpAddr::V4(Ipv4Addr::from(u32::from(config.service_cidr.0) + 1));
@@ -208,7 +225,14 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
 
     if let Some(node_args) = node {
         let client = InProcess::client(api.clone(), "system:node");
-        let agent = crate::node::build(client, &data_dir, node_args, &args.cluster_cidr.0, true)?;
+        let agent = crate::node::build(
+            client,
+            &data_dir,
+            node_args,
+            &args.cluster_cidr.0,
+            &[args.service_cidr],
+            true,
+        )?;
         let name = agent.node_name().to_string();
         api.set_node_connector(Arc::new(crate::node::LocalAgents::with(
             &name,

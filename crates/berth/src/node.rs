@@ -70,20 +70,29 @@ pub struct RemoteAgentArgs {
     /// masqueraded.
     #[arg(long, default_value = "10.42.0.0/16", value_parser = crate::cluster::parse_cidrs)]
     pub cluster_cidr: crate::cluster::Cidrs,
+    /// The Services' address range, as the servers have it.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = crate::cluster::parse_service_cidr)]
+    pub service_cidr: net::Cidr,
     #[command(flatten)]
     pub agent: AgentArgs,
 }
 
 /// The pod network of this node: a bridge, made once the control plane has given the node
 /// its ranges.
-fn network_setup(run_dir: &Path, cluster_cidrs: &[net::Cidr]) -> agent::NetworkSetup {
+fn network_setup(
+    run_dir: &Path,
+    cluster_cidrs: &[net::Cidr],
+    service_cidrs: &[net::Cidr],
+) -> agent::NetworkSetup {
     let state_dir = run_dir.join("net");
     let cluster_cidrs = cluster_cidrs.to_vec();
+    let service_cidrs = service_cidrs.to_vec();
     agent::NetworkSetup::FromNode(Arc::new(move |pod_cidrs| {
         let network = net::BridgeNetwork::new(net::BridgeConfig {
             bridge: "berth0".into(),
             pod_cidrs,
             cluster_cidrs: cluster_cidrs.clone(),
+            service_cidrs: service_cidrs.clone(),
             state_dir: state_dir.clone(),
             mtu: None,
             nft: net::nft::find(),
@@ -154,6 +163,7 @@ pub fn build(
     data_dir: &Path,
     args: &AgentArgs,
     cluster_cidrs: &[net::Cidr],
+    service_cidrs: &[net::Cidr],
     control_plane: bool,
 ) -> Result<Agent> {
     // SAFETY: geteuid has no preconditions.
@@ -193,10 +203,11 @@ pub fn build(
         data_dir: data_dir.to_path_buf(),
         runtime_version,
     };
-    let network = network_setup(&run_dir, cluster_cidrs);
+    let network = network_setup(&run_dir, cluster_cidrs, service_cidrs);
     let cfg = AgentConfig {
         node,
         network,
+        service_proxy: net::nft::find(),
         dirs: Dirs::under(data_dir),
         insecure_registries: args.insecure_registries.clone(),
         registries_file: data_dir.join("registries.yaml"),
@@ -228,7 +239,14 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
         .unwrap_or_else(crate::cluster::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let agent = build(client, &data_dir, &args.agent, &args.cluster_cidr.0, false)?;
+    let agent = build(
+        client,
+        &data_dir,
+        &args.agent,
+        &args.cluster_cidr.0,
+        &[args.service_cidr],
+        false,
+    )?;
     println!(
         "berth agent: node {} joining {}",
         agent.node_name(),

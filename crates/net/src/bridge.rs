@@ -31,6 +31,9 @@ pub struct BridgeConfig {
     pub pod_cidrs: Vec<Cidr>,
     /// The whole cluster's pod ranges: traffic leaving them is masqueraded.
     pub cluster_cidrs: Vec<Cidr>,
+    /// The Service ranges: routed to the bridge, so that a packet for a Service address no
+    /// rule has rewritten stays on the node instead of following the default route out.
+    pub service_cidrs: Vec<Cidr>,
     /// Where the per-pod records live (a directory on tmpfs: pods do not outlive a reboot).
     pub state_dir: PathBuf,
     pub mtu: Option<u32>,
@@ -97,6 +100,13 @@ impl BridgeNetwork {
         }
         host.set_up(bridge.index)
             .map_err(NetError::io("bringing the bridge up"))?;
+        for range in &config.service_cidrs {
+            host.add_link_route(*range, bridge.index)
+                .map_err(NetError::io(format!(
+                    "routing {range} to {}",
+                    config.bridge
+                )))?;
+        }
         forwarding(&config.pod_cidrs)?;
 
         // Take back what the previous run recorded; what no longer fits is cleaned up.
@@ -242,6 +252,15 @@ impl Inner {
                     .map_err(NetError::io(format!("deleting {name}")))?;
                 host.add_veth(&name, Some(self.bridge_index), "eth0", &ns, self.config.mtu)
                     .map_err(NetError::io(format!("creating the veth pair {name}")))?;
+            }
+            // A pod reaching itself through its Service comes back out its own port.
+            let index = host
+                .link(&name)
+                .map_err(NetError::io(format!("looking up {name}")))?
+                .map(|l| l.index);
+            if let Some(index) = index {
+                host.set_hairpin(index)
+                    .map_err(NetError::io(format!("setting hairpin mode on {name}")))?;
             }
         }
         let mut pod = Netlink::open_in(netns)

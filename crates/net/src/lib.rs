@@ -12,6 +12,7 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod proxy;
 
 use std::io;
 use std::net::IpAddr;
@@ -27,7 +28,7 @@ pub use fake::FakeNetwork;
 pub use ipam::{Ipam, IpamError};
 
 /// A transport protocol, as a container port names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,

@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -209,6 +209,27 @@ impl Netlink {
         }
     }
 
+    /// Let a bridge port send frames back out the port they came in on ("hairpin" mode):
+    /// a pod that reaches itself through its Service's address needs it.
+    pub fn set_hairpin(&mut self, index: u32) -> io::Result<()> {
+        const IFLA_PROTINFO: u16 = 12;
+        const IFLA_BRPORT_MODE: u16 = 4;
+        const NLA_F_NESTED: u16 = 0x8000;
+        // One nested attribute: IFLA_BRPORT_MODE = 1 (length 5, padded to 8).
+        let mut inner = Vec::with_capacity(8);
+        inner.extend_from_slice(&5u16.to_ne_bytes());
+        inner.extend_from_slice(&IFLA_BRPORT_MODE.to_ne_bytes());
+        inner.extend_from_slice(&[1, 0, 0, 0]);
+        let mut msg = LinkMessage::default();
+        msg.header.interface_family = AddressFamily::Bridge;
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Other(DefaultNla::new(
+            IFLA_PROTINFO | NLA_F_NESTED,
+            inner,
+        )));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
@@ -254,6 +275,19 @@ impl Netlink {
             },
         )?;
         Ok(out)
+    }
+
+    /// A route to `dst` straight out of link `index` (no gateway), replacing any.
+    pub fn add_link_route(&mut self, dst: crate::Cidr, index: u32) -> io::Result<()> {
+        let mut msg = route_message(dst.is_ipv6(), dst.prefix());
+        msg.header.scope = RouteScope::Link;
+        msg.attributes
+            .push(RouteAttribute::Destination(route_address(dst.network())));
+        msg.attributes.push(RouteAttribute::Oif(index));
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
     }
 
     /// A default route through `gateway`, reached on link `index`.

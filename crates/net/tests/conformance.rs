@@ -75,6 +75,7 @@ fn config(state: &Path) -> BridgeConfig {
         bridge: "berth0".into(),
         pod_cidrs: cidrs(&["10.42.7.0/24"]),
         cluster_cidrs: cidrs(&["10.42.0.0/16"]),
+        service_cidrs: cidrs(&["10.43.0.0/16"]),
         state_dir: state.join("net"),
         mtu: None,
         nft: Some(nft_path()),
@@ -238,5 +239,95 @@ fn pods_talk_over_the_bridge_and_leave_masqueraded() {
             .output()
             .unwrap();
         assert!(!String::from_utf8_lossy(&rules.stdout).contains("8080"));
+    });
+}
+
+/// Service rules: a ClusterIP leads to its endpoints (the pod itself too: hairpin), a
+/// Service port with no endpoint refuses at once, and changes move traffic.
+#[test]
+fn cluster_ips_reach_endpoints_and_refuse_without_any() {
+    use net::proxy::{Backend, Frontend, State};
+    on_test_node(|dir| {
+        let rt = runtime();
+        let net = BridgeNetwork::new(config(dir)).expect("bridge network");
+        let (_a, a_ns) = new_netns();
+        let (_b, b_ns) = new_netns();
+        let attach = |uid: &'static str, ns: &Path| {
+            rt.block_on(net.attach(&Attachment {
+                uid,
+                netns: ns,
+                host_ports: &[],
+            }))
+            .unwrap()[0]
+        };
+        let a_ip = attach("a", &a_ns);
+        let b_ip = attach("b", &b_ns);
+        let vip: IpAddr = "10.43.0.10".parse().unwrap();
+        let empty: IpAddr = "10.43.0.11".parse().unwrap();
+        let front = |ip| Frontend {
+            ip,
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let state = State {
+            frontends: [
+                (
+                    front(vip),
+                    vec![Backend {
+                        ip: b_ip,
+                        port: 8080,
+                    }],
+                ),
+                (front(empty), vec![]),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        net::nft::apply(&nft_path(), &net::proxy::full(false, &state, 4)).unwrap();
+
+        let server = serve_once(&b_ns, SocketAddr::new(b_ip, 8080), "b via service");
+        assert_eq!(
+            fetch(&a_ns, SocketAddr::new(vip, 80)).unwrap(),
+            "b via service"
+        );
+        assert_eq!(server.join().unwrap(), a_ip.to_string());
+        // Hairpin: b reaches itself through its Service.
+        let server = serve_once(&b_ns, SocketAddr::new(b_ip, 8080), "b to itself");
+        assert_eq!(
+            fetch(&b_ns, SocketAddr::new(vip, 80)).unwrap(),
+            "b to itself"
+        );
+        server.join().unwrap();
+        // No endpoints: refused at once, not timed out.
+        let t = std::time::Instant::now();
+        let err = fetch(&a_ns, SocketAddr::new(empty, 80)).unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{err} after {:?}",
+            t.elapsed()
+        );
+        // An address in the service range with no Service at all never leaves the node:
+        // it is routed to the bridge, where nobody answers.
+        assert!(fetch(&a_ns, SocketAddr::new("10.43.0.99".parse().unwrap(), 80)).is_err());
+
+        // Moving the Service to a itself: only its elements change.
+        let moved = State {
+            frontends: [
+                (
+                    front(vip),
+                    vec![Backend {
+                        ip: a_ip,
+                        port: 8080,
+                    }],
+                ),
+                (front(empty), vec![]),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        net::nft::apply(&nft_path(), &net::proxy::changes(&state, &moved)).unwrap();
+        let server = serve_once(&a_ns, SocketAddr::new(a_ip, 8080), "now a");
+        assert_eq!(fetch(&b_ns, SocketAddr::new(vip, 80)).unwrap(), "now a");
+        server.join().unwrap();
     });
 }

@@ -1,0 +1,297 @@
+//! The node's Service proxy: follows every Service and EndpointSlice, turns them into the
+//! proxy state (`net::proxy`, pure) and keeps the nftables table `berth-proxy` equal to it.
+//! The first state is loaded whole; after that each change writes only the elements of the
+//! Service ports it touched. Changes that arrive together are applied together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use api::k8s_openapi::api::core::v1::Service;
+use api::k8s_openapi::api::discovery::v1::EndpointSlice;
+use client::{Client, ListParams, Watcher, watcher};
+use net::proxy::{self, EndpointInfo, ServiceInfo, SliceInfo, State};
+use net::{Protocol, nft};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// How long to gather changes before applying them.
+const GATHER: Duration = Duration::from_millis(2);
+/// How often the whole table is written again, whatever happened.
+const RESYNC: Duration = Duration::from_secs(600);
+
+enum Change {
+    Services(Box<watcher::Event<Service>>),
+    Slices(Box<watcher::Event<EndpointSlice>>),
+}
+
+fn key(ns: Option<&str>, name: Option<&str>) -> String {
+    format!("{}/{}", ns.unwrap_or(""), name.unwrap_or(""))
+}
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    Protocol::from_kubernetes(p.unwrap_or("TCP"))
+}
+
+fn service_info(s: &Service) -> Option<ServiceInfo> {
+    let spec = s.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
+    if ips.is_empty()
+        && let Some(ip) = spec.cluster_ip.clone()
+    {
+        ips.push(ip);
+    }
+    let cluster_ips: Vec<IpAddr> = ips.iter().filter_map(|i| i.parse().ok()).collect();
+    if cluster_ips.is_empty() {
+        // Headless: DNS answers with the pods; nothing to proxy.
+        return None;
+    }
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p.name.clone().unwrap_or_default(),
+                protocol(p.protocol.as_deref())?,
+                u16::try_from(p.port).ok()?,
+            ))
+        })
+        .collect();
+    Some(ServiceInfo { cluster_ips, ports })
+}
+
+fn slice_info(s: &EndpointSlice) -> SliceInfo {
+    SliceInfo {
+        ports: s
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    protocol(p.protocol.as_deref())?,
+                    u16::try_from(p.port?).ok()?,
+                ))
+            })
+            .collect(),
+        endpoints: s
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let c = e.conditions.clone().unwrap_or_default();
+                Some(EndpointInfo {
+                    ip: e.addresses.first()?.parse().ok()?,
+                    // Unset means ready (and serving), as Kubernetes reads it.
+                    ready: c.ready != Some(false),
+                    serving: c.serving.or(c.ready) != Some(false),
+                    terminating: c.terminating == Some(true),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// What the proxy has seen.
+#[derive(Default)]
+struct Seen {
+    services: HashMap<String, ServiceInfo>,
+    /// Service key -> slice key -> slice.
+    slices: HashMap<String, BTreeMap<String, SliceInfo>>,
+    /// Slice key -> the Service key it was filed under.
+    slice_owner: HashMap<String, String>,
+}
+
+impl Seen {
+    fn state(&self) -> State {
+        let mut st = State::default();
+        for (k, svc) in &self.services {
+            let slices: Vec<SliceInfo> = self
+                .slices
+                .get(k)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            proxy::service_state(svc, &slices, &mut st);
+        }
+        st
+    }
+
+    fn service(&mut self, s: &Service, present: bool) {
+        let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+        match service_info(s).filter(|_| present) {
+            Some(info) => {
+                self.services.insert(k, info);
+            }
+            None => {
+                self.services.remove(&k);
+            }
+        }
+    }
+
+    fn slice(&mut self, s: &EndpointSlice, present: bool) {
+        let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+        if let Some(owner) = self.slice_owner.remove(&k)
+            && let Some(m) = self.slices.get_mut(&owner)
+        {
+            m.remove(&k);
+        }
+        let svc = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"));
+        if let (true, Some(svc)) = (present, svc) {
+            let owner = key(s.metadata.namespace.as_deref(), Some(svc));
+            self.slices
+                .entry(owner.clone())
+                .or_default()
+                .insert(k.clone(), slice_info(s));
+            self.slice_owner.insert(k, owner);
+        }
+    }
+}
+
+/// Follow Services and EndpointSlices and keep the node's proxy rules in step, until
+/// dropped.
+pub async fn run(client: Client, nft_path: PathBuf) {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let services = {
+        let (client, tx) = (client.clone(), tx.clone());
+        tokio::spawn(async move {
+            let mut w = Watcher::<Service>::new(client, None, ListParams::default());
+            loop {
+                if tx
+                    .send(Change::Services(Box::new(w.next().await)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let slices = tokio::spawn(async move {
+        let mut w = Watcher::<EndpointSlice>::new(client, None, ListParams::default());
+        loop {
+            if tx
+                .send(Change::Slices(Box::new(w.next().await)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let _stop = [services, slices].map(supervise::AbortOnDrop);
+
+    let mut seen = Seen::default();
+    let (mut have_services, mut have_slices) = (false, false);
+    // What the kernel holds, and which endpoint counts have chains.
+    let mut applied: Option<(State, usize)> = None;
+    let mut last_full = Instant::now();
+    let mut retry = false;
+    loop {
+        // After a failed apply, try again within a second even if nothing changes.
+        let first = if retry {
+            match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+                Ok(Some(c)) => Some(c),
+                Ok(None) => return,
+                Err(_) => None,
+            }
+        } else {
+            match rx.recv().await {
+                Some(c) => Some(c),
+                None => return,
+            }
+        };
+        let mut batch: Vec<Change> = first.into_iter().collect();
+        tokio::time::sleep(GATHER).await;
+        while let Ok(c) = rx.try_recv() {
+            batch.push(c);
+        }
+        for c in batch {
+            match c {
+                Change::Services(e) => match *e {
+                    watcher::Event::Restarted(all) => {
+                        seen.services.clear();
+                        for s in &all {
+                            seen.service(s, true);
+                        }
+                        have_services = true;
+                    }
+                    watcher::Event::Applied(s) => seen.service(&s, true),
+                    watcher::Event::Deleted(s) => seen.service(&s, false),
+                },
+                Change::Slices(e) => match *e {
+                    watcher::Event::Restarted(all) => {
+                        seen.slices.clear();
+                        seen.slice_owner.clear();
+                        for s in &all {
+                            seen.slice(s, true);
+                        }
+                        have_slices = true;
+                    }
+                    watcher::Event::Applied(s) => seen.slice(&s, true),
+                    watcher::Event::Deleted(s) => seen.slice(&s, false),
+                },
+            }
+        }
+        if !(have_services && have_slices) {
+            continue;
+        }
+        let want = seen.state();
+        let needed = proxy::counts(&want).last().copied().unwrap_or(0);
+        let started = Instant::now();
+        let (script, full) = match &applied {
+            Some((have, chains)) if needed <= *chains && last_full.elapsed() < RESYNC => {
+                if *have == want {
+                    continue;
+                }
+                (proxy::changes(have, &want), false)
+            }
+            _ => {
+                // Chains for a few more endpoints than needed, so growth rarely needs a
+                // full load.
+                let chains = (needed + 8).next_power_of_two();
+                let mut s = proxy::full(false, &want, chains);
+                if want.frontends.keys().any(|f| f.ip.is_ipv6()) {
+                    s.push_str(&proxy::full(true, &want, chains));
+                }
+                last_full = Instant::now();
+                (s, true)
+            }
+        };
+        let path = nft_path.clone();
+        let result = tokio::task::spawn_blocking(move || nft::apply(&path, &script)).await;
+        match result {
+            Ok(Ok(())) => {
+                let chains = match (&applied, full) {
+                    (Some((_, c)), false) => *c,
+                    _ => (needed + 8).next_power_of_two(),
+                };
+                debug!(
+                    frontends = want.frontends.len(),
+                    full,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "service rules applied"
+                );
+                applied = Some((want, chains));
+                retry = false;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not apply the service rules; loading them whole next");
+                applied = None;
+                retry = true;
+            }
+            Err(e) => {
+                warn!(error = %e, "service rule task failed");
+                applied = None;
+                retry = true;
+            }
+        }
+    }
+}
