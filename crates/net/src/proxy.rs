@@ -176,15 +176,41 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
         );
     }
     let _ = writeln!(s, "}}");
-    let family: State = State {
-        frontends: state
-            .frontends
-            .iter()
-            .filter(|(k, _)| k.ip.is_ipv6() == v6)
-            .map(|(k, v)| (*k, v.clone()))
-            .collect(),
+    // One element list per map: nft parses a long list far faster than a command per
+    // element.
+    let mut services = Vec::new();
+    let mut empty = Vec::new();
+    let mut slots: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut pods = BTreeSet::new();
+    for (k, backends) in state.frontends.iter().filter(|(k, _)| k.ip.is_ipv6() == v6) {
+        let n = backends.len();
+        if n == 0 {
+            empty.push(key(k));
+            continue;
+        }
+        services.push(format!("{} : goto svc{n}", key(k)));
+        let list = slots.entry(n).or_default();
+        for (i, b) in backends.iter().enumerate() {
+            list.push(format!("{} . {i} : {} . {}", key(k), b.ip, b.port));
+            pods.insert(b.ip);
+        }
+    }
+    let hairpin: Vec<String> = pods.iter().map(|ip| format!("{ip} . {ip}")).collect();
+    let mut elements = |map: &str, items: &[String]| {
+        if !items.is_empty() {
+            let _ = writeln!(
+                s,
+                "add element {f} {TABLE} {map} {{ {} }}",
+                items.join(", ")
+            );
+        }
     };
-    s.push_str(&changes(&State::default(), &family));
+    for (n, items) in &slots {
+        elements(&format!("be{n}"), items);
+    }
+    elements("services", &services);
+    elements("noendpoints", &empty);
+    elements("hairpin", &hairpin);
     s
 }
 
