@@ -353,3 +353,24 @@ def test_cluster_ips_route_to_ready_pods_and_refuse_without_any(node, nns, versi
     out = node.kubectl("exec", "-n", nns, "client", "--", "sh", "-c", f"nc -w 5 {vip} 80 </dev/null; echo rc=$?",
                        check=False).stdout
     assert "rc=1" in out
+
+
+def test_containers_get_service_environment_variables(node, nns):
+    node.kubectl("create", "service", "clusterip", "db-main", "--tcp=5432:5432", "-n", nns)
+    svc_ip = node.json("get", "service", "db-main", "-n", nns)["spec"]["clusterIP"]
+    api_ip = node.json("get", "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+    apply(node, nns, pod_yaml("linked", ["sleep", "3600"]))
+    apply(node, nns, pod_yaml("unlinked", ["sleep", "3600"], extra="  enableServiceLinks: false\n"))
+    wait_running(node, nns, "linked")
+    wait_running(node, nns, "unlinked")
+    env = dict(line.split("=", 1) for line in
+               node.kubectl("exec", "-n", nns, "linked", "--", "env").stdout.splitlines() if "=" in line)
+    assert env["DB_MAIN_SERVICE_HOST"] == svc_ip
+    assert env["DB_MAIN_SERVICE_PORT"] == "5432"
+    assert env["DB_MAIN_PORT"] == f"tcp://{svc_ip}:5432"
+    assert env["DB_MAIN_PORT_5432_TCP_ADDR"] == svc_ip
+    assert env["KUBERNETES_SERVICE_HOST"] == api_ip
+    assert env["KUBERNETES_SERVICE_PORT"] == "443"
+    env = node.kubectl("exec", "-n", nns, "unlinked", "--", "env").stdout
+    assert "DB_MAIN_SERVICE_HOST" not in env
+    assert f"KUBERNETES_SERVICE_HOST={api_ip}" in env

@@ -14,6 +14,7 @@ pub mod portforward;
 pub mod probe;
 pub mod proxy;
 pub mod server;
+pub mod services;
 pub mod spec;
 pub mod stats;
 pub mod status;
@@ -104,6 +105,8 @@ pub(crate) struct Shared {
     pub(crate) image_used: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     pub(crate) image_gc: gc::Thresholds,
     pub(crate) stats: Arc<stats::Sampler>,
+    /// Every Service, for containers' service environment variables.
+    pub(crate) services: Arc<services::Services>,
 }
 
 impl Shared {
@@ -152,6 +155,7 @@ impl Agent {
                 image_used: Default::default(),
                 image_gc: cfg.image_gc,
                 stats: Arc::default(),
+                services: Arc::default(),
             }),
             network: cfg.network,
             service_proxy: cfg.service_proxy,
@@ -185,7 +189,9 @@ impl Agent {
         let images = supervise("image-gc", move || collect_images(shared.clone()));
         let stats = self.shared.stats.clone();
         let sampler = supervise("stats-sampler", move || stats.clone().run());
-        let _stop = [heartbeat, images, sampler].map(AbortOnDrop);
+        let (services, sc) = (self.shared.services.clone(), self.shared.client.clone());
+        let services = supervise("service-cache", move || services.clone().run(sc.clone()));
+        let _stop = [heartbeat, images, sampler, services].map(AbortOnDrop);
         // Pods run once the network can give them addresses.
         if self.shared.network.get().is_none() {
             let network = self.network().await;

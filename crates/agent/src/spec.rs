@@ -42,6 +42,8 @@ pub struct Ctx<'a> {
     /// What a privileged container gets: the host's capabilities and device nodes.
     pub host_capabilities: &'a [String],
     pub host_devices: Vec<runtime::containers::DeviceSpec>,
+    /// Service environment variables (`<NAME>_SERVICE_HOST`, ...): under everything else.
+    pub service_env: &'a [(String, String)],
 }
 
 /// The ConfigMaps and Secrets a container's environment names.
@@ -162,7 +164,8 @@ fn resource_value(
     Ok(v.to_string())
 }
 
-/// The container's environment, in order: the image's, then `envFrom`, then `env`.
+/// The container's environment, in order: the Services', the image's, then `envFrom`, then
+/// `env` (each overriding what came before; `$(VAR)` in `env` sees them all).
 pub fn environment(
     pod: &Pod,
     c: &Container,
@@ -178,6 +181,9 @@ pub fn environment(
         }
         vars.insert(k, v);
     };
+    for (k, v) in ctx.service_env {
+        set(&mut vars, k.clone(), v.clone());
+    }
     for kv in &image.env {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(&mut vars, k.to_string(), v.to_string());
@@ -541,6 +547,7 @@ mod tests {
             max_open_files: 1024,
             host_capabilities: &[],
             host_devices: vec![],
+            service_env: &[],
         }
     }
 
@@ -601,12 +608,22 @@ mod tests {
             Some(BTreeMap::from([("p".into(), b"pw".to_vec())])),
         );
         let vols = HashMap::new();
-        let env = environment(&p, c, &image(), &refs, &ctx(&vols)).unwrap();
+        // Service variables come first, and anything the pod or image sets wins.
+        let services = [
+            ("WEB_SERVICE_HOST".to_string(), "10.43.0.7".to_string()),
+            ("MODE".to_string(), "service".to_string()),
+        ];
+        let with_services = Ctx {
+            service_env: &services,
+            ..ctx(&vols)
+        };
+        let env = environment(&p, c, &image(), &refs, &with_services).unwrap();
         assert_eq!(
             env,
             [
-                "PATH=/bin",
+                "WEB_SERVICE_HOST=10.43.0.7",
                 "MODE=pod",
+                "PATH=/bin",
                 "CFG_level=3",
                 "GREETING=hi pod",
                 "POD=web",

@@ -832,6 +832,10 @@ impl Worker {
         let volumes = self.volumes.clone().unwrap_or_default();
         let host_ip = self.shared.node.ip.to_string();
         let pod_ip = self.pod_ip();
+        // Like the kubelet, no container starts before the Services are known.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.shared.services.synced()).await;
+        let links = self.pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+        let service_env = self.shared.services.env(&ns, links);
         let ctx = spec::Ctx {
             id: id.to_string(),
             node_name: &self.shared.node.name,
@@ -860,6 +864,7 @@ impl Worker {
             } else {
                 Vec::new()
             },
+            service_env: &service_env,
         };
         spec::container_spec(&self.pod, c, &image.config, &refs, &ctx).map_err(|e| e.0)
     }
