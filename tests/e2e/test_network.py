@@ -374,3 +374,27 @@ def test_containers_get_service_environment_variables(node, nns):
     env = node.kubectl("exec", "-n", nns, "unlinked", "--", "env").stdout
     assert "DB_MAIN_SERVICE_HOST" not in env
     assert f"KUBERNETES_SERVICE_HOST={api_ip}" in env
+
+
+def test_node_ports_answer_on_the_node_address(node, nns, outside, version):
+    apply(node, nns, pod_yaml("np", SERVER, extra="""    ports: [{containerPort: 8080}]
+    readinessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+""").replace("metadata:\n", "metadata:\n  labels: {app: np}\n", 1), version=version)
+    node.kubectl("expose", "pod", "np", "--type=NodePort", "--port=80", "--target-port=8080", "-n", nns,
+                 version=version)
+    port = node.json("get", "service", "np", "-n", nns)["spec"]["ports"][0]["nodePort"]
+    assert 30000 <= port <= 32767
+    wait_until(lambda: len(ready_addresses(node, nns, "np")) == 1, timeout=60, what="an endpoint")
+
+    def fetch():
+        return subprocess.run(outside + ["python3", "-c", FETCH, "192.0.2.1", str(port)],
+                              capture_output=True, text=True, timeout=20)
+    wait_until(lambda: "hello-from-np" in fetch().stdout, timeout=10, what="the node port answering")
+    # Without endpoints it refuses at once.
+    node.kubectl("label", "pod", "np", "app-", "-n", nns)
+    wait_until(lambda: ready_addresses(node, nns, "np") == [], timeout=20, what="no endpoints")
+    started = time.time()
+    wait_until(lambda: "ConnectionRefused" in fetch().stderr, timeout=10, what="refused")
+    assert time.time() - started < 5

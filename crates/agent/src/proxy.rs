@@ -62,7 +62,25 @@ fn service_info(s: &Service) -> Option<ServiceInfo> {
             ))
         })
         .collect();
-    Some(ServiceInfo { cluster_ips, ports })
+    let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let node_ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|_| node_port)
+        .filter_map(|p| {
+            Some((
+                p.name.clone().unwrap_or_default(),
+                protocol(p.protocol.as_deref())?,
+                u16::try_from(p.node_port?).ok()?,
+            ))
+        })
+        .collect();
+    Some(ServiceInfo {
+        cluster_ips,
+        ports,
+        node_ports,
+    })
 }
 
 fn slice_info(s: &EndpointSlice) -> SliceInfo {

@@ -33,12 +33,21 @@ pub struct Backend {
     pub port: u16,
 }
 
+/// A port opened on every node address (a Service's `nodePort`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodePort {
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
 /// A Service as the proxy sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub cluster_ips: Vec<IpAddr>,
     /// Name, protocol, port.
     pub ports: Vec<(String, Protocol, u16)>,
+    /// Name, protocol, node port (NodePort and LoadBalancer Services).
+    pub node_ports: Vec<(String, Protocol, u16)>,
 }
 
 /// An endpoint of an EndpointSlice, as the proxy sees it.
@@ -57,10 +66,46 @@ pub struct SliceInfo {
     pub endpoints: Vec<EndpointInfo>,
 }
 
-/// What the kernel should hold: every Service port's backends (empty: reject).
+/// What the kernel should hold: every Service port's and node port's backends (empty:
+/// reject).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub frontends: BTreeMap<Frontend, Vec<Backend>>,
+    /// Node ports lead to IPv4 endpoints.
+    pub node_ports: BTreeMap<NodePort, Vec<Backend>>,
+}
+
+/// The mark a packet gets when it came in through a node port, so that it is masqueraded
+/// (its reply must come back through this node).
+pub const MASQ_MARK: u32 = 0x4000;
+
+/// The backends of the Service port `name`/`protocol` of the family `v6`: the ready
+/// endpoints, or, if none is ready, those still serving while they terminate.
+fn backends(slices: &[SliceInfo], name: &str, protocol: Protocol, v6: bool) -> Vec<Backend> {
+    let mut ready = BTreeSet::new();
+    let mut fallback = BTreeSet::new();
+    for slice in slices {
+        let Some((_, _, target)) = slice
+            .ports
+            .iter()
+            .find(|(n, p, _)| n == name && *p == protocol)
+        else {
+            continue;
+        };
+        for e in slice.endpoints.iter().filter(|e| e.ip.is_ipv6() == v6) {
+            let b = Backend {
+                ip: e.ip,
+                port: *target,
+            };
+            if e.ready {
+                ready.insert(b);
+            } else if e.serving && e.terminating {
+                fallback.insert(b);
+            }
+        }
+    }
+    let chosen = if ready.is_empty() { fallback } else { ready };
+    chosen.into_iter().collect()
 }
 
 /// The proxy state of one Service from its slices: per cluster IP and port, the ready
@@ -69,42 +114,24 @@ pub struct State {
 pub fn service_state(svc: &ServiceInfo, slices: &[SliceInfo], out: &mut State) {
     for &ip in &svc.cluster_ips {
         for (name, protocol, port) in &svc.ports {
-            let mut ready = BTreeSet::new();
-            let mut fallback = BTreeSet::new();
-            for slice in slices {
-                let Some((_, _, target)) = slice
-                    .ports
-                    .iter()
-                    .find(|(n, p, _)| n == name && p == protocol)
-                else {
-                    continue;
-                };
-                for e in slice
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.ip.is_ipv6() == ip.is_ipv6())
-                {
-                    let b = Backend {
-                        ip: e.ip,
-                        port: *target,
-                    };
-                    if e.ready {
-                        ready.insert(b);
-                    } else if e.serving && e.terminating {
-                        fallback.insert(b);
-                    }
-                }
-            }
-            let chosen = if ready.is_empty() { fallback } else { ready };
             out.frontends.insert(
                 Frontend {
                     ip,
                     protocol: *protocol,
                     port: *port,
                 },
-                chosen.into_iter().collect(),
+                backends(slices, name, *protocol, ip.is_ipv6()),
             );
         }
+    }
+    for (name, protocol, port) in &svc.node_ports {
+        out.node_ports.insert(
+            NodePort {
+                protocol: *protocol,
+                port: *port,
+            },
+            backends(slices, name, *protocol, false),
+        );
     }
 }
 
@@ -121,6 +148,7 @@ pub fn counts(state: &State) -> BTreeSet<usize> {
     state
         .frontends
         .values()
+        .chain(state.node_ports.values())
         .map(Vec::len)
         .filter(|n| *n > 0)
         .collect()
@@ -145,6 +173,19 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
         "  set noendpoints {{ type {addr} . inet_proto . inet_service; }}"
     );
     let _ = writeln!(s, "  set hairpin {{ type {addr} . {addr}; }}");
+    let _ = writeln!(
+        s,
+        "  map nodeports {{ type inet_proto . inet_service : verdict; }}\n  \
+         set noendpoint_nodeports {{ type inet_proto . inet_service; }}"
+    );
+    for n in 1..=max_count {
+        let _ = writeln!(
+            s,
+            "  map nbe{n} {{ typeof meta l4proto . th dport . numgen random mod {n} : {f} daddr . th dport; }}\n  \
+             chain nsvc{n} {{\n    meta mark set meta mark | {MASQ_MARK:#x}\n    \
+             meta l4proto {{ tcp, udp, sctp }} dnat {f} to meta l4proto . th dport . numgen random mod {n} map @nbe{n}\n  }}"
+        );
+    }
     for n in 1..=max_count {
         let _ = writeln!(
             s,
@@ -159,13 +200,15 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
         let _ = writeln!(
             s,
             "  chain {chain} {{\n    type nat hook {hook} priority {prio}; policy accept;\n    \
-             {f} daddr . meta l4proto . th dport vmap @services\n  }}"
+             {f} daddr . meta l4proto . th dport vmap @services\n    \
+             fib daddr type local meta l4proto . th dport vmap @nodeports\n  }}"
         );
     }
     let _ = writeln!(
         s,
         "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
-         ct status dnat {f} saddr . {f} daddr @hairpin masquerade\n  }}"
+         ct status dnat {f} saddr . {f} daddr @hairpin masquerade\n    \
+         meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} masquerade\n  }}"
     );
     for (chain, hook) in [("filter-forward", "forward"), ("filter-output", "output")] {
         let _ = writeln!(
@@ -175,6 +218,12 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
              ct state new {f} daddr . meta l4proto . th dport @noendpoints reject\n  }}"
         );
     }
+    let _ = writeln!(
+        s,
+        "  chain filter-input {{\n    type filter hook input priority filter; policy accept;\n    \
+         ct state new meta l4proto . th dport @noendpoint_nodeports meta l4proto tcp reject with tcp reset\n    \
+         ct state new meta l4proto . th dport @noendpoint_nodeports reject\n  }}"
+    );
     let _ = writeln!(s, "}}");
     // One element list per map: nft parses a long list far faster than a command per
     // element.
@@ -195,6 +244,23 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
             pods.insert(b.ip);
         }
     }
+    let mut node_ports = Vec::new();
+    let mut node_empty = Vec::new();
+    let mut node_slots: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (np, backends) in state.node_ports.iter().filter(|_| !v6) {
+        let n = backends.len();
+        let k = format!("{} . {}", np.protocol.as_str(), np.port);
+        if n == 0 {
+            node_empty.push(k);
+            continue;
+        }
+        node_ports.push(format!("{k} : goto nsvc{n}"));
+        let list = node_slots.entry(n).or_default();
+        for (i, b) in backends.iter().enumerate() {
+            list.push(format!("{k} . {i} : {} . {}", b.ip, b.port));
+            pods.insert(b.ip);
+        }
+    }
     let hairpin: Vec<String> = pods.iter().map(|ip| format!("{ip} . {ip}")).collect();
     let mut elements = |map: &str, items: &[String]| {
         if !items.is_empty() {
@@ -210,6 +276,11 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
     }
     elements("services", &services);
     elements("noendpoints", &empty);
+    for (n, items) in &node_slots {
+        elements(&format!("nbe{n}"), items);
+    }
+    elements("nodeports", &node_ports);
+    elements("noendpoint_nodeports", &node_empty);
     elements("hairpin", &hairpin);
     s
 }
@@ -271,6 +342,55 @@ pub fn changes(old: &State, new: &State) -> String {
             }
         }
     }
+    let ports: BTreeSet<&NodePort> = old.node_ports.keys().chain(new.node_ports.keys()).collect();
+    for k in ports {
+        let (before, after) = (old.node_ports.get(k), new.node_ports.get(k));
+        if before == after {
+            continue;
+        }
+        let key = format!("{} . {}", k.protocol.as_str(), k.port);
+        if let Some(b) = before {
+            if b.is_empty() {
+                let _ = writeln!(
+                    del,
+                    "delete element ip {TABLE} noendpoint_nodeports {{ {key} }}"
+                );
+            } else {
+                let _ = writeln!(del, "delete element ip {TABLE} nodeports {{ {key} }}");
+                let n = b.len();
+                let items: Vec<String> = (0..n).map(|i| format!("{key} . {i}")).collect();
+                let _ = writeln!(
+                    del,
+                    "delete element ip {TABLE} nbe{n} {{ {} }}",
+                    items.join(", ")
+                );
+            }
+        }
+        if let Some(a) = after {
+            if a.is_empty() {
+                let _ = writeln!(
+                    add,
+                    "add element ip {TABLE} noendpoint_nodeports {{ {key} }}"
+                );
+            } else {
+                let n = a.len();
+                let items: Vec<String> = a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| format!("{key} . {i} : {} . {}", b.ip, b.port))
+                    .collect();
+                let _ = writeln!(
+                    add,
+                    "add element ip {TABLE} nbe{n} {{ {} }}",
+                    items.join(", ")
+                );
+                let _ = writeln!(
+                    add,
+                    "add element ip {TABLE} nodeports {{ {key} : goto nsvc{n} }}"
+                );
+            }
+        }
+    }
     // Hairpin pairs follow the set of backends.
     let (was, now) = (hairpins(old), hairpins(new));
     for ip in was.difference(&now) {
@@ -314,6 +434,7 @@ mod tests {
                 ("http".into(), Protocol::Tcp, 80),
                 ("dns".into(), Protocol::Udp, 53),
             ],
+            node_ports: vec![("http".into(), Protocol::Tcp, 30080)],
         }
     }
 
@@ -357,6 +478,12 @@ mod tests {
         }];
         assert_eq!(dns.len(), 2);
         assert_eq!(dns[0].port, 5353);
+        // The node port leads where the port of the same name does.
+        let np = &st.node_ports[&NodePort {
+            protocol: Protocol::Tcp,
+            port: 30080,
+        }];
+        assert_eq!(np, http);
     }
 
     #[test]
@@ -368,6 +495,7 @@ mod tests {
         let svc = ServiceInfo {
             cluster_ips: vec![ip("10.43.0.5")],
             ports: vec![("http".into(), Protocol::Tcp, 80)],
+            node_ports: vec![],
         };
         let mut st = State::default();
         service_state(
@@ -413,9 +541,11 @@ mod tests {
         };
         let old = State {
             frontends: BTreeMap::from([(f, vec![b("10.42.0.2")]), (g, vec![])]),
+            ..Default::default()
         };
         let new = State {
             frontends: BTreeMap::from([(f, vec![b("10.42.0.2"), b("10.42.0.3")]), (g, vec![])]),
+            ..Default::default()
         };
         let script = changes(&old, &new);
         assert_eq!(
@@ -430,10 +560,26 @@ mod tests {
         // A port losing its last endpoint moves to the reject set.
         let empty = State {
             frontends: BTreeMap::from([(f, vec![]), (g, vec![])]),
+            ..Default::default()
         };
         let script = changes(&new, &empty);
         assert!(script.contains("add element ip berth-proxy noendpoints { 10.43.0.5 . tcp . 80 }"));
         assert!(script.contains("delete element ip berth-proxy hairpin { 10.42.0.2 . 10.42.0.2 }"));
         assert_eq!(counts(&new), BTreeSet::from([2]));
+        // Node ports change the same way, in their own maps.
+        let np = NodePort {
+            protocol: Protocol::Tcp,
+            port: 30080,
+        };
+        let with_port = State {
+            node_ports: BTreeMap::from([(np, vec![b("10.42.0.2")])]),
+            ..new.clone()
+        };
+        let script = changes(&new, &with_port);
+        assert_eq!(
+            script,
+            "add element ip berth-proxy nbe1 { tcp . 30080 . 0 : 10.42.0.2 . 8080 }\n\
+             add element ip berth-proxy nodeports { tcp . 30080 : goto nsvc1 }\n"
+        );
     }
 }

@@ -282,6 +282,18 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             ]
             .into_iter()
             .collect(),
+            node_ports: [(
+                net::proxy::NodePort {
+                    protocol: Protocol::Tcp,
+                    port: 30080,
+                },
+                vec![Backend {
+                    ip: b_ip,
+                    port: 8080,
+                }],
+            )]
+            .into_iter()
+            .collect(),
         };
         net::nft::apply(&nft_path(), &net::proxy::full(false, &state, 4)).unwrap();
 
@@ -324,6 +336,7 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             ]
             .into_iter()
             .collect(),
+            node_ports: state.node_ports.clone(),
         };
         net::nft::apply(&nft_path(), &net::proxy::changes(&state, &moved)).unwrap();
         let server = serve_once(&a_ns, SocketAddr::new(a_ip, 8080), "now a");
