@@ -398,3 +398,31 @@ def test_node_ports_answer_on_the_node_address(node, nns, outside, version):
     started = time.time()
     wait_until(lambda: "ConnectionRefused" in fetch().stderr, timeout=10, what="refused")
     assert time.time() - started < 5
+
+
+def test_load_balancers_are_served_on_the_nodes(node, nns, outside, version):
+    apply(node, nns, pod_yaml("lb", SERVER, extra="""    ports: [{containerPort: 8080}]
+""").replace("metadata:\n", "metadata:\n  labels: {app: lb}\n", 1), version=version)
+    node.kubectl("expose", "pod", "lb", "--name=front", "--type=LoadBalancer", "--port=8081",
+                 "--target-port=8080", "-n", nns, version=version)
+    node.kubectl("expose", "pod", "lb", "--name=second", "--type=LoadBalancer", "--port=8081",
+                 "--target-port=8080", "-n", nns, version=version)
+    node_ip = [a["address"] for a in node.json("get", "nodes")["items"][0]["status"]["addresses"]
+               if a["type"] == "InternalIP"][0]
+    wait_until(lambda: node.json("get", "service", "front", "-n", nns)["status"]["loadBalancer"]
+               .get("ingress") == [{"ip": node_ip, "ipMode": "VIP"}], timeout=20, what="the ingress filled")
+    table = node.kubectl("get", "service", "front", "second", "-n", nns, version=version).stdout.splitlines()
+    assert table[1].split()[3] == node_ip, table
+    # The second on the same port waits.
+    assert table[2].split()[3] == "<pending>", table
+    wait_until(lambda: len(ready_addresses(node, nns, "front")) == 1, timeout=60, what="an endpoint")
+
+    def fetch():
+        return subprocess.run(outside + ["python3", "-c", FETCH, "192.0.2.1", "8081"],
+                              capture_output=True, text=True, timeout=20)
+    wait_until(lambda: "hello-from-lb" in fetch().stdout, timeout=10, what="the load balancer answering")
+    # When the first goes, the second gets the port.
+    node.kubectl("delete", "service", "front", "-n", nns, version=version)
+    wait_until(lambda: node.json("get", "service", "second", "-n", nns)["status"]["loadBalancer"].get("ingress"),
+               timeout=20, what="the second given the port")
+    wait_until(lambda: "hello-from-lb" in fetch().stdout, timeout=10, what="the second answering")

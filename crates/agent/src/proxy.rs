@@ -63,7 +63,7 @@ fn service_info(s: &Service) -> Option<ServiceInfo> {
         })
         .collect();
     let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-    let node_ports = spec
+    let mut node_ports: Vec<(String, Protocol, u16)> = spec
         .ports
         .iter()
         .flatten()
@@ -76,6 +76,24 @@ fn service_info(s: &Service) -> Option<ServiceInfo> {
             ))
         })
         .collect();
+    // A Service the built-in load balancer has given the nodes' addresses is served there
+    // at its own ports, like a node port.
+    let balanced = spec.type_.as_deref() == Some("LoadBalancer")
+        && spec.load_balancer_class.is_none()
+        && s.status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .is_some_and(|i| !i.is_empty());
+    if balanced {
+        node_ports.extend(spec.ports.iter().flatten().filter_map(|p| {
+            Some((
+                p.name.clone().unwrap_or_default(),
+                protocol(p.protocol.as_deref())?,
+                u16::try_from(p.port).ok()?,
+            ))
+        }));
+    }
     Some(ServiceInfo {
         cluster_ips,
         ports,

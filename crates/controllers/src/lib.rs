@@ -20,6 +20,7 @@ mod owned;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod scheduling;
+pub mod servicelb;
 pub mod statefulset;
 
 use api::k8s_openapi::api::apps::v1::{
@@ -52,6 +53,7 @@ use crate::nodeipam::NodeIpamController;
 use crate::nodelifecycle::NodeLifecycleController;
 use crate::replicaset::ReplicaSetController;
 use crate::resourcequota::ResourceQuotaController;
+use crate::servicelb::ServiceLbController;
 use crate::statefulset::StatefulSetController;
 
 /// Start the workload controllers, node lifecycle, the namespace controller and the garbage
@@ -152,6 +154,12 @@ pub fn start_controllers(
         endpoints.clone(),
     ));
     harness::start(eps.clone(), eps.queue(), 2, l());
+    let lb = Arc::new(ServiceLbController::new(
+        c(),
+        services.clone(),
+        nodes.clone(),
+    ));
+    harness::start(lb.clone(), lb.queue(), 1, l());
     let ns = Arc::new(NamespaceController::new(c(), namespaces.clone(), ca_pem));
     harness::start(ns.clone(), ns.queue(), 1, l());
 
