@@ -200,8 +200,9 @@ impl Agent {
         // The Service proxy, once the node's routes are there.
         let _proxy = self.service_proxy.clone().map(|nft| {
             let c = self.shared.client.clone();
+            let node = self.shared.node.name.clone();
             AbortOnDrop(supervise("service-proxy", move || {
-                proxy::run(c.clone(), nft.clone())
+                proxy::run(c.clone(), nft.clone(), node.clone())
             }))
         });
         let workers = Arc::new(pods::Workers::default());

@@ -98,6 +98,8 @@ fn service_info(s: &Service) -> Option<ServiceInfo> {
         cluster_ips,
         ports,
         node_ports,
+        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
     })
 }
 
@@ -126,6 +128,7 @@ fn slice_info(s: &EndpointSlice) -> SliceInfo {
                     ready: c.ready != Some(false),
                     serving: c.serving.or(c.ready) != Some(false),
                     terminating: c.terminating == Some(true),
+                    node: e.node_name.clone(),
                 })
             })
             .collect(),
@@ -143,7 +146,7 @@ struct Seen {
 }
 
 impl Seen {
-    fn state(&self) -> State {
+    fn state(&self, node: &str) -> State {
         let mut st = State::default();
         for (k, svc) in &self.services {
             let slices: Vec<SliceInfo> = self
@@ -151,7 +154,7 @@ impl Seen {
                 .get(k)
                 .map(|m| m.values().cloned().collect())
                 .unwrap_or_default();
-            proxy::service_state(svc, &slices, &mut st);
+            proxy::service_state(svc, &slices, node, &mut st);
         }
         st
     }
@@ -193,7 +196,7 @@ impl Seen {
 
 /// Follow Services and EndpointSlices and keep the node's proxy rules in step, until
 /// dropped.
-pub async fn run(client: Client, nft_path: PathBuf) {
+pub async fn run(client: Client, nft_path: PathBuf, node: String) {
     let (tx, mut rx) = mpsc::channel(1024);
     let services = {
         let (client, tx) = (client.clone(), tx.clone());
@@ -279,7 +282,7 @@ pub async fn run(client: Client, nft_path: PathBuf) {
         if !(have_services && have_slices) {
             continue;
         }
-        let want = seen.state();
+        let want = seen.state(&node);
         let needed = proxy::counts(&want).last().copied().unwrap_or(0);
         let started = Instant::now();
         let (script, full) = match &applied {

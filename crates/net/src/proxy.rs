@@ -48,6 +48,11 @@ pub struct ServiceInfo {
     pub ports: Vec<(String, Protocol, u16)>,
     /// Name, protocol, node port (NodePort and LoadBalancer Services).
     pub node_ports: Vec<(String, Protocol, u16)>,
+    /// `internalTrafficPolicy: Local`: cluster IP traffic goes to this node's endpoints only.
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`: node-port traffic goes to this node's endpoints only,
+    /// and keeps its client's address (no masquerade).
+    pub external_local: bool,
 }
 
 /// An endpoint of an EndpointSlice, as the proxy sees it.
@@ -57,6 +62,8 @@ pub struct EndpointInfo {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// The node it runs on, if known.
+    pub node: Option<String>,
 }
 
 /// A slice: its ports (name, protocol, number) and endpoints.
@@ -73,6 +80,8 @@ pub struct State {
     pub frontends: BTreeMap<Frontend, Vec<Backend>>,
     /// Node ports lead to IPv4 endpoints.
     pub node_ports: BTreeMap<NodePort, Vec<Backend>>,
+    /// Node ports whose traffic keeps its source address (`externalTrafficPolicy: Local`).
+    pub local_node_ports: BTreeSet<NodePort>,
 }
 
 /// The mark a packet gets when it came in through a node port, so that it is masqueraded
@@ -81,7 +90,13 @@ pub const MASQ_MARK: u32 = 0x4000;
 
 /// The backends of the Service port `name`/`protocol` of the family `v6`: the ready
 /// endpoints, or, if none is ready, those still serving while they terminate.
-fn backends(slices: &[SliceInfo], name: &str, protocol: Protocol, v6: bool) -> Vec<Backend> {
+fn backends(
+    slices: &[SliceInfo],
+    name: &str,
+    protocol: Protocol,
+    v6: bool,
+    only_on: Option<&str>,
+) -> Vec<Backend> {
     let mut ready = BTreeSet::new();
     let mut fallback = BTreeSet::new();
     for slice in slices {
@@ -92,7 +107,13 @@ fn backends(slices: &[SliceInfo], name: &str, protocol: Protocol, v6: bool) -> V
         else {
             continue;
         };
-        for e in slice.endpoints.iter().filter(|e| e.ip.is_ipv6() == v6) {
+        let here = |e: &&EndpointInfo| only_on.is_none() || e.node.as_deref() == only_on;
+        for e in slice
+            .endpoints
+            .iter()
+            .filter(|e| e.ip.is_ipv6() == v6)
+            .filter(here)
+        {
             let b = Backend {
                 ip: e.ip,
                 port: *target,
@@ -111,7 +132,10 @@ fn backends(slices: &[SliceInfo], name: &str, protocol: Protocol, v6: bool) -> V
 /// The proxy state of one Service from its slices: per cluster IP and port, the ready
 /// endpoints, or, if none is ready, those still serving while they terminate (Kubernetes'
 /// rule, so connections drain instead of failing during a rollout).
-pub fn service_state(svc: &ServiceInfo, slices: &[SliceInfo], out: &mut State) {
+/// `node` is the node the proxy runs on, for the traffic policies.
+pub fn service_state(svc: &ServiceInfo, slices: &[SliceInfo], node: &str, out: &mut State) {
+    let internal = svc.internal_local.then_some(node);
+    let external = svc.external_local.then_some(node);
     for &ip in &svc.cluster_ips {
         for (name, protocol, port) in &svc.ports {
             out.frontends.insert(
@@ -120,18 +144,20 @@ pub fn service_state(svc: &ServiceInfo, slices: &[SliceInfo], out: &mut State) {
                     protocol: *protocol,
                     port: *port,
                 },
-                backends(slices, name, *protocol, ip.is_ipv6()),
+                backends(slices, name, *protocol, ip.is_ipv6(), internal),
             );
         }
     }
     for (name, protocol, port) in &svc.node_ports {
-        out.node_ports.insert(
-            NodePort {
-                protocol: *protocol,
-                port: *port,
-            },
-            backends(slices, name, *protocol, false),
-        );
+        let np = NodePort {
+            protocol: *protocol,
+            port: *port,
+        };
+        out.node_ports
+            .insert(np, backends(slices, name, *protocol, false, external));
+        if svc.external_local {
+            out.local_node_ports.insert(np);
+        }
     }
 }
 
@@ -183,6 +209,8 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
             s,
             "  map nbe{n} {{ typeof meta l4proto . th dport . numgen random mod {n} : {f} daddr . th dport; }}\n  \
              chain nsvc{n} {{\n    meta mark set meta mark | {MASQ_MARK:#x}\n    \
+             meta l4proto {{ tcp, udp, sctp }} dnat {f} to meta l4proto . th dport . numgen random mod {n} map @nbe{n}\n  }}\n  \
+             chain nlsvc{n} {{\n    \
              meta l4proto {{ tcp, udp, sctp }} dnat {f} to meta l4proto . th dport . numgen random mod {n} map @nbe{n}\n  }}"
         );
     }
@@ -254,7 +282,12 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
             node_empty.push(k);
             continue;
         }
-        node_ports.push(format!("{k} : goto nsvc{n}"));
+        let chain = if state.local_node_ports.contains(np) {
+            "nlsvc"
+        } else {
+            "nsvc"
+        };
+        node_ports.push(format!("{k} : goto {chain}{n}"));
         let list = node_slots.entry(n).or_default();
         for (i, b) in backends.iter().enumerate() {
             list.push(format!("{k} . {i} : {} . {}", b.ip, b.port));
@@ -345,7 +378,11 @@ pub fn changes(old: &State, new: &State) -> String {
     let ports: BTreeSet<&NodePort> = old.node_ports.keys().chain(new.node_ports.keys()).collect();
     for k in ports {
         let (before, after) = (old.node_ports.get(k), new.node_ports.get(k));
-        if before == after {
+        let (was_local, is_local) = (
+            old.local_node_ports.contains(k),
+            new.local_node_ports.contains(k),
+        );
+        if before == after && was_local == is_local {
             continue;
         }
         let key = format!("{} . {}", k.protocol.as_str(), k.port);
@@ -384,9 +421,10 @@ pub fn changes(old: &State, new: &State) -> String {
                     "add element ip {TABLE} nbe{n} {{ {} }}",
                     items.join(", ")
                 );
+                let chain = if is_local { "nlsvc" } else { "nsvc" };
                 let _ = writeln!(
                     add,
-                    "add element ip {TABLE} nodeports {{ {key} : goto nsvc{n} }}"
+                    "add element ip {TABLE} nodeports {{ {key} : goto {chain}{n} }}"
                 );
             }
         }
@@ -424,7 +462,49 @@ mod tests {
             ready,
             serving,
             terminating,
+            node: Some(if a.ends_with(".2") { "n1" } else { "n2" }.into()),
         }
+    }
+
+    #[test]
+    fn local_traffic_policies_keep_to_this_nodes_endpoints() {
+        let slices = vec![SliceInfo {
+            ports: vec![("http".into(), Protocol::Tcp, 8080)],
+            endpoints: vec![
+                ep("10.42.0.2", true, true, false),
+                ep("10.42.1.3", true, true, false),
+            ],
+        }];
+        let svc = |internal_local, external_local| ServiceInfo {
+            cluster_ips: vec![ip("10.43.0.5")],
+            ports: vec![("http".into(), Protocol::Tcp, 80)],
+            node_ports: vec![("http".into(), Protocol::Tcp, 30080)],
+            internal_local,
+            external_local,
+        };
+        let np = NodePort {
+            protocol: Protocol::Tcp,
+            port: 30080,
+        };
+        let mut st = State::default();
+        service_state(&svc(false, false), &slices, "n1", &mut st);
+        assert_eq!(st.frontends.values().next().unwrap().len(), 2);
+        assert_eq!(st.node_ports[&np].len(), 2);
+        assert!(st.local_node_ports.is_empty());
+        let mut st = State::default();
+        service_state(&svc(true, true), &slices, "n1", &mut st);
+        assert_eq!(st.frontends.values().next().unwrap()[0].ip, ip("10.42.0.2"));
+        assert_eq!(st.frontends.values().next().unwrap().len(), 1);
+        assert_eq!(st.node_ports[&np].len(), 1);
+        assert!(st.local_node_ports.contains(&np));
+        // Local node ports go to the chains that keep the client's address.
+        let script = full(false, &st, 2);
+        assert!(script.contains("tcp . 30080 : goto nlsvc1"), "{script}");
+        // On a node with none of its endpoints, a local policy has nothing to send to.
+        let mut st = State::default();
+        service_state(&svc(true, true), &slices, "n3", &mut st);
+        assert!(st.frontends.values().next().unwrap().is_empty());
+        assert!(st.node_ports[&np].is_empty());
     }
 
     fn web() -> ServiceInfo {
@@ -435,6 +515,8 @@ mod tests {
                 ("dns".into(), Protocol::Udp, 53),
             ],
             node_ports: vec![("http".into(), Protocol::Tcp, 30080)],
+            internal_local: false,
+            external_local: false,
         }
     }
 
@@ -452,7 +534,7 @@ mod tests {
             ],
         }];
         let mut st = State::default();
-        service_state(&web(), &slices, &mut st);
+        service_state(&web(), &slices, "n1", &mut st);
         let http = &st.frontends[&Frontend {
             ip: ip("10.43.0.5"),
             protocol: Protocol::Tcp,
@@ -496,6 +578,8 @@ mod tests {
             cluster_ips: vec![ip("10.43.0.5")],
             ports: vec![("http".into(), Protocol::Tcp, 80)],
             node_ports: vec![],
+            internal_local: false,
+            external_local: false,
         };
         let mut st = State::default();
         service_state(
@@ -504,6 +588,7 @@ mod tests {
                 ep("10.42.0.2", false, true, true),
                 ep("10.42.0.3", true, true, false),
             ])],
+            "n1",
             &mut st,
         );
         assert_eq!(st.frontends.values().next().unwrap().len(), 1);
@@ -511,6 +596,7 @@ mod tests {
         service_state(
             &svc,
             &[slice(vec![ep("10.42.0.2", false, true, true)])],
+            "n1",
             &mut st,
         );
         assert_eq!(st.frontends.values().next().unwrap()[0].ip, ip("10.42.0.2"));
@@ -518,6 +604,7 @@ mod tests {
         service_state(
             &svc,
             &[slice(vec![ep("10.42.0.2", false, false, true)])],
+            "n1",
             &mut st,
         );
         assert!(st.frontends.values().next().unwrap().is_empty());

@@ -282,16 +282,25 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             ]
             .into_iter()
             .collect(),
-            node_ports: [(
-                net::proxy::NodePort {
-                    protocol: Protocol::Tcp,
-                    port: 30080,
-                },
-                vec![Backend {
-                    ip: b_ip,
-                    port: 8080,
-                }],
-            )]
+            node_ports: [30080, 30081]
+                .map(|port| {
+                    (
+                        net::proxy::NodePort {
+                            protocol: Protocol::Tcp,
+                            port,
+                        },
+                        vec![Backend {
+                            ip: b_ip,
+                            port: 8080,
+                        }],
+                    )
+                })
+                .into_iter()
+                .collect(),
+            local_node_ports: [net::proxy::NodePort {
+                protocol: Protocol::Tcp,
+                port: 30081,
+            }]
             .into_iter()
             .collect(),
         };
@@ -337,6 +346,7 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             .into_iter()
             .collect(),
             node_ports: state.node_ports.clone(),
+            local_node_ports: state.local_node_ports.clone(),
         };
         net::nft::apply(&nft_path(), &net::proxy::changes(&state, &moved)).unwrap();
         let server = serve_once(&a_ns, SocketAddr::new(a_ip, 8080), "now a");
