@@ -105,3 +105,27 @@ def test_wrong_namespace_in_body(cluster, ns):
     status, body = helpers.request(cluster.kubeconfig, "POST", "/api/v1/namespaces/missing-ns/configmaps",
                                    {"metadata": {"name": "x"}})
     assert status == 404 and body["message"] == 'namespaces "missing-ns" not found'
+
+
+def test_service_ports_out_of_range_taken_or_clashing_are_refused(cluster, ns, tmp_path, version):
+    def svc(name, ports):
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                                 "spec": {"type": "NodePort", "selector": {"app": name}, "ports": ports}}))
+        return cluster.kubectl("apply", "-n", ns, "-f", str(f), version=version, check=False)
+
+    r = svc("out-of-range", [{"port": 80, "nodePort": 40000}])
+    assert r.returncode != 0
+    assert "spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range. " \
+           "The range of valid ports is 30000-32767" in r.stderr, r.stderr
+    assert svc("holder", [{"port": 80, "nodePort": 31234}]).returncode == 0
+    r = svc("taker", [{"port": 80, "nodePort": 31234}])
+    assert r.returncode != 0
+    assert "spec.ports[0].nodePort: Invalid value: 31234: provided port is already allocated" in r.stderr, r.stderr
+    r = svc("clash", [{"name": "a", "port": 80}, {"name": "b", "port": 80}])
+    assert r.returncode != 0
+    assert "spec.ports[1]: Duplicate value" in r.stderr, r.stderr
+    # None of the refused ones exist, and the holder kept its port.
+    names = [s["metadata"]["name"] for s in cluster.json("get", "services", "-n", ns)["items"]]
+    assert names == ["holder"]
+    assert cluster.json("get", "service", "holder", "-n", ns)["spec"]["ports"][0]["nodePort"] == 31234

@@ -269,16 +269,20 @@ pub fn plan(
     Ok(ops)
 }
 
-/// Which field a failed claim was for, to explain the failure.
-pub fn describe_taken(key: &str) -> Option<(&'static str, String)> {
+/// What a failed claim was for, to explain the failure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    Ip(String),
+    Port(i64),
+}
+
+pub fn taken(key: &str) -> Option<Taken> {
     if let Some(ip) = key.strip_prefix(IP_PREFIX) {
-        return Some((
-            "clusterIPs",
-            format!("failed to allocate IP {ip}: provided IP is already allocated"),
-        ));
+        return Some(Taken::Ip(ip.to_string()));
     }
     key.strip_prefix(PORT_PREFIX)
-        .map(|p| ("ports", format!("provided port {p} is already allocated")))
+        .and_then(|p| p.parse().ok())
+        .map(Taken::Port)
 }
 
 #[cfg(test)]

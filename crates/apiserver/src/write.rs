@@ -381,12 +381,50 @@ impl ApiServer {
 
     /// Turn a failed store transaction into the API's answer.
     fn store_failure(&self, r: &Resource, name: &str, e: StoreError) -> ApiError {
+        self.store_failure_of(r, name, None, e)
+    }
+
+    /// As `store_failure`, naming the field of `obj` that asked for an address or port
+    /// someone else holds.
+    fn store_failure_of(
+        &self,
+        r: &Resource,
+        name: &str,
+        obj: Option<&Value>,
+        e: StoreError,
+    ) -> ApiError {
         match e {
             StoreError::AlreadyExists { key } if alloc::is_allocation_key(&key) => {
-                let (field, why) =
-                    alloc::describe_taken(&key).unwrap_or(("spec", "already allocated".into()));
                 let mut errs = api::errors::FieldErrors::default();
-                errs.invalid(&api::errors::Path::root("spec").child(field), "", why);
+                let spec = api::errors::Path::root("spec");
+                match alloc::taken(&key) {
+                    Some(alloc::Taken::Port(port)) => {
+                        // Kubernetes names the port entry that asked for it.
+                        let index =
+                            obj.and_then(|o| o["spec"]["ports"].as_array())
+                                .and_then(|ps| {
+                                    ps.iter().position(|p| p["nodePort"].as_i64() == Some(port))
+                                });
+                        match index {
+                            Some(i) => errs.invalid(
+                                &spec.child("ports").index(i).child("nodePort"),
+                                port,
+                                "provided port is already allocated",
+                            ),
+                            None => errs.invalid(
+                                &spec.child("ports"),
+                                "",
+                                format!("provided port {port} is already allocated"),
+                            ),
+                        }
+                    }
+                    Some(alloc::Taken::Ip(ip)) => errs.invalid(
+                        &spec.child("clusterIPs"),
+                        "",
+                        format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                    ),
+                    None => errs.invalid(&spec, "", "already allocated"),
+                }
                 ApiError::invalid(
                     api::resources::find("", "v1", "services").expect("served"),
                     name,
@@ -550,7 +588,7 @@ impl ApiServer {
                 {
                     continue;
                 }
-                Err(e) => return Err(self.store_failure(r, &name, e)),
+                Err(e) => return Err(self.store_failure_of(r, &name, Some(&obj), e)),
             }
         }
         Err(ApiError::unavailable(
@@ -858,7 +896,12 @@ impl ApiServer {
                 })
             }
             Err(StoreError::Conflict { .. }) => Err(Commit::Conflict),
-            Err(e) => Err(Commit::Failed(self.store_failure(r, name, e))),
+            Err(e) => Err(Commit::Failed(self.store_failure_of(
+                r,
+                name,
+                Some(&admitted),
+                e,
+            ))),
         }
     }
 
