@@ -194,37 +194,33 @@ impl Seen {
     }
 }
 
+/// Forward every event of a kind's watch into `tx`, until the receiver goes.
+fn follow<K>(
+    client: Client,
+    tx: mpsc::Sender<Change>,
+    wrap: fn(watcher::Event<K>) -> Change,
+) -> tokio::task::JoinHandle<()>
+where
+    K: api::k8s_openapi::Resource + api::k8s_openapi::ListableResource,
+    K: api::k8s_openapi::Metadata<
+            Ty = api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        >,
+    K: serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut w = Watcher::<K>::new(client, None, ListParams::default());
+        while tx.send(wrap(w.next().await)).await.is_ok() {}
+    })
+}
+
 /// Follow Services and EndpointSlices and keep the node's proxy rules in step, until
 /// dropped.
 pub async fn run(client: Client, nft_path: PathBuf, node: String) {
     let (tx, mut rx) = mpsc::channel(1024);
-    let services = {
-        let (client, tx) = (client.clone(), tx.clone());
-        tokio::spawn(async move {
-            let mut w = Watcher::<Service>::new(client, None, ListParams::default());
-            loop {
-                if tx
-                    .send(Change::Services(Box::new(w.next().await)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        })
-    };
-    let slices = tokio::spawn(async move {
-        let mut w = Watcher::<EndpointSlice>::new(client, None, ListParams::default());
-        loop {
-            if tx
-                .send(Change::Slices(Box::new(w.next().await)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
+    let services = follow(client.clone(), tx.clone(), |e| {
+        Change::Services(Box::new(e))
     });
+    let slices = follow(client, tx, |e| Change::Slices(Box::new(e)));
     let _stop = [services, slices].map(supervise::AbortOnDrop);
 
     let mut seen = Seen::default();

@@ -131,14 +131,56 @@ fn hostname(pod: &Pod, svc: &Service) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// A port of a Service as resolved on one pod: name, protocol, number, app protocol.
+type Resolved = (String, String, i32, Option<String>);
+
+/// The pods a Service with a selector picks (in name order), and the Service's ports as each
+/// resolves them; `None` for a Service without a selector.
+fn selected<'a>(
+    svc: &Service,
+    pods: &'a [Arc<Pod>],
+    with_terminating: bool,
+) -> Option<Vec<(&'a Arc<Pod>, Vec<Resolved>)>> {
+    let spec = svc.spec.as_ref()?;
+    let selector = spec.selector.as_ref().filter(|s| !s.is_empty())?;
+    let mut chosen: Vec<&Arc<Pod>> = pods
+        .iter()
+        .filter(|p| p.metadata.namespace == svc.metadata.namespace)
+        .filter(|p| selects(selector, p.metadata.labels.as_ref()))
+        .filter(|p| eligible(p, with_terminating))
+        .collect();
+    chosen.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Some(
+        chosen
+            .into_iter()
+            .map(|pod| {
+                let ports = spec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+                        let port = resolve(p.target_port.as_ref(), p.port, &protocol, pod)?;
+                        Some((
+                            p.name.clone().unwrap_or_default(),
+                            protocol,
+                            port,
+                            p.app_protocol.clone(),
+                        ))
+                    })
+                    .collect();
+                (pod, ports)
+            })
+            .collect(),
+    )
+}
+
 /// The EndpointSlice contents a Service with a selector should have, from its pods.
 pub fn pod_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Vec<SliceBody> {
-    let Some(spec) = svc.spec.as_ref() else {
+    let Some(chosen) = selected(svc, pods, true) else {
         return Vec::new();
     };
-    let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
-        return Vec::new();
-    };
+    let spec = svc.spec.as_ref().expect("a selected Service has a spec");
     let publish = spec.publish_not_ready_addresses == Some(true);
     let families: Vec<String> = spec
         .ip_families
@@ -148,27 +190,14 @@ pub fn pod_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Vec<SliceBody> {
     // Endpoints grouped by (address type, resolved ports), in a stable order.
     let mut groups: BTreeMap<(String, String), (Vec<EndpointPort>, Vec<Endpoint>)> =
         BTreeMap::new();
-    let mut pods: Vec<&Arc<Pod>> = pods
-        .iter()
-        .filter(|p| p.metadata.namespace == svc.metadata.namespace)
-        .filter(|p| selects(selector, p.metadata.labels.as_ref()))
-        .filter(|p| eligible(p, true))
-        .collect();
-    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    for pod in pods {
-        let ports: Vec<EndpointPort> = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
-                let port = resolve(p.target_port.as_ref(), p.port, &protocol, pod)?;
-                Some(EndpointPort {
-                    name: Some(p.name.clone().unwrap_or_default()),
-                    port: Some(port),
-                    protocol: Some(protocol),
-                    app_protocol: p.app_protocol.clone(),
-                })
+    for (pod, resolved) in chosen {
+        let ports: Vec<EndpointPort> = resolved
+            .into_iter()
+            .map(|(name, protocol, port, app_protocol)| EndpointPort {
+                name: Some(name),
+                port: Some(port),
+                protocol: Some(protocol),
+                app_protocol,
             })
             .collect();
         let port_key = serde_json::to_string(&ports).unwrap_or_default();
@@ -213,35 +242,23 @@ pub fn pod_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Vec<SliceBody> {
 /// The core/v1 Endpoints subsets of a Service with a selector: per set of resolved ports, the
 /// ready addresses and the not-ready ones.
 pub fn core_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
-    let Some(spec) = svc.spec.as_ref() else {
+    let publish = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.publish_not_ready_addresses)
+        == Some(true);
+    let Some(chosen) = selected(svc, pods, publish) else {
         return Vec::new();
     };
-    let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
-        return Vec::new();
-    };
-    let publish = spec.publish_not_ready_addresses == Some(true);
     let mut groups: BTreeMap<String, EndpointSubset> = BTreeMap::new();
-    let mut pods: Vec<&Arc<Pod>> = pods
-        .iter()
-        .filter(|p| p.metadata.namespace == svc.metadata.namespace)
-        .filter(|p| selects(selector, p.metadata.labels.as_ref()))
-        .filter(|p| eligible(p, publish))
-        .collect();
-    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    for pod in pods {
-        let ports: Vec<CorePort> = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
-                let port = resolve(p.target_port.as_ref(), p.port, &protocol, pod)?;
-                Some(CorePort {
-                    name: p.name.clone().filter(|n| !n.is_empty()),
-                    port,
-                    protocol: Some(protocol),
-                    app_protocol: p.app_protocol.clone(),
-                })
+    for (pod, resolved) in chosen {
+        let ports: Vec<CorePort> = resolved
+            .into_iter()
+            .map(|(name, protocol, port, app_protocol)| CorePort {
+                name: Some(name).filter(|n| !n.is_empty()),
+                port,
+                protocol: Some(protocol),
+                app_protocol,
             })
             .collect();
         let Some(ip) = pod_ips(pod).into_iter().next() else {
