@@ -44,8 +44,9 @@ def free_port():
 class Cluster:
     """One `berth server` (or `berth up`, with a node) process with its own data dir."""
 
-    def __init__(self, workdir, role="server"):
+    def __init__(self, workdir, role="server", extra=()):
         self.role = role
+        self.extra = list(extra)
         self.workdir = Path(workdir)
         self.data = self.workdir / "data"
         self.port = free_port()
@@ -73,6 +74,7 @@ class Cluster:
         args = [BERTH, self.role, "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data)]
         if self.role in ("up", "agent"):
             args += ["--run-dir", self.run_dir]
+        args += self.extra
         if self.netns:
             self.enter_netns()
             args = ["nsenter", f"--net={self.netns_path}", *args]

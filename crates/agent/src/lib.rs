@@ -3,6 +3,7 @@
 //! serves the node's side of `kubectl logs`, `exec`, `attach` and `port-forward`.
 
 mod backoff;
+pub mod dns;
 pub mod events;
 mod exec;
 pub mod gc;
@@ -63,6 +64,8 @@ pub struct AgentConfig {
     /// Mirrors and registry settings (`<data-dir>/registries.yaml`; may not exist).
     pub registries_file: PathBuf,
     pub image_gc: gc::Thresholds,
+    /// How pods resolve names, and whether this node serves the cluster DNS.
+    pub dns: dns::DnsSettings,
 }
 
 /// Where the node's pod network comes from.
@@ -107,6 +110,9 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<stats::Sampler>,
     /// Every Service, for containers' service environment variables.
     pub(crate) services: Arc<services::Services>,
+    pub(crate) dns: dns::DnsSettings,
+    /// The cluster DNS this node serves, if it does.
+    pub(crate) dns_server: Option<Arc<net::dns::DnsServer>>,
 }
 
 impl Shared {
@@ -156,6 +162,8 @@ impl Agent {
                 image_gc: cfg.image_gc,
                 stats: Arc::default(),
                 services: Arc::default(),
+                dns_server: cfg.dns.server(),
+                dns: cfg.dns,
             }),
             network: cfg.network,
             service_proxy: cfg.service_proxy,
@@ -201,10 +209,28 @@ impl Agent {
         let _proxy = self.service_proxy.clone().map(|nft| {
             let c = self.shared.client.clone();
             let node = self.shared.node.name.clone();
+            // The cluster DNS address is this node's own, not a Service to forward.
+            let local = self
+                .shared
+                .dns_server
+                .as_ref()
+                .and(self.shared.dns.cluster_dns);
             AbortOnDrop(supervise("service-proxy", move || {
-                proxy::run(c.clone(), nft.clone(), node.clone())
+                proxy::run(c.clone(), nft.clone(), node.clone(), local)
             }))
         });
+        let _dns = match (&self.shared.dns_server, self.shared.dns.cluster_dns) {
+            (Some(server), Some(ip)) => {
+                let (s, c) = (server.clone(), self.shared.client.clone());
+                let records = supervise("dns-records", move || {
+                    dns::follow_records(c.clone(), s.clone())
+                });
+                let s = server.clone();
+                let serving = supervise("cluster-dns", move || dns::serve(s.clone(), ip));
+                vec![AbortOnDrop(records), AbortOnDrop(serving)]
+            }
+            _ => Vec::new(),
+        };
         let workers = Arc::new(pods::Workers::default());
         let _workers = StopWorkers(workers.clone());
         let shared = self.shared.clone();

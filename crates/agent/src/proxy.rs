@@ -21,7 +21,7 @@ const GATHER: Duration = Duration::from_millis(2);
 /// How often the whole table is written again, whatever happened.
 const RESYNC: Duration = Duration::from_secs(600);
 
-enum Change {
+pub(crate) enum Change {
     Services(Box<watcher::Event<Service>>),
     Slices(Box<watcher::Event<EndpointSlice>>),
 }
@@ -34,7 +34,7 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
     Protocol::from_kubernetes(p.unwrap_or("TCP"))
 }
 
-fn service_info(s: &Service) -> Option<ServiceInfo> {
+fn service_info(s: &Service, local: Option<IpAddr>) -> Option<ServiceInfo> {
     let spec = s.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
@@ -48,6 +48,10 @@ fn service_info(s: &Service) -> Option<ServiceInfo> {
     let cluster_ips: Vec<IpAddr> = ips.iter().filter_map(|i| i.parse().ok()).collect();
     if cluster_ips.is_empty() {
         // Headless: DNS answers with the pods; nothing to proxy.
+        return None;
+    }
+    if local.is_some_and(|l| cluster_ips.contains(&l)) {
+        // Served by the node itself (the cluster DNS).
         return None;
     }
     let ports = spec
@@ -143,6 +147,8 @@ struct Seen {
     slices: HashMap<String, BTreeMap<String, SliceInfo>>,
     /// Slice key -> the Service key it was filed under.
     slice_owner: HashMap<String, String>,
+    /// An address this node serves itself, whichever Service names it.
+    local: Option<IpAddr>,
 }
 
 impl Seen {
@@ -161,7 +167,7 @@ impl Seen {
 
     fn service(&mut self, s: &Service, present: bool) {
         let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
-        match service_info(s).filter(|_| present) {
+        match service_info(s, self.local).filter(|_| present) {
             Some(info) => {
                 self.services.insert(k, info);
             }
@@ -195,7 +201,7 @@ impl Seen {
 }
 
 /// Forward every event of a kind's watch into `tx`, until the receiver goes.
-fn follow<K>(
+pub(crate) fn follow<K>(
     client: Client,
     tx: mpsc::Sender<Change>,
     wrap: fn(watcher::Event<K>) -> Change,
@@ -215,7 +221,7 @@ where
 
 /// Follow Services and EndpointSlices and keep the node's proxy rules in step, until
 /// dropped.
-pub async fn run(client: Client, nft_path: PathBuf, node: String) {
+pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<IpAddr>) {
     let (tx, mut rx) = mpsc::channel(1024);
     let services = follow(client.clone(), tx.clone(), |e| {
         Change::Services(Box::new(e))
@@ -223,7 +229,10 @@ pub async fn run(client: Client, nft_path: PathBuf, node: String) {
     let slices = follow(client, tx, |e| Change::Slices(Box::new(e)));
     let _stop = [services, slices].map(supervise::AbortOnDrop);
 
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        local,
+        ..Default::default()
+    };
     let (mut have_services, mut have_slices) = (false, false);
     // What the kernel holds, and which endpoint counts have chains.
     let mut applied: Option<(State, usize)> = None;

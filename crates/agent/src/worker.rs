@@ -217,6 +217,31 @@ impl Worker {
             .unwrap_or_default()
     }
 
+    /// The pod's `resolv.conf`, per its `dnsPolicy` and `dnsConfig`; the cluster DNS learns
+    /// the search list of the pod's resolver, so it can walk it for the pod.
+    fn resolv_conf(&self) -> String {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let settings = &self.shared.dns;
+        let host = settings.host();
+        let ns = self.namespace();
+        let pod = net::dns::PodDns {
+            policy: spec.dns_policy.as_deref(),
+            host_network: self.host_network(),
+            config: spec.dns_config.as_ref(),
+            namespace: &ns,
+            cluster_dns: settings.cluster_dns,
+            domain: &settings.domain,
+            host: &host,
+        };
+        if let Some(dns) = &self.shared.dns_server {
+            let searches = pod.searches_for_cluster_dns();
+            for ip in &self.ips {
+                dns.set_client(*ip, searches.as_deref());
+            }
+        }
+        pod.conf().render()
+    }
+
     /// The node ports the pod's containers ask for (`hostPort`).
     fn host_ports(&self) -> Vec<net::HostPort> {
         let Some(spec) = self.pod.spec.as_ref() else {
@@ -957,10 +982,7 @@ impl Worker {
                     }
                 ),
             )?;
-            std::fs::write(
-                dir.join("resolv.conf"),
-                std::fs::read("/etc/resolv.conf").unwrap_or_default(),
-            )?;
+            std::fs::write(dir.join("resolv.conf"), self.resolv_conf())?;
             Ok(())
         })();
         if let Err(e) = files {
@@ -1227,6 +1249,11 @@ impl Worker {
         // Whether or not this worker made them: after an agent restart, a pod that was
         // terminating has a sandbox and an address from the previous run.
         self.sandbox = None;
+        if let Some(dns) = &self.shared.dns_server {
+            for ip in &self.ips {
+                dns.set_client(*ip, None);
+            }
+        }
         self.ips.clear();
         if let Some(network) = self.shared.network.get()
             && let Err(e) = network.detach(&self.uid).await

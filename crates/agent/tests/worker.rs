@@ -126,6 +126,7 @@ impl Node {
                 low: 99,
                 min_age: Duration::from_secs(3600),
             },
+            dns: Default::default(),
         };
         let client = Client::new(Arc::new(InProcess(self.api.clone(), "system:node")));
         let runtime = Arc::new(self.runtime.clone()) as Arc<dyn ContainerRuntime>;

@@ -75,12 +75,32 @@ pub struct ServerArgs {
     /// The Services' address range (IPv4), from which cluster IPs are allocated.
     #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_service_cidr)]
     pub service_cidr: Cidr,
+    #[command(flatten)]
+    pub dns: DnsArgs,
     /// The size of each node's IPv4 pod range.
     #[arg(long = "node-cidr-mask-size-ipv4", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
     pub node_cidr_mask_v4: u8,
     /// The size of each node's IPv6 pod range.
     #[arg(long = "node-cidr-mask-size-ipv6", default_value_t = 64, value_parser = clap::value_parser!(u8).range(16..=120))]
     pub node_cidr_mask_v6: u8,
+}
+
+/// The cluster DNS, as servers and agents must agree on it.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DnsArgs {
+    /// The cluster DNS address (in the Service range): every node answers there for its own
+    /// pods, and pods get it as their nameserver.
+    #[arg(long, default_value = "10.43.0.10")]
+    pub cluster_dns: IpAddr,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local", value_parser = parse_domain)]
+    pub cluster_domain: String,
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    let d = s.trim_end_matches('.').to_ascii_lowercase();
+    net::dns::Index::new(&d).map_err(|e| e.to_string())?;
+    Ok(d)
 }
 
 fn parse_strategy(s: &str) -> Result<scheduler::Strategy, String> {
@@ -174,6 +194,13 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         ..Default::default()
     };
     let service_ip = IpAddr::V4(Ipv4Addr::from(u32::from(config.service_cidr.0) + 1));
+    if !args.service_cidr.contains(args.dns.cluster_dns) || args.dns.cluster_dns == service_ip {
+        anyhow::bail!(
+            "--cluster-dns {} must be an address of the Service range {} other than {service_ip} (the kubernetes Service's)",
+            args.dns.cluster_dns,
+            args.service_cidr
+        );
+    }
     let pki = pki::load_or_create(
         &data_dir,
         &pki::Sans::for_server(addr.ip(), advertise_ip, service_ip),
@@ -191,6 +218,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
 
     let bootstrap = InProcess::client(api.clone(), "berth-bootstrap");
     bootstrap_objects(&bootstrap, advertise, service_ip).await?;
+    ensure_dns_service(&bootstrap, args.dns.cluster_dns).await;
     KubernetesService::start(bootstrap.clone(), advertise, service_ip);
     // Controllers and the scheduler run once per cluster. With peers they would each hold a
     // Lease (`controllers::leader::Elector`); a single server is always the leader, and
@@ -231,6 +259,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             node_args,
             &args.cluster_cidr.0,
             &[args.service_cidr],
+            &args.dns,
             true,
         )?;
         let name = agent.node_name().to_string();
@@ -444,6 +473,58 @@ async fn bootstrap_objects(c: &Client, advertise: SocketAddr, service_ip: IpAddr
     ensure_kubernetes_service(c, advertise, service_ip)
         .await
         .context("creating the kubernetes service")
+}
+
+/// The `kube-dns` Service in kube-system, holding the cluster DNS address so no other
+/// Service gets it, and where tools look for the cluster's DNS. Every node answers at its
+/// address itself; it has no endpoints to forward to.
+async fn ensure_dns_service(c: &Client, ip: IpAddr) {
+    match c.get::<Service>(Some("kube-system"), "kube-dns").await {
+        Ok(Some(s)) => {
+            let have = s.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+            if have.as_deref() != Some(ip.to_string().as_str()) {
+                warn!(have = ?have, want = %ip, "the kube-dns Service has another address than --cluster-dns; pods are given --cluster-dns");
+            }
+            return;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "could not read the kube-dns Service");
+            return;
+        }
+    }
+    let port = |name: &str, port: i32, protocol: &str| ServicePort {
+        name: Some(name.into()),
+        port,
+        protocol: Some(protocol.into()),
+        target_port: Some(IntOrString::Int(port)),
+        ..Default::default()
+    };
+    let svc = Service {
+        metadata: ObjectMeta {
+            name: Some("kube-dns".into()),
+            labels: Some(
+                [
+                    ("k8s-app", "kube-dns"),
+                    ("kubernetes.io/cluster-service", "true"),
+                    ("kubernetes.io/name", "berth-dns"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ip.to_string()),
+            ports: Some(vec![port("dns", 53, "UDP"), port("dns-tcp", 53, "TCP")]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = exists_ok(c.create(Some("kube-system"), &svc).await) {
+        warn!(error = %e, %ip, "could not create the kube-dns Service");
+    }
 }
 
 /// The `kubernetes` Service and its Endpoints, naming this server.

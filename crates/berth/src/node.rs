@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// Most pods this node runs at once.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// The resolver configuration whose servers the cluster DNS forwards other names to, and
+    /// which `dnsPolicy: Default` pods get.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
 }
 
 /// `berth agent`: a node for a cluster whose API server runs elsewhere.
@@ -73,6 +77,8 @@ pub struct RemoteAgentArgs {
     /// The Services' address range, as the servers have it.
     #[arg(long, default_value = "10.43.0.0/16", value_parser = crate::cluster::parse_service_cidr)]
     pub service_cidr: net::Cidr,
+    #[command(flatten)]
+    pub dns: crate::cluster::DnsArgs,
     #[command(flatten)]
     pub agent: AgentArgs,
 }
@@ -164,6 +170,7 @@ pub fn build(
     args: &AgentArgs,
     cluster_cidrs: &[net::Cidr],
     service_cidrs: &[net::Cidr],
+    dns: &crate::cluster::DnsArgs,
     control_plane: bool,
 ) -> Result<Agent> {
     // SAFETY: geteuid has no preconditions.
@@ -216,6 +223,12 @@ pub fn build(
             low: args.image_gc_low_percent,
             min_age: std::time::Duration::from_secs(args.image_minimum_gc_age),
         },
+        dns: agent::dns::DnsSettings {
+            cluster_dns: Some(dns.cluster_dns),
+            domain: dns.cluster_domain.clone(),
+            resolv_conf: args.resolv_conf.clone(),
+            serve: true,
+        },
     };
     Ok(Agent::new(
         client,
@@ -245,6 +258,7 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
         &args.agent,
         &args.cluster_cidr.0,
         &[args.service_cidr],
+        &args.dns,
         false,
     )?;
     println!(

@@ -290,6 +290,27 @@ impl Netlink {
         )
     }
 
+    /// Make `ip` an address of this host without putting it on an interface: a `local` route
+    /// in the local table through `lo`, so sockets can bind it and packets for it are
+    /// delivered here (as `ip route add local IP dev lo table local`).
+    pub fn add_local_route(&mut self, ip: IpAddr) -> io::Result<()> {
+        let lo = self
+            .link("lo")?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no loopback link"))?;
+        let mut msg = route_message(ip.is_ipv6(), if ip.is_ipv6() { 128 } else { 32 });
+        // The local table (255); the crate names only main and unspec.
+        msg.header.table = 255;
+        msg.header.kind = RouteType::Local;
+        msg.header.scope = RouteScope::Host;
+        msg.attributes
+            .push(RouteAttribute::Destination(route_address(ip)));
+        msg.attributes.push(RouteAttribute::Oif(lo.index));
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
     /// A default route through `gateway`, reached on link `index`.
     pub fn add_default_route(&mut self, index: u32, gateway: IpAddr) -> io::Result<()> {
         let mut msg = route_message(gateway.is_ipv6(), 0);
