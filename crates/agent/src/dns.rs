@@ -11,6 +11,7 @@ use std::time::Duration;
 use api::k8s_openapi::api::core::v1::Service;
 use api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use client::{Client, watcher};
+use net::dns::index::{EndpointEntry, slice_endpoints};
 use net::dns::{DnsServer, ServiceEntry};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -78,7 +79,8 @@ pub async fn serve(server: Arc<DnsServer>, ip: IpAddr) {
         }
         let addr = SocketAddr::new(ip, 53);
         info!(%addr, "cluster DNS serving");
-        if let Err(e) = server.clone().serve(addr).await {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Err(e) = server.clone().serve(addr, cores).await {
             warn!(%addr, error = %e, "cluster DNS stopped; starting again");
         }
         tokio::time::sleep(delay).await;
@@ -90,29 +92,41 @@ fn key(ns: Option<&str>, name: Option<&str>) -> (String, String) {
     (ns.unwrap_or("").to_string(), name.unwrap_or("").to_string())
 }
 
-/// What the records are made from.
+/// What the records are made from, kept compact: per Service its own records, per slice its
+/// ready endpoints.
 #[derive(Default)]
 struct Seen {
-    services: HashMap<(String, String), Service>,
-    /// Service -> slice name -> slice.
-    slices: HashMap<(String, String), BTreeMap<String, EndpointSlice>>,
+    services: HashMap<(String, String), ServiceEntry>,
+    /// Service -> slice name -> its endpoints.
+    slices: HashMap<(String, String), BTreeMap<String, Vec<EndpointEntry>>>,
     /// Slice -> the Service it was filed under.
     slice_owner: HashMap<(String, String), (String, String)>,
 }
 
 impl Seen {
     fn entry(&self, svc: &(String, String)) -> Option<ServiceEntry> {
-        let s = self.services.get(svc)?;
-        let slices: Vec<&EndpointSlice> = self
-            .slices
-            .get(svc)
-            .map(|m| m.values().collect())
-            .unwrap_or_default();
-        ServiceEntry::from_objects(s, &slices)
+        let mut e = self.services.get(svc)?.clone();
+        if let Some(m) = self.slices.get(svc) {
+            e.set_endpoints(m.values().map(Vec::as_slice));
+        }
+        Some(e)
+    }
+
+    fn service(&mut self, s: &Service, present: bool) -> (String, String) {
+        let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+        match ServiceEntry::from_service(s).filter(|_| present) {
+            Some(e) => {
+                self.services.insert(k.clone(), e);
+            }
+            None => {
+                self.services.remove(&k);
+            }
+        }
+        k
     }
 
     /// File a slice under its Service; the Services whose records change.
-    fn slice(&mut self, s: EndpointSlice, present: bool) -> Vec<(String, String)> {
+    fn slice(&mut self, s: &EndpointSlice, present: bool) -> Vec<(String, String)> {
         let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
         let mut touched = Vec::new();
         if let Some(owner) = self.slice_owner.remove(&k) {
@@ -135,7 +149,7 @@ impl Seen {
             self.slices
                 .entry(owner.clone())
                 .or_default()
-                .insert(k.1.clone(), s);
+                .insert(k.1.clone(), slice_endpoints(s));
             self.slice_owner.insert(k, owner.clone());
             touched.push(owner);
         }
@@ -158,36 +172,26 @@ pub async fn follow_records(client: Client, server: Arc<DnsServer>) {
                 watcher::Event::Restarted(all) => {
                     let mut touched: Vec<_> = seen.services.keys().cloned().collect();
                     seen.services.clear();
-                    for s in all {
-                        let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
-                        touched.push(k.clone());
-                        seen.services.insert(k, s);
+                    for s in &all {
+                        touched.push(seen.service(s, true));
                     }
                     touched
                 }
-                watcher::Event::Applied(s) => {
-                    let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
-                    seen.services.insert(k.clone(), s);
-                    vec![k]
-                }
-                watcher::Event::Deleted(s) => {
-                    let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
-                    seen.services.remove(&k);
-                    vec![k]
-                }
+                watcher::Event::Applied(s) => vec![seen.service(&s, true)],
+                watcher::Event::Deleted(s) => vec![seen.service(&s, false)],
             },
             Change::Slices(e) => match *e {
                 watcher::Event::Restarted(all) => {
                     let mut touched: Vec<_> = seen.slices.keys().cloned().collect();
                     seen.slices.clear();
                     seen.slice_owner.clear();
-                    for s in all {
+                    for s in &all {
                         touched.extend(seen.slice(s, true));
                     }
                     touched
                 }
-                watcher::Event::Applied(s) => seen.slice(s, true),
-                watcher::Event::Deleted(s) => seen.slice(s, false),
+                watcher::Event::Applied(s) => seen.slice(&s, true),
+                watcher::Event::Deleted(s) => seen.slice(&s, false),
             },
         };
         let entries: Vec<_> = touched

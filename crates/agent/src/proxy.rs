@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use api::k8s_openapi::api::core::v1::Service;
 use api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use client::{Client, ListParams, Watcher, watcher};
-use net::proxy::{self, EndpointInfo, ServiceInfo, SliceInfo, State};
-use net::{Protocol, nft};
+use net::nft;
+use net::proxy::{self, ServiceInfo, SliceInfo, State};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -28,115 +28,6 @@ pub(crate) enum Change {
 
 fn key(ns: Option<&str>, name: Option<&str>) -> String {
     format!("{}/{}", ns.unwrap_or(""), name.unwrap_or(""))
-}
-
-fn protocol(p: Option<&str>) -> Option<Protocol> {
-    Protocol::from_kubernetes(p.unwrap_or("TCP"))
-}
-
-fn service_info(s: &Service, local: Option<IpAddr>) -> Option<ServiceInfo> {
-    let spec = s.spec.as_ref()?;
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return None;
-    }
-    let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
-    if ips.is_empty()
-        && let Some(ip) = spec.cluster_ip.clone()
-    {
-        ips.push(ip);
-    }
-    let cluster_ips: Vec<IpAddr> = ips.iter().filter_map(|i| i.parse().ok()).collect();
-    if cluster_ips.is_empty() {
-        // Headless: DNS answers with the pods; nothing to proxy.
-        return None;
-    }
-    if local.is_some_and(|l| cluster_ips.contains(&l)) {
-        // Served by the node itself (the cluster DNS).
-        return None;
-    }
-    let ports = spec
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p.name.clone().unwrap_or_default(),
-                protocol(p.protocol.as_deref())?,
-                u16::try_from(p.port).ok()?,
-            ))
-        })
-        .collect();
-    let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-    let mut node_ports: Vec<(String, Protocol, u16)> = spec
-        .ports
-        .iter()
-        .flatten()
-        .filter(|_| node_port)
-        .filter_map(|p| {
-            Some((
-                p.name.clone().unwrap_or_default(),
-                protocol(p.protocol.as_deref())?,
-                u16::try_from(p.node_port?).ok()?,
-            ))
-        })
-        .collect();
-    // A Service the built-in load balancer has given the nodes' addresses is served there
-    // at its own ports, like a node port.
-    let balanced = spec.type_.as_deref() == Some("LoadBalancer")
-        && spec.load_balancer_class.is_none()
-        && s.status
-            .as_ref()
-            .and_then(|st| st.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .is_some_and(|i| !i.is_empty());
-    if balanced {
-        node_ports.extend(spec.ports.iter().flatten().filter_map(|p| {
-            Some((
-                p.name.clone().unwrap_or_default(),
-                protocol(p.protocol.as_deref())?,
-                u16::try_from(p.port).ok()?,
-            ))
-        }));
-    }
-    Some(ServiceInfo {
-        cluster_ips,
-        ports,
-        node_ports,
-        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
-    })
-}
-
-fn slice_info(s: &EndpointSlice) -> SliceInfo {
-    SliceInfo {
-        ports: s
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p.name.clone().unwrap_or_default(),
-                    protocol(p.protocol.as_deref())?,
-                    u16::try_from(p.port?).ok()?,
-                ))
-            })
-            .collect(),
-        endpoints: s
-            .endpoints
-            .iter()
-            .filter_map(|e| {
-                let c = e.conditions.clone().unwrap_or_default();
-                Some(EndpointInfo {
-                    ip: e.addresses.first()?.parse().ok()?,
-                    // Unset means ready (and serving), as Kubernetes reads it.
-                    ready: c.ready != Some(false),
-                    serving: c.serving.or(c.ready) != Some(false),
-                    terminating: c.terminating == Some(true),
-                    node: e.node_name.clone(),
-                })
-            })
-            .collect(),
-    }
 }
 
 /// What the proxy has seen.
@@ -167,7 +58,7 @@ impl Seen {
 
     fn service(&mut self, s: &Service, present: bool) {
         let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
-        match service_info(s, self.local).filter(|_| present) {
+        match ServiceInfo::from_service(s, self.local).filter(|_| present) {
             Some(info) => {
                 self.services.insert(k, info);
             }
@@ -194,7 +85,7 @@ impl Seen {
             self.slices
                 .entry(owner.clone())
                 .or_default()
-                .insert(k.clone(), slice_info(s));
+                .insert(k.clone(), SliceInfo::from_slice(s));
             self.slice_owner.insert(k, owner);
         }
     }

@@ -5,6 +5,7 @@ static ALLOC: alloc::PerRole = alloc::PerRole;
 
 mod alloc;
 mod bench;
+mod bench_dns;
 mod bench_net;
 mod bench_pods;
 mod cluster;
@@ -60,6 +61,9 @@ enum BenchCommand {
     Pods(bench_pods::PodBenchArgs),
     /// The pod network: set-up and tear-down per pod beside a bare veth, and churn.
     Net(bench_net::NetBenchArgs),
+    /// The cluster DNS: queries per second on one core (dnsperf), latency, the search-path
+    /// walk, and the DNS and proxy memory at 10,000 Services and 50,000 pods.
+    Dns(bench_dns::DnsBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -166,7 +170,7 @@ fn run(cli: Cli) -> Result<()> {
     // own, entered before any thread starts so that every thread and child is in it.
     if matches!(
         cli.command,
-        Command::Bench(BenchCommand::Pods(_) | BenchCommand::Net(_))
+        Command::Bench(BenchCommand::Pods(_) | BenchCommand::Net(_) | BenchCommand::Dns(_))
     ) {
         bench_net::isolate()?;
     }
@@ -182,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Pods(args)) => bench_pods::run(args).await,
             Command::Bench(BenchCommand::Net(args)) => bench_net::run(args).await,
+            Command::Bench(BenchCommand::Dns(args)) => bench_dns::run(args).await,
             Command::Image(args) => images_cli::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Shim(_) | Command::OciExec(_) => {

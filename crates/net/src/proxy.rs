@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use api::k8s_openapi::api::core::v1::Service;
+use api::k8s_openapi::api::discovery::v1::EndpointSlice;
+
 use crate::Protocol;
 
 pub const TABLE: &str = "berth-proxy";
@@ -71,6 +74,122 @@ pub struct EndpointInfo {
 pub struct SliceInfo {
     pub ports: Vec<(String, Protocol, u16)>,
     pub endpoints: Vec<EndpointInfo>,
+}
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    Protocol::from_kubernetes(p.unwrap_or("TCP"))
+}
+
+impl ServiceInfo {
+    /// What the proxy needs of a Service; `None` for one it has nothing to do for (headless,
+    /// ExternalName, or at `local`, an address the node serves itself).
+    pub fn from_service(s: &Service, local: Option<IpAddr>) -> Option<ServiceInfo> {
+        let spec = s.spec.as_ref()?;
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return None;
+        }
+        let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
+        if ips.is_empty()
+            && let Some(ip) = spec.cluster_ip.clone()
+        {
+            ips.push(ip);
+        }
+        let cluster_ips: Vec<IpAddr> = ips.iter().filter_map(|i| i.parse().ok()).collect();
+        if cluster_ips.is_empty() {
+            // Headless: DNS answers with the pods; nothing to proxy.
+            return None;
+        }
+        if local.is_some_and(|l| cluster_ips.contains(&l)) {
+            // Served by the node itself (the cluster DNS).
+            return None;
+        }
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    protocol(p.protocol.as_deref())?,
+                    u16::try_from(p.port).ok()?,
+                ))
+            })
+            .collect();
+        let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+        let mut node_ports: Vec<(String, Protocol, u16)> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter(|_| node_port)
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    protocol(p.protocol.as_deref())?,
+                    u16::try_from(p.node_port?).ok()?,
+                ))
+            })
+            .collect();
+        // A Service the built-in load balancer has given the nodes' addresses is served there
+        // at its own ports, like a node port.
+        let balanced = spec.type_.as_deref() == Some("LoadBalancer")
+            && spec.load_balancer_class.is_none()
+            && s.status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .is_some_and(|i| !i.is_empty());
+        if balanced {
+            node_ports.extend(spec.ports.iter().flatten().filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    protocol(p.protocol.as_deref())?,
+                    u16::try_from(p.port).ok()?,
+                ))
+            }));
+        }
+        Some(ServiceInfo {
+            cluster_ips,
+            ports,
+            node_ports,
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        })
+    }
+}
+
+impl SliceInfo {
+    /// What the proxy needs of an EndpointSlice.
+    pub fn from_slice(s: &EndpointSlice) -> SliceInfo {
+        SliceInfo {
+            ports: s
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some((
+                        p.name.clone().unwrap_or_default(),
+                        protocol(p.protocol.as_deref())?,
+                        u16::try_from(p.port?).ok()?,
+                    ))
+                })
+                .collect(),
+            endpoints: s
+                .endpoints
+                .iter()
+                .filter_map(|e| {
+                    let c = e.conditions.clone().unwrap_or_default();
+                    Some(EndpointInfo {
+                        ip: e.addresses.first()?.parse().ok()?,
+                        // Unset means ready (and serving), as Kubernetes reads it.
+                        ready: c.ready != Some(false),
+                        serving: c.serving.or(c.ready) != Some(false),
+                        terminating: c.terminating == Some(true),
+                        node: e.node_name.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What the kernel should hold: every Service port's and node port's backends (empty:

@@ -14,6 +14,8 @@ use api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use hickory_proto::rr::rdata::{CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
+use crate::Protocol;
+
 /// Seconds a cluster answer may be cached (CoreDNS's default for its Kubernetes zone).
 pub const TTL: u32 = 5;
 /// The schema version `dns-version.<zone>` answers.
@@ -23,9 +25,8 @@ const SCHEMA_VERSION: &str = "1.0.1";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortEntry {
     /// Lowercase; empty for an unnamed port.
-    pub name: String,
-    /// `tcp`, `udp` or `sctp`.
-    pub protocol: String,
+    pub name: Box<str>,
+    pub protocol: Protocol,
     pub port: u16,
 }
 
@@ -34,14 +35,17 @@ pub struct PortEntry {
 pub struct EndpointEntry {
     pub ip: IpAddr,
     /// Lowercase; from the pod's `hostname` when its `subdomain` is the Service.
-    pub hostname: Option<String>,
-    pub ports: Vec<PortEntry>,
+    pub hostname: Option<Box<str>>,
+    /// Its slice's ports, shared by the slice's endpoints.
+    pub ports: Arc<[PortEntry]>,
 }
 
 impl EndpointEntry {
     /// The label this endpoint answers under: its hostname, else its address with dashes.
     pub fn label(&self) -> String {
-        self.hostname.clone().unwrap_or_else(|| dashed(self.ip))
+        self.hostname
+            .as_deref()
+            .map_or_else(|| dashed(self.ip), str::to_string)
     }
 }
 
@@ -63,8 +67,8 @@ pub struct ServiceEntry {
 
 fn port_entry(name: Option<&str>, protocol: Option<&str>, port: Option<i32>) -> Option<PortEntry> {
     Some(PortEntry {
-        name: name.unwrap_or("").to_ascii_lowercase(),
-        protocol: protocol.unwrap_or("TCP").to_ascii_lowercase(),
+        name: name.unwrap_or("").to_ascii_lowercase().into(),
+        protocol: Protocol::from_kubernetes(protocol.unwrap_or("TCP"))?,
         port: u16::try_from(port?).ok()?,
     })
 }
@@ -72,6 +76,14 @@ fn port_entry(name: Option<&str>, protocol: Option<&str>, port: Option<i32>) -> 
 impl ServiceEntry {
     /// The records of a Service, given the EndpointSlices labelled with its name.
     pub fn from_objects(svc: &Service, slices: &[&EndpointSlice]) -> Option<ServiceEntry> {
+        let mut e = ServiceEntry::from_service(svc)?;
+        let eps: Vec<Vec<EndpointEntry>> = slices.iter().map(|s| slice_endpoints(s)).collect();
+        e.set_endpoints(eps.iter().map(Vec::as_slice));
+        Some(e)
+    }
+
+    /// The records a Service has by itself (a headless one's endpoints come from its slices).
+    pub fn from_service(svc: &Service) -> Option<ServiceEntry> {
         let spec = svc.spec.as_ref()?;
         let ports = spec
             .ports
@@ -95,49 +107,56 @@ impl ServiceEntry {
         {
             ips.push(ip);
         }
-        let cluster_ips: Vec<IpAddr> = ips.iter().filter_map(|i| i.parse().ok()).collect();
-        let mut endpoints: Vec<EndpointEntry> = Vec::new();
-        if cluster_ips.is_empty() {
-            for slice in slices {
-                let ports: Vec<PortEntry> = slice
-                    .ports
-                    .iter()
-                    .flatten()
-                    .filter_map(|p| port_entry(p.name.as_deref(), p.protocol.as_deref(), p.port))
-                    .collect();
-                for e in &slice.endpoints {
-                    // Unset means ready, as Kubernetes reads it.
-                    if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                        continue;
-                    }
-                    for a in &e.addresses {
-                        let Ok(ip) = a.parse::<IpAddr>() else {
-                            continue;
-                        };
-                        if endpoints.iter().any(|x| x.ip == ip) {
-                            continue;
-                        }
-                        endpoints.push(EndpointEntry {
-                            ip,
-                            hostname: e.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
-                            ports: ports.clone(),
-                        });
-                    }
-                }
-            }
-            endpoints.sort_by_key(|e| e.ip);
-        }
         Some(ServiceEntry {
-            cluster_ips,
+            cluster_ips: ips.iter().filter_map(|i| i.parse().ok()).collect(),
             external_name: None,
             ports,
-            endpoints,
+            endpoints: Vec::new(),
         })
+    }
+
+    /// Give a headless Service the ready endpoints of its slices, one per address.
+    pub fn set_endpoints<'a>(&mut self, slices: impl Iterator<Item = &'a [EndpointEntry]>) {
+        self.endpoints.clear();
+        if !self.headless() {
+            return;
+        }
+        for e in slices.flatten() {
+            if !self.endpoints.iter().any(|x| x.ip == e.ip) {
+                self.endpoints.push(e.clone());
+            }
+        }
+        self.endpoints.sort_by_key(|e| e.ip);
     }
 
     fn headless(&self) -> bool {
         self.cluster_ips.is_empty() && self.external_name.is_none()
     }
+}
+
+/// The ready endpoints of an EndpointSlice, as DNS names them.
+pub fn slice_endpoints(slice: &EndpointSlice) -> Vec<EndpointEntry> {
+    let ports: Arc<[PortEntry]> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| port_entry(p.name.as_deref(), p.protocol.as_deref(), p.port))
+        .collect();
+    let mut out = Vec::new();
+    for e in &slice.endpoints {
+        // Unset means ready, as Kubernetes reads it.
+        if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            continue;
+        }
+        for ip in e.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+            out.push(EndpointEntry {
+                ip,
+                hostname: e.hostname.as_ref().map(|h| h.to_ascii_lowercase().into()),
+                ports: ports.clone(),
+            });
+        }
+    }
+    out
 }
 
 /// The answer to one name and type.
@@ -165,12 +184,19 @@ pub struct Index {
     zone: Name,
     zone_labels: usize,
     /// `namespace/name` -> records.
-    services: HashMap<String, Arc<ServiceEntry>>,
+    services: HashMap<Arc<str>, Arc<ServiceEntry>>,
     /// Namespace -> how many Services it has (a namespace with none has no name).
     namespaces: HashMap<String, usize>,
     /// Address -> the names pointing at it, for PTR.
-    reverse: HashMap<IpAddr, Vec<Name>>,
+    reverse: HashMap<IpAddr, Vec<Pointer>>,
     serial: u32,
+}
+
+/// A name an address has: a Service's (`namespace/name`), or one of its endpoints' under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pointer {
+    service: Arc<str>,
+    label: Option<Box<str>>,
 }
 
 /// A domain that cannot be a cluster zone.
@@ -217,10 +243,9 @@ impl Index {
 
     /// Put (or with `None`, remove) the records of Service `ns/name`.
     pub fn set(&mut self, ns: &str, name: &str, entry: Option<ServiceEntry>) {
-        let key = format!("{ns}/{name}");
-        let fqdn = self.service_name(ns, name);
+        let key: Arc<str> = Arc::from(format!("{ns}/{name}"));
         if let Some(old) = self.services.remove(&key) {
-            for (ip, n) in self.pointers(&fqdn, &old) {
+            for (ip, n) in pointers(&key, &old) {
                 if let Some(v) = self.reverse.get_mut(&ip) {
                     v.retain(|x| x != &n);
                     if v.is_empty() {
@@ -236,26 +261,13 @@ impl Index {
             }
         }
         if let Some(entry) = entry {
-            for (ip, n) in self.pointers(&fqdn, &entry) {
+            for (ip, n) in pointers(&key, &entry) {
                 self.reverse.entry(ip).or_default().push(n);
             }
             *self.namespaces.entry(ns.to_string()).or_default() += 1;
             self.services.insert(key, Arc::new(entry));
         }
         self.serial = self.serial.wrapping_add(1);
-    }
-
-    /// The PTR targets a Service gives: its cluster IPs name it, a headless Service's
-    /// endpoints name themselves under it.
-    fn pointers(&self, fqdn: &Name, e: &ServiceEntry) -> Vec<(IpAddr, Name)> {
-        let mut out: Vec<(IpAddr, Name)> =
-            e.cluster_ips.iter().map(|ip| (*ip, fqdn.clone())).collect();
-        for ep in &e.endpoints {
-            if let Ok(n) = fqdn.prepend_label(ep.label().as_bytes()) {
-                out.push((ep.ip, n));
-            }
-        }
-        out
     }
 
     /// The zone's SOA record, for the authority section of negative answers.
@@ -288,6 +300,7 @@ impl Index {
             .map(|l| String::from_utf8_lossy(l).into_owned())
             .collect();
         let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let service = |ns: &str, svc: &str| self.services.get(format!("{ns}/{svc}").as_str());
         match l.as_slice() {
             [] => match qtype {
                 RecordType::SOA => answer(vec![self.soa().with_name(name)]),
@@ -309,17 +322,17 @@ impl Index {
                     Lookup::NxDomain
                 }
             }
-            [svc, ns, "svc"] => match self.services.get(&format!("{ns}/{svc}")) {
+            [svc, ns, "svc"] => match service(ns, svc) {
                 Some(e) => self.service_records(name, e, qtype, ns, svc),
                 None => Lookup::NxDomain,
             },
             [first, svc, ns, "svc"] => {
-                let Some(e) = self.services.get(&format!("{ns}/{svc}")) else {
+                let Some(e) = service(ns, svc) else {
                     return Lookup::NxDomain;
                 };
                 if first.starts_with('_') {
                     // `_<proto>.<svc>...`: a name on the way to SRV records.
-                    return if e.ports.iter().any(|p| p.protocol == first[1..]) {
+                    return if e.ports.iter().any(|p| p.protocol.as_str() == &first[1..]) {
                         Lookup::NoData
                     } else {
                         Lookup::NxDomain
@@ -331,7 +344,7 @@ impl Index {
                 }
             }
             [port, proto, svc, ns, "svc"] if port.starts_with('_') && proto.starts_with('_') => {
-                let Some(e) = self.services.get(&format!("{ns}/{svc}")) else {
+                let Some(e) = service(ns, svc) else {
                     return Lookup::NxDomain;
                 };
                 self.srv(name, e, ns, svc, Some((&port[1..], &proto[1..])), qtype)
@@ -385,7 +398,9 @@ impl Index {
         qtype: RecordType,
     ) -> Lookup {
         let fits = |p: &PortEntry| match only {
-            Some((port, proto)) => !p.name.is_empty() && p.name == port && p.protocol == proto,
+            Some((port, proto)) => {
+                !p.name.is_empty() && &*p.name == port && p.protocol.as_str() == proto
+            }
             None => true,
         };
         let fqdn = self.service_name(ns, svc);
@@ -447,12 +462,47 @@ impl Index {
             Some(targets) => answer(
                 targets
                     .iter()
-                    .map(|t| Record::from_rdata(name.clone(), TTL, RData::PTR(PTR(t.clone()))))
+                    .filter_map(|t| {
+                        let (ns, svc) = t.service.split_once('/')?;
+                        let mut target = self.service_name(ns, svc);
+                        if let Some(l) = &t.label {
+                            target = target.prepend_label(l.as_bytes()).ok()?;
+                        }
+                        Some(Record::from_rdata(
+                            name.clone(),
+                            TTL,
+                            RData::PTR(PTR(target)),
+                        ))
+                    })
                     .collect(),
             ),
             None => Lookup::Elsewhere,
         }
     }
+}
+
+/// The PTR targets a Service gives: its cluster IPs name it, a headless Service's endpoints
+/// name themselves under it.
+fn pointers(key: &Arc<str>, e: &ServiceEntry) -> Vec<(IpAddr, Pointer)> {
+    let mut out: Vec<(IpAddr, Pointer)> = e
+        .cluster_ips
+        .iter()
+        .map(|ip| {
+            let p = Pointer {
+                service: key.clone(),
+                label: None,
+            };
+            (*ip, p)
+        })
+        .collect();
+    for ep in &e.endpoints {
+        let p = Pointer {
+            service: key.clone(),
+            label: Some(ep.label().into()),
+        };
+        out.push((ep.ip, p));
+    }
+    out
 }
 
 fn answer(answers: Vec<Record>) -> Lookup {

@@ -133,12 +133,12 @@ impl DnsServer {
         }
     }
 
-    /// Serve on `addr` (UDP and TCP) until an error stops a listener.
-    pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> io::Result<()> {
+    /// Serve on `addr` (TCP, and UDP on `udp_sockets` sockets the kernel spreads clients
+    /// over: one per core the server may use) until an error stops a listener.
+    pub async fn serve(self: Arc<Self>, addr: SocketAddr, udp_sockets: usize) -> io::Result<()> {
         let tcp = TcpListener::bind(addr).await?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..cores {
+        for _ in 0..udp_sockets.max(1) {
             let socket = Arc::new(udp_socket(addr)?);
             tasks.spawn(self.clone().serve_udp(socket));
         }
