@@ -24,6 +24,7 @@ from test_network import outside  # noqa: F401  (a fixture)
 from test_pods import apply, pod_yaml, wait_running
 
 DNS = "10.43.0.10"
+NODE_IP = "198.18.0.1"
 SERVER = ["sh", "-c", "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
 
 
@@ -45,7 +46,15 @@ def node():
     with tempfile.TemporaryDirectory(prefix="berth-dns-") as d:
         resolv = Path(d) / "resolv.conf"
         resolv.write_text("nameserver 192.0.2.2\nsearch corp.test\n")
-        c = Cluster(d, role="up", extra=["--resolv-conf", str(resolv)]).start()
+        c = Cluster(d, role="up", extra=["--resolv-conf", str(resolv), "--node-ip", NODE_IP])
+        # The node has an address besides loopback (a veth pair inside its namespace), as a
+        # real machine does: pods reach the API server there through the kubernetes Service.
+        c.enter_netns()
+        c.in_netns("ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1", check=True)
+        c.in_netns("ip", "addr", "add", f"{NODE_IP}/24", "dev", "node0", check=True)
+        c.in_netns("ip", "link", "set", "node0", "up", check=True)
+        c.in_netns("ip", "link", "set", "node1", "up", check=True)
+        c.start()
         try:
             image = Image(layers=[busybox_layer(extra={"bin/lookup": lookup_binary()})], cmd=("sh",))
             c.import_image(image, "busybox:test")
@@ -288,3 +297,20 @@ t.close()
     # Still answering.
     assert short(node, "kubernetes.default.svc.cluster.local") == ["10.43.0.1"]
     assert node.proc.poll() is None
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service(node, dns_ns):
+    ns = dns_ns
+    # Served on the node's address as well as loopback, and advertised there.
+    ep = node.json("get", "endpoints", "kubernetes", "-n", "default")
+    assert ep["subsets"][0]["addresses"] == [{"ip": NODE_IP}], ep
+    apply(node, ns, pod_yaml("client", ["sleep", "3600"]))
+    wait_running(node, ns, "client")
+    env = in_pod(node, ns, "client", "env").stdout
+    assert "KUBERNETES_SERVICE_HOST=10.43.0.1" in env and "KUBERNETES_SERVICE_PORT=443" in env, env
+    # A TLS ClientHello through the ClusterIP: the API server answers with a TLS record (a
+    # handshake, 0x16, or an alert, 0x15, for this bare hello); unreachable, nothing comes.
+    hello = ("\\x16\\x03\\x01\\x00\\x2d\\x01\\x00\\x00\\x29\\x03\\x03" + "\\x00" * 32 +
+             "\\x00\\x00\\x02\\x13\\x01\\x01\\x00")
+    out = in_pod(node, ns, "client", f"printf '{hello}' | nc -w 3 10.43.0.1 443 | od -An -tx1 | head -1").stdout
+    assert out.split()[:1] in (["15"], ["16"]), out

@@ -175,13 +175,36 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let advertise_ip = args
-        .advertise_address
-        .unwrap_or(if addr.ip().is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            addr.ip()
-        });
+    // With a node here, pods must reach the API through the `kubernetes` Service: it is
+    // also served on the node's address (when the listen address is loopback) and that
+    // address is advertised, as k3s does.
+    let node_ip = node.map(crate::node::node_ip);
+    let node_listener = match node_ip {
+        Some(ip) if !ip.is_loopback() && addr.ip().is_loopback() => {
+            let at = SocketAddr::new(ip, addr.port());
+            Some(
+                TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen on the node's address {at}"))?,
+            )
+        }
+        Some(ip) if ip.is_loopback() && args.advertise_address.is_none() => {
+            warn!(
+                "the node has no address but loopback (give it one, or --node-ip): pods cannot reach the API server"
+            );
+            None
+        }
+        _ => None,
+    };
+    let advertise_ip = args.advertise_address.unwrap_or(match node_ip {
+        Some(ip)
+            if !ip.is_loopback() && (addr.ip().is_loopback() || addr.ip().is_unspecified()) =>
+        {
+            ip
+        }
+        _ if addr.ip().is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        _ => addr.ip(),
+    });
     let advertise = SocketAddr::new(advertise_ip, addr.port());
     let config = apiserver::Config {
         advertise,
@@ -286,6 +309,24 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         "admin".to_string(),
     )]));
     let (shutdown, rx) = watch::channel(false);
+    if let Some(l) = node_listener {
+        let (api, l, tls, auth, rx) = (
+            api.clone(),
+            Arc::new(l),
+            tls.clone(),
+            auth.clone(),
+            rx.clone(),
+        );
+        supervise::supervise("api-server-node-address", move || {
+            serve(
+                api.clone(),
+                l.clone(),
+                tls.clone(),
+                auth.clone(),
+                rx.clone(),
+            )
+        });
+    }
     let listener = Arc::new(listener);
     let server = supervise::supervise("api-server", move || {
         serve(
@@ -298,7 +339,14 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     });
 
     let kubeconfig = pki::kubeconfig_path(&data_dir);
-    let server_url = format!("https://{}", format_host(advertise));
+    // The kubeconfig is for this machine's users: the address listened on, unless that is
+    // every address (then the advertised one).
+    let local = if addr.ip().is_unspecified() {
+        advertise
+    } else {
+        addr
+    };
+    let server_url = format!("https://{}", format_host(local));
     pki::write_kubeconfig(&kubeconfig, &server_url, &pki)?;
     Ok(Running {
         addr,

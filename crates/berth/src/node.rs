@@ -116,6 +116,11 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// The node's address: as given, or the default route's.
+pub fn node_ip(args: &AgentArgs) -> IpAddr {
+    args.node_ip.unwrap_or_else(primary_ip)
+}
+
 /// The address this machine would use to reach the outside (no packet is sent).
 fn primary_ip() -> IpAddr {
     UdpSocket::bind("0.0.0.0:0")
@@ -204,7 +209,7 @@ pub fn build(
     let images = Arc::new(crate::images_cli::store_in(data_dir)?);
     let node = NodeInfo {
         name: args.node_name.clone().unwrap_or_else(hostname),
-        ip: args.node_ip.unwrap_or_else(primary_ip),
+        ip: node_ip(args),
         control_plane,
         max_pods: args.max_pods,
         data_dir: data_dir.to_path_buf(),

@@ -69,6 +69,20 @@ fn prefix_of(ranges: &[Cidr], ip: IpAddr) -> u8 {
         .map_or(if ip.is_ipv6() { 128 } else { 32 }, |c| c.prefix())
 }
 
+/// The bridge's hardware address: locally administered, unicast, made from the gateway
+/// address (unique per node, as pod ranges are).
+fn bridge_mac(gateway: Option<IpAddr>) -> [u8; 6] {
+    let tail: [u8; 4] = match gateway {
+        Some(IpAddr::V4(a)) => a.octets(),
+        Some(IpAddr::V6(a)) => {
+            let o = a.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+        None => [0, 0, 0, 1],
+    };
+    [0x02, 0xbe, tail[0], tail[1], tail[2], tail[3]]
+}
+
 impl BridgeNetwork {
     /// Set up the node side (bridge, its addresses, forwarding, the nftables table) and take
     /// back the pods recorded in the state directory. Blocking.
@@ -91,6 +105,15 @@ impl BridgeNetwork {
                 source: io::Error::from(io::ErrorKind::NotFound),
             })?;
         let mut book = Book::new(&config.pod_cidrs);
+        // A bridge without an address of its own takes the lowest of its ports' and changes
+        // it as pods come and go; pods would then send to their gateway's old address and be
+        // hairpinned back instead of reaching the node. A fixed one, from the node's range,
+        // stays across restarts.
+        host.set_mac(bridge.index, bridge_mac(book.gateways().first().copied()))
+            .map_err(NetError::io(format!(
+                "giving {} a hardware address",
+                config.bridge
+            )))?;
         for (range, gw) in config.pod_cidrs.iter().zip(book.gateways()) {
             host.add_address(bridge.index, gw, range.prefix())
                 .map_err(NetError::io(format!(

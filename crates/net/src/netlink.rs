@@ -30,6 +30,8 @@ pub struct Link {
     pub up: bool,
     pub controller: Option<u32>,
     pub mtu: Option<u32>,
+    /// Its hardware address.
+    pub mac: Option<Vec<u8>>,
 }
 
 pub struct Netlink {
@@ -230,6 +232,14 @@ impl Netlink {
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
     }
 
+    /// Set a link's hardware address.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
@@ -361,12 +371,14 @@ fn link_of(l: &LinkMessage) -> Link {
         up: l.header.flags.contains(LinkFlags::Up),
         controller: None,
         mtu: None,
+        mac: None,
     };
     for a in &l.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Controller(c) => link.controller = Some(*c),
             LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+            LinkAttribute::Address(a) => link.mac = Some(a.clone()),
             _ => {}
         }
     }

@@ -120,6 +120,10 @@ fn bridge_network_conforms() {
             .collect();
         assert!(left.is_empty(), "veths left behind: {left:?}");
         assert_eq!(std::fs::read_dir(dir.join("net")).unwrap().count(), 0);
+        // Through all those ports coming and going, the bridge kept its own hardware address
+        // (pods' neighbour caches hold it for their gateway).
+        let bridge = host.link("berth0").unwrap().unwrap();
+        assert_eq!(bridge.mac, Some(vec![0x02, 0xbe, 10, 42, 7, 1]));
     });
 }
 
