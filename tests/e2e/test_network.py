@@ -426,3 +426,56 @@ def test_load_balancers_are_served_on_the_nodes(node, nns, outside, version):
     wait_until(lambda: node.json("get", "service", "second", "-n", nns)["status"]["loadBalancer"].get("ingress"),
                timeout=20, what="the second given the port")
     wait_until(lambda: "hello-from-lb" in fetch().stdout, timeout=10, what="the second answering")
+
+
+def test_expose_port_forward_and_proxy_reach_a_service(node, nns, version):
+    import urllib.request
+    from conftest import free_port, kubectl_binary
+    apply(node, nns, pod_yaml("web", SERVER, extra="""    ports: [{name: http, containerPort: 8080}]
+    readinessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+""").replace("metadata:\n", "metadata:\n  labels: {app: web}\n", 1), version=version)
+    wait_running(node, nns, "web")
+    # `kubectl expose` makes a Service from the pod's labels and ports.
+    node.kubectl("expose", "pod", "web", "-n", nns, "--name", "web", "--port", "80", "--target-port", "http",
+                 version=version)
+    wait_until(lambda: ready_addresses(node, nns, "web"), timeout=30, what="web ready")
+
+    def fetch(url):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            return None
+
+    procs = []
+    try:
+        # port-forward to a Service goes to one of its pods.
+        pf = free_port()
+        procs.append(subprocess.Popen([kubectl_binary(version), "--kubeconfig", node.kubeconfig, "port-forward",
+                                       "-n", nns, "svc/web", f"{pf}:80"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+        assert wait_until(lambda: fetch(f"http://127.0.0.1:{pf}/"), timeout=20,
+                          what="port-forward svc/web") == "hello-from-web\n"
+        # kubectl proxy, then the API server's Service, pod and node proxies.
+        kp = free_port()
+        procs.append(subprocess.Popen([kubectl_binary(version), "--kubeconfig", node.kubeconfig, "proxy",
+                                       f"--port={kp}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        base = f"http://127.0.0.1:{kp}/api/v1/namespaces/{nns}"
+        for path in ("services/web:80/proxy/", "services/web/proxy/index.html", "services/http:web:80/proxy/",
+                     "pods/web:8080/proxy/", "pods/web:http/proxy/index.html"):
+            assert wait_until(lambda: fetch(f"{base}/{path}"), timeout=20, what=path) == "hello-from-web\n", path
+        node_name = node.json("get", "nodes")["items"][0]["metadata"]["name"]
+        # The node's own endpoints (its usage summary, once it has measured some).
+        summary = wait_until(lambda: fetch(f"http://127.0.0.1:{kp}/api/v1/nodes/{node_name}/proxy/stats/summary"),
+                             timeout=40, what="the node's stats summary")
+        assert '"pods"' in summary, summary
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+    # Without a ready endpoint the proxy says so, in a Status.
+    node.kubectl("create", "service", "clusterip", "nobody", "--tcp=80:8080", "-n", nns, version=version)
+    r = node.kubectl("get", "--raw", f"/api/v1/namespaces/{nns}/services/nobody:80/proxy/", check=False)
+    assert r.returncode != 0 and "no endpoints available for service" in r.stderr, r.stderr

@@ -14,6 +14,7 @@ pub mod http;
 mod metrics;
 mod node;
 mod openapi;
+mod proxy;
 mod read;
 mod request;
 mod server;

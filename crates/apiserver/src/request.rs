@@ -118,7 +118,7 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
                 subresource: None,
                 view,
             }),
-            [name, sub] => Ok(Target {
+            [name, sub] | [name, sub @ "proxy", ..] => Ok(Target {
                 resource: r,
                 namespace: s(ns),
                 name: s(name),
@@ -152,7 +152,7 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
                 view,
             })
         }
-        [plural, name, sub] => {
+        [plural, name, sub] | [plural, name, sub @ "proxy", ..] => {
             let (r, view) = find(plural)?;
             if r.namespaced {
                 return Err(ApiError::no_route());

@@ -462,6 +462,10 @@ impl ApiServer {
                 self.namespaced_target(&t)?;
                 self.bind(&t, name, &req, &params, who).await
             }
+            (_, Some(name), Some("proxy")) => {
+                self.namespaced_target(&t)?;
+                self.proxy(&t, name, req).await
+            }
             (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward")))
                 if t.resource.kind == "Pod" =>
             {
@@ -644,6 +648,7 @@ fn has_subresource(r: &api::Resource, sub: &str) -> bool {
         | "attach"
         | "portforward"
         | "ephemeralcontainers" => r.kind == "Pod",
+        "proxy" => matches!(r.kind, "Pod" | "Service" | "Node"),
         _ => false,
     }
 }
