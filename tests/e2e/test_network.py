@@ -479,3 +479,35 @@ def test_expose_port_forward_and_proxy_reach_a_service(node, nns, version):
     node.kubectl("create", "service", "clusterip", "nobody", "--tcp=80:8080", "-n", nns, version=version)
     r = node.kubectl("get", "--raw", f"/api/v1/namespaces/{nns}/services/nobody:80/proxy/", check=False)
     assert r.returncode != 0 and "no endpoints available for service" in r.stderr, r.stderr
+
+
+def test_client_ip_affinity_sticks_to_one_pod(node, nns, version):
+    for name in ("web-1", "web-2"):
+        apply(node, nns, pod_yaml(name, SERVER, extra="""    readinessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+""").replace("metadata:\n", "metadata:\n  labels: {app: web}\n", 1), version=version)
+    apply(node, nns, pod_yaml("client", ["sleep", "3600"]), version=version)
+    apply(node, nns, """apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  ports: [{port: 80, targetPort: 8080}]
+""", version=version)
+    wait_running(node, nns, "client")
+    wait_until(lambda: len(ready_addresses(node, nns, "sticky")) == 2, timeout=60, what="two endpoints")
+    vip = node.json("get", "service", "sticky", "-n", nns)["spec"]["clusterIP"]
+    seen = [http_get(node, nns, "client", vip, 80).strip().splitlines()[-1:] for _ in range(8)]
+    assert len({tuple(s) for s in seen}) == 1 and "hello-from-web-" in seen[0][0], seen
+    # Without affinity the same client is spread over both.
+    node.kubectl("patch", "service", "sticky", "-n", nns, "-p", '{"spec": {"sessionAffinity": "None"}}',
+                 version=version)
+    spread = set()
+    for _ in range(30):
+        spread.add(http_get(node, nns, "client", vip, 80).strip().splitlines()[-1])
+        if len(spread) == 2:
+            break
+    assert spread == {"hello-from-web-1", "hello-from-web-2"}, spread

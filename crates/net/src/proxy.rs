@@ -56,7 +56,12 @@ pub struct ServiceInfo {
     /// `externalTrafficPolicy: Local`: node-port traffic goes to this node's endpoints only,
     /// and keeps its client's address (no masquerade).
     pub external_local: bool,
+    /// `sessionAffinity: ClientIP`: seconds a client sticks to the endpoint it first got.
+    pub affinity: Option<u32>,
 }
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 
 /// An endpoint of an EndpointSlice, as the proxy sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +158,15 @@ impl ServiceInfo {
             node_ports,
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            affinity: (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+                spec.session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .and_then(|t| u32::try_from(t).ok())
+                    .filter(|t| *t > 0)
+                    .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+            }),
         })
     }
 }
@@ -201,6 +215,8 @@ pub struct State {
     pub node_ports: BTreeMap<NodePort, Vec<Backend>>,
     /// Node ports whose traffic keeps its source address (`externalTrafficPolicy: Local`).
     pub local_node_ports: BTreeSet<NodePort>,
+    /// Frontends whose clients stick to one endpoint, and for how many seconds.
+    pub affinity: BTreeMap<Frontend, u32>,
 }
 
 /// The mark a packet gets when it came in through a node port, so that it is masqueraded
@@ -257,14 +273,16 @@ pub fn service_state(svc: &ServiceInfo, slices: &[SliceInfo], node: &str, out: &
     let external = svc.external_local.then_some(node);
     for &ip in &svc.cluster_ips {
         for (name, protocol, port) in &svc.ports {
-            out.frontends.insert(
-                Frontend {
-                    ip,
-                    protocol: *protocol,
-                    port: *port,
-                },
-                backends(slices, name, *protocol, ip.is_ipv6(), internal),
-            );
+            let f = Frontend {
+                ip,
+                protocol: *protocol,
+                port: *port,
+            };
+            out.frontends
+                .insert(f, backends(slices, name, *protocol, ip.is_ipv6(), internal));
+            if let Some(t) = svc.affinity {
+                out.affinity.insert(f, t);
+            }
         }
     }
     for (name, protocol, port) in &svc.node_ports {
@@ -286,6 +304,81 @@ fn fam(ip: IpAddr) -> &'static str {
 
 fn key(f: &Frontend) -> String {
     format!("{} . {} . {}", f.ip, f.protocol.as_str(), f.port)
+}
+
+/// The name of an affinity frontend's chain (its endpoints' chains and sets add `_<i>`).
+fn affinity_chain(k: &Frontend) -> String {
+    format!(
+        "aff_{}_{}_{}",
+        k.ip.to_string().replace(['.', ':'], "_"),
+        k.protocol.as_str(),
+        k.port
+    )
+}
+
+/// The sets and chains of a frontend with client affinity, as commands: per endpoint a set
+/// of the clients it has (each kept for `timeout` seconds after its last packet) and a chain
+/// that refreshes it and DNATs; the frontend's chain sends a known client to its endpoint and
+/// a new one to a random endpoint. Written only for Services that ask for affinity, so the
+/// common path keeps no chain per Service.
+fn affinity_add(k: &Frontend, backends: &[Backend], timeout: u32) -> String {
+    let f = fam(k.ip);
+    let addr = if k.ip.is_ipv6() {
+        "ipv6_addr"
+    } else {
+        "ipv4_addr"
+    };
+    let chain = affinity_chain(k);
+    let proto = k.protocol.as_str();
+    let mut s = String::new();
+    for (i, b) in backends.iter().enumerate() {
+        let to = match b.ip {
+            IpAddr::V6(ip) => format!("[{ip}]:{}", b.port),
+            IpAddr::V4(ip) => format!("{ip}:{}", b.port),
+        };
+        let _ = writeln!(
+            s,
+            "add set {f} {TABLE} {chain}_{i} {{ type {addr}; flags dynamic,timeout; timeout {timeout}s; }}
+             add chain {f} {TABLE} {chain}_{i}
+             add rule {f} {TABLE} {chain}_{i} update @{chain}_{i} {{ {f} saddr }}
+             add rule {f} {TABLE} {chain}_{i} meta l4proto {proto} dnat {f} to {to}"
+        );
+    }
+    let _ = writeln!(s, "add chain {f} {TABLE} {chain}");
+    for i in 0..backends.len() {
+        let _ = writeln!(
+            s,
+            "add rule {f} {TABLE} {chain} {f} saddr @{chain}_{i} goto {chain}_{i}"
+        );
+    }
+    let picks: Vec<String> = (0..backends.len())
+        .map(|i| format!("{i} : goto {chain}_{i}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "add rule {f} {TABLE} {chain} numgen random mod {} vmap {{ {} }}",
+        backends.len(),
+        picks.join(", ")
+    );
+    s
+}
+
+/// Removing what `affinity_add` made (after the `services` element that leads there).
+fn affinity_delete(k: &Frontend, n: usize) -> String {
+    let f = fam(k.ip);
+    let chain = affinity_chain(k);
+    let mut s = format!(
+        "delete chain {f} {TABLE} {chain}
+"
+    );
+    for i in 0..n {
+        let _ = writeln!(
+            s,
+            "delete chain {f} {TABLE} {chain}_{i}
+delete set {f} {TABLE} {chain}_{i}"
+        );
+    }
+    s
 }
 
 /// The endpoint counts whose `svcN` chain and `beN` map the state needs.
@@ -378,17 +471,23 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
     let mut empty = Vec::new();
     let mut slots: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     let mut pods = BTreeSet::new();
+    let mut affinity = String::new();
     for (k, backends) in state.frontends.iter().filter(|(k, _)| k.ip.is_ipv6() == v6) {
         let n = backends.len();
         if n == 0 {
             empty.push(key(k));
             continue;
         }
+        pods.extend(backends.iter().map(|b| b.ip));
+        if let Some(t) = state.affinity.get(k) {
+            affinity.push_str(&affinity_add(k, backends, *t));
+            services.push(format!("{} : goto {}", key(k), affinity_chain(k)));
+            continue;
+        }
         services.push(format!("{} : goto svc{n}", key(k)));
         let list = slots.entry(n).or_default();
         for (i, b) in backends.iter().enumerate() {
             list.push(format!("{} . {i} : {} . {}", key(k), b.ip, b.port));
-            pods.insert(b.ip);
         }
     }
     let mut node_ports = Vec::new();
@@ -414,6 +513,7 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
         }
     }
     let hairpin: Vec<String> = pods.iter().map(|ip| format!("{ip} . {ip}")).collect();
+    s.push_str(&affinity);
     let mut elements = |map: &str, items: &[String]| {
         if !items.is_empty() {
             let _ = writeln!(
@@ -446,15 +546,22 @@ fn hairpins(state: &State) -> BTreeSet<IpAddr> {
 pub fn changes(old: &State, new: &State) -> String {
     let mut del = String::new();
     let mut add = String::new();
+    // Affinity chains go after the elements leading to them, and come before.
+    let mut del_chains = String::new();
+    let mut add_chains = String::new();
     let keys: BTreeSet<&Frontend> = old.frontends.keys().chain(new.frontends.keys()).collect();
     for k in keys {
         let (before, after) = (old.frontends.get(k), new.frontends.get(k));
-        if before == after {
+        let (aff_before, aff_after) = (old.affinity.get(k), new.affinity.get(k));
+        if before == after && aff_before == aff_after {
             continue;
         }
         let f = fam(k.ip);
         if let Some(b) = before {
-            if b.is_empty() {
+            if aff_before.is_some() && !b.is_empty() {
+                let _ = writeln!(del, "delete element {f} {TABLE} services {{ {} }}", key(k));
+                del_chains.push_str(&affinity_delete(k, b.len()));
+            } else if b.is_empty() {
                 let _ = writeln!(
                     del,
                     "delete element {f} {TABLE} noendpoints {{ {} }}",
@@ -472,7 +579,15 @@ pub fn changes(old: &State, new: &State) -> String {
             }
         }
         if let Some(a) = after {
-            if a.is_empty() {
+            if let (Some(t), false) = (aff_after, a.is_empty()) {
+                add_chains.push_str(&affinity_add(k, a, *t));
+                let _ = writeln!(
+                    add,
+                    "add element {f} {TABLE} services {{ {} : goto {} }}",
+                    key(k),
+                    affinity_chain(k)
+                );
+            } else if a.is_empty() {
                 let _ = writeln!(add, "add element {f} {TABLE} noendpoints {{ {} }}", key(k));
             } else {
                 let n = a.len();
@@ -564,7 +679,7 @@ pub fn changes(old: &State, new: &State) -> String {
             fam(*ip)
         );
     }
-    del + &add
+    del + &del_chains + &add_chains + &add
 }
 
 #[cfg(test)]
@@ -600,6 +715,7 @@ mod tests {
             node_ports: vec![("http".into(), Protocol::Tcp, 30080)],
             internal_local,
             external_local,
+            affinity: None,
         };
         let np = NodePort {
             protocol: Protocol::Tcp,
@@ -636,6 +752,7 @@ mod tests {
             node_ports: vec![("http".into(), Protocol::Tcp, 30080)],
             internal_local: false,
             external_local: false,
+            affinity: None,
         }
     }
 
@@ -699,6 +816,7 @@ mod tests {
             node_ports: vec![],
             internal_local: false,
             external_local: false,
+            affinity: None,
         };
         let mut st = State::default();
         service_state(

@@ -307,6 +307,7 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             }]
             .into_iter()
             .collect(),
+            affinity: Default::default(),
         };
         net::nft::apply(&nft_path(), &net::proxy::full(false, &state, 4)).unwrap();
 
@@ -351,10 +352,77 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             .collect(),
             node_ports: state.node_ports.clone(),
             local_node_ports: state.local_node_ports.clone(),
+            affinity: Default::default(),
         };
         net::nft::apply(&nft_path(), &net::proxy::changes(&state, &moved)).unwrap();
         let server = serve_once(&a_ns, SocketAddr::new(a_ip, 8080), "now a");
         assert_eq!(fetch(&b_ns, SocketAddr::new(vip, 80)).unwrap(), "now a");
         server.join().unwrap();
+
+        // Client affinity: a third pod's connections all go to the endpoint it first got,
+        // while without affinity they spread over both.
+        let (_c, c_ns) = new_netns();
+        attach("c", &c_ns);
+        let _a_srv = serve_many(&a_ns, SocketAddr::new(a_ip, 8080), "a");
+        let _b_srv = serve_many(&b_ns, SocketAddr::new(b_ip, 8080), "b");
+        let both = vec![
+            Backend {
+                ip: a_ip,
+                port: 8080,
+            },
+            Backend {
+                ip: b_ip,
+                port: 8080,
+            },
+        ];
+        let spread = State {
+            frontends: [(front(vip), both.clone()), (front(empty), vec![])]
+                .into_iter()
+                .collect(),
+            ..moved.clone()
+        };
+        net::nft::apply(&nft_path(), &net::proxy::changes(&moved, &spread)).unwrap();
+        let seen: std::collections::BTreeSet<String> = (0..30)
+            .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
+            .collect();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let sticky = State {
+            affinity: [(front(vip), 60)].into_iter().collect(),
+            ..spread.clone()
+        };
+        net::nft::apply(&nft_path(), &net::proxy::changes(&spread, &sticky)).unwrap();
+        let seen: std::collections::BTreeSet<String> = (0..30)
+            .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
+            .collect();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        // The same whole, and back to no affinity: the affinity chains and sets go.
+        net::nft::apply(&nft_path(), &net::proxy::full(false, &sticky, 4)).unwrap();
+        let again: std::collections::BTreeSet<String> = (0..10)
+            .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
+            .collect();
+        assert_eq!(again.len(), 1, "{again:?}");
+        net::nft::apply(&nft_path(), &net::proxy::changes(&sticky, &spread)).unwrap();
+        let listing = Command::new(nft_path())
+            .args(["list", "table", "ip", net::proxy::TABLE])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        assert!(!listing.contains("aff_"), "{listing}");
     });
+}
+
+/// Serve `reply` to every connection until the process ends.
+fn serve_many(ns: &Path, addr: SocketAddr, reply: &'static str) -> std::thread::JoinHandle<()> {
+    let file = File::open(ns).expect("open namespace");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        let l = TcpListener::bind(addr).expect("bind in the pod");
+        tx.send(()).unwrap();
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    rx.recv().unwrap();
+    h
 }
