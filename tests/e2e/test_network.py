@@ -511,3 +511,20 @@ spec:
         if len(spread) == 2:
             break
     assert spread == {"hello-from-web-1", "hello-from-web-2"}, spread
+
+
+def test_a_pod_failing_readiness_leaves_its_service_within_its_probe_period(node, nns):
+    apply(node, nns, pod_yaml("web", ["sh", "-c", "touch /tmp/ready; " + SERVER[2]], extra="""    readinessProbe:
+      exec: {command: [test, -f, /tmp/ready]}
+      periodSeconds: 1
+      failureThreshold: 1
+""").replace("metadata:\n", "metadata:\n  labels: {app: web}\n", 1))
+    node.kubectl("create", "service", "clusterip", "web", "--tcp=80:8080", "-n", nns)
+    wait_until(lambda: ready_addresses(node, nns, "web"), timeout=30, what="web ready")
+    node.kubectl("exec", "-n", nns, "web", "--", "rm", "/tmp/ready")
+    started = time.time()
+    wait_until(lambda: not ready_addresses(node, nns, "web"), timeout=10, what="web out of its Service")
+    # One failed probe (period 1 s, threshold 1), then the status and the slice follow.
+    assert time.time() - started < 3, time.time() - started
+    node.kubectl("exec", "-n", nns, "web", "--", "touch", "/tmp/ready")
+    wait_until(lambda: ready_addresses(node, nns, "web"), timeout=10, what="web back in its Service")

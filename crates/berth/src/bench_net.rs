@@ -10,6 +10,7 @@
 //!   records half-way with pods still attached (as after an agent `kill -9`), and then the
 //!   addresses still held, which must be none.
 //!
+//! - pod-to-pod TCP throughput (iperf3) over the bridge, beside a bare veth pair;
 //! - the Service proxy's data plane at 1, 10,000 and 30,000 Services (2 endpoints each): the
 //!   full load of the table, a change (a new Service) -> first connect through it, and
 //!   connect() latency through a ClusterIP beside a direct connect to the pod.
@@ -33,6 +34,9 @@ pub struct NetBenchArgs {
     /// Pods attached and detached in the churn.
     #[arg(long, default_value_t = 10_000)]
     churn: usize,
+    /// Seconds each iperf3 run lasts (0: no throughput figures).
+    #[arg(long, default_value_t = 5)]
+    iperf_seconds: u64,
     /// Service counts the proxy is measured at.
     #[arg(long, value_delimiter = ',', default_value = "1,10000,30000")]
     services: Vec<usize>,
@@ -158,7 +162,99 @@ pub async fn run(args: NetBenchArgs) -> Result<()> {
         "  {:.0} pods/s; afterwards: {left} pods holding addresses, {veths} veths left",
         args.churn as f64 / took.as_secs_f64()
     );
+    if args.iperf_seconds > 0 {
+        throughput(&net, args.iperf_seconds).await?;
+    }
     proxy(&net, &args.services).await
+}
+
+/// TCP throughput (iperf3, one stream) between two pods on the bridge, beside the same
+/// between two namespaces joined by a bare veth pair.
+async fn throughput(net: &BridgeNetwork, seconds: u64) -> Result<()> {
+    let (_a, a_path) = net::netns::create()?;
+    let (_b, b_path) = net::netns::create()?;
+    let mut ips = Vec::new();
+    for (uid, path) in [("iperf-a", &a_path), ("iperf-b", &b_path)] {
+        ips.push(
+            net.attach(&Attachment {
+                uid,
+                netns: path,
+                host_ports: &[],
+            })
+            .await?[0],
+        );
+    }
+    let pods = iperf(&a_path, &b_path, ips[1], seconds)?;
+    for uid in ["iperf-a", "iperf-b"] {
+        net.detach(uid).await?;
+    }
+    // The floor: two namespaces and one veth pair between them, nothing else.
+    let (_c, c_path) = net::netns::create()?;
+    let (d, d_path) = net::netns::create()?;
+    let mut c = Netlink::open_in(&c_path)?;
+    c.add_veth("p0", None, "p1", &d, None)?;
+    let p0 = c.link("p0")?.context("p0")?;
+    c.add_address(p0.index, "10.99.0.1".parse()?, 24)?;
+    c.set_up(p0.index)?;
+    let mut dn = Netlink::open_in(&d_path)?;
+    let p1 = dn.link("p1")?.context("p1")?;
+    dn.add_address(p1.index, "10.99.0.2".parse()?, 24)?;
+    dn.set_up(p1.index)?;
+    let floor = iperf(&c_path, &d_path, "10.99.0.2".parse()?, seconds)?;
+    println!(
+        "
+pod-to-pod TCP throughput (iperf3, one stream, {seconds} s)"
+    );
+    println!(
+        "  pod to pod over the bridge      {:>7.1} Gbit/s   ({:.0}% of the bare veth pair)",
+        pods / 1e9,
+        100.0 * pods / floor
+    );
+    println!(
+        "  floor: bare veth pair           {:>7.1} Gbit/s",
+        floor / 1e9
+    );
+    Ok(())
+}
+
+/// Bits per second received by an iperf3 server in `server_ns` (at `ip`) from a client in
+/// `client_ns`.
+fn iperf(client_ns: &Path, server_ns: &Path, ip: std::net::IpAddr, seconds: u64) -> Result<f64> {
+    // The namespaces are this process's open files: children reach them through its fd table.
+    let me = std::process::id();
+    let fd_path = |p: &Path| {
+        p.to_string_lossy()
+            .replace("/proc/self/", &format!("/proc/{me}/"))
+    };
+    let mut server = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", fd_path(server_ns)))
+        .args(["iperf3", "-s", "-1", "-B"])
+        .arg(ip.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("running iperf3 (Debian: apt-get install iperf3)")?;
+    let mut out = None;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", fd_path(client_ns)))
+            .args(["iperf3", "-J", "-c"])
+            .arg(ip.to_string())
+            .args(["-t", &seconds.to_string()])
+            .output()?;
+        if o.status.success() {
+            out = Some(o.stdout);
+            break;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.context("iperf3 never connected")?;
+    let v: serde_json::Value = serde_json::from_slice(&out)?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 printed no rate")
 }
 
 /// A thread inside a pod's namespace that connects where it is told and reports how long
