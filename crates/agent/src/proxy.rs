@@ -1,9 +1,10 @@
 //! The node's Service proxy: follows every Service and EndpointSlice, turns them into the
 //! proxy state (`net::proxy`, pure) and keeps the nftables table `berth-proxy` equal to it.
-//! The first state is loaded whole; after that each change writes only the elements of the
-//! Service ports it touched. Changes that arrive together are applied together.
+//! The first state is loaded whole; after that each change recomputes only the Services it
+//! touched and writes only the elements of their ports. Changes that arrive together are
+//! applied together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,24 +41,51 @@ struct Seen {
     slice_owner: HashMap<String, String>,
     /// An address this node serves itself, whichever Service names it.
     local: Option<IpAddr>,
+    /// The state, kept per Service.
+    combined: proxy::Combined,
+    /// Services whose part of the state is out of date.
+    dirty: BTreeSet<String>,
 }
 
 impl Seen {
-    fn state(&self, node: &str) -> State {
-        let mut st = State::default();
-        for (k, svc) in &self.services {
-            let slices: Vec<SliceInfo> = self
-                .slices
-                .get(k)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default();
-            proxy::service_state(svc, &slices, node, &mut st);
+    /// The state, with the parts of the Services that changed recomputed.
+    fn state(&mut self, node: &str) -> &State {
+        for k in std::mem::take(&mut self.dirty) {
+            let part = self.services.get(&k).map(|svc| {
+                let slices: Vec<SliceInfo> = self
+                    .slices
+                    .get(&k)
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default();
+                let mut st = State::default();
+                proxy::service_state(svc, &slices, node, &mut st);
+                st
+            });
+            self.combined.set(&k, part);
         }
-        st
+        self.combined.state()
+    }
+
+    fn restart_services(&mut self, all: &[Service]) {
+        self.dirty.extend(self.services.keys().cloned());
+        self.services.clear();
+        for s in all {
+            self.service(s, true);
+        }
+    }
+
+    fn restart_slices(&mut self, all: &[EndpointSlice]) {
+        self.dirty.extend(self.slices.keys().cloned());
+        self.slices.clear();
+        self.slice_owner.clear();
+        for s in all {
+            self.slice(s, true);
+        }
     }
 
     fn service(&mut self, s: &Service, present: bool) {
         let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+        self.dirty.insert(k.clone());
         match ServiceInfo::from_service(s, self.local).filter(|_| present) {
             Some(info) => {
                 self.services.insert(k, info);
@@ -70,10 +98,14 @@ impl Seen {
 
     fn slice(&mut self, s: &EndpointSlice, present: bool) {
         let k = key(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
-        if let Some(owner) = self.slice_owner.remove(&k)
-            && let Some(m) = self.slices.get_mut(&owner)
-        {
-            m.remove(&k);
+        if let Some(owner) = self.slice_owner.remove(&k) {
+            if let Some(m) = self.slices.get_mut(&owner) {
+                m.remove(&k);
+                if m.is_empty() {
+                    self.slices.remove(&owner);
+                }
+            }
+            self.dirty.insert(owner);
         }
         let svc = s
             .metadata
@@ -86,6 +118,7 @@ impl Seen {
                 .entry(owner.clone())
                 .or_default()
                 .insert(k.clone(), SliceInfo::from_slice(s));
+            self.dirty.insert(owner.clone());
             self.slice_owner.insert(k, owner);
         }
     }
@@ -152,10 +185,7 @@ pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<
             match c {
                 Change::Services(e) => match *e {
                     watcher::Event::Restarted(all) => {
-                        seen.services.clear();
-                        for s in &all {
-                            seen.service(s, true);
-                        }
+                        seen.restart_services(&all);
                         have_services = true;
                     }
                     watcher::Event::Applied(s) => seen.service(&s, true),
@@ -163,11 +193,7 @@ pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<
                 },
                 Change::Slices(e) => match *e {
                     watcher::Event::Restarted(all) => {
-                        seen.slices.clear();
-                        seen.slice_owner.clear();
-                        for s in &all {
-                            seen.slice(s, true);
-                        }
+                        seen.restart_slices(&all);
                         have_slices = true;
                     }
                     watcher::Event::Applied(s) => seen.slice(&s, true),
@@ -178,7 +204,7 @@ pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<
         if !(have_services && have_slices) {
             continue;
         }
-        let want = seen.state(&node);
+        let want = seen.state(&node).clone();
         let needed = proxy::counts(&want).last().copied().unwrap_or(0);
         let started = Instant::now();
         let (script, full) = match &applied {

@@ -219,6 +219,46 @@ pub struct State {
     pub affinity: BTreeMap<Frontend, u32>,
 }
 
+/// The proxy state kept as the union of every Service's part, so that a change recomputes
+/// only the Services it touched, not all of them.
+#[derive(Default)]
+pub struct Combined {
+    /// Service key -> the keys its part holds in `state`.
+    parts: std::collections::HashMap<String, (Vec<Frontend>, Vec<NodePort>)>,
+    state: State,
+}
+
+impl Combined {
+    /// Put (or with `None`, take out) the part of Service `key`.
+    pub fn set(&mut self, key: &str, part: Option<State>) {
+        if let Some((frontends, node_ports)) = self.parts.remove(key) {
+            for f in &frontends {
+                self.state.frontends.remove(f);
+                self.state.affinity.remove(f);
+            }
+            for np in &node_ports {
+                self.state.node_ports.remove(np);
+                self.state.local_node_ports.remove(np);
+            }
+        }
+        if let Some(p) = part {
+            let keys = (
+                p.frontends.keys().copied().collect(),
+                p.node_ports.keys().copied().collect(),
+            );
+            self.state.frontends.extend(p.frontends);
+            self.state.node_ports.extend(p.node_ports);
+            self.state.local_node_ports.extend(p.local_node_ports);
+            self.state.affinity.extend(p.affinity);
+            self.parts.insert(key.to_string(), keys);
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+}
+
 /// The mark a packet gets when it came in through a node port, so that it is masqueraded
 /// (its reply must come back through this node).
 pub const MASQ_MARK: u32 = 0x4000;
@@ -905,5 +945,44 @@ mod tests {
             "add element ip berth-proxy nbe1 { tcp . 30080 . 0 : 10.42.0.2 . 8080 }\n\
              add element ip berth-proxy nodeports { tcp . 30080 : goto nsvc1 }\n"
         );
+    }
+
+    #[test]
+    fn the_combined_state_is_the_union_of_the_services_parts() {
+        let slices = vec![SliceInfo {
+            ports: vec![("http".into(), Protocol::Tcp, 8080)],
+            endpoints: vec![ep("10.42.0.5", true, true, false)],
+        }];
+        let part = |svc: &ServiceInfo| {
+            let mut st = State::default();
+            service_state(svc, &slices, "n1", &mut st);
+            st
+        };
+        let a = web();
+        let mut b = web();
+        b.cluster_ips = vec![ip("10.43.0.6")];
+        b.node_ports = vec![("http".into(), Protocol::Tcp, 30081)];
+        b.external_local = true;
+        b.affinity = Some(60);
+        let mut all = State::default();
+        service_state(&a, &slices, "n1", &mut all);
+        service_state(&b, &slices, "n1", &mut all);
+        let mut c = Combined::default();
+        c.set("ns/a", Some(part(&a)));
+        c.set("ns/b", Some(part(&b)));
+        assert_eq!(c.state(), &all);
+        // Changing one Service changes only its entries.
+        let mut b2 = b.clone();
+        b2.affinity = None;
+        b2.external_local = false;
+        c.set("ns/b", Some(part(&b2)));
+        let mut want = State::default();
+        service_state(&a, &slices, "n1", &mut want);
+        service_state(&b2, &slices, "n1", &mut want);
+        assert_eq!(c.state(), &want);
+        c.set("ns/b", None);
+        assert_eq!(c.state(), &part(&a));
+        c.set("ns/a", None);
+        assert_eq!(c.state(), &State::default());
     }
 }
