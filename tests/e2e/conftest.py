@@ -260,8 +260,9 @@ def node():
     from images import Image
     assert os.geteuid() == 0, "pods run real containers: run the tests as root (scripts/test.sh does)"
     with tempfile.TemporaryDirectory(prefix="berth-node-") as d:
-        c = Cluster(d, role="up").start()
+        c = Cluster(d, role="up")
         try:
+            c.start()
             c.import_image(Image(cmd=("sh",)), "busybox:test")
             yield c
         finally:

@@ -47,15 +47,16 @@ def node():
         resolv = Path(d) / "resolv.conf"
         resolv.write_text("nameserver 192.0.2.2\nsearch corp.test\n")
         c = Cluster(d, role="up", extra=["--resolv-conf", str(resolv), "--node-ip", NODE_IP])
-        # The node has an address besides loopback (a veth pair inside its namespace), as a
-        # real machine does: pods reach the API server there through the kubernetes Service.
-        c.enter_netns()
-        c.in_netns("ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1", check=True)
-        c.in_netns("ip", "addr", "add", f"{NODE_IP}/24", "dev", "node0", check=True)
-        c.in_netns("ip", "link", "set", "node0", "up", check=True)
-        c.in_netns("ip", "link", "set", "node1", "up", check=True)
-        c.start()
         try:
+            # The node has an address besides loopback (a veth pair inside its namespace), as
+            # a real machine does: pods reach the API server there through the kubernetes
+            # Service.
+            c.enter_netns()
+            c.in_netns("ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1", check=True)
+            c.in_netns("ip", "addr", "add", f"{NODE_IP}/24", "dev", "node0", check=True)
+            c.in_netns("ip", "link", "set", "node0", "up", check=True)
+            c.in_netns("ip", "link", "set", "node1", "up", check=True)
+            c.start()
             image = Image(layers=[busybox_layer(extra={"bin/lookup": lookup_binary()})], cmd=("sh",))
             c.import_image(image, "busybox:test")
             yield c

@@ -528,3 +528,28 @@ def test_a_pod_failing_readiness_leaves_its_service_within_its_probe_period(node
     assert time.time() - started < 3, time.time() - started
     node.kubectl("exec", "-n", nns, "web", "--", "touch", "/tmp/ready")
     wait_until(lambda: ready_addresses(node, nns, "web"), timeout=10, what="web back in its Service")
+
+
+def test_python_client_reads_endpoint_slices_and_proxies_to_a_service(node, nns):
+    from kubernetes import client, config
+    api = config.new_client_from_config(config_file=node.kubeconfig)
+    v1 = client.CoreV1Api(api)
+    v1.create_namespaced_pod(nns, {
+        "metadata": {"name": "py", "labels": {"app": "py"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "main", "image": "busybox:test", "imagePullPolicy": "IfNotPresent", "command": SERVER,
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}})
+    v1.create_namespaced_service(nns, {"metadata": {"name": "py"}, "spec": {
+        "selector": {"app": "py"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})
+    disc = client.DiscoveryV1Api(api)
+
+    def ready():
+        slices = disc.list_namespaced_endpoint_slice(nns, label_selector="kubernetes.io/service-name=py").items
+        return [(e.addresses, s.ports[0].port) for s in slices for e in (s.endpoints or []) if e.conditions.ready]
+    got = wait_until(ready, timeout=60, what="a ready endpoint in the slice")
+    pod_ip = v1.read_namespaced_pod("py", nns).status.pod_ip
+    assert got == [([pod_ip], 8080)], got
+    # The API server's Service proxy, as the client's connect_* calls use it.
+    body = v1.connect_get_namespaced_service_proxy_with_path("py:http", nns, "index.html")
+    assert body == "hello-from-py\n", body

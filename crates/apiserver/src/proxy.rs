@@ -143,12 +143,25 @@ pub fn service_target(
     Ok(found.swap_remove(pick % found.len()))
 }
 
-/// The path after `/NAME/proxy` in the request (at least `/`), with its query.
+/// The path after `/NAME/proxy` in the request (at least `/`), as it came (escapes kept),
+/// with its query.
 fn rest_of(req: &Request<Bytes>, name: &str) -> String {
     let path = req.uri().path();
-    let marker = format!("/{name}/proxy");
-    let rest = path.split_once(&marker).map_or("", |(_, r)| r);
-    let rest = if rest.is_empty() { "/" } else { rest };
+    let segments: Vec<&str> = path.split('/').collect();
+    let at = (0..segments.len().saturating_sub(1))
+        .find(|&i| segments[i + 1] == "proxy" && crate::request::unescape(segments[i]) == name);
+    let rest = match at {
+        Some(i) => {
+            let tail = segments[i + 2..].join("/");
+            if tail.is_empty() && !path.ends_with("/proxy/") {
+                String::new()
+            } else {
+                format!("/{tail}")
+            }
+        }
+        None => String::new(),
+    };
+    let rest = if rest.is_empty() { "/" } else { rest.as_str() };
     match req.uri().query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
@@ -346,5 +359,24 @@ mod tests {
         );
         let ext = json!({"metadata": {"name": "x"}, "spec": {"type": "ExternalName"}});
         assert_eq!(service_target(&ext, None, None, 0).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn the_rest_of_the_path_goes_to_the_target_as_it_came() {
+        let req = |uri: &str| Request::builder().uri(uri).body(Bytes::new()).unwrap();
+        let r = req("/api/v1/namespaces/n/services/web%3Ahttp/proxy/a/b%20c?x=1");
+        assert_eq!(rest_of(&r, "web:http"), "/a/b%20c?x=1");
+        assert_eq!(
+            rest_of(&req("/api/v1/namespaces/n/pods/proxy/proxy"), "proxy"),
+            "/"
+        );
+        assert_eq!(
+            rest_of(&req("/api/v1/namespaces/n/pods/proxy/proxy/"), "proxy"),
+            "/"
+        );
+        assert_eq!(
+            rest_of(&req("/api/v1/nodes/n1/proxy/stats/summary"), "n1"),
+            "/stats/summary"
+        );
     }
 }

@@ -51,9 +51,39 @@ impl PartialEq for Target {
     }
 }
 
+/// A path segment with its `%XX` escapes decoded (clients escape `:` in `name:port`, for
+/// instance); a segment that does not decode to UTF-8 is kept as it came.
+pub fn unescape(segment: &str) -> std::borrow::Cow<'_, str> {
+    if !segment.contains('%') {
+        return segment.into();
+    }
+    let b = segment.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    match String::from_utf8(out) {
+        Ok(s) => s.into(),
+        Err(_) => segment.into(),
+    }
+}
+
 pub fn route(path: &str) -> Result<Route, ApiError> {
     let trimmed = path.trim_end_matches('/');
-    let parts: Vec<&str> = trimmed.split('/').skip(1).collect();
+    let decoded: Vec<std::borrow::Cow<'_, str>> =
+        trimmed.split('/').skip(1).map(unescape).collect();
+    let parts: Vec<&str> = decoded.iter().map(|c| c.as_ref()).collect();
     let route = match parts.as_slice() {
         ["version"] => Route::Version,
         ["metrics"] => Route::Metrics,
@@ -423,5 +453,17 @@ mod tests {
             DiscoveryFormat::Aggregated("v2beta1")
         );
         assert_eq!(discovery_format(None), DiscoveryFormat::Legacy);
+    }
+
+    #[test]
+    fn escaped_segments_are_decoded() {
+        assert_eq!(unescape("web%3Ahttp"), "web:http");
+        assert_eq!(unescape("plain"), "plain");
+        assert_eq!(unescape("bad%zz%"), "bad%zz%");
+        let Ok(Route::Resource(t)) = route("/api/v1/namespaces/n/services/web%3A80/proxy/x") else {
+            panic!("a proxy path routes");
+        };
+        assert_eq!(t.name.as_deref(), Some("web:80"));
+        assert_eq!(t.subresource.as_deref(), Some("proxy"));
     }
 }
