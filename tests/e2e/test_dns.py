@@ -207,6 +207,9 @@ spec:
     want = sorted([ips["db-0"], ips["db-1"]])
     wait_until(lambda: short(node, f"db.{ns}.svc.cluster.local") == want, timeout=30, what="two ready pods in DNS")
     assert short(node, f"db-0.db.{ns}.svc.cluster.local") == [ips["db-0"]]
+    # The pod knows its own fully qualified name, as the kubelet writes it.
+    hosts = in_pod(node, ns, "db-0", "cat /etc/hosts").stdout
+    assert f"{ips['db-0']}\tdb-0.db.{ns}.svc.cluster.local\tdb-0\n" in hosts, hosts
     assert "NXDOMAIN" in dig(node, f"db-2.db.{ns}.svc.cluster.local")
     srv = dig(node, "+short", "SRV", f"_pg._tcp.db.{ns}.svc.cluster.local").splitlines()
     assert sorted(line.split()[2:] for line in srv) == [

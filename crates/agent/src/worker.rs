@@ -950,10 +950,20 @@ impl Worker {
             return false;
         }
         let dir = self.pod_dir();
+        // With a subdomain (a headless Service of that name), the pod's fully qualified name
+        // comes first, as the kubelet writes it.
+        let names = match spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => format!(
+                "{hostname}.{sub}.{}.svc.{}\t{hostname}",
+                self.namespace(),
+                self.shared.dns.domain
+            ),
+            None => hostname.clone(),
+        };
         let own = self
             .ips
             .iter()
-            .map(|ip| format!("{ip}\t{hostname}\n"))
+            .map(|ip| format!("{ip}\t{names}\n"))
             .collect::<String>();
         let files = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
