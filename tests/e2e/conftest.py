@@ -1,6 +1,7 @@
 """Fixtures for end-to-end tests: the real berth binary, the real kubectl (several versions)
 and the Python kubernetes client, against a cluster started on a free port."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -253,23 +254,33 @@ def fresh_cluster():
             c.stop()
 
 
-@pytest.fixture(scope="module")
-def node():
-    """`berth up`: a one-node cluster that runs pods, with the test busybox image imported as
-    `busybox:test`."""
-    from images import Image
+@contextlib.contextmanager
+def running_node(image, prefix="berth-node-", prepare=None):
+    """`berth up` with `image` imported as `busybox:test`; `prepare(cluster)` runs first (its
+    namespace or flags), and everything goes at the end, also when the start fails."""
     assert os.geteuid() == 0, "pods run real containers: run the tests as root (scripts/test.sh does)"
-    with tempfile.TemporaryDirectory(prefix="berth-node-") as d:
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
         c = Cluster(d, role="up")
         try:
+            if prepare:
+                prepare(c)
             c.start()
-            c.import_image(Image(cmd=("sh",)), "busybox:test")
+            c.import_image(image, "busybox:test")
             yield c
         finally:
             died = c.proc is not None and c.proc.poll() is not None
             c.teardown()
             if died:
                 print(f"berth exited during the tests; its log:\n{c.log.read_text()[-5000:]}")
+
+
+@pytest.fixture(scope="module")
+def node():
+    """`berth up`: a one-node cluster that runs pods, with the test busybox image imported as
+    `busybox:test`."""
+    from images import Image
+    with running_node(Image(cmd=("sh",))) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

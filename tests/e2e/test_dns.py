@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cluster, namespace_for, wait_until
+from conftest import namespace_for, running_node, wait_until
 from images import Image, busybox_layer
 from test_network import outside  # noqa: F401  (a fixture)
 from test_pods import apply, pod_yaml, wait_running
@@ -42,29 +42,23 @@ def lookup_binary():
 @pytest.fixture(scope="module")
 def node():
     """`berth up` whose node resolves outside names through 192.0.2.2 (the `upstream`
-    fixture), with `busybox:test` holding the `lookup` client."""
-    with tempfile.TemporaryDirectory(prefix="berth-dns-") as d:
-        resolv = Path(d) / "resolv.conf"
+    fixture) and has an address besides loopback, with `busybox:test` holding the `lookup`
+    client."""
+    def prepare(c):
+        resolv = c.workdir / "resolv.conf"
         resolv.write_text("nameserver 192.0.2.2\nsearch corp.test\n")
-        c = Cluster(d, role="up", extra=["--resolv-conf", str(resolv), "--node-ip", NODE_IP])
-        try:
-            # The node has an address besides loopback (a veth pair inside its namespace), as
-            # a real machine does: pods reach the API server there through the kubernetes
-            # Service.
-            c.enter_netns()
-            c.in_netns("ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1", check=True)
-            c.in_netns("ip", "addr", "add", f"{NODE_IP}/24", "dev", "node0", check=True)
-            c.in_netns("ip", "link", "set", "node0", "up", check=True)
-            c.in_netns("ip", "link", "set", "node1", "up", check=True)
-            c.start()
-            image = Image(layers=[busybox_layer(extra={"bin/lookup": lookup_binary()})], cmd=("sh",))
-            c.import_image(image, "busybox:test")
-            yield c
-        finally:
-            died = c.proc is not None and c.proc.poll() is not None
-            c.teardown()
-            if died:
-                print(f"berth exited during the tests; its log:\n{c.log.read_text()[-5000:]}")
+        c.extra += ["--resolv-conf", str(resolv), "--node-ip", NODE_IP]
+        # The node's address is on a veth pair inside its namespace, as a real machine has
+        # one: pods reach the API server there through the kubernetes Service.
+        c.enter_netns()
+        c.in_netns("ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1", check=True)
+        c.in_netns("ip", "addr", "add", f"{NODE_IP}/24", "dev", "node0", check=True)
+        c.in_netns("ip", "link", "set", "node0", "up", check=True)
+        c.in_netns("ip", "link", "set", "node1", "up", check=True)
+
+    image = Image(layers=[busybox_layer(extra={"bin/lookup": lookup_binary()})], cmd=("sh",))
+    with running_node(image, prefix="berth-dns-", prepare=prepare) as c:
+        yield c
 
 
 @pytest.fixture

@@ -47,18 +47,12 @@ pub struct DnsBenchArgs {
     seconds: u64,
 }
 
-/// Resident memory, after the allocator has given back what was freed (the objects the
-/// state was built from are gone; only the state remains).
+/// Resident memory of this process, after the allocator has given back what was freed (the
+/// objects the state was built from are gone; only the state remains).
 fn rss_kib() -> u64 {
     // SAFETY: mi_collect only walks mimalloc's own heaps; forcing it is always allowed.
     unsafe { libmimalloc_sys::mi_collect(true) };
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    crate::bench_pods::rss_kib(std::process::id())
 }
 
 fn meta(ns: &str, name: &str) -> ObjectMeta {

@@ -93,7 +93,8 @@ fn busybox_archive() -> Result<Vec<u8>> {
     Ok(out.into_inner()?)
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A process's resident memory, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

@@ -81,8 +81,18 @@ pub struct SliceInfo {
     pub endpoints: Vec<EndpointInfo>,
 }
 
-fn protocol(p: Option<&str>) -> Option<Protocol> {
-    Protocol::from_kubernetes(p.unwrap_or("TCP"))
+/// A port as the proxy keys it: name, protocol (TCP when unset), number; `None` when the
+/// protocol is unknown or the number missing or out of range.
+fn port_of(
+    name: Option<&String>,
+    protocol: Option<&str>,
+    number: Option<i32>,
+) -> Option<(String, Protocol, u16)> {
+    Some((
+        name.cloned().unwrap_or_default(),
+        Protocol::from_kubernetes(protocol.unwrap_or("TCP"))?,
+        u16::try_from(number?).ok()?,
+    ))
 }
 
 impl ServiceInfo {
@@ -112,13 +122,7 @@ impl ServiceInfo {
             .ports
             .iter()
             .flatten()
-            .filter_map(|p| {
-                Some((
-                    p.name.clone().unwrap_or_default(),
-                    protocol(p.protocol.as_deref())?,
-                    u16::try_from(p.port).ok()?,
-                ))
-            })
+            .filter_map(|p| port_of(p.name.as_ref(), p.protocol.as_deref(), Some(p.port)))
             .collect();
         let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
         let mut node_ports: Vec<(String, Protocol, u16)> = spec
@@ -126,13 +130,7 @@ impl ServiceInfo {
             .iter()
             .flatten()
             .filter(|_| node_port)
-            .filter_map(|p| {
-                Some((
-                    p.name.clone().unwrap_or_default(),
-                    protocol(p.protocol.as_deref())?,
-                    u16::try_from(p.node_port?).ok()?,
-                ))
-            })
+            .filter_map(|p| port_of(p.name.as_ref(), p.protocol.as_deref(), p.node_port))
             .collect();
         // A Service the built-in load balancer has given the nodes' addresses is served there
         // at its own ports, like a node port.
@@ -144,13 +142,12 @@ impl ServiceInfo {
                 .and_then(|lb| lb.ingress.as_ref())
                 .is_some_and(|i| !i.is_empty());
         if balanced {
-            node_ports.extend(spec.ports.iter().flatten().filter_map(|p| {
-                Some((
-                    p.name.clone().unwrap_or_default(),
-                    protocol(p.protocol.as_deref())?,
-                    u16::try_from(p.port).ok()?,
-                ))
-            }));
+            node_ports.extend(
+                spec.ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| port_of(p.name.as_ref(), p.protocol.as_deref(), Some(p.port))),
+            );
         }
         Some(ServiceInfo {
             cluster_ips,
@@ -179,13 +176,7 @@ impl SliceInfo {
                 .ports
                 .iter()
                 .flatten()
-                .filter_map(|p| {
-                    Some((
-                        p.name.clone().unwrap_or_default(),
-                        protocol(p.protocol.as_deref())?,
-                        u16::try_from(p.port?).ok()?,
-                    ))
-                })
+                .filter_map(|p| port_of(p.name.as_ref(), p.protocol.as_deref(), p.port))
                 .collect(),
             endpoints: s
                 .endpoints
