@@ -134,9 +134,15 @@ impl Node {
         self.agent = Some(tokio::spawn(agent.run()));
     }
 
-    fn stop_agent(&mut self) {
+    /// Stop the agent as a crash would, and wait until it has really stopped: `abort` only asks,
+    /// and a task running on the other worker thread finishes its current step first.
+    async fn stop_agent(&mut self) {
         if let Some(a) = self.agent.take() {
             a.abort();
+            let _ = a.await;
+            // The agent's pod workers were asked to stop as it went; let any one caught mid-step
+            // reach its next await, where it ends.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -318,7 +324,7 @@ async fn a_pod_deleted_while_the_agent_was_away_is_cleaned_up_when_it_returns() 
     let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
     assert_eq!(node.held_by(&uid), (1, true, true));
 
-    node.stop_agent();
+    node.stop_agent().await;
     // Gone from the API at once (as a force delete does) while nobody minds the node.
     let opts = json!({"gracePeriodSeconds": 0});
     node.client
