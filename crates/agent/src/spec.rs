@@ -28,7 +28,8 @@ pub struct Ctx<'a> {
     pub id: String,
     pub node_name: &'a str,
     pub host_ip: &'a str,
-    pub pod_ip: &'a str,
+    /// The pod's addresses, the primary family's first (empty before the network is up).
+    pub pod_ips: &'a [String],
     pub namespaces: SharedNamespaces,
     pub cgroup: String,
     /// Volume name -> host directory holding it.
@@ -131,7 +132,9 @@ fn field_value(pod: &Pod, ctx: &Ctx<'_>, path: &str) -> Result<String, ConfigErr
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
         "status.hostIP" | "status.hostIPs" => ctx.host_ip.to_string(),
-        "status.podIP" | "status.podIPs" => ctx.pod_ip.to_string(),
+        "status.podIP" => ctx.pod_ips.first().cloned().unwrap_or_default(),
+        // As the kubelet gives it: every address, comma-separated.
+        "status.podIPs" => ctx.pod_ips.join(","),
         other => return Err(ConfigError(format!("unsupported fieldRef {other:?}"))),
     })
 }
@@ -537,7 +540,7 @@ mod tests {
             id: "u1_app_0".into(),
             node_name: "node-1",
             host_ip: "10.0.0.1",
-            pod_ip: "10.244.0.5",
+            pod_ips: Box::leak(Box::new(["10.244.0.5".to_string()])),
             namespaces: SharedNamespaces::default(),
             cgroup: "/berth/podu1/u1_app_0".into(),
             volumes,

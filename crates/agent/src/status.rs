@@ -243,7 +243,8 @@ pub struct Report<'a> {
     pub slots: &'a [Slot],
     pub sandbox_ready: bool,
     pub host_ip: &'a str,
-    pub pod_ip: &'a str,
+    /// The pod's addresses, the primary family's first.
+    pub pod_ips: &'a [String],
     pub start_time: &'a str,
 }
 
@@ -317,8 +318,9 @@ pub fn pod_status(r: &Report<'_>) -> PodStatus {
         conditions: Some(conditions),
         host_ip: ip(r.host_ip),
         host_ips: ip(r.host_ip).map(|i| vec![HostIP { ip: i }]),
-        pod_ip: ip(r.pod_ip),
-        pod_ips: ip(r.pod_ip).map(|i| vec![PodIP { ip: i }]),
+        pod_ip: r.pod_ips.first().cloned(),
+        pod_ips: (!r.pod_ips.is_empty())
+            .then(|| r.pod_ips.iter().map(|i| PodIP { ip: i.clone() }).collect()),
         start_time: time(r.start_time),
         qos_class: previous.and_then(|p| p.qos_class.clone()),
         init_container_statuses: Some(
@@ -419,7 +421,7 @@ mod tests {
             slots: &[a],
             sandbox_ready: true,
             host_ip: "10.0.0.1",
-            pod_ip: "",
+            pod_ips: &[],
             start_time: "2026-01-01T00:00:00Z",
         });
         assert_eq!(s.phase.as_deref(), Some("Running"));

@@ -205,16 +205,13 @@ impl Worker {
         self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
     }
 
-    /// The pod's primary address: the node's for a hostNetwork pod, else the first the pod
-    /// network gave it (empty until then).
-    fn pod_ip(&self) -> String {
+    /// The pod's addresses: the node's for a hostNetwork pod, else those the pod network gave
+    /// it, the primary family's first (none until then).
+    fn pod_ips(&self) -> Vec<String> {
         if self.host_network() {
-            return self.shared.node.ip.to_string();
+            return vec![self.shared.node.ip.to_string()];
         }
-        self.ips
-            .first()
-            .map(ToString::to_string)
-            .unwrap_or_default()
+        self.ips.iter().map(ToString::to_string).collect()
     }
 
     /// The pod's `resolv.conf`, per its `dnsPolicy` and `dnsConfig`; the cluster DNS learns
@@ -856,7 +853,7 @@ impl Worker {
         let dir = self.pod_dir();
         let volumes = self.volumes.clone().unwrap_or_default();
         let host_ip = self.shared.node.ip.to_string();
-        let pod_ip = self.pod_ip();
+        let pod_ips = self.pod_ips();
         // Like the kubelet, no container starts before the Services are known.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.shared.services.synced()).await;
         let links = self.pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
@@ -865,7 +862,7 @@ impl Worker {
             id: id.to_string(),
             node_name: &self.shared.node.name,
             host_ip: &host_ip,
-            pod_ip: &pod_ip,
+            pod_ips: &pod_ips,
             namespaces: SharedNamespaces {
                 net: sandbox.net,
                 ipc: sandbox.ipc,
@@ -1370,13 +1367,13 @@ impl Worker {
     /// Send the pod's status if it changed since last time; false if it could not be sent.
     async fn report(&mut self) -> bool {
         let host_ip = self.shared.node.ip.to_string();
-        let pod_ip = self.pod_ip();
+        let pod_ips = self.pod_ips();
         let s: PodStatus = status::pod_status(&status::Report {
             pod: &self.pod,
             slots: &self.slots,
             sandbox_ready: self.sandbox.is_some(),
             host_ip: &host_ip,
-            pod_ip: &pod_ip,
+            pod_ips: &pod_ips,
             start_time: &self.start_time,
         });
         let value = serde_json::to_value(&s).unwrap_or_default();

@@ -2,13 +2,18 @@
 //! transaction as the Service, so two Services can never get the same address, and releasing
 //! is deleting the key with the Service.
 
+mod families;
+
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use api::kinds::NODE_PORT_RANGE;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use store::{Condition, Op};
+
+use families::Family;
+pub use families::Ranges;
 
 use crate::errors::{ApiError, ApiResult};
 
@@ -22,7 +27,7 @@ pub fn is_allocation_key(key: &str) -> bool {
 /// The addresses a Service holds.
 #[derive(Debug, Default, PartialEq)]
 struct Held {
-    ip: Option<Ipv4Addr>,
+    ips: Vec<IpAddr>,
     ports: Vec<i64>,
 }
 
@@ -38,11 +43,31 @@ fn wants_node_ports(svc: &Value) -> bool {
     )
 }
 
+/// A Service's cluster IPs (all families), as stored.
+pub fn cluster_ips(svc: &Value) -> Vec<IpAddr> {
+    let listed: Vec<IpAddr> = svc["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str()?.parse().ok())
+        .collect();
+    if !listed.is_empty() {
+        return listed;
+    }
+    svc["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .into_iter()
+        .collect()
+}
+
 fn held(svc: &Value) -> Held {
     Held {
-        ip: svc["spec"]["clusterIP"]
-            .as_str()
-            .and_then(|s| s.parse().ok()),
+        ips: if svc["spec"]["type"].as_str() == Some("ExternalName") {
+            Vec::new()
+        } else {
+            cluster_ips(svc)
+        },
         ports: svc["spec"]["ports"]
             .as_array()
             .into_iter()
@@ -52,47 +77,49 @@ fn held(svc: &Value) -> Held {
     }
 }
 
-pub struct Range {
-    pub base: Ipv4Addr,
-    pub prefix: u8,
+/// Whether `ip` may be handed out from `range`: inside it, and neither its first address
+/// (the network's) nor its last (IPv4's broadcast; kept free in both families for symmetry).
+fn assignable(range: &api::cidr::Cidr, ip: IpAddr) -> bool {
+    range
+        .index_of(ip)
+        .is_some_and(|i| i != 0 && i != range.size() - 1)
 }
 
-impl Range {
-    fn size(&self) -> u32 {
-        1u32 << (32 - self.prefix)
-    }
-
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix)
-        };
-        let off = u32::from(ip).wrapping_sub(u32::from(self.base));
-        (u32::from(ip) & mask) == u32::from(self.base) && off != 0 && off != self.size() - 1
-    }
-
-    fn at(&self, offset: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.base) + offset)
-    }
+fn name_of(owner: &str) -> &str {
+    owner.rsplit('/').next().unwrap_or(owner)
 }
 
-fn invalid(field: &str, value: &str, why: String) -> ApiError {
+fn invalid(owner: &str, errs: &api::errors::FieldErrors) -> ApiError {
+    let services = api::resources::find("", "v1", "services").expect("services are served");
+    ApiError::invalid(services, name_of(owner), errs)
+}
+
+fn invalid_field(owner: &str, field: &str, value: &str, why: String) -> ApiError {
     let mut errs = api::errors::FieldErrors::default();
     errs.invalid(&api::errors::Path::root("spec").child(field), value, why);
-    let services = api::resources::find("", "v1", "services").expect("services are served");
-    ApiError::invalid(services, "", &errs)
+    invalid(owner, &errs)
+}
+
+/// A random assignable address of `range` that `in_use` does not list.
+fn pick(range: &api::cidr::Cidr, in_use: &HashSet<IpAddr>) -> Option<IpAddr> {
+    let size = range.size();
+    if size < 3 {
+        return None;
+    }
+    (0..256)
+        .filter_map(|_| range.nth(fastrand::u128(1..size - 1)))
+        .find(|ip| !in_use.contains(ip))
 }
 
 /// Fill in and claim what `new` needs, release what `old` held and `new` does not.
 /// `in_use` lists the addresses other Services hold, so that random picks rarely collide;
 /// the store's conditions settle any race.
 pub fn plan(
-    range: &Range,
+    ranges: Ranges,
     old: Option<&Value>,
     new: Option<&mut Value>,
     owner: &str,
-    in_use: &HashSet<Ipv4Addr>,
+    in_use: &HashSet<IpAddr>,
     ports_in_use: &HashSet<i64>,
 ) -> ApiResult<Vec<Op>> {
     let before = old.map(held).unwrap_or_default();
@@ -107,7 +134,7 @@ pub fn plan(
         condition: Condition::Any,
     };
     let Some(new) = new else {
-        if let Some(ip) = before.ip {
+        for ip in before.ips {
             ops.push(release(format!("{IP_PREFIX}{ip}")));
         }
         for p in before.ports {
@@ -117,12 +144,19 @@ pub fn plan(
     };
     // An update that leaves allocated fields empty keeps what the Service had.
     if let Some(old) = old {
-        if wants_ip(new)
-            && new["spec"]["clusterIP"].as_str().is_none_or(str::is_empty)
-            && let Some(ip) = before.ip
-        {
-            new["spec"]["clusterIP"] = json!(ip.to_string());
-            new["spec"]["clusterIPs"] = json!([ip.to_string()]);
+        if wants_ip(old) && wants_ip(new) {
+            if new["spec"]["clusterIP"].as_str().is_none_or(str::is_empty)
+                && let Some(ip) = old["spec"]["clusterIP"].as_str()
+            {
+                new["spec"]["clusterIP"] = json!(ip);
+            }
+            if new["spec"]["clusterIPs"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+                && !old["spec"]["clusterIPs"].is_null()
+            {
+                new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+            }
         }
         if wants_node_ports(new) {
             let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
@@ -138,71 +172,77 @@ pub fn plan(
             }
         }
     }
-    // IP families are the allocator's too (Kubernetes sets them in its Service registry, so
-    // they belong to no field manager): an update that leaves them out keeps the old ones.
-    if new["spec"]["type"].as_str() != Some("ExternalName") {
-        for (field, default) in [
-            ("ipFamilyPolicy", json!("SingleStack")),
-            ("ipFamilies", json!(["IPv4"])),
-        ] {
-            let unset = match &new["spec"][field] {
-                Value::Null => true,
-                Value::Array(a) => a.is_empty(),
-                Value::String(s) => s.is_empty(),
-                _ => false,
-            };
-            if unset {
-                new["spec"][field] = old
-                    .map(|o| o["spec"][field].clone())
-                    .filter(|v| !v.is_null())
-                    .unwrap_or(default);
-            }
-        }
+    // As defaulting does: a lone clusterIP is the first of the clusterIPs.
+    if new["spec"]["clusterIPs"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+        && let Some(ip) = new["spec"]["clusterIP"].as_str().filter(|s| !s.is_empty())
+    {
+        new["spec"]["clusterIPs"] = json!([ip]);
     }
-    // Cluster IP.
+    // IP families are the allocator's too (Kubernetes sets them in its Service registry, so
+    // they belong to no field manager).
+    families::settle(ranges, old, new).map_err(|errs| invalid(owner, &errs))?;
+    // Cluster IPs, one per family.
     let mut after = Held::default();
     if wants_ip(new) {
-        let requested = new["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
-        let ip = if requested.is_empty() {
-            let size = range.size();
-            let mut picked = None;
-            for _ in 0..256 {
-                let candidate = range.at(fastrand::u32(1..size - 1));
-                if !in_use.contains(&candidate) {
-                    picked = Some(candidate);
-                    break;
+        let wanted: Vec<Family> = new["spec"]["ipFamilies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| Family::parse(f.as_str()?))
+            .collect();
+        let requested: Vec<String> = new["spec"]["clusterIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+        let mut ips = Vec::with_capacity(wanted.len());
+        for (i, family) in wanted.iter().enumerate() {
+            let range = ranges
+                .of(*family)
+                .expect("settled families are the cluster's");
+            let ip = match requested.get(i).filter(|s| !s.is_empty()) {
+                None => pick(range, in_use).ok_or_else(|| {
+                    invalid_field(
+                        owner,
+                        "clusterIPs",
+                        "",
+                        format!(
+                            "failed to allocate an {} address: range {range} is full",
+                            family.name()
+                        ),
+                    )
+                })?,
+                Some(text) => {
+                    let ip: IpAddr = text.parse().map_err(|_| {
+                        invalid_field(
+                            owner,
+                            "clusterIPs",
+                            text,
+                            "must be a valid IP address".into(),
+                        )
+                    })?;
+                    if !assignable(range, ip) && !before.ips.contains(&ip) {
+                        return Err(invalid_field(
+                            owner,
+                            "clusterIPs",
+                            text,
+                            format!(
+                                "failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {range}"
+                            ),
+                        ));
+                    }
+                    ip
                 }
-            }
-            picked.ok_or_else(|| {
-                invalid(
-                    "clusterIPs",
-                    "",
-                    "failed to allocate IP: range is full".into(),
-                )
-            })?
-        } else {
-            let ip: Ipv4Addr = requested.parse().map_err(|_| {
-                invalid(
-                    "clusterIP",
-                    &requested,
-                    "must be a valid IPv4 address".into(),
-                )
-            })?;
-            if !range.contains(ip) && Some(ip) != before.ip {
-                return Err(invalid(
-                    "clusterIPs",
-                    &requested,
-                    format!(
-                        "failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {}/{}",
-                        range.base, range.prefix
-                    ),
-                ));
-            }
-            ip
-        };
-        new["spec"]["clusterIP"] = json!(ip.to_string());
-        new["spec"]["clusterIPs"] = json!([ip.to_string()]);
-        after.ip = Some(ip);
+            };
+            ips.push(ip);
+        }
+        let texts: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        new["spec"]["clusterIP"] = json!(texts[0]);
+        new["spec"]["clusterIPs"] = json!(texts);
+        after.ips = ips;
     } else if new["spec"]["type"].as_str() == Some("ExternalName") {
         if let Some(spec) = new["spec"].as_object_mut() {
             spec.remove("clusterIP");
@@ -228,7 +268,8 @@ pub fn plan(
                         }
                     }
                     let c = picked.ok_or_else(|| {
-                        invalid(
+                        invalid_field(
+                            owner,
                             "ports",
                             "",
                             "failed to allocate a node port: range is full".into(),
@@ -248,11 +289,13 @@ pub fn plan(
             }
         }
     }
-    if after.ip != before.ip {
-        if let Some(ip) = before.ip {
+    for ip in &before.ips {
+        if !after.ips.contains(ip) {
             ops.push(release(format!("{IP_PREFIX}{ip}")));
         }
-        if let Some(ip) = after.ip {
+    }
+    for ip in &after.ips {
+        if !before.ips.contains(ip) {
             ops.push(claim(format!("{IP_PREFIX}{ip}")));
         }
     }
@@ -289,18 +332,19 @@ pub fn taken(key: &str) -> Option<Taken> {
 mod tests {
     use super::*;
 
-    fn range() -> Range {
-        Range {
-            base: Ipv4Addr::new(10, 43, 0, 0),
-            prefix: 16,
-        }
+    fn v4() -> Vec<api::cidr::Cidr> {
+        vec!["10.43.0.0/16".parse().unwrap()]
+    }
+
+    fn range() -> Ranges<'static> {
+        Ranges::new(Box::leak(v4().into_boxed_slice()))
     }
 
     #[test]
     fn allocates_and_releases() {
         let mut svc = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
         let ops = plan(
-            &range(),
+            range(),
             None,
             Some(&mut svc),
             "default/web",
@@ -308,8 +352,10 @@ mod tests {
             &HashSet::new(),
         )
         .unwrap();
-        let ip: Ipv4Addr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
-        assert!(range().contains(ip));
+        let ip: IpAddr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert!(assignable(&v4()[0], ip));
+        assert_eq!(svc["spec"]["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(svc["spec"]["ipFamilyPolicy"], "SingleStack");
         let np = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
         assert!((30000..=32767).contains(&np));
         assert_eq!(ops.len(), 2);
@@ -317,7 +363,7 @@ mod tests {
         let mut next = svc.clone();
         next["spec"]["type"] = json!("ClusterIP");
         let ops = plan(
-            &range(),
+            range(),
             Some(&svc),
             Some(&mut next),
             "default/web",
@@ -335,7 +381,7 @@ mod tests {
         assert!(next["spec"]["ports"][0].get("nodePort").is_none());
         // Deleting releases the IP.
         let ops = plan(
-            &range(),
+            range(),
             Some(&next),
             None,
             "default/web",
@@ -356,7 +402,7 @@ mod tests {
     fn requested_addresses_are_checked() {
         let mut svc = json!({"spec": {"type": "ClusterIP", "clusterIP": "10.43.0.1", "ports": [{"port": 443}]}});
         let ops = plan(
-            &range(),
+            range(),
             None,
             Some(&mut svc),
             "default/kubernetes",
@@ -367,7 +413,7 @@ mod tests {
         assert_eq!(ops.len(), 1);
         let mut outside = json!({"spec": {"type": "ClusterIP", "clusterIP": "192.168.1.1", "ports": [{"port": 443}]}});
         let err = plan(
-            &range(),
+            range(),
             None,
             Some(&mut outside),
             "x",
@@ -379,7 +425,7 @@ mod tests {
         let mut headless = json!({"spec": {"type": "ClusterIP", "clusterIP": "None"}});
         assert!(
             plan(
-                &range(),
+                range(),
                 None,
                 Some(&mut headless),
                 "x",
@@ -397,7 +443,7 @@ mod tests {
         let old = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.0.9", "ports": [{"port": 80, "nodePort": 30080}]}});
         let mut new = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
         let ops = plan(
-            &range(),
+            range(),
             Some(&old),
             Some(&mut new),
             "x",
@@ -408,5 +454,80 @@ mod tests {
         assert!(ops.is_empty());
         assert_eq!(new["spec"]["clusterIP"], "10.43.0.9");
         assert_eq!(new["spec"]["ports"][0]["nodePort"], 30080);
+    }
+
+    #[test]
+    fn dual_stack_services_hold_one_address_per_family() {
+        let cidrs: Vec<api::cidr::Cidr> = vec![
+            "10.43.0.0/16".parse().unwrap(),
+            "fd43::/112".parse().unwrap(),
+        ];
+        let ranges = Ranges::new(&cidrs);
+        let none = HashSet::new();
+        let mut svc = json!({"spec": {"type": "ClusterIP", "ipFamilyPolicy": "PreferDualStack",
+            "selector": {"app": "web"}, "ports": [{"port": 80}]}});
+        let ops = plan(
+            ranges,
+            None,
+            Some(&mut svc),
+            "default/web",
+            &none,
+            &HashSet::new(),
+        )
+        .unwrap();
+        let ips = cluster_ips(&svc);
+        assert_eq!(ips.len(), 2, "{svc}");
+        assert!(
+            assignable(&cidrs[0], ips[0]) && assignable(&cidrs[1], ips[1]),
+            "{ips:?}"
+        );
+        assert_eq!(svc["spec"]["clusterIP"], ips[0].to_string());
+        assert_eq!(ops.len(), 2);
+        // Downgrading releases the IPv6 address only.
+        let mut single = svc.clone();
+        single["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+        let ops = plan(
+            ranges,
+            Some(&svc),
+            Some(&mut single),
+            "default/web",
+            &none,
+            &HashSet::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            ops,
+            vec![Op::Delete {
+                key: format!("{IP_PREFIX}{}", ips[1]),
+                condition: Condition::Any
+            }]
+        );
+        assert_eq!(single["spec"]["clusterIPs"], json!([ips[0].to_string()]));
+        assert_eq!(single["spec"]["ipFamilies"], json!(["IPv4"]));
+        // A requested IPv6 address outside the range is refused, naming the range.
+        let mut outside = json!({"spec": {"type": "ClusterIP", "ipFamilies": ["IPv6"],
+            "clusterIP": "fd44::1", "clusterIPs": ["fd44::1"], "ports": [{"port": 80}]}});
+        let err = plan(
+            ranges,
+            None,
+            Some(&mut outside),
+            "default/x",
+            &none,
+            &HashSet::new(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(err.message.contains("fd43::/112"), "{}", err.message);
+        // Deleting releases both.
+        let ops = plan(
+            ranges,
+            Some(&svc),
+            None,
+            "default/web",
+            &none,
+            &HashSet::new(),
+        )
+        .unwrap();
+        assert_eq!(ops.len(), 2);
     }
 }

@@ -1,7 +1,7 @@
 //! The API server: one `handle` entry point for every request, whether it arrived over HTTPS
 //! or from an in-process client, so that both pass the same validation and admission.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +39,9 @@ impl Identity {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Virtual IPs for Services come from this IPv4 range.
-    pub service_cidr: (Ipv4Addr, u8),
+    /// Virtual IPs for Services come from these ranges, at most one per IP family; the first
+    /// is the primary family (a Service's default).
+    pub service_cidrs: Vec<api::cidr::Cidr>,
     /// The address clients and pods reach the API server at.
     pub advertise: SocketAddr,
     /// Largest request body accepted.
@@ -57,7 +58,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
+            service_cidrs: vec![
+                api::cidr::Cidr::new(IpAddr::V4(Ipv4Addr::new(10, 43, 0, 0)), 16)
+                    .expect("a valid range"),
+            ],
             advertise: SocketAddr::from(([127, 0, 0, 1], 6443)),
             max_body_bytes: 3 * 1024 * 1024,
             compact_every: Duration::from_secs(300),

@@ -4,7 +4,7 @@
 //! in the store, retried from a fresh read when someone else wrote first.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use api::Resource;
 use api::kinds::{Admission, AdmitError, Operation};
@@ -350,24 +350,19 @@ impl ApiServer {
             return Ok(Vec::new());
         }
         let services = self.cache.resource(r).snapshot(self.cache.synced());
-        let mut ips: HashSet<Ipv4Addr> = HashSet::new();
+        let mut ips: HashSet<IpAddr> = HashSet::new();
         let mut ports: HashSet<i64> = HashSet::new();
         for e in services.items.values() {
             let v = e.value();
-            if let Some(ip) = v["spec"]["clusterIP"].as_str().and_then(|s| s.parse().ok()) {
-                ips.insert(ip);
-            }
+            ips.extend(alloc::cluster_ips(&v));
             for p in v["spec"]["ports"].as_array().into_iter().flatten() {
                 if let Some(n) = p["nodePort"].as_i64() {
                     ports.insert(n);
                 }
             }
         }
-        let range = alloc::Range {
-            base: self.config.service_cidr.0,
-            prefix: self.config.service_cidr.1,
-        };
-        alloc::plan(&range, old, new, owner, &ips, &ports)
+        let ranges = alloc::Ranges::new(&self.config.service_cidrs);
+        alloc::plan(ranges, old, new, owner, &ips, &ports)
     }
 
     fn scope_of(r: &Resource, sub: Option<&str>) -> Scope {

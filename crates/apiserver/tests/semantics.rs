@@ -14,7 +14,11 @@ use store::MemStore;
 struct Api(Arc<ApiServer>);
 
 async fn start() -> Api {
-    let api = ApiServer::start(Arc::new(MemStore::new()), Config::default())
+    start_with(Config::default()).await
+}
+
+async fn start_with(config: Config) -> Api {
+    let api = ApiServer::start(Arc::new(MemStore::new()), config)
         .await
         .unwrap();
     let a = Api(api);
@@ -527,6 +531,160 @@ async fn service_addresses_are_unique_and_released() {
         )
         .await;
     assert_eq!(mine["spec"]["clusterIP"], taken);
+}
+
+#[tokio::test]
+async fn dual_stack_services_get_an_address_per_family_and_give_it_back() {
+    let a = start_with(Config {
+        service_cidrs: vec![
+            "10.43.0.0/16".parse().unwrap(),
+            "fd43::/112".parse().unwrap(),
+        ],
+        ..Config::default()
+    })
+    .await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let spec = |extra: Value| {
+        let mut spec = json!({"selector": {"app": "web"}, "ports": [{"port": 80}]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        spec
+    };
+    // Default: one address, of the primary family.
+    let one = a
+        .ok(
+            Method::POST,
+            svcs,
+            Some(json!({"metadata": {"name": "one"}, "spec": spec(json!({}))})),
+        )
+        .await;
+    assert_eq!(one["spec"]["ipFamilies"], json!(["IPv4"]));
+    assert_eq!(one["spec"]["ipFamilyPolicy"], "SingleStack");
+    // PreferDualStack: both, primary first.
+    let both = a
+        .ok(
+            Method::POST,
+            svcs,
+            Some(json!({"metadata": {"name": "both"}, "spec": spec(json!({"ipFamilyPolicy": "PreferDualStack"}))})),
+        )
+        .await;
+    assert_eq!(both["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
+    let ips = both["spec"]["clusterIPs"].as_array().unwrap().clone();
+    assert_eq!(ips.len(), 2, "{both}");
+    assert_eq!(both["spec"]["clusterIP"], ips[0]);
+    let v6: std::net::Ipv6Addr = ips[1].as_str().unwrap().parse().unwrap();
+    assert_eq!(v6.segments()[..7], [0xfd43, 0, 0, 0, 0, 0, 0]);
+    // IPv6 only, by family.
+    let six = a
+        .ok(
+            Method::POST,
+            svcs,
+            Some(
+                json!({"metadata": {"name": "six"}, "spec": spec(json!({"ipFamilies": ["IPv6"]}))}),
+            ),
+        )
+        .await;
+    assert!(
+        six["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("fd43::"),
+        "{six}"
+    );
+    // Its address cannot be asked for twice.
+    let (s, v) = a
+        .call(
+            Method::POST,
+            svcs,
+            Some(
+                json!({"metadata": {"name": "again"}, "spec": spec(json!({"clusterIP": ips[1]}))}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    // Bad combinations are refused with the field named.
+    for (extra, field) in [
+        (
+            json!({"ipFamilies": ["IPv4", "IPv4"], "ipFamilyPolicy": "RequireDualStack"}),
+            "spec.ipFamilies[1]",
+        ),
+        (
+            json!({"ipFamilyPolicy": "Sometimes"}),
+            "spec.ipFamilyPolicy",
+        ),
+        (
+            json!({"clusterIPs": ["10.43.9.9", "10.43.9.10"], "ipFamilyPolicy": "RequireDualStack"}),
+            "spec.clusterIPs[1]",
+        ),
+        (
+            json!({"ipFamilies": ["IPv4", "IPv6"]}),
+            "spec.ipFamilyPolicy",
+        ),
+    ] {
+        let (s, v) = a
+            .call(
+                Method::POST,
+                svcs,
+                Some(json!({"metadata": {"name": "bad"}, "spec": spec(extra.clone())})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{extra}: {v}");
+        let causes = v["details"]["causes"].to_string();
+        assert!(causes.contains(field), "{extra}: {v}");
+    }
+    // Downgrade: SingleStack gives the IPv6 address back, and another Service can take it.
+    let path = format!("{svcs}/both");
+    let down = a
+        .send(
+            Method::PATCH,
+            &path,
+            "application/merge-patch+json",
+            Some(json!({"spec": {"ipFamilyPolicy": "SingleStack"}})),
+        )
+        .await
+        .2;
+    assert_eq!(down["spec"]["clusterIPs"], json!([ips[0]]), "{down}");
+    assert_eq!(down["spec"]["ipFamilies"], json!(["IPv4"]));
+    let taker = a
+        .ok(
+            Method::POST,
+            svcs,
+            Some(json!({"metadata": {"name": "taker"}, "spec": spec(json!({"ipFamilies": ["IPv6"], "clusterIP": ips[1]}))})),
+        )
+        .await;
+    assert_eq!(taker["spec"]["clusterIP"], ips[1]);
+    // Upgrade: PreferDualStack gains a new IPv6 address and keeps its IPv4 one.
+    let up = a
+        .send(
+            Method::PATCH,
+            &path,
+            "application/merge-patch+json",
+            Some(json!({"spec": {"ipFamilyPolicy": "PreferDualStack"}})),
+        )
+        .await
+        .2;
+    let now = up["spec"]["clusterIPs"].as_array().unwrap();
+    assert_eq!(now.len(), 2, "{up}");
+    assert_eq!(now[0], ips[0]);
+    assert_ne!(now[1], ips[1]);
+    // On a cluster with one family, RequireDualStack cannot be met.
+    let single = start().await;
+    let (s, v) = single
+        .call(
+            Method::POST,
+            svcs,
+            Some(json!({"metadata": {"name": "x"}, "spec": spec(json!({"ipFamilyPolicy": "RequireDualStack"}))})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not configured for dual-stack"),
+        "{v}"
+    );
 }
 
 #[tokio::test]

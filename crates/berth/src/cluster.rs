@@ -72,9 +72,10 @@ pub struct ServerArgs {
     /// each node gets a part of each.
     #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidrs)]
     pub cluster_cidr: Cidrs,
-    /// The Services' address range (IPv4), from which cluster IPs are allocated.
-    #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_service_cidr)]
-    pub service_cidr: Cidr,
+    /// The Services' address ranges, one per IP family (`10.43.0.0/16,fd43::/112` for
+    /// dual-stack Services); the first family is a Service's default.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_service_cidrs)]
+    pub service_cidr: Cidrs,
     #[command(flatten)]
     pub dns: DnsArgs,
     /// The size of each node's IPv4 pod range.
@@ -107,19 +108,33 @@ fn parse_strategy(s: &str) -> Result<scheduler::Strategy, String> {
     s.parse()
 }
 
-pub fn parse_service_cidr(s: &str) -> Result<Cidr, String> {
-    let c: Cidr = s.parse().map_err(|e: api::cidr::CidrError| e.to_string())?;
-    if c.is_ipv6() || c.prefix() > 28 || c.prefix() < 12 {
-        return Err(format!(
-            "{s}: the service range must be IPv4, from /12 to /28"
-        ));
+pub fn parse_service_cidrs(s: &str) -> Result<Cidrs, String> {
+    let ranges = api::cidr::parse_list(s).map_err(|e| e.to_string())?;
+    for c in &ranges {
+        let fits = if c.is_ipv6() {
+            (64..=124).contains(&c.prefix())
+        } else {
+            (12..=28).contains(&c.prefix())
+        };
+        if !fits {
+            return Err(format!(
+                "{c}: a service range must be an IPv4 range from /12 to /28 or an IPv6 range from /64 to /124"
+            ));
+        }
     }
-    Ok(c)
+    Ok(Cidrs(ranges))
 }
 
 /// Address ranges from a flag: at most one per IP family.
 #[derive(Clone, Debug)]
 pub struct Cidrs(pub Vec<Cidr>);
+
+impl std::fmt::Display for Cidrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&list.join(","))
+    }
+}
 
 pub fn parse_cidrs(s: &str) -> Result<Cidrs, String> {
     api::cidr::parse_list(s)
@@ -210,16 +225,20 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         advertise,
         default_toleration_seconds: args.default_toleration_seconds,
         compact_every: Duration::from_secs(args.compaction_interval),
-        service_cidr: match args.service_cidr.network() {
-            IpAddr::V4(a) => (a, args.service_cidr.prefix()),
-            IpAddr::V6(_) => unreachable!("the flag's parser takes IPv4 only"),
-        },
+        service_cidrs: args.service_cidr.0.clone(),
         ..Default::default()
     };
-    let service_ip = IpAddr::V4(Ipv4Addr::from(u32::from(config.service_cidr.0) + 1));
-    if !args.service_cidr.contains(args.dns.cluster_dns) || args.dns.cluster_dns == service_ip {
+    // The kubernetes Service takes the first address of the primary range, as in Kubernetes.
+    let primary = args.service_cidr.0[0];
+    let service_ip = primary.nth(1).context("the service range has room")?;
+    let dns_range = args
+        .service_cidr
+        .0
+        .iter()
+        .find(|c| c.contains(args.dns.cluster_dns));
+    if dns_range.is_none() || args.dns.cluster_dns == service_ip {
         anyhow::bail!(
-            "--cluster-dns {} must be an address of the Service range {} other than {service_ip} (the kubernetes Service's)",
+            "--cluster-dns {} must be an address of the Service ranges {} other than {service_ip} (the kubernetes Service's)",
             args.dns.cluster_dns,
             args.service_cidr
         );
@@ -281,7 +300,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             &data_dir,
             node_args,
             &args.cluster_cidr.0,
-            &[args.service_cidr],
+            &args.service_cidr.0,
             &args.dns,
             true,
         )?;

@@ -74,9 +74,9 @@ pub struct RemoteAgentArgs {
     /// masqueraded.
     #[arg(long, default_value = "10.42.0.0/16", value_parser = crate::cluster::parse_cidrs)]
     pub cluster_cidr: crate::cluster::Cidrs,
-    /// The Services' address range, as the servers have it.
-    #[arg(long, default_value = "10.43.0.0/16", value_parser = crate::cluster::parse_service_cidr)]
-    pub service_cidr: net::Cidr,
+    /// The Services' address ranges, as the servers have them.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = crate::cluster::parse_service_cidrs)]
+    pub service_cidr: crate::cluster::Cidrs,
     #[command(flatten)]
     pub dns: crate::cluster::DnsArgs,
     #[command(flatten)]
@@ -262,7 +262,7 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
         &data_dir,
         &args.agent,
         &args.cluster_cidr.0,
-        &[args.service_cidr],
+        &args.service_cidr.0,
         &args.dns,
         false,
     )?;

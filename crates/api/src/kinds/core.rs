@@ -288,6 +288,7 @@ impl Kind for Service {
                 );
             }
         }
+        validate_ip_families(spec, old.and_then(|o| o.spec.as_ref()), &path, errs);
         if let Some(old_spec) = old.and_then(|o| o.spec.as_ref()) {
             let old_ip = old_spec.cluster_ip.as_deref().unwrap_or("");
             let new_ip = spec.cluster_ip.as_deref().unwrap_or("");
@@ -295,6 +296,125 @@ impl Kind for Service {
             if !old_ip.is_empty() && old_ip != new_ip && !leaving_ip_types {
                 errs.invalid(&path.child("clusterIP"), new_ip, "field is immutable");
             }
+        }
+    }
+}
+
+/// The IP family fields as far as they can be checked without the cluster's configuration
+/// (the API server's allocator checks the rest: which families the cluster has).
+fn validate_ip_families(
+    spec: &ServiceSpec,
+    old: Option<&ServiceSpec>,
+    path: &Path,
+    errs: &mut FieldErrors,
+) {
+    let families = spec.ip_families.as_deref().unwrap_or(&[]);
+    let ips = spec.cluster_ips.as_deref().unwrap_or(&[]);
+    if spec.type_.as_deref() == Some("ExternalName") {
+        // What a change of type to ExternalName carried over is dropped by the allocator;
+        // only what the client newly asked for is an error.
+        let old = old.filter(|o| o.type_.as_deref() != Some("ExternalName"));
+        if spec.ip_family_policy.is_some()
+            && spec.ip_family_policy != old.and_then(|o| o.ip_family_policy.clone())
+        {
+            errs.forbidden(
+                &path.child("ipFamilyPolicy"),
+                "must not be set for ExternalName services",
+            );
+        }
+        if !families.is_empty() && spec.ip_families != old.and_then(|o| o.ip_families.clone()) {
+            errs.forbidden(
+                &path.child("ipFamilies"),
+                "must not be set for ExternalName services",
+            );
+        }
+        return;
+    }
+    if let Some(policy) = &spec.ip_family_policy {
+        errs.one_of(
+            &path.child("ipFamilyPolicy"),
+            policy,
+            &["SingleStack", "PreferDualStack", "RequireDualStack"],
+        );
+    }
+    if families.len() > 2 {
+        errs.too_many(&path.child("ipFamilies"), 2);
+    }
+    for (i, f) in families.iter().enumerate() {
+        errs.one_of(&path.child("ipFamilies").index(i), f, &["IPv4", "IPv6"]);
+        if families[..i].contains(f) {
+            errs.duplicate(&path.child("ipFamilies").index(i), f);
+        }
+    }
+    if ips.len() > 2 {
+        errs.too_many(&path.child("clusterIPs"), 2);
+    }
+    let ip = spec.cluster_ip.as_deref().unwrap_or("");
+    if let Some(first) = ips.first()
+        && !ip.is_empty()
+        && first != ip
+    {
+        errs.invalid(
+            &path.child("clusterIPs").index(0),
+            first,
+            "must match `clusterIP` when both are specified",
+        );
+    }
+    let headless = ips.first().map(String::as_str) == Some("None");
+    for (i, a) in ips.iter().enumerate() {
+        let p = path.child("clusterIPs").index(i);
+        if a == "None" {
+            if i > 0 {
+                errs.invalid(&p, a, "may only be set on the first entry");
+            }
+            continue;
+        }
+        if headless {
+            errs.invalid(&p, a, "must not be set when clusterIPs[0] is 'None'");
+            continue;
+        }
+        let Ok(addr) = a.parse::<IpAddr>() else {
+            errs.invalid(
+                &p,
+                a,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            );
+            continue;
+        };
+        let family = if addr.is_ipv6() { "IPv6" } else { "IPv4" };
+        if let Some(want) = families.get(i)
+            && want != family
+        {
+            errs.invalid(
+                &p,
+                a,
+                format!("expected an {want} value as indicated by `ipFamilies[{i}]`"),
+            );
+        }
+        if i == 1
+            && let Ok(first) = ips[0].parse::<IpAddr>()
+            && first.is_ipv6() == addr.is_ipv6()
+        {
+            errs.invalid(
+                &p,
+                a,
+                "must be of a different IP family than clusterIPs[0] (a second cluster IP is for dual-stack)",
+            );
+        }
+    }
+    if let Some(old) = old.filter(|o| o.type_.as_deref() != Some("ExternalName")) {
+        let (was, now) = (
+            old.ip_families.as_deref().and_then(<[String]>::first),
+            families.first(),
+        );
+        if let (Some(was), Some(now)) = (was, now)
+            && was != now
+        {
+            errs.invalid(
+                &path.child("ipFamilies").index(0),
+                now,
+                "may not change the primary IP family of a Service (field is immutable)",
+            );
         }
     }
 }
