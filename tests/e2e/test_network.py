@@ -173,6 +173,11 @@ def node_leftovers(c):
     return veths, records, mounts
 
 
+def proxy_tables(c):
+    out = c.in_netns("nft", "list", "tables", capture_output=True, text=True, check=True).stdout
+    return sorted(line.split()[2] for line in out.splitlines() if "berth-proxy" in line)
+
+
 def test_churn_with_an_agent_kill_leaves_no_address_veth_or_namespace():
     with tempfile.TemporaryDirectory(prefix="berth-net-churn-") as d:
         c = Cluster(d, role="up").start()
@@ -203,12 +208,18 @@ spec:
             wait_until(running, timeout=60, what="10 pods with addresses")
             ips = [p["status"]["podIP"] for p in c.json("get", "pods", "-l", "app=churn")["items"]]
             assert len(set(ips)) == 10
+            wait_until(lambda: len(proxy_tables(c)) == 1, timeout=30, what="the Service proxy's table")
+            before = proxy_tables(c)
             # Replace them all, and kill the agent while they are terminating.
             c.kubectl("delete", "pods", "-l", "app=churn", "--wait=false")
             time.sleep(0.5)
             c.kill9()
             c.start()
             wait_until(running, timeout=90, what="10 new pods with addresses")
+            # The restarted proxy loaded a table of its own beside the one left running, then
+            # dropped that one.
+            wait_until(lambda: len(proxy_tables(c)) == 1 and proxy_tables(c) != before, timeout=30,
+                       what=f"one new proxy table in place of {before}: {proxy_tables(c)}")
             c.kubectl("delete", "deployment", "churn")
             wait_until(lambda: not c.json("get", "pods")["items"], timeout=90, what="every pod gone")
             wait_until(lambda: node_leftovers(c) == ([], [], []), timeout=30,

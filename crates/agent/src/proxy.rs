@@ -1,5 +1,5 @@
 //! The node's Service proxy: follows every Service and EndpointSlice, turns them into the
-//! proxy state (`net::proxy`, pure) and keeps the nftables table `berth-proxy` equal to it.
+//! proxy state (`net::proxy`, pure) and keeps an nftables table (`berth-proxy-a` or `-b`) equal to it.
 //! The first state is loaded whole; after that each change recomputes only the Services it
 //! touched and writes only the elements of their ports. Changes that arrive together are
 //! applied together.
@@ -143,6 +143,27 @@ where
     })
 }
 
+/// What the kernel holds.
+struct Applied {
+    state: State,
+    table: &'static str,
+    /// Endpoint counts 1..=chains have their chains and maps.
+    chains: usize,
+    /// Whether the table exists in the IPv6 family too.
+    v6: bool,
+}
+
+enum Step {
+    /// Element changes to the live table.
+    Changes { table: &'static str, script: String },
+    /// A fresh table (not `live`), filled, then the others dropped.
+    Full {
+        live: Option<&'static str>,
+        chains: usize,
+        state: State,
+    },
+}
+
 /// Follow Services and EndpointSlices and keep the node's proxy rules in step, until
 /// dropped.
 pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<IpAddr>) {
@@ -158,8 +179,10 @@ pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<
         ..Default::default()
     };
     let (mut have_services, mut have_slices) = (false, false);
-    // What the kernel holds, and which endpoint counts have chains.
-    let mut applied: Option<(State, usize)> = None;
+    // What the kernel holds, in which table, and which endpoint counts have chains.
+    let mut applied: Option<Applied> = None;
+    // The table that serves, once this run has loaded one.
+    let mut live: Option<&'static str> = None;
     let mut last_full = Instant::now();
     let mut retry = false;
     loop {
@@ -206,41 +229,80 @@ pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<
         }
         let want = seen.state(&node).clone();
         let needed = proxy::counts(&want).last().copied().unwrap_or(0);
+        let v6 = want.frontends.keys().any(|f| f.ip.is_ipv6());
         let started = Instant::now();
-        let (script, full) = match &applied {
-            Some((have, chains)) if needed <= *chains && last_full.elapsed() < RESYNC => {
-                if *have == want {
+        let step = match &applied {
+            // Small changes go to the live table, as long as it has the chains and the
+            // families they need.
+            Some(a) if needed <= a.chains && (a.v6 || !v6) && last_full.elapsed() < RESYNC => {
+                if a.state == want {
                     continue;
                 }
-                (proxy::changes(have, &want), false)
+                Step::Changes {
+                    table: a.table,
+                    script: proxy::changes(a.table, &a.state, &want),
+                }
             }
             _ => {
                 // Chains for a few more endpoints than needed, so growth rarely needs a
-                // full load.
-                let chains = (needed + 8).next_power_of_two();
-                let mut s = proxy::full(false, &want, chains);
-                if want.frontends.keys().any(|f| f.ip.is_ipv6()) {
-                    s.push_str(&proxy::full(true, &want, chains));
-                }
+                // full load; a table not in use is filled, then the others dropped.
                 last_full = Instant::now();
-                (s, true)
+                Step::Full {
+                    live,
+                    chains: (needed + 8).next_power_of_two(),
+                    state: want.clone(),
+                }
             }
         };
         let path = nft_path.clone();
-        let result = tokio::task::spawn_blocking(move || nft::apply(&path, &script)).await;
+        let (full, chains) = match &step {
+            Step::Changes { .. } => (false, applied.as_ref().map_or(0, |a| a.chains)),
+            Step::Full { chains, .. } => (true, *chains),
+        };
+        let result = tokio::task::spawn_blocking(move || match step {
+            Step::Changes { table, script } => nft::apply(&path, &script).map(|()| table),
+            Step::Full {
+                live,
+                chains,
+                state,
+            } => {
+                // Never the table that serves now (this run's, or one an earlier run left).
+                let present = nft::tables(&path)?;
+                let table = proxy::TABLES
+                    .into_iter()
+                    .find(|t| !present.iter().any(|(_, name)| name == t))
+                    .or_else(|| proxy::TABLES.into_iter().find(|t| Some(*t) != live))
+                    .expect("two names, at most one live");
+                nft::load_proxy(&path, table, &state, chains)?;
+                // The new table serves; every other proxy table goes (also those of an
+                // earlier run or version).
+                let stale: Vec<(String, String)> = present
+                    .into_iter()
+                    .filter(|(_, name)| proxy::is_proxy_table(name) && name != table)
+                    .collect();
+                nft::drop_tables(&path, &stale)?;
+                Ok(table)
+            }
+        })
+        .await;
         match result {
-            Ok(Ok(())) => {
-                let chains = match (&applied, full) {
-                    (Some((_, c)), false) => *c,
-                    _ => (needed + 8).next_power_of_two(),
-                };
+            Ok(Ok(table)) => {
+                if full {
+                    live = Some(table);
+                }
                 debug!(
                     frontends = want.frontends.len(),
                     full,
+                    table,
                     ms = started.elapsed().as_secs_f64() * 1e3,
                     "service rules applied"
                 );
-                applied = Some((want, chains));
+                applied = Some(Applied {
+                    state: want,
+                    table,
+                    chains,
+                    v6: v6 || (!full && applied.as_ref().is_some_and(|a| a.v6)),
+                });
                 retry = false;
             }
             Ok(Err(e)) => {

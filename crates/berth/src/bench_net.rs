@@ -360,21 +360,29 @@ async fn proxy(net: &BridgeNetwork, counts: &[usize]) -> Result<()> {
         "  {:>8}  {:>10}  {:>27}  {:>30}",
         "services", "full load", "change -> connect p50 / p99", "connect via ClusterIP p50 / p99"
     );
+    let mut live: Option<&str> = None;
     for &n in counts {
         let mut state = State::default();
         for i in 0..n {
             state.frontends.insert(frontend(i), backends.clone());
         }
+        // A full load as the agent does it: a fresh table beside the live one, then the old
+        // one dropped; timed to the end of both.
+        let table = net::proxy::TABLES[usize::from(live == Some(net::proxy::TABLES[0]))];
         let t = Instant::now();
-        net::nft::apply(&nft, &net::proxy::full(false, &state, 16))?;
+        net::nft::load_proxy(&nft, table, &state, 16)?;
+        if let Some(old) = live {
+            net::nft::drop_tables(&nft, &[("ip".to_string(), old.to_string())])?;
+        }
         let full = t.elapsed();
+        live = Some(table);
         // A new Service each time: write its elements, then connect until it answers.
         let mut change = Vec::new();
         for k in 0..50 {
             let mut next = state.clone();
             next.frontends.insert(frontend(n + k), backends.clone());
             let t = Instant::now();
-            net::nft::apply(&nft, &net::proxy::changes(&state, &next))?;
+            net::nft::apply(&nft, &net::proxy::changes(table, &state, &next))?;
             let (_, ok_at) = client.connect((vip(n + k), 80).into(), true)?;
             change.push(ok_at - t);
             state = next;

@@ -144,6 +144,64 @@ pub fn apply(nft: &Path, script: &str) -> Result<(), NetError> {
     }
 }
 
+/// Load the Service proxy's `state` into table `t` of each family it uses, made afresh:
+/// chains and maps by `nft`, then every element over netlink in one transaction. The caller
+/// drops the table this one replaces (`drop_tables`) once it holds.
+pub fn load_proxy(
+    nft: &Path,
+    t: &str,
+    state: &crate::proxy::State,
+    max_count: usize,
+) -> Result<(), NetError> {
+    use crate::{nftnl, proxy};
+    let v6 = state.frontends.keys().any(|f| f.ip.is_ipv6());
+    let mut script = proxy::skeleton(false, t, state, max_count);
+    if v6 {
+        script.push_str(&proxy::skeleton(true, t, state, max_count));
+    }
+    apply(nft, &script)?;
+    nftnl::add_elements(nftnl::Family::Ip, t, &proxy::elements(false, state))?;
+    if v6 {
+        nftnl::add_elements(nftnl::Family::Ip6, t, &proxy::elements(true, state))?;
+    }
+    Ok(())
+}
+
+/// The tables there are, as (family, name).
+pub fn tables(nft: &Path) -> Result<Vec<(String, String)>, NetError> {
+    let out = Command::new(nft)
+        .args(["list", "tables"])
+        .output()
+        .map_err(NetError::io(format!("running {}", nft.display())))?;
+    if !out.status.success() {
+        return Err(NetError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some("table"), Some(fam), Some(name)) => Some((fam.to_string(), name.to_string())),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
+/// Delete the given tables, in one transaction.
+pub fn drop_tables(nft: &Path, tables: &[(String, String)]) -> Result<(), NetError> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let script: String = tables
+        .iter()
+        .map(|(fam, name)| format!("delete table {fam} {name}\n"))
+        .collect();
+    apply(nft, &script)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

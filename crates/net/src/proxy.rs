@@ -9,6 +9,11 @@
 //! reaches itself through its Service (hairpin) is masqueraded, so its reply comes back
 //! through the node. A change writes only the elements of the Service ports it touches, in one
 //! transaction.
+//!
+//! A full load builds a fresh table beside the live one and then drops the old (the two
+//! names of `TABLES` take turns), so no packet ever meets a half-loaded table: its chains and
+//! maps come from an `nft` script (`skeleton`), its elements from `elements`, written over
+//! netlink (`nftnl`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -18,8 +23,15 @@ use api::k8s_openapi::api::core::v1::Service;
 use api::k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::Protocol;
+use crate::nftnl::{Data, Element, Fields, SetElements};
 
-pub const TABLE: &str = "berth-proxy";
+/// The proxy's tables: a full load fills the one not in use, then drops the other.
+pub const TABLES: [&str; 2] = ["berth-proxy-a", "berth-proxy-b"];
+
+/// Whether a table is (or was, under an older name) the proxy's.
+pub fn is_proxy_table(name: &str) -> bool {
+    name.starts_with("berth-proxy")
+}
 
 /// A Service port as packets address it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -352,7 +364,7 @@ fn affinity_chain(k: &Frontend) -> String {
 /// that refreshes it and DNATs; the frontend's chain sends a known client to its endpoint and
 /// a new one to a random endpoint. Written only for Services that ask for affinity, so the
 /// common path keeps no chain per Service.
-fn affinity_add(k: &Frontend, backends: &[Backend], timeout: u32) -> String {
+fn affinity_add(t: &str, k: &Frontend, backends: &[Backend], timeout: u32) -> String {
     let f = fam(k.ip);
     let addr = if k.ip.is_ipv6() {
         "ipv6_addr"
@@ -369,17 +381,17 @@ fn affinity_add(k: &Frontend, backends: &[Backend], timeout: u32) -> String {
         };
         let _ = writeln!(
             s,
-            "add set {f} {TABLE} {chain}_{i} {{ type {addr}; flags dynamic,timeout; timeout {timeout}s; }}
-             add chain {f} {TABLE} {chain}_{i}
-             add rule {f} {TABLE} {chain}_{i} update @{chain}_{i} {{ {f} saddr }}
-             add rule {f} {TABLE} {chain}_{i} meta l4proto {proto} dnat {f} to {to}"
+            "add set {f} {t} {chain}_{i} {{ type {addr}; flags dynamic,timeout; timeout {timeout}s; }}
+             add chain {f} {t} {chain}_{i}
+             add rule {f} {t} {chain}_{i} update @{chain}_{i} {{ {f} saddr }}
+             add rule {f} {t} {chain}_{i} meta l4proto {proto} dnat {f} to {to}"
         );
     }
-    let _ = writeln!(s, "add chain {f} {TABLE} {chain}");
+    let _ = writeln!(s, "add chain {f} {t} {chain}");
     for i in 0..backends.len() {
         let _ = writeln!(
             s,
-            "add rule {f} {TABLE} {chain} {f} saddr @{chain}_{i} goto {chain}_{i}"
+            "add rule {f} {t} {chain} {f} saddr @{chain}_{i} goto {chain}_{i}"
         );
     }
     let picks: Vec<String> = (0..backends.len())
@@ -387,7 +399,7 @@ fn affinity_add(k: &Frontend, backends: &[Backend], timeout: u32) -> String {
         .collect();
     let _ = writeln!(
         s,
-        "add rule {f} {TABLE} {chain} numgen random mod {} vmap {{ {} }}",
+        "add rule {f} {t} {chain} numgen random mod {} vmap {{ {} }}",
         backends.len(),
         picks.join(", ")
     );
@@ -395,18 +407,18 @@ fn affinity_add(k: &Frontend, backends: &[Backend], timeout: u32) -> String {
 }
 
 /// Removing what `affinity_add` made (after the `services` element that leads there).
-fn affinity_delete(k: &Frontend, n: usize) -> String {
+fn affinity_delete(t: &str, k: &Frontend, n: usize) -> String {
     let f = fam(k.ip);
     let chain = affinity_chain(k);
     let mut s = format!(
-        "delete chain {f} {TABLE} {chain}
+        "delete chain {f} {t} {chain}
 "
     );
     for i in 0..n {
         let _ = writeln!(
             s,
-            "delete chain {f} {TABLE} {chain}_{i}
-delete set {f} {TABLE} {chain}_{i}"
+            "delete chain {f} {t} {chain}_{i}
+delete set {f} {t} {chain}_{i}"
         );
     }
     s
@@ -423,15 +435,16 @@ pub fn counts(state: &State) -> BTreeSet<usize> {
         .collect()
 }
 
-/// The whole table for one family, replacing what is there: the chains for endpoint counts
-/// 1..=`max_count` and every element of `state` of that family.
-pub fn full(v6: bool, state: &State, max_count: usize) -> String {
+/// Table `t` of one family, emptied if it exists, with its maps and sets, the chains for
+/// endpoint counts 1..=`max_count`, and the chains and sets of `state`'s frontends with client
+/// affinity; its elements come from `elements`.
+pub fn skeleton(v6: bool, t: &str, state: &State, max_count: usize) -> String {
     let f = if v6 { "ip6" } else { "ip" };
     let addr = if v6 { "ipv6_addr" } else { "ipv4_addr" };
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "add table {f} {TABLE}\ndelete table {f} {TABLE}\ntable {f} {TABLE} {{"
+        "add table {f} {t}\ndelete table {f} {t}\ntable {f} {t} {{"
     );
     let _ = writeln!(
         s,
@@ -496,39 +509,70 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
          ct state new meta l4proto . th dport @noendpoint_nodeports reject\n  }}"
     );
     let _ = writeln!(s, "}}");
-    // One element list per map: nft parses a long list far faster than a command per
-    // element.
+    for (k, backends) in state.frontends.iter().filter(|(k, _)| k.ip.is_ipv6() == v6) {
+        if let (Some(timeout), false) = (state.affinity.get(k), backends.is_empty()) {
+            s.push_str(&affinity_add(t, k, backends, *timeout));
+        }
+    }
+    s
+}
+
+fn frontend_key(k: &Frontend) -> Fields {
+    Fields::new()
+        .ip(k.ip)
+        .proto(k.protocol.number())
+        .port(k.port)
+}
+
+fn node_port_key(np: &NodePort) -> Fields {
+    Fields::new().proto(np.protocol.number()).port(np.port)
+}
+
+fn backend_value(b: &Backend) -> Data {
+    Data::Value(Fields::new().ip(b.ip).port(b.port).done())
+}
+
+/// Every element of `state` of one family, by set or map: what `changes` would add to an empty
+/// table, for `skeleton`'s table.
+pub fn elements(v6: bool, state: &State) -> Vec<SetElements> {
     let mut services = Vec::new();
     let mut empty = Vec::new();
-    let mut slots: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut slots: BTreeMap<usize, Vec<Element>> = BTreeMap::new();
     let mut pods = BTreeSet::new();
-    let mut affinity = String::new();
+    let element = |key: Vec<u8>, data: Data| Element { key, data };
     for (k, backends) in state.frontends.iter().filter(|(k, _)| k.ip.is_ipv6() == v6) {
         let n = backends.len();
         if n == 0 {
-            empty.push(key(k));
+            empty.push(element(frontend_key(k).done(), Data::None));
             continue;
         }
         pods.extend(backends.iter().map(|b| b.ip));
-        if let Some(t) = state.affinity.get(k) {
-            affinity.push_str(&affinity_add(k, backends, *t));
-            services.push(format!("{} : goto {}", key(k), affinity_chain(k)));
+        if state.affinity.contains_key(k) {
+            services.push(element(
+                frontend_key(k).done(),
+                Data::Goto(affinity_chain(k)),
+            ));
             continue;
         }
-        services.push(format!("{} : goto svc{n}", key(k)));
+        services.push(element(
+            frontend_key(k).done(),
+            Data::Goto(format!("svc{n}")),
+        ));
         let list = slots.entry(n).or_default();
         for (i, b) in backends.iter().enumerate() {
-            list.push(format!("{} . {i} : {} . {}", key(k), b.ip, b.port));
+            list.push(element(
+                frontend_key(k).number(i as u32).done(),
+                backend_value(b),
+            ));
         }
     }
     let mut node_ports = Vec::new();
     let mut node_empty = Vec::new();
-    let mut node_slots: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut node_slots: BTreeMap<usize, Vec<Element>> = BTreeMap::new();
     for (np, backends) in state.node_ports.iter().filter(|_| !v6) {
         let n = backends.len();
-        let k = format!("{} . {}", np.protocol.as_str(), np.port);
         if n == 0 {
-            node_empty.push(k);
+            node_empty.push(element(node_port_key(np).done(), Data::None));
             continue;
         }
         let chain = if state.local_node_ports.contains(np) {
@@ -536,36 +580,41 @@ pub fn full(v6: bool, state: &State, max_count: usize) -> String {
         } else {
             "nsvc"
         };
-        node_ports.push(format!("{k} : goto {chain}{n}"));
+        node_ports.push(element(
+            node_port_key(np).done(),
+            Data::Goto(format!("{chain}{n}")),
+        ));
         let list = node_slots.entry(n).or_default();
         for (i, b) in backends.iter().enumerate() {
-            list.push(format!("{k} . {i} : {} . {}", b.ip, b.port));
+            list.push(element(
+                node_port_key(np).number(i as u32).done(),
+                backend_value(b),
+            ));
             pods.insert(b.ip);
         }
     }
-    let hairpin: Vec<String> = pods.iter().map(|ip| format!("{ip} . {ip}")).collect();
-    s.push_str(&affinity);
-    let mut elements = |map: &str, items: &[String]| {
-        if !items.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element {f} {TABLE} {map} {{ {} }}",
-                items.join(", ")
-            );
+    let hairpin: Vec<Element> = pods
+        .iter()
+        .map(|ip| element(Fields::new().ip(*ip).ip(*ip).done(), Data::None))
+        .collect();
+    let mut out = Vec::new();
+    let mut add = |set: String, elements: Vec<Element>| {
+        if !elements.is_empty() {
+            out.push(SetElements { set, elements });
         }
     };
-    for (n, items) in &slots {
-        elements(&format!("be{n}"), items);
+    for (n, items) in slots {
+        add(format!("be{n}"), items);
     }
-    elements("services", &services);
-    elements("noendpoints", &empty);
-    for (n, items) in &node_slots {
-        elements(&format!("nbe{n}"), items);
+    add("services".into(), services);
+    add("noendpoints".into(), empty);
+    for (n, items) in node_slots {
+        add(format!("nbe{n}"), items);
     }
-    elements("nodeports", &node_ports);
-    elements("noendpoint_nodeports", &node_empty);
-    elements("hairpin", &hairpin);
-    s
+    add("nodeports".into(), node_ports);
+    add("noendpoint_nodeports".into(), node_empty);
+    add("hairpin".into(), hairpin);
+    out
 }
 
 fn hairpins(state: &State) -> BTreeSet<IpAddr> {
@@ -574,7 +623,7 @@ fn hairpins(state: &State) -> BTreeSet<IpAddr> {
 
 /// The element changes from `old` to `new` (both already in the kernel's families), in one
 /// script. Frontends that did not change are not written.
-pub fn changes(old: &State, new: &State) -> String {
+pub fn changes(t: &str, old: &State, new: &State) -> String {
     let mut del = String::new();
     let mut add = String::new();
     // Affinity chains go after the elements leading to them, and come before.
@@ -590,36 +639,32 @@ pub fn changes(old: &State, new: &State) -> String {
         let f = fam(k.ip);
         if let Some(b) = before {
             if aff_before.is_some() && !b.is_empty() {
-                let _ = writeln!(del, "delete element {f} {TABLE} services {{ {} }}", key(k));
-                del_chains.push_str(&affinity_delete(k, b.len()));
+                let _ = writeln!(del, "delete element {f} {t} services {{ {} }}", key(k));
+                del_chains.push_str(&affinity_delete(t, k, b.len()));
             } else if b.is_empty() {
-                let _ = writeln!(
-                    del,
-                    "delete element {f} {TABLE} noendpoints {{ {} }}",
-                    key(k)
-                );
+                let _ = writeln!(del, "delete element {f} {t} noendpoints {{ {} }}", key(k));
             } else {
-                let _ = writeln!(del, "delete element {f} {TABLE} services {{ {} }}", key(k));
+                let _ = writeln!(del, "delete element {f} {t} services {{ {} }}", key(k));
                 let n = b.len();
                 let items: Vec<String> = (0..n).map(|i| format!("{} . {i}", key(k))).collect();
                 let _ = writeln!(
                     del,
-                    "delete element {f} {TABLE} be{n} {{ {} }}",
+                    "delete element {f} {t} be{n} {{ {} }}",
                     items.join(", ")
                 );
             }
         }
         if let Some(a) = after {
-            if let (Some(t), false) = (aff_after, a.is_empty()) {
-                add_chains.push_str(&affinity_add(k, a, *t));
+            if let (Some(timeout), false) = (aff_after, a.is_empty()) {
+                add_chains.push_str(&affinity_add(t, k, a, *timeout));
                 let _ = writeln!(
                     add,
-                    "add element {f} {TABLE} services {{ {} : goto {} }}",
+                    "add element {f} {t} services {{ {} : goto {} }}",
                     key(k),
                     affinity_chain(k)
                 );
             } else if a.is_empty() {
-                let _ = writeln!(add, "add element {f} {TABLE} noendpoints {{ {} }}", key(k));
+                let _ = writeln!(add, "add element {f} {t} noendpoints {{ {} }}", key(k));
             } else {
                 let n = a.len();
                 let items: Vec<String> = a
@@ -627,14 +672,10 @@ pub fn changes(old: &State, new: &State) -> String {
                     .enumerate()
                     .map(|(i, b)| format!("{} . {i} : {} . {}", key(k), b.ip, b.port))
                     .collect();
+                let _ = writeln!(add, "add element {f} {t} be{n} {{ {} }}", items.join(", "));
                 let _ = writeln!(
                     add,
-                    "add element {f} {TABLE} be{n} {{ {} }}",
-                    items.join(", ")
-                );
-                let _ = writeln!(
-                    add,
-                    "add element {f} {TABLE} services {{ {} : goto svc{n} }}",
+                    "add element {f} {t} services {{ {} : goto svc{n} }}",
                     key(k)
                 );
             }
@@ -655,25 +696,22 @@ pub fn changes(old: &State, new: &State) -> String {
             if b.is_empty() {
                 let _ = writeln!(
                     del,
-                    "delete element ip {TABLE} noendpoint_nodeports {{ {key} }}"
+                    "delete element ip {t} noendpoint_nodeports {{ {key} }}"
                 );
             } else {
-                let _ = writeln!(del, "delete element ip {TABLE} nodeports {{ {key} }}");
+                let _ = writeln!(del, "delete element ip {t} nodeports {{ {key} }}");
                 let n = b.len();
                 let items: Vec<String> = (0..n).map(|i| format!("{key} . {i}")).collect();
                 let _ = writeln!(
                     del,
-                    "delete element ip {TABLE} nbe{n} {{ {} }}",
+                    "delete element ip {t} nbe{n} {{ {} }}",
                     items.join(", ")
                 );
             }
         }
         if let Some(a) = after {
             if a.is_empty() {
-                let _ = writeln!(
-                    add,
-                    "add element ip {TABLE} noendpoint_nodeports {{ {key} }}"
-                );
+                let _ = writeln!(add, "add element ip {t} noendpoint_nodeports {{ {key} }}");
             } else {
                 let n = a.len();
                 let items: Vec<String> = a
@@ -681,15 +719,11 @@ pub fn changes(old: &State, new: &State) -> String {
                     .enumerate()
                     .map(|(i, b)| format!("{key} . {i} : {} . {}", b.ip, b.port))
                     .collect();
-                let _ = writeln!(
-                    add,
-                    "add element ip {TABLE} nbe{n} {{ {} }}",
-                    items.join(", ")
-                );
+                let _ = writeln!(add, "add element ip {t} nbe{n} {{ {} }}", items.join(", "));
                 let chain = if is_local { "nlsvc" } else { "nsvc" };
                 let _ = writeln!(
                     add,
-                    "add element ip {TABLE} nodeports {{ {key} : goto {chain}{n} }}"
+                    "add element ip {t} nodeports {{ {key} : goto {chain}{n} }}"
                 );
             }
         }
@@ -699,14 +733,14 @@ pub fn changes(old: &State, new: &State) -> String {
     for ip in was.difference(&now) {
         let _ = writeln!(
             del,
-            "delete element {} {TABLE} hairpin {{ {ip} . {ip} }}",
+            "delete element {} {t} hairpin {{ {ip} . {ip} }}",
             fam(*ip)
         );
     }
     for ip in now.difference(&was) {
         let _ = writeln!(
             add,
-            "add element {} {TABLE} hairpin {{ {ip} . {ip} }}",
+            "add element {} {t} hairpin {{ {ip} . {ip} }}",
             fam(*ip)
         );
     }
@@ -764,8 +798,11 @@ mod tests {
         assert_eq!(st.node_ports[&np].len(), 1);
         assert!(st.local_node_ports.contains(&np));
         // Local node ports go to the chains that keep the client's address.
-        let script = full(false, &st, 2);
-        assert!(script.contains("tcp . 30080 : goto nlsvc1"), "{script}");
+        let nodeports = elements(false, &st)
+            .into_iter()
+            .find(|s| s.set == "nodeports")
+            .unwrap();
+        assert_eq!(nodeports.elements[0].data, Data::Goto("nlsvc1".into()));
         // On a node with none of its endpoints, a local policy has nothing to send to.
         let mut st = State::default();
         service_state(&svc(true, true), &slices, "n3", &mut st);
@@ -902,7 +939,7 @@ mod tests {
             frontends: BTreeMap::from([(f, vec![b("10.42.0.2"), b("10.42.0.3")]), (g, vec![])]),
             ..Default::default()
         };
-        let script = changes(&old, &new);
+        let script = changes("berth-proxy", &old, &new);
         assert_eq!(
             script,
             "delete element ip berth-proxy services { 10.43.0.5 . tcp . 80 }\n\
@@ -911,13 +948,13 @@ mod tests {
              add element ip berth-proxy services { 10.43.0.5 . tcp . 80 : goto svc2 }\n\
              add element ip berth-proxy hairpin { 10.42.0.3 . 10.42.0.3 }\n"
         );
-        assert!(changes(&new, &new).is_empty());
+        assert!(changes("berth-proxy", &new, &new).is_empty());
         // A port losing its last endpoint moves to the reject set.
         let empty = State {
             frontends: BTreeMap::from([(f, vec![]), (g, vec![])]),
             ..Default::default()
         };
-        let script = changes(&new, &empty);
+        let script = changes("berth-proxy", &new, &empty);
         assert!(script.contains("add element ip berth-proxy noendpoints { 10.43.0.5 . tcp . 80 }"));
         assert!(script.contains("delete element ip berth-proxy hairpin { 10.42.0.2 . 10.42.0.2 }"));
         assert_eq!(counts(&new), BTreeSet::from([2]));
@@ -930,7 +967,7 @@ mod tests {
             node_ports: BTreeMap::from([(np, vec![b("10.42.0.2")])]),
             ..new.clone()
         };
-        let script = changes(&new, &with_port);
+        let script = changes("berth-proxy", &new, &with_port);
         assert_eq!(
             script,
             "add element ip berth-proxy nbe1 { tcp . 30080 . 0 : 10.42.0.2 . 8080 }\n\

@@ -309,7 +309,8 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             .collect(),
             affinity: Default::default(),
         };
-        net::nft::apply(&nft_path(), &net::proxy::full(false, &state, 4)).unwrap();
+        let first = net::proxy::TABLES[0];
+        net::nft::load_proxy(&nft_path(), first, &state, 4).unwrap();
 
         let server = serve_once(&b_ns, SocketAddr::new(b_ip, 8080), "b via service");
         assert_eq!(
@@ -354,7 +355,7 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             local_node_ports: state.local_node_ports.clone(),
             affinity: Default::default(),
         };
-        net::nft::apply(&nft_path(), &net::proxy::changes(&state, &moved)).unwrap();
+        net::nft::apply(&nft_path(), &net::proxy::changes(first, &state, &moved)).unwrap();
         let server = serve_once(&a_ns, SocketAddr::new(a_ip, 8080), "now a");
         assert_eq!(fetch(&b_ns, SocketAddr::new(vip, 80)).unwrap(), "now a");
         server.join().unwrap();
@@ -381,7 +382,7 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
                 .collect(),
             ..moved.clone()
         };
-        net::nft::apply(&nft_path(), &net::proxy::changes(&moved, &spread)).unwrap();
+        net::nft::apply(&nft_path(), &net::proxy::changes(first, &moved, &spread)).unwrap();
         let seen: std::collections::BTreeSet<String> = (0..30)
             .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
             .collect();
@@ -390,24 +391,107 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             affinity: [(front(vip), 60)].into_iter().collect(),
             ..spread.clone()
         };
-        net::nft::apply(&nft_path(), &net::proxy::changes(&spread, &sticky)).unwrap();
+        net::nft::apply(&nft_path(), &net::proxy::changes(first, &spread, &sticky)).unwrap();
         let seen: std::collections::BTreeSet<String> = (0..30)
             .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
             .collect();
         assert_eq!(seen.len(), 1, "{seen:?}");
         // The same whole, and back to no affinity: the affinity chains and sets go.
-        net::nft::apply(&nft_path(), &net::proxy::full(false, &sticky, 4)).unwrap();
+        // A full load into the other table, the first dropped after.
+        let second = net::proxy::TABLES[1];
+        net::nft::load_proxy(&nft_path(), second, &sticky, 4).unwrap();
+        net::nft::drop_tables(&nft_path(), &[("ip".into(), first.into())]).unwrap();
         let again: std::collections::BTreeSet<String> = (0..10)
             .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
             .collect();
         assert_eq!(again.len(), 1, "{again:?}");
-        net::nft::apply(&nft_path(), &net::proxy::changes(&sticky, &spread)).unwrap();
+        net::nft::apply(&nft_path(), &net::proxy::changes(second, &sticky, &spread)).unwrap();
         let listing = Command::new(nft_path())
-            .args(["list", "table", "ip", net::proxy::TABLE])
+            .args(["list", "table", "ip", second])
             .output()
             .unwrap();
         let listing = String::from_utf8_lossy(&listing.stdout);
         assert!(!listing.contains("aff_"), "{listing}");
+    });
+}
+
+/// Elements written over netlink are the very elements `nft` writes from text: a table loaded
+/// whole lists the same as one built up from nothing by the text changes, in both families,
+/// with node ports, empty Services and client affinity.
+#[test]
+fn netlink_elements_match_nft_text() {
+    use net::proxy::{Backend, Frontend, NodePort, State};
+    on_test_node(|_| {
+        let be = |ip: &str, port| Backend {
+            ip: ip.parse().unwrap(),
+            port,
+        };
+        let front = |ip: &str, protocol, port| Frontend {
+            ip: ip.parse().unwrap(),
+            protocol,
+            port,
+        };
+        let mut state = State::default();
+        state.frontends.insert(
+            front("10.43.0.10", Protocol::Tcp, 80),
+            vec![be("10.42.0.2", 8080), be("10.42.0.3", 8080)],
+        );
+        state.frontends.insert(
+            front("10.43.0.11", Protocol::Udp, 53),
+            vec![be("10.42.0.4", 5353)],
+        );
+        state
+            .frontends
+            .insert(front("10.43.0.12", Protocol::Sctp, 9), vec![]);
+        state.frontends.insert(
+            front("fd43::10", Protocol::Tcp, 443),
+            vec![
+                be("fd42::2", 8443),
+                be("fd42::3", 8443),
+                be("fd42::4", 8443),
+            ],
+        );
+        let sticky = front("10.43.0.13", Protocol::Tcp, 80);
+        state.frontends.insert(sticky, vec![be("10.42.0.5", 80)]);
+        state.affinity.insert(sticky, 600);
+        let np = NodePort {
+            protocol: Protocol::Tcp,
+            port: 30080,
+        };
+        state.node_ports.insert(np, vec![be("10.42.0.2", 8080)]);
+        state.local_node_ports.insert(np);
+        state.node_ports.insert(
+            NodePort {
+                protocol: Protocol::Udp,
+                port: 30053,
+            },
+            vec![],
+        );
+        let list = |table: &str| -> String {
+            let mut out = String::new();
+            for fam in ["ip", "ip6"] {
+                let o = Command::new(nft_path())
+                    .args(["list", "table", fam, table])
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                out.push_str(&String::from_utf8_lossy(&o.stdout).replace(table, "T"));
+            }
+            out
+        };
+        let [by_netlink, by_text] = net::proxy::TABLES;
+        net::nft::load_proxy(&nft_path(), by_netlink, &state, 4).unwrap();
+        let empty = State::default();
+        let mut script = net::proxy::skeleton(false, by_text, &empty, 4);
+        script.push_str(&net::proxy::skeleton(true, by_text, &empty, 4));
+        script.push_str(&net::proxy::changes(by_text, &empty, &state));
+        net::nft::apply(&nft_path(), &script).unwrap();
+        let (a, b) = (list(by_netlink), list(by_text));
+        assert!(
+            a.contains("fd42::3 . 8443") && a.contains("goto aff_"),
+            "{a}"
+        );
+        assert_eq!(a, b);
     });
 }
 

@@ -1,0 +1,406 @@
+//! Set and map elements written to nf_tables over netlink, all in one transaction: what
+//! `nft -f` sends for `add element` lines, without its parser, which costs several
+//! microseconds an element (most of a 30,000-Service load). Only elements: tables, chains and
+//! rules stay with `nft` (`nft.rs`), which writes them once per full load.
+//!
+//! The encoding is the kernel's (`linux/netfilter/nf_tables.h`): a batch of `NEWSETELEM`
+//! messages between `BATCH_BEGIN` and `BATCH_END`, each naming its table and set and holding
+//! a list of elements, a key and (for maps) a value or a verdict. A key of several fields
+//! (`ip . proto . port`) is their concatenation, each field padded to 4 bytes.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+
+use crate::NetError;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 0x2;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFT_GOTO: i32 = -4;
+
+/// An attribute's length is 16 bits: each message carries at most this much of elements.
+const MAX_ELEMENTS_BYTES: usize = 60_000;
+
+/// The table's family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ip,
+    Ip6,
+}
+
+impl Family {
+    fn code(self) -> u8 {
+        match self {
+            Family::Ip => libc::NFPROTO_IPV4 as u8,
+            Family::Ip6 => libc::NFPROTO_IPV6 as u8,
+        }
+    }
+}
+
+/// What an element maps its key to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Data {
+    /// A set's element: the key alone.
+    None,
+    Value(Vec<u8>),
+    /// A verdict map's `goto CHAIN`.
+    Goto(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Element {
+    pub key: Vec<u8>,
+    pub data: Data,
+}
+
+/// Elements for one set or map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetElements {
+    pub set: String,
+    pub elements: Vec<Element>,
+}
+
+/// Builds a key or value field by field, as nf_tables lays out a concatenation.
+#[derive(Default)]
+pub struct Fields(Vec<u8>);
+
+impl Fields {
+    pub fn new() -> Fields {
+        Fields(Vec::with_capacity(40))
+    }
+
+    fn push(mut self, bytes: &[u8]) -> Fields {
+        self.0.extend_from_slice(bytes);
+        let pad = (4 - bytes.len() % 4) % 4;
+        self.0.extend(std::iter::repeat_n(0, pad));
+        self
+    }
+
+    /// An address, in network order (4 or 16 bytes).
+    pub fn ip(self, ip: IpAddr) -> Fields {
+        match ip {
+            IpAddr::V4(a) => self.push(&a.octets()),
+            IpAddr::V6(a) => self.push(&a.octets()),
+        }
+    }
+
+    /// A protocol number (`inet_proto`, one byte).
+    pub fn proto(self, p: u8) -> Fields {
+        self.push(&[p])
+    }
+
+    /// A port (`inet_service`, two bytes in network order).
+    pub fn port(self, p: u16) -> Fields {
+        self.push(&p.to_be_bytes())
+    }
+
+    /// A 32-bit number in host order, as `numgen` leaves it in its register.
+    pub fn number(self, n: u32) -> Fields {
+        self.push(&n.to_ne_bytes())
+    }
+
+    pub fn done(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// A netlink message under construction: attributes are appended, nests closed by offset.
+struct Message {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Message {
+    fn begin(buf: Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Message {
+        let mut buf = buf;
+        let start = buf.len();
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `end`
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+        // struct nfgenmsg
+        buf.push(family);
+        buf.push(0); // NFNETLINK_V0
+        buf.extend_from_slice(&res_id.to_be_bytes());
+        Message { buf, start }
+    }
+
+    fn attr(&mut self, kind: u16, payload: &[u8]) {
+        let len = 4 + payload.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        self.align();
+    }
+
+    fn string(&mut self, kind: u16, s: &str) {
+        let mut bytes = Vec::with_capacity(s.len() + 1);
+        bytes.extend_from_slice(s.as_bytes());
+        bytes.push(0);
+        self.attr(kind, &bytes);
+    }
+
+    fn nest(&mut self, kind: u16) -> usize {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        at
+    }
+
+    fn close(&mut self, at: usize) {
+        let len = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn align(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+
+    fn end(mut self) -> Vec<u8> {
+        self.align();
+        let len = (self.buf.len() - self.start) as u32;
+        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
+    }
+}
+
+fn element(m: &mut Message, e: &Element) {
+    let item = m.nest(NFTA_LIST_ELEM);
+    let key = m.nest(NFTA_SET_ELEM_KEY);
+    m.attr(NFTA_DATA_VALUE, &e.key);
+    m.close(key);
+    match &e.data {
+        Data::None => {}
+        Data::Value(v) => {
+            let data = m.nest(NFTA_SET_ELEM_DATA);
+            m.attr(NFTA_DATA_VALUE, v);
+            m.close(data);
+        }
+        Data::Goto(chain) => {
+            let data = m.nest(NFTA_SET_ELEM_DATA);
+            let verdict = m.nest(NFTA_DATA_VERDICT);
+            m.attr(NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes());
+            m.string(NFTA_VERDICT_CHAIN, chain);
+            m.close(verdict);
+            m.close(data);
+        }
+    }
+    m.close(item);
+}
+
+fn element_size(e: &Element) -> usize {
+    let data = match &e.data {
+        Data::None => 0,
+        Data::Value(v) => 8 + v.len().next_multiple_of(4),
+        Data::Goto(c) => 24 + (c.len() + 1).next_multiple_of(4),
+    };
+    12 + e.key.len().next_multiple_of(4) + data
+}
+
+/// The batch adding `sets`' elements to `table`. Only its last message asks for an
+/// acknowledgement: the batch is one transaction, so that acknowledgement or the first error
+/// says how it went.
+pub fn batch(family: Family, table: &str, sets: &[SetElements]) -> Vec<u8> {
+    let subsys = NFNL_SUBSYS_NFTABLES;
+    let mut seq = 0u32;
+    let begin = Message::begin(
+        Vec::new(),
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        seq,
+        libc::AF_UNSPEC as u8,
+        subsys,
+    );
+    let mut buf = begin.end();
+    let kind = (subsys << 8) | NFT_MSG_NEWSETELEM;
+    // The elements in messages of bounded size; the last message asks for the ack.
+    let chunks: Vec<(&str, &[Element])> = sets
+        .iter()
+        .flat_map(|s| {
+            let mut out = Vec::new();
+            let mut from = 0;
+            let mut size = 0;
+            for (i, e) in s.elements.iter().enumerate() {
+                let n = element_size(e);
+                if size + n > MAX_ELEMENTS_BYTES && i > from {
+                    out.push((s.set.as_str(), &s.elements[from..i]));
+                    from = i;
+                    size = 0;
+                }
+                size += n;
+            }
+            if from < s.elements.len() {
+                out.push((s.set.as_str(), &s.elements[from..]));
+            }
+            out
+        })
+        .collect();
+    for (i, (set, elements)) in chunks.iter().enumerate() {
+        seq += 1;
+        let ack = if i + 1 == chunks.len() { NLM_F_ACK } else { 0 };
+        let mut m = Message::begin(
+            buf,
+            kind,
+            NLM_F_REQUEST | NLM_F_CREATE | ack,
+            seq,
+            family.code(),
+            0,
+        );
+        m.string(NFTA_SET_ELEM_LIST_TABLE, table);
+        m.string(NFTA_SET_ELEM_LIST_SET, set);
+        let list = m.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+        for e in *elements {
+            element(&mut m, e);
+        }
+        m.close(list);
+        buf = m.end();
+    }
+    seq += 1;
+    let end = Message::begin(
+        buf,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        seq,
+        libc::AF_UNSPEC as u8,
+        subsys,
+    );
+    end.end()
+}
+
+/// Add `sets`' elements to `table` (whose sets exist), in one transaction: all or none.
+pub fn add_elements(family: Family, table: &str, sets: &[SetElements]) -> Result<(), NetError> {
+    if sets.iter().all(|s| s.elements.is_empty()) {
+        return Ok(());
+    }
+    let message = batch(family, table, sets);
+    send(&message).map_err(NetError::io(format!(
+        "adding set elements to nftables table {table}"
+    )))
+}
+
+fn send(message: &[u8]) -> io::Result<()> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    // The whole batch goes in one message, as the kernel reads a transaction from one
+    // buffer: make room for it (CAP_NET_ADMIN may exceed the system's limit, as nft does).
+    let size = (message.len() + 4096) as libc::c_int;
+    // SAFETY: setsockopt on an open socket with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sent = socket.send(message, 0)?;
+    if sent != message.len() {
+        return Err(io::Error::other("the kernel took part of the batch"));
+    }
+    // The kernel runs the batch as it receives it: its answer is waiting. The first error
+    // (the transaction is then undone) or the last message's acknowledgement ends it.
+    let mut rx = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0)?;
+        let mut at = 0;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes(rx[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes(rx[at + 4..at + 6].try_into().expect("2 bytes"));
+            if kind == NLMSG_ERROR && at + 20 <= n {
+                let code = i32::from_ne_bytes(rx[at + 16..at + 20].try_into().expect("4 bytes"));
+                return if code == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-code))
+                };
+            }
+            if len < 16 {
+                break;
+            }
+            at += len.next_multiple_of(4);
+        }
+        if n == 0 {
+            return Err(io::Error::other("netlink socket closed"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_padded_to_registers() {
+        let key = Fields::new()
+            .ip("10.43.0.5".parse().unwrap())
+            .proto(6)
+            .port(80)
+            .number(1)
+            .done();
+        let mut want = vec![10, 43, 0, 5, 6, 0, 0, 0, 0, 80, 0, 0];
+        want.extend_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(key, want);
+        let v6 = Fields::new().ip("fd43::1".parse().unwrap()).done();
+        assert_eq!(v6.len(), 16);
+    }
+
+    #[test]
+    fn a_batch_is_framed_and_splits_long_lists() {
+        let e = Element {
+            key: Fields::new().ip("10.43.0.5".parse().unwrap()).done(),
+            data: Data::Goto("svc1".into()),
+        };
+        let many = SetElements {
+            set: "services".into(),
+            elements: vec![e.clone(); 5000],
+        };
+        let buf = batch(Family::Ip, "t", &[many]);
+        // Walk the messages: begin, some element messages, end; only the last asks for an ack.
+        let mut at = 0;
+        let mut kinds = Vec::new();
+        while at < buf.len() {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
+            let flags = u16::from_ne_bytes(buf[at + 6..at + 8].try_into().unwrap());
+            assert!(len <= 65_535 + 20, "message of {len} bytes");
+            kinds.push((kind, flags & NLM_F_ACK != 0));
+            at += len;
+        }
+        assert_eq!(at, buf.len());
+        assert_eq!(kinds.first(), Some(&(NFNL_MSG_BATCH_BEGIN, false)));
+        assert_eq!(kinds.last(), Some(&(NFNL_MSG_BATCH_END, false)));
+        let elems: Vec<_> = kinds[1..kinds.len() - 1].to_vec();
+        assert!(elems.len() > 1, "{elems:?}");
+        assert!(elems[..elems.len() - 1].iter().all(|(_, ack)| !ack));
+        assert_eq!(elems.last(), Some(&((10 << 8) | 12, true)));
+    }
+}
