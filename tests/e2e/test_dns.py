@@ -135,8 +135,11 @@ def web_and_client(node, ns, version="1.33"):
     node.kubectl("patch", "service", "web", "-n", ns, "--type=json",
                  "-p", '[{"op": "replace", "path": "/spec/ports/0/name", "value": "http"}]', version=version)
     wait_running(node, ns, "client")
-    wait_until(lambda: node.json("get", "endpoints", "web", "-n", ns).get("subsets"), timeout=60,
-               what="web ready")
+    # Ready: listed under `addresses` (a pod not yet ready is under `notReadyAddresses`).
+    def ready():
+        subsets = node.json("get", "endpoints", "web", "-n", ns).get("subsets") or []
+        return any(s.get("addresses") for s in subsets)
+    wait_until(ready, timeout=60, what="web ready")
 
 
 def test_pods_find_services_by_name(node, dns_ns, version):

@@ -155,7 +155,10 @@ struct Applied {
 
 enum Step {
     /// Element changes to the live table.
-    Changes { table: &'static str, script: String },
+    Changes {
+        table: &'static str,
+        changes: proxy::Changes,
+    },
     /// A fresh table (not `live`), filled, then the others dropped.
     Full {
         live: Option<&'static str>,
@@ -240,7 +243,7 @@ pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<
                 }
                 Step::Changes {
                     table: a.table,
-                    script: proxy::changes(a.table, &a.state, &want),
+                    changes: proxy::changes(a.table, &a.state, &want),
                 }
             }
             _ => {
@@ -260,7 +263,9 @@ pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<
             Step::Full { chains, .. } => (true, *chains),
         };
         let result = tokio::task::spawn_blocking(move || match step {
-            Step::Changes { table, script } => nft::apply(&path, &script).map(|()| table),
+            Step::Changes { table, changes } => {
+                nft::apply_changes(&path, table, &changes).map(|()| table)
+            }
             Step::Full {
                 live,
                 chains,

@@ -382,7 +382,7 @@ async fn proxy(net: &BridgeNetwork, counts: &[usize]) -> Result<()> {
             let mut next = state.clone();
             next.frontends.insert(frontend(n + k), backends.clone());
             let t = Instant::now();
-            net::nft::apply(&nft, &net::proxy::changes(table, &state, &next))?;
+            net::nft::apply_changes(&nft, table, &net::proxy::changes(table, &state, &next))?;
             let (_, ok_at) = client.connect((vip(n + k), 80).into(), true)?;
             change.push(ok_at - t);
             state = next;

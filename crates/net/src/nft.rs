@@ -160,11 +160,21 @@ pub fn load_proxy(
         script.push_str(&proxy::skeleton(true, t, state, max_count));
     }
     apply(nft, &script)?;
-    nftnl::add_elements(nftnl::Family::Ip, t, &proxy::elements(false, state))?;
+    let mut ops = proxy::elements(false, state);
     if v6 {
-        nftnl::add_elements(nftnl::Family::Ip6, t, &proxy::elements(true, state))?;
+        ops.extend(proxy::elements(true, state));
     }
-    Ok(())
+    nftnl::write(t, &ops)
+}
+
+/// Apply `changes` to the live table `t`: over netlink when only elements move, else (client
+/// affinity chains come or go) as one `nft` script.
+pub fn apply_changes(nft: &Path, t: &str, changes: &crate::proxy::Changes) -> Result<(), NetError> {
+    if changes.elements_only() {
+        crate::nftnl::write(t, &changes.ops())
+    } else {
+        apply(nft, &changes.script(t))
+    }
 }
 
 /// The tables there are, as (family, name).

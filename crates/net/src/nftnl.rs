@@ -8,18 +8,20 @@
 //! a list of elements, a key and (for maps) a value or a verdict. A key of several fields
 //! (`ip . proto . port`) is their concatenation, each field padded to 4 bytes.
 
+use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
-use crate::NetError;
+use crate::{NetError, Protocol};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -50,6 +52,17 @@ pub enum Family {
 }
 
 impl Family {
+    pub fn of(v6: bool) -> Family {
+        if v6 { Family::Ip6 } else { Family::Ip }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             Family::Ip => libc::NFPROTO_IPV4 as u8,
@@ -58,70 +71,146 @@ impl Family {
     }
 }
 
+/// One field of a key or value; several make a concatenation (`ip . proto . port`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Ip(IpAddr),
+    Proto(Protocol),
+    Port(u16),
+    /// A 32-bit number, as `numgen` leaves it.
+    Number(u32),
+}
+
+/// A key or value: its fields in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields(Vec<Field>);
+
+impl Fields {
+    pub fn new() -> Fields {
+        Fields(Vec::with_capacity(4))
+    }
+
+    pub fn ip(mut self, ip: IpAddr) -> Fields {
+        self.0.push(Field::Ip(ip));
+        self
+    }
+
+    pub fn proto(mut self, p: Protocol) -> Fields {
+        self.0.push(Field::Proto(p));
+        self
+    }
+
+    pub fn port(mut self, p: u16) -> Fields {
+        self.0.push(Field::Port(p));
+        self
+    }
+
+    pub fn number(mut self, n: u32) -> Fields {
+        self.0.push(Field::Number(n));
+        self
+    }
+
+    /// The kernel's layout: each field in its register, padded to 4 bytes; addresses and
+    /// ports in network order, protocol numbers a byte, `numgen` numbers in host order.
+    fn encode(&self, out: &mut Vec<u8>) {
+        for f in &self.0 {
+            let at = out.len();
+            match f {
+                Field::Ip(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
+                Field::Ip(IpAddr::V6(a)) => out.extend_from_slice(&a.octets()),
+                Field::Proto(p) => out.push(p.number()),
+                Field::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
+                Field::Number(n) => out.extend_from_slice(&n.to_ne_bytes()),
+            }
+            let pad = (4 - (out.len() - at) % 4) % 4;
+            out.extend(std::iter::repeat_n(0, pad));
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0
+            .iter()
+            .map(|f| match f {
+                Field::Ip(IpAddr::V6(_)) => 16,
+                _ => 4,
+            })
+            .sum()
+    }
+}
+
+/// As `nft` reads it: `10.43.0.5 . tcp . 80`.
+impl fmt::Display for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, field) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" . ")?;
+            }
+            match field {
+                Field::Ip(ip) => write!(f, "{ip}")?,
+                Field::Proto(p) => f.write_str(p.as_str())?,
+                Field::Port(p) => write!(f, "{p}")?,
+                Field::Number(n) => write!(f, "{n}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What an element maps its key to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Data {
-    /// A set's element: the key alone.
+    /// A set's element, or an element being deleted: the key alone.
     None,
-    Value(Vec<u8>),
+    Value(Fields),
     /// A verdict map's `goto CHAIN`.
     Goto(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
-    pub key: Vec<u8>,
+    pub key: Fields,
     pub data: Data,
 }
 
-/// Elements for one set or map.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SetElements {
+impl fmt::Display for Element {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.data {
+            Data::None => write!(f, "{}", self.key),
+            Data::Value(v) => write!(f, "{} : {v}", self.key),
+            Data::Goto(c) => write!(f, "{} : goto {c}", self.key),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Add,
+    Delete,
+}
+
+/// Elements added to or deleted from one set or map of a family's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetOp {
+    pub op: Op,
+    pub family: Family,
     pub set: String,
     pub elements: Vec<Element>,
 }
 
-/// Builds a key or value field by field, as nf_tables lays out a concatenation.
-#[derive(Default)]
-pub struct Fields(Vec<u8>);
-
-impl Fields {
-    pub fn new() -> Fields {
-        Fields(Vec::with_capacity(40))
-    }
-
-    fn push(mut self, bytes: &[u8]) -> Fields {
-        self.0.extend_from_slice(bytes);
-        let pad = (4 - bytes.len() % 4) % 4;
-        self.0.extend(std::iter::repeat_n(0, pad));
-        self
-    }
-
-    /// An address, in network order (4 or 16 bytes).
-    pub fn ip(self, ip: IpAddr) -> Fields {
-        match ip {
-            IpAddr::V4(a) => self.push(&a.octets()),
-            IpAddr::V6(a) => self.push(&a.octets()),
-        }
-    }
-
-    /// A protocol number (`inet_proto`, one byte).
-    pub fn proto(self, p: u8) -> Fields {
-        self.push(&[p])
-    }
-
-    /// A port (`inet_service`, two bytes in network order).
-    pub fn port(self, p: u16) -> Fields {
-        self.push(&p.to_be_bytes())
-    }
-
-    /// A 32-bit number in host order, as `numgen` leaves it in its register.
-    pub fn number(self, n: u32) -> Fields {
-        self.push(&n.to_ne_bytes())
-    }
-
-    pub fn done(self) -> Vec<u8> {
-        self.0
+impl SetOp {
+    /// The `nft` command doing the same.
+    pub fn command(&self, table: &str) -> String {
+        let verb = match self.op {
+            Op::Add => "add",
+            Op::Delete => "delete",
+        };
+        let items: Vec<String> = self.elements.iter().map(ToString::to_string).collect();
+        format!(
+            "{verb} element {} {table} {} {{ {} }}\n",
+            self.family.name(),
+            self.set,
+            items.join(", ")
+        )
     }
 }
 
@@ -153,6 +242,15 @@ impl Message {
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(payload);
         self.align();
+    }
+
+    fn fields(&mut self, kind: u16, fields: &Fields) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        fields.encode(&mut self.buf);
+        let len = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
     }
 
     fn string(&mut self, kind: u16, s: &str) {
@@ -192,13 +290,13 @@ impl Message {
 fn element(m: &mut Message, e: &Element) {
     let item = m.nest(NFTA_LIST_ELEM);
     let key = m.nest(NFTA_SET_ELEM_KEY);
-    m.attr(NFTA_DATA_VALUE, &e.key);
+    m.fields(NFTA_DATA_VALUE, &e.key);
     m.close(key);
     match &e.data {
         Data::None => {}
         Data::Value(v) => {
             let data = m.nest(NFTA_SET_ELEM_DATA);
-            m.attr(NFTA_DATA_VALUE, v);
+            m.fields(NFTA_DATA_VALUE, v);
             m.close(data);
         }
         Data::Goto(chain) => {
@@ -216,16 +314,16 @@ fn element(m: &mut Message, e: &Element) {
 fn element_size(e: &Element) -> usize {
     let data = match &e.data {
         Data::None => 0,
-        Data::Value(v) => 8 + v.len().next_multiple_of(4),
+        Data::Value(v) => 8 + v.encoded_len(),
         Data::Goto(c) => 24 + (c.len() + 1).next_multiple_of(4),
     };
-    12 + e.key.len().next_multiple_of(4) + data
+    12 + e.key.encoded_len() + data
 }
 
-/// The batch adding `sets`' elements to `table`. Only its last message asks for an
+/// The batch applying `ops` to `table`, in order. Only its last message asks for an
 /// acknowledgement: the batch is one transaction, so that acknowledgement or the first error
 /// says how it went.
-pub fn batch(family: Family, table: &str, sets: &[SetElements]) -> Vec<u8> {
+pub fn batch(table: &str, ops: &[SetOp]) -> Vec<u8> {
     let subsys = NFNL_SUBSYS_NFTABLES;
     let mut seq = 0u32;
     let begin = Message::begin(
@@ -237,42 +335,38 @@ pub fn batch(family: Family, table: &str, sets: &[SetElements]) -> Vec<u8> {
         subsys,
     );
     let mut buf = begin.end();
-    let kind = (subsys << 8) | NFT_MSG_NEWSETELEM;
-    // The elements in messages of bounded size; the last message asks for the ack.
-    let chunks: Vec<(&str, &[Element])> = sets
+    // The elements in messages of bounded size.
+    let chunks: Vec<(&SetOp, &[Element])> = ops
         .iter()
-        .flat_map(|s| {
+        .flat_map(|op| {
             let mut out = Vec::new();
             let mut from = 0;
             let mut size = 0;
-            for (i, e) in s.elements.iter().enumerate() {
+            for (i, e) in op.elements.iter().enumerate() {
                 let n = element_size(e);
                 if size + n > MAX_ELEMENTS_BYTES && i > from {
-                    out.push((s.set.as_str(), &s.elements[from..i]));
+                    out.push((op, &op.elements[from..i]));
                     from = i;
                     size = 0;
                 }
                 size += n;
             }
-            if from < s.elements.len() {
-                out.push((s.set.as_str(), &s.elements[from..]));
+            if from < op.elements.len() {
+                out.push((op, &op.elements[from..]));
             }
             out
         })
         .collect();
-    for (i, (set, elements)) in chunks.iter().enumerate() {
+    for (i, (op, elements)) in chunks.iter().enumerate() {
         seq += 1;
         let ack = if i + 1 == chunks.len() { NLM_F_ACK } else { 0 };
-        let mut m = Message::begin(
-            buf,
-            kind,
-            NLM_F_REQUEST | NLM_F_CREATE | ack,
-            seq,
-            family.code(),
-            0,
-        );
+        let (kind, flags) = match op.op {
+            Op::Add => (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | ack),
+            Op::Delete => (NFT_MSG_DELSETELEM, NLM_F_REQUEST | ack),
+        };
+        let mut m = Message::begin(buf, (subsys << 8) | kind, flags, seq, op.family.code(), 0);
         m.string(NFTA_SET_ELEM_LIST_TABLE, table);
-        m.string(NFTA_SET_ELEM_LIST_SET, set);
+        m.string(NFTA_SET_ELEM_LIST_SET, &op.set);
         let list = m.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
         for e in *elements {
             element(&mut m, e);
@@ -292,14 +386,13 @@ pub fn batch(family: Family, table: &str, sets: &[SetElements]) -> Vec<u8> {
     end.end()
 }
 
-/// Add `sets`' elements to `table` (whose sets exist), in one transaction: all or none.
-pub fn add_elements(family: Family, table: &str, sets: &[SetElements]) -> Result<(), NetError> {
-    if sets.iter().all(|s| s.elements.is_empty()) {
+/// Apply `ops` to `table` (whose sets exist), in one transaction: all or none.
+pub fn write(table: &str, ops: &[SetOp]) -> Result<(), NetError> {
+    if ops.iter().all(|o| o.elements.is_empty()) {
         return Ok(());
     }
-    let message = batch(family, table, sets);
-    send(&message).map_err(NetError::io(format!(
-        "adding set elements to nftables table {table}"
+    send(&batch(table, ops)).map_err(NetError::io(format!(
+        "writing set elements of nftables table {table}"
     )))
 }
 
@@ -359,32 +452,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_are_padded_to_registers() {
+    fn fields_are_padded_to_registers_and_read_as_nft_writes_them() {
         let key = Fields::new()
             .ip("10.43.0.5".parse().unwrap())
-            .proto(6)
+            .proto(Protocol::Tcp)
             .port(80)
-            .number(1)
-            .done();
+            .number(1);
+        let mut bytes = Vec::new();
+        key.encode(&mut bytes);
         let mut want = vec![10, 43, 0, 5, 6, 0, 0, 0, 0, 80, 0, 0];
         want.extend_from_slice(&1u32.to_ne_bytes());
-        assert_eq!(key, want);
-        let v6 = Fields::new().ip("fd43::1".parse().unwrap()).done();
-        assert_eq!(v6.len(), 16);
+        assert_eq!(bytes, want);
+        assert_eq!(key.encoded_len(), 16);
+        assert_eq!(key.to_string(), "10.43.0.5 . tcp . 80 . 1");
+        let v6 = Fields::new().ip("fd43::1".parse().unwrap()).port(443);
+        assert_eq!(v6.encoded_len(), 20);
+        let op = SetOp {
+            op: Op::Add,
+            family: Family::Ip6,
+            set: "be1".into(),
+            elements: vec![Element {
+                key: Fields::new().ip("fd43::1".parse().unwrap()),
+                data: Data::Value(v6),
+            }],
+        };
+        assert_eq!(
+            op.command("t"),
+            "add element ip6 t be1 { fd43::1 : fd43::1 . 443 }\n"
+        );
     }
 
     #[test]
     fn a_batch_is_framed_and_splits_long_lists() {
         let e = Element {
-            key: Fields::new().ip("10.43.0.5".parse().unwrap()).done(),
+            key: Fields::new().ip("10.43.0.5".parse().unwrap()),
             data: Data::Goto("svc1".into()),
         };
-        let many = SetElements {
+        let many = SetOp {
+            op: Op::Add,
+            family: Family::Ip,
             set: "services".into(),
             elements: vec![e.clone(); 5000],
         };
-        let buf = batch(Family::Ip, "t", &[many]);
-        // Walk the messages: begin, some element messages, end; only the last asks for an ack.
+        let gone = SetOp {
+            op: Op::Delete,
+            elements: vec![e],
+            ..many.clone()
+        };
+        let buf = batch("t", &[gone, many]);
+        // Walk the messages: begin, the element messages, end; only the last asks for an ack.
         let mut at = 0;
         let mut kinds = Vec::new();
         while at < buf.len() {
@@ -399,7 +515,8 @@ mod tests {
         assert_eq!(kinds.first(), Some(&(NFNL_MSG_BATCH_BEGIN, false)));
         assert_eq!(kinds.last(), Some(&(NFNL_MSG_BATCH_END, false)));
         let elems: Vec<_> = kinds[1..kinds.len() - 1].to_vec();
-        assert!(elems.len() > 1, "{elems:?}");
+        assert_eq!(elems[0], ((10 << 8) | 14, false), "the delete first");
+        assert!(elems.len() > 2, "{elems:?}");
         assert!(elems[..elems.len() - 1].iter().all(|(_, ack)| !ack));
         assert_eq!(elems.last(), Some(&((10 << 8) | 12, true)));
     }

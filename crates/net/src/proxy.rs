@@ -23,7 +23,7 @@ use api::k8s_openapi::api::core::v1::Service;
 use api::k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::Protocol;
-use crate::nftnl::{Data, Element, Fields, SetElements};
+use crate::nftnl::{Data, Element, Family, Fields, Op, SetOp};
 
 /// The proxy's tables: a full load fills the one not in use, then drops the other.
 pub const TABLES: [&str; 2] = ["berth-proxy-a", "berth-proxy-b"];
@@ -345,10 +345,6 @@ fn fam(ip: IpAddr) -> &'static str {
     if ip.is_ipv6() { "ip6" } else { "ip" }
 }
 
-fn key(f: &Frontend) -> String {
-    format!("{} . {} . {}", f.ip, f.protocol.as_str(), f.port)
-}
-
 /// The name of an affinity frontend's chain (its endpoints' chains and sets add `_<i>`).
 fn affinity_chain(k: &Frontend) -> String {
     format!(
@@ -518,52 +514,40 @@ pub fn skeleton(v6: bool, t: &str, state: &State, max_count: usize) -> String {
 }
 
 fn frontend_key(k: &Frontend) -> Fields {
-    Fields::new()
-        .ip(k.ip)
-        .proto(k.protocol.number())
-        .port(k.port)
+    Fields::new().ip(k.ip).proto(k.protocol).port(k.port)
 }
 
 fn node_port_key(np: &NodePort) -> Fields {
-    Fields::new().proto(np.protocol.number()).port(np.port)
+    Fields::new().proto(np.protocol).port(np.port)
 }
 
 fn backend_value(b: &Backend) -> Data {
-    Data::Value(Fields::new().ip(b.ip).port(b.port).done())
+    Data::Value(Fields::new().ip(b.ip).port(b.port))
 }
 
 /// Every element of `state` of one family, by set or map: what `changes` would add to an empty
 /// table, for `skeleton`'s table.
-pub fn elements(v6: bool, state: &State) -> Vec<SetElements> {
+pub fn elements(v6: bool, state: &State) -> Vec<SetOp> {
     let mut services = Vec::new();
     let mut empty = Vec::new();
     let mut slots: BTreeMap<usize, Vec<Element>> = BTreeMap::new();
     let mut pods = BTreeSet::new();
-    let element = |key: Vec<u8>, data: Data| Element { key, data };
+    let element = |key: Fields, data: Data| Element { key, data };
     for (k, backends) in state.frontends.iter().filter(|(k, _)| k.ip.is_ipv6() == v6) {
         let n = backends.len();
         if n == 0 {
-            empty.push(element(frontend_key(k).done(), Data::None));
+            empty.push(element(frontend_key(k), Data::None));
             continue;
         }
         pods.extend(backends.iter().map(|b| b.ip));
         if state.affinity.contains_key(k) {
-            services.push(element(
-                frontend_key(k).done(),
-                Data::Goto(affinity_chain(k)),
-            ));
+            services.push(element(frontend_key(k), Data::Goto(affinity_chain(k))));
             continue;
         }
-        services.push(element(
-            frontend_key(k).done(),
-            Data::Goto(format!("svc{n}")),
-        ));
+        services.push(element(frontend_key(k), Data::Goto(format!("svc{n}"))));
         let list = slots.entry(n).or_default();
         for (i, b) in backends.iter().enumerate() {
-            list.push(element(
-                frontend_key(k).number(i as u32).done(),
-                backend_value(b),
-            ));
+            list.push(element(frontend_key(k).number(i as u32), backend_value(b)));
         }
     }
     let mut node_ports = Vec::new();
@@ -572,7 +556,7 @@ pub fn elements(v6: bool, state: &State) -> Vec<SetElements> {
     for (np, backends) in state.node_ports.iter().filter(|_| !v6) {
         let n = backends.len();
         if n == 0 {
-            node_empty.push(element(node_port_key(np).done(), Data::None));
+            node_empty.push(element(node_port_key(np), Data::None));
             continue;
         }
         let chain = if state.local_node_ports.contains(np) {
@@ -581,13 +565,13 @@ pub fn elements(v6: bool, state: &State) -> Vec<SetElements> {
             "nsvc"
         };
         node_ports.push(element(
-            node_port_key(np).done(),
+            node_port_key(np),
             Data::Goto(format!("{chain}{n}")),
         ));
         let list = node_slots.entry(n).or_default();
         for (i, b) in backends.iter().enumerate() {
             list.push(element(
-                node_port_key(np).number(i as u32).done(),
+                node_port_key(np).number(i as u32),
                 backend_value(b),
             ));
             pods.insert(b.ip);
@@ -595,12 +579,17 @@ pub fn elements(v6: bool, state: &State) -> Vec<SetElements> {
     }
     let hairpin: Vec<Element> = pods
         .iter()
-        .map(|ip| element(Fields::new().ip(*ip).ip(*ip).done(), Data::None))
+        .map(|ip| element(Fields::new().ip(*ip).ip(*ip), Data::None))
         .collect();
     let mut out = Vec::new();
     let mut add = |set: String, elements: Vec<Element>| {
         if !elements.is_empty() {
-            out.push(SetElements { set, elements });
+            out.push(SetOp {
+                op: Op::Add,
+                family: Family::of(v6),
+                set,
+                elements,
+            });
         }
     };
     for (n, items) in slots {
@@ -617,18 +606,90 @@ pub fn elements(v6: bool, state: &State) -> Vec<SetElements> {
     out
 }
 
+/// The addresses that may reach themselves through a Service (every backend's).
 fn hairpins(state: &State) -> BTreeSet<IpAddr> {
-    state.frontends.values().flatten().map(|b| b.ip).collect()
+    state
+        .frontends
+        .values()
+        .chain(state.node_ports.values())
+        .flatten()
+        .map(|b| b.ip)
+        .collect()
 }
 
-/// The element changes from `old` to `new` (both already in the kernel's families), in one
-/// script. Frontends that did not change are not written.
-pub fn changes(t: &str, old: &State, new: &State) -> String {
-    let mut del = String::new();
-    let mut add = String::new();
-    // Affinity chains go after the elements leading to them, and come before.
-    let mut del_chains = String::new();
-    let mut add_chains = String::new();
+/// What moves the kernel from one state to the next: element deletions, then the affinity
+/// chains that go and those that come, then element additions.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub delete: Vec<SetOp>,
+    pub add: Vec<SetOp>,
+    /// `nft` commands: chains and sets of frontends with client affinity.
+    pub del_chains: String,
+    pub add_chains: String,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.delete.is_empty()
+            && self.add.is_empty()
+            && self.del_chains.is_empty()
+            && self.add_chains.is_empty()
+    }
+
+    /// Whether only elements move (then netlink can write them without `nft`).
+    pub fn elements_only(&self) -> bool {
+        self.del_chains.is_empty() && self.add_chains.is_empty()
+    }
+
+    /// The elements' operations in the order they apply.
+    pub fn ops(&self) -> Vec<SetOp> {
+        self.delete.iter().chain(&self.add).cloned().collect()
+    }
+
+    /// The whole change as one `nft` script for table `t`.
+    pub fn script(&self, t: &str) -> String {
+        let mut s = String::new();
+        for op in &self.delete {
+            s.push_str(&op.command(t));
+        }
+        s.push_str(&self.del_chains);
+        s.push_str(&self.add_chains);
+        for op in &self.add {
+            s.push_str(&op.command(t));
+        }
+        s
+    }
+}
+
+/// The changes from `old` to `new` in table `t` (whose tables exist in the families `new`
+/// uses). Frontends that did not change are not written.
+pub fn changes(t: &str, old: &State, new: &State) -> Changes {
+    let mut out = Changes::default();
+    let op = |op, v6: bool, set: String, elements: Vec<Element>| SetOp {
+        op,
+        family: Family::of(v6),
+        set,
+        elements,
+    };
+    let keys_only = |n: usize, key: &Fields| -> Vec<Element> {
+        (0..n)
+            .map(|i| Element {
+                key: key.clone().number(i as u32),
+                data: Data::None,
+            })
+            .collect()
+    };
+    let slots = |backends: &[Backend], key: &Fields| -> Vec<Element> {
+        backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Element {
+                key: key.clone().number(i as u32),
+                data: backend_value(b),
+            })
+            .collect()
+    };
+    let one = |key: Fields, data: Data| vec![Element { key, data }];
     let keys: BTreeSet<&Frontend> = old.frontends.keys().chain(new.frontends.keys()).collect();
     for k in keys {
         let (before, after) = (old.frontends.get(k), new.frontends.get(k));
@@ -636,48 +697,58 @@ pub fn changes(t: &str, old: &State, new: &State) -> String {
         if before == after && aff_before == aff_after {
             continue;
         }
-        let f = fam(k.ip);
+        let v6 = k.ip.is_ipv6();
+        let key = frontend_key(k);
         if let Some(b) = before {
             if aff_before.is_some() && !b.is_empty() {
-                let _ = writeln!(del, "delete element {f} {t} services {{ {} }}", key(k));
-                del_chains.push_str(&affinity_delete(t, k, b.len()));
+                out.delete.push(op(
+                    Op::Delete,
+                    v6,
+                    "services".into(),
+                    one(key.clone(), Data::None),
+                ));
+                out.del_chains.push_str(&affinity_delete(t, k, b.len()));
             } else if b.is_empty() {
-                let _ = writeln!(del, "delete element {f} {t} noendpoints {{ {} }}", key(k));
+                out.delete.push(op(
+                    Op::Delete,
+                    v6,
+                    "noendpoints".into(),
+                    one(key.clone(), Data::None),
+                ));
             } else {
-                let _ = writeln!(del, "delete element {f} {t} services {{ {} }}", key(k));
+                out.delete.push(op(
+                    Op::Delete,
+                    v6,
+                    "services".into(),
+                    one(key.clone(), Data::None),
+                ));
                 let n = b.len();
-                let items: Vec<String> = (0..n).map(|i| format!("{} . {i}", key(k))).collect();
-                let _ = writeln!(
-                    del,
-                    "delete element {f} {t} be{n} {{ {} }}",
-                    items.join(", ")
-                );
+                out.delete
+                    .push(op(Op::Delete, v6, format!("be{n}"), keys_only(n, &key)));
             }
         }
         if let Some(a) = after {
             if let (Some(timeout), false) = (aff_after, a.is_empty()) {
-                add_chains.push_str(&affinity_add(t, k, a, *timeout));
-                let _ = writeln!(
-                    add,
-                    "add element {f} {t} services {{ {} : goto {} }}",
-                    key(k),
-                    affinity_chain(k)
-                );
+                out.add_chains.push_str(&affinity_add(t, k, a, *timeout));
+                out.add.push(op(
+                    Op::Add,
+                    v6,
+                    "services".into(),
+                    one(key, Data::Goto(affinity_chain(k))),
+                ));
             } else if a.is_empty() {
-                let _ = writeln!(add, "add element {f} {t} noendpoints {{ {} }}", key(k));
+                out.add
+                    .push(op(Op::Add, v6, "noendpoints".into(), one(key, Data::None)));
             } else {
                 let n = a.len();
-                let items: Vec<String> = a
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| format!("{} . {i} : {} . {}", key(k), b.ip, b.port))
-                    .collect();
-                let _ = writeln!(add, "add element {f} {t} be{n} {{ {} }}", items.join(", "));
-                let _ = writeln!(
-                    add,
-                    "add element {f} {t} services {{ {} : goto svc{n} }}",
-                    key(k)
-                );
+                out.add
+                    .push(op(Op::Add, v6, format!("be{n}"), slots(a, &key)));
+                out.add.push(op(
+                    Op::Add,
+                    v6,
+                    "services".into(),
+                    one(key, Data::Goto(format!("svc{n}"))),
+                ));
             }
         }
     }
@@ -691,60 +762,69 @@ pub fn changes(t: &str, old: &State, new: &State) -> String {
         if before == after && was_local == is_local {
             continue;
         }
-        let key = format!("{} . {}", k.protocol.as_str(), k.port);
+        let key = node_port_key(k);
         if let Some(b) = before {
             if b.is_empty() {
-                let _ = writeln!(
-                    del,
-                    "delete element ip {t} noendpoint_nodeports {{ {key} }}"
-                );
+                out.delete.push(op(
+                    Op::Delete,
+                    false,
+                    "noendpoint_nodeports".into(),
+                    one(key.clone(), Data::None),
+                ));
             } else {
-                let _ = writeln!(del, "delete element ip {t} nodeports {{ {key} }}");
+                out.delete.push(op(
+                    Op::Delete,
+                    false,
+                    "nodeports".into(),
+                    one(key.clone(), Data::None),
+                ));
                 let n = b.len();
-                let items: Vec<String> = (0..n).map(|i| format!("{key} . {i}")).collect();
-                let _ = writeln!(
-                    del,
-                    "delete element ip {t} nbe{n} {{ {} }}",
-                    items.join(", ")
-                );
+                out.delete
+                    .push(op(Op::Delete, false, format!("nbe{n}"), keys_only(n, &key)));
             }
         }
         if let Some(a) = after {
             if a.is_empty() {
-                let _ = writeln!(add, "add element ip {t} noendpoint_nodeports {{ {key} }}");
+                out.add.push(op(
+                    Op::Add,
+                    false,
+                    "noendpoint_nodeports".into(),
+                    one(key, Data::None),
+                ));
             } else {
                 let n = a.len();
-                let items: Vec<String> = a
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| format!("{key} . {i} : {} . {}", b.ip, b.port))
-                    .collect();
-                let _ = writeln!(add, "add element ip {t} nbe{n} {{ {} }}", items.join(", "));
+                out.add
+                    .push(op(Op::Add, false, format!("nbe{n}"), slots(a, &key)));
                 let chain = if is_local { "nlsvc" } else { "nsvc" };
-                let _ = writeln!(
-                    add,
-                    "add element ip {t} nodeports {{ {key} : goto {chain}{n} }}"
-                );
+                out.add.push(op(
+                    Op::Add,
+                    false,
+                    "nodeports".into(),
+                    one(key, Data::Goto(format!("{chain}{n}"))),
+                ));
             }
         }
     }
     // Hairpin pairs follow the set of backends.
     let (was, now) = (hairpins(old), hairpins(new));
+    let pair = |ip: &IpAddr| Fields::new().ip(*ip).ip(*ip);
     for ip in was.difference(&now) {
-        let _ = writeln!(
-            del,
-            "delete element {} {t} hairpin {{ {ip} . {ip} }}",
-            fam(*ip)
-        );
+        out.delete.push(op(
+            Op::Delete,
+            ip.is_ipv6(),
+            "hairpin".into(),
+            one(pair(ip), Data::None),
+        ));
     }
     for ip in now.difference(&was) {
-        let _ = writeln!(
-            add,
-            "add element {} {t} hairpin {{ {ip} . {ip} }}",
-            fam(*ip)
-        );
+        out.add.push(op(
+            Op::Add,
+            ip.is_ipv6(),
+            "hairpin".into(),
+            one(pair(ip), Data::None),
+        ));
     }
-    del + &del_chains + &add_chains + &add
+    out
 }
 
 #[cfg(test)]
@@ -939,7 +1019,7 @@ mod tests {
             frontends: BTreeMap::from([(f, vec![b("10.42.0.2"), b("10.42.0.3")]), (g, vec![])]),
             ..Default::default()
         };
-        let script = changes("berth-proxy", &old, &new);
+        let script = changes("berth-proxy", &old, &new).script("berth-proxy");
         assert_eq!(
             script,
             "delete element ip berth-proxy services { 10.43.0.5 . tcp . 80 }\n\
@@ -954,7 +1034,7 @@ mod tests {
             frontends: BTreeMap::from([(f, vec![]), (g, vec![])]),
             ..Default::default()
         };
-        let script = changes("berth-proxy", &new, &empty);
+        let script = changes("berth-proxy", &new, &empty).script("berth-proxy");
         assert!(script.contains("add element ip berth-proxy noendpoints { 10.43.0.5 . tcp . 80 }"));
         assert!(script.contains("delete element ip berth-proxy hairpin { 10.42.0.2 . 10.42.0.2 }"));
         assert_eq!(counts(&new), BTreeSet::from([2]));
@@ -967,7 +1047,7 @@ mod tests {
             node_ports: BTreeMap::from([(np, vec![b("10.42.0.2")])]),
             ..new.clone()
         };
-        let script = changes("berth-proxy", &new, &with_port);
+        let script = changes("berth-proxy", &new, &with_port).script("berth-proxy");
         assert_eq!(
             script,
             "add element ip berth-proxy nbe1 { tcp . 30080 . 0 : 10.42.0.2 . 8080 }\n\

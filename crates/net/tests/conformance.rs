@@ -355,7 +355,12 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             local_node_ports: state.local_node_ports.clone(),
             affinity: Default::default(),
         };
-        net::nft::apply(&nft_path(), &net::proxy::changes(first, &state, &moved)).unwrap();
+        net::nft::apply_changes(
+            &nft_path(),
+            first,
+            &net::proxy::changes(first, &state, &moved),
+        )
+        .unwrap();
         let server = serve_once(&a_ns, SocketAddr::new(a_ip, 8080), "now a");
         assert_eq!(fetch(&b_ns, SocketAddr::new(vip, 80)).unwrap(), "now a");
         server.join().unwrap();
@@ -382,7 +387,12 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
                 .collect(),
             ..moved.clone()
         };
-        net::nft::apply(&nft_path(), &net::proxy::changes(first, &moved, &spread)).unwrap();
+        net::nft::apply_changes(
+            &nft_path(),
+            first,
+            &net::proxy::changes(first, &moved, &spread),
+        )
+        .unwrap();
         let seen: std::collections::BTreeSet<String> = (0..30)
             .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
             .collect();
@@ -391,7 +401,12 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             affinity: [(front(vip), 60)].into_iter().collect(),
             ..spread.clone()
         };
-        net::nft::apply(&nft_path(), &net::proxy::changes(first, &spread, &sticky)).unwrap();
+        net::nft::apply_changes(
+            &nft_path(),
+            first,
+            &net::proxy::changes(first, &spread, &sticky),
+        )
+        .unwrap();
         let seen: std::collections::BTreeSet<String> = (0..30)
             .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
             .collect();
@@ -405,7 +420,12 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
             .collect();
         assert_eq!(again.len(), 1, "{again:?}");
-        net::nft::apply(&nft_path(), &net::proxy::changes(second, &sticky, &spread)).unwrap();
+        net::nft::apply_changes(
+            &nft_path(),
+            second,
+            &net::proxy::changes(second, &sticky, &spread),
+        )
+        .unwrap();
         let listing = Command::new(nft_path())
             .args(["list", "table", "ip", second])
             .output()
@@ -484,7 +504,7 @@ fn netlink_elements_match_nft_text() {
         let empty = State::default();
         let mut script = net::proxy::skeleton(false, by_text, &empty, 4);
         script.push_str(&net::proxy::skeleton(true, by_text, &empty, 4));
-        script.push_str(&net::proxy::changes(by_text, &empty, &state));
+        script.push_str(&net::proxy::changes(by_text, &empty, &state).script(by_text));
         net::nft::apply(&nft_path(), &script).unwrap();
         let (a, b) = (list(by_netlink), list(by_text));
         assert!(
@@ -492,6 +512,34 @@ fn netlink_elements_match_nft_text() {
             "{a}"
         );
         assert_eq!(a, b);
+        // Changes over netlink (deletions too) reach what text builds from nothing.
+        let mut next = state.clone();
+        next.frontends
+            .remove(&front("10.43.0.11", Protocol::Udp, 53));
+        next.frontends.insert(
+            front("10.43.0.10", Protocol::Tcp, 80),
+            vec![be("10.42.0.3", 8080)],
+        );
+        next.frontends
+            .insert(front("fd43::10", Protocol::Tcp, 443), vec![]);
+        next.node_ports.remove(&np);
+        next.local_node_ports.clear();
+        let moves = net::proxy::changes(by_netlink, &state, &next);
+        assert!(moves.elements_only());
+        net::nft::apply_changes(&nft_path(), by_netlink, &moves).unwrap();
+        net::nft::drop_tables(
+            &nft_path(),
+            &[
+                ("ip".into(), by_text.into()),
+                ("ip6".into(), by_text.into()),
+            ],
+        )
+        .unwrap();
+        let mut script = net::proxy::skeleton(false, by_text, &empty, 4);
+        script.push_str(&net::proxy::skeleton(true, by_text, &empty, 4));
+        script.push_str(&net::proxy::changes(by_text, &empty, &next).script(by_text));
+        net::nft::apply(&nft_path(), &script).unwrap();
+        assert_eq!(list(by_netlink), list(by_text));
     });
 }
 
