@@ -2,9 +2,12 @@
 //! nftables state out, and the script that moves the kernel from one state to the next.
 //!
 //! The rule shape does not grow with the number of Services (no chain per Service; see
-//! network-notes): a verdict map `services` sends a packet for `clusterIP . protocol . port`
-//! to the shared chain `svcN` of its endpoint count N, whose one rule DNATs through the map
-//! `beN`, keyed `clusterIP . protocol . port . (random mod N)`. A Service port with no
+//! network-notes). A Service port with N endpoints has N elements in the map `beN`, keyed
+//! `clusterIP . protocol . port . (random mod N)`; for N up to `DIRECT` one rule per N in the
+//! NAT chains DNATs through `beN`, so such a Service has no verdict element at all (adding a
+//! `goto` element makes the kernel re-check every verdict map of the table, a cost that grows
+//! with their size). Larger counts, and ports with client affinity, go through the verdict map
+//! `services` to the shared chain `svcN` (or their affinity chain). A Service port with no
 //! endpoint is in the set `noendpoints`, which a filter rule rejects at once. A pod that
 //! reaches itself through its Service (hairpin) is masqueraded, so its reply comes back
 //! through the node. A change writes only the elements of the Service ports it touches, in one
@@ -27,6 +30,15 @@ use crate::nftnl::{Data, Element, Family, Fields, Op, SetOp};
 
 /// The proxy's tables: a full load fills the one not in use, then drops the other.
 pub const TABLES: [&str; 2] = ["berth-proxy-a", "berth-proxy-b"];
+
+/// Endpoint counts up to this one are dispatched by a rule each in the NAT chains; a new
+/// connection not to such a Service meets this many map lookups, so it stays small.
+pub const DIRECT: usize = 16;
+
+/// How a frontend's packets reach its `beN` map (or its affinity chain).
+fn routed_by_verdict(n: usize, affinity: bool) -> bool {
+    affinity || n > DIRECT
+}
 
 /// Whether a table is (or was, under an older name) the proxy's.
 pub fn is_proxy_table(name: &str) -> bool {
@@ -477,11 +489,20 @@ pub fn skeleton(v6: bool, t: &str, state: &State, max_count: usize) -> String {
         ("prerouting", "prerouting", "dstnat"),
         ("output", "output", "-100"),
     ] {
-        let _ = writeln!(
+        let _ = write!(
             s,
             "  chain {chain} {{\n    type nat hook {hook} priority {prio}; policy accept;\n    \
-             {f} daddr . meta l4proto . th dport vmap @services\n    \
-             fib daddr type local meta l4proto . th dport vmap @nodeports\n  }}"
+             {f} daddr . meta l4proto . th dport vmap @services\n"
+        );
+        for n in 1..=max_count.min(DIRECT) {
+            let _ = writeln!(
+                s,
+                "    meta l4proto {{ tcp, udp, sctp }} dnat {f} to {f} daddr . meta l4proto . th dport . numgen random mod {n} map @be{n}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "    fib daddr type local meta l4proto . th dport vmap @nodeports\n  }}"
         );
     }
     let _ = writeln!(
@@ -544,7 +565,9 @@ pub fn elements(v6: bool, state: &State) -> Vec<SetOp> {
             services.push(element(frontend_key(k), Data::Goto(affinity_chain(k))));
             continue;
         }
-        services.push(element(frontend_key(k), Data::Goto(format!("svc{n}"))));
+        if routed_by_verdict(n, false) {
+            services.push(element(frontend_key(k), Data::Goto(format!("svc{n}"))));
+        }
         let list = slots.entry(n).or_default();
         for (i, b) in backends.iter().enumerate() {
             list.push(element(frontend_key(k).number(i as u32), backend_value(b)));
@@ -716,13 +739,15 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
                     one(key.clone(), Data::None),
                 ));
             } else {
-                out.delete.push(op(
-                    Op::Delete,
-                    v6,
-                    "services".into(),
-                    one(key.clone(), Data::None),
-                ));
                 let n = b.len();
+                if routed_by_verdict(n, false) {
+                    out.delete.push(op(
+                        Op::Delete,
+                        v6,
+                        "services".into(),
+                        one(key.clone(), Data::None),
+                    ));
+                }
                 out.delete
                     .push(op(Op::Delete, v6, format!("be{n}"), keys_only(n, &key)));
             }
@@ -743,12 +768,14 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
                 let n = a.len();
                 out.add
                     .push(op(Op::Add, v6, format!("be{n}"), slots(a, &key)));
-                out.add.push(op(
-                    Op::Add,
-                    v6,
-                    "services".into(),
-                    one(key, Data::Goto(format!("svc{n}"))),
-                ));
+                if routed_by_verdict(n, false) {
+                    out.add.push(op(
+                        Op::Add,
+                        v6,
+                        "services".into(),
+                        one(key, Data::Goto(format!("svc{n}"))),
+                    ));
+                }
             }
         }
     }
@@ -1022,11 +1049,35 @@ mod tests {
         let script = changes("berth-proxy", &old, &new).script("berth-proxy");
         assert_eq!(
             script,
-            "delete element ip berth-proxy services { 10.43.0.5 . tcp . 80 }\n\
-             delete element ip berth-proxy be1 { 10.43.0.5 . tcp . 80 . 0 }\n\
+            "delete element ip berth-proxy be1 { 10.43.0.5 . tcp . 80 . 0 }\n\
              add element ip berth-proxy be2 { 10.43.0.5 . tcp . 80 . 0 : 10.42.0.2 . 8080, 10.43.0.5 . tcp . 80 . 1 : 10.42.0.3 . 8080 }\n\
-             add element ip berth-proxy services { 10.43.0.5 . tcp . 80 : goto svc2 }\n\
              add element ip berth-proxy hairpin { 10.42.0.3 . 10.42.0.3 }\n"
+        );
+        // Past DIRECT endpoints a port goes through the verdict map and its count's chain.
+        let many: Vec<Backend> = (0..=DIRECT as u8)
+            .map(|i| Backend {
+                ip: IpAddr::from([10, 42, 0, 10 + i]),
+                port: 8080,
+            })
+            .collect();
+        let big = State {
+            frontends: BTreeMap::from([(f, many), (g, vec![])]),
+            ..Default::default()
+        };
+        let grown = changes("t", &new, &big);
+        assert!(grown.elements_only());
+        let script = grown.script("t");
+        assert!(
+            script.contains(&format!(
+                "add element ip t services {{ 10.43.0.5 . tcp . 80 : goto svc{} }}",
+                DIRECT + 1
+            )),
+            "{script}"
+        );
+        assert!(
+            !changes("t", &big, &new)
+                .script("t")
+                .contains("add element ip t services")
         );
         assert!(changes("berth-proxy", &new, &new).is_empty());
         // A port losing its last endpoint moves to the reject set.

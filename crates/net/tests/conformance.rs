@@ -309,8 +309,20 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             .collect(),
             affinity: Default::default(),
         };
+        // A port with more endpoints than the NAT chains dispatch directly goes through the
+        // verdict map to its count's chain (its endpoints here: b, many times over).
+        let crowded: IpAddr = "10.43.0.12".parse().unwrap();
+        let mut state = state;
+        let many = vec![
+            Backend {
+                ip: b_ip,
+                port: 8080,
+            };
+            net::proxy::DIRECT + 1
+        ];
+        state.frontends.insert(front(crowded), many);
         let first = net::proxy::TABLES[0];
-        net::nft::load_proxy(&nft_path(), first, &state, 4).unwrap();
+        net::nft::load_proxy(&nft_path(), first, &state, net::proxy::DIRECT + 1).unwrap();
 
         let server = serve_once(&b_ns, SocketAddr::new(b_ip, 8080), "b via service");
         assert_eq!(
@@ -318,6 +330,17 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             "b via service"
         );
         assert_eq!(server.join().unwrap(), a_ip.to_string());
+        let server = serve_once(
+            &b_ns,
+            SocketAddr::new(b_ip, 8080),
+            "b via a crowded service",
+        );
+        assert_eq!(
+            fetch(&a_ns, SocketAddr::new(crowded, 80)).unwrap(),
+            "b via a crowded service"
+        );
+        server.join().unwrap();
+        state.frontends.remove(&front(crowded));
         // Hairpin: b reaches itself through its Service.
         let server = serve_once(&b_ns, SocketAddr::new(b_ip, 8080), "b to itself");
         assert_eq!(
