@@ -629,6 +629,46 @@ pub fn elements(v6: bool, state: &State) -> Vec<SetOp> {
     out
 }
 
+/// The keys whose values differ between `old` and `new` (present in one only, or changed),
+/// found by walking both in order.
+fn changed_keys<'a, K: Ord, V: PartialEq>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> BTreeSet<&'a K> {
+    let mut out = BTreeSet::new();
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return out,
+            (Some((k, _)), None) => {
+                out.insert(*k);
+                a.next();
+            }
+            (None, Some((k, _))) => {
+                out.insert(*k);
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    out.insert(*ka);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.insert(*kb);
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        out.insert(*ka);
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
 /// The addresses that may reach themselves through a Service (every backend's).
 fn hairpins(state: &State) -> BTreeSet<IpAddr> {
     state
@@ -713,7 +753,10 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
             .collect()
     };
     let one = |key: Fields, data: Data| vec![Element { key, data }];
-    let keys: BTreeSet<&Frontend> = old.frontends.keys().chain(new.frontends.keys()).collect();
+    // Addresses that the changed ports had or have: the only ones whose hairpin pair can move.
+    let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut keys = changed_keys(&old.frontends, &new.frontends);
+    keys.extend(changed_keys(&old.affinity, &new.affinity));
     for k in keys {
         let (before, after) = (old.frontends.get(k), new.frontends.get(k));
         let (aff_before, aff_after) = (old.affinity.get(k), new.affinity.get(k));
@@ -722,6 +765,7 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
         }
         let v6 = k.ip.is_ipv6();
         let key = frontend_key(k);
+        touched.extend(before.into_iter().chain(after).flatten().map(|b| b.ip));
         if let Some(b) = before {
             if aff_before.is_some() && !b.is_empty() {
                 out.delete.push(op(
@@ -779,7 +823,11 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
             }
         }
     }
-    let ports: BTreeSet<&NodePort> = old.node_ports.keys().chain(new.node_ports.keys()).collect();
+    let mut ports = changed_keys(&old.node_ports, &new.node_ports);
+    ports.extend(
+        old.local_node_ports
+            .symmetric_difference(&new.local_node_ports),
+    );
     for k in ports {
         let (before, after) = (old.node_ports.get(k), new.node_ports.get(k));
         let (was_local, is_local) = (
@@ -789,6 +837,7 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
         if before == after && was_local == is_local {
             continue;
         }
+        touched.extend(before.into_iter().chain(after).flatten().map(|b| b.ip));
         let key = node_port_key(k);
         if let Some(b) = before {
             if b.is_empty() {
@@ -832,8 +881,23 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
             }
         }
     }
-    // Hairpin pairs follow the set of backends.
-    let (was, now) = (hairpins(old), hairpins(new));
+    // Hairpin pairs follow the set of backends. Only touched addresses can move: a few are
+    // looked for in both states; many, and the sets are rebuilt whole.
+    let (was, now) = if touched.len() <= 8 {
+        let uses = |st: &State, ip: &IpAddr| {
+            st.frontends
+                .values()
+                .chain(st.node_ports.values())
+                .flatten()
+                .any(|b| b.ip == *ip)
+        };
+        (
+            touched.iter().filter(|ip| uses(old, ip)).copied().collect(),
+            touched.iter().filter(|ip| uses(new, ip)).copied().collect(),
+        )
+    } else {
+        (hairpins(old), hairpins(new))
+    };
     let pair = |ip: &IpAddr| Fields::new().ip(*ip).ip(*ip);
     for ip in was.difference(&now) {
         out.delete.push(op(
