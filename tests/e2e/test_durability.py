@@ -1,5 +1,8 @@
 """Acknowledged writes survive kill -9, and watches resume without skipping."""
 
+import errno
+import os
+import subprocess
 import threading
 import time
 
@@ -60,3 +63,83 @@ def test_acknowledged_writes_survive_kill9(fresh_cluster):
         expired = e.status == 410
     # Every acknowledged write came after start_rv, so each must be replayed.
     assert expired or acknowledged <= seen, f"watch skipped {len(acknowledged - seen)} writes"
+
+
+def test_a_full_disk_refuses_writes_and_they_resume_when_space_returns(tmp_path):
+    """The data dir on a small tmpfs, filled while clients write: writes are refused with a
+    clear, retryable 507, readiness says the store is down, reads go on, and once space is freed
+    writes resume without a restart and nothing acknowledged is lost."""
+    from conftest import Cluster, wait_until
+    data = tmp_path / "data"
+    data.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(data)], check=True)
+    c = Cluster(str(tmp_path), extra=["--store-min-free", "0"])
+    stop = threading.Event()
+    threads = []
+    try:
+        c.start()
+        api = config.new_client_from_config(config_file=c.kubeconfig)
+        v1 = client.CoreV1Api(api)
+        v1.create_namespace({"metadata": {"name": "full"}})
+        acknowledged, refusals, other = set(), [], []
+        lock = threading.Lock()
+
+        def writer(n):
+            i = 0
+            while not stop.is_set():
+                name = f"w{n}-{i}"
+                i += 1
+                try:
+                    v1.create_namespaced_config_map("full", {"metadata": {"name": name}, "data": {"v": "x" * 4096}})
+                    with lock:
+                        acknowledged.add(name)
+                except client.exceptions.ApiException as e:
+                    with lock:
+                        (refusals if e.status == 507 else other).append((e.status, e.body))
+                    time.sleep(0.1)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(acknowledged) > 20, timeout=30, what="writes before the disk fills")
+        filler = data / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+        wait_until(lambda: refusals, timeout=60, what="a write refused for lack of space")
+        status, body = refusals[0]
+        assert "storage is full" in body and "InsufficientStorage" in body, body
+        assert not other, other
+        # kubectl says why, readiness says the store is down, and reads still work.
+        r = c.kubectl("create", "configmap", "by-hand", "-n", "full", check=False)
+        assert r.returncode != 0 and "storage is full" in r.stderr, r.stderr
+        r = c.kubectl("get", "--raw", "/readyz?verbose", check=False)
+        assert r.returncode != 0 and "etcd" in (r.stdout + r.stderr), r.stdout + r.stderr
+        assert c.kubectl("get", "configmaps", "-n", "full", "-o", "name").stdout.count("configmap/") >= 20
+        # Space returns: writes resume by themselves.
+        os.remove(filler)
+        wait_until(lambda: c.kubectl("create", "configmap", "after", "-n", "full", check=False).returncode == 0,
+                   timeout=60, what="writes to resume once space is freed")
+        assert c.kubectl("get", "--raw", "/readyz").returncode == 0
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        stored = {cm.metadata.name for cm in v1.list_namespaced_config_map("full").items}
+        assert acknowledged <= stored, f"lost {len(acknowledged - stored)} acknowledged writes"
+        assert "after" in stored
+        # And on disk: the same after a restart.
+        c.stop()
+        c.start()
+        v1 = client.CoreV1Api(config.new_client_from_config(config_file=c.kubeconfig))
+        again = {cm.metadata.name for cm in v1.list_namespaced_config_map("full").items}
+        assert acknowledged <= again and "after" in again
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        c.stop()
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)

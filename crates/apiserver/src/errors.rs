@@ -281,6 +281,23 @@ impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> ApiError {
         match e {
             store::StoreError::Closed => ApiError::unavailable("the store is shutting down"),
+            // Retryable: nothing was stored. A full disk is 507, as HTTP names it; a store
+            // reopening after an I/O error is 503.
+            store::StoreError::Unavailable {
+                reason,
+                no_space: true,
+            } => {
+                let mut e = ApiError::new(
+                    507,
+                    "InsufficientStorage",
+                    format!("Internal error occurred: storage is full: {reason}"),
+                );
+                e.details.retry_after = Some(5);
+                e
+            }
+            store::StoreError::Unavailable { reason, .. } => {
+                ApiError::unavailable(format!("storage is unavailable: {reason}"))
+            }
             other => {
                 let mut chain = other.to_string();
                 let mut source = std::error::Error::source(&other);

@@ -485,7 +485,7 @@ impl ApiServer {
     /// `?verbose` listing every check and `?exclude=` leaving some out, as kube-apiserver does.
     async fn health(&self, path: &str, params: &Params) -> ApiResult<Reply> {
         let (endpoint, only) = path.split_once('/').unwrap_or((path, ""));
-        let store_ok = self.store.revision().await.is_ok();
+        let store_ok = self.store.health().await.is_ok();
         let mut checks: Vec<(&str, bool)> = vec![("ping", true), ("log", true), ("etcd", store_ok)];
         if endpoint == "readyz" {
             checks.push(("etcd-readiness", store_ok));

@@ -339,6 +339,10 @@ impl Store for MeteredStore {
         self.inner.compacted_revision().await
     }
 
+    async fn health(&self) -> Result<(), StoreError> {
+        self.inner.health().await
+    }
+
     async fn create(&self, key: &str, value: Bytes) -> Result<store::KeyValue, StoreError> {
         let t = std::time::Instant::now();
         let r = self.inner.create(key, value).await;

@@ -78,6 +78,11 @@ pub struct ServerArgs {
     pub service_cidr: Cidrs,
     #[command(flatten)]
     pub dns: DnsArgs,
+    /// Free space kept on the store's filesystem for updates and deletions: under it, writes
+    /// that create objects are refused (507) until space is freed. A Kubernetes quantity
+    /// (`64Mi`, `1Gi`); `0` turns it off.
+    #[arg(long, default_value = "64Mi", value_parser = parse_bytes)]
+    pub store_min_free: u64,
     /// The size of each node's IPv4 pod range.
     #[arg(long = "node-cidr-mask-size-ipv4", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
     pub node_cidr_mask_v4: u8,
@@ -106,6 +111,11 @@ fn parse_domain(s: &str) -> Result<String, String> {
 
 fn parse_strategy(s: &str) -> Result<scheduler::Strategy, String> {
     s.parse()
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let q = api::quantity::Quantity::parse(s).map_err(|e| format!("{s:?}: {e}"))?;
+    u64::try_from(q.value()).map_err(|_| format!("{s:?}: must not be negative"))
 }
 
 pub fn parse_service_cidrs(s: &str) -> Result<Cidrs, String> {
@@ -254,6 +264,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     std::fs::set_permissions(&db_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let store = RedbStore::open(&db_dir.join("state.redb"), STORE_CACHE_BYTES)
         .with_context(|| format!("opening the store in {}", db_dir.display()))?;
+    store.set_min_free(args.store_min_free);
     let api = ApiServer::start(Arc::new(store), config)
         .await
         .context("loading the cluster state")?;

@@ -152,6 +152,11 @@ pub enum StoreError {
     WatchLagged,
     #[error("store is closed")]
     Closed,
+    /// The store takes no writes for now: its disk is full (or under the reserve kept free), or
+    /// it is reopening after an I/O error. Nothing of the request was stored; the same request
+    /// can succeed later.
+    #[error("the store cannot write now: {reason}")]
+    Unavailable { reason: String, no_space: bool },
     #[error("storage backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -201,6 +206,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The revision history was last compacted to (0 if never).
     async fn compacted_revision(&self) -> Result<Revision, StoreError>;
+
+    /// Whether the store can take writes now; the error says why not.
+    async fn health(&self) -> Result<(), StoreError> {
+        self.revision().await.map(|_| ())
+    }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StoreError> {
         let ops = vec![Op::Put {

@@ -7,17 +7,26 @@
 //! All writes go through one writer thread that takes whatever requests are queued, applies
 //! them in one redb transaction and commits once: concurrent writers share one fsync (group
 //! commit). A write is acknowledged only after its commit is durable.
+//!
+//! A failed write to the file (a full disk, an I/O error) makes redb refuse everything after
+//! it, so the writer then closes the database and reopens it, retrying until it opens (space
+//! is back); meanwhile requests fail at once with `StoreError::Unavailable`. Writes that create
+//! keys are refused early while the filesystem's free space is under a reserve, so there is
+//! always room to update and delete.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, StorageError as RedbStorageError, TableDefinition,
+};
 use tokio::sync::oneshot;
-use tracing::{debug, error};
+use tracing::{debug, error, info, warn};
 
 use crate::hub::{History, Hub};
 use crate::{
@@ -39,6 +48,10 @@ const META_COMPACT_DONE: &str = "compact_done";
 
 /// Upper bound on requests applied in one commit.
 const MAX_BATCH: usize = 1024;
+/// Free space a store stopped by a full disk waits for before it tries writing again.
+const SPACE_TO_RESUME: u64 = 4 << 20;
+/// How often a store that cannot write tries to reopen its file.
+const REOPEN_EVERY: Duration = Duration::from_millis(250);
 /// Records visited per compaction step, so compaction never stalls writers for long.
 const COMPACT_STEP: u64 = 4096;
 
@@ -121,10 +134,101 @@ enum Request {
 }
 
 struct Inner {
-    db: Database,
+    /// `None` while the writer reopens it after an I/O error.
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+    cache_bytes: usize,
+    /// Why the store takes no writes now, if it does not.
+    down: Mutex<Option<Down>>,
+    /// Bytes of free space under which writes that create keys are refused.
+    min_free: AtomicU64,
     revision: AtomicU64,
     compacted: AtomicU64,
     hub: Hub,
+}
+
+#[derive(Clone, Debug)]
+struct Down {
+    reason: String,
+    no_space: bool,
+}
+
+impl Inner {
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| self.unavailable())
+    }
+
+    fn unavailable(&self) -> StoreError {
+        let down = self.down.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let down = down.unwrap_or(Down {
+            reason: "the store is reopening".into(),
+            no_space: false,
+        });
+        StoreError::Unavailable {
+            reason: down.reason,
+            no_space: down.no_space,
+        }
+    }
+}
+
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(StoreError::backend)
+}
+
+/// Whether `e` is a failure of the file under the store (after which redb takes nothing
+/// until reopened), and if so whether the disk is full.
+fn storage_failure(e: &StoreError) -> Option<Down> {
+    let StoreError::Backend(b) = e else {
+        return None;
+    };
+    let storage = if let Some(s) = b.downcast_ref::<RedbStorageError>() {
+        s
+    } else if let Some(redb::CommitError::Storage(s)) = b.downcast_ref::<redb::CommitError>() {
+        s
+    } else if let Some(redb::TransactionError::Storage(s)) =
+        b.downcast_ref::<redb::TransactionError>()
+    {
+        s
+    } else if let Some(redb::TableError::Storage(s)) = b.downcast_ref::<redb::TableError>() {
+        s
+    } else if let Some(SharedError(inner)) = b.downcast_ref::<SharedError>() {
+        return storage_failure(inner);
+    } else {
+        return None;
+    };
+    match storage {
+        RedbStorageError::Io(io) => {
+            let no_space = io.raw_os_error() == Some(nix::libc::ENOSPC)
+                || io.kind() == std::io::ErrorKind::StorageFull;
+            Some(Down {
+                reason: if no_space {
+                    "no space left on the store's disk; the write was not stored".into()
+                } else {
+                    format!("the store's file failed ({io}); the write was not stored")
+                },
+                no_space,
+            })
+        }
+        RedbStorageError::PreviousIo => Some(Down {
+            reason: "the store is recovering from an I/O error".into(),
+            no_space: false,
+        }),
+        _ => None,
+    }
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let dir = path.parent().unwrap_or(path);
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 /// A [`Store`] in one redb file.
@@ -153,10 +257,7 @@ impl Drop for Shared {
 impl RedbStore {
     /// Open or create the store at `path`. `cache_bytes` bounds redb's page cache.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbStore, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(StoreError::backend)?;
+        let db = open_database(path, cache_bytes)?;
         let (revision, compacted, compact_done) = {
             let wtx = db.begin_write().map_err(StoreError::backend)?;
             let meta = {
@@ -181,7 +282,11 @@ impl RedbStore {
         };
         debug!(revision, compacted, "opened store");
         let inner = Arc::new(Inner {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            path: path.to_path_buf(),
+            cache_bytes,
+            down: Mutex::new(None),
+            min_free: AtomicU64::new(0),
             revision: AtomicU64::new(revision),
             compacted: AtomicU64::new(compacted),
             hub: Hub::new(),
@@ -194,6 +299,7 @@ impl RedbStore {
                 target: compacted,
                 next: compact_done,
             }),
+            under_reserve: false,
         };
         let writer = thread::Builder::new()
             .name("store-writer".into())
@@ -206,6 +312,12 @@ impl RedbStore {
                 writer: Some(writer),
             }),
         })
+    }
+
+    /// Refuse writes that create keys while the filesystem has less than `bytes` free, so
+    /// that updates and deletions still find room.
+    pub fn set_min_free(&self, bytes: u64) {
+        self.shared.inner.min_free.store(bytes, Ordering::Relaxed);
     }
 
     async fn request<T>(
@@ -264,7 +376,7 @@ impl History for Inner {
         upto: Revision,
         limit: usize,
     ) -> Result<(Vec<Event>, Revision), StoreError> {
-        let rtx = self.db.begin_read().map_err(StoreError::backend)?;
+        let rtx = self.db()?.begin_read().map_err(StoreError::backend)?;
         let meta = rtx.open_table(META).map_err(StoreError::backend)?;
         // Compaction records its target in the same commit as its first deletion, so a snapshot
         // that misses any record of the range also shows a compaction point above `after`.
@@ -323,7 +435,7 @@ impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let key = key.to_string();
         self.read(move |inner| {
-            let rtx = inner.db.begin_read().map_err(StoreError::backend)?;
+            let rtx = inner.db()?.begin_read().map_err(StoreError::backend)?;
             let index = rtx.open_table(INDEX).map_err(StoreError::backend)?;
             let revs = rtx.open_table(REVS).map_err(StoreError::backend)?;
             lookup(&index, &revs, &key)
@@ -334,7 +446,7 @@ impl Store for RedbStore {
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let prefix = prefix.to_string();
         self.read(move |inner| {
-            let rtx = inner.db.begin_read().map_err(StoreError::backend)?;
+            let rtx = inner.db()?.begin_read().map_err(StoreError::backend)?;
             let index = rtx.open_table(INDEX).map_err(StoreError::backend)?;
             let revs = rtx.open_table(REVS).map_err(StoreError::backend)?;
             let meta = rtx.open_table(META).map_err(StoreError::backend)?;
@@ -383,6 +495,19 @@ impl Store for RedbStore {
     async fn compacted_revision(&self) -> Result<Revision, StoreError> {
         Ok(self.shared.inner.compacted())
     }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let inner = &self.shared.inner;
+        if inner
+            .down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return Err(inner.unavailable());
+        }
+        Ok(())
+    }
 }
 
 struct Compaction {
@@ -395,6 +520,8 @@ struct Writer {
     inner: Arc<Inner>,
     requests: mpsc::Receiver<Request>,
     compaction: Option<Compaction>,
+    /// Whether the last batch found the disk under the free-space reserve.
+    under_reserve: bool,
 }
 
 /// A transaction request whose conditions held, waiting for the batch to commit.
@@ -406,6 +533,18 @@ struct Applied {
 impl Writer {
     fn run(mut self) {
         loop {
+            if self.is_down() && !self.reopen() {
+                // Answer at once while the file cannot be written, and try again soon.
+                match self.requests.recv_timeout(REOPEN_EVERY) {
+                    Ok(r) => self.refuse(r),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                while let Ok(r) = self.requests.try_recv() {
+                    self.refuse(r);
+                }
+                continue;
+            }
             // With compaction pending, do not sleep on the queue: interleave its steps.
             let first = if self.compaction.is_some() {
                 match self.requests.try_recv() {
@@ -430,18 +569,161 @@ impl Writer {
                 self.commit_batch(batch);
             }
             if self.compaction.is_some()
+                && !self.is_down()
                 && let Err(e) = self.compact_step()
             {
-                error!(error = %e, "compaction step failed; will retry");
-                thread::sleep(std::time::Duration::from_secs(1));
+                match storage_failure(&e) {
+                    Some(down) => self.go_down(down),
+                    None => {
+                        error!(error = %e, "compaction step failed; will retry");
+                        thread::sleep(Duration::from_secs(1));
+                    }
+                }
             }
         }
     }
 
+    fn is_down(&self) -> bool {
+        self.inner
+            .down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn refuse(&self, r: Request) {
+        match r {
+            Request::Txn { reply, .. } => {
+                let _ = reply.send(Err(self.inner.unavailable()));
+            }
+            Request::Compact { reply, .. } => {
+                let _ = reply.send(Err(self.inner.unavailable()));
+            }
+        }
+    }
+
+    /// The file failed under a write: redb takes nothing more from this handle, so close it
+    /// (readers holding it finish first) and reopen it from `run`.
+    fn go_down(&mut self, down: Down) {
+        if !self.is_down() {
+            warn!(reason = %down.reason, "the store stopped taking writes; reopening it until it can");
+        }
+        *self.inner.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(down);
+        self.inner
+            .db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// Try to open the file again; true once it is open and its history is caught up. After
+    /// a full disk, not before some space is back: the store stays down (and says so) until
+    /// a write can succeed.
+    fn reopen(&mut self) -> bool {
+        let no_space = self
+            .inner
+            .down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|d| d.no_space);
+        if no_space && free_bytes(&self.inner.path).is_some_and(|free| free < SPACE_TO_RESUME) {
+            return false;
+        }
+        let db = match open_database(&self.inner.path, self.inner.cache_bytes) {
+            Ok(db) => db,
+            Err(e) => {
+                debug!(error = %e, "the store cannot be reopened yet");
+                return false;
+            }
+        };
+        let on_disk = (|| -> Result<Revision, StoreError> {
+            let rtx = db.begin_read().map_err(StoreError::backend)?;
+            let meta = rtx.open_table(META).map_err(StoreError::backend)?;
+            Ok(meta
+                .get(META_REVISION)
+                .map_err(StoreError::backend)?
+                .map_or(0, |v| v.value()))
+        })();
+        let on_disk = match on_disk {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "the reopened store cannot be read yet");
+                return false;
+            }
+        };
+        *self.inner.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+        // A commit reported as failed may still have reached the disk (its last sync failed
+        // after the data was written): its events go to the watchers as any other's.
+        let known = self.inner.current();
+        if on_disk > known {
+            match self.inner.history("", known, on_disk, usize::MAX) {
+                Ok((events, _)) => {
+                    self.inner.revision.store(on_disk, Ordering::Release);
+                    self.inner.hub.publish(events);
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot read the writes the failed commit left");
+                    self.inner
+                        .db
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    return false;
+                }
+            }
+        }
+        *self.inner.down.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        info!(revision = on_disk, "the store takes writes again");
+        true
+    }
+
+    /// Whether a transaction would create a key (those are refused under the free-space
+    /// reserve; updates and deletions are not).
+    fn creates(ops: &[Op]) -> bool {
+        ops.iter().any(|op| {
+            matches!(
+                op,
+                Op::Put {
+                    condition: crate::Condition::Absent,
+                    ..
+                }
+            )
+        })
+    }
+
     fn commit_batch(&mut self, batch: Vec<Request>) {
         let mut txns = Vec::with_capacity(batch.len());
+        let min_free = self.inner.min_free.load(Ordering::Relaxed);
+        let short = (min_free > 0)
+            .then(|| free_bytes(&self.inner.path))
+            .flatten()
+            .filter(|free| *free < min_free);
+        if short.is_some() != self.under_reserve {
+            self.under_reserve = short.is_some();
+            if self.under_reserve {
+                warn!(
+                    free_mib = short.unwrap_or(0) >> 20,
+                    reserve_mib = min_free >> 20,
+                    "the store's disk is under its free-space reserve: writes that create objects are refused until space is freed"
+                );
+            } else {
+                info!("the store's disk has room again: creating objects is allowed");
+            }
+        }
         for request in batch {
             match request {
+                Request::Txn { ops, reply } if short.is_some() && Self::creates(&ops) => {
+                    let free = short.unwrap_or(0);
+                    let _ = reply.send(Err(StoreError::Unavailable {
+                        reason: format!(
+                            "the store's disk has {} MiB free, under the {} MiB kept for updates and deletions (--store-min-free); nothing new is stored until space is freed",
+                            free / (1 << 20),
+                            min_free / (1 << 20)
+                        ),
+                        no_space: true,
+                    }));
+                }
                 Request::Txn { ops, reply } => txns.push((ops, reply)),
                 Request::Compact { revision, reply } => {
                     let _ = reply.send(self.start_compaction(revision));
@@ -481,6 +763,16 @@ impl Writer {
                 }
             }
             Err((e, replies)) => {
+                if let Some(down) = storage_failure(&e) {
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::Unavailable {
+                            reason: down.reason.clone(),
+                            no_space: down.no_space,
+                        }));
+                    }
+                    self.go_down(down);
+                    return;
+                }
                 error!(error = %e, "store commit failed");
                 let shared = Arc::new(e);
                 for reply in replies {
@@ -510,7 +802,11 @@ impl Writer {
         let mut pending = txns.into_iter();
         let mut revision = base;
         let outcome: Result<(), StoreError> = (|| {
-            let wtx = self.inner.db.begin_write().map_err(StoreError::backend)?;
+            let wtx = self
+                .inner
+                .db()?
+                .begin_write()
+                .map_err(StoreError::backend)?;
             {
                 let mut revs = wtx.open_table(REVS).map_err(StoreError::backend)?;
                 let mut index = wtx.open_table(INDEX).map_err(StoreError::backend)?;
@@ -589,7 +885,11 @@ impl Writer {
             .compaction
             .as_ref()
             .map_or(self.inner.compacted() + 1, |c| c.next);
-        let wtx = self.inner.db.begin_write().map_err(StoreError::backend)?;
+        let wtx = self
+            .inner
+            .db()?
+            .begin_write()
+            .map_err(StoreError::backend)?;
         {
             let mut meta = wtx.open_table(META).map_err(StoreError::backend)?;
             meta.insert(META_COMPACTED, target)
@@ -608,7 +908,11 @@ impl Writer {
             return Ok(());
         };
         let end = job.target.min(job.next + COMPACT_STEP - 1);
-        let wtx = self.inner.db.begin_write().map_err(StoreError::backend)?;
+        let wtx = self
+            .inner
+            .db()?
+            .begin_write()
+            .map_err(StoreError::backend)?;
         {
             let mut revs = wtx.open_table(REVS).map_err(StoreError::backend)?;
             let mut doomed = Vec::new();
