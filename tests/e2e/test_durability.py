@@ -143,3 +143,110 @@ def test_a_full_disk_refuses_writes_and_they_resume_when_space_returns(tmp_path)
             t.join(timeout=60)
         c.stop()
         subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+def test_a_snapshot_taken_under_writes_restores_into_a_new_cluster(tmp_path):
+    """`berth store snapshot` while 16 clients write, `berth store restore` into a new data dir:
+    the new cluster serves every object of the snapshot with its resourceVersion, to the same
+    credentials, and a watch from the old cluster's history is told to relist (410)."""
+    from conftest import BERTH, Cluster
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    src = Cluster(str(tmp_path / "a"))
+    dst = Cluster(str(tmp_path / "b"))
+    stop = threading.Event()
+    threads = []
+    try:
+        src.start()
+        v1 = client.CoreV1Api(config.new_client_from_config(config_file=src.kubeconfig))
+        v1.create_namespace({"metadata": {"name": "snap"}})
+        acknowledged = {}
+        lock = threading.Lock()
+
+        def writer(n):
+            i = 0
+            while not stop.is_set():
+                cm = v1.create_namespaced_config_map("snap", {"metadata": {"name": f"w{n}-{i}"}, "data": {"i": str(i)}})
+                with lock:
+                    acknowledged[cm.metadata.name] = time.monotonic()
+                i += 1
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        started = time.monotonic()
+        snapshot = tmp_path / "cluster.snap"
+        r = subprocess.run([BERTH, "store", "snapshot", str(snapshot), "--data-dir", str(src.data)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "at revision" in r.stdout, r.stdout
+        assert os.stat(snapshot).st_mode & 0o077 == 0, "a snapshot holds secrets: owner only"
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        assert all(not t.is_alive() for t in threads)
+        before = {name for name, at in acknowledged.items() if at < started}
+        assert len(before) > 50, "the writers made progress before the snapshot"
+        source = {cm.metadata.name: cm for cm in v1.list_namespaced_config_map("snap").items}
+        old_rv = v1.list_namespaced_config_map("snap").metadata.resource_version
+
+        r = subprocess.run([BERTH, "store", "restore", str(snapshot), "--data-dir", str(dst.data)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        # Not over a store that exists.
+        again = subprocess.run([BERTH, "store", "restore", str(snapshot), "--data-dir", str(dst.data)],
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode != 0 and "holds a store already" in again.stderr, again.stderr
+        dst.start()
+        # The same cluster identity: the admin's credentials carried over.
+        assert open(src.data / "credentials" / "admin.token").read() == open(dst.data / "credentials" / "admin.token").read()
+        w1 = client.CoreV1Api(config.new_client_from_config(config_file=dst.kubeconfig))
+        restored = {cm.metadata.name: cm for cm in w1.list_namespaced_config_map("snap").items}
+        assert before <= set(restored), f"missing {len(before - set(restored))} objects written before the snapshot"
+        assert set(restored) <= set(source)
+        for name, cm in restored.items():
+            assert cm.data == source[name].data
+            assert cm.metadata.resource_version == source[name].metadata.resource_version
+            assert cm.metadata.uid == source[name].metadata.uid
+        # A client that remembers the old cluster relists.
+        try:
+            for _ in watch.Watch().stream(w1.list_namespaced_config_map, "snap", resource_version=old_rv,
+                                          timeout_seconds=3):
+                pass
+            expired = False
+        except client.exceptions.ApiException as e:
+            expired = e.status == 410
+        assert expired, "a watch from the old cluster's revision must be told to relist"
+        # And the restored cluster takes writes.
+        w1.create_namespaced_config_map("snap", {"metadata": {"name": "after-restore"}})
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        src.stop()
+        dst.stop()
+
+
+def test_scheduled_snapshots_are_taken_and_the_oldest_dropped(tmp_path):
+    from conftest import BERTH, Cluster, wait_until
+    c = Cluster(str(tmp_path), extra=["--snapshot-interval", "1s", "--snapshot-retain", "2"])
+    try:
+        c.start()
+        c.kubectl("create", "configmap", "kept", "--from-literal=k=v")
+        snapshots = c.data / "snapshots"
+
+        def names():
+            return sorted(os.listdir(snapshots)) if snapshots.exists() else []
+        wait_until(lambda: len(names()) == 2, timeout=30, what="two scheduled snapshots")
+        first = names()
+        wait_until(lambda: names() != first, timeout=30, what="a newer snapshot in place of the oldest")
+        assert len(names()) == 2, names()
+        # Each is a whole snapshot that restores.
+        newest = snapshots / names()[-1]
+        r = subprocess.run([BERTH, "store", "restore", str(newest), "--data-dir", str(tmp_path / "restored")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    finally:
+        c.stop()

@@ -14,6 +14,8 @@ pub enum Route {
     Health(String),
     /// `/metrics`: the server's own metrics, in Prometheus' text format.
     Metrics,
+    /// `/berth/v1/snapshot`: a consistent copy of the store and the cluster's identity.
+    Snapshot,
     /// `/api`
     CoreVersions,
     /// `/apis`
@@ -87,6 +89,7 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
     let route = match parts.as_slice() {
         ["version"] => Route::Version,
         ["metrics"] => Route::Metrics,
+        ["berth", "v1", "snapshot"] => Route::Snapshot,
         [h @ ("healthz" | "livez" | "readyz"), rest @ ..] => {
             let mut name = (*h).to_string();
             for r in rest {

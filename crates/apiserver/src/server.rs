@@ -53,6 +53,9 @@ pub struct Config {
     /// How long pods tolerate a not-ready or unreachable node unless they say otherwise
     /// (the tolerations every pod gets on creation).
     pub default_toleration_seconds: i64,
+    /// Files a snapshot carries beside the store (the cluster's CA and admin credentials), by
+    /// their name in the archive.
+    pub snapshot_files: Vec<(String, std::path::PathBuf)>,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             compact_every: Duration::from_secs(300),
             bookmark_every: Duration::from_secs(20),
             default_toleration_seconds: api::kinds::DEFAULT_NOT_READY_TOLERATION_SECONDS,
+            snapshot_files: Vec::new(),
         }
     }
 }
@@ -315,6 +319,14 @@ impl ApiServer {
                     Bytes::from(self.telemetry.render(&objects)),
                 ))
             }
+            Route::Snapshot => {
+                get_only(req.method())?;
+                Ok(Reply::bytes(
+                    StatusCode::OK,
+                    "application/x-tar",
+                    Bytes::from(self.snapshot().await?),
+                ))
+            }
             Route::CoreVersions => {
                 get_only(req.method())?;
                 Ok(match request::discovery_format(accept.as_deref()) {
@@ -538,6 +550,44 @@ impl ApiServer {
         } else {
             Ok(text(status, "ok".into()))
         }
+    }
+
+    /// A snapshot archive (tar): `store.snap`, every key of the store as of one revision (see
+    /// `store::snapshot`), and the configured files (mode 0600).
+    pub async fn snapshot(&self) -> ApiResult<Vec<u8>> {
+        let snap = store::snapshot::take(self.store.as_ref()).await?;
+        let encoded = snap.encode();
+        let mut files = vec![("store.snap".to_string(), encoded)];
+        for (name, path) in &self.config.snapshot_files {
+            let bytes = std::fs::read(path)
+                .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+            files.push((name.clone(), bytes));
+        }
+        let mut archive = tar::Builder::new(Vec::new());
+        for (name, bytes) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o600);
+            header.set_mtime(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            );
+            header.set_cksum();
+            archive
+                .append_data(&mut header, &name, bytes.as_slice())
+                .map_err(|e| ApiError::internal(format!("writing the snapshot: {e}")))?;
+        }
+        let out = archive
+            .into_inner()
+            .map_err(|e| ApiError::internal(format!("writing the snapshot: {e}")))?;
+        tracing::info!(
+            revision = snap.revision,
+            keys = snap.kvs.len(),
+            bytes = out.len(),
+            "snapshot taken"
+        );
+        Ok(out)
     }
 
     /// Objects of a namespaced resource are only reachable within a namespace.

@@ -83,6 +83,16 @@ pub struct ServerArgs {
     /// (`64Mi`, `1Gi`); `0` turns it off.
     #[arg(long, default_value = "64Mi", value_parser = parse_bytes)]
     pub store_min_free: u64,
+    /// Take a snapshot of the cluster's state this often (`12h`, `30m`; `0`: never), into
+    /// `--snapshot-dir`; `berth store restore` brings one back.
+    #[arg(long, default_value = "0", value_parser = crate::store_cli::parse_interval)]
+    pub snapshot_interval: Duration,
+    /// How many scheduled snapshots to keep (the oldest go first).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_retain: u64,
+    /// Where scheduled snapshots go (default: `<data-dir>/snapshots`).
+    #[arg(long)]
+    pub snapshot_dir: Option<PathBuf>,
     /// The size of each node's IPv4 pod range.
     #[arg(long = "node-cidr-mask-size-ipv4", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
     pub node_cidr_mask_v4: u8,
@@ -236,6 +246,10 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         default_toleration_seconds: args.default_toleration_seconds,
         compact_every: Duration::from_secs(args.compaction_interval),
         service_cidrs: args.service_cidr.0.clone(),
+        snapshot_files: crate::store_cli::IDENTITY_FILES
+            .iter()
+            .map(|name| (name.to_string(), data_dir.join(name)))
+            .collect(),
         ..Default::default()
     };
     // The kubernetes Service takes the first address of the primary range, as in Kubernetes.
@@ -269,6 +283,18 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         .await
         .context("loading the cluster state")?;
 
+    if !args.snapshot_interval.is_zero() {
+        let dir = args
+            .snapshot_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("snapshots"));
+        tokio::spawn(crate::store_cli::schedule(
+            api.clone(),
+            dir,
+            args.snapshot_interval,
+            args.snapshot_retain as usize,
+        ));
+    }
     let bootstrap = InProcess::client(api.clone(), "berth-bootstrap");
     bootstrap_objects(&bootstrap, advertise, service_ip).await?;
     ensure_dns_service(&bootstrap, args.dns.cluster_dns).await;

@@ -15,6 +15,7 @@ mod instances;
 mod node;
 mod pki;
 mod sim;
+mod store_cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     Agent(node::RemoteAgentArgs),
     /// Manage the node's images: pull, import, list, remove.
     Image(images_cli::ImageArgs),
+    /// The cluster's state: snapshots of a running server, restoring one.
+    Store(store_cli::StoreArgs),
     /// The per-container shim (started by the node agent, not by hand).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -188,6 +191,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Net(args)) => bench_net::run(args).await,
             Command::Bench(BenchCommand::Dns(args)) => bench_dns::run(args).await,
             Command::Image(args) => images_cli::run(args).await,
+            Command::Store(args) => store_cli::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Shim(_) | Command::OciExec(_) => {
                 unreachable!("helpers run before the async runtime starts")

@@ -10,6 +10,7 @@ pub mod conformance;
 mod hub;
 mod mem;
 mod redb;
+pub mod snapshot;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -314,6 +314,70 @@ impl RedbStore {
         })
     }
 
+    /// Build a new store at `path` (where none may exist yet) holding `snapshot`'s keys with
+    /// their revisions and versions. Its revision becomes the snapshot's plus `bump`, and all
+    /// history before that counts as compacted, so a client that knew a later state of the old
+    /// store, or watches from an old revision, is told to relist (410) rather than miss events.
+    pub fn restore(
+        path: &Path,
+        snapshot: &crate::snapshot::Snapshot,
+        bump: u64,
+    ) -> Result<Revision, StoreError> {
+        if path.exists() {
+            return Err(StoreError::backend(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists already: restore into a new data directory",
+                    path.display()
+                ),
+            )));
+        }
+        let revision = snapshot.revision + bump;
+        let db = open_database(path, 16 << 20)?;
+        let wtx = db.begin_write().map_err(StoreError::backend)?;
+        {
+            let mut revs = wtx.open_table(REVS).map_err(StoreError::backend)?;
+            let mut index = wtx.open_table(INDEX).map_err(StoreError::backend)?;
+            let mut meta = wtx.open_table(META).map_err(StoreError::backend)?;
+            for kv in &snapshot.kvs {
+                let record = Record {
+                    kind: KIND_PUT,
+                    create_revision: kv.create_revision,
+                    version: kv.version,
+                    prev_revision: 0,
+                    key: &kv.key,
+                    value: &kv.value,
+                };
+                let clash = revs
+                    .insert(kv.mod_revision, record.encode().as_slice())
+                    .map_err(StoreError::backend)?
+                    .is_some();
+                if clash
+                    || index
+                        .get(kv.key.as_str())
+                        .map_err(StoreError::backend)?
+                        .is_some()
+                {
+                    return Err(StoreError::backend(CorruptRecord));
+                }
+                index
+                    .insert(
+                        kv.key.as_str(),
+                        (kv.mod_revision, kv.create_revision, kv.version),
+                    )
+                    .map_err(StoreError::backend)?;
+            }
+            meta.insert(META_REVISION, revision)
+                .map_err(StoreError::backend)?;
+            meta.insert(META_COMPACTED, revision)
+                .map_err(StoreError::backend)?;
+            meta.insert(META_COMPACT_DONE, revision + 1)
+                .map_err(StoreError::backend)?;
+        }
+        wtx.commit().map_err(StoreError::backend)?;
+        Ok(revision)
+    }
+
     /// Refuse writes that create keys while the filesystem has less than `bytes` free, so
     /// that updates and deletions still find room.
     pub fn set_min_free(&self, bytes: u64) {

@@ -1,0 +1,320 @@
+//! `berth store ...`: snapshots of a running cluster's state and restoring one into a new
+//! data directory; and the scheduled snapshots a server takes (`--snapshot-interval`).
+//!
+//! A snapshot is a tar archive: `store.snap` (every object as of one revision, self-checking,
+//! see `store::snapshot`) and the cluster's identity (its CA and the admin's credentials), so
+//! a restored cluster is the same cluster to its clients. It holds Secrets and keys: it is
+//! written readable by its owner only.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::Method;
+use store::RedbStore;
+use store::snapshot::Snapshot;
+
+/// The files besides the store that a snapshot carries, relative to the data directory.
+pub const IDENTITY_FILES: [&str; 5] = [
+    "tls/ca.crt",
+    "tls/ca.key",
+    "credentials/admin.crt",
+    "credentials/admin.key",
+    "credentials/admin.token",
+];
+
+/// How far a restored store's revision jumps past the snapshot's, so that every client's
+/// resourceVersion from the old cluster is in its compacted past (and relists).
+const DEFAULT_BUMP: u64 = 1_000_000;
+
+#[derive(clap::Subcommand)]
+pub enum StoreCommand {
+    /// Take a snapshot of a running server's state (consistent at one revision; writes go on)
+    /// into FILE.
+    Snapshot {
+        file: PathBuf,
+        /// The API server (default: the one in the data directory's kubeconfig).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Restore a snapshot into a new data directory; start `berth server` (or `up`) on it.
+    Restore {
+        file: PathBuf,
+        /// How far the restored revision jumps past the snapshot's, so that clients of the old
+        /// cluster relist instead of missing changes.
+        #[arg(long, default_value_t = DEFAULT_BUMP)]
+        bump_revision: u64,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// The cluster's data directory.
+    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: StoreCommand,
+}
+
+pub async fn run(args: StoreArgs) -> Result<()> {
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(crate::cluster::default_data_dir);
+    match args.command {
+        StoreCommand::Snapshot { file, server } => {
+            let archive = fetch(&data_dir, server.as_deref()).await?;
+            let info = describe(&archive)?;
+            write_private(&file, &archive)?;
+            println!(
+                "snapshot of {} objects at revision {} written to {} ({} bytes)",
+                info.kvs.len(),
+                info.revision,
+                file.display(),
+                archive.len()
+            );
+            Ok(())
+        }
+        StoreCommand::Restore {
+            file,
+            bump_revision,
+        } => {
+            let archive = fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (snapshot, revision) = restore(&archive, &data_dir, bump_revision)?;
+            println!(
+                "restored {} objects (snapshot revision {}) into {}; its revision is now {revision}. Start it with: berth server --data-dir {}",
+                snapshot.kvs.len(),
+                snapshot.revision,
+                data_dir.display(),
+                data_dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The API server's address, as the data directory's kubeconfig gives it.
+fn server_of(data_dir: &Path) -> Result<String> {
+    let path = crate::pki::kubeconfig_path(data_dir);
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (is a server running on this data directory? or give --server)",
+            path.display()
+        )
+    })?;
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("server:")
+                .map(|s| s.trim().to_string())
+        })
+        .with_context(|| format!("no server address in {}", path.display()))
+}
+
+async fn fetch(data_dir: &Path, server: Option<&str>) -> Result<Vec<u8>> {
+    let server = match server {
+        Some(s) => s.to_string(),
+        None => server_of(data_dir)?,
+    };
+    let ca = fs::read(data_dir.join("tls/ca.crt")).context("reading the cluster CA")?;
+    let token = fs::read_to_string(data_dir.join("credentials/admin.token"))
+        .context("reading the admin token")?;
+    let transport = client::HttpsTransport::new(&server, &ca, Some(token.trim()))
+        .context("connecting to the API server")?;
+    let c = client::Client::new(std::sync::Arc::new(transport));
+    let body = c
+        .request(
+            Method::GET,
+            "/berth/v1/snapshot",
+            "application/json",
+            Bytes::new(),
+        )
+        .await
+        .with_context(|| format!("taking a snapshot from {server}"))?;
+    Ok(body.to_vec())
+}
+
+/// Write `bytes` to `path` readable by its owner only, whole or not at all.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The archive's entries by name, each checked to stay inside the directory it goes to.
+fn entries(archive: &[u8]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut tar = tar::Archive::new(archive);
+    for entry in tar.entries().context("reading the snapshot archive")? {
+        let mut entry = entry.context("reading the snapshot archive")?;
+        let name = entry
+            .path()
+            .context("reading the snapshot archive")?
+            .into_owned();
+        if name
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            bail!(
+                "the snapshot names a file outside its directory: {}",
+                name.display()
+            );
+        }
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes)?;
+        out.push((name, bytes));
+    }
+    Ok(out)
+}
+
+/// The store part of a snapshot archive, checked.
+fn describe(archive: &[u8]) -> Result<Snapshot> {
+    let files = entries(archive)?;
+    let (_, bytes) = files
+        .iter()
+        .find(|(n, _)| n == Path::new("store.snap"))
+        .context("the archive holds no store.snap: not a berth snapshot")?;
+    Snapshot::decode(bytes).context("reading store.snap")
+}
+
+/// Unpack a snapshot archive into `data_dir`, which must hold no store yet.
+pub fn restore(archive: &[u8], data_dir: &Path, bump: u64) -> Result<(Snapshot, u64)> {
+    let snapshot = describe(archive)?;
+    let db = data_dir.join("db").join("state.redb");
+    if db.exists() {
+        bail!(
+            "{} holds a store already: restore into a new data directory",
+            data_dir.display()
+        );
+    }
+    for dir in [data_dir.to_path_buf(), data_dir.join("db")] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for (name, bytes) in entries(archive)? {
+        if name == Path::new("store.snap") {
+            continue;
+        }
+        let path = data_dir.join(&name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+            fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        }
+        write_private(&path, &bytes)?;
+    }
+    fs::set_permissions(
+        data_dir.join("db"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let revision = RedbStore::restore(&db, &snapshot, bump)
+        .with_context(|| format!("writing the store {}", db.display()))?;
+    Ok((snapshot, revision))
+}
+
+/// Scheduled snapshots: every `every`, an archive in `dir`, keeping the newest `retain`.
+pub async fn schedule(
+    api: std::sync::Arc<apiserver::ApiServer>,
+    dir: PathBuf,
+    every: Duration,
+    retain: usize,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = scheduled_once(&api, &dir, retain).await {
+            tracing::warn!(error = format!("{e:#}"), "scheduled snapshot failed");
+        }
+    }
+}
+
+async fn scheduled_once(api: &apiserver::ApiServer, dir: &Path, retain: usize) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let archive = api
+        .snapshot()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let path = dir.join(format!("berth-snapshot-{stamp}.tar"));
+    write_private(&path, &archive)?;
+    tracing::info!(path = %path.display(), bytes = archive.len(), "scheduled snapshot written");
+    let mut ours: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("berth-snapshot-") && n.ends_with(".tar"))
+        })
+        .collect();
+    ours.sort();
+    let extra = ours.len().saturating_sub(retain);
+    for old in &ours[..extra] {
+        let _ = fs::remove_file(old);
+    }
+    Ok(())
+}
+
+/// A duration flag: seconds, or a number with `s`, `m`, `h` or `d`; `0` is off.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: not a duration like 30m or 12h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_read_as_operators_write_them() {
+        assert_eq!(parse_interval("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_interval("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_interval("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_interval("12h").unwrap(), Duration::from_secs(43200));
+        assert!(parse_interval("12x").is_err() && parse_interval("h").is_err());
+    }
+
+    #[test]
+    fn an_archive_cannot_write_outside_the_data_directory() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        let body = b"x";
+        h.set_size(1);
+        h.set_mode(0o600);
+        // `append_data` refuses `..`, so the name goes in raw.
+        h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        h.set_cksum();
+        b.append(&h, &body[..]).unwrap();
+        let archive = b.into_inner().unwrap();
+        let err = entries(&archive).unwrap_err().to_string();
+        assert!(err.contains("outside"), "{err}");
+    }
+}
