@@ -136,8 +136,10 @@ enum Request {
 struct Inner {
     /// `None` while the writer reopens it after an I/O error.
     db: RwLock<Option<Arc<Database>>>,
-    path: PathBuf,
-    cache_bytes: usize,
+    /// Opens the database again after a failure.
+    opener: Opener,
+    /// The file, when the database is one (for its filesystem's free space).
+    path: Option<PathBuf>,
     /// Why the store takes no writes now, if it does not.
     down: Mutex<Option<Down>>,
     /// Bytes of free space under which writes that create keys are refused.
@@ -174,6 +176,8 @@ impl Inner {
         }
     }
 }
+
+type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
 fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     Database::builder()
@@ -257,7 +261,30 @@ impl Drop for Shared {
 impl RedbStore {
     /// Open or create the store at `path`. `cache_bytes` bounds redb's page cache.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbStore, StoreError> {
-        let db = open_database(path, cache_bytes)?;
+        let file = path.to_path_buf();
+        RedbStore::open_with(
+            Box::new(move || open_database(&file, cache_bytes)),
+            Some(path.to_path_buf()),
+        )
+    }
+
+    /// Open or create the store on a storage backend of redb's (tests put one that can lose
+    /// power under it). `backend` makes a handle on the same storage each time it is called.
+    pub fn open_on<B: redb::StorageBackend>(
+        backend: impl Fn() -> B + Send + Sync + 'static,
+    ) -> Result<RedbStore, StoreError> {
+        RedbStore::open_with(
+            Box::new(move || {
+                Database::builder()
+                    .create_with_backend(backend())
+                    .map_err(StoreError::backend)
+            }),
+            None,
+        )
+    }
+
+    fn open_with(opener: Opener, path: Option<PathBuf>) -> Result<RedbStore, StoreError> {
+        let db = opener()?;
         let (revision, compacted, compact_done) = {
             let wtx = db.begin_write().map_err(StoreError::backend)?;
             let meta = {
@@ -283,8 +310,8 @@ impl RedbStore {
         debug!(revision, compacted, "opened store");
         let inner = Arc::new(Inner {
             db: RwLock::new(Some(Arc::new(db))),
-            path: path.to_path_buf(),
-            cache_bytes,
+            opener,
+            path,
             down: Mutex::new(None),
             min_free: AtomicU64::new(0),
             revision: AtomicU64::new(revision),
@@ -691,10 +718,11 @@ impl Writer {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .is_some_and(|d| d.no_space);
-        if no_space && free_bytes(&self.inner.path).is_some_and(|free| free < SPACE_TO_RESUME) {
+        let free = self.inner.path.as_deref().and_then(free_bytes);
+        if no_space && free.is_some_and(|free| free < SPACE_TO_RESUME) {
             return false;
         }
-        let db = match open_database(&self.inner.path, self.inner.cache_bytes) {
+        let db = match (self.inner.opener)() {
             Ok(db) => db,
             Err(e) => {
                 debug!(error = %e, "the store cannot be reopened yet");
@@ -760,7 +788,7 @@ impl Writer {
         let mut txns = Vec::with_capacity(batch.len());
         let min_free = self.inner.min_free.load(Ordering::Relaxed);
         let short = (min_free > 0)
-            .then(|| free_bytes(&self.inner.path))
+            .then(|| self.inner.path.as_deref().and_then(free_bytes))
             .flatten()
             .filter(|free| *free < min_free);
         if short.is_some() != self.under_reserve {
