@@ -250,3 +250,26 @@ def test_scheduled_snapshots_are_taken_and_the_oldest_dropped(tmp_path):
         assert r.returncode == 0, r.stderr
     finally:
         c.stop()
+
+
+def test_a_damaged_store_is_refused_at_start_not_served_smaller(tmp_path):
+    import pytest
+    from conftest import Cluster
+    c = Cluster(str(tmp_path))
+    try:
+        c.start()
+        c.kubectl("create", "configmap", "precious", "--from-literal=k=marker-" + "v" * 200)
+        c.stop()
+        path = c.data / "db" / "state.redb"
+        data = bytearray(path.read_bytes())
+        at = data.find(b"marker-")
+        assert at >= 0
+        data[at + 100] ^= 0x01
+        path.write_bytes(bytes(data))
+        with pytest.raises(RuntimeError) as failed:
+            c.start()
+        log = str(failed.value)
+        assert "the store is damaged" in log and "revision" in log, log[-2000:]
+        assert "panicked" not in log, log[-2000:]
+    finally:
+        c.stop()

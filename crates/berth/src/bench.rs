@@ -37,6 +37,10 @@ pub struct ApiBenchArgs {
     /// Changes each watcher must receive in the fan-out test.
     #[arg(long, default_value_t = 2_000)]
     events: usize,
+    /// Objects in the store when a snapshot is timed (ConfigMaps are added to reach it; 0:
+    /// no snapshot test).
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_objects: usize,
 }
 
 pub(crate) struct Server {
@@ -356,6 +360,36 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
         format!("{} / {}", ms(written), ms(delivered)),
         "",
     );
+    // A snapshot of the whole store (`berth store snapshot`).
+    if args.snapshot_objects > 0 {
+        let have = args.creates + args.pods + args.events;
+        let more = args.snapshot_objects.saturating_sub(have);
+        c.request_json(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(&json!({"metadata": {"name": "snap"}})),
+        )
+        .await?;
+        let payload = "x".repeat(1024);
+        create_many(&c, "/api/v1/namespaces/snap/configmaps", more, args.clients, move |i| {
+            Bytes::from(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("s-{i}")},
+                               "data": {"payload": payload}}).to_string())
+        })
+        .await?;
+        let t = Instant::now();
+        let archive = get(&c, "/berth/v1/snapshot", "application/x-tar").await?;
+        let took = t.elapsed();
+        row(
+            &format!("snapshot of {} objects: time", have + more),
+            ms(took),
+            "",
+        );
+        row(
+            "  size",
+            format!("{:.1} MiB", archive.len() as f64 / 1048576.0),
+            "",
+        );
+    }
     row(
         "final RSS / peak RSS",
         format!(

@@ -158,6 +158,9 @@ pub enum StoreError {
     /// can succeed later.
     #[error("the store cannot write now: {reason}")]
     Unavailable { reason: String, no_space: bool },
+    /// A stored record failed its checks: the file was damaged under the store.
+    #[error("the store is damaged: {0}")]
+    Corrupt(String),
     #[error("storage backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

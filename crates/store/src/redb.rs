@@ -57,6 +57,9 @@ const COMPACT_STEP: u64 = 4096;
 
 const KIND_PUT: u8 = 0;
 const KIND_DELETE: u8 = 1;
+/// Set in the kind byte of records that end with a CRC-32 of the rest (every record written
+/// since checksums came; older ones are read as they are).
+const CHECKSUMMED: u8 = 0x80;
 const HEADER: usize = 1 + 8 + 8 + 8 + 4;
 
 /// One history record, as stored under its revision.
@@ -72,14 +75,16 @@ struct Record<'a> {
 
 impl<'a> Record<'a> {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + self.key.len() + self.value.len());
-        out.push(self.kind);
+        let mut out = Vec::with_capacity(HEADER + self.key.len() + self.value.len() + 4);
+        out.push(self.kind | CHECKSUMMED);
         out.extend_from_slice(&self.create_revision.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.prev_revision.to_le_bytes());
         out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
         out.extend_from_slice(self.key.as_bytes());
         out.extend_from_slice(self.value);
+        let sum = crc32fast::hash(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
         out
     }
 
@@ -88,6 +93,17 @@ impl<'a> Record<'a> {
         if bytes.len() < HEADER {
             return Err(corrupt());
         }
+        let bytes = if bytes[0] & CHECKSUMMED != 0 {
+            let (body, sum) = bytes.split_at(bytes.len() - 4);
+            if body.len() < HEADER
+                || crc32fast::hash(body).to_le_bytes() != <[u8; 4]>::try_from(sum).expect("4 bytes")
+            {
+                return Err(corrupt());
+            }
+            body
+        } else {
+            bytes
+        };
         let u64_at = |at: usize| {
             u64::from_le_bytes(bytes[at..at + 8].try_into().expect("slice of length 8"))
         };
@@ -98,7 +114,7 @@ impl<'a> Record<'a> {
         }
         let key = std::str::from_utf8(&bytes[HEADER..HEADER + key_len]).map_err(|_| corrupt())?;
         Ok(Record {
-            kind: bytes[0],
+            kind: bytes[0] & !CHECKSUMMED,
             create_revision: u64_at(1),
             version: u64_at(9),
             prev_revision: u64_at(17),
@@ -445,7 +461,17 @@ fn lookup(
         return Ok(None);
     };
     let (mod_revision, _, _) = entry.value();
-    load(revs, mod_revision)
+    let kv = load(revs, mod_revision)?;
+    match kv {
+        Some(kv) if kv.key == key => Ok(Some(kv)),
+        Some(kv) => Err(StoreError::Corrupt(format!(
+            "the index entry of {key:?} points at revision {mod_revision}, which holds {:?}",
+            kv.key
+        ))),
+        None => Err(StoreError::Corrupt(format!(
+            "the index entry of {key:?} points at revision {mod_revision}, which holds nothing"
+        ))),
+    }
 }
 
 fn load(
@@ -456,7 +482,16 @@ fn load(
         return Ok(None);
     };
     let bytes = raw.value();
-    Ok(Some(Record::decode(bytes)?.key_value(revision)))
+    Ok(Some(decode_at(bytes, revision)?.key_value(revision)))
+}
+
+/// Decode the record stored at `revision`, naming it if it is damaged.
+fn decode_at(bytes: &[u8], revision: Revision) -> Result<Record<'_>, StoreError> {
+    Record::decode(bytes).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "the record at revision {revision} fails its checksum or does not parse"
+        ))
+    })
 }
 
 impl History for Inner {
@@ -486,7 +521,7 @@ impl History for Inner {
         for item in revs.range(after + 1..=upto).map_err(StoreError::backend)? {
             let (rev, raw) = item.map_err(StoreError::backend)?;
             let revision = rev.value();
-            let record = Record::decode(raw.value())?;
+            let record = decode_at(raw.value(), revision)?;
             if !record.key.starts_with(prefix) {
                 continue;
             }
@@ -555,8 +590,14 @@ impl Store for RedbStore {
                     break;
                 }
                 let (mod_revision, _, _) = entry.value();
-                if let Some(kv) = load(&revs, mod_revision)? {
-                    kvs.push(kv);
+                match load(&revs, mod_revision)? {
+                    Some(kv) if kv.key == key.value() => kvs.push(kv),
+                    _ => {
+                        return Err(StoreError::Corrupt(format!(
+                            "the index entry of {:?} points at revision {mod_revision}, which does not hold it",
+                            key.value()
+                        )));
+                    }
                 }
             }
             Ok((kvs, revision))
@@ -1010,7 +1051,7 @@ impl Writer {
             let mut doomed = Vec::new();
             for item in revs.range(job.next..=end).map_err(StoreError::backend)? {
                 let (rev, raw) = item.map_err(StoreError::backend)?;
-                let record = Record::decode(raw.value())?;
+                let record = decode_at(raw.value(), rev.value())?;
                 // This record supersedes its predecessor, which is at or below the target.
                 if record.prev_revision > 0 {
                     doomed.push(record.prev_revision);
@@ -1041,3 +1082,42 @@ impl Writer {
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 struct SharedError(Arc<StoreError>);
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    #[test]
+    fn records_carry_a_checksum_and_older_ones_still_read() {
+        let r = Record {
+            kind: KIND_PUT,
+            create_revision: 3,
+            version: 2,
+            prev_revision: 4,
+            key: "/registry/configmaps/default/a",
+            value: b"{\"data\":{}}",
+        };
+        let bytes = r.encode();
+        let back = Record::decode(&bytes).unwrap();
+        assert_eq!(
+            (back.kind, back.key, back.value, back.version),
+            (KIND_PUT, r.key, r.value, 2)
+        );
+        // Any flipped bit anywhere is caught.
+        for at in 0..bytes.len() {
+            for bit in [0x01, 0x40] {
+                let mut bad = bytes.clone();
+                bad[at] ^= bit;
+                if let Ok(d) = Record::decode(&bad) {
+                    panic!("a flip at {at} went unnoticed: {:?}", d.key);
+                }
+            }
+        }
+        // A record from before checksums (no flag, no trailer) reads as it is.
+        let old = &bytes[..bytes.len() - 4];
+        let mut old = old.to_vec();
+        old[0] &= !CHECKSUMMED;
+        let back = Record::decode(&old).unwrap();
+        assert_eq!(back.value, r.value);
+    }
+}

@@ -91,3 +91,40 @@ async fn a_restored_snapshot_serves_every_key_and_sends_old_watchers_to_relist()
     assert_eq!(kv.mod_revision, revision + 1);
     assert_eq!(kv.version, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_is_reported_never_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    {
+        let s = RedbStore::open(&path, 1 << 20).unwrap();
+        for i in 0..20 {
+            s.create(
+                &format!("/k/{i:02}"),
+                Bytes::from(format!("marker-{i:02}-{}", "v".repeat(200))),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    // One flipped byte inside one stored value.
+    let mut file = std::fs::read(&path).unwrap();
+    let needle = b"marker-07-";
+    let at = file
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the value is in the file");
+    file[at + needle.len() + 50] ^= 0x01;
+    std::fs::write(&path, &file).unwrap();
+    let s = RedbStore::open(&path, 1 << 20).unwrap();
+    match s.list("/k/").await {
+        Err(e) => assert!(e.to_string().contains("damaged"), "{e}"),
+        Ok((kvs, _)) => panic!("a damaged store listed {} keys as if whole", kvs.len()),
+    }
+    assert!(matches!(
+        s.get("/k/07").await,
+        Err(store::StoreError::Corrupt(_))
+    ));
+    // The intact keys still read one by one (what a recovery keeps).
+    assert_eq!(s.get("/k/08").await.unwrap().unwrap().key, "/k/08");
+}
