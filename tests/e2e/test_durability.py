@@ -271,5 +271,18 @@ def test_a_damaged_store_is_refused_at_start_not_served_smaller(tmp_path):
         log = str(failed.value)
         assert "the store is damaged" in log and "revision" in log, log[-2000:]
         assert "panicked" not in log, log[-2000:]
+        # check names what is damaged; recover keeps the rest and says what was lost.
+        from conftest import BERTH
+        r = subprocess.run([BERTH, "store", "check", "--data-dir", str(c.data)], capture_output=True, text=True)
+        assert r.returncode != 0 and "lost: /registry/core/configmaps/default/precious" in r.stdout, r.stdout + r.stderr
+        r = subprocess.run([BERTH, "store", "recover", "--data-dir", str(c.data)], capture_output=True, text=True)
+        assert r.returncode == 0 and "1 objects lost" in r.stdout, r.stdout + r.stderr
+        assert any(p.name.startswith("state.redb.damaged-") for p in (c.data / "db").iterdir())
+        r = subprocess.run([BERTH, "store", "check", "--data-dir", str(c.data)], capture_output=True, text=True)
+        assert r.returncode == 0 and "no damage found" in r.stdout, r.stdout + r.stderr
+        c.start()
+        assert c.kubectl("get", "configmap", "precious", check=False).returncode != 0
+        assert c.kubectl("get", "namespace", "kube-system").returncode == 0
+        c.kubectl("create", "configmap", "after-recovery")
     finally:
         c.stop()

@@ -41,6 +41,12 @@ pub enum StoreCommand {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Read every record of the (stopped) server's store and report what is damaged; exits
+    /// non-zero if anything is.
+    Check,
+    /// Keep what is intact of a damaged store (stopped) and list what was lost; the damaged
+    /// file is kept beside it.
+    Recover,
     /// Restore a snapshot into a new data directory; start `berth server` (or `up`) on it.
     Restore {
         file: PathBuf,
@@ -78,6 +84,16 @@ pub async fn run(args: StoreArgs) -> Result<()> {
             );
             Ok(())
         }
+        StoreCommand::Check => {
+            let path = data_dir.join("db").join("state.redb");
+            let found = inspect(&path)?;
+            report(&path, &found);
+            if !found.is_clean() {
+                bail!("the store is damaged; `berth store recover` keeps what is intact");
+            }
+            Ok(())
+        }
+        StoreCommand::Recover => recover(&data_dir),
         StoreCommand::Restore {
             file,
             bump_revision,
@@ -222,6 +238,77 @@ pub fn restore(archive: &[u8], data_dir: &Path, bump: u64) -> Result<(Snapshot, 
     let revision = RedbStore::restore(&db, &snapshot, bump)
         .with_context(|| format!("writing the store {}", db.display()))?;
     Ok((snapshot, revision))
+}
+
+fn inspect(path: &Path) -> Result<store::Inspection> {
+    if !path.exists() {
+        bail!("no store at {}", path.display());
+    }
+    RedbStore::inspect(path).map_err(|e| {
+        let text = format!("{e:#}");
+        if text.contains("already open") || text.contains("AlreadyOpen") {
+            anyhow::anyhow!("{} is in use: stop the server first", path.display())
+        } else {
+            anyhow::anyhow!("reading {}: {text}", path.display())
+        }
+    })
+}
+
+fn report(path: &Path, found: &store::Inspection) {
+    println!(
+        "{}: revision {}, {} history records, {} objects intact",
+        path.display(),
+        found.revision,
+        found.records,
+        found.intact.len()
+    );
+    if found.is_clean() {
+        println!("no damage found");
+        return;
+    }
+    if !found.damaged_records.is_empty() {
+        println!(
+            "{} damaged history records, at revisions {:?}",
+            found.damaged_records.len(),
+            found.damaged_records
+        );
+    }
+    for (key, revision) in &found.lost {
+        println!("lost: {key} (its record at revision {revision} is damaged)");
+    }
+}
+
+/// Rebuild the store from its intact objects; the damaged file stays beside it.
+fn recover(data_dir: &Path) -> Result<()> {
+    let db = data_dir.join("db");
+    let path = db.join("state.redb");
+    let found = inspect(&path)?;
+    report(&path, &found);
+    if found.is_clean() {
+        println!("nothing to recover");
+        return Ok(());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let fresh = db.join(format!("state.redb.recovering-{stamp}"));
+    let snapshot = Snapshot {
+        revision: found.revision,
+        kvs: found.intact,
+    };
+    let revision = RedbStore::restore(&fresh, &snapshot, DEFAULT_BUMP)
+        .with_context(|| format!("writing {}", fresh.display()))?;
+    let kept = db.join(format!("state.redb.damaged-{stamp}"));
+    fs::rename(&path, &kept).with_context(|| format!("moving {} aside", path.display()))?;
+    fs::rename(&fresh, &path).with_context(|| format!("putting {} in place", path.display()))?;
+    println!(
+        "recovered {} objects into {} (revision {revision}); {} objects lost (listed above); the damaged file is {}",
+        snapshot.kvs.len(),
+        path.display(),
+        found.lost.len(),
+        kept.display()
+    );
+    Ok(())
 }
 
 /// Scheduled snapshots: every `every`, an archive in `dir`, keeping the newest `retain`.

@@ -195,6 +195,21 @@ impl Inner {
 
 type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
+/// Run `f`, turning a panic inside redb (it asserts on some damaged files) into an error that
+/// says the file is damaged.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(StoreError::Corrupt(format!(
+            "the store file cannot be read ({why})"
+        )))
+    })
+}
+
 fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     Database::builder()
         .set_cache_size(cache_bytes)
@@ -251,6 +266,26 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
+/// What `RedbStore::inspect` found.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    pub revision: Revision,
+    /// History records read.
+    pub records: u64,
+    /// Revisions whose record fails its checksum or does not parse.
+    pub damaged_records: Vec<Revision>,
+    /// Live keys whose current record is whole.
+    pub intact: Vec<KeyValue>,
+    /// Live keys whose current record is damaged or missing, with its revision.
+    pub lost: Vec<(String, Revision)>,
+}
+
+impl Inspection {
+    pub fn is_clean(&self) -> bool {
+        self.damaged_records.is_empty() && self.lost.is_empty()
+    }
+}
+
 /// A [`Store`] in one redb file.
 #[derive(Clone)]
 pub struct RedbStore {
@@ -300,7 +335,7 @@ impl RedbStore {
     }
 
     fn open_with(opener: Opener, path: Option<PathBuf>) -> Result<RedbStore, StoreError> {
-        let db = opener()?;
+        let db = guarded(&opener)?;
         let (revision, compacted, compact_done) = {
             let wtx = db.begin_write().map_err(StoreError::backend)?;
             let meta = {
@@ -421,6 +456,57 @@ impl RedbStore {
         Ok(revision)
     }
 
+    /// Read every record and index entry of the store file at `path` (not open elsewhere)
+    /// and say what is intact and what is damaged. Reads only; a damaged file may still make
+    /// redb give up, which is an error here, not a panic.
+    pub fn inspect(path: &Path) -> Result<Inspection, StoreError> {
+        let path = path.to_path_buf();
+        let run = move || -> Result<Inspection, StoreError> {
+            let db = Database::builder()
+                .set_cache_size(16 << 20)
+                .open(&path)
+                .map_err(StoreError::backend)?;
+            let rtx = db.begin_read().map_err(StoreError::backend)?;
+            let meta = rtx.open_table(META).map_err(StoreError::backend)?;
+            let revision = meta
+                .get(META_REVISION)
+                .map_err(StoreError::backend)?
+                .map_or(0, |v| v.value());
+            let revs = rtx.open_table(REVS).map_err(StoreError::backend)?;
+            let index = rtx.open_table(INDEX).map_err(StoreError::backend)?;
+            let mut out = Inspection {
+                revision,
+                ..Default::default()
+            };
+            for item in revs.iter().map_err(StoreError::backend)? {
+                let (rev, raw) = item.map_err(StoreError::backend)?;
+                out.records += 1;
+                if Record::decode(raw.value()).is_err() {
+                    out.damaged_records.push(rev.value());
+                }
+            }
+            for item in index.iter().map_err(StoreError::backend)? {
+                let (key, entry) = item.map_err(StoreError::backend)?;
+                let (mod_revision, _, _) = entry.value();
+                match load(&revs, mod_revision) {
+                    Ok(Some(kv)) if kv.key == key.value() => out.intact.push(kv),
+                    _ => out.lost.push((key.value().to_string(), mod_revision)),
+                }
+            }
+            Ok(out)
+        };
+        // redb checks what it reads; some damage makes it panic (debug builds) rather than
+        // return an error.
+        std::thread::spawn(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)))
+            .join()
+            .map_err(|_| StoreError::Corrupt("reading the file failed".into()))?
+            .unwrap_or_else(|_| {
+                Err(StoreError::Corrupt(
+                    "the file is damaged beyond what redb can read".into(),
+                ))
+            })
+    }
+
     /// Refuse writes that create keys while the filesystem has less than `bytes` free, so
     /// that updates and deletions still find room.
     pub fn set_min_free(&self, bytes: u64) {
@@ -446,7 +532,7 @@ impl RedbStore {
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = self.shared.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
+        tokio::task::spawn_blocking(move || guarded(|| f(&inner)))
             .await
             .map_err(StoreError::backend)?
     }
@@ -763,7 +849,7 @@ impl Writer {
         if no_space && free.is_some_and(|free| free < SPACE_TO_RESUME) {
             return false;
         }
-        let db = match (self.inner.opener)() {
+        let db = match guarded(&self.inner.opener) {
             Ok(db) => db,
             Err(e) => {
                 debug!(error = %e, "the store cannot be reopened yet");
