@@ -300,13 +300,22 @@ def version(request):
     return request.param
 
 
+@contextlib.contextmanager
+def own_namespace(c, prefix, request):
+    """A namespace of its own for one test on cluster `c`, deleted (without waiting) after."""
+    name = namespace_for(prefix, request.node.name)
+    c.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        c.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 @pytest.fixture
 def ns(cluster, request):
     """A namespace of its own for one test."""
-    name = namespace_for("t", request.node.name)
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with own_namespace(cluster, "t", request) as name:
+        yield name
 
 
 def namespace_for(prefix, test_name):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import namespace_for, running_node, wait_until
+from conftest import own_namespace, running_node, wait_until
 from images import Image, busybox_layer
 from test_network import outside  # noqa: F401  (a fixture)
 from test_pods import apply, pod_yaml, wait_running
@@ -39,6 +39,11 @@ def lookup_binary():
         return out.read_bytes()
 
 
+def lookup_image():
+    """The test busybox with the `lookup` client in it."""
+    return Image(layers=[busybox_layer(extra={"bin/lookup": lookup_binary()})], cmd=("sh",))
+
+
 @pytest.fixture(scope="module")
 def node():
     """`berth up` whose node resolves outside names through 192.0.2.2 (the `upstream`
@@ -56,17 +61,14 @@ def node():
         c.in_netns("ip", "link", "set", "node0", "up", check=True)
         c.in_netns("ip", "link", "set", "node1", "up", check=True)
 
-    image = Image(layers=[busybox_layer(extra={"bin/lookup": lookup_binary()})], cmd=("sh",))
-    with running_node(image, prefix="berth-dns-", prepare=prepare) as c:
+    with running_node(lookup_image(), prefix="berth-dns-", prepare=prepare) as c:
         yield c
 
 
 @pytest.fixture
 def dns_ns(node, request):
-    name = namespace_for("d", request.node.name)
-    node.kubectl("create", "namespace", name)
-    yield name
-    node.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with own_namespace(node, "d", request) as name:
+        yield name
 
 
 # An upstream resolver for the outside world: www.outside.test is 192.0.2.2, every other name

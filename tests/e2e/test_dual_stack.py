@@ -9,9 +9,9 @@ import ipaddress
 
 import pytest
 
-from conftest import namespace_for, running_node, wait_until
-from images import Image, busybox_layer
-from test_dns import in_pod, lookup_binary
+from conftest import own_namespace, running_node, wait_until
+from test_dns import in_pod, lookup_image
+from test_network import assert_reaches, http_get
 from test_pods import apply, pod_yaml, wait_running
 
 SERVER = ["sh", "-c", "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
@@ -25,24 +25,14 @@ def node():
     def prepare(c):
         c.extra += ["--cluster-cidr", POD_RANGES, "--service-cidr", SERVICE_RANGES]
 
-    image = Image(layers=[busybox_layer(extra={"bin/lookup": lookup_binary()})], cmd=("sh",))
-    with running_node(image, prefix="berth-dual-", prepare=prepare) as c:
+    with running_node(lookup_image(), prefix="berth-dual-", prepare=prepare) as c:
         yield c
 
 
 @pytest.fixture
 def ns(node, request):
-    name = namespace_for("v", request.node.name)
-    node.kubectl("create", "namespace", name)
-    yield name
-    node.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def fetch(node, ns, client, ip, port):
-    """GET / from inside `client` with busybox's nc; an IPv6 address as it is."""
-    r = node.kubectl("exec", "-n", ns, client, "--", "sh", "-c",
-                     f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}", check=False)
-    return r.stdout
+    with own_namespace(node, "v", request) as name:
+        yield name
 
 
 def resolved(node, ns, name, check=True):
@@ -95,7 +85,7 @@ def test_pods_get_both_families_and_talk_over_ipv6(node, ns, version):
     # The node's ranges, one per family.
     cidrs = node.json("get", "nodes")["items"][0]["spec"]["podCIDRs"]
     assert families([c.split("/")[0] for c in cidrs]) == [4, 6], cidrs
-    wait_until(lambda: "hello-from-web" in fetch(node, ns, "client", ips[1], 8080), timeout=30,
+    wait_until(lambda: "hello-from-web" in http_get(node, ns, "client", ips[1], 8080), timeout=30,
                what="the pod over IPv6")
     # The pod's own view: its IPv6 address is on its interface.
     assert ips[1] in in_pod(node, ns, "web", "ip -6 addr show dev eth0").stdout
@@ -121,14 +111,7 @@ def test_services_get_the_families_they_ask_for(node, ns, version):
     assert sorted(by_type) == ["IPv4", "IPv6"], by_type
     assert families(by_type["IPv6"]) == [6, 6]
     # The IPv6 ClusterIP reaches both pods.
-    seen = set()
-    for _ in range(20):
-        out = fetch(node, ns, "client", v6, 80)
-        assert "hello-from-web-" in out, out
-        seen.add(out.strip().splitlines()[-1])
-        if len(seen) == 2:
-            break
-    assert seen == {"hello-from-web-1", "hello-from-web-2"}, seen
+    assert_reaches(node, ns, "client", v6, 80, {"hello-from-web-1", "hello-from-web-2"})
     # The name resolves to both addresses (A and AAAA).
     assert resolved(node, ns, "web") == sorted(dual["clusterIPs"])
     # An IPv6-only Service: AAAA only, and reachable.
@@ -144,7 +127,7 @@ spec:
     six = node.json("get", "service", "six", "-n", ns)["spec"]
     assert families(six["clusterIPs"]) == [6], six
     assert resolved(node, ns, "six") == six["clusterIPs"]
-    wait_until(lambda: "hello-from-web-" in fetch(node, ns, "client", six["clusterIP"], 80), timeout=30,
+    wait_until(lambda: "hello-from-web-" in http_get(node, ns, "client", six["clusterIP"], 80), timeout=30,
                what="the IPv6-only Service")
     # kubectl shows the primary address, as for Kubernetes' dual-stack Services.
     row = node.kubectl("get", "service", "web", "-n", ns, version=version).stdout.splitlines()[1].split()
@@ -154,7 +137,7 @@ spec:
                  version=version)
     single = node.json("get", "service", "web", "-n", ns)["spec"]
     assert single["clusterIPs"] == [dual["clusterIPs"][0]] and single["ipFamilies"] == ["IPv4"], single
-    wait_until(lambda: "hello-from" not in fetch(node, ns, "client", v6, 80), timeout=30,
+    wait_until(lambda: "hello-from" not in http_get(node, ns, "client", v6, 80), timeout=30,
                what="the released IPv6 address to stop answering")
 
 

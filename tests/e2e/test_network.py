@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import Cluster, namespace_for, wait_until
+from conftest import Cluster, own_namespace, wait_until
 from images import Image
 from test_pods import apply, get_pod, pod_yaml, traces_of, wait_running
 
@@ -25,10 +25,8 @@ SERVER = ["sh", "-c", "mkdir -p /www && echo hello-from-$(hostname) > /www/index
 
 @pytest.fixture
 def nns(node, request):
-    name = namespace_for("n", request.node.name)
-    node.kubectl("create", "namespace", name)
-    yield name
-    node.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with own_namespace(node, "n", request) as name:
+        yield name
 
 
 def http_get(node, ns, client, ip, port=8080):
@@ -36,6 +34,19 @@ def http_get(node, ns, client, ip, port=8080):
     r = node.kubectl("exec", "-n", ns, client, "--", "sh", "-c",
                      f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}", check=False)
     return r.stdout
+
+
+def assert_reaches(node, ns, client, ip, port, pods):
+    """Connections from `client` to ip:port reach every pod of `pods` (their `SERVER` pages),
+    within twenty tries."""
+    seen = set()
+    for _ in range(20):
+        out = http_get(node, ns, client, ip, port)
+        assert "hello-from-" in out, out
+        seen.add(out.strip().splitlines()[-1])
+        if seen == pods:
+            break
+    assert seen == pods, seen
 
 
 def links(node):
@@ -340,14 +351,7 @@ def test_cluster_ips_route_to_ready_pods_and_refuse_without_any(node, nns, versi
     wait_running(node, nns, "client")
     wait_until(lambda: len(ready_addresses(node, nns, "web")) == 2, timeout=60, what="two endpoints")
     vip = node.json("get", "service", "web", "-n", nns)["spec"]["clusterIP"]
-    seen = set()
-    for _ in range(20):
-        out = http_get(node, nns, "client", vip, 80)
-        assert "hello-from-web-" in out, out
-        seen.add(out.strip().splitlines()[-1])
-        if len(seen) == 2:
-            break
-    assert seen == {"hello-from-web-1", "hello-from-web-2"}, seen
+    assert_reaches(node, nns, "client", vip, 80, {"hello-from-web-1", "hello-from-web-2"})
     # A pod reaches itself through its own Service (hairpin).
     assert "hello-from-web-" in http_get(node, nns, "web-1", vip, 80)
     # No endpoints: refused at once.

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Cluster, free_port, kubectl_binary, namespace_for, wait_until
+from conftest import Cluster, free_port, kubectl_binary, own_namespace, wait_until
 from images import Image, busybox_layer
 
 
@@ -23,10 +23,8 @@ from images import Image, busybox_layer
 @pytest.fixture
 def pns(node, request):
     """A namespace of its own for one test, on the node cluster."""
-    name = namespace_for("p", request.node.name)
-    node.kubectl("create", "namespace", name)
-    yield name
-    node.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with own_namespace(node, "p", request) as name:
+        yield name
 
 
 def pod_yaml(name, command=None, image="busybox:test", restart="Always", extra=""):

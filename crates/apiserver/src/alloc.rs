@@ -172,14 +172,6 @@ pub fn plan(
             }
         }
     }
-    // As defaulting does: a lone clusterIP is the first of the clusterIPs.
-    if new["spec"]["clusterIPs"]
-        .as_array()
-        .is_none_or(Vec::is_empty)
-        && let Some(ip) = new["spec"]["clusterIP"].as_str().filter(|s| !s.is_empty())
-    {
-        new["spec"]["clusterIPs"] = json!([ip]);
-    }
     // IP families are the allocator's too (Kubernetes sets them in its Service registry, so
     // they belong to no field manager).
     families::settle(ranges, old, new).map_err(|errs| invalid(owner, &errs))?;
@@ -400,7 +392,7 @@ mod tests {
 
     #[test]
     fn requested_addresses_are_checked() {
-        let mut svc = json!({"spec": {"type": "ClusterIP", "clusterIP": "10.43.0.1", "ports": [{"port": 443}]}});
+        let mut svc = json!({"spec": {"type": "ClusterIP", "clusterIP": "10.43.0.1", "clusterIPs": ["10.43.0.1"], "ports": [{"port": 443}]}});
         let ops = plan(
             range(),
             None,
@@ -411,7 +403,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ops.len(), 1);
-        let mut outside = json!({"spec": {"type": "ClusterIP", "clusterIP": "192.168.1.1", "ports": [{"port": 443}]}});
+        let mut outside = json!({"spec": {"type": "ClusterIP", "clusterIP": "192.168.1.1", "clusterIPs": ["192.168.1.1"], "ports": [{"port": 443}]}});
         let err = plan(
             range(),
             None,
@@ -422,7 +414,8 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, 422);
-        let mut headless = json!({"spec": {"type": "ClusterIP", "clusterIP": "None"}});
+        let mut headless =
+            json!({"spec": {"type": "ClusterIP", "clusterIP": "None", "clusterIPs": ["None"]}});
         assert!(
             plan(
                 range(),
@@ -440,7 +433,7 @@ mod tests {
 
     #[test]
     fn updates_keep_allocations_the_client_left_out() {
-        let old = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.0.9", "ports": [{"port": 80, "nodePort": 30080}]}});
+        let old = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9"], "ports": [{"port": 80, "nodePort": 30080}]}});
         let mut new = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
         let ops = plan(
             range(),

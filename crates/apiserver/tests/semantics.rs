@@ -635,15 +635,15 @@ async fn dual_stack_services_get_an_address_per_family_and_give_it_back() {
     }
     // Downgrade: SingleStack gives the IPv6 address back, and another Service can take it.
     let path = format!("{svcs}/both");
-    let down = a
-        .send(
+    let set_policy = |policy: &'static str| {
+        a.send(
             Method::PATCH,
             &path,
             "application/merge-patch+json",
-            Some(json!({"spec": {"ipFamilyPolicy": "SingleStack"}})),
+            Some(json!({"spec": {"ipFamilyPolicy": policy}})),
         )
-        .await
-        .2;
+    };
+    let down = set_policy("SingleStack").await.2;
     assert_eq!(down["spec"]["clusterIPs"], json!([ips[0]]), "{down}");
     assert_eq!(down["spec"]["ipFamilies"], json!(["IPv4"]));
     let taker = a
@@ -655,15 +655,7 @@ async fn dual_stack_services_get_an_address_per_family_and_give_it_back() {
         .await;
     assert_eq!(taker["spec"]["clusterIP"], ips[1]);
     // Upgrade: PreferDualStack gains a new IPv6 address and keeps its IPv4 one.
-    let up = a
-        .send(
-            Method::PATCH,
-            &path,
-            "application/merge-patch+json",
-            Some(json!({"spec": {"ipFamilyPolicy": "PreferDualStack"}})),
-        )
-        .await
-        .2;
+    let up = set_policy("PreferDualStack").await.2;
     let now = up["spec"]["clusterIPs"].as_array().unwrap();
     assert_eq!(now.len(), 2, "{up}");
     assert_eq!(now[0], ips[0]);

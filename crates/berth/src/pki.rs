@@ -50,7 +50,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn ensure_dir(dir: &Path) -> Result<()> {
+/// Make `dir` (and its parents) and keep it to its owner.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {}", dir.display()))?;

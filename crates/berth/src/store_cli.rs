@@ -7,8 +7,7 @@
 //! written readable by its owner only.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +16,8 @@ use bytes::Bytes;
 use http::Method;
 use store::RedbStore;
 use store::snapshot::Snapshot;
+
+use crate::pki::{ensure_dir, write_private};
 
 /// The files besides the store that a snapshot carries, relative to the data directory.
 pub const IDENTITY_FILES: [&str; 5] = [
@@ -73,7 +74,7 @@ pub async fn run(args: StoreArgs) -> Result<()> {
     match args.command {
         StoreCommand::Snapshot { file, server } => {
             let archive = fetch(&data_dir, server.as_deref()).await?;
-            let info = describe(&archive)?;
+            let (info, _) = unpack(&archive)?;
             write_private(&file, &archive)?;
             println!(
                 "snapshot of {} objects at revision {} written to {} ({} bytes)",
@@ -153,26 +154,11 @@ async fn fetch(data_dir: &Path, server: Option<&str>) -> Result<Vec<u8>> {
     Ok(body.to_vec())
 }
 
-/// Write `bytes` to `path` readable by its owner only, whole or not at all.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
+/// A file of a snapshot archive: its name and contents.
+type Entry = (PathBuf, Vec<u8>);
 
 /// The archive's entries by name, each checked to stay inside the directory it goes to.
-fn entries(archive: &[u8]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+fn entries(archive: &[u8]) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     let mut tar = tar::Archive::new(archive);
     for entry in tar.entries().context("reading the snapshot archive")? {
@@ -197,19 +183,21 @@ fn entries(archive: &[u8]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     Ok(out)
 }
 
-/// The store part of a snapshot archive, checked.
-fn describe(archive: &[u8]) -> Result<Snapshot> {
-    let files = entries(archive)?;
-    let (_, bytes) = files
+/// A snapshot archive's store, checked, and its other files.
+fn unpack(archive: &[u8]) -> Result<(Snapshot, Vec<Entry>)> {
+    let mut files = entries(archive)?;
+    let at = files
         .iter()
-        .find(|(n, _)| n == Path::new("store.snap"))
+        .position(|(n, _)| n == Path::new("store.snap"))
         .context("the archive holds no store.snap: not a berth snapshot")?;
-    Snapshot::decode(bytes).context("reading store.snap")
+    let (_, bytes) = files.swap_remove(at);
+    let snapshot = Snapshot::decode(&bytes).context("reading store.snap")?;
+    Ok((snapshot, files))
 }
 
 /// Unpack a snapshot archive into `data_dir`, which must hold no store yet.
 pub fn restore(archive: &[u8], data_dir: &Path, bump: u64) -> Result<(Snapshot, u64)> {
-    let snapshot = describe(archive)?;
+    let (snapshot, files) = unpack(archive)?;
     let db = data_dir.join("db").join("state.redb");
     if db.exists() {
         bail!(
@@ -217,24 +205,15 @@ pub fn restore(archive: &[u8], data_dir: &Path, bump: u64) -> Result<(Snapshot, 
             data_dir.display()
         );
     }
-    for dir in [data_dir.to_path_buf(), data_dir.join("db")] {
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    for (name, bytes) in entries(archive)? {
-        if name == Path::new("store.snap") {
-            continue;
-        }
+    fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    ensure_dir(&data_dir.join("db"))?;
+    for (name, bytes) in files {
         let path = data_dir.join(&name);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)?;
-            fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            ensure_dir(parent)?;
         }
         write_private(&path, &bytes)?;
     }
-    fs::set_permissions(
-        data_dir.join("db"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
     let revision = RedbStore::restore(&db, &snapshot, bump)
         .with_context(|| format!("writing the store {}", db.display()))?;
     Ok((snapshot, revision))
@@ -330,8 +309,7 @@ pub async fn schedule(
 }
 
 async fn scheduled_once(api: &apiserver::ApiServer, dir: &Path, retain: usize) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    ensure_dir(dir)?;
     let archive = api
         .snapshot()
         .await

@@ -35,9 +35,10 @@ pub const TABLES: [&str; 2] = ["berth-proxy-a", "berth-proxy-b"];
 /// connection not to such a Service meets this many map lookups, so it stays small.
 pub const DIRECT: usize = 16;
 
-/// How a frontend's packets reach its `beN` map (or its affinity chain).
-fn routed_by_verdict(n: usize, affinity: bool) -> bool {
-    affinity || n > DIRECT
+/// Whether a port with `n` endpoints (and no client affinity) reaches its `beN` map through
+/// the `services` verdict map rather than a rule of the NAT chains.
+fn routed_by_verdict(n: usize) -> bool {
+    n > DIRECT
 }
 
 /// Whether a table is (or was, under an older name) the proxy's.
@@ -565,7 +566,7 @@ pub fn elements(v6: bool, state: &State) -> Vec<SetOp> {
             services.push(element(frontend_key(k), Data::Goto(affinity_chain(k))));
             continue;
         }
-        if routed_by_verdict(n, false) {
+        if routed_by_verdict(n) {
             services.push(element(frontend_key(k), Data::Goto(format!("svc{n}"))));
         }
         let list = slots.entry(n).or_default();
@@ -784,7 +785,7 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
                 ));
             } else {
                 let n = b.len();
-                if routed_by_verdict(n, false) {
+                if routed_by_verdict(n) {
                     out.delete.push(op(
                         Op::Delete,
                         v6,
@@ -812,7 +813,7 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
                 let n = a.len();
                 out.add
                     .push(op(Op::Add, v6, format!("be{n}"), slots(a, &key)));
-                if routed_by_verdict(n, false) {
+                if routed_by_verdict(n) {
                     out.add.push(op(
                         Op::Add,
                         v6,

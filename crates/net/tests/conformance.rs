@@ -410,15 +410,19 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
                 .collect(),
             ..moved.clone()
         };
+        // The pods that answer `n` connections to the Service.
+        let replies = |n: usize| -> std::collections::BTreeSet<String> {
+            (0..n)
+                .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
+                .collect()
+        };
         net::nft::apply_changes(
             &nft_path(),
             first,
             &net::proxy::changes(first, &moved, &spread),
         )
         .unwrap();
-        let seen: std::collections::BTreeSet<String> = (0..30)
-            .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
-            .collect();
+        let seen = replies(30);
         assert_eq!(seen.len(), 2, "{seen:?}");
         let sticky = State {
             affinity: [(front(vip), 60)].into_iter().collect(),
@@ -430,18 +434,14 @@ fn cluster_ips_reach_endpoints_and_refuse_without_any() {
             &net::proxy::changes(first, &spread, &sticky),
         )
         .unwrap();
-        let seen: std::collections::BTreeSet<String> = (0..30)
-            .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
-            .collect();
+        let seen = replies(30);
         assert_eq!(seen.len(), 1, "{seen:?}");
         // The same whole, and back to no affinity: the affinity chains and sets go.
         // A full load into the other table, the first dropped after.
         let second = net::proxy::TABLES[1];
         net::nft::load_proxy(&nft_path(), second, &sticky, 4).unwrap();
         net::nft::drop_tables(&nft_path(), &[("ip".into(), first.into())]).unwrap();
-        let again: std::collections::BTreeSet<String> = (0..10)
-            .map(|_| fetch(&c_ns, SocketAddr::new(vip, 80)).unwrap())
-            .collect();
+        let again = replies(10);
         assert_eq!(again.len(), 1, "{again:?}");
         net::nft::apply_changes(
             &nft_path(),
