@@ -731,6 +731,22 @@ pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
         .find(|r| r.kind == kind && r.group_version() == api_version)
 }
 
+/// An object's name as Kubernetes' messages give it (`configmaps "web" in namespace "default"`,
+/// `nodes "n1"`), from its storage key; `None` for keys that hold no object.
+pub fn describe_key(key: &str) -> Option<String> {
+    all().iter().find_map(|r| {
+        let rest = key.strip_prefix(r.key_prefix().as_str())?;
+        let what = r.group_resource();
+        match rest.split_once('/') {
+            Some((ns, name)) if r.namespaced => {
+                Some(format!("{what} {name:?} in namespace {ns:?}"))
+            }
+            None if !r.namespaced && !rest.is_empty() => Some(format!("{what} {rest:?}")),
+            _ => None,
+        }
+    })
+}
+
 /// The API groups in discovery order, each with its versions.
 pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
@@ -794,6 +810,28 @@ pub fn served(group: &str, version: &str) -> Vec<Served> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn storage_keys_name_their_objects() {
+        let cm = find("", "v1", "configmaps").unwrap();
+        let node = find("", "v1", "nodes").unwrap();
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        for (key, want) in [
+            (
+                cm.key(Some("default"), "web"),
+                Some(r#"configmaps "web" in namespace "default""#),
+            ),
+            (node.key(None, "n1"), Some(r#"nodes "n1""#)),
+            (
+                deploy.key(Some("prod"), "api"),
+                Some(r#"deployments.apps "api" in namespace "prod""#),
+            ),
+            ("/registry/ranges/serviceips/10.43.0.1".into(), None),
+            (cm.key_prefix(), None),
+        ] {
+            assert_eq!(describe_key(&key).as_deref(), want, "{key}");
+        }
+    }
 
     #[test]
     fn registry_is_consistent() {

@@ -85,6 +85,53 @@ pub struct Reply {
     raw: Option<Response<Body>>,
 }
 
+/// A snapshot archive, to be written out in pieces: a tar of `store.snap` (every key of the
+/// store as of one revision, see `store::snapshot`) and the configured files (mode 0600).
+pub struct SnapshotArchive {
+    pub snap: store::snapshot::Snapshot,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl SnapshotArchive {
+    /// Hand the archive to `out` piece by piece, until it is done or `out` says stop.
+    pub fn write(&self, mut out: impl FnMut(Bytes) -> bool) {
+        const PIECE: usize = 1 << 20;
+        const BLOCK: usize = 512;
+        let mtime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let header = |name: &str, size: u64| {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(name)
+                .expect("the files a snapshot carries have short names");
+            h.set_size(size);
+            h.set_mode(0o600);
+            h.set_mtime(mtime);
+            h.set_cksum();
+            Bytes::copy_from_slice(h.as_bytes())
+        };
+        let padding = |size: u64| Bytes::from(vec![0; (BLOCK - size as usize % BLOCK) % BLOCK]);
+        let size = self.snap.encoded_len();
+        if !out(header("store.snap", size)) {
+            return;
+        }
+        for piece in self.snap.encode_pieces(PIECE) {
+            if !out(Bytes::from(piece)) {
+                return;
+            }
+        }
+        let mut tail = padding(size).to_vec();
+        for (name, bytes) in &self.files {
+            tail.extend_from_slice(&header(name, bytes.len() as u64));
+            tail.extend_from_slice(bytes);
+            tail.extend_from_slice(&padding(bytes.len() as u64));
+        }
+        // Two empty blocks end a tar archive.
+        tail.extend_from_slice(&[0; 2 * BLOCK]);
+        out(Bytes::from(tail));
+    }
+}
+
 impl Reply {
     /// An object, written as Kubernetes writes it (fields in Go's order, a final newline).
     pub fn json(status: StatusCode, v: &Value) -> Reply {
@@ -321,11 +368,12 @@ impl ApiServer {
             }
             Route::Snapshot => {
                 get_only(req.method())?;
-                Ok(Reply::bytes(
-                    StatusCode::OK,
-                    "application/x-tar",
-                    Bytes::from(self.snapshot().await?),
-                ))
+                let archive = self.snapshot().await?;
+                let (tx, body) = Body::channel(4);
+                tokio::task::spawn_blocking(move || {
+                    archive.write(|piece| tx.blocking_send(piece).is_ok());
+                });
+                Ok(Reply::body(StatusCode::OK, "application/x-tar", body))
             }
             Route::CoreVersions => {
                 get_only(req.method())?;
@@ -552,42 +600,21 @@ impl ApiServer {
         }
     }
 
-    /// A snapshot archive (tar): `store.snap`, every key of the store as of one revision (see
-    /// `store::snapshot`), and the configured files (mode 0600).
-    pub async fn snapshot(&self) -> ApiResult<Vec<u8>> {
+    /// A snapshot archive (tar) of the store as of one revision and the configured files.
+    pub async fn snapshot(&self) -> ApiResult<SnapshotArchive> {
         let snap = store::snapshot::take(self.store.as_ref()).await?;
-        let encoded = snap.encode();
-        let mut files = vec![("store.snap".to_string(), encoded)];
+        let mut files = Vec::new();
         for (name, path) in &self.config.snapshot_files {
             let bytes = std::fs::read(path)
                 .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
             files.push((name.clone(), bytes));
         }
-        let mut archive = tar::Builder::new(Vec::new());
-        for (name, bytes) in files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o600);
-            header.set_mtime(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            );
-            header.set_cksum();
-            archive
-                .append_data(&mut header, &name, bytes.as_slice())
-                .map_err(|e| ApiError::internal(format!("writing the snapshot: {e}")))?;
-        }
-        let out = archive
-            .into_inner()
-            .map_err(|e| ApiError::internal(format!("writing the snapshot: {e}")))?;
         tracing::info!(
             revision = snap.revision,
             keys = snap.kvs.len(),
-            bytes = out.len(),
             "snapshot taken"
         );
-        Ok(out)
+        Ok(SnapshotArchive { snap, files })
     }
 
     /// Objects of a namespaced resource are only reachable within a namespace.

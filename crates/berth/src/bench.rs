@@ -41,6 +41,10 @@ pub struct ApiBenchArgs {
     /// no snapshot test).
     #[arg(long, default_value_t = 100_000)]
     snapshot_objects: usize,
+    /// Rounds of the create test on fresh servers with store record checksums on and off,
+    /// alternating, to price the checksums (0: skip).
+    #[arg(long, default_value_t = 3)]
+    checksum_rounds: usize,
 }
 
 pub(crate) struct Server {
@@ -76,7 +80,7 @@ pub(crate) fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-pub(crate) async fn start_server() -> Result<Server> {
+pub(crate) async fn start_server(extra_args: &[&str]) -> Result<Server> {
     let exe = std::env::current_exe().context("locating the berth binary")?;
     let dir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -90,6 +94,7 @@ pub(crate) async fn start_server() -> Result<Server> {
             "--data-dir",
         ])
         .arg(&dir)
+        .args(extra_args)
         .env("BERTH_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -187,7 +192,7 @@ async fn create_many(
 
 pub async fn run(args: ApiBenchArgs) -> Result<()> {
     println!("berth bench api: starting a berth server on a scratch data dir");
-    let server = start_server().await?;
+    let server = start_server(&[]).await?;
     let c = server.client.clone();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = server.rss_kib("VmRSS:");
@@ -209,20 +214,13 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
     );
 
     // Writes: ConfigMaps of 1 KiB.
-    for ns in ["bench", "fan"] {
-        c.request_json(
-            Method::POST,
-            "/api/v1/namespaces",
-            Some(&json!({"metadata": {"name": ns}})),
-        )
-        .await?;
-    }
-    let payload = "x".repeat(1024);
-    let (lat, elapsed) = create_many(&c, "/api/v1/namespaces/bench/configmaps", args.creates, args.clients, move |i| {
-        Bytes::from(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}")},
-                           "data": {"payload": payload}}).to_string())
-    })
+    c.request_json(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(&json!({"metadata": {"name": "fan"}})),
+    )
     .await?;
+    let (lat, elapsed) = create_configmaps(&c, args.creates, args.clients).await?;
     row(
         &format!(
             "create {} ConfigMaps, {} clients",
@@ -376,6 +374,11 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
                                "data": {"payload": payload}}).to_string())
         })
         .await?;
+        row(
+            "RSS before the snapshot",
+            format!("{:.1} MiB", server.rss_kib("VmRSS:") as f64 / 1024.0),
+            "",
+        );
         let t = Instant::now();
         let archive = get(&c, "/berth/v1/snapshot", "application/x-tar").await?;
         let took = t.elapsed();
@@ -399,7 +402,63 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
         ),
         "",
     );
+    drop(server);
+
+    // The price of record checksums: the create test again on fresh servers, with and without,
+    // alternating which goes first, since this machine's figure drifts between runs.
+    if args.checksum_rounds > 0 {
+        let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..args.checksum_rounds {
+            for step in 0..2 {
+                let on = (round + step) % 2 == 0;
+                let flag = format!("--store-record-checksums={on}");
+                let server = start_server(&[flag.as_str()]).await?;
+                let (_, elapsed) =
+                    create_configmaps(&server.client, args.creates, args.clients).await?;
+                rates[usize::from(on)].push(args.creates as f64 / elapsed.as_secs_f64());
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (off, on) = (median(&mut rates[0]), median(&mut rates[1]));
+        row(
+            &format!(
+                "create, record checksums on / off (median of {})",
+                args.checksum_rounds
+            ),
+            format!("{on:.0} / {off:.0}/s"),
+            "",
+        );
+        row(
+            "  cost of checksums",
+            format!("{:+.1}%", (off - on) / off * 100.0),
+            "within 5%",
+        );
+    }
     Ok(())
+}
+
+/// Create `count` ConfigMaps of 1 KiB in namespace `bench` (made here) from `clients`
+/// concurrent tasks.
+async fn create_configmaps(
+    c: &Client,
+    count: usize,
+    clients: usize,
+) -> Result<(Vec<Duration>, Duration)> {
+    c.request_json(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(&json!({"metadata": {"name": "bench"}})),
+    )
+    .await?;
+    let payload = "x".repeat(1024);
+    create_many(c, "/api/v1/namespaces/bench/configmaps", count, clients, move |i| {
+        Bytes::from(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}")},
+                           "data": {"payload": payload}}).to_string())
+    })
+    .await
 }
 
 async fn get(c: &Client, path: &str, accept: &str) -> Result<Bytes> {

@@ -442,7 +442,7 @@ pub async fn run(args: PodBenchArgs) -> Result<()> {
         "berth bench pods: a berth server and a berth agent ({} runtime) on scratch directories",
         args.runtime
     );
-    let server = start_server().await?;
+    let server = start_server(&[]).await?;
     let c = server.client.clone();
     c.request_json(
         Method::POST,

@@ -3,7 +3,7 @@
 //! SIGINT or SIGTERM.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +83,10 @@ pub struct ServerArgs {
     /// (`64Mi`, `1Gi`); `0` turns it off.
     #[arg(long, default_value = "64Mi", value_parser = parse_bytes)]
     pub store_min_free: u64,
+    /// Write store records without their checksum: only for `berth bench api`, which prices
+    /// checksums against it. Records written so are not checked when read.
+    #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
+    pub store_record_checksums: bool,
     /// Take a snapshot of the cluster's state this often (`12h`, `30m`; `0`: never), into
     /// `--snapshot-dir`; `berth store restore` brings one back.
     #[arg(long, default_value = "0", value_parser = crate::store_cli::parse_interval)]
@@ -160,6 +164,22 @@ pub fn parse_cidrs(s: &str) -> Result<Cidrs, String> {
     api::cidr::parse_list(s)
         .map(Cidrs)
         .map_err(|e| e.to_string())
+}
+
+/// A damaged store's error, with what the operator can do about it.
+fn damaged(e: anyhow::Error, data_dir: &Path) -> anyhow::Error {
+    let corrupt = e
+        .chain()
+        .any(|c| matches!(c.downcast_ref(), Some(store::StoreError::Corrupt(_))));
+    if !corrupt {
+        return e;
+    }
+    let dir = data_dir.display();
+    anyhow::anyhow!(
+        "{e:#}. berth does not serve a damaged store: `berth store check --data-dir {dir}` lists \
+         what is damaged, `berth store recover --data-dir {dir}` keeps what is intact, or \
+         `berth store restore` brings back a snapshot"
+    )
 }
 
 /// `/var/lib/berth` for root, `$XDG_DATA_HOME/berth` (or `~/.local/share/berth`) otherwise.
@@ -277,10 +297,13 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     std::fs::create_dir_all(&db_dir)?;
     std::fs::set_permissions(&db_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let store = RedbStore::open(&db_dir.join("state.redb"), STORE_CACHE_BYTES)
+        .map_err(|e| damaged(e.into(), &data_dir))
         .with_context(|| format!("opening the store in {}", db_dir.display()))?;
     store.set_min_free(args.store_min_free);
+    store.set_record_checksums(args.store_record_checksums);
     let api = ApiServer::start(Arc::new(store), config)
         .await
+        .map_err(|e| damaged(e.into(), &data_dir))
         .context("loading the cluster state")?;
 
     if !args.snapshot_interval.is_zero() {

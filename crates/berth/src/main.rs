@@ -158,6 +158,16 @@ fn main() -> std::process::ExitCode {
         );
     }
     init_logging(cli.log.as_deref());
+    // redb asserts on some damaged files; the store catches those panics and reports the
+    // damage itself, so the default hook's message and backtrace would only alarm.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if store::panic_is_caught() {
+            tracing::debug!(%info, "store library panicked on a damaged file");
+        } else {
+            report(info);
+        }
+    }));
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

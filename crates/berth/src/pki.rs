@@ -34,8 +34,16 @@ pub struct Pki {
 
 /// Write a private file (mode 0600), replacing it atomically.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    write_private_with(path, |f| Ok(f.write_all(contents)?))
+}
+
+/// `write_private`, the contents written by `fill`: a file is in place whole or not at all.
+pub fn write_private_with(
+    path: &Path,
+    fill: impl FnOnce(&mut fs::File) -> Result<()>,
+) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    {
+    let written = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -43,8 +51,13 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(contents)?;
+        fill(&mut f)?;
         f.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())

@@ -7,17 +7,19 @@
 //! written readable by its owner only.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http::Method;
+use http_body_util::BodyExt;
 use store::RedbStore;
 use store::snapshot::Snapshot;
 
-use crate::pki::{ensure_dir, write_private};
+use crate::pki::{ensure_dir, write_private, write_private_with};
 
 /// The files besides the store that a snapshot carries, relative to the data directory.
 pub const IDENTITY_FILES: [&str; 5] = [
@@ -73,15 +75,10 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         .unwrap_or_else(crate::cluster::default_data_dir);
     match args.command {
         StoreCommand::Snapshot { file, server } => {
-            let archive = fetch(&data_dir, server.as_deref()).await?;
-            let (info, _) = unpack(&archive)?;
-            write_private(&file, &archive)?;
+            let (revision, objects, bytes) = fetch(&data_dir, server.as_deref(), &file).await?;
             println!(
-                "snapshot of {} objects at revision {} written to {} ({} bytes)",
-                info.kvs.len(),
-                info.revision,
+                "snapshot of {objects} objects at revision {revision} written to {} ({bytes} bytes)",
                 file.display(),
-                archive.len()
             );
             Ok(())
         }
@@ -99,8 +96,9 @@ pub async fn run(args: StoreArgs) -> Result<()> {
             file,
             bump_revision,
         } => {
-            let archive = fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let (snapshot, revision) = restore(&archive, &data_dir, bump_revision)?;
+            let archive =
+                fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (snapshot, revision) = restore(archive, &data_dir, bump_revision)?;
             println!(
                 "restored {} objects (snapshot revision {}) into {}; its revision is now {revision}. Start it with: berth server --data-dir {}",
                 snapshot.kvs.len(),
@@ -131,7 +129,9 @@ fn server_of(data_dir: &Path) -> Result<String> {
         .with_context(|| format!("no server address in {}", path.display()))
 }
 
-async fn fetch(data_dir: &Path, server: Option<&str>) -> Result<Vec<u8>> {
+/// Take a snapshot from the server into `file`, written as it arrives and checked whole before
+/// it is put in place; returns its revision, its number of objects and its size.
+async fn fetch(data_dir: &Path, server: Option<&str>, file: &Path) -> Result<(u64, u64, u64)> {
     let server = match server {
         Some(s) => s.to_string(),
         None => server_of(data_dir)?,
@@ -142,24 +142,60 @@ async fn fetch(data_dir: &Path, server: Option<&str>) -> Result<Vec<u8>> {
     let transport = client::HttpsTransport::new(&server, &ca, Some(token.trim()))
         .context("connecting to the API server")?;
     let c = client::Client::new(std::sync::Arc::new(transport));
-    let body = c
-        .request(
-            Method::GET,
-            "/berth/v1/snapshot",
-            "application/json",
-            Bytes::new(),
-        )
-        .await
-        .with_context(|| format!("taking a snapshot from {server}"))?;
-    Ok(body.to_vec())
+    let req = http::Request::builder()
+        .method(Method::GET)
+        .uri("/berth/v1/snapshot")
+        .body(Bytes::new())?;
+    let taking = || format!("taking a snapshot from {server}");
+    let resp = c.send(req).await.with_context(taking)?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(taking)?
+            .to_bytes();
+        return Err(client::api_error(status, &bytes)).with_context(taking);
+    }
+    let tmp = file.with_extension("partial");
+    let received = async {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut size = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| anyhow::anyhow!(e)).with_context(taking)?;
+            if let Ok(data) = frame.into_data() {
+                f.write_all(&data)?;
+                size += data.len() as u64;
+            }
+        }
+        f.sync_all()?;
+        let (revision, objects) = check_archive(fs::File::open(&tmp)?)?;
+        fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
+        Ok((revision, objects, size))
+    }
+    .await;
+    if received.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    received
 }
 
-/// A file of a snapshot archive: its name and contents.
-type Entry = (PathBuf, Vec<u8>);
-
-/// The archive's entries by name, each checked to stay inside the directory it goes to.
-fn entries(archive: &[u8]) -> Result<Vec<Entry>> {
+/// Walk a snapshot archive: `store.snap` goes to `snap` as it is read, every other file is
+/// returned, each checked to stay inside the directory it goes to.
+fn walk(
+    archive: impl Read,
+    mut snap: impl FnMut(&mut dyn Read) -> Result<()>,
+) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
+    let mut found = false;
     let mut tar = tar::Archive::new(archive);
     for entry in tar.entries().context("reading the snapshot archive")? {
         let mut entry = entry.context("reading the snapshot archive")?;
@@ -176,27 +212,46 @@ fn entries(archive: &[u8]) -> Result<Vec<Entry>> {
                 name.display()
             );
         }
+        if name == Path::new("store.snap") {
+            snap(&mut entry).context("reading store.snap")?;
+            found = true;
+            continue;
+        }
         let mut bytes = Vec::new();
         entry.read_to_end(&mut bytes)?;
         out.push((name, bytes));
     }
+    if !found {
+        bail!("the archive holds no store.snap: not a berth snapshot");
+    }
     Ok(out)
 }
 
+/// A file of a snapshot archive: its name and contents.
+type Entry = (PathBuf, Vec<u8>);
+
+/// Check a snapshot archive whole; returns its revision and number of objects.
+fn check_archive(archive: impl Read) -> Result<(u64, u64)> {
+    let (mut revision, mut objects) = (0, 0);
+    walk(archive, |r| {
+        revision = store::snapshot::read(r, |_| objects += 1)?;
+        Ok(())
+    })?;
+    Ok((revision, objects))
+}
+
 /// A snapshot archive's store, checked, and its other files.
-fn unpack(archive: &[u8]) -> Result<(Snapshot, Vec<Entry>)> {
-    let mut files = entries(archive)?;
-    let at = files
-        .iter()
-        .position(|(n, _)| n == Path::new("store.snap"))
-        .context("the archive holds no store.snap: not a berth snapshot")?;
-    let (_, bytes) = files.swap_remove(at);
-    let snapshot = Snapshot::decode(&bytes).context("reading store.snap")?;
-    Ok((snapshot, files))
+fn unpack(archive: impl Read) -> Result<(Snapshot, Vec<Entry>)> {
+    let mut snapshot = None;
+    let files = walk(archive, |r| {
+        snapshot = Some(Snapshot::decode_from(r)?);
+        Ok(())
+    })?;
+    Ok((snapshot.expect("walk found store.snap"), files))
 }
 
 /// Unpack a snapshot archive into `data_dir`, which must hold no store yet.
-pub fn restore(archive: &[u8], data_dir: &Path, bump: u64) -> Result<(Snapshot, u64)> {
+pub fn restore(archive: impl Read, data_dir: &Path, bump: u64) -> Result<(Snapshot, u64)> {
     let (snapshot, files) = unpack(archive)?;
     let db = data_dir.join("db").join("state.redb");
     if db.exists() {
@@ -227,6 +282,12 @@ fn inspect(path: &Path) -> Result<store::Inspection> {
         let text = format!("{e:#}");
         if text.contains("already open") || text.contains("AlreadyOpen") {
             anyhow::anyhow!("{} is in use: stop the server first", path.display())
+        } else if matches!(e, store::StoreError::Corrupt(_)) {
+            anyhow::anyhow!(
+                "reading {}: {text}. Nothing in it can be read: restore the latest snapshot into \
+                 a new data directory (`berth store restore FILE --data-dir DIR`)",
+                path.display()
+            )
         } else {
             anyhow::anyhow!("reading {}: {text}", path.display())
         }
@@ -253,7 +314,8 @@ fn report(path: &Path, found: &store::Inspection) {
         );
     }
     for (key, revision) in &found.lost {
-        println!("lost: {key} (its record at revision {revision} is damaged)");
+        let what = api::resources::describe_key(key).unwrap_or_else(|| key.clone());
+        println!("lost: {what} (its record at revision {revision} is damaged)");
     }
 }
 
@@ -318,8 +380,22 @@ async fn scheduled_once(api: &apiserver::ApiServer, dir: &Path, retain: usize) -
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let path = dir.join(format!("berth-snapshot-{stamp}.tar"));
-    write_private(&path, &archive)?;
-    tracing::info!(path = %path.display(), bytes = archive.len(), "scheduled snapshot written");
+    let written = path.clone();
+    tokio::task::spawn_blocking(move || {
+        write_private_with(&written, |f| {
+            let mut failed = None;
+            archive.write(|piece| match f.write_all(&piece) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            });
+            failed.map_or(Ok(()), |e| Err(e.into()))
+        })
+    })
+    .await??;
+    tracing::info!(path = %path.display(), "scheduled snapshot written");
     let mut ours: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -379,7 +455,7 @@ mod tests {
         h.set_cksum();
         b.append(&h, &body[..]).unwrap();
         let archive = b.into_inner().unwrap();
-        let err = entries(&archive).unwrap_err().to_string();
+        let err = walk(&archive[..], |_| Ok(())).unwrap_err().to_string();
         assert!(err.contains("outside"), "{err}");
     }
 }

@@ -195,7 +195,8 @@ async fn collect(body: ResponseBody) -> Result<Bytes, ClientError> {
         .map_err(ClientError::Transport)
 }
 
-fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+/// The error a failed response's status and body stand for (its `Status`, when it has one).
+pub fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     ClientError::Api {
         code: status.as_u16(),

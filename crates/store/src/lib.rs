@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use crate::mem::MemStore;
-pub use crate::redb::{Inspection, RedbStore};
+pub use crate::redb::{Inspection, RedbStore, panic_is_caught};
 
 /// A position in the store's global history. Every successful write gets the next one.
 pub type Revision = u64;

@@ -15,7 +15,7 @@
 //! always room to update and delete.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -74,17 +74,25 @@ struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    fn encode(&self) -> Vec<u8> {
+    /// The record's bytes, ending with a CRC-32 of them when `checksum` is set (always, but
+    /// for the benchmark that prices checksums).
+    fn encode(&self, checksum: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.key.len() + self.value.len() + 4);
-        out.push(self.kind | CHECKSUMMED);
+        out.push(if checksum {
+            self.kind | CHECKSUMMED
+        } else {
+            self.kind
+        });
         out.extend_from_slice(&self.create_revision.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.prev_revision.to_le_bytes());
         out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
         out.extend_from_slice(self.key.as_bytes());
         out.extend_from_slice(self.value);
-        let sum = crc32fast::hash(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
+        if checksum {
+            let sum = crc32fast::hash(&out);
+            out.extend_from_slice(&sum.to_le_bytes());
+        }
         out
     }
 
@@ -160,6 +168,8 @@ struct Inner {
     down: Mutex<Option<Down>>,
     /// Bytes of free space under which writes that create keys are refused.
     min_free: AtomicU64,
+    /// Whether new records carry a checksum (off only to price them in `berth bench api`).
+    checksums: AtomicBool,
     revision: AtomicU64,
     compacted: AtomicU64,
     hub: Hub,
@@ -195,10 +205,24 @@ impl Inner {
 
 type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
+thread_local! {
+    static GUARDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a panic on this thread now would be caught by the store and reported as
+/// `StoreError::Corrupt`: a panic hook can leave it out of the log, where it would read as a
+/// crash.
+pub fn panic_is_caught() -> bool {
+    GUARDING.with(std::cell::Cell::get)
+}
+
 /// Run `f`, turning a panic inside redb (it asserts on some damaged files) into an error that
 /// says the file is damaged.
 fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+    let outer = GUARDING.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDING.with(|g| g.set(outer));
+    result.unwrap_or_else(|p| {
         let why = p
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -365,6 +389,7 @@ impl RedbStore {
             path,
             down: Mutex::new(None),
             min_free: AtomicU64::new(0),
+            checksums: AtomicBool::new(true),
             revision: AtomicU64::new(revision),
             compacted: AtomicU64::new(compacted),
             hub: Hub::new(),
@@ -427,7 +452,7 @@ impl RedbStore {
                     value: &kv.value,
                 };
                 let clash = revs
-                    .insert(kv.mod_revision, record.encode().as_slice())
+                    .insert(kv.mod_revision, record.encode(true).as_slice())
                     .map_err(StoreError::backend)?
                     .is_some();
                 if clash
@@ -495,22 +520,22 @@ impl RedbStore {
             }
             Ok(out)
         };
-        // redb checks what it reads; some damage makes it panic (debug builds) rather than
-        // return an error.
-        std::thread::spawn(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)))
+        // redb checks what it reads; some damage makes it panic rather than return an error.
+        std::thread::spawn(move || guarded(run))
             .join()
             .map_err(|_| StoreError::Corrupt("reading the file failed".into()))?
-            .unwrap_or_else(|_| {
-                Err(StoreError::Corrupt(
-                    "the file is damaged beyond what redb can read".into(),
-                ))
-            })
     }
 
     /// Refuse writes that create keys while the filesystem has less than `bytes` free, so
     /// that updates and deletions still find room.
     pub fn set_min_free(&self, bytes: u64) {
         self.shared.inner.min_free.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Write records without their checksum (they still read, as records from before
+    /// checksums do). For `berth bench api`, which prices checksums against this.
+    pub fn set_record_checksums(&self, on: bool) {
+        self.shared.inner.checksums.store(on, Ordering::Relaxed);
     }
 
     async fn request<T>(
@@ -1020,6 +1045,7 @@ impl Writer {
         let mut applied: Vec<Applied> = Vec::with_capacity(txns.len());
         let mut pending = txns.into_iter();
         let mut revision = base;
+        let checksums = self.inner.checksums.load(Ordering::Relaxed);
         let outcome: Result<(), StoreError> = (|| {
             let wtx = self
                 .inner
@@ -1060,7 +1086,7 @@ impl Writer {
                             key: &event.kv.key,
                             value: &event.kv.value,
                         };
-                        revs.insert(revision, record.encode().as_slice())
+                        revs.insert(revision, record.encode(checksums).as_slice())
                             .map_err(StoreError::backend)?;
                         match event.kind {
                             EventKind::Put => {
@@ -1183,7 +1209,7 @@ mod record_tests {
             key: "/registry/configmaps/default/a",
             value: b"{\"data\":{}}",
         };
-        let bytes = r.encode();
+        let bytes = r.encode(true);
         let back = Record::decode(&bytes).unwrap();
         assert_eq!(
             (back.kind, back.key, back.value, back.version),
@@ -1200,9 +1226,9 @@ mod record_tests {
             }
         }
         // A record from before checksums (no flag, no trailer) reads as it is.
-        let old = &bytes[..bytes.len() - 4];
-        let mut old = old.to_vec();
-        old[0] &= !CHECKSUMMED;
+        let old = r.encode(false);
+        assert_eq!(old[0], bytes[0] & !CHECKSUMMED);
+        assert_eq!(old[1..], bytes[1..bytes.len() - 4]);
         let back = Record::decode(&old).unwrap();
         assert_eq!(back.value, r.value);
     }
