@@ -93,6 +93,9 @@ impl Hub {
                     return;
                 }
             }
+            // Live events need no history: holding the store past here would keep its file
+            // open after its last handle is dropped, for as long as this watch lives.
+            drop(source);
             loop {
                 tokio::select! {
                     batch = live.recv() => match batch {
