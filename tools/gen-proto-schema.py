@@ -43,6 +43,8 @@ ROOTS = [
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",
     "api.storage.v1.StorageClass", "api.discovery.v1.EndpointSlice",
+    "api.storage.v1.CSIDriver", "api.storage.v1.CSINode", "api.storage.v1.VolumeAttachment",
+    "api.storage.v1.CSIStorageCapacity",
     # Discovery documents, legacy and aggregated.
     "apimachinery.pkg.apis.meta.v1.APIGroupList", "apimachinery.pkg.apis.meta.v1.APIGroup",
     "apimachinery.pkg.apis.meta.v1.APIResourceList", "apimachinery.pkg.apis.meta.v1.APIVersions",

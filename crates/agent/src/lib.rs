@@ -19,6 +19,7 @@ pub mod services;
 pub mod spec;
 pub mod stats;
 pub mod status;
+mod storage;
 pub mod streams;
 pub mod volumes;
 mod worker;
@@ -42,6 +43,9 @@ pub struct Dirs {
     pub pods: PathBuf,
     /// `<logs>/<namespace>_<pod>_<uid>/<container>/<restart>.log`, as the kubelet lays them out.
     pub logs: PathBuf,
+    /// `<storage>/pvc-<uid>_<namespace>_<claim>/`: the volumes the built-in provisioner makes
+    /// on this node (outside `pods`, so that they outlive their pods).
+    pub storage: PathBuf,
 }
 
 impl Dirs {
@@ -49,6 +53,7 @@ impl Dirs {
         Dirs {
             pods: data_dir.join("pods"),
             logs: data_dir.join("logs"),
+            storage: data_dir.join("storage"),
         }
     }
 }
@@ -199,7 +204,15 @@ impl Agent {
         let sampler = supervise("stats-sampler", move || stats.clone().run());
         let (services, sc) = (self.shared.services.clone(), self.shared.client.clone());
         let services = supervise("service-cache", move || services.clone().run(sc.clone()));
-        let _stop = [heartbeat, images, sampler, services].map(AbortOnDrop);
+        let (c, host, dir) = (
+            self.shared.client.clone(),
+            self.shared.node.name.clone(),
+            self.shared.dirs.storage.clone(),
+        );
+        let volumes = supervise("volume-reclaimer", move || {
+            storage::reclaim(c.clone(), host.clone(), dir.clone())
+        });
+        let _stop = [heartbeat, images, sampler, services, volumes].map(AbortOnDrop);
         // Pods run once the network can give them addresses.
         if self.shared.network.get().is_none() {
             let network = self.network().await;

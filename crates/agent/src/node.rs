@@ -31,6 +31,8 @@ pub struct NodeInfo {
     pub max_pods: u32,
     /// Where pods' data lives, for ephemeral-storage capacity.
     pub data_dir: std::path::PathBuf,
+    /// Where the built-in provisioner's volumes live on this node (published on the Node).
+    pub storage_dir: std::path::PathBuf,
     pub runtime_version: String,
 }
 
@@ -99,11 +101,20 @@ impl NodeInfo {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 labels: Some(labels),
+                annotations: Some(self.annotations()),
                 ..Default::default()
             },
             spec: Some(Default::default()),
             status: Some(self.status()),
         }
+    }
+
+    /// What the agent says about its node in annotations.
+    fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            api::kinds::storage::NODE_DIR_ANNOTATION.to_string(),
+            self.storage_dir.to_string_lossy().into_owned(),
+        )])
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -219,6 +230,8 @@ pub async fn register(c: &Client, info: &NodeInfo) -> Result<(), ClientError> {
             info!(node = %info.name, "node registered");
         }
         Some(_) => {
+            let patch = json!({"metadata": {"annotations": info.annotations()}});
+            c.merge_patch::<Node>(None, &info.name, &patch).await?;
             report_status(c, info).await?;
             info!(node = %info.name, "node re-registered");
         }

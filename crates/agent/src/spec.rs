@@ -2,7 +2,7 @@
 //! Secrets and volume paths it needs are looked up by the caller and handed in.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use api::k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 use api::quantity::Quantity;
@@ -45,6 +45,25 @@ pub struct Ctx<'a> {
     pub host_devices: Vec<runtime::containers::DeviceSpec>,
     /// Service environment variables (`<NAME>_SERVICE_HOST`, ...): under everything else.
     pub service_env: &'a [(String, String)],
+}
+
+/// A volume's sub-directory for a `subPath` mount, made if missing (as the kubelet does) and
+/// refused if a symlink takes it out of the volume.
+fn sub_path(base: &Path, sub: &str) -> Result<PathBuf, ConfigError> {
+    let path = base.join(sub);
+    if !path.exists() {
+        std::fs::create_dir_all(&path)
+            .map_err(|e| ConfigError(format!("creating subPath {sub:?}: {e}")))?;
+    }
+    let (Ok(real), Ok(root)) = (path.canonicalize(), base.canonicalize()) else {
+        return Err(ConfigError(format!("subPath {sub:?} cannot be resolved")));
+    };
+    if !real.starts_with(&root) {
+        return Err(ConfigError(format!(
+            "subPath {sub:?} leads outside its volume"
+        )));
+    }
+    Ok(path)
 }
 
 /// The ConfigMaps and Secrets a container's environment names.
@@ -483,13 +502,23 @@ pub fn container_spec(
             .get(&m.name)
             .ok_or_else(|| ConfigError(format!("volume {:?} is not ready", m.name)))?;
         let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) => base.join(sub),
+            Some(sub) => sub_path(base, sub)?,
             None => base.clone(),
         };
+        // A claim mounted read-only is read-only in every container.
+        let claim_read_only = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .and_then(|v| v.persistent_volume_claim.as_ref())
+            .is_some_and(|c| c.read_only == Some(true));
         mounts.push(MountSpec {
             source,
             destination: m.mount_path.clone(),
-            readonly: m.read_only == Some(true),
+            readonly: m.read_only == Some(true) || claim_read_only,
             tmpfs: false,
         });
     }

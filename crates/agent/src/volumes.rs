@@ -1,6 +1,7 @@
-//! Pod volumes on the node: emptyDir (on disk or in memory), hostPath, and the files of
+//! Pod volumes on the node: emptyDir (on disk or in memory), hostPath, the files of
 //! configMap, secret (in memory), downwardAPI and projected volumes, written under the pod's
-//! directory and refreshed on every sync so that updates reach running containers.
+//! directory and refreshed on every sync so that updates reach running containers, and the
+//! hostPath or local volumes that persistentVolumeClaim and ephemeral volumes are bound to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -9,7 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use api::k8s_openapi::api::core::v1::{
-    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
+    Secret, Volume,
 };
 use client::{Client, ClientError};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -410,9 +412,81 @@ async fn prepare_one(
         write_files(&dir, &files, name)?;
         return Ok(dir);
     }
+    let claim = match (&v.persistent_volume_claim, &v.ephemeral) {
+        (Some(c), _) => Some(c.claim_name.clone()),
+        (None, Some(_)) => Some(format!(
+            "{}-{name}",
+            pod.metadata.name.as_deref().unwrap_or("")
+        )),
+        _ => None,
+    };
+    if let Some(claim) = claim {
+        return claim_volume(c, ns, &claim, name).await;
+    }
     Err(VolumeError::Unsupported(
         name.to_string(),
         "this volume type is not supported by berth",
+    ))
+}
+
+/// The directory of the volume a claim is bound to: a hostPath or local volume on this node
+/// (made here the first time, for the built-in provisioner's).
+async fn claim_volume(
+    c: &Client,
+    ns: &str,
+    claim: &str,
+    name: &str,
+) -> Result<PathBuf, VolumeError> {
+    let pvc: PersistentVolumeClaim = c.get(Some(ns), claim).await?.ok_or_else(|| {
+        VolumeError::Missing(format!("persistentvolumeclaim \"{claim}\" not found"))
+    })?;
+    let volume = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .filter(|v| !v.is_empty());
+    let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let (Some(volume), true) = (volume, bound) else {
+        return Err(VolumeError::Missing(format!(
+            "error processing PVC {ns}/{claim}: PVC is not bound"
+        )));
+    };
+    let pv: PersistentVolume = c
+        .get(None, volume)
+        .await?
+        .ok_or_else(|| VolumeError::Missing(format!("persistentvolume \"{volume}\" not found")))?;
+    let spec = pv.spec.unwrap_or_default();
+    if let Some(h) = &spec.host_path {
+        let p = PathBuf::from(&h.path);
+        let fresh = !p.exists();
+        host_path_check(&p, h.type_.as_deref().unwrap_or("")).map_err(VolumeError::Missing)?;
+        let ours = pv
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(api::kinds::storage::PROVISIONED_BY))
+            .map(String::as_str)
+            == Some(api::kinds::storage::LOCAL_PATH_PROVISIONER);
+        if fresh && ours {
+            // Any user a container runs as may write it, as local-path-provisioner's are.
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o777))
+                .map_err(io_err(name, "setting modes"))?;
+        }
+        return Ok(p);
+    }
+    if let Some(l) = &spec.local {
+        let p = PathBuf::from(&l.path);
+        if !p.exists() {
+            return Err(VolumeError::Missing(format!(
+                "path {:?} does not exist",
+                l.path
+            )));
+        }
+        return Ok(p);
+    }
+    Err(VolumeError::Unsupported(
+        name.to_string(),
+        "berth mounts hostPath and local persistent volumes only",
     ))
 }
 

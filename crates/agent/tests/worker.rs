@@ -114,6 +114,7 @@ impl Node {
                 control_plane: true,
                 max_pods: 110,
                 data_dir: data.to_path_buf(),
+                storage_dir: data.join("storage"),
                 runtime_version: "fake://1".into(),
             },
             network: NetworkSetup::Ready(self.network.clone()),

@@ -26,6 +26,9 @@ use k8s_openapi::api::events::v1::Event as NewEvent;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::{Eviction, PodDisruptionBudget};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::api::storage::v1::{
+    CSIDriver, CSINode, CSIStorageCapacity, StorageClass, VolumeAttachment,
+};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -355,6 +358,11 @@ fn every_field_of_every_served_kind_survives_protobuf() {
         round_trip::<IngressClass>(),
         round_trip::<EndpointSlice>(),
         round_trip::<NewEvent>(),
+        round_trip::<StorageClass>(),
+        round_trip::<CSIDriver>(),
+        round_trip::<CSINode>(),
+        round_trip::<VolumeAttachment>(),
+        round_trip::<CSIStorageCapacity>(),
     ];
     // Every kind the server serves is among them.
     let checked: BTreeSet<&str> = results.iter().map(|(n, _)| n.as_str()).collect();

@@ -35,6 +35,24 @@ fn count_keys(r: &Resource) -> Vec<String> {
     keys
 }
 
+/// Kept on a claim while a pod that uses it is on a node.
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// Kept on a volume while it is bound.
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+
+/// Add `finalizer` to a new object unless it is there.
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    let list = &mut obj["metadata"]["finalizers"];
+    if !list.is_array() {
+        *list = Value::Array(Vec::new());
+    }
+    if let Some(a) = list.as_array_mut()
+        && !a.iter().any(|f| f == finalizer)
+    {
+        a.push(Value::from(finalizer));
+    }
+}
+
 fn forbidden(r: &Resource, name: &str, why: String) -> ApiError {
     let plural = if r.group.is_empty() {
         r.plural.to_string()
@@ -142,10 +160,102 @@ impl ApiServer {
             self.admit_limits(r, &name, namespace, obj)?;
             self.admit_tolerations(obj)?;
         }
+        match r.kind {
+            "PersistentVolumeClaim" => {
+                // A class made default just before the claim applies to it.
+                self.cache.wait_fresh().await?;
+                self.admit_default_class(obj);
+                add_finalizer(obj, PVC_PROTECTION);
+            }
+            "PersistentVolume" => add_finalizer(obj, PV_PROTECTION),
+            _ => {}
+        }
         if let Some(ns) = namespace {
             self.admit_quota(r, &name, ns, obj)?;
         }
         Ok(())
+    }
+
+    /// A claim grows only when it is bound and its class allows it (Kubernetes'
+    /// PersistentVolumeClaimResize admission).
+    pub(crate) fn admit_resize(
+        &self,
+        r: &Resource,
+        name: &str,
+        new: &Value,
+        old: &Value,
+    ) -> ApiResult<()> {
+        let size = |c: &Value| {
+            c["spec"]["resources"]["requests"]["storage"]
+                .as_str()
+                .and_then(|q| api::quantity::Quantity::parse(q).ok())
+                .map(|q| q.milli())
+        };
+        let (Some(grown), Some(was)) = (size(new), size(old)) else {
+            return Ok(());
+        };
+        if grown <= was {
+            return Ok(());
+        }
+        if old["status"]["phase"] != "Bound" {
+            return Err(forbidden(
+                r,
+                name,
+                "Only bound persistent volume claims can be expanded".into(),
+            ));
+        }
+        let class = old["spec"]["storageClassName"].as_str().unwrap_or("");
+        let allowed = !class.is_empty()
+            && new["spec"]["storageClassName"] == old["spec"]["storageClassName"]
+            && self
+                .cached("storage.k8s.io/v1", "StorageClass", None)
+                .iter()
+                .any(|c| c["metadata"]["name"] == class && c["allowVolumeExpansion"] == true);
+        if !allowed {
+            return Err(forbidden(
+                r,
+                name,
+                "only dynamically provisioned pvc can be resized and the storageclass that \
+                 provisions the pvc must support resize"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A claim that names no class gets the default one, if there is one: the newest of those
+    /// marked default (Kubernetes' DefaultStorageClass admission). An empty name is a choice
+    /// (no class) and stays.
+    fn admit_default_class(&self, claim: &mut Value) {
+        let beta = "volume.beta.kubernetes.io/storage-class";
+        if !claim["spec"]["storageClassName"].is_null()
+            || !claim["metadata"]["annotations"][beta].is_null()
+        {
+            return;
+        }
+        let classes = self.cached("storage.k8s.io/v1", "StorageClass", None);
+        let default = classes
+            .iter()
+            .filter(|c| {
+                api::kinds::storage::DEFAULT_CLASS_ANNOTATIONS
+                    .iter()
+                    .any(|a| c["metadata"]["annotations"][*a] == "true")
+            })
+            .max_by(|a, b| {
+                let key = |c: &Value| {
+                    (
+                        c["metadata"]["creationTimestamp"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
+                        std::cmp::Reverse(c["metadata"]["name"].as_str().unwrap_or("").to_string()),
+                    )
+                };
+                key(a).cmp(&key(b))
+            });
+        if let Some(c) = default {
+            claim["spec"]["storageClassName"] = c["metadata"]["name"].clone();
+        }
     }
 
     /// The not-ready and unreachable tolerations every new pod gets, for as long as this

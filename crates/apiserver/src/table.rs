@@ -188,21 +188,38 @@ fn map_selector(m: &Value) -> String {
     }
 }
 
-/// `RWO,ROX`: access modes as kubectl abbreviates them.
+/// `RWO,ROX`: access modes as kubectl abbreviates them, in its fixed order.
 fn access_modes(modes: &Value) -> String {
-    modes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| match s(m) {
-            "ReadWriteOnce" => "RWO",
-            "ReadOnlyMany" => "ROX",
-            "ReadWriteMany" => "RWX",
-            "ReadWriteOncePod" => "RWOP",
-            other => other,
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    let has = |m: &str| {
+        modes
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| s(x) == m))
+    };
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .into_iter()
+    .filter(|(m, _)| has(m))
+    .map(|(_, short)| short)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+/// A boolean cell as kubectl prints it, `default` when unset.
+fn flag(v: &Value, default: bool) -> String {
+    v.as_bool().unwrap_or(default).to_string()
+}
+
+/// `Terminating` for an object being deleted, else its phase.
+fn phase_or_terminating(obj: &Value) -> String {
+    if obj["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating".into()
+    } else {
+        s(&obj["status"]["phase"]).to_string()
+    }
 }
 
 fn or_unset(s: &str) -> String {
@@ -575,6 +592,97 @@ pub fn columns(kind: &str) -> Vec<Column> {
             col("Parameters", "string", 0, "The class's parameters, if any."),
             AGE,
         ],
+        "StorageClass" => vec![
+            NAME,
+            col("Provisioner", "string", 0, "The provisioner of the class."),
+            col(
+                "ReclaimPolicy",
+                "string",
+                0,
+                "What happens to a volume of the class when its claim goes.",
+            ),
+            col(
+                "VolumeBindingMode",
+                "string",
+                0,
+                "When claims of the class are bound.",
+            ),
+            col(
+                "AllowVolumeExpansion",
+                "string",
+                0,
+                "Whether claims of the class may grow.",
+            ),
+            AGE,
+        ],
+        "CSIDriver" => vec![
+            NAME,
+            col(
+                "AttachRequired",
+                "string",
+                0,
+                "Whether volumes are attached.",
+            ),
+            col(
+                "PodInfoOnMount",
+                "string",
+                0,
+                "Whether mounts get pod details.",
+            ),
+            col(
+                "StorageCapacity",
+                "string",
+                0,
+                "Whether the driver reports capacity.",
+            ),
+            col(
+                "TokenRequests",
+                "string",
+                0,
+                "Audiences of service-account tokens.",
+            ),
+            col(
+                "RequiresRepublish",
+                "string",
+                0,
+                "Whether volumes are mounted again periodically.",
+            ),
+            col("Modes", "string", 0, "The volume lifecycle modes."),
+            AGE,
+        ],
+        "CSINode" => vec![
+            NAME,
+            col(
+                "Drivers",
+                "integer",
+                0,
+                "The drivers installed on the node.",
+            ),
+            AGE,
+        ],
+        "VolumeAttachment" => vec![
+            NAME,
+            col(
+                "Attacher",
+                "string",
+                0,
+                "The driver that attaches the volume.",
+            ),
+            col("PV", "string", 0, "The attached persistent volume."),
+            col("Node", "string", 0, "The node the volume is attached to."),
+            col("Attached", "boolean", 0, "Whether the volume is attached."),
+            AGE,
+        ],
+        "CSIStorageCapacity" => vec![
+            NAME,
+            col(
+                "StorageClassName",
+                "string",
+                0,
+                "The storage class the capacity is for.",
+            ),
+            col("Capacity", "string", 0, "The capacity available."),
+        ],
         "DaemonSet" => vec![
             NAME,
             col(
@@ -868,7 +976,7 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
                 Cell::text(s(&spec["capacity"]["storage"])),
                 Cell::text(access_modes(&spec["accessModes"])),
                 Cell::text(s(&spec["persistentVolumeReclaimPolicy"])),
-                Cell::text(s(&status["phase"])),
+                Cell::text(phase_or_terminating(obj)),
                 Cell::text(claim),
                 Cell::text(s(&spec["storageClassName"])),
                 Cell::text(or_unset(s(&spec["volumeAttributesClassName"]))),
@@ -878,10 +986,11 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
             ]
         }
         "PersistentVolumeClaim" => {
-            let bound = s(&status["phase"]) == "Bound";
+            // kubectl shows the claim's size and modes once it names its volume.
+            let bound = !s(&spec["volumeName"]).is_empty();
             vec![
                 name(obj),
-                Cell::text(s(&status["phase"])),
+                Cell::text(phase_or_terminating(obj)),
                 Cell::text(s(&spec["volumeName"])),
                 Cell::text(if bound {
                     s(&status["capacity"]["storage"])
@@ -900,6 +1009,75 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
             ]
         }
         "Ingress" => ingress_cells(obj),
+        "StorageClass" => {
+            let default = api::kinds::storage::DEFAULT_CLASS_ANNOTATIONS
+                .iter()
+                .any(|a| s(&obj["metadata"]["annotations"][*a]) == "true");
+            let mut name = s(&obj["metadata"]["name"]).to_string();
+            if default {
+                name.push_str(" (default)");
+            }
+            let or = |v: &Value, d: &str| {
+                let v = s(v);
+                if v.is_empty() {
+                    d.to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            vec![
+                Cell::text(name),
+                Cell::text(s(&obj["provisioner"])),
+                Cell::text(or(&obj["reclaimPolicy"], "Delete")),
+                Cell::text(or(&obj["volumeBindingMode"], "Immediate")),
+                Cell::text(flag(&obj["allowVolumeExpansion"], false)),
+                created(obj),
+            ]
+        }
+        "CSIDriver" => {
+            let tokens = spec["tokenRequests"]
+                .as_array()
+                .map_or("<unset>".to_string(), |t| {
+                    t.iter()
+                        .map(|r| s(&r["audience"]))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+            let modes = spec["volumeLifecycleModes"]
+                .as_array()
+                .filter(|m| !m.is_empty())
+                .map_or("<none>".to_string(), |m| {
+                    m.iter().map(s).collect::<Vec<_>>().join(",")
+                });
+            vec![
+                name(obj),
+                Cell::text(flag(&spec["attachRequired"], true)),
+                Cell::text(flag(&spec["podInfoOnMount"], false)),
+                Cell::text(flag(&spec["storageCapacity"], false)),
+                Cell::text(tokens),
+                Cell::text(flag(&spec["requiresRepublish"], false)),
+                Cell::text(modes),
+                created(obj),
+            ]
+        }
+        "CSINode" => vec![
+            name(obj),
+            Cell::Int(spec["drivers"].as_array().map_or(0, Vec::len) as i64),
+            created(obj),
+        ],
+        "VolumeAttachment" => vec![
+            name(obj),
+            Cell::text(s(&spec["attacher"])),
+            Cell::text(s(&spec["source"]["persistentVolumeName"])),
+            Cell::text(s(&spec["nodeName"])),
+            Cell::text(flag(&status["attached"], false)),
+            created(obj),
+        ],
+        "CSIStorageCapacity" => vec![
+            name(obj),
+            Cell::text(s(&obj["storageClassName"])),
+            Cell::text(or_unset(s(&obj["capacity"]))),
+        ],
         "IngressClass" => {
             let p = &spec["parameters"];
             let params = if p.is_object() {
@@ -1626,30 +1804,11 @@ mod tests {
         assert_eq!(c[6], Cell::text("nginx:1.27"));
         assert_eq!(c[7], Cell::text("app=web"));
         assert_eq!(columns("Deployment").len(), c.len());
-        for kind in [
-            "Pod",
-            "Node",
-            "Service",
-            "Endpoints",
-            "EndpointSlice",
-            "ConfigMap",
-            "Secret",
-            "ServiceAccount",
-            "Event",
-            "ReplicaSet",
-            "DaemonSet",
-            "StatefulSet",
-            "Job",
-            "CronJob",
-            "Lease",
-            "ControllerRevision",
-            "PodDisruptionBudget",
-            "PriorityClass",
-            "ResourceQuota",
-            "HorizontalPodAutoscaler",
-            "Namespace",
-            "Other",
-        ] {
+        for kind in api::resources::all()
+            .iter()
+            .map(|r| r.kind)
+            .chain(["Other"])
+        {
             assert_eq!(columns(kind).len(), cells(kind, &json!({})).len(), "{kind}");
         }
     }

@@ -818,6 +818,9 @@ impl ApiServer {
         let r = t.resource;
         self.prepare_update(t, name, new, old, scope, server_write)?;
         let (mut admitted, warnings) = self.admit(r, new, Some(old), Operation::Update, opts)?;
+        if r.kind == "PersistentVolumeClaim" && matches!(scope, Scope::Main) {
+            self.admit_resize(r, name, &admitted, old)?;
+        }
         if r.generation && admitted.get("spec") != old.get("spec") {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             admitted["metadata"]["generation"] = json!(g);

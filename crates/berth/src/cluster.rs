@@ -2,6 +2,7 @@
 //! (all of it on one machine). Starts, bootstraps the objects every cluster has, serves until
 //! SIGINT or SIGTERM.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use api::k8s_openapi::api::core::v1::{
     ServiceSpec,
 };
 use api::k8s_openapi::api::scheduling::v1::PriorityClass;
+use api::k8s_openapi::api::storage::v1::StorageClass;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use apiserver::ApiServer;
@@ -596,6 +598,25 @@ async fn bootstrap_objects(c: &Client, advertise: SocketAddr, service_ip: IpAddr
             exists_ok(c.create(None, &pc).await)
                 .with_context(|| format!("creating priority class {name}"))?;
         }
+    }
+    // The built-in provisioner's class, the default one, as k3s ships `local-path`.
+    if c.get::<StorageClass>(None, "local-path").await?.is_none() {
+        let class = StorageClass {
+            metadata: ObjectMeta {
+                name: Some("local-path".into()),
+                annotations: Some(BTreeMap::from([(
+                    api::kinds::storage::DEFAULT_CLASS_ANNOTATIONS[0].to_string(),
+                    "true".to_string(),
+                )])),
+                ..Default::default()
+            },
+            provisioner: api::kinds::storage::LOCAL_PATH_PROVISIONER.into(),
+            reclaim_policy: Some("Delete".into()),
+            volume_binding_mode: Some("WaitForFirstConsumer".into()),
+            allow_volume_expansion: Some(true),
+            ..Default::default()
+        };
+        exists_ok(c.create(None, &class).await).context("creating storage class local-path")?;
     }
     ensure_kubernetes_service(c, advertise, service_ip)
         .await

@@ -53,6 +53,10 @@ pub struct AgentArgs {
     /// which `dnsPolicy: Default` pods get.
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// Where the volumes of the built-in `local-path` storage class live on this node
+    /// (default: `<data-dir>/storage`).
+    #[arg(long)]
+    pub storage_dir: Option<PathBuf>,
 }
 
 /// `berth agent`: a node for a cluster whose API server runs elsewhere.
@@ -207,12 +211,18 @@ pub fn build(
     })
     .with_context(|| format!("preparing the container runtime in {}", run_dir.display()))?;
     let images = Arc::new(crate::images_cli::store_in(data_dir)?);
+    let mut dirs = Dirs::under(data_dir);
+    if let Some(d) = &args.storage_dir {
+        dirs.storage = std::path::absolute(d)
+            .with_context(|| format!("resolving --storage-dir {}", d.display()))?;
+    }
     let node = NodeInfo {
         name: args.node_name.clone().unwrap_or_else(hostname),
         ip: node_ip(args),
         control_plane,
         max_pods: args.max_pods,
         data_dir: data_dir.to_path_buf(),
+        storage_dir: dirs.storage.clone(),
         runtime_version,
     };
     let network = network_setup(&run_dir, cluster_cidrs, service_cidrs);
@@ -220,7 +230,7 @@ pub fn build(
         node,
         network,
         service_proxy: net::nft::find(),
-        dirs: Dirs::under(data_dir),
+        dirs,
         insecure_registries: args.insecure_registries.clone(),
         registries_file: data_dir.join("registries.yaml"),
         image_gc: agent::gc::Thresholds {

@@ -74,6 +74,10 @@ impl ClientError {
     pub fn is_conflict(&self) -> bool {
         self.code() == Some(409)
     }
+
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, ClientError::Api { code: 409, reason, .. } if reason == "AlreadyExists")
+    }
 }
 
 /// How requests reach the API server.

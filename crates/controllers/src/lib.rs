@@ -22,6 +22,7 @@ pub mod resourcequota;
 pub mod scheduling;
 pub mod servicelb;
 pub mod statefulset;
+pub mod volume;
 
 use api::k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
@@ -30,10 +31,12 @@ use api::k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use api::k8s_openapi::api::coordination::v1::Lease;
 use api::k8s_openapi::api::core::v1::{
-    Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Service,
+    Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, ResourceQuota, Service,
 };
 use api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use api::k8s_openapi::api::storage::v1::StorageClass;
 use client::Client;
 use std::sync::Arc;
 use supervise::supervise;
@@ -55,6 +58,7 @@ use crate::replicaset::ReplicaSetController;
 use crate::resourcequota::ResourceQuotaController;
 use crate::servicelb::ServiceLbController;
 use crate::statefulset::StatefulSetController;
+use crate::volume::VolumeController;
 
 /// Start the workload controllers, node lifecycle, the namespace controller and the garbage
 /// collector on shared mirrors, each supervised and running while `leadership` holds (the
@@ -84,6 +88,9 @@ pub fn start_controllers(
     let services = Mirror::<Service>::new();
     let slices = Mirror::<EndpointSlice>::new();
     let endpoints = Mirror::<Endpoints>::new();
+    let claims = Mirror::<PersistentVolumeClaim>::new();
+    let volumes = Mirror::<PersistentVolume>::new();
+    let classes = Mirror::<StorageClass>::new();
     let c = || client.clone();
     let l = || leadership.clone();
 
@@ -162,6 +169,15 @@ pub fn start_controllers(
     harness::start(lb.clone(), lb.queue(), 1, l());
     let ns = Arc::new(NamespaceController::new(c(), namespaces.clone(), ca_pem));
     harness::start(ns.clone(), ns.queue(), 1, l());
+    let vol = Arc::new(VolumeController::new(
+        c(),
+        claims.clone(),
+        volumes.clone(),
+        classes.clone(),
+        nodes.clone(),
+        pods.clone(),
+    ));
+    harness::start(vol.clone(), vol.queue(), 1, l());
 
     // Mirrors start last, so that every subscriber hears the first list.
     supervise_mirror("mirror/pods", &pods, c());
@@ -182,6 +198,9 @@ pub fn start_controllers(
     supervise_mirror("mirror/services", &services, c());
     supervise_mirror("mirror/endpointslices", &slices, c());
     supervise_mirror("mirror/endpoints", &endpoints, c());
+    supervise_mirror("mirror/persistentvolumeclaims", &claims, c());
+    supervise_mirror("mirror/persistentvolumes", &volumes, c());
+    supervise_mirror("mirror/storageclasses", &classes, c());
 }
 
 fn supervise_mirror<K>(name: &'static str, mirror: &Arc<Mirror<K>>, client: Client)

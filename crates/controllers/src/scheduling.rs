@@ -3,15 +3,20 @@
 //! commits its plan through the `pods/{name}/binding` subresource (which refuses a pod that
 //! is already bound, so a stale plan loses nothing). Pods that fit nowhere get
 //! `PodScheduled=False` with the scheduler's message and a `FailedScheduling` event, and are
-//! tried again when nodes, pods or namespaces change, or after a back-off (1 s doubling to
-//! 10 s).
+//! tried again when nodes, pods, namespaces or storage change, or after a back-off (1 s
+//! doubling to 10 s). It follows claims, volumes and classes too: a pod's claims must exist
+//! and be bound (or wait for their first consumer), their volumes' node affinity joins the
+//! pod's, and claims waiting for a node learn it before the pod is bound (`volume::binding`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use api::k8s_openapi::api::core::v1::{
+    Binding, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use api::k8s_openapi::api::storage::v1::StorageClass;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use api::k8s_openapi::{ListableResource, Metadata, Resource};
 use bytes::Bytes;
@@ -22,6 +27,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+use crate::volume::binding::{self, Storage};
 
 pub const SCHEDULER: &str = "default-scheduler";
 const RETRY: Duration = Duration::from_secs(1);
@@ -52,8 +59,32 @@ enum Change {
     Nodes(Box<watcher::Event<Node>>),
     Pods(Box<watcher::Event<Pod>>),
     Namespaces(Box<watcher::Event<Namespace>>),
+    Claims(Box<watcher::Event<PersistentVolumeClaim>>),
+    Volumes(Box<watcher::Event<PersistentVolume>>),
+    Classes(Box<watcher::Event<StorageClass>>),
     /// A binding sent in an earlier cycle has come back.
     Bound(String, Result<(), ClientError>),
+}
+
+/// Keep `map` in line with a watcher's events; `synced` once it has listed.
+fn follow<K>(
+    map: &mut HashMap<String, Arc<K>>,
+    e: watcher::Event<K>,
+    key: impl Fn(&K) -> String,
+    synced: &mut bool,
+) {
+    match e {
+        watcher::Event::Restarted(items) => {
+            *map = items.into_iter().map(|k| (key(&k), Arc::new(k))).collect();
+            *synced = true;
+        }
+        watcher::Event::Applied(k) => {
+            map.insert(key(&k), Arc::new(k));
+        }
+        watcher::Event::Deleted(k) => {
+            map.remove(&key(&k));
+        }
+    }
 }
 
 /// Keep `tx` fed with what the watcher reports of kind K.
@@ -218,6 +249,10 @@ struct State {
     namespaces: scheduler::NamespaceLabels,
     /// Nodes, pods and namespaces listed at least once.
     synced: (bool, bool, bool),
+    /// Claims, volumes and classes, for the pods' volumes.
+    storage: Storage,
+    /// Claims, volumes and classes listed at least once.
+    storage_synced: [bool; 3],
     /// The cluster as placement sees it, kept up to date between cycles as pods come, go and
     /// are bound; rebuilt (from `nodes` and `counted`) when the nodes change.
     snapshot: Option<Snapshot>,
@@ -297,6 +332,43 @@ impl State {
                 self.waiting.clear();
             }
             Change::Bound(k, r) => self.binding_done(k, r),
+            Change::Claims(e) => {
+                let key = |c: &PersistentVolumeClaim| {
+                    format!(
+                        "{}/{}",
+                        c.metadata.namespace.as_deref().unwrap_or(""),
+                        c.metadata.name.as_deref().unwrap_or("")
+                    )
+                };
+                follow(
+                    &mut self.storage.claims,
+                    *e,
+                    key,
+                    &mut self.storage_synced[0],
+                );
+                // A pod waiting for its claims may go now.
+                self.waiting.clear();
+            }
+            Change::Volumes(e) => {
+                let key = |v: &PersistentVolume| v.metadata.name.clone().unwrap_or_default();
+                follow(
+                    &mut self.storage.volumes,
+                    *e,
+                    key,
+                    &mut self.storage_synced[1],
+                );
+                self.waiting.clear();
+            }
+            Change::Classes(e) => {
+                let key = |c: &StorageClass| c.metadata.name.clone().unwrap_or_default();
+                follow(
+                    &mut self.storage.classes,
+                    *e,
+                    key,
+                    &mut self.storage_synced[2],
+                );
+                self.waiting.clear();
+            }
         }
     }
 
@@ -492,6 +564,21 @@ impl SchedulerLoop {
             |e| Change::Namespaces(Box::new(e)),
             tx.clone(),
         ));
+        reflectors.spawn(reflect::<PersistentVolumeClaim>(
+            self.client.clone(),
+            |e| Change::Claims(Box::new(e)),
+            tx.clone(),
+        ));
+        reflectors.spawn(reflect::<PersistentVolume>(
+            self.client.clone(),
+            |e| Change::Volumes(Box::new(e)),
+            tx.clone(),
+        ));
+        reflectors.spawn(reflect::<StorageClass>(
+            self.client.clone(),
+            |e| Change::Classes(Box::new(e)),
+            tx.clone(),
+        ));
         let commits = Arc::new(tokio::sync::Semaphore::new(COMMITS));
         let mut st = State::default();
         let mut hold = self.hold.clone();
@@ -534,7 +621,8 @@ impl SchedulerLoop {
             while let Ok(c) = rx.try_recv() {
                 st.apply(c);
             }
-            if st.synced == (true, true, true) && !holding(&hold) {
+            if st.synced == (true, true, true) && st.storage_synced == [true; 3] && !holding(&hold)
+            {
                 self.cycle(&mut st, &tx, &commits).await;
             }
         }
@@ -577,12 +665,27 @@ impl SchedulerLoop {
         });
         let mut demands = Vec::with_capacity(pending.len());
         let mut pods = Vec::with_capacity(pending.len());
+        let mut delayed = Vec::with_capacity(pending.len());
         let mut invalid = Vec::new();
+        let node_count = st.nodes.len();
         for p in pending {
+            let needs = match binding::needs(&p, &st.storage) {
+                Ok(n) => n,
+                Err(why) => {
+                    invalid.push((p, format!("0/{node_count} nodes are available: {why}.")));
+                    continue;
+                }
+            };
             match Demand::of(&p) {
                 Ok(d) => {
+                    let d = if needs.nodes.is_empty() {
+                        d
+                    } else {
+                        d.with_volumes(needs.nodes)
+                    };
                     demands.push(d);
                     pods.push(p);
+                    delayed.push(needs.delayed);
                 }
                 Err(e) => invalid.push((p, e.to_string())),
             }
@@ -600,10 +703,23 @@ impl SchedulerLoop {
             m.extend_from_slice(&plan.nanos);
         }
         let mut placed: Option<Placement> = None;
-        for ((d, pod), decision) in demands.into_iter().zip(pods).zip(plan.decisions) {
+        for (((d, pod), decision), delayed) in demands
+            .into_iter()
+            .zip(pods)
+            .zip(plan.decisions)
+            .zip(delayed)
+        {
             let k = format!("{}/{}", d.namespace, d.name);
             match decision {
                 Decision::Bind { node } => {
+                    let labels = if delayed.is_empty() {
+                        BTreeMap::new()
+                    } else {
+                        st.nodes
+                            .get(&node)
+                            .and_then(|n| n.metadata.labels.clone())
+                            .unwrap_or_default()
+                    };
                     // The plan counted it in the snapshot already.
                     st.unbound.remove(&k);
                     st.assumed.insert(k.clone());
@@ -613,7 +729,11 @@ impl SchedulerLoop {
                     let stats = self.stats.clone();
                     tokio::spawn(async move {
                         let _permit = commits.acquire_owned().await;
-                        let r = bind(&client, report, &pod, &node).await;
+                        // Claims waiting for the pod's node learn it first.
+                        let r = match binding::prebind(&client, &delayed, &node, &labels).await {
+                            Ok(()) => bind(&client, report, &pod, &node).await,
+                            Err(e) => Err(e),
+                        };
                         if r.is_ok() {
                             stats
                                 .bound

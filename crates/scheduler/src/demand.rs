@@ -120,8 +120,21 @@ pub struct Demand {
     pub preferred_pod_affinity: Vec<(i32, PodTerm)>,
     /// Preferred pod anti-affinity: (weight, term); such domains score lower.
     pub preferred_pod_anti_affinity: Vec<(i32, PodTerm)>,
+    /// What the pod's persistent volumes ask of a node, one entry per volume: any of its
+    /// terms must hold.
+    pub volumes: Vec<VolumeNodes>,
     /// Pods with the same class ask for the same things and are evaluated once together.
     pub class: u64,
+}
+
+/// The nodes a pod's volume can be used on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VolumeNodes {
+    /// Any one must hold (a volume's node affinity, or those of the volumes a claim could
+    /// still bind to).
+    pub terms: Vec<NodeSelectorTerm>,
+    /// The claim is bound: its volume's affinity conflicts; else no volume is available.
+    pub bound: bool,
 }
 
 fn amount(resource: &str, q: &Quantity) -> i64 {
@@ -138,6 +151,14 @@ impl Demand {
         let mut d = Demand::usage(pod)?;
         d.class = d.class_key();
         Ok(d)
+    }
+
+    /// The demand with what its volumes ask of a node (the scheduler's shell reads claims
+    /// and volumes), its class worked out again.
+    pub fn with_volumes(mut self, volumes: Vec<VolumeNodes>) -> Demand {
+        self.volumes = volumes;
+        self.class = self.class_key();
+        self
     }
 
     /// What `pod` asks, without working out its class (for pods already placed).
@@ -316,6 +337,7 @@ impl Demand {
             pod_anti_affinity,
             preferred_pod_affinity,
             preferred_pod_anti_affinity,
+            volumes: Vec::new(),
             class: 0,
         })
     }
@@ -378,6 +400,10 @@ impl Demand {
                 .collect::<Vec<_>>(),
             terms,
             weighted,
+            self.volumes
+                .iter()
+                .map(|v| (&v.terms, v.bound))
+                .collect::<Vec<_>>(),
             // Spread and pod (anti-)affinity look at the pod's own namespace and labels.
             if !self.has_pod_rules() {
                 String::new()

@@ -27,6 +27,8 @@ pub enum Reason {
     PodAffinity,
     PodAntiAffinity,
     ExistingAntiAffinity,
+    VolumeNodeAffinity,
+    NoVolumeToBind,
 }
 
 impl fmt::Display for Reason {
@@ -53,6 +55,11 @@ impl fmt::Display for Reason {
                     "node(s) didn't satisfy existing pods anti-affinity rules"
                 )
             }
+            Reason::VolumeNodeAffinity => write!(f, "node(s) had volume node affinity conflict"),
+            Reason::NoVolumeToBind => write!(
+                f,
+                "node(s) didn't find available persistent volumes to bind"
+            ),
             Reason::SpreadMissingLabel => write!(
                 f,
                 "node(s) didn't match pod topology spread constraints (missing required label)"
@@ -148,6 +155,19 @@ pub(crate) fn static_reason(s: &Snapshot, i: usize, d: &Demand) -> Option<Reason
     }
     if !affinity_ok(s, i, d) {
         return Some(Reason::Affinity);
+    }
+    for v in &d.volumes {
+        if !v
+            .terms
+            .iter()
+            .any(|t| term_holds(t, &s.names[i], &s.labels[i]))
+        {
+            return Some(if v.bound {
+                Reason::VolumeNodeAffinity
+            } else {
+                Reason::NoVolumeToBind
+            });
+        }
     }
     None
 }

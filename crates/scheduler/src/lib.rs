@@ -17,8 +17,17 @@ mod preempt;
 mod score;
 mod snapshot;
 
-pub use demand::{Demand, DemandError, NamespaceLabels};
+pub use demand::{Demand, DemandError, NamespaceLabels, VolumeNodes};
 pub use filter::Reason;
+
+/// Whether node `name` with `labels` satisfies a node selector term (as placement judges it).
+pub fn term_matches(
+    term: &api::k8s_openapi::api::core::v1::NodeSelectorTerm,
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    filter::term_holds(term, name, labels)
+}
 
 /// The first reason node `i` of the snapshot can never take pods like `d`, whatever runs
 /// there (cordon, nodeName, taints, node selector and affinity), or `None`. Controllers that

@@ -1,14 +1,10 @@
 //! Kinds served for clients and tools that expect them, with Kubernetes' defaults and checks:
-//! ReplicationControllers (run by their controller), PersistentVolumes and claims (bound by the
-//! storage work: until then a claim waits, Pending, as it would with no provisioner), and
-//! networking.k8s.io Ingresses and IngressClasses (routed by the ingress work).
+//! ReplicationControllers (run by their controller) and networking.k8s.io Ingresses and
+//! IngressClasses (routed by the ingress work).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus, PersistentVolumeStatus,
-    ReplicationController,
-};
+use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 
@@ -16,15 +12,6 @@ use super::apps::{default_template, require_restart_always};
 use super::{Kind, default_if_none, default_str};
 use crate::errors::{FieldErrors, Path};
 use crate::names;
-use crate::quantity::Quantity;
-
-const ACCESS_MODES: &[&str] = &[
-    "ReadWriteOnce",
-    "ReadOnlyMany",
-    "ReadWriteMany",
-    "ReadWriteOncePod",
-];
-const VOLUME_MODES: &[&str] = &["Filesystem", "Block"];
 
 impl Kind for ReplicationController {
     fn default(&mut self) {
@@ -86,134 +73,6 @@ impl Kind for ReplicationController {
             );
         }
         require_restart_always(Some(template), &path.child("template"), errs);
-    }
-}
-
-fn check_access_modes(modes: Option<&Vec<String>>, path: &Path, errs: &mut FieldErrors) {
-    match modes {
-        Some(m) if !m.is_empty() => {
-            for (i, mode) in m.iter().enumerate() {
-                errs.one_of(&path.index(i), mode, ACCESS_MODES);
-            }
-        }
-        _ => errs.required(path, ""),
-    }
-}
-
-fn check_storage(
-    q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    path: &Path,
-    errs: &mut FieldErrors,
-) {
-    match q.map(|q| Quantity::parse(&q.0)) {
-        None => errs.required(path, ""),
-        Some(Err(e)) => errs.invalid(path, "", e.to_string()),
-        Some(Ok(q)) if q.milli() <= 0 => errs.invalid(path, "", "must be greater than zero"),
-        Some(Ok(_)) => {}
-    }
-}
-
-impl Kind for PersistentVolume {
-    fn prepare_create(&mut self) {
-        self.status = Some(PersistentVolumeStatus {
-            phase: Some("Pending".into()),
-            ..Default::default()
-        });
-    }
-
-    fn default(&mut self) {
-        let spec = self.spec.get_or_insert_with(Default::default);
-        default_str(&mut spec.persistent_volume_reclaim_policy, "Retain");
-        default_str(&mut spec.volume_mode, "Filesystem");
-    }
-
-    fn validate(&self, _old: Option<&Self>, errs: &mut FieldErrors) {
-        let path = Path::root("spec");
-        let Some(spec) = &self.spec else {
-            errs.required(&path, "");
-            return;
-        };
-        check_access_modes(spec.access_modes.as_ref(), &path.child("accessModes"), errs);
-        check_storage(
-            spec.capacity.as_ref().and_then(|c| c.get("storage")),
-            &path.child("capacity").child("storage"),
-            errs,
-        );
-        if let Some(p) = &spec.persistent_volume_reclaim_policy {
-            errs.one_of(
-                &path.child("persistentVolumeReclaimPolicy"),
-                p,
-                &["Retain", "Delete", "Recycle"],
-            );
-        }
-        if let Some(m) = &spec.volume_mode {
-            errs.one_of(&path.child("volumeMode"), m, VOLUME_MODES);
-        }
-        let sources = [
-            spec.host_path.is_some(),
-            spec.local.is_some(),
-            spec.nfs.is_some(),
-            spec.csi.is_some(),
-            spec.iscsi.is_some(),
-            spec.fc.is_some(),
-            spec.rbd.is_some(),
-            spec.cephfs.is_some(),
-        ];
-        if !sources.contains(&true) {
-            errs.required(&path, "must specify a volume type");
-        }
-    }
-}
-
-impl Kind for PersistentVolumeClaim {
-    fn prepare_create(&mut self) {
-        self.status = Some(PersistentVolumeClaimStatus {
-            phase: Some("Pending".into()),
-            ..Default::default()
-        });
-    }
-
-    fn default(&mut self) {
-        let spec = self.spec.get_or_insert_with(Default::default);
-        default_str(&mut spec.volume_mode, "Filesystem");
-    }
-
-    fn validate(&self, old: Option<&Self>, errs: &mut FieldErrors) {
-        let path = Path::root("spec");
-        let Some(spec) = &self.spec else {
-            errs.required(&path, "");
-            return;
-        };
-        check_access_modes(spec.access_modes.as_ref(), &path.child("accessModes"), errs);
-        check_storage(
-            spec.resources
-                .as_ref()
-                .and_then(|r| r.requests.as_ref())
-                .and_then(|r| r.get("storage")),
-            &path.child("resources").child("requests").child("storage"),
-            errs,
-        );
-        if let Some(m) = &spec.volume_mode {
-            errs.one_of(&path.child("volumeMode"), m, VOLUME_MODES);
-        }
-        if let Some(old_spec) = old.and_then(|o| o.spec.as_ref()) {
-            // Only the requested size (to grow it) and the volume name (to bind it) change.
-            let mut a = spec.clone();
-            let mut b = old_spec.clone();
-            a.resources = None;
-            b.resources = None;
-            if b.volume_name.as_deref().is_none_or(str::is_empty) {
-                a.volume_name = None;
-                b.volume_name = None;
-            }
-            if a != b {
-                errs.forbidden(
-                    &path,
-                    "spec is immutable after creation except resources.requests and \
-                     volumeAttributesClassName for bound claims",
-                );
-            }
-        }
     }
 }
 

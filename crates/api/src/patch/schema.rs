@@ -202,6 +202,18 @@ fn build() -> Schemas {
         ),
         ("status", Struct(status_with_conditions)),
     ]);
+    let storage_class = leak(vec![
+        ("metadata", Struct(meta)),
+        ("mountOptions", Atomic),
+        ("allowedTopologies", Atomic),
+    ]);
+    let csi_node = leak(vec![
+        ("metadata", Struct(meta)),
+        (
+            "spec",
+            Struct(leak(vec![("drivers", map_list(&["name"], empty))])),
+        ),
+    ]);
     let by_kind = BTreeMap::from([
         ("Pod", pod),
         ("Deployment", workload),
@@ -231,6 +243,11 @@ fn build() -> Schemas {
         ("PersistentVolumeClaim", volume),
         ("Ingress", with_meta),
         ("IngressClass", with_meta),
+        ("StorageClass", storage_class),
+        ("CSIDriver", with_meta),
+        ("CSINode", csi_node),
+        ("VolumeAttachment", with_meta),
+        ("CSIStorageCapacity", with_meta),
     ]);
     Schemas { by_kind }
 }

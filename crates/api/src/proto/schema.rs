@@ -9828,6 +9828,223 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.storage.v1.CSIDriver",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.storage.v1.CSIDriverSpec"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.CSIDriverList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.storage.v1.CSIDriver"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.CSIDriverSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "attachRequired",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "podInfoOnMount",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "volumeLifecycleModes",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "storageCapacity",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "fsGroupPolicy",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "tokenRequests",
+                ty: Msg("api.storage.v1.TokenRequest"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 7,
+                json: "requiresRepublish",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "seLinuxMount",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "nodeAllocatableUpdatePeriodSeconds",
+                ty: I64,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.CSINode",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.storage.v1.CSINodeSpec"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.CSINodeDriver",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "nodeID",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "topologyKeys",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "allocatable",
+                ty: Msg("api.storage.v1.VolumeNodeResources"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.CSINodeList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.storage.v1.CSINode"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.CSINodeSpec",
+        fields: &[Field {
+            tag: 1,
+            json: "drivers",
+            ty: Msg("api.storage.v1.CSINodeDriver"),
+            shape: Repeated,
+        }],
+    },
+    Message {
+        name: "api.storage.v1.CSIStorageCapacity",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "nodeTopology",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "storageClassName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "capacity",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "maximumVolumeSize",
+                ty: Msg("apimachinery.pkg.api.resource.Quantity"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.CSIStorageCapacityList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.storage.v1.CSIStorageCapacity"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.storage.v1.StorageClass",
         fields: &[
             Field {
@@ -9896,6 +10113,164 @@ pub(super) static MESSAGES: &[Message] = &[
                 shape: Repeated,
             },
         ],
+    },
+    Message {
+        name: "api.storage.v1.TokenRequest",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "audience",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "expirationSeconds",
+                ty: I64,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.VolumeAttachment",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.storage.v1.VolumeAttachmentSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.storage.v1.VolumeAttachmentStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.VolumeAttachmentList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.storage.v1.VolumeAttachment"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.VolumeAttachmentSource",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "persistentVolumeName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "inlineVolumeSpec",
+                ty: Msg("api.core.v1.PersistentVolumeSpec"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.VolumeAttachmentSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "attacher",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "source",
+                ty: Msg("api.storage.v1.VolumeAttachmentSource"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "nodeName",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.VolumeAttachmentStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "attached",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "attachmentMetadata",
+                ty: Str,
+                shape: Map,
+            },
+            Field {
+                tag: 3,
+                json: "attachError",
+                ty: Msg("api.storage.v1.VolumeError"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "detachError",
+                ty: Msg("api.storage.v1.VolumeError"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.VolumeError",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "time",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "message",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "errorCode",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.storage.v1.VolumeNodeResources",
+        fields: &[Field {
+            tag: 1,
+            json: "count",
+            ty: I32,
+            shape: Single,
+        }],
     },
     Message {
         name: "apimachinery.pkg.apis.meta.v1.APIGroup",

@@ -1,0 +1,173 @@
+"""Persistent storage on `berth up`, driven by the real kubectl: the default `local-path`
+class and its provisioner (a directory on the node, made when the first pod is placed), claims
+bound to volumes made by hand, the protection finalizers, generic ephemeral volumes, and the
+validation Kubernetes gives claims. Pods run as real containers. Needs root."""
+
+import json
+import os
+import time
+
+import pytest
+
+from conftest import own_namespace, wait_until
+
+
+@pytest.fixture
+def sns(node, request):
+    with own_namespace(node, "s", request) as name:
+        yield name
+
+
+def claim(name, size="1Gi", cls=None, modes=("ReadWriteOnce",)):
+    spec = {"accessModes": list(modes), "resources": {"requests": {"storage": size}}}
+    if cls is not None:
+        spec["storageClassName"] = cls
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name}, "spec": spec}
+
+
+def pod_with(name, volumes, command, mounts=None):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 1, "volumes": volumes,
+                     "containers": [{"name": "c", "image": "busybox:test", "command": ["sh", "-c", command],
+                                     "volumeMounts": mounts or [{"name": v["name"], "mountPath": f"/{v['name']}"}
+                                                                 for v in volumes]}]}}
+
+
+def apply(node, ns, obj, version="1.33"):
+    node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(obj), version=version)
+
+
+def phase(node, kind, name, ns=None):
+    args = ["get", kind, name, "-o", "json"] + (["-n", ns] if ns else [])
+    r = node.kubectl(*args, check=False)
+    return json.loads(r.stdout).get("status", {}).get("phase") if r.returncode == 0 else None
+
+
+def events(node, ns, name):
+    return [(e["reason"], e["message"]) for e in node.json("get", "events", "-n", ns)["items"]
+            if e["involvedObject"]["name"] == name]
+
+
+def test_the_default_class_provisions_a_volume_where_the_pod_runs(node, sns, version):
+    out = node.kubectl("get", "storageclass", version=version).stdout
+    assert "local-path (default)" in out and "berth.dev/local-path" in out and "WaitForFirstConsumer" in out, out
+    apply(node, sns, claim("data"), version)
+    pvc = node.json("get", "pvc", "data", "-n", sns)
+    assert pvc["spec"]["storageClassName"] == "local-path"
+    assert "kubernetes.io/pvc-protection" in pvc["metadata"]["finalizers"]
+    # WaitForFirstConsumer: nothing is made before a pod uses the claim.
+    wait_until(lambda: ("WaitForFirstConsumer", "waiting for first consumer to be created before binding")
+               in events(node, sns, "data"), what="the WaitForFirstConsumer event")
+    assert phase(node, "pvc", "data", sns) == "Pending"
+    apply(node, sns, pod_with("writer", [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}],
+                              "echo kept > /d/file; sleep 3600"), version)
+    node.kubectl("wait", "--for=condition=Ready", "pod/writer", "-n", sns, "--timeout=60s", timeout=70)
+    pvc = node.json("get", "pvc", "data", "-n", sns)
+    assert pvc["status"]["phase"] == "Bound" and pvc["status"]["capacity"]["storage"] == "1Gi"
+    assert pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"]
+    pv_name = pvc["spec"]["volumeName"]
+    pv = node.json("get", "pv", pv_name)
+    assert pv["status"]["phase"] == "Bound" and pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+    assert pv["spec"]["claimRef"]["name"] == "data"
+    [term] = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+    assert term["matchExpressions"][0]["key"] == "kubernetes.io/hostname"
+    directory = pv["spec"]["hostPath"]["path"]
+    assert directory.startswith(str(node.data / "storage") + "/"), directory
+    wait_until(lambda: os.path.exists(f"{directory}/file"), what="the file on the node")
+    assert open(f"{directory}/file").read() == "kept\n"
+    line = [ln for ln in node.kubectl("get", "pvc", "-n", sns, version=version).stdout.splitlines() if ln.startswith("data")]
+    assert line and "Bound" in line[0] and "RWO" in line[0] and "local-path" in line[0], line
+    # A claim in use stays (Terminating) until its pod is gone; then its volume goes too.
+    node.kubectl("delete", "pvc", "data", "-n", sns, "--wait=false", version=version)
+    time.sleep(1)
+    still = node.json("get", "pvc", "data", "-n", sns)
+    assert still["metadata"].get("deletionTimestamp")
+    assert "Terminating" in node.kubectl("get", "pvc", "data", "-n", sns, version=version).stdout
+    node.kubectl("delete", "pod", "writer", "-n", sns, version=version)
+    wait_until(lambda: node.kubectl("get", "pvc", "data", "-n", sns, check=False).returncode != 0,
+               timeout=30, what="the claim to go with its pod")
+    wait_until(lambda: node.kubectl("get", "pv", pv_name, check=False).returncode != 0 and not os.path.exists(directory),
+               timeout=30, what="the volume and its directory to be removed")
+
+
+def test_a_claim_of_a_missing_class_waits_with_kubernetes_event(node, sns):
+    apply(node, sns, claim("golden", cls="gold"))
+    wait_until(lambda: ("ProvisioningFailed", 'storageclass.storage.k8s.io "gold" not found') in events(node, sns, "golden"),
+               what="the ProvisioningFailed event")
+    assert phase(node, "pvc", "golden", sns) == "Pending"
+    # A pod that uses it is not placed, and says why.
+    apply(node, sns, pod_with("waiting", [{"name": "d", "persistentVolumeClaim": {"claimName": "golden"}}], "true"))
+    wait_until(lambda: any(c.get("reason") == "Unschedulable" and "unbound immediate PersistentVolumeClaims" in c.get("message", "")
+                           for c in node.json("get", "pod", "waiting", "-n", sns)["status"].get("conditions", [])),
+               what="the pod to be unschedulable")
+
+
+def test_a_volume_made_by_hand_binds_and_is_retained(node, sns, tmp_path):
+    pv_name = f"hand-{sns}"[:60]
+    directory = tmp_path / "hand"
+    directory.mkdir()
+    (directory / "seed").write_text("from the host\n")
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name, "labels": {"disk": sns}},
+          "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                   "hostPath": {"path": str(directory)}}}
+    node.kubectl("apply", "-f", "-", input=json.dumps(pv))
+    wait_until(lambda: phase(node, "pv", pv_name) == "Available", what="the volume to be Available")
+    c = claim("hand", cls="")
+    c["spec"]["selector"] = {"matchLabels": {"disk": sns}}
+    apply(node, sns, c)
+    wait_until(lambda: phase(node, "pvc", "hand", sns) == "Bound", what="the claim to bind")
+    assert node.json("get", "pvc", "hand", "-n", sns)["spec"]["volumeName"] == pv_name
+    apply(node, sns, pod_with("reader", [{"name": "d", "persistentVolumeClaim": {"claimName": "hand", "readOnly": True}}],
+                              "cat /d/seed; touch /d/x 2>/dev/null && echo wrote || echo read-only; sleep 3600"))
+    node.kubectl("wait", "--for=condition=Ready", "pod/reader", "-n", sns, "--timeout=60s", timeout=70)
+    wait_until(lambda: node.kubectl("logs", "reader", "-n", sns).stdout == "from the host\nread-only\n",
+               what="the pod to read the volume, read-only")
+    node.kubectl("delete", "pod", "reader", "-n", sns)
+    node.kubectl("delete", "pvc", "hand", "-n", sns, "--timeout=30s", timeout=40)
+    # Retain: the volume is Released, its data stays.
+    wait_until(lambda: phase(node, "pv", pv_name) == "Released", what="the volume to be Released")
+    assert (directory / "seed").exists()
+    node.kubectl("delete", "pv", pv_name, "--timeout=30s", timeout=40)
+
+
+def test_an_ephemeral_volume_lives_and_dies_with_its_pod(node, sns):
+    template = {"volumeClaimTemplate": {"metadata": {"labels": {"kind": "scratch"}},
+                                        "spec": {"accessModes": ["ReadWriteOnce"],
+                                                 "resources": {"requests": {"storage": "64Mi"}}}}}
+    apply(node, sns, pod_with("eph", [{"name": "scratch", "ephemeral": template}], "echo hi > /scratch/f; sleep 3600"))
+    node.kubectl("wait", "--for=condition=Ready", "pod/eph", "-n", sns, "--timeout=60s", timeout=70)
+    pvc = node.json("get", "pvc", "eph-scratch", "-n", sns)
+    assert pvc["status"]["phase"] == "Bound" and pvc["metadata"]["labels"] == {"kind": "scratch"}
+    [owner] = pvc["metadata"]["ownerReferences"]
+    assert owner["kind"] == "Pod" and owner["name"] == "eph" and owner["controller"] is True
+    directory = node.json("get", "pv", pvc["spec"]["volumeName"])["spec"]["hostPath"]["path"]
+    wait_until(lambda: os.path.exists(f"{directory}/f"), what="the file in the volume")
+    node.kubectl("delete", "pod", "eph", "-n", sns)
+    wait_until(lambda: node.kubectl("get", "pvc", "eph-scratch", "-n", sns, check=False).returncode != 0
+               and not os.path.exists(directory), timeout=30, what="the claim and its directory to go")
+
+
+def test_bad_claims_get_kubernetes_errors(node, sns, version):
+    for bad, want in [
+        (claim("neg", size="-1Gi"), 'spec.resources[storage]: Invalid value: "-1Gi": must be greater than zero'),
+        (claim("modes", modes=("ReadWriteSometimes",)), 'spec.accessModes: Unsupported value: "ReadWriteSometimes"'),
+        (claim("none", modes=()), "spec.accessModes: Required value: at least 1 access mode is required"),
+    ]:
+        r = node.kubectl("apply", "-n", sns, "-f", "-", input=json.dumps(bad), check=False, version=version)
+        assert r.returncode != 0 and want in r.stderr, r.stderr
+    # A bound claim grows (its class allows) but never shrinks.
+    apply(node, sns, claim("grow", size="1Gi"), version)
+    apply(node, sns, pod_with("user", [{"name": "d", "persistentVolumeClaim": {"claimName": "grow"}}], "sleep 3600"), version)
+    wait_until(lambda: phase(node, "pvc", "grow", sns) == "Bound", timeout=60, what="the claim to bind")
+    r = node.kubectl("patch", "pvc", "grow", "-n", sns, "-p", '{"spec":{"resources":{"requests":{"storage":"512Mi"}}}}',
+                     check=False, version=version)
+    assert r.returncode != 0 and "field can not be less than previous value" in r.stderr, r.stderr
+    node.kubectl("patch", "pvc", "grow", "-n", sns, "-p", '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}',
+                 version=version)
+    wait_until(lambda: node.json("get", "pvc", "grow", "-n", sns)["status"]["capacity"]["storage"] == "2Gi",
+               what="the claim to grow")
+    # Only a bound claim grows (validation says so first, as Kubernetes' does).
+    apply(node, sns, claim("idle", size="1Gi"), version)
+    r = node.kubectl("patch", "pvc", "idle", "-n", sns, "-p", '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}',
+                     check=False, version=version)
+    assert r.returncode != 0 and "spec is immutable after creation except resources.requests" in r.stderr, r.stderr
