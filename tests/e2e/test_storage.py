@@ -171,3 +171,91 @@ def test_bad_claims_get_kubernetes_errors(node, sns, version):
     r = node.kubectl("patch", "pvc", "idle", "-n", sns, "-p", '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}',
                      check=False, version=version)
     assert r.returncode != 0 and "spec is immutable after creation except resources.requests" in r.stderr, r.stderr
+
+
+def web_set(name, replicas, policy=None):
+    spec = {"serviceName": name, "replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"terminationGracePeriodSeconds": 1,
+                                  "containers": [{"name": "web", "image": "busybox:test",
+                                                  "command": ["sh", "-c", "[ -f /www/who ] || hostname > /www/who; "
+                                                              "echo start >> /www/starts; sleep 3600"],
+                                                  "volumeMounts": [{"name": "www", "mountPath": "/www"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "www", "labels": {"tier": "web"}},
+                                      "spec": {"accessModes": ["ReadWriteOnce"],
+                                               "resources": {"requests": {"storage": "1Gi"}}}}]}
+    if policy:
+        spec["persistentVolumeClaimRetentionPolicy"] = policy
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name}, "spec": spec}
+
+
+def claims_of(node, ns, name):
+    return {c["metadata"]["name"]: c for c in node.json("get", "pvc", "-n", ns, "-l", f"app={name}")["items"]}
+
+
+def test_a_statefulset_keeps_each_members_data(node, sns, version):
+    apply(node, sns, web_set("web", 3), version)
+    node.kubectl("rollout", "status", "sts/web", "-n", sns, "--timeout=90s", version=version, timeout=100)
+    claims = claims_of(node, sns, "web")
+    assert sorted(claims) == ["www-web-0", "www-web-1", "www-web-2"]
+    assert all(c["status"]["phase"] == "Bound" and c["metadata"]["labels"]["tier"] == "web" for c in claims.values())
+    volumes = {n: c["spec"]["volumeName"] for n, c in claims.items()}
+    out = node.kubectl("get", "pvc", "-n", sns, version=version).stdout
+    assert out.count("Bound") == 3 and "1Gi" in out, out
+    # A member that is deleted comes back as itself, with its data.
+    node.kubectl("delete", "pod", "web-1", "-n", sns, version=version)
+    node.kubectl("rollout", "status", "sts/web", "-n", sns, "--timeout=90s", version=version, timeout=100)
+    wait_until(lambda: node.kubectl("exec", "web-1", "-n", sns, "--", "cat", "/www/who", "/www/starts",
+                                    check=False, version=version).stdout == "web-1\nstart\nstart\n",
+               timeout=30, what="web-1 to find its data again")
+    # Scaling down keeps the claims (Retain); scaling up uses them again.
+    node.kubectl("scale", "sts", "web", "--replicas=1", "-n", sns, version=version)
+    wait_until(lambda: [p["metadata"]["name"] for p in node.json("get", "pods", "-n", sns, "-l", "app=web")["items"]]
+               == ["web-0"], timeout=60, what="scale down to web-0")
+    assert sorted(claims_of(node, sns, "web")) == ["www-web-0", "www-web-1", "www-web-2"]
+    node.kubectl("scale", "sts", "web", "--replicas=3", "-n", sns, version=version)
+    node.kubectl("rollout", "status", "sts/web", "-n", sns, "--timeout=90s", version=version, timeout=100)
+    assert {n: c["spec"]["volumeName"] for n, c in claims_of(node, sns, "web").items()} == volumes
+    assert node.kubectl("exec", "web-2", "-n", sns, "--", "cat", "/www/who", version=version).stdout == "web-2\n"
+
+
+def test_claims_go_with_the_set_when_its_policy_says_so(node, sns):
+    apply(node, sns, web_set("gone", 2, {"whenDeleted": "Delete", "whenScaled": "Delete"}))
+    node.kubectl("rollout", "status", "sts/gone", "-n", sns, "--timeout=90s", timeout=100)
+    assert sorted(claims_of(node, sns, "gone")) == ["www-gone-0", "www-gone-1"]
+    node.kubectl("scale", "sts", "gone", "--replicas=1", "-n", sns)
+    wait_until(lambda: sorted(claims_of(node, sns, "gone")) == ["www-gone-0"], timeout=60,
+               what="the scaled-away member's claim to go")
+    node.kubectl("delete", "sts", "gone", "-n", sns)
+    wait_until(lambda: not claims_of(node, sns, "gone"), timeout=60, what="the set's claims to go")
+
+
+def test_volumes_survive_a_killed_agent_and_nothing_leaks():
+    import tempfile
+    from conftest import Cluster
+    from images import Image
+    with tempfile.TemporaryDirectory(prefix="berth-storage-restart-") as d:
+        c = Cluster(d, role="up").start()
+        try:
+            c.import_image(Image(cmd=("sh",)), "busybox:test")
+            apply(c, "default", claim("keep"))
+            apply(c, "default", pod_with("holder", [{"name": "d", "persistentVolumeClaim": {"claimName": "keep"}}],
+                                         "echo before > /d/f; sleep 3600"))
+            c.kubectl("wait", "--for=condition=Ready", "pod/holder", "--timeout=60s", timeout=70)
+            pv = c.json("get", "pvc", "keep")["spec"]["volumeName"]
+            directory = c.json("get", "pv", pv)["spec"]["hostPath"]["path"]
+            c.kill9()
+            c.start()
+            wait_until(lambda: c.node_ready(), what="node ready again")
+            # The same volume, still mounted where the running container sees it.
+            c.kubectl("exec", "holder", "--", "sh", "-c", "echo after >> /d/f")
+            assert open(f"{directory}/f").read() == "before\nafter\n"
+            assert c.json("get", "pvc", "keep")["spec"]["volumeName"] == pv
+            assert [v["metadata"]["name"] for v in c.json("get", "pv")["items"]] == [pv]
+            assert os.listdir(c.data / "storage") == [os.path.basename(directory)]
+            c.kubectl("delete", "pod", "holder")
+            c.kubectl("delete", "pvc", "keep", "--timeout=30s", timeout=40)
+            wait_until(lambda: not c.json("get", "pv")["items"] and not os.listdir(c.data / "storage"),
+                       timeout=30, what="the volume and its directory to go")
+        finally:
+            c.teardown()

@@ -4,13 +4,18 @@
 //! time; with Parallel, all at once. A template change rolls out from the highest ordinal
 //! down to `partition`, one pod at a time, each replaced once the previous is ready again
 //! (RollingUpdate), or when the user deletes pods (OnDelete). One writer of the status.
+//! Each pod's claims (one per `volumeClaimTemplates` entry, `<template>-<set>-<ordinal>`) are
+//! made before it and outlive it, unless `persistentVolumeClaimRetentionPolicy` says they go
+//! with the set (`whenDeleted`) or with pods removed by scaling down (`whenScaled`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
-use api::k8s_openapi::api::core::v1::Pod;
+use api::k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
+};
 use client::{Client, ClientError};
 
 use crate::daemonset::REVISION_LABEL;
@@ -309,6 +314,25 @@ impl StatefulSetController {
                 s.subdomain = spec.service_name.clone();
             }
         }
+        // The pod's claims first, each mounted where its template's name is.
+        for template in spec.volume_claim_templates.iter().flatten() {
+            let claim_name = self.ensure_claim(set, template, i, &pod_name).await?;
+            let volumes = pod
+                .spec
+                .get_or_insert_with(Default::default)
+                .volumes
+                .get_or_insert_with(Vec::new);
+            let tname = template.metadata.name.clone().unwrap_or_default();
+            volumes.retain(|v| v.name != tname);
+            volumes.push(Volume {
+                name: tname,
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name,
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            });
+        }
         self.expect
             .expect(key, std::slice::from_ref(&pod_name), &[]);
         match self.client.create(Some(&ns), &pod).await {
@@ -343,7 +367,145 @@ impl StatefulSetController {
         }
     }
 
+    /// Make sure the claim of `template` for ordinal `i` exists (Kubernetes' name
+    /// `<template>-<set>-<i>`, the template's labels and the set's selector), owned by the set
+    /// when its claims go with it (`whenDeleted: Delete`); returns its name.
+    async fn ensure_claim(
+        &self,
+        set: &StatefulSet,
+        template: &PersistentVolumeClaim,
+        i: i32,
+        pod_name: &str,
+    ) -> Result<String, ClientError> {
+        let ns = set.metadata.namespace.clone().unwrap_or_default();
+        let set_name = set.metadata.name.clone().unwrap_or_default();
+        let tname = template.metadata.name.clone().unwrap_or_default();
+        let claim_name = format!("{tname}-{set_name}-{i}");
+        let spec = set.spec.as_ref();
+        let with_set = spec
+            .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref())
+            .and_then(|p| p.when_deleted.as_deref())
+            == Some("Delete");
+        let failed = |e: &ClientError| {
+            owned::event(
+                &self.client,
+                COMPONENT,
+                set,
+                "Warning",
+                "FailedCreate",
+                &format!(
+                    "create Claim {claim_name} for Pod {pod_name} in StatefulSet {set_name} failed error: {e}"
+                ),
+            );
+        };
+        match self
+            .client
+            .get::<PersistentVolumeClaim>(Some(&ns), &claim_name)
+            .await
+        {
+            Ok(Some(c)) => {
+                if c.metadata.deletion_timestamp.is_some() {
+                    let e = ClientError::Api {
+                        code: 409,
+                        reason: "Conflict".into(),
+                        message: format!("pvc {claim_name} is being deleted"),
+                    };
+                    failed(&e);
+                    return Err(e);
+                }
+                let owned_by_set = c
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| Some(&o.uid) == set.metadata.uid.as_ref());
+                if with_set && !owned_by_set && controller_of(&c.metadata).is_none() {
+                    let patch = serde_json::json!({"metadata": {
+                        "ownerReferences": [controller_ref(set)],
+                        "resourceVersion": c.metadata.resource_version}});
+                    self.client
+                        .merge_patch::<PersistentVolumeClaim>(Some(&ns), &claim_name, &patch)
+                        .await?;
+                }
+                return Ok(claim_name);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
+        let mut claim = template.clone();
+        claim.metadata.name = Some(claim_name.clone());
+        claim.metadata.namespace = Some(ns.clone());
+        claim.metadata.resource_version = None;
+        claim.metadata.uid = None;
+        claim.status = None;
+        let labels = claim.metadata.labels.get_or_insert_with(BTreeMap::new);
+        if let Some(selector) = spec.and_then(|s| s.selector.match_labels.as_ref()) {
+            labels.extend(selector.clone());
+        }
+        if with_set {
+            claim.metadata.owner_references = Some(vec![controller_ref(set)]);
+        }
+        match self.client.create(Some(&ns), &claim).await {
+            Ok(_) => owned::event(
+                &self.client,
+                COMPONENT,
+                set,
+                "Normal",
+                "SuccessfulCreate",
+                &format!(
+                    "create Claim {claim_name} Pod {pod_name} in StatefulSet {set_name} success"
+                ),
+            ),
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => {
+                failed(&e);
+                return Err(e);
+            }
+        }
+        Ok(claim_name)
+    }
+
+    /// Before a pod above the set's size goes (`whenScaled: Delete`): its claims become the
+    /// pod's, so they go with it.
+    async fn hand_claims_to(&self, set: &StatefulSet, p: &Pod) -> Result<(), ClientError> {
+        let Some(spec) = set.spec.as_ref() else {
+            return Ok(());
+        };
+        let scaled_delete = spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .and_then(|p| p.when_scaled.as_deref())
+            == Some("Delete");
+        let set_name = set.metadata.name.as_deref().unwrap_or("");
+        let pod_name = p.metadata.name.as_deref().unwrap_or("");
+        let Some(i) = ordinal(set_name, pod_name) else {
+            return Ok(());
+        };
+        if !scaled_delete || i < spec.replicas.unwrap_or(1) {
+            return Ok(());
+        }
+        let ns = p.metadata.namespace.as_deref();
+        for template in spec.volume_claim_templates.iter().flatten() {
+            let claim = format!(
+                "{}-{set_name}-{i}",
+                template.metadata.name.as_deref().unwrap_or("")
+            );
+            let patch = serde_json::json!({"metadata": {"ownerReferences": [controller_ref(p)]}});
+            match self
+                .client
+                .merge_patch::<PersistentVolumeClaim>(ns, &claim, &patch)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn delete(&self, key: &str, set: &StatefulSet, p: &Pod) -> Result<(), ClientError> {
+        self.hand_claims_to(set, p).await?;
         let ns = p.metadata.namespace.as_deref();
         let n = p.metadata.name.clone().unwrap_or_default();
         self.expect.expect(key, &[], std::slice::from_ref(&n));

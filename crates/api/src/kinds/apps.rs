@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::{
     ReplicaSet, RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy,
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, PodTemplateSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -306,6 +306,12 @@ impl Kind for StatefulSet {
         default_str(&mut retention.when_deleted, "Retain");
         default_str(&mut retention.when_scaled, "Retain");
         default_template(&mut spec.template);
+        for c in spec.volume_claim_templates.iter_mut().flatten() {
+            default_str(
+                &mut c.spec.get_or_insert_with(Default::default).volume_mode,
+                "Filesystem",
+            );
+        }
     }
 
     fn validate(&self, old: Option<&Self>, errs: &mut FieldErrors) {
@@ -314,7 +320,40 @@ impl Kind for StatefulSet {
             errs.required(&path, "");
             return;
         };
-        validate_controller(&spec.selector, Some(&spec.template), &path, errs);
+        // Containers may mount the claims made from the templates, by the templates' names.
+        let mut template = spec.template.clone();
+        let claims = spec.volume_claim_templates.as_deref().unwrap_or(&[]);
+        if !claims.is_empty() {
+            let volumes = template
+                .spec
+                .get_or_insert_with(Default::default)
+                .volumes
+                .get_or_insert_with(Vec::new);
+            for c in claims {
+                let name = c.metadata.name.clone().unwrap_or_default();
+                if !volumes.iter().any(|v| v.name == name) {
+                    volumes.push(Volume {
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: name.clone(),
+                            read_only: None,
+                        }),
+                        name,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        validate_controller(&spec.selector, Some(&template), &path, errs);
+        for (i, c) in claims.iter().enumerate() {
+            let at = path.child("volumeClaimTemplates").index(i);
+            if c.metadata.name.as_deref().is_none_or(str::is_empty) {
+                errs.required(&at.child("metadata").child("name"), "");
+            }
+            match &c.spec {
+                Some(s) => super::storage::check_claim_spec(s, &at.child("spec"), errs),
+                None => errs.required(&at.child("spec"), ""),
+            }
+        }
         errs.non_negative(&path.child("replicas"), spec.replicas.map(i64::from));
         if let Some(p) = &spec.pod_management_policy {
             errs.one_of(

@@ -775,7 +775,10 @@ mod tests {
                                  "spec": {"volumeName": "v"}, "status": {"phase": "Bound"}}));
         let mine = json!({"spec": {"claimRef": {"namespace": "ns", "name": "data", "uid": "c1"}}, "status": {"phase": "Bound"}});
         let v = volume("v", "1Gi", mine.clone());
-        assert_eq!(step(&bound, std::slice::from_ref(&v), &[]), ClaimStep::Settled);
+        assert_eq!(
+            step(&bound, std::slice::from_ref(&v), &[]),
+            ClaimStep::Settled
+        );
         let half = volume(
             "v",
             "1Gi",
