@@ -75,6 +75,20 @@ def test_the_default_class_provisions_a_volume_where_the_pod_runs(node, sns, ver
     assert directory.startswith(str(node.data / "storage") + "/"), directory
     wait_until(lambda: os.path.exists(f"{directory}/file"), what="the file on the node")
     assert open(f"{directory}/file").read() == "kept\n"
+    # The node's summary reports the volume and what it holds, by claim.
+    [node_name] = [n["metadata"]["name"] for n in node.json("get", "nodes")["items"]]
+
+    def volume_stats():
+        r = node.kubectl("get", "--raw", f"/api/v1/nodes/{node_name}/proxy/stats/summary", check=False)
+        if r.returncode != 0:  # the first samples are a few seconds away
+            return []
+        for p in json.loads(r.stdout)["pods"]:
+            if p["name"] == "writer":
+                return [v for v in p.get("volume", []) if v.get("pvcRef") == {"name": "data", "namespace": sns}]
+        return []
+    [stats] = wait_until(lambda: [v for v in volume_stats() if v["usedBytes"] > 0], timeout=30,
+                         what="the volume in the node's summary")
+    assert stats["name"] == "d" and stats["capacityBytes"] >= stats["availableBytes"] > 0 and stats["inodesUsed"] >= 2
     line = [ln for ln in node.kubectl("get", "pvc", "-n", sns, version=version).stdout.splitlines() if ln.startswith("data")]
     assert line and "Bound" in line[0] and "RWO" in line[0] and "local-path" in line[0], line
     # A claim in use stays (Terminating) until its pod is gone; then its volume goes too.
@@ -88,6 +102,18 @@ def test_the_default_class_provisions_a_volume_where_the_pod_runs(node, sns, ver
                timeout=30, what="the claim to go with its pod")
     wait_until(lambda: node.kubectl("get", "pv", pv_name, check=False).returncode != 0 and not os.path.exists(directory),
                timeout=30, what="the volume and its directory to be removed")
+
+
+def test_a_claim_is_given_to_the_pods_fs_group(node, sns):
+    apply(node, sns, claim("shared"))
+    p = pod_with("grouped", [{"name": "d", "persistentVolumeClaim": {"claimName": "shared"}}],
+                 "mkdir -p /d/sub && echo x > /d/sub/f && stat -c '%g %a' /d /d/sub/f; id -u; sleep 3600")
+    p["spec"]["securityContext"] = {"runAsUser": 1000, "fsGroup": 2000}
+    apply(node, sns, p)
+    node.kubectl("wait", "--for=condition=Ready", "pod/grouped", "-n", sns, "--timeout=60s", timeout=70)
+    # The volume is the group's (setgid, so what the pod writes is too).
+    wait_until(lambda: node.kubectl("logs", "grouped", "-n", sns).stdout.split("\n")[:3] == ["2000 2777", "2000 644", "1000"]
+               or print(node.kubectl("logs", "grouped", "-n", sns).stdout), what="the pod to write as its fsGroup")
 
 
 def test_a_claim_of_a_missing_class_waits_with_kubernetes_event(node, sns):

@@ -200,8 +200,8 @@ impl Agent {
         });
         let shared = self.shared.clone();
         let images = supervise("image-gc", move || collect_images(shared.clone()));
-        let stats = self.shared.stats.clone();
-        let sampler = supervise("stats-sampler", move || stats.clone().run());
+        let (stats, weak) = (self.shared.stats.clone(), Arc::downgrade(&self.shared));
+        let sampler = supervise("stats-sampler", move || stats.clone().run(weak.clone()));
         let (services, sc) = (self.shared.services.clone(), self.shared.client.clone());
         let services = supervise("service-cache", move || services.clone().run(sc.clone()));
         let (c, host, dir) = (

@@ -39,6 +39,65 @@ pub struct PodStats {
     pub uid: String,
     pub usage: Usage,
     pub containers: Vec<ContainerStats>,
+    /// The pod's volumes, as the kubelet's summary gives them (hostPath volumes are not).
+    pub volume: Vec<VolumeStats>,
+}
+
+/// One volume's use, with the kubelet's field names.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStats {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pvc_ref: Option<PvcRef>,
+    pub time: String,
+    /// Of the filesystem the volume is on.
+    pub capacity_bytes: u64,
+    pub available_bytes: u64,
+    /// Of the volume itself (measured every minute).
+    pub used_bytes: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+    pub inodes_used: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PvcRef {
+    pub name: String,
+    pub namespace: String,
+}
+
+/// A volume of a pod, as its worker set it up.
+#[derive(Clone, Debug)]
+pub(crate) struct VolumeDir {
+    pub name: String,
+    /// The claim it is bound through, if any.
+    pub claim: Option<String>,
+    pub dir: PathBuf,
+}
+
+/// How often volumes are walked to measure what they hold (the kubelet's default too).
+const VOLUME_EVERY: Duration = Duration::from_secs(60);
+
+/// Bytes and inodes under `dir`, without following symlinks or crossing into other mounts'
+/// contents beyond what a walk sees.
+fn measure(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut bytes, mut inodes) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        inodes += 1;
+        bytes += meta.blocks() * 512;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -63,6 +122,12 @@ struct Sample {
 #[derive(Default)]
 pub(crate) struct Sampler {
     samples: Mutex<(Sample, Sample)>,
+    /// Each pod's volumes by UID, as its worker last set them up.
+    volumes: Mutex<HashMap<String, Vec<VolumeDir>>>,
+    /// What each volume directory held when last walked: (bytes, inodes).
+    used: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// A pod's volumes are new: walk them at the next sample rather than within a minute.
+    walk_asked: std::sync::atomic::AtomicBool,
 }
 
 fn read_u64(p: &Path) -> Option<u64> {
@@ -136,10 +201,97 @@ fn take_sample() -> Sample {
 }
 
 impl Sampler {
-    pub(crate) async fn run(self: Arc<Self>) {
+    /// Record the volumes of pod `uid` (the summary reports them).
+    pub(crate) fn set_volumes(&self, uid: &str, dirs: Vec<VolumeDir>) {
+        let mut v = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = !v.contains_key(uid);
+        v.insert(uid.to_string(), dirs);
+        drop(v);
+        if fresh {
+            self.walk_volumes_soon();
+        }
+    }
+
+    fn walk_volumes_soon(&self) {
+        self.walk_asked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Walk every known volume of the pods still on the node; forget the others.
+    async fn walk_volumes(&self, live: &std::collections::HashSet<String>) {
+        let dirs: Vec<PathBuf> = {
+            let mut v = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+            v.retain(|uid, _| live.contains(uid));
+            v.values().flatten().map(|d| d.dir.clone()).collect()
+        };
+        let measured = tokio::task::spawn_blocking(move || {
+            dirs.into_iter()
+                .map(|d| {
+                    let m = measure(&d);
+                    (d, m)
+                })
+                .collect::<HashMap<_, _>>()
+        })
+        .await
+        .unwrap_or_default();
+        *self.used.lock().unwrap_or_else(|p| p.into_inner()) = measured;
+    }
+
+    /// The volume figures of pod `uid`.
+    fn volume_stats(&self, uid: &str, namespace: &str, time: &str) -> Vec<VolumeStats> {
+        let dirs = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
+            .unwrap_or_default();
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        dirs.into_iter()
+            .filter_map(|d| {
+                let fs = nix::sys::statvfs::statvfs(&d.dir).ok()?;
+                let (used_bytes, inodes_used) = used.get(&d.dir).copied().unwrap_or((0, 0));
+                let block = fs.fragment_size();
+                Some(VolumeStats {
+                    pvc_ref: d.claim.map(|name| PvcRef {
+                        name,
+                        namespace: namespace.to_string(),
+                    }),
+                    name: d.name,
+                    time: time.to_string(),
+                    capacity_bytes: fs.blocks() * block,
+                    available_bytes: fs.blocks_available() * block,
+                    used_bytes,
+                    inodes: fs.files(),
+                    inodes_free: fs.files_free(),
+                    inodes_used,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn run(self: Arc<Self>, shared: std::sync::Weak<Shared>) {
         let mut tick = tokio::time::interval(EVERY);
+        let mut walked: Option<Instant> = None;
         loop {
             tick.tick().await;
+            let asked = self
+                .walk_asked
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+            if asked || walked.is_none_or(|t| t.elapsed() >= VOLUME_EVERY) {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let live = shared
+                    .pods
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
+                self.walk_volumes(&live).await;
+                walked = Some(Instant::now());
+            }
             let s = tokio::task::spawn_blocking(take_sample)
                 .await
                 .unwrap_or_default();
@@ -179,6 +331,7 @@ impl Sampler {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let time = last.wall?.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let mut out = Vec::new();
         for (uid, pod) in pods {
             let rel = format!("{POD_PARENT}/pod{uid}");
@@ -211,16 +364,19 @@ impl Sampler {
                 })
                 .collect();
             containers.sort_by(|a, b| a.name.cmp(&b.name));
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            let volume = self.volume_stats(&uid, &namespace, &time);
             out.push(PodStats {
-                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                namespace,
                 name: pod.metadata.name.clone().unwrap_or_default(),
                 uid,
                 usage,
                 containers,
+                volume,
             });
         }
         Some(Summary {
-            timestamp: last.wall?.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            timestamp: time,
             window_seconds: secs,
             node,
             pods: out,

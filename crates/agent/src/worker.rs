@@ -1007,6 +1007,9 @@ impl Worker {
         }
         match volumes::prepare(&self.pod, &self.shared.client, &self.pod_dir()).await {
             Ok(v) => {
+                self.shared
+                    .stats
+                    .set_volumes(&self.uid, volume_dirs(&self.pod, &v));
                 self.volumes = Some(v);
                 self.volumes_at = Some(Instant::now());
                 true
@@ -1526,6 +1529,34 @@ pub(crate) fn remove_pod_cgroups(uid: &str) {
             let _ = std::fs::remove_dir(&dir);
         }
     }
+}
+
+/// The pod's volumes the node summary reports (not hostPath ones, as the kubelet does not),
+/// with the claim each is bound through.
+fn volume_dirs(
+    pod: &Pod,
+    dirs: &std::collections::HashMap<String, std::path::PathBuf>,
+) -> Vec<crate::stats::VolumeDir> {
+    let pod_name = pod.metadata.name.as_deref().unwrap_or("");
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|v| v.host_path.is_none())
+        .filter_map(|v| {
+            let claim = match (&v.persistent_volume_claim, &v.ephemeral) {
+                (Some(c), _) => Some(c.claim_name.clone()),
+                (None, Some(_)) => Some(format!("{pod_name}-{}", v.name)),
+                _ => None,
+            };
+            Some(crate::stats::VolumeDir {
+                name: v.name.clone(),
+                claim,
+                dir: dirs.get(&v.name)?.clone(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

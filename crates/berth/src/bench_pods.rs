@@ -37,6 +37,12 @@ pub struct PodBenchArgs {
     /// The node's OCI runtime (`builtin` or a binary such as `runc`).
     #[arg(long, default_value = "builtin")]
     runtime: String,
+    /// Members of the StatefulSet timed with claims and with emptyDir volumes.
+    #[arg(long, default_value_t = 10)]
+    statefulset_replicas: usize,
+    /// Rounds of each StatefulSet, alternating (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    statefulset_rounds: usize,
 }
 
 const IMAGE: &str = "bench.local/busybox:bench";
@@ -240,6 +246,79 @@ async fn create(c: &Client, name: &str, node: &str) -> Result<()> {
     .await
     .with_context(|| format!("creating pod {name}"))?;
     Ok(())
+}
+
+/// Create a StatefulSet of `replicas` (OrderedReady, as Kubernetes defaults), each member with
+/// a claim of the default class or an emptyDir volume; return the time until all are Ready,
+/// and delete it.
+async fn statefulset_ready(c: &Client, replicas: usize, claims: bool) -> Result<Duration> {
+    let mut spec = json!({
+        "serviceName": "bench", "replicas": replicas,
+        "selector": {"matchLabels": {"app": "sts"}},
+        "template": {"metadata": {"labels": {"app": "sts"}},
+                     "spec": {"terminationGracePeriodSeconds": 0,
+                              "containers": [{"name": "main", "image": IMAGE,
+                                              "imagePullPolicy": "Never",
+                                              "command": ["sleep", "100000"],
+                                              "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+    });
+    if claims {
+        spec["volumeClaimTemplates"] = json!([{"metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]);
+    } else {
+        spec["template"]["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    }
+    let set = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                     "metadata": {"name": "bench", "namespace": NAMESPACE}, "spec": spec});
+    let path = format!("/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets");
+    let t = Instant::now();
+    c.request_json(Method::POST, &path, Some(&set)).await?;
+    let deadline = t + Duration::from_secs(300);
+    loop {
+        let s = c
+            .request_json(Method::GET, &format!("{path}/bench"), None)
+            .await?;
+        if s["status"]["readyReplicas"].as_u64() == Some(replicas as u64) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the statefulset did not become ready: {}", s["status"]);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t.elapsed();
+    c.request(
+        Method::DELETE,
+        &format!("{path}/bench"),
+        "application/json",
+        Bytes::from(json!({"propagationPolicy": "Foreground"}).to_string()),
+    )
+    .await?;
+    Ok(took)
+}
+
+/// Delete every claim and wait until their volumes are gone.
+async fn clear_claims(c: &Client) -> Result<()> {
+    c.request(
+        Method::DELETE,
+        &format!("/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims"),
+        "application/json",
+        Bytes::new(),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (vols, _) = c
+            .list::<api::k8s_openapi::api::core::v1::PersistentVolume>(None, &ListParams::default())
+            .await?;
+        if vols.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} volumes were not removed", vols.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Delete every pod and wait until the node runs none.
@@ -585,6 +664,44 @@ pub async fn run(args: PodBenchArgs) -> Result<()> {
     )
     .await?;
     clear(&c, &agent.run_dir).await?;
+
+    // A StatefulSet whose members each get a claim of the default class (a volume made on the
+    // node when the member is placed), beside the same set on emptyDir volumes.
+    if args.statefulset_replicas > 0 && args.statefulset_rounds > 0 {
+        let mut took: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..args.statefulset_rounds {
+            for step in 0..2 {
+                let claims = (round + step) % 2 == 1;
+                let t = statefulset_ready(&c, args.statefulset_replicas, claims).await?;
+                took[usize::from(claims)].push(t);
+                clear(&c, &agent.run_dir).await?;
+                clear_claims(&c).await?;
+            }
+        }
+        for t in &mut took {
+            t.sort();
+        }
+        let (plain, claimed) = (took[0][took[0].len() / 2], took[1][took[1].len() / 2]);
+        let n = args.statefulset_replicas;
+        row(
+            &format!("statefulset of {n}, emptyDir: create -> all Ready"),
+            format!("{:.2} s", plain.as_secs_f64()),
+            "",
+        );
+        row(
+            &format!("statefulset of {n}, a 1Gi claim each: create -> all Ready"),
+            format!("{:.2} s", claimed.as_secs_f64()),
+            "",
+        );
+        row(
+            "  what the claims add",
+            format!(
+                "{:+.0}%",
+                (claimed.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0
+            ),
+            "< 20%",
+        );
+    }
 
     // The floor and the peer, on this machine, now.
     let store = crate::images_cli::store_in(&server.dir.join("node"))?;

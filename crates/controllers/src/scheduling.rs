@@ -253,6 +253,8 @@ struct State {
     storage: Storage,
     /// Claims, volumes and classes listed at least once.
     storage_synced: [bool; 3],
+    /// Told of every change to a claim (bindings in flight wait for their claims on it).
+    claims_changed: Arc<tokio::sync::Notify>,
     /// The cluster as placement sees it, kept up to date between cycles as pods come, go and
     /// are bound; rebuilt (from `nodes` and `counted`) when the nodes change.
     snapshot: Option<Snapshot>,
@@ -727,10 +729,19 @@ impl SchedulerLoop {
                     let (client, report, tx) = (self.client.clone(), self.report, tx.clone());
                     let commits = commits.clone();
                     let stats = self.stats.clone();
+                    let claims_changed = st.claims_changed.clone();
                     tokio::spawn(async move {
                         let _permit = commits.acquire_owned().await;
                         // Claims waiting for the pod's node learn it first.
-                        let r = match binding::prebind(&client, &delayed, &node, &labels).await {
+                        let r = match binding::prebind(
+                            &client,
+                            &delayed,
+                            &node,
+                            &labels,
+                            &claims_changed,
+                        )
+                        .await
+                        {
                             Ok(()) => bind(&client, report, &pod, &node).await,
                             Err(e) => Err(e),
                         };

@@ -14,6 +14,7 @@ use api::k8s_openapi::api::storage::v1::StorageClass;
 use client::{Client, ClientError};
 use scheduler::VolumeNodes;
 use serde_json::json;
+use tokio::sync::Notify;
 
 use super::plan;
 
@@ -160,6 +161,7 @@ pub async fn prebind(
     delayed: &[Delayed],
     node: &str,
     labels: &BTreeMap<String, String>,
+    claims_changed: &Notify,
 ) -> Result<(), ClientError> {
     for d in delayed {
         let ns = d.claim.metadata.namespace.as_deref().unwrap_or("");
@@ -195,7 +197,7 @@ pub async fn prebind(
     // As kube-scheduler does, bind the pod only once its claims are: its node's agent then
     // finds their volumes at once.
     for d in delayed {
-        wait_bound(client, &d.claim).await?;
+        wait_bound(client, &d.claim, claims_changed).await?;
     }
     Ok(())
 }
@@ -204,12 +206,19 @@ pub async fn prebind(
 /// pod whose claims take longer is tried again).
 const BIND_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn wait_bound(client: &Client, claim: &PersistentVolumeClaim) -> Result<(), ClientError> {
+/// Wait until the claim is bound, looking again whenever the scheduler hears of a change to
+/// any claim (and now and then regardless).
+async fn wait_bound(
+    client: &Client,
+    claim: &PersistentVolumeClaim,
+    changed: &Notify,
+) -> Result<(), ClientError> {
     let ns = claim.metadata.namespace.as_deref().unwrap_or("");
     let name = claim.metadata.name.as_deref().unwrap_or("");
     let deadline = tokio::time::Instant::now() + BIND_TIMEOUT;
-    let mut pause = Duration::from_millis(10);
     loop {
+        // Listen before looking, so that a change between the two is not missed.
+        let next = changed.notified();
         let Some(c) = client.get::<PersistentVolumeClaim>(Some(ns), name).await? else {
             return Err(ClientError::Api {
                 code: 404,
@@ -220,14 +229,13 @@ async fn wait_bound(client: &Client, claim: &PersistentVolumeClaim) -> Result<()
         if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
             return Ok(());
         }
-        if tokio::time::Instant::now() + pause > deadline {
+        if tokio::time::Instant::now() > deadline {
             return Err(ClientError::Api {
                 code: 504,
                 reason: "Timeout".into(),
                 message: format!("persistentvolumeclaim \"{name}\" was not bound in time"),
             });
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
+        let _ = tokio::time::timeout(Duration::from_millis(250), next).await;
     }
 }

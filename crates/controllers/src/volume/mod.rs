@@ -184,7 +184,10 @@ impl VolumeController {
             .any(|p| plan::pod_uses(p, name));
         match plan::claim_step(&c, &world, in_use) {
             ClaimStep::Settled => Ok(None),
-            ClaimStep::Bind { volume } => self.bind(&c, &volume).await,
+            ClaimStep::Bind { volume } => match self.volumes.get("", &volume) {
+                Some(v) => self.bind(&c, (*v).clone()).await,
+                None => Ok(Some(Duration::from_secs(1))),
+            },
             ClaimStep::Provision { node, dir } => self.provision(key, &c, &node, &dir).await,
             ClaimStep::AssignClass(class) => {
                 let patch = json!({"metadata": {"resourceVersion": c.metadata.resource_version},
@@ -199,6 +202,11 @@ impl VolumeController {
             ClaimStep::Wait(note) => {
                 if let Some(n) = &note {
                     self.note(key, &*c, n);
+                    // A claim waiting for its first consumer is marked with its provisioner
+                    // now, so that provisioning, once the node is known, is one write less.
+                    if n.reason == "WaitForFirstConsumer" {
+                        self.mark_provisioner(&c).await?;
+                    }
                 }
                 self.claim_phase(&c, "Pending").await?;
                 Ok(Some(RESYNC))
@@ -274,13 +282,11 @@ impl VolumeController {
 
     /// Bind claim and volume, each step written only if not done yet, in Kubernetes' order:
     /// the volume's claimRef, its phase, the claim's volumeName, its phase.
-    async fn bind(&self, c: &PersistentVolumeClaim, volume: &str) -> Outcome {
-        let Some(v) = self.volumes.get("", volume) else {
-            return Ok(Some(Duration::from_secs(1)));
-        };
+    async fn bind(&self, c: &PersistentVolumeClaim, mut v: PersistentVolume) -> Outcome {
         let ns = c.metadata.namespace.as_deref().unwrap_or("");
         let name = c.metadata.name.as_deref().unwrap_or("");
-        let mut v = (*v).clone();
+        let volume = v.metadata.name.clone().unwrap_or_default();
+        let volume = volume.as_str();
         let spec = v.spec.get_or_insert_with(Default::default);
         let current = spec.claim_ref.as_ref();
         let needs_ref = current.is_none_or(|r| r.uid.as_deref() != c.metadata.uid.as_deref());
@@ -354,22 +360,7 @@ impl VolumeController {
         let Some(class) = self.classes.get("", &class_name) else {
             return Ok(Some(RESYNC));
         };
-        let marked = c
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| plan::STORAGE_PROVISIONER.iter().all(|k| a.contains_key(*k)));
-        if !marked {
-            let mut annotations = serde_json::Map::new();
-            for k in plan::STORAGE_PROVISIONER {
-                annotations.insert(k.into(), json!(plan::PROVISIONER));
-            }
-            let patch = json!({"metadata": {"annotations": annotations}});
-            ignore_gone(
-                self.client
-                    .merge_patch::<PersistentVolumeClaim>(Some(ns), name, &patch)
-                    .await,
-            )?;
+        if self.mark_provisioner(c).await? {
             self.note(
                 key,
                 c,
@@ -445,19 +436,53 @@ impl VolumeController {
             status: None,
         };
         match self.client.create(None, &volume).await {
-            Ok(_) => self.note(
-                key,
-                c,
-                &Note {
-                    warning: false,
-                    reason: "ProvisioningSucceeded",
-                    message: format!("Successfully provisioned volume {pv_name}"),
-                },
-            ),
-            Err(e) if e.is_already_exists() => {}
-            Err(e) => return Err(e),
+            Ok(made) => {
+                self.note(
+                    key,
+                    c,
+                    &Note {
+                        warning: false,
+                        reason: "ProvisioningSucceeded",
+                        message: format!("Successfully provisioned volume {pv_name}"),
+                    },
+                );
+                // Bind it now rather than when the volume comes back through the watch.
+                self.bind(c, made).await
+            }
+            Err(e) if e.is_already_exists() => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(None)
+    }
+
+    /// Mark a claim with the provisioner of its class (both of Kubernetes' annotations), if
+    /// it is not yet; returns whether it wrote.
+    async fn mark_provisioner(&self, c: &PersistentVolumeClaim) -> Result<bool, ClientError> {
+        let Some(class) = self.classes.get("", plan::claim_class(c)) else {
+            return Ok(false);
+        };
+        let marked = c.metadata.annotations.as_ref().is_some_and(|a| {
+            plan::STORAGE_PROVISIONER
+                .iter()
+                .all(|k| a.get(*k) == Some(&class.provisioner))
+        });
+        if marked {
+            return Ok(false);
+        }
+        let mut annotations = serde_json::Map::new();
+        for k in plan::STORAGE_PROVISIONER {
+            annotations.insert(k.into(), json!(class.provisioner));
+        }
+        let patch = json!({"metadata": {"annotations": annotations}});
+        ignore_gone(
+            self.client
+                .merge_patch::<PersistentVolumeClaim>(
+                    c.metadata.namespace.as_deref(),
+                    c.metadata.name.as_deref().unwrap_or(""),
+                    &patch,
+                )
+                .await,
+        )?;
+        Ok(true)
     }
 
     async fn volume(&self, key: &str, name: &str) -> Outcome {
