@@ -285,3 +285,44 @@ def test_volumes_survive_a_killed_agent_and_nothing_leaks():
                        timeout=30, what="the volume and its directory to go")
         finally:
             c.teardown()
+
+
+def test_a_local_volume_waits_for_its_consumer_and_brings_the_pod_to_its_node(node, sns, tmp_path):
+    """The classic local-volume set-up: a class without a provisioner, binding delayed until a
+    pod is placed, and volumes made by hand with node affinity."""
+    [node_name] = [n["metadata"]["name"] for n in node.json("get", "nodes")["items"]]
+    cls = f"local-{sns}"[:60]
+    node.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": cls},
+        "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer"}))
+    directory = tmp_path / "disk"
+    directory.mkdir()
+
+    def local_pv(name, host):
+        return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+                "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"],
+                         "storageClassName": cls, "local": {"path": str(directory)},
+                         "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                             {"key": "kubernetes.io/hostname", "operator": "In", "values": [host]}]}]}}}}
+    # Only a volume on another node: the pod waits, and says why.
+    elsewhere = f"far-{sns}"[:60]
+    node.kubectl("apply", "-f", "-", input=json.dumps(local_pv(elsewhere, "another-node")))
+    apply(node, sns, claim("local", cls=cls))
+    apply(node, sns, pod_with("local-user", [{"name": "d", "persistentVolumeClaim": {"claimName": "local"}}],
+                              "echo here > /d/f; sleep 3600"))
+    wait_until(lambda: any("didn't find available persistent volumes to bind" in c.get("message", "")
+                           for c in node.json("get", "pod", "local-user", "-n", sns)["status"].get("conditions", [])),
+               what="the pod to wait for a volume on its node")
+    assert phase(node, "pvc", "local", sns) == "Pending"
+    # A volume on this node: the pod goes there and the claim binds to it.
+    here = f"near-{sns}"[:60]
+    node.kubectl("apply", "-f", "-", input=json.dumps(local_pv(here, node_name)))
+    node.kubectl("wait", "--for=condition=Ready", "pod/local-user", "-n", sns, "--timeout=60s", timeout=70)
+    assert node.json("get", "pvc", "local", "-n", sns)["spec"]["volumeName"] == here
+    wait_until(lambda: (directory / "f").exists(), what="the file on the local volume")
+    assert phase(node, "pv", elsewhere) == "Available"
+    node.kubectl("delete", "pod", "local-user", "-n", sns)
+    node.kubectl("delete", "pvc", "local", "-n", sns, "--timeout=30s", timeout=40)
+    wait_until(lambda: phase(node, "pv", here) == "Released", what="the local volume to be released")
+    node.kubectl("delete", "pv", here, elsewhere, "--timeout=30s", timeout=40)
+    node.kubectl("delete", "storageclass", cls)

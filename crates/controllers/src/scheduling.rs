@@ -348,7 +348,9 @@ impl State {
                     key,
                     &mut self.storage_synced[0],
                 );
-                // A pod waiting for its claims may go now.
+                // Bindings in flight may be waiting for this claim; a pod waiting for its
+                // claims may go now.
+                self.claims_changed.notify_waiters();
                 self.waiting.clear();
             }
             Change::Volumes(e) => {

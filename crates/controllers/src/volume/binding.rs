@@ -229,6 +229,7 @@ async fn wait_bound(
         if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
             return Ok(());
         }
+
         if tokio::time::Instant::now() > deadline {
             return Err(ClientError::Api {
                 code: 504,
