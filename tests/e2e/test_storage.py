@@ -326,3 +326,28 @@ def test_a_local_volume_waits_for_its_consumer_and_brings_the_pod_to_its_node(no
     wait_until(lambda: phase(node, "pv", here) == "Released", what="the local volume to be released")
     node.kubectl("delete", "pv", here, elsewhere, "--timeout=30s", timeout=40)
     node.kubectl("delete", "storageclass", cls)
+
+
+def test_a_node_takes_no_more_volumes_than_its_limit():
+    from conftest import running_node
+    from images import Image
+
+    def limit(c):
+        c.extra += ["--max-volumes", "1"]
+    with running_node(Image(cmd=("sh",)), prefix="berth-volume-limit-", prepare=limit) as c:
+        [n] = c.json("get", "nodes")["items"]
+        assert n["status"]["allocatable"]["attachable-volumes-berth-local-path"] == "1"
+        [driver] = c.json("get", "csinode", n["metadata"]["name"])["spec"]["drivers"]
+        assert driver["name"] == "berth.dev/local-path" and driver["allocatable"]["count"] == 1
+        header, row = c.kubectl("get", "csinodes").stdout.splitlines()
+        assert header.split()[:2] == ["NAME", "DRIVERS"] and row.split()[1] == "1", row
+        for name in ["first", "second"]:
+            apply(c, "default", claim(name))
+            apply(c, "default", pod_with(name, [{"name": "d", "persistentVolumeClaim": {"claimName": name}}], "sleep 3600"))
+        c.kubectl("wait", "--for=condition=Ready", "pod/first", "--timeout=60s", timeout=70)
+        wait_until(lambda: any("node(s) exceed max volume count" in k.get("message", "")
+                               for k in c.json("get", "pod", "second")["status"].get("conditions", [])),
+                   what="the second pod to wait for a volume slot")
+        # Once the first pod is gone, the second gets its volume.
+        c.kubectl("delete", "pod", "first")
+        c.kubectl("wait", "--for=condition=Ready", "pod/second", "--timeout=60s", timeout=70)

@@ -33,6 +33,8 @@ pub struct NodeInfo {
     pub data_dir: std::path::PathBuf,
     /// Where the built-in provisioner's volumes live on this node (published on the Node).
     pub storage_dir: std::path::PathBuf,
+    /// Most claim-backed volumes this node's pods use at once (`None`: no limit).
+    pub max_volumes: Option<u32>,
     pub runtime_version: String,
 }
 
@@ -118,7 +120,7 @@ impl NodeInfo {
     }
 
     pub fn status(&self) -> NodeStatus {
-        let capacity = BTreeMap::from([
+        let mut capacity = BTreeMap::from([
             ("cpu".to_string(), Quantity(cpus().to_string())),
             (
                 "memory".to_string(),
@@ -130,6 +132,12 @@ impl NodeInfo {
                 Quantity(format!("{}Ki", disk_kib(&self.data_dir))),
             ),
         ]);
+        if let Some(n) = self.max_volumes {
+            capacity.insert(
+                api::kinds::storage::VOLUMES_RESOURCE.to_string(),
+                Quantity(n.to_string()),
+            );
+        }
         let now = now_time();
         let condition = |ty: &str, status: &str, reason: &str, message: &str| NodeCondition {
             type_: ty.into(),
@@ -224,23 +232,81 @@ pub async fn pod_cidrs(c: &Client, name: &str) -> Result<Vec<net::Cidr>, ClientE
 }
 
 pub async fn register(c: &Client, info: &NodeInfo) -> Result<(), ClientError> {
-    match c.get::<Node>(None, &info.name).await? {
+    let node = match c.get::<Node>(None, &info.name).await? {
         None => {
-            c.create(None, &info.object()).await?;
+            let node = c.create(None, &info.object()).await?;
             info!(node = %info.name, "node registered");
+            node
         }
         Some(_) => {
             let patch = json!({"metadata": {"annotations": info.annotations()}});
-            c.merge_patch::<Node>(None, &info.name, &patch).await?;
+            let node = c.merge_patch::<Node>(None, &info.name, &patch).await?;
             report_status(c, info).await?;
             info!(node = %info.name, "node re-registered");
+            node
+        }
+    };
+    publish_csi_node(c, info, &node).await
+}
+
+/// The node's CSINode, as the kubelet keeps one: the drivers it has (berth's local-path
+/// provisioner) and how many of their volumes it takes (`--max-volumes`). Owned by the Node.
+async fn publish_csi_node(c: &Client, info: &NodeInfo, node: &Node) -> Result<(), ClientError> {
+    use api::k8s_openapi::api::storage::v1::{
+        CSINode, CSINodeDriver, CSINodeSpec, VolumeNodeResources,
+    };
+    let mut want = CSINode {
+        metadata: ObjectMeta {
+            name: Some(info.name.clone()),
+            owner_references: Some(vec![
+                api::k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: info.name.clone(),
+                    uid: node.metadata.uid.clone().unwrap_or_default(),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        },
+        spec: CSINodeSpec {
+            drivers: vec![CSINodeDriver {
+                name: api::kinds::storage::LOCAL_PATH_PROVISIONER.into(),
+                node_id: info.name.clone(),
+                topology_keys: Some(vec!["kubernetes.io/hostname".into()]),
+                allocatable: info.max_volumes.map(|n| VolumeNodeResources {
+                    count: Some(i32::try_from(n).unwrap_or(i32::MAX)),
+                }),
+            }],
+        },
+    };
+    match c.get::<CSINode>(None, &info.name).await? {
+        None => match c.create(None, &want).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_already_exists() => Ok(()),
+            Err(e) => Err(e),
+        },
+        Some(have)
+            if have.spec == want.spec
+                && have.metadata.owner_references == want.metadata.owner_references =>
+        {
+            Ok(())
+        }
+        Some(have) => {
+            want.metadata.resource_version = have.metadata.resource_version;
+            c.replace(None, &info.name, &want).await.map(drop)
         }
     }
-    Ok(())
 }
 
 pub async fn report_status(c: &Client, info: &NodeInfo) -> Result<(), ClientError> {
-    let status = serde_json::to_value(info.status()).map_err(ClientError::Decode)?;
+    let mut status = serde_json::to_value(info.status()).map_err(ClientError::Decode)?;
+    if info.max_volumes.is_none() {
+        // A limit given before and dropped since goes (a merge patch keeps what it omits).
+        for list in ["capacity", "allocatable"] {
+            status[list][api::kinds::storage::VOLUMES_RESOURCE] = serde_json::Value::Null;
+        }
+    }
     c.request(
         http::Method::PATCH,
         &format!("/api/v1/nodes/{}/status", info.name),

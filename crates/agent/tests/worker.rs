@@ -115,6 +115,7 @@ impl Node {
                 max_pods: 110,
                 data_dir: data.to_path_buf(),
                 storage_dir: data.join("storage"),
+                max_volumes: None,
                 runtime_version: "fake://1".into(),
             },
             network: NetworkSetup::Ready(self.network.clone()),

@@ -57,6 +57,11 @@ pub struct AgentArgs {
     /// (default: `<data-dir>/storage`).
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
+    /// Most claim-backed volumes this node's pods may use at once (default: no limit). Pods
+    /// that would need more wait, as kube-scheduler words it: "node(s) exceed max volume
+    /// count".
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_volumes: Option<u32>,
 }
 
 /// `berth agent`: a node for a cluster whose API server runs elsewhere.
@@ -223,6 +228,7 @@ pub fn build(
         max_pods: args.max_pods,
         data_dir: data_dir.to_path_buf(),
         storage_dir: dirs.storage.clone(),
+        max_volumes: args.max_volumes,
         runtime_version,
     };
     let network = network_setup(&run_dir, cluster_cidrs, service_cidrs);

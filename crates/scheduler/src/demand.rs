@@ -226,6 +226,16 @@ impl Demand {
                 _ => {}
             }
         }
+        // Each claim the pod mounts takes one of the node's volumes, when the node has a limit.
+        let claims = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
+            .count() as i64;
+        *requests
+            .entry(api::kinds::storage::VOLUMES_RESOURCE.to_string())
+            .or_default() += claims;
         requests.retain(|_, v| *v != 0);
         let node_affinity = spec
             .affinity

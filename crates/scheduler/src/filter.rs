@@ -45,6 +45,9 @@ impl fmt::Display for Reason {
                 "node(s) didn't have free ports for the requested pod ports"
             ),
             Reason::TooManyPods => write!(f, "Too many pods"),
+            Reason::Insufficient(r) if r == api::kinds::storage::VOLUMES_RESOURCE => {
+                write!(f, "node(s) exceed max volume count")
+            }
             Reason::Insufficient(r) => write!(f, "Insufficient {r}"),
             Reason::Spread => write!(f, "node(s) didn't match pod topology spread constraints"),
             Reason::PodAffinity => write!(f, "node(s) didn't match pod affinity rules"),
@@ -326,15 +329,22 @@ pub(crate) fn dynamic_reasons(s: &Snapshot, i: usize, d: &Demand) -> Vec<Reason>
         out.push(Reason::TooManyPods);
     }
     for (k, v) in &d.requests {
-        let free = match s.column(k) {
-            Some(c) => s.allocatable(i, c) - s.requested(i, c),
-            None => 0,
-        };
+        let free = free(s, i, k);
         if *v > free {
             out.push(Reason::Insufficient(k.clone()));
         }
     }
     out
+}
+
+/// What node `i` has left of resource `k`. A node that declares no volume limit has no limit.
+fn free(s: &Snapshot, i: usize, k: &str) -> i64 {
+    let column = s.column(k);
+    let declared = column.map_or(0, |c| s.allocatable(i, c));
+    if declared == 0 && k == api::kinds::storage::VOLUMES_RESOURCE {
+        return i64::MAX;
+    }
+    column.map_or(0, |c| declared - s.requested(i, c))
 }
 
 /// Whether node `i` has room for `d` now (`dynamic_reasons` is empty), without allocating.
@@ -343,10 +353,7 @@ pub(crate) fn has_room(s: &Snapshot, i: usize, d: &Demand) -> bool {
         return false;
     }
     for (k, v) in &d.requests {
-        let free = match s.column(k) {
-            Some(c) => s.allocatable(i, c) - s.requested(i, c),
-            None => 0,
-        };
+        let free = free(s, i, k);
         if *v > free {
             return false;
         }

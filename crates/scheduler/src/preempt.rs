@@ -35,6 +35,11 @@ fn fits_without(s: &Snapshot, i: usize, d: &Demand, gone: &[&Demand]) -> bool {
         return false;
     }
     for (k, v) in &d.requests {
+        let unlimited = k == api::kinds::storage::VOLUMES_RESOURCE
+            && s.column(k).is_none_or(|c| s.allocatable(i, c) == 0);
+        if unlimited {
+            continue;
+        }
         let Some(c) = s.column(k) else { return false };
         let freed: i64 = gone
             .iter()

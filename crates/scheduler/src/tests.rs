@@ -988,3 +988,94 @@ fn placed_pods_preferences_score_the_pods_they_select() {
         assert!(s.scored_terms.is_empty(), "{terms}");
     }
 }
+
+#[test]
+fn a_node_with_a_volume_limit_takes_no_more_claims_than_it_allows() {
+    let limited = node(
+        "limited",
+        "8",
+        "16Gi",
+        json!({"status": {"allocatable": {api::kinds::storage::VOLUMES_RESOURCE: "2"}}}),
+    );
+    let with_claims = |name: &str, n: usize| {
+        let volumes: Vec<Value> = (0..n)
+            .map(|i| json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": format!("{name}-{i}")}}))
+            .collect();
+        pod(name, "100m", "64Mi", json!({"spec": {"volumes": volumes}}))
+    };
+    let (plan, _) = run(
+        std::slice::from_ref(&limited),
+        &[bound_to(with_claims("old", 1), "limited")],
+        &[
+            with_claims("two", 2),
+            with_claims("one", 1),
+            pod("none", "100m", "64Mi", json!({})),
+        ],
+        Strategy::LeastAllocated,
+    );
+    let got: Vec<String> = plan.decisions.iter().map(outcome).collect();
+    assert_eq!(
+        got,
+        [
+            "0/1 nodes are available: 1 node(s) exceed max volume count.",
+            "limited",
+            "limited"
+        ]
+    );
+    // A node that declares no limit has none.
+    let free = node("free", "8", "16Gi", json!({}));
+    let (plan, _) = run(
+        &[free],
+        &[],
+        &[with_claims("many", 40)],
+        Strategy::LeastAllocated,
+    );
+    assert_eq!(outcome(&plan.decisions[0]), "free");
+}
+
+#[test]
+fn a_pods_volumes_keep_it_where_they_can_be_used() {
+    let nodes = [host("n1", "a"), host("n2", "b")];
+    let term = |host: &str| {
+        serde_json::from_value::<api::k8s_openapi::api::core::v1::NodeSelectorTerm>(json!(
+            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [host]}]}))
+        .unwrap()
+    };
+    let place = |volumes: Vec<crate::VolumeNodes>| {
+        let mut s = Snapshot::new(&nodes, &[]);
+        let d = Demand::of(&pod("p", "100m", "64Mi", json!({})))
+            .unwrap()
+            .with_volumes(volumes);
+        outcome(&schedule(&mut s, &[d], &Config::default()).decisions[0])
+    };
+    // A bound volume on n2: the pod goes there; on no node at all: Kubernetes' reason.
+    assert_eq!(
+        place(vec![crate::VolumeNodes {
+            terms: vec![term("n2")],
+            bound: true
+        }]),
+        "n2"
+    );
+    assert_eq!(
+        place(vec![crate::VolumeNodes {
+            terms: vec![term("n9")],
+            bound: true
+        }]),
+        "0/2 nodes are available: 2 node(s) had volume node affinity conflict."
+    );
+    // Volumes a claim could still bind to: any of them will do; none: no node will.
+    assert_eq!(
+        place(vec![crate::VolumeNodes {
+            terms: vec![term("n9"), term("n1")],
+            bound: false
+        }]),
+        "n1"
+    );
+    assert_eq!(
+        place(vec![crate::VolumeNodes {
+            terms: vec![],
+            bound: false
+        }]),
+        "0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind."
+    );
+}

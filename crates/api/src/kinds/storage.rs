@@ -66,6 +66,10 @@ pub const LOCAL_PATH_PROVISIONER: &str = "berth.dev/local-path";
 pub const NODE_DIR_ANNOTATION: &str = "storage.berth.dev/local-path-dir";
 /// On a provisioned volume: its node's hostname label, so that node's agent finds it.
 pub const VOLUME_NODE_LABEL: &str = "storage.berth.dev/node";
+/// In a node's capacity: how many claim-backed volumes its pods may use at once (set by the
+/// agent's `--max-volumes`; a node without it has no limit). Kubernetes' old attachable-volume
+/// resources had this shape; it is counted like any resource, one per claim a pod mounts.
+pub const VOLUMES_RESOURCE: &str = "attachable-volumes-berth-local-path";
 /// On a volume: the provisioner that made it.
 pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
