@@ -339,6 +339,11 @@ def test_a_node_takes_no_more_volumes_than_its_limit():
         assert n["status"]["allocatable"]["attachable-volumes-berth-local-path"] == "1"
         [driver] = c.json("get", "csinode", n["metadata"]["name"])["spec"]["drivers"]
         assert driver["name"] == "berth.dev/local-path" and driver["allocatable"]["count"] == 1
+        # The free space for new local-path volumes, as capacity-aware tools read it.
+        node_name = n["metadata"]["name"]
+        cap = c.json("get", "csistoragecapacity", f"local-path-{node_name}", "-n", "kube-system")
+        assert cap["storageClassName"] == "local-path" and cap["capacity"].endswith("Mi")
+        assert cap["nodeTopology"]["matchLabels"] == {"kubernetes.io/hostname": node_name}
         header, row = c.kubectl("get", "csinodes").stdout.splitlines()
         assert header.split()[:2] == ["NAME", "DRIVERS"] and row.split()[1] == "1", row
         for name in ["first", "second"]:

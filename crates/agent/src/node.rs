@@ -246,7 +246,11 @@ pub async fn register(c: &Client, info: &NodeInfo) -> Result<(), ClientError> {
             node
         }
     };
-    publish_csi_node(c, info, &node).await
+    publish_csi_node(c, info, &node).await?;
+    if let Err(e) = publish_capacity(c, info).await {
+        warn!(error = %e, "could not report the node's storage capacity");
+    }
+    Ok(())
 }
 
 /// The node's CSINode, as the kubelet keeps one: the drivers it has (berth's local-path
@@ -331,6 +335,63 @@ pub async fn heartbeat(c: Client, info: NodeInfo) {
                 Ok(()) => last_status = tokio::time::Instant::now(),
                 Err(e) => warn!(error = %e, "could not report node status"),
             }
+            if let Err(e) = publish_capacity(&c, &info).await {
+                warn!(error = %e, "could not report the node's storage capacity");
+            }
+        }
+    }
+}
+
+/// The free space for new `local-path` volumes on this node, as a CSIStorageCapacity in
+/// kube-system (what external provisioners publish for capacity-aware tools): the free
+/// space of the filesystem under `--storage-dir`.
+pub async fn publish_capacity(c: &Client, info: &NodeInfo) -> Result<(), ClientError> {
+    use api::k8s_openapi::api::storage::v1::CSIStorageCapacity;
+    use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let mut dir = info.storage_dir.as_path();
+    while !dir.exists() {
+        match dir.parent() {
+            Some(p) => dir = p,
+            None => break,
+        }
+    }
+    let free = nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available() * s.fragment_size())
+        .unwrap_or(0);
+    let name = format!("local-path-{}", info.name);
+    let ns = "kube-system";
+    let free = Quantity(format!("{}Mi", free >> 20));
+    let mut want = CSIStorageCapacity {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.into()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/hostname".to_string(),
+                info.name.clone(),
+            )])),
+            ..Default::default()
+        },
+        storage_class_name: "local-path".into(),
+        capacity: Some(free.clone()),
+        maximum_volume_size: Some(free),
+        node_topology: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/hostname".to_string(),
+                info.name.clone(),
+            )])),
+            match_expressions: None,
+        }),
+    };
+    match c.get::<CSIStorageCapacity>(Some(ns), &name).await? {
+        None => match c.create(Some(ns), &want).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_already_exists() => Ok(()),
+            Err(e) => Err(e),
+        },
+        Some(have) if have.capacity == want.capacity => Ok(()),
+        Some(have) => {
+            want.metadata.resource_version = have.metadata.resource_version;
+            c.replace(Some(ns), &name, &want).await.map(drop)
         }
     }
 }
