@@ -98,12 +98,14 @@ def test_a_full_disk_refuses_writes_and_they_resume_when_space_returns(tmp_path)
                         (refusals if e.status == 507 else other).append((e.status, e.body))
                     time.sleep(0.1)
 
+        # Made before the writes: once the store has grown, even a new file's entry may not fit.
+        filler = data / "filler"
+        filler.touch()
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
         for t in threads:
             t.start()
         wait_until(lambda: len(acknowledged) > 20, timeout=30, what="writes before the disk fills")
-        filler = data / "filler"
-        with open(filler, "wb") as f:
+        with open(filler, "ab") as f:
             try:
                 while True:
                     f.write(b"\0" * 65536)

@@ -47,23 +47,43 @@ pub struct Ctx<'a> {
     pub service_env: &'a [(String, String)],
 }
 
-/// A volume's sub-directory for a `subPath` mount, made if missing (as the kubelet does) and
-/// refused if a symlink takes it out of the volume.
+/// A volume's sub-directory for a `subPath` mount, made if missing (as the kubelet does),
+/// resolved one element at a time so that no symlink in the volume leads out of it (nothing is
+/// made outside it either); returns the resolved path, which is what gets mounted.
 fn sub_path(base: &Path, sub: &str) -> Result<PathBuf, ConfigError> {
-    let path = base.join(sub);
-    if !path.exists() {
-        std::fs::create_dir_all(&path)
-            .map_err(|e| ConfigError(format!("creating subPath {sub:?}: {e}")))?;
+    use std::path::Component;
+    let fail = |why: String| ConfigError(format!("subPath {sub:?}: {why}"));
+    let root = base
+        .canonicalize()
+        .map_err(|e| fail(format!("resolving its volume: {e}")))?;
+    let mut at = root.clone();
+    for part in Path::new(sub).components() {
+        let part = match part {
+            Component::Normal(p) => p,
+            Component::CurDir => continue,
+            _ => return Err(fail("must be relative and without '..'".into())),
+        };
+        let next = at.join(part);
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let real = next
+                    .canonicalize()
+                    .map_err(|e| fail(format!("resolving {}: {e}", next.display())))?;
+                if !real.starts_with(&root) {
+                    return Err(fail("leads outside its volume".into()));
+                }
+                at = real;
+            }
+            Ok(_) => at = next,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&next)
+                    .map_err(|e| fail(format!("creating {}: {e}", next.display())))?;
+                at = next;
+            }
+            Err(e) => return Err(fail(format!("reading {}: {e}", next.display()))),
+        }
     }
-    let (Ok(real), Ok(root)) = (path.canonicalize(), base.canonicalize()) else {
-        return Err(ConfigError(format!("subPath {sub:?} cannot be resolved")));
-    };
-    if !real.starts_with(&root) {
-        return Err(ConfigError(format!(
-            "subPath {sub:?} leads outside its volume"
-        )));
-    }
-    Ok(path)
+    Ok(at)
 }
 
 /// The ConfigMaps and Secrets a container's environment names.
@@ -728,5 +748,32 @@ mod tests {
         let vars = BTreeMap::from([("A".to_string(), "1".to_string())]);
         assert_eq!(expand("$(A)-$(B)-$$-$", &vars), "1-$(B)-$-$");
         assert_eq!(expand("$(A", &vars), "$(A");
+    }
+}
+
+#[cfg(test)]
+mod sub_path_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_sub_path_is_made_inside_its_volume_and_never_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vol");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(vol.join("data")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join("escape")).unwrap();
+        std::os::unix::fs::symlink(vol.join("data"), vol.join("inside")).unwrap();
+        let real = vol.canonicalize().unwrap();
+        assert_eq!(sub_path(&vol, "a/b").unwrap(), real.join("a/b"));
+        assert!(vol.join("a/b").is_dir());
+        assert_eq!(sub_path(&vol, "inside/x").unwrap(), real.join("data/x"));
+        assert!(sub_path(&vol, "escape/new").is_err());
+        assert!(
+            !outside.join("new").exists(),
+            "nothing is made outside the volume"
+        );
+        assert!(sub_path(&vol, "../x").is_err());
     }
 }

@@ -17,19 +17,37 @@ pub async fn reclaim(client: Client, hostname: String, storage: PathBuf) {
         label_selector: Some(format!("{VOLUME_NODE_LABEL}={hostname}")),
         ..Default::default()
     };
-    let mut w = Watcher::<PersistentVolume>::new(client.clone(), None, params);
+    let mut w = Watcher::<PersistentVolume>::new(client.clone(), None, params.clone());
+    // A removal that failed (a busy directory, the API away) is tried again now and then.
+    let mut again = tokio::time::interval(RETRY_EVERY);
+    again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match w.next().await {
-            watcher::Event::Restarted(items) => {
-                for v in items {
-                    remove_if_released(&client, &storage, &v).await;
+        tokio::select! {
+            event = w.next() => match event {
+                watcher::Event::Restarted(items) => {
+                    for v in items {
+                        remove_if_released(&client, &storage, &v).await;
+                    }
+                }
+                // A volume removed by someone else (or whose protection went first) still
+                // leaves its directory here.
+                watcher::Event::Applied(v) | watcher::Event::Deleted(v) => {
+                    remove_if_released(&client, &storage, &v).await
+                }
+            },
+            _ = again.tick() => {
+                if let Ok((items, _)) = client.list::<PersistentVolume>(None, &params).await {
+                    for v in items {
+                        remove_if_released(&client, &storage, &v).await;
+                    }
                 }
             }
-            watcher::Event::Applied(v) => remove_if_released(&client, &storage, &v).await,
-            watcher::Event::Deleted(_) => {}
         }
     }
 }
+
+/// How often released volumes are looked at again, for removals that failed.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The directory of a volume the built-in provisioner made on this node, if it lies where
 /// this node keeps them (so a volume object made by hand cannot point the agent at another
@@ -58,8 +76,7 @@ async fn remove_if_released(client: &Client, storage: &Path, v: &PersistentVolum
         .as_ref()
         .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
         == Some("Delete");
-    // One being deleted already had its directory removed.
-    if !released || !delete || v.metadata.deletion_timestamp.is_some() {
+    if !released || !delete {
         return;
     }
     let Some(dir) = our_directory(v, storage) else {
@@ -84,6 +101,9 @@ async fn remove_if_released(client: &Client, storage: &Path, v: &PersistentVolum
             warn!(volume = %name, error = %e, "removing a released volume failed");
             return;
         }
+    }
+    if v.metadata.deletion_timestamp.is_some() {
+        return;
     }
     match client.delete::<PersistentVolume>(None, &name).await {
         Ok(()) => info!(volume = %name, dir = %dir.display(), "released volume removed"),

@@ -351,7 +351,7 @@ impl State {
                 // Bindings in flight may be waiting for this claim; a pod waiting for its
                 // claims may go now.
                 self.claims_changed.notify_waiters();
-                self.waiting.clear();
+                self.retry_pods_with_claims();
             }
             Change::Volumes(e) => {
                 let key = |v: &PersistentVolume| v.metadata.name.clone().unwrap_or_default();
@@ -361,7 +361,7 @@ impl State {
                     key,
                     &mut self.storage_synced[1],
                 );
-                self.waiting.clear();
+                self.retry_pods_with_claims();
             }
             Change::Classes(e) => {
                 let key = |c: &StorageClass| c.metadata.name.clone().unwrap_or_default();
@@ -371,9 +371,26 @@ impl State {
                     key,
                     &mut self.storage_synced[2],
                 );
-                self.waiting.clear();
+                self.retry_pods_with_claims();
             }
         }
+    }
+
+    /// Storage changed: pods that wait and mount claims may fit now (others keep their
+    /// back-off; storage writes are frequent and say nothing about them).
+    fn retry_pods_with_claims(&mut self) {
+        let pods = &self.pods;
+        self.waiting.retain(|k, _| {
+            pods.get(k).is_none_or(|p| {
+                !p.spec
+                    .as_ref()
+                    .and_then(|s| s.volumes.as_ref())
+                    .is_some_and(|v| {
+                        v.iter()
+                            .any(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
+                    })
+            })
+        });
     }
 
     fn reset_pods(&mut self, items: Vec<Pod>) {

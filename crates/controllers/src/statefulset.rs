@@ -413,15 +413,19 @@ impl StatefulSetController {
                     failed(&e);
                     return Err(e);
                 }
-                let owned_by_set = c
-                    .metadata
-                    .owner_references
+                // The member is being made again: a claim handed to its former pod when the
+                // set shrank is the set's member's again, not the GC's to take.
+                let refs = c.metadata.owner_references.clone().unwrap_or_default();
+                let mut keep: Vec<_> = refs.iter().filter(|o| o.kind != "Pod").cloned().collect();
+                let owned_by_set = keep
                     .iter()
-                    .flatten()
                     .any(|o| Some(&o.uid) == set.metadata.uid.as_ref());
-                if with_set && !owned_by_set && controller_of(&c.metadata).is_none() {
+                if with_set && !owned_by_set && keep.iter().all(|o| o.controller != Some(true)) {
+                    keep.push(controller_ref(set));
+                }
+                if keep != refs {
                     let patch = serde_json::json!({"metadata": {
-                        "ownerReferences": [controller_ref(set)],
+                        "ownerReferences": keep,
                         "resourceVersion": c.metadata.resource_version}});
                     self.client
                         .merge_patch::<PersistentVolumeClaim>(Some(&ns), &claim_name, &patch)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::k8s_openapi::api::core::v1::{
-    NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim, Pod,
+    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim, Pod,
 };
 use api::k8s_openapi::api::storage::v1::StorageClass;
 use client::{Client, ClientError};
@@ -116,6 +116,25 @@ pub fn needs(pod: &Pod, s: &Storage) -> Result<Needs, String> {
         if !delayed {
             return Err("pod has unbound immediate PersistentVolumeClaims".into());
         }
+        // A claim already promised to a node (for another pod) binds there only.
+        if let Some(node) = claim
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(plan::SELECTED_NODE))
+        {
+            out.nodes.push(VolumeNodes {
+                terms: vec![NodeSelectorTerm {
+                    match_expressions: None,
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.clone()]),
+                    }]),
+                }],
+                bound: false,
+            });
+        }
         let provisions = class.is_some_and(|c| c.provisioner != "kubernetes.io/no-provisioner");
         let volumes: Vec<Arc<PersistentVolume>> = s.volumes.values().cloned().collect();
         let candidates = plan::candidates(claim, &volumes);
@@ -197,7 +216,24 @@ pub async fn prebind(
     // As kube-scheduler does, bind the pod only once its claims are: its node's agent then
     // finds their volumes at once.
     for d in delayed {
-        wait_bound(client, &d.claim, claims_changed).await?;
+        let volume = wait_bound(client, &d.claim, claims_changed).await?;
+        // Two pods placed in one cycle may share a claim: the volume is where the first one
+        // went, and the other must be placed again.
+        let usable = match client.get::<PersistentVolume>(None, &volume).await? {
+            Some(v) => affinity_terms(&v).is_none_or(|terms| {
+                terms
+                    .iter()
+                    .any(|t| scheduler::term_matches(t, node, labels))
+            }),
+            None => false,
+        };
+        if !usable {
+            return Err(ClientError::Api {
+                code: 409,
+                reason: "Conflict".into(),
+                message: format!("volume {volume:?} cannot be used on node {node:?}"),
+            });
+        }
     }
     Ok(())
 }
@@ -208,11 +244,12 @@ const BIND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Wait until the claim is bound, looking again whenever the scheduler hears of a change to
 /// any claim (and now and then regardless).
+/// Returns the name of its volume.
 async fn wait_bound(
     client: &Client,
     claim: &PersistentVolumeClaim,
     changed: &Notify,
-) -> Result<(), ClientError> {
+) -> Result<String, ClientError> {
     let ns = claim.metadata.namespace.as_deref().unwrap_or("");
     let name = claim.metadata.name.as_deref().unwrap_or("");
     let deadline = tokio::time::Instant::now() + BIND_TIMEOUT;
@@ -227,7 +264,7 @@ async fn wait_bound(
             });
         };
         if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
-            return Ok(());
+            return Ok(c.spec.and_then(|s| s.volume_name).unwrap_or_default());
         }
 
         if tokio::time::Instant::now() > deadline {

@@ -145,6 +145,8 @@ impl VolumeController {
 
     /// Record `note` about `obj` unless it was the last thing said about `key`.
     fn note<K: Resource + Metadata<Ty = ObjectMeta>>(&self, key: &str, obj: &K, note: &Note) {
+        // Per object, not per name: a claim made again under the same name starts afresh.
+        let key = &format!("{key}@{}", obj.metadata().uid.as_deref().unwrap_or(""));
         let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
         if noted.get(key) == Some(note) {
             return;
@@ -161,12 +163,17 @@ impl VolumeController {
         );
     }
 
+    fn forget_notes(&self, key: &str) {
+        let prefix = format!("{key}@");
+        self.noted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !k.starts_with(&prefix));
+    }
+
     async fn claim(&self, key: &str, ns: &str, name: &str) -> Outcome {
         let Some(c) = self.claims.get(ns, name) else {
-            self.noted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
+            self.forget_notes(key);
             return Ok(None);
         };
         let volumes = self.volumes.all();
@@ -212,6 +219,18 @@ impl VolumeController {
                 Ok(Some(RESYNC))
             }
             ClaimStep::Lost(note) => {
+                // A volume made a moment ago may not have reached the mirror yet.
+                let named = c.spec.as_ref().and_then(|s| s.volume_name.as_deref());
+                if let Some(v) = named.filter(|v| !v.is_empty())
+                    && self
+                        .client
+                        .get::<PersistentVolume>(None, v)
+                        .await?
+                        .is_some()
+                    && self.volumes.get("", v).is_none()
+                {
+                    return Ok(Some(Duration::from_millis(100)));
+                }
                 self.note(key, &*c, &note);
                 self.claim_phase(&c, "Lost").await?;
                 Ok(None)
@@ -289,6 +308,14 @@ impl VolumeController {
         let volume = volume.as_str();
         let spec = v.spec.get_or_insert_with(Default::default);
         let current = spec.claim_ref.as_ref();
+        // Never take a volume another claim holds (the mirror may have moved on since the
+        // plan was made).
+        if let Some(r) = current
+            && r.uid.as_deref().is_some_and(|u| !u.is_empty())
+            && r.uid.as_deref() != c.metadata.uid.as_deref()
+        {
+            return Ok(Some(Duration::from_secs(1)));
+        }
         let needs_ref = current.is_none_or(|r| r.uid.as_deref() != c.metadata.uid.as_deref());
         if needs_ref {
             if current.is_none() {
@@ -446,8 +473,16 @@ impl VolumeController {
                         message: format!("Successfully provisioned volume {pv_name}"),
                     },
                 );
-                // Bind it now rather than when the volume comes back through the watch.
-                self.bind(c, made).await
+                // Bind it now rather than when the volume comes back through the watch (on
+                // the claim as it is now: marking it above changed it).
+                match self
+                    .client
+                    .get::<PersistentVolumeClaim>(Some(ns), name)
+                    .await?
+                {
+                    Some(fresh) => self.bind(&fresh, made).await,
+                    None => Ok(None),
+                }
             }
             Err(e) if e.is_already_exists() => Ok(None),
             Err(e) => Err(e),
@@ -487,10 +522,7 @@ impl VolumeController {
 
     async fn volume(&self, key: &str, name: &str) -> Outcome {
         let Some(v) = self.volumes.get("", name) else {
-            self.noted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
+            self.forget_notes(key);
             return Ok(None);
         };
         let claim = v

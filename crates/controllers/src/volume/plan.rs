@@ -510,12 +510,13 @@ pub fn claim_step(c: &PersistentVolumeClaim, w: &World, in_use: bool) -> ClaimSt
 /// The next step for a volume; `claim` is the claim its claimRef names, if that exists.
 pub fn volume_step(v: &PersistentVolume, claim: Option<&PersistentVolumeClaim>) -> VolumeStep {
     let phase = phase_of_volume(v);
-    if v.metadata.deletion_timestamp.is_some() {
-        return if has_finalizer(&v.metadata, PV_PROTECTION) && phase != "Bound" {
-            VolumeStep::Unprotect
-        } else {
-            VolumeStep::Settled
-        };
+    // A volume being deleted loses its protection once it is not bound; while it is, it
+    // follows its claim like any other (so it is released when the claim goes).
+    if v.metadata.deletion_timestamp.is_some()
+        && has_finalizer(&v.metadata, PV_PROTECTION)
+        && phase != "Bound"
+    {
+        return VolumeStep::Unprotect;
     }
     let set = |p: &'static str| {
         if phase == p {
