@@ -227,7 +227,7 @@ impl ApiServer {
     /// marked default (Kubernetes' DefaultStorageClass admission). An empty name is a choice
     /// (no class) and stays.
     fn admit_default_class(&self, claim: &mut Value) {
-        let beta = "volume.beta.kubernetes.io/storage-class";
+        let beta = api::kinds::storage::BETA_CLASS_ANNOTATION;
         if !claim["spec"]["storageClassName"].is_null()
             || !claim["metadata"]["annotations"][beta].is_null()
         {

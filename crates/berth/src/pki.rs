@@ -44,13 +44,7 @@ pub fn write_private_with(
 ) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let written = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = create_private(&tmp)?;
         fill(&mut f)?;
         f.sync_all()?;
         Ok(())
@@ -61,6 +55,17 @@ pub fn write_private_with(
     }
     fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Create (or empty) a file readable by its owner only.
+pub fn create_private(path: &Path) -> Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 /// Make `dir` (and its parents) and keep it to its owner.

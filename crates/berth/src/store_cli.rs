@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use http_body_util::BodyExt;
 use store::RedbStore;
 use store::snapshot::Snapshot;
 
-use crate::pki::{ensure_dir, write_private, write_private_with};
+use crate::pki::{create_private, ensure_dir, write_private, write_private_with};
 
 /// The files besides the store that a snapshot carries, relative to the data directory.
 pub const IDENTITY_FILES: [&str; 5] = [
@@ -161,13 +160,7 @@ async fn fetch(data_dir: &Path, server: Option<&str>, file: &Path) -> Result<(u6
     }
     let tmp = file.with_extension("partial");
     let received = async {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = create_private(&tmp)?;
         let mut size = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| anyhow::anyhow!(e)).with_context(taking)?;

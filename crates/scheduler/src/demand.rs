@@ -233,10 +233,10 @@ impl Demand {
             .flatten()
             .filter(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
             .count() as i64;
-        *requests
-            .entry(api::kinds::storage::VOLUMES_RESOURCE.to_string())
-            .or_default() += claims;
         requests.retain(|_, v| *v != 0);
+        if claims > 0 {
+            requests.insert(api::kinds::storage::VOLUMES_RESOURCE.to_string(), claims);
+        }
         let node_affinity = spec
             .affinity
             .as_ref()

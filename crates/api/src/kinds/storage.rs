@@ -70,6 +70,8 @@ pub const VOLUME_NODE_LABEL: &str = "storage.berth.dev/node";
 /// agent's `--max-volumes`; a node without it has no limit). Kubernetes' old attachable-volume
 /// resources had this shape; it is counted like any resource, one per claim a pod mounts.
 pub const VOLUMES_RESOURCE: &str = "attachable-volumes-berth-local-path";
+/// The class of a claim or volume as older clients name it, ahead of `storageClassName`.
+pub const BETA_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
 /// On a volume: the provisioner that made it.
 pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 

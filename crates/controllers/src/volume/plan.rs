@@ -110,24 +110,29 @@ fn has_finalizer(
     meta.finalizers.iter().flatten().any(|x| x == f)
 }
 
-/// A claim's class as Kubernetes reads it: the beta annotation first, then the field; "" for
-/// none.
-pub fn claim_class(c: &PersistentVolumeClaim) -> &str {
-    annotation(&c.metadata, "volume.beta.kubernetes.io/storage-class")
-        .or(c
-            .spec
-            .as_ref()
-            .and_then(|s| s.storage_class_name.as_deref()))
+/// An object's class as Kubernetes reads it: the beta annotation first, then the field; ""
+/// for none.
+fn class_of<'a>(
+    meta: &'a api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    field: Option<&'a String>,
+) -> &'a str {
+    annotation(meta, api::kinds::storage::BETA_CLASS_ANNOTATION)
+        .or(field.map(String::as_str))
         .unwrap_or("")
 }
 
+pub fn claim_class(c: &PersistentVolumeClaim) -> &str {
+    class_of(
+        &c.metadata,
+        c.spec.as_ref().and_then(|s| s.storage_class_name.as_ref()),
+    )
+}
+
 fn volume_class(v: &PersistentVolume) -> &str {
-    annotation(&v.metadata, "volume.beta.kubernetes.io/storage-class")
-        .or(v
-            .spec
-            .as_ref()
-            .and_then(|s| s.storage_class_name.as_deref()))
-        .unwrap_or("")
+    class_of(
+        &v.metadata,
+        v.spec.as_ref().and_then(|s| s.storage_class_name.as_ref()),
+    )
 }
 
 pub fn claim_request(spec: Option<&PersistentVolumeClaimSpec>) -> Option<Quantity> {
@@ -435,7 +440,7 @@ pub fn claim_step(c: &PersistentVolumeClaim, w: &World, in_use: bool) -> ClaimSt
         .spec
         .as_ref()
         .is_none_or(|s| s.storage_class_name.is_none())
-        && annotation(&c.metadata, "volume.beta.kubernetes.io/storage-class").is_none();
+        && annotation(&c.metadata, api::kinds::storage::BETA_CLASS_ANNOTATION).is_none();
     if unset && let Some(d) = default_class(w.classes) {
         return ClaimStep::AssignClass(d.metadata.name.clone().unwrap_or_default());
     }
