@@ -45,6 +45,12 @@ ROOTS = [
     "api.storage.v1.StorageClass", "api.discovery.v1.EndpointSlice",
     "api.storage.v1.CSIDriver", "api.storage.v1.CSINode", "api.storage.v1.VolumeAttachment",
     "api.storage.v1.CSIStorageCapacity",
+    "api.rbac.v1.Role", "api.rbac.v1.ClusterRole", "api.rbac.v1.RoleBinding",
+    "api.rbac.v1.ClusterRoleBinding",
+    "api.authorization.v1.SelfSubjectAccessReview", "api.authorization.v1.SelfSubjectRulesReview",
+    "api.authorization.v1.SubjectAccessReview", "api.authorization.v1.LocalSubjectAccessReview",
+    "api.authentication.v1.SelfSubjectReview", "api.authentication.v1.TokenReview",
+    "api.authentication.v1.TokenRequest",
     # Discovery documents, legacy and aggregated.
     "apimachinery.pkg.apis.meta.v1.APIGroupList", "apimachinery.pkg.apis.meta.v1.APIGroup",
     "apimachinery.pkg.apis.meta.v1.APIResourceList", "apimachinery.pkg.apis.meta.v1.APIVersions",
@@ -61,6 +67,8 @@ SPECIAL = {
     "apimachinery.pkg.runtime.RawExtension",
     "apimachinery.pkg.apis.meta.v1.FieldsV1",
     "apimachinery.pkg.apis.meta.v1.Verbs",
+    "api.authentication.v1.ExtraValue",
+    "api.authorization.v1.ExtraValue",
 }
 
 

@@ -33,7 +33,7 @@ impl Transport for InProcess {
         &self,
         req: http::Request<Bytes>,
     ) -> Result<http::Response<ResponseBody>, ClientError> {
-        let resp = self.0.handle(req, Identity::System(self.1.into())).await;
+        let resp = self.0.handle(req, Identity::system(self.1)).await;
         Ok(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
     }
 }

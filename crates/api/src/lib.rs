@@ -13,6 +13,7 @@ pub mod patch;
 pub mod proto;
 pub mod quantity;
 pub mod quota;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod versions;

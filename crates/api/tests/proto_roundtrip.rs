@@ -12,6 +12,10 @@ use api::k8s_openapi;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenReview};
+use k8s_openapi::api::authorization::v1::{
+    LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview,
+};
 use k8s_openapi::api::autoscaling::v1::{HorizontalPodAutoscaler as HpaV1, Scale};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -25,6 +29,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as NewEvent;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::{Eviction, PodDisruptionBudget};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::{
     CSIDriver, CSINode, CSIStorageCapacity, StorageClass, VolumeAttachment,
@@ -363,6 +368,17 @@ fn every_field_of_every_served_kind_survives_protobuf() {
         round_trip::<CSINode>(),
         round_trip::<VolumeAttachment>(),
         round_trip::<CSIStorageCapacity>(),
+        round_trip::<Role>(),
+        round_trip::<ClusterRole>(),
+        round_trip::<RoleBinding>(),
+        round_trip::<ClusterRoleBinding>(),
+        round_trip::<SelfSubjectAccessReview>(),
+        round_trip::<SelfSubjectRulesReview>(),
+        round_trip::<SubjectAccessReview>(),
+        round_trip::<LocalSubjectAccessReview>(),
+        round_trip::<SelfSubjectReview>(),
+        round_trip::<TokenReview>(),
+        round_trip::<TokenRequest>(),
     ];
     // Every kind the server serves is among them.
     let checked: BTreeSet<&str> = results.iter().map(|(n, _)| n.as_str()).collect();

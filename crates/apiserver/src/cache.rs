@@ -465,7 +465,17 @@ fn push_history(st: &mut State, ev: Arc<CacheEvent>) {
     }
 }
 
+/// Told of every change to the resources it follows, in the cache's order, as the cache
+/// applies it (the authorizer keeps its index of roles and bindings this way).
+pub trait Observer: Send + Sync {
+    fn follows(&self, r: &Resource) -> bool;
+    /// Everything of `r` the cache holds (at start, and again after a reload).
+    fn loaded(&self, r: &Resource, items: &OrdMap<String, Arc<Entry>>);
+    fn changed(&self, r: &Resource, ev: &CacheEvent);
+}
+
 pub struct Cache {
+    observers: Vec<Arc<dyn Observer>>,
     store: Arc<dyn Store>,
     resources: Vec<Arc<ResourceCache>>,
     /// Key prefix (`/registry/group/plural/`) to index in `resources`.
@@ -487,6 +497,7 @@ impl Cache {
     pub async fn start(
         store: Arc<dyn Store>,
         bookmark_every: Duration,
+        observers: Vec<Arc<dyn Observer>>,
     ) -> Result<Arc<Cache>, StoreError> {
         let started = Instant::now();
         let (kvs, rev) = store.list("/registry/").await?;
@@ -498,6 +509,7 @@ impl Cache {
             resources.push(Arc::new(ResourceCache::new(r, rev)));
         }
         let cache = Arc::new(Cache {
+            observers,
             store: store.clone(),
             resources,
             by_prefix,
@@ -505,6 +517,7 @@ impl Cache {
         });
         let count = kvs.len();
         for (i, items) in cache.build_items(kvs).into_iter().enumerate() {
+            cache.loaded(i, &items);
             cache.resources[i].write().items = items;
         }
         cache.prefill_history(rev).await;
@@ -681,7 +694,21 @@ impl Cache {
         let key = ev.kv.key[rc.resource.key_prefix().len()..].to_string();
         let current = rc.get(&key);
         if let Some(ce) = self.cache_event(i, ev, current) {
+            for o in &self.observers {
+                if o.follows(rc.resource) {
+                    o.changed(rc.resource, &ce);
+                }
+            }
             rc.apply(Arc::new(ce));
+        }
+    }
+
+    fn loaded(&self, i: usize, items: &OrdMap<String, Arc<Entry>>) {
+        let r = self.resources[i].resource;
+        for o in &self.observers {
+            if o.follows(r) {
+                o.loaded(r, items);
+            }
         }
     }
 
@@ -692,6 +719,7 @@ impl Cache {
             match self.store.list("/registry/").await {
                 Ok((kvs, rev)) => {
                     for (i, items) in self.build_items(kvs).into_iter().enumerate() {
+                        self.loaded(i, &items);
                         self.resources[i].reset(items, rev);
                     }
                     self.synced.send_replace(rev);

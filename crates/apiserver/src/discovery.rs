@@ -232,29 +232,42 @@ impl Discovery {
             ));
             legacy_groups.push(g);
         }
-        // metrics.k8s.io, served by the API server from the agents' usage summaries.
-        {
-            let (group, v) = (crate::metrics::GROUP, crate::metrics::VERSION);
+        // Groups served by handlers of their own, outside the registry: metrics.k8s.io (from
+        // the agents' usage summaries) and the create-only reviews of authentication.k8s.io
+        // and authorization.k8s.io.
+        let metrics: &[(&str, &str, bool, &[&str])] = &[
+            ("nodes", "NodeMetrics", false, &["get", "list"]),
+            ("pods", "PodMetrics", true, &["get", "list"]),
+        ];
+        let mut extra = vec![(
+            crate::metrics::GROUP,
+            crate::metrics::VERSION,
+            metrics.to_vec(),
+        )];
+        for (group, resources) in crate::auth::Review::groups() {
+            extra.push((group, "v1", resources));
+        }
+        for (group, v, served) in extra {
             let gv = format!("{group}/{v}");
-            let res = |plural: &str, singular: &str, kind: &str, namespaced: bool| {
-                (
-                    json!({"resource": plural, "singularResource": singular,
-                           "responseKind": {"group": group, "version": v, "kind": kind},
-                           "scope": if namespaced { "Namespaced" } else { "Cluster" },
-                           "verbs": ["get", "list"]}),
-                    json!({"name": plural, "singularName": singular, "namespaced": namespaced,
-                           "kind": kind, "verbs": ["get", "list"]}),
-                )
-            };
-            let (nodes, nodes_legacy) = res("nodes", "", "NodeMetrics", false);
-            let (pods, pods_legacy) = res("pods", "", "PodMetrics", true);
+            let mut aggregated = Vec::new();
+            let mut legacy = Vec::new();
+            for (plural, kind, namespaced, verbs) in served {
+                aggregated.push(json!({"resource": plural, "singularResource": "",
+                       "responseKind": {"group": group, "version": v, "kind": kind},
+                       "scope": if namespaced { "Namespaced" } else { "Cluster" },
+                       "verbs": verbs}));
+                legacy.push(
+                    json!({"name": plural, "singularName": "", "namespaced": namespaced,
+                       "kind": kind, "verbs": verbs}),
+                );
+            }
             group_items.push(json!({"metadata": {"name": group}, "versions": [
-                {"version": v, "resources": [nodes, pods], "freshness": "Current"}]}));
+                {"version": v, "resources": aggregated, "freshness": "Current"}]}));
             resource_lists.push((
                 gv.clone(),
                 wire(
                     &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-                           "resources": [nodes_legacy, pods_legacy]}),
+                           "resources": legacy}),
                 ),
             ));
             let gvs = json!([{"groupVersion": gv, "version": v}]);

@@ -1,8 +1,7 @@
 //! HTTPS: TLS with HTTP/1.1 only (kubectl switches to HTTP/2 when offered it), authentication
-//! by a client certificate the cluster CA signed or by a bearer token, and request bodies read
-//! with a size limit before they reach the handler.
+//! by a client certificate the cluster CA signed or by a bearer token, authorization before the
+//! body is read, and request bodies read with a size limit before they reach the handler.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +20,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
+use crate::auth::{Authenticator, certificate_user};
 use crate::body::Body;
 use crate::errors::ApiError;
-use crate::server::{ApiServer, Identity, Reply};
+use crate::server::{ApiServer, Reply};
 
 /// Bodies past the limit are still read (and dropped) up to this size, so that the client
 /// gets the 413 instead of a reset connection.
@@ -31,45 +31,6 @@ const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that has not sent its request headers by then is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Maps bearer tokens to users.
-#[derive(Default)]
-pub struct Authenticator {
-    tokens: HashMap<String, String>,
-}
-
-impl Authenticator {
-    pub fn new(tokens: impl IntoIterator<Item = (String, String)>) -> Authenticator {
-        Authenticator {
-            tokens: tokens.into_iter().collect(),
-        }
-    }
-
-    pub fn identify(&self, headers: &http::HeaderMap) -> Identity {
-        let Some(token) = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-        else {
-            return Identity::Anonymous;
-        };
-        // Compare against every token in constant time per candidate.
-        for (known, user) in &self.tokens {
-            if constant_time_eq(known.as_bytes(), token.as_bytes()) {
-                return Identity::User(user.clone());
-            }
-        }
-        Identity::Anonymous
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// A TLS configuration that serves `chain`, offers only HTTP/1.1, and accepts client
 /// certificates signed by `client_ca` (a client without one may still bring a token).
@@ -96,14 +57,6 @@ pub fn tls_config(
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// The user a verified client certificate names: its common name (the organizations would be
-/// the groups, which authorization will read).
-fn certificate_user(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_string)
 }
 
 /// Accept connections until `shutdown` turns true.
@@ -146,7 +99,8 @@ pub async fn serve(
                         .1
                         .peer_certificates()
                         .and_then(|chain| chain.first())
-                        .and_then(certificate_user);
+                        .and_then(|c| certificate_user(c.as_ref()))
+                        .map(Arc::new);
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let api = api.clone();
                         let auth = auth.clone();
@@ -178,12 +132,17 @@ pub async fn serve(
 async fn handle(
     api: &ApiServer,
     auth: &Authenticator,
-    cert_user: Option<String>,
+    cert_user: Option<Arc<api::rbac::UserInfo>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let who = match cert_user {
-        Some(user) => Identity::User(user),
-        None => auth.identify(req.headers()),
+    // Who asks, and whether they may, is settled before a byte of the body is read.
+    let who = match auth.authenticate(req.headers(), cert_user.as_ref()) {
+        Ok(who) => who,
+        Err(e) => return api.refuse(&req, e),
+    };
+    let who = match api.authorize(req.method(), req.uri(), req.headers(), who) {
+        Ok(who) => who,
+        Err(e) => return api.refuse(&req, e),
     };
     let (parts, body) = req.into_parts();
     let bytes = match read_body(body, api.config.max_body_bytes).await {
@@ -191,7 +150,8 @@ async fn handle(
         Err(e) => return error_response(e),
     };
     // A panic in a handler is a 500 from `ApiServer::handle` itself.
-    api.handle(Request::from_parts(parts, bytes), who).await
+    api.handle_authorized(Request::from_parts(parts, bytes), who)
+        .await
 }
 
 fn error_response(e: ApiError) -> Response<Body> {

@@ -1,9 +1,10 @@
 //! The Kubernetes API server: routes, wire encodings (JSON, Tables, watch streams,
 //! discovery, OpenAPI), the watch cache every read is served from, patches, admission and
-//! authentication. Only this crate touches the store.
+//! authentication and authorization (RBAC). Only this crate touches the store.
 
 mod admission;
 mod alloc;
+pub mod auth;
 mod binding;
 pub mod body;
 pub mod cache;

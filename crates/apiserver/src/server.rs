@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use store::Store;
 use tracing::{Instrument, debug, debug_span, error, warn};
 
+use crate::auth::{Authenticator, Authorizer};
 use crate::body::Body;
 use crate::cache::Cache;
 use crate::discovery::Discovery;
@@ -21,21 +22,7 @@ use crate::openapi::{self, OpenApi};
 use crate::request::{self, DiscoveryFormat, Params, Route, Target};
 use crate::telemetry::{MeteredStore, RequestLabels, Telemetry};
 
-/// Who is making a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Identity {
-    Anonymous,
-    User(String),
-    /// A component of this process (controllers, agent, bootstrap), through the in-process
-    /// client.
-    System(String),
-}
-
-impl Identity {
-    pub fn is_authenticated(&self) -> bool {
-        !matches!(self, Identity::Anonymous)
-    }
-}
+pub use crate::auth::Identity;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -203,6 +190,8 @@ impl From<ApiError> for Reply {
 }
 
 pub struct ApiServer {
+    pub(crate) authorizer: Arc<Authorizer>,
+    authenticator: std::sync::OnceLock<Arc<Authenticator>>,
     pub(crate) node_connector: std::sync::OnceLock<Arc<dyn crate::node::NodeConnector>>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) cache: Arc<Cache>,
@@ -239,7 +228,13 @@ impl ApiServer {
             inner: store,
             telemetry: telemetry.clone(),
         });
-        let cache = Cache::start(store.clone(), config.bookmark_every).await?;
+        let authorizer = Arc::new(Authorizer::default());
+        let cache = Cache::start(
+            store.clone(),
+            config.bookmark_every,
+            vec![authorizer.clone() as Arc<dyn crate::cache::Observer>],
+        )
+        .await?;
         let (major, minor, _) = api::KUBERNETES_VERSION;
         let version = json!({
             "major": major.to_string(),
@@ -257,6 +252,8 @@ impl ApiServer {
             }),
         });
         let server = Arc::new(ApiServer {
+            authorizer,
+            authenticator: std::sync::OnceLock::new(),
             node_connector: std::sync::OnceLock::new(),
             discovery: Discovery::new(&config.advertise.to_string()),
             openapi: OpenApi::new(&git_version()),
@@ -276,8 +273,63 @@ impl ApiServer {
         Ok(server)
     }
 
-    /// Serve one request. The body has been read already (and bounded in size).
+    /// Decide whether a request may go on, from its method, path, query and headers alone
+    /// (its body is not read before): impersonation, then RBAC. Returns who it acts as.
+    pub fn authorize(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        who: Identity,
+    ) -> ApiResult<Identity> {
+        let who = self.authorizer.impersonate(who, headers)?;
+        if who.user.in_group(api::rbac::MASTERS) {
+            return Ok(who);
+        }
+        let path = uri.path();
+        let route = request::route(path).ok();
+        let params = Params::parse(uri.query());
+        let asked = crate::auth::attributes_of(method, path, &params, route.as_ref());
+        self.authorizer.check(&asked.borrow(&who.user))?;
+        Ok(who)
+    }
+
+    /// Serve one request: authorize it, then handle it (the in-process transport's way in).
     pub async fn handle(&self, req: Request<Bytes>, who: Identity) -> Response<Body> {
+        match self.authorize(req.method(), req.uri(), req.headers(), who) {
+            Ok(who) => self.handle_authorized(req, who).await,
+            Err(e) => self.refuse(&req, e),
+        }
+    }
+
+    /// The reply to a request refused before it was handled, counted like any other.
+    pub fn refuse<B>(&self, req: &Request<B>, e: ApiError) -> Response<Body> {
+        let route = request::route(req.uri().path());
+        let params = Params::parse(req.uri().query());
+        let labels = request_labels(req.method(), req.headers(), route.as_ref().ok(), &params);
+        debug!(
+            code = e.code,
+            reason = e.reason,
+            path = req.uri().path(),
+            "request refused"
+        );
+        let resp = Reply::from(e).into_response();
+        self.telemetry
+            .request(labels, resp.status().as_u16(), std::time::Duration::ZERO);
+        resp
+    }
+
+    /// How clients are authenticated (for TokenReview); set once at start.
+    pub fn set_authenticator(&self, a: Arc<Authenticator>) {
+        let _ = self.authenticator.set(a);
+    }
+
+    pub(crate) fn authenticator(&self) -> Option<&Arc<Authenticator>> {
+        self.authenticator.get()
+    }
+
+    /// Serve one request already authorized. The body has been read (and bounded in size).
+    pub async fn handle_authorized(&self, req: Request<Bytes>, who: Identity) -> Response<Body> {
         // A span per request costs more than a binding's own work when it is recorded, so it
         // is there when debugging; failures name their request themselves.
         let span = debug_span!("request", method = %req.method(), path = %req.uri().path());
@@ -285,7 +337,7 @@ impl ApiServer {
         let started = std::time::Instant::now();
         let route = request::route(req.uri().path());
         let params = Params::parse(req.uri().query());
-        let labels = request_labels(&req, route.as_ref().ok(), &params);
+        let labels = request_labels(req.method(), req.headers(), route.as_ref().ok(), &params);
         async move {
             // A bug in one handler costs that request a 500, on every transport (the
             // in-process one included), not the caller's task or the connection.
@@ -329,16 +381,12 @@ impl ApiServer {
             .path()
             .starts_with(&format!("/apis/{}/{}/", metrics::GROUP, metrics::VERSION))
         {
-            if !who.is_authenticated() {
-                return Err(ApiError::unauthorized());
-            }
             return self.metrics(req.uri().path(), &params, req.method()).await;
         }
-        let route = route?;
-        let public = matches!(route, Route::Version | Route::Health(_));
-        if !public && !who.is_authenticated() {
-            return Err(ApiError::unauthorized());
+        if let Some((review, namespace)) = crate::auth::Review::from_path(req.uri().path()) {
+            return self.review(review, namespace, &req, who).await;
         }
+        let route = route?;
         let accept = req
             .headers()
             .get(header::ACCEPT)
@@ -653,9 +701,13 @@ impl ApiServer {
 
 /// How a request is counted in `apiserver_request_total`: Kubernetes' verb (LIST and WATCH
 /// for collections, APPLY for server-side apply, CONNECT for streams), resource and scope.
-fn request_labels(req: &Request<Bytes>, route: Option<&Route>, query: &Params) -> RequestLabels {
+fn request_labels(
+    method: &Method,
+    headers: &http::HeaderMap,
+    route: Option<&Route>,
+    query: &Params,
+) -> RequestLabels {
     let dry_run = query.get("dryRun").is_some();
-    let method = req.method();
     let Some(Route::Resource(t)) = route else {
         return RequestLabels {
             verb: match *method {
@@ -677,8 +729,7 @@ fn request_labels(req: &Request<Bytes>, route: Option<&Route>, query: &Params) -
         .filter(|s| has_subresource(t.resource, s))
         .unwrap_or_default();
     let connect = matches!(sub.as_str(), "exec" | "attach" | "portforward" | "proxy");
-    let apply = req
-        .headers()
+    let apply = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
     let verb = match (method, t.name.is_some()) {

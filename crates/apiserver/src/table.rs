@@ -813,6 +813,19 @@ pub fn columns(kind: &str) -> Vec<Column> {
             ),
             AGE,
         ],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            NAME,
+            col("Role", "string", 0, "The role the binding grants."),
+            AGE,
+            col("Users", "string", 1, "The users the binding names."),
+            col("Groups", "string", 1, "The groups the binding names."),
+            col(
+                "ServiceAccounts",
+                "string",
+                1,
+                "The service accounts the binding names.",
+            ),
+        ],
         "PriorityClass" => vec![
             NAME,
             col("Value", "integer", 0, "The priority of pods of this class."),
@@ -1190,6 +1203,33 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
                 Cell::text(show(&spec["maxUnavailable"])),
                 Cell::Int(int(&status["disruptionsAllowed"])),
                 created(obj),
+            ]
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = |kind: &str| {
+                obj["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| match s(&x["namespace"]) {
+                        ns if kind == "ServiceAccount" => format!("{ns}/{}", s(&x["name"])),
+                        _ => s(&x["name"]).to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name(obj),
+                Cell::text(format!(
+                    "{}/{}",
+                    s(&obj["roleRef"]["kind"]),
+                    s(&obj["roleRef"]["name"])
+                )),
+                created(obj),
+                Cell::text(subjects("User")),
+                Cell::text(subjects("Group")),
+                Cell::text(subjects("ServiceAccount")),
             ]
         }
         "PriorityClass" => vec![

@@ -37,6 +37,7 @@ enum Validation {
 }
 
 pub(crate) struct WriteOpts {
+    who: Identity,
     dry_run: bool,
     manager: String,
     validation: Validation,
@@ -86,9 +87,12 @@ pub(crate) fn write_opts(
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            match (ua.split('/').next().filter(|s| !s.is_empty()), who) {
+            match (
+                ua.split('/').next().filter(|s| !s.is_empty()),
+                &who.component,
+            ) {
                 (Some(first), _) => first.to_string(),
-                (None, Identity::System(name)) => name.clone(),
+                (None, Some(name)) => name.to_string(),
                 _ => "unknown".to_string(),
             }
         }
@@ -99,6 +103,7 @@ pub(crate) fn write_opts(
         ));
     }
     Ok(WriteOpts {
+        who: who.clone(),
         dry_run,
         manager,
         validation,
@@ -335,6 +340,8 @@ impl ApiServer {
                 AdmitError::Invalid(errs) => ApiError::invalid(r, &name, &errs),
             })?;
         let warnings = judge_unknown(r, r.version, &admitted.unknown_fields, opts)?;
+        self.authorizer
+            .check_escalation(r, &admitted.object, &opts.who)?;
         Ok((admitted.object, warnings))
     }
 

@@ -49,7 +49,7 @@ async fn call(api: &ApiServer, method: Method, path: &str, body: Value) -> (Stat
         .header("content-type", "application/json")
         .body(Bytes::from(body.to_string()))
         .unwrap();
-    let resp = api.handle(req, Identity::System("test".into())).await;
+    let resp = api.handle(req, Identity::system("test")).await;
     let (parts, body) = resp.into_parts();
     (
         parts.status,

@@ -47,7 +47,7 @@ impl Api {
             .header("content-type", ct)
             .body(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default())
             .unwrap();
-        let resp = self.0.handle(req, Identity::System("test".into())).await;
+        let resp = self.0.handle(req, Identity::system("test")).await;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await;
         let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -62,7 +62,7 @@ impl Api {
             .header("content-type", "application/json")
             .body(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default())
             .unwrap();
-        let resp = self.0.handle(req, Identity::System("test".into())).await;
+        let resp = self.0.handle(req, Identity::system("test")).await;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await;
         (parts.status, String::from_utf8(bytes.to_vec()).unwrap())
@@ -91,7 +91,7 @@ impl Api {
     /// Read a watch until `n` non-bookmark events arrived, keeping everything seen.
     async fn watch_all(&self, path: &str, n: usize) -> Vec<(String, Value)> {
         let req = Request::builder().uri(path).body(Bytes::new()).unwrap();
-        let resp = self.0.handle(req, Identity::System("test".into())).await;
+        let resp = self.0.handle(req, Identity::system("test")).await;
         let mut body = resp.into_body();
         let mut buf = Vec::new();
         let mut out = Vec::new();
@@ -343,7 +343,7 @@ async fn a_revision_from_the_future_times_out() {
         .body(Bytes::new())
         .unwrap();
     let started = std::time::Instant::now();
-    let resp = a.0.handle(req, Identity::System("t".into())).await;
+    let resp = a.0.handle(req, Identity::system("t")).await;
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
     assert!(started.elapsed() >= Duration::from_secs(2));
 }
@@ -727,7 +727,7 @@ async fn server_side_apply_creates_and_reports_conflicts() {
         .header("content-type", "application/apply-patch+yaml")
         .body(Bytes::from(yaml))
         .unwrap();
-    let resp = a.0.handle(req, Identity::System("t".into())).await;
+    let resp = a.0.handle(req, Identity::system("t")).await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
@@ -830,10 +830,7 @@ async fn bookmarks_and_initial_events() {
         .uri("/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true")
         .body(Bytes::new())
         .unwrap();
-    let mut body =
-        a.0.handle(req, Identity::System("t".into()))
-            .await
-            .into_body();
+    let mut body = a.0.handle(req, Identity::system("t")).await.into_body();
     let mut lines = Vec::new();
     let mut buf = Vec::new();
     while lines.len() < 3 {
@@ -1151,7 +1148,7 @@ async fn partial_object_metadata_is_served() {
             .unwrap();
         let api = a.0.clone();
         async move {
-            let resp = api.handle(req, Identity::System("test".into())).await;
+            let resp = api.handle(req, Identity::system("test")).await;
             let (parts, body) = resp.into_parts();
             let text = String::from_utf8(body.collect().await.to_vec()).unwrap();
             (parts.status, text)

@@ -18,8 +18,10 @@ use api::k8s_openapi::api::scheduling::v1::PriorityClass;
 use api::k8s_openapi::api::storage::v1::StorageClass;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use api::rbac::UserInfo;
 use apiserver::ApiServer;
-use apiserver::http::{Authenticator, serve, tls_config};
+use apiserver::auth::Authenticator;
+use apiserver::http::{serve, tls_config};
 use client::{Client, ClientError};
 use controllers::harness::{self, Outcome, Queue, Reconciler};
 use controllers::leader::{self, Leadership};
@@ -322,6 +324,9 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     }
     let bootstrap = InProcess::client(api.clone(), "berth-bootstrap");
     bootstrap_objects(&bootstrap, advertise, service_ip).await?;
+    crate::policy::ensure(&bootstrap)
+        .await
+        .context("putting the bootstrap RBAC policy in place")?;
     ensure_dns_service(&bootstrap, args.dns.cluster_dns).await;
     KubernetesService::start(bootstrap.clone(), advertise, service_ip);
     // Controllers and the scheduler run once per cluster. With peers they would each hold a
@@ -387,8 +392,9 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     let tls = tls_config(chain, key, client_ca).context("building the TLS configuration")?;
     let auth = Arc::new(Authenticator::new([(
         pki.admin_token.clone(),
-        "admin".to_string(),
+        UserInfo::new("admin", &[api::rbac::MASTERS]),
     )]));
+    api.set_authenticator(auth.clone());
     let (shutdown, rx) = watch::channel(false);
     if let Some(l) = node_listener {
         let (api, l, tls, auth, rx) = (

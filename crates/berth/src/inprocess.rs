@@ -29,7 +29,7 @@ impl Transport for InProcess {
     async fn send(&self, req: Request<Bytes>) -> Result<http::Response<ResponseBody>, ClientError> {
         let resp = self
             .api
-            .handle(req, Identity::System(self.who.clone()))
+            .handle(req, Identity::system(self.who.clone()))
             .await;
         Ok(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
     }

@@ -14,8 +14,10 @@ mod inprocess;
 mod instances;
 mod node;
 mod pki;
+mod policy;
 mod sim;
 mod store_cli;
+mod users_cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -43,6 +45,8 @@ enum Command {
     Image(images_cli::ImageArgs),
     /// The cluster's state: snapshots of a running server, restoring one.
     Store(store_cli::StoreArgs),
+    /// The cluster's users: kubeconfigs with client certificates signed by its CA.
+    User(users_cli::UserArgs),
     /// The per-container shim (started by the node agent, not by hand).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Dns(args)) => bench_dns::run(args).await,
             Command::Image(args) => images_cli::run(args).await,
             Command::Store(args) => store_cli::run(args).await,
+            Command::User(args) => users_cli::run(args),
             Command::Sim(args) => sim::run(args).await,
             Command::Shim(_) | Command::OciExec(_) => {
                 unreachable!("helpers run before the async runtime starts")

@@ -228,26 +228,9 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
     let usable = admin_key.exists()
         && fs::read_to_string(&admin_crt).is_ok_and(|pem| client_cert_usable(&pem));
     if !usable {
-        let ca_key = KeyPair::from_pem(&ca_key_pem).context("parsing the CA key")?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("parsing the CA certificate")?;
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "system:masters");
-        dn.push(DnType::CommonName, "admin");
-        p.distinguished_name = dn;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let now = OffsetDateTime::now_utc();
-        p.not_before = now - Duration::hours(1);
-        p.not_after = now + Duration::days(SERVING_DAYS);
-        let key = KeyPair::generate()?;
-        let cert = p.signed_by(&key, &issuer)?;
-        write_private(&admin_key, key.serialize_pem().as_bytes())?;
-        write_private(&admin_crt, cert.pem().as_bytes())?;
+        let (cert, key) = issue_client_cert(&ca_pem, &ca_key_pem, "admin", Some("system:masters"))?;
+        write_private(&admin_key, key.as_bytes())?;
+        write_private(&admin_crt, cert.as_bytes())?;
         info!("issued the admin's client certificate");
     }
     let token_path = creds.join("admin.token");
@@ -271,6 +254,37 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
     })
 }
 
+/// A client certificate (and its key, both PEM) for `user`, in `group` if given, signed by
+/// the CA: the API server reads the common name as the user and the organizations as groups.
+/// (rcgen writes one value per attribute type, so a certificate made here names one group.)
+pub fn issue_client_cert(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    user: &str,
+    group: Option<&str>,
+) -> Result<(String, String)> {
+    let ca_key = KeyPair::from_pem(ca_key_pem).context("parsing the CA key")?;
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key).context("parsing the CA certificate")?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    if let Some(g) = group {
+        dn.push(DnType::OrganizationName, g);
+    }
+    dn.push(DnType::CommonName, user);
+    p.distinguished_name = dn;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + Duration::days(SERVING_DAYS);
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// 32 random bytes, hex encoded.
 pub fn random_token() -> Result<String> {
     let mut b = [0u8; 32];
@@ -285,13 +299,33 @@ pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
 /// Write a kubeconfig for the admin user against `server`: a client certificate, which most
 /// tools expect, and the bearer token, which others do.
 pub fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<()> {
+    let text = kubeconfig(
+        server,
+        &pki.ca_pem,
+        "admin",
+        &pki.admin_cert_pem,
+        &pki.admin_key_pem,
+        Some(&pki.admin_token),
+    );
+    write_private(path, text.as_bytes())
+}
+
+/// A kubeconfig for one user of the cluster at `server`.
+pub fn kubeconfig(
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    token: Option<&str>,
+) -> String {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let ca = b64(&pki.ca_pem);
-    let cert = b64(&pki.admin_cert_pem);
-    let key = b64(&pki.admin_key_pem);
-    let token = &pki.admin_token;
-    let config = format!(
+    let ca = b64(ca_pem);
+    let cert = b64(cert_pem);
+    let key = b64(key_pem);
+    let token = token.map_or(String::new(), |t| format!("\n    token: {t}"));
+    format!(
         "apiVersion: v1
 kind: Config
 clusters:
@@ -300,21 +334,19 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: admin
+- name: {user}
   user:
     client-certificate-data: {cert}
-    client-key-data: {key}
-    token: {token}
+    client-key-data: {key}{token}
 contexts:
 - name: berth
   context:
     cluster: berth
-    user: admin
+    user: {user}
 current-context: berth
 preferences: {{}}
 "
-    );
-    write_private(path, config.as_bytes())
+    )
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ pub async fn run(args: StoreArgs) -> Result<()> {
 }
 
 /// The API server's address, as the data directory's kubeconfig gives it.
-fn server_of(data_dir: &Path) -> Result<String> {
+pub fn server_of(data_dir: &Path) -> Result<String> {
     let path = crate::pki::kubeconfig_path(data_dir);
     let text = fs::read_to_string(&path).with_context(|| {
         format!(

@@ -1,6 +1,7 @@
 //! Reconcilers: each watches the objects it cares about and, level-triggered and idempotent,
 //! moves the cluster toward what those objects say.
 
+pub mod aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -36,11 +37,13 @@ use api::k8s_openapi::api::core::v1::{
 };
 use api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use api::k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use api::k8s_openapi::api::rbac::v1::ClusterRole;
 use api::k8s_openapi::api::storage::v1::StorageClass;
 use client::Client;
 use std::sync::Arc;
 use supervise::supervise;
 
+use crate::aggregation::AggregationController;
 use crate::cronjob::CronJobController;
 use crate::daemonset::DaemonSetController;
 use crate::deployment::DeploymentController;
@@ -91,6 +94,7 @@ pub fn start_controllers(
     let claims = Mirror::<PersistentVolumeClaim>::new();
     let volumes = Mirror::<PersistentVolume>::new();
     let classes = Mirror::<StorageClass>::new();
+    let cluster_roles = Mirror::<ClusterRole>::new();
     let c = || client.clone();
     let l = || leadership.clone();
 
@@ -178,6 +182,8 @@ pub fn start_controllers(
         pods.clone(),
     ));
     harness::start(vol.clone(), vol.queue(), 1, l());
+    let agg = Arc::new(AggregationController::new(c(), cluster_roles.clone()));
+    harness::start(agg.clone(), agg.queue(), 1, l());
 
     // Mirrors start last, so that every subscriber hears the first list.
     supervise_mirror("mirror/pods", &pods, c());
@@ -201,6 +207,7 @@ pub fn start_controllers(
     supervise_mirror("mirror/persistentvolumeclaims", &claims, c());
     supervise_mirror("mirror/persistentvolumes", &volumes, c());
     supervise_mirror("mirror/storageclasses", &classes, c());
+    supervise_mirror("mirror/clusterroles", &cluster_roles, c());
 }
 
 fn supervise_mirror<K>(name: &'static str, mirror: &Arc<Mirror<K>>, client: Client)

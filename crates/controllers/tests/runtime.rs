@@ -33,7 +33,7 @@ async fn server() -> (Arc<ApiServer>, Client) {
 /// `apiserver_request_total` for configmaps with `verb`, summed over codes.
 async fn requests(api: &ApiServer, verb: &str) -> u64 {
     let req = http::Request::get("/metrics").body(Bytes::new()).unwrap();
-    let resp = api.handle(req, Identity::System("test".into())).await;
+    let resp = api.handle(req, Identity::system("test")).await;
     let text = String::from_utf8(resp.into_body().collect().await.to_vec()).unwrap();
     text.lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))

@@ -10,6 +10,7 @@ mod core;
 mod more;
 mod pod;
 mod policy;
+mod rbac;
 pub mod storage;
 
 use std::collections::BTreeMap;

@@ -248,6 +248,10 @@ fn build() -> Schemas {
         ("CSINode", csi_node),
         ("VolumeAttachment", with_meta),
         ("CSIStorageCapacity", with_meta),
+        ("ClusterRole", with_meta),
+        ("ClusterRoleBinding", with_meta),
+        ("Role", with_meta),
+        ("RoleBinding", with_meta),
     ]);
     Schemas { by_kind }
 }

@@ -213,7 +213,9 @@ fn special(name: &str, v: &Value, path: &str) -> Result<Option<Vec<u8>>, EncodeE
         "apimachinery.pkg.runtime.RawExtension" | "apimachinery.pkg.apis.meta.v1.FieldsV1" => {
             len(1, v.to_string().as_bytes(), &mut out);
         }
-        "apimachinery.pkg.apis.meta.v1.Verbs" => {
+        "apimachinery.pkg.apis.meta.v1.Verbs"
+        | "api.authentication.v1.ExtraValue"
+        | "api.authorization.v1.ExtraValue" => {
             for verb in v.as_array().ok_or_else(|| bad(path, "not a list"))? {
                 len(
                     1,

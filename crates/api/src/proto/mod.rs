@@ -92,6 +92,8 @@ const SPECIAL: &[&str] = &[
     "apimachinery.pkg.runtime.RawExtension",
     "apimachinery.pkg.apis.meta.v1.FieldsV1",
     "apimachinery.pkg.apis.meta.v1.Verbs",
+    "api.authentication.v1.ExtraValue",
+    "api.authorization.v1.ExtraValue",
 ];
 
 /// Decode a whole request body into the object's JSON, with `apiVersion` and `kind` set.
@@ -387,7 +389,10 @@ fn special(name: &str, b: &[u8]) -> Result<Option<Value>, ProtoError> {
                 json!(m.get(&2).copied().unwrap_or(0) as i32)
             }
         }
-        "apimachinery.pkg.apis.meta.v1.Verbs" => {
+        // A list of strings wrapped in a message (`items`), written in JSON as the bare list.
+        "apimachinery.pkg.apis.meta.v1.Verbs"
+        | "api.authentication.v1.ExtraValue"
+        | "api.authorization.v1.ExtraValue" => {
             let mut verbs = Vec::new();
             for item in Reader::new(b) {
                 if let (1, Wire::Len(v)) = item? {

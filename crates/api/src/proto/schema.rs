@@ -1180,6 +1180,595 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.authentication.v1.BoundObjectReference",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "kind",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "apiVersion",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "uid",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authentication.v1.SelfSubjectReview",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "status",
+                ty: Msg("api.authentication.v1.SelfSubjectReviewStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authentication.v1.SelfSubjectReviewStatus",
+        fields: &[Field {
+            tag: 1,
+            json: "userInfo",
+            ty: Msg("api.authentication.v1.UserInfo"),
+            shape: Single,
+        }],
+    },
+    Message {
+        name: "api.authentication.v1.TokenRequest",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.authentication.v1.TokenRequestSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.authentication.v1.TokenRequestStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authentication.v1.TokenRequestSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "audiences",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "expirationSeconds",
+                ty: I64,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "boundObjectRef",
+                ty: Msg("api.authentication.v1.BoundObjectReference"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authentication.v1.TokenRequestStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "token",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "expirationTimestamp",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authentication.v1.TokenReview",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.authentication.v1.TokenReviewSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.authentication.v1.TokenReviewStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authentication.v1.TokenReviewSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "token",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "audiences",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.authentication.v1.TokenReviewStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "authenticated",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "user",
+                ty: Msg("api.authentication.v1.UserInfo"),
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "audiences",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "error",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authentication.v1.UserInfo",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "username",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "uid",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "groups",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "extra",
+                ty: Msg("api.authentication.v1.ExtraValue"),
+                shape: Map,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.FieldSelectorAttributes",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "rawSelector",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "requirements",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.LabelSelectorAttributes",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "rawSelector",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "requirements",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.LocalSubjectAccessReview",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.authorization.v1.SubjectAccessReviewSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.authorization.v1.SubjectAccessReviewStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.NonResourceAttributes",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "path",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "verb",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.NonResourceRule",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "verbs",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "nonResourceURLs",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.ResourceAttributes",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "namespace",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "verb",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "group",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "version",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "resource",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "subresource",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "fieldSelector",
+                ty: Msg("api.authorization.v1.FieldSelectorAttributes"),
+                shape: Single,
+            },
+            Field {
+                tag: 9,
+                json: "labelSelector",
+                ty: Msg("api.authorization.v1.LabelSelectorAttributes"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.ResourceRule",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "verbs",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "apiGroups",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "resources",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "resourceNames",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.SelfSubjectAccessReview",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.authorization.v1.SelfSubjectAccessReviewSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.authorization.v1.SubjectAccessReviewStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.SelfSubjectAccessReviewSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "resourceAttributes",
+                ty: Msg("api.authorization.v1.ResourceAttributes"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "nonResourceAttributes",
+                ty: Msg("api.authorization.v1.NonResourceAttributes"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.SelfSubjectRulesReview",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.authorization.v1.SelfSubjectRulesReviewSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.authorization.v1.SubjectRulesReviewStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.SelfSubjectRulesReviewSpec",
+        fields: &[Field {
+            tag: 1,
+            json: "namespace",
+            ty: Str,
+            shape: Single,
+        }],
+    },
+    Message {
+        name: "api.authorization.v1.SubjectAccessReview",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.authorization.v1.SubjectAccessReviewSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.authorization.v1.SubjectAccessReviewStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.SubjectAccessReviewSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "resourceAttributes",
+                ty: Msg("api.authorization.v1.ResourceAttributes"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "nonResourceAttributes",
+                ty: Msg("api.authorization.v1.NonResourceAttributes"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "user",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "groups",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 5,
+                json: "extra",
+                ty: Msg("api.authorization.v1.ExtraValue"),
+                shape: Map,
+            },
+            Field {
+                tag: 6,
+                json: "uid",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.SubjectAccessReviewStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "allowed",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "denied",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "reason",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "evaluationError",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.authorization.v1.SubjectRulesReviewStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "resourceRules",
+                ty: Msg("api.authorization.v1.ResourceRule"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "nonResourceRules",
+                ty: Msg("api.authorization.v1.NonResourceRule"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "incomplete",
+                ty: Bool,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "evaluationError",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.autoscaling.v1.CrossVersionObjectReference",
         fields: &[
             Field {
@@ -9776,6 +10365,256 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.rbac.v1.AggregationRule",
+        fields: &[Field {
+            tag: 1,
+            json: "clusterRoleSelectors",
+            ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
+            shape: Repeated,
+        }],
+    },
+    Message {
+        name: "api.rbac.v1.ClusterRole",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "rules",
+                ty: Msg("api.rbac.v1.PolicyRule"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "aggregationRule",
+                ty: Msg("api.rbac.v1.AggregationRule"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.ClusterRoleBinding",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "subjects",
+                ty: Msg("api.rbac.v1.Subject"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "roleRef",
+                ty: Msg("api.rbac.v1.RoleRef"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.ClusterRoleBindingList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.rbac.v1.ClusterRoleBinding"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.ClusterRoleList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.rbac.v1.ClusterRole"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.PolicyRule",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "verbs",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "apiGroups",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "resources",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "resourceNames",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 5,
+                json: "nonResourceURLs",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.Role",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "rules",
+                ty: Msg("api.rbac.v1.PolicyRule"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.RoleBinding",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "subjects",
+                ty: Msg("api.rbac.v1.Subject"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "roleRef",
+                ty: Msg("api.rbac.v1.RoleRef"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.RoleBindingList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.rbac.v1.RoleBinding"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.RoleList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.rbac.v1.Role"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.RoleRef",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "apiGroup",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "kind",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.rbac.v1.Subject",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "kind",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "apiGroup",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "name",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "namespace",
+                ty: Str,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.scheduling.v1.PriorityClass",
         fields: &[
             Field {
@@ -10488,6 +11327,29 @@ pub(super) static MESSAGES: &[Message] = &[
                 json: "ignoreStoreReadErrorWithClusterBreakingPotential",
                 ty: Bool,
                 shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "key",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "operator",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "values",
+                ty: Str,
+                shape: Repeated,
             },
         ],
     },

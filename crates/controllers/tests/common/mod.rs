@@ -23,7 +23,7 @@ impl Transport for InProcess {
     ) -> Result<http::Response<ResponseBody>, ClientError> {
         let resp = self
             .api
-            .handle(req, Identity::System(self.who.clone()))
+            .handle(req, Identity::system(self.who.clone()))
             .await;
         Ok(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
     }
