@@ -4,7 +4,9 @@ roles (edit, view, admin) working through bindings, escalation refused, imperson
 the anonymous caller limited to what Kubernetes lets it see."""
 
 import json
+import os
 import socket
+import subprocess
 import ssl
 import time
 
@@ -287,3 +289,133 @@ def test_bootstrap_roles_come_back_after_a_restart(tmp_path):
         assert c.json("get", "clusterrole", "system:discovery").get("rules", []) == []
     finally:
         c.stop()
+
+
+def _grep(paths, needle, as_nobody=False):
+    """Files under `paths` holding `needle` (as root, or as an unprivileged user)."""
+    cmd = ["grep", "-rlsa", "--", needle, *map(str, paths)]
+    if as_nobody:
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return [line for line in r.stdout.splitlines() if line]
+
+
+def _on_disk(path, needle):
+    """Files on the disk under `path` (not in the tmpfs mounts below it, where secret
+    volumes live, as the kubelet keeps them) holding `needle`."""
+    files = subprocess.run(["find", str(path), "-xdev", "-type", "f", "-print0"],
+                           capture_output=True).stdout.split(b"\0")
+    return [f.decode() for f in files if f and needle.encode() in open(f, "rb").read()]
+
+
+def test_secrets_are_sealed_at_rest_and_out_of_other_users_reach(node, request):
+    import secrets as pysecrets
+    value = f"s3cr3t-{pysecrets.token_hex(8)}"
+    ns = "sealed"
+    node.kubectl("create", "namespace", ns)
+    request.addfinalizer(lambda: node.kubectl("delete", "namespace", ns, "--wait=false", check=False))
+    node.kubectl("create", "secret", "generic", "creds", f"--from-literal=password={value}", "-n", ns)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "user"},
+           "spec": {"containers": [{
+               "name": "c", "image": "busybox:test", "command": ["sh", "-c", "sleep 3600"],
+               "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}],
+               "volumeMounts": [{"name": "s", "mountPath": "/etc/creds"}]}],
+               "volumes": [{"name": "s", "secret": {"secretName": "creds"}}]}}
+    node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
+    node.kubectl("wait", "--for=condition=Ready", "pod/user", "-n", ns, "--timeout=60s")
+    # The pod sees its secret...
+    r = node.kubectl("exec", "-n", ns, "user", "--", "sh", "-c", "cat /etc/creds/password; echo; echo $PASSWORD")
+    assert r.stdout.split() == [value, value]
+    # ...the store holds it sealed: no file on the data directory's disk has the value...
+    assert _on_disk(node.data, value) == []
+    assert _on_disk(node.data / "db", "k8s:enc:aesgcm:v1:key1:") != []
+    # ...and where it is in the clear on the host (the volume's tmpfs, the container's
+    # config on the run directory's tmpfs), only root reaches it.
+    assert _grep([node.data, node.run_dir], value) != []
+    assert _grep([node.data, node.run_dir], value, as_nobody=True) == []
+    # A snapshot copies it sealed.
+    snap = node.workdir / "sealed.snap"
+    node.berth("store", "snapshot", str(snap))
+    assert value.encode() not in snap.read_bytes()
+    # A new key seals it; the old one goes once nothing uses it.
+    r = node.berth("store", "rotate-key")
+    assert "Secrets are sealed with key2" in r.stdout and "keys removed: key1" in r.stdout
+    keys = (node.data / "credentials" / "encryption.keys").read_text().split()
+    assert keys[0] == "key2" and "key1" not in keys
+    assert oct((node.data / "credentials" / "encryption.keys").stat().st_mode & 0o777) == "0o600"
+    got = node.json("get", "secret", "creds", "-n", ns)["data"]["password"]
+    import base64
+    assert base64.b64decode(got).decode() == value
+    assert _on_disk(node.data, value) == []
+    for d in (node.data, node.run_dir):
+        assert oct(os.stat(d).st_mode & 0o777) == "0o700", d
+
+
+def _run_pod(node, ns, name, security_context=None, pod_security_context=None, cmd="sleep 3600"):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"containers": [{"name": "c", "image": "busybox:test", "command": ["sh", "-c", cmd],
+                                    "securityContext": security_context or {}}],
+                    "securityContext": pod_security_context or {}}}
+    node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
+    node.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "-n", ns, "--timeout=60s")
+
+
+def _exec(node, ns, pod, script):
+    return node.kubectl("exec", "-n", ns, pod, "--", "sh", "-c", script, check=False)
+
+
+PROBE = ("grep '^Seccomp:' /proc/self/status > /tmp/mode; "
+         "unshare -U true 2>/tmp/unshare; echo $? > /tmp/unshare.rc; "
+         "mkdir /tmp/made 2>/tmp/mkdir; echo $? > /tmp/mkdir.rc; sleep 3600")
+
+
+def _probe(node, ns, pod):
+    """What the pod's own process met (its filter mode, and whether a user namespace and a
+    directory could be made), as it wrote it down."""
+    out = _exec(node, ns, pod, "cat /tmp/mode /tmp/unshare.rc /tmp/mkdir.rc").stdout.split()
+    return {"mode": out[1], "unshare": out[2] == "0", "mkdir": out[3] == "0"}
+
+
+def check_seccomp(node, request, ns):
+    node.kubectl("create", "namespace", ns)
+    node.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=privileged")
+    request.addfinalizer(lambda: node.kubectl("delete", "namespace", ns, "--wait=false", check=False))
+    # A profile of the node's own that refuses mkdir, named as Localhost.
+    profiles = node.data / "seccomp"
+    profiles.mkdir(exist_ok=True)
+    (profiles / "no-mkdir.json").write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}))
+    _run_pod(node, ns, "default", cmd=PROBE)
+    _run_pod(node, ns, "unconfined", cmd=PROBE,
+             pod_security_context={"seccompProfile": {"type": "Unconfined"}})
+    _run_pod(node, ns, "local", cmd=PROBE, security_context={
+        "seccompProfile": {"type": "Localhost", "localhostProfile": "no-mkdir.json"}})
+    # The default profile refuses what containerd's does, a user namespace without
+    # CAP_SYS_ADMIN among them; a node's profile is applied as written.
+    assert _probe(node, ns, "default") == {"mode": "2", "unshare": False, "mkdir": True}
+    assert _probe(node, ns, "unconfined") == {"mode": "0", "unshare": True, "mkdir": True}
+    assert _probe(node, ns, "local") == {"mode": "2", "unshare": True, "mkdir": False}
+    # A profile that is not there keeps the container from starting, saying why.
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "missing"},
+           "spec": {"containers": [{"name": "c", "image": "busybox:test", "command": ["sleep", "3600"],
+                                    "securityContext": {"seccompProfile": {
+                                        "type": "Localhost", "localhostProfile": "nope.json"}}}]}}
+    node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
+    wait_until(lambda: any("nope.json" in (e.get("message") or "")
+                           for e in node.json("get", "events", "-n", ns)["items"]),
+               what="an event naming the missing profile")
+
+
+def test_containers_run_under_the_runtime_default_seccomp_profile(node, request):
+    check_seccomp(node, request, "seccomp")
+
+
+def test_runc_applies_the_same_seccomp_profiles(request):
+    from conftest import running_node
+    from images import Image
+
+    def with_runc(c):
+        c.extra += ["--runtime", "runc"]
+    with running_node(Image(cmd=("sh",)), prepare=with_runc) as node:
+        check_seccomp(node, request, "seccomp-runc")

@@ -46,6 +46,9 @@ pub struct Dirs {
     /// `<storage>/pvc-<uid>_<namespace>_<claim>/`: the volumes the built-in provisioner makes
     /// on this node (outside `pods`, so that they outlive their pods).
     pub storage: PathBuf,
+    /// seccomp profiles pods name as `Localhost` (`localhostProfile` is relative to it), as the
+    /// kubelet's `<root>/seccomp`.
+    pub seccomp: PathBuf,
 }
 
 impl Dirs {
@@ -54,6 +57,7 @@ impl Dirs {
             pods: data_dir.join("pods"),
             logs: data_dir.join("logs"),
             storage: data_dir.join("storage"),
+            seccomp: data_dir.join("seccomp"),
         }
     }
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use api::k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 use api::quantity::Quantity;
-use runtime::containers::{ContainerSpec, MountSpec, Resources, Security, SharedNamespaces};
+use runtime::containers::{
+    ContainerSpec, MountSpec, Resources, Seccomp, Security, SharedNamespaces,
+};
 use runtime::images::RunConfig;
 
 /// Why a container cannot be configured; reported as `CreateContainerConfigError`.
@@ -45,6 +47,8 @@ pub struct Ctx<'a> {
     pub host_devices: Vec<runtime::containers::DeviceSpec>,
     /// Service environment variables (`<NAME>_SERVICE_HOST`, ...): under everything else.
     pub service_env: &'a [(String, String)],
+    /// Where `Localhost` seccomp profiles are.
+    pub seccomp_dir: &'a Path,
 }
 
 /// A volume's sub-directory for a `subPath` mount, made if missing (as the kubelet does),
@@ -469,6 +473,46 @@ pub fn resources(c: &Container) -> Resources {
     }
 }
 
+/// The container's seccomp filter: its own `seccompProfile`, else the pod's, else
+/// `RuntimeDefault` (berth applies the runtime's default as the kubelet's `--seccomp-default`
+/// does); a privileged container that names none runs unconfined.
+fn seccomp(pod: &Pod, c: &Container, privileged: bool, dir: &Path) -> Result<Seccomp, ConfigError> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let profile = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .or(pod_sc.and_then(|s| s.seccomp_profile.as_ref()));
+    let Some(p) = profile else {
+        return Ok(if privileged {
+            Seccomp::Unconfined
+        } else {
+            Seccomp::RuntimeDefault
+        });
+    };
+    match p.type_.as_str() {
+        "Unconfined" => Ok(Seccomp::Unconfined),
+        "Localhost" => {
+            let name = p.localhost_profile.as_deref().unwrap_or("");
+            let rel = Path::new(name);
+            if name.is_empty()
+                || rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(ConfigError(format!(
+                    "seccomp profile {name:?} must be a path inside the node's seccomp directory"
+                )));
+            }
+            runtime::containers::seccomp::localhost(&dir.join(rel))
+                .map(Seccomp::Localhost)
+                .map_err(|e| ConfigError(e.to_string()))
+        }
+        _ => Ok(Seccomp::RuntimeDefault),
+    }
+}
+
 /// The runtime spec of container `c` of `pod`.
 pub fn container_spec(
     pod: &Pod,
@@ -505,6 +549,7 @@ pub fn container_spec(
         },
         no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
         readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem) == Some(true),
+        seccomp: seccomp(pod, c, privileged, ctx.seccomp_dir)?,
     };
     let mut mounts: Vec<MountSpec> = ctx
         .pod_files
@@ -600,6 +645,7 @@ mod tests {
             host_capabilities: &[],
             host_devices: vec![],
             service_env: &[],
+            seccomp_dir: Path::new("/nonexistent"),
         }
     }
 

@@ -887,6 +887,7 @@ impl Worker {
                 Vec::new()
             },
             service_env: &service_env,
+            seccomp_dir: &self.shared.dirs.seccomp,
         };
         spec::container_spec(&self.pod, c, &image.config, &refs, &ctx).map_err(|e| e.0)
     }

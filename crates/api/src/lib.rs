@@ -10,6 +10,7 @@ pub mod jsontext;
 pub mod kinds;
 pub mod names;
 pub mod patch;
+pub mod podsecurity;
 pub mod proto;
 pub mod quantity;
 pub mod quota;

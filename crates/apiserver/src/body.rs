@@ -1,14 +1,16 @@
 //! Response bodies: a whole buffer, a list of shared chunks (lists served straight from cached
-//! object bytes, without copying), or a stream fed by a task (watch, logs).
+//! object bytes, without copying), or a stream fed by a task (watch, logs), which may be held to
+//! a byte budget (watch).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// The body of every response the API server produces.
 pub struct Body {
@@ -16,8 +18,38 @@ pub struct Body {
 }
 
 enum Kind {
-    Chunks { chunks: VecDeque<Bytes>, len: u64 },
+    Chunks {
+        chunks: VecDeque<Bytes>,
+        len: u64,
+    },
     Stream(mpsc::Receiver<Bytes>),
+    /// A stream whose pieces hold part of a byte budget until they are handed to the
+    /// connection.
+    Budgeted(mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>),
+}
+
+/// The sending end of a byte-budgeted stream (`Body::budgeted`).
+#[derive(Clone)]
+pub struct BudgetSender {
+    tx: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+impl BudgetSender {
+    /// Queue a piece once the budget has room for it; `Err` if the body is gone.
+    pub async fn send(&self, b: Bytes) -> Result<(), Bytes> {
+        let want = b.len().clamp(1, self.max) as u32;
+        let Ok(permit) = self.budget.clone().acquire_many_owned(want).await else {
+            return Err(b);
+        };
+        self.tx.send((b, permit)).await.map_err(|e| e.0.0)
+    }
+
+    /// Resolves when the client went away.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
 }
 
 impl Body {
@@ -52,6 +84,23 @@ impl Body {
         )
     }
 
+    /// A streaming body whose queued pieces may hold at most `max_bytes` between them: a
+    /// client that stops reading stops its sender, not the server's memory.
+    pub fn budgeted(max_bytes: usize) -> (BudgetSender, Body) {
+        let (tx, rx) = mpsc::channel(1024);
+        let budget = Arc::new(Semaphore::new(max_bytes));
+        (
+            BudgetSender {
+                tx,
+                budget,
+                max: max_bytes,
+            },
+            Body {
+                kind: Kind::Budgeted(rx),
+            },
+        )
+    }
+
     /// A streaming body fed by someone else's channel; it ends when the sender drops.
     pub fn from_receiver(rx: mpsc::Receiver<Bytes>) -> Body {
         Body {
@@ -81,6 +130,20 @@ impl Body {
                 });
                 body
             }
+            Kind::Budgeted(mut rx) => {
+                // The permit travels with its piece, so the budget still holds.
+                let (tx, out) = mpsc::channel(rx.max_capacity());
+                tokio::spawn(async move {
+                    while let Some((c, permit)) = rx.recv().await {
+                        if tx.send((f(c), permit)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Body {
+                    kind: Kind::Budgeted(out),
+                }
+            }
         }
     }
 
@@ -97,6 +160,13 @@ impl Body {
             Kind::Stream(mut rx) => {
                 let mut out = bytes::BytesMut::new();
                 while let Some(c) = rx.recv().await {
+                    out.extend_from_slice(&c);
+                }
+                out.freeze()
+            }
+            Kind::Budgeted(mut rx) => {
+                let mut out = bytes::BytesMut::new();
+                while let Some((c, _permit)) = rx.recv().await {
                     out.extend_from_slice(&c);
                 }
                 out.freeze()
@@ -122,6 +192,10 @@ impl http_body::Body for Body {
                 None => Poll::Ready(None),
             },
             Kind::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c)))),
+            // The connection takes the piece now; its share of the budget is free again.
+            Kind::Budgeted(rx) => rx
+                .poll_recv(cx)
+                .map(|c| c.map(|(c, _permit)| Ok(Frame::data(c)))),
         }
     }
 
@@ -132,7 +206,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Chunks { len, .. } => SizeHint::with_exact(*len),
-            Kind::Stream(_) => SizeHint::default(),
+            Kind::Stream(_) | Kind::Budgeted(_) => SizeHint::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! consistent at their first page's revision.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,11 @@ const PREFILL: Revision = 10_000;
 /// channel allocates only as it fills, so the bound is generous: a controller that watches all
 /// pods while tens of thousands are created and bound must not be forced to relist them all.
 const WATCHER_BACKLOG: usize = 65_536;
+/// Bytes of objects a watcher may hold queued and untaken before it is closed (with a 410, so
+/// its client lists again): a client that stops reading cannot make the server hold more.
+const WATCHER_BYTES: usize = 16 << 20;
+/// Bytes of superseded objects a resource's history may hold, besides its event count bound.
+const HISTORY_BYTES: usize = 64 << 20;
 /// How long a list snapshot is kept for `continue` tokens.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(300);
 const SNAPSHOTS_KEPT: usize = 16;
@@ -257,6 +263,37 @@ struct Watcher {
     tx: mpsc::Sender<WatchMsg>,
     filter: Arc<Filter>,
     bookmarks: bool,
+    queued: Arc<AtomicUsize>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// The bytes a message keeps alive while it waits in a watcher's queue.
+fn message_bytes(m: &WatchMsg) -> usize {
+    match m {
+        WatchMsg::Event(_, e) => e.json.len() + e.meta.len(),
+        WatchMsg::Bookmark(..) => 0,
+    }
+}
+
+/// The receiving end of a watch: its messages, counted out of its byte budget as they are
+/// taken.
+pub struct WatchRx {
+    rx: mpsc::Receiver<WatchMsg>,
+    queued: Arc<AtomicUsize>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl WatchRx {
+    pub async fn recv(&mut self) -> Option<WatchMsg> {
+        let m = self.rx.recv().await?;
+        self.queued.fetch_sub(message_bytes(&m), Ordering::Relaxed);
+        Some(m)
+    }
+
+    /// Whether the cache closed this watch because its reader fell too far behind.
+    pub fn lagged(&self) -> bool {
+        self.lagged.load(Ordering::Relaxed)
+    }
 }
 
 struct State {
@@ -264,6 +301,8 @@ struct State {
     /// Revision of the last event applied to this resource.
     rev: Revision,
     history: VecDeque<Arc<CacheEvent>>,
+    /// The bytes of the objects in `history`.
+    history_bytes: usize,
     /// Every event of this resource after this revision is in `history`.
     history_start: Revision,
     watchers: Vec<Watcher>,
@@ -299,6 +338,7 @@ impl ResourceCache {
                 items: OrdMap::new(),
                 rev,
                 history: VecDeque::new(),
+                history_bytes: 0,
                 history_start: rev,
                 watchers: Vec::new(),
             }),
@@ -358,7 +398,7 @@ impl ResourceCache {
         from: WatchFrom,
         bookmarks: bool,
         synced: Revision,
-    ) -> Result<(Vec<WatchMsg>, mpsc::Receiver<WatchMsg>), ApiError> {
+    ) -> Result<(Vec<WatchMsg>, WatchRx), ApiError> {
         let filter = Arc::new(filter);
         let mut st = self.write();
         let mut initial = Vec::new();
@@ -389,12 +429,16 @@ impl ResourceCache {
             }
         }
         let (tx, rx) = mpsc::channel(WATCHER_BACKLOG);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let lagged = Arc::new(AtomicBool::new(false));
         st.watchers.push(Watcher {
             tx,
             filter,
             bookmarks,
+            queued: queued.clone(),
+            lagged: lagged.clone(),
         });
-        Ok((initial, rx))
+        Ok((initial, WatchRx { rx, queued, lagged }))
     }
 
     fn apply(&self, ev: Arc<CacheEvent>) {
@@ -412,13 +456,27 @@ impl ResourceCache {
             let Some(ty) = ev.through(&w.filter) else {
                 return !w.tx.is_closed();
             };
-            match w.tx.try_send(WatchMsg::Event(ty, ev.obj.clone())) {
-                Ok(()) => true,
+            let msg = WatchMsg::Event(ty, ev.obj.clone());
+            let size = message_bytes(&msg);
+            if w.queued.load(Ordering::Relaxed) + size > WATCHER_BYTES {
+                warn!(
+                    resource = self.resource.plural,
+                    "closing a watcher that fell too far behind"
+                );
+                w.lagged.store(true, Ordering::Relaxed);
+                return false;
+            }
+            match w.tx.try_send(msg) {
+                Ok(()) => {
+                    w.queued.fetch_add(size, Ordering::Relaxed);
+                    true
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(
                         resource = self.resource.plural,
                         "closing a watcher that fell too far behind"
                     );
+                    w.lagged.store(true, Ordering::Relaxed);
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -447,6 +505,7 @@ impl ResourceCache {
         st.items = items;
         st.rev = rev;
         st.history.clear();
+        st.history_bytes = 0;
         st.history_start = rev;
         st.watchers.clear();
     }
@@ -456,10 +515,16 @@ impl ResourceCache {
     }
 }
 
+fn event_bytes(ev: &CacheEvent) -> usize {
+    ev.obj.json.len() + ev.obj.meta.len()
+}
+
 fn push_history(st: &mut State, ev: Arc<CacheEvent>) {
+    st.history_bytes += event_bytes(&ev);
     st.history.push_back(ev);
-    while st.history.len() > HISTORY {
+    while st.history.len() > HISTORY || (st.history_bytes > HISTORY_BYTES && st.history.len() > 1) {
         if let Some(old) = st.history.pop_front() {
+            st.history_bytes -= event_bytes(&old);
             st.history_start = old.rev;
         }
     }

@@ -212,6 +212,17 @@ impl ApiError {
         )
     }
 
+    /// Past the requests allowed in flight (kube-apiserver's words).
+    pub fn too_many_requests() -> ApiError {
+        let mut e = ApiError::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        );
+        e.details.retry_after = Some(1);
+        e
+    }
+
     pub fn timeout(message: impl Into<String>) -> ApiError {
         ApiError::new(504, "Timeout", message)
     }

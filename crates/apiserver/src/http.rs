@@ -80,11 +80,19 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // Past the connection limits the connection is closed at once: its file
+                // descriptor is free again and nothing of it is held.
+                let Some(slot) = api.limits.connect(peer.ip()) else {
+                    debug!(%peer, "connection refused: too many connections");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let api = api.clone();
                 let auth = auth.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -144,10 +152,25 @@ async fn handle(
         Ok(who) => who,
         Err(e) => return api.refuse(&req, e),
     };
+    let privileged = who.user.in_group(api::rbac::MASTERS);
+    let _in_flight = match api.limits.admit(req.method(), req.uri(), privileged) {
+        Ok(permit) => permit,
+        Err(e) => return api.refuse(&req, e),
+    };
     let (parts, body) = req.into_parts();
-    let bytes = match read_body(body, api.config.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(e) => return error_response(e),
+    let read = tokio::time::timeout(
+        api.config.body_timeout,
+        read_body(body, api.config.max_body_bytes),
+    );
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return error_response(e),
+        Err(_) => {
+            return error_response(ApiError::timeout(format!(
+                "the request body did not arrive within {}s",
+                api.config.body_timeout.as_secs()
+            )));
+        }
     };
     // A panic in a handler is a 500 from `ApiServer::handle` itself.
     api.handle_authorized(Request::from_parts(parts, bytes), who)

@@ -12,6 +12,7 @@ mod discovery;
 pub mod errors;
 mod evict;
 pub mod http;
+pub mod limits;
 mod metrics;
 mod node;
 mod openapi;
@@ -26,4 +27,4 @@ mod write;
 
 pub use body::Body;
 pub use node::NodeConnector;
-pub use server::{ApiServer, Config, Identity, git_version};
+pub use server::{ApiServer, Config, Identity, KeyRotation, git_version};

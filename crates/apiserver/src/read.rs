@@ -11,11 +11,10 @@ use bytes::Bytes;
 use http::StatusCode;
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::body::Body;
-use crate::cache::{Entry, Filter, Snapshot, WatchFrom, WatchMsg};
+use crate::body::{Body, BudgetSender};
+use crate::cache::{Entry, Filter, Snapshot, WatchFrom, WatchMsg, WatchRx};
 use crate::errors::{ApiError, ApiResult};
 use crate::request::{Output, Params, Target};
 use crate::server::{ApiServer, Reply};
@@ -23,6 +22,10 @@ use crate::table;
 
 /// How long a request for a revision the cache has not reached yet may wait for it.
 const FUTURE_REVISION_WAIT: Duration = Duration::from_secs(3);
+/// Encoded events a watch response may hold for its client before the watch waits (and, for
+/// a client that reads nothing for `STALLED_WATCHER` while events wait, is ended).
+const WATCH_BODY_BYTES: usize = 4 << 20;
+const STALLED_WATCHER: Duration = Duration::from_secs(60);
 
 /// What a table row carries besides its cells (`?includeObject=`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -373,7 +376,7 @@ impl ApiServer {
         };
         let bookmarks = params.flag("allowWatchBookmarks");
         let rc = self.cache.resource(t.resource);
-        let (tx, body) = Body::channel(64);
+        let (tx, body) = Body::budgeted(WATCH_BODY_BYTES);
         let encoder = Encoder {
             kind: t.resource.kind,
             api_version: t.resource.group_version(),
@@ -496,14 +499,16 @@ impl Encoder {
 async fn stream_watch(
     mut enc: Encoder,
     initial: Vec<WatchMsg>,
-    mut rx: mpsc::Receiver<WatchMsg>,
-    tx: mpsc::Sender<Bytes>,
+    mut rx: WatchRx,
+    tx: BudgetSender,
     timeout: Duration,
 ) {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
+    // A client that takes nothing for this long while events wait is let go.
+    let send = |b: Bytes| tokio::time::timeout(STALLED_WATCHER, tx.send(b));
     for msg in &initial {
-        if tx.send(enc.encode(msg)).await.is_err() {
+        if !matches!(send(enc.encode(msg)).await, Ok(Ok(()))) {
             return;
         }
     }
@@ -511,12 +516,19 @@ async fn stream_watch(
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
+                // The cache let go of a watcher that fell too far behind: what is still queued
+                // is stale, and the client is told to list again (a 410, as Kubernetes says it).
+                Some(_) | None if rx.lagged() => {
+                    let gone = ApiError::gone("the watch fell too far behind; list again");
+                    let _ = send(error_line(&gone)).await;
+                    return;
+                }
                 Some(msg) => {
-                    if tx.send(enc.encode(&msg)).await.is_err() {
+                    if !matches!(send(enc.encode(&msg)).await, Ok(Ok(()))) {
                         return;
                     }
                 }
-                // The cache dropped this watcher (it fell behind); the client will resume.
+                // The cache was reloaded; the client resumes from where it was.
                 None => return,
             },
             _ = &mut deadline => return,

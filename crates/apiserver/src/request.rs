@@ -16,6 +16,8 @@ pub enum Route {
     Metrics,
     /// `/berth/v1/snapshot`: a consistent copy of the store and the cluster's identity.
     Snapshot,
+    /// `/berth/v1/encryption/rotate`: a new key seals Secrets, which are rewritten with it.
+    RotateEncryptionKey,
     /// `/api`
     CoreVersions,
     /// `/apis`
@@ -90,6 +92,7 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         ["version"] => Route::Version,
         ["metrics"] => Route::Metrics,
         ["berth", "v1", "snapshot"] => Route::Snapshot,
+        ["berth", "v1", "encryption", "rotate"] => Route::RotateEncryptionKey,
         [h @ ("healthz" | "livez" | "readyz"), rest @ ..] => {
             let mut name = (*h).to_string();
             for r in rest {

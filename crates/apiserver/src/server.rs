@@ -43,6 +43,10 @@ pub struct Config {
     /// Files a snapshot carries beside the store (the cluster's CA and admin credentials), by
     /// their name in the archive.
     pub snapshot_files: Vec<(String, std::path::PathBuf)>,
+    /// Connections and requests in flight a client may hold.
+    pub limits: crate::limits::LimitsConfig,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 impl Default for Config {
@@ -58,6 +62,8 @@ impl Default for Config {
             bookmark_every: Duration::from_secs(20),
             default_toleration_seconds: api::kinds::DEFAULT_NOT_READY_TOLERATION_SECONDS,
             snapshot_files: Vec::new(),
+            limits: crate::limits::LimitsConfig::default(),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -68,6 +74,8 @@ pub struct Reply {
     pub content_type: &'static str,
     pub body: Body,
     pub warnings: Vec<String>,
+    /// Seconds the client should wait before trying again (the `Retry-After` header).
+    pub retry_after: Option<u32>,
     /// A response made elsewhere (by a node's agent), passed on as it is.
     raw: Option<Response<Body>>,
 }
@@ -144,6 +152,7 @@ impl Reply {
             content_type,
             body,
             warnings: Vec::new(),
+            retry_after: None,
             raw: None,
         }
     }
@@ -154,6 +163,7 @@ impl Reply {
             content_type: "",
             body: Body::empty(),
             warnings: Vec::new(),
+            retry_after: None,
             raw: Some(resp),
         }
     }
@@ -172,6 +182,10 @@ impl Reply {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache, private"),
         );
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         for w in self.warnings {
             let value = format!("299 - {}", serde_json::Value::String(w));
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -185,11 +199,23 @@ impl Reply {
 impl From<ApiError> for Reply {
     fn from(e: ApiError) -> Reply {
         let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Reply::json(status, &e.to_status())
+        let mut r = Reply::json(status, &e.to_status());
+        r.retry_after = e.details.retry_after;
+        r
     }
 }
 
+/// Replacing the key that seals data at rest, which the process that owns the key file does.
+#[async_trait::async_trait]
+pub trait KeyRotation: Send + Sync {
+    /// Seal with a new key, rewrite what the old ones sealed, drop them; a report of it.
+    async fn rotate(&self) -> Result<Value, String>;
+}
+
 pub struct ApiServer {
+    key_rotation: std::sync::OnceLock<Arc<dyn KeyRotation>>,
+    snapshot_source: std::sync::OnceLock<Arc<dyn Store>>,
+    pub(crate) limits: Arc<crate::limits::Limits>,
     pub(crate) authorizer: Arc<Authorizer>,
     authenticator: std::sync::OnceLock<Arc<Authenticator>>,
     pub(crate) node_connector: std::sync::OnceLock<Arc<dyn crate::node::NodeConnector>>,
@@ -252,6 +278,9 @@ impl ApiServer {
             }),
         });
         let server = Arc::new(ApiServer {
+            key_rotation: std::sync::OnceLock::new(),
+            snapshot_source: std::sync::OnceLock::new(),
+            limits: crate::limits::Limits::new(config.limits),
             authorizer,
             authenticator: std::sync::OnceLock::new(),
             node_connector: std::sync::OnceLock::new(),
@@ -317,6 +346,17 @@ impl ApiServer {
         self.telemetry
             .request(labels, resp.status().as_u16(), std::time::Duration::ZERO);
         resp
+    }
+
+    /// Who replaces the encryption key (`/berth/v1/encryption/rotate`); set once at start.
+    pub fn set_key_rotation(&self, r: Arc<dyn KeyRotation>) {
+        let _ = self.key_rotation.set(r);
+    }
+
+    /// The store snapshots are taken from, when it is not the one served (the store below
+    /// encryption, so that snapshots hold Secrets sealed); set once at start.
+    pub fn set_snapshot_source(&self, s: Arc<dyn Store>) {
+        let _ = self.snapshot_source.set(s);
     }
 
     /// How clients are authenticated (for TokenReview); set once at start.
@@ -422,6 +462,19 @@ impl ApiServer {
                     archive.write(|piece| tx.blocking_send(piece).is_ok());
                 });
                 Ok(Reply::body(StatusCode::OK, "application/x-tar", body))
+            }
+            Route::RotateEncryptionKey => {
+                if req.method() != Method::POST {
+                    return Err(ApiError::method_not_allowed());
+                }
+                let rotation = self.key_rotation.get().ok_or_else(|| {
+                    ApiError::bad_request("this server does not encrypt anything at rest")
+                })?;
+                let report = rotation
+                    .rotate()
+                    .await
+                    .map_err(|e| ApiError::internal(format!("rotating the encryption key: {e}")))?;
+                Ok(Reply::json(StatusCode::OK, &report))
             }
             Route::CoreVersions => {
                 get_only(req.method())?;
@@ -650,7 +703,8 @@ impl ApiServer {
 
     /// A snapshot archive (tar) of the store as of one revision and the configured files.
     pub async fn snapshot(&self) -> ApiResult<SnapshotArchive> {
-        let snap = store::snapshot::take(self.store.as_ref()).await?;
+        let source = self.snapshot_source.get().unwrap_or(&self.store);
+        let snap = store::snapshot::take(source.as_ref()).await?;
         let mut files = Vec::new();
         for (name, path) in &self.config.snapshot_files {
             let bytes = std::fs::read(path)

@@ -358,14 +358,14 @@ async fn start_agent(server: &Server, runtime_name: &str) -> Result<Agent> {
     runtime::images::import(&store, &busybox_archive()?[..], &runtime::images::Quiet)
         .context("importing the benchmark image")?;
     let run_dir = std::env::temp_dir().join(format!("berth-bench-run-{}", std::process::id()));
-    let token = std::fs::read_to_string(server.dir.join("credentials/admin.token"))?;
     let child = Command::new(std::env::current_exe()?)
         .args([
             "agent",
             "--server",
             &format!("https://127.0.0.1:{}", server.port),
         ])
-        .args(["--token", token.trim()])
+        .arg("--token-file")
+        .arg(server.dir.join("credentials/admin.token"))
         .arg("--ca-cert")
         .arg(server.dir.join("tls/ca.crt"))
         .arg("--data-dir")

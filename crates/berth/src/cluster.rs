@@ -107,6 +107,40 @@ pub struct ServerArgs {
     /// The size of each node's IPv6 pod range.
     #[arg(long = "node-cidr-mask-size-ipv6", default_value_t = 64, value_parser = clap::value_parser!(u8).range(16..=120))]
     pub node_cidr_mask_v6: u8,
+    /// Read-only requests served at once (long-running ones and system:masters aside); past
+    /// it, 429 with Retry-After.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_requests_inflight: u64,
+    /// Mutating requests served at once, as `--max-requests-inflight`.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_mutating_requests_inflight: u64,
+    /// Connections one client address may hold open; more are closed at once.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_client: u64,
+    /// Seal Secrets in the store with AES-GCM (keys in `<data-dir>/credentials/encryption.keys`;
+    /// `berth store rotate-key` replaces them). Off only for `berth bench api`'s comparison.
+    #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
+    pub encrypt_secrets: bool,
+    /// How long a request's body may take to arrive (`60s`, `2m`); a slower one is refused.
+    #[arg(long, default_value = "60s", value_parser = crate::store_cli::parse_interval)]
+    pub request_body_timeout: Duration,
+}
+
+/// File descriptors kept back from clients for the store, the node's containers and the rest.
+const RESERVED_FDS: u64 = 2048;
+
+/// Raise the soft limit on open files to the hard one (a server holds a descriptor per
+/// client), and return how many connections that leaves for clients.
+fn connection_budget() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Without room to spare, clients get a quarter of what there is.
+    limit.saturating_sub(RESERVED_FDS).max(limit / 4) as usize
 }
 
 /// The cluster DNS, as servers and agents must agree on it.
@@ -228,8 +262,8 @@ pub struct UpArgs {
 /// it serves.
 pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> Result<Running> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    // Keys, the store (with Secrets) and pods' files: for the owner's eyes only.
+    pki::ensure_dir(&data_dir)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -274,6 +308,13 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             .iter()
             .map(|name| (name.to_string(), data_dir.join(name)))
             .collect(),
+        body_timeout: args.request_body_timeout,
+        limits: apiserver::limits::LimitsConfig {
+            max_connections: connection_budget(),
+            max_connections_per_client: args.max_connections_per_client as usize,
+            max_requests_inflight: args.max_requests_inflight as usize,
+            max_mutating_requests_inflight: args.max_mutating_requests_inflight as usize,
+        },
         ..Default::default()
     };
     // The kubernetes Service takes the first address of the primary range, as in Kubernetes.
@@ -297,6 +338,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     )?;
 
     // Objects include Secrets: the store is for this user's eyes only.
+    let mut rotation: Option<Arc<crate::encryption::Rotation>> = None;
     let db_dir = data_dir.join("db");
     std::fs::create_dir_all(&db_dir)?;
     std::fs::set_permissions(&db_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
@@ -305,10 +347,27 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         .with_context(|| format!("opening the store in {}", db_dir.display()))?;
     store.set_min_free(args.store_min_free);
     store.set_record_checksums(args.store_record_checksums);
-    let api = ApiServer::start(Arc::new(store), config)
+    let raw: Arc<dyn store::Store> = Arc::new(store);
+    // Secrets are sealed before they reach the disk; snapshots copy them sealed.
+    let served: Arc<dyn store::Store> = if args.encrypt_secrets {
+        let sealed = crate::encryption::wrap(raw.clone(), &data_dir)?;
+        rotation = Some(Arc::new(crate::encryption::Rotation::new(
+            sealed.clone(),
+            raw.clone(),
+            &data_dir,
+        )));
+        sealed
+    } else {
+        raw.clone()
+    };
+    let api = ApiServer::start(served, config)
         .await
         .map_err(|e| damaged(e.into(), &data_dir))
         .context("loading the cluster state")?;
+    api.set_snapshot_source(raw);
+    if let Some(r) = rotation {
+        api.set_key_rotation(r);
+    }
 
     if !args.snapshot_interval.is_zero() {
         let dir = args

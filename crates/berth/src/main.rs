@@ -9,6 +9,7 @@ mod bench_dns;
 mod bench_net;
 mod bench_pods;
 mod cluster;
+mod encryption;
 mod images_cli;
 mod inprocess;
 mod instances;

@@ -70,9 +70,10 @@ pub struct RemoteAgentArgs {
     /// The API server, e.g. https://10.0.0.1:6443.
     #[arg(long)]
     pub server: String,
-    /// A bearer token the API server accepts.
-    #[arg(long, env = "BERTH_TOKEN")]
-    pub token: String,
+    /// A file holding a bearer token the API server accepts (or set `BERTH_TOKEN` in the
+    /// environment): never on the command line, where every user of the machine sees it.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// The cluster CA certificate (PEM); `<data-dir>/pki/ca.crt` on the server.
     #[arg(long)]
     pub ca_cert: PathBuf,
@@ -207,6 +208,8 @@ pub fn build(
         .run_dir
         .clone()
         .unwrap_or_else(|| default_run_dir(data_dir, &crate::cluster::default_data_dir()));
+    // Container bundles carry environment from Secrets: root's eyes only.
+    crate::pki::ensure_dir(&run_dir)?;
     let runtime = OciRuntime::new(OciConfig {
         run_dir: run_dir.clone(),
         rw_dir: data_dir.join("containers"),
@@ -264,15 +267,24 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
     crate::cluster::require_root("berth agent")?;
     let ca = std::fs::read(&args.ca_cert)
         .with_context(|| format!("reading {}", args.ca_cert.display()))?;
-    let transport = client::HttpsTransport::new(&args.server, &ca, Some(&args.token))
+    let token = match (&args.token_file, std::env::var("BERTH_TOKEN")) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token in {}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, Ok(t)) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => anyhow::bail!(
+            "give the agent a token: --token-file FILE, or BERTH_TOKEN in its environment"
+        ),
+    };
+    let transport = client::HttpsTransport::new(&args.server, &ca, Some(&token))
         .with_context(|| format!("connecting to {}", args.server))?;
     let client = Client::new(Arc::new(transport));
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(crate::cluster::default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    crate::pki::ensure_dir(&data_dir)?;
     let agent = build(
         client,
         &data_dir,

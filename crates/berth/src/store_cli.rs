@@ -21,12 +21,13 @@ use store::snapshot::Snapshot;
 use crate::pki::{create_private, ensure_dir, write_private, write_private_with};
 
 /// The files besides the store that a snapshot carries, relative to the data directory.
-pub const IDENTITY_FILES: [&str; 5] = [
+pub const IDENTITY_FILES: [&str; 6] = [
     "tls/ca.crt",
     "tls/ca.key",
     "credentials/admin.crt",
     "credentials/admin.key",
     "credentials/admin.token",
+    crate::encryption::KEY_FILE,
 ];
 
 /// How far a restored store's revision jumps past the snapshot's, so that every client's
@@ -39,6 +40,13 @@ pub enum StoreCommand {
     /// into FILE.
     Snapshot {
         file: PathBuf,
+        /// The API server (default: the one in the data directory's kubeconfig).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Seal Secrets with a new key: the running server rewrites every Secret with it and
+    /// drops the old keys.
+    RotateKey {
         /// The API server (default: the one in the data directory's kubeconfig).
         #[arg(long)]
         server: Option<String>,
@@ -78,6 +86,24 @@ pub async fn run(args: StoreArgs) -> Result<()> {
             println!(
                 "snapshot of {objects} objects at revision {revision} written to {} ({bytes} bytes)",
                 file.display(),
+            );
+            Ok(())
+        }
+        StoreCommand::RotateKey { server } => {
+            let report = rotate_key(&data_dir, server.as_deref()).await?;
+            println!(
+                "Secrets are sealed with {}; {} rewritten; keys removed: {}",
+                report["key"].as_str().unwrap_or("?"),
+                report["rewritten"],
+                report["removedKeys"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "none".into()),
             );
             Ok(())
         }
@@ -128,9 +154,8 @@ pub fn server_of(data_dir: &Path) -> Result<String> {
         .with_context(|| format!("no server address in {}", path.display()))
 }
 
-/// Take a snapshot from the server into `file`, written as it arrives and checked whole before
-/// it is put in place; returns its revision, its number of objects and its size.
-async fn fetch(data_dir: &Path, server: Option<&str>, file: &Path) -> Result<(u64, u64, u64)> {
+/// The admin's client for the server of `data_dir` (or `server`).
+fn admin_client(data_dir: &Path, server: Option<&str>) -> Result<(client::Client, String)> {
     let server = match server {
         Some(s) => s.to_string(),
         None => server_of(data_dir)?,
@@ -140,7 +165,20 @@ async fn fetch(data_dir: &Path, server: Option<&str>, file: &Path) -> Result<(u6
         .context("reading the admin token")?;
     let transport = client::HttpsTransport::new(&server, &ca, Some(token.trim()))
         .context("connecting to the API server")?;
-    let c = client::Client::new(std::sync::Arc::new(transport));
+    Ok((client::Client::new(std::sync::Arc::new(transport)), server))
+}
+
+async fn rotate_key(data_dir: &Path, server: Option<&str>) -> Result<serde_json::Value> {
+    let (c, server) = admin_client(data_dir, server)?;
+    c.request_json(Method::POST, "/berth/v1/encryption/rotate", None)
+        .await
+        .with_context(|| format!("rotating the encryption key of {server}"))
+}
+
+/// Take a snapshot from the server into `file`, written as it arrives and checked whole before
+/// it is put in place; returns its revision, its number of objects and its size.
+async fn fetch(data_dir: &Path, server: Option<&str>, file: &Path) -> Result<(u64, u64, u64)> {
+    let (c, server) = admin_client(data_dir, server)?;
     let req = http::Request::builder()
         .method(Method::GET)
         .uri("/berth/v1/snapshot")

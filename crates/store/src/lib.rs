@@ -7,6 +7,7 @@
 //! the in-memory fake. Both pass [`conformance`], which any future backend (etcd) must pass too.
 
 pub mod conformance;
+pub mod encrypt;
 mod hub;
 mod mem;
 mod redb;
@@ -181,6 +182,25 @@ impl WatchStream {
     /// The next batch, or `None` once the store shut down. After an error the stream ends.
     pub async fn next(&mut self) -> Option<Result<Vec<Event>, StoreError>> {
         self.rx.recv().await
+    }
+
+    /// The same stream with each batch passed through `f` (a wrapping store's view of it);
+    /// an error from `f` ends the stream after it is delivered.
+    pub fn map(
+        mut self,
+        mut f: impl FnMut(Vec<Event>) -> Result<Vec<Event>, StoreError> + Send + 'static,
+    ) -> WatchStream {
+        let (tx, rx) = mpsc::channel(self.rx.max_capacity().max(1));
+        tokio::spawn(async move {
+            while let Some(batch) = self.rx.recv().await {
+                let out = batch.and_then(&mut f);
+                let end = out.is_err();
+                if tx.send(out).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        WatchStream { rx }
     }
 }
 

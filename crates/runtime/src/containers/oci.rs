@@ -152,7 +152,19 @@ impl OciRuntime {
             what: "encoding config.json".into(),
             source: io::Error::other(e),
         })?;
-        fs::write(dir.join("config.json"), bytes).map_err(io_err("writing config.json"))?;
+        // The environment may come from Secrets: the bundle's config is root's alone.
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.join("config.json"))
+                .and_then(|mut f| f.write_all(&bytes))
+                .map_err(io_err("writing config.json"))?;
+        }
         let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io_err("creating a pipe")(e.into()))?;
         let mut cmd = Command::new(&self.cfg.shim);

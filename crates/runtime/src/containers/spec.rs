@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
+
+use super::seccomp::{self, Seccomp};
 use serde_json::{Value, json};
 
 /// Capabilities a container gets unless it asks otherwise (Docker's and containerd's set).
@@ -134,6 +136,7 @@ pub struct Security {
     pub capabilities: Vec<String>,
     pub no_new_privileges: bool,
     pub readonly_rootfs: bool,
+    pub seccomp: Seccomp,
 }
 
 impl Default for Security {
@@ -143,6 +146,7 @@ impl Default for Security {
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             no_new_privileges: false,
             readonly_rootfs: false,
+            seccomp: Seccomp::RuntimeDefault,
         }
     }
 }
@@ -288,6 +292,13 @@ pub fn runtime_spec(c: &ContainerSpec, rootfs: &str) -> Result<Spec, SpecError> 
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
     }
+    match &c.security.seccomp {
+        Seccomp::Unconfined => {}
+        Seccomp::RuntimeDefault => {
+            linux["seccomp"] = seccomp::runtime_default(&caps, std::env::consts::ARCH);
+        }
+        Seccomp::Localhost(profile) => linux["seccomp"] = profile.clone(),
+    }
     let mut process = json!({
         "terminal": c.tty,
         "user": {"uid": c.uid, "gid": c.gid, "additionalGids": c.extra_gids},
@@ -298,8 +309,12 @@ pub fn runtime_spec(c: &ContainerSpec, rootfs: &str) -> Result<Spec, SpecError> 
         // Clamped to what this node may grant: without CAP_SYS_RESOURCE a runtime cannot
         // raise a hard limit.
         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": c.max_open_files, "soft": c.max_open_files}],
-        "noNewPrivileges": c.security.no_new_privileges,
     });
+    // Only when set: libcontainer reads a present `false` as set, and would then load the
+    // seccomp filter after dropping the capabilities loading it needs.
+    if c.security.no_new_privileges {
+        process["noNewPrivileges"] = json!(true);
+    }
     if c.uid != 0 {
         // A non-root user keeps only what it was explicitly given.
         process["capabilities"]["effective"] = json!([]);
