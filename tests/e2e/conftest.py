@@ -301,10 +301,14 @@ def version(request):
 
 
 @contextlib.contextmanager
-def own_namespace(c, prefix, request):
-    """A namespace of its own for one test on cluster `c`, deleted (without waiting) after."""
+def own_namespace(c, prefix, request, privileged=False):
+    """A namespace of its own for one test on cluster `c`, deleted (without waiting) after.
+    `privileged` lets its pods use the host (host namespaces, ports and paths, privileged
+    containers), which the cluster's default Pod Security level (baseline) refuses."""
     name = namespace_for(prefix, request.node.name)
     c.kubectl("create", "namespace", name)
+    if privileged:
+        c.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=privileged")
     try:
         yield name
     finally:

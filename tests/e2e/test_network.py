@@ -25,7 +25,7 @@ SERVER = ["sh", "-c", "mkdir -p /www && echo hello-from-$(hostname) > /www/index
 
 @pytest.fixture
 def nns(node, request):
-    with own_namespace(node, "n", request) as name:
+    with own_namespace(node, "n", request, privileged=True) as name:
         yield name
 
 

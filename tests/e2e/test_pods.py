@@ -23,7 +23,7 @@ from images import Image, busybox_layer
 @pytest.fixture
 def pns(node, request):
     """A namespace of its own for one test, on the node cluster."""
-    with own_namespace(node, "p", request) as name:
+    with own_namespace(node, "p", request, privileged=True) as name:
         yield name
 
 

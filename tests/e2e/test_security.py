@@ -419,3 +419,84 @@ def test_runc_applies_the_same_seccomp_profiles(request):
         c.extra += ["--runtime", "runc"]
     with running_node(Image(cmd=("sh",)), prepare=with_runc) as node:
         check_seccomp(node, request, "seccomp-runc")
+
+
+RESTRICTED_NGINX = (
+    'pods "web" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false '
+    '(container "web" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities '
+    '(container "web" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or '
+    'container "web" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "web" '
+    'must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")')
+
+
+def test_pod_security_enforces_its_levels_with_kubernetes_words(cluster, ns, version, tmp_path):
+    cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    r = cluster.kubectl("run", "web", "--image=nginx", "-n", ns, version=version, check=False)
+    assert r.returncode != 0
+    assert RESTRICTED_NGINX in r.stderr, r.stderr
+    compliant = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ok"},
+                 "spec": {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                              "seccompProfile": {"type": "RuntimeDefault"}},
+                          "containers": [{"name": "c", "image": "busybox", "securityContext": {
+                              "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}}
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(compliant), version=version)
+    # A workload is admitted with a warning; its pods are what is refused.
+    r = cluster.kubectl("create", "deployment", "d", "--image=nginx", "-n", ns, version=version)
+    assert ('Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false '
+            '(container "nginx" must set securityContext.allowPrivilegeEscalation=false)') in r.stderr
+
+    def refused():
+        return any(e.get("reason") == "FailedCreate" and "violates PodSecurity" in e.get("message", "")
+                   for e in cluster.json("get", "events", "-n", ns)["items"])
+    wait_until(refused, what="the ReplicaSet's pods refused")
+
+
+def test_the_default_level_is_baseline(cluster, ns, version):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root"},
+           "spec": {"hostPID": True, "containers": [{"name": "c", "image": "busybox",
+                                                     "securityContext": {"privileged": True}}],
+                    "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}}
+    r = cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod), version=version, check=False)
+    assert r.returncode != 0
+    assert ('pods "root" is forbidden: violates PodSecurity "baseline:latest": host namespaces '
+            '(hostPID=true), hostPath volumes (volume "host"), privileged (container "c" must not set '
+            'securityContext.privileged=true)') in r.stderr, r.stderr
+    # A namespace labelled privileged may have it.
+    cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=privileged")
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod), version=version)
+
+
+def test_namespace_labels_are_checked_and_existing_pods_reported(cluster, ns):
+    r = cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=strict",
+                        check=False)
+    assert r.returncode != 0
+    assert ('metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: "strict": must be '
+            'one of privileged, baseline, restricted') in r.stderr, r.stderr
+    for name in ("a", "b"):
+        cluster.kubectl("run", name, "--image=busybox", "-n", ns)
+    r = cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    assert (f'Warning: existing pods in namespace "{ns}" violate the new PodSecurity enforce level '
+            '"restricted:latest"') in r.stderr, r.stderr
+    assert ("Warning: a (and 1 other pod): allowPrivilegeEscalation != false, unrestricted "
+            "capabilities, runAsNonRoot != true, seccompProfile") in r.stderr, r.stderr
+
+
+def test_a_pods_processes_are_capped(request):
+    from conftest import running_node
+    from images import Image
+
+    def low_limit(c):
+        c.extra += ["--pod-pids-limit", "20"]
+    with running_node(Image(cmd=("sh",)), prepare=low_limit) as node:
+        ns = "pids"
+        node.kubectl("create", "namespace", ns)
+        bomb = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bomb"},
+                "spec": {"containers": [{"name": "c", "image": "busybox:test", "command": [
+                    "sh", "-c", "while true; do sleep 300 & done"]}]}}
+        node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(bomb))
+        # The fork bomb meets the pod's cap (and its shell gives up), not the node's.
+        wait_until(lambda: "can't fork: Resource temporarily unavailable" in node.kubectl(
+            "logs", "-n", ns, "bomb", check=False).stdout, what="the bomb to hit the cap")
+        uid = node.json("get", "pod", "bomb", "-n", ns)["metadata"]["uid"]
+        assert open(f"/sys/fs/cgroup/pids/berth/pod{uid}/pids.max").read().strip() == "20"
+        assert node.node_ready()

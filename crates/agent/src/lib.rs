@@ -75,6 +75,8 @@ pub struct AgentConfig {
     pub image_gc: gc::Thresholds,
     /// How pods resolve names, and whether this node serves the cluster DNS.
     pub dns: dns::DnsSettings,
+    /// The most processes (and threads) one pod may have at once (`None`: no limit).
+    pub pod_pids_limit: Option<u64>,
 }
 
 /// Where the node's pod network comes from.
@@ -109,6 +111,7 @@ pub(crate) struct Shared {
     pub(crate) max_open_files: u64,
     /// The capabilities berth holds, all a privileged container can get.
     pub(crate) host_capabilities: Vec<String>,
+    pub(crate) pod_pids_limit: Option<u64>,
     /// The pods on this node by UID, as last seen.
     pub(crate) pods: std::sync::Mutex<
         std::collections::HashMap<String, Arc<api::k8s_openapi::api::core::v1::Pod>>,
@@ -166,6 +169,7 @@ impl Agent {
                 events,
                 max_open_files: hard_nofile(),
                 host_capabilities: runtime::containers::host::capabilities(),
+                pod_pids_limit: cfg.pod_pids_limit,
                 pods: Default::default(),
                 image_used: Default::default(),
                 image_gc: cfg.image_gc,

@@ -939,6 +939,16 @@ impl Worker {
                 return false;
             }
         };
+        if let Some(limit) = self.shared.pod_pids_limit
+            && let Err(e) = limit_pod_pids(&self.uid, limit)
+        {
+            self.event(
+                "Warning",
+                "FailedCreatePodSandBox",
+                &format!("Failed to create pod sandbox: limiting the pod's processes: {e}"),
+            );
+            return false;
+        }
         if let Err(e) = self.attach_network(&ns).await {
             self.event(
                 "Warning",
@@ -1510,6 +1520,27 @@ fn terminated_from_api(t: &api::k8s_openapi::api::core::v1::ContainerStateTermin
         started_at: ts(&t.started_at),
         finished_at: ts(&t.finished_at),
     }
+}
+
+/// Cap the processes of a pod's containers together, in the pod's cgroup (its containers'
+/// cgroups are made inside it): `pids.max` of the pids controller (cgroup v1), or of the
+/// unified hierarchy with the controller enabled down to the pod (v2).
+fn limit_pod_pids(uid: &str, limit: u64) -> std::io::Result<()> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let v1 = root.join("pids");
+    let pod = format!("pod{uid}");
+    let dir = if v1.is_dir() {
+        v1.join("berth").join(&pod)
+    } else {
+        // Each level down to the pod passes the controller on to its children.
+        std::fs::create_dir_all(root.join("berth"))?;
+        for level in [root.to_path_buf(), root.join("berth")] {
+            std::fs::write(level.join("cgroup.subtree_control"), "+pids")?;
+        }
+        root.join("berth").join(&pod)
+    };
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("pids.max"), limit.to_string())
 }
 
 /// Remove the pod's cgroup directories (the runtime removes only the containers' own).

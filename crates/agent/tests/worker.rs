@@ -129,6 +129,7 @@ impl Node {
                 min_age: Duration::from_secs(3600),
             },
             dns: Default::default(),
+            pod_pids_limit: None,
         };
         let client = Client::new(Arc::new(InProcess(self.api.clone(), "system:node")));
         let runtime = Arc::new(self.runtime.clone()) as Arc<dyn ContainerRuntime>;

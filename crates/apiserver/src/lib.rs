@@ -16,6 +16,7 @@ pub mod limits;
 mod metrics;
 mod node;
 mod openapi;
+mod podsecurity;
 mod proxy;
 mod read;
 mod request;

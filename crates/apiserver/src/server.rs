@@ -47,6 +47,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
+    /// The Pod Security level and version of namespaces whose labels name none.
+    pub pod_security_default: api::podsecurity::LevelVersion,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             snapshot_files: Vec::new(),
             limits: crate::limits::LimitsConfig::default(),
             body_timeout: Duration::from_secs(60),
+            pod_security_default: api::podsecurity::LevelVersion::PRIVILEGED,
         }
     }
 }

@@ -547,6 +547,17 @@ impl ApiServer {
             }
             self.admit_with_context(r, t.namespace.as_deref(), &mut admitted)
                 .await?;
+            let mut warnings = warnings;
+            warnings.extend(self.admit_pod_security(
+                r,
+                t.namespace.as_deref(),
+                &admitted,
+                None,
+                None,
+            )?);
+            if r.kind == "Namespace" {
+                warnings.extend(self.admit_namespace_labels(r, &admitted, None)?);
+            }
             let owner = format!("{}/{}", t.namespace.as_deref().unwrap_or(""), name);
             let mut ops = self.allocations(r, None, Some(&mut admitted), &owner)?;
             strip_rv(&mut admitted);
@@ -824,7 +835,23 @@ impl ApiServer {
     ) -> Result<Written, Commit> {
         let r = t.resource;
         self.prepare_update(t, name, new, old, scope, server_write)?;
-        let (mut admitted, warnings) = self.admit(r, new, Some(old), Operation::Update, opts)?;
+        let (mut admitted, mut warnings) =
+            self.admit(r, new, Some(old), Operation::Update, opts)?;
+        let sub = match scope {
+            Scope::Status => Some("status"),
+            Scope::EphemeralContainers => Some("ephemeralcontainers"),
+            _ => None,
+        };
+        warnings.extend(self.admit_pod_security(
+            r,
+            t.namespace.as_deref(),
+            &admitted,
+            Some(old),
+            sub,
+        )?);
+        if r.kind == "Namespace" && sub.is_none() {
+            warnings.extend(self.admit_namespace_labels(r, &admitted, Some(old))?);
+        }
         if r.kind == "PersistentVolumeClaim" && matches!(scope, Scope::Main) {
             self.admit_resize(r, name, &admitted, old)?;
         }

@@ -45,6 +45,211 @@ pub struct ApiBenchArgs {
     /// alternating, to price the checksums (0: skip).
     #[arg(long, default_value_t = 3)]
     checksum_rounds: usize,
+    /// RoleBindings in the cluster when the create test is run again as a user RBAC judges
+    /// (0: skip that test).
+    #[arg(long, default_value_t = 10_000)]
+    role_bindings: usize,
+    /// Rounds of a Secret write and read test on fresh servers with encryption at rest on and
+    /// off, alternating (0: skip).
+    #[arg(long, default_value_t = 3)]
+    encryption_rounds: usize,
+}
+
+/// Send `count` bodies to `path` from `clients` concurrent tasks, each request acting as
+/// `user` (impersonated by the admin) if given; return latencies and the elapsed time.
+async fn create_many_as(
+    c: &Client,
+    path: &str,
+    count: usize,
+    clients: usize,
+    user: Option<&str>,
+    body: impl Fn(usize) -> Bytes + Send + Sync + 'static,
+) -> Result<(Vec<Duration>, Duration)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let body = Arc::new(body);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (c, next, body, path) = (c.clone(), next.clone(), body.clone(), path.to_string());
+        let user = user.map(str::to_string);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let mut req = Request::builder()
+                    .method(Method::POST)
+                    .uri(path.as_str())
+                    .header(http::header::CONTENT_TYPE, "application/json");
+                if let Some(u) = &user {
+                    req = req.header("Impersonate-User", u.as_str());
+                }
+                let t = Instant::now();
+                let resp = c.send(req.body(body(i))?).await?;
+                let status = resp.status();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?
+                    .to_bytes();
+                if !status.is_success() {
+                    return Err(client::api_error(status, &bytes).into());
+                }
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(count);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    Ok((all, elapsed))
+}
+
+/// The create test again, as a user judged by RBAC among `bindings` RoleBindings, beside the
+/// admin (whom RBAC does not judge) on the same server.
+async fn rbac_creates(c: &Client, args: &ApiBenchArgs) -> Result<(f64, f64, Duration)> {
+    let post = |path: String, body: serde_json::Value| async move {
+        c.request_json(Method::POST, &path, Some(&body)).await
+    };
+    for ns in ["rbac-admin", "rbac-user"] {
+        post(
+            "/api/v1/namespaces".into(),
+            json!({"metadata": {"name": ns}}),
+        )
+        .await?;
+    }
+    // Bindings of other users spread over 100 namespaces, and the one that lets the user in.
+    let spread = 100;
+    for n in 0..spread {
+        post(
+            "/api/v1/namespaces".into(),
+            json!({"metadata": {"name": format!("team-{n}")}}),
+        )
+        .await?;
+    }
+    let per_ns = args.role_bindings / spread;
+    for n in 0..spread {
+        create_many_as(
+            c,
+            &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/team-{n}/rolebindings"),
+            per_ns,
+            args.clients.min(16),
+            None,
+            move |i| {
+                Bytes::from(json!({"metadata": {"name": format!("b-{i}")},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+                    "subjects": [{"kind": "User", "name": format!("user-{n}-{i}")}]}).to_string())
+            },
+        )
+        .await?;
+    }
+    post(
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/rbac-user/rolebindings".into(),
+        json!({"metadata": {"name": "bench"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+               "subjects": [{"kind": "User", "name": "bench-user"}]}),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let body = |prefix: &'static str| {
+        let payload = "x".repeat(1024);
+        move |i: usize| {
+            Bytes::from(
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("{prefix}-{i}")}, "data": {"payload": payload}})
+                .to_string(),
+            )
+        }
+    };
+    // Alternate, twice each, so that drift does not favour one.
+    let (mut admin, mut user) = (Vec::new(), Vec::new());
+    let mut user_lat = Vec::new();
+    for round in 0..2 {
+        let (_, e) = create_many_as(
+            c,
+            "/api/v1/namespaces/rbac-admin/configmaps",
+            args.creates / 2,
+            args.clients,
+            None,
+            body(if round == 0 { "a0" } else { "a1" }),
+        )
+        .await?;
+        admin.push((args.creates / 2) as f64 / e.as_secs_f64());
+        let (lat, e) = create_many_as(
+            c,
+            "/api/v1/namespaces/rbac-user/configmaps",
+            args.creates / 2,
+            args.clients,
+            Some("bench-user"),
+            body(if round == 0 { "u0" } else { "u1" }),
+        )
+        .await?;
+        user.push((args.creates / 2) as f64 / e.as_secs_f64());
+        user_lat.extend(lat);
+    }
+    user_lat.sort();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    Ok((mean(&admin), mean(&user), percentile(&user_lat, 0.99)))
+}
+
+/// Write and read back Secrets of 1 KiB: (writes/s, reads/s).
+async fn secret_rates(c: &Client, count: usize, clients: usize) -> Result<(f64, f64)> {
+    c.request_json(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(&json!({"metadata": {"name": "sealed"}})),
+    )
+    .await?;
+    let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 1024]);
+    let (_, wrote) = create_many_as(
+        c,
+        "/api/v1/namespaces/sealed/secrets",
+        count,
+        clients,
+        None,
+        move |i| {
+            Bytes::from(
+                json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": format!("s-{i}")}, "data": {"key": payload}})
+                .to_string(),
+            )
+        },
+    )
+    .await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (c, next) = (c.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                get(
+                    &c,
+                    &format!("/api/v1/namespaces/sealed/secrets/s-{i}"),
+                    "application/json",
+                )
+                .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let read = started.elapsed();
+    Ok((
+        count as f64 / wrote.as_secs_f64(),
+        count as f64 / read.as_secs_f64(),
+    ))
 }
 
 pub(crate) struct Server {
@@ -402,7 +607,64 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
         ),
         "",
     );
+    if args.role_bindings > 0 {
+        let (admin, user, p99) = rbac_creates(&c, &args).await?;
+        row(
+            &format!(
+                "create as a user RBAC judges ({} RoleBindings) / as admin",
+                args.role_bindings
+            ),
+            format!("{user:.0} / {admin:.0}/s"),
+            "",
+        );
+        row(
+            "  cost of RBAC",
+            format!("{:+.1}%", (admin - user) / admin * 100.0),
+            "within 10%",
+        );
+        row("  create latency p99 as the user", ms(p99), "");
+    }
     drop(server);
+
+    // The price of encryption at rest: Secrets written and read on fresh servers with it on
+    // and off, alternating which goes first.
+    if args.encryption_rounds > 0 {
+        let count = args.creates.min(10_000);
+        let mut rates: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..args.encryption_rounds {
+            for step in 0..2 {
+                let on = (round + step) % 2 == 0;
+                let flag = format!("--encrypt-secrets={on}");
+                let server = start_server(&[flag.as_str()]).await?;
+                rates[usize::from(on)]
+                    .push(secret_rates(&server.client, count, args.clients).await?);
+            }
+        }
+        let median = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+            let mut x: Vec<f64> = v.iter().map(f).collect();
+            x.sort_by(f64::total_cmp);
+            x[x.len() / 2]
+        };
+        for (what, f) in [
+            ("write", (|r: &(f64, f64)| r.0) as fn(&(f64, f64)) -> f64),
+            ("read", |r: &(f64, f64)| r.1),
+        ] {
+            let (off, on) = (median(&rates[0], f), median(&rates[1], f));
+            row(
+                &format!(
+                    "Secrets {what}, sealed / plain (median of {})",
+                    args.encryption_rounds
+                ),
+                format!("{on:.0} / {off:.0}/s"),
+                "",
+            );
+            row(
+                "  cost of encryption at rest",
+                format!("{:+.1}%", (off - on) / off * 100.0),
+                "within 10%",
+            );
+        }
+    }
 
     // The price of record checksums: the create test again on fresh servers, with and without,
     // alternating which goes first, since this machine's figure drifts between runs.
@@ -477,4 +739,104 @@ async fn get(c: &Client, path: &str, accept: &str) -> Result<Bytes> {
         .await
         .map_err(|e| anyhow::anyhow!(e))?
         .to_bytes())
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct AuthzBenchArgs {
+    /// RoleBindings in the policy, spread over namespaces of 10 each, one user each.
+    #[arg(long, default_value_t = 10_000)]
+    role_bindings: usize,
+    /// Decisions timed for each of allow and deny.
+    #[arg(long, default_value_t = 200_000)]
+    decisions: usize,
+}
+
+/// The RBAC decision alone: Kubernetes' bootstrap policy plus `role_bindings` RoleBindings,
+/// each decision timed (the clock's own cost, ~20 ns, included).
+pub fn authz(args: AuthzBenchArgs) -> Result<()> {
+    use api::k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use api::rbac::{Attributes, Policy, Target, UserInfo};
+    let mut policy = Policy::default();
+    for o in api::rbac::bootstrap_objects() {
+        match o["kind"].as_str() {
+            Some("ClusterRole") => {
+                policy.put_cluster_role(&serde_json::from_value::<ClusterRole>(o)?)
+            }
+            Some("Role") => policy.put_role(&serde_json::from_value::<Role>(o)?),
+            Some("ClusterRoleBinding") => {
+                policy.put_cluster_role_binding(&serde_json::from_value::<ClusterRoleBinding>(o)?)
+            }
+            Some("RoleBinding") => {
+                policy.put_role_binding(&serde_json::from_value::<RoleBinding>(o)?)
+            }
+            _ => {}
+        }
+    }
+    let per_ns = 10;
+    let spaces = args.role_bindings.div_ceil(per_ns);
+    let built = Instant::now();
+    for n in 0..args.role_bindings {
+        let (ns, i) = (n / per_ns, n % per_ns);
+        let b: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": format!("b-{i}"), "namespace": format!("team-{ns}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:aggregate-to-edit"},
+            "subjects": [{"kind": "User", "name": format!("user-{ns}-{i}")}]}))?;
+        policy.put_role_binding(&b);
+    }
+    let build = built.elapsed();
+    let user = UserInfo::new(format!("user-{}-5", spaces / 2), &[]).authenticated();
+    let ns_own = format!("team-{}", spaces / 2);
+    let ns_other = format!("team-{}", spaces / 3);
+    fn ask<'a>(user: &'a UserInfo, ns: &'a str) -> Attributes<'a> {
+        Attributes {
+            user,
+            verb: "create",
+            target: Target::Resource {
+                namespace: ns,
+                group: "",
+                resource: "configmaps",
+                subresource: "",
+                name: "",
+            },
+        }
+    }
+    let (allow, deny) = (ask(&user, &ns_own), ask(&user, &ns_other));
+    assert!(policy.authorize(&allow).allowed && !policy.authorize(&deny).allowed);
+    let time = |a: &Attributes<'_>| {
+        let mut lat = Vec::with_capacity(args.decisions);
+        for _ in 0..args.decisions {
+            let t = Instant::now();
+            std::hint::black_box(policy.authorize(std::hint::black_box(a)));
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        lat
+    };
+    let (allowed, denied) = (time(&allow), time(&deny));
+    println!(
+        "berth bench authz: {} RoleBindings in {} namespaces and the bootstrap policy ({} bindings), indexed in {}",
+        args.role_bindings,
+        spaces,
+        policy.binding_count(),
+        ms(build)
+    );
+    println!("{:<54} {:>20}   target", "figure", "value");
+    let ns = |d: Duration| format!("{} ns", d.as_nanos());
+    for (what, lat, target) in [
+        ("allow", &allowed, "p99 <= 1 us"),
+        ("deny", &denied, "p99 <= 2 us"),
+    ] {
+        println!(
+            "{:<54} {:>20}   ",
+            format!("{what}: decision p50"),
+            ns(percentile(lat, 0.5))
+        );
+        println!(
+            "{:<54} {:>20}   {target}",
+            format!("{what}: decision p99"),
+            ns(percentile(lat, 0.99))
+        );
+    }
+    Ok(())
 }

@@ -117,6 +117,11 @@ pub struct ServerArgs {
     /// Connections one client address may hold open; more are closed at once.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections_per_client: u64,
+    /// The Pod Security level (and version, `baseline:v1.29`) of namespaces whose
+    /// `pod-security.kubernetes.io/enforce` label names none: `privileged` (Kubernetes'
+    /// default), `baseline` or `restricted`. Warn follows it.
+    #[arg(long, default_value = "baseline", value_parser = parse_pod_security)]
+    pub pod_security_default: api::podsecurity::LevelVersion,
     /// Seal Secrets in the store with AES-GCM (keys in `<data-dir>/credentials/encryption.keys`;
     /// `berth store rotate-key` replaces them). Off only for `berth bench api`'s comparison.
     #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
@@ -159,6 +164,17 @@ fn parse_domain(s: &str) -> Result<String, String> {
     let d = s.trim_end_matches('.').to_ascii_lowercase();
     net::dns::Index::new(&d).map_err(|e| e.to_string())?;
     Ok(d)
+}
+
+fn parse_pod_security(s: &str) -> Result<api::podsecurity::LevelVersion, String> {
+    use api::podsecurity::{Level, LevelVersion, Version};
+    let (level, version) = s.split_once(':').unwrap_or((s, "latest"));
+    Ok(LevelVersion {
+        level: Level::parse(level)
+            .ok_or_else(|| format!("{level:?}: must be privileged, baseline or restricted"))?,
+        version: Version::parse(version)
+            .ok_or_else(|| format!("{version:?}: must be \"latest\" or \"v1.x\""))?,
+    })
 }
 
 fn parse_strategy(s: &str) -> Result<scheduler::Strategy, String> {
@@ -309,6 +325,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             .map(|name| (name.to_string(), data_dir.join(name)))
             .collect(),
         body_timeout: args.request_body_timeout,
+        pod_security_default: args.pod_security_default,
         limits: apiserver::limits::LimitsConfig {
             max_connections: connection_budget(),
             max_connections_per_client: args.max_connections_per_client as usize,

@@ -72,6 +72,8 @@ enum BenchCommand {
     /// The cluster DNS: queries per second on one core (dnsperf), latency, the search-path
     /// walk, and the DNS and proxy memory at 10,000 Services and 50,000 pods.
     Dns(bench_dns::DnsBenchArgs),
+    /// RBAC: one authorization decision, allow and deny, among 10,000 RoleBindings.
+    Authz(bench::AuthzBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -205,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Pods(args)) => bench_pods::run(args).await,
             Command::Bench(BenchCommand::Net(args)) => bench_net::run(args).await,
             Command::Bench(BenchCommand::Dns(args)) => bench_dns::run(args).await,
+            Command::Bench(BenchCommand::Authz(args)) => bench::authz(args),
             Command::Image(args) => images_cli::run(args).await,
             Command::Store(args) => store_cli::run(args).await,
             Command::User(args) => users_cli::run(args),

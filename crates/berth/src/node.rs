@@ -62,6 +62,10 @@ pub struct AgentArgs {
     /// count".
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_volumes: Option<u32>,
+    /// The most processes and threads one pod's containers may have together (the kubelet's
+    /// podPidsLimit), so that a fork bomb stays in its pod; `0` for no limit.
+    #[arg(long, default_value_t = 4096)]
+    pub pod_pids_limit: u64,
 }
 
 /// `berth agent`: a node for a cluster whose API server runs elsewhere.
@@ -253,6 +257,7 @@ pub fn build(
             resolv_conf: args.resolv_conf.clone(),
             serve: true,
         },
+        pod_pids_limit: (args.pod_pids_limit > 0).then_some(args.pod_pids_limit),
     };
     Ok(Agent::new(
         client,
