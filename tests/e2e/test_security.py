@@ -500,3 +500,31 @@ def test_a_pods_processes_are_capped(request):
         uid = node.json("get", "pod", "bomb", "-n", ns)["metadata"]["uid"]
         assert open(f"/sys/fs/cgroup/pids/berth/pod{uid}/pids.max").read().strip() == "20"
         assert node.node_ready()
+
+
+def test_snapshots_are_for_masters_whatever_a_path_rule_grants(cluster, tmp_path):
+    kc = add_user(cluster, "reader-of-paths", "--out", str(tmp_path / "paths.kc"))
+    kc = str(tmp_path / "paths.kc")
+    cluster.kubectl("create", "clusterrole", "all-paths", "--verb=get", "--non-resource-url=*")
+    cluster.kubectl("create", "clusterrolebinding", "all-paths", "--clusterrole=all-paths",
+                    "--user=reader-of-paths")
+    wait_until(lambda: as_user(cluster, kc, "get", "--raw", "/metrics").returncode == 0,
+               what="the binding takes effect")
+    for path in ("/berth/v1/snapshot", "/%62erth/v1/snapshot"):
+        r = as_user(cluster, kc, "get", "--raw", path)
+        assert r.returncode != 0
+        assert 'cannot take a snapshot: only system:masters may' in r.stderr, r.stderr
+
+
+def test_a_pod_cannot_leave_restricted_by_calling_itself_windows(cluster, ns):
+    cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "win"},
+           "spec": {"os": {"name": "windows"},
+                    "securityContext": {"runAsNonRoot": True},
+                    "containers": [{"name": "c", "image": "busybox", "securityContext": {
+                        "capabilities": {"add": ["SYS_ADMIN"]},
+                        "seccompProfile": {"type": "Unconfined"}}}]}}
+    r = cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod), check=False)
+    assert r.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in r.stderr
+    assert 'unrestricted capabilities' in r.stderr and 'seccompProfile' in r.stderr

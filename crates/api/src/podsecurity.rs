@@ -927,7 +927,6 @@ pub fn check(
     let restricted = lv.level == Level::Restricted;
     let psc = spec.security_context.as_ref();
     let cs = containers(spec);
-    let windows = spec.os.as_ref().is_some_and(|o| o.name == "windows");
     let mut out: Vec<Option<Violation>> = vec![
         check_apparmor(annotations, psc, &cs),
         if restricted && minor >= 22 {
@@ -954,18 +953,20 @@ pub fn check(
         check_host_process(psc, &cs),
     ];
     if restricted {
-        let exempt_windows = windows && minor >= 25;
+        // Kubernetes skips three of these for pods whose `os.name` is windows, relying on its
+        // validation of Windows pods; berth runs every pod as a Linux container, so a pod's
+        // word about its OS exempts it from nothing.
         out.extend([
-            (minor >= 8 && !exempt_windows)
+            (minor >= 8)
                 .then(|| check_privilege_escalation(&cs))
                 .flatten(),
-            (minor >= 22 && !exempt_windows)
+            (minor >= 22)
                 .then(|| check_capabilities_restricted(&cs))
                 .flatten(),
             check_volumes(spec),
             check_run_as_non_root(psc, &cs),
             (minor >= 23).then(|| check_run_as_user(psc, &cs)).flatten(),
-            (minor >= 19 && !exempt_windows)
+            (minor >= 19)
                 .then(|| check_seccomp_restricted(psc, &cs))
                 .flatten(),
         ]);
@@ -1101,6 +1102,27 @@ mod tests {
         };
         let (p, _) = policy(&BTreeMap::new(), default);
         assert_eq!(p.enforce, default);
+    }
+
+    #[test]
+    fn a_pod_saying_it_is_windows_is_judged_all_the_same() {
+        let s = spec(json!({
+            "os": {"name": "windows"},
+            "securityContext": {"runAsNonRoot": true},
+            "containers": [{"name": "c", "image": "i", "securityContext": {
+                "capabilities": {"add": ["SYS_ADMIN"]}, "seccompProfile": {"type": "Unconfined"}}}]}));
+        let reasons: Vec<String> = check(lv(Level::Restricted), &BTreeMap::new(), &s)
+            .into_iter()
+            .map(|v| v.reason)
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "allowPrivilegeEscalation != false",
+                "unrestricted capabilities",
+                "seccompProfile"
+            ]
+        );
     }
 
     #[test]

@@ -119,12 +119,22 @@ impl Body {
                 }
                 Body::from_bytes(f(whole.freeze()))
             }
+            // Each forwarder also ends when the client goes, which lets the producer see its
+            // channel closed (a watch is then let go at once, not at its timeout).
             Kind::Stream(mut rx) => {
                 let (tx, body) = Body::channel(rx.max_capacity());
                 tokio::spawn(async move {
-                    while let Some(c) = rx.recv().await {
-                        if tx.send(f(c)).await.is_err() {
-                            return;
+                    loop {
+                        tokio::select! {
+                            c = rx.recv() => match c {
+                                Some(c) => {
+                                    if tx.send(f(c)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                None => return,
+                            },
+                            _ = tx.closed() => return,
                         }
                     }
                 });
@@ -134,9 +144,17 @@ impl Body {
                 // The permit travels with its piece, so the budget still holds.
                 let (tx, out) = mpsc::channel(rx.max_capacity());
                 tokio::spawn(async move {
-                    while let Some((c, permit)) = rx.recv().await {
-                        if tx.send((f(c), permit)).await.is_err() {
-                            return;
+                    loop {
+                        tokio::select! {
+                            c = rx.recv() => match c {
+                                Some((c, permit)) => {
+                                    if tx.send((f(c), permit)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                None => return,
+                            },
+                            _ = tx.closed() => return,
                         }
                     }
                 });

@@ -14,7 +14,7 @@ use http::{Method, Uri};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::errors::ApiError;
-use crate::request::Params;
+use crate::request::{self, Params, Route};
 
 #[derive(Clone, Copy, Debug)]
 pub struct LimitsConfig {
@@ -66,18 +66,19 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Requests that stay open as long as the client wants: not counted as in flight.
+/// Requests that stay open as long as the client wants (watches, streams into containers,
+/// proxies, followed logs): not counted as in flight. Read from the route, not the path's
+/// text, so that an object named `proxy` or `exec` is counted like any other.
 pub fn long_running(method: &Method, uri: &Uri) -> bool {
-    let path = uri.path();
     let params = Params::parse(uri.query());
-    if *method == Method::GET && params.flag("watch") || path.contains("/watch/") {
-        return true;
-    }
-    let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-    match last {
-        "exec" | "attach" | "portforward" => true,
-        "log" => params.flag("follow"),
-        _ => path.contains("/proxy"),
+    let Ok(Route::Resource(t)) = request::route(uri.path()) else {
+        return false;
+    };
+    match t.subresource.as_deref() {
+        Some("exec" | "attach" | "portforward" | "proxy") if t.name.is_some() => true,
+        Some("log") if t.name.is_some() => params.flag("follow"),
+        Some(_) => false,
+        None => matches!(*method, Method::GET | Method::HEAD) && params.flag("watch"),
     }
 }
 
@@ -191,6 +192,15 @@ mod tests {
             .parse()
             .expect("a uri");
         assert!(long_running(&Method::POST, &exec));
+        // Objects named like streams are counted like any other.
+        for path in [
+            "/api/v1/namespaces/proxy-x/configmaps",
+            "/api/v1/namespaces/a/configmaps/exec",
+            "/api/v1/namespaces/a/pods/watch",
+        ] {
+            let uri: Uri = path.parse().expect("a uri");
+            assert!(!long_running(&Method::POST, &uri), "{path}");
+        }
         drop(held);
         assert!(limits.admit(&Method::GET, &list, false).is_ok());
     }

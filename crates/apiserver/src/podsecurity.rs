@@ -113,8 +113,15 @@ impl ApiServer {
         if policy.is_privileged() {
             return Ok(Vec::new());
         }
-        let Ok(spec) = serde_json::from_value::<PodSpec>(template["spec"].clone()) else {
-            return Ok(Vec::new());
+        let spec = match serde_json::from_value::<PodSpec>(template["spec"].clone()) {
+            Ok(spec) => spec,
+            // A pod that cannot be judged is not admitted (a workload is only warned about).
+            Err(e) if is_pod => {
+                return Err(ApiError::forbidden(format!(
+                    "pods is forbidden: failed to decode pod for PodSecurity: {e}"
+                )));
+            }
+            Err(_) => return Ok(Vec::new()),
         };
         let annotations = annotations_of(template);
         let judge = |lv: LevelVersion| podsecurity::check(lv, &annotations, &spec);

@@ -459,6 +459,7 @@ impl ApiServer {
             }
             Route::Snapshot => {
                 get_only(req.method())?;
+                masters_only(who, "take a snapshot")?;
                 let archive = self.snapshot().await?;
                 let (tx, body) = Body::channel(4);
                 tokio::task::spawn_blocking(move || {
@@ -470,6 +471,7 @@ impl ApiServer {
                 if req.method() != Method::POST {
                     return Err(ApiError::method_not_allowed());
                 }
+                masters_only(who, "rotate the encryption key")?;
                 let rotation = self.key_rotation.get().ok_or_else(|| {
                     ApiError::bad_request("this server does not encrypt anything at rest")
                 })?;
@@ -754,6 +756,18 @@ impl ApiServer {
     pub fn cache(&self) -> &Cache {
         &self.cache
     }
+}
+
+/// Snapshots carry the cluster's keys, and key rotation rewrites every Secret: these are for
+/// `system:masters` alone, whatever a path rule grants.
+fn masters_only(who: &Identity, what: &str) -> ApiResult<()> {
+    if who.user.in_group(api::rbac::MASTERS) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "forbidden: User {:?} cannot {what}: only system:masters may",
+        who.user.name
+    )))
 }
 
 /// How a request is counted in `apiserver_request_total`: Kubernetes' verb (LIST and WATCH

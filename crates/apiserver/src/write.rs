@@ -341,7 +341,7 @@ impl ApiServer {
             })?;
         let warnings = judge_unknown(r, r.version, &admitted.unknown_fields, opts)?;
         self.authorizer
-            .check_escalation(r, &admitted.object, &opts.who)?;
+            .check_escalation(r, &admitted.object, old, &opts.who)?;
         Ok((admitted.object, warnings))
     }
 

@@ -63,10 +63,10 @@ impl Rotation {
         }
     }
 
-    fn install(&self, text: &str) -> Result<()> {
+    async fn install(&self, text: &str) -> Result<()> {
         let ring = Keyring::parse(text).context("the new key file does not read back")?;
         write_private(&self.path, text.as_bytes())?;
-        self.store.set_keys(ring);
+        self.store.set_keys(ring).await;
         Ok(())
     }
 
@@ -122,6 +122,7 @@ impl apiserver::KeyRotation for Rotation {
             .expect("some name is free");
         let with_new = format!("{}\n{}", Keyring::new_key_line(&next), text.trim_end());
         self.install(&format!("{with_new}\n"))
+            .await
             .map_err(|e| format!("{e:#}"))?;
         let rewritten = self.rewrite().await.map_err(|e| e.to_string())?;
         // Older revisions in the store's history were sealed with the old keys: compact them
@@ -140,6 +141,7 @@ impl apiserver::KeyRotation for Rotation {
             .map(str::to_string)
             .collect();
         self.install(&format!("{}\n", keep.join("\n")))
+            .await
             .map_err(|e| format!("{e:#}"))?;
         info!(key = %next, rewritten, ?dropped, "rotated the key that seals Secrets");
         Ok(json!({"key": next, "rewritten": rewritten, "removedKeys": dropped}))

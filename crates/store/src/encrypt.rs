@@ -154,6 +154,9 @@ pub struct EncryptedStore {
     inner: Arc<dyn Store>,
     prefixes: Vec<String>,
     keys: Arc<RwLock<Arc<Keyring>>>,
+    /// Held (shared) by a write from sealing to commit, and (alone) to change the keys: once
+    /// `set_keys` returns, no write sealed with the old keys is still to land.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl EncryptedStore {
@@ -162,13 +165,20 @@ impl EncryptedStore {
             inner,
             prefixes,
             keys: Arc::new(RwLock::new(Arc::new(keys))),
+            gate: tokio::sync::RwLock::new(()),
         }
     }
 
-    /// Seal new writes with another keyring from now on (its first key); values sealed with
-    /// keys it lacks no longer open.
-    pub fn set_keys(&self, keys: Keyring) {
+    /// Seal new writes with another keyring from now on (its first key), once the writes
+    /// sealed with the old one have landed; values sealed with keys it lacks no longer open.
+    pub async fn set_keys(&self, keys: Keyring) {
+        let _alone = self.gate.write().await;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
+    /// The store below, where values are as sealed.
+    pub fn sealed(&self) -> &Arc<dyn Store> {
+        &self.inner
     }
 
     fn keyring(&self) -> Arc<Keyring> {
@@ -229,14 +239,23 @@ impl Store for EncryptedStore {
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let ring = self.keyring();
         let (kvs, rev) = self.inner.list(prefix).await?;
+        // A value that does not open (its key is gone from the key file) is left out and
+        // said loudly, rather than keeping every other object from being read.
         let kvs = kvs
             .into_iter()
-            .map(|kv| self.open_kv(&ring, kv))
-            .collect::<Result<_, _>>()?;
+            .filter_map(|kv| match self.open_kv(&ring, kv) {
+                Ok(kv) => Some(kv),
+                Err(e) => {
+                    tracing::error!(error = %e, "a sealed value cannot be read; left out");
+                    None
+                }
+            })
+            .collect();
         Ok((kvs, rev))
     }
 
     async fn txn(&self, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
+        let _sealing = self.gate.read().await;
         let ring = self.keyring();
         let ops = ops
             .into_iter()
@@ -261,11 +280,27 @@ impl Store for EncryptedStore {
             .txn(ops)
             .await
             .map_err(|e| self.open_error(&ring, e))?;
+        // What was committed stays committed: a deleted value that does not open is reported
+        // empty rather than as a failed write.
         for r in &mut result.results {
             let kv = match r {
                 OpResult::Put(kv) | OpResult::Deleted(kv) => kv,
             };
-            *kv = self.open_kv(&ring, std::mem::replace(kv, empty_kv()))?;
+            let taken = std::mem::replace(kv, empty_kv());
+            let (key, revs) = (
+                taken.key.clone(),
+                (taken.create_revision, taken.mod_revision, taken.version),
+            );
+            *kv = self.open_kv(&ring, taken).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a sealed value cannot be read");
+                KeyValue {
+                    key,
+                    value: Bytes::new(),
+                    create_revision: revs.0,
+                    mod_revision: revs.1,
+                    version: revs.2,
+                }
+            });
         }
         Ok(result)
     }
@@ -276,10 +311,18 @@ impl Store for EncryptedStore {
         let keys = self.keys.clone();
         Ok(stream.map(move |batch| {
             let ring = keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-            batch
+            // An event whose value does not open is left out (and said), not the end of the
+            // watch: one lost key must not stop every watcher.
+            Ok(batch
                 .into_iter()
-                .map(|ev| open_event(&prefixes, &ring, ev))
-                .collect()
+                .filter_map(|ev| match open_event(&prefixes, &ring, ev) {
+                    Ok(ev) => Some(ev),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a sealed value cannot be read; its change is left out");
+                        None
+                    }
+                })
+                .collect())
         }))
     }
 
@@ -373,13 +416,14 @@ mod tests {
         let s = EncryptedStore::new(raw.clone(), vec!["/s/".into()], old);
         s.create("/s/a", Bytes::from_static(b"one")).await.unwrap();
         let new_text = format!("{}\n{old_text}", Keyring::new_key_line("k2"));
-        s.set_keys(Keyring::parse(&new_text).unwrap());
+        s.set_keys(Keyring::parse(&new_text).unwrap()).await;
         s.create("/s/b", Bytes::from_static(b"two")).await.unwrap();
         assert_eq!(s.get("/s/a").await.unwrap().unwrap().value, "one");
         let b = raw.get("/s/b").await.unwrap().unwrap();
         assert_eq!(Keyring::sealed_by(&b.value), Some("k2"));
         // Dropping the old key before rewriting leaves its values unreadable, loudly.
-        s.set_keys(Keyring::parse(new_text.lines().next().unwrap()).unwrap());
+        s.set_keys(Keyring::parse(new_text.lines().next().unwrap()).unwrap())
+            .await;
         assert!(matches!(s.get("/s/a").await, Err(StoreError::Corrupt(_))));
     }
 

@@ -94,8 +94,10 @@ fn resource_verb(method: &Method, named: bool, params: &Params, sub: &str) -> &'
         return "create";
     }
     match *method {
-        Method::GET | Method::HEAD if params.flag("watch") => "watch",
+        // A named GET stays a get even with `watch` (Kubernetes reads the flag only on
+        // collections).
         Method::GET | Method::HEAD if named => "get",
+        Method::GET | Method::HEAD if params.flag("watch") => "watch",
         Method::GET | Method::HEAD => "list",
         Method::POST => "create",
         Method::PUT => "update",
@@ -113,12 +115,11 @@ pub fn attributes_of(
     params: &Params,
     route: Option<&Route>,
 ) -> RequestAttributes {
+    // Judged as the router reads it (escapes decoded), so a rule naming a path and the route
+    // it reaches cannot disagree.
     let path_request = || RequestAttributes {
-        verb: match *method {
-            Method::GET | Method::HEAD => "get".into(),
-            ref m => m.as_str().to_ascii_lowercase(),
-        },
-        target: Target::Path(path.to_string()),
+        verb: method.as_str().to_ascii_lowercase(),
+        target: Target::Path(normalized(path)),
     };
     if let Some((review, namespace)) = Review::from_path(path) {
         let verb = if *method == Method::POST {
@@ -159,6 +160,12 @@ pub fn attributes_of(
     };
     let sub = t.subresource.as_deref().unwrap_or("");
     let verb = resource_verb(method, t.name.is_some(), params, sub);
+    // A list or watch of one object by name (`kubectl get pod x -w`) names it, as in
+    // Kubernetes, so rules limited to resource names can allow it.
+    let selected = params.get("fieldSelector").and_then(|f| {
+        let name = f.strip_prefix("metadata.name=")?;
+        (!name.contains(',')).then(|| name.to_string())
+    });
     let group = t.view.map_or(t.resource.group, |v| v.group);
     // A namespace's own object is inside itself: a RoleBinding there may grant reading it.
     let namespace = match (&t.namespace, t.resource.kind, &t.name) {
@@ -166,14 +173,23 @@ pub fn attributes_of(
         (None, "Namespace", Some(name)) => name.as_str(),
         _ => "",
     };
-    RequestAttributes::resource(
-        verb,
-        namespace,
-        group,
-        t.resource.plural,
-        sub,
-        t.name.as_deref().unwrap_or(""),
-    )
+    let name = match (&t.name, &selected) {
+        (Some(n), _) => n.as_str(),
+        (None, Some(n)) if matches!(verb, "list" | "watch") => n.as_str(),
+        _ => "",
+    };
+    RequestAttributes::resource(verb, namespace, group, t.resource.plural, sub, name)
+}
+
+/// A path with each segment's `%XX` escapes decoded, as the router reads it.
+fn normalized(path: &str) -> String {
+    if !path.contains('%') {
+        return path.to_string();
+    }
+    path.split('/')
+        .map(crate::request::unescape)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The refusal Kubernetes sends: `pods "x" is forbidden: User "bob" cannot get resource ...`.
@@ -278,7 +294,10 @@ impl Authorizer {
                 .map(str::to_string)
                 .collect()
         };
-        let user = values("impersonate-user").into_iter().next();
+        let user = values("impersonate-user")
+            .into_iter()
+            .next()
+            .filter(|u| !u.is_empty());
         let groups = values("impersonate-group");
         let uid = values("impersonate-uid").into_iter().next();
         let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -339,6 +358,12 @@ impl Authorizer {
         target.groups.extend(groups);
         target.uid = uid.unwrap_or_default();
         target.extra = extra;
+        if target.is_anonymous() {
+            if !target.in_group(rbac::UNAUTHENTICATED) {
+                target.groups.push(rbac::UNAUTHENTICATED.to_string());
+            }
+            return Ok(Identity::user(target));
+        }
         Ok(Identity::user(target.authenticated()))
     }
 }
@@ -392,27 +417,25 @@ fn put(policy: &mut Policy, r: &Resource, e: &Entry) {
             .map_err(|err| warn!(object = %e.key, error = %err, "an RBAC object cannot be read; it grants nothing"))
             .ok()
     }
+    let (ns, name) = (e.namespace.as_deref().unwrap_or(""), e.name.as_str());
+    // An object that cannot be read grants nothing: what it granted before goes too.
     match kind_of(r) {
-        rbac::policy::Kind::ClusterRole => {
-            if let Some(o) = decode::<ClusterRole>(e) {
-                policy.put_cluster_role(&o);
-            }
-        }
-        rbac::policy::Kind::Role => {
-            if let Some(o) = decode::<Role>(e) {
-                policy.put_role(&o);
-            }
-        }
-        rbac::policy::Kind::ClusterRoleBinding => {
-            if let Some(o) = decode::<ClusterRoleBinding>(e) {
-                policy.put_cluster_role_binding(&o);
-            }
-        }
-        rbac::policy::Kind::RoleBinding => {
-            if let Some(o) = decode::<RoleBinding>(e) {
-                policy.put_role_binding(&o);
-            }
-        }
+        rbac::policy::Kind::ClusterRole => match decode::<ClusterRole>(e) {
+            Some(o) => policy.put_cluster_role(&o),
+            None => policy.remove_cluster_role(name),
+        },
+        rbac::policy::Kind::Role => match decode::<Role>(e) {
+            Some(o) => policy.put_role(&o),
+            None => policy.remove_role(ns, name),
+        },
+        rbac::policy::Kind::ClusterRoleBinding => match decode::<ClusterRoleBinding>(e) {
+            Some(o) => policy.put_cluster_role_binding(&o),
+            None => policy.remove_cluster_role_binding(name),
+        },
+        rbac::policy::Kind::RoleBinding => match decode::<RoleBinding>(e) {
+            Some(o) => policy.put_role_binding(&o),
+            None => policy.remove_role_binding(ns, name),
+        },
     }
 }
 
@@ -488,6 +511,22 @@ mod tests {
                 "/apis/metrics.k8s.io/v1beta1/namespaces/team/pods"
             ),
             res("list", "team", "metrics.k8s.io", "pods", "", "")
+        );
+        // One object by name, as `kubectl get pod web -w` asks.
+        assert_eq!(
+            attrs(
+                Method::GET,
+                "/api/v1/namespaces/team/pods?watch=1&fieldSelector=metadata.name=web"
+            ),
+            res("watch", "team", "", "pods", "", "web")
+        );
+        // Paths are judged as the router reads them.
+        assert_eq!(
+            attrs(Method::GET, "/%62erth/v1/snapshot"),
+            RequestAttributes {
+                verb: "get".into(),
+                target: Target::Path("/berth/v1/snapshot".into())
+            }
         );
         assert_eq!(
             attrs(Method::GET, "/healthz"),

@@ -20,6 +20,7 @@ impl Authorizer {
         &self,
         r: &Resource,
         obj: &Value,
+        old: Option<&Value>,
         who: &Identity,
     ) -> ApiResult<()> {
         if r.group != RBAC_GROUP || who.user.in_group(MASTERS) {
@@ -35,7 +36,11 @@ impl Authorizer {
         };
         let wanted: Vec<Rule> = match r.kind {
             "Role" | "ClusterRole" => {
-                let aggregated = r.kind == "ClusterRole" && !obj["aggregationRule"].is_null();
+                // Setting or changing an aggregation rule needs every permission (it can
+                // gather any role's rules); other edits of an aggregated role do not.
+                let aggregated = r.kind == "ClusterRole"
+                    && !obj["aggregationRule"].is_null()
+                    && old.is_none_or(|o| o["aggregationRule"] != obj["aggregationRule"]);
                 if aggregated && !self.holds_everything(who) {
                     return Err(refuse(
                         "must have cluster-admin privileges to use the aggregationRule".into(),

@@ -169,12 +169,22 @@ impl ApiServer {
             Review::SelfSubjectAccess => self.access_status(&who.user, &asked(&spec)?),
             Review::SubjectAccess | Review::LocalSubjectAccess => {
                 let asked = asked(&spec)?;
-                if let (Some(ns), Target::Resource { namespace, .. }) = (namespace, &asked.target)
-                    && namespace != ns
-                {
-                    return Err(ApiError::bad_request(format!(
-                        "spec.resourceAttributes.namespace: Invalid value: {namespace:?}: must match metadata.namespace"
-                    )));
+                // A local review asks about its own namespace only, and about resources only.
+                if let Some(ns) = namespace {
+                    let meta_ns = obj["metadata"]["namespace"].as_str().unwrap_or(ns);
+                    match &asked.target {
+                        Target::Path(_) => {
+                            return Err(ApiError::bad_request(
+                                "spec.nonResourceAttributes: Invalid value: disallowed on this kind of request",
+                            ));
+                        }
+                        Target::Resource { namespace, .. } if namespace != ns || meta_ns != ns => {
+                            return Err(ApiError::bad_request(format!(
+                                "spec.resourceAttributes.namespace: Invalid value: {namespace:?}: must match metadata.namespace"
+                            )));
+                        }
+                        Target::Resource { .. } => {}
+                    }
                 }
                 let strings = |v: &Value| -> Vec<String> {
                     v.as_array()
