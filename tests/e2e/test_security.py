@@ -528,3 +528,31 @@ def test_a_pod_cannot_leave_restricted_by_calling_itself_windows(cluster, ns):
     assert r.returncode != 0
     assert 'violates PodSecurity "restricted:latest"' in r.stderr
     assert 'unrestricted capabilities' in r.stderr and 'seccompProfile' in r.stderr
+
+
+def test_the_audit_log_says_who_did_what(tmp_path):
+    log = tmp_path / "audit.log"
+    c = Cluster(tmp_path, extra=["--audit-log-path", str(log), "--audit-level", "Request"]).start()
+    try:
+        c.kubectl("create", "configmap", "audited", "--from-literal=a=b")
+        c.kubectl("get", "configmap", "audited", "--as", "mallory", check=False)
+        helpers.request(c.kubeconfig, "GET", "/api/v1/namespaces", token="not-a-token")
+    finally:
+        c.stop()
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all(e["kind"] == "Event" and e["apiVersion"] == "audit.k8s.io/v1" for e in events)
+    created = [e for e in events if e["verb"] == "create"
+               and e.get("objectRef", {}).get("resource") == "configmaps"]
+    assert created, events[-5:]
+    e = created[-1]
+    assert e["user"]["username"] == "admin" and e["responseStatus"]["code"] == 201
+    assert e["objectRef"] == {"resource": "configmaps", "apiGroup": "", "apiVersion": "v1",
+                              "namespace": "default"}
+    assert e["requestObject"]["data"] == {"a": "b"}
+    assert e["annotations"]["authorization.k8s.io/decision"] == "allow"
+    assert e["sourceIPs"] == ["127.0.0.1"] and e["userAgent"].startswith("kubectl")
+    refused = [e for e in events if e["responseStatus"]["code"] == 403]
+    assert refused and refused[-1]["annotations"]["authorization.k8s.io/decision"] == "forbid"
+    assert refused[-1]["objectRef"]["name"] == "audited"
+    assert any(e["responseStatus"]["code"] == 401 and e["user"] == {} for e in events)

@@ -165,6 +165,20 @@ impl Body {
         }
     }
 
+    /// The whole body, if it is not a stream (a copy; for the audit log).
+    pub fn whole(&self) -> Option<Bytes> {
+        match &self.kind {
+            Kind::Chunks { chunks, .. } => {
+                let mut out = bytes::BytesMut::new();
+                for c in chunks {
+                    out.extend_from_slice(c);
+                }
+                Some(out.freeze())
+            }
+            _ => None,
+        }
+    }
+
     /// Read the whole body (for the in-process client and tests).
     pub async fn collect(self) -> Bytes {
         match self.kind {

@@ -114,7 +114,7 @@ pub async fn serve(
                         let auth = auth.clone();
                         let cert_user = cert_user.clone();
                         async move {
-                            Ok::<_, Infallible>(handle(&api, &auth, cert_user, req).await)
+                            Ok::<_, Infallible>(handle(&api, &auth, cert_user, peer.ip(), req).await)
                         }
                     });
                     let conn = http1::Builder::new()
@@ -141,21 +141,68 @@ async fn handle(
     api: &ApiServer,
     auth: &Authenticator,
     cert_user: Option<Arc<api::rbac::UserInfo>>,
+    source: std::net::IpAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let received = jiff::Timestamp::now();
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let user_agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // Every answer, refusals included, goes to the audit log when there is one.
+    let audit = |user: Option<&api::rbac::UserInfo>,
+                 acting: Option<&api::rbac::UserInfo>,
+                 allowed: Option<bool>,
+                 request: Option<&Bytes>,
+                 resp: &Response<Body>| {
+        let Some(log) = &api.audit else { return };
+        let response = (log.level() == crate::audit::Level::RequestResponse)
+            .then(|| resp.body().whole())
+            .flatten();
+        log.log(&crate::audit::Record {
+            method: &method,
+            uri: &uri,
+            user_agent: user_agent.as_deref(),
+            source,
+            impersonated: acting.filter(|a| user.is_some_and(|u| u != *a)),
+            user,
+            code: resp.status().as_u16(),
+            allowed,
+            request_body: request,
+            response_body: response.as_ref(),
+            received,
+            streaming: crate::limits::long_running(&method, &uri),
+        });
+    };
     // Who asks, and whether they may, is settled before a byte of the body is read.
     let who = match auth.authenticate(req.headers(), cert_user.as_ref()) {
         Ok(who) => who,
-        Err(e) => return api.refuse(&req, e),
+        Err(e) => {
+            let resp = api.refuse(&req, e);
+            audit(None, None, None, None, &resp);
+            return resp;
+        }
     };
+    let caller = who.user.clone();
     let who = match api.authorize(req.method(), req.uri(), req.headers(), who) {
         Ok(who) => who,
-        Err(e) => return api.refuse(&req, e),
+        Err(e) => {
+            let resp = api.refuse(&req, e);
+            audit(Some(&caller), None, Some(false), None, &resp);
+            return resp;
+        }
     };
+    let acting = who.user.clone();
     let privileged = who.user.in_group(api::rbac::MASTERS);
     let _in_flight = match api.limits.admit(req.method(), req.uri(), privileged) {
         Ok(permit) => permit,
-        Err(e) => return api.refuse(&req, e),
+        Err(e) => {
+            let resp = api.refuse(&req, e);
+            audit(Some(&caller), Some(&acting), Some(true), None, &resp);
+            return resp;
+        }
     };
     let (parts, body) = req.into_parts();
     let read = tokio::time::timeout(
@@ -164,17 +211,33 @@ async fn handle(
     );
     let bytes = match read.await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => return error_response(e),
+        Ok(Err(e)) => {
+            let resp = error_response(e);
+            audit(Some(&caller), Some(&acting), Some(true), None, &resp);
+            return resp;
+        }
         Err(_) => {
-            return error_response(ApiError::timeout(format!(
+            let resp = error_response(ApiError::timeout(format!(
                 "the request body did not arrive within {}s",
                 api.config.body_timeout.as_secs()
             )));
+            audit(Some(&caller), Some(&acting), Some(true), None, &resp);
+            return resp;
         }
     };
+    let logged_body = api.audit.is_some().then(|| bytes.clone());
     // A panic in a handler is a 500 from `ApiServer::handle` itself.
-    api.handle_authorized(Request::from_parts(parts, bytes), who)
-        .await
+    let resp = api
+        .handle_authorized(Request::from_parts(parts, bytes), who)
+        .await;
+    audit(
+        Some(&caller),
+        Some(&acting),
+        Some(true),
+        logged_body.as_ref(),
+        &resp,
+    );
+    resp
 }
 
 fn error_response(e: ApiError) -> Response<Body> {

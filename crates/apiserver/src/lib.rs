@@ -4,6 +4,7 @@
 
 mod admission;
 mod alloc;
+pub mod audit;
 pub mod auth;
 mod binding;
 pub mod body;

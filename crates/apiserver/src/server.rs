@@ -49,6 +49,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// The Pod Security level and version of namespaces whose labels name none.
     pub pod_security_default: api::podsecurity::LevelVersion,
+    /// Where the audit log goes, and at which level (none: no audit log).
+    pub audit: Option<(std::path::PathBuf, crate::audit::Level)>,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             limits: crate::limits::LimitsConfig::default(),
             body_timeout: Duration::from_secs(60),
             pod_security_default: api::podsecurity::LevelVersion::PRIVILEGED,
+            audit: None,
         }
     }
 }
@@ -216,6 +219,7 @@ pub trait KeyRotation: Send + Sync {
 }
 
 pub struct ApiServer {
+    pub(crate) audit: Option<crate::audit::AuditLog>,
     key_rotation: std::sync::OnceLock<Arc<dyn KeyRotation>>,
     snapshot_source: std::sync::OnceLock<Arc<dyn Store>>,
     pub(crate) limits: Arc<crate::limits::Limits>,
@@ -280,7 +284,15 @@ impl ApiServer {
                 other => other,
             }),
         });
+        let audit = match &config.audit {
+            Some((path, level)) => Some(
+                crate::audit::AuditLog::open(path, *level)
+                    .map_err(|e| store::StoreError::Backend(Box::new(e)))?,
+            ),
+            None => None,
+        };
         let server = Arc::new(ApiServer {
+            audit,
             key_rotation: std::sync::OnceLock::new(),
             snapshot_source: std::sync::OnceLock::new(),
             limits: crate::limits::Limits::new(config.limits),

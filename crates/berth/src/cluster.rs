@@ -126,6 +126,14 @@ pub struct ServerArgs {
     /// `berth store rotate-key` replaces them). Off only for `berth bench api`'s comparison.
     #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
     pub encrypt_secrets: bool,
+    /// Write an audit log (audit.k8s.io/v1 Event lines, one per request over HTTPS) to this
+    /// file (mode 0600).
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// How much the audit log records: `Metadata` (who, what, from where, the answer),
+    /// `Request` (and the request's object) or `RequestResponse` (and the response's).
+    #[arg(long, default_value = "Metadata", value_parser = parse_audit_level)]
+    pub audit_level: apiserver::audit::Level,
     /// How long a request's body may take to arrive (`60s`, `2m`); a slower one is refused.
     #[arg(long, default_value = "60s", value_parser = crate::store_cli::parse_interval)]
     pub request_body_timeout: Duration,
@@ -164,6 +172,11 @@ fn parse_domain(s: &str) -> Result<String, String> {
     let d = s.trim_end_matches('.').to_ascii_lowercase();
     net::dns::Index::new(&d).map_err(|e| e.to_string())?;
     Ok(d)
+}
+
+fn parse_audit_level(s: &str) -> Result<apiserver::audit::Level, String> {
+    apiserver::audit::Level::parse(s)
+        .ok_or_else(|| format!("{s:?}: must be Metadata, Request or RequestResponse"))
 }
 
 fn parse_pod_security(s: &str) -> Result<api::podsecurity::LevelVersion, String> {
@@ -326,6 +339,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             .collect(),
         body_timeout: args.request_body_timeout,
         pod_security_default: args.pod_security_default,
+        audit: args.audit_log_path.clone().map(|p| (p, args.audit_level)),
         limits: apiserver::limits::LimitsConfig {
             max_connections: connection_budget(),
             max_connections_per_client: args.max_connections_per_client as usize,

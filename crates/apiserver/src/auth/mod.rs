@@ -13,7 +13,7 @@ use api::rbac::{MASTERS, UserInfo};
 
 use crate::errors::ApiError;
 
-pub use authz::{Authorizer, attributes_of};
+pub use authz::{Authorizer, RequestAttributes, Target, attributes_of};
 pub(crate) use reviews::Review;
 
 /// Who is making a request.
