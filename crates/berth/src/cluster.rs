@@ -417,6 +417,12 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     crate::policy::ensure(&bootstrap)
         .await
         .context("putting the bootstrap RBAC policy in place")?;
+    // Components judged by RBAC start once the policy is in the authorizer's index.
+    api.cache()
+        .wait_fresh()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("waiting for the bootstrap RBAC policy")?;
     ensure_dns_service(&bootstrap, args.dns.cluster_dns).await;
     KubernetesService::start(bootstrap.clone(), advertise, service_ip);
     // Controllers and the scheduler run once per cluster. With peers they would each hold a
@@ -436,8 +442,14 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         pki.ca_pem.clone(),
         leadership.clone(),
     );
+    // The scheduler has its own identity and Kubernetes' roles for it
+    // (system:kube-scheduler, system:volume-scheduler), not the admin's.
     let scheduler = Arc::new(SchedulerLoop::new(
-        InProcess::client(api.clone(), "default-scheduler"),
+        InProcess::client_as(
+            api.clone(),
+            "default-scheduler",
+            UserInfo::new("system:kube-scheduler", &[]),
+        ),
         scheduler::Config {
             strategy: args.scheduler_strategy,
             ..Default::default()

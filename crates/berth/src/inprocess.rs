@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use api::rbac::UserInfo;
 use apiserver::{ApiServer, Identity};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,14 +13,25 @@ use http_body_util::BodyExt;
 
 pub struct InProcess {
     api: Arc<ApiServer>,
-    who: String,
+    who: Identity,
 }
 
 impl InProcess {
+    /// A component trusted as `system:masters` (bootstrap, controllers, the node for now).
     pub fn client(api: Arc<ApiServer>, who: &str) -> client::Client {
         client::Client::new(Arc::new(InProcess {
             api,
-            who: who.to_string(),
+            who: Identity::system(who),
+        }))
+    }
+
+    /// A component acting as `user`, judged by RBAC like any client (the scheduler, as
+    /// `system:kube-scheduler` with Kubernetes' roles for it); its writes are recorded as
+    /// `component`.
+    pub fn client_as(api: Arc<ApiServer>, component: &str, user: UserInfo) -> client::Client {
+        client::Client::new(Arc::new(InProcess {
+            api,
+            who: Identity::component(component, user),
         }))
     }
 }
@@ -27,10 +39,7 @@ impl InProcess {
 #[async_trait]
 impl Transport for InProcess {
     async fn send(&self, req: Request<Bytes>) -> Result<http::Response<ResponseBody>, ClientError> {
-        let resp = self
-            .api
-            .handle(req, Identity::system(self.who.clone()))
-            .await;
+        let resp = self.api.handle(req, self.who.clone()).await;
         Ok(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
     }
 }

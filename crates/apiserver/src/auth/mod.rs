@@ -47,6 +47,15 @@ impl Identity {
         }
     }
 
+    /// A component of this process acting as `user`, judged by RBAC like any client.
+    pub fn component(name: impl Into<String>, user: UserInfo) -> Identity {
+        let name: String = name.into();
+        Identity {
+            user: Arc::new(user.authenticated()),
+            component: Some(name.into()),
+        }
+    }
+
     pub fn is_authenticated(&self) -> bool {
         !self.user.is_anonymous()
     }
