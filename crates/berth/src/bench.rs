@@ -366,33 +366,7 @@ async fn create_many(
     clients: usize,
     body: impl Fn(usize) -> Bytes + Send + Sync + 'static,
 ) -> Result<(Vec<Duration>, Duration)> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let body = Arc::new(body);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (c, next, body, path) = (c.clone(), next.clone(), body.clone(), path.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    return Ok::<_, anyhow::Error>(lat);
-                }
-                let t = Instant::now();
-                c.request(Method::POST, &path, "application/json", body(i))
-                    .await?;
-                lat.push(t.elapsed());
-            }
-        }));
-    }
-    let mut all = Vec::with_capacity(count);
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = started.elapsed();
-    all.sort();
-    Ok((all, elapsed))
+    create_many_as(c, path, count, clients, None, body).await
 }
 
 pub async fn run(args: ApiBenchArgs) -> Result<()> {
