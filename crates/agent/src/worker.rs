@@ -788,13 +788,14 @@ impl Worker {
             }
             Err(e) => {
                 let message = e.to_string();
+                let retried = self.slots[i].sidecar || self.policy() != "Never";
                 let s = &mut self.slots[i];
                 if ran_before && let State::Terminated { .. } = s.state {
                     s.last_state = Some(s.state.clone());
                 }
                 s.restart_count = attempt;
                 s.container_id = id;
-                s.state = State::Terminated {
+                let ended = State::Terminated {
                     exit_code: 128,
                     signal: 0,
                     reason: "StartError".into(),
@@ -802,10 +803,19 @@ impl Worker {
                     started_at: runtime::containers::shim::now_rfc3339(),
                     finished_at: runtime::containers::shim::now_rfc3339(),
                 };
+                // As the kubelet reports it: a container that will be tried again waits
+                // (RunContainerError, then CrashLoopBackOff) with the failed start as its last
+                // state; one that will not is terminated by it.
+                if retried {
+                    s.last_state = Some(ended);
+                    s.state = State::waiting("RunContainerError", message.clone());
+                } else {
+                    s.state = ended;
+                }
                 self.event("Warning", "Failed", &format!("Error: {message}"));
                 // A container that could not start is a run that ended at once: it is retried
-                // with the same back-off as one that crashed (kubelet's RunContainerError,
-                // then CrashLoopBackOff). Look again shortly to show the wait.
+                // with the same back-off as one that crashed. Look again shortly to show the
+                // wait.
                 self.ended.insert(c.name.clone(), Instant::now());
                 Some(Instant::now() + Duration::from_secs(1))
             }

@@ -305,7 +305,9 @@ async fn ended_containers_report_their_exit_and_failures_to_start_say_why() {
     // next try.
     let p = node
         .until("nostart", "said why it cannot start", |p| {
-            p["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] == "StartError"
+            let s = &p["status"]["containerStatuses"][0];
+            s["lastState"]["terminated"]["reason"] == "StartError"
+                && s["state"]["waiting"]["reason"] == "CrashLoopBackOff"
         })
         .await;
     let status = &p["status"]["containerStatuses"][0];
@@ -313,7 +315,7 @@ async fn ended_containers_report_their_exit_and_failures_to_start_say_why() {
         .as_str()
         .unwrap();
     assert!(message.contains("exec: /app: no such file"), "{message}");
-    assert_eq!(status["state"]["waiting"]["reason"], "CrashLoopBackOff");
+    assert_eq!(status["lastState"]["terminated"]["exitCode"], 128);
     assert!(status["restartCount"].as_i64().unwrap() >= 1, "{status}");
     assert!(!ready(&p));
 }
