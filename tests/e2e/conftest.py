@@ -120,6 +120,17 @@ class Cluster:
             self.relay_command("out", port)
             self.reached.add(port)
 
+    def give_address(self, ip):
+        """Give the node an address besides loopback, on a veth pair inside its namespace as
+        a real machine has one, and make it the node's: pods reach the API server there
+        through the kubernetes Service."""
+        self.extra += ["--node-ip", ip]
+        self.enter_netns()
+        self.in_netns("ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1", check=True)
+        self.in_netns("ip", "addr", "add", f"{ip}/24", "dev", "node0", check=True)
+        self.in_netns("ip", "link", "set", "node0", "up", check=True)
+        self.in_netns("ip", "link", "set", "node1", "up", check=True)
+
     def in_netns(self, *cmd, **kw):
         """Run a command inside the node's network namespace."""
         return subprocess.run(["nsenter", f"--net={self.netns_path}", *cmd], **kw)

@@ -52,14 +52,8 @@ def node():
     def prepare(c):
         resolv = c.workdir / "resolv.conf"
         resolv.write_text("nameserver 192.0.2.2\nsearch corp.test\n")
-        c.extra += ["--resolv-conf", str(resolv), "--node-ip", NODE_IP]
-        # The node's address is on a veth pair inside its namespace, as a real machine has
-        # one: pods reach the API server there through the kubernetes Service.
-        c.enter_netns()
-        c.in_netns("ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1", check=True)
-        c.in_netns("ip", "addr", "add", f"{NODE_IP}/24", "dev", "node0", check=True)
-        c.in_netns("ip", "link", "set", "node0", "up", check=True)
-        c.in_netns("ip", "link", "set", "node1", "up", check=True)
+        c.extra += ["--resolv-conf", str(resolv)]
+        c.give_address(NODE_IP)
 
     with running_node(lookup_image(), prefix="berth-dns-", prepare=prepare) as c:
         yield c

@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     pub(crate) dns: dns::DnsSettings,
     /// The cluster DNS this node serves, if it does.
     pub(crate) dns_server: Option<Arc<net::dns::DnsServer>>,
+    /// Service account tokens of the node's pods.
+    pub(crate) tokens: volumes::Tokens,
 }
 
 impl Shared {
@@ -177,6 +179,7 @@ impl Agent {
                 services: Arc::default(),
                 dns_server: cfg.dns.server(),
                 dns: cfg.dns,
+                tokens: Default::default(),
             }),
             network: cfg.network,
             service_proxy: cfg.service_proxy,

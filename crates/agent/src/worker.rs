@@ -603,6 +603,7 @@ impl Worker {
         }
         self.report().await;
         soonest(Some(Instant::now() + RESYNC));
+        soonest(self.shared.tokens.next_refresh(&self.uid));
         wake
     }
 
@@ -1022,11 +1023,24 @@ impl Worker {
     }
 
     async fn ensure_volumes(&mut self) -> bool {
-        let fresh = self.volumes_at.is_some_and(|t| t.elapsed() < RESYNC);
+        // Files are rewritten every RESYNC, and sooner when a token is due for replacement.
+        let token_due = self
+            .shared
+            .tokens
+            .next_refresh(&self.uid)
+            .is_some_and(|t| t <= Instant::now());
+        let fresh = self.volumes_at.is_some_and(|t| t.elapsed() < RESYNC) && !token_due;
         if self.volumes.is_some() && fresh {
             return true;
         }
-        match volumes::prepare(&self.pod, &self.shared.client, &self.pod_dir()).await {
+        let prepared = volumes::prepare(
+            &self.pod,
+            &self.shared.client,
+            &self.shared.tokens,
+            &self.pod_dir(),
+        )
+        .await;
+        match prepared {
             Ok(v) => {
                 self.shared
                     .stats
@@ -1297,6 +1311,7 @@ impl Worker {
             warn!(pod = %self.name(), error = %e, "could not remove the sandbox");
         }
         self.volumes = None;
+        self.shared.tokens.forget(&self.uid);
         if self.pod_dir().exists() {
             let _ = volumes::teardown(&self.pod_dir());
         }

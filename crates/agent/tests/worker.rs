@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::{Agent, AgentConfig, Dirs, NetworkSetup, NodeInfo};
-use api::k8s_openapi::api::core::v1::{Namespace, Pod};
+use api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use apiserver::auth::{Authenticator, ServiceAccountTokens};
 use apiserver::{ApiServer, Identity};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,6 +25,7 @@ use store::MemStore;
 
 const NODE: &str = "worker-test";
 const IMAGE: &str = "test.local/app:1";
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 struct InProcess(Arc<ApiServer>, &'static str);
 
@@ -84,11 +86,26 @@ impl Node {
         let api = ApiServer::start(Arc::new(MemStore::new()), apiserver::Config::default())
             .await
             .unwrap();
+        // Service account tokens, as a cluster signs them for pods.
+        let tokens = ServiceAccountTokens::with_new_key(ISSUER).unwrap();
+        api.set_authenticator(Arc::new(
+            Authenticator::new([])
+                .with_service_accounts(api.service_account_auth(Arc::new(tokens))),
+        ));
         let client = Client::new(Arc::new(InProcess(api.clone(), "test")));
         for ns in ["default", "kube-node-lease"] {
             let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
             client.create(None, &ns).await.unwrap();
         }
+        // What the namespace controller makes: the account pods run as, and the cluster CA.
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+        client.create(Some("default"), &sa).await.unwrap();
+        let ca: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": "CA"}}),
+        )
+        .unwrap();
+        client.create(Some("default"), &ca).await.unwrap();
         let mut node = Node {
             client,
             api,
@@ -248,6 +265,25 @@ async fn a_pod_runs_reports_ready_and_deletion_stops_it_and_frees_its_sandbox() 
     );
     let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
     assert_eq!(node.held_by(&uid), (1, true, true));
+    // Its API credentials are in its projected volume: a token bound to it, the CA, the
+    // namespace.
+    let volume = p["spec"]["volumes"][0]["name"].as_str().unwrap();
+    let dir = node
+        .dir
+        .path()
+        .join(format!("pods/{uid}/volumes/projected/{volume}"));
+    let token = std::fs::read_to_string(dir.join("token")).unwrap();
+    let claims = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["kubernetes.io"]["pod"]["uid"], uid.as_str());
+    assert_eq!(std::fs::read_to_string(dir.join("ca.crt")).unwrap(), "CA");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("namespace")).unwrap(),
+        "default"
+    );
     // The pod's address, from the node's range, is in its status.
     let ip = node.network.addresses(&uid).unwrap()[0].to_string();
     assert!(ip.starts_with("10.42.0."), "{ip}");

@@ -159,6 +159,9 @@ impl ApiServer {
             self.admit_priority(r, &name, obj)?;
             self.admit_limits(r, &name, namespace, obj)?;
             self.admit_tolerations(obj)?;
+            if let Some(ns) = namespace {
+                self.admit_service_account(&name, ns, obj).await?;
+            }
         }
         match r.kind {
             "PersistentVolumeClaim" => {

@@ -77,6 +77,15 @@ fn subresources(r: &Resource, group: &'static str, version: &'static str) -> Vec
             &["create", "get"],
         ));
     }
+    if r.kind == "ServiceAccount" {
+        out.push(Sub {
+            name: "token",
+            group: "authentication.k8s.io",
+            version: "v1",
+            kind: "TokenRequest",
+            verbs: &["create"],
+        });
+    }
     if r.kind == "Namespace" {
         out.push(Sub {
             name: "finalize",

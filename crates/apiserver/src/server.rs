@@ -383,6 +383,23 @@ impl ApiServer {
         self.authenticator.get()
     }
 
+    /// Service account tokens signed by `tokens`, checked against this server's cache; for
+    /// `Authenticator::with_service_accounts`.
+    pub fn service_account_auth(
+        &self,
+        tokens: Arc<crate::auth::ServiceAccountTokens>,
+    ) -> crate::auth::ServiceAccountAuth {
+        crate::auth::ServiceAccountAuth {
+            tokens,
+            cache: self.cache.clone(),
+        }
+    }
+
+    /// The service account token issuer, once authentication is set up with one.
+    pub(crate) fn token_issuer(&self) -> Option<&Arc<crate::auth::ServiceAccountTokens>> {
+        Some(&self.authenticator()?.service_accounts()?.tokens)
+    }
+
     /// Serve one request already authorized. The body has been read (and bounded in size).
     pub async fn handle_authorized(&self, req: Request<Bytes>, who: Identity) -> Response<Body> {
         // A span per request costs more than a binding's own work when it is recorded, so it
@@ -440,6 +457,9 @@ impl ApiServer {
         }
         if let Some((review, namespace)) = crate::auth::Review::from_path(req.uri().path()) {
             return self.review(review, namespace, &req, who).await;
+        }
+        if let Some(reply) = self.openid(req.uri().path(), req.method()) {
+            return reply;
         }
         let route = route?;
         let accept = req
@@ -639,6 +659,10 @@ impl ApiServer {
             (&Method::POST, Some(name), Some("eviction")) if t.resource.kind == "Pod" => {
                 self.namespaced_target(&t)?;
                 self.evict(&t, name, &req, &params, who).await
+            }
+            (&Method::POST, Some(name), Some("token")) if t.resource.kind == "ServiceAccount" => {
+                self.namespaced_target(&t)?;
+                self.token_request(&t, name, &req).await
             }
             (&Method::POST, Some(name), Some("binding")) if t.resource.kind == "Pod" => {
                 self.namespaced_target(&t)?;
@@ -864,6 +888,7 @@ fn has_subresource(r: &api::Resource, sub: &str) -> bool {
         | "portforward"
         | "ephemeralcontainers" => r.kind == "Pod",
         "proxy" => matches!(r.kind, "Pod" | "Service" | "Node"),
+        "token" => r.kind == "ServiceAccount",
         _ => false,
     }
 }

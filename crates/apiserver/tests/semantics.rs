@@ -29,6 +29,13 @@ async fn start_with(config: Config) -> Api {
             Some(json!({"metadata": {"name": ns}})),
         )
         .await;
+        // What the namespace controller would make: the account pods run as.
+        a.call(
+            Method::POST,
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+            Some(json!({"metadata": {"name": "default"}})),
+        )
+        .await;
     }
     a
 }

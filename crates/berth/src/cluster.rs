@@ -20,7 +20,7 @@ use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use api::rbac::UserInfo;
 use apiserver::ApiServer;
-use apiserver::auth::Authenticator;
+use apiserver::auth::{Authenticator, ServiceAccountTokens};
 use apiserver::http::{serve, tls_config};
 use client::{Client, ClientError};
 use controllers::harness::{self, Outcome, Queue, Reconciler};
@@ -137,6 +137,14 @@ pub struct ServerArgs {
     /// How long a request's body may take to arrive (`60s`, `2m`); a slower one is refused.
     #[arg(long, default_value = "60s", value_parser = crate::store_cli::parse_interval)]
     pub request_body_timeout: Duration,
+    /// The issuer (`iss`) of service account tokens, also the audience the API server
+    /// accepts them for; `/.well-known/openid-configuration` publishes it.
+    #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
+    pub service_account_issuer: String,
+    /// The longest a requested service account token may live (`1h`, `24h`); longer requests
+    /// are shortened to it, with a warning. Unlimited by default.
+    #[arg(long, value_parser = crate::store_cli::parse_interval)]
+    pub service_account_max_token_expiration: Option<Duration>,
 }
 
 /// File descriptors kept back from clients for the store, the node's containers and the rest.
@@ -492,10 +500,21 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             .collect::<Result<_, _>>()
             .context("parsing the cluster CA")?;
     let tls = tls_config(chain, key, client_ca).context("building the TLS configuration")?;
-    let auth = Arc::new(Authenticator::new([(
-        pki.admin_token.clone(),
-        UserInfo::new("admin", &[api::rbac::MASTERS]),
-    )]));
+    let tokens = ServiceAccountTokens::new(
+        &pki.service_account_key,
+        args.service_account_issuer.clone(),
+        vec![args.service_account_issuer.clone()],
+        args.service_account_max_token_expiration
+            .map(|d| d.as_secs() as i64),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let auth = Arc::new(
+        Authenticator::new([(
+            pki.admin_token.clone(),
+            UserInfo::new("admin", &[api::rbac::MASTERS]),
+        )])
+        .with_service_accounts(api.service_account_auth(Arc::new(tokens))),
+    );
     api.set_authenticator(auth.clone());
     let (shutdown, rx) = watch::channel(false);
     if let Some(l) = node_listener {

@@ -30,6 +30,8 @@ pub struct Pki {
     /// The admin's client certificate and key.
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The key service account tokens are signed with (PKCS#8 DER, P-256).
+    pub service_account_key: Vec<u8>,
 }
 
 /// Write a private file (mode 0600), replacing it atomically.
@@ -244,7 +246,18 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
     if admin_token.len() < 32 {
         bail!("{} holds a token that is too short", token_path.display());
     }
+    let sa_key = creds.join("service-account.key");
+    if !sa_key.exists() {
+        write_private(&sa_key, KeyPair::generate()?.serialize_pem().as_bytes())?;
+        info!("created the service account signing key");
+    }
+    let service_account_key = KeyPair::from_pem(
+        &fs::read_to_string(&sa_key).context("reading the service account signing key")?,
+    )
+    .context("parsing the service account signing key")?
+    .serialize_der();
     Ok(Pki {
+        service_account_key,
         serving_chain_pem: format!("{}{}", fs::read_to_string(&srv_crt)?, ca_pem),
         serving_key_pem: fs::read_to_string(&srv_key)?,
         ca_pem,

@@ -2,9 +2,9 @@
 //! data directory; and the scheduled snapshots a server takes (`--snapshot-interval`).
 //!
 //! A snapshot is a tar archive: `store.snap` (every object as of one revision, self-checking,
-//! see `store::snapshot`) and the cluster's identity (its CA and the admin's credentials), so
-//! a restored cluster is the same cluster to its clients. It holds Secrets and keys: it is
-//! written readable by its owner only.
+//! see `store::snapshot`) and the cluster's identity (its CA, the admin's credentials and the
+//! service account signing key), so a restored cluster is the same cluster to its clients. It
+//! holds Secrets and keys: it is written readable by its owner only.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -21,12 +21,13 @@ use store::snapshot::Snapshot;
 use crate::pki::{create_private, ensure_dir, write_private, write_private_with};
 
 /// The files besides the store that a snapshot carries, relative to the data directory.
-pub const IDENTITY_FILES: [&str; 6] = [
+pub const IDENTITY_FILES: [&str; 7] = [
     "tls/ca.crt",
     "tls/ca.key",
     "credentials/admin.crt",
     "credentials/admin.key",
     "credentials/admin.token",
+    "credentials/service-account.key",
     crate::encryption::KEY_FILE,
 ];
 

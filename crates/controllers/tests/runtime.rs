@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::k8s_openapi::api::coordination::v1::Lease;
-use api::k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use api::k8s_openapi::api::core::v1::ConfigMap;
 use apiserver::{ApiServer, Identity};
 use bytes::Bytes;
 use client::{Client, ListParams, Watcher, watcher};
@@ -24,8 +24,7 @@ async fn server() -> (Arc<ApiServer>, Client) {
         .unwrap();
     let c = common::client(&api, "test");
     for ns in ["default", "kube-system"] {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-        c.create(None, &ns).await.unwrap();
+        common::namespace(&c, ns).await;
     }
     (api, c)
 }

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use api::k8s_openapi::api::core::v1::{Node, Pod};
 use apiserver::ApiServer;
 use client::{Client, ListParams};
 use controllers::scheduling::SchedulerLoop;
@@ -20,8 +20,7 @@ async fn cluster(strategy: scheduler::Strategy) -> Client {
         .await
         .unwrap();
     let c = common::client(&api, "test");
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
-    c.create(None, &ns).await.unwrap();
+    common::namespace(&c, "default").await;
     let cfg = scheduler::Config {
         strategy,
         ..Default::default()

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use api::k8s_openapi::api::coordination::v1::Lease;
-use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use api::k8s_openapi::api::core::v1::{Node, Pod};
 use apiserver::ApiServer;
 use client::{Client, ClientError, ListParams};
 use controllers::scheduling::SchedulerLoop;
@@ -30,8 +30,7 @@ async fn cluster() -> Client {
         .unwrap();
     let c = common::client(&api, "test");
     for ns in ["default", "kube-node-lease"] {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-        c.create(None, &ns).await.unwrap();
+        common::namespace(&c, ns).await;
     }
     tokio::spawn(Arc::new(SchedulerLoop::new(c.clone(), scheduler::Config::default())).run());
     controllers::start_controllers(

@@ -352,6 +352,11 @@ impl VolumePlugin for ProjectedFiles {
                     }
                 }
             }
+            if let Some(t) = &src.service_account_token {
+                let token = s.tokens.get(c, pod, t).await?;
+                let m = mode.unwrap_or(DEFAULT_MODE) as u32;
+                files.insert(item_path(name, &t.path)?, (token.into_bytes(), m));
+            }
             if let Some(d) = &src.downward_api {
                 for f in d.items.iter().flatten() {
                     let m = f.mode.or(mode).unwrap_or(DEFAULT_MODE) as u32;

@@ -1,14 +1,18 @@
 //! Pod volumes on the node, one `VolumePlugin` per volume type (`empty_dir`, `host_path`,
-//! `files` for configMap, secret, downwardAPI and projected volumes, `claim` for
-//! persistentVolumeClaim and ephemeral volumes): each makes its volume ready and says where
-//! it is on the host. Files are written under the pod's directory and refreshed on every sync
-//! so that updates reach running containers. A CSI plugin would be one more entry in
+//! `files` for configMap, secret, downwardAPI and projected volumes (with service account
+//! tokens from `tokens`), `claim` for persistentVolumeClaim and ephemeral volumes): each makes
+//! its volume ready and says where it is on the host. Files are written under the pod's
+//! directory and refreshed on every sync so that updates (and new tokens) reach running
+//! containers. A CSI plugin would be one more entry in
 //! `PLUGINS`.
 
 mod claim;
 mod empty_dir;
 mod files;
 mod host_path;
+mod tokens;
+
+pub use tokens::Tokens;
 
 use std::collections::HashMap;
 use std::fs;
@@ -78,6 +82,8 @@ pub struct SetUp<'a> {
     pub pod: &'a Pod,
     pub volume: &'a Volume,
     pub client: &'a Client,
+    /// Service account tokens for projected volumes.
+    pub tokens: &'a Tokens,
     /// The pod's directory: volumes made of files live under `<root>/volumes`.
     pub root: &'a Path,
     pub namespace: &'a str,
@@ -121,6 +127,7 @@ static PLUGINS: &[&dyn VolumePlugin] = &[
 pub async fn prepare(
     pod: &Pod,
     c: &Client,
+    tokens: &Tokens,
     root: &Path,
 ) -> Result<HashMap<String, PathBuf>, VolumeError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -136,6 +143,7 @@ pub async fn prepare(
             pod,
             volume: v,
             client: c,
+            tokens,
             root,
             namespace: &ns,
         };

@@ -181,6 +181,14 @@ fn default_volume(v: &mut Volume) {
     }
     if let Some(s) = v.projected.as_mut() {
         default_if_none(&mut s.default_mode, MODE);
+        for t in s
+            .sources
+            .iter_mut()
+            .flatten()
+            .filter_map(|src| src.service_account_token.as_mut())
+        {
+            default_if_none(&mut t.expiration_seconds, 3600);
+        }
     }
     if let Some(s) = v.host_path.as_mut() {
         default_if_none(&mut s.type_, String::new());
@@ -419,6 +427,36 @@ fn validate_volumes(volumes: &[Volume], path: &Path, errs: &mut FieldErrors) -> 
             && hp.path.is_empty()
         {
             errs.required(&p.child("hostPath").child("path"), "");
+        }
+        let sources = v
+            .projected
+            .iter()
+            .flat_map(|pr| pr.sources.iter().flatten());
+        for (j, src) in sources.enumerate() {
+            let Some(t) = &src.service_account_token else {
+                continue;
+            };
+            let tp = p
+                .child("projected")
+                .child("sources")
+                .index(j)
+                .child("serviceAccountToken");
+            match t.expiration_seconds {
+                Some(s) if s < 600 => errs.invalid(
+                    &tp.child("expirationSeconds"),
+                    s,
+                    "may not specify a duration less than 10 minutes",
+                ),
+                Some(s) if s > 1 << 32 => errs.invalid(
+                    &tp.child("expirationSeconds"),
+                    s,
+                    "may not specify a duration larger than 2^32 seconds",
+                ),
+                _ => {}
+            }
+            if t.path.is_empty() {
+                errs.required(&tp.child("path"), "");
+            }
         }
     }
     seen

@@ -5,6 +5,8 @@
 mod authz;
 mod escalation;
 mod reviews;
+mod serviceaccounts;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,10 @@ use crate::errors::ApiError;
 
 pub use authz::{Authorizer, RequestAttributes, Target, attributes_of};
 pub(crate) use reviews::Review;
+pub use tokens::ServiceAccountTokens;
+
+use crate::cache::Cache;
+use tokens::{Claims, Invalid};
 
 /// Who is making a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,11 +67,80 @@ impl Identity {
     }
 }
 
-/// Turns credentials into users: bearer tokens it knows, and the subject of a client
-/// certificate the TLS layer verified.
+/// Turns credentials into users: bearer tokens it knows, service account tokens, and the
+/// subject of a client certificate the TLS layer verified.
 #[derive(Default)]
 pub struct Authenticator {
     tokens: HashMap<String, Arc<UserInfo>>,
+    service_accounts: Option<ServiceAccountAuth>,
+}
+
+/// Service account tokens, checked against the objects they name in the watch cache.
+pub struct ServiceAccountAuth {
+    pub(crate) tokens: Arc<ServiceAccountTokens>,
+    pub(crate) cache: Arc<Cache>,
+}
+
+impl ServiceAccountAuth {
+    /// The claims of `token` if it is valid now for one of `audiences` (the API server's own
+    /// when `None`) and the objects it names still stand.
+    pub(crate) fn check(
+        &self,
+        token: &str,
+        audiences: Option<&[String]>,
+    ) -> Result<Arc<Claims>, Invalid> {
+        let now = jiff::Timestamp::now().as_second();
+        let claims =
+            self.tokens
+                .verify_for(token, now, audiences.unwrap_or(&self.tokens.audiences))?;
+        let ns = &claims.namespace;
+        let sa = &claims.service_account;
+        tokens::still_valid(
+            "serviceaccount",
+            sa,
+            self.lookup("ServiceAccount", &format!("{ns}/{}", sa.name)),
+            now,
+        )?;
+        if let Some(p) = &claims.pod {
+            tokens::still_valid(
+                "pod",
+                p,
+                self.lookup("Pod", &format!("{ns}/{}", p.name)),
+                now,
+            )?;
+        } else if let Some(s) = &claims.secret {
+            tokens::still_valid(
+                "secret",
+                s,
+                self.lookup("Secret", &format!("{ns}/{}", s.name)),
+                now,
+            )?;
+        } else if let Some(n) = &claims.node {
+            tokens::still_valid("node", n, self.lookup("Node", &n.name), now)?;
+        }
+        Ok(claims)
+    }
+
+    /// The uid of the cached core object at `key`, and when it is to be deleted.
+    fn lookup(&self, kind: &str, key: &str) -> Option<(String, Option<i64>)> {
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            metadata: Deletion,
+        }
+        #[derive(serde::Deserialize)]
+        struct Deletion {
+            #[serde(rename = "deletionTimestamp")]
+            deletion: Option<String>,
+        }
+        let r = api::resources::by_kind("v1", kind)?;
+        let e = self.cache.resource(r).get(key)?;
+        let deletion = serde_json::from_slice::<Meta>(&e.json)
+            .ok()
+            .and_then(|m| m.metadata.deletion)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second());
+        Some((e.uid.clone(), deletion))
+    }
 }
 
 impl Authenticator {
@@ -75,7 +150,18 @@ impl Authenticator {
                 .into_iter()
                 .map(|(t, u)| (t, Arc::new(u.authenticated())))
                 .collect(),
+            service_accounts: None,
         }
+    }
+
+    /// Also accept the service account tokens `sa` signs.
+    pub fn with_service_accounts(mut self, sa: ServiceAccountAuth) -> Authenticator {
+        self.service_accounts = Some(sa);
+        self
+    }
+
+    pub(crate) fn service_accounts(&self) -> Option<&ServiceAccountAuth> {
+        self.service_accounts.as_ref()
     }
 
     /// The caller of a request: its certificate's subject if it presented one, else the owner
@@ -109,12 +195,27 @@ impl Authenticator {
                 found = Some(user.clone());
             }
         }
-        found
-            .map(|user| Identity {
+        if let Some(user) = found {
+            return Ok(Identity {
                 user,
                 component: None,
-            })
-            .ok_or_else(ApiError::unauthorized)
+            });
+        }
+        match self
+            .service_accounts
+            .as_ref()
+            .map(|sa| sa.check(token, None))
+        {
+            Some(Ok(claims)) => Ok(Identity {
+                user: claims.user.clone(),
+                component: None,
+            }),
+            Some(Err(why)) if why != Invalid::NotOurs => {
+                tracing::debug!(%why, "a service account token was refused");
+                Err(ApiError::unauthorized())
+            }
+            _ => Err(ApiError::unauthorized()),
+        }
     }
 }
 

@@ -216,24 +216,69 @@ impl ApiServer {
                 self.rules_status(&who.user, ns)
             }
             Review::SelfSubject => json!({"userInfo": user_json(&who.user)}),
-            Review::Token => {
-                let token = spec["token"].as_str().unwrap_or("");
-                let mut headers = http::HeaderMap::new();
-                let known = http::HeaderValue::from_str(&format!("Bearer {token}"))
-                    .ok()
-                    .and_then(|v| {
-                        headers.insert(http::header::AUTHORIZATION, v);
-                        self.authenticator()?.authenticate(&headers, None).ok()
-                    })
-                    .filter(|id| !token.is_empty() && id.is_authenticated());
-                match known {
-                    Some(id) => json!({"authenticated": true, "user": user_json(&id.user)}),
-                    None => json!({"user": {}, "error": "the token is not valid"}),
-                }
-            }
+            Review::Token => self.token_status(&spec),
         };
         obj["status"] = status;
         Ok(Reply::json(StatusCode::CREATED, &obj))
+    }
+
+    /// A TokenReview's answer: whose the token is and which of the asked audiences it is
+    /// good for (the API server's own when none are asked).
+    fn token_status(&self, spec: &Value) -> Value {
+        let token = spec["token"].as_str().unwrap_or("");
+        let refused = |why: &str| json!({"user": {}, "error": why});
+        let Some(auth) = self.authenticator().filter(|_| !token.is_empty()) else {
+            return refused("the token is not valid");
+        };
+        let api_audiences = self
+            .token_issuer()
+            .map(|t| t.audiences.clone())
+            .unwrap_or_default();
+        let mut asked: Vec<String> = spec["audiences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        if asked.is_empty() {
+            asked = api_audiences.clone();
+        }
+        // A service account token says whom it is for.
+        if let Some(sa) = auth.service_accounts() {
+            match sa.check(token, Some(&asked)) {
+                Ok(claims) => {
+                    let audiences: Vec<&String> = asked
+                        .iter()
+                        .filter(|a| claims.audiences.contains(a))
+                        .collect();
+                    return json!({"authenticated": true, "user": user_json(&claims.user),
+                                  "audiences": audiences});
+                }
+                Err(super::tokens::Invalid::NotOurs) => {}
+                Err(why) => return refused(&why.to_string()),
+            }
+        }
+        // Any other token is good for the API server's own audiences only.
+        let mut headers = http::HeaderMap::new();
+        let known = http::HeaderValue::from_str(&format!("Bearer {token}"))
+            .ok()
+            .and_then(|v| {
+                headers.insert(http::header::AUTHORIZATION, v);
+                auth.authenticate(&headers, None).ok()
+            })
+            .filter(|id| id.is_authenticated());
+        let audiences: Vec<&String> = asked
+            .iter()
+            .filter(|a| api_audiences.is_empty() || api_audiences.contains(a))
+            .collect();
+        match known {
+            Some(_) if audiences.is_empty() => {
+                refused("the token is not meant for these audiences")
+            }
+            Some(id) => json!({"authenticated": true, "user": user_json(&id.user),
+                               "audiences": audiences}),
+            None => refused("the token is not valid"),
+        }
     }
 
     fn access_status(&self, user: &UserInfo, asked: &RequestAttributes) -> Value {

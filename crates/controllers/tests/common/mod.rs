@@ -1,6 +1,6 @@
 //! What the in-process tests share: the transport every in-process client uses, with an
 //! identity per client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::Arc;
 
@@ -35,4 +35,16 @@ pub fn client(api: &Arc<ApiServer>, who: &str) -> Client {
         api: api.clone(),
         who: who.to_string(),
     }))
+}
+
+/// A namespace with its `default` service account, as the namespace controller leaves it (pods
+/// are admitted only with an account to run as).
+pub async fn namespace(c: &Client, name: &str) {
+    use api::k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    c.create(None, &ns).await.unwrap();
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).unwrap();
+    c.create(Some(name), &sa).await.unwrap();
 }
