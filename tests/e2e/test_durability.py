@@ -105,11 +105,11 @@ def test_a_full_disk_refuses_writes_and_they_resume_when_space_returns(tmp_path)
         for t in threads:
             t.start()
         wait_until(lambda: len(acknowledged) > 20, timeout=30, what="writes before the disk fills")
-        with open(filler, "ab") as f:
+        # Unbuffered: nothing is left to write (and fail) when the file is closed.
+        with open(filler, "ab", buffering=0) as f:
             try:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
             except OSError as e:
                 assert e.errno == errno.ENOSPC, e
         wait_until(lambda: refusals, timeout=60, what="a write refused for lack of space")

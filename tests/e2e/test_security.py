@@ -118,6 +118,38 @@ def test_an_edit_binding_works_in_its_namespace_and_nowhere_else(cluster, alice,
     assert r.stdout.strip() == "yes"
 
 
+def test_a_user_can_get_a_namespace_of_its_own_within_a_quota(cluster, request, version):
+    """Per-user namespaces on a shared machine: the user is admin of its own namespace (the
+    kubeconfig's default), within the quota it was given, and nothing more."""
+    user = f"share-{version.replace('.', '-')}"
+    request.addfinalizer(lambda: cluster.kubectl("delete", "namespace", user, "--wait=false",
+                                                 check=False))
+    for _ in range(2):  # a second run updates what the first made
+        r = cluster.berth("user", "add", user, "--namespace-quota", "pods=2,cpu=1,memory=1Gi")
+        assert f'it is admin of namespace "{user}"' in r.stdout
+    kc = str(cluster.data / "users" / f"{user}.kubeconfig")
+    r = as_user(cluster, kc, "get", "pods", version=version, check=True)
+    assert f"No resources found in {user} namespace." in r.stderr
+    for pod in ("a", "b"):
+        as_user(cluster, kc, "run", pod, "--image=busybox:test", version=version, check=True)
+    # Pods that name no requests get the defaults, so they count against the quota.
+    requests = cluster.json("get", "pod", "a", "-n", user)["spec"]["containers"][0]["resources"]
+    assert requests["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    r = as_user(cluster, kc, "run", "c", "--image=busybox:test", version=version)
+    assert r.returncode != 0
+    assert ('pods "c" is forbidden: exceeded quota: user-quota, requested: pods=1, used: pods=2, '
+            'limited: pods=2') in r.stderr
+    # The user is admin there (it may share its namespace) and nothing elsewhere.
+    as_user(cluster, kc, "create", "rolebinding", "guest", "--clusterrole=view", "--user=guest",
+            version=version, check=True)
+    r = as_user(cluster, kc, "get", "pods", "-n", "default", version=version)
+    assert FORBIDDEN_PODS.format(user=user, ns="default") in r.stderr
+    r = as_user(cluster, kc, "delete", "resourcequota", "user-quota", version=version)
+    assert r.returncode != 0 and "forbidden" in r.stderr
+    r = cluster.berth("user", "add", "Not_A_Label", "--namespace", check=False)
+    assert r.returncode != 0 and "cannot name a namespace" in r.stderr
+
+
 def test_view_reads_but_not_secrets(cluster, ns, version):
     kc = add_user(cluster, f"viewer-{version}")
     cluster.kubectl("create", "rolebinding", "v", "--clusterrole=view", f"--user=viewer-{version}",

@@ -210,7 +210,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Authz(args)) => bench::authz(args),
             Command::Image(args) => images_cli::run(args).await,
             Command::Store(args) => store_cli::run(args).await,
-            Command::User(args) => users_cli::run(args),
+            Command::User(args) => users_cli::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Shim(_) | Command::OciExec(_) => {
                 unreachable!("helpers run before the async runtime starts")

@@ -319,11 +319,12 @@ pub fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<()> {
         &pki.admin_cert_pem,
         &pki.admin_key_pem,
         Some(&pki.admin_token),
+        None,
     );
     write_private(path, text.as_bytes())
 }
 
-/// A kubeconfig for one user of the cluster at `server`.
+/// A kubeconfig for one user of the cluster at `server`, working in `namespace` if given.
 pub fn kubeconfig(
     server: &str,
     ca_pem: &str,
@@ -331,6 +332,7 @@ pub fn kubeconfig(
     cert_pem: &str,
     key_pem: &str,
     token: Option<&str>,
+    namespace: Option<&str>,
 ) -> String {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -338,6 +340,7 @@ pub fn kubeconfig(
     let cert = b64(cert_pem);
     let key = b64(key_pem);
     let token = token.map_or(String::new(), |t| format!("\n    token: {t}"));
+    let namespace = namespace.map_or(String::new(), |n| format!("\n    namespace: {n}"));
     format!(
         "apiVersion: v1
 kind: Config
@@ -355,7 +358,7 @@ contexts:
 - name: berth
   context:
     cluster: berth
-    user: {user}
+    user: {user}{namespace}
 current-context: berth
 preferences: {{}}
 "

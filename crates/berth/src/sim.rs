@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use api::k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use apiserver::ApiServer;
 use client::{Client, ListParams};
 use controllers::scheduling::SchedulerLoop;
@@ -102,6 +102,9 @@ pub async fn run(args: SimArgs) -> Result<()> {
     let c = InProcess::client(api.clone(), "berth-sim");
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
     c.create(None, &ns).await?;
+    // Pods run as the namespace's `default` account (no namespace controller runs here).
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    c.create(Some(NAMESPACE), &sa).await?;
     println!(
         "berth sim: {} nodes ({} CPU, {} memory, {} pods each; {} zones, {} tainted), {} pods \
          in {} templates, {strategy:?}, store {}",

@@ -156,7 +156,7 @@ pub fn server_of(data_dir: &Path) -> Result<String> {
 }
 
 /// The admin's client for the server of `data_dir` (or `server`).
-fn admin_client(data_dir: &Path, server: Option<&str>) -> Result<(client::Client, String)> {
+pub fn admin_client(data_dir: &Path, server: Option<&str>) -> Result<(client::Client, String)> {
     let server = match server {
         Some(s) => s.to_string(),
         None => server_of(data_dir)?,
