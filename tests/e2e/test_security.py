@@ -150,6 +150,68 @@ def test_a_user_can_get_a_namespace_of_its_own_within_a_quota(cluster, request, 
     assert r.returncode != 0 and "cannot name a namespace" in r.stderr
 
 
+def node_kubeconfig(cluster, tmp_path, node):
+    """A real node credential: a client certificate for system:node:<node> in system:nodes,
+    signed with the cluster CA by openssl, in a kubeconfig of its own."""
+    tls = cluster.data / "tls"
+    key, csr, crt = (tmp_path / f"{node}.{ext}" for ext in ("key", "csr", "crt"))
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(csr),
+                    "-subj", f"/O=system:nodes/CN=system:node:{node}"], check=True, capture_output=True)
+    ext = tmp_path / f"{node}.ext"
+    ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(tls / "ca.crt"),
+                    "-CAkey", str(tls / "ca.key"), "-CAcreateserial", "-days", "1",
+                    "-extfile", str(ext), "-out", str(crt)], check=True, capture_output=True)
+    server, _, _ = helpers.credentials(cluster.kubeconfig)
+    kc = tmp_path / f"{node}.kubeconfig"
+    for args in (["set-cluster", "c", f"--server={server}", f"--certificate-authority={tls / 'ca.crt'}"],
+                 ["set-credentials", "n", f"--client-certificate={crt}", f"--client-key={key}"],
+                 ["set-context", "c", "--cluster=c", "--user=n"], ["use-context", "c"]):
+        cluster.kubectl("--kubeconfig", str(kc), "config", *args)
+    return str(kc)
+
+
+def test_a_node_reads_only_what_its_own_pods_use(cluster, ns, tmp_path, version):
+    """The Node authorizer and NodeRestriction: a node's credential reads the Secrets and
+    ConfigMaps of pods bound to it and not another node's, sees only its own pods' status, and
+    cannot touch another node."""
+    for node in ("n1", "n2"):
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": f"{node}-{version}"}}))
+        cluster.kubectl("create", "secret", "generic", f"{node}-secret", "--from-literal=k=v", "-n", ns)
+        cluster.kubectl("create", "configmap", f"{node}-config", "--from-literal=k=v", "-n", ns)
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{node}-pod"},
+            "spec": {"nodeName": f"{node}-{version}", "automountServiceAccountToken": False,
+                     "containers": [{"name": "c", "image": "busybox:test",
+                                     "envFrom": [{"configMapRef": {"name": f"{node}-config"}}]}],
+                     "volumes": [{"name": "s", "secret": {"secretName": f"{node}-secret"}}]}}))
+    n1 = node_kubeconfig(cluster, tmp_path, f"n1-{version}")
+    wait_until(lambda: as_user(cluster, n1, "get", "secret", "n1-secret", "-n", ns).returncode == 0,
+               what="the node to read its pod's secret")
+    assert as_user(cluster, n1, "get", "configmap", "n1-config", "-n", ns, version=version).returncode == 0
+    r = as_user(cluster, n1, "get", "secret", "n2-secret", "-n", ns, version=version)
+    assert (f'secrets "n2-secret" is forbidden: User "system:node:n1-{version}" cannot get resource '
+            f'"secrets" in API group "" in the namespace "{ns}": no relationship found between node '
+            f"'n1-{version}' and this object") in r.stderr
+    r = as_user(cluster, n1, "get", "secrets", "-n", ns, version=version)
+    assert r.returncode != 0 and "forbidden" in r.stderr
+    # Its own pods, by the node selector, and their status; not another node's.
+    r = as_user(cluster, n1, "get", "pods", "-A", f"--field-selector=spec.nodeName=n1-{version}",
+                "-o", "name", version=version, check=True)
+    assert r.stdout.split() == ["pod/n1-pod"]
+    r = as_user(cluster, n1, "get", "pods", "-A", version=version)
+    assert "can only list/watch pods with spec.nodeName field selector" in r.stderr
+    r = as_user(cluster, n1, "delete", "pod", "n2-pod", "-n", ns, "--wait=false", version=version)
+    assert (f'node "n1-{version}" can only delete pods with spec.nodeName set to itself') in r.stderr
+    r = as_user(cluster, n1, "label", "node", f"n2-{version}", "x=y", version=version)
+    assert f'node "n1-{version}" is not allowed to modify node "n2-{version}"' in r.stderr
+    as_user(cluster, n1, "label", "node", f"n1-{version}", "x=y", version=version, check=True)
+    r = as_user(cluster, n1, "run", "sneaky", "--image=busybox:test", "-n", ns, version=version)
+    assert 'node "n1-' in r.stderr and "can only create mirror pods" in r.stderr
+
+
 def test_view_reads_but_not_secrets(cluster, ns, version):
     kc = add_user(cluster, f"viewer-{version}")
     cluster.kubectl("create", "rolebinding", "v", "--clusterrole=view", f"--user=viewer-{version}",

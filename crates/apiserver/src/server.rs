@@ -334,7 +334,8 @@ impl ApiServer {
         let route = request::route(path).ok();
         let params = Params::parse(uri.query());
         let asked = crate::auth::attributes_of(method, path, &params, route.as_ref());
-        self.authorizer.check(&asked.borrow(&who.user))?;
+        self.authorizer
+            .check_selected(&asked.borrow(&who.user), &asked.selector)?;
         Ok(who)
     }
 
@@ -620,6 +621,7 @@ impl ApiServer {
         who: &Identity,
     ) -> ApiResult<Reply> {
         let method = req.method().clone();
+        self.node_restriction(who, &t, &req)?;
         match (&method, t.name.as_deref(), t.subresource.as_deref()) {
             (&Method::GET, None, None) if params.flag("watch") => {
                 self.watch(&t, &params, output).await

@@ -471,7 +471,20 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     });
 
     if let Some(node_args) = node {
-        let client = InProcess::client(api.clone(), "system:node");
+        // The node acts as itself (system:node:<name>), judged by the Node authorizer and
+        // RBAC like any other node, not as admin.
+        let client = InProcess::client_as(
+            api.clone(),
+            "kubelet",
+            UserInfo::new(
+                format!(
+                    "{}{}",
+                    api::rbac::NODE_USER_PREFIX,
+                    crate::node::node_name(node_args)
+                ),
+                &[api::rbac::NODES],
+            ),
+        );
         let agent = crate::node::build(
             client,
             &data_dir,

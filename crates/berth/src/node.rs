@@ -121,6 +121,11 @@ fn network_setup(
     }))
 }
 
+/// The node's name: `--node-name`, else the host's name.
+pub fn node_name(args: &AgentArgs) -> String {
+    args.node_name.clone().unwrap_or_else(hostname)
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -229,7 +234,7 @@ pub fn build(
             .with_context(|| format!("resolving --storage-dir {}", d.display()))?;
     }
     let node = NodeInfo {
-        name: args.node_name.clone().unwrap_or_else(hostname),
+        name: node_name(args),
         ip: node_ip(args),
         control_plane,
         max_pods: args.max_pods,

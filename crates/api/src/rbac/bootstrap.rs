@@ -21,11 +21,16 @@ pub const BOOTSTRAPPING_LABEL: &str = "kubernetes.io/bootstrapping";
 pub const AUTOUPDATE_ANNOTATION: &str = "rbac.authorization.kubernetes.io/autoupdate";
 
 const POLICY: &str = include_str!("bootstrap.policy");
+/// berth's own additions (what its nodes do beyond a kubelet), in the same notation.
+const BERTH_POLICY: &str = include_str!("berth.policy");
 const GROUP: &str = "rbac.authorization.k8s.io";
 
-/// Every bootstrap role and binding, as JSON objects ready to create.
+/// Every bootstrap role and binding, Kubernetes' and berth's, as JSON objects ready to create.
 pub fn bootstrap_objects() -> Vec<Value> {
-    parse(POLICY).expect("the bootstrap policy is well formed (its unit test reads it)")
+    let mut objects =
+        parse(POLICY).expect("the bootstrap policy is well formed (its unit test reads it)");
+    objects.extend(parse(BERTH_POLICY).expect("berth's policy is well formed (its test reads it)"));
+    objects
 }
 
 fn list(s: &str) -> Value {

@@ -28,6 +28,8 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 pub struct RequestAttributes {
     pub verb: String,
     pub target: Target,
+    /// A list's or watch's field selector (the Node authorizer reads `spec.nodeName=`).
+    pub selector: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,7 @@ impl RequestAttributes {
                 subresource: subresource.to_string(),
                 name: name.to_string(),
             },
+            selector: String::new(),
         }
     }
 
@@ -120,6 +123,7 @@ pub fn attributes_of(
     let path_request = || RequestAttributes {
         verb: method.as_str().to_ascii_lowercase(),
         target: Target::Path(normalized(path)),
+        selector: String::new(),
     };
     if let Some((review, namespace)) = Review::from_path(path) {
         let verb = if *method == Method::POST {
@@ -178,7 +182,11 @@ pub fn attributes_of(
         (None, Some(n)) if matches!(verb, "list" | "watch") => n.as_str(),
         _ => "",
     };
-    RequestAttributes::resource(verb, namespace, group, t.resource.plural, sub, name)
+    let mut a = RequestAttributes::resource(verb, namespace, group, t.resource.plural, sub, name);
+    if matches!(verb, "list" | "watch") {
+        a.selector = params.get("fieldSelector").unwrap_or("").to_string();
+    }
+    a
 }
 
 /// A path with each segment's `%XX` escapes decoded, as the router reads it.
@@ -228,10 +236,18 @@ pub fn forbidden(a: &Attributes<'_>, errors: &[String]) -> ApiError {
     }
 }
 
+/// Kubernetes' `Node,RBAC` authorization: the Node authorizer for nodes' own identities, then
 /// RBAC over the roles and bindings in the watch cache.
 #[derive(Default)]
 pub struct Authorizer {
     policy: RwLock<Policy>,
+    nodes: super::node::NodeGraph,
+}
+
+/// What authorizing a request found: the decision, and why a node was not allowed.
+pub struct Judgement {
+    pub decision: rbac::policy::Decision,
+    pub node_reason: String,
 }
 
 impl Authorizer {
@@ -245,13 +261,50 @@ impl Authorizer {
 
     /// Whether `user` may do what `a` asks; `system:masters` may do anything.
     pub fn decide(&self, a: &Attributes<'_>) -> rbac::policy::Decision {
+        self.judge(a, "").decision
+    }
+
+    /// `decide`, given the field selector of a list or watch (a node may list the pods
+    /// selected by its name), and with the node authorizer's reason for a refusal.
+    pub fn judge(&self, a: &Attributes<'_>, selector: &str) -> Judgement {
+        let allow = || rbac::policy::Decision {
+            allowed: true,
+            errors: Vec::new(),
+        };
         if a.user.in_group(MASTERS) {
-            return rbac::policy::Decision {
-                allowed: true,
-                errors: Vec::new(),
+            return Judgement {
+                decision: allow(),
+                node_reason: String::new(),
             };
         }
-        self.policy().authorize(a)
+        let mut node_reason = String::new();
+        match self.nodes.judge(a, selector) {
+            Some(super::node::Verdict::Allow) => {
+                return Judgement {
+                    decision: allow(),
+                    node_reason,
+                };
+            }
+            // What the node authorizer leaves to the `system:node` role's rules (kept, as
+            // Kubernetes keeps them, in a role no binding names).
+            Some(super::node::Verdict::Rules) => {
+                let rules =
+                    self.policy()
+                        .role_rules(rbac::RoleRefKind::ClusterRole, "", "system:node");
+                if rules.is_some_and(|r| r.iter().any(|rule| rule.allows(a))) {
+                    return Judgement {
+                        decision: allow(),
+                        node_reason,
+                    };
+                }
+            }
+            Some(super::node::Verdict::NoOpinion(why)) => node_reason = why,
+            None => {}
+        }
+        Judgement {
+            decision: self.policy().authorize(a),
+            node_reason,
+        }
     }
 
     pub fn allowed(&self, a: &Attributes<'_>) -> bool {
@@ -260,12 +313,21 @@ impl Authorizer {
 
     /// Allow the request or say why not, in Kubernetes' words.
     pub fn check(&self, a: &Attributes<'_>) -> ApiResult<()> {
-        let d = self.decide(a);
-        if d.allowed {
-            Ok(())
-        } else {
-            Err(forbidden(a, &d.errors))
+        self.check_selected(a, "")
+    }
+
+    /// `check`, given the field selector of a list or watch.
+    pub fn check_selected(&self, a: &Attributes<'_>, selector: &str) -> ApiResult<()> {
+        let j = self.judge(a, selector);
+        if j.decision.allowed {
+            return Ok(());
         }
+        let mut e = forbidden(a, &j.decision.errors);
+        if !j.node_reason.is_empty() {
+            e.message.push_str(": ");
+            e.message.push_str(&j.node_reason);
+        }
+        Err(e)
     }
 
     /// The rules that apply to `user` in `namespace`, with what could not be resolved. (The
@@ -376,9 +438,17 @@ fn unescape(key: &str) -> String {
 impl Observer for Authorizer {
     fn follows(&self, r: &Resource) -> bool {
         r.group == RBAC_GROUP
+            || (r.group.is_empty() && matches!(r.kind, "Pod" | "PersistentVolumeClaim"))
     }
 
     fn loaded(&self, r: &Resource, items: &OrdMap<String, Arc<Entry>>) {
+        match r.kind {
+            "Pod" => return self.nodes.pods_loaded(items.values().map(|e| e.as_ref())),
+            "PersistentVolumeClaim" => {
+                return self.nodes.claims_loaded(items.values().map(|e| e.as_ref()));
+            }
+            _ => {}
+        }
         let mut policy = self.policy_mut();
         policy.clear(kind_of(r));
         for e in items.values() {
@@ -387,6 +457,11 @@ impl Observer for Authorizer {
     }
 
     fn changed(&self, r: &Resource, ev: &CacheEvent) {
+        match r.kind {
+            "Pod" => return self.nodes.pod_changed(ev),
+            "PersistentVolumeClaim" => return self.nodes.claim_changed(ev),
+            _ => {}
+        }
         let mut policy = self.policy_mut();
         if ev.ty == crate::cache::EventType::Deleted {
             let (ns, name) = (ev.obj.namespace.as_deref().unwrap_or(""), &ev.obj.name);
@@ -525,21 +600,24 @@ mod tests {
             attrs(Method::GET, "/%62erth/v1/snapshot"),
             RequestAttributes {
                 verb: "get".into(),
-                target: Target::Path("/berth/v1/snapshot".into())
+                target: Target::Path("/berth/v1/snapshot".into()),
+                selector: String::new(),
             }
         );
         assert_eq!(
             attrs(Method::GET, "/healthz"),
             RequestAttributes {
                 verb: "get".into(),
-                target: Target::Path("/healthz".into())
+                target: Target::Path("/healthz".into()),
+                selector: String::new(),
             }
         );
         assert_eq!(
             attrs(Method::POST, "/no/such/thing"),
             RequestAttributes {
                 verb: "post".into(),
-                target: Target::Path("/no/such/thing".into())
+                target: Target::Path("/no/such/thing".into()),
+                selector: String::new(),
             }
         );
     }
@@ -561,6 +639,7 @@ mod tests {
         let a = RequestAttributes {
             verb: "get".into(),
             target: Target::Path("/metrics".into()),
+            selector: String::new(),
         };
         let e = forbidden(
             &a.borrow(&bob),

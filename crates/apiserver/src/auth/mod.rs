@@ -4,6 +4,8 @@
 
 mod authz;
 mod escalation;
+mod node;
+mod noderestriction;
 mod reviews;
 mod serviceaccounts;
 pub mod tokens;

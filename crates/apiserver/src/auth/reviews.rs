@@ -119,12 +119,14 @@ fn asked(spec: &Value) -> ApiResult<RequestAttributes> {
                 subresource: s(&r["subresource"]),
                 name: s(&r["name"]),
             },
+            selector: s(&r["fieldSelector"]["rawSelector"]),
         });
     }
     if let Some(n) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
         return Ok(RequestAttributes {
             verb: s(&n["verb"]),
             target: Target::Path(s(&n["path"])),
+            selector: String::new(),
         });
     }
     Err(ApiError::bad_request(
@@ -282,10 +284,14 @@ impl ApiServer {
     }
 
     fn access_status(&self, user: &UserInfo, asked: &RequestAttributes) -> Value {
-        let d = self.authorizer.decide(&asked.borrow(user));
+        let j = self.authorizer.judge(&asked.borrow(user), &asked.selector);
+        let d = j.decision;
         let mut status = json!({"allowed": d.allowed});
         if !d.errors.is_empty() {
             status["evaluationError"] = json!(d.errors.join(", "));
+        }
+        if !d.allowed && !j.node_reason.is_empty() {
+            status["reason"] = json!(j.node_reason);
         }
         status
     }
