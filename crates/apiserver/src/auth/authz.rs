@@ -593,7 +593,10 @@ mod tests {
                 Method::GET,
                 "/api/v1/namespaces/team/pods?watch=1&fieldSelector=metadata.name=web"
             ),
-            res("watch", "team", "", "pods", "", "web")
+            RequestAttributes {
+                selector: "metadata.name=web".into(),
+                ..res("watch", "team", "", "pods", "", "web")
+            }
         );
         // Paths are judged as the router reads them.
         assert_eq!(
