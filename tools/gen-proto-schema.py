@@ -51,6 +51,7 @@ ROOTS = [
     "api.authorization.v1.SubjectAccessReview", "api.authorization.v1.LocalSubjectAccessReview",
     "api.authentication.v1.SelfSubjectReview", "api.authentication.v1.TokenReview",
     "api.authentication.v1.TokenRequest",
+    "api.certificates.v1.CertificateSigningRequest",
     # Discovery documents, legacy and aggregated.
     "apimachinery.pkg.apis.meta.v1.APIGroupList", "apimachinery.pkg.apis.meta.v1.APIGroup",
     "apimachinery.pkg.apis.meta.v1.APIResourceList", "apimachinery.pkg.apis.meta.v1.APIVersions",
@@ -69,6 +70,7 @@ SPECIAL = {
     "apimachinery.pkg.apis.meta.v1.Verbs",
     "api.authentication.v1.ExtraValue",
     "api.authorization.v1.ExtraValue",
+    "api.certificates.v1.ExtraValue",
 }
 
 

@@ -212,6 +212,114 @@ def test_a_node_reads_only_what_its_own_pods_use(cluster, ns, tmp_path, version)
     assert 'node "n1-' in r.stderr and "can only create mirror pods" in r.stderr
 
 
+def certificate_request(tmp_path, name, subject):
+    """A key and a PEM certificate request for `subject`, made by openssl."""
+    key, csr = tmp_path / f"{name}.key", tmp_path / f"{name}.csr"
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", subject],
+                   check=True, capture_output=True)
+    return key, csr.read_bytes()
+
+
+def csr_object(name, request, signer="kubernetes.io/kube-apiserver-client", usages=("client auth",)):
+    import base64
+    return json.dumps({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                       "metadata": {"name": name},
+                       "spec": {"request": base64.b64encode(request).decode(), "signerName": signer,
+                                "expirationSeconds": 86400, "usages": list(usages)}})
+
+
+def test_certificate_requests_are_approved_signed_and_work(cluster, tmp_path, version, request):
+    """Kubernetes' way to give a user a certificate: a CertificateSigningRequest, approved with
+    `kubectl certificate approve`, signed by the cluster; the certificate then authenticates
+    its user. Denied requests get nothing, and a request breaking its signer's rules fails."""
+    import base64
+    name = f"jane-{version}"
+    for n in (name, f"{name}-denied", f"{name}-node"):
+        request.addfinalizer(lambda n=n: cluster.kubectl("delete", "csr", n, check=False))
+    key, req = certificate_request(tmp_path, name, f"/CN={name}/O=devs")
+    cluster.kubectl("apply", "-f", "-", input=csr_object(name, req), version=version)
+    row = cluster.kubectl("get", "csr", name, version=version).stdout.splitlines()
+    assert row[0].split() == ["NAME", "AGE", "SIGNERNAME", "REQUESTOR", "REQUESTEDDURATION", "CONDITION"]
+    assert row[1].split()[2:] == ["kubernetes.io/kube-apiserver-client", "admin", "24h", "Pending"]
+    obj = cluster.json("get", "csr", name)
+    assert obj["spec"]["username"] == "admin" and "system:masters" in obj["spec"]["groups"]
+    out = cluster.kubectl("certificate", "approve", name, version=version).stdout
+    assert out.strip() == f"certificatesigningrequest.certificates.k8s.io/{name} approved"
+    wait_until(lambda: cluster.json("get", "csr", name)["status"].get("certificate"),
+               what="the certificate to be issued")
+    obj = cluster.json("get", "csr", name)
+    approved = obj["status"]["conditions"][0]
+    assert (approved["type"], approved["reason"]) == ("Approved", "KubectlApprove")
+    assert "Approved,Issued" in cluster.kubectl("get", "csr", name).stdout
+    crt = tmp_path / f"{name}.crt"
+    crt.write_bytes(base64.b64decode(obj["status"]["certificate"]))
+    server, _, _ = helpers.credentials(cluster.kubeconfig)
+    kc = tmp_path / f"{name}.kubeconfig"
+    for args in (["set-cluster", "c", f"--server={server}",
+                  f"--certificate-authority={cluster.data / 'tls' / 'ca.crt'}"],
+                 ["set-credentials", "u", f"--client-certificate={crt}", f"--client-key={key}"],
+                 ["set-context", "c", "--cluster=c", "--user=u"], ["use-context", "c"]):
+        cluster.kubectl("--kubeconfig", str(kc), "config", *args)
+    who = json.loads(cluster.kubectl("--kubeconfig", str(kc), "auth", "whoami", "-o", "json").stdout)
+    assert who["status"]["userInfo"] == {"username": name, "groups": ["devs", "system:authenticated"]}
+
+    # Denied: no certificate comes.
+    _, req = certificate_request(tmp_path, "denied", f"/CN={name}-denied")
+    cluster.kubectl("apply", "-f", "-", input=csr_object(f"{name}-denied", req))
+    out = cluster.kubectl("certificate", "deny", f"{name}-denied", version=version).stdout
+    assert f"{name}-denied denied" in out
+    r = cluster.kubectl("certificate", "approve", f"{name}-denied", version=version, check=False)
+    assert f'certificate signing request "{name}-denied" is already Denied' in r.stderr
+    time.sleep(1)
+    assert "certificate" not in cluster.json("get", "csr", f"{name}-denied")["status"]
+    # A node client request whose subject is not a node's: approved, but the signer fails it.
+    _, req = certificate_request(tmp_path, "node", f"/CN={name}-node/O=devs")
+    cluster.kubectl("apply", "-f", "-", input=csr_object(
+        f"{name}-node", req, signer="kubernetes.io/kube-apiserver-client-kubelet",
+        usages=("digital signature", "client auth")))
+    cluster.kubectl("certificate", "approve", f"{name}-node", version=version)
+    wait_until(lambda: any(c["type"] == "Failed" for c in cluster.json(
+        "get", "csr", f"{name}-node")["status"].get("conditions", [])), what="the signer to refuse")
+    failed = [c for c in cluster.json("get", "csr", f"{name}-node")["status"]["conditions"]
+              if c["type"] == "Failed"][0]
+    assert failed["reason"] == "SignerValidationFailure"
+    assert failed["message"] == "subject organization is not system:nodes"
+
+
+def test_approving_needs_the_signers_approve_verb(cluster, tmp_path):
+    _, req = certificate_request(tmp_path, "x", "/CN=someone")
+    cluster.kubectl("apply", "-f", "-", input=csr_object("needs-approver", req))
+    try:
+        r = cluster.kubectl("certificate", "approve", "needs-approver", "--as", "bob", check=False)
+        assert ('certificatesigningrequests.certificates.k8s.io "needs-approver" is forbidden: User "bob" '
+                'cannot get resource "certificatesigningrequests"') in r.stderr
+        # May update approvals, but not for this signer.
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "csr-approver-bob"},
+            "rules": [{"apiGroups": ["certificates.k8s.io"],
+                       "resources": ["certificatesigningrequests", "certificatesigningrequests/approval"],
+                       "verbs": ["get", "list", "update"]}]}))
+        cluster.kubectl("create", "clusterrolebinding", "csr-approver-bob", "--clusterrole=csr-approver-bob",
+                        "--user=bob")
+        wait_until(lambda: "user not permitted to approve requests with signerName" in cluster.kubectl(
+            "certificate", "approve", "needs-approver", "--as", "bob", check=False).stderr,
+            what="the signer check")
+        r = cluster.kubectl("certificate", "approve", "needs-approver", "--as", "bob", check=False)
+        assert ('certificatesigningrequests.certificates.k8s.io "needs-approver" is forbidden: user not '
+                'permitted to approve requests with signerName "kubernetes.io/kube-apiserver-client"') in r.stderr
+        # A request cannot be made approved from the start, nor through its main resource.
+        obj = cluster.json("get", "csr", "needs-approver")
+        obj["status"] = {"conditions": [{"type": "Approved", "status": "True", "reason": "Sneaky"}]}
+        cluster.kubectl("replace", "-f", "-", input=json.dumps(obj))
+        assert cluster.json("get", "csr", "needs-approver")["status"].get("conditions") is None
+    finally:
+        for what in (["csr", "needs-approver"], ["clusterrole", "csr-approver-bob"],
+                     ["clusterrolebinding", "csr-approver-bob"]):
+            cluster.kubectl("delete", *what, check=False)
+
+
 def test_view_reads_but_not_secrets(cluster, ns, version):
     kc = add_user(cluster, f"viewer-{version}")
     cluster.kubectl("create", "rolebinding", "v", "--clusterrole=view", f"--user=viewer-{version}",

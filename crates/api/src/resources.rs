@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
@@ -802,6 +803,24 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             delete_returns_object: false,
             field_labels: &[],
             ops: ops::<CSIStorageCapacity>(),
+        },
+        Resource {
+            group: "certificates.k8s.io",
+            version: "v1",
+            kind: "CertificateSigningRequest",
+            plural: "certificatesigningrequests",
+            singular: "certificatesigningrequest",
+            namespaced: false,
+            short_names: &["csr"],
+            categories: NONE,
+            status: true,
+            scale: false,
+            name_rule: NameRule::PathSegment,
+            generation: false,
+            reset_status_on_create: true,
+            delete_returns_object: false,
+            field_labels: const { &[field("spec.signerName", &["spec", "signerName"])] },
+            ops: ops::<CertificateSigningRequest>(),
         },
         Resource {
             group: "rbac.authorization.k8s.io",

@@ -19,6 +19,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::autoscaling::v1::{HorizontalPodAutoscaler as HpaV1, Scale};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     Binding, ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
@@ -379,6 +380,7 @@ fn every_field_of_every_served_kind_survives_protobuf() {
         round_trip::<SelfSubjectReview>(),
         round_trip::<TokenReview>(),
         round_trip::<TokenRequest>(),
+        round_trip::<CertificateSigningRequest>(),
     ];
     // Every kind the server serves is among them.
     let checked: BTreeSet<&str> = results.iter().map(|(n, _)| n.as_str()).collect();

@@ -77,6 +77,15 @@ fn subresources(r: &Resource, group: &'static str, version: &'static str) -> Vec
             &["create", "get"],
         ));
     }
+    if r.kind == "CertificateSigningRequest" {
+        out.push(Sub {
+            name: "approval",
+            group,
+            version,
+            kind: r.kind,
+            verbs: &["get", "patch", "update"],
+        });
+    }
     if r.kind == "ServiceAccount" {
         out.push(Sub {
             name: "token",

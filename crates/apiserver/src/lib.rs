@@ -9,6 +9,7 @@ pub mod auth;
 mod binding;
 pub mod body;
 pub mod cache;
+mod certificates;
 mod discovery;
 pub mod errors;
 mod evict;

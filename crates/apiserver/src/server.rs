@@ -635,7 +635,36 @@ impl ApiServer {
             (_, Some(_), Some(sub)) if !has_subresource(t.resource, sub) => {
                 Err(ApiError::no_route())
             }
-            (&Method::GET, Some(name), None | Some("status" | "ephemeralcontainers")) => {
+            (&Method::PUT | &Method::PATCH, Some(name), Some("approval"))
+                if t.resource.kind == crate::certificates::KIND =>
+            {
+                // Kubernetes' CertificateApproval admission: the stored request's signer
+                // decides who may approve it.
+                let signer = self
+                    .cache
+                    .resource(t.resource)
+                    .get(name)
+                    .map(|e| {
+                        e.value()["spec"]["signerName"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .ok_or_else(|| ApiError::not_found(t.resource, name))?;
+                crate::certificates::may_approve(&self.authorizer, who, name, &signer)?;
+                if method == Method::PUT {
+                    self.update(&t, name, Some("approval"), &req, &params, who)
+                        .await
+                } else {
+                    self.patch(&t, name, Some("approval"), &req, &params, who)
+                        .await
+                }
+            }
+            (
+                &Method::GET,
+                Some(name),
+                None | Some("status" | "ephemeralcontainers" | "approval"),
+            ) => {
                 self.namespaced_target(&t)?;
                 self.get(&t, name, output).await
             }
@@ -891,6 +920,7 @@ fn has_subresource(r: &api::Resource, sub: &str) -> bool {
         | "ephemeralcontainers" => r.kind == "Pod",
         "proxy" => matches!(r.kind, "Pod" | "Service" | "Node"),
         "token" => r.kind == "ServiceAccount",
+        "approval" => r.kind == crate::certificates::KIND,
         _ => false,
     }
 }

@@ -826,6 +826,24 @@ pub fn columns(kind: &str) -> Vec<Column> {
                 "The service accounts the binding names.",
             ),
         ],
+        "CertificateSigningRequest" => vec![
+            NAME,
+            AGE,
+            col("SignerName", "string", 0, "The signer the request is for."),
+            col("Requestor", "string", 0, "Who made the request."),
+            col(
+                "RequestedDuration",
+                "string",
+                0,
+                "How long the certificate is asked to last.",
+            ),
+            col(
+                "Condition",
+                "string",
+                0,
+                "Whether the request is approved, denied or pending, and issued or failed.",
+            ),
+        ],
         "PriorityClass" => vec![
             NAME,
             col("Value", "integer", 0, "The priority of pods of this class."),
@@ -1230,6 +1248,45 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
                 Cell::text(subjects("User")),
                 Cell::text(subjects("Group")),
                 Cell::text(subjects("ServiceAccount")),
+            ]
+        }
+        "CertificateSigningRequest" => {
+            let has = |t: &str| {
+                obj["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == t)
+            };
+            let mut condition = if has("Denied") {
+                "Denied"
+            } else if has("Approved") {
+                "Approved"
+            } else {
+                "Pending"
+            }
+            .to_string();
+            if has("Failed") {
+                condition.push_str(",Failed");
+            }
+            if !s(&obj["status"]["certificate"]).is_empty() {
+                condition.push_str(",Issued");
+            }
+            let requested = obj["spec"]["expirationSeconds"].as_i64().map_or_else(
+                || "<none>".to_string(),
+                |secs| human_duration(jiff::SignedDuration::from_secs(secs)),
+            );
+            let signer = match s(&obj["spec"]["signerName"]) {
+                "" => "<none>",
+                n => n,
+            };
+            vec![
+                name(obj),
+                created(obj),
+                Cell::text(signer),
+                Cell::text(s(&obj["spec"]["username"])),
+                Cell::text(requested),
+                Cell::text(condition),
             ]
         }
         "PriorityClass" => vec![

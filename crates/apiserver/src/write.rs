@@ -376,6 +376,7 @@ impl ApiServer {
         match (sub, r.status) {
             (Some("status"), _) => Scope::Status,
             (Some("ephemeralcontainers"), _) => Scope::EphemeralContainers,
+            (Some("approval"), _) => Scope::Approval,
             (_, true) => Scope::Main,
             (_, false) => Scope::Whole,
         }
@@ -513,6 +514,9 @@ impl ApiServer {
             && let Some(m) = obj.as_object_mut()
         {
             m.remove("status");
+        }
+        if r.kind == crate::certificates::KIND {
+            crate::certificates::prepare_create(&mut obj, &opts.who);
         }
         self.check_namespace(r, t.namespace.as_deref()).await?;
         let _quota = self.quota_lock(t.namespace.as_deref()).await?;
@@ -771,7 +775,15 @@ impl ApiServer {
                 strip_rv(&mut merged);
                 *new = merged;
             }
-            Scope::Whole => {}
+            Scope::Whole | Scope::Approval => {}
+        }
+        if r.kind == crate::certificates::KIND {
+            let part = match scope {
+                Scope::Status => crate::certificates::Part::Status,
+                Scope::Approval => crate::certificates::Part::Approval,
+                _ => crate::certificates::Part::Main,
+            };
+            crate::certificates::merge_update(part, new, old, &now())?;
         }
         Ok(())
     }
@@ -840,6 +852,7 @@ impl ApiServer {
         let sub = match scope {
             Scope::Status => Some("status"),
             Scope::EphemeralContainers => Some("ephemeralcontainers"),
+            Scope::Approval => Some("approval"),
             _ => None,
         };
         warnings.extend(self.admit_pod_security(

@@ -450,6 +450,16 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         pki.ca_pem.clone(),
         leadership.clone(),
     );
+    // Approved certificate requests for Kubernetes' built-in signers get the cluster CA's
+    // signature.
+    let signer = Arc::new(crate::signer::Signer::new(
+        pki.ca_pem.clone(),
+        pki.ca_key_pem.clone(),
+    ));
+    let signer_client = InProcess::client(api.clone(), "csrsigning-controller");
+    supervise::supervise("certificate-signer", move || {
+        crate::signer::run(signer_client.clone(), signer.clone())
+    });
     // The scheduler has its own identity and Kubernetes' roles for it
     // (system:kube-scheduler, system:volume-scheduler), not the admin's.
     let scheduler = Arc::new(SchedulerLoop::new(

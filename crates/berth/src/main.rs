@@ -16,6 +16,7 @@ mod instances;
 mod node;
 mod pki;
 mod policy;
+mod signer;
 mod sim;
 mod store_cli;
 mod users_cli;

@@ -24,6 +24,8 @@ const RENEW_BEFORE_DAYS: i64 = 30;
 
 pub struct Pki {
     pub ca_pem: String,
+    /// The CA's key (PEM): certificates the cluster signs (users', approved requests').
+    pub ca_key_pem: String,
     pub serving_chain_pem: String,
     pub serving_key_pem: String,
     pub admin_token: String,
@@ -257,6 +259,7 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
     .context("parsing the service account signing key")?
     .serialize_der();
     Ok(Pki {
+        ca_key_pem,
         service_account_key,
         serving_chain_pem: format!("{}{}", fs::read_to_string(&srv_crt)?, ca_pem),
         serving_key_pem: fs::read_to_string(&srv_key)?,

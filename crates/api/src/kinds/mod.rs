@@ -6,6 +6,7 @@
 
 mod apps;
 mod batch;
+pub mod certificates;
 mod core;
 mod more;
 mod pod;

@@ -321,6 +321,8 @@ pub enum Scope {
     Status,
     /// Only `spec.ephemeralContainers` (a pod's `ephemeralcontainers` subresource).
     EphemeralContainers,
+    /// Only `status.conditions` (a CertificateSigningRequest's `approval` subresource).
+    Approval,
 }
 
 const SERVER_OWNED_META: &[&str] = &[
@@ -355,7 +357,7 @@ pub fn owned_fields(value: &Value, ty: &Type, scope: Scope) -> FieldSet {
         Scope::Main => {
             set.children.remove(&Element::Field("status".into()));
         }
-        Scope::Status => {
+        Scope::Status | Scope::Approval => {
             set.children
                 .retain(|e, _| *e == Element::Field("status".into()));
         }
@@ -453,6 +455,7 @@ impl Writer<'_> {
         match self.scope {
             Scope::Status => Some("status"),
             Scope::EphemeralContainers => Some("ephemeralcontainers"),
+            Scope::Approval => Some("approval"),
             Scope::Whole | Scope::Main => None,
         }
     }

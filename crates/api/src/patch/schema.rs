@@ -248,6 +248,7 @@ fn build() -> Schemas {
         ("CSINode", csi_node),
         ("VolumeAttachment", with_meta),
         ("CSIStorageCapacity", with_meta),
+        ("CertificateSigningRequest", with_meta),
         ("ClusterRole", with_meta),
         ("ClusterRoleBinding", with_meta),
         ("Role", with_meta),

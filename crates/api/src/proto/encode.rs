@@ -215,7 +215,8 @@ fn special(name: &str, v: &Value, path: &str) -> Result<Option<Vec<u8>>, EncodeE
         }
         "apimachinery.pkg.apis.meta.v1.Verbs"
         | "api.authentication.v1.ExtraValue"
-        | "api.authorization.v1.ExtraValue" => {
+        | "api.authorization.v1.ExtraValue"
+        | "api.certificates.v1.ExtraValue" => {
             for verb in v.as_array().ok_or_else(|| bad(path, "not a list"))? {
                 len(
                     1,

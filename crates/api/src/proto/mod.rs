@@ -94,6 +94,7 @@ const SPECIAL: &[&str] = &[
     "apimachinery.pkg.apis.meta.v1.Verbs",
     "api.authentication.v1.ExtraValue",
     "api.authorization.v1.ExtraValue",
+    "api.certificates.v1.ExtraValue",
 ];
 
 /// Decode a whole request body into the object's JSON, with `apiVersion` and `kind` set.
@@ -392,7 +393,8 @@ fn special(name: &str, b: &[u8]) -> Result<Option<Value>, ProtoError> {
         // A list of strings wrapped in a message (`items`), written in JSON as the bare list.
         "apimachinery.pkg.apis.meta.v1.Verbs"
         | "api.authentication.v1.ExtraValue"
-        | "api.authorization.v1.ExtraValue" => {
+        | "api.authorization.v1.ExtraValue"
+        | "api.certificates.v1.ExtraValue" => {
             let mut verbs = Vec::new();
             for item in Reader::new(b) {
                 if let (1, Wire::Len(v)) = item? {

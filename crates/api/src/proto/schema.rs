@@ -3034,6 +3034,157 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.certificates.v1.CertificateSigningRequest",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.certificates.v1.CertificateSigningRequestSpec"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Msg("api.certificates.v1.CertificateSigningRequestStatus"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.certificates.v1.CertificateSigningRequestCondition",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "type",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 6,
+                json: "status",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "reason",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "message",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "lastUpdateTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "lastTransitionTime",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.Time"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.certificates.v1.CertificateSigningRequestList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.certificates.v1.CertificateSigningRequest"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.certificates.v1.CertificateSigningRequestSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "request",
+                ty: Bytes,
+                shape: Single,
+            },
+            Field {
+                tag: 7,
+                json: "signerName",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 8,
+                json: "expirationSeconds",
+                ty: I32,
+                shape: Single,
+            },
+            Field {
+                tag: 5,
+                json: "usages",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "username",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "uid",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 4,
+                json: "groups",
+                ty: Str,
+                shape: Repeated,
+            },
+            Field {
+                tag: 6,
+                json: "extra",
+                ty: Msg("api.certificates.v1.ExtraValue"),
+                shape: Map,
+            },
+        ],
+    },
+    Message {
+        name: "api.certificates.v1.CertificateSigningRequestStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "conditions",
+                ty: Msg("api.certificates.v1.CertificateSigningRequestCondition"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "certificate",
+                ty: Bytes,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
         name: "api.coordination.v1.Lease",
         fields: &[
             Field {

@@ -1,0 +1,417 @@
+//! The cluster's certificate signer: approved CertificateSigningRequests for Kubernetes'
+//! built-in signers (`kubernetes.io/kube-apiserver-client`, `...-client-kubelet`,
+//! `kubernetes.io/kubelet-serving`) get a certificate from the cluster CA, after the checks
+//! Kubernetes' signer makes; a request that fails them gets a `Failed` condition saying why.
+//! Approval is the gate: the signer does not ask who requested.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use api::k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use client::{Client, ListParams, Watcher, watcher};
+use rcgen::{
+    CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SerialNumber,
+};
+use serde_json::{Value, json};
+use time::{Duration, OffsetDateTime};
+use tracing::{info, warn};
+use x509_parser::prelude::FromDer;
+
+pub const CLIENT: &str = "kubernetes.io/kube-apiserver-client";
+pub const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
+
+/// A certificate lives a year unless the request asks for less (at least ten minutes).
+const DEFAULT_TTL: Duration = Duration::days(365);
+const MIN_TTL: Duration = Duration::minutes(10);
+/// Certificates start a little in the past, for clocks that lag.
+const BACKDATE: Duration = Duration::minutes(5);
+
+pub struct Signer {
+    ca_pem: String,
+    ca_key_pem: String,
+}
+
+/// What the signer does with one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not ours, not approved, failed already, or issued already.
+    Skip,
+    Issued(String),
+    /// It breaks the signer's rules: the message for its `Failed` condition.
+    Refused(String),
+}
+
+/// The subject of a request, as the checks need it.
+struct Subject {
+    common_name: String,
+    organizations: Vec<String>,
+    dns: usize,
+    ips: usize,
+    emails: usize,
+    uris: usize,
+}
+
+fn subject_of(der: &[u8]) -> Result<Subject, String> {
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
+        .map_err(|e| format!("unable to parse csr: {e}"))?;
+    let info = &csr.certification_request_info;
+    let text = |a: &x509_parser::x509::AttributeTypeAndValue| a.as_str().unwrap_or("").to_string();
+    let mut s = Subject {
+        common_name: info
+            .subject
+            .iter_common_name()
+            .next()
+            .map(text)
+            .unwrap_or_default(),
+        organizations: info.subject.iter_organization().map(text).collect(),
+        dns: 0,
+        ips: 0,
+        emails: 0,
+        uris: 0,
+    };
+    for ext in csr.requested_extensions().into_iter().flatten() {
+        if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext {
+            for n in &san.general_names {
+                match n {
+                    x509_parser::extensions::GeneralName::DNSName(_) => s.dns += 1,
+                    x509_parser::extensions::GeneralName::IPAddress(_) => s.ips += 1,
+                    x509_parser::extensions::GeneralName::RFC822Name(_) => s.emails += 1,
+                    x509_parser::extensions::GeneralName::URI(_) => s.uris += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(s)
+}
+
+fn usages_are(usages: &[String], allowed: &[&[&str]]) -> bool {
+    let mut have: Vec<&str> = usages.iter().map(String::as_str).collect();
+    have.sort_unstable();
+    have.dedup();
+    allowed.iter().any(|set| {
+        let mut want = set.to_vec();
+        want.sort_unstable();
+        want == have
+    })
+}
+
+/// Kubernetes' checks for each built-in signer.
+fn check(signer: &str, s: &Subject, usages: &[String]) -> Result<(), String> {
+    let node = || -> Result<(), String> {
+        if s.organizations != ["system:nodes"] {
+            return Err("subject organization is not system:nodes".into());
+        }
+        if s.emails > 0 {
+            return Err("Email subjectAltNames are not allowed".into());
+        }
+        if s.uris > 0 {
+            return Err("URI subjectAltNames are not allowed".into());
+        }
+        if !s.common_name.starts_with("system:node:") {
+            return Err("subject common name does not begin with system:node:".into());
+        }
+        Ok(())
+    };
+    match signer {
+        KUBELET_CLIENT => {
+            if s.organizations != ["system:nodes"] {
+                return Err("subject organization is not system:nodes".into());
+            }
+            if s.dns > 0 {
+                return Err("DNS subjectAltNames are not allowed".into());
+            }
+            if s.ips > 0 {
+                return Err("IP subjectAltNames are not allowed".into());
+            }
+            node()?;
+            if !usages_are(
+                usages,
+                &[
+                    &["digital signature", "key encipherment", "client auth"],
+                    &["digital signature", "client auth"],
+                ],
+            ) {
+                return Err(
+                    "usages did not match [client auth digital signature key encipherment]".into(),
+                );
+            }
+            Ok(())
+        }
+        KUBELET_SERVING => {
+            if s.dns + s.ips == 0 {
+                return Err("DNS or IP subjectAltName is required".into());
+            }
+            node()?;
+            if !usages_are(
+                usages,
+                &[
+                    &["digital signature", "key encipherment", "server auth"],
+                    &["digital signature", "server auth"],
+                ],
+            ) {
+                return Err(
+                    "usages did not match [digital signature key encipherment server auth]".into(),
+                );
+            }
+            Ok(())
+        }
+        _ => {
+            let allowed = ["digital signature", "key encipherment", "client auth"];
+            if let Some(u) = usages.iter().find(|u| !allowed.contains(&u.as_str())) {
+                return Err(format!("invalid usage for client certificate: {u}"));
+            }
+            if !usages.iter().any(|u| u == "client auth") {
+                return Err("missing required usage for client certificate: client auth".into());
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Signer {
+    pub fn new(ca_pem: String, ca_key_pem: String) -> Signer {
+        Signer { ca_pem, ca_key_pem }
+    }
+
+    pub fn handle(&self, csr: &CertificateSigningRequest) -> Outcome {
+        let spec = &csr.spec;
+        if !matches!(
+            spec.signer_name.as_str(),
+            CLIENT | KUBELET_CLIENT | KUBELET_SERVING
+        ) {
+            return Outcome::Skip;
+        }
+        let status = csr.status.as_ref();
+        let has = |t: &str| {
+            status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == t && c.status == "True"))
+        };
+        let issued = status
+            .and_then(|s| s.certificate.as_ref())
+            .is_some_and(|c| !c.0.is_empty());
+        if !has("Approved") || has("Failed") || issued {
+            return Outcome::Skip;
+        }
+        let der = match api::kinds::certificates::parse_request(&spec.request.0) {
+            Ok(d) => d,
+            Err(e) => return Outcome::Refused(e),
+        };
+        let usages = spec.usages.clone().unwrap_or_default();
+        let subject = match subject_of(&der) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Refused(e),
+        };
+        if let Err(why) = check(&spec.signer_name, &subject, &usages) {
+            return Outcome::Refused(why);
+        }
+        match self.sign(&der, &usages, spec.expiration_seconds) {
+            Ok(pem) => Outcome::Issued(pem),
+            Err(e) => Outcome::Refused(format!("{e:#}")),
+        }
+    }
+
+    fn sign(&self, der: &[u8], usages: &[String], seconds: Option<i32>) -> Result<String> {
+        let request = CertificateSigningRequestParams::from_der(&der.to_vec().into())
+            .context("reading the request")?;
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).context("parsing the CA key")?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.ca_pem, ca_key).context("parsing the CA certificate")?;
+        let mut p = request.params;
+        // What the certificate may do is what the request's usages say, nothing it asked for
+        // in its own extensions.
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = Vec::new();
+        p.extended_key_usages = Vec::new();
+        for u in usages {
+            match u.as_str() {
+                "signing" | "digital signature" => {
+                    p.key_usages.push(KeyUsagePurpose::DigitalSignature)
+                }
+                "content commitment" => p.key_usages.push(KeyUsagePurpose::ContentCommitment),
+                "key encipherment" => p.key_usages.push(KeyUsagePurpose::KeyEncipherment),
+                "key agreement" => p.key_usages.push(KeyUsagePurpose::KeyAgreement),
+                "data encipherment" => p.key_usages.push(KeyUsagePurpose::DataEncipherment),
+                "client auth" => p
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ClientAuth),
+                "server auth" => p
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ServerAuth),
+                _ => {}
+            }
+        }
+        let mut serial = [0u8; 16];
+        getrandom::fill(&mut serial).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        serial[0] &= 0x7f;
+        p.serial_number = Some(SerialNumber::from_slice(&serial));
+        let ttl = seconds
+            .map(|s| Duration::seconds(i64::from(s)))
+            .unwrap_or(DEFAULT_TTL)
+            .clamp(MIN_TTL, DEFAULT_TTL);
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - BACKDATE;
+        p.not_after = now + ttl;
+        let cert = request_signed(&p, &request.public_key, &issuer)?;
+        Ok(cert)
+    }
+}
+
+fn request_signed(
+    p: &rcgen::CertificateParams,
+    key: &rcgen::PublicKey,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<String> {
+    let csr = CertificateSigningRequestParams {
+        params: p.clone(),
+        public_key: key.clone(),
+    };
+    Ok(csr.signed_by(issuer).context("signing")?.pem())
+}
+
+/// Sign what is approved, for as long as the task runs.
+pub async fn run(client: Client, signer: Arc<Signer>) {
+    let mut w =
+        Watcher::<CertificateSigningRequest>::new(client.clone(), None, ListParams::default());
+    loop {
+        let csrs = match w.next().await {
+            watcher::Event::Restarted(all) => all,
+            watcher::Event::Applied(csr) => vec![csr],
+            watcher::Event::Deleted(_) => continue,
+        };
+        for csr in csrs {
+            let name = csr.metadata.name.clone().unwrap_or_default();
+            let outcome = signer.handle(&csr);
+            let mut status =
+                serde_json::to_value(csr.status.clone().unwrap_or_default()).unwrap_or(json!({}));
+            match outcome {
+                Outcome::Skip => continue,
+                Outcome::Issued(pem) => {
+                    use base64::Engine;
+                    status["certificate"] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(pem));
+                    info!(csr = %name, signer = %csr.spec.signer_name, "issued a certificate");
+                }
+                Outcome::Refused(why) => {
+                    let mut conditions =
+                        status["conditions"].as_array().cloned().unwrap_or_default();
+                    conditions.push(json!({"type": "Failed", "status": "True",
+                        "reason": "SignerValidationFailure", "message": why}));
+                    status["conditions"] = Value::Array(conditions);
+                    warn!(csr = %name, reason = %why, "refused to sign");
+                }
+            }
+            if let Err(e) = client
+                .put_status::<CertificateSigningRequest>(None, &name, &status)
+                .await
+            {
+                warn!(csr = %name, error = %e, "could not record the signer's answer");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ca() -> Signer {
+        let key = KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        Signer::new(cert.pem(), key.serialize_pem())
+    }
+
+    fn request(
+        cn: &str,
+        org: &str,
+        signer: &str,
+        usages: &[&str],
+        approved: bool,
+    ) -> CertificateSigningRequest {
+        let key = KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, org);
+        let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+        use base64::Engine;
+        let conditions = if approved {
+            json!([{"type": "Approved", "status": "True"}])
+        } else {
+            json!([])
+        };
+        serde_json::from_value(json!({
+            "metadata": {"name": "r"},
+            "spec": {"request": base64::engine::general_purpose::STANDARD.encode(pem),
+                     "signerName": signer, "usages": usages},
+            "status": {"conditions": conditions}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn approved_requests_are_signed_after_their_signers_checks() {
+        let s = ca();
+        let r = request("jane", "devs", CLIENT, &["client auth"], true);
+        let Outcome::Issued(pem) = s.handle(&r) else {
+            panic!("not issued");
+        };
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = block.parse_x509().unwrap();
+        assert_eq!(
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            "jane"
+        );
+        assert!(!cert.is_ca());
+        // Not approved yet, or for a signer that is not the cluster's: nothing to do.
+        assert_eq!(
+            s.handle(&request("jane", "devs", CLIENT, &["client auth"], false)),
+            Outcome::Skip
+        );
+        assert_eq!(
+            s.handle(&request(
+                "jane",
+                "devs",
+                "example.com/x",
+                &["client auth"],
+                true
+            )),
+            Outcome::Skip
+        );
+        // A node's client certificate must name a node.
+        let r = request(
+            "jane",
+            "devs",
+            KUBELET_CLIENT,
+            &["digital signature", "client auth"],
+            true,
+        );
+        assert_eq!(
+            s.handle(&r),
+            Outcome::Refused("subject organization is not system:nodes".into())
+        );
+        let r = request(
+            "system:node:n1",
+            "system:nodes",
+            KUBELET_CLIENT,
+            &["digital signature", "client auth"],
+            true,
+        );
+        assert!(matches!(s.handle(&r), Outcome::Issued(_)));
+        let r = request("jane", "devs", CLIENT, &["server auth"], true);
+        assert_eq!(
+            s.handle(&r),
+            Outcome::Refused("invalid usage for client certificate: server auth".into())
+        );
+    }
+}
