@@ -199,6 +199,24 @@ class Cluster:
             raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return r
 
+    def with_token(self, token, *args, version="1.33", check=False, input=None):
+        """kubectl with nothing but `token` for credentials (the admin's kubeconfig also holds
+        a client certificate, which would win)."""
+        import hashlib
+        import yaml
+        cfg = yaml.safe_load(open(self.kubeconfig))["clusters"][0]["cluster"]
+        path = self.workdir / f"token-{hashlib.sha256(token.encode()).hexdigest()[:16]}.kubeconfig"
+        if not path.exists():
+            path.write_text(json.dumps({
+                "apiVersion": "v1", "kind": "Config", "current-context": "c",
+                "clusters": [{"name": "c", "cluster": {
+                    "server": cfg["server"],
+                    "certificate-authority-data": cfg["certificate-authority-data"]}}],
+                "users": [{"name": "u", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+        return self.kubectl("--kubeconfig", str(path), *args, version=version, check=check,
+                            input=input)
+
     def json(self, *args, version="1.33"):
         return json.loads(self.kubectl(*args, "-o", "json", version=version).stdout)
 

@@ -287,6 +287,58 @@ def test_certificate_requests_are_approved_signed_and_work(cluster, tmp_path, ve
     assert failed["message"] == "subject organization is not system:nodes"
 
 
+def test_a_bootstrap_token_gets_a_joining_node_its_own_certificate(cluster, tmp_path):
+    """The kubelet's TLS bootstrap against berth: `berth token create` makes a token that
+    authenticates as a bootstrapper and may do nothing but ask for a node's client
+    certificate; the request is approved by rule and signed, and the certificate is the node.
+    Deleting the token's Secret ends it."""
+    import base64
+    import re
+    token = cluster.berth("token", "create", "--ttl", "1h").stdout.strip()
+    assert re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token), token
+    token_id = token.split(".")[0]
+    who = json.loads(cluster.with_token(token, "auth", "whoami", "-o", "json", check=True).stdout)
+    assert who["status"]["userInfo"] == {
+        "username": f"system:bootstrap:{token_id}",
+        "groups": ["system:bootstrappers", "system:bootstrappers:berth:default-node-token",
+                   "system:authenticated"]}
+    r = cluster.with_token(token, "get", "pods", "-A")
+    assert "forbidden" in r.stderr
+    key, req = certificate_request(tmp_path, "joiner", "/O=system:nodes/CN=system:node:joiner")
+    name = f"node-csr-{token_id}"
+    try:
+        cluster.with_token(token, "create", "-f", "-", input=csr_object(
+            name, req, signer="kubernetes.io/kube-apiserver-client-kubelet",
+            usages=("digital signature", "client auth")), check=True)
+        wait_until(lambda: cluster.json("get", "csr", name)["status"].get("certificate"),
+                   what="the node's certificate")
+        approved = cluster.json("get", "csr", name)["status"]["conditions"][0]
+        assert (approved["type"], approved["reason"]) == ("Approved", "AutoApproved")
+        assert cluster.json("get", "csr", name)["spec"]["username"] == f"system:bootstrap:{token_id}"
+        crt = tmp_path / "joiner.crt"
+        crt.write_bytes(base64.b64decode(cluster.json("get", "csr", name)["status"]["certificate"]))
+        server, _, _ = helpers.credentials(cluster.kubeconfig)
+        kc = tmp_path / "joiner.kubeconfig"
+        for args in (["set-cluster", "c", f"--server={server}",
+                      f"--certificate-authority={cluster.data / 'tls' / 'ca.crt'}"],
+                     ["set-credentials", "u", f"--client-certificate={crt}", f"--client-key={key}"],
+                     ["set-context", "c", "--cluster=c", "--user=u"], ["use-context", "c"]):
+            cluster.kubectl("--kubeconfig", str(kc), "config", *args)
+        out = cluster.kubectl("--kubeconfig", str(kc), "auth", "whoami", "-o", "json").stdout
+        assert json.loads(out)["status"]["userInfo"] == {
+            "username": "system:node:joiner", "groups": ["system:nodes", "system:authenticated"]}
+        # A request for something else than a node's client certificate waits for a person.
+        _, other = certificate_request(tmp_path, "other", "/CN=someone-else")
+        cluster.with_token(token, "create", "-f", "-", input=csr_object(f"{name}-x", other), check=True)
+        time.sleep(1)
+        assert cluster.json("get", "csr", f"{name}-x")["status"].get("conditions") is None
+    finally:
+        cluster.kubectl("delete", "csr", name, f"{name}-x", check=False)
+    cluster.kubectl("delete", "secret", "-n", "kube-system", f"bootstrap-token-{token_id}")
+    r = cluster.with_token(token, "auth", "whoami")
+    assert r.returncode != 0 and "Unauthorized" in r.stderr
+
+
 def test_approving_needs_the_signers_approve_verb(cluster, tmp_path):
     _, req = certificate_request(tmp_path, "x", "/CN=someone")
     cluster.kubectl("apply", "-f", "-", input=csr_object("needs-approver", req))

@@ -34,22 +34,6 @@ def create_token(cluster, ns, account, *extra, version="1.33"):
     return cluster.kubectl("create", "token", account, "-n", ns, *extra, version=version).stdout.strip()
 
 
-def with_token(cluster, token, *args, version="1.33", check=False):
-    """kubectl with nothing but `token` for credentials (the admin's kubeconfig also holds a
-    client certificate, which would win)."""
-    server, ca, _ = helpers.credentials(cluster.kubeconfig)
-    path = cluster.workdir / f"token-{abs(hash(token))}.kubeconfig"
-    if not path.exists():
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "c", "cluster": {
-                "server": server,
-                "certificate-authority-data": base64.b64encode(ca.encode()).decode()}}],
-            "users": [{"name": "u", "user": {"token": token}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-    return cluster.kubectl("--kubeconfig", str(path), *args, version=version, check=check)
-
-
 def test_a_created_token_is_the_account_until_what_it_is_bound_to_goes(cluster, ns, version):
     cluster.kubectl("create", "serviceaccount", "builder", "-n", ns)
     token = create_token(cluster, ns, "builder", "--duration", "20m", version=version)
@@ -61,14 +45,14 @@ def test_a_created_token_is_the_account_until_what_it_is_bound_to_goes(cluster, 
     assert c["kubernetes.io"]["serviceaccount"] == {"name": "builder", "uid": sa_uid}
 
     # Without bindings the account may do nothing, in Kubernetes' words.
-    r = with_token(cluster, token, "get", "pods", "-n", ns, version=version, check=False)
+    r = cluster.with_token(token, "get", "pods", "-n", ns, version=version, check=False)
     assert (f'pods is forbidden: User "system:serviceaccount:{ns}:builder" cannot list resource '
             f'"pods" in API group "" in the namespace "{ns}"') in r.stderr
     cluster.kubectl("create", "rolebinding", "builder-edit", "--clusterrole=edit",
                     f"--serviceaccount={ns}:builder", "-n", ns)
-    wait_until(lambda: with_token(cluster, token, "get", "pods", "-n", ns, version=version,
+    wait_until(lambda: cluster.with_token(token, "get", "pods", "-n", ns, version=version,
                                        check=False).returncode == 0, what="the binding to apply")
-    assert with_token(cluster, token, "get", "pods", "-n", "default", version=version,
+    assert cluster.with_token(token, "get", "pods", "-n", "default", version=version,
                            check=False).returncode != 0
 
     # Bound to a pod: valid while the pod stands, refused once it is gone.
@@ -78,15 +62,15 @@ def test_a_created_token_is_the_account_until_what_it_is_bound_to_goes(cluster, 
                          "--bound-object-name", "holder", version=version)
     pod_uid = cluster.json("get", "pod", "holder", "-n", ns)["metadata"]["uid"]
     assert claims(bound)["kubernetes.io"]["pod"] == {"name": "holder", "uid": pod_uid}
-    assert with_token(cluster, bound, "get", "pods", "-n", ns, check=False).returncode == 0
+    assert cluster.with_token(bound, "get", "pods", "-n", ns, check=False).returncode == 0
     cluster.kubectl("delete", "pod", "holder", "-n", ns, "--grace-period=0", "--force")
-    r = with_token(cluster, bound, "get", "pods", "-n", ns, check=False)
+    r = cluster.with_token(bound, "get", "pods", "-n", ns, check=False)
     assert r.returncode != 0 and "Unauthorized" in r.stderr
     # An account deleted and made again is another account: the old token is over.
-    assert with_token(cluster, token, "get", "pods", "-n", ns, check=False).returncode == 0
+    assert cluster.with_token(token, "get", "pods", "-n", ns, check=False).returncode == 0
     cluster.kubectl("delete", "sa", "builder", "-n", ns)
     cluster.kubectl("create", "sa", "builder", "-n", ns)
-    r = with_token(cluster, token, "get", "pods", "-n", ns, check=False)
+    r = cluster.with_token(token, "get", "pods", "-n", ns, check=False)
     assert r.returncode != 0 and "Unauthorized" in r.stderr
 
 
@@ -123,7 +107,7 @@ def test_token_review_and_the_oidc_documents_vouch_for_a_token(cluster, ns):
         [f"JTI={claims(token)['jti']}"]
     # A token for someone else's audience only is refused by the API server itself.
     vault_only = create_token(cluster, ns, "reviewed", "--audience", "vault")
-    r = with_token(cluster, vault_only, "get", "pods", "-n", ns, check=False)
+    r = cluster.with_token(vault_only, "get", "pods", "-n", ns, check=False)
     assert "Unauthorized" in r.stderr
     review["spec"] = {"token": token[:-4] + "AAAA"}
     out = json.loads(cluster.kubectl("create", "-f", "-", "-o", "json",

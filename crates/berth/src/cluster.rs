@@ -460,6 +460,11 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     supervise::supervise("certificate-signer", move || {
         crate::signer::run(signer_client.clone(), signer.clone())
     });
+    // Nodes' client certificate requests from joining or renewing nodes are approved by rule.
+    let approver_client = InProcess::client(api.clone(), "csrapproving-controller");
+    supervise::supervise("certificate-approver", move || {
+        crate::approver::run(approver_client.clone())
+    });
     // The scheduler has its own identity and Kubernetes' roles for it
     // (system:kube-scheduler, system:volume-scheduler), not the admin's.
     let scheduler = Arc::new(SchedulerLoop::new(

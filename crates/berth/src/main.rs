@@ -4,6 +4,7 @@
 static ALLOC: alloc::PerRole = alloc::PerRole;
 
 mod alloc;
+mod approver;
 mod bench;
 mod bench_dns;
 mod bench_net;
@@ -19,6 +20,7 @@ mod policy;
 mod signer;
 mod sim;
 mod store_cli;
+mod tokens_cli;
 mod users_cli;
 
 use anyhow::Result;
@@ -49,6 +51,8 @@ enum Command {
     Store(store_cli::StoreArgs),
     /// The cluster's users: kubeconfigs with client certificates signed by its CA.
     User(users_cli::UserArgs),
+    /// Bootstrap tokens for joining nodes.
+    Token(tokens_cli::TokenArgs),
     /// The per-container shim (started by the node agent, not by hand).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -212,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Image(args) => images_cli::run(args).await,
             Command::Store(args) => store_cli::run(args).await,
             Command::User(args) => users_cli::run(args).await,
+            Command::Token(args) => tokens_cli::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Shim(_) | Command::OciExec(_) => {
                 unreachable!("helpers run before the async runtime starts")

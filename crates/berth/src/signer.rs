@@ -171,6 +171,16 @@ fn check(signer: &str, s: &Subject, usages: &[String]) -> Result<(), String> {
     }
 }
 
+/// The node a request for a node's client certificate names (`system:node:<name>`), if it
+/// is one that the kubelet client signer would sign.
+pub(crate) fn node_client_subject(csr: &CertificateSigningRequest) -> Option<String> {
+    let der = api::kinds::certificates::parse_request(&csr.spec.request.0).ok()?;
+    let subject = subject_of(&der).ok()?;
+    let usages = csr.spec.usages.clone().unwrap_or_default();
+    check(KUBELET_CLIENT, &subject, &usages).ok()?;
+    Some(subject.common_name)
+}
+
 impl Signer {
     pub fn new(ca_pem: String, ca_key_pem: String) -> Signer {
         Signer { ca_pem, ca_key_pem }

@@ -3,6 +3,7 @@
 //! authorization, all decided from the request line and headers before its body is read.
 
 mod authz;
+pub mod bootstrap;
 mod escalation;
 mod node;
 mod noderestriction;
@@ -77,7 +78,8 @@ pub struct Authenticator {
     service_accounts: Option<ServiceAccountAuth>,
 }
 
-/// Service account tokens, checked against the objects they name in the watch cache.
+/// Tokens the cluster's own objects vouch for, checked against the watch cache: service
+/// account tokens (against the objects they name) and bootstrap tokens (against their Secret).
 pub struct ServiceAccountAuth {
     pub(crate) tokens: Arc<ServiceAccountTokens>,
     pub(crate) cache: Arc<Cache>,
@@ -121,6 +123,16 @@ impl ServiceAccountAuth {
             tokens::still_valid("node", n, self.lookup("Node", &n.name), now)?;
         }
         Ok(claims)
+    }
+
+    /// The joining node a bootstrap token stands for, while its Secret vouches for it.
+    pub(crate) fn bootstrap_user(&self, token: &str) -> Option<UserInfo> {
+        let (id, _) = bootstrap::parse(token)?;
+        let r = api::resources::by_kind("v1", "Secret")?;
+        let key = format!("kube-system/{}", bootstrap::secret_name(id));
+        let e = self.cache.resource(r).get(&key)?;
+        bootstrap::user_of(token, &e.json, jiff::Timestamp::now().as_second())
+            .map(UserInfo::authenticated)
     }
 
     /// The uid of the cached core object at `key`, and when it is to be deleted.
@@ -202,6 +214,13 @@ impl Authenticator {
                 user,
                 component: None,
             });
+        }
+        if let Some(user) = self
+            .service_accounts
+            .as_ref()
+            .and_then(|sa| sa.bootstrap_user(token))
+        {
+            return Ok(Identity::user(user));
         }
         match self
             .service_accounts
