@@ -37,6 +37,9 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A token's account, and the pod, secret and node it is bound to.
+type Subjects = (Bound, Option<Bound>, Option<Bound>, Option<Bound>);
+
 fn invalid(name: &str, errs: &FieldErrors) -> ApiError {
     ApiError::new(
         422,
@@ -121,8 +124,51 @@ impl ApiServer {
         }
 
         // An account or pod created just before is in the cache once it holds every
-        // acknowledged write.
-        self.cache.wait_fresh().await?;
+        // acknowledged write: look again after waiting for it only when something is missing.
+        let found = match self.token_subjects(&ns, name, &mut obj) {
+            Err(e) if e.code == 404 || e.code == 409 => {
+                self.cache.wait_fresh().await?;
+                self.token_subjects(&ns, name, &mut obj)
+            }
+            found => found,
+        };
+        let (service_account, pod, secret, node) = found?;
+        let now = jiff::Timestamp::now();
+        let (token, expires) = tokens
+            .issue(&tokens::Request {
+                namespace: &ns,
+                service_account,
+                audiences: audiences.clone(),
+                expiration_seconds: seconds,
+                pod,
+                secret,
+                node,
+                now: now.as_second(),
+            })
+            .map_err(ApiError::internal)?;
+        let expires =
+            jiff::Timestamp::from_second(expires).map_err(|e| ApiError::internal(e.to_string()))?;
+        obj["apiVersion"] = json!("authentication.k8s.io/v1");
+        obj["kind"] = json!("TokenRequest");
+        obj["metadata"] = json!({
+            "name": name,
+            "namespace": ns,
+            "creationTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        });
+        obj["spec"]["audiences"] = json!(audiences);
+        obj["spec"]["expirationSeconds"] = json!(seconds);
+        obj["status"] = json!({
+            "token": token,
+            "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        });
+        let mut reply = Reply::json(StatusCode::CREATED, &obj);
+        reply.warnings = warnings;
+        Ok(reply)
+    }
+
+    /// The account a token is for and the objects it is bound to, from the cache; the
+    /// reference in `obj` gets the bound object's uid.
+    fn token_subjects(&self, ns: &str, name: &str, obj: &mut Value) -> ApiResult<Subjects> {
         let sa_resource = core("ServiceAccount");
         let sa = self
             .cached_core("ServiceAccount", &format!("{ns}/{name}"))
@@ -192,37 +238,7 @@ impl ApiServer {
                 _ => node = Some(b),
             }
         }
-        let now = jiff::Timestamp::now();
-        let (token, expires) = tokens
-            .issue(&tokens::Request {
-                namespace: &ns,
-                service_account,
-                audiences: audiences.clone(),
-                expiration_seconds: seconds,
-                pod,
-                secret,
-                node,
-                now: now.as_second(),
-            })
-            .map_err(ApiError::internal)?;
-        let expires =
-            jiff::Timestamp::from_second(expires).map_err(|e| ApiError::internal(e.to_string()))?;
-        obj["apiVersion"] = json!("authentication.k8s.io/v1");
-        obj["kind"] = json!("TokenRequest");
-        obj["metadata"] = json!({
-            "name": name,
-            "namespace": ns,
-            "creationTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        });
-        obj["spec"]["audiences"] = json!(audiences);
-        obj["spec"]["expirationSeconds"] = json!(seconds);
-        obj["status"] = json!({
-            "token": token,
-            "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        });
-        let mut reply = Reply::json(StatusCode::CREATED, &obj);
-        reply.warnings = warnings;
-        Ok(reply)
+        Ok((service_account, pod, secret, node))
     }
 
     /// `/.well-known/openid-configuration` and `/openid/v1/jwks`, for whoever verifies the
