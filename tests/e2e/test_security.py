@@ -210,6 +210,18 @@ def test_a_node_reads_only_what_its_own_pods_use(cluster, ns, tmp_path, version)
     as_user(cluster, n1, "label", "node", f"n1-{version}", "x=y", version=version, check=True)
     r = as_user(cluster, n1, "run", "sneaky", "--image=busybox:test", "-n", ns, version=version)
     assert 'node "n1-' in r.stderr and "can only create mirror pods" in r.stderr
+    # Nor a mirror pod that names another pod's secret, to be given it.
+    mirror = {"apiVersion": "v1", "kind": "Pod",
+              "metadata": {"name": "mirror", "annotations": {"kubernetes.io/config.mirror": "x"}},
+              "spec": {"nodeName": f"n1-{version}", "containers": [{"name": "c", "image": "i"}],
+                       "volumes": [{"name": "s", "secret": {"secretName": "n2-secret"}}]}}
+    r = cluster.kubectl("--kubeconfig", n1, "create", "-n", ns, "-f", "-", input=json.dumps(mirror),
+                        version=version, check=False)
+    assert f'node "n1-{version}" can not create pods that reference secrets' in r.stderr
+    # An escaped comma does not make a selector name the node.
+    r = as_user(cluster, n1, "get", "pods", "-A",
+                f"--field-selector=spec.nodeName!=x\\,spec.nodeName=n1-{version}", version=version)
+    assert r.returncode != 0 and "field selector" in r.stderr
 
 
 def certificate_request(tmp_path, name, subject):
@@ -273,6 +285,11 @@ def test_certificate_requests_are_approved_signed_and_work(cluster, tmp_path, ve
     assert f'certificate signing request "{name}-denied" is already Denied' in r.stderr
     time.sleep(1)
     assert "certificate" not in cluster.json("get", "csr", f"{name}-denied")["status"]
+    # The client signer never makes system:masters certificates.
+    _, req = certificate_request(tmp_path, "root", f"/CN={name}-root/O=system:masters")
+    r = cluster.kubectl("apply", "-f", "-", input=csr_object(f"{name}-root", req), check=False)
+    assert ("use of kubernetes.io/kube-apiserver-client signer with system:masters group is not "
+            "allowed") in r.stderr
     # A node client request whose subject is not a node's: approved, but the signer fails it.
     _, req = certificate_request(tmp_path, "node", f"/CN={name}-node/O=devs")
     cluster.kubectl("apply", "-f", "-", input=csr_object(

@@ -12,6 +12,51 @@ use crate::errors::{ApiError, ApiResult};
 
 pub(crate) const KIND: &str = "CertificateSigningRequest";
 
+/// The refusal of request `name`, in Kubernetes' words.
+fn forbidden(name: &str, why: &str) -> ApiError {
+    let mut e = ApiError::forbidden(format!(
+        "certificatesigningrequests.certificates.k8s.io \"{name}\" is forbidden: {why}"
+    ));
+    e.details.name = Some(name.to_string());
+    e.details.group = Some("certificates.k8s.io".into());
+    e.details.kind = Some("certificatesigningrequests".into());
+    e
+}
+
+/// Kubernetes' CertificateSubjectRestriction: the client signer never makes a
+/// `system:masters` certificate.
+pub(crate) fn admit_subject(obj: &Value) -> ApiResult<()> {
+    if obj["spec"]["signerName"] != "kubernetes.io/kube-apiserver-client" {
+        return Ok(());
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let pem = obj["spec"]["request"]
+        .as_str()
+        .and_then(|b| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(b).ok()
+        })
+        .unwrap_or_default();
+    let der = api::kinds::certificates::parse_request(&pem)
+        .map_err(|e| forbidden(name, &format!("failed to parse CSR: {e}")))?;
+    use x509_parser::prelude::FromDer;
+    let masters = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+        .map(|(_, csr)| {
+            csr.certification_request_info
+                .subject
+                .iter_organization()
+                .any(|o| o.as_str() == Ok(api::rbac::MASTERS))
+        })
+        .unwrap_or(false);
+    if masters {
+        return Err(forbidden(
+            name,
+            "use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed",
+        ));
+    }
+    Ok(())
+}
+
 /// Fill a new request's requester fields from who sends it; its status starts empty.
 pub(crate) fn prepare_create(obj: &mut Value, who: &Identity) {
     let u = &who.user;
@@ -133,33 +178,51 @@ pub(crate) fn merge_update(part: Part, new: &mut Value, old: &Value, now: &str) 
     Ok(())
 }
 
-/// Whether `who` may approve or deny requests for `signer` (Kubernetes' CertificateApproval
-/// admission: `approve` on `signers`, named by the signer or by its domain with `/*`).
-pub(crate) fn may_approve(
-    authorizer: &Authorizer,
-    who: &Identity,
-    name: &str,
-    signer: &str,
-) -> ApiResult<()> {
+/// Whether `who` may `verb` (`approve`, `sign`) requests for `signer`: Kubernetes'
+/// CertificateApproval and CertificateSigning admission, on `signers` named by the signer or
+/// by its domain with `/*`.
+fn may(authorizer: &Authorizer, who: &Identity, verb: &str, signer: &str) -> bool {
     let mut names = vec![signer.to_string()];
     if let Some((domain, _)) = signer.split_once('/') {
         names.push(format!("{domain}/*"));
     }
-    let allowed = names.iter().any(|n| {
-        let a = RequestAttributes::resource("approve", "", "certificates.k8s.io", "signers", "", n);
+    names.iter().any(|n| {
+        let a = RequestAttributes::resource(verb, "", "certificates.k8s.io", "signers", "", n);
         let asked: Attributes<'_> = a.borrow(&who.user);
         authorizer.allowed(&asked)
-    });
-    if allowed {
-        return Ok(());
+    })
+}
+
+/// Refuse an approval by someone who may not approve the stored request's signer, and a
+/// certificate (or changed conditions) by someone who may not sign for it.
+pub(crate) fn may_change(
+    authorizer: &Authorizer,
+    who: &Identity,
+    scope: api::patch::fields::Scope,
+    new: &Value,
+    old: &Value,
+) -> ApiResult<()> {
+    use api::patch::fields::Scope;
+    let name = old["metadata"]["name"].as_str().unwrap_or("");
+    let signer = old["spec"]["signerName"].as_str().unwrap_or("");
+    match scope {
+        Scope::Approval if !may(authorizer, who, "approve", signer) => Err(forbidden(
+            name,
+            &format!("user not permitted to approve requests with signerName {signer:?}"),
+        )),
+        Scope::Status => {
+            let changed = new["status"]["certificate"] != old["status"]["certificate"]
+                || new["status"]["conditions"] != old["status"]["conditions"];
+            if changed && !may(authorizer, who, "sign", signer) {
+                return Err(forbidden(
+                    name,
+                    &format!("user not permitted to sign requests with signerName {signer:?}"),
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
-    let mut e = ApiError::forbidden(format!(
-        "certificatesigningrequests.certificates.k8s.io \"{name}\" is forbidden: user not permitted to approve requests with signerName \"{signer}\""
-    ));
-    e.details.name = Some(name.to_string());
-    e.details.group = Some("certificates.k8s.io".into());
-    e.details.kind = Some("certificatesigningrequests".into());
-    Err(e)
 }
 
 #[cfg(test)]

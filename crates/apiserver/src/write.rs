@@ -516,6 +516,7 @@ impl ApiServer {
             m.remove("status");
         }
         if r.kind == crate::certificates::KIND {
+            crate::certificates::admit_subject(&obj)?;
             crate::certificates::prepare_create(&mut obj, &opts.who);
         }
         self.check_namespace(r, t.namespace.as_deref()).await?;
@@ -846,6 +847,10 @@ impl ApiServer {
         server_write: bool,
     ) -> Result<Written, Commit> {
         let r = t.resource;
+        if r.kind == crate::certificates::KIND {
+            // Who may approve, or sign, is judged on the request as stored now.
+            crate::certificates::may_change(&self.authorizer, &opts.who, scope, new, old)?;
+        }
         self.prepare_update(t, name, new, old, scope, server_write)?;
         let (mut admitted, mut warnings) =
             self.admit(r, new, Some(old), Operation::Update, opts)?;

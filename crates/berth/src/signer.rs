@@ -46,6 +46,8 @@ pub enum Outcome {
 /// The subject of a request, as the checks need it.
 struct Subject {
     common_name: String,
+    /// How many common names it has (a certificate is issued only for exactly one).
+    common_names: usize,
     organizations: Vec<String>,
     dns: usize,
     ips: usize,
@@ -65,6 +67,7 @@ fn subject_of(der: &[u8]) -> Result<Subject, String> {
             .next()
             .map(text)
             .unwrap_or_default(),
+        common_names: info.subject.iter_common_name().count(),
         organizations: info.subject.iter_organization().map(text).collect(),
         dns: 0,
         ips: 0,
@@ -98,8 +101,22 @@ fn usages_are(usages: &[String], allowed: &[&[&str]]) -> bool {
     })
 }
 
-/// Kubernetes' checks for each built-in signer.
+/// Kubernetes' checks for each built-in signer, and berth's own: one common name and at most
+/// one organization (the certificate is issued for exactly the subject checked), never
+/// `system:masters` from the client signer.
 fn check(signer: &str, s: &Subject, usages: &[String]) -> Result<(), String> {
+    if s.common_names > 1 {
+        return Err("the subject names more than one common name".into());
+    }
+    if s.organizations.len() > 1 {
+        return Err("the subject names more than one organization".into());
+    }
+    if signer == CLIENT && s.organizations.iter().any(|o| o == api::rbac::MASTERS) {
+        return Err(
+            "use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"
+                .into(),
+        );
+    }
     let node = || -> Result<(), String> {
         if s.organizations != ["system:nodes"] {
             return Err("subject organization is not system:nodes".into());
@@ -218,19 +235,34 @@ impl Signer {
         if let Err(why) = check(&spec.signer_name, &subject, &usages) {
             return Outcome::Refused(why);
         }
-        match self.sign(&der, &usages, spec.expiration_seconds) {
+        match self.sign(&der, &subject, &usages, spec.expiration_seconds) {
             Ok(pem) => Outcome::Issued(pem),
             Err(e) => Outcome::Refused(format!("{e:#}")),
         }
     }
 
-    fn sign(&self, der: &[u8], usages: &[String], seconds: Option<i32>) -> Result<String> {
+    fn sign(
+        &self,
+        der: &[u8],
+        subject: &Subject,
+        usages: &[String],
+        seconds: Option<i32>,
+    ) -> Result<String> {
         let request = CertificateSigningRequestParams::from_der(&der.to_vec().into())
             .context("reading the request")?;
         let ca_key = KeyPair::from_pem(&self.ca_key_pem).context("parsing the CA key")?;
         let issuer =
             Issuer::from_ca_cert_pem(&self.ca_pem, ca_key).context("parsing the CA certificate")?;
         let mut p = request.params;
+        // The subject is the one checked, written anew.
+        let mut dn = rcgen::DistinguishedName::new();
+        if let Some(o) = subject.organizations.first() {
+            dn.push(rcgen::DnType::OrganizationName, o.as_str());
+        }
+        if !subject.common_name.is_empty() {
+            dn.push(rcgen::DnType::CommonName, subject.common_name.as_str());
+        }
+        p.distinguished_name = dn;
         // What the certificate may do is what the request's usages say, nothing it asked for
         // in its own extensions.
         p.is_ca = IsCa::ExplicitNoCa;
@@ -418,6 +450,8 @@ mod tests {
             true,
         );
         assert!(matches!(s.handle(&r), Outcome::Issued(_)));
+        let r = request("root", "system:masters", CLIENT, &["client auth"], true);
+        assert!(matches!(s.handle(&r), Outcome::Refused(why) if why.contains("system:masters")));
         let r = request("jane", "devs", CLIENT, &["server auth"], true);
         assert_eq!(
             s.handle(&r),

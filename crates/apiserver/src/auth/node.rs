@@ -242,9 +242,14 @@ impl NodeGraph {
             ("", "pods") => match (verb, sub) {
                 ("get", "") => graph(Kind::Pod),
                 ("list" | "watch", "") => {
-                    let selects_me = selector
-                        .split(',')
-                        .any(|s| s.trim() == format!("spec.nodeName={node}"));
+                    // An escaped comma would make one term of what looks like two: such a
+                    // selector is not trusted to name the node.
+                    let selects_me = !selector.contains('\\')
+                        && selector.split(',').any(|s| {
+                            let s = s.trim();
+                            s == format!("spec.nodeName={node}")
+                                || s == format!("spec.nodeName=={node}")
+                        });
                     if selects_me || (!name.is_empty() && g.related(node, Kind::Pod, ns, name)) {
                         Verdict::Allow
                     } else {
@@ -313,7 +318,11 @@ struct PodView {
 struct Meta {
     name: String,
     namespace: String,
+    annotations: std::collections::BTreeMap<String, String>,
 }
+
+/// Marks a mirror pod: the node's own record of a static pod.
+pub const MIRROR: &str = "kubernetes.io/config.mirror";
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
@@ -417,6 +426,10 @@ fn pod_edges(e: &Entry) -> Vec<Edge> {
         }
     };
     add(Kind::Pod, &p.metadata.name);
+    // A node makes its mirror pods itself: what they name gives it nothing.
+    if p.metadata.annotations.contains_key(MIRROR) {
+        return out;
+    }
     add(Kind::Account, &s.service_account_name);
     for n in &s.image_pull_secrets {
         add(Kind::Secret, &n.name);
@@ -659,6 +672,40 @@ mod tests {
             },
         };
         assert!(g.judge(&a, "").is_none());
+
+        // A mirror pod (which a node makes itself) gives its node nothing it names.
+        let mut mirror = pod(
+            "static",
+            "n2",
+            json!([{"name": "s", "secret": {"secretName": "db-password"}}]),
+        )
+        .value();
+        mirror["metadata"]["annotations"] = json!({MIRROR: "hash"});
+        let ev = CacheEvent {
+            rev: 2,
+            ty: EventType::Added,
+            obj: Arc::new(entry("Pod", mirror)),
+            prev: None,
+        };
+        g.pod_changed(&ev);
+        assert!(matches!(
+            get(&n2, "secrets", "db-password"),
+            Verdict::NoOpinion(_)
+        ));
+        assert_eq!(get(&n2, "pods", "static"), Verdict::Allow);
+        // A selector with an escaped comma is one term, not the node's name.
+        assert!(matches!(
+            ask(
+                &g,
+                &n1,
+                "list",
+                "pods",
+                "",
+                "/",
+                "spec.nodeName!=x\\,spec.nodeName=n1"
+            ),
+            Verdict::NoOpinion(_)
+        ));
 
         // The pod moves away: the relationship goes with it, once for each pod that gave it.
         let ev = CacheEvent {

@@ -15,6 +15,57 @@ use crate::server::{ApiServer, parse_body};
 
 const MIRROR: &str = "kubernetes.io/config.mirror";
 
+/// What a mirror pod may not name, as NodeRestriction words it: a service account, secrets,
+/// configmaps or persistentvolumeclaims.
+fn referenced(pod: &Value) -> Option<&'static str> {
+    let spec = &pod["spec"];
+    let named = |v: &Value| v.as_str().is_some_and(|s| !s.is_empty());
+    if named(&spec["serviceAccountName"]) || named(&spec["serviceAccount"]) {
+        return Some("serviceaccounts");
+    }
+    let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+    let sources = |key: &str| {
+        volumes.iter().any(|v| {
+            !v[key].is_null()
+                || v["projected"]["sources"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| !s[key].is_null()))
+        })
+    };
+    let containers: Vec<&Value> = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|l| spec[*l].as_array().into_iter().flatten())
+        .collect();
+    let env_refs = |key: &str, from: &str| {
+        containers.iter().any(|c| {
+            c["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| !e["valueFrom"][key].is_null()))
+                || c["envFrom"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| !e[from].is_null()))
+        })
+    };
+    if sources("secret")
+        || env_refs("secretKeyRef", "secretRef")
+        || spec["imagePullSecrets"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    {
+        return Some("secrets");
+    }
+    if sources("configMap") || env_refs("configMapKeyRef", "configMapRef") {
+        return Some("configmaps");
+    }
+    if volumes
+        .iter()
+        .any(|v| !v["persistentVolumeClaim"].is_null() || !v["ephemeral"].is_null())
+    {
+        return Some("persistentvolumeclaims");
+    }
+    None
+}
+
 impl ApiServer {
     /// Refuse a node's write that is not its own to make; other callers pass.
     pub(crate) fn node_restriction(
@@ -66,6 +117,11 @@ impl ApiServer {
                         if !bound_here(&pod) {
                             return refuse(format!(
                                 "node \"{node}\" can only create pods with spec.nodeName set to itself"
+                            ));
+                        }
+                        if let Some(what) = referenced(&pod) {
+                            return refuse(format!(
+                                "node \"{node}\" can not create pods that reference {what}"
                             ));
                         }
                     }
@@ -151,7 +207,13 @@ impl ApiServer {
                                 .into(),
                         );
                     }
-                    _ => {}
+                    Some(_) => {}
+                    None => {
+                        return Err(ApiError::not_found(
+                            api::resources::by_kind("v1", "Pod").unwrap_or(r),
+                            pod_name,
+                        ));
+                    }
                 }
             }
             _ => {}
