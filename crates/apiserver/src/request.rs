@@ -360,6 +360,15 @@ pub fn discovery_format(accept: Option<&str>) -> DiscoveryFormat {
     best
 }
 
+/// The strings of a JSON list (none for anything else).
+pub(crate) fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

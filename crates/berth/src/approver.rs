@@ -6,7 +6,7 @@
 //! `kubectl certificate approve`.
 
 use api::k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use client::{Client, ListParams, Watcher, watcher};
+use client::Client;
 use http::Method;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -114,15 +114,9 @@ async fn approve(client: &Client, csr: &CertificateSigningRequest) {
 
 /// Approve what the rules allow, for as long as the task runs.
 pub async fn run(client: Client) {
-    let mut w =
-        Watcher::<CertificateSigningRequest>::new(client.clone(), None, ListParams::default());
+    let mut requests = crate::signer::Requests::new(&client);
     loop {
-        let csrs = match w.next().await {
-            watcher::Event::Restarted(all) => all,
-            watcher::Event::Applied(csr) => vec![csr],
-            watcher::Event::Deleted(_) => continue,
-        };
-        for csr in csrs {
+        for csr in requests.next().await {
             approve(&client, &csr).await;
         }
     }

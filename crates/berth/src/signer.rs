@@ -134,6 +134,7 @@ fn check(signer: &str, s: &Subject, usages: &[String]) -> Result<(), String> {
     };
     match signer {
         KUBELET_CLIENT => {
+            // Kubernetes checks the organization first, the names after.
             if s.organizations != ["system:nodes"] {
                 return Err("subject organization is not system:nodes".into());
             }
@@ -297,34 +298,39 @@ impl Signer {
         let now = OffsetDateTime::now_utc();
         p.not_before = now - BACKDATE;
         p.not_after = now + ttl;
-        let cert = request_signed(&p, &request.public_key, &issuer)?;
-        Ok(cert)
+        let csr = CertificateSigningRequestParams {
+            params: p,
+            public_key: request.public_key,
+        };
+        Ok(csr.signed_by(&issuer).context("signing")?.pem())
     }
 }
 
-fn request_signed(
-    p: &rcgen::CertificateParams,
-    key: &rcgen::PublicKey,
-    issuer: &Issuer<'_, KeyPair>,
-) -> Result<String> {
-    let csr = CertificateSigningRequestParams {
-        params: p.clone(),
-        public_key: key.clone(),
-    };
-    Ok(csr.signed_by(issuer).context("signing")?.pem())
+/// The cluster's certificate requests as they come and change.
+pub(crate) struct Requests(Watcher<CertificateSigningRequest>);
+
+impl Requests {
+    pub(crate) fn new(client: &Client) -> Requests {
+        Requests(Watcher::new(client.clone(), None, ListParams::default()))
+    }
+
+    /// The next requests to look at: all of them after a (re)list, else the one that changed.
+    pub(crate) async fn next(&mut self) -> Vec<CertificateSigningRequest> {
+        loop {
+            match self.0.next().await {
+                watcher::Event::Restarted(all) => return all,
+                watcher::Event::Applied(csr) => return vec![csr],
+                watcher::Event::Deleted(_) => {}
+            }
+        }
+    }
 }
 
 /// Sign what is approved, for as long as the task runs.
 pub async fn run(client: Client, signer: Arc<Signer>) {
-    let mut w =
-        Watcher::<CertificateSigningRequest>::new(client.clone(), None, ListParams::default());
+    let mut requests = Requests::new(&client);
     loop {
-        let csrs = match w.next().await {
-            watcher::Event::Restarted(all) => all,
-            watcher::Event::Applied(csr) => vec![csr],
-            watcher::Event::Deleted(_) => continue,
-        };
-        for csr in csrs {
+        for csr in requests.next().await {
             let name = csr.metadata.name.clone().unwrap_or_default();
             let outcome = signer.handle(&csr);
             let mut status =

@@ -4,6 +4,7 @@
 //! Service without selector), families follow the addresses asked for, a dual-stack policy
 //! gains the cluster's other family, and only an explicit SingleStack releases a second one.
 
+use crate::request::strings;
 use api::cidr::Cidr;
 use api::errors::{FieldErrors, Path};
 use serde_json::{Value, json};
@@ -75,14 +76,6 @@ impl<'a> Ranges<'a> {
 const SINGLE: &str = "SingleStack";
 const PREFER: &str = "PreferDualStack";
 const REQUIRE: &str = "RequireDualStack";
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_string))
-        .collect()
-}
 
 fn policy_of(svc: &Value) -> Option<&str> {
     svc["spec"]["ipFamilyPolicy"]

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::Identity;
 use super::authz::{RequestAttributes, Target};
 use crate::errors::{ApiError, ApiResult};
+use crate::request::strings;
 use crate::server::{ApiServer, Reply, parse_body};
 
 const AUTHZ: &str = "authorization.k8s.io";
@@ -188,13 +189,6 @@ impl ApiServer {
                         Target::Resource { .. } => {}
                     }
                 }
-                let strings = |v: &Value| -> Vec<String> {
-                    v.as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                };
                 let subject = UserInfo {
                     name: spec["user"].as_str().unwrap_or("").to_string(),
                     uid: spec["uid"].as_str().unwrap_or("").to_string(),
@@ -236,12 +230,7 @@ impl ApiServer {
             .token_issuer()
             .map(|t| t.audiences.clone())
             .unwrap_or_default();
-        let mut asked: Vec<String> = spec["audiences"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a.as_str().map(str::to_string))
-            .collect();
+        let mut asked = strings(&spec["audiences"]);
         if asked.is_empty() {
             asked = api_audiences.clone();
         }

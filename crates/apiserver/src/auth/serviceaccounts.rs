@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::tokens::{self, Bound, MAX_EXPIRATION, MIN_EXPIRATION};
 use crate::errors::{ApiError, ApiResult};
-use crate::request::Target;
+use crate::request::{Target, strings};
 use crate::server::{ApiServer, Reply, parse_body};
 
 /// Where the token, CA and namespace appear in a container.
@@ -27,14 +27,6 @@ const DEFAULT_ACCOUNT_WAIT: Duration = Duration::from_secs(5);
 
 fn core(kind: &str) -> &'static api::Resource {
     api::resources::by_kind("v1", kind).expect("a core kind")
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_string))
-        .collect()
 }
 
 /// A token's account, and the pod, secret and node it is bound to.
