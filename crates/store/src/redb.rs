@@ -1008,13 +1008,16 @@ impl Writer {
             }
             Err((e, replies)) => {
                 if let Some(down) = storage_failure(&e) {
+                    // Down before the replies: a caller that checks health after its refused
+                    // write must find the store down.
+                    let (reason, no_space) = (down.reason.clone(), down.no_space);
+                    self.go_down(down);
                     for reply in replies {
                         let _ = reply.send(Err(StoreError::Unavailable {
-                            reason: down.reason.clone(),
-                            no_space: down.no_space,
+                            reason: reason.clone(),
+                            no_space,
                         }));
                     }
-                    self.go_down(down);
                     return;
                 }
                 error!(error = %e, "store commit failed");
