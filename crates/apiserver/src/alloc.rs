@@ -160,7 +160,12 @@ pub fn plan(
         }
         if wants_node_ports(new) {
             let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
-            for p in new["spec"]["ports"].as_array_mut().into_iter().flatten() {
+            for p in new["spec"]
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if p["nodePort"].as_i64().is_none_or(|n| n == 0)
                     && let Some(np) = old_ports
                         .iter()
@@ -246,7 +251,12 @@ pub fn plan(
     // Node ports.
     if wants_node_ports(new) {
         let mut taken: HashSet<i64> = ports_in_use.clone();
-        for p in new["spec"]["ports"].as_array_mut().into_iter().flatten() {
+        for p in new["spec"]
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             let np = match p["nodePort"].as_i64().filter(|n| *n != 0) {
                 Some(n) => n,
                 None => {
@@ -274,7 +284,7 @@ pub fn plan(
             taken.insert(np);
             after.ports.push(np);
         }
-    } else if let Some(ports) = new["spec"]["ports"].as_array_mut() {
+    } else if let Some(ports) = new["spec"].get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports {
             if let Some(m) = p.as_object_mut() {
                 m.remove("nodePort");

@@ -306,18 +306,33 @@ struct Named {
     name: String,
 }
 
+/// A field that may be `null` in what the store holds (clients may write nulls for empty
+/// lists and maps) reads as empty: a pod the view could not read would give its node nothing.
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct PodView {
+    #[serde(deserialize_with = "lenient")]
     metadata: Meta,
+    #[serde(deserialize_with = "lenient")]
     spec: SpecView,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Meta {
+    #[serde(deserialize_with = "lenient")]
     name: String,
+    #[serde(deserialize_with = "lenient")]
     namespace: String,
+    #[serde(deserialize_with = "lenient")]
     annotations: std::collections::BTreeMap<String, String>,
 }
 
@@ -327,18 +342,26 @@ pub const MIRROR: &str = "kubernetes.io/config.mirror";
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct SpecView {
+    #[serde(deserialize_with = "lenient")]
     node_name: String,
+    #[serde(deserialize_with = "lenient")]
     service_account_name: String,
+    #[serde(deserialize_with = "lenient")]
     image_pull_secrets: Vec<Named>,
+    #[serde(deserialize_with = "lenient")]
     volumes: Vec<VolumeView>,
+    #[serde(deserialize_with = "lenient")]
     containers: Vec<ContainerView>,
+    #[serde(deserialize_with = "lenient")]
     init_containers: Vec<ContainerView>,
+    #[serde(deserialize_with = "lenient")]
     ephemeral_containers: Vec<ContainerView>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct VolumeView {
+    #[serde(deserialize_with = "lenient")]
     name: String,
     secret: Option<SecretVolume>,
     config_map: Option<Named>,
@@ -350,18 +373,21 @@ struct VolumeView {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct SecretVolume {
+    #[serde(deserialize_with = "lenient")]
     secret_name: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct ClaimVolume {
+    #[serde(deserialize_with = "lenient")]
     claim_name: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Projected {
+    #[serde(deserialize_with = "lenient")]
     sources: Vec<Source>,
 }
 
@@ -375,7 +401,9 @@ struct Source {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct ContainerView {
+    #[serde(deserialize_with = "lenient")]
     env: Vec<EnvView>,
+    #[serde(deserialize_with = "lenient")]
     env_from: Vec<EnvFrom>,
 }
 
@@ -528,6 +556,28 @@ mod tests {
                    "spec": {"nodeName": node, "serviceAccountName": account, "volumes": volumes,
                             "containers": [c]}}),
         )
+    }
+
+    #[test]
+    fn nulls_in_a_stored_pod_read_as_empty_lists() {
+        // What the job controller's pods looked like once bound: a null list made the whole
+        // pod unreadable, and its node was refused its token until the next status write.
+        let e = entry(
+            "Pod",
+            json!({"metadata": {"name": "p", "namespace": "app", "annotations": null},
+                   "spec": {"nodeName": "n1", "serviceAccountName": "default", "volumes": null,
+                            "imagePullSecrets": null, "initContainers": null,
+                            "containers": [{"name": "c", "image": "i", "env": null,
+                                            "envFrom": null}]}}),
+        );
+        let edges = pod_edges(&e);
+        let account = Edge {
+            node: "n1".into(),
+            kind: Kind::Account,
+            namespace: "app".into(),
+            name: "default".into(),
+        };
+        assert!(edges.contains(&account), "{edges:?}");
     }
 
     fn node_user(name: &str) -> UserInfo {

@@ -333,7 +333,9 @@ impl ApiServer {
             v.push(api_access_volume(&volume));
         }
         for l in lists {
-            for c in pod["spec"][l].as_array_mut().into_iter().flatten() {
+            // `get_mut`, not indexing: indexing a missing list would write a null into the pod.
+            let containers = pod["spec"].get_mut(l).and_then(Value::as_array_mut);
+            for c in containers.into_iter().flatten() {
                 let mounts = &mut c["volumeMounts"];
                 if !mounts.is_array() {
                     *mounts = json!([]);
