@@ -104,7 +104,11 @@ class Cluster:
             relay = Path(__file__).with_name("relay.py")
             self.relay = subprocess.Popen([sys.executable, str(relay), self.netns_path], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, text=True, start_new_session=True)
-            self.relay_command("in", self.port)
+            self.relay_api()
+
+    def relay_api(self):
+        """kubectl on the machine reaches the API server in the namespace."""
+        self.relay_command("in", self.port)
 
     def relay_command(self, direction, port):
         self.relay.stdin.write(f"{direction} {port}\n")
@@ -134,6 +138,16 @@ class Cluster:
     def in_netns(self, *cmd, **kw):
         """Run a command inside the node's network namespace."""
         return subprocess.run(["nsenter", f"--net={self.netns_path}", *cmd], **kw)
+
+    REFUSED = "a berth component was refused by the authorizer"
+
+    def check_components_authorized(self):
+        """berth's controllers, scheduler and node act as their own accounts under RBAC; any
+        refusal in the log means a role lacks what the component needs."""
+        if not self.log.exists():
+            return
+        refused = [line for line in self.log.read_text(errors="replace").splitlines() if self.REFUSED in line]
+        assert not refused, "berth's own components were refused:\n" + "\n".join(refused[:20])
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
@@ -260,6 +274,58 @@ def pytest_runtest_makereport(item, call):
     report.sections.append(("berth state at the first failure", text))
 
 
+class RemoteAgent(Cluster):
+    """`berth agent` joining `server` (a `berth server` on the machine's loopback) from a
+    network namespace of its own, reaching the server through the relay; `kubectl` goes to the
+    server."""
+
+    def __init__(self, workdir, server, node, extra=()):
+        super().__init__(workdir, role="agent", extra=extra)
+        self.server, self.node = server, node
+        self.port = server.port
+        self.run_dir = f"/run/berth-e2e-{server.port}-{node}"
+        self.netns = f"berth-e2e-{server.port}-{node}"
+
+    @property
+    def kubeconfig(self):
+        return self.server.kubeconfig
+
+    def relay_api(self):
+        """The agent reaches the server on the machine's loopback."""
+        self.relay_command("out", self.port)
+
+    def start(self, env=None):
+        self.enter_netns()
+        log = open(self.log, "a")
+        args = ["nsenter", f"--net={self.netns_path}", BERTH, "agent",
+                "--server", f"https://127.0.0.1:{self.port}",
+                "--ca-cert", str(self.server.data / "tls" / "ca.crt"),
+                "--data-dir", str(self.data), "--run-dir", self.run_dir,
+                "--node-name", self.node, *self.extra]
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True,
+                                     env=dict(os.environ, **(env or {})))
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"berth agent exited early:\n{self.log.read_text()}")
+            r = self.kubectl("get", "node", self.node, "-o", "json", check=False)
+            return r.returncode == 0 and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in json.loads(r.stdout)["status"].get("conditions", []))
+        try:
+            wait_until(ready, timeout=60, what=f"node {self.node} Ready")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the agent's log:\n{self.log.read_text()[-5000:]}") from None
+        return self
+
+    def teardown(self):
+        if self.proc and self.proc.poll() is None:
+            self.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1",
+                         f"--field-selector=spec.nodeName={self.node}",
+                         "--timeout=60s", check=False, timeout=90)
+        super().teardown()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     with tempfile.TemporaryDirectory(prefix="berth-e2e-") as d:
@@ -271,6 +337,7 @@ def cluster():
             c.stop()
             if died:
                 print(f"berth exited during the tests; its log:\n{c.log.read_text()[-5000:]}")
+        c.check_components_authorized()
 
 
 @pytest.fixture
@@ -281,6 +348,7 @@ def fresh_cluster():
             yield c
         finally:
             c.stop()
+        c.check_components_authorized()
 
 
 @contextlib.contextmanager
@@ -301,6 +369,7 @@ def running_node(image, prefix="berth-node-", prepare=None):
             c.teardown()
             if died:
                 print(f"berth exited during the tests; its log:\n{c.log.read_text()[-5000:]}")
+        c.check_components_authorized()
 
 
 @pytest.fixture(scope="module")

@@ -544,6 +544,87 @@ def test_an_unauthorized_body_is_never_read(cluster):
     assert "system:anonymous" in reply
 
 
+def _certificate(pem_path):
+    """Subject and serial of the certificate in a PEM file."""
+    r = subprocess.run(["openssl", "x509", "-noout", "-subject", "-serial", "-nameopt", "RFC2253"],
+                       input=pem_path.read_bytes(), capture_output=True, check=True)
+    lines = r.stdout.decode().splitlines()
+    return lines[0].removeprefix("subject="), lines[1].removeprefix("serial=")
+
+
+def test_a_remote_node_joins_with_a_bootstrap_token_and_renews_its_certificate(tmp_path):
+    """`berth agent` given only a bootstrap token, in a file, gets its own certificate as
+    system:node:<name> (the kubelet's TLS bootstrap), runs pods as that node, renews the
+    certificate at 70-90% of its life without a restart, and restarted without the token is
+    still the node."""
+    from conftest import RemoteAgent
+    from images import Image
+    (tmp_path / "server").mkdir()
+    (tmp_path / "agent").mkdir()
+    server = Cluster(tmp_path / "server", extra=["--cluster-signing-duration", "40s"]).start()
+    agent = None
+    try:
+        token = server.berth("token", "create", "--ttl", "10m").stdout.strip()
+        token_id = token.split(".")[0]
+        token_file = tmp_path / "join.token"
+        token_file.write_text(token + "\n")
+        os.chmod(token_file, 0o600)
+        agent = RemoteAgent(tmp_path / "agent", server, "joiner", extra=["--token-file", str(token_file)])
+        agent.data.mkdir()
+        agent.import_image(Image(cmd=("sh",)), "busybox:test")
+        agent.start()
+        assert token.encode() not in open(f"/proc/{agent.proc.pid}/cmdline", "rb").read()
+        # The node asked as the token's bootstrapper and was approved by rule.
+        csrs = server.json("get", "csr")["items"]
+        assert [c["spec"]["username"] for c in csrs] == [f"system:bootstrap:{token_id}"]
+        assert csrs[0]["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+        assert [(c["type"], c["reason"]) for c in csrs[0]["status"]["conditions"]] == \
+            [("Approved", "AutoApproved")]
+        credential = agent.data / "credentials" / "node-client.pem"
+        assert credential.stat().st_mode & 0o777 == 0o600
+        subject, first_serial = _certificate(credential)
+        assert subject == "CN=system:node:joiner,O=system:nodes"
+        # As that node it runs a pod (its own Node, its pods' status, the pod's token).
+        ns = "joined"
+        server.kubectl("create", "namespace", ns)
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+               "spec": {"nodeName": "joiner", "containers": [
+                   {"name": "c", "image": "busybox:test", "command": ["sleep", "3600"]}]}}
+        server.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
+        server.kubectl("wait", "--for=condition=Ready", "pod/p", "-n", ns, "--timeout=60s")
+        # Its 40 s certificate is renewed by the node itself (approved as selfnodeclient).
+        def renewed():
+            mine = [c for c in server.json("get", "csr")["items"]
+                    if c["spec"]["username"] == "system:node:joiner" and c["status"].get("certificate")]
+            return mine and _certificate(credential)[1] != first_serial and mine
+        renewal = wait_until(renewed, timeout=60, interval=1, what="a renewed node certificate")
+        assert renewal[0]["spec"]["groups"] == ["system:nodes", "system:authenticated"]
+        assert _certificate(credential)[0] == subject
+        # The first certificate has expired now or soon; the node goes on with the new one.
+        time.sleep(15)
+        lease = server.json("get", "lease", "joiner", "-n", "kube-node-lease")
+        renewed_at = lease["spec"]["renewTime"]
+        wait_until(lambda: server.json("get", "lease", "joiner", "-n", "kube-node-lease")
+                   ["spec"]["renewTime"] != renewed_at, timeout=30, what="the node's heartbeat")
+        assert server.json("get", "pod", "p", "-n", ns)["status"]["phase"] == "Running"
+        # Restarted without the token (deleted too), it is still the node.
+        agent.stop()
+        token_file.unlink()
+        server.kubectl("delete", "secret", "-n", "kube-system", f"bootstrap-token-{token_id}")
+        agent.extra = []
+        stopped_at = server.json("get", "lease", "joiner", "-n", "kube-node-lease")["spec"]["renewTime"]
+        agent.start()
+        wait_until(lambda: server.json("get", "lease", "joiner", "-n", "kube-node-lease")
+                   ["spec"]["renewTime"] != stopped_at, timeout=30, what="the restarted node's heartbeat")
+        assert "using this node's certificate" in agent.log.read_text()
+    finally:
+        if agent is not None:
+            agent.teardown()
+        server.stop()
+    agent.check_components_authorized()
+    server.check_components_authorized()
+
+
 def test_bootstrap_roles_come_back_after_a_restart(tmp_path):
     c = Cluster(tmp_path).start()
     try:

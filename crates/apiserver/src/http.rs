@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
-use crate::auth::{Authenticator, certificate_user};
+use crate::auth::{Authenticator, CertificateUser};
 use crate::body::Body;
 use crate::errors::ApiError;
 use crate::server::{ApiServer, Reply};
@@ -107,7 +107,7 @@ pub async fn serve(
                         .1
                         .peer_certificates()
                         .and_then(|chain| chain.first())
-                        .and_then(|c| certificate_user(c.as_ref()))
+                        .and_then(|c| CertificateUser::from_der(c.as_ref()))
                         .map(Arc::new);
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let api = api.clone();
@@ -140,7 +140,7 @@ pub async fn serve(
 async fn handle(
     api: &ApiServer,
     auth: &Authenticator,
-    cert_user: Option<Arc<api::rbac::UserInfo>>,
+    cert_user: Option<Arc<CertificateUser>>,
     source: std::net::IpAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
@@ -177,7 +177,7 @@ async fn handle(
         });
     };
     // Who asks, and whether they may, is settled before a byte of the body is read.
-    let who = match auth.authenticate(req.headers(), cert_user.as_ref()) {
+    let who = match auth.authenticate(req.headers(), cert_user.as_deref()) {
         Ok(who) => who,
         Err(e) => {
             let resp = api.refuse(&req, e);

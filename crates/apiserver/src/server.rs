@@ -334,8 +334,23 @@ impl ApiServer {
         let route = request::route(path).ok();
         let params = Params::parse(uri.query());
         let asked = crate::auth::attributes_of(method, path, &params, route.as_ref());
-        self.authorizer
-            .check_selected(&asked.borrow(&who.user), &asked.selector)?;
+        if let Err(e) = self
+            .authorizer
+            .check_selected(&asked.borrow(&who.user), &asked.selector)
+        {
+            if let Some(component) = &who.component {
+                // berth's own components are given what they need: a refusal is a gap in the
+                // policy (the end-to-end tests look for this line).
+                tracing::warn!(
+                    %component,
+                    user = %who.user.name,
+                    %method,
+                    path,
+                    "a berth component was refused by the authorizer"
+                );
+            }
+            return Err(e);
+        }
         Ok(who)
     }
 

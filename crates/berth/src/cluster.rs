@@ -145,6 +145,11 @@ pub struct ServerArgs {
     /// are shortened to it, with a warning. Unlimited by default.
     #[arg(long, value_parser = crate::store_cli::parse_interval)]
     pub service_account_max_token_expiration: Option<Duration>,
+    /// How long the certificates the cluster signs from certificate requests live (`8760h`,
+    /// a year, by default); requests that ask for less get less. Nodes renew theirs at 70-90%
+    /// of their life.
+    #[arg(long, default_value = "8760h", value_parser = crate::store_cli::parse_interval)]
+    pub cluster_signing_duration: Duration,
 }
 
 /// File descriptors kept back from clients for the store, the node's containers and the rest.
@@ -437,8 +442,24 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     // Lease (`controllers::leader::Elector`); a single server is always the leader, and
     // renewing a Lease nobody contends would only cost it a store write every two seconds.
     let leadership = Leadership::Always;
+    // Each controller acts as its own kube-system account, judged by Kubernetes' role for
+    // it; the shared mirrors list and watch as system:kube-controller-manager.
+    let manager = InProcess::client_as(
+        api.clone(),
+        "kube-controller-manager",
+        UserInfo::new("system:kube-controller-manager", &[]),
+    );
+    let controller_api = api.clone();
+    let client_for = move |account: &'static str| {
+        InProcess::client_as(
+            controller_api.clone(),
+            "kube-controller-manager",
+            UserInfo::of_service_account("kube-system", account),
+        )
+    };
     controllers::start_controllers(
-        &InProcess::client(api.clone(), "kube-controller-manager"),
+        &manager,
+        &client_for,
         controllers::nodelifecycle::Config {
             grace: Duration::from_secs(args.node_monitor_grace_period),
         },
@@ -455,13 +476,14 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     let signer = Arc::new(crate::signer::Signer::new(
         pki.ca_pem.clone(),
         pki.ca_key_pem.clone(),
+        args.cluster_signing_duration,
     ));
-    let signer_client = InProcess::client(api.clone(), "csrsigning-controller");
+    let signer_client = client_for("certificate-controller");
     supervise::supervise("certificate-signer", move || {
         crate::signer::run(signer_client.clone(), signer.clone())
     });
     // Nodes' client certificate requests from joining or renewing nodes are approved by rule.
-    let approver_client = InProcess::client(api.clone(), "csrapproving-controller");
+    let approver_client = client_for("certificate-controller");
     supervise::supervise("certificate-approver", move || {
         crate::approver::run(approver_client.clone())
     });

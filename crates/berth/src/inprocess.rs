@@ -17,7 +17,8 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// A component trusted as `system:masters` (bootstrap, controllers, the node for now).
+    /// A component trusted as `system:masters` (the bootstrap and the API server's own
+    /// reconcilers, as kube-apiserver's loopback client is).
     pub fn client(api: Arc<ApiServer>, who: &str) -> client::Client {
         client::Client::new(Arc::new(InProcess {
             api,

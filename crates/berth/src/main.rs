@@ -14,6 +14,7 @@ mod encryption;
 mod images_cli;
 mod inprocess;
 mod instances;
+mod join;
 mod node;
 mod pki;
 mod policy;

@@ -74,8 +74,10 @@ pub struct RemoteAgentArgs {
     /// The API server, e.g. https://10.0.0.1:6443.
     #[arg(long)]
     pub server: String,
-    /// A file holding a bearer token the API server accepts (or set `BERTH_TOKEN` in the
-    /// environment): never on the command line, where every user of the machine sees it.
+    /// A file holding a bootstrap token from `berth token create` (or set `BERTH_TOKEN` in
+    /// the environment): never on the command line, where every user of the machine sees it.
+    /// The node uses it once, to get its own certificate (kept in the data dir and renewed);
+    /// afterwards it is not needed. Any other token is used as the node's credential as is.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// The cluster CA certificate (PEM); `<data-dir>/pki/ca.crt` on the server.
@@ -278,23 +280,40 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
     let ca = std::fs::read(&args.ca_cert)
         .with_context(|| format!("reading {}", args.ca_cert.display()))?;
     let token = match (&args.token_file, std::env::var("BERTH_TOKEN")) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the token in {}", path.display()))?
-            .trim()
-            .to_string(),
-        (None, Ok(t)) if !t.trim().is_empty() => t.trim().to_string(),
-        _ => anyhow::bail!(
-            "give the agent a token: --token-file FILE, or BERTH_TOKEN in its environment"
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token in {}", path.display()))?
+                .trim()
+                .to_string(),
         ),
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => None,
     };
-    let transport = client::HttpsTransport::new(&args.server, &ca, Some(&token))
-        .with_context(|| format!("connecting to {}", args.server))?;
-    let client = Client::new(Arc::new(transport));
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(crate::cluster::default_data_dir);
     crate::pki::ensure_dir(&data_dir)?;
+    let client = match token {
+        // Any other token (an operator's) is used as it is.
+        Some(t) if !crate::join::is_bootstrap_token(&t) => Client::new(Arc::new(
+            client::HttpsTransport::new(&args.server, &ca, Some(&t))
+                .with_context(|| format!("connecting to {}", args.server))?,
+        )),
+        // The node's own certificate, got with a bootstrap token the first time.
+        token => {
+            let node = node_name(&args.agent);
+            let join = crate::join::Join {
+                server: &args.server,
+                ca_pem: &ca,
+                node: &node,
+                data_dir: &data_dir,
+            };
+            let (client, renewal) = join.credential(token.as_deref()).await?;
+            tokio::spawn(renewal);
+            client
+        }
+    };
     let agent = build(
         client,
         &data_dir,

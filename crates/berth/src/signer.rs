@@ -22,15 +22,20 @@ pub const CLIENT: &str = "kubernetes.io/kube-apiserver-client";
 pub const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 pub const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
 
-/// A certificate lives a year unless the request asks for less (at least ten minutes).
-const DEFAULT_TTL: Duration = Duration::days(365);
+/// A request that asks for a lifetime (less than `--cluster-signing-duration`) is given at
+/// least ten minutes.
 const MIN_TTL: Duration = Duration::minutes(10);
 /// Certificates start a little in the past, for clocks that lag.
 const BACKDATE: Duration = Duration::minutes(5);
+/// Under this lifetime a certificate's end is not moved back with its start (five minutes
+/// would be a real part of it), as Kubernetes' signer does.
+const SHORT: Duration = Duration::hours(8);
 
 pub struct Signer {
     ca_pem: String,
     ca_key_pem: String,
+    /// The lifetime of a certificate whose request names none, and the most any gets.
+    ttl: Duration,
 }
 
 /// What the signer does with one request.
@@ -200,8 +205,12 @@ pub(crate) fn node_client_subject(csr: &CertificateSigningRequest) -> Option<Str
 }
 
 impl Signer {
-    pub fn new(ca_pem: String, ca_key_pem: String) -> Signer {
-        Signer { ca_pem, ca_key_pem }
+    pub fn new(ca_pem: String, ca_key_pem: String, ttl: std::time::Duration) -> Signer {
+        Signer {
+            ca_pem,
+            ca_key_pem,
+            ttl: Duration::try_from(ttl).unwrap_or(Duration::days(365)),
+        }
     }
 
     pub fn handle(&self, csr: &CertificateSigningRequest) -> Outcome {
@@ -291,13 +300,19 @@ impl Signer {
         getrandom::fill(&mut serial).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         serial[0] &= 0x7f;
         p.serial_number = Some(SerialNumber::from_slice(&serial));
-        let ttl = seconds
-            .map(|s| Duration::seconds(i64::from(s)))
-            .unwrap_or(DEFAULT_TTL)
-            .clamp(MIN_TTL, DEFAULT_TTL);
+        // As Kubernetes' signer: the signing duration unless the request asks for less,
+        // and never under ten minutes for a request that asks.
+        let ttl = match seconds {
+            None => self.ttl,
+            Some(s) => Duration::seconds(i64::from(s)).max(MIN_TTL).min(self.ttl),
+        };
         let now = OffsetDateTime::now_utc();
         p.not_before = now - BACKDATE;
-        p.not_after = now + ttl;
+        p.not_after = if ttl < SHORT {
+            now + ttl
+        } else {
+            now + ttl - BACKDATE
+        };
         let csr = CertificateSigningRequestParams {
             params: p,
             public_key: request.public_key,
@@ -352,11 +367,25 @@ pub async fn run(client: Client, signer: Arc<Signer>) {
                     warn!(csr = %name, reason = %why, "refused to sign");
                 }
             }
-            if let Err(e) = client
-                .put_status::<CertificateSigningRequest>(None, &name, &status)
+            // The whole request goes back with its resourceVersion, as Kubernetes' signer
+            // updates it: the answer lands only on the request that was checked.
+            let mut obj = match serde_json::to_value(&csr) {
+                Ok(o) => o,
+                Err(_) => continue,
+            };
+            obj["status"] = status;
+            let path = format!(
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests/{}/status",
+                client::encode(&name)
+            );
+            match client
+                .request_json(http::Method::PUT, &path, Some(&obj))
                 .await
             {
-                warn!(csr = %name, error = %e, "could not record the signer's answer");
+                Ok(_) => {}
+                // It changed since: the watch brings the new version.
+                Err(e) if e.is_conflict() => {}
+                Err(e) => warn!(csr = %name, error = %e, "could not record the signer's answer"),
             }
         }
     }
@@ -372,7 +401,11 @@ mod tests {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let cert = p.self_signed(&key).unwrap();
-        Signer::new(cert.pem(), key.serialize_pem())
+        Signer::new(
+            cert.pem(),
+            key.serialize_pem(),
+            std::time::Duration::from_secs(365 * 24 * 3600),
+        )
     }
 
     fn request(

@@ -1,5 +1,5 @@
 //! The HTTPS transport: TLS to the API server, trusting only the cluster CA, with a bearer
-//! token, over pooled HTTP/1.1 connections.
+//! token or a client certificate, over pooled HTTP/1.1 connections.
 
 use std::sync::Arc;
 
@@ -12,8 +12,8 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::{ClientError, ResponseBody, Transport};
 
@@ -23,12 +23,44 @@ pub struct HttpsTransport {
     client: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
+/// How the transport proves who it is.
+#[derive(Clone, Copy, Debug)]
+pub enum Credential<'a> {
+    /// Nothing: the server sees `system:anonymous`.
+    Anonymous,
+    /// A bearer token.
+    Token(&'a str),
+    /// A client certificate (chain first) and its key, both PEM.
+    Certificate {
+        chain_pem: &'a [u8],
+        key_pem: &'a [u8],
+    },
+}
+
+fn transport_error(e: impl std::error::Error + Send + Sync + 'static) -> ClientError {
+    ClientError::Transport(Box::new(e))
+}
+
 impl HttpsTransport {
-    /// Connect to `server` (`https://host:port`), trusting the PEM certificates in `ca_pem`.
+    /// Connect to `server` (`https://host:port`) with a bearer token, trusting the PEM
+    /// certificates in `ca_pem`.
     pub fn new(
         server: &str,
         ca_pem: &[u8],
         token: Option<&str>,
+    ) -> Result<HttpsTransport, ClientError> {
+        let credential = match token {
+            Some(t) => Credential::Token(t),
+            None => Credential::Anonymous,
+        };
+        HttpsTransport::with_credential(server, ca_pem, credential)
+    }
+
+    /// Connect to `server`, trusting the PEM certificates in `ca_pem`, as `credential`.
+    pub fn with_credential(
+        server: &str,
+        ca_pem: &[u8],
+        credential: Credential<'_>,
     ) -> Result<HttpsTransport, ClientError> {
         let base: Uri = server
             .parse()
@@ -46,8 +78,22 @@ impl HttpsTransport {
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Transport(Box::new(e)))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let tls = match credential {
+            Credential::Certificate { chain_pem, key_pem } => {
+                let chain = CertificateDer::pem_slice_iter(chain_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(transport_error)?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(transport_error)?;
+                tls.with_client_auth_cert(chain, key)
+                    .map_err(transport_error)?
+            }
+            Credential::Anonymous | Credential::Token(_) => tls.with_no_client_auth(),
+        };
+        let token = match credential {
+            Credential::Token(t) => Some(t),
+            _ => None,
+        };
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use crate::https::HttpsTransport;
+pub use crate::https::{Credential, HttpsTransport};
 pub use crate::watcher::Watcher;
 
 /// One page of a list, as the server sends it.

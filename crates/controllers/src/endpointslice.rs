@@ -436,6 +436,9 @@ impl Written {
 /// Service.
 pub struct EndpointSliceController {
     client: Client,
+    /// Writes core/v1 Endpoints (Kubernetes' endpoint controller's account, not the slice
+    /// controller's).
+    endpoints_client: Client,
     services: Arc<Mirror<Service>>,
     pods: Arc<Mirror<Pod>>,
     slices: Arc<Mirror<EndpointSlice>>,
@@ -454,6 +457,7 @@ fn service_key(ns: Option<&str>, name: &str) -> String {
 impl EndpointSliceController {
     pub fn new(
         client: Client,
+        endpoints_client: Client,
         services: Arc<Mirror<Service>>,
         pods: Arc<Mirror<Pod>>,
         slices: Arc<Mirror<EndpointSlice>>,
@@ -507,6 +511,7 @@ impl EndpointSliceController {
         });
         EndpointSliceController {
             client,
+            endpoints_client,
             services,
             pods,
             slices,
@@ -573,7 +578,11 @@ impl EndpointSliceController {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(key);
                 if was && self.endpoints.get(ns, name).is_some() {
-                    match self.client.delete::<Endpoints>(Some(ns), name).await {
+                    match self
+                        .endpoints_client
+                        .delete::<Endpoints>(Some(ns), name)
+                        .await
+                    {
                         Err(e) if !e.is_not_found() => {
                             self.deleted
                                 .lock()
@@ -709,11 +718,11 @@ impl EndpointSliceController {
         };
         match current {
             Some(_) => self
-                .client
+                .endpoints_client
                 .replace(Some(ns), name, &object)
                 .await
                 .map(|_| ()),
-            None => match self.client.create(Some(ns), &object).await {
+            None => match self.endpoints_client.create(Some(ns), &object).await {
                 Err(e) if e.code() != Some(409) => Err(e),
                 _ => Ok(()),
             },

@@ -30,6 +30,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(360);
 
 pub struct JobController {
     client: Client,
+    /// Deletes finished Jobs past their TTL (Kubernetes' ttl-after-finished controller's
+    /// account, which may delete Jobs; the Job controller's may not).
+    ttl_client: Client,
     jobs: Arc<Mirror<Job>>,
     pods: Arc<Mirror<Pod>>,
     expect: Expectations,
@@ -102,7 +105,12 @@ fn parse_indexes(s: Option<&str>) -> BTreeSet<i32> {
 }
 
 impl JobController {
-    pub fn new(client: Client, jobs: Arc<Mirror<Job>>, pods: Arc<Mirror<Pod>>) -> JobController {
+    pub fn new(
+        client: Client,
+        ttl_client: Client,
+        jobs: Arc<Mirror<Job>>,
+        pods: Arc<Mirror<Pod>>,
+    ) -> JobController {
         let queue = Queue::new("job-controller");
         let q = queue.clone();
         jobs.on_change(move |_, new| {
@@ -121,6 +129,7 @@ impl JobController {
         });
         JobController {
             client,
+            ttl_client,
             jobs,
             pods,
             expect: Expectations::default(),
@@ -296,7 +305,7 @@ impl JobController {
         let path = format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}");
         let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1",
             "propagationPolicy": "Foreground", "preconditions": {"uid": job.metadata.uid}});
-        match self.client.delete_with(&path, &opts).await {
+        match self.ttl_client.delete_with(&path, &opts).await {
             Ok(()) => Ok(None),
             Err(e) if e.is_not_found() || e.is_conflict() => Ok(None),
             Err(e) => Err(e),

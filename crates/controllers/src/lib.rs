@@ -66,8 +66,14 @@ use crate::volume::VolumeController;
 /// Start the workload controllers, node lifecycle, the namespace controller and the garbage
 /// collector on shared mirrors, each supervised and running while `leadership` holds (the
 /// mirrors run always, so a new leader starts from a warm copy).
+///
+/// As kube-controller-manager with `--use-service-account-credentials`, each controller acts
+/// as its own account (`client_for` gives the client of kube-system's account of that name,
+/// judged by the `system:controller:*` roles), and the shared mirrors list and watch as the
+/// manager.
 pub fn start_controllers(
-    client: &Client,
+    manager: &Client,
+    client_for: &dyn Fn(&'static str) -> Client,
     nodes_cfg: nodelifecycle::Config,
     ipam: nodeipam::Config,
     ca_pem: String,
@@ -95,22 +101,30 @@ pub fn start_controllers(
     let volumes = Mirror::<PersistentVolume>::new();
     let classes = Mirror::<StorageClass>::new();
     let cluster_roles = Mirror::<ClusterRole>::new();
-    let c = || client.clone();
+    let c = || manager.clone();
     let l = || leadership.clone();
 
-    let rs = Arc::new(ReplicaSetController::new(c(), pods.clone(), sets.clone()));
+    let rs = Arc::new(ReplicaSetController::new(
+        client_for("replicaset-controller"),
+        pods.clone(),
+        sets.clone(),
+    ));
     harness::start(rs.clone(), rs.queue(), 1, l());
-    let rc = Arc::new(ReplicaSetController::new(c(), pods.clone(), rcs.clone()));
+    let rc = Arc::new(ReplicaSetController::new(
+        client_for("replication-controller"),
+        pods.clone(),
+        rcs.clone(),
+    ));
     harness::start(rc.clone(), rc.queue(), 1, l());
     let d = Arc::new(DeploymentController::new(
-        c(),
+        client_for("deployment-controller"),
         deployments.clone(),
         sets.clone(),
         pods.clone(),
     ));
     harness::start(d.clone(), d.queue(), 1, l());
     let ds = Arc::new(DaemonSetController::new(
-        c(),
+        client_for("daemon-set-controller"),
         daemons.clone(),
         pods.clone(),
         nodes.clone(),
@@ -118,18 +132,27 @@ pub fn start_controllers(
     ));
     harness::start(ds.clone(), ds.queue(), 1, l());
     let ss = Arc::new(StatefulSetController::new(
-        c(),
+        client_for("statefulset-controller"),
         stateful.clone(),
         pods.clone(),
         revisions.clone(),
     ));
     harness::start(ss.clone(), ss.queue(), 1, l());
-    let job = Arc::new(JobController::new(c(), jobs.clone(), pods.clone()));
+    let job = Arc::new(JobController::new(
+        client_for("job-controller"),
+        client_for("ttl-after-finished-controller"),
+        jobs.clone(),
+        pods.clone(),
+    ));
     harness::start(job.clone(), job.queue(), 1, l());
-    let cj = Arc::new(CronJobController::new(c(), cronjobs.clone(), jobs.clone()));
+    let cj = Arc::new(CronJobController::new(
+        client_for("cronjob-controller"),
+        cronjobs.clone(),
+        jobs.clone(),
+    ));
     harness::start(cj.clone(), cj.queue(), 1, l());
     let pdb = Arc::new(DisruptionController::new(
-        c(),
+        client_for("disruption-controller"),
         budgets.clone(),
         pods.clone(),
         sets.clone(),
@@ -137,28 +160,39 @@ pub fn start_controllers(
     ));
     harness::start(pdb.clone(), pdb.queue(), 1, l());
     let quota = Arc::new(ResourceQuotaController::new(
-        c(),
+        client_for("resourcequota-controller"),
         quotas.clone(),
         pods.clone(),
     ));
     harness::start(quota.clone(), quota.queue(), 1, l());
-    let hpa = Arc::new(HpaController::new(c(), hpas.clone()));
+    let hpa = Arc::new(HpaController::new(
+        client_for("horizontal-pod-autoscaler"),
+        hpas.clone(),
+    ));
     harness::start(hpa.clone(), hpa.queue(), 1, l());
-    let gc = Arc::new(GarbageCollector::new(c()));
+    let gc = Arc::new(GarbageCollector::new(client_for(
+        "generic-garbage-collector",
+    )));
     gc.follow_all();
     harness::start(gc.clone(), gc.queue(), 1, l());
     let life = Arc::new(NodeLifecycleController::new(
-        c(),
+        client_for("node-controller"),
         nodes_cfg,
         nodes.clone(),
         leases.clone(),
         pods.clone(),
     ));
     harness::start(life.clone(), life.queue(), 1, l());
-    let ipam = Arc::new(NodeIpamController::new(c(), nodes.clone(), ipam));
+    // Kubernetes runs node IPAM as the node controller's account too.
+    let ipam = Arc::new(NodeIpamController::new(
+        client_for("node-controller"),
+        nodes.clone(),
+        ipam,
+    ));
     harness::start(ipam.clone(), ipam.queue(), 1, l());
     let eps = Arc::new(EndpointSliceController::new(
-        c(),
+        client_for("endpointslice-controller"),
+        client_for("endpoint-controller"),
         services.clone(),
         pods.clone(),
         slices.clone(),
@@ -166,15 +200,23 @@ pub fn start_controllers(
     ));
     harness::start(eps.clone(), eps.queue(), 2, l());
     let lb = Arc::new(ServiceLbController::new(
-        c(),
+        client_for("service-controller"),
         services.clone(),
         nodes.clone(),
     ));
     harness::start(lb.clone(), lb.queue(), 1, l());
-    let ns = Arc::new(NamespaceController::new(c(), namespaces.clone(), ca_pem));
+    let ns = Arc::new(NamespaceController::new(
+        namespace::Clients {
+            namespaces: client_for("namespace-controller"),
+            accounts: client_for("service-account-controller"),
+            publisher: client_for("root-ca-cert-publisher"),
+        },
+        namespaces.clone(),
+        ca_pem,
+    ));
     harness::start(ns.clone(), ns.queue(), 1, l());
     let vol = Arc::new(VolumeController::new(
-        c(),
+        client_for("persistent-volume-binder"),
         claims.clone(),
         volumes.clone(),
         classes.clone(),
@@ -182,7 +224,10 @@ pub fn start_controllers(
         pods.clone(),
     ));
     harness::start(vol.clone(), vol.queue(), 1, l());
-    let agg = Arc::new(AggregationController::new(c(), cluster_roles.clone()));
+    let agg = Arc::new(AggregationController::new(
+        client_for("clusterrole-aggregation-controller"),
+        cluster_roles.clone(),
+    ));
     harness::start(agg.clone(), agg.queue(), 1, l());
 
     // Mirrors start last, so that every subscriber hears the first list.

@@ -21,8 +21,21 @@ use crate::mirror::Mirror;
 /// How long to wait before looking again at a namespace whose content is still going away.
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// The accounts the namespace controller's three jobs act as, as in Kubernetes where they
+/// are three controllers.
+pub struct Clients {
+    /// Reads namespaces and empties the deleted ones.
+    pub namespaces: Client,
+    /// Creates each namespace's `default` ServiceAccount.
+    pub accounts: Client,
+    /// Publishes `kube-root-ca.crt`.
+    pub publisher: Client,
+}
+
 pub struct NamespaceController {
     client: Client,
+    accounts: Client,
+    publisher: Client,
     namespaces: Arc<Mirror<Namespace>>,
     queue: Queue,
     /// The cluster CA, published in every namespace as `kube-root-ca.crt`.
@@ -31,7 +44,7 @@ pub struct NamespaceController {
 
 impl NamespaceController {
     pub fn new(
-        client: Client,
+        clients: Clients,
         namespaces: Arc<Mirror<Namespace>>,
         ca_pem: String,
     ) -> NamespaceController {
@@ -43,7 +56,9 @@ impl NamespaceController {
             }
         });
         NamespaceController {
-            client,
+            client: clients.namespaces,
+            accounts: clients.accounts,
+            publisher: clients.publisher,
             namespaces,
             queue,
             ca_pem,
@@ -95,7 +110,7 @@ impl NamespaceController {
             .await?
             .is_none()
         {
-            ignore_exists(self.client.create(Some(ns), &sa).await)?;
+            ignore_exists(self.accounts.create(Some(ns), &sa).await)?;
         }
         if self
             .client
@@ -115,7 +130,7 @@ impl NamespaceController {
                 data: Some(BTreeMap::from([("ca.crt".to_string(), self.ca_pem.clone())])),
                 ..Default::default()
             };
-            ignore_exists(self.client.create(Some(ns), &cm).await)?;
+            ignore_exists(self.publisher.create(Some(ns), &cm).await)?;
         }
         Ok(())
     }

@@ -35,6 +35,7 @@ async fn cluster() -> Client {
     tokio::spawn(Arc::new(SchedulerLoop::new(c.clone(), scheduler::Config::default())).run());
     controllers::start_controllers(
         &c,
+        &|_| c.clone(),
         controllers::nodelifecycle::Config {
             grace: Duration::from_secs(1),
         },

@@ -79,6 +79,15 @@ impl UserInfo {
             .split_once(':')
     }
 
+    /// The user of service account `namespace/name`, in its groups.
+    pub fn of_service_account(namespace: &str, name: &str) -> UserInfo {
+        UserInfo {
+            name: format!("{SERVICE_ACCOUNT_PREFIX}{namespace}:{name}"),
+            groups: UserInfo::service_account_groups(namespace),
+            ..UserInfo::default()
+        }
+    }
+
     /// The groups a service account's user is in.
     pub fn service_account_groups(namespace: &str) -> Vec<String> {
         vec![

@@ -184,11 +184,14 @@ impl Authenticator {
     pub fn authenticate(
         &self,
         headers: &http::HeaderMap,
-        certificate: Option<&Arc<UserInfo>>,
+        certificate: Option<&CertificateUser>,
     ) -> Result<Identity, ApiError> {
-        if let Some(user) = certificate {
+        if let Some(c) = certificate {
+            if jiff::Timestamp::now().as_second() > c.not_after {
+                return Err(ApiError::unauthorized());
+            }
             return Ok(Identity {
-                user: user.clone(),
+                user: c.user.clone(),
                 component: None,
             });
         }
@@ -247,6 +250,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The user of a client certificate the TLS layer verified, and until when it may act.
+#[derive(Clone, Debug)]
+pub struct CertificateUser {
+    pub user: Arc<UserInfo>,
+    /// The certificate's end (Unix seconds). A connection outlives it; its requests do not
+    /// (Kubernetes checks a client certificate's validity on every request).
+    pub not_after: i64,
+}
+
+impl CertificateUser {
+    pub fn from_der(cert: &[u8]) -> Option<CertificateUser> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+        Some(CertificateUser {
+            user: Arc::new(certificate_user(cert)?),
+            not_after: parsed.validity().not_after.timestamp(),
+        })
+    }
+}
+
 /// The user a verified client certificate names: the common name, with the organizations as
 /// groups.
 pub fn certificate_user(cert: &[u8]) -> Option<UserInfo> {
@@ -293,8 +315,12 @@ mod tests {
             .expect("anonymous");
         assert!(!anon.is_authenticated());
         assert_eq!(anon.user.groups, ["system:unauthenticated"]);
-        // A certificate wins over a token.
-        let cert = Arc::new(UserInfo::new("bob", &[]));
+        // A certificate wins over a token, while it is valid.
+        let now = jiff::Timestamp::now().as_second();
+        let mut cert = CertificateUser {
+            user: Arc::new(UserInfo::new("bob", &[])),
+            not_after: now + 60,
+        };
         let mut h = http::HeaderMap::new();
         h.insert(
             http::header::AUTHORIZATION,
@@ -304,5 +330,8 @@ mod tests {
             auth.authenticate(&h, Some(&cert)).expect("cert").user.name,
             "bob"
         );
+        // An expired one is refused, even on the connection it opened while valid.
+        cert.not_after = now - 1;
+        assert_eq!(auth.authenticate(&h, Some(&cert)).unwrap_err().code, 401);
     }
 }

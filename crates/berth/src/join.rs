@@ -1,0 +1,408 @@
+//! A remote node's own credential, got as the kubelet's TLS bootstrap gets it: with a
+//! bootstrap token (`berth token create`) the agent makes a key, asks for a client
+//! certificate as `system:node:<name>` in `system:nodes` through a CertificateSigningRequest
+//! (approved by rule, signed by the cluster CA), keeps certificate and key in one private file
+//! of its data dir, and from then on is that node. It asks for the next certificate, with the
+//! current one, at 70-90% of its life and switches to it without a restart. The token is
+//! needed only until the first certificate arrives.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use bytes::Bytes;
+use client::{Client, ClientError, Credential, HttpsTransport, ResponseBody, Transport};
+use http::Request;
+use rcgen::{CertificateParams, DnType, KeyPair};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::signer::KUBELET_CLIENT;
+
+/// Where the node keeps its certificate and key (PEM, one file, as the kubelet's
+/// `kubelet-client-current.pem`).
+pub fn credential_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("credentials").join("node-client.pem")
+}
+
+/// Whether `token` has the form of a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`).
+pub fn is_bootstrap_token(token: &str) -> bool {
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    token
+        .split_once('.')
+        .is_some_and(|(id, secret)| ok(id, 6) && ok(secret, 16))
+}
+
+/// A node certificate with its key, as held in the credential file.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub pem: String,
+    /// The certificate's last valid moment.
+    pub not_after: SystemTime,
+    /// When this node got it (the certificate's own start is set back for lagging clocks, so
+    /// a short-lived one would look mostly spent from it).
+    pub since: SystemTime,
+}
+
+impl Held {
+    /// Read a certificate and key PEM for node `node`: refused unless the certificate names
+    /// that node and has not expired at `now`.
+    pub fn parse(pem: &str, node: &str, since: SystemTime, now: SystemTime) -> Result<Held> {
+        let block = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+            .filter_map(Result::ok)
+            .find(|b| b.label == "CERTIFICATE")
+            .context("the node credential holds no certificate")?;
+        if !pem.contains("PRIVATE KEY-----") {
+            bail!("the node credential holds no key");
+        }
+        let (_, cert) = X509Certificate::from_der(&block.contents)
+            .map_err(|e| anyhow::anyhow!("parsing the node certificate: {e}"))?;
+        let want = format!("{}{node}", api::rbac::NODE_USER_PREFIX);
+        let cn: Vec<&str> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|a| a.as_str().ok())
+            .collect();
+        if cn != [want.as_str()] {
+            bail!("the node certificate is for {cn:?}, not {want:?} (another node's data dir?)");
+        }
+        let not_after = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
+        if not_after <= now {
+            bail!("the node certificate expired");
+        }
+        Ok(Held {
+            pem: pem.to_string(),
+            not_after,
+            since: since.min(now),
+        })
+    }
+
+    /// When to ask for the next certificate: at a random point between 70% and 90% of the
+    /// time from `since` to the end, as the kubelet does, so that nodes do not all ask at once.
+    pub fn renew_at(&self, fraction: f64) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.since)
+            .unwrap_or_default();
+        self.since + life.mul_f64(fraction.clamp(0.7, 0.9))
+    }
+
+    fn transport(&self, server: &str, ca_pem: &[u8]) -> Result<HttpsTransport> {
+        HttpsTransport::with_credential(
+            server,
+            ca_pem,
+            Credential::Certificate {
+                chain_pem: self.pem.as_bytes(),
+                key_pem: self.pem.as_bytes(),
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("using the node certificate")
+    }
+}
+
+/// The credential file's certificate, if it is there and good.
+fn load(path: &Path, node: &str) -> Option<Held> {
+    let pem = std::fs::read_to_string(path).ok()?;
+    let since = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| SystemTime::now());
+    match Held::parse(&pem, node, since, SystemTime::now()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn!(path = %path.display(), error = %format!("{e:#}"), "not using the node credential on disk");
+            None
+        }
+    }
+}
+
+/// The transport of a node: its current certificate, swapped for the next one when renewed.
+pub struct NodeTransport {
+    current: RwLock<Arc<HttpsTransport>>,
+}
+
+impl NodeTransport {
+    fn set(&self, t: HttpsTransport) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
+    }
+}
+
+#[async_trait]
+impl Transport for NodeTransport {
+    async fn send(&self, req: Request<Bytes>) -> Result<http::Response<ResponseBody>, ClientError> {
+        let t = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        t.send(req).await
+    }
+}
+
+/// What a node needs to reach its servers as itself.
+pub struct Join<'a> {
+    pub server: &'a str,
+    pub ca_pem: &'a [u8],
+    pub node: &'a str,
+    pub data_dir: &'a Path,
+}
+
+impl Join<'_> {
+    /// The node's credential: the one on disk if it is good, else a new one asked for with
+    /// `token` (a bootstrap token). Returns the client and a task that keeps the certificate
+    /// renewed.
+    pub async fn credential(
+        &self,
+        token: Option<&str>,
+    ) -> Result<(Client, impl std::future::Future<Output = ()> + use<>)> {
+        let path = credential_path(self.data_dir);
+        let held = match load(&path, self.node) {
+            Some(h) => {
+                info!(node = self.node, path = %path.display(), "using this node's certificate");
+                h
+            }
+            None => {
+                let Some(token) = token else {
+                    bail!(
+                        "this node has no certificate yet: give it a bootstrap token (`berth token create` on a server) with --token-file FILE or BERTH_TOKEN"
+                    );
+                };
+                let bootstrap = Client::new(Arc::new(
+                    HttpsTransport::new(self.server, self.ca_pem, Some(token))
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                        .with_context(|| format!("connecting to {}", self.server))?,
+                ));
+                println!(
+                    "berth agent: asking {} for node {}'s certificate",
+                    self.server, self.node
+                );
+                let held = request(&bootstrap, self.node, &path).await?;
+                info!(node = self.node, "this node has its own certificate");
+                held
+            }
+        };
+        let transport = Arc::new(NodeTransport {
+            current: RwLock::new(Arc::new(held.transport(self.server, self.ca_pem)?)),
+        });
+        let client = Client::new(transport.clone());
+        let renewal = renew_forever(RenewalTask {
+            client: client.clone(),
+            transport,
+            held,
+            server: self.server.to_string(),
+            ca_pem: self.ca_pem.to_vec(),
+            node: self.node.to_string(),
+            path,
+        });
+        Ok((client, renewal))
+    }
+}
+
+struct RenewalTask {
+    client: Client,
+    transport: Arc<NodeTransport>,
+    held: Held,
+    server: String,
+    ca_pem: Vec<u8>,
+    node: String,
+    path: PathBuf,
+}
+
+async fn renew_forever(mut t: RenewalTask) {
+    loop {
+        let at = t.held.renew_at(0.7 + 0.2 * fastrand::f64());
+        let wait = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait).await;
+        match request(&t.client, &t.node, &t.path).await {
+            Ok(h) => match h.transport(&t.server, &t.ca_pem) {
+                Ok(transport) => {
+                    t.transport.set(transport);
+                    info!(node = %t.node, "this node renewed its certificate");
+                    t.held = h;
+                }
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "the renewed certificate cannot be used")
+                }
+            },
+            Err(e) => {
+                // Keep the current certificate while it is good; try again in a while.
+                let left = t
+                    .held
+                    .not_after
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                let again = (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
+                warn!(error = %format!("{e:#}"), retry_in = ?again, "renewing this node's certificate failed");
+                tokio::time::sleep(again).await;
+            }
+        }
+    }
+}
+
+/// Ask for a node client certificate for `node` and wait for it; written to `path` (with the
+/// key) once it comes.
+async fn request(client: &Client, node: &str, path: &Path) -> Result<Held> {
+    let key = KeyPair::generate().context("making the node's key")?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).context("certificate request")?;
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, api::rbac::NODES);
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("{}{node}", api::rbac::NODE_USER_PREFIX),
+    );
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .context("writing the certificate request")?;
+    let mut suffix = [0u8; 6];
+    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let name = format!(
+        "node-csr-{}",
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    use base64::Engine;
+    let object = json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(csr_pem),
+            "signerName": KUBELET_CLIENT,
+            "usages": ["digital signature", "client auth"],
+        },
+    });
+    let collection = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    client
+        .request_json(http::Method::POST, collection, Some(&object))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("creating certificate request {name}"))?;
+    // The request is approved by rule and signed within moments; a person may also have to
+    // approve it (`kubectl certificate approve`), so wait as long as it takes.
+    let mut delay = Duration::from_millis(100);
+    let mut told = false;
+    let cert = loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+        let got: Value = match client
+            .request_json(http::Method::GET, &format!("{collection}/{name}"), None)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => bail!("certificate request {name} was deleted"),
+            Err(e) => {
+                warn!(error = %e, "reading certificate request {name}; trying again");
+                continue;
+            }
+        };
+        for c in got["status"]["conditions"].as_array().into_iter().flatten() {
+            let kind = c["type"].as_str().unwrap_or("");
+            if matches!(kind, "Denied" | "Failed") && c["status"] == "True" {
+                bail!(
+                    "certificate request {name} was {}: {}",
+                    kind.to_lowercase(),
+                    c["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        if let Some(c) = got["status"]["certificate"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+        {
+            break c.to_string();
+        }
+        if !told && delay >= Duration::from_secs(2) {
+            told = true;
+            info!(request = %name, "waiting for the node's certificate request to be approved");
+        }
+    };
+    let cert = base64::engine::general_purpose::STANDARD
+        .decode(cert)
+        .context("decoding the issued certificate")?;
+    let pem = format!(
+        "{}{}",
+        String::from_utf8(cert).context("the issued certificate is not PEM")?,
+        key.serialize_pem()
+    );
+    let held = Held::parse(&pem, node, SystemTime::now(), SystemTime::now())
+        .context("the issued certificate")?;
+    if let Some(dir) = path.parent() {
+        crate::pki::ensure_dir(dir)?;
+    }
+    crate::pki::write_private(path, pem.as_bytes())?;
+    Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cert(cn: &str, days: i64) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+        p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        format!(
+            "{}{}",
+            p.self_signed(&key).unwrap().pem(),
+            key.serialize_pem()
+        )
+    }
+
+    #[test]
+    fn bootstrap_tokens_are_told_from_other_tokens() {
+        assert!(is_bootstrap_token("abcdef.0123456789abcdef"));
+        assert!(!is_bootstrap_token("abcdef.0123456789abcde"));
+        assert!(!is_bootstrap_token("ABCDEF.0123456789abcdef"));
+        assert!(!is_bootstrap_token("eyJhbGciOiJFUzI1NiJ9.e30.sig"));
+    }
+
+    #[test]
+    fn a_credential_must_name_this_node_and_be_current() {
+        let now = SystemTime::now();
+        let good = cert("system:node:n1", 30);
+        let h = Held::parse(&good, "n1", now, now).unwrap();
+        let left = h.not_after.duration_since(now).unwrap();
+        assert!(left > Duration::from_secs(29 * 86400) && left <= Duration::from_secs(30 * 86400));
+        let other = Held::parse(&good, "n2", now, now).unwrap_err();
+        assert!(
+            format!("{other:#}").contains("not \"system:node:n2\""),
+            "{other:#}"
+        );
+        let expired = Held::parse(&cert("system:node:n1", -1), "n1", now, now).unwrap_err();
+        assert!(format!("{expired:#}").contains("expired"));
+        let no_key: String = good.split("-----BEGIN PRIVATE").next().unwrap().to_string();
+        assert!(Held::parse(&no_key, "n1", now, now).is_err());
+    }
+
+    #[test]
+    fn renewal_falls_between_70_and_90_percent_of_the_life_the_node_has_seen() {
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let h = Held {
+            pem: String::new(),
+            not_after: since + Duration::from_secs(100),
+            since,
+        };
+        assert_eq!(h.renew_at(0.7), since + Duration::from_secs(70));
+        assert_eq!(h.renew_at(0.9), since + Duration::from_secs(90));
+        // Out-of-range draws are held to the window.
+        assert_eq!(h.renew_at(0.0), since + Duration::from_secs(70));
+        assert_eq!(h.renew_at(1.0), since + Duration::from_secs(90));
+    }
+}
