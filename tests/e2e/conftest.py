@@ -320,7 +320,8 @@ class RemoteAgent(Cluster):
 
     def teardown(self):
         if self.proc and self.proc.poll() is None:
-            self.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1",
+            # (kubectl refuses --all with a selector.)
+            self.kubectl("delete", "pods", "--all-namespaces", "--grace-period=1",
                          f"--field-selector=spec.nodeName={self.node}",
                          "--timeout=60s", check=False, timeout=90)
         super().teardown()
