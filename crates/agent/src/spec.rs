@@ -771,7 +771,11 @@ mod tests {
             "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
             "volumeMounts": [{"name": "data", "mountPath": "/data", "subPath": "sub", "readOnly": true}]}]));
         let c = &p.spec.as_ref().unwrap().containers[0];
-        let vols = HashMap::from([("data".to_string(), PathBuf::from("/v/data"))]);
+        // A subPath is resolved in the volume's real directory (and made there).
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().canonicalize().unwrap().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let vols = HashMap::from([("data".to_string(), data.clone())]);
         let spec = container_spec(&p, c, &image(), &Refs::default(), &ctx(&vols)).unwrap();
         assert_eq!(
             spec.resources,
@@ -783,7 +787,8 @@ mod tests {
         );
         assert_eq!(spec.security.capabilities, ["CAP_NET_ADMIN"]);
         assert!(spec.security.no_new_privileges && spec.security.readonly_rootfs);
-        assert_eq!(spec.mounts[0].source, PathBuf::from("/v/data/sub"));
+        assert_eq!(spec.mounts[0].source, data.join("sub"));
+        assert!(data.join("sub").is_dir());
         assert!(spec.mounts[0].readonly);
         assert_eq!(spec.cwd, "/srv");
         assert_eq!(spec.args, ["/entry", "serve"]);
