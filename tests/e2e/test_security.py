@@ -208,6 +208,14 @@ def test_a_node_reads_only_what_its_own_pods_use(cluster, ns, tmp_path, version)
     r = as_user(cluster, n1, "label", "node", f"n2-{version}", "x=y", version=version)
     assert f'node "n1-{version}" is not allowed to modify node "n2-{version}"' in r.stderr
     as_user(cluster, n1, "label", "node", f"n1-{version}", "x=y", version=version, check=True)
+    # It does not give itself a role, or a label meant to mark trusted nodes, or lose a taint.
+    r = as_user(cluster, n1, "label", "node", f"n1-{version}", "node-role.kubernetes.io/control-plane=",
+                version=version)
+    assert (f'nodes "n1-{version}" is forbidden: is not allowed to modify labels: '
+            "node-role.kubernetes.io/control-plane") in r.stderr
+    cluster.kubectl("taint", "node", f"n1-{version}", "dedicated=db:NoSchedule")
+    r = as_user(cluster, n1, "taint", "node", f"n1-{version}", "dedicated-", version=version)
+    assert f'node "n1-{version}" is not allowed to modify taints' in r.stderr
     r = as_user(cluster, n1, "run", "sneaky", "--image=busybox:test", "-n", ns, version=version)
     assert 'node "n1-' in r.stderr and "can only create mirror pods" in r.stderr
     # Nor a mirror pod that names another pod's secret, to be given it.
@@ -641,6 +649,19 @@ def test_bootstrap_roles_come_back_after_a_restart(tmp_path):
         assert c.json("get", "clusterrole", "system:discovery").get("rules", []) == []
     finally:
         c.stop()
+
+
+def test_the_control_planes_node_gets_its_role_from_the_server(node):
+    """`berth up`'s node shows as control-plane in `kubectl get nodes`; the label is put there
+    by the server, since NodeRestriction keeps nodes from giving themselves roles."""
+    def labelled():
+        n = node.json("get", "nodes", "--show-managed-fields")["items"][0]
+        return "node-role.kubernetes.io/control-plane" in n["metadata"].get("labels", {}) and n
+    n = wait_until(labelled, what="the control-plane label")
+    managers = {f["manager"] for f in n["metadata"]["managedFields"]
+                if "node-role.kubernetes.io/control-plane" in json.dumps(f.get("fieldsV1", {}))}
+    assert managers and "kubelet" not in managers, managers
+    assert node.kubectl("get", "nodes").stdout.split("\n")[1].split()[2] == "control-plane"
 
 
 def _grep(paths, needle, as_nobody=False):

@@ -27,7 +27,6 @@ const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub struct NodeInfo {
     pub name: String,
     pub ip: IpAddr,
-    pub control_plane: bool,
     pub max_pods: u32,
     /// Where pods' data lives, for ephemeral-storage capacity.
     pub data_dir: std::path::PathBuf,
@@ -80,7 +79,7 @@ fn cpus() -> usize {
 
 impl NodeInfo {
     pub fn object(&self) -> Node {
-        let mut labels = BTreeMap::from([
+        let labels = BTreeMap::from([
             ("kubernetes.io/hostname".to_string(), self.name.clone()),
             ("kubernetes.io/os".to_string(), "linux".to_string()),
             (
@@ -93,12 +92,6 @@ impl NodeInfo {
                 runtime::images::host_arch().to_string(),
             ),
         ]);
-        if self.control_plane {
-            labels.insert(
-                "node-role.kubernetes.io/control-plane".into(),
-                String::new(),
-            );
-        }
         Node {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),

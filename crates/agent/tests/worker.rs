@@ -128,7 +128,6 @@ impl Node {
             node: NodeInfo {
                 name: NODE.into(),
                 ip: "127.0.0.1".parse().unwrap(),
-                control_plane: true,
                 max_pods: 110,
                 data_dir: data.to_path_buf(),
                 storage_dir: data.join("storage"),

@@ -342,6 +342,7 @@ impl ApiServer {
         let warnings = judge_unknown(r, r.version, &admitted.unknown_fields, opts)?;
         self.authorizer
             .check_escalation(r, &admitted.object, old, &opts.who)?;
+        crate::auth::noderestriction::node_object(&opts.who, r, &admitted.object, old)?;
         Ok((admitted.object, warnings))
     }
 

@@ -529,9 +529,13 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             &args.cluster_cidr.0,
             &args.service_cidr.0,
             &args.dns,
-            true,
         )?;
         let name = agent.node_name().to_string();
+        // The control plane's own node says so (as kubeadm labels it, with the admin's
+        // rights: NodeRestriction keeps a node from giving itself a role).
+        let labeller = bootstrap.clone();
+        let labelled = name.clone();
+        tokio::spawn(async move { label_control_plane(&labeller, &labelled).await });
         api.set_node_connector(Arc::new(crate::node::LocalAgents::with(
             &name,
             agent.server(),
@@ -922,3 +926,25 @@ async fn ensure_kubernetes_service(
     }
     Ok(())
 }
+
+/// Put `node-role.kubernetes.io/control-plane` on node `name` once it has registered.
+async fn label_control_plane(client: &client::Client, name: &str) {
+    let patch = serde_json::json!({"metadata": {"labels": {CONTROL_PLANE_LABEL: ""}}});
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match client
+            .merge_patch::<api::k8s_openapi::api::core::v1::Node>(None, name, &patch)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "labelling the control plane's node; trying again")
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";

@@ -197,7 +197,6 @@ pub fn build(
     cluster_cidrs: &[net::Cidr],
     service_cidrs: &[net::Cidr],
     dns: &crate::cluster::DnsArgs,
-    control_plane: bool,
 ) -> Result<Agent> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -238,7 +237,6 @@ pub fn build(
     let node = NodeInfo {
         name: node_name(args),
         ip: node_ip(args),
-        control_plane,
         max_pods: args.max_pods,
         data_dir: data_dir.to_path_buf(),
         storage_dir: dirs.storage.clone(),
@@ -321,7 +319,6 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
         &args.cluster_cidr.0,
         &args.service_cidr.0,
         &args.dns,
-        false,
     )?;
     println!(
         "berth agent: node {} joining {}",

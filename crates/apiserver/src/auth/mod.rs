@@ -6,7 +6,7 @@ mod authz;
 pub mod bootstrap;
 mod escalation;
 mod node;
-mod noderestriction;
+pub(crate) mod noderestriction;
 mod reviews;
 mod serviceaccounts;
 pub mod tokens;

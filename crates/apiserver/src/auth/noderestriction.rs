@@ -1,7 +1,8 @@
 //! NodeRestriction admission: what a node's identity may change, beyond what authorization
 //! lets it ask. A node writes its own Node, Lease and CSINode, the status of its own pods,
 //! deletes and evicts its own pods, creates only mirror pods bound to itself, and asks tokens
-//! only for its own pods. Refusals are Kubernetes' 403s, in its words.
+//! only for its own pods; on its Node it may set only the labels a kubelet sets, and may not
+//! change its taints or owners afterwards. Refusals are Kubernetes' 403s, in its words.
 
 use bytes::Bytes;
 use http::{Method, Request};
@@ -14,6 +15,115 @@ use crate::request::Target;
 use crate::server::{ApiServer, parse_body};
 
 const MIRROR: &str = "kubernetes.io/config.mirror";
+
+/// Labels under kubernetes.io or k8s.io that a node may set on itself.
+const KUBELET_LABELS: [&str; 11] = [
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+/// Label namespaces (and their subdomains) a node may use freely.
+const KUBELET_LABEL_NAMESPACES: [&str; 2] = ["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+fn in_domain(namespace: &str, domain: &str) -> bool {
+    namespace == domain
+        || namespace
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.'))
+}
+
+/// Whether a node may not set or change label `key` on itself: labels under
+/// node-restriction.kubernetes.io (made for operators to steer workloads to trusted nodes),
+/// and under kubernetes.io or k8s.io unless a kubelet sets them (`node-role.kubernetes.io/*`
+/// included: a node does not say it is a control-plane node).
+fn forbidden_label(key: &str) -> bool {
+    let Some((namespace, _)) = key.split_once('/') else {
+        return false;
+    };
+    if in_domain(namespace, "node-restriction.kubernetes.io") {
+        return true;
+    }
+    let kubernetes = in_domain(namespace, "kubernetes.io") || in_domain(namespace, "k8s.io");
+    let kubelets = KUBELET_LABELS.contains(&key)
+        || KUBELET_LABEL_NAMESPACES
+            .iter()
+            .any(|d| in_domain(namespace, d));
+    kubernetes && !kubelets
+}
+
+/// The labels a node may not touch that differ between `new` and `old`, in order.
+fn forbidden_changes(new: &Value, old: &Value) -> Vec<String> {
+    let labels = |v: &Value| -> std::collections::BTreeMap<String, Value> {
+        v["metadata"]["labels"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    };
+    let (now, before) = (labels(new), labels(old));
+    let keys: std::collections::BTreeSet<&String> = now.keys().chain(before.keys()).collect();
+    keys.into_iter()
+        .filter(|k| now.get(*k) != before.get(*k) && forbidden_label(k))
+        .cloned()
+        .collect()
+}
+
+/// NodeRestriction on a node's own Node object, given the object as it would be stored and the
+/// stored one (none on create).
+pub(crate) fn node_object(
+    who: &Identity,
+    r: &api::Resource,
+    new: &Value,
+    old: Option<&Value>,
+) -> ApiResult<()> {
+    let Some(node) = node_of(&who.user) else {
+        return Ok(());
+    };
+    if !r.group.is_empty() || r.kind != "Node" {
+        return Ok(());
+    }
+    let name = new["metadata"]["name"].as_str().unwrap_or("");
+    let refuse = |why: String| Err(ApiError::forbidden_on(r, name, &why));
+    match old {
+        None => {
+            let bad = forbidden_changes(new, &Value::Null);
+            if !bad.is_empty() {
+                return refuse(format!(
+                    "node {node:?} is not allowed to set the following labels: {}",
+                    bad.join(", ")
+                ));
+            }
+        }
+        Some(old) => {
+            let field = |v: &Value, a: &str, b: &str| v[a].get(b).cloned().unwrap_or(Value::Null);
+            if field(new, "spec", "taints") != field(old, "spec", "taints") {
+                return refuse(format!("node {node:?} is not allowed to modify taints"));
+            }
+            if field(new, "metadata", "ownerReferences")
+                != field(old, "metadata", "ownerReferences")
+            {
+                return refuse(format!(
+                    "node {node:?} is not allowed to modify ownerReferences"
+                ));
+            }
+            let bad = forbidden_changes(new, old);
+            if !bad.is_empty() {
+                return refuse(format!(
+                    "is not allowed to modify labels: {}",
+                    bad.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// What a mirror pod may not name, as NodeRestriction words it: a service account, secrets,
 /// configmaps or persistentvolumeclaims.
@@ -219,5 +329,96 @@ impl ApiServer {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn node_res() -> &'static api::Resource {
+        api::resources::by_kind("v1", "Node").unwrap()
+    }
+
+    fn as_node(name: &str) -> Identity {
+        Identity::user(
+            api::rbac::UserInfo::new(format!("system:node:{name}"), &["system:nodes"])
+                .authenticated(),
+        )
+    }
+
+    fn node(labels: serde_json::Value, taints: serde_json::Value) -> Value {
+        json!({"metadata": {"name": "n1", "labels": labels}, "spec": {"taints": taints}})
+    }
+
+    #[test]
+    fn a_node_sets_only_kubelet_labels_on_itself() {
+        let who = as_node("n1");
+        let ok = node(
+            json!({"kubernetes.io/hostname": "n1", "kubernetes.io/os": "linux",
+                   "node.kubernetes.io/exclude-from-external-load-balancers": "",
+                   "topology.kubernetes.io/zone": "a", "example.com/rack": "r1", "plain": "x"}),
+            json!([]),
+        );
+        node_object(&who, node_res(), &ok, None).unwrap();
+        let bad = node(
+            json!({"node-role.kubernetes.io/control-plane": "",
+                   "node-restriction.kubernetes.io/trusted": "yes", "kubernetes.io/hostname": "n1"}),
+            json!([]),
+        );
+        let e = node_object(&who, node_res(), &bad, None).unwrap_err();
+        assert_eq!(e.code, 403);
+        assert_eq!(
+            e.message,
+            "nodes \"n1\" is forbidden: node \"n1\" is not allowed to set the following labels: node-restriction.kubernetes.io/trusted, node-role.kubernetes.io/control-plane"
+        );
+        // Others (an admin) may.
+        let admin = Identity::user(api::rbac::UserInfo::new("admin", &["system:masters"]));
+        node_object(&admin, node_res(), &bad, None).unwrap();
+    }
+
+    #[test]
+    fn a_node_keeps_its_taints_and_the_labels_an_operator_set() {
+        let who = as_node("n1");
+        let taint = json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]);
+        let old = node(
+            json!({"node-role.kubernetes.io/control-plane": "", "kubernetes.io/hostname": "n1"}),
+            taint.clone(),
+        );
+        // Its own labels and annotations: fine.
+        let mut ok = old.clone();
+        ok["metadata"]["labels"]["example.com/rack"] = json!("r2");
+        node_object(&who, node_res(), &ok, Some(&old)).unwrap();
+        // Dropping a role label an operator gave it, or its taints: refused.
+        let mut unlabelled = old.clone();
+        unlabelled["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("node-role.kubernetes.io/control-plane");
+        let e = node_object(&who, node_res(), &unlabelled, Some(&old)).unwrap_err();
+        assert_eq!(
+            e.message,
+            "nodes \"n1\" is forbidden: is not allowed to modify labels: node-role.kubernetes.io/control-plane"
+        );
+        let mut untainted = old.clone();
+        untainted["spec"]["taints"] = json!([]);
+        let e = node_object(&who, node_res(), &untainted, Some(&old)).unwrap_err();
+        assert_eq!(
+            e.message,
+            "nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints"
+        );
+    }
+
+    #[test]
+    fn label_domains_match_whole_labels_only() {
+        assert!(forbidden_label("node-role.kubernetes.io/worker"));
+        assert!(forbidden_label("foo.k8s.io/x"));
+        assert!(!forbidden_label("notkubernetes.io/x"));
+        assert!(!forbidden_label("a.node.kubernetes.io/x"));
+        assert!(!forbidden_label("kubelet.kubernetes.io/x"));
+        assert!(forbidden_label("sub.node-restriction.kubernetes.io/x"));
+        assert!(!forbidden_label("no-slash"));
     }
 }
