@@ -213,6 +213,15 @@ def test_a_node_reads_only_what_its_own_pods_use(cluster, ns, tmp_path, version)
                 version=version)
     assert (f'nodes "n1-{version}" is forbidden: is not allowed to modify labels: '
             "node-role.kubernetes.io/control-plane") in r.stderr
+    # Nor delete a volume (a berth node removes only the released local-path volumes it made).
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"precious-{version}"},
+          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                   "hostPath": {"path": "/srv/precious"}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
+    r = as_user(cluster, n1, "delete", "pv", f"precious-{version}", "--wait=false", version=version)
+    assert (f'node "n1-{version}" can only delete released local-path volumes it provisioned'
+            in r.stderr), r.stderr
+    cluster.kubectl("delete", "pv", f"precious-{version}")
     cluster.kubectl("taint", "node", f"n1-{version}", "dedicated=db:NoSchedule")
     r = as_user(cluster, n1, "taint", "node", f"n1-{version}", "dedicated-", version=version)
     assert f'node "n1-{version}" is not allowed to modify taints' in r.stderr
@@ -769,6 +778,13 @@ def check_seccomp(node, request, ns):
     assert _probe(node, ns, "default") == {"mode": "2", "unshare": False, "mkdir": True}
     assert _probe(node, ns, "unconfined") == {"mode": "0", "unshare": True, "mkdir": True}
     assert _probe(node, ns, "local") == {"mode": "2", "unshare": True, "mkdir": False}
+    # What `kubectl exec` runs is under the container's profile too.
+    exec_probe = "grep '^Seccomp:' /proc/self/status; unshare -U true 2>/dev/null; echo $?"
+    for pod, mode, unshare_ok in (("default", "2", False), ("unconfined", "0", True)):
+        out = _exec(node, ns, pod, exec_probe).stdout.split()
+        assert (out[1], out[2] == "0") == (mode, unshare_ok), (pod, out)
+    out = _exec(node, ns, "local", "mkdir /tmp/by-exec 2>/dev/null; echo $?").stdout.split()
+    assert out != ["0"], out
     # A profile that is not there keeps the container from starting, saying why.
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "missing"},
            "spec": {"containers": [{"name": "c", "image": "busybox:test", "command": ["sleep", "3600"],

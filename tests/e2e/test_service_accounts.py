@@ -74,6 +74,38 @@ def test_a_created_token_is_the_account_until_what_it_is_bound_to_goes(cluster, 
     assert r.returncode != 0 and "Unauthorized" in r.stderr
 
 
+def test_a_token_secret_holds_a_long_lived_token_for_its_account(cluster, ns):
+    """The documentation's "manually create a long-lived API token for a ServiceAccount": a
+    Secret of type kubernetes.io/service-account-token gets a token, the CA and the namespace;
+    the token is the account until the Secret goes; a Secret for a missing account is removed."""
+    cluster.kubectl("create", "sa", "ci", "-n", ns)
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+              "metadata": {"name": "ci-token", "annotations": {"kubernetes.io/service-account.name": "ci"}}}
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(secret))
+    got = wait_until(lambda: cluster.json("get", "secret", "ci-token", "-n", ns).get("data", {}).get("token")
+                     and cluster.json("get", "secret", "ci-token", "-n", ns), what="the token")
+    token = base64.b64decode(got["data"]["token"]).decode()
+    assert base64.b64decode(got["data"]["namespace"]).decode() == ns
+    assert base64.b64decode(got["data"]["ca.crt"]) == (cluster.data / "tls" / "ca.crt").read_bytes()
+    sa_uid = cluster.json("get", "sa", "ci", "-n", ns)["metadata"]["uid"]
+    assert got["metadata"]["annotations"]["kubernetes.io/service-account.uid"] == sa_uid
+    c = claims(token)
+    assert c["iss"] == "kubernetes/serviceaccount" and "exp" not in c
+    assert c["sub"] == f"system:serviceaccount:{ns}:ci"
+    who = json.loads(cluster.with_token(token, "auth", "whoami", "-o", "json", check=True).stdout)
+    assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{ns}:ci"
+    assert cluster.kubectl("describe", "secret", "ci-token", "-n", ns).stdout.count(token) == 1
+    # Its token is over once the Secret is deleted.
+    cluster.kubectl("delete", "secret", "ci-token", "-n", ns)
+    r = cluster.with_token(token, "auth", "whoami")
+    assert r.returncode != 0 and "Unauthorized" in r.stderr
+    # A token Secret for an account that does not exist is removed.
+    orphan = dict(secret, metadata={"name": "orphan", "annotations": {"kubernetes.io/service-account.name": "ghost"}})
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(orphan))
+    wait_until(lambda: cluster.kubectl("get", "secret", "orphan", "-n", ns, check=False).returncode != 0,
+               what="the orphan token Secret to go")
+
+
 def test_token_requests_are_checked_as_kubernetes_checks_them(cluster, ns):
     cluster.kubectl("create", "sa", "short", "-n", ns)
     r = cluster.kubectl("create", "token", "short", "-n", ns, "--duration", "5m", check=False)

@@ -562,12 +562,19 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
             .map(|d| d.as_secs() as i64),
     )
     .map_err(anyhow::Error::msg)?;
+    let tokens = Arc::new(tokens);
+    // Token Secrets get their long-lived tokens, as from kube-controller-manager's tokens
+    // controller (which acts with the manager's own rights).
+    let (token_client, token_issuer, ca) = (manager.clone(), tokens.clone(), pki.ca_pem.clone());
+    supervise::supervise("token-secrets", move || {
+        crate::token_secrets::run(token_client.clone(), token_issuer.clone(), ca.clone())
+    });
     let auth = Arc::new(
         Authenticator::new([(
             pki.admin_token.clone(),
             UserInfo::new("admin", &[api::rbac::MASTERS]),
         )])
-        .with_service_accounts(api.service_account_auth(Arc::new(tokens))),
+        .with_service_accounts(api.service_account_auth(tokens)),
     );
     api.set_authenticator(auth.clone());
     let (shutdown, rx) = watch::channel(false);

@@ -21,6 +21,7 @@ mod policy;
 mod signer;
 mod sim;
 mod store_cli;
+mod token_secrets;
 mod tokens_cli;
 mod users_cli;
 

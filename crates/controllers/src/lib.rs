@@ -217,6 +217,7 @@ pub fn start_controllers(
     harness::start(ns.clone(), ns.queue(), 1, l());
     let vol = Arc::new(VolumeController::new(
         client_for("persistent-volume-binder"),
+        client_for("ephemeral-volume-controller"),
         claims.clone(),
         volumes.clone(),
         classes.clone(),

@@ -257,6 +257,9 @@ impl Store for EncryptedStore {
     async fn txn(&self, ops: Vec<Op>) -> Result<TxnResult, StoreError> {
         let _sealing = self.gate.read().await;
         let ring = self.keyring();
+        // What was sealed, to answer with (the store answers a put with the value it holds,
+        // and opening what was just sealed would cost a second pass).
+        let mut plain: Vec<(String, Bytes)> = Vec::new();
         let ops = ops
             .into_iter()
             .map(|op| match op {
@@ -265,10 +268,11 @@ impl Store for EncryptedStore {
                     value,
                     condition,
                 } if self.covers(&key) => {
-                    let value = ring.seal(&key, &value);
+                    let sealed = ring.seal(&key, &value);
+                    plain.push((key.clone(), value));
                     Op::Put {
                         key,
-                        value,
+                        value: sealed,
                         condition,
                     }
                 }
@@ -282,7 +286,17 @@ impl Store for EncryptedStore {
             .map_err(|e| self.open_error(&ring, e))?;
         // What was committed stays committed: a deleted value that does not open is reported
         // empty rather than as a failed write.
+        // Results come in the order of the operations, as the plaintexts do.
+        let mut plain = plain.into_iter();
         for r in &mut result.results {
+            if let OpResult::Put(kv) = r
+                && self.covers(&kv.key)
+                && let Some((key, value)) = plain.next()
+                && key == kv.key
+            {
+                kv.value = value;
+                continue;
+            }
             let kv = match r {
                 OpResult::Put(kv) | OpResult::Deleted(kv) => kv,
             };

@@ -105,7 +105,19 @@ impl ServiceAccountAuth {
             self.lookup("ServiceAccount", &format!("{ns}/{}", sa.name)),
             now,
         )?;
-        if let Some(p) = &claims.pod {
+        if claims.legacy {
+            // A Secret's token is good while that Secret holds it.
+            let secret = claims
+                .secret
+                .as_ref()
+                .map(|s| s.name.as_str())
+                .unwrap_or("");
+            if !self.secret_holds(ns, secret, token) {
+                return Err(Invalid::Invalidated(format!(
+                    "secret {secret:?} is gone or no longer holds this token"
+                )));
+            }
+        } else if let Some(p) = &claims.pod {
             tokens::still_valid(
                 "pod",
                 p,
@@ -133,6 +145,37 @@ impl ServiceAccountAuth {
         let e = self.cache.resource(r).get(&key)?;
         bootstrap::user_of(token, &e.json, jiff::Timestamp::now().as_second())
             .map(UserInfo::authenticated)
+    }
+
+    /// Whether Secret `ns/name` stands (not being deleted) and holds `token` as its token.
+    fn secret_holds(&self, ns: &str, name: &str, token: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Held {
+            metadata: HeldMeta,
+            #[serde(default)]
+            data: std::collections::BTreeMap<String, String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct HeldMeta {
+            #[serde(rename = "deletionTimestamp")]
+            deletion: Option<String>,
+        }
+        let Some(r) = api::resources::by_kind("v1", "Secret") else {
+            return false;
+        };
+        let Some(e) = self.cache.resource(r).get(&format!("{ns}/{name}")) else {
+            return false;
+        };
+        let Ok(held) = serde_json::from_slice::<Held>(&e.json) else {
+            return false;
+        };
+        use base64::Engine;
+        let stored = held
+            .data
+            .get("token")
+            .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok());
+        held.metadata.deletion.is_none()
+            && stored.is_some_and(|s| constant_time_eq(&s, token.as_bytes()))
     }
 
     /// The uid of the cached core object at `key`, and when it is to be deleted.

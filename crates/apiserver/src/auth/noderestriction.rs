@@ -1,8 +1,9 @@
 //! NodeRestriction admission: what a node's identity may change, beyond what authorization
 //! lets it ask. A node writes its own Node, Lease and CSINode, the status of its own pods,
-//! deletes and evicts its own pods, creates only mirror pods bound to itself, and asks tokens
-//! only for its own pods; on its Node it may set only the labels a kubelet sets, and may not
-//! change its taints or owners afterwards. Refusals are Kubernetes' 403s, in its words.
+//! deletes and evicts its own pods, creates only mirror pods bound to itself, asks tokens
+//! only for its own pods, and deletes only the released local-path volumes it provisioned.
+//! On its Node it may set only the labels a kubelet sets, and may not change its taints or
+//! owners afterwards. Refusals are Kubernetes' 403s, in its words.
 
 use bytes::Bytes;
 use http::{Method, Request};
@@ -284,6 +285,25 @@ impl ApiServer {
                         "can only access node lease with the same name as the requesting node"
                             .into(),
                     );
+                }
+            }
+            // berth's nodes remove the local-path volumes they made once released (its own
+            // addition: a kubelet deletes no volumes); not another node's, nor any other.
+            ("", "PersistentVolume") => {
+                use api::kinds::storage::{
+                    LOCAL_PATH_PROVISIONER, PROVISIONED_BY, VOLUME_NODE_LABEL,
+                };
+                let v = cached("PersistentVolume", &name).unwrap_or(Value::Null);
+                let mine = method == Method::DELETE
+                    && sub.is_empty()
+                    && v["metadata"]["labels"][VOLUME_NODE_LABEL].as_str() == Some(node)
+                    && v["metadata"]["annotations"][PROVISIONED_BY].as_str()
+                        == Some(LOCAL_PATH_PROVISIONER)
+                    && v["status"]["phase"].as_str() == Some("Released");
+                if !mine {
+                    return refuse(format!(
+                        "node {node:?} can only delete released local-path volumes it provisioned"
+                    ));
                 }
             }
             ("storage.k8s.io", "CSINode") if name != node => {

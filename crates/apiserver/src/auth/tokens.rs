@@ -8,6 +8,10 @@
 //! time window once per token (the result is kept for a short while); the named objects are
 //! looked up in the watch cache on every request, so deleting the pod a token was bound to,
 //! or recreating the service account, ends the token at once.
+//!
+//! Long-lived tokens for `kubernetes.io/service-account-token` Secrets are the legacy kind
+//! (issuer `kubernetes/serviceaccount`, no expiry, no audience: good for this API server):
+//! they are good while the Secret still holds them and the account stands.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -36,6 +40,13 @@ pub const MIN_EXPIRATION: i64 = 600;
 pub const MAX_EXPIRATION: i64 = 1 << 32;
 /// A token bound to a pod stays valid this long past the end of the pod's grace period.
 const DELETED_GRACE: i64 = 60;
+/// The issuer of legacy (Secret-held) tokens, as Kubernetes names it.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+/// Legacy tokens' claims, under their Kubernetes names.
+const LEGACY_NAMESPACE: &str = "kubernetes.io/serviceaccount/namespace";
+const LEGACY_SECRET: &str = "kubernetes.io/serviceaccount/secret.name";
+const LEGACY_ACCOUNT: &str = "kubernetes.io/serviceaccount/service-account.name";
+const LEGACY_ACCOUNT_UID: &str = "kubernetes.io/serviceaccount/service-account.uid";
 
 /// What a valid token says, once its signature and times have been checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +62,8 @@ pub struct Claims {
     pub expires: i64,
     /// The user the token authenticates as.
     pub user: Arc<UserInfo>,
+    /// A Secret's long-lived token: good while `secret` (uid not known) still holds it.
+    pub legacy: bool,
 }
 
 /// An object a token names: its name and uid.
@@ -148,6 +161,14 @@ pub struct Request<'a> {
     pub now: i64,
 }
 
+/// What a legacy token, for a `kubernetes.io/service-account-token` Secret, names.
+pub struct LegacyToken<'a> {
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub service_account_uid: &'a str,
+    pub secret: &'a str,
+}
+
 /// The cluster's service account token issuer: its key, its name and the audiences the API
 /// server accepts.
 pub struct ServiceAccountTokens {
@@ -222,6 +243,22 @@ impl ServiceAccountTokens {
             "nbf": r.now,
             "sub": format!("{SERVICE_ACCOUNT_PREFIX}{}:{}", r.namespace, r.service_account.name),
         });
+        Ok((self.sign(&claims)?, expires))
+    }
+
+    /// Sign a legacy token for a token Secret: no expiry, good while the Secret holds it.
+    pub fn issue_legacy(&self, t: &LegacyToken<'_>) -> Result<String, String> {
+        self.sign(&json!({
+            "iss": LEGACY_ISSUER,
+            LEGACY_NAMESPACE: t.namespace,
+            LEGACY_SECRET: t.secret,
+            LEGACY_ACCOUNT: t.service_account,
+            LEGACY_ACCOUNT_UID: t.service_account_uid,
+            "sub": format!("{SERVICE_ACCOUNT_PREFIX}{}:{}", t.namespace, t.service_account),
+        }))
+    }
+
+    fn sign(&self, claims: &Value) -> Result<String, String> {
         let header = json!({"alg": ALG, "kid": self.kid});
         let signed = format!(
             "{}.{}",
@@ -232,7 +269,7 @@ impl ServiceAccountTokens {
             .key
             .sign(&self.rng, signed.as_bytes())
             .map_err(|_| "signing the token failed".to_string())?;
-        Ok((format!("{signed}.{}", B64.encode(sig.as_ref())), expires))
+        Ok(format!("{signed}.{}", B64.encode(sig.as_ref())))
     }
 
     /// The claims of a token this issuer signed, for the API's audiences, valid at `now`.
@@ -289,7 +326,8 @@ impl ServiceAccountTokens {
         let decode = |part: &str| B64.decode(part).map_err(|_| Invalid::NotOurs);
         let header: Value = serde_json::from_slice(&decode(h)?).map_err(|_| Invalid::NotOurs)?;
         let payload: Value = serde_json::from_slice(&decode(p)?).map_err(|_| Invalid::NotOurs)?;
-        if payload["iss"].as_str() != Some(self.issuer.as_str()) {
+        let legacy = payload["iss"].as_str() == Some(LEGACY_ISSUER);
+        if !legacy && payload["iss"].as_str() != Some(self.issuer.as_str()) {
             return Err(Invalid::NotOurs);
         }
         if header["alg"].as_str() != Some(ALG) {
@@ -303,6 +341,36 @@ impl ServiceAccountTokens {
         )
         .verify(signed.as_bytes(), &sig)
         .map_err(|_| Invalid::Signature)?;
+        if legacy {
+            let text = |k: &str| {
+                payload[k]
+                    .as_str()
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+                    .ok_or(Invalid::Malformed)
+            };
+            let mut claims = Claims {
+                namespace: text(LEGACY_NAMESPACE)?,
+                service_account: Bound {
+                    name: text(LEGACY_ACCOUNT)?,
+                    uid: text(LEGACY_ACCOUNT_UID)?,
+                },
+                pod: None,
+                secret: Some(Bound {
+                    name: text(LEGACY_SECRET)?,
+                    uid: String::new(),
+                }),
+                node: None,
+                // Meant for the API server alone.
+                audiences: self.audiences.clone(),
+                id: String::new(),
+                expires: i64::MAX,
+                user: Arc::default(),
+                legacy: true,
+            };
+            claims.user = Arc::new(claims.user_of().authenticated());
+            return Ok(claims);
+        }
         let k8s = &payload["kubernetes.io"];
         let audiences = match &payload["aud"] {
             Value::String(a) => vec![a.clone()],
@@ -329,6 +397,7 @@ impl ServiceAccountTokens {
             id: payload["jti"].as_str().unwrap_or("").to_string(),
             expires,
             user: Arc::default(),
+            legacy: false,
         };
         claims.user = Arc::new(claims.user_of().authenticated());
         Ok(claims)

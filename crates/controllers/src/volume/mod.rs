@@ -37,6 +37,9 @@ const RESYNC: Duration = Duration::from_secs(15);
 
 pub struct VolumeController {
     client: Client,
+    /// Creates pods' ephemeral volume claims (Kubernetes' ephemeral volume controller's
+    /// account; the binder's may not create claims).
+    ephemeral_client: Client,
     claims: Arc<Mirror<PersistentVolumeClaim>>,
     volumes: Arc<Mirror<PersistentVolume>>,
     classes: Arc<Mirror<StorageClass>>,
@@ -54,6 +57,7 @@ fn claim_key(ns: &str, name: &str) -> String {
 impl VolumeController {
     pub fn new(
         client: Client,
+        ephemeral_client: Client,
         claims: Arc<Mirror<PersistentVolumeClaim>>,
         volumes: Arc<Mirror<PersistentVolume>>,
         classes: Arc<Mirror<StorageClass>>,
@@ -129,6 +133,7 @@ impl VolumeController {
         });
         VolumeController {
             client,
+            ephemeral_client,
             claims,
             volumes,
             classes,
@@ -631,7 +636,7 @@ impl VolumeController {
                 spec: Some(template.spec.clone()),
                 status: None,
             };
-            match self.client.create(Some(ns), &claim).await {
+            match self.ephemeral_client.create(Some(ns), &claim).await {
                 Ok(_) => {}
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => return Err(e),

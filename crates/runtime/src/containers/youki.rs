@@ -11,6 +11,8 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 /// A new container's stdio: its stdin (`None` for /dev/null), stdout and stderr, or, for a
 /// container with a terminal, the console socket that receives the terminal's master.
@@ -77,17 +79,60 @@ pub fn delete(id: &str, state: &Path, force: bool) -> Result<(), String> {
     load(id, state)?.delete(force).map_err(|e| e.to_string())
 }
 
-/// Start `process` (an OCI process JSON) in the running container; with a console socket the
-/// process gets a terminal whose master is sent there. Returns the process's pid, a child of
-/// the caller.
+/// Runs an exec'd process under its container's seccomp profile. libcontainer's tenant
+/// builder keeps only the namespaces, cgroup and personality of the container's `linux`
+/// section, so without this `kubectl exec` would run unconfined; runc applies the container's
+/// profile, and so does this, installed just before the process's program is executed.
+#[derive(Clone)]
+struct UnderSeccomp(Option<LinuxSeccomp>);
+
+impl Executor for UnderSeccomp {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(profile) = &self.0 {
+            // Past this point the process has its own user and capabilities; without
+            // CAP_SYS_ADMIN the kernel takes a filter only from a process that cannot gain
+            // privileges, so one that could is made not to (setuid programs run in an exec
+            // do not raise it).
+            let installed = libcontainer::seccomp::initialize_seccomp(profile).or_else(|_| {
+                nix::sys::prctl::set_no_new_privs()
+                    .map_err(|e| ExecutorError::Other(format!("setting no_new_privs: {e}")))?;
+                libcontainer::seccomp::initialize_seccomp(profile)
+                    .map_err(|e| ExecutorError::Other(format!("installing seccomp: {e}")))
+            })?;
+            if installed.is_some() {
+                return Err(ExecutorError::Other(
+                    "seccomp profiles that notify a listener are not supported for exec".into(),
+                ));
+            }
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// The seccomp profile in the container's own configuration.
+fn container_seccomp(id: &str, state: &Path) -> Result<Option<LinuxSeccomp>, String> {
+    let container = load(id, state)?;
+    let config = container.bundle().join("config.json");
+    let spec = Spec::load(&config).map_err(|e| format!("reading {}: {e}", config.display()))?;
+    Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
+}
+
+/// Start `process` (an OCI process JSON) in the running container, under the container's
+/// seccomp profile; with a console socket the process gets a terminal whose master is sent
+/// there. Returns the process's pid, a child of the caller.
 pub fn exec(
     id: &str,
     state: &Path,
     process: &Path,
     console_socket: Option<&Path>,
 ) -> Result<i32, String> {
+    let seccomp = container_seccomp(id, state)?;
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_executor(DefaultExecutor {})
+        .with_executor(UnderSeccomp(seccomp))
         .with_root_path(state)
         .map_err(|e| e.to_string())?
         .with_console_socket(console_socket)
