@@ -148,7 +148,7 @@ pub struct ServerArgs {
     /// How long the certificates the cluster signs from certificate requests live (`8760h`,
     /// a year, by default); requests that ask for less get less. Nodes renew theirs at 70-90%
     /// of their life.
-    #[arg(long, default_value = "8760h", value_parser = crate::store_cli::parse_interval)]
+    #[arg(long, default_value = "8760h", value_parser = parse_signing_duration)]
     pub cluster_signing_duration: Duration,
 }
 
@@ -487,6 +487,10 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     supervise::supervise("certificate-approver", move || {
         crate::approver::run(approver_client.clone())
     });
+    let cleaner_client = client_for("certificate-controller");
+    supervise::supervise("certificate-cleaner", move || {
+        crate::csr_cleaner::run(cleaner_client.clone())
+    });
     // The scheduler has its own identity and Kubernetes' roles for it
     // (system:kube-scheduler, system:volume-scheduler), not the admin's.
     let scheduler = Arc::new(SchedulerLoop::new(
@@ -563,6 +567,12 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     )
     .map_err(anyhow::Error::msg)?;
     let tokens = Arc::new(tokens);
+    if args.service_account_issuer == apiserver::auth::tokens::LEGACY_ISSUER {
+        anyhow::bail!(
+            "--service-account-issuer cannot be {:?}: that names the tokens of token Secrets",
+            apiserver::auth::tokens::LEGACY_ISSUER
+        );
+    }
     // Token Secrets get their long-lived tokens, as from kube-controller-manager's tokens
     // controller (which acts with the manager's own rights).
     let (token_client, token_issuer, ca) = (manager.clone(), tokens.clone(), pki.ca_pem.clone());
@@ -955,3 +965,14 @@ async fn label_control_plane(client: &client::Client, name: &str) {
 }
 
 const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+
+/// `--cluster-signing-duration`: at least 30 s, so that renewing nodes do not ask all the time.
+fn parse_signing_duration(s: &str) -> Result<Duration, String> {
+    let d = crate::store_cli::parse_interval(s)?;
+    if d < Duration::from_secs(30) {
+        return Err(format!(
+            "{s:?}: at least 30s (nodes renew their certificates at 70-90% of it)"
+        ));
+    }
+    Ok(d)
+}

@@ -17,7 +17,7 @@ use client::{Client, ClientError, Credential, HttpsTransport, ResponseBody, Tran
 use http::Request;
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::signer::KUBELET_CLIENT;
@@ -73,6 +73,14 @@ impl Held {
         if cn != [want.as_str()] {
             bail!("the node certificate is for {cn:?}, not {want:?} (another node's data dir?)");
         }
+        let groups: Vec<&str> = cert
+            .subject()
+            .iter_organization()
+            .filter_map(|a| a.as_str().ok())
+            .collect();
+        if groups != [api::rbac::NODES] {
+            bail!("the node certificate's groups are {groups:?}, not system:nodes");
+        }
         let not_after = SystemTime::UNIX_EPOCH
             + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
         if not_after <= now {
@@ -109,20 +117,26 @@ impl Held {
     }
 }
 
-/// The credential file's certificate, if it is there and good.
-fn load(path: &Path, node: &str) -> Option<Held> {
+/// The credential file's certificate and a transport made with it, if it is there and good
+/// (names this node, current, and its key is the certificate's).
+fn load(path: &Path, node: &str, server: &str, ca_pem: &[u8]) -> Option<(Held, HttpsTransport)> {
     let pem = std::fs::read_to_string(path).ok()?;
     let since = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| SystemTime::now());
-    match Held::parse(&pem, node, since, SystemTime::now()) {
-        Ok(h) => Some(h),
+    let loaded = Held::parse(&pem, node, since, SystemTime::now())
+        .and_then(|h| h.transport(server, ca_pem).map(|t| (h, t)));
+    match loaded {
+        Ok(l) => Some(l),
         Err(e) => {
             warn!(path = %path.display(), error = %format!("{e:#}"), "not using the node credential on disk");
             None
         }
     }
 }
+
+/// How long a certificate request may wait for its certificate.
+const REQUEST_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// The transport of a node: its current certificate, swapped for the next one when renewed.
 pub struct NodeTransport {
@@ -164,10 +178,10 @@ impl Join<'_> {
         token: Option<&str>,
     ) -> Result<(Client, impl std::future::Future<Output = ()> + use<>)> {
         let path = credential_path(self.data_dir);
-        let held = match load(&path, self.node) {
-            Some(h) => {
+        let (held, current) = match load(&path, self.node, self.server, self.ca_pem) {
+            Some(l) => {
                 info!(node = self.node, path = %path.display(), "using this node's certificate");
-                h
+                l
             }
             None => {
                 let Some(token) = token else {
@@ -184,13 +198,13 @@ impl Join<'_> {
                     "berth agent: asking {} for node {}'s certificate",
                     self.server, self.node
                 );
-                let held = request(&bootstrap, self.node, &path).await?;
+                let got = request(&bootstrap, self.node, &path, self.server, self.ca_pem).await?;
                 info!(node = self.node, "this node has its own certificate");
-                held
+                got
             }
         };
         let transport = Arc::new(NodeTransport {
-            current: RwLock::new(Arc::new(held.transport(self.server, self.ca_pem)?)),
+            current: RwLock::new(Arc::new(current)),
         });
         let client = Client::new(transport.clone());
         let renewal = renew_forever(RenewalTask {
@@ -217,31 +231,32 @@ struct RenewalTask {
 }
 
 async fn renew_forever(mut t: RenewalTask) {
+    let mut failures = 0u32;
     loop {
-        let at = t.held.renew_at(0.7 + 0.2 * fastrand::f64());
-        let wait = at
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        tokio::time::sleep(wait).await;
-        match request(&t.client, &t.node, &t.path).await {
-            Ok(h) => match h.transport(&t.server, &t.ca_pem) {
-                Ok(transport) => {
-                    t.transport.set(transport);
-                    info!(node = %t.node, "this node renewed its certificate");
-                    t.held = h;
-                }
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "the renewed certificate cannot be used")
-                }
-            },
+        if failures == 0 {
+            let at = t.held.renew_at(0.7 + 0.2 * fastrand::f64());
+            let wait = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await;
+        }
+        match request(&t.client, &t.node, &t.path, &t.server, &t.ca_pem).await {
+            Ok((h, transport)) => {
+                t.transport.set(transport);
+                info!(node = %t.node, "this node renewed its certificate");
+                t.held = h;
+                failures = 0;
+            }
             Err(e) => {
-                // Keep the current certificate while it is good; try again in a while.
-                let left = t
-                    .held
-                    .not_after
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                let again = (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
+                // Keep the current certificate while it is good and ask again later, less
+                // often each time; once it has expired nothing can be asked with it: leave, as
+                // the kubelet does, so that a restart bootstraps again.
+                if SystemTime::now() >= t.held.not_after {
+                    error!(node = %t.node, error = %format!("{e:#}"), "this node's certificate expired before a new one came; exiting to join again with a bootstrap token");
+                    std::process::exit(1);
+                }
+                failures += 1;
+                let again = Duration::from_secs(5 << failures.min(6)).min(Duration::from_secs(300));
                 warn!(error = %format!("{e:#}"), retry_in = ?again, "renewing this node's certificate failed");
                 tokio::time::sleep(again).await;
             }
@@ -249,9 +264,15 @@ async fn renew_forever(mut t: RenewalTask) {
     }
 }
 
-/// Ask for a node client certificate for `node` and wait for it; written to `path` (with the
-/// key) once it comes.
-async fn request(client: &Client, node: &str, path: &Path) -> Result<Held> {
+/// Ask for a node client certificate for `node` and wait for it (at most `REQUEST_WAIT`);
+/// written to `path` (with the key) once it comes and proves usable.
+async fn request(
+    client: &Client,
+    node: &str,
+    path: &Path,
+    server: &str,
+    ca_pem: &[u8],
+) -> Result<(Held, HttpsTransport)> {
     let key = KeyPair::generate().context("making the node's key")?;
     let mut params = CertificateParams::new(Vec::<String>::new()).context("certificate request")?;
     params
@@ -295,8 +316,12 @@ async fn request(client: &Client, node: &str, path: &Path) -> Result<Held> {
     // approve it (`kubectl certificate approve`), so wait as long as it takes.
     let mut delay = Duration::from_millis(100);
     let mut told = false;
+    let deadline = tokio::time::Instant::now() + REQUEST_WAIT;
     let cert = loop {
         tokio::time::sleep(delay).await;
+        if tokio::time::Instant::now() >= deadline {
+            bail!("certificate request {name} was not answered in {REQUEST_WAIT:?}");
+        }
         delay = (delay * 2).min(Duration::from_secs(2));
         let got: Value = match client
             .request_json(http::Method::GET, &format!("{collection}/{name}"), None)
@@ -304,6 +329,10 @@ async fn request(client: &Client, node: &str, path: &Path) -> Result<Held> {
         {
             Ok(v) => v,
             Err(e) if e.is_not_found() => bail!("certificate request {name} was deleted"),
+            // The credential asking is no longer accepted: waiting will not help.
+            Err(e) if matches!(e.code(), Some(401 | 403)) => {
+                bail!("reading certificate request {name}: {e}")
+            }
             Err(e) => {
                 warn!(error = %e, "reading certificate request {name}; trying again");
                 continue;
@@ -340,11 +369,13 @@ async fn request(client: &Client, node: &str, path: &Path) -> Result<Held> {
     );
     let held = Held::parse(&pem, node, SystemTime::now(), SystemTime::now())
         .context("the issued certificate")?;
+    // Only a certificate that works with its key replaces the one on disk.
+    let transport = held.transport(server, ca_pem)?;
     if let Some(dir) = path.parent() {
         crate::pki::ensure_dir(dir)?;
     }
     crate::pki::write_private(path, pem.as_bytes())?;
-    Ok(held)
+    Ok((held, transport))
 }
 
 #[cfg(test)]
@@ -356,6 +387,8 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
+        p.distinguished_name
+            .push(DnType::OrganizationName, api::rbac::NODES);
         p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
         p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
         format!(

@@ -10,6 +10,7 @@ mod bench_dns;
 mod bench_net;
 mod bench_pods;
 mod cluster;
+mod csr_cleaner;
 mod encryption;
 mod images_cli;
 mod inprocess;

@@ -229,16 +229,18 @@ impl Authenticator {
         headers: &http::HeaderMap,
         certificate: Option<&CertificateUser>,
     ) -> Result<Identity, ApiError> {
-        if let Some(c) = certificate {
-            if jiff::Timestamp::now().as_second() > c.not_after {
-                return Err(ApiError::unauthorized());
-            }
+        // An expired certificate authenticates no one; a token sent with it still may.
+        let expired = certificate.is_some_and(|c| jiff::Timestamp::now().as_second() > c.not_after);
+        if let Some(c) = certificate.filter(|_| !expired) {
             return Ok(Identity {
                 user: c.user.clone(),
                 component: None,
             });
         }
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            if expired {
+                return Err(ApiError::unauthorized());
+            }
             return Ok(Identity::anonymous());
         };
         let token = value
@@ -373,8 +375,27 @@ mod tests {
             auth.authenticate(&h, Some(&cert)).expect("cert").user.name,
             "bob"
         );
-        // An expired one is refused, even on the connection it opened while valid.
+        // An expired one is refused, even on the connection it opened while valid, unless a
+        // token that is good comes with it.
         cert.not_after = now - 1;
         assert_eq!(auth.authenticate(&h, Some(&cert)).unwrap_err().code, 401);
+        assert_eq!(
+            auth.authenticate(&http::HeaderMap::new(), Some(&cert))
+                .unwrap_err()
+                .code,
+            401
+        );
+        let mut good = http::HeaderMap::new();
+        good.insert(
+            http::header::AUTHORIZATION,
+            "Bearer t0ken".parse().expect("a header"),
+        );
+        assert_eq!(
+            auth.authenticate(&good, Some(&cert))
+                .expect("token")
+                .user
+                .name,
+            "alice"
+        );
     }
 }

@@ -103,7 +103,13 @@ pub(crate) fn node_object(
             }
         }
         Some(old) => {
-            let field = |v: &Value, a: &str, b: &str| v[a].get(b).cloned().unwrap_or(Value::Null);
+            // Missing, null and empty are the same list.
+            let field = |v: &Value, a: &str, b: &str| {
+                v[a].get(b)
+                    .filter(|l| !l.is_null() && l.as_array().is_none_or(|l| !l.is_empty()))
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            };
             if field(new, "spec", "taints") != field(old, "spec", "taints") {
                 return refuse(format!("node {node:?} is not allowed to modify taints"));
             }
@@ -299,7 +305,8 @@ impl ApiServer {
                     && v["metadata"]["labels"][VOLUME_NODE_LABEL].as_str() == Some(node)
                     && v["metadata"]["annotations"][PROVISIONED_BY].as_str()
                         == Some(LOCAL_PATH_PROVISIONER)
-                    && v["status"]["phase"].as_str() == Some("Released");
+                    && v["status"]["phase"].as_str() == Some("Released")
+                    && v["spec"]["persistentVolumeReclaimPolicy"].as_str() == Some("Delete");
                 if !mine {
                     return refuse(format!(
                         "node {node:?} can only delete released local-path volumes it provisioned"
@@ -422,6 +429,13 @@ mod tests {
             e.message,
             "nodes \"n1\" is forbidden: is not allowed to modify labels: node-role.kubernetes.io/control-plane"
         );
+        // An empty list where there was none is no change.
+        let mut empty = node(json!({"kubernetes.io/hostname": "n1"}), json!(null));
+        let mut listed = empty.clone();
+        listed["spec"]["taints"] = json!([]);
+        node_object(&who, node_res(), &listed, Some(&empty)).unwrap();
+        empty["metadata"]["ownerReferences"] = json!([]);
+        node_object(&who, node_res(), &empty, Some(&listed)).unwrap();
         let mut untainted = old.clone();
         untainted["spec"]["taints"] = json!([]);
         let e = node_object(&who, node_res(), &untainted, Some(&old)).unwrap_err();
