@@ -8,7 +8,7 @@
 use api::k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use client::Client;
 use http::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::{info, warn};
 
 use crate::signer::{KUBELET_CLIENT, node_client_subject};
@@ -85,23 +85,14 @@ async fn approve(client: &Client, csr: &CertificateSigningRequest) {
         if !requester_may(client, csr, subresource).await {
             continue;
         }
-        let mut obj = match serde_json::to_value(csr) {
-            Ok(v) => v,
-            Err(_) => return,
-        };
-        let mut conditions = obj["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        conditions.push(json!({"type": "Approved", "status": "True",
-                               "reason": "AutoApproved", "message": message}));
-        obj["status"]["conditions"] = Value::Array(conditions);
-        let path = format!(
-            "/apis/certificates.k8s.io/v1/certificatesigningrequests/{}/approval",
-            client::encode(&name)
-        );
-        match client.request_json(Method::PUT, &path, Some(&obj)).await {
-            Ok(_) => {
+        let approved = json!({"type": "Approved", "status": "True",
+                              "reason": "AutoApproved", "message": message});
+        match crate::signer::answer(client, csr, "approval", |s| {
+            crate::signer::add_condition(s, approved)
+        })
+        .await
+        {
+            Ok(()) => {
                 info!(csr = %name, requester = ?csr.spec.username, "approved a node's certificate request")
             }
             Err(e) => {

@@ -28,18 +28,6 @@ pub fn credential_path(data_dir: &Path) -> PathBuf {
     data_dir.join("credentials").join("node-client.pem")
 }
 
-/// Whether `token` has the form of a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`).
-pub fn is_bootstrap_token(token: &str) -> bool {
-    let ok = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    token
-        .split_once('.')
-        .is_some_and(|(id, secret)| ok(id, 6) && ok(secret, 16))
-}
-
 /// A node certificate with its key, as held in the credential file.
 #[derive(Clone, Debug)]
 pub struct Held {
@@ -396,14 +384,6 @@ mod tests {
             p.self_signed(&key).unwrap().pem(),
             key.serialize_pem()
         )
-    }
-
-    #[test]
-    fn bootstrap_tokens_are_told_from_other_tokens() {
-        assert!(is_bootstrap_token("abcdef.0123456789abcdef"));
-        assert!(!is_bootstrap_token("abcdef.0123456789abcde"));
-        assert!(!is_bootstrap_token("ABCDEF.0123456789abcdef"));
-        assert!(!is_bootstrap_token("eyJhbGciOiJFUzI1NiJ9.e30.sig"));
     }
 
     #[test]

@@ -294,7 +294,7 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
     crate::pki::ensure_dir(&data_dir)?;
     let client = match token {
         // Any other token (an operator's) is used as it is.
-        Some(t) if !crate::join::is_bootstrap_token(&t) => Client::new(Arc::new(
+        Some(t) if apiserver::auth::bootstrap::parse(&t).is_none() => Client::new(Arc::new(
             client::HttpsTransport::new(&args.server, &ca, Some(&t))
                 .with_context(|| format!("connecting to {}", args.server))?,
         )),

@@ -341,49 +341,63 @@ impl Requests {
     }
 }
 
+/// Write `csr` back through its `subresource` (`status` or `approval`) with `change` made to
+/// its status, as an update carrying its resourceVersion (as Kubernetes' signer and approver
+/// update): the answer lands only on the version that was judged. A conflict means it changed
+/// meanwhile; the watch brings the new version.
+pub(crate) async fn answer(
+    client: &Client,
+    csr: &CertificateSigningRequest,
+    subresource: &str,
+    change: impl FnOnce(&mut Value),
+) -> Result<(), client::ClientError> {
+    let mut obj = serde_json::to_value(csr).map_err(client::ClientError::Decode)?;
+    change(&mut obj["status"]);
+    let path = format!(
+        "/apis/certificates.k8s.io/v1/certificatesigningrequests/{}/{subresource}",
+        client::encode(csr.metadata.name.as_deref().unwrap_or(""))
+    );
+    client
+        .request_json(http::Method::PUT, &path, Some(&obj))
+        .await
+        .map(drop)
+}
+
+/// Add `condition` to a request's status.
+pub(crate) fn add_condition(status: &mut Value, condition: Value) {
+    match status["conditions"].as_array_mut() {
+        Some(list) => list.push(condition),
+        None => status["conditions"] = Value::Array(vec![condition]),
+    }
+}
+
 /// Sign what is approved, for as long as the task runs.
 pub async fn run(client: Client, signer: Arc<Signer>) {
     let mut requests = Requests::new(&client);
     loop {
         for csr in requests.next().await {
             let name = csr.metadata.name.clone().unwrap_or_default();
-            let outcome = signer.handle(&csr);
-            let mut status =
-                serde_json::to_value(csr.status.clone().unwrap_or_default()).unwrap_or(json!({}));
-            match outcome {
+            let written = match signer.handle(&csr) {
                 Outcome::Skip => continue,
                 Outcome::Issued(pem) => {
                     use base64::Engine;
-                    status["certificate"] =
-                        json!(base64::engine::general_purpose::STANDARD.encode(pem));
-                    info!(csr = %name, signer = %csr.spec.signer_name, "issued a certificate");
+                    let cert = base64::engine::general_purpose::STANDARD.encode(pem);
+                    answer(&client, &csr, "status", |s| s["certificate"] = json!(cert))
+                        .await
+                        .inspect(|()| {
+                            info!(csr = %name, signer = %csr.spec.signer_name, "issued a certificate")
+                        })
                 }
                 Outcome::Refused(why) => {
-                    let mut conditions =
-                        status["conditions"].as_array().cloned().unwrap_or_default();
-                    conditions.push(json!({"type": "Failed", "status": "True",
-                        "reason": "SignerValidationFailure", "message": why}));
-                    status["conditions"] = Value::Array(conditions);
-                    warn!(csr = %name, reason = %why, "refused to sign");
+                    let failed = json!({"type": "Failed", "status": "True",
+                        "reason": "SignerValidationFailure", "message": why});
+                    answer(&client, &csr, "status", |s| add_condition(s, failed))
+                        .await
+                        .inspect(|()| warn!(csr = %name, reason = %why, "refused to sign"))
                 }
-            }
-            // The whole request goes back with its resourceVersion, as Kubernetes' signer
-            // updates it: the answer lands only on the request that was checked.
-            let mut obj = match serde_json::to_value(&csr) {
-                Ok(o) => o,
-                Err(_) => continue,
             };
-            obj["status"] = status;
-            let path = format!(
-                "/apis/certificates.k8s.io/v1/certificatesigningrequests/{}/status",
-                client::encode(&name)
-            );
-            match client
-                .request_json(http::Method::PUT, &path, Some(&obj))
-                .await
-            {
-                Ok(_) => {}
-                // It changed since: the watch brings the new version.
+            match written {
+                Ok(()) => {}
                 Err(e) if e.is_conflict() => {}
                 Err(e) => warn!(csr = %name, error = %e, "could not record the signer's answer"),
             }

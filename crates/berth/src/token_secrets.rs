@@ -16,9 +16,10 @@ use apiserver::auth::tokens::LegacyToken;
 use client::{Client, ListParams, Watcher, watcher};
 use tracing::{info, warn};
 
-pub const TYPE: &str = "kubernetes.io/service-account-token";
-pub const NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
-pub const UID_ANNOTATION: &str = "kubernetes.io/service-account.uid";
+use api::kinds::{
+    SERVICE_ACCOUNT_NAME_ANNOTATION as NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE as TYPE,
+    SERVICE_ACCOUNT_UID_ANNOTATION as UID_ANNOTATION,
+};
 
 /// What to do with one Secret.
 #[derive(Debug, PartialEq)]

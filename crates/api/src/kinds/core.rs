@@ -23,6 +23,11 @@ pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 /// ConfigMaps and Secrets hold at most this many bytes of data.
 const DATA_MAX_BYTES: usize = 1024 * 1024;
 pub const NODE_PORT_RANGE: (i32, i32) = (30000, 32767);
+/// A Secret that holds a long-lived token for the service account it names.
+pub const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+/// The account a token Secret is for, and that account's uid once the token is in.
+pub const SERVICE_ACCOUNT_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
+pub const SERVICE_ACCOUNT_UID_ANNOTATION: &str = "kubernetes.io/service-account.uid";
 
 const SERVICE_TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
 
@@ -553,17 +558,17 @@ impl Kind for Secret {
                     "either username or password is required",
                 );
             }
-            "kubernetes.io/service-account-token" => {
+            SERVICE_ACCOUNT_TOKEN_TYPE => {
                 let has = self
                     .metadata
                     .annotations
                     .as_ref()
-                    .is_some_and(|a| a.contains_key("kubernetes.io/service-account.name"));
+                    .is_some_and(|a| a.contains_key(SERVICE_ACCOUNT_NAME_ANNOTATION));
                 if !has {
                     errs.required(
                         &Path::root("metadata")
                             .child("annotations")
-                            .key("kubernetes.io/service-account.name"),
+                            .key(SERVICE_ACCOUNT_NAME_ANNOTATION),
                         "",
                     );
                 }

@@ -26,7 +26,10 @@ use crate::errors::{FieldErrors, Path};
 use crate::names;
 
 pub use self::batch::{CONTROLLER_UID_LABEL, JOB_NAME_LABEL};
-pub use self::core::{NAMESPACE_FINALIZER, NAMESPACE_NAME_LABEL, NODE_PORT_RANGE};
+pub use self::core::{
+    NAMESPACE_FINALIZER, NAMESPACE_NAME_LABEL, NODE_PORT_RANGE, SERVICE_ACCOUNT_NAME_ANNOTATION,
+    SERVICE_ACCOUNT_TOKEN_TYPE, SERVICE_ACCOUNT_UID_ANNOTATION,
+};
 pub use self::pod::{
     DEFAULT_NOT_READY_TOLERATION_SECONDS, add_default_tolerations, default_pull_policy, qos_class,
 };

@@ -140,64 +140,60 @@ impl ServiceAccountAuth {
     /// The joining node a bootstrap token stands for, while its Secret vouches for it.
     pub(crate) fn bootstrap_user(&self, token: &str) -> Option<UserInfo> {
         let (id, _) = bootstrap::parse(token)?;
-        let r = api::resources::by_kind("v1", "Secret")?;
         let key = format!("kube-system/{}", bootstrap::secret_name(id));
-        let e = self.cache.resource(r).get(&key)?;
+        let e = self.cached("Secret", &key)?;
         bootstrap::user_of(token, &e.json, jiff::Timestamp::now().as_second())
             .map(UserInfo::authenticated)
     }
 
     /// Whether Secret `ns/name` stands (not being deleted) and holds `token` as its token.
     fn secret_holds(&self, ns: &str, name: &str, token: &str) -> bool {
-        #[derive(serde::Deserialize)]
-        struct Held {
-            metadata: HeldMeta,
-            #[serde(default)]
-            data: std::collections::BTreeMap<String, String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct HeldMeta {
-            #[serde(rename = "deletionTimestamp")]
-            deletion: Option<String>,
-        }
-        let Some(r) = api::resources::by_kind("v1", "Secret") else {
-            return false;
-        };
-        let Some(e) = self.cache.resource(r).get(&format!("{ns}/{name}")) else {
-            return false;
-        };
-        let Ok(held) = serde_json::from_slice::<Held>(&e.json) else {
-            return false;
-        };
         use base64::Engine;
-        let stored = held
+        let Some(view) = self
+            .cached("Secret", &format!("{ns}/{name}"))
+            .and_then(|e| serde_json::from_slice::<CachedView>(&e.json).ok())
+        else {
+            return false;
+        };
+        let stored = view
             .data
             .get("token")
             .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok());
-        held.metadata.deletion.is_none()
+        view.metadata.deletion.is_none()
             && stored.is_some_and(|s| constant_time_eq(&s, token.as_bytes()))
     }
 
     /// The uid of the cached core object at `key`, and when it is to be deleted.
     fn lookup(&self, kind: &str, key: &str) -> Option<(String, Option<i64>)> {
-        #[derive(serde::Deserialize)]
-        struct Meta {
-            metadata: Deletion,
-        }
-        #[derive(serde::Deserialize)]
-        struct Deletion {
-            #[serde(rename = "deletionTimestamp")]
-            deletion: Option<String>,
-        }
-        let r = api::resources::by_kind("v1", kind)?;
-        let e = self.cache.resource(r).get(key)?;
-        let deletion = serde_json::from_slice::<Meta>(&e.json)
+        let e = self.cached(kind, key)?;
+        let deletion = serde_json::from_slice::<CachedView>(&e.json)
             .ok()
-            .and_then(|m| m.metadata.deletion)
+            .and_then(|v| v.metadata.deletion)
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
             .map(|t| t.as_second());
         Some((e.uid.clone(), deletion))
     }
+
+    /// The watch cache's entry for the core object of `kind` at `key`.
+    fn cached(&self, kind: &str, key: &str) -> Option<Arc<crate::cache::Entry>> {
+        let r = api::resources::by_kind("v1", kind)?;
+        self.cache.resource(r).get(key)
+    }
+}
+
+/// What the token checks read of a cached object: whether it is being deleted, and (a
+/// Secret's) data.
+#[derive(serde::Deserialize)]
+struct CachedView {
+    metadata: DeletionView,
+    #[serde(default)]
+    data: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeletionView {
+    #[serde(rename = "deletionTimestamp")]
+    deletion: Option<String>,
 }
 
 impl Authenticator {
