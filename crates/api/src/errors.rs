@@ -13,6 +13,10 @@ pub enum ErrorKind {
     Forbidden,
     TooLong(usize),
     TooMany(usize),
+    /// Too many, with how many there were.
+    TooManyOf(usize, usize),
+    /// A value not among those allowed, both already rendered (JSON values).
+    NotSupportedRendered(String, Vec<String>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +37,8 @@ impl FieldError {
             ErrorKind::NotSupported(..) => "FieldValueNotSupported",
             ErrorKind::Forbidden => "FieldValueForbidden",
             ErrorKind::TooLong(_) => "FieldValueTooLong",
-            ErrorKind::TooMany(_) => "FieldValueTooMany",
+            ErrorKind::TooMany(_) | ErrorKind::TooManyOf(..) => "FieldValueTooMany",
+            ErrorKind::NotSupportedRendered(..) => "FieldValueNotSupported",
         }
     }
 
@@ -53,6 +58,13 @@ impl FieldError {
             ErrorKind::Forbidden => "Forbidden".to_string(),
             ErrorKind::TooLong(max) => format!("Too long: may not be more than {max} bytes"),
             ErrorKind::TooMany(max) => format!("Too many: must have at most {max} items"),
+            ErrorKind::TooManyOf(n, max) => format!("Too many: {n}: must have at most {max} items"),
+            ErrorKind::NotSupportedRendered(v, allowed) => {
+                format!(
+                    "Unsupported value: {v}: supported values: {}",
+                    allowed.join(", ")
+                )
+            }
         };
         if self.detail.is_empty() {
             head
@@ -126,6 +138,23 @@ impl FieldErrors {
 
     pub fn invalid(&mut self, path: &Path, value: impl fmt::Debug, detail: impl Into<String>) {
         self.push(ErrorKind::Invalid(quote(value)), path, detail);
+    }
+
+    /// Invalid, with the value already in Kubernetes' form (JSON values: strings quoted).
+    pub fn invalid_rendered(&mut self, path: &Path, value: String, detail: impl Into<String>) {
+        self.push(ErrorKind::Invalid(value), path, detail);
+    }
+
+    pub fn duplicate_rendered(&mut self, path: &Path, value: String) {
+        self.push(ErrorKind::Duplicate(value), path, "");
+    }
+
+    pub fn not_supported_rendered(&mut self, path: &Path, value: String, allowed: Vec<String>) {
+        self.push(ErrorKind::NotSupportedRendered(value, allowed), path, "");
+    }
+
+    pub fn too_many_of(&mut self, path: &Path, n: usize, max: usize) {
+        self.push(ErrorKind::TooManyOf(n, max), path, "");
     }
 
     pub fn duplicate(&mut self, path: &Path, value: impl fmt::Debug) {

@@ -4,6 +4,7 @@
 
 pub mod cidr;
 pub mod cron;
+pub mod custom;
 pub mod errors;
 pub mod events;
 pub mod jsontext;
@@ -21,7 +22,7 @@ pub mod versions;
 pub mod wire;
 
 pub use k8s_openapi;
-pub use resources::Resource;
+pub use resources::{Registry, Resource};
 
 /// The Kubernetes version whose API berth serves.
 pub const KUBERNETES_VERSION: (u32, u32, u32) = (1, 33, 0);

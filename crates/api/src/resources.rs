@@ -1,7 +1,7 @@
 //! The registry of served resources: names, scope, subresources and the kind rules behind each.
 //! Discovery, routing, storage keys and `kubectl get all` all read from this one table.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, RwLock};
 
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
@@ -23,6 +23,7 @@ use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::{
     CSIDriver, CSINode, CSIStorageCapacity, StorageClass, VolumeAttachment,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
 use crate::kinds::{KindOps, ops};
@@ -894,10 +895,181 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             field_labels: &[],
             ops: ops::<Role>(),
         },
+        Resource {
+            group: "apiextensions.k8s.io",
+            version: "v1",
+            kind: "CustomResourceDefinition",
+            plural: "customresourcedefinitions",
+            singular: "customresourcedefinition",
+            namespaced: false,
+            short_names: &["crd", "crds"],
+            categories: &["api-extensions"],
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            delete_returns_object: false,
+            field_labels: &[],
+            ops: ops::<CustomResourceDefinition>(),
+        },
     ]
 });
 
-/// Every served resource, in discovery order.
+/// The served resources: the built-in ones, and those CustomResourceDefinitions add while the
+/// server runs. The API server holds one; everything that routes, lists kinds or describes the
+/// API asks it rather than the built-in table.
+#[derive(Default)]
+pub struct Registry {
+    custom: RwLock<Arc<CustomSet>>,
+}
+
+/// The custom part of a registry at one moment.
+#[derive(Default)]
+struct CustomSet {
+    /// Bumped on every change, so that documents built from the registry know they are stale.
+    generation: u64,
+    /// By definition name, in the order definitions were added.
+    by_definition: Vec<(String, Vec<&'static Resource>)>,
+}
+
+impl CustomSet {
+    fn resources(&self) -> impl Iterator<Item = &'static Resource> + '_ {
+        self.by_definition
+            .iter()
+            .flat_map(|(_, rs)| rs.iter().copied())
+    }
+}
+
+impl Registry {
+    fn custom(&self) -> Arc<CustomSet> {
+        self.custom
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Serve what definition `name` defines (nothing, to stop serving it).
+    pub fn set_definition(&self, name: &str, resources: Vec<&'static Resource>) {
+        let mut guard = self.custom.write().unwrap_or_else(|p| p.into_inner());
+        let current = guard.by_definition.iter().find(|(n, _)| n == name);
+        let unchanged = match current {
+            Some((_, rs)) => {
+                rs.len() == resources.len()
+                    && rs.iter().zip(&resources).all(|(a, b)| std::ptr::eq(*a, *b))
+            }
+            None => resources.is_empty(),
+        };
+        if unchanged {
+            // The schema behind a descriptor may still have changed: documents are rebuilt.
+            *guard = Arc::new(CustomSet {
+                generation: guard.generation + 1,
+                by_definition: guard.by_definition.clone(),
+            });
+            return;
+        }
+        let mut by_definition: Vec<(String, Vec<&'static Resource>)> = guard
+            .by_definition
+            .iter()
+            .filter(|(n, _)| n != name)
+            .cloned()
+            .collect();
+        if !resources.is_empty() {
+            by_definition.push((name.to_string(), resources));
+        }
+        *guard = Arc::new(CustomSet {
+            generation: guard.generation + 1,
+            by_definition,
+        });
+    }
+
+    /// Changes with every change of what is served.
+    pub fn generation(&self) -> u64 {
+        self.custom().generation
+    }
+
+    /// What definition `name` serves.
+    pub fn of_definition(&self, name: &str) -> Vec<&'static Resource> {
+        self.custom()
+            .by_definition
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, rs)| rs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every served resource: built-in ones in discovery order, then custom ones.
+    pub fn all(&self) -> Vec<&'static Resource> {
+        let custom = self.custom();
+        all().iter().chain(custom.resources()).collect()
+    }
+
+    /// The custom resources only.
+    pub fn custom_resources(&self) -> Vec<&'static Resource> {
+        self.custom().resources().collect()
+    }
+
+    /// The resource served at `group/version/plural`.
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+        find(group, version, plural).or_else(|| {
+            self.custom()
+                .resources()
+                .find(|r| r.group == group && r.version == version && r.plural == plural)
+        })
+    }
+
+    /// The resource of a kind, as named by `apiVersion` and `kind` in an object.
+    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&'static Resource> {
+        by_kind(api_version, kind).or_else(|| {
+            self.custom()
+                .resources()
+                .find(|r| r.kind == kind && r.group_version() == api_version)
+        })
+    }
+
+    /// The API groups in discovery order, each with its versions (custom groups after the
+    /// built-in ones).
+    pub fn groups(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        let mut out = groups();
+        for r in self.custom().resources() {
+            match out.iter_mut().find(|(g, _)| *g == r.group) {
+                Some((_, versions)) => {
+                    if !versions.contains(&r.version) {
+                        versions.push(r.version);
+                    }
+                }
+                None => out.push((r.group, vec![r.version])),
+            }
+        }
+        for (_, versions) in &mut out {
+            versions.sort_by_key(|v| std::cmp::Reverse(crate::versions::priority(v)));
+        }
+        out
+    }
+
+    /// The resources served at `group/version`.
+    pub fn served(&self, group: &str, version: &str) -> Vec<Served> {
+        let mut out = served(group, version);
+        out.extend(
+            self.custom()
+                .resources()
+                .filter(|r| r.group == group && r.version == version)
+                .map(|r| Served {
+                    resource: r,
+                    group: r.group,
+                    version: r.version,
+                }),
+        );
+        out
+    }
+
+    /// An object's name as Kubernetes' messages give it, from its storage key.
+    pub fn describe_key(&self, key: &str) -> Option<String> {
+        describe_key(key).or_else(|| self.custom().resources().find_map(|r| describe_in(r, key)))
+    }
+}
+
+/// Every built-in resource, in discovery order.
 pub fn all() -> &'static [Resource] {
     &RESOURCES
 }
@@ -919,17 +1091,17 @@ pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
 /// An object's name as Kubernetes' messages give it (`configmaps "web" in namespace "default"`,
 /// `nodes "n1"`), from its storage key; `None` for keys that hold no object.
 pub fn describe_key(key: &str) -> Option<String> {
-    all().iter().find_map(|r| {
-        let rest = key.strip_prefix(r.key_prefix().as_str())?;
-        let what = r.group_resource();
-        match rest.split_once('/') {
-            Some((ns, name)) if r.namespaced => {
-                Some(format!("{what} {name:?} in namespace {ns:?}"))
-            }
-            None if !r.namespaced && !rest.is_empty() => Some(format!("{what} {rest:?}")),
-            _ => None,
-        }
-    })
+    all().iter().find_map(|r| describe_in(r, key))
+}
+
+fn describe_in(r: &Resource, key: &str) -> Option<String> {
+    let rest = key.strip_prefix(r.key_prefix().as_str())?;
+    let what = r.group_resource();
+    match rest.split_once('/') {
+        Some((ns, name)) if r.namespaced => Some(format!("{what} {name:?} in namespace {ns:?}")),
+        None if !r.namespaced && !rest.is_empty() => Some(format!("{what} {rest:?}")),
+        _ => None,
+    }
 }
 
 /// The API groups in discovery order, each with its versions.

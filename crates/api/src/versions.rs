@@ -394,6 +394,34 @@ mod hpa {
     }
 }
 
+/// How Kubernetes ranks API versions (higher first in discovery): GA above beta above alpha,
+/// higher numbers first within each, and versions of no such shape last, by name.
+pub fn priority(v: &str) -> (u8, u32, u32, std::cmp::Reverse<String>) {
+    let Some(rest) = v.strip_prefix('v') else {
+        return (0, 0, 0, std::cmp::Reverse(v.to_string()));
+    };
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let Ok(major) = rest[..digits].parse::<u32>() else {
+        return (0, 0, 0, std::cmp::Reverse(v.to_string()));
+    };
+    let tail = &rest[digits..];
+    let (level, minor) = if tail.is_empty() {
+        (3, 0)
+    } else if let Some(n) = tail.strip_prefix("beta") {
+        (2, n.parse().unwrap_or(u32::MAX))
+    } else if let Some(n) = tail.strip_prefix("alpha") {
+        (1, n.parse().unwrap_or(u32::MAX))
+    } else {
+        return (0, 0, 0, std::cmp::Reverse(v.to_string()));
+    };
+    if minor == u32::MAX {
+        return (0, 0, 0, std::cmp::Reverse(v.to_string()));
+    }
+    (level, major, minor, std::cmp::Reverse(String::new()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

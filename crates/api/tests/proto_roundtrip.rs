@@ -384,10 +384,14 @@ fn every_field_of_every_served_kind_survives_protobuf() {
     ];
     // Every kind the server serves is among them.
     let checked: BTreeSet<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
+    // Definitions are served in JSON only: no client sends them as protobuf (kubectl's typed
+    // creates cover built-in workload kinds), and their schemas' free-form JSON has no
+    // protobuf form of its own here.
+    let json_only = ["apiextensions.k8s.io/v1/CustomResourceDefinition"];
     let missing: Vec<String> = api::resources::all()
         .iter()
         .map(|r| format!("{}/{}", r.group_version(), r.kind))
-        .filter(|k| !checked.contains(k.as_str()))
+        .filter(|k| !checked.contains(k.as_str()) && !json_only.contains(&k.as_str()))
         .collect();
     assert!(missing.is_empty(), "served kinds not checked: {missing:?}");
     let failures: Vec<String> = results

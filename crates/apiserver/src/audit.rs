@@ -49,6 +49,8 @@ pub struct AuditLog {
 
 /// What is known of a request when it is logged.
 pub struct Record<'a> {
+    /// What the server serves, to read the request's path by.
+    pub registry: &'a api::Registry,
     pub method: &'a Method,
     pub uri: &'a Uri,
     pub user_agent: Option<&'a str>,
@@ -109,7 +111,7 @@ impl AuditLog {
 
     fn event(&self, r: &Record<'_>) -> Value {
         let params = Params::parse(r.uri.query());
-        let route = request::route(r.uri.path()).ok();
+        let route = request::route(r.uri.path(), r.registry).ok();
         let asked = attributes_of(r.method, r.uri.path(), &params, route.as_ref());
         let now = jiff::Timestamp::now();
         let stamp = |t: jiff::Timestamp| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use api::Resource;
+use api::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use api::selector::{FieldSelector, LabelSelectorExpr};
+use api::{Registry, Resource};
 use bytes::Bytes;
 use imbl::OrdMap;
 use serde_json::Value;
@@ -72,6 +73,11 @@ impl Entry {
     /// cells) comes from a parse that skips `managedFields`, which none of it reads.
     pub fn decode(resource: &Resource, stored: &[u8], rev: Revision) -> serde_json::Result<Entry> {
         use serde::de::DeserializeSeed;
+        if let Some(c) = resource.ops.custom() {
+            let obj: Value = serde_json::from_slice(stored)?;
+            let obj = c.kind().on_read(&obj).unwrap_or(obj);
+            return Ok(Entry::build(resource, obj, rev));
+        }
         let skimmed = with_resource_version(stored, rev).and_then(|json| {
             let mut de = serde_json::Deserializer::from_slice(stored);
             let obj = Skim { depth: 0 }.deserialize(&mut de).ok()?;
@@ -104,7 +110,7 @@ impl Entry {
             rev,
             labels: table::labels_of(obj),
             fields: resource.field_values(obj),
-            cells: table::cells(resource.kind, obj),
+            cells: table::cells_of(resource, obj),
             meta: Bytes::from(table::partial_metadata(obj).to_string()),
             json,
         }
@@ -325,7 +331,8 @@ pub enum WatchFrom {
 }
 
 pub struct ResourceCache {
-    pub resource: &'static Resource,
+    /// Replaced when a custom kind's definition changes.
+    resource: RwLock<&'static Resource>,
     state: RwLock<State>,
     snapshots: Mutex<VecDeque<(Snapshot, Instant)>>,
 }
@@ -333,7 +340,7 @@ pub struct ResourceCache {
 impl ResourceCache {
     fn new(resource: &'static Resource, rev: Revision) -> ResourceCache {
         ResourceCache {
-            resource,
+            resource: RwLock::new(resource),
             state: RwLock::new(State {
                 items: OrdMap::new(),
                 rev,
@@ -344,6 +351,14 @@ impl ResourceCache {
             }),
             snapshots: Mutex::new(VecDeque::new()),
         }
+    }
+
+    pub fn resource(&self) -> &'static Resource {
+        *self.resource.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_resource(&self, r: &'static Resource) {
+        *self.resource.write().unwrap_or_else(|p| p.into_inner()) = r;
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -460,7 +475,7 @@ impl ResourceCache {
             let size = message_bytes(&msg);
             if w.queued.load(Ordering::Relaxed) + size > WATCHER_BYTES {
                 warn!(
-                    resource = self.resource.plural,
+                    resource = self.resource().plural,
                     "closing a watcher that fell too far behind"
                 );
                 w.lagged.store(true, Ordering::Relaxed);
@@ -473,7 +488,7 @@ impl ResourceCache {
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(
-                        resource = self.resource.plural,
+                        resource = self.resource().plural,
                         "closing a watcher that fell too far behind"
                     );
                     w.lagged.store(true, Ordering::Relaxed);
@@ -542,11 +557,15 @@ pub trait Observer: Send + Sync {
 pub struct Cache {
     observers: Vec<Arc<dyn Observer>>,
     store: Arc<dyn Store>,
-    resources: Vec<Arc<ResourceCache>>,
-    /// Key prefix (`/registry/group/plural/`) to index in `resources`.
-    by_prefix: HashMap<String, usize>,
+    registry: Arc<Registry>,
+    /// Key prefix (`/registry/group/plural/`) to its resource's cache: the built-in ones from
+    /// the start, custom ones while their definition is established.
+    by_prefix: RwLock<HashMap<String, Arc<ResourceCache>>>,
     synced: watch::Sender<Revision>,
 }
+
+/// One resource's objects by key.
+type Items = OrdMap<String, Arc<Entry>>;
 
 /// The resource prefix of a storage key: `/registry/apps/deployments/ns/x` ->
 /// `/registry/apps/deployments/`.
@@ -566,24 +585,22 @@ impl Cache {
     ) -> Result<Arc<Cache>, StoreError> {
         let started = Instant::now();
         let (kvs, rev) = store.list("/registry/").await?;
-        let all = api::resources::all();
-        let mut by_prefix = HashMap::new();
-        let mut resources = Vec::new();
-        for (i, r) in all.iter().enumerate() {
-            by_prefix.insert(r.key_prefix(), i);
-            resources.push(Arc::new(ResourceCache::new(r, rev)));
-        }
+        let by_prefix = api::resources::all()
+            .iter()
+            .map(|r| (r.key_prefix(), Arc::new(ResourceCache::new(r, rev))))
+            .collect();
         let cache = Arc::new(Cache {
             observers,
             store: store.clone(),
-            resources,
-            by_prefix,
+            registry: Arc::new(Registry::default()),
+            by_prefix: RwLock::new(by_prefix),
             synced: watch::channel(rev).0,
         });
         let count = kvs.len();
-        for (i, items) in cache.build_items(kvs).into_iter().enumerate() {
-            cache.loaded(i, &items);
-            cache.resources[i].write().items = items;
+        cache.define_all(&kvs, rev);
+        for (rc, items) in cache.build_items(kvs) {
+            cache.loaded(&rc, &items);
+            rc.write().items = items;
         }
         cache.prefill_history(rev).await;
         info!(
@@ -609,21 +626,150 @@ impl Cache {
         Ok(cache)
     }
 
-    fn build_items(&self, kvs: Vec<KeyValue>) -> Vec<OrdMap<String, Arc<Entry>>> {
-        let mut items = vec![OrdMap::new(); self.resources.len()];
+    /// What is served: the built-in resources and the established custom ones.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn caches(&self) -> Vec<Arc<ResourceCache>> {
+        self.by_prefix
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn cache_at(&self, prefix: &str) -> Option<Arc<ResourceCache>> {
+        self.by_prefix
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(prefix)
+            .cloned()
+    }
+
+    /// Serve the definitions among `kvs` (all of the store at `rev`), and stop serving those
+    /// that are gone: at start, and after a reload.
+    fn define_all(&self, kvs: &[KeyValue], rev: Revision) {
+        let prefix = crate::crds::definitions().key_prefix();
+        let mut present = Vec::new();
+        for kv in kvs.iter().filter(|kv| kv.key.starts_with(&prefix)) {
+            match serde_json::from_slice::<CustomResourceDefinition>(&kv.value) {
+                Ok(crd) => {
+                    present.push(crd.metadata.name.clone().unwrap_or_default());
+                    self.define(&crd, rev);
+                }
+                Err(e) => {
+                    error!(key = kv.key, error = %e, "stored definition does not decode; its kind is not served")
+                }
+            }
+        }
+        for r in self.registry.custom_resources() {
+            let name = format!("{}.{}", r.plural, r.group);
+            if !present.contains(&name) {
+                self.undefine(&name);
+            }
+        }
+    }
+
+    /// Serve what a definition defines, from now on (revision `rev`), if it is established.
+    fn define(&self, crd: &CustomResourceDefinition, rev: Revision) {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        if !api::custom::definition::is_established(crd) {
+            self.registry.set_definition(&name, Vec::new());
+            return;
+        }
+        let served = api::custom::descriptors(crd);
+        let storage = crd
+            .spec
+            .versions
+            .iter()
+            .find(|v| v.storage)
+            .map(|v| v.name.as_str());
+        let Some(main) = served
+            .iter()
+            .find(|r| Some(r.version) == storage)
+            .or(served.first())
+            .copied()
+        else {
+            self.registry.set_definition(&name, Vec::new());
+            return;
+        };
+        let prefix = main.key_prefix();
+        let existing = self.cache_at(&prefix);
+        match existing {
+            Some(rc) => {
+                // Columns, selectable fields or defaults may have changed: derive the entries
+                // again from their objects.
+                rc.set_resource(main);
+                let items: OrdMap<String, Arc<Entry>> = rc
+                    .read()
+                    .items
+                    .iter()
+                    .map(|(k, e)| (k.clone(), Arc::new(Entry::build(main, e.value(), e.rev))))
+                    .collect();
+                rc.write().items = items;
+            }
+            None => {
+                self.by_prefix
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(prefix, Arc::new(ResourceCache::new(main, rev)));
+            }
+        }
+        self.registry.set_definition(&name, served);
+    }
+
+    /// Stop serving a definition's kinds (its objects are gone by then).
+    fn undefine(&self, name: &str) {
+        let served = self.registry.of_definition(name);
+        self.registry.set_definition(name, Vec::new());
+        if let Some(r) = served.first() {
+            self.by_prefix
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&r.key_prefix());
+        }
+    }
+
+    /// A definition was written or deleted: follow it.
+    fn definition_changed(&self, ev: &CacheEvent) {
+        let value = ev.obj.value();
+        let Ok(crd) = serde_json::from_value::<CustomResourceDefinition>(value) else {
+            return;
+        };
+        match ev.ty {
+            EventType::Deleted => self.undefine(&ev.obj.name),
+            _ => self.define(&crd, ev.rev),
+        }
+    }
+
+    fn build_items(
+        &self,
+        kvs: Vec<KeyValue>,
+    ) -> Vec<(Arc<ResourceCache>, Items)> {
+        let map = self.by_prefix.read().unwrap_or_else(|p| p.into_inner());
+        let mut items: HashMap<&str, OrdMap<String, Arc<Entry>>> =
+            map.keys().map(|k| (k.as_str(), OrdMap::new())).collect();
         for kv in kvs {
-            let Some(i) = prefix_of(&kv.key).and_then(|p| self.by_prefix.get(p)) else {
+            let Some(p) = prefix_of(&kv.key) else {
                 continue;
             };
-            if let Some(e) = self.decode(*i, &kv.value, kv.mod_revision) {
-                items[*i].insert(e.key.clone(), Arc::new(e));
+            let (Some(rc), Some(slot)) = (map.get(p), items.get_mut(p)) else {
+                continue;
+            };
+            if let Some(e) = Self::decode(rc, &kv.value, kv.mod_revision) {
+                slot.insert(e.key.clone(), Arc::new(e));
             }
         }
         items
+            .into_iter()
+            .map(|(p, items)| (map[p].clone(), items))
+            .collect()
     }
 
-    fn decode(&self, i: usize, value: &[u8], rev: Revision) -> Option<Entry> {
-        let resource = self.resources[i].resource;
+    fn decode(rc: &ResourceCache, value: &[u8], rev: Revision) -> Option<Entry> {
+        let resource = rc.resource();
         match Entry::decode(resource, value, rev) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -643,25 +789,24 @@ impl Cache {
         let Ok(mut w) = self.store.watch("/registry/", from).await else {
             return;
         };
-        let mut starts = vec![false; self.resources.len()];
+        let mut started: std::collections::HashSet<String> = Default::default();
         'outer: while let Some(Ok(batch)) = w.next().await {
             for ev in batch {
                 if ev.revision() > rev {
                     break 'outer;
                 }
-                let Some(i) = prefix_of(&ev.kv.key)
-                    .and_then(|p| self.by_prefix.get(p))
-                    .copied()
-                else {
+                let Some(p) = prefix_of(&ev.kv.key) else {
                     continue;
                 };
-                let Some(ce) = self.cache_event(i, &ev, None) else {
+                let Some(rc) = self.cache_at(p) else {
                     continue;
                 };
-                let mut st = self.resources[i].write();
-                if !starts[i] {
+                let Some(ce) = Self::cache_event(&rc, &ev, None) else {
+                    continue;
+                };
+                let mut st = rc.write();
+                if started.insert(p.to_string()) {
                     st.history_start = from;
-                    starts[i] = true;
                 }
                 push_history(&mut st, Arc::new(ce));
                 if ev.revision() == rev {
@@ -670,9 +815,10 @@ impl Cache {
             }
         }
         // Resources that saw no event in the window are complete from `from` on as well.
-        for (i, seen) in starts.into_iter().enumerate() {
-            if !seen {
-                self.resources[i].write().history_start = from;
+        for rc in self.caches() {
+            if !started.contains(&rc.resource().key_prefix()) {
+                let mut st = rc.write();
+                st.history_start = from;
             }
         }
     }
@@ -680,21 +826,20 @@ impl Cache {
     /// Turn a store event into a cache event. `current` is the cache's entry for the key, used
     /// when the store no longer has the previous value.
     fn cache_event(
-        &self,
-        i: usize,
+        rc: &ResourceCache,
         ev: &store::Event,
         current: Option<Arc<Entry>>,
     ) -> Option<CacheEvent> {
-        let resource = self.resources[i].resource;
+        let resource = rc.resource();
         let rev = ev.revision();
         let prev = match (&ev.prev, current) {
             (_, Some(c)) => Some(c),
-            (Some(p), None) => self.decode(i, &p.value, p.mod_revision).map(Arc::new),
+            (Some(p), None) => Self::decode(rc, &p.value, p.mod_revision).map(Arc::new),
             (None, None) => None,
         };
         match ev.kind {
             EventKind::Put => {
-                let obj = Arc::new(self.decode(i, &ev.kv.value, rev)?);
+                let obj = Arc::new(Self::decode(rc, &ev.kv.value, rev)?);
                 let ty = if prev.is_some() && ev.kv.version > 1 {
                     EventType::Modified
                 } else {
@@ -749,27 +894,28 @@ impl Cache {
     }
 
     fn dispatch(&self, ev: &store::Event) {
-        let Some(i) = prefix_of(&ev.kv.key)
-            .and_then(|p| self.by_prefix.get(p))
-            .copied()
-        else {
+        let Some(rc) = prefix_of(&ev.kv.key).and_then(|p| self.cache_at(p)) else {
             return;
         };
-        let rc = &self.resources[i];
-        let key = ev.kv.key[rc.resource.key_prefix().len()..].to_string();
+        let resource = rc.resource();
+        let key = ev.kv.key[resource.key_prefix().len()..].to_string();
         let current = rc.get(&key);
-        if let Some(ce) = self.cache_event(i, ev, current) {
+        if let Some(ce) = Self::cache_event(&rc, ev, current) {
             for o in &self.observers {
-                if o.follows(rc.resource) {
-                    o.changed(rc.resource, &ce);
+                if o.follows(resource) {
+                    o.changed(resource, &ce);
                 }
             }
-            rc.apply(Arc::new(ce));
+            let ce = Arc::new(ce);
+            rc.apply(ce.clone());
+            if std::ptr::eq(resource, crate::crds::definitions()) {
+                self.definition_changed(&ce);
+            }
         }
     }
 
-    fn loaded(&self, i: usize, items: &OrdMap<String, Arc<Entry>>) {
-        let r = self.resources[i].resource;
+    fn loaded(&self, rc: &ResourceCache, items: &OrdMap<String, Arc<Entry>>) {
+        let r = rc.resource();
         for o in &self.observers {
             if o.follows(r) {
                 o.loaded(r, items);
@@ -783,9 +929,10 @@ impl Cache {
         loop {
             match self.store.list("/registry/").await {
                 Ok((kvs, rev)) => {
-                    for (i, items) in self.build_items(kvs).into_iter().enumerate() {
-                        self.loaded(i, &items);
-                        self.resources[i].reset(items, rev);
+                    self.define_all(&kvs, rev);
+                    for (rc, items) in self.build_items(kvs) {
+                        self.loaded(&rc, &items);
+                        rc.reset(items, rev);
                     }
                     self.synced.send_replace(rev);
                     warn!(
@@ -808,15 +955,18 @@ impl Cache {
         loop {
             tick.tick().await;
             let synced = self.synced();
-            for r in &self.resources {
+            for r in self.caches() {
                 r.bookmark(synced);
             }
         }
     }
 
-    pub fn resource(&self, r: &Resource) -> &ResourceCache {
-        let i = self.by_prefix[&r.key_prefix()];
-        &self.resources[i]
+    /// The cache of a served resource. Built-in resources always have one; a custom one has
+    /// one while its definition is established (a request that raced the definition's removal
+    /// sees an empty cache).
+    pub fn resource(&self, r: &'static Resource) -> Arc<ResourceCache> {
+        self.cache_at(&r.key_prefix())
+            .unwrap_or_else(|| Arc::new(ResourceCache::new(r, self.synced())))
     }
 
     /// The revision the cache has applied.
@@ -855,7 +1005,7 @@ impl Cache {
 
     /// How many objects each resource holds, by plural (`apiserver_storage_objects`).
     pub fn object_counts(&self) -> Vec<(String, usize)> {
-        self.resources
+        self.caches()
             .iter()
             .map(|r| {
                 let n = r
@@ -864,7 +1014,7 @@ impl Cache {
                     .unwrap_or_else(|p| p.into_inner())
                     .items
                     .len();
-                (r.resource.group_resource(), n)
+                (r.resource().group_resource(), n)
             })
             .collect()
     }

@@ -2,10 +2,30 @@
 //! form (one request per group-version) and aggregated (everything in one response, which is
 //! what kubectl asks for first). Built once at startup.
 
-use api::Resource;
-use api::resources::{self, Served};
+use api::resources::Served;
+use api::{Registry, Resource};
 use bytes::Bytes;
 use serde_json::{Value, json};
+
+/// The verbs of a custom resource, in the order Kubernetes lists them.
+const CUSTOM_VERBS: &[&str] = &[
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "create",
+    "update",
+    "watch",
+];
+
+fn verbs(r: &Resource) -> &'static [&'static str] {
+    if r.ops.custom().is_some() {
+        CUSTOM_VERBS
+    } else {
+        VERBS
+    }
+}
 
 const VERBS: &[&str] = &[
     "create",
@@ -122,7 +142,7 @@ fn aggregated_resource(served: Served) -> Value {
         "responseKind": {"group": group, "version": version, "kind": r.kind},
         "scope": scope(r),
         "singularResource": r.singular,
-        "verbs": VERBS,
+        "verbs": verbs(r),
     });
     if !r.short_names.is_empty() {
         v["shortNames"] = json!(r.short_names);
@@ -144,16 +164,16 @@ fn aggregated_resource(served: Served) -> Value {
     v
 }
 
-fn legacy_resources(group: &str, version: &str) -> Vec<Value> {
+fn legacy_resources(registry: &Registry, group: &str, version: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for served in resources::served(group, version) {
+    for served in registry.served(group, version) {
         let (r, version) = (served.resource, served.version);
         let mut v = json!({
             "name": r.plural,
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": verbs(r),
         });
         if !r.short_names.is_empty() {
             v["shortNames"] = json!(r.short_names);
@@ -199,17 +219,18 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    pub fn new(server_address: &str) -> Discovery {
+    pub fn new(server_address: &str, registry: &Registry) -> Discovery {
         let mut core_item = None;
         let mut group_items = Vec::new();
         let mut legacy_groups = Vec::new();
         let mut groups = Vec::new();
         let mut resource_lists = Vec::new();
-        for (group, versions) in resources::groups() {
+        for (group, versions) in registry.groups() {
             let versions_json: Vec<Value> = versions
                 .iter()
                 .map(|v| {
-                    let rs: Vec<Value> = resources::served(group, v)
+                    let rs: Vec<Value> = registry
+                        .served(group, v)
                         .into_iter()
                         .map(aggregated_resource)
                         .collect();
@@ -227,7 +248,7 @@ impl Discovery {
                     "kind": "APIResourceList",
                     "apiVersion": "v1",
                     "groupVersion": gv,
-                    "resources": legacy_resources(group, v),
+                    "resources": legacy_resources(registry, group, v),
                 });
                 resource_lists.push((gv, wire(&list)));
             }
@@ -347,7 +368,7 @@ mod tests {
 
     #[test]
     fn documents() {
-        let d = Discovery::new("127.0.0.1:6443");
+        let d = Discovery::new("127.0.0.1:6443", &Registry::default());
         let core: Value = serde_json::from_slice(&d.core_v2).unwrap();
         let pods = core["items"][0]["versions"][0]["resources"]
             .as_array()

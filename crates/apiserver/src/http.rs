@@ -173,7 +173,8 @@ async fn handle(
             request_body: request,
             response_body: response.as_ref(),
             received,
-            streaming: crate::limits::long_running(&method, &uri),
+            streaming: crate::limits::long_running(&method, &uri, api.cache.registry()),
+            registry: api.cache.registry(),
         });
     };
     // Who asks, and whether they may, is settled before a byte of the body is read.
@@ -196,14 +197,18 @@ async fn handle(
     };
     let acting = who.user.clone();
     let privileged = who.user.in_group(api::rbac::MASTERS);
-    let _in_flight = match api.limits.admit(req.method(), req.uri(), privileged) {
-        Ok(permit) => permit,
-        Err(e) => {
-            let resp = api.refuse(&req, e);
-            audit(Some(&caller), Some(&acting), Some(true), None, &resp);
-            return resp;
-        }
-    };
+    let _in_flight =
+        match api
+            .limits
+            .admit(req.method(), req.uri(), privileged, api.cache.registry())
+        {
+            Ok(permit) => permit,
+            Err(e) => {
+                let resp = api.refuse(&req, e);
+                audit(Some(&caller), Some(&acting), Some(true), None, &resp);
+                return resp;
+            }
+        };
     let (parts, body) = req.into_parts();
     let read = tokio::time::timeout(
         api.config.body_timeout,

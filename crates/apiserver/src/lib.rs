@@ -10,6 +10,7 @@ mod binding;
 pub mod body;
 pub mod cache;
 mod certificates;
+mod crds;
 mod discovery;
 pub mod errors;
 mod evict;

@@ -69,9 +69,9 @@ impl Drop for ConnectionSlot {
 /// Requests that stay open as long as the client wants (watches, streams into containers,
 /// proxies, followed logs): not counted as in flight. Read from the route, not the path's
 /// text, so that an object named `proxy` or `exec` is counted like any other.
-pub fn long_running(method: &Method, uri: &Uri) -> bool {
+pub fn long_running(method: &Method, uri: &Uri, registry: &api::Registry) -> bool {
     let params = Params::parse(uri.query());
-    let Ok(Route::Resource(t)) = request::route(uri.path()) else {
+    let Ok(Route::Resource(t)) = request::route(uri.path(), registry) else {
         return false;
     };
     match t.subresource.as_deref() {
@@ -116,8 +116,9 @@ impl Limits {
         method: &Method,
         uri: &Uri,
         privileged: bool,
+        registry: &api::Registry,
     ) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-        if privileged || long_running(method, uri) {
+        if privileged || long_running(method, uri, registry) {
             return Ok(None);
         }
         let pool = match *method {
@@ -165,33 +166,49 @@ mod tests {
             ..LimitsConfig::default()
         });
         let list: Uri = "/api/v1/pods".parse().expect("a uri");
-        let held = limits.admit(&Method::GET, &list, false).expect("first");
+        let held = limits
+            .admit(&Method::GET, &list, false, &api::Registry::default())
+            .expect("first");
         assert!(held.is_some());
-        let e = limits.admit(&Method::GET, &list, false).unwrap_err();
+        let e = limits
+            .admit(&Method::GET, &list, false, &api::Registry::default())
+            .unwrap_err();
         assert_eq!((e.code, e.reason), (429, "TooManyRequests"));
         // Writes have their own pool; watches and masters are not counted.
-        assert!(limits.admit(&Method::POST, &list, false).is_ok());
+        assert!(
+            limits
+                .admit(&Method::POST, &list, false, &api::Registry::default())
+                .is_ok()
+        );
         let watch: Uri = "/api/v1/pods?watch=1".parse().expect("a uri");
         assert!(
             limits
-                .admit(&Method::GET, &watch, false)
+                .admit(&Method::GET, &watch, false, &api::Registry::default())
                 .expect("watch")
                 .is_none()
         );
         assert!(
             limits
-                .admit(&Method::GET, &list, true)
+                .admit(&Method::GET, &list, true, &api::Registry::default())
                 .expect("masters")
                 .is_none()
         );
         let follow: Uri = "/api/v1/namespaces/a/pods/p/log?follow=true"
             .parse()
             .expect("a uri");
-        assert!(long_running(&Method::GET, &follow));
+        assert!(long_running(
+            &Method::GET,
+            &follow,
+            &api::Registry::default()
+        ));
         let exec: Uri = "/api/v1/namespaces/a/pods/p/exec?command=ls"
             .parse()
             .expect("a uri");
-        assert!(long_running(&Method::POST, &exec));
+        assert!(long_running(
+            &Method::POST,
+            &exec,
+            &api::Registry::default()
+        ));
         // Objects named like streams are counted like any other.
         for path in [
             "/api/v1/namespaces/proxy-x/configmaps",
@@ -199,9 +216,16 @@ mod tests {
             "/api/v1/namespaces/a/pods/watch",
         ] {
             let uri: Uri = path.parse().expect("a uri");
-            assert!(!long_running(&Method::POST, &uri), "{path}");
+            assert!(
+                !long_running(&Method::POST, &uri, &api::Registry::default()),
+                "{path}"
+            );
         }
         drop(held);
-        assert!(limits.admit(&Method::GET, &list, false).is_ok());
+        assert!(
+            limits
+                .admit(&Method::GET, &list, false, &api::Registry::default())
+                .is_ok()
+        );
     }
 }

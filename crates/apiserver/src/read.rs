@@ -4,6 +4,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::Resource;
 use api::selector::{FieldSelector, LabelSelectorExpr};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -71,10 +72,10 @@ fn table_row(e: &Entry, inc: Include, now: Timestamp) -> Bytes {
 }
 
 /// A Table's opening, up to the start of its rows.
-fn table_head(kind: &str, version: &str, rev: u64, cont: Option<&str>, columns: bool) -> Bytes {
+fn table_head(r: &Resource, version: &str, rev: u64, cont: Option<&str>, columns: bool) -> Bytes {
     let meta = list_meta(rev, cont);
     let cols = if columns {
-        table::column_definitions(kind)
+        table::column_definitions(r)
     } else {
         json!([])
     };
@@ -217,7 +218,7 @@ impl ApiServer {
                 Reply::object(StatusCode::OK, partial_object(&e, version))
             }
             Output::Table(version) => {
-                let head = table_head(t.resource.kind, version, e.rev, None, true);
+                let head = table_head(t.resource, version, e.rev, None, true);
                 let row = table_row(&e, Include::Metadata, Timestamp::now());
                 Reply::body(
                     StatusCode::OK,
@@ -321,7 +322,7 @@ impl ApiServer {
             Output::Table(version) => {
                 let now = Timestamp::now();
                 let inc = include(params);
-                let head = table_head(t.resource.kind, version, snap.rev, cont.as_deref(), true);
+                let head = table_head(t.resource, version, snap.rev, cont.as_deref(), true);
                 joined(
                     head,
                     matched.iter().map(|e| table_row(e, inc, now)).collect(),
@@ -379,6 +380,7 @@ impl ApiServer {
         let (tx, body) = Body::budgeted(WATCH_BODY_BYTES);
         let encoder = Encoder {
             kind: t.resource.kind,
+            resource: t.resource,
             api_version: t.resource.group_version(),
             output,
             include: include(params),
@@ -450,6 +452,7 @@ fn error_line(e: &ApiError) -> Bytes {
 
 struct Encoder {
     kind: &'static str,
+    resource: &'static Resource,
     api_version: String,
     output: Output,
     include: Include,
@@ -470,7 +473,8 @@ impl Encoder {
                         out.extend_from_slice(&partial_object(e, version));
                     }
                     Output::Table(version) => {
-                        let head = table_head(self.kind, version, e.rev, None, !self.sent_columns);
+                        let head =
+                            table_head(self.resource, version, e.rev, None, !self.sent_columns);
                         self.sent_columns = true;
                         out.extend_from_slice(&head);
                         out.extend_from_slice(&table_row(e, self.include, Timestamp::now()));

@@ -1,9 +1,8 @@
 //! Reading a request: which route a path names, its query parameters, and which representation
 //! the client accepts.
 
-use api::Resource;
-use api::resources;
 use api::versions::{self, View};
+use api::{Registry, Resource};
 
 use crate::errors::ApiError;
 
@@ -83,7 +82,8 @@ pub fn unescape(segment: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-pub fn route(path: &str) -> Result<Route, ApiError> {
+/// What `path` asks for; resources are looked up in `registry`.
+pub fn route(path: &str, registry: &Registry) -> Result<Route, ApiError> {
     let trimmed = path.trim_end_matches('/');
     let decoded: Vec<std::borrow::Cow<'_, str>> =
         trimmed.split('/').skip(1).map(unescape).collect();
@@ -111,8 +111,10 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         ["openapi", "v2"] | ["swagger-2.0.0.pb-v1"] => Route::OpenApiV2,
         ["openapi", "v3"] => Route::OpenApiV3Index,
         ["openapi", "v3", rest @ ..] if !rest.is_empty() => Route::OpenApiV3(rest.join("/")),
-        ["api", version, rest @ ..] => Route::Resource(target("", version, rest)?),
-        ["apis", group, version, rest @ ..] => Route::Resource(target(group, version, rest)?),
+        ["api", version, rest @ ..] => Route::Resource(target(registry, "", version, rest)?),
+        ["apis", group, version, rest @ ..] => {
+            Route::Resource(target(registry, group, version, rest)?)
+        }
         _ => return Err(ApiError::no_route()),
     };
     Ok(route)
@@ -121,23 +123,31 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
 /// The resource served at `group/version` under `plural`, and the view converting it if
 /// that is not its stored version.
 fn served(
+    registry: &Registry,
     group: &str,
     version: &str,
     plural: &str,
 ) -> Option<(&'static Resource, Option<&'static View>)> {
-    if let Some(r) = resources::find(group, version, plural) {
+    if let Some(r) = registry.find(group, version, plural) {
         return Some((r, None));
     }
     versions::find(group, version, plural).map(|v| (v.storage(), Some(v)))
 }
 
-fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
-    let find = |plural: &str| served(group, version, plural).ok_or_else(ApiError::no_route);
+fn target(
+    registry: &Registry,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Target, ApiError> {
+    let find =
+        |plural: &str| served(registry, group, version, plural).ok_or_else(ApiError::no_route);
     let s = |x: &&str| Some((*x).to_string());
     // `namespaces/{ns}/{plural}...` names namespaced content unless the third segment is a
     // subresource of the namespace itself.
     if let ["namespaces", ns, plural, tail @ ..] = rest
-        && let Some((r, view)) = served(group, version, plural).filter(|(r, _)| r.namespaced)
+        && let Some((r, view)) =
+            served(registry, group, version, plural).filter(|(r, _)| r.namespaced)
     {
         return match tail {
             [] => Ok(Target {
@@ -375,14 +385,20 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("/version/").unwrap(), Route::Version);
-        assert_eq!(route("/apis").unwrap(), Route::Groups);
         assert_eq!(
-            route("/apis/apps/v1").unwrap(),
+            route("/version/", &Registry::default()).unwrap(),
+            Route::Version
+        );
+        assert_eq!(route("/apis", &Registry::default()).unwrap(), Route::Groups);
+        assert_eq!(
+            route("/apis/apps/v1", &Registry::default()).unwrap(),
             Route::ResourceList("apps".into(), "v1".into())
         );
-        let Route::Resource(t) = route("/api/v1/namespaces/default/pods/web/status").unwrap()
-        else {
+        let Route::Resource(t) = route(
+            "/api/v1/namespaces/default/pods/web/status",
+            &Registry::default(),
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(
@@ -394,27 +410,31 @@ mod tests {
             ),
             ("pods", Some("default"), Some("web"), Some("status"))
         );
-        let Route::Resource(t) = route("/api/v1/namespaces/default").unwrap() else {
+        let Route::Resource(t) = route("/api/v1/namespaces/default", &Registry::default()).unwrap()
+        else {
             panic!()
         };
         assert_eq!(
             (t.resource.plural, t.name.as_deref()),
             ("namespaces", Some("default"))
         );
-        let Route::Resource(t) = route("/api/v1/namespaces/gone/finalize").unwrap() else {
+        let Route::Resource(t) =
+            route("/api/v1/namespaces/gone/finalize", &Registry::default()).unwrap()
+        else {
             panic!()
         };
         assert_eq!(t.subresource.as_deref(), Some("finalize"));
-        let Route::Resource(t) = route("/apis/apps/v1/deployments").unwrap() else {
+        let Route::Resource(t) = route("/apis/apps/v1/deployments", &Registry::default()).unwrap()
+        else {
             panic!()
         };
         assert_eq!((t.resource.plural, t.namespace), ("deployments", None));
         assert!(
-            route("/api/v1/pods/x").is_err(),
+            route("/api/v1/pods/x", &Registry::default()).is_err(),
             "namespaced objects need a namespace"
         );
-        assert!(route("/apis/apps/v1/widgets").is_err());
-        assert!(route("/nope").is_err());
+        assert!(route("/apis/apps/v1/widgets", &Registry::default()).is_err());
+        assert!(route("/nope", &Registry::default()).is_err());
     }
 
     #[test]
@@ -475,7 +495,10 @@ mod tests {
         assert_eq!(unescape("web%3Ahttp"), "web:http");
         assert_eq!(unescape("plain"), "plain");
         assert_eq!(unescape("bad%zz%"), "bad%zz%");
-        let Ok(Route::Resource(t)) = route("/api/v1/namespaces/n/services/web%3A80/proxy/x") else {
+        let Ok(Route::Resource(t)) = route(
+            "/api/v1/namespaces/n/services/web%3A80/proxy/x",
+            &Registry::default(),
+        ) else {
             panic!("a proxy path routes");
         };
         assert_eq!(t.name.as_deref(), Some("web:80"));

@@ -235,7 +235,8 @@ pub struct ApiServer {
     /// When each namespace was last looked at afresh for LimitRanges (none cached).
     pub(crate) limit_checks:
         std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-    discovery: Discovery,
+    /// Rebuilt when what the registry serves changes, with the generation it describes.
+    discovery: std::sync::RwLock<(u64, Arc<Discovery>)>,
     openapi: OpenApi,
     version: Value,
     pub(crate) telemetry: Arc<Telemetry>,
@@ -299,7 +300,13 @@ impl ApiServer {
             authorizer,
             authenticator: std::sync::OnceLock::new(),
             node_connector: std::sync::OnceLock::new(),
-            discovery: Discovery::new(&config.advertise.to_string()),
+            discovery: std::sync::RwLock::new((
+                cache.registry().generation(),
+                Arc::new(Discovery::new(
+                    &config.advertise.to_string(),
+                    cache.registry(),
+                )),
+            )),
             openapi: OpenApi::new(&git_version()),
             store,
             cache,
@@ -331,7 +338,7 @@ impl ApiServer {
             return Ok(who);
         }
         let path = uri.path();
-        let route = request::route(path).ok();
+        let route = request::route(path, self.cache.registry()).ok();
         let params = Params::parse(uri.query());
         let asked = crate::auth::attributes_of(method, path, &params, route.as_ref());
         if let Err(e) = self
@@ -364,7 +371,7 @@ impl ApiServer {
 
     /// The reply to a request refused before it was handled, counted like any other.
     pub fn refuse<B>(&self, req: &Request<B>, e: ApiError) -> Response<Body> {
-        let route = request::route(req.uri().path());
+        let route = request::route(req.uri().path(), self.cache.registry());
         let params = Params::parse(req.uri().query());
         let labels = request_labels(req.method(), req.headers(), route.as_ref().ok(), &params);
         debug!(
@@ -423,7 +430,7 @@ impl ApiServer {
         let span = debug_span!("request", method = %req.method(), path = %req.uri().path());
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let started = std::time::Instant::now();
-        let route = request::route(req.uri().path());
+        let route = request::route(req.uri().path(), self.cache.registry());
         let params = Params::parse(req.uri().query());
         let labels = request_labels(req.method(), req.headers(), route.as_ref().ok(), &params);
         async move {
@@ -535,17 +542,17 @@ impl ApiServer {
                     DiscoveryFormat::Aggregated("v2") => Reply::bytes(
                         StatusCode::OK,
                         "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
-                        self.discovery.core_v2.clone(),
+                        self.discovery().core_v2.clone(),
                     ),
                     DiscoveryFormat::Aggregated(_) => Reply::bytes(
                         StatusCode::OK,
                         "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList",
-                        self.discovery.core_v2beta1.clone(),
+                        self.discovery().core_v2beta1.clone(),
                     ),
                     DiscoveryFormat::Legacy => Reply::bytes(
                         StatusCode::OK,
                         "application/json",
-                        self.discovery.core_versions.clone(),
+                        self.discovery().core_versions.clone(),
                     ),
                 })
             }
@@ -555,29 +562,29 @@ impl ApiServer {
                     DiscoveryFormat::Aggregated("v2") => Reply::bytes(
                         StatusCode::OK,
                         "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
-                        self.discovery.groups_v2.clone(),
+                        self.discovery().groups_v2.clone(),
                     ),
                     DiscoveryFormat::Aggregated(_) => Reply::bytes(
                         StatusCode::OK,
                         "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList",
-                        self.discovery.groups_v2beta1.clone(),
+                        self.discovery().groups_v2beta1.clone(),
                     ),
                     DiscoveryFormat::Legacy => Reply::bytes(
                         StatusCode::OK,
                         "application/json",
-                        self.discovery.group_list.clone(),
+                        self.discovery().group_list.clone(),
                     ),
                 })
             }
             Route::Group(g) => {
                 get_only(req.method())?;
-                let body = self.discovery.group(&g).ok_or_else(ApiError::no_route)?;
+                let body = self.discovery().group(&g).ok_or_else(ApiError::no_route)?;
                 Ok(Reply::bytes(StatusCode::OK, "application/json", body))
             }
             Route::ResourceList(g, v) => {
                 get_only(req.method())?;
                 let body = self
-                    .discovery
+                    .discovery()
                     .resource_list(&g, &v)
                     .ok_or_else(ApiError::no_route)?;
                 Ok(Reply::bytes(StatusCode::OK, "application/json", body))
@@ -592,13 +599,13 @@ impl ApiServer {
                     Reply::bytes(
                         StatusCode::OK,
                         openapi::V2_PROTO_CONTENT_TYPE,
-                        self.openapi.v2_proto().await,
+                        self.openapi.v2_proto(self.cache.registry()).await,
                     )
                 } else {
                     Reply::bytes(
                         StatusCode::OK,
                         "application/json",
-                        self.openapi.v2_json().await,
+                        self.openapi.v2_json(self.cache.registry()).await,
                     )
                 })
             }
@@ -607,20 +614,27 @@ impl ApiServer {
                 Ok(Reply::bytes(
                     StatusCode::OK,
                     "application/json",
-                    self.openapi.v3_index().await,
+                    self.openapi.v3_index(self.cache.registry()).await,
                 ))
             }
             Route::OpenApiV3(key) => {
                 get_only(req.method())?;
-                let body = self.openapi.v3(&key).await.ok_or_else(ApiError::no_route)?;
+                let body = self
+                    .openapi
+                    .v3(self.cache.registry(), &key)
+                    .await
+                    .ok_or_else(ApiError::no_route)?;
                 Ok(Reply::bytes(StatusCode::OK, "application/json", body))
             }
             Route::Resource(t) => {
                 let output = request::output(accept.as_deref());
-                let view = t.view;
+                let (view, resource) = (t.view, t.resource);
                 let reply = self.resource(req, t, params, output, who).await?;
                 Ok(match view {
                     Some(view) => crate::views::show_reply(view, reply),
+                    None if crate::views::converts(resource) => {
+                        crate::views::show_custom_reply(resource, reply)
+                    }
                     None => reply,
                 })
             }
@@ -821,6 +835,24 @@ impl ApiServer {
     /// How this server reaches node agents (for logs, exec, attach, port-forward); set once.
     pub fn set_node_connector(&self, c: Arc<dyn crate::node::NodeConnector>) {
         let _ = self.node_connector.set(c);
+    }
+
+    /// The discovery documents of what is served now.
+    fn discovery(&self) -> Arc<Discovery> {
+        let registry = self.cache.registry();
+        let generation = registry.generation();
+        {
+            let d = self.discovery.read().unwrap_or_else(|p| p.into_inner());
+            if d.0 == generation {
+                return d.1.clone();
+            }
+        }
+        let fresh = Arc::new(Discovery::new(&self.config.advertise.to_string(), registry));
+        let mut d = self.discovery.write().unwrap_or_else(|p| p.into_inner());
+        if d.0 < generation {
+            *d = (generation, fresh.clone());
+        }
+        fresh
     }
 
     pub fn cache(&self) -> &Cache {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use api::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceColumnDefinition;
 use api::selector;
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -1801,10 +1802,57 @@ pub fn partial_metadata(obj: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
 }
 
+/// The cells of one object of `r`: its kind's columns, or a custom kind's printer columns.
+pub fn cells_of(r: &api::Resource, obj: &Value) -> Vec<Cell> {
+    match r.ops.custom() {
+        Some(c) => custom_cells(&c.kind().columns, obj),
+        None => cells(r.kind, obj),
+    }
+}
+
+/// A custom kind's row: its name, then each printer column's value (or its age, without
+/// printer columns).
+fn custom_cells(columns: &[CustomResourceColumnDefinition], obj: &Value) -> Vec<Cell> {
+    let mut out = vec![Cell::text(s(&obj["metadata"]["name"]))];
+    if columns.is_empty() {
+        out.push(created(obj));
+        return out;
+    }
+    for c in columns {
+        let v = api::custom::at_path(obj, &c.json_path).unwrap_or(&Value::Null);
+        out.push(match (c.type_.as_str(), v) {
+            (_, Value::Null) => Cell::text("<none>"),
+            ("date", v) => Cell::Since(ts(v)),
+            ("integer", Value::Number(n)) if n.is_i64() => Cell::Int(n.as_i64().unwrap_or(0)),
+            (_, Value::String(x)) => Cell::text(x.clone()),
+            (_, other) => Cell::text(other.to_string()),
+        });
+    }
+    out
+}
+
 /// The column definitions as the Table carries them.
-pub fn column_definitions(kind: &str) -> Value {
+pub fn column_definitions(r: &api::Resource) -> Value {
+    if let Some(c) = r.ops.custom() {
+        let kind = c.kind();
+        let mut cols = vec![
+            json!({"name": NAME.name, "type": NAME.ty, "format": NAME.format,
+                                   "description": NAME.description, "priority": 0}),
+        ];
+        if kind.columns.is_empty() {
+            cols.push(json!({"name": AGE.name, "type": "date", "format": "",
+                             "description": AGE.description, "priority": 0}));
+        }
+        for col in &kind.columns {
+            cols.push(json!({"name": col.name, "type": col.type_,
+                             "format": col.format.clone().unwrap_or_default(),
+                             "description": col.description.clone().unwrap_or_default(),
+                             "priority": col.priority.unwrap_or(0)}));
+        }
+        return Value::Array(cols);
+    }
     Value::Array(
-        columns(kind)
+        columns(r.kind)
             .iter()
             .map(|c| {
                 json!({"name": c.name, "type": c.ty, "format": c.format,

@@ -340,6 +340,22 @@ impl ApiServer {
                 AdmitError::Invalid(errs) => ApiError::invalid(r, &name, &errs),
             })?;
         let warnings = judge_unknown(r, r.version, &admitted.unknown_fields, opts)?;
+        let mut admitted = admitted;
+        if let Some(c) = r.ops.custom() {
+            // Stored in the definition's storage version (`None` conversion: only the
+            // apiVersion changes); replies show it in the version asked.
+            let storage = c.kind().storage_version.clone();
+            if storage != r.version {
+                admitted.object["apiVersion"] = json!(format!("{}/{storage}", r.group));
+            }
+        }
+        if crate::crds::is_definitions(r) {
+            crate::crds::settle(
+                self.cache.registry(),
+                &mut admitted.object,
+                op == Operation::Create,
+            )?;
+        }
         self.authorizer
             .check_escalation(r, &admitted.object, old, &opts.who)?;
         crate::auth::noderestriction::node_object(&opts.who, r, &admitted.object, old)?;
@@ -357,7 +373,10 @@ impl ApiServer {
         if r.kind != "Service" {
             return Ok(Vec::new());
         }
-        let services = self.cache.resource(r).snapshot(self.cache.synced());
+        let services = self
+            .cache
+            .resource(api::resources::find("", "v1", "services").expect("services are served"))
+            .snapshot(self.cache.synced());
         let mut ips: HashSet<IpAddr> = HashSet::new();
         let mut ports: HashSet<i64> = HashSet::new();
         for e in services.items.values() {
@@ -474,6 +493,7 @@ impl ApiServer {
         if let Some(e) = gv_kind_mismatch(r, &obj) {
             return Err(e);
         }
+        crate::crds::refuse_create_while_terminating(&self.cache, r)?;
         obj["apiVersion"] = json!(r.group_version());
         obj["kind"] = json!(r.kind);
         let meta = object_meta(&mut obj)?;
@@ -549,7 +569,7 @@ impl ApiServer {
                     time: &time,
                     scope: Self::scope_of(r, None),
                 };
-                fields::record_update(None, &mut admitted, schema::for_kind(r.kind), &w);
+                fields::record_update(None, &mut admitted, r.ops.merge_type(), &w);
             }
             self.admit_with_context(r, t.namespace.as_deref(), &mut admitted)
                 .await?;
@@ -642,13 +662,20 @@ impl ApiServer {
         from_store: bool,
     ) -> ApiResult<Option<(Value, u64)>> {
         let r = t.resource;
+        // A custom object stored in another version is changed as the version asked shows it.
+        let shown = |mut v: Value| {
+            if crate::views::converts(r) {
+                v["apiVersion"] = json!(r.group_version());
+            }
+            v
+        };
         if !from_store {
             self.cache.wait_fresh().await?;
             return Ok(self
                 .cache
                 .resource(r)
                 .get(&entry_key(t, name))
-                .map(|e| (e.value(), e.rev)));
+                .map(|e| (shown(e.value()), e.rev)));
         }
         let Some(kv) = self.store.get(&r.key(t.namespace.as_deref(), name)).await? else {
             return Ok(None);
@@ -656,7 +683,7 @@ impl ApiServer {
         let mut v: Value = serde_json::from_slice(&kv.value)
             .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
         v["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-        Ok(Some((v, kv.mod_revision)))
+        Ok(Some((shown(v), kv.mod_revision)))
     }
 
     /// Bring `new` in line with the stored `old` before admission: identity and server-owned
@@ -889,7 +916,7 @@ impl ApiServer {
                 time: &time,
                 scope,
             };
-            fields::record_update(Some(old), &mut admitted, schema::for_kind(r.kind), &w);
+            fields::record_update(Some(old), &mut admitted, r.ops.merge_type(), &w);
         }
         let mut old_plain = old.clone();
         strip_rv(&mut old_plain);
@@ -997,10 +1024,18 @@ impl ApiServer {
             .unwrap_or("");
         let ty =
             PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media_type(ct))?;
-        let patch = parse_body(req, ty == PatchType::Apply)?;
         let r = t.resource;
+        if ty == PatchType::Strategic && r.ops.custom().is_some() {
+            // Custom kinds have no patch strategies to merge by, as in Kubernetes.
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".to_string(),
+            ));
+        }
+        let patch = parse_body(req, ty == PatchType::Apply)?;
         let scope = Self::scope_of(r, sub);
-        let kind_schema = schema::for_kind(r.kind);
+        let kind_schema = r.ops.merge_type();
         if ty == PatchType::Apply {
             if let Some(view) = t.view {
                 return Err(ApiError::new(
@@ -1091,7 +1126,7 @@ impl ApiServer {
             time: &time,
             scope,
         };
-        let ty = schema::for_kind(r.kind);
+        let ty = r.ops.merge_type();
         // The object may be created concurrently; then apply onto it.
         for _ in 0..MAX_ATTEMPTS {
             if self.current(t, name, false).await?.is_none() {
@@ -1606,7 +1641,7 @@ impl ApiServer {
         let r = t.resource;
         if method == Method::GET {
             let e = self.fresh(t, name).await?;
-            return Ok(Reply::json(StatusCode::OK, &scale_of(&e.value())));
+            return Ok(Reply::json(StatusCode::OK, &scale_of(r, &e.value())));
         }
         let opts = write_opts(req, params, who)?;
         let body = parse_body(req, false)?;
@@ -1627,7 +1662,7 @@ impl ApiServer {
         };
         let written = self
             .update_loop(t, name, Scope::Main, &opts, true, &mut |old| {
-                let current = scale_of(old);
+                let current = scale_of(r, old);
                 let desired = match patch_type {
                     None => body.clone(),
                     Some(PatchType::Apply) => api::patch::merge_patch(&current, &body),
@@ -1645,18 +1680,43 @@ impl ApiServer {
                     return Err(ApiError::invalid(r, name, &errs));
                 }
                 let mut new = old.clone();
-                new["spec"]["replicas"] = json!(replicas);
+                match r.ops.custom().and_then(|c| c.kind().scale.clone()) {
+                    Some(paths) => {
+                        api::custom::set_path(&mut new, &paths.spec_replicas, json!(replicas))
+                    }
+                    None => new["spec"]["replicas"] = json!(replicas),
+                }
                 Ok((new, pinned))
             })
             .await?;
         let mut obj = written.obj;
         obj["metadata"]["resourceVersion"] = json!(written.rev.to_string());
-        Ok(Reply::json(StatusCode::OK, &scale_of(&obj)))
+        Ok(Reply::json(StatusCode::OK, &scale_of(r, &obj)))
     }
 }
 
-/// The `autoscaling/v1` Scale view of an object with `spec.replicas`.
-fn scale_of(obj: &Value) -> Value {
+/// The `autoscaling/v1` Scale view of an object with `spec.replicas` (or, for a custom kind,
+/// where its definition says).
+fn scale_of(r: &Resource, obj: &Value) -> Value {
+    if let Some(paths) = r.ops.custom().and_then(|c| c.kind().scale.clone()) {
+        let at = |p: &str| api::custom::at_path(obj, p);
+        let selector = paths
+            .label_selector
+            .as_deref()
+            .and_then(at)
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let m = &obj["metadata"];
+        return json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+                         "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+            "spec": {"replicas": at(&paths.spec_replicas).and_then(Value::as_i64).unwrap_or(0)},
+            "status": {"replicas": at(&paths.status_replicas).and_then(Value::as_i64).unwrap_or(0),
+                       "selector": selector},
+        });
+    }
     let sel: Option<api::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector> =
         serde_json::from_value(obj["spec"]["selector"].clone()).ok();
     let selector = api::selector::LabelSelectorExpr::from_object(sel.as_ref())
@@ -1859,7 +1919,10 @@ mod tests {
     fn scale_view() {
         let d = json!({"metadata": {"name": "web", "namespace": "default", "resourceVersion": "7"},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}}, "status": {"replicas": 2}});
-        let s = scale_of(&d);
+        let s = scale_of(
+            api::resources::find("apps", "v1", "deployments").unwrap(),
+            &d,
+        );
         assert_eq!(s["spec"]["replicas"], 3);
         assert_eq!(s["status"]["selector"], "app=web");
         assert_eq!(s["metadata"]["resourceVersion"], "7");

@@ -471,6 +471,10 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         pki.ca_pem.clone(),
         leadership.clone(),
     );
+    controllers::start_definition_finalizer(
+        &InProcess::client(api.clone(), "apiextensions-apiserver"),
+        leadership.clone(),
+    );
     // Approved certificate requests for Kubernetes' built-in signers get the cluster CA's
     // signature.
     let signer = Arc::new(crate::signer::Signer::new(

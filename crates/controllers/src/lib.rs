@@ -4,7 +4,9 @@
 pub mod aggregation;
 pub mod cronjob;
 pub mod daemonset;
+pub mod definitions;
 pub mod deployment;
+pub mod discovered;
 pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
@@ -71,6 +73,23 @@ use crate::volume::VolumeController;
 /// as its own account (`client_for` gives the client of kube-system's account of that name,
 /// judged by the `system:controller:*` roles), and the shared mirrors list and watch as the
 /// manager.
+/// Start the CustomResourceDefinition finalizer. It belongs to the API server (as in
+/// Kubernetes, where apiextensions-apiserver runs it with the server's own credentials), so it
+/// gets a client trusted as the server is, not a controller account.
+pub fn start_definition_finalizer(client: &Client, leadership: Leadership) {
+    let definitions = Mirror::<api::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::new();
+    let f = Arc::new(definitions::DefinitionFinalizer::new(
+        client.clone(),
+        definitions.clone(),
+    ));
+    harness::start(f.clone(), f.queue(), 1, leadership);
+    supervise_mirror(
+        "mirror/customresourcedefinitions",
+        &definitions,
+        client.clone(),
+    );
+}
+
 pub fn start_controllers(
     manager: &Client,
     client_for: &dyn Fn(&'static str) -> Client,

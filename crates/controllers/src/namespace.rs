@@ -146,8 +146,19 @@ impl NamespaceController {
             return Ok(None);
         }
         let mut remaining = 0;
-        for r in api::resources::all().iter().filter(|r| r.namespaced) {
-            let path = collection_path(r, Some(name));
+        let mut paths: Vec<String> = api::resources::all()
+            .iter()
+            .filter(|r| r.namespaced)
+            .map(|r| collection_path(r, Some(name)))
+            .collect();
+        paths.extend(
+            crate::discovered::custom_resources(&self.client, &["deletecollection", "list"])
+                .await?
+                .iter()
+                .filter(|d| d.namespaced)
+                .map(|d| d.path(Some(name))),
+        );
+        for path in paths {
             match self.client.request_json(Method::DELETE, &path, None).await {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}

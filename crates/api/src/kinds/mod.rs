@@ -41,6 +41,7 @@ pub trait Kind:
     + DeserializeOwned
     + k8s_openapi::Metadata<Ty = ObjectMeta>
     + schemars::JsonSchema
+    + k8s_openapi::Resource
     + Send
     + Sync
     + 'static
@@ -94,11 +95,24 @@ pub trait KindOps: Send + Sync {
 
     /// The kind's JSON schema, added to `generator`'s definitions; returns the reference.
     fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
+
+    /// How the kind's lists and maps merge (strategic merge patch, server-side apply).
+    fn merge_type(&self) -> &'static crate::patch::schema::Type;
+
+    /// The definition behind a custom kind (printer columns, scale paths, schema); `None` for
+    /// built-in kinds.
+    fn custom(&self) -> Option<&crate::custom::CustomOps> {
+        None
+    }
 }
 
 struct Ops<T>(PhantomData<fn() -> T>);
 
 impl<T: Kind> KindOps for Ops<T> {
+    fn merge_type(&self) -> &'static crate::patch::schema::Type {
+        crate::patch::schema::for_kind(<T as k8s_openapi::Resource>::KIND)
+    }
+
     fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         generator.subschema_for::<T>()
     }
@@ -198,7 +212,7 @@ pub fn validate_labels(
     }
 }
 
-fn validate_object_meta(
+pub(crate) fn validate_object_meta(
     meta: &ObjectMeta,
     old: Option<&ObjectMeta>,
     resource: &crate::Resource,

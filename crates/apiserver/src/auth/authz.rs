@@ -524,7 +524,7 @@ mod tests {
             .split_once('?')
             .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
         let params = Params::parse(query);
-        let route = request::route(path).ok();
+        let route = request::route(path, &api::Registry::default()).ok();
         attributes_of(&method, path, &params, route.as_ref())
     }
 

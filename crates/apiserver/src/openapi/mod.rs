@@ -16,8 +16,8 @@ mod gnostic;
 
 use std::sync::Arc;
 
-use api::Resource;
-use api::resources::{self, Served};
+use api::resources::Served;
+use api::{Registry, Resource};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -32,7 +32,10 @@ const STATUS_SCHEMA: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Status";
 
 pub struct OpenApi {
     version: String,
-    docs: tokio::sync::OnceCell<Arc<Documents>>,
+    /// The documents and the registry generation they describe.
+    docs: std::sync::Mutex<Option<(u64, Arc<Documents>)>>,
+    /// One build at a time; requests meanwhile wait for it.
+    building: tokio::sync::Mutex<()>,
 }
 
 struct Documents {
@@ -47,37 +50,52 @@ impl OpenApi {
     pub fn new(version: &str) -> OpenApi {
         OpenApi {
             version: version.to_string(),
-            docs: tokio::sync::OnceCell::new(),
+            docs: std::sync::Mutex::new(None),
+            building: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The documents, built once, off the async threads (it takes a moment: every schema).
-    async fn docs(&self) -> Arc<Documents> {
-        self.docs
-            .get_or_init(|| async {
-                let version = self.version.clone();
-                let built = tokio::task::spawn_blocking(move || build(&version)).await;
-                Arc::new(built.unwrap_or_else(|_| build(&self.version)))
-            })
-            .await
-            .clone()
+    fn current(&self, generation: u64) -> Option<Arc<Documents>> {
+        let docs = self.docs.lock().unwrap_or_else(|p| p.into_inner());
+        docs.as_ref()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, d)| d.clone())
     }
 
-    pub async fn v2_json(&self) -> Bytes {
-        self.docs().await.v2_json.clone()
+    /// The documents of what `registry` serves, built off the async threads when what it
+    /// serves changed (it takes a moment: every schema).
+    async fn docs(&self, registry: &Arc<Registry>) -> Arc<Documents> {
+        let generation = registry.generation();
+        if let Some(d) = self.current(generation) {
+            return d;
+        }
+        let _one = self.building.lock().await;
+        if let Some(d) = self.current(generation) {
+            return d;
+        }
+        let version = self.version.clone();
+        let reg = registry.clone();
+        let built = tokio::task::spawn_blocking(move || build(&version, &reg)).await;
+        let docs = Arc::new(built.unwrap_or_else(|_| build(&self.version, registry)));
+        *self.docs.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, docs.clone()));
+        docs
     }
 
-    pub async fn v2_proto(&self) -> Bytes {
-        self.docs().await.v2_proto.clone()
+    pub async fn v2_json(&self, registry: &Arc<Registry>) -> Bytes {
+        self.docs(registry).await.v2_json.clone()
     }
 
-    pub async fn v3_index(&self) -> Bytes {
-        self.docs().await.v3_index.clone()
+    pub async fn v2_proto(&self, registry: &Arc<Registry>) -> Bytes {
+        self.docs(registry).await.v2_proto.clone()
+    }
+
+    pub async fn v3_index(&self, registry: &Arc<Registry>) -> Bytes {
+        self.docs(registry).await.v3_index.clone()
     }
 
     /// The v3 document of `api/v1` or `apis/{group}/{version}`.
-    pub async fn v3(&self, key: &str) -> Option<Bytes> {
-        self.docs()
+    pub async fn v3(&self, registry: &Arc<Registry>, key: &str) -> Option<Bytes> {
+        self.docs(registry)
             .await
             .v3
             .iter()
@@ -131,7 +149,7 @@ struct Kind {
 }
 
 /// The kinds' schemas, keyed by name, as kube-apiserver's v3 document has them.
-fn schemas(kinds: &mut Vec<Kind>) -> Map<String, Value> {
+fn schemas(registry: &Registry, kinds: &mut Vec<Kind>) -> Map<String, Value> {
     use schemars::generate::SchemaSettings;
     let mut generator = SchemaSettings::default()
         .with(|s| {
@@ -140,9 +158,21 @@ fn schemas(kinds: &mut Vec<Kind>) -> Map<String, Value> {
             s.transforms = vec![Box::new(schemars::transform::RemoveRefSiblings::default())];
         })
         .into_generator();
-    for (group, versions) in resources::groups() {
+    let mut custom = Vec::new();
+    for (group, versions) in registry.groups() {
         for version in versions {
-            for served in resources::served(group, version) {
+            for served in registry.served(group, version) {
+                if served.resource.ops.custom().is_some() {
+                    // A custom kind's schema is its definition's, named as Kubernetes names
+                    // it (reversed group, version, kind).
+                    let name = custom_schema_name(served.resource);
+                    custom.push((name.clone(), custom_schema(&served, &mut generator)));
+                    kinds.push(Kind {
+                        served,
+                        schema: name,
+                    });
+                    continue;
+                }
                 let schema =
                     match api::versions::find(served.group, served.version, served.resource.plural)
                     {
@@ -161,6 +191,7 @@ fn schemas(kinds: &mut Vec<Kind>) -> Map<String, Value> {
     generator.subschema_for::<api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
     generator.subschema_for::<api::k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>();
     let mut defs = generator.take_definitions(true);
+    defs.extend(custom);
     for k in kinds.iter() {
         if let Some(Value::Object(s)) = defs.get_mut(&k.schema) {
             let gvk = json!({"group": k.served.group, "kind": k.served.resource.kind,
@@ -210,6 +241,38 @@ fn schemas(kinds: &mut Vec<Kind>) -> Map<String, Value> {
                "type": "object"}),
     );
     defs
+}
+
+/// `com.example.v1.Widget` for `widgets.example.com/v1`.
+fn custom_schema_name(r: &Resource) -> String {
+    let mut parts: Vec<&str> = r.group.split('.').collect();
+    parts.reverse();
+    format!("{}.{}.{}", parts.join("."), r.version, r.kind)
+}
+
+/// A custom kind's schema as OpenAPI shows it: the definition's, with `apiVersion`, `kind`
+/// and `metadata` declared as every object has them.
+fn custom_schema(served: &Served, generator: &mut schemars::SchemaGenerator) -> Value {
+    let meta = generator
+        .subschema_for::<api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    let mut v = served.resource.ops.schema(generator).to_value();
+    if !v.is_object() {
+        v = json!({"type": "object"});
+    }
+    let props = v
+        .as_object_mut()
+        .expect("made an object above")
+        .entry("properties")
+        .or_insert_with(|| json!({}));
+    if let Some(p) = props.as_object_mut() {
+        p.insert("apiVersion".into(), json!({"type": "string",
+            "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values."}));
+        p.insert("kind".into(), json!({"type": "string",
+            "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase."}));
+        p.insert("metadata".into(), json!({"allOf": [meta.to_value()],
+            "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}));
+    }
+    v
 }
 
 /// Every schema name `v` refers to, directly or through others.
@@ -605,9 +668,9 @@ fn to_v2(v: &Value) -> Value {
     }
 }
 
-fn build(version: &str) -> Documents {
+fn build(version: &str, registry: &Registry) -> Documents {
     let mut kinds = Vec::new();
-    let mut defs = schemas(&mut kinds);
+    let mut defs = schemas(registry, &mut kinds);
     for k in &kinds {
         let (group, v) = (k.served.group, k.served.version);
         defs.insert(
@@ -619,7 +682,7 @@ fn build(version: &str) -> Documents {
     let mut v3 = Vec::new();
     let mut index = Map::new();
     let mut v2_paths = Map::new();
-    for (group, versions) in resources::groups() {
+    for (group, versions) in registry.groups() {
         for gv_version in versions {
             let key = if group.is_empty() {
                 format!("api/{gv_version}")
@@ -719,13 +782,14 @@ mod tests {
     use super::*;
 
     async fn v3(o: &OpenApi, key: &str) -> Value {
-        serde_json::from_slice(&o.v3(key).await.unwrap()).unwrap()
+        serde_json::from_slice(&o.v3(&Arc::new(Registry::default()), key).await.unwrap()).unwrap()
     }
 
     #[tokio::test]
     async fn v3_documents_hold_every_kind_with_its_schema() {
         let o = OpenApi::new("v1.33.0");
-        let index: Value = serde_json::from_slice(&o.v3_index().await).unwrap();
+        let index: Value =
+            serde_json::from_slice(&o.v3_index(&Arc::new(Registry::default())).await).unwrap();
         let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
             .as_str()
             .unwrap();
@@ -769,7 +833,7 @@ mod tests {
         let ios = &schemas["io.k8s.apimachinery.pkg.util.intstr.IntOrString"];
         assert_eq!(ios["format"], "int-or-string");
         // Every served kind of every group-version has its GVK on its schema.
-        for (group, versions) in resources::groups() {
+        for (group, versions) in api::resources::groups() {
             for v in versions {
                 let key = if group.is_empty() {
                     format!("api/{v}")
@@ -777,7 +841,7 @@ mod tests {
                     format!("apis/{group}/{v}")
                 };
                 let doc = v3(&o, &key).await;
-                for served in resources::served(group, v) {
+                for served in api::resources::served(group, v) {
                     let gvk = json!({"group": group, "kind": served.resource.kind, "version": v});
                     let found = doc["components"]["schemas"]
                         .as_object()
@@ -797,7 +861,8 @@ mod tests {
     #[tokio::test]
     async fn v2_has_definitions_without_v3_forms() {
         let o = OpenApi::new("v1.33.0");
-        let doc: Value = serde_json::from_slice(&o.v2_json().await).unwrap();
+        let doc: Value =
+            serde_json::from_slice(&o.v2_json(&Arc::new(Registry::default())).await).unwrap();
         let pod = &doc["definitions"]["io.k8s.api.core.v1.Pod"];
         assert_eq!(
             pod["properties"]["spec"]["$ref"],
@@ -811,6 +876,6 @@ mod tests {
                 .unwrap()
                 .contains(&json!("application/strategic-merge-patch+json"))
         );
-        assert!(!o.v2_proto().await.is_empty());
+        assert!(!o.v2_proto(&Arc::new(Registry::default())).await.is_empty());
     }
 }

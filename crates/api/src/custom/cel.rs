@@ -1,0 +1,135 @@
+//! `x-kubernetes-validations`: CEL rules on a schema node, with `self` bound to the value there
+//! and `oldSelf` to the stored value on update (a rule naming `oldSelf` is a transition rule
+//! and is not checked on create, or where no old value corresponds).
+
+use cel::{Context, Program};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+use serde_json::Value;
+
+use super::schema::Schema;
+use crate::errors::{FieldErrors, Path};
+
+/// One compiled rule.
+pub struct Rule {
+    pub text: String,
+    program: Program,
+    message: Option<String>,
+    message_expression: Option<Program>,
+    field_path: Option<String>,
+    reason: Option<String>,
+    transition: bool,
+    optional_old_self: bool,
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rule({:?})", self.text)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CompileError(String);
+
+/// Bounds on what a rule may cost (Kubernetes': an evaluation step budget per call).
+const MAX_RULE_SOURCE: usize = 8 * 1024;
+
+impl Rule {
+    pub fn compile(r: &ValidationRule) -> Result<Rule, CompileError> {
+        if r.rule.len() > MAX_RULE_SOURCE {
+            return Err(CompileError(format!(
+                "rule is longer than {MAX_RULE_SOURCE} bytes"
+            )));
+        }
+        let program = Program::compile(&r.rule).map_err(|e| CompileError(e.to_string()))?;
+        let transition = program.references().has_variable("oldSelf");
+        let message_expression = match &r.message_expression {
+            Some(m) if !m.is_empty() => {
+                Some(Program::compile(m).map_err(|e| CompileError(e.to_string()))?)
+            }
+            _ => None,
+        };
+        Ok(Rule {
+            text: r.rule.clone(),
+            program,
+            message: r.message.clone().filter(|m| !m.is_empty()),
+            message_expression,
+            field_path: r.field_path.clone().filter(|p| !p.is_empty()),
+            reason: r.reason.clone(),
+            transition,
+            optional_old_self: r.optional_old_self.unwrap_or(false),
+        })
+    }
+
+    /// Check `v` (with `old`, the correlated stored value) and report a failure at `path`.
+    pub fn check(
+        &self,
+        v: &Value,
+        old: Option<&Value>,
+        _schema: &Schema,
+        path: &Path,
+        errs: &mut FieldErrors,
+    ) {
+        if self.transition && old.is_none() && !self.optional_old_self {
+            return;
+        }
+        let mut ctx = Context::default();
+        let Ok(this) = cel::to_value(v) else {
+            return;
+        };
+        ctx.add_variable_from_value("self", this);
+        if self.transition {
+            let old_value = old.and_then(|o| cel::to_value(o).ok());
+            ctx.add_variable_from_value("oldSelf", old_value.unwrap_or(cel::Value::Null));
+        }
+        let at = match &self.field_path {
+            Some(fp) => Path::root(&format!("{}{}", path.as_str(), fp)),
+            None => path.clone(),
+        };
+        let shown = match v {
+            Value::Object(_) => "\"object\"".to_string(),
+            Value::Array(_) => "\"array\"".to_string(),
+            other => super::schema::render(other),
+        };
+        match self.program.execute(&ctx) {
+            Ok(cel::Value::Bool(true)) => {}
+            Ok(cel::Value::Bool(false)) => {
+                let message = self.message_of(&ctx);
+                if self.reason.as_deref() == Some("FieldValueForbidden") {
+                    errs.forbidden(&at, message);
+                } else if self.reason.as_deref() == Some("FieldValueRequired") {
+                    errs.required(&at, message);
+                } else {
+                    errs.invalid_rendered(&at, shown, message);
+                }
+            }
+            Ok(other) => errs.invalid_rendered(
+                &at,
+                shown,
+                format!(
+                    "rule compile error: rule returned {:?}, not a bool: {}",
+                    other.type_of(),
+                    self.text
+                ),
+            ),
+            Err(e) => errs.invalid_rendered(
+                &at,
+                shown,
+                format!("rule evaluation error: {e}: {}", self.text),
+            ),
+        }
+    }
+
+    fn message_of(&self, ctx: &Context) -> String {
+        if let Some(m) = &self.message_expression
+            && let Ok(cel::Value::String(s)) = m.execute(ctx)
+            && !s.trim().is_empty()
+        {
+            return s.to_string();
+        }
+        match &self.message {
+            Some(m) => m.clone(),
+            None => format!("failed rule: {}", self.text),
+        }
+    }
+}

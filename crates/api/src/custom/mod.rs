@@ -1,0 +1,348 @@
+//! Custom resources: the kinds a CustomResourceDefinition adds at run time. A definition
+//! becomes one registry descriptor per served version, and the descriptor's [`KindOps`] admit
+//! objects by the definition's schema (prune, default, validate) instead of a Rust type.
+//!
+//! Descriptors are `&'static` like the built-in ones. Each distinct descriptor is leaked once
+//! and reused (see [`intern`]); the schema behind it lives in a [`CustomOps`] that a changed
+//! definition updates in place, so rewriting a definition does not leak its schema again.
+
+pub mod cel;
+pub mod definition;
+pub mod formats;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionVersion,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+use crate::errors::{FieldErrors, Path};
+use crate::kinds::{Admission, AdmitError, Admitted, KindOps, Operation};
+use crate::names::NameRule;
+use crate::resources::{FieldLabel, Resource};
+
+pub use definition::{CRD_FINALIZER, ESTABLISHED, NAMES_ACCEPTED, TERMINATING};
+
+/// Where a custom kind's `scale` subresource reads and writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
+}
+
+/// Everything one served version of a definition says about its objects.
+#[derive(Debug)]
+pub struct CustomKind {
+    pub schema: Option<schema::Schema>,
+    /// The schema as written, for OpenAPI.
+    pub openapi: Option<Value>,
+    pub columns: Vec<CustomResourceColumnDefinition>,
+    pub scale: Option<ScalePaths>,
+    pub status: bool,
+    /// Every version the definition serves, and the one objects are stored in.
+    pub served_versions: Vec<String>,
+    pub storage_version: String,
+    pub deprecated: Option<String>,
+}
+
+/// The [`KindOps`] of one custom group-version-resource; its [`CustomKind`] is replaced when
+/// the definition changes.
+pub struct CustomOps {
+    kind: RwLock<Arc<CustomKind>>,
+}
+
+impl CustomOps {
+    pub fn kind(&self) -> Arc<CustomKind> {
+        self.kind.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, k: CustomKind) {
+        *self.kind.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(k);
+    }
+}
+
+impl KindOps for CustomOps {
+    fn admit(&self, a: Admission<'_>) -> Result<Admitted, AdmitError> {
+        let kind = self.kind();
+        let mut obj = a.object.clone();
+        if !obj.is_object() {
+            return Err(AdmitError::Decode("the object is not a JSON object".into()));
+        }
+        let mut unknown = Vec::new();
+        let mut errs = FieldErrors::default();
+        // Metadata is ObjectMeta whatever the schema says: decode it as such.
+        let meta_in = obj.get("metadata").cloned().unwrap_or(Value::Null);
+        let meta: ObjectMeta = if meta_in.is_null() {
+            ObjectMeta::default()
+        } else {
+            serde_path_to_error::deserialize(&meta_in)
+                .map_err(|e| AdmitError::Decode(format!("metadata.{}: {}", e.path(), e.inner())))?
+        };
+        let old_meta: Option<ObjectMeta> = a
+            .old
+            .and_then(|o| o.get("metadata"))
+            .and_then(|m| serde_json::from_value(m.clone()).ok());
+        crate::kinds::validate_object_meta(&meta, old_meta.as_ref(), a.resource, &mut errs);
+        let meta_out =
+            serde_json::to_value(&meta).map_err(|e| AdmitError::Decode(e.to_string()))?;
+        if a.find_unknown_fields {
+            crate::kinds::unknown_fields(&meta_in, &meta_out, "metadata", &mut unknown);
+        }
+        obj["metadata"] = meta_out;
+        if a.operation == Operation::Create
+            && kind.status
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
+        }
+        if let Some(s) = &kind.schema {
+            s.prune(&mut obj, "", true, &mut unknown);
+            s.apply_defaults(&mut obj);
+            s.validate(&obj, a.old, &Path::default(), &mut errs);
+        }
+        if !errs.is_empty() {
+            return Err(AdmitError::Invalid(errs));
+        }
+        if !a.find_unknown_fields {
+            unknown.clear();
+        }
+        Ok(Admitted {
+            object: obj,
+            unknown_fields: unknown,
+        })
+    }
+
+    fn schema(&self, _generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let kind = self.kind();
+        let v = kind.openapi.clone().unwrap_or_else(
+            || serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        );
+        schemars::Schema::try_from(v).unwrap_or_default()
+    }
+
+    fn merge_type(&self) -> &'static crate::patch::schema::Type {
+        // Lists merge atomically and maps by key, as a schema without list annotations says.
+        crate::patch::schema::Type::empty()
+    }
+
+    fn custom(&self) -> Option<&CustomOps> {
+        Some(self)
+    }
+}
+
+/// Leaked strings, each distinct one once: the names in custom descriptors.
+fn intern_str(s: &str) -> &'static str {
+    static STRINGS: LazyLock<Mutex<std::collections::HashSet<&'static str>>> =
+        LazyLock::new(Mutex::default);
+    let mut set = STRINGS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(x) = set.get(s) {
+        return x;
+    }
+    let leaked: &'static str = Box::leak(s.to_string().into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
+
+fn intern_strs(v: &[String]) -> &'static [&'static str] {
+    if v.is_empty() {
+        return &[];
+    }
+    Box::leak(
+        v.iter()
+            .map(|s| intern_str(s))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    )
+}
+
+/// One descriptor per distinct shape, leaked once: a definition rewritten the same way gets
+/// the same descriptor back.
+fn intern(key: String, make: impl FnOnce() -> Resource) -> &'static Resource {
+    static DESCRIPTORS: LazyLock<Mutex<HashMap<String, &'static Resource>>> =
+        LazyLock::new(Mutex::default);
+    let mut map = DESCRIPTORS.lock().unwrap_or_else(|p| p.into_inner());
+    map.entry(key)
+        .or_insert_with(|| Box::leak(Box::new(make())))
+}
+
+impl CustomKind {
+    /// An object read from storage as this version shows it: defaults declared since it was
+    /// written are filled in, as Kubernetes does on read. `None` when nothing would change.
+    pub fn on_read(&self, obj: &Value) -> Option<Value> {
+        let s = self.schema.as_ref().filter(|s| s.has_defaults())?;
+        let mut v = obj.clone();
+        s.apply_defaults(&mut v);
+        (v != *obj).then_some(v)
+    }
+}
+
+/// The ops of one custom group/version/plural, leaked once and updated in place.
+fn ops_for(group: &str, version: &str, plural: &str, kind: CustomKind) -> &'static CustomOps {
+    static OPS: LazyLock<Mutex<HashMap<String, &'static CustomOps>>> =
+        LazyLock::new(Mutex::default);
+    let key = format!("{group}/{version}/{plural}");
+    let mut map = OPS.lock().unwrap_or_else(|p| p.into_inner());
+    match map.get(&key) {
+        Some(ops) => {
+            ops.set(kind);
+            ops
+        }
+        None => {
+            let ops: &'static CustomOps = Box::leak(Box::new(CustomOps {
+                kind: RwLock::new(Arc::new(kind)),
+            }));
+            map.insert(key, ops);
+            ops
+        }
+    }
+}
+
+/// A `selectableFields` or printer column path (`.spec.color`) as a field-selector label.
+fn field_label(json_path: &str) -> Option<FieldLabel> {
+    let label = json_path.strip_prefix('.')?;
+    let parts: Vec<String> = label.split('.').map(str::to_string).collect();
+    Some(FieldLabel {
+        label: intern_str(label),
+        path: intern_strs(&parts),
+        absent: "",
+    })
+}
+
+fn compile_version(
+    crd: &CustomResourceDefinition,
+    v: &CustomResourceDefinitionVersion,
+) -> CustomKind {
+    let spec = &crd.spec;
+    let mut scratch = FieldErrors::default();
+    let props = v
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref());
+    let schema = props.map(|p| schema::compile(p, &Path::default(), &mut scratch));
+    let openapi = props.and_then(|p| serde_json::to_value(p).ok());
+    let subs = v.subresources.as_ref();
+    let scale = subs.and_then(|s| s.scale.as_ref()).map(|s| ScalePaths {
+        spec_replicas: s.spec_replicas_path.clone(),
+        status_replicas: s.status_replicas_path.clone(),
+        label_selector: s.label_selector_path.clone(),
+    });
+    CustomKind {
+        schema,
+        openapi,
+        columns: v.additional_printer_columns.clone().unwrap_or_default(),
+        scale,
+        status: subs.is_some_and(|s| s.status.is_some()),
+        served_versions: spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.clone())
+            .collect(),
+        storage_version: spec
+            .versions
+            .iter()
+            .find(|v| v.storage)
+            .map(|v| v.name.clone())
+            .unwrap_or_default(),
+        deprecated: v
+            .deprecated
+            .unwrap_or(false)
+            .then(|| v.deprecation_warning.clone().unwrap_or_default()),
+    }
+}
+
+/// The registry descriptors of an established definition: one per served version.
+pub fn descriptors(crd: &CustomResourceDefinition) -> Vec<&'static Resource> {
+    let spec = &crd.spec;
+    let names = &spec.names;
+    let namespaced = spec.scope == "Namespaced";
+    let mut out = Vec::new();
+    for v in spec.versions.iter().filter(|v| v.served) {
+        let kind = compile_version(crd, v);
+        let status = kind.status;
+        let scale = kind.scale.is_some();
+        let ops = ops_for(&spec.group, &v.name, &names.plural, kind);
+        let fields: Vec<String> = v
+            .selectable_fields
+            .iter()
+            .flatten()
+            .map(|f| f.json_path.clone())
+            .collect();
+        let singular = names
+            .singular
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| names.kind.to_lowercase());
+        let short_names = names.short_names.clone().unwrap_or_default();
+        let categories = names.categories.clone().unwrap_or_default();
+        let key = format!(
+            "{}|{}|{}|{}|{}|{namespaced}|{short_names:?}|{categories:?}|{status}|{scale}|{fields:?}",
+            spec.group, v.name, names.kind, names.plural, singular
+        );
+        out.push(intern(key, || Resource {
+            group: intern_str(&spec.group),
+            version: intern_str(&v.name),
+            kind: intern_str(&names.kind),
+            plural: intern_str(&names.plural),
+            singular: intern_str(&singular),
+            namespaced,
+            short_names: intern_strs(&short_names),
+            categories: intern_strs(&categories),
+            status,
+            scale,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: status,
+            delete_returns_object: false,
+            field_labels: Box::leak(
+                fields
+                    .iter()
+                    .filter_map(|f| field_label(f))
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+            ),
+            ops,
+        }));
+    }
+    out
+}
+
+/// The value at a simple JSON path (`.spec.replicas`) of an object.
+pub fn at_path<'a>(obj: &'a Value, json_path: &str) -> Option<&'a Value> {
+    let mut v = obj;
+    for part in json_path.trim_start_matches('.').split('.') {
+        if part.is_empty() {
+            continue;
+        }
+        v = v.get(part)?;
+    }
+    Some(v)
+}
+
+/// Set the value at a simple JSON path, making the objects on the way.
+pub fn set_path(obj: &mut Value, json_path: &str, value: Value) {
+    let parts: Vec<&str> = json_path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let mut v = obj;
+    for (i, part) in parts.iter().enumerate() {
+        if !v.is_object() {
+            *v = Value::Object(Default::default());
+        }
+        let map = v.as_object_mut().expect("made an object above");
+        if i + 1 == parts.len() {
+            map.insert((*part).to_string(), value);
+            return;
+        }
+        v = map
+            .entry((*part).to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+}
