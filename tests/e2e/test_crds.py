@@ -393,3 +393,27 @@ def test_definitions_and_objects_survive_a_restart(fresh_cluster, tmp_path):
     # Still validated after the restart.
     r = apply(c, widget("restart.example.com", "bad", size=99), "-n", "default", check=False)
     assert "should be less than or equal to 10" in r.stderr, r.stderr
+
+
+def test_owner_references_to_and_from_custom_objects_are_collected(cluster, ns, widgets, version):
+    group = widgets
+    apply(cluster, widget(group, "owner"), "-n", ns, version=version)
+    owner = cluster.json("get", f"widgets.{group}", "owner", "-n", ns)
+    ref = {"apiVersion": f"{group}/v1", "kind": "Widget", "name": "owner",
+           "uid": owner["metadata"]["uid"]}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap",
+          "metadata": {"name": "owned", "ownerReferences": [ref]}, "data": {"a": "b"}}
+    apply(cluster, cm, "-n", ns, version=version)
+    # A custom object owned by a built-in one.
+    cm_owner = cluster.json("get", "configmap", "owned", "-n", ns)
+    child = widget(group, "child")
+    child["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owned",
+                                             "uid": cm_owner["metadata"]["uid"]}]
+    apply(cluster, child, "-n", ns, version=version)
+    cluster.kubectl("delete", f"widgets.{group}", "owner", "-n", ns, version=version)
+    # The ConfigMap goes with its owner, and the Widget with the ConfigMap.
+    wait_until(lambda: cluster.kubectl("get", "configmap", "owned", "-n", ns, check=False).returncode != 0,
+               timeout=30, what="the owned ConfigMap to be collected")
+    wait_until(lambda: cluster.kubectl("get", f"widgets.{group}", "child", "-n", ns,
+                                       check=False).returncode != 0,
+               timeout=30, what="the owned Widget to be collected")

@@ -744,10 +744,7 @@ impl Cache {
         }
     }
 
-    fn build_items(
-        &self,
-        kvs: Vec<KeyValue>,
-    ) -> Vec<(Arc<ResourceCache>, Items)> {
+    fn build_items(&self, kvs: Vec<KeyValue>) -> Vec<(Arc<ResourceCache>, Items)> {
         let map = self.by_prefix.read().unwrap_or_else(|p| p.into_inner());
         let mut items: HashMap<&str, OrdMap<String, Arc<Entry>>> =
             map.keys().map(|k| (k.as_str(), OrdMap::new())).collect();

@@ -471,6 +471,15 @@ impl ApiServer {
         params: Params,
         who: &Identity,
     ) -> ApiResult<Reply> {
+        // A custom kind another client's just-acknowledged write defined may not be in the
+        // cache's registry yet: look again once the cache has caught up.
+        let route = match route {
+            Err(e) if req.uri().path().starts_with("/apis/") && e.code == 404 => {
+                self.cache.wait_fresh().await?;
+                request::route(req.uri().path(), self.cache.registry())
+            }
+            other => other,
+        };
         if req
             .uri()
             .path()
@@ -629,7 +638,13 @@ impl ApiServer {
             Route::Resource(t) => {
                 let output = request::output(accept.as_deref());
                 let (view, resource) = (t.view, t.resource);
+                let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
                 let reply = self.resource(req, t, params, output, who).await?;
+                if writes && crate::crds::is_definitions(resource) {
+                    // What a definition defines is served (discovery, OpenAPI, its paths)
+                    // before the write that defines it is answered.
+                    self.cache.wait_fresh().await?;
+                }
                 Ok(match view {
                     Some(view) => crate::views::show_reply(view, reply),
                     None if crate::views::converts(resource) => {

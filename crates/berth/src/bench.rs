@@ -360,7 +360,7 @@ pub(crate) fn ms(d: Duration) -> String {
 
 /// Send `count` bodies to `path` from `clients` concurrent tasks; return latencies and the
 /// elapsed time.
-async fn create_many(
+pub(crate) async fn create_many(
     c: &Client,
     path: &str,
     count: usize,
@@ -421,6 +421,14 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
         ms(*lat.last().unwrap_or(&Duration::ZERO)),
         "",
     );
+    crate::bench_crd::rows(
+        &c,
+        args.creates,
+        args.clients,
+        args.creates as f64 / elapsed.as_secs_f64(),
+        &row,
+    )
+    .await?;
     row(
         "RSS after the creates",
         format!("{:.1} MiB", server.rss_kib("VmRSS:") as f64 / 1024.0),

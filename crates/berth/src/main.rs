@@ -6,6 +6,7 @@ static ALLOC: alloc::PerRole = alloc::PerRole;
 mod alloc;
 mod approver;
 mod bench;
+mod bench_crd;
 mod bench_dns;
 mod bench_net;
 mod bench_pods;

@@ -173,7 +173,14 @@ pub struct GarbageCollector {
     listed: Arc<Semaphore>,
     /// Every kind listed once: from then on, changes queue what they concern.
     synced: Arc<AtomicBool>,
+    /// Custom kinds followed, found through discovery, by `group/plural`; dropping one's
+    /// task handle stops following it.
+    custom: Mutex<HashMap<String, (&'static Resource, supervise::AbortOnDrop)>>,
 }
+
+/// How often discovery is read for custom kinds that came or went (Kubernetes' collector
+/// resyncs every 30 s; reading discovery in-process costs little).
+const DISCOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How an owner stands, seen from a dependent.
 enum Standing {
@@ -195,7 +202,92 @@ impl GarbageCollector {
                 .collect(),
             listed: Arc::new(Semaphore::new(0)),
             synced: Arc::default(),
+            custom: Mutex::default(),
         }
+    }
+
+    /// Follow custom kinds as they come and go, for as long as the task runs.
+    pub async fn follow_custom(self: Arc<Self>) {
+        loop {
+            match crate::discovered::custom_resources(&self.client, &["list", "watch", "delete"])
+                .await
+            {
+                Ok(found) => self.resync(found),
+                Err(e) => debug!(error = %e, "reading discovery for custom kinds"),
+            }
+            tokio::time::sleep(DISCOVERY_EVERY).await;
+        }
+    }
+
+    fn resync(&self, found: Vec<crate::discovered::Discovered>) {
+        let mut custom = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: HashSet<String> = found
+            .iter()
+            .map(|d| format!("{}/{}", d.group, d.plural))
+            .collect();
+        let vanished: Vec<String> = custom
+            .keys()
+            .filter(|k| !keys.contains(*k))
+            .cloned()
+            .collect();
+        for k in vanished {
+            if let Some((r, _task)) = custom.remove(&k) {
+                let mut g = self.graph();
+                let uids: Vec<String> = g
+                    .objects
+                    .iter()
+                    .filter(|(_, o)| std::ptr::eq(o.resource, r))
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                for uid in uids {
+                    gone(&mut g, &uid, &self.queue);
+                }
+                info!(
+                    kind = r.kind,
+                    group = r.group,
+                    "no longer following a custom kind"
+                );
+            }
+        }
+        for d in found {
+            let key = format!("{}/{}", d.group, d.plural);
+            let r = api::custom::discovered(&d.group, &d.version, &d.kind, &d.plural, d.namespaced);
+            if custom
+                .get(&key)
+                .is_some_and(|(have, _)| std::ptr::eq(*have, r))
+            {
+                continue;
+            }
+            let (client, graph, q) = (self.client.clone(), self.graph.clone(), self.queue.clone());
+            let (listed, synced) = (Arc::new(Semaphore::new(0)), self.synced.clone());
+            let task = supervise(r.kind, move || {
+                follow(
+                    client.clone(),
+                    r,
+                    graph.clone(),
+                    q.clone(),
+                    listed.clone(),
+                    synced.clone(),
+                )
+            });
+            debug!(kind = r.kind, group = r.group, "following a custom kind");
+            custom.insert(key, (r, supervise::AbortOnDrop(task)));
+        }
+    }
+
+    /// The kind an owner reference names: built in, or a custom kind followed (by group and
+    /// kind, in whichever version discovery prefers).
+    fn kind_of(&self, api_version: &str, kind: &str) -> Option<&'static Resource> {
+        if let Some(r) = api::resources::by_kind(api_version, kind) {
+            return Some(r);
+        }
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        self.custom
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(r, _)| *r)
+            .find(|r| r.group == group && r.kind == kind)
     }
 
     /// The queue of object uids to look at.
@@ -308,7 +400,21 @@ impl GarbageCollector {
             });
         }
         // Not in the graph: gone, or the graph has not heard of it yet. Ask.
-        let Some(r) = api::resources::by_kind(&w.api_version, &w.kind) else {
+        let group = w.api_version.split_once('/').map_or("", |(g, _)| g);
+        let builtin = api::resources::groups().iter().any(|(g, _)| *g == group);
+        let Some(r) = self.kind_of(&w.api_version, &w.kind) else {
+            if !builtin {
+                // A custom kind discovery has not shown yet (or no longer shows): ask again
+                // later, with the harness's back-off, rather than decide now.
+                return Err(ClientError::Api {
+                    code: 503,
+                    reason: "ServiceUnavailable".into(),
+                    message: format!(
+                        "the kind of owner {} ({}) is not known yet",
+                        w.name, w.api_version
+                    ),
+                });
+            }
             // A kind this server does not serve: never delete on a guess.
             return Ok(Standing::Solid);
         };

@@ -193,6 +193,10 @@ pub fn start_controllers(
         "generic-garbage-collector",
     )));
     gc.follow_all();
+    let custom = gc.clone();
+    supervise::supervise("garbage-collector-discovery", move || {
+        custom.clone().follow_custom()
+    });
     harness::start(gc.clone(), gc.queue(), 1, l());
     let life = Arc::new(NodeLifecycleController::new(
         client_for("node-controller"),

@@ -2,6 +2,9 @@
 //! and `oldSelf` to the stored value on update (a rule naming `oldSelf` is a transition rule
 //! and is not checked on create, or where no old value corresponds).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use cel::{Context, Program};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
 use serde_json::Value;
@@ -33,6 +36,27 @@ pub struct CompileError(String);
 
 /// Bounds on what a rule may cost (Kubernetes': an evaluation step budget per call).
 const MAX_RULE_SOURCE: usize = 8 * 1024;
+
+/// A JSON value as CEL sees it: integers are `int` (CEL's `100` is an int, and arithmetic
+/// does not mix int and uint), objects are maps with string keys.
+fn to_cel(v: &Value) -> cel::Value {
+    match v {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(m) => {
+            let map: HashMap<String, cel::Value> =
+                m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            cel::Value::from(map)
+        }
+    }
+}
 
 impl Rule {
     pub fn compile(r: &ValidationRule) -> Result<Rule, CompileError> {
@@ -74,13 +98,9 @@ impl Rule {
             return;
         }
         let mut ctx = Context::default();
-        let Ok(this) = cel::to_value(v) else {
-            return;
-        };
-        ctx.add_variable_from_value("self", this);
+        ctx.add_variable_from_value("self", to_cel(v));
         if self.transition {
-            let old_value = old.and_then(|o| cel::to_value(o).ok());
-            ctx.add_variable_from_value("oldSelf", old_value.unwrap_or(cel::Value::Null));
+            ctx.add_variable_from_value("oldSelf", old.map_or(cel::Value::Null, to_cel));
         }
         let at = match &self.field_path {
             Some(fp) => Path::root(&format!("{}{}", path.as_str(), fp)),

@@ -183,9 +183,12 @@ impl CustomKind {
 
 /// The ops of one custom group/version/plural, leaked once and updated in place.
 fn ops_for(group: &str, version: &str, plural: &str, kind: CustomKind) -> &'static CustomOps {
+    ops_at(format!("{group}/{version}/{plural}"), kind)
+}
+
+fn ops_at(key: String, kind: CustomKind) -> &'static CustomOps {
     static OPS: LazyLock<Mutex<HashMap<String, &'static CustomOps>>> =
         LazyLock::new(Mutex::default);
-    let key = format!("{group}/{version}/{plural}");
     let mut map = OPS.lock().unwrap_or_else(|p| p.into_inner());
     match map.get(&key) {
         Some(ops) => {
@@ -310,6 +313,49 @@ pub fn descriptors(crd: &CustomResourceDefinition) -> Vec<&'static Resource> {
         }));
     }
     out
+}
+
+/// A descriptor for a custom kind a client found through discovery (the garbage collector
+/// follows them): names and scope only, for paths. It never admits anything, and is kept
+/// apart from the API server's own descriptors even in the same process.
+pub fn discovered(
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    namespaced: bool,
+) -> &'static Resource {
+    let key = format!("discovered|{group}|{version}|{kind}|{plural}|{namespaced}");
+    intern(key.clone(), || Resource {
+        group: intern_str(group),
+        version: intern_str(version),
+        kind: intern_str(kind),
+        plural: intern_str(plural),
+        singular: intern_str(&kind.to_lowercase()),
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        status: false,
+        scale: false,
+        name_rule: NameRule::Subdomain,
+        generation: true,
+        reset_status_on_create: false,
+        delete_returns_object: false,
+        field_labels: &[],
+        ops: ops_at(
+            key,
+            CustomKind {
+                schema: None,
+                openapi: None,
+                columns: Vec::new(),
+                scale: None,
+                status: false,
+                served_versions: vec![version.to_string()],
+                storage_version: version.to_string(),
+                deprecated: None,
+            },
+        ),
+    })
 }
 
 /// The value at a simple JSON path (`.spec.replicas`) of an object.

@@ -847,4 +847,31 @@ mod tests {
             "{errs:?}"
         );
     }
+
+    #[test]
+    fn cel_rules_and_transitions() {
+        let s = schema(json!({"type": "object", "properties": {"spec": {
+            "type": "object",
+            "properties": {"min": {"type": "integer"}, "max": {"type": "integer"},
+                           "name": {"type": "string"}},
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max * 2", "message": "min must not exceed twice max"},
+                {"rule": "self.name == oldSelf.name", "message": "name is immutable"}]}}}));
+        let ok = json!({"spec": {"min": 1, "max": 2, "name": "a"}});
+        assert!(check(&s, &ok).is_empty());
+        let bad = json!({"spec": {"min": 9, "max": 2, "name": "a"}});
+        assert_eq!(
+            check(&s, &bad),
+            vec![r#"spec: Invalid value: "object": min must not exceed twice max"#]
+        );
+        // The transition rule runs only on update.
+        let renamed = json!({"spec": {"min": 1, "max": 2, "name": "b"}});
+        assert!(check(&s, &renamed).is_empty());
+        let mut errs = FieldErrors::default();
+        s.validate(&renamed, Some(&ok), &Path::default(), &mut errs);
+        assert_eq!(
+            errs.to_string(),
+            r#"spec: Invalid value: "object": name is immutable"#
+        );
+    }
 }
