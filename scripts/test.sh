@@ -49,4 +49,7 @@ cargo test --workspace --locked
 
 step "end-to-end tests"
 cargo build --locked -p berth
-BERTH_BIN="$CARGO_TARGET_DIR/debug/berth" "$venv/bin/python" -m pytest -q tests/e2e
+# A kube-rs client program (its own workspace), run against berth by test_crds.py.
+cargo build --locked --manifest-path tests/kube-rs/Cargo.toml
+BERTH_BIN="$CARGO_TARGET_DIR/debug/berth" KUBE_RS_CHECK="$CARGO_TARGET_DIR/debug/kube-rs-check" \
+  "$venv/bin/python" -m pytest -q tests/e2e

@@ -417,3 +417,51 @@ def test_owner_references_to_and_from_custom_objects_are_collected(cluster, ns, 
     wait_until(lambda: cluster.kubectl("get", f"widgets.{group}", "child", "-n", ns,
                                        check=False).returncode != 0,
                timeout=30, what="the owned Widget to be collected")
+
+
+def test_a_kube_rs_program_uses_its_derived_kind(cluster):
+    """tests/kube-rs: the `CustomResource` derive example (apply the definition, wait for it
+    to be established, create, watch, patch, status, scale, replace, delete)."""
+    import os
+    program = os.environ.get("KUBE_RS_CHECK")
+    assert program, "set KUBE_RS_CHECK to the built tests/kube-rs program (scripts/test.sh does)"
+    r = subprocess.run([program], env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kube-rs-check: ok" in r.stdout
+
+
+def test_kpt_applies_a_package_with_a_definition_and_reports_status(cluster, tmp_path):
+    """`kpt live init` + `kpt live apply` (kpt installs its ResourceGroup definition, applies
+    a definition before its objects, and waits on their status), then `status` and `destroy`."""
+    import shutil
+    kpt = shutil.which("kpt")
+    assert kpt, "kpt must be on PATH"
+    group = "kpt.berth.example.com"
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "crd.yaml").write_text(yaml.safe_dump(definition(group)))
+    (pkg / "widget.yaml").write_text(yaml.safe_dump(
+        {**widget(group, "from-kpt", size=2), "metadata": {"name": "from-kpt", "namespace": "default"}}))
+    (pkg / "cm.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "from-kpt", "namespace": "default"},
+         "data": {"a": "b"}}))
+    env = {"KUBECONFIG": cluster.kubeconfig, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def run(*args):
+        r = subprocess.run([kpt, "live", *args], cwd=pkg, env=env, capture_output=True, text=True,
+                           timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+    run("init")
+    out = run("apply", "--reconcile-timeout=60s")
+    assert "apply result: 3 attempted, 3 successful" in out, out
+    assert "reconcile result: 3 attempted, 3 successful" in out, out
+    assert cluster.json("get", f"widgets.{group}", "from-kpt", "-n", "default")["spec"]["size"] == 2
+    status = run("status")
+    assert f"customresourcedefinition.apiextensions.k8s.io//widgets.{group} is Current" in status, status
+    assert "is Current" in status.split(f"widget.{group}/default/from-kpt")[1].splitlines()[0], status
+    out = run("destroy")
+    assert "delete result: 3 attempted, 3 successful" in out, out
+    wait_until(lambda: cluster.kubectl("get", "crd", f"widgets.{group}", check=False).returncode != 0,
+               what="the package's definition to go")
