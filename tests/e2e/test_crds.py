@@ -465,3 +465,35 @@ def test_kpt_applies_a_package_with_a_definition_and_reports_status(cluster, tmp
     assert "delete result: 3 attempted, 3 successful" in out, out
     wait_until(lambda: cluster.kubectl("get", "crd", f"widgets.{group}", check=False).returncode != 0,
                what="the package's definition to go")
+
+
+def test_autoscalers_and_disruption_budgets_reach_custom_kinds_through_scale(cluster, ns, widgets):
+    group = widgets
+    apply(cluster, widget(group, "app", size=2, replicas=4), "-n", ns)
+    owner = cluster.json("get", f"widgets.{group}", "app", "-n", ns)
+    ref = {"apiVersion": f"{group}/v1", "kind": "Widget", "name": "app",
+           "uid": owner["metadata"]["uid"], "controller": True}
+    for i in range(2):
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"app-{i}", "labels": {"app": "widget"}, "ownerReferences": [ref]},
+               "spec": {"containers": [{"name": "c", "image": "busybox:test"}]}}
+        apply(cluster, pod, "-n", ns)
+    # The budget counts what the Widget wants (its scale says 4), not the two pods there are.
+    pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "app"},
+           "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "widget"}}}}
+    apply(cluster, pdb, "-n", ns)
+    wait_until(lambda: cluster.json("get", "pdb", "app", "-n", ns).get("status", {}).get("expectedPods") == 4,
+               what="the budget to expect the Widget's 4 replicas")
+    # The autoscaler reads the Widget's scale.
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "app"},
+           "spec": {"scaleTargetRef": {"apiVersion": f"{group}/v1", "kind": "Widget", "name": "app"},
+                    "minReplicas": 1, "maxReplicas": 5,
+                    "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                                 "target": {"type": "Utilization", "averageUtilization": 50}}}]}}
+    apply(cluster, hpa, "-n", ns)
+
+    # (Its pods run nowhere, so it has no metrics; what matters is that it read the scale.)
+    status = wait_until(lambda: cluster.json("get", "hpa", "app", "-n", ns).get("status", {}).get(
+        "currentReplicas") == 4 and cluster.json("get", "hpa", "app", "-n", ns)["status"],
+        what="the autoscaler to read the Widget's 4 replicas")
+    assert not any(c.get("reason") == "FailedGetScale" for c in status.get("conditions", [])), status

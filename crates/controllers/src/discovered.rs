@@ -86,3 +86,44 @@ pub async fn custom_resources(
     }
     Ok(out)
 }
+
+/// The path of the `scale` subresource of object `name` of `kind` in `api_version`, if that
+/// kind has one (discovery lists `<plural>/scale`): how the autoscaler and the disruption
+/// controller reach kinds they do not know, custom ones above all.
+pub async fn scale_path(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>, ClientError> {
+    let base = if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    };
+    let list = match client.request_json(Method::GET, &base, None).await {
+        Ok(l) => l,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let resources = list["resources"].as_array().cloned().unwrap_or_default();
+    let Some(main) = resources
+        .iter()
+        .find(|r| r["kind"] == kind && r["name"].as_str().is_some_and(|n| !n.contains('/')))
+    else {
+        return Ok(None);
+    };
+    let plural = main["name"].as_str().unwrap_or("");
+    let scalable = resources
+        .iter()
+        .any(|r| r["name"].as_str() == Some(&format!("{plural}/scale")));
+    if !scalable {
+        return Ok(None);
+    }
+    Ok(Some(if main["namespaced"].as_bool().unwrap_or(false) {
+        format!("{base}/namespaces/{namespace}/{plural}/{name}/scale")
+    } else {
+        format!("{base}/{plural}/{name}/scale")
+    }))
+}

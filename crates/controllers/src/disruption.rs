@@ -111,7 +111,31 @@ impl DisruptionController {
                         from_controllers += want.unwrap_or(1);
                     }
                 }
-                _ => from_controllers += 1,
+                // Any other controller with a scale subresource (a custom kind, most often)
+                // says through it how many pods it wants.
+                Some(r) => {
+                    if seen.insert((r.kind.clone(), r.name.clone())) {
+                        let path = crate::discovered::scale_path(
+                            &self.client,
+                            &r.api_version,
+                            &r.kind,
+                            ns,
+                            &r.name,
+                        )
+                        .await?;
+                        let want = match path {
+                            Some(p) => self
+                                .client
+                                .request_json(http::Method::GET, &p, None)
+                                .await
+                                .ok()
+                                .and_then(|s| s["spec"]["replicas"].as_i64()),
+                            None => None,
+                        };
+                        from_controllers += want.map_or(1, |w| w as i32);
+                    }
+                }
+                None => from_controllers += 1,
             }
         }
         let (expected, desired) = match (&spec.min_available, &spec.max_unavailable) {

@@ -134,17 +134,32 @@ impl HpaController {
             .as_deref()
             .map(|av| av.split_once('/').map_or("", |(g, _)| g))
             .unwrap_or("apps");
-        let Some(r) = api::resources::all()
+        let builtin = api::resources::all()
             .iter()
-            .find(|r| r.kind == target.kind && r.group == group && r.scale)
-        else {
-            return Ok((Target::NoScale, String::new()));
+            .find(|r| r.kind == target.kind && r.group == group && r.scale);
+        let scale_path = match builtin {
+            Some(r) => format!(
+                "{}/{}/scale",
+                client::collection_path(r, Some(ns)),
+                target.name
+            ),
+            // Another kind with a scale subresource (a custom one), found through discovery.
+            None => {
+                let api_version = target.api_version.as_deref().unwrap_or("apps/v1");
+                match crate::discovered::scale_path(
+                    &self.client,
+                    api_version,
+                    &target.kind,
+                    ns,
+                    &target.name,
+                )
+                .await?
+                {
+                    Some(p) => p,
+                    None => return Ok((Target::NoScale, String::new())),
+                }
+            }
         };
-        let scale_path = format!(
-            "{}/{}/scale",
-            client::collection_path(r, Some(ns)),
-            target.name
-        );
         let scale = match self
             .client
             .request_json(http::Method::GET, &scale_path, None)
