@@ -497,3 +497,43 @@ def test_autoscalers_and_disruption_budgets_reach_custom_kinds_through_scale(clu
         "currentReplicas") == 4 and cluster.json("get", "hpa", "app", "-n", ns)["status"],
         what="the autoscaler to read the Widget's 4 replicas")
     assert not any(c.get("reason") == "FailedGetScale" for c in status.get("conditions", [])), status
+
+
+def test_list_maps_merge_by_key_selectable_fields_and_late_defaults(cluster, ns, version):
+    group = group_for(ns)
+    crd = definition(group, extra_schema={
+        "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                  "x-kubernetes-list-map-keys": ["name"],
+                  "items": {"type": "object", "required": ["name"],
+                            "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}},
+        "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+    })
+    crd["spec"]["versions"][0]["selectableFields"] = [{"jsonPath": ".spec.color"}]
+    apply(cluster, crd, version=version)
+    res = f"widgets.{group}"
+    try:
+        # Two managers apply an item each of a list keyed by name: both stay, each owned by
+        # its manager.
+        a = widget(group, "lm", size=2, ports=[{"name": "http", "port": 80}], tags=["a"])
+        b = widget(group, "lm", size=2, ports=[{"name": "https", "port": 443}], tags=["b"])
+        apply(cluster, a, "-n", ns, "--server-side", "--field-manager=alice", version=version)
+        apply(cluster, b, "-n", ns, "--server-side", "--field-manager=bob", version=version)
+        got = cluster.json("get", res, "lm", "-n", ns)
+        assert sorted(p["name"] for p in got["spec"]["ports"]) == ["http", "https"], got["spec"]
+        assert sorted(got["spec"]["tags"]) == ["a", "b"], got["spec"]
+        # A duplicate key is refused.
+        dup = widget(group, "dup", size=1, ports=[{"name": "x", "port": 1}, {"name": "x", "port": 2}])
+        r = apply(cluster, dup, "-n", ns, version=version, check=False)
+        assert "spec.ports[1]: Duplicate value" in r.stderr, r.stderr
+        # selectableFields: a field selector on a custom field.
+        apply(cluster, widget(group, "blue", size=1, color="blue"), "-n", ns, version=version)
+        names = cluster.kubectl("get", res, "-n", ns, "--field-selector=spec.color=blue", "-o", "name",
+                                version=version).stdout.split()
+        assert names == [f"widget.{group}/blue"], names
+        # A default added to the schema later shows on objects stored before it.
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+            "image"]["default"] = "busybox:latest"
+        apply(cluster, crd, version=version)
+        assert cluster.json("get", res, "blue", "-n", ns)["spec"]["image"] == "busybox:latest"
+    finally:
+        cluster.kubectl("delete", "crd", crd["metadata"]["name"], check=False)

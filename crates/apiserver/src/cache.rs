@@ -706,7 +706,14 @@ impl Cache {
                     .read()
                     .items
                     .iter()
-                    .map(|(k, e)| (k.clone(), Arc::new(Entry::build(main, e.value(), e.rev))))
+                    .map(|(k, e)| {
+                        let v = e.value();
+                        let v = match main.ops.custom() {
+                            Some(c) => c.kind().on_read(&v).unwrap_or(v),
+                            None => v,
+                        };
+                        (k.clone(), Arc::new(Entry::build(main, v, e.rev)))
+                    })
                     .collect();
                 rc.write().items = items;
             }

@@ -22,6 +22,8 @@ mod openapi;
 mod podsecurity;
 mod proxy;
 mod read;
+#[cfg(test)]
+mod registry_check;
 mod request;
 mod server;
 pub mod table;

@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::errors::{FieldErrors, Path};
 use crate::kinds::{Admission, AdmitError, Admitted, KindOps, Operation};
 use crate::names::NameRule;
+use crate::patch::schema::{Elem, Type};
 use crate::resources::{FieldLabel, Resource};
 
 pub use definition::{CRD_FINALIZER, ESTABLISHED, NAMES_ACCEPTED, TERMINATING};
@@ -48,6 +49,9 @@ pub struct CustomKind {
     pub served_versions: Vec<String>,
     pub storage_version: String,
     pub deprecated: Option<String>,
+    /// How objects merge in server-side apply and patches: by the schema's
+    /// `x-kubernetes-list-type`/`-list-map-keys`/`-map-type`.
+    pub merge: &'static Type,
 }
 
 /// The [`KindOps`] of one custom group-version-resource; its [`CustomKind`] is replaced when
@@ -126,8 +130,7 @@ impl KindOps for CustomOps {
     }
 
     fn merge_type(&self) -> &'static crate::patch::schema::Type {
-        // Lists merge atomically and maps by key, as a schema without list annotations says.
-        crate::patch::schema::Type::empty()
+        self.kind().merge
     }
 
     fn custom(&self) -> Option<&CustomOps> {
@@ -205,6 +208,80 @@ fn ops_at(key: String, kind: CustomKind) -> &'static CustomOps {
     }
 }
 
+/// The merge shape a schema declares, each distinct shape made once (by its signature).
+fn merge_type(schema: Option<&schema::Schema>) -> &'static Type {
+    let mut fields = vec![(
+        "metadata",
+        Elem::Struct(crate::patch::schema::metadata()),
+        "m".to_string(),
+    )];
+    if let Some(s) = schema {
+        for (name, p) in &s.properties {
+            if name == "metadata" {
+                continue;
+            }
+            if let Some((e, sig)) = elem_of(p) {
+                fields.push((intern_str(name), e, format!("{name}:{sig}")));
+            }
+        }
+    }
+    made_once(fields)
+}
+
+fn made_once(fields: Vec<(&'static str, Elem, String)>) -> &'static Type {
+    static TYPES: LazyLock<Mutex<HashMap<String, &'static Type>>> = LazyLock::new(Mutex::default);
+    let sig: Vec<&str> = fields.iter().map(|(_, _, s)| s.as_str()).collect();
+    let sig = format!("{{{}}}", sig.join(","));
+    let mut types = TYPES.lock().unwrap_or_else(|p| p.into_inner());
+    types.entry(sig).or_insert_with(|| {
+        crate::patch::schema::made(fields.into_iter().map(|(n, e, _)| (n, e)).collect())
+    })
+}
+
+/// A field's merge shape and its signature, if it is not plain (objects field by field,
+/// lists replaced whole).
+fn elem_of(s: &schema::Schema) -> Option<(Elem, String)> {
+    match s.ty.as_deref() {
+        Some("array") => match s.list_type.as_deref() {
+            Some("map") => {
+                let (item, item_sig) = s
+                    .items
+                    .as_deref()
+                    .and_then(struct_of)
+                    .unwrap_or((Type::empty(), String::new()));
+                Some((
+                    Elem::MapList {
+                        keys: intern_strs(&s.list_map_keys),
+                        item,
+                    },
+                    format!("map{:?}{item_sig}", s.list_map_keys),
+                ))
+            }
+            Some("set") => Some((Elem::SetList, "set".into())),
+            _ => None,
+        },
+        Some("object") if s.map_type.as_deref() == Some("atomic") => {
+            Some((Elem::Atomic, "atomic".into()))
+        }
+        Some("object") => struct_of(s).map(|(t, sig)| (Elem::Struct(t), sig)),
+        _ => None,
+    }
+}
+
+fn struct_of(s: &schema::Schema) -> Option<(&'static Type, String)> {
+    let fields: Vec<(&'static str, Elem, String)> = s
+        .properties
+        .iter()
+        .filter_map(|(n, p)| elem_of(p).map(|(e, sig)| (intern_str(n), e, format!("{n}:{sig}"))))
+        .collect();
+    if fields.is_empty() {
+        return None;
+    }
+    let sig: Vec<&str> = fields.iter().map(|(_, _, s)| s.as_str()).collect();
+    let sig = format!("{{{}}}", sig.join(","));
+    Some((made_once(fields), sig))
+}
+
 /// A `selectableFields` or printer column path (`.spec.color`) as a field-selector label.
 fn field_label(json_path: &str) -> Option<FieldLabel> {
     let label = json_path.strip_prefix('.')?;
@@ -234,7 +311,9 @@ fn compile_version(
         status_replicas: s.status_replicas_path.clone(),
         label_selector: s.label_selector_path.clone(),
     });
+    let merge = merge_type(schema.as_ref());
     CustomKind {
+        merge,
         schema,
         openapi,
         columns: v.additional_printer_columns.clone().unwrap_or_default(),
@@ -353,6 +432,7 @@ pub fn discovered(
                 served_versions: vec![version.to_string()],
                 storage_version: version.to_string(),
                 deprecated: None,
+                merge: merge_type(None),
             },
         ),
     })

@@ -52,6 +52,17 @@ impl Type {
     }
 }
 
+/// A merge shape made at run time (a custom kind's, from its schema's list and map types).
+/// Leaked: callers make each distinct shape once.
+pub fn made(fields: Vec<(&'static str, Elem)>) -> &'static Type {
+    leak(fields)
+}
+
+/// How object metadata merges (finalizers as a set, owner references by uid).
+pub fn metadata() -> &'static Type {
+    SCHEMAS.other.child("metadata")
+}
+
 fn leak(fields: Vec<(&'static str, Elem)>) -> &'static Type {
     Box::leak(Box::new(Type {
         fields: fields.into_iter().collect(),
@@ -64,6 +75,8 @@ fn map_list(keys: &'static [&'static str], item: &'static Type) -> Elem {
 
 struct Schemas {
     by_kind: BTreeMap<&'static str, &'static Type>,
+    /// Every other kind: its metadata merges as all metadata does.
+    other: &'static Type,
 }
 
 static SCHEMAS: LazyLock<Schemas> = LazyLock::new(build);
@@ -254,10 +267,14 @@ fn build() -> Schemas {
         ("Role", with_meta),
         ("RoleBinding", with_meta),
     ]);
-    Schemas { by_kind }
+    Schemas {
+        by_kind,
+        other: with_meta,
+    }
 }
 
-/// The merge shape of a kind's objects; kinds without special lists merge as plain JSON.
+/// The merge shape of a kind's objects; kinds without special lists merge as plain JSON but
+/// for their metadata.
 pub fn for_kind(kind: &str) -> &'static Type {
-    SCHEMAS.by_kind.get(kind).copied().unwrap_or(&EMPTY)
+    SCHEMAS.by_kind.get(kind).copied().unwrap_or(SCHEMAS.other)
 }
