@@ -3,6 +3,9 @@
 
 use std::sync::{Arc, LazyLock, RwLock};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
@@ -894,6 +897,42 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             delete_returns_object: false,
             field_labels: &[],
             ops: ops::<Role>(),
+        },
+        Resource {
+            group: "admissionregistration.k8s.io",
+            version: "v1",
+            kind: "MutatingWebhookConfiguration",
+            plural: "mutatingwebhookconfigurations",
+            singular: "mutatingwebhookconfiguration",
+            namespaced: false,
+            short_names: NONE,
+            categories: &["api-extensions"],
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: false,
+            delete_returns_object: false,
+            field_labels: &[],
+            ops: ops::<MutatingWebhookConfiguration>(),
+        },
+        Resource {
+            group: "admissionregistration.k8s.io",
+            version: "v1",
+            kind: "ValidatingWebhookConfiguration",
+            plural: "validatingwebhookconfigurations",
+            singular: "validatingwebhookconfiguration",
+            namespaced: false,
+            short_names: NONE,
+            categories: &["api-extensions"],
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: false,
+            delete_returns_object: false,
+            field_labels: &[],
+            ops: ops::<ValidatingWebhookConfiguration>(),
         },
         Resource {
             group: "apiextensions.k8s.io",

@@ -29,6 +29,7 @@ mod server;
 pub mod table;
 mod telemetry;
 mod views;
+mod webhooks;
 mod write;
 
 pub use body::Body;

@@ -12,7 +12,11 @@ use crate::discovery::Discovery;
 use crate::openapi::OpenApi;
 
 /// Kinds served in JSON only (see `api/tests/proto_roundtrip.rs`).
-const JSON_ONLY: &[&str] = &["CustomResourceDefinition"];
+const JSON_ONLY: &[&str] = &[
+    "CustomResourceDefinition",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+];
 
 fn registry_with_a_custom_kind() -> Arc<Registry> {
     let mut crd: CustomResourceDefinition = serde_json::from_value(json!({

@@ -845,6 +845,16 @@ pub fn columns(kind: &str) -> Vec<Column> {
                 "Whether the request is approved, denied or pending, and issued or failed.",
             ),
         ],
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![
+            NAME,
+            col(
+                "Webhooks",
+                "integer",
+                0,
+                "Webhooks is a list of webhooks and the affected resources and operations.",
+            ),
+            AGE,
+        ],
         "PriorityClass" => vec![
             NAME,
             col("Value", "integer", 0, "The priority of pods of this class."),
@@ -1290,6 +1300,11 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
                 Cell::text(condition),
             ]
         }
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![
+            name(obj),
+            Cell::Int(obj["webhooks"].as_array().map_or(0, |w| w.len() as i64)),
+            created(obj),
+        ],
         "PriorityClass" => vec![
             name(obj),
             Cell::Int(int(&obj["value"])),

@@ -555,8 +555,27 @@ impl ApiServer {
                 .as_str()
                 .unwrap_or("")
                 .to_string();
-            let (mut admitted, warnings) =
+            let (mut admitted, mut warnings) =
                 self.admit(r, &attempt, None, Operation::Create, opts)?;
+            let call = crate::webhooks::Call {
+                resource: r,
+                subresource: None,
+                operation: "CREATE",
+                namespace: t.namespace.as_deref(),
+                name: &name,
+                object: None,
+                old: None,
+                user: &opts.who.user,
+                dry_run: opts.dry_run,
+            };
+            let (mutated, hooked) = self.mutate_by_webhooks(&call, &mut admitted).await?;
+            warnings.extend(hooked);
+            if mutated {
+                // What the webhooks changed is defaulted and validated like the rest.
+                let (again, more) = self.admit(r, &admitted, None, Operation::Create, opts)?;
+                admitted = again;
+                warnings.extend(more);
+            }
             // The creator owns what it sent and its defaults, as in Kubernetes; not what
             // admission and the allocators add after (a Service's cluster IP and IP
             // families, a pod's priority), or a later server-side apply could not leave
@@ -573,7 +592,6 @@ impl ApiServer {
             }
             self.admit_with_context(r, t.namespace.as_deref(), &mut admitted)
                 .await?;
-            let mut warnings = warnings;
             warnings.extend(self.admit_pod_security(
                 r,
                 t.namespace.as_deref(),
@@ -581,6 +599,13 @@ impl ApiServer {
                 None,
                 None,
             )?);
+            warnings.extend(
+                self.validate_by_webhooks(&crate::webhooks::Call {
+                    object: Some(&admitted),
+                    ..call
+                })
+                .await?,
+            );
             if r.kind == "Namespace" {
                 warnings.extend(self.admit_namespace_labels(r, &admitted, None)?);
             }
@@ -888,6 +913,28 @@ impl ApiServer {
             Scope::Approval => Some("approval"),
             _ => None,
         };
+        let call = crate::webhooks::Call {
+            resource: r,
+            subresource: sub,
+            operation: "UPDATE",
+            namespace: t.namespace.as_deref(),
+            name,
+            object: None,
+            old: Some(old),
+            user: &opts.who.user,
+            dry_run: opts.dry_run,
+        };
+        // Writes the server makes itself (marking a deletion, releasing finalizers) are not
+        // sent to webhooks.
+        if !server_write {
+            let (mutated, hooked) = self.mutate_by_webhooks(&call, &mut admitted).await?;
+            warnings.extend(hooked);
+            if mutated {
+                let (again, more) = self.admit(r, &admitted, Some(old), Operation::Update, opts)?;
+                admitted = again;
+                warnings.extend(more);
+            }
+        }
         warnings.extend(self.admit_pod_security(
             r,
             t.namespace.as_deref(),
@@ -900,6 +947,15 @@ impl ApiServer {
         }
         if r.kind == "PersistentVolumeClaim" && matches!(scope, Scope::Main) {
             self.admit_resize(r, name, &admitted, old)?;
+        }
+        if !server_write {
+            warnings.extend(
+                self.validate_by_webhooks(&crate::webhooks::Call {
+                    object: Some(&admitted),
+                    ..call
+                })
+                .await?,
+            );
         }
         if r.generation && admitted.get("spec") != old.get("spec") {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;

@@ -37,6 +37,29 @@ pub struct CompileError(String);
 /// Bounds on what a rule may cost (Kubernetes': an evaluation step budget per call).
 const MAX_RULE_SOURCE: usize = 8 * 1024;
 
+/// Evaluate a webhook's `matchConditions` expression with `object`, `oldObject` and
+/// `request` bound (absent objects are null).
+pub fn evaluate_condition(
+    expression: &str,
+    object: Option<&Value>,
+    old: Option<&Value>,
+    request: &Value,
+) -> Result<bool, String> {
+    let program = Program::compile(expression).map_err(|e| e.to_string())?;
+    let mut ctx = Context::default();
+    ctx.add_variable_from_value("object", object.map_or(cel::Value::Null, to_cel));
+    ctx.add_variable_from_value("oldObject", old.map_or(cel::Value::Null, to_cel));
+    ctx.add_variable_from_value("request", to_cel(request));
+    match program.execute(&ctx) {
+        Ok(cel::Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!(
+            "the expression returned {:?}, not a bool",
+            other.type_of()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A JSON value as CEL sees it: integers are `int` (CEL's `100` is an int, and arithmetic
 /// does not mix int and uint), objects are maps with string keys.
 fn to_cel(v: &Value) -> cel::Value {

@@ -178,6 +178,10 @@ fn build() -> Schemas {
         ),
     ]);
     let with_meta = leak(vec![("metadata", Struct(meta))]);
+    let webhook_configuration = leak(vec![
+        ("metadata", Struct(meta)),
+        ("webhooks", map_list(&["name"], empty)),
+    ]);
     let namespace = leak(vec![
         ("metadata", Struct(meta)),
         ("status", Struct(status_with_conditions)),
@@ -262,6 +266,8 @@ fn build() -> Schemas {
         ("VolumeAttachment", with_meta),
         ("CSIStorageCapacity", with_meta),
         ("CertificateSigningRequest", with_meta),
+        ("MutatingWebhookConfiguration", webhook_configuration),
+        ("ValidatingWebhookConfiguration", webhook_configuration),
         ("ClusterRole", with_meta),
         ("ClusterRoleBinding", with_meta),
         ("Role", with_meta),

@@ -1,0 +1,243 @@
+"""Admission webhooks: validating and mutating webhooks at a URL (an HTTPS server of the test's
+own, on loopback, trusted through its caBundle) refuse, warn and patch as Kubernetes' do;
+rules, namespace and object selectors and CEL match conditions choose what they see; a
+webhook that cannot be reached fails closed or open as its failurePolicy says."""
+
+import base64
+import datetime
+import http.server
+import json
+import socket
+import ssl
+import threading
+
+import pytest
+import yaml
+
+from conftest import wait_until
+
+
+def _certificates(tmp):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webhook test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (tmp / "tls.crt").write_bytes(cert.public_bytes(pem))
+    (tmp / "tls.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    return ca.public_bytes(pem)
+
+
+class Webhook:
+    """An HTTPS webhook server: /validate refuses objects labelled deny=yes and warns on the
+    rest; /mutate adds the label mutated=yes. It records the reviews it was sent."""
+
+    def __init__(self, tmp):
+        self.ca = _certificates(tmp)
+        self.reviews = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.reviews.append((self.path, body))
+                req = body["request"]
+                obj = req.get("object") or {}
+                labels = (obj.get("metadata") or {}).get("labels") or {}
+                resp = {"uid": req["uid"], "allowed": True}
+                if self.path == "/validate":
+                    if labels.get("deny") == "yes":
+                        resp = {"uid": req["uid"], "allowed": False,
+                                "status": {"code": 403, "reason": "Forbidden",
+                                           "message": "denied by the test webhook"}}
+                    else:
+                        resp["warnings"] = ["looked at by the test webhook"]
+                elif self.path == "/mutate":
+                    ops = []
+                    if not labels:
+                        ops.append({"op": "add", "path": "/metadata/labels", "value": {}})
+                    ops.append({"op": "add", "path": "/metadata/labels/mutated", "value": "yes"})
+                    resp["patchType"] = "JSONPatch"
+                    resp["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
+                out = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                  "response": resp}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(tmp / "tls.crt"), str(tmp / "tls.key"))
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path):
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory):
+    w = Webhook(tmp_path_factory.mktemp("webhook"))
+    yield w
+    w.stop()
+
+
+def configuration(kind, name, hook_name, url, ca, ns, failure="Fail", extra=None):
+    hook = {
+        "name": hook_name,
+        "clientConfig": {"url": url, "caBundle": base64.b64encode(ca).decode()},
+        "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                   "resources": ["configmaps"]}],
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+        "failurePolicy": failure,
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 5,
+    }
+    hook.update(extra or {})
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+            "metadata": {"name": name}, "webhooks": [hook]}
+
+
+def configmap(name, labels=None):
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": labels or {}}, "data": {"a": "b"}}
+
+
+def apply(cluster, obj, *args, version="1.33", check=True):
+    return cluster.kubectl("apply", "-f", "-", *args, input=yaml.safe_dump(obj), version=version,
+                           check=check)
+
+
+@pytest.fixture
+def configured(cluster):
+    """Webhook configurations made in a test, deleted after it."""
+    made = []
+    yield made
+    for kind, name in made:
+        cluster.kubectl("delete", kind, name, check=False)
+
+
+def test_a_validating_webhook_refuses_and_warns(cluster, ns, webhook, configured, version):
+    cfg = configuration("ValidatingWebhookConfiguration", f"v-{ns}"[:60], "deny.berth.example.com",
+                        webhook.url("/validate"), webhook.ca, ns)
+    apply(cluster, cfg, version=version)
+    configured.append(("validatingwebhookconfiguration", cfg["metadata"]["name"]))
+    r = apply(cluster, configmap("bad", {"deny": "yes"}), "-n", ns, version=version, check=False)
+    assert r.returncode != 0
+    assert 'admission webhook "deny.berth.example.com" denied the request: denied by the test webhook' \
+        in r.stderr, r.stderr
+    r = apply(cluster, configmap("good"), "-n", ns, version=version)
+    assert "looked at by the test webhook" in r.stderr, r.stderr
+    # The review said who asked, about what, and carried the object.
+    path, review = next((p, b) for p, b in reversed(webhook.reviews)
+                        if b["request"]["name"] == "good" and b["request"]["namespace"] == ns)
+    req = review["request"]
+    assert path == "/validate"
+    assert req["operation"] == "CREATE"
+    assert req["kind"] == {"group": "", "version": "v1", "kind": "ConfigMap"}
+    assert req["resource"] == {"group": "", "version": "v1", "resource": "configmaps"}
+    assert req["object"]["data"] == {"a": "b"}
+    assert req["userInfo"]["username"]
+    # An update is sent with the old object.
+    r = apply(cluster, configmap("good", {"deny": "yes"}), "-n", ns, version=version, check=False)
+    assert "denied by the test webhook" in r.stderr, r.stderr
+    upd = [b["request"] for p, b in webhook.reviews
+           if b["request"]["operation"] == "UPDATE" and b["request"]["namespace"] == ns]
+    assert upd and upd[-1]["oldObject"]["metadata"]["name"] == "good"
+    # Other namespaces are not sent to it.
+    before = len(webhook.reviews)
+    cluster.kubectl("create", "configmap", f"elsewhere-{ns}"[:60], "-n", "default", version=version)
+    assert len(webhook.reviews) == before
+    cluster.kubectl("delete", "configmap", f"elsewhere-{ns}"[:60], "-n", "default")
+
+
+def test_a_mutating_webhook_adds_a_label(cluster, ns, webhook, configured, version):
+    cfg = configuration("MutatingWebhookConfiguration", f"m-{ns}"[:60], "label.berth.example.com",
+                        webhook.url("/mutate"), webhook.ca, ns)
+    apply(cluster, cfg, version=version)
+    configured.append(("mutatingwebhookconfiguration", cfg["metadata"]["name"]))
+    cluster.kubectl("create", "configmap", "plain", "-n", ns, "--from-literal=x=y", version=version)
+    got = cluster.json("get", "configmap", "plain", "-n", ns)
+    assert got["metadata"]["labels"] == {"mutated": "yes"}
+    # The mutated object is validated like any: a patch that breaks it is refused.
+    table = cluster.kubectl("get", "mutatingwebhookconfigurations", cfg["metadata"]["name"],
+                            version=version).stdout.splitlines()
+    assert table[0].split() == ["NAME", "WEBHOOKS", "AGE"]
+    assert table[1].split()[1] == "1"
+
+
+def test_selectors_and_match_conditions_choose_what_a_webhook_sees(cluster, ns, webhook, configured):
+    cfg = configuration("ValidatingWebhookConfiguration", f"s-{ns}"[:60], "deny.berth.example.com",
+                        webhook.url("/validate"), webhook.ca, ns, extra={
+                            "objectSelector": {"matchExpressions": [
+                                {"key": "checked", "operator": "In", "values": ["yes"]}]},
+                            "matchConditions": [{"name": "not-skipped",
+                                                 "expression": "object.metadata.name != 'skip-me'"}]})
+    apply(cluster, cfg)
+    configured.append(("validatingwebhookconfiguration", cfg["metadata"]["name"]))
+    # Not selected by its labels: not sent, so not refused.
+    apply(cluster, configmap("unchecked", {"deny": "yes"}), "-n", ns)
+    # Selected, but the match condition leaves it out.
+    apply(cluster, configmap("skip-me", {"deny": "yes", "checked": "yes"}), "-n", ns)
+    r = apply(cluster, configmap("caught", {"deny": "yes", "checked": "yes"}), "-n", ns, check=False)
+    assert "denied by the test webhook" in r.stderr, r.stderr
+
+
+def test_an_unreachable_webhook_fails_closed_or_open(cluster, ns, webhook, configured):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    closed = configuration("ValidatingWebhookConfiguration", f"c-{ns}"[:60], "closed.berth.example.com",
+                           f"https://127.0.0.1:{dead}/validate", webhook.ca, ns, failure="Fail")
+    apply(cluster, closed)
+    configured.append(("validatingwebhookconfiguration", closed["metadata"]["name"]))
+    r = apply(cluster, configmap("blocked"), "-n", ns, check=False)
+    assert r.returncode != 0
+    assert 'failed calling webhook "closed.berth.example.com"' in r.stderr, r.stderr
+    # A broken webhook's configuration can always be fixed: it is never sent to webhooks.
+    closed["webhooks"][0]["failurePolicy"] = "Ignore"
+    apply(cluster, closed)
+    apply(cluster, configmap("through"), "-n", ns)
+    assert cluster.json("get", "configmap", "through", "-n", ns)["data"] == {"a": "b"}
+
+
+def test_bad_webhook_configurations_are_refused(cluster, webhook):
+    cfg = configuration("ValidatingWebhookConfiguration", "bad-config", "short",
+                        "http://127.0.0.1/validate", webhook.ca, "default")
+    del cfg["webhooks"][0]["sideEffects"]
+    r = apply(cluster, cfg, check=False)
+    assert r.returncode != 0
+    for msg in ["webhooks[0].name: Invalid value: \"short\": should be a domain with at least three segments separated by dots",
+                "webhooks[0].clientConfig.url: Invalid value: \"http://127.0.0.1/validate\": 'https' is the only allowed URL scheme",
+                "webhooks[0].sideEffects: Required value: must specify one of None, NoneOnDryRun"]:
+        assert msg in r.stderr, r.stderr
