@@ -49,7 +49,9 @@ cargo test --workspace --locked
 
 step "end-to-end tests"
 cargo build --locked -p berth
-# A kube-rs client program (its own workspace), run against berth by test_crds.py.
+# kube-rs programs (their own workspace): a client run against berth by test_crds.py, and an
+# admission webhook server test_webhooks.py runs in a pod.
 cargo build --locked --manifest-path tests/kube-rs/Cargo.toml
 BERTH_BIN="$CARGO_TARGET_DIR/debug/berth" KUBE_RS_CHECK="$CARGO_TARGET_DIR/debug/kube-rs-check" \
+  KUBE_RS_WEBHOOK="$CARGO_TARGET_DIR/debug/kube-rs-webhook" \
   "$venv/bin/python" -m pytest -q tests/e2e

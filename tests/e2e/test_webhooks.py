@@ -17,7 +17,7 @@ import yaml
 from conftest import wait_until
 
 
-def _certificates(tmp):
+def _certificates(tmp, dns=None):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,13 +33,13 @@ def _certificates(tmp):
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
+    san = [x509.DNSName(dns)] if dns else [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webhook")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     (tmp / "tls.crt").write_bytes(cert.public_bytes(pem))
@@ -241,3 +241,78 @@ def test_bad_webhook_configurations_are_refused(cluster, webhook):
                 "webhooks[0].clientConfig.url: Invalid value: \"http://127.0.0.1/validate\": 'https' is the only allowed URL scheme",
                 "webhooks[0].sideEffects: Required value: must specify one of None, NoneOnDryRun"]:
         assert msg in r.stderr, r.stderr
+
+
+def webhook_image():
+    """The kube-rs webhook server (tests/kube-rs/src/bin/webhook.rs) over busybox, with the C
+    libraries it links."""
+    import io
+    import os
+    import subprocess
+    import tarfile
+    from images import Image, _add, busybox_layer
+    program = os.environ.get("KUBE_RS_WEBHOOK")
+    assert program, "set KUBE_RS_WEBHOOK to the built webhook server (scripts/test.sh does)"
+    libs = []
+    for line in subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout.splitlines():
+        parts = line.split()
+        path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
+        if path.startswith("/"):
+            libs.append(path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        dirs = sorted({os.path.dirname(l).lstrip("/") for l in libs} | {"usr/local", "usr/local/bin"})
+        made = set()
+        for d in dirs:
+            parts = d.split("/")
+            for i in range(1, len(parts) + 1):
+                sub = "/".join(parts[:i])
+                if sub not in made and sub not in ("usr",):
+                    _add(t, sub, mode=0o755, kind=tarfile.DIRTYPE)
+                    made.add(sub)
+        for lib in libs:
+            _add(t, lib.lstrip("/"), open(os.path.realpath(lib), "rb").read(), mode=0o755)
+        _add(t, "usr/local/bin/kube-rs-webhook", open(program, "rb").read(), mode=0o755)
+    return Image(layers=[busybox_layer(), buf.getvalue()], cmd=("/usr/local/bin/kube-rs-webhook",))
+
+
+def test_a_webhook_served_by_a_pod_refuses_and_mutates(node, tmp_path, request):
+    """Webhooks reached through a Service, served by a kube-rs program in a pod, over the
+    cluster network, with a certificate for the Service's name."""
+    from conftest import own_namespace
+    node.import_image(webhook_image(), "webhook:test")
+    with own_namespace(node, "hook", request) as ns:
+        ca = _certificates(tmp_path, dns=f"hook.{ns}.svc")
+        node.kubectl("create", "secret", "tls", "hook-tls", "-n", ns,
+                     f"--cert={tmp_path / 'tls.crt'}", f"--key={tmp_path / 'tls.key'}")
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hook", "labels": {"app": "hook"}},
+               "spec": {"containers": [{"name": "hook", "image": "webhook:test",
+                                        "ports": [{"containerPort": 8443}],
+                                        "readinessProbe": {"tcpSocket": {"port": 8443}, "periodSeconds": 1},
+                                        "volumeMounts": [{"name": "tls", "mountPath": "/tls"}]}],
+                        "volumes": [{"name": "tls", "secret": {"secretName": "hook-tls"}}]}}
+        svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hook"},
+               "spec": {"selector": {"app": "hook"}, "ports": [{"port": 443, "targetPort": 8443}]}}
+        apply(node, pod, "-n", ns)
+        apply(node, svc, "-n", ns)
+        node.kubectl("wait", "pod/hook", "-n", ns, "--for=condition=Ready", "--timeout=120s", timeout=150)
+        wait_until(lambda: node.json("get", "endpoints", "hook", "-n", ns).get("subsets"),
+                   what="the webhook's endpoints")
+        made = []
+        try:
+            for kind, path, hook in [("ValidatingWebhookConfiguration", "/validate", "deny.pod.example.com"),
+                                     ("MutatingWebhookConfiguration", "/mutate", "label.pod.example.com")]:
+                cfg = configuration(kind, f"{kind[:1].lower()}-{ns}"[:60], hook, None, ca, ns)
+                del cfg["webhooks"][0]["clientConfig"]["url"]
+                cfg["webhooks"][0]["clientConfig"]["service"] = {"namespace": ns, "name": "hook",
+                                                                  "path": path, "port": 443}
+                apply(node, cfg)
+                made.append((kind.lower(), cfg["metadata"]["name"]))
+            r = apply(node, configmap("bad", {"deny": "yes"}), "-n", ns, check=False)
+            assert 'admission webhook "deny.pod.example.com" denied the request: refused by the in-cluster webhook' \
+                in r.stderr, r.stderr
+            node.kubectl("create", "configmap", "plain", "-n", ns, "--from-literal=x=y")
+            assert node.json("get", "configmap", "plain", "-n", ns)["metadata"]["labels"] == {"mutated": "yes"}
+        finally:
+            for kind, name in made:
+                node.kubectl("delete", kind, name, check=False)

@@ -443,18 +443,15 @@ impl ApiServer {
                 if response["allowed"] != json!(true) {
                     return Err(denied(&hook.name, &response["status"]));
                 }
-                if let Some(p) = response["patch"].as_str().filter(|p| !p.is_empty()) {
+                if let Some(raw) =
+                    patch_bytes(&response["patch"]).map_err(|e| call_failed(&hook.name, &e))?
+                {
                     if response["patchType"].as_str() != Some("JSONPatch") {
                         return Err(call_failed(
                             &hook.name,
                             "the webhook answered a patch that is not a JSONPatch",
                         ));
                     }
-                    let raw = base64::engine::general_purpose::STANDARD
-                        .decode(p)
-                        .map_err(|e| {
-                            call_failed(&hook.name, &format!("the patch is not base64: {e}"))
-                        })?;
                     let patch: Value = serde_json::from_slice(&raw).map_err(|e| {
                         call_failed(&hook.name, &format!("the patch is not JSON: {e}"))
                     })?;
@@ -518,6 +515,27 @@ impl ApiServer {
             }
         }
         Ok(warnings)
+    }
+}
+
+/// A response's `patch`: Go's `[]byte`, which decodes from base64 text or from an array of
+/// numbers (what kube-rs writes). `None` when there is none.
+fn patch_bytes(v: &Value) -> Result<Option<Vec<u8>>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map(Some)
+            .map_err(|e| format!("the patch is not base64: {e}")),
+        Value::Array(items) if items.is_empty() => Ok(None),
+        Value::Array(items) => items
+            .iter()
+            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .map(Some)
+            .ok_or_else(|| "the patch is neither base64 nor bytes".to_string()),
+        _ => Err("the patch is neither base64 nor bytes".to_string()),
     }
 }
 

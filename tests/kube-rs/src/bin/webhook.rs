@@ -1,0 +1,100 @@
+//! An admission webhook server as a kube-rs user writes one, run in a pod by the end-to-end
+//! tests: HTTPS on :8443 with the certificate and key in /tls (a Secret), answering
+//! AdmissionReviews with kube's admission types (`TLS_DIR` moves /tls). `/validate` refuses objects labelled
+//! `deny=yes`; `/mutate` adds the label `mutated=yes`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::DynamicObject;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+fn answer(path: &str, body: &[u8]) -> Result<Vec<u8>> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+    let req: AdmissionRequest<DynamicObject> = review.try_into()?;
+    let labels = req
+        .object
+        .as_ref()
+        .and_then(|o| o.metadata.labels.clone())
+        .unwrap_or_default();
+    let mut resp = AdmissionResponse::from(&req);
+    match path {
+        "/validate" if labels.get("deny").map(String::as_str) == Some("yes") => {
+            resp = resp.deny("refused by the in-cluster webhook");
+        }
+        "/mutate" => {
+            let mut ops = Vec::new();
+            if labels.is_empty() {
+                ops.push(serde_json::json!({"op": "add", "path": "/metadata/labels", "value": {}}));
+            }
+            ops.push(serde_json::json!({"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}));
+            let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
+            resp = resp.with_patch(patch)?;
+        }
+        _ => {}
+    }
+    Ok(serde_json::to_vec(&resp.into_review())?)
+}
+
+async fn serve(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Ok(Response::builder()
+                .status(400)
+                .body(Full::default())
+                .expect("a response"))
+        }
+    };
+    Ok(match answer(&path, &body) {
+        Ok(out) => Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(out)))
+            .expect("a response"),
+        Err(e) => Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::from(e.to_string())))
+            .expect("a response"),
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let dir = std::env::var("TLS_DIR").unwrap_or_else(|_| "/tls".into());
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(format!("{dir}/tls.crt"))
+            .context("reading tls.crt")?
+            .collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(format!("{dir}/tls.key")).context("reading tls.key")?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("0.0.0.0:8443").await?;
+    println!("kube-rs-webhook: listening on :8443");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(tls),
+                    hyper::service::service_fn(serve),
+                )
+                .await;
+        });
+    }
+}
