@@ -65,7 +65,7 @@ class Webhook:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 hook.reviews.append((self.path, body))
                 req = body["request"]
-                obj = req.get("object") or {}
+                obj = req.get("object") or req.get("oldObject") or {}
                 labels = (obj.get("metadata") or {}).get("labels") or {}
                 resp = {"uid": req["uid"], "allowed": True}
                 if self.path == "/validate":
@@ -174,6 +174,17 @@ def test_a_validating_webhook_refuses_and_warns(cluster, ns, webhook, configured
     upd = [b["request"] for p, b in webhook.reviews
            if b["request"]["operation"] == "UPDATE" and b["request"]["namespace"] == ns]
     assert upd and upd[-1]["oldObject"]["metadata"]["name"] == "good"
+    # Deletes are sent to webhooks that ask for them, with the object as oldObject.
+    cfg["webhooks"][0]["rules"][0]["operations"] = ["DELETE"]
+    apply(cluster, cfg, version=version)
+    cluster.kubectl("label", "configmap", "good", "-n", ns, "deny=yes", "--overwrite", version=version)
+    r = cluster.kubectl("delete", "configmap", "good", "-n", ns, version=version, check=False)
+    assert "denied by the test webhook" in r.stderr, r.stderr
+    deletes = [b["request"] for p, b in webhook.reviews
+               if b["request"]["operation"] == "DELETE" and b["request"]["namespace"] == ns]
+    assert deletes[-1]["oldObject"]["metadata"]["name"] == "good" and deletes[-1]["object"] is None
+    cluster.kubectl("label", "configmap", "good", "-n", ns, "deny-", version=version)
+    cluster.kubectl("delete", "configmap", "good", "-n", ns, version=version)
     # Other namespaces are not sent to it.
     before = len(webhook.reviews)
     cluster.kubectl("create", "configmap", f"elsewhere-{ns}"[:60], "-n", "default", version=version)

@@ -1305,6 +1305,20 @@ impl ApiServer {
                     ),
                 ));
             }
+            // Deletes are sent to the validating webhooks that ask for DELETE, with the object
+            // being deleted as the old object.
+            self.validate_by_webhooks(&crate::webhooks::Call {
+                resource: r,
+                subresource: None,
+                operation: "DELETE",
+                namespace: t.namespace.as_deref(),
+                name,
+                object: None,
+                old: Some(&old),
+                user: &opts.who.user,
+                dry_run: opts.dry_run,
+            })
+            .await?;
             match self.deletion_step(r, &old, del) {
                 Step::Now => {
                     let mut plain = old.clone();
