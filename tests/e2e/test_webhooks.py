@@ -327,3 +327,77 @@ def test_a_webhook_served_by_a_pod_refuses_and_mutates(node, tmp_path, request):
         finally:
             for kind, name in made:
                 node.kubectl("delete", kind, name, check=False)
+
+
+def deployment(name, replicas):
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox:test"}]}}}}
+
+
+def test_validating_admission_policies_deny_and_warn_with_params(cluster, ns, configured, version):
+    """The documentation's ValidatingAdmissionPolicy, bound to one namespace, then with a
+    ConfigMap as its parameter and a binding that warns."""
+    cluster.kubectl("label", "namespace", ns, "environment=test")
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": f"replicas-{ns}"[:60]},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{
+                           "apiGroups": ["apps"], "apiVersions": ["v1"],
+                           "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]},
+                       "validations": [{"expression": "object.spec.replicas <= 5"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": f"replicas-{ns}"[:60]},
+               "spec": {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}}
+    apply(cluster, policy, version=version)
+    configured.append(("validatingadmissionpolicy", policy["metadata"]["name"]))
+    apply(cluster, binding, version=version)
+    configured.append(("validatingadmissionpolicybinding", binding["metadata"]["name"]))
+    r = apply(cluster, deployment("big", 6), "-n", ns, version=version, check=False)
+    assert r.returncode != 0
+    assert (f"ValidatingAdmissionPolicy '{policy['metadata']['name']}' with binding "
+            f"'{binding['metadata']['name']}' denied request: failed expression: object.spec.replicas <= 5") \
+        in r.stderr, r.stderr
+    apply(cluster, deployment("small", 3), "-n", ns, version=version)
+    # Elsewhere the binding does not reach.
+    elsewhere = f"big-{ns}"[:50].rstrip("-")
+    other = apply(cluster, deployment(elsewhere, 6), "-n", "default", version=version)
+    cluster.kubectl("delete", "deployment", elsewhere, "-n", "default")
+    assert other.returncode == 0
+    # With a parameter: the limit comes from a ConfigMap, and the binding warns instead.
+    limits = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limits"},
+              "data": {"maxReplicas": "2"}}
+    apply(cluster, limits, "-n", ns, version=version)
+    policy["spec"]["paramKind"] = {"apiVersion": "v1", "kind": "ConfigMap"}
+    policy["spec"]["validations"] = [{"expression": "object.spec.replicas <= int(params.data.maxReplicas)",
+                                      "messageExpression": "'at most ' + params.data.maxReplicas + ' replicas'"}]
+    apply(cluster, policy, version=version)
+    binding["spec"]["paramRef"] = {"name": "limits", "namespace": ns, "parameterNotFoundAction": "Deny"}
+    binding["spec"]["validationActions"] = ["Warn"]
+    apply(cluster, binding, version=version)
+    r = apply(cluster, deployment("three", 3), "-n", ns, version=version)
+    assert "at most 2 replicas" in r.stderr, r.stderr
+    assert cluster.json("get", "deployment", "three", "-n", ns)["spec"]["replicas"] == 3
+    table = cluster.kubectl("get", "validatingadmissionpolicybinding", binding["metadata"]["name"],
+                            version=version).stdout.splitlines()
+    assert table[0].split() == ["NAME", "POLICYNAME", "PARAMREF", "AGE"]
+    assert table[1].split()[2] == f"{ns}/limits"
+
+
+def test_bad_policies_are_refused(cluster):
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": "broken.example.com"},
+              "spec": {"matchConstraints": {"resourceRules": [{
+                           "apiGroups": ["apps"], "apiVersions": ["v1"],
+                           "operations": ["CREATE"], "resources": ["deployments"]}]},
+                       "validations": [{"expression": "object.spec.replicas <="}]}}
+    r = apply(cluster, policy, check=False)
+    assert r.returncode != 0
+    assert "spec.validations[0].expression: Invalid value" in r.stderr and "compilation failed" in r.stderr, r.stderr
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": "broken.example.com"},
+               "spec": {"policyName": "broken.example.com", "validationActions": ["Deny", "Warn"]}}
+    r = apply(cluster, binding, check=False)
+    assert "spec.validationActions: Forbidden: must not contain both Deny and Warn" in r.stderr, r.stderr

@@ -4,7 +4,8 @@
 use std::sync::{Arc, LazyLock, RwLock};
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
@@ -933,6 +934,42 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             delete_returns_object: false,
             field_labels: &[],
             ops: ops::<ValidatingWebhookConfiguration>(),
+        },
+        Resource {
+            group: "admissionregistration.k8s.io",
+            version: "v1",
+            kind: "ValidatingAdmissionPolicy",
+            plural: "validatingadmissionpolicies",
+            singular: "validatingadmissionpolicy",
+            namespaced: false,
+            short_names: NONE,
+            categories: &["api-extensions"],
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: true,
+            delete_returns_object: false,
+            field_labels: &[],
+            ops: ops::<ValidatingAdmissionPolicy>(),
+        },
+        Resource {
+            group: "admissionregistration.k8s.io",
+            version: "v1",
+            kind: "ValidatingAdmissionPolicyBinding",
+            plural: "validatingadmissionpolicybindings",
+            singular: "validatingadmissionpolicybinding",
+            namespaced: false,
+            short_names: NONE,
+            categories: &["api-extensions"],
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: false,
+            delete_returns_object: false,
+            field_labels: &[],
+            ops: ops::<ValidatingAdmissionPolicyBinding>(),
         },
         Resource {
             group: "apiextensions.k8s.io",

@@ -391,6 +391,8 @@ fn every_field_of_every_served_kind_survives_protobuf() {
         "apiextensions.k8s.io/v1/CustomResourceDefinition",
         "admissionregistration.k8s.io/v1/MutatingWebhookConfiguration",
         "admissionregistration.k8s.io/v1/ValidatingWebhookConfiguration",
+        "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
+        "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicyBinding",
     ];
     let missing: Vec<String> = api::resources::all()
         .iter()

@@ -20,6 +20,7 @@ mod metrics;
 mod node;
 mod openapi;
 mod podsecurity;
+mod policies;
 mod proxy;
 mod read;
 #[cfg(test)]

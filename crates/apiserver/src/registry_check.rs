@@ -16,6 +16,8 @@ const JSON_ONLY: &[&str] = &[
     "CustomResourceDefinition",
     "MutatingWebhookConfiguration",
     "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 ];
 
 fn registry_with_a_custom_kind() -> Arc<Registry> {

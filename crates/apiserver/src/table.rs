@@ -855,6 +855,38 @@ pub fn columns(kind: &str) -> Vec<Column> {
             ),
             AGE,
         ],
+        "ValidatingAdmissionPolicy" => vec![
+            NAME,
+            col(
+                "Validations",
+                "integer",
+                0,
+                "Validations contain CEL expressions which is used to apply the validation.",
+            ),
+            col(
+                "ParamKind",
+                "string",
+                0,
+                "ParamKind specifies the kind of resources used to parameterize this policy",
+            ),
+            AGE,
+        ],
+        "ValidatingAdmissionPolicyBinding" => vec![
+            NAME,
+            col(
+                "PolicyName",
+                "string",
+                0,
+                "PolicyName references a ValidatingAdmissionPolicy name which the ValidatingAdmissionPolicyBinding binds to.",
+            ),
+            col(
+                "ParamRef",
+                "string",
+                0,
+                "ParamRef specifies the parameter resource used to configure the admission control policy.",
+            ),
+            AGE,
+        ],
         "PriorityClass" => vec![
             NAME,
             col("Value", "integer", 0, "The priority of pods of this class."),
@@ -1303,6 +1335,27 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![
             name(obj),
             Cell::Int(obj["webhooks"].as_array().map_or(0, |w| w.len() as i64)),
+            created(obj),
+        ],
+        "ValidatingAdmissionPolicy" => vec![
+            name(obj),
+            Cell::Int(spec["validations"].as_array().map_or(0, |v| v.len() as i64)),
+            Cell::text(match spec["paramKind"]["kind"].as_str() {
+                Some(k) => format!("{}/{k}", s(&spec["paramKind"]["apiVersion"])),
+                None => "<unset>".to_string(),
+            }),
+            created(obj),
+        ],
+        "ValidatingAdmissionPolicyBinding" => vec![
+            name(obj),
+            Cell::text(s(&spec["policyName"])),
+            Cell::text(match spec["paramRef"]["name"].as_str() {
+                Some(n) => match spec["paramRef"]["namespace"].as_str() {
+                    Some(ns) => format!("{ns}/{n}"),
+                    None => format!("*/{n}"),
+                },
+                None => "<unset>".to_string(),
+            }),
             created(obj),
         ],
         "PriorityClass" => vec![

@@ -105,7 +105,7 @@ fn names(list: &Option<Vec<String>>, value: &str) -> bool {
 
 /// Whether one of `rules` covers the call (`resources` entries are `plural`, `plural/sub`,
 /// `*`, `*/sub`, `plural/*` or `*/*`).
-fn rules_match(rules: &[RuleWithOperations], c: &Call<'_>) -> bool {
+pub(crate) fn rules_match(rules: &[RuleWithOperations], c: &Call<'_>) -> bool {
     let r = c.resource;
     let asked = match c.subresource {
         Some(sub) => format!("{}/{sub}", r.plural),
@@ -140,7 +140,7 @@ fn rules_match(rules: &[RuleWithOperations], c: &Call<'_>) -> bool {
     })
 }
 
-fn labels_of(v: Option<&Value>) -> BTreeMap<String, String> {
+pub(crate) fn labels_of(v: Option<&Value>) -> BTreeMap<String, String> {
     v.and_then(|o| o["metadata"]["labels"].as_object())
         .map(|m| {
             m.iter()
@@ -150,8 +150,13 @@ fn labels_of(v: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn selects(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
-    match LabelSelectorExpr::from_object(sel) {
+/// Whether an admission selector selects `labels`; one left out selects everything (as the
+/// `{}` Kubernetes defaults it to).
+pub(crate) fn selects(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(sel) = sel else {
+        return true;
+    };
+    match LabelSelectorExpr::from_object(Some(sel)) {
         Ok(expr) => expr.matches(labels),
         // An unusable selector (refused when written) selects nothing.
         Err(_) => false,
@@ -481,15 +486,17 @@ impl ApiServer {
         Ok((changed, warnings))
     }
 
-    /// Run the validating webhooks that choose `c`, all of them, concurrently. Returns their
+    /// The validating phase of admission: the ValidatingAdmissionPolicies bound to `c`, then
+    /// the validating webhooks that choose it, all of them, concurrently. Returns their
     /// warnings, or the first refusal.
     pub(crate) async fn validate_by_webhooks(&self, c: &Call<'_>) -> ApiResult<Vec<String>> {
         if exempt(c.resource) {
             return Ok(Vec::new());
         }
+        let mut warnings = self.check_policies(c)?;
         let hooks = self.validating_hooks();
         if hooks.is_empty() {
-            return Ok(Vec::new());
+            return Ok(warnings);
         }
         let mut chosen = Vec::new();
         for hook in &hooks {
@@ -499,7 +506,6 @@ impl ApiServer {
         }
         let answers =
             futures_util::future::join_all(chosen.iter().map(|h| self.call_hook(h, c))).await;
-        let mut warnings = Vec::new();
         for (hook, answer) in chosen.into_iter().zip(answers) {
             match answer {
                 Ok(response) => {

@@ -60,6 +60,47 @@ pub fn evaluate_condition(
     }
 }
 
+/// Whether `expression` parses as CEL (checked when a policy is written).
+pub fn check_syntax(expression: &str) -> Result<(), String> {
+    Program::compile(expression)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Evaluate `expression` with `vars` bound; the result as JSON (what policies' validations,
+/// variables and message expressions need).
+pub fn evaluate(expression: &str, vars: &[(String, Value)]) -> Result<Value, String> {
+    let program = Program::compile(expression).map_err(|e| e.to_string())?;
+    let mut ctx = Context::default();
+    for (name, v) in vars {
+        ctx.add_variable_from_value(name.as_str(), to_cel(v));
+    }
+    program
+        .execute(&ctx)
+        .map(|v| from_cel(&v))
+        .map_err(|e| e.to_string())
+}
+
+/// A CEL value as JSON (durations and timestamps as text).
+fn from_cel(v: &cel::Value) -> Value {
+    match v {
+        cel::Value::Null => Value::Null,
+        cel::Value::Bool(b) => Value::Bool(*b),
+        cel::Value::Int(i) => Value::from(*i),
+        cel::Value::UInt(u) => Value::from(*u),
+        cel::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        cel::Value::String(s) => Value::String(s.to_string()),
+        cel::Value::List(items) => Value::Array(items.iter().map(from_cel).collect()),
+        cel::Value::Map(m) => Value::Object(
+            m.map
+                .iter()
+                .map(|(k, v)| (k.to_string(), from_cel(v)))
+                .collect(),
+        ),
+        other => Value::String(format!("{other:?}")),
+    }
+}
+
 /// A JSON value as CEL sees it: integers are `int` (CEL's `100` is an int, and arithmetic
 /// does not mix int and uint), objects are maps with string keys.
 fn to_cel(v: &Value) -> cel::Value {

@@ -282,3 +282,104 @@ mod http_uri {
         }
     }
 }
+
+impl Kind for k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy {
+    fn default(&mut self) {
+        let Some(spec) = self.spec.as_mut() else {
+            return;
+        };
+        default_str(&mut spec.failure_policy, "Fail");
+        if let Some(m) = spec.match_constraints.as_mut() {
+            default_str(&mut m.match_policy, "Equivalent");
+            default_if_none(&mut m.namespace_selector, LabelSelector::default());
+            default_if_none(&mut m.object_selector, LabelSelector::default());
+            for r in m.resource_rules.iter_mut().flatten() {
+                default_str(&mut r.scope, "*");
+            }
+        }
+    }
+
+    fn validate(&self, _old: Option<&Self>, errs: &mut FieldErrors) {
+        let sp = Path::root("spec");
+        let Some(spec) = &self.spec else {
+            errs.required(&sp, "");
+            return;
+        };
+        if spec
+            .match_constraints
+            .as_ref()
+            .is_none_or(|m| m.resource_rules.as_ref().is_none_or(Vec::is_empty))
+        {
+            errs.required(&sp.child("matchConstraints").child("resourceRules"), "");
+        }
+        let validations = spec.validations.as_deref().unwrap_or_default();
+        let audits = spec.audit_annotations.as_deref().unwrap_or_default();
+        if validations.is_empty() && audits.is_empty() {
+            errs.required(
+                &sp.child("validations"),
+                "validations or auditAnnotations must contain at least one item",
+            );
+        }
+        if let Some(f) = &spec.failure_policy {
+            errs.one_of(&sp.child("failurePolicy"), f, &["Fail", "Ignore"]);
+        }
+        let compiles = |expr: &str, p: &Path, errs: &mut FieldErrors| {
+            if expr.trim().is_empty() {
+                errs.required(p, "");
+            } else if let Err(e) = crate::custom::cel::check_syntax(expr) {
+                errs.invalid(p, expr, format!("compilation failed: {e}"));
+            }
+        };
+        for (i, v) in validations.iter().enumerate() {
+            compiles(
+                &v.expression,
+                &sp.child("validations").index(i).child("expression"),
+                errs,
+            );
+        }
+        for (i, v) in spec.variables.iter().flatten().enumerate() {
+            compiles(
+                &v.expression,
+                &sp.child("variables").index(i).child("expression"),
+                errs,
+            );
+        }
+        for (i, m) in spec.match_conditions.iter().flatten().enumerate() {
+            compiles(
+                &m.expression,
+                &sp.child("matchConditions").index(i).child("expression"),
+                errs,
+            );
+        }
+    }
+}
+
+impl Kind for k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding {
+    fn validate(&self, _old: Option<&Self>, errs: &mut FieldErrors) {
+        let sp = Path::root("spec");
+        let Some(spec) = &self.spec else {
+            errs.required(&sp, "");
+            return;
+        };
+        if spec.policy_name.as_deref().is_none_or(str::is_empty) {
+            errs.required(&sp.child("policyName"), "");
+        }
+        let actions = spec.validation_actions.as_deref().unwrap_or_default();
+        if actions.is_empty() {
+            errs.required(&sp.child("validationActions"), "");
+        }
+        for (i, a) in actions.iter().enumerate() {
+            errs.one_of(
+                &sp.child("validationActions").index(i),
+                a,
+                &["Audit", "Deny", "Warn"],
+            );
+        }
+        if actions.iter().any(|a| a == "Deny") && actions.iter().any(|a| a == "Warn") {
+            errs.forbidden(
+                &sp.child("validationActions"),
+                "must not contain both Deny and Warn (repeating the same validation failure information in the API response and headers serves no purpose)",
+            );
+        }
+    }
+}
