@@ -39,9 +39,10 @@ pub struct ScalePaths {
 /// Everything one served version of a definition says about its objects.
 #[derive(Debug)]
 pub struct CustomKind {
-    pub schema: Option<schema::Schema>,
-    /// The schema as written, for OpenAPI.
-    pub openapi: Option<Value>,
+    /// Shared by the versions whose schemas are the same.
+    pub schema: Option<Arc<schema::Schema>>,
+    /// The schema as written (JSON text, parsed only when OpenAPI is built), shared likewise.
+    pub openapi: Option<Arc<str>>,
     pub columns: Vec<CustomResourceColumnDefinition>,
     pub scale: Option<ScalePaths>,
     pub status: bool,
@@ -123,9 +124,13 @@ impl KindOps for CustomOps {
 
     fn schema(&self, _generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let kind = self.kind();
-        let v = kind.openapi.clone().unwrap_or_else(
-            || serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-        );
+        let v = kind
+            .openapi
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_else(
+                || serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            );
         schemars::Schema::try_from(v).unwrap_or_default()
     }
 
@@ -293,25 +298,41 @@ fn field_label(json_path: &str) -> Option<FieldLabel> {
     })
 }
 
+/// A version's schema compiled, with its text; versions with the same schema share both
+/// (`seen` holds those compiled so far), which halves what a two-version definition costs.
+type Compiled = (Arc<str>, Arc<schema::Schema>);
+
 fn compile_version(
     crd: &CustomResourceDefinition,
     v: &CustomResourceDefinitionVersion,
+    seen: &mut Vec<Compiled>,
 ) -> CustomKind {
     let spec = &crd.spec;
-    let mut scratch = FieldErrors::default();
     let props = v
         .schema
         .as_ref()
         .and_then(|s| s.open_api_v3_schema.as_ref());
-    let schema = props.map(|p| schema::compile(p, &Path::default(), &mut scratch));
-    let openapi = props.and_then(|p| serde_json::to_value(p).ok());
+    let compiled = props.and_then(|p| {
+        let text: Arc<str> = serde_json::to_string(p).ok()?.into();
+        if let Some((t, s)) = seen.iter().find(|(t, _)| **t == *text) {
+            return Some((t.clone(), s.clone()));
+        }
+        let mut scratch = FieldErrors::default();
+        let s = Arc::new(schema::compile(p, &Path::default(), &mut scratch));
+        seen.push((text.clone(), s.clone()));
+        Some((text, s))
+    });
+    let (openapi, schema) = match compiled {
+        Some((t, s)) => (Some(t), Some(s)),
+        None => (None, None),
+    };
     let subs = v.subresources.as_ref();
     let scale = subs.and_then(|s| s.scale.as_ref()).map(|s| ScalePaths {
         spec_replicas: s.spec_replicas_path.clone(),
         status_replicas: s.status_replicas_path.clone(),
         label_selector: s.label_selector_path.clone(),
     });
-    let merge = merge_type(schema.as_ref());
+    let merge = merge_type(schema.as_deref());
     CustomKind {
         merge,
         schema,
@@ -344,8 +365,9 @@ pub fn descriptors(crd: &CustomResourceDefinition) -> Vec<&'static Resource> {
     let names = &spec.names;
     let namespaced = spec.scope == "Namespaced";
     let mut out = Vec::new();
+    let mut seen = Vec::new();
     for v in spec.versions.iter().filter(|v| v.served) {
-        let kind = compile_version(crd, v);
+        let kind = compile_version(crd, v, &mut seen);
         let status = kind.status;
         let scale = kind.scale.is_some();
         let ops = ops_for(&spec.group, &v.name, &names.plural, kind);
