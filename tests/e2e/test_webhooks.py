@@ -324,6 +324,29 @@ def test_a_webhook_served_by_a_pod_refuses_and_mutates(node, tmp_path, request):
                 in r.stderr, r.stderr
             node.kubectl("create", "configmap", "plain", "-n", ns, "--from-literal=x=y")
             assert node.json("get", "configmap", "plain", "-n", ns)["metadata"]["labels"] == {"mutated": "yes"}
+            # The same server serves an aggregated API: an APIService sends its group there.
+            apisvc = {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                      "metadata": {"name": "v1.demo.berth.example.com"},
+                      "spec": {"group": "demo.berth.example.com", "version": "v1",
+                               "groupPriorityMinimum": 1000, "versionPriority": 15,
+                               "caBundle": base64.b64encode(ca).decode(),
+                               "service": {"namespace": ns, "name": "hook", "port": 443}}}
+            apply(node, apisvc)
+            made.append(("apiservice", "v1.demo.berth.example.com"))
+
+            def available():
+                conds = node.json("get", "apiservice", "v1.demo.berth.example.com").get(
+                    "status", {}).get("conditions", [])
+                return any(c["type"] == "Available" and c["status"] == "True" for c in conds)
+            wait_until(available, timeout=30, what="the APIService to be available")
+            for version in ("1.27", "1.33"):
+                table = node.kubectl("get", "greetings", "-n", ns, version=version).stdout
+                assert "hello" in table, table
+            got = node.json("get", "greeting", "hi", "-n", ns)
+            # The aggregated server was told who asked.
+            assert got["spec"]["user"], got
+            table = node.kubectl("get", "apiservice", "v1.demo.berth.example.com").stdout.splitlines()
+            assert table[1].split()[1:3] == [f"{ns}/hook", "True"], table
         finally:
             for kind, name in made:
                 node.kubectl("delete", kind, name, check=False)

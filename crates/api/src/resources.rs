@@ -28,6 +28,7 @@ use k8s_openapi::api::storage::v1::{
     CSIDriver, CSINode, CSIStorageCapacity, StorageClass, VolumeAttachment,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use serde_json::Value;
 
 use crate::kinds::{KindOps, ops};
@@ -970,6 +971,24 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             delete_returns_object: false,
             field_labels: &[],
             ops: ops::<ValidatingAdmissionPolicyBinding>(),
+        },
+        Resource {
+            group: "apiregistration.k8s.io",
+            version: "v1",
+            kind: "APIService",
+            plural: "apiservices",
+            singular: "apiservice",
+            namespaced: false,
+            short_names: NONE,
+            categories: &["api-extensions"],
+            status: true,
+            scale: false,
+            name_rule: NameRule::PathSegment,
+            generation: true,
+            reset_status_on_create: true,
+            delete_returns_object: false,
+            field_labels: &[],
+            ops: ops::<APIService>(),
         },
         Resource {
             group: "apiextensions.k8s.io",

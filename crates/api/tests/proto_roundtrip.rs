@@ -393,6 +393,7 @@ fn every_field_of_every_served_kind_survives_protobuf() {
         "admissionregistration.k8s.io/v1/ValidatingWebhookConfiguration",
         "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
         "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicyBinding",
+        "apiregistration.k8s.io/v1/APIService",
     ];
     let missing: Vec<String> = api::resources::all()
         .iter()

@@ -219,7 +219,13 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    pub fn new(server_address: &str, registry: &Registry) -> Discovery {
+    /// `aggregated`: each available Service-backed APIService's group, version and
+    /// APIResourceList (as its server answered it).
+    pub fn new(
+        server_address: &str,
+        registry: &Registry,
+        aggregated: &[(String, String, Value)],
+    ) -> Discovery {
         let mut core_item = None;
         let mut group_items = Vec::new();
         let mut legacy_groups = Vec::new();
@@ -320,6 +326,37 @@ impl Discovery {
             ));
             legacy_groups.push(g);
         }
+        // Aggregated APIs: their group, and their resources as their server lists them.
+        for (group, v, list) in aggregated {
+            if groups.iter().any(|(g, _)| g == group) {
+                continue;
+            }
+            let gv = format!("{group}/{v}");
+            let resources: Vec<Value> = list["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["name"].as_str().is_some_and(|n| !n.contains('/')))
+                .map(|r| {
+                    json!({"resource": r["name"], "singularResource": r["singularName"].as_str().unwrap_or(""),
+                           "responseKind": {"group": group, "version": v, "kind": r["kind"]},
+                           "scope": if r["namespaced"].as_bool().unwrap_or(false) { "Namespaced" } else { "Cluster" },
+                           "verbs": r["verbs"], "shortNames": r.get("shortNames").cloned().unwrap_or(json!([]))})
+                })
+                .collect();
+            group_items.push(json!({"metadata": {"name": group}, "versions": [
+                {"version": v, "resources": resources, "freshness": "Current"}]}));
+            let gvs = json!([{"groupVersion": gv, "version": v}]);
+            let g = json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]});
+            groups.push((
+                group.to_string(),
+                wire(
+                    &json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
+                           "versions": g["versions"], "preferredVersion": g["preferredVersion"]}),
+                ),
+            ));
+            legacy_groups.push(g);
+        }
         let aggregated = |items: Vec<Value>, version: &str| -> Bytes {
             wire(&json!({"kind": "APIGroupDiscoveryList",
                        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
@@ -368,7 +405,7 @@ mod tests {
 
     #[test]
     fn documents() {
-        let d = Discovery::new("127.0.0.1:6443", &Registry::default());
+        let d = Discovery::new("127.0.0.1:6443", &Registry::default(), &[]);
         let core: Value = serde_json::from_slice(&d.core_v2).unwrap();
         let pods = core["items"][0]["versions"][0]["resources"]
             .as_array()

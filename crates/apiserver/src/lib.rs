@@ -3,6 +3,7 @@
 //! authentication and authorization (RBAC). Only this crate touches the store.
 
 mod admission;
+mod aggregation;
 mod alloc;
 pub mod audit;
 pub mod auth;

@@ -18,6 +18,7 @@ const JSON_ONLY: &[&str] = &[
     "ValidatingWebhookConfiguration",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
+    "APIService",
 ];
 
 fn registry_with_a_custom_kind() -> Arc<Registry> {
@@ -50,7 +51,7 @@ async fn every_served_kind_is_in_every_table() {
     let registry = registry_with_a_custom_kind();
     let all: Vec<&'static Resource> = registry.all();
     assert!(all.iter().any(|r| r.kind == "Gizmo"));
-    let discovery = Discovery::new("127.0.0.1:6443", &registry);
+    let discovery = Discovery::new("127.0.0.1:6443", &registry, &[]);
     let openapi = OpenApi::new("v1.33.0");
     let aggregated = doc(&discovery.groups_v2);
     let core = doc(&discovery.core_v2);

@@ -235,8 +235,11 @@ pub struct ApiServer {
     /// When each namespace was last looked at afresh for LimitRanges (none cached).
     pub(crate) limit_checks:
         std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-    /// Rebuilt when what the registry serves changes, with the generation it describes.
-    discovery: std::sync::RwLock<(u64, Arc<Discovery>)>,
+    /// Rebuilt when what the registry serves or the aggregated backends say changes, with the
+    /// generations it describes.
+    discovery: std::sync::RwLock<((u64, u64), Arc<Discovery>)>,
+    /// What Service-backed APIServices' discovery says (kept by `run_aggregation`).
+    pub(crate) aggregated_backends: crate::aggregation::Backends,
     openapi: OpenApi,
     version: Value,
     pub(crate) telemetry: Arc<Telemetry>,
@@ -301,12 +304,14 @@ impl ApiServer {
             authenticator: std::sync::OnceLock::new(),
             node_connector: std::sync::OnceLock::new(),
             discovery: std::sync::RwLock::new((
-                cache.registry().generation(),
+                (cache.registry().generation(), 0),
                 Arc::new(Discovery::new(
                     &config.advertise.to_string(),
                     cache.registry(),
+                    &[],
                 )),
             )),
+            aggregated_backends: crate::aggregation::Backends::default(),
             openapi: OpenApi::new(&git_version()),
             store,
             cache,
@@ -471,6 +476,13 @@ impl ApiServer {
         params: Params,
         who: &Identity,
     ) -> ApiResult<Reply> {
+        // A group-version an APIService sends to a Service is proxied there, whatever else.
+        if let ["", "apis", group, version, ..] =
+            req.uri().path().split('/').collect::<Vec<_>>()[..]
+            && let Some(svc) = self.aggregated(group, version)
+        {
+            return self.proxy_aggregated(&svc, req, who).await;
+        }
         // A custom kind another client's just-acknowledged write defined may not be in the
         // cache's registry yet: look again once the cache has caught up.
         let route = match route {
@@ -855,14 +867,18 @@ impl ApiServer {
     /// The discovery documents of what is served now.
     fn discovery(&self) -> Arc<Discovery> {
         let registry = self.cache.registry();
-        let generation = registry.generation();
+        let generation = (registry.generation(), self.aggregated_backends.generation());
         {
             let d = self.discovery.read().unwrap_or_else(|p| p.into_inner());
             if d.0 == generation {
                 return d.1.clone();
             }
         }
-        let fresh = Arc::new(Discovery::new(&self.config.advertise.to_string(), registry));
+        let fresh = Arc::new(Discovery::new(
+            &self.config.advertise.to_string(),
+            registry,
+            &self.aggregated_backends.lists(),
+        ));
         let mut d = self.discovery.write().unwrap_or_else(|p| p.into_inner());
         if d.0 < generation {
             *d = (generation, fresh.clone());

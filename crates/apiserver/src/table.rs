@@ -887,6 +887,17 @@ pub fn columns(kind: &str) -> Vec<Column> {
             ),
             AGE,
         ],
+        "APIService" => vec![
+            NAME,
+            col(
+                "Service",
+                "string",
+                0,
+                "The service that serves this API, or Local.",
+            ),
+            col("Available", "string", 0, "Whether this API is available."),
+            AGE,
+        ],
         "PriorityClass" => vec![
             NAME,
             col("Value", "integer", 0, "The priority of pods of this class."),
@@ -1358,6 +1369,29 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
             }),
             created(obj),
         ],
+        "APIService" => {
+            let service = match spec["service"]["name"].as_str() {
+                Some(n) => format!("{}/{n}", s(&spec["service"]["namespace"])),
+                None => "Local".to_string(),
+            };
+            let available = status["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Available"))
+                .map_or_else(
+                    || "Unknown".to_string(),
+                    |c| match (s(&c["status"]), s(&c["reason"])) {
+                        ("True", _) => "True".to_string(),
+                        (st, "") => st.to_string(),
+                        (st, reason) => format!("{st} ({reason})"),
+                    },
+                );
+            vec![
+                name(obj),
+                Cell::text(service),
+                Cell::text(available),
+                created(obj),
+            ]
+        }
         "PriorityClass" => vec![
             name(obj),
             Cell::Int(int(&obj["value"])),

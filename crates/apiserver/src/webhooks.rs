@@ -337,26 +337,12 @@ impl ApiServer {
             .service
             .as_ref()
             .ok_or("the webhook names neither a URL nor a Service")?;
-        let services = api::resources::find("", "v1", "services").expect("served");
-        let endpoints = api::resources::find("", "v1", "endpoints").expect("served");
-        let key = format!("{}/{}", svc.namespace, svc.name);
-        let service = self
-            .cache
-            .resource(services)
-            .get(&key)
-            .ok_or_else(|| format!("service \"{}\" not found", svc.name))?
-            .value();
-        let eps = self.cache.resource(endpoints).get(&key).map(|e| e.value());
-        let port = svc.port.unwrap_or(443).to_string();
-        let (ip, target_port) =
-            crate::proxy::service_target(&service, eps.as_ref(), Some(&port), fastrand::usize(..))
-                .map_err(|e| e.message)?;
-        let addr = if ip.contains(':') {
-            format!("[{ip}]:{target_port}")
-        } else {
-            format!("{ip}:{target_port}")
-        };
-        let server_name = format!("{}.{}.svc", svc.name, svc.namespace);
+        let (addr, server_name) = service_endpoint(
+            &self.cache,
+            &svc.namespace,
+            &svc.name,
+            svc.port.unwrap_or(443),
+        )?;
         let path = svc.path.clone().unwrap_or_else(|| "/".into());
         let shown = format!("https://{server_name}:{}{path}", svc.port.unwrap_or(443));
         Ok((addr, server_name, path, shown))
@@ -609,8 +595,95 @@ fn call_failed(name: &str, why: &str) -> ApiError {
     ))
 }
 
+/// A ready endpoint of Service `namespace/name` for its `port`, and the name its certificate
+/// is checked against (`name.namespace.svc`).
+pub(crate) fn service_endpoint(
+    cache: &crate::cache::Cache,
+    namespace: &str,
+    name: &str,
+    port: i32,
+) -> Result<(String, String), String> {
+    let services = api::resources::find("", "v1", "services").expect("served");
+    let endpoints = api::resources::find("", "v1", "endpoints").expect("served");
+    let key = format!("{namespace}/{name}");
+    let service = cache
+        .resource(services)
+        .get(&key)
+        .ok_or_else(|| format!("service \"{name}\" not found"))?
+        .value();
+    let eps = cache.resource(endpoints).get(&key).map(|e| e.value());
+    let (ip, target_port) = crate::proxy::service_target(
+        &service,
+        eps.as_ref(),
+        Some(&port.to_string()),
+        fastrand::usize(..),
+    )
+    .map_err(|e| e.message)?;
+    let addr = if ip.contains(':') {
+        format!("[{ip}]:{target_port}")
+    } else {
+        format!("{ip}:{target_port}")
+    };
+    Ok((addr, format!("{name}.{namespace}.svc")))
+}
+
+/// TLS that does not check the server's certificate: an APIService's insecureSkipTLSVerify.
+pub(crate) fn tls_config_unverified() -> Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct Anything(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for Anything {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &rustls_pki_types::CertificateDer<'_>,
+            _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+            _server_name: &rustls_pki_types::ServerName<'_>,
+            _ocsp: &[u8],
+            _now: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Anything(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// TLS trusting `ca_bundle` (PEM), or the system's roots without one.
-fn tls_config(ca_bundle: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config(ca_bundle: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let pem: Vec<u8> = match ca_bundle.filter(|b| !b.is_empty()) {

@@ -471,6 +471,11 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         pki.ca_pem.clone(),
         leadership.clone(),
     );
+    // kube-aggregator's part: local APIServices, and Service-backed ones checked and proxied.
+    let aggregator = api.clone();
+    supervise::supervise("kube-aggregator", move || {
+        aggregator.clone().run_aggregation()
+    });
     controllers::start_definition_finalizer(
         &InProcess::client(api.clone(), "apiextensions-apiserver"),
         leadership.clone(),

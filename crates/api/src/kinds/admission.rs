@@ -383,3 +383,91 @@ impl Kind for k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPo
         }
     }
 }
+
+impl Kind for k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService {
+    fn default(&mut self) {
+        if let Some(spec) = self.spec.as_mut()
+            && let Some(s) = spec.service.as_mut()
+        {
+            default_if_none(&mut s.port, 443);
+        }
+    }
+
+    fn validate(&self, _old: Option<&Self>, errs: &mut FieldErrors) {
+        let sp = Path::root("spec");
+        let Some(spec) = &self.spec else {
+            errs.required(&sp, "");
+            return;
+        };
+        let group = spec.group.as_deref().unwrap_or("");
+        let version = spec.version.as_deref().unwrap_or("");
+        let name = self.metadata.name.as_deref().unwrap_or("");
+        if name != format!("{version}.{group}") {
+            errs.invalid(
+                &Path::root("metadata").child("name"),
+                name,
+                format!("must be {version}.{group}"),
+            );
+        }
+        if version.is_empty() {
+            errs.required(&sp.child("version"), "");
+        }
+        if spec.group_priority_minimum <= 0 || spec.group_priority_minimum > 20000 {
+            errs.invalid(
+                &sp.child("groupPriorityMinimum"),
+                spec.group_priority_minimum,
+                "must be positive and less than 20000",
+            );
+        }
+        if spec.version_priority <= 0 || spec.version_priority > 1000 {
+            errs.invalid(
+                &sp.child("versionPriority"),
+                spec.version_priority,
+                "must be positive and less than 1000",
+            );
+        }
+        match &spec.service {
+            None => {
+                if spec.insecure_skip_tls_verify == Some(true) {
+                    errs.invalid(
+                        &sp.child("insecureSkipTLSVerify"),
+                        true,
+                        "must be false if service is nil",
+                    );
+                }
+            }
+            Some(s) => {
+                if group.is_empty() {
+                    errs.required(
+                        &sp.child("group"),
+                        "only v1 may have an empty group and it better be legacy kube",
+                    );
+                }
+                if s.name.as_deref().is_none_or(str::is_empty) {
+                    errs.required(&sp.child("service").child("name"), "");
+                }
+                if s.namespace.as_deref().is_none_or(str::is_empty) {
+                    errs.required(&sp.child("service").child("namespace"), "");
+                }
+                if let Some(port) = s.port
+                    && !(1..=65535).contains(&port)
+                {
+                    errs.invalid(
+                        &sp.child("service").child("port"),
+                        port,
+                        "port is not valid: must be between 1 and 65535, inclusive",
+                    );
+                }
+                if spec.insecure_skip_tls_verify == Some(true)
+                    && spec.ca_bundle.as_ref().is_some_and(|b| !b.0.is_empty())
+                {
+                    errs.invalid(
+                        &sp.child("insecureSkipTLSVerify"),
+                        true,
+                        "may not be true if caBundle is present",
+                    );
+                }
+            }
+        }
+    }
+}

@@ -160,7 +160,10 @@ pub fn attributes_of(
         );
     }
     let Some(Route::Resource(t)) = route else {
-        return path_request();
+        // A resource path the registry does not serve (an aggregated API's, or a custom kind
+        // not yet in this server's cache) is judged as a resource request all the same, read
+        // from the path's shape as Kubernetes reads it.
+        return unserved_resource(method, path, params).unwrap_or_else(path_request);
     };
     let sub = t.subresource.as_deref().unwrap_or("");
     let verb = resource_verb(method, t.name.is_some(), params, sub);
@@ -187,6 +190,30 @@ pub fn attributes_of(
         a.selector = params.get("fieldSelector").unwrap_or("").to_string();
     }
     a
+}
+
+/// `/apis/{group}/{version}/[namespaces/{ns}/]{resource}[/{name}[/{sub}]]` as RBAC
+/// attributes, for paths no served resource routes.
+fn unserved_resource(method: &Method, path: &str, params: &Params) -> Option<RequestAttributes> {
+    let normal = normalized(path);
+    let parts: Vec<&str> = normal.trim_end_matches('/').split('/').collect();
+    let ["", "apis", group, _version, rest @ ..] = parts.as_slice() else {
+        return None;
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, more @ ..] if !more.is_empty() => (*ns, more),
+        other => ("", other),
+    };
+    let (resource, name, sub) = match rest {
+        [r] => (*r, "", ""),
+        [r, n] => (*r, *n, ""),
+        [r, n, s] => (*r, *n, *s),
+        _ => return None,
+    };
+    let verb = resource_verb(method, !name.is_empty(), params, sub);
+    Some(RequestAttributes::resource(
+        verb, namespace, group, resource, sub, name,
+    ))
 }
 
 /// A path with each segment's `%XX` escapes decoded, as the router reads it.
@@ -530,6 +557,19 @@ mod tests {
 
     #[test]
     fn requests_read_as_kubernetes_reads_them() {
+        let res = RequestAttributes::resource;
+        // Paths of an API this server does not serve itself read by their shape.
+        assert_eq!(
+            attrs(
+                Method::GET,
+                "/apis/demo.example.com/v1/namespaces/team/greetings/hi"
+            ),
+            res("get", "team", "demo.example.com", "greetings", "", "hi")
+        );
+        assert_eq!(
+            attrs(Method::GET, "/apis/demo.example.com/v1/greetings?watch=1"),
+            res("watch", "", "demo.example.com", "greetings", "", "")
+        );
         let res = RequestAttributes::resource;
         assert_eq!(
             attrs(Method::GET, "/api/v1/namespaces/team/pods"),

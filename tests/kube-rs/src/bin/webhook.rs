@@ -1,7 +1,8 @@
 //! An admission webhook server as a kube-rs user writes one, run in a pod by the end-to-end
 //! tests: HTTPS on :8443 with the certificate and key in /tls (a Secret), answering
 //! AdmissionReviews with kube's admission types (`TLS_DIR` moves /tls). `/validate` refuses objects labelled
-//! `deny=yes`; `/mutate` adds the label `mutated=yes`.
+//! `deny=yes`; `/mutate` adds the label `mutated=yes`. It also serves a small aggregated API
+//! (`demo.berth.example.com/v1` greetings) for an APIService.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -45,8 +46,52 @@ fn answer(path: &str, body: &[u8]) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(&resp.into_review())?)
 }
 
+const GROUP_VERSION: &str = "demo.berth.example.com/v1";
+
+/// The aggregated API it also serves: `greetings` that say who asked (the aggregator's
+/// `X-Remote-User`).
+fn aggregated(path: &str, user: &str) -> Option<serde_json::Value> {
+    let rest = path.strip_prefix(&format!("/apis/{GROUP_VERSION}"))?;
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let greeting = |ns: &str, name: &str| {
+        serde_json::json!({"kind": "Greeting", "apiVersion": GROUP_VERSION,
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"user": user}})
+    };
+    match parts.as_slice() {
+        [] => Some(
+            serde_json::json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": GROUP_VERSION,
+            "resources": [{"name": "greetings", "singularName": "greeting", "namespaced": true,
+                           "kind": "Greeting", "verbs": ["get", "list"]}]}),
+        ),
+        ["namespaces", ns, "greetings"] => Some(serde_json::json!({"kind": "GreetingList",
+            "apiVersion": GROUP_VERSION, "metadata": {}, "items": [greeting(ns, "hello")]})),
+        ["namespaces", ns, "greetings", name] => Some(greeting(ns, name)),
+        _ => None,
+    }
+}
+
 async fn serve(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    if req.method() == hyper::Method::GET {
+        let user = req
+            .headers()
+            .get("x-remote-user")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        return Ok(match aggregated(&path, &user) {
+            Some(v) => Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(v.to_string())))
+                .expect("a response"),
+            None => Response::builder()
+                .status(404)
+                .body(Full::default())
+                .expect("a response"),
+        });
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
