@@ -152,6 +152,60 @@ fn admission_of_wide_objects(fields: usize, rounds: usize) -> Result<Vec<Duratio
     Ok(lat)
 }
 
+/// A set of definitions like a large operator's: `count` definitions of two versions, each
+/// with `fields` documented fields. Returns the seconds to create them all and to create one
+/// object of each, and the definitions' size in bytes.
+async fn large_set(c: &Client, count: usize, fields: usize) -> Result<(Duration, Duration, usize)> {
+    let mut bodies = Vec::with_capacity(count);
+    for n in 0..count {
+        let mut props = serde_json::Map::new();
+        for i in 0..fields {
+            props.insert(
+                format!("field{i:04}"),
+                json!({"type": "string", "maxLength": 256,
+                       "description": "A documented setting of this operator. ".repeat(4)}),
+            );
+        }
+        let schema = json!({"type": "object", "properties": {
+            "spec": {"type": "object", "properties": props},
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}});
+        let version = |name: &str, storage: bool| {
+            json!({"name": name, "served": true, "storage": storage,
+                   "subresources": {"status": {}}, "schema": {"openAPIV3Schema": schema}})
+        };
+        bodies.push(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("kinds{n}.large.bench.example.com")},
+            "spec": {"group": "large.bench.example.com", "scope": "Namespaced",
+                     "names": {"plural": format!("kinds{n}"), "kind": format!("Kind{n}")},
+                     "versions": [version("v1", true), version("v1beta1", false)]}}));
+    }
+    let bytes = bodies.iter().map(|b| b.to_string().len()).sum();
+    let t = Instant::now();
+    for b in &bodies {
+        c.request_json(
+            Method::POST,
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            Some(b),
+        )
+        .await?;
+    }
+    let installed = t.elapsed();
+    let t = Instant::now();
+    for n in 0..count {
+        c.request_json(
+            Method::POST,
+            &format!("/apis/large.bench.example.com/v1/namespaces/bench/kinds{n}"),
+            Some(
+                &json!({"apiVersion": "large.bench.example.com/v1", "kind": format!("Kind{n}"),
+                         "metadata": {"name": "one"}, "spec": {"field0001": "x"}}),
+            ),
+        )
+        .await?;
+    }
+    Ok((installed, t.elapsed(), bytes))
+}
+
 /// Print the custom resource rows; `configmaps_per_s` is this run's ConfigMap figure.
 pub async fn rows(
     c: &Client,
@@ -183,6 +237,16 @@ pub async fn rows(
         ms(percentile(&served, 0.99)),
         "<= 50 ms",
     );
+    let (installed, served, bytes) = large_set(c, 40, 600).await?;
+    row(
+        &format!(
+            "install 40 two-version definitions ({:.1} MB)",
+            bytes as f64 / 1e6
+        ),
+        ms(installed),
+        "seconds",
+    );
+    row("  then one object of each kind", ms(served), "");
     let wide = admission_of_wide_objects(1000, 2000)?;
     row(
         "admit a 1,000-field custom object with a CEL rule, p50",
