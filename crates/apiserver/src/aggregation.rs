@@ -101,21 +101,32 @@ impl ApiServer {
                 "the server is currently unable to handle the request ({name}: {why})"
             ))
         };
-        let (mut sender, driver) = self.connect_backend(svc).await.map_err(unavailable)?;
+        let (mut sender, driver) = tokio::time::timeout(CHECK_TIMEOUT, self.connect_backend(svc))
+            .await
+            .map_err(|_| unavailable("timed out connecting".into()))?
+            .map_err(unavailable)?;
         let (mut parts, body) = req.into_parts();
         // The backend trusts the aggregator to say who asks (its front-proxy headers), not
         // the caller's own credentials.
         parts.headers.remove(header::AUTHORIZATION);
-        for h in [
-            "x-remote-user",
-            "x-remote-group",
-            "impersonate-user",
-            "impersonate-group",
-        ] {
+        // Nothing the caller sent may speak for who it is.
+        let forged: Vec<header::HeaderName> = parts
+            .headers
+            .keys()
+            .filter(|k| {
+                let k = k.as_str();
+                k.starts_with("x-remote-") || k.starts_with("impersonate-")
+            })
+            .cloned()
+            .collect();
+        for h in forged {
             parts.headers.remove(h);
         }
         if let Ok(v) = HeaderValue::from_str(&who.user.name) {
             parts.headers.insert("x-remote-user", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&who.user.uid) {
+            parts.headers.insert("x-remote-uid", v);
         }
         for g in &who.user.groups {
             if let Ok(v) = HeaderValue::from_str(g) {

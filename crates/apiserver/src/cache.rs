@@ -676,7 +676,13 @@ impl Cache {
     fn define(&self, crd: &CustomResourceDefinition, rev: Revision) {
         let name = crd.metadata.name.clone().unwrap_or_default();
         if !api::custom::definition::is_established(crd) {
+            // Not served: neither its kinds nor a cache of their objects.
             self.registry.set_definition(&name, Vec::new());
+            let prefix = format!("/registry/{}/{}/", crd.spec.group, crd.spec.names.plural);
+            self.by_prefix
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&prefix);
             return;
         }
         let served = api::custom::descriptors(crd);

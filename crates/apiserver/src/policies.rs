@@ -16,6 +16,9 @@ use crate::errors::{ApiError, ApiResult};
 use crate::server::ApiServer;
 use crate::webhooks::{Call, labels_of, rules_match, selects};
 
+/// `params_of`'s word for "no params, and that is allowed": skip the binding.
+const SKIP: &str = "skip";
+
 fn as_rules(named: &[NamedRuleWithOperations]) -> Vec<RuleWithOperations> {
     named
         .iter()
@@ -108,8 +111,9 @@ impl ApiServer {
         };
         match self.cache.resource(r).get(&key) {
             Some(e) => Ok(Some(e.value())),
+            // Allowed without params: the binding does not apply (its validations are skipped).
             None if pref.parameter_not_found_action.as_deref() == Some("Allow") => {
-                Ok(Some(Value::Null))
+                Err(SKIP.to_string())
             }
             None => Err(
                 "no params found for policy binding with `Deny` parameterNotFoundAction"
@@ -160,16 +164,17 @@ impl ApiServer {
                     Ok(())
                 } else {
                     Err(ApiError::new(
-                        500,
-                        "InternalError",
+                        422,
+                        "Invalid",
                         format!(
-                            "policy '{policy_name}' with binding '{binding_name}' denied request: {why}"
+                            "ValidatingAdmissionPolicy '{policy_name}' with binding '{binding_name}' denied request: {why}"
                         ),
                     ))
                 }
             };
             let params = match self.params_of(policy, binding, c) {
                 Ok(p) => p,
+                Err(e) if e == SKIP => continue,
                 Err(e) => {
                     failed(e)?;
                     continue;

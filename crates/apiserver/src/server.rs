@@ -650,12 +650,17 @@ impl ApiServer {
             Route::Resource(t) => {
                 let output = request::output(accept.as_deref());
                 let (view, resource) = (t.view, t.resource);
-                let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+                let writes = !matches!(*req.method(), Method::GET | Method::HEAD)
+                    && params.get("dryRun").is_none_or(str::is_empty);
                 let reply = self.resource(req, t, params, output, who).await?;
                 if writes && crate::crds::is_definitions(resource) {
                     // What a definition defines is served (discovery, OpenAPI, its paths)
                     // before the write that defines it is answered.
-                    self.cache.wait_fresh().await?;
+                    // The write is done either way: a slow cache is logged, not reported as
+                    // the write's failure.
+                    if let Err(e) = self.cache.wait_fresh().await {
+                        warn!(error = %e.message, "a definition was written but the cache is behind");
+                    }
                 }
                 Ok(match view {
                     Some(view) => crate::views::show_reply(view, reply),

@@ -510,6 +510,64 @@ impl ApiServer {
     }
 }
 
+/// Undo what a mutating webhook may not change: the object's identity and the server's
+/// metadata (a changed name or namespace is refused), and the half of the object the write
+/// does not own (`status` on a main-resource write of a kind with a status subresource,
+/// `spec` on a status write).
+pub(crate) fn keep_identity(
+    before: &Value,
+    after: &mut Value,
+    status_split: bool,
+    status_write: bool,
+) -> ApiResult<()> {
+    for f in ["name", "namespace"] {
+        if after["metadata"][f] != before["metadata"][f] {
+            return Err(ApiError::bad_request(format!(
+                "a mutating admission webhook changed metadata.{f}, which it may not"
+            )));
+        }
+    }
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "resourceVersion",
+        "managedFields",
+    ] {
+        match before["metadata"].get(f) {
+            Some(v) => after["metadata"][f] = v.clone(),
+            None => {
+                if let Some(m) = after["metadata"].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
+    for f in ["apiVersion", "kind"] {
+        after[f] = before[f].clone();
+    }
+    let kept = match (status_split, status_write) {
+        (true, false) => Some("status"),
+        (true, true) => Some("spec"),
+        _ => None,
+    };
+    if let Some(part) = kept
+        && let Some(m) = after.as_object_mut()
+    {
+        match before.get(part) {
+            Some(v) => {
+                m.insert(part.to_string(), v.clone());
+            }
+            None => {
+                m.remove(part);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A response's `patch`: Go's `[]byte`, which decodes from base64 text or from an array of
 /// numbers (what kube-rs writes). `None` when there is none.
 fn patch_bytes(v: &Value) -> Result<Option<Vec<u8>>, String> {

@@ -568,9 +568,11 @@ impl ApiServer {
                 user: &opts.who.user,
                 dry_run: opts.dry_run,
             };
+            let before = admitted.clone();
             let (mutated, hooked) = self.mutate_by_webhooks(&call, &mut admitted).await?;
             warnings.extend(hooked);
             if mutated {
+                crate::webhooks::keep_identity(&before, &mut admitted, r.status, false)?;
                 // What the webhooks changed is defaulted and validated like the rest.
                 let (again, more) = self.admit(r, &admitted, None, Operation::Create, opts)?;
                 admitted = again;
@@ -927,9 +929,16 @@ impl ApiServer {
         // Writes the server makes itself (marking a deletion, releasing finalizers) are not
         // sent to webhooks.
         if !server_write {
+            let before = admitted.clone();
             let (mutated, hooked) = self.mutate_by_webhooks(&call, &mut admitted).await?;
             warnings.extend(hooked);
             if mutated {
+                crate::webhooks::keep_identity(
+                    &before,
+                    &mut admitted,
+                    r.status && sub.is_none_or(|s| s == "status"),
+                    sub == Some("status"),
+                )?;
                 let (again, more) = self.admit(r, &admitted, Some(old), Operation::Update, opts)?;
                 admitted = again;
                 warnings.extend(more);

@@ -523,7 +523,7 @@ impl Schema {
                 }
                 if let Some(m) = self.multiple_of
                     && m != 0.0
-                    && (x / m).fract() != 0.0
+                    && ((x / m) - (x / m).round()).abs() > 1e-9
                 {
                     errs.invalid_rendered(
                         path,

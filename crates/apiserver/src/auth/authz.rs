@@ -192,25 +192,34 @@ pub fn attributes_of(
     a
 }
 
-/// `/apis/{group}/{version}/[namespaces/{ns}/]{resource}[/{name}[/{sub}]]` as RBAC
-/// attributes, for paths no served resource routes.
+/// `/apis/{group}/{version}/[watch/][namespaces/{ns}/]{resource}[/{name}[/{sub}...]]` as
+/// RBAC attributes, for paths no served resource routes (Kubernetes' RequestInfo: segments
+/// past the subresource belong to it). `None` only for a bare group or version.
 fn unserved_resource(method: &Method, path: &str, params: &Params) -> Option<RequestAttributes> {
     let normal = normalized(path);
     let parts: Vec<&str> = normal.trim_end_matches('/').split('/').collect();
     let ["", "apis", group, _version, rest @ ..] = parts.as_slice() else {
         return None;
     };
+    let (watching, rest) = match rest {
+        ["watch", more @ ..] => (true, more),
+        other => (false, other),
+    };
     let (namespace, rest) = match rest {
         ["namespaces", ns, more @ ..] if !more.is_empty() => (*ns, more),
         other => ("", other),
     };
     let (resource, name, sub) = match rest {
+        [] => return None,
         [r] => (*r, "", ""),
         [r, n] => (*r, *n, ""),
-        [r, n, s] => (*r, *n, *s),
-        _ => return None,
+        [r, n, s, ..] => (*r, *n, *s),
     };
-    let verb = resource_verb(method, !name.is_empty(), params, sub);
+    let verb = if watching {
+        "watch"
+    } else {
+        resource_verb(method, !name.is_empty(), params, sub)
+    };
     Some(RequestAttributes::resource(
         verb, namespace, group, resource, sub, name,
     ))
@@ -569,6 +578,27 @@ mod tests {
         assert_eq!(
             attrs(Method::GET, "/apis/demo.example.com/v1/greetings?watch=1"),
             res("watch", "", "demo.example.com", "greetings", "", "")
+        );
+        assert_eq!(
+            attrs(
+                Method::GET,
+                "/apis/demo.example.com/v1/watch/namespaces/team/greetings"
+            ),
+            res("watch", "team", "demo.example.com", "greetings", "", "")
+        );
+        assert_eq!(
+            attrs(
+                Method::GET,
+                "/apis/demo.example.com/v1/namespaces/team/greetings/hi/proxy/x/y"
+            ),
+            res(
+                "get",
+                "team",
+                "demo.example.com",
+                "greetings",
+                "proxy",
+                "hi"
+            )
         );
         let res = RequestAttributes::resource;
         assert_eq!(
