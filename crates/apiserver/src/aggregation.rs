@@ -11,14 +11,12 @@ use std::time::Duration;
 
 use api::k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::auth::Identity;
-use crate::body::Body;
 use crate::errors::{ApiError, ApiResult};
 use crate::server::{ApiServer, Reply};
 
@@ -146,22 +144,7 @@ impl ApiServer {
             .send_request(out)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let (parts, mut incoming) = resp.into_parts();
-        let (tx, rx) = mpsc::channel::<Bytes>(16);
-        tokio::spawn(async move {
-            let _driver = driver;
-            while let Some(Ok(frame)) = incoming.frame().await {
-                if let Ok(data) = frame.into_data()
-                    && tx.send(data).await.is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let mut resp = Response::from_parts(parts, Body::from_receiver(rx));
-        resp.headers_mut().remove(header::CONNECTION);
-        resp.headers_mut().remove(header::TRANSFER_ENCODING);
-        Ok(Reply::from_response(resp))
+        Ok(crate::proxy::stream_back(resp, driver))
     }
 
     /// An HTTP/1.1 connection over TLS to an APIService's Service, trusted by its caBundle

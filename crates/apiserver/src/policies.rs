@@ -43,18 +43,6 @@ fn named_rules_match(rules: &[NamedRuleWithOperations], c: &Call<'_>) -> bool {
 }
 
 impl ApiServer {
-    fn cached_all<K: serde::de::DeserializeOwned>(&self, plural: &str) -> Vec<K> {
-        let r = api::resources::find("admissionregistration.k8s.io", "v1", plural)
-            .expect("policies are served");
-        self.cache
-            .resource(r)
-            .snapshot(self.cache.synced())
-            .items
-            .values()
-            .filter_map(|e| serde_json::from_slice(&e.json).ok())
-            .collect()
-    }
-
     /// Whether `m` chooses `c`: its rules (and not its exclusions) and its selectors. A
     /// binding's rules may be left out (`rules_optional`): then its selectors alone narrow
     /// what its policy matches.
@@ -128,12 +116,12 @@ impl ApiServer {
             return Ok(Vec::new());
         }
         let bindings: Vec<ValidatingAdmissionPolicyBinding> =
-            self.cached_all("validatingadmissionpolicybindings");
+            self.configurations("validatingadmissionpolicybindings");
         if bindings.is_empty() {
             return Ok(Vec::new());
         }
         let policies: Vec<ValidatingAdmissionPolicy> =
-            self.cached_all("validatingadmissionpolicies");
+            self.configurations("validatingadmissionpolicies");
         let mut warnings = Vec::new();
         for binding in &bindings {
             let Some(spec) = &binding.spec else { continue };

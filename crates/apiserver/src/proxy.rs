@@ -264,9 +264,24 @@ async fn forward((ip, port): (String, u16), rest: &str, req: Request<Bytes>) -> 
     }
     let out = Request::from_parts(parts, http_body_util::Full::new(body));
     let resp = sender.send_request(out).await.map_err(|e| failed(&e))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ApiError::bad_request(
+            "upgrades through the proxy are not supported".to_string(),
+        ));
+    }
+    Ok(stream_back(resp, ()))
+}
+
+/// A backend's answer passed on as it arrives (watches and followed logs stream), without
+/// its hop-by-hop headers. `keep` (the connection's driver) lives as long as the stream.
+pub(crate) fn stream_back<K: Send + 'static>(
+    resp: Response<hyper::body::Incoming>,
+    keep: K,
+) -> Reply {
     let (parts, mut incoming) = resp.into_parts();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
+        let _keep = keep;
         while let Some(Ok(frame)) = incoming.frame().await {
             if let Ok(data) = frame.into_data()
                 && tx.send(data).await.is_err()
@@ -278,12 +293,7 @@ async fn forward((ip, port): (String, u16), rest: &str, req: Request<Bytes>) -> 
     let mut resp = Response::from_parts(parts, Body::from_receiver(rx));
     resp.headers_mut().remove(header::CONNECTION);
     resp.headers_mut().remove(header::TRANSFER_ENCODING);
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ApiError::bad_request(
-            "upgrades through the proxy are not supported".to_string(),
-        ));
-    }
-    Ok(Reply::from_response(resp))
+    Reply::from_response(resp)
 }
 
 #[cfg(test)]

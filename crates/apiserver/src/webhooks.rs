@@ -16,7 +16,7 @@ use api::k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
     ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
-use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use api::rbac::UserInfo;
 use api::selector::LabelSelectorExpr;
 use base64::Engine;
@@ -173,9 +173,10 @@ fn options_kind(op: &str) -> &'static str {
 }
 
 impl ApiServer {
-    fn configurations<K: serde::de::DeserializeOwned>(&self, plural: &str) -> Vec<K> {
+    /// Every admissionregistration.k8s.io object of `plural`, from the cache.
+    pub(crate) fn configurations<K: serde::de::DeserializeOwned>(&self, plural: &str) -> Vec<K> {
         let r = api::resources::find("admissionregistration.k8s.io", "v1", plural)
-            .expect("webhook configurations are served");
+            .expect("admission configurations are served");
         let snap = self.cache.resource(r).snapshot(self.cache.synced());
         snap.items
             .values()
@@ -183,27 +184,34 @@ impl ApiServer {
             .collect()
     }
 
-    fn mutating_hooks(&self) -> Vec<Hook> {
-        let mut configs: Vec<MutatingWebhookConfiguration> =
-            self.configurations("mutatingwebhookconfigurations");
-        // Called in the order of their configurations' names, then their order within.
-        configs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    /// The webhooks of every configuration of `plural`, in the order of their
+    /// configurations' names, then their order within.
+    fn hooks<C, W>(&self, plural: &str, webhooks: fn(C) -> Option<Vec<W>>) -> Vec<Hook>
+    where
+        C: serde::de::DeserializeOwned + api::k8s_openapi::Metadata<Ty = ObjectMeta>,
+        W: Into<Hook>,
+    {
+        let mut configs: Vec<C> = self.configurations(plural);
+        configs.sort_by(|a, b| a.metadata().name.cmp(&b.metadata().name));
         configs
             .into_iter()
-            .flat_map(|c| c.webhooks.unwrap_or_default())
-            .map(Hook::from)
+            .flat_map(|c| webhooks(c).unwrap_or_default())
+            .map(Into::into)
             .collect()
     }
 
+    fn mutating_hooks(&self) -> Vec<Hook> {
+        self.hooks(
+            "mutatingwebhookconfigurations",
+            |c: MutatingWebhookConfiguration| c.webhooks,
+        )
+    }
+
     fn validating_hooks(&self) -> Vec<Hook> {
-        let mut configs: Vec<ValidatingWebhookConfiguration> =
-            self.configurations("validatingwebhookconfigurations");
-        configs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        configs
-            .into_iter()
-            .flat_map(|c| c.webhooks.unwrap_or_default())
-            .map(Hook::from)
-            .collect()
+        self.hooks(
+            "validatingwebhookconfigurations",
+            |c: ValidatingWebhookConfiguration| c.webhooks,
+        )
     }
 
     /// Whether `hook` is asked about `c`.
