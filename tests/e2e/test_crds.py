@@ -363,6 +363,49 @@ def test_bad_definitions_are_refused_with_kubernetes_messages(cluster, ns, versi
         cluster.kubectl("delete", "crd", first["metadata"]["name"], check=False)
 
 
+def test_rules_are_held_to_kubernetes_cost_limits(cluster, ns, version):
+    """A rule that could cost too much on the largest object its schema allows is refused when
+    the definition is written, with Kubernetes' advice; bounds in the schema let it in. A rule
+    within its estimate may still cost too much on one object, and is then not run."""
+    group = group_for(ns)
+    names_rule = {"rule": "self.names.all(n, n.matches('^[a-z]+$'))",
+                  "message": "names are lowercase letters"}
+    crd = definition(group, extra_schema={"names": {"type": "array", "items": {"type": "string"}}})
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "x-kubernetes-validations"].append(names_rule)
+    r = apply(cluster, crd, version=version, check=False)
+    assert r.returncode != 0
+    assert ("spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[1].rule: "
+            "Forbidden: estimated rule cost exceeds budget by factor of more than 100x (try "
+            "simplifying the rule, or adding maxItems, maxProperties, and maxLength where "
+            "arrays, maps, and strings are declared)") in r.stderr, r.stderr
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["names"] = {"type": "array", "maxItems": 16,
+                                   "items": {"type": "string", "maxLength": 64}}
+    # contains() costs a tenth of each string's length, multiplied: 5M at these bounds, under
+    # the 10M a rule may be estimated at, but over the 1M one call may spend.
+    spec["properties"]["text"] = {"type": "string", "maxLength": 100000}
+    spec["properties"]["needle"] = {"type": "string", "maxLength": 5000}
+    spec["x-kubernetes-validations"].append(
+        {"rule": "!has(self.text) || !has(self.needle) || !self.text.contains(self.needle)",
+         "message": "the needle is in the text"})
+    apply(cluster, crd, version=version)
+    try:
+        apply(cluster, widget(group, "ok", names=["a", "b"]), "-n", ns, version=version)
+        r = apply(cluster, widget(group, "bad", names=["Bad"]), "-n", ns, version=version,
+                  check=False)
+        assert "names are lowercase letters" in r.stderr, r.stderr
+        r = apply(cluster, widget(group, "small", text="abc", needle="b"), "-n", ns,
+                  version=version, check=False)
+        assert "the needle is in the text" in r.stderr, r.stderr
+        r = apply(cluster, widget(group, "huge", text="a" * 100000, needle="b" * 5000), "-n", ns,
+                  version=version, check=False)
+        assert r.returncode != 0
+        assert "call cost exceeds limit for rule: !has(self.text)" in r.stderr, r.stderr
+    finally:
+        cluster.kubectl("delete", "crd", crd["metadata"]["name"], check=False)
+
+
 def test_a_large_definition_applies_server_side(cluster, ns, version):
     group = group_for(ns)
     # Hundreds of KB of schema, as operators' definitions have.

@@ -165,6 +165,64 @@ impl Body {
         }
     }
 
+    /// Like [`Body::map_messages`], with a step that may wait (a conversion webhook). A
+    /// stream's messages keep their order.
+    pub async fn then_messages<F, Fut>(self, mut f: F) -> Body
+    where
+        F: FnMut(Bytes) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Bytes> + Send,
+    {
+        match self.kind {
+            Kind::Chunks { chunks, .. } => {
+                let mut whole = bytes::BytesMut::new();
+                for c in chunks {
+                    whole.extend_from_slice(&c);
+                }
+                Body::from_bytes(f(whole.freeze()).await)
+            }
+            Kind::Stream(mut rx) => {
+                let (tx, body) = Body::channel(rx.max_capacity());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            c = rx.recv() => match c {
+                                Some(c) => {
+                                    if tx.send(f(c).await).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                None => return,
+                            },
+                            _ = tx.closed() => return,
+                        }
+                    }
+                });
+                body
+            }
+            Kind::Budgeted(mut rx) => {
+                let (tx, out) = mpsc::channel(rx.max_capacity());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            c = rx.recv() => match c {
+                                Some((c, permit)) => {
+                                    if tx.send((f(c).await, permit)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                None => return,
+                            },
+                            _ = tx.closed() => return,
+                        }
+                    }
+                });
+                Body {
+                    kind: Kind::Budgeted(out),
+                }
+            }
+        }
+    }
+
     /// The whole body, if it is not a stream (a copy; for the audit log).
     pub fn whole(&self) -> Option<Bytes> {
         match &self.kind {

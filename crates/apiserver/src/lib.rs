@@ -11,6 +11,7 @@ mod binding;
 pub mod body;
 pub mod cache;
 mod certificates;
+mod conversion;
 mod crds;
 mod discovery;
 pub mod errors;

@@ -53,6 +53,10 @@ pub(crate) fn entry_key(t: &Target, name: &str) -> String {
 
 fn table_row(e: &Entry, inc: Include, now: Timestamp) -> Bytes {
     let cells: Vec<Value> = e.cells.iter().map(|c| c.render(now)).collect();
+    row_of(cells, e, inc, &e.json)
+}
+
+fn row_of(cells: Vec<Value>, e: &Entry, inc: Include, json: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(e.meta.len() + 128);
     out.extend_from_slice(b"{\"cells\":");
     out.extend_from_slice(Value::Array(cells).to_string().as_bytes());
@@ -64,7 +68,7 @@ fn table_row(e: &Entry, inc: Include, now: Timestamp) -> Bytes {
         }
         Include::Object => {
             out.extend_from_slice(b",\"object\":");
-            out.extend_from_slice(&e.json);
+            out.extend_from_slice(json);
         }
     }
     out.push(b'}');
@@ -209,6 +213,34 @@ impl ApiServer {
             .ok_or_else(|| ApiError::not_found(t.resource, name))
     }
 
+    /// Table rows of `entries`. A custom kind asked for in another version than the one its
+    /// cache keeps cells for gets its objects converted to that version and cells by that
+    /// version's columns.
+    async fn rows(
+        &self,
+        r: &'static Resource,
+        entries: &[Arc<Entry>],
+        inc: Include,
+    ) -> ApiResult<Vec<Bytes>> {
+        let now = Timestamp::now();
+        if r.ops.custom().is_none() || self.cache.resource(r).resource().version == r.version {
+            return Ok(entries.iter().map(|e| table_row(e, inc, now)).collect());
+        }
+        let mut objects: Vec<Value> = entries.iter().map(|e| e.value()).collect();
+        crate::conversion::convert(&self.cache, r, &mut objects, r.version).await?;
+        Ok(entries
+            .iter()
+            .zip(objects)
+            .map(|(e, obj)| {
+                let cells = table::cells_of(r, &obj)
+                    .iter()
+                    .map(|c| c.render(now))
+                    .collect();
+                row_of(cells, e, inc, &api::wire::to_vec(&obj))
+            })
+            .collect())
+    }
+
     pub(crate) async fn get(&self, t: &Target, name: &str, output: Output) -> ApiResult<Reply> {
         let e = self.fresh(t, name).await?;
         Ok(match output {
@@ -219,11 +251,11 @@ impl ApiServer {
             }
             Output::Table(version) => {
                 let head = table_head(t.resource, version, e.rev, None, true);
-                let row = table_row(&e, Include::Metadata, Timestamp::now());
+                let rows = self.rows(t.resource, &[e], Include::Metadata).await?;
                 Reply::body(
                     StatusCode::OK,
                     "application/json",
-                    joined(head, vec![row], b"]}\n"),
+                    joined(head, rows, b"]}\n"),
                 )
             }
         })
@@ -320,14 +352,9 @@ impl ApiServer {
                 )
             }
             Output::Table(version) => {
-                let now = Timestamp::now();
                 let inc = include(params);
                 let head = table_head(t.resource, version, snap.rev, cont.as_deref(), true);
-                joined(
-                    head,
-                    matched.iter().map(|e| table_row(e, inc, now)).collect(),
-                    b"]}\n",
-                )
+                joined(head, self.rows(t.resource, &matched, inc).await?, b"]}\n")
             }
         };
         Ok(Reply::body(StatusCode::OK, "application/json", body))
@@ -443,7 +470,7 @@ fn has_more(snap: &Snapshot, filter: &Filter, after: &str) -> bool {
     !select(snap, filter, Some(after), Some(1)).is_empty()
 }
 
-fn error_line(e: &ApiError) -> Bytes {
+pub(crate) fn error_line(e: &ApiError) -> Bytes {
     let mut line = b"{\"type\":\"ERROR\",\"object\":".to_vec();
     line.extend_from_slice(&api::wire::to_vec(&e.to_status()));
     line.extend_from_slice(b"}\n");

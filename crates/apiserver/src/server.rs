@@ -662,13 +662,13 @@ impl ApiServer {
                         warn!(error = %e.message, "a definition was written but the cache is behind");
                     }
                 }
-                Ok(match view {
-                    Some(view) => crate::views::show_reply(view, reply),
-                    None if crate::views::converts(resource) => {
-                        crate::views::show_custom_reply(resource, reply)
+                match view {
+                    Some(view) => Ok(crate::views::show_reply(view, reply)),
+                    None if crate::conversion::converts(resource) => {
+                        crate::conversion::show_reply(self.cache.clone(), resource, reply).await
                     }
-                    None => reply,
-                })
+                    None => Ok(reply),
+                }
             }
         }
     }

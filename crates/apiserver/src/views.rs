@@ -2,7 +2,6 @@
 //! object of the resource in them, alone, in a list, a table row or a watch event, is shown
 //! in that version. Requests are converted where they are written (`write.rs`).
 
-use api::Resource;
 use api::versions::View;
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -35,50 +34,6 @@ fn show_message(view: &'static View, bytes: Bytes) -> Bytes {
         out.push(b'\n');
     }
     Bytes::from(out)
-}
-
-/// Whether replies about a custom kind in this version may hold objects of another version:
-/// its definition serves several (objects are stored in one, converted with `None`: only their
-/// `apiVersion` changes).
-pub(crate) fn converts(r: &Resource) -> bool {
-    r.ops.custom().is_some_and(|c| {
-        c.kind().served_versions.len() > 1 || c.kind().storage_version != r.version
-    })
-}
-
-/// A reply about custom kind `r`, its objects shown in `r`'s version.
-pub(crate) fn show_custom_reply(r: &'static Resource, mut reply: Reply) -> Reply {
-    reply.body = reply.body.map_messages(move |b| {
-        let Ok(mut v) = serde_json::from_slice::<Value>(&b) else {
-            return b;
-        };
-        show_custom(r, &mut v);
-        let mut out = api::wire::to_vec(&v);
-        if b.ends_with(b"\n") {
-            out.push(b'\n');
-        }
-        Bytes::from(out)
-    });
-    reply
-}
-
-fn show_custom(r: &Resource, v: &mut Value) {
-    let kind = v["kind"].as_str().unwrap_or("").to_string();
-    let gv = json!(r.group_version());
-    if kind == r.kind {
-        v["apiVersion"] = gv;
-    } else if kind == r.list_kind() {
-        v["apiVersion"] = gv;
-        for item in v["items"].as_array_mut().into_iter().flatten() {
-            show_custom(r, item);
-        }
-    } else if kind == "Table" {
-        for row in v["rows"].as_array_mut().into_iter().flatten() {
-            show_custom(r, &mut row["object"]);
-        }
-    } else if v["type"].is_string() && v.get("object").is_some() {
-        show_custom(r, &mut v["object"]);
-    }
 }
 
 fn show_value(view: &'static View, v: &mut Value) {

@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Value, json};
 use tracing::warn;
 
+use crate::cache::Cache;
 use crate::errors::{ApiError, ApiResult};
 use crate::server::ApiServer;
 
@@ -299,7 +300,7 @@ impl ApiServer {
     async fn call_hook(&self, hook: &Hook, c: &Call<'_>) -> Result<Value, String> {
         let uid = uuid::Uuid::new_v4().to_string();
         let review = self.review_request(c, &uid);
-        let call = self.post_review(&hook.client, &review);
+        let call = post_review(&self.cache, &hook.client, &review);
         let answer = tokio::time::timeout(hook.timeout, call)
             .await
             .map_err(|_| "context deadline exceeded".to_string())??;
@@ -314,90 +315,6 @@ impl ApiServer {
             ));
         }
         Ok(response)
-    }
-
-    /// Where a webhook listens: its URL, or its Service's ready endpoint. Returns the address
-    /// to connect to, the TLS server name, the request path and the URL as messages show it.
-    fn webhook_target(
-        &self,
-        client: &WebhookClientConfig,
-    ) -> Result<(String, String, String, String), String> {
-        if let Some(url) = &client.url {
-            let uri: http::Uri = url.parse().map_err(|e| format!("bad webhook URL: {e}"))?;
-            if uri.scheme_str() != Some("https") {
-                return Err("webhook URLs must use https".into());
-            }
-            let host = uri.host().ok_or("the webhook URL has no host")?.to_string();
-            let port = uri.port_u16().unwrap_or(443);
-            let host_bare = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let addr = if host_bare.contains(':') {
-                format!("[{host_bare}]:{port}")
-            } else {
-                format!("{host_bare}:{port}")
-            };
-            let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-            return Ok((addr, host_bare, path, url.clone()));
-        }
-        let svc = client
-            .service
-            .as_ref()
-            .ok_or("the webhook names neither a URL nor a Service")?;
-        let (addr, server_name) = service_endpoint(
-            &self.cache,
-            &svc.namespace,
-            &svc.name,
-            svc.port.unwrap_or(443),
-        )?;
-        let path = svc.path.clone().unwrap_or_else(|| "/".into());
-        let shown = format!("https://{server_name}:{}{path}", svc.port.unwrap_or(443));
-        Ok((addr, server_name, path, shown))
-    }
-
-    async fn post_review(
-        &self,
-        client: &WebhookClientConfig,
-        review: &Value,
-    ) -> Result<Value, String> {
-        let (addr, server_name, path, shown) = self.webhook_target(client)?;
-        let tls = tls_config(client.ca_bundle.as_ref().map(|b| b.0.as_slice()))?;
-        let stream = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| format!("Post \"{shown}\": dial tcp {addr}: {e}"))?;
-        let name = rustls_pki_types::ServerName::try_from(server_name.clone())
-            .map_err(|e| format!("bad server name {server_name:?}: {e}"))?;
-        let tls_stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, stream)
-            .await
-            .map_err(|e| format!("Post \"{shown}\": tls: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls_stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        let driver = supervise::AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        let body = Bytes::from(review.to_string());
-        let req = Request::post(path.as_str())
-            .header(http::header::HOST, server_name.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the webhook's answer: {e}"))?
-            .to_bytes();
-        drop(driver);
-        if status != StatusCode::OK {
-            return Err(format!("the server responded with {status}"));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| format!("the webhook's answer is not JSON: {e}"))
     }
 
     /// Run the mutating webhooks that choose `c` on `object`, in order (once more for those
@@ -655,6 +572,86 @@ fn reason_of(reason: Option<&str>, code: u16) -> &'static str {
     }
 }
 
+/// Where a webhook listens: its URL, or its Service's ready endpoint. Returns the address
+/// to connect to, the TLS server name, the request path and the URL as messages show it.
+fn webhook_target(
+    cache: &Cache,
+    client: &WebhookClientConfig,
+) -> Result<(String, String, String, String), String> {
+    if let Some(url) = &client.url {
+        let uri: http::Uri = url.parse().map_err(|e| format!("bad webhook URL: {e}"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err("webhook URLs must use https".into());
+        }
+        let host = uri.host().ok_or("the webhook URL has no host")?.to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let host_bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let addr = if host_bare.contains(':') {
+            format!("[{host_bare}]:{port}")
+        } else {
+            format!("{host_bare}:{port}")
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        return Ok((addr, host_bare, path, url.clone()));
+    }
+    let svc = client
+        .service
+        .as_ref()
+        .ok_or("the webhook names neither a URL nor a Service")?;
+    let (addr, server_name) =
+        service_endpoint(cache, &svc.namespace, &svc.name, svc.port.unwrap_or(443))?;
+    let path = svc.path.clone().unwrap_or_else(|| "/".into());
+    let shown = format!("https://{server_name}:{}{path}", svc.port.unwrap_or(443));
+    Ok((addr, server_name, path, shown))
+}
+
+pub(crate) async fn post_review(
+    cache: &Cache,
+    client: &WebhookClientConfig,
+    review: &Value,
+) -> Result<Value, String> {
+    let (addr, server_name, path, shown) = webhook_target(cache, client)?;
+    let tls = tls_config(client.ca_bundle.as_ref().map(|b| b.0.as_slice()))?;
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("Post \"{shown}\": dial tcp {addr}: {e}"))?;
+    let name = rustls_pki_types::ServerName::try_from(server_name.clone())
+        .map_err(|e| format!("bad server name {server_name:?}: {e}"))?;
+    let tls_stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("Post \"{shown}\": tls: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls_stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let driver = supervise::AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let body = Bytes::from(review.to_string());
+    let req = Request::post(path.as_str())
+        .header(http::header::HOST, server_name.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::ACCEPT, "application/json")
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the webhook's answer: {e}"))?
+        .to_bytes();
+    drop(driver);
+    if status != StatusCode::OK {
+        return Err(format!("the server responded with {status}"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("the webhook's answer is not JSON: {e}"))
+}
+
 fn call_failed(name: &str, why: &str) -> ApiError {
     ApiError::internal(format!(
         "failed calling webhook {name:?}: failed to call webhook: {why}"
@@ -664,7 +661,7 @@ fn call_failed(name: &str, why: &str) -> ApiError {
 /// A ready endpoint of Service `namespace/name` for its `port`, and the name its certificate
 /// is checked against (`name.namespace.svc`).
 pub(crate) fn service_endpoint(
-    cache: &crate::cache::Cache,
+    cache: &Cache,
     namespace: &str,
     name: &str,
     port: i32,

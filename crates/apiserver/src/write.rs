@@ -341,14 +341,6 @@ impl ApiServer {
             })?;
         let warnings = judge_unknown(r, r.version, &admitted.unknown_fields, opts)?;
         let mut admitted = admitted;
-        if let Some(c) = r.ops.custom() {
-            // Stored in the definition's storage version (`None` conversion: only the
-            // apiVersion changes); replies show it in the version asked.
-            let storage = c.kind().storage_version.clone();
-            if storage != r.version {
-                admitted.object["apiVersion"] = json!(format!("{}/{storage}", r.group));
-            }
-        }
         if crate::crds::is_definitions(r) {
             crate::crds::settle(
                 self.cache.registry(),
@@ -360,6 +352,20 @@ impl ApiServer {
             .check_escalation(r, &admitted.object, old, &opts.who)?;
         crate::auth::noderestriction::node_object(&opts.who, r, &admitted.object, old)?;
         Ok((admitted.object, warnings))
+    }
+
+    /// An object as it is stored: a custom object in its definition's storage version
+    /// (converted just before it is stored; everything before sees the version asked).
+    async fn stored(&self, r: &Resource, obj: &Value) -> ApiResult<Bytes> {
+        if let Some(c) = r.ops.custom() {
+            let storage = c.kind().storage_version.clone();
+            if storage != r.version {
+                let mut one = [obj.clone()];
+                crate::conversion::convert(&self.cache, r, &mut one, &storage).await?;
+                return Ok(Bytes::from(api::wire::to_vec(&one[0])));
+            }
+        }
+        Ok(Bytes::from(api::wire::to_vec(obj)))
     }
 
     /// Store operations that Services need besides their own key.
@@ -626,7 +632,7 @@ impl ApiServer {
                 0,
                 Op::Put {
                     key,
-                    value: Bytes::from(api::wire::to_vec(&admitted)),
+                    value: self.stored(r, &admitted).await?,
                     condition: Condition::Absent,
                 },
             );
@@ -689,28 +695,26 @@ impl ApiServer {
         from_store: bool,
     ) -> ApiResult<Option<(Value, u64)>> {
         let r = t.resource;
-        // A custom object stored in another version is changed as the version asked shows it.
-        let shown = |mut v: Value| {
-            if crate::views::converts(r) {
-                v["apiVersion"] = json!(r.group_version());
-            }
-            v
-        };
-        if !from_store {
+        let (v, rev) = if !from_store {
             self.cache.wait_fresh().await?;
-            return Ok(self
-                .cache
-                .resource(r)
-                .get(&entry_key(t, name))
-                .map(|e| (shown(e.value()), e.rev)));
-        }
-        let Some(kv) = self.store.get(&r.key(t.namespace.as_deref(), name)).await? else {
-            return Ok(None);
+            match self.cache.resource(r).get(&entry_key(t, name)) {
+                Some(e) => (e.value(), e.rev),
+                None => return Ok(None),
+            }
+        } else {
+            let Some(kv) = self.store.get(&r.key(t.namespace.as_deref(), name)).await? else {
+                return Ok(None);
+            };
+            let mut v: Value = serde_json::from_slice(&kv.value)
+                .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+            v["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+            (v, kv.mod_revision)
         };
-        let mut v: Value = serde_json::from_slice(&kv.value)
-            .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
-        v["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-        Ok(Some((shown(v), kv.mod_revision)))
+        // A custom object stored in another version is changed as the version asked shows it.
+        let mut one = [v];
+        crate::conversion::convert(&self.cache, r, &mut one, r.version).await?;
+        let [v] = one;
+        Ok(Some((v, rev)))
     }
 
     /// Bring `new` in line with the stored `old` before admission: identity and server-owned
@@ -1025,7 +1029,7 @@ impl ApiServer {
             0,
             Op::Put {
                 key,
-                value: Bytes::from(api::wire::to_vec(&admitted)),
+                value: self.stored(r, &admitted).await?,
                 condition: Condition::ModRevision(old_rev),
             },
         );

@@ -9,7 +9,6 @@ use cel::{Context, Program};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
 use serde_json::Value;
 
-use super::schema::Schema;
 use crate::errors::{FieldErrors, Path};
 
 /// One compiled rule.
@@ -34,8 +33,38 @@ impl std::fmt::Debug for Rule {
 #[error("{0}")]
 pub struct CompileError(String);
 
-/// Bounds on what a rule may cost (Kubernetes': an evaluation step budget per call).
+/// The longest rule text accepted.
 const MAX_RULE_SOURCE: usize = 8 * 1024;
+
+/// What the rules run for one object may still cost between them.
+#[derive(Debug)]
+pub struct Budget {
+    left: u64,
+    spent: bool,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget {
+            left: super::cost::PER_OBJECT_BUDGET,
+            spent: false,
+        }
+    }
+}
+
+/// A value's type as Kubernetes names it in a rule's error (`"object"`, `"string"`, ...).
+fn shown_type(v: &Value) -> String {
+    let t = match v {
+        Value::Object(_) => "object",
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::Null => "null",
+    };
+    format!("{t:?}")
+}
 
 /// Evaluate a webhook's `matchConditions` expression with `object`, `oldObject` and
 /// `request` bound (absent objects are null).
@@ -149,16 +178,45 @@ impl Rule {
         })
     }
 
+    /// The rule's syntax tree (for its cost).
+    pub fn expression(&self) -> &cel::IdedExpr {
+        self.program.expression()
+    }
+
     /// Check `v` (with `old`, the correlated stored value) and report a failure at `path`.
+    /// The rule is run only if a bound on its cost on `v` is within the per-call limit and
+    /// the object's remaining `budget`, which it then draws from.
     pub fn check(
         &self,
         v: &Value,
         old: Option<&Value>,
-        _schema: &Schema,
+        budget: &mut Budget,
         path: &Path,
         errs: &mut FieldErrors,
     ) {
         if self.transition && old.is_none() && !self.optional_old_self {
+            return;
+        }
+        if budget.spent {
+            return;
+        }
+        let bound = super::cost::bound(self.expression(), v, old);
+        if bound > budget.left {
+            budget.spent = true;
+            errs.invalid_rendered(
+                path,
+                shown_type(v),
+                "validation failed due to running out of cost budget, no further validation rules will be run",
+            );
+            return;
+        }
+        budget.left -= bound;
+        if bound > super::cost::PER_CALL_LIMIT {
+            errs.invalid_rendered(
+                path,
+                shown_type(v),
+                format!("call cost exceeds limit for rule: {}", self.text),
+            );
             return;
         }
         let mut ctx = Context::default();

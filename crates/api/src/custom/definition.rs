@@ -3,7 +3,8 @@
 //! gives it (accepted names, stored versions, `NamesAccepted` and `Established`).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, CustomResourceDefinitionCondition, CustomResourceDefinitionStatus,
+    CustomResourceConversion, CustomResourceDefinition, CustomResourceDefinitionCondition,
+    CustomResourceDefinitionStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -28,6 +29,14 @@ impl Kind for CustomResourceDefinition {
         let conv = self.spec.conversion.get_or_insert_with(Default::default);
         if conv.strategy.is_empty() {
             conv.strategy = "None".into();
+        }
+        if let Some(svc) = conv
+            .webhook
+            .as_mut()
+            .and_then(|w| w.client_config.as_mut())
+            .and_then(|c| c.service.as_mut())
+        {
+            svc.port.get_or_insert(443);
         }
         for v in &mut self.spec.versions {
             if let Some(cols) = &mut v.additional_printer_columns {
@@ -113,17 +122,12 @@ impl Kind for CustomResourceDefinition {
         }
         validate_versions(self, &sp, errs);
         if let Some(c) = &spec.conversion {
-            errs.one_of(
-                &sp.child("conversion").child("strategy"),
-                &c.strategy,
-                &["None", "Webhook"],
+            validate_conversion(
+                c,
+                spec.preserve_unknown_fields,
+                &sp.child("conversion"),
+                errs,
             );
-            if c.strategy == "Webhook" {
-                errs.forbidden(
-                    &sp.child("conversion").child("strategy"),
-                    "webhook conversion is not supported by this server yet",
-                );
-            }
         }
         if let Some(old) = old {
             if spec.scope != old.spec.scope {
@@ -148,6 +152,71 @@ impl Kind for CustomResourceDefinition {
                 }
             }
         }
+    }
+}
+
+/// Kubernetes checks a definition's conversion in its internal form, so its messages name
+/// `webhookClientConfig` and `conversionReviewVersions` directly under `spec.conversion`.
+fn validate_conversion(
+    c: &CustomResourceConversion,
+    preserve_unknown: Option<bool>,
+    cp: &Path,
+    errs: &mut FieldErrors,
+) {
+    errs.one_of(&cp.child("strategy"), &c.strategy, &["None", "Webhook"]);
+    let client = c.webhook.as_ref().and_then(|w| w.client_config.as_ref());
+    let versions = c
+        .webhook
+        .as_ref()
+        .map(|w| w.conversion_review_versions.as_slice())
+        .unwrap_or_default();
+    let clp = cp.child("webhookClientConfig");
+    let vp = cp.child("conversionReviewVersions");
+    if c.strategy != "Webhook" {
+        if client.is_some() {
+            errs.forbidden(
+                &clp,
+                "should not be set when strategy is not set to Webhook",
+            );
+        }
+        if !versions.is_empty() {
+            errs.forbidden(&vp, "should not be set when strategy is not set to Webhook");
+        }
+        return;
+    }
+    match client {
+        None => errs.required(&clp, "required when strategy is set to Webhook"),
+        Some(cc) => crate::kinds::admission::check_client(&super::client_config(cc), &clp, errs),
+    }
+    if versions.is_empty() {
+        errs.required(&vp, "");
+    } else {
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, v) in versions.iter().enumerate() {
+            for e in names::dns1035_label(v) {
+                errs.invalid(&vp.index(i), v, e);
+            }
+            if seen.contains(&v.as_str()) {
+                errs.invalid(&vp.index(i), v, "duplicate version");
+            }
+            seen.push(v);
+        }
+        if !versions.iter().any(|v| v == "v1" || v == "v1beta1") {
+            // Shown as Go prints a []string.
+            let shown: Vec<String> = versions.iter().map(|v| format!("{v:?}")).collect();
+            errs.invalid_rendered(
+                &vp,
+                format!("[]string{{{}}}", shown.join(", ")),
+                "must include at least one of v1, v1beta1",
+            );
+        }
+    }
+    if preserve_unknown == Some(true) {
+        errs.invalid(
+            &cp.child("strategy"),
+            &c.strategy,
+            "must be None if spec.preserveUnknownFields is true",
+        );
     }
 }
 
@@ -223,6 +292,7 @@ fn validate_versions(crd: &CustomResourceDefinition, sp: &Path, errs: &mut Field
                     let mut mine = FieldErrors::default();
                     let compiled = schema::compile(props, &schema_path, &mut mine);
                     check_root(&compiled, &schema_path, &mut mine);
+                    super::cost::check(&compiled, &schema_path, &mut mine);
                     if check_schema {
                         errs.extend(mine);
                     }

@@ -7,6 +7,7 @@
 //! definition updates in place, so rewriting a definition does not leak its schema again.
 
 pub mod cel;
+pub mod cost;
 pub mod definition;
 pub mod formats;
 pub mod schema;
@@ -14,8 +15,10 @@ pub mod schema;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
+use k8s_openapi::api::admissionregistration::v1::{ServiceReference, WebhookClientConfig};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionVersion,
+    CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionSpec,
+    CustomResourceDefinitionVersion, WebhookClientConfig as ConversionClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
@@ -50,9 +53,40 @@ pub struct CustomKind {
     pub served_versions: Vec<String>,
     pub storage_version: String,
     pub deprecated: Option<String>,
+    /// How objects reach another version than the one they are stored in.
+    pub conversion: Conversion,
     /// How objects merge in server-side apply and patches: by the schema's
     /// `x-kubernetes-list-type`/`-list-map-keys`/`-map-type`.
     pub merge: &'static Type,
+}
+
+/// How a definition's objects are shown in another of its versions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Conversion {
+    /// Only `apiVersion` changes.
+    #[default]
+    None,
+    /// The definition's webhook converts them (a `ConversionReview`).
+    Webhook {
+        client: WebhookClientConfig,
+        /// The `ConversionReview` versions the webhook understands, preferred first.
+        review_versions: Vec<String>,
+    },
+}
+
+/// A conversion webhook's client configuration in the shape admission webhooks use (the two
+/// APIs spell the same fields).
+pub fn client_config(c: &ConversionClientConfig) -> WebhookClientConfig {
+    WebhookClientConfig {
+        ca_bundle: c.ca_bundle.clone(),
+        url: c.url.clone(),
+        service: c.service.as_ref().map(|s| ServiceReference {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            path: s.path.clone(),
+            port: s.port,
+        }),
+    }
 }
 
 /// The [`KindOps`] of one custom group-version-resource; its [`CustomKind`] is replaced when
@@ -352,10 +386,28 @@ fn compile_version(
             .find(|v| v.storage)
             .map(|v| v.name.clone())
             .unwrap_or_default(),
+        conversion: conversion_of(spec),
         deprecated: v
             .deprecated
             .unwrap_or(false)
             .then(|| v.deprecation_warning.clone().unwrap_or_default()),
+    }
+}
+
+fn conversion_of(spec: &CustomResourceDefinitionSpec) -> Conversion {
+    let Some(c) = spec.conversion.as_ref().filter(|c| c.strategy == "Webhook") else {
+        return Conversion::None;
+    };
+    let Some(w) = &c.webhook else {
+        return Conversion::None;
+    };
+    Conversion::Webhook {
+        client: w
+            .client_config
+            .as_ref()
+            .map(client_config)
+            .unwrap_or_default(),
+        review_versions: w.conversion_review_versions.clone(),
     }
 }
 
@@ -454,6 +506,7 @@ pub fn discovered(
                 served_versions: vec![version.to_string()],
                 storage_version: version.to_string(),
                 deprecated: None,
+                conversion: Conversion::None,
                 merge: merge_type(None),
             },
         ),

@@ -367,6 +367,17 @@ impl Schema {
     /// Check `v` against this schema; errors go to `errs` at `path`. `old` is the stored
     /// value at the same place, for transition rules.
     pub fn validate(&self, v: &Value, old: Option<&Value>, path: &Path, errs: &mut FieldErrors) {
+        self.validate_within(v, old, path, &mut super::cel::Budget::default(), errs);
+    }
+
+    fn validate_within(
+        &self,
+        v: &Value,
+        old: Option<&Value>,
+        path: &Path,
+        budget: &mut super::cel::Budget,
+        errs: &mut FieldErrors,
+    ) {
         let before = errs.0.len();
         self.validate_value(v, path, errs);
         match v {
@@ -379,7 +390,7 @@ impl Schema {
                         } else {
                             path.key(k)
                         };
-                        s.validate(child, old_child, &at, errs);
+                        s.validate_within(child, old_child, &at, budget, errs);
                     }
                 }
             }
@@ -387,7 +398,7 @@ impl Schema {
                 if let Some(s) = &self.items {
                     for (i, item) in items.iter().enumerate() {
                         let old_item = self.correlate(item, i, old);
-                        s.validate(item, old_item, &path.index(i), errs);
+                        s.validate_within(item, old_item, &path.index(i), budget, errs);
                     }
                 }
             }
@@ -396,7 +407,7 @@ impl Schema {
         // Rules run only on values that passed the schema, as Kubernetes' do.
         if errs.0.len() == before {
             for rule in &self.rules {
-                rule.check(v, old, self, path, errs);
+                rule.check(v, old, budget, path, errs);
             }
         }
     }

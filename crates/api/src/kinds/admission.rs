@@ -63,52 +63,7 @@ fn check(w: &Common<'_>, p: &Path, seen: &mut Vec<String>, errs: &mut FieldError
         }
         seen.push(w.name.to_string());
     }
-    let cp = p.child("clientConfig");
-    match (&w.client.url, &w.client.service) {
-        (Some(_), Some(_)) | (None, None) => {
-            errs.required(&cp, "exactly one of url or service is required")
-        }
-        (Some(url), None) => match url.parse::<http_uri::Uri>() {
-            Ok(u) if u.scheme == "https" && !u.host.is_empty() => {
-                if u.has_fragment || u.has_userinfo {
-                    errs.invalid(
-                        &cp.child("url"),
-                        url,
-                        "fragments and user information are not permitted in the URL",
-                    );
-                }
-            }
-            Ok(u) if u.scheme != "https" => errs.invalid(
-                &cp.child("url"),
-                url,
-                "'https' is the only allowed URL scheme",
-            ),
-            _ => errs.invalid(&cp.child("url"), url, "host must be specified"),
-        },
-        (None, Some(s)) => {
-            let sp = cp.child("service");
-            if s.name.is_empty() {
-                errs.required(&sp.child("name"), "service name is required");
-            }
-            if s.namespace.is_empty() {
-                errs.required(&sp.child("namespace"), "service namespace is required");
-            }
-            if let Some(port) = s.port
-                && !(1..=65535).contains(&port)
-            {
-                errs.invalid(
-                    &sp.child("port"),
-                    port,
-                    "port is not valid: must be between 1 and 65535, inclusive",
-                );
-            }
-            if let Some(path) = &s.path
-                && !path.starts_with('/')
-            {
-                errs.invalid(&sp.child("path"), path, "must start with a '/'");
-            }
-        }
-    }
+    check_client(w.client, &p.child("clientConfig"), errs);
     for (i, r) in w.rules.into_iter().flatten().enumerate() {
         let rp = p.child("rules").index(i);
         for (j, op) in r.operations.iter().flatten().enumerate() {
@@ -168,6 +123,56 @@ fn check(w: &Common<'_>, p: &Path, seen: &mut Vec<String>, errs: &mut FieldError
             w.review_versions.join(","),
             "must include at least one of v1, v1beta1",
         );
+    }
+}
+
+/// Where a webhook is called: exactly one of an HTTPS URL or a Service (admission webhooks and
+/// custom resource conversion webhooks alike).
+pub(crate) fn check_client(client: &WebhookClientConfig, cp: &Path, errs: &mut FieldErrors) {
+    match (&client.url, &client.service) {
+        (Some(_), Some(_)) | (None, None) => {
+            errs.required(cp, "exactly one of url or service is required")
+        }
+        (Some(url), None) => match url.parse::<http_uri::Uri>() {
+            Ok(u) if u.scheme == "https" && !u.host.is_empty() => {
+                if u.has_fragment || u.has_userinfo {
+                    errs.invalid(
+                        &cp.child("url"),
+                        url,
+                        "fragments and user information are not permitted in the URL",
+                    );
+                }
+            }
+            Ok(u) if u.scheme != "https" => errs.invalid(
+                &cp.child("url"),
+                url,
+                "'https' is the only allowed URL scheme",
+            ),
+            _ => errs.invalid(&cp.child("url"), url, "host must be specified"),
+        },
+        (None, Some(s)) => {
+            let sp = cp.child("service");
+            if s.name.is_empty() {
+                errs.required(&sp.child("name"), "service name is required");
+            }
+            if s.namespace.is_empty() {
+                errs.required(&sp.child("namespace"), "service namespace is required");
+            }
+            if let Some(port) = s.port
+                && !(1..=65535).contains(&port)
+            {
+                errs.invalid(
+                    &sp.child("port"),
+                    port,
+                    "port is not valid: must be between 1 and 65535, inclusive",
+                );
+            }
+            if let Some(path) = &s.path
+                && !path.starts_with('/')
+            {
+                errs.invalid(&sp.child("path"), path, "must start with a '/'");
+            }
+        }
     }
 }
 

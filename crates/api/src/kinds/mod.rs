@@ -4,7 +4,7 @@
 //! object-safe face the API server calls with JSON, so the typed work (and its compile cost)
 //! stays in this crate.
 
-mod admission;
+pub(crate) mod admission;
 mod apps;
 mod batch;
 pub mod certificates;
