@@ -368,7 +368,7 @@ def test_rules_are_held_to_kubernetes_cost_limits(cluster, ns, version):
     the definition is written, with Kubernetes' advice; bounds in the schema let it in. A rule
     within its estimate may still cost too much on one object, and is then not run."""
     group = group_for(ns)
-    names_rule = {"rule": "self.names.all(n, n.matches('^[a-z]+$'))",
+    names_rule = {"rule": "!has(self.names) || self.names.all(n, n.matches('^[a-z]+$'))",
                   "message": "names are lowercase letters"}
     crd = definition(group, extra_schema={"names": {"type": "array", "items": {"type": "string"}}})
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
@@ -389,12 +389,26 @@ def test_rules_are_held_to_kubernetes_cost_limits(cluster, ns, version):
     spec["x-kubernetes-validations"].append(
         {"rule": "!has(self.text) || !has(self.needle) || !self.text.contains(self.needle)",
          "message": "the needle is in the text"})
+    # Kubernetes' CEL library is there; a function no library has is refused up front.
+    spec["x-kubernetes-validations"].append(
+        {"rule": "!has(self.selector) || self.selector.split(',').size() <= 2",
+         "message": "at most two selector terms"})
+    wrong = json.loads(json.dumps(crd))
+    wrong["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "x-kubernetes-validations"].append({"rule": "self.selector.bogus()"})
+    r = apply(cluster, wrong, version=version, check=False)
+    assert r.returncode != 0
+    assert "undeclared reference to 'bogus'" in r.stderr, r.stderr
     apply(cluster, crd, version=version)
     try:
         apply(cluster, widget(group, "ok", names=["a", "b"]), "-n", ns, version=version)
         r = apply(cluster, widget(group, "bad", names=["Bad"]), "-n", ns, version=version,
                   check=False)
         assert "names are lowercase letters" in r.stderr, r.stderr
+        apply(cluster, widget(group, "two", selector="a=1,b=2"), "-n", ns, version=version)
+        r = apply(cluster, widget(group, "three", selector="a=1,b=2,c=3"), "-n", ns,
+                  version=version, check=False)
+        assert "at most two selector terms" in r.stderr, r.stderr
         r = apply(cluster, widget(group, "small", text="abc", needle="b"), "-n", ns,
                   version=version, check=False)
         assert "the needle is in the text" in r.stderr, r.stderr

@@ -3,7 +3,7 @@
 //! and is not checked on create, or where no old value corresponds).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use cel::{Context, Program};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
@@ -74,8 +74,8 @@ pub fn evaluate_condition(
     old: Option<&Value>,
     request: &Value,
 ) -> Result<bool, String> {
-    let program = Program::compile(expression).map_err(|e| e.to_string())?;
-    let mut ctx = Context::default();
+    let program = compiled(expression)?;
+    let mut ctx = super::celib::root().new_inner_scope();
     ctx.add_variable_from_value("object", object.map_or(cel::Value::Null, to_cel));
     ctx.add_variable_from_value("oldObject", old.map_or(cel::Value::Null, to_cel));
     ctx.add_variable_from_value("request", to_cel(request));
@@ -89,18 +89,86 @@ pub fn evaluate_condition(
     }
 }
 
-/// Whether `expression` parses as CEL (checked when a policy is written).
+/// Expressions of policies and match conditions, compiled once: they are evaluated on every
+/// write they choose, from the text their configuration holds.
+fn compiled(expression: &str) -> Result<Arc<Program>, String> {
+    static PROGRAMS: LazyLock<Mutex<HashMap<String, Arc<Program>>>> =
+        LazyLock::new(Default::default);
+    let mut programs = PROGRAMS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = programs.get(expression) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(Program::compile(expression).map_err(|e| e.to_string())?);
+    // Configurations come and go; forgetting everything now and then bounds the memory.
+    if programs.len() >= 4096 {
+        programs.clear();
+    }
+    programs.insert(expression.to_string(), p.clone());
+    Ok(p)
+}
+
+/// Whether `expression` parses as CEL and calls only functions that exist (checked when a
+/// policy is written).
 pub fn check_syntax(expression: &str) -> Result<(), String> {
-    Program::compile(expression)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    let p = Program::compile(expression).map_err(|e| e.to_string())?;
+    known_functions(&p).map_err(|e| e.0)
+}
+
+/// The standard library's functions (macros are expanded before this is asked).
+const STANDARD: &[&str] = &[
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "dyn",
+    "type",
+    "duration",
+    "timestamp",
+    "getDate",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getFullYear",
+    "getHours",
+    "getMilliseconds",
+    "getMinutes",
+    "getMonth",
+    "getSeconds",
+    "hasValue",
+    "value",
+    "or",
+    "orValue",
+    "optional.none",
+    "optional.of",
+    "optional.ofNonZeroValue",
+];
+
+/// Refuse a program that calls a function neither library has, as Kubernetes' type check
+/// does, instead of failing on every object later.
+fn known_functions(p: &Program) -> Result<(), CompileError> {
+    for f in p.references().functions() {
+        let operator = !f.starts_with(|c: char| c.is_ascii_alphabetic());
+        if !operator && !STANDARD.contains(&f) && !super::celib::FUNCTIONS.contains(&f) {
+            return Err(CompileError(format!(
+                "ERROR: <input>: undeclared reference to '{f}' (in container '')"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Evaluate `expression` with `vars` bound; the result as JSON (what policies' validations,
 /// variables and message expressions need).
 pub fn evaluate(expression: &str, vars: &[(String, Value)]) -> Result<Value, String> {
-    let program = Program::compile(expression).map_err(|e| e.to_string())?;
-    let mut ctx = Context::default();
+    let program = compiled(expression)?;
+    let mut ctx = super::celib::root().new_inner_scope();
     for (name, v) in vars {
         ctx.add_variable_from_value(name.as_str(), to_cel(v));
     }
@@ -159,10 +227,13 @@ impl Rule {
             )));
         }
         let program = Program::compile(&r.rule).map_err(|e| CompileError(e.to_string()))?;
+        known_functions(&program)?;
         let transition = program.references().has_variable("oldSelf");
         let message_expression = match &r.message_expression {
             Some(m) if !m.is_empty() => {
-                Some(Program::compile(m).map_err(|e| CompileError(e.to_string()))?)
+                let p = Program::compile(m).map_err(|e| CompileError(e.to_string()))?;
+                known_functions(&p)?;
+                Some(p)
             }
             _ => None,
         };
@@ -219,7 +290,7 @@ impl Rule {
             );
             return;
         }
-        let mut ctx = Context::default();
+        let mut ctx = super::celib::root().new_inner_scope();
         ctx.add_variable_from_value("self", to_cel(v));
         if self.transition {
             ctx.add_variable_from_value("oldSelf", old.map_or(cel::Value::Null, to_cel));

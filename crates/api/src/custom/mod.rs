@@ -7,6 +7,7 @@
 //! definition updates in place, so rewriting a definition does not leak its schema again.
 
 pub mod cel;
+pub mod celib;
 pub mod cost;
 pub mod definition;
 pub mod formats;
