@@ -296,12 +296,27 @@ def test_a_webhook_served_by_a_pod_refuses_and_mutates(node, tmp_path, request):
         ca = _certificates(tmp_path, dns=f"hook.{ns}.svc")
         node.kubectl("create", "secret", "tls", "hook-tls", "-n", ns,
                      f"--cert={tmp_path / 'tls.crt'}", f"--key={tmp_path / 'tls.key'}")
+        # Aggregated servers learn the front proxy's CA from kube-system (readable by the
+        # role Kubernetes grants for it); the test hands it to the pod.
+        def auth_config():
+            r = node.kubectl("get", "configmap", "-n", "kube-system",
+                             "extension-apiserver-authentication", "-o", "json", check=False)
+            return json.loads(r.stdout).get("data") if r.returncode == 0 else None
+        auth = wait_until(auth_config, what="the extension-apiserver-authentication ConfigMap")
+        assert auth["requestheader-allowed-names"] == '["front-proxy-client"]'
+        assert auth["requestheader-username-headers"] == '["X-Remote-User"]'
+        assert "BEGIN CERTIFICATE" in auth["client-ca-file"]
+        (tmp_path / "front-proxy-ca.crt").write_text(auth["requestheader-client-ca-file"])
+        node.kubectl("create", "configmap", "front-proxy", "-n", ns,
+                     f"--from-file=ca.crt={tmp_path / 'front-proxy-ca.crt'}")
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hook", "labels": {"app": "hook"}},
                "spec": {"containers": [{"name": "hook", "image": "webhook:test",
                                         "ports": [{"containerPort": 8443}],
                                         "readinessProbe": {"tcpSocket": {"port": 8443}, "periodSeconds": 1},
-                                        "volumeMounts": [{"name": "tls", "mountPath": "/tls"}]}],
-                        "volumes": [{"name": "tls", "secret": {"secretName": "hook-tls"}}]}}
+                                        "volumeMounts": [{"name": "tls", "mountPath": "/tls"},
+                                                         {"name": "fp", "mountPath": "/front-proxy"}]}],
+                        "volumes": [{"name": "tls", "secret": {"secretName": "hook-tls"}},
+                                    {"name": "fp", "configMap": {"name": "front-proxy"}}]}}
         svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hook"},
                "spec": {"selector": {"app": "hook"}, "ports": [{"port": 443, "targetPort": 8443}]}}
         apply(node, pod, "-n", ns)
@@ -343,10 +358,24 @@ def test_a_webhook_served_by_a_pod_refuses_and_mutates(node, tmp_path, request):
                 table = node.kubectl("get", "greetings", "-n", ns, version=version).stdout
                 assert "hello" in table, table
             got = node.json("get", "greeting", "hi", "-n", ns)
-            # The aggregated server was told who asked.
-            assert got["spec"]["user"], got
+            # The aggregated server was told who asked, by a client certificate it could
+            # check against the front proxy CA.
+            assert got["spec"]["user"] == "admin", got
             table = node.kubectl("get", "apiservice", "v1.demo.berth.example.com").stdout.splitlines()
             assert table[1].split()[1:3] == [f"{ns}/hook", "True"], table
+            # With its server gone the APIService turns unavailable, and requests for its
+            # group are answered 503.
+            node.kubectl("delete", "pod", "hook", "-n", ns, "--grace-period=0", timeout=90)
+
+            def unavailable():
+                conds = node.json("get", "apiservice", "v1.demo.berth.example.com").get(
+                    "status", {}).get("conditions", [])
+                return any(c["type"] == "Available" and c["status"] == "False" for c in conds)
+            wait_until(unavailable, timeout=30, what="the APIService to be unavailable")
+            r = node.kubectl("get", "--raw",
+                             f"/apis/demo.berth.example.com/v1/namespaces/{ns}/greetings",
+                             check=False)
+            assert r.returncode != 0 and "ServiceUnavailable" in r.stderr, r.stderr
         finally:
             for kind, name in made:
                 node.kubectl("delete", kind, name, check=False)

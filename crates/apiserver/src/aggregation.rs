@@ -70,6 +70,23 @@ fn api_services() -> &'static api::Resource {
 }
 
 /// `v1.apps`, `v1.` for the core group.
+/// The ConfigMap (in kube-system) aggregated servers read their front-proxy settings from.
+const AUTHENTICATION_CONFIG: &str = "extension-apiserver-authentication";
+
+/// A user-info extra key as a header name suffix: characters a header name cannot hold are
+/// percent-encoded.
+fn extra_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-!#$&'*+.^_`|~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn service_name(group: &str, version: &str) -> String {
     format!("{version}.{group}")
 }
@@ -99,6 +116,18 @@ impl ApiServer {
                 "the server is currently unable to handle the request ({name}: {why})"
             ))
         };
+        // One found unavailable by its last check is not tried (as kube-aggregator does):
+        // callers hear at once instead of after a connect timeout.
+        let down = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Available" && c.status == "False");
+        if down {
+            return Err(unavailable("service unavailable".into()));
+        }
         let (mut sender, driver) = tokio::time::timeout(CHECK_TIMEOUT, self.connect_backend(svc))
             .await
             .map_err(|_| unavailable("timed out connecting".into()))?
@@ -129,6 +158,18 @@ impl ApiServer {
         for g in &who.user.groups {
             if let Ok(v) = HeaderValue::from_str(g) {
                 parts.headers.append("x-remote-group", v);
+            }
+        }
+        for (key, values) in &who.user.extra {
+            // Header names are case-insensitive: keys are percent-encoded, as Kubernetes does.
+            let name = format!("x-remote-extra-{}", extra_key(key));
+            let Ok(name) = header::HeaderName::from_bytes(name.as_bytes()) else {
+                continue;
+            };
+            for v in values {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    parts.headers.append(name.clone(), v);
+                }
             }
         }
         for h in [
@@ -165,10 +206,12 @@ impl ApiServer {
         let name = s.name.as_deref().unwrap_or("");
         let (addr, server_name) =
             crate::webhooks::service_endpoint(&self.cache, ns, name, s.port.unwrap_or(443))?;
+        // The server speaks for the caller with the front proxy's certificate.
+        let me = self.config.front_proxy.as_ref();
         let tls = if spec.insecure_skip_tls_verify == Some(true) {
-            crate::webhooks::tls_config_unverified()
+            crate::webhooks::tls_config_unverified(me)?
         } else {
-            crate::webhooks::tls_config(spec.ca_bundle.as_ref().map(|b| b.0.as_slice()))?
+            crate::webhooks::tls_config(spec.ca_bundle.as_ref().map(|b| b.0.as_slice()), me)?
         };
         let stream = tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(&addr))
             .await
@@ -230,6 +273,7 @@ impl ApiServer {
     pub async fn run_aggregation(self: Arc<Self>) {
         loop {
             self.ensure_local().await;
+            self.ensure_authentication_config().await;
             self.check_all().await;
             tokio::time::sleep(CHECK_EVERY).await;
         }
@@ -259,6 +303,54 @@ impl ApiServer {
                 "{method} {path}: {}",
                 resp.status()
             )))
+        }
+    }
+
+    /// Keep `kube-system/extension-apiserver-authentication` saying how aggregated servers
+    /// authenticate this server's requests: its client CA, and the front proxy's CA, name and
+    /// headers (Kubernetes' requestheader options).
+    async fn ensure_authentication_config(&self) {
+        let Some(fp) = &self.config.front_proxy else {
+            return;
+        };
+        let configmaps = api::resources::find("", "v1", "configmaps").expect("served");
+        let data = json!({
+            "client-ca-file": fp.client_ca_pem,
+            "requestheader-client-ca-file": fp.ca_pem,
+            "requestheader-allowed-names": "[\"front-proxy-client\"]",
+            "requestheader-username-headers": "[\"X-Remote-User\"]",
+            "requestheader-uid-headers": "[\"X-Remote-Uid\"]",
+            "requestheader-group-headers": "[\"X-Remote-Group\"]",
+            "requestheader-extra-headers-prefix": "[\"X-Remote-Extra-\"]",
+        });
+        let current = self
+            .cache
+            .resource(configmaps)
+            .get(&format!("kube-system/{AUTHENTICATION_CONFIG}"));
+        let result = match current {
+            Some(e) if e.value()["data"] == data => return,
+            Some(_) => {
+                self.internal(
+                    Method::PATCH,
+                    &format!("/api/v1/namespaces/kube-system/configmaps/{AUTHENTICATION_CONFIG}"),
+                    &json!({"data": data}),
+                )
+                .await
+            }
+            None => {
+                let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": AUTHENTICATION_CONFIG, "namespace": "kube-system"},
+                    "data": data});
+                self.internal(
+                    Method::POST,
+                    "/api/v1/namespaces/kube-system/configmaps",
+                    &body,
+                )
+                .await
+            }
+        };
+        if let Err(e) = result {
+            debug!(error = %e.message, "writing the aggregated servers' authentication ConfigMap");
         }
     }
 

@@ -37,4 +37,4 @@ mod write;
 
 pub use body::Body;
 pub use node::NodeConnector;
-pub use server::{ApiServer, Config, Identity, KeyRotation, git_version};
+pub use server::{ApiServer, Config, FrontProxy, Identity, KeyRotation, git_version};

@@ -51,6 +51,23 @@ pub struct Config {
     pub pod_security_default: api::podsecurity::LevelVersion,
     /// Where the audit log goes, and at which level (none: no audit log).
     pub audit: Option<(std::path::PathBuf, crate::audit::Level)>,
+    /// How aggregated API servers know the caller the server speaks for (none: they are
+    /// sent no client certificate and cannot trust what it says).
+    pub front_proxy: Option<FrontProxy>,
+}
+
+/// The API server as a front proxy for aggregated API servers (Kubernetes' requestheader
+/// authentication): they trust the `X-Remote-*` headers of a client certificate signed by
+/// `ca_pem`, and read this from the `kube-system/extension-apiserver-authentication`
+/// ConfigMap the server keeps.
+#[derive(Clone, Debug, Default)]
+pub struct FrontProxy {
+    pub ca_pem: String,
+    /// The client certificate and key (PEM) presented to aggregated servers.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The CA that signs users' client certificates (the ConfigMap's `client-ca-file`).
+    pub client_ca_pem: String,
 }
 
 impl Default for Config {
@@ -70,6 +87,7 @@ impl Default for Config {
             body_timeout: Duration::from_secs(60),
             pod_security_default: api::podsecurity::LevelVersion::PRIVILEGED,
             audit: None,
+            front_proxy: None,
         }
     }
 }

@@ -614,7 +614,7 @@ pub(crate) async fn post_review(
     review: &Value,
 ) -> Result<Value, String> {
     let (addr, server_name, path, shown) = webhook_target(cache, client)?;
-    let tls = tls_config(client.ca_bundle.as_ref().map(|b| b.0.as_slice()))?;
+    let tls = tls_config(client.ca_bundle.as_ref().map(|b| b.0.as_slice()), None)?;
     let stream = tokio::net::TcpStream::connect(&addr)
         .await
         .map_err(|e| format!("Post \"{shown}\": dial tcp {addr}: {e}"))?;
@@ -691,7 +691,9 @@ pub(crate) fn service_endpoint(
 }
 
 /// TLS that does not check the server's certificate: an APIService's insecureSkipTLSVerify.
-pub(crate) fn tls_config_unverified() -> Arc<rustls::ClientConfig> {
+pub(crate) fn tls_config_unverified(
+    client: Option<&crate::FrontProxy>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     #[derive(Debug)]
     struct Anything(Arc<rustls::crypto::CryptoProvider>);
     impl rustls::client::danger::ServerCertVerifier for Anything {
@@ -736,17 +738,40 @@ pub(crate) fn tls_config_unverified() -> Arc<rustls::ClientConfig> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Anything(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
+        .with_custom_certificate_verifier(Arc::new(Anything(provider)));
+    with_client(builder, client)
+}
+
+/// Finish a TLS client configuration, presenting the front proxy's certificate if given.
+fn with_client(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    client: Option<&crate::FrontProxy>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let Some(fp) = client else {
+        return Ok(Arc::new(builder.with_no_client_auth()));
+    };
+    let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(fp.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("the front proxy certificate: {e}"))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(fp.key_pem.as_bytes())
+        .map_err(|e| format!("the front proxy key: {e}"))?;
+    builder
+        .with_client_auth_cert(certs, key)
+        .map(Arc::new)
+        .map_err(|e| format!("the front proxy certificate: {e}"))
 }
 
 /// TLS trusting `ca_bundle` (PEM), or the system's roots without one.
-pub(crate) fn tls_config(ca_bundle: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config(
+    ca_bundle: Option<&[u8]>,
+    client: Option<&crate::FrontProxy>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let pem: Vec<u8> = match ca_bundle.filter(|b| !b.is_empty()) {
@@ -759,12 +784,11 @@ pub(crate) fn tls_config(ca_bundle: Option<&[u8]>) -> Result<Arc<rustls::ClientC
     if roots.is_empty() {
         return Err("no certificate authority to trust the webhook by".into());
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    .with_root_certificates(roots);
+    with_client(builder, client)
 }

@@ -341,7 +341,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         _ => addr.ip(),
     });
     let advertise = SocketAddr::new(advertise_ip, addr.port());
-    let config = apiserver::Config {
+    let mut config = apiserver::Config {
         advertise,
         default_toleration_seconds: args.default_toleration_seconds,
         compact_every: Duration::from_secs(args.compaction_interval),
@@ -380,6 +380,12 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         &data_dir,
         &pki::Sans::for_server(addr.ip(), advertise_ip, service_ip),
     )?;
+    config.front_proxy = Some(apiserver::FrontProxy {
+        ca_pem: pki.front_proxy_ca_pem.clone(),
+        cert_pem: pki.front_proxy_cert_pem.clone(),
+        key_pem: pki.front_proxy_key_pem.clone(),
+        client_ca_pem: pki.ca_pem.clone(),
+    });
 
     // Objects include Secrets: the store is for this user's eyes only.
     let mut rotation: Option<Arc<crate::encryption::Rotation>> = None;

@@ -34,6 +34,11 @@ pub struct Pki {
     pub admin_key_pem: String,
     /// The key service account tokens are signed with (PKCS#8 DER, P-256).
     pub service_account_key: Vec<u8>,
+    /// The front proxy's CA and the client certificate and key the API server presents to
+    /// aggregated API servers, which trust what it says of the caller by that CA.
+    pub front_proxy_ca_pem: String,
+    pub front_proxy_cert_pem: String,
+    pub front_proxy_key_pem: String,
 }
 
 /// Write a private file (mode 0600), replacing it atomically.
@@ -81,9 +86,13 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
 }
 
 fn ca_params() -> Result<CertificateParams> {
+    ca_params_named("berth-ca")
+}
+
+fn ca_params_named(name: &str) -> Result<CertificateParams> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "berth-ca");
+    dn.push(DnType::CommonName, name);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![
@@ -248,6 +257,38 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
     if admin_token.len() < 32 {
         bail!("{} holds a token that is too short", token_path.display());
     }
+    let (fp_ca_crt, fp_ca_key) = (
+        tls.join("front-proxy-ca.crt"),
+        tls.join("front-proxy-ca.key"),
+    );
+    if !fp_ca_crt.exists() || !fp_ca_key.exists() {
+        let key = KeyPair::generate()?;
+        let cert = ca_params_named("berth-front-proxy-ca")?.self_signed(&key)?;
+        write_private(&fp_ca_key, key.serialize_pem().as_bytes())?;
+        write_private(&fp_ca_crt, cert.pem().as_bytes())?;
+        info!("created the front proxy CA");
+    }
+    let front_proxy_ca_pem =
+        fs::read_to_string(&fp_ca_crt).context("reading the front proxy CA")?;
+    let (fp_crt, fp_key) = (
+        tls.join("front-proxy-client.crt"),
+        tls.join("front-proxy-client.key"),
+    );
+    let usable =
+        fp_key.exists() && fs::read_to_string(&fp_crt).is_ok_and(|pem| client_cert_usable(&pem));
+    if !usable {
+        let fp_ca_key_pem =
+            fs::read_to_string(&fp_ca_key).context("reading the front proxy CA key")?;
+        let (cert, key) = issue_client_cert(
+            &front_proxy_ca_pem,
+            &fp_ca_key_pem,
+            "front-proxy-client",
+            None,
+        )?;
+        write_private(&fp_key, key.as_bytes())?;
+        write_private(&fp_crt, cert.as_bytes())?;
+        info!("issued the front proxy's client certificate");
+    }
     let sa_key = creds.join("service-account.key");
     if !sa_key.exists() {
         write_private(&sa_key, KeyPair::generate()?.serialize_pem().as_bytes())?;
@@ -267,6 +308,9 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
         admin_token,
         admin_cert_pem: fs::read_to_string(&admin_crt)?,
         admin_key_pem: fs::read_to_string(&admin_key)?,
+        front_proxy_ca_pem,
+        front_proxy_cert_pem: fs::read_to_string(&fp_crt)?,
+        front_proxy_key_pem: fs::read_to_string(&fp_key)?,
     })
 }
 

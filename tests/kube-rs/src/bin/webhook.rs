@@ -2,7 +2,10 @@
 //! tests: HTTPS on :8443 with the certificate and key in /tls (a Secret), answering
 //! AdmissionReviews with kube's admission types (`TLS_DIR` moves /tls). `/validate` refuses objects labelled
 //! `deny=yes`; `/mutate` adds the label `mutated=yes`. It also serves a small aggregated API
-//! (`demo.berth.example.com/v1` greetings) for an APIService.
+//! (`demo.berth.example.com/v1` greetings) for an APIService, trusting the aggregator's
+//! `X-Remote-User` only from a client certificate signed by the front proxy CA in
+//! /front-proxy/ca.crt (`requestheader-client-ca-file` of the cluster's
+//! `extension-apiserver-authentication` ConfigMap), as Kubernetes' aggregated servers do.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -72,12 +75,17 @@ fn aggregated(path: &str, user: &str) -> Option<serde_json::Value> {
     }
 }
 
-async fn serve(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn serve(
+    req: Request<Incoming>,
+    front_proxy: bool,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if req.method() == hyper::Method::GET {
+        // Who asked, if the front proxy's certificate vouches for the header.
         let user = req
             .headers()
             .get("x-remote-user")
+            .filter(|_| front_proxy)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
@@ -121,9 +129,24 @@ async fn main() -> Result<()> {
             .context("reading tls.crt")?
             .collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_file(format!("{dir}/tls.key")).context("reading tls.key")?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Ok(iter) = CertificateDer::pem_file_iter("/front-proxy/ca.crt") {
+        for c in iter {
+            roots.add(c?)?;
+        }
+    }
+    let builder = rustls::ServerConfig::builder();
+    let config = if roots.is_empty() {
+        builder.with_no_client_auth().with_single_cert(certs, key)?
+    } else {
+        // Admission reviews come without a client certificate; aggregated requests with one.
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .allow_unauthenticated()
+            .build()?;
+        builder
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)?
+    };
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("0.0.0.0:8443").await?;
     println!("kube-rs-webhook: listening on :8443");
@@ -134,10 +157,12 @@ async fn main() -> Result<()> {
             let Ok(tls) = acceptor.accept(stream).await else {
                 return;
             };
+            // Verified against the front proxy CA when one was presented.
+            let front_proxy = tls.get_ref().1.peer_certificates().is_some();
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(
                     hyper_util::rt::TokioIo::new(tls),
-                    hyper::service::service_fn(serve),
+                    hyper::service::service_fn(move |req| serve(req, front_proxy)),
                 )
                 .await;
         });
