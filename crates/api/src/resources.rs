@@ -81,8 +81,40 @@ pub struct Resource {
     /// `ReturnDeletedObject`: pods, services, service accounts, namespaces, quotas, ...).
     pub delete_returns_object: bool,
     pub field_labels: &'static [FieldLabel],
+    /// Subresources besides `status` and `scale`: what discovery lists and requests may name.
+    pub subresources: &'static [Subresource],
     pub ops: &'static dyn KindOps,
 }
+
+/// A subresource other than `status` and `scale` (which their flags describe): its name, the
+/// group, version and kind it reads or writes, and its verbs.
+#[derive(Debug)]
+pub struct Subresource {
+    pub name: &'static str,
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+const fn sub(
+    name: &'static str,
+    group: &'static str,
+    kind: &'static str,
+    verbs: &'static [&'static str],
+) -> Subresource {
+    Subresource {
+        name,
+        group,
+        version: "v1",
+        kind,
+        verbs,
+    }
+}
+
+const NO_SUBRESOURCES: &[Subresource] = &[];
+const PROXY_VERBS: &[&str] = &["create", "delete", "get", "patch", "update"];
+const GET_PATCH_UPDATE: &[&str] = &["get", "patch", "update"];
 
 impl std::fmt::Debug for Resource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,6 +228,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: true,
             field_labels: const { &[field("status.phase", &["status", "phase"])] },
+            subresources: const { &[sub("finalize", "", "Namespace", &["update"])] },
             ops: ops::<Namespace>(),
         },
         Resource {
@@ -225,6 +258,23 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
                     field("status.nominatedNodeName", &["status", "nominatedNodeName"]),
                 ]
             },
+            subresources: const {
+                &[
+                    sub("attach", "", "PodAttachOptions", &["create", "get"]),
+                    sub("binding", "", "Binding", &["create"]),
+                    sub("ephemeralcontainers", "", "Pod", GET_PATCH_UPDATE),
+                    sub("eviction", "policy", "Eviction", &["create"]),
+                    sub("exec", "", "PodExecOptions", &["create", "get"]),
+                    sub("log", "", "Pod", &["get"]),
+                    sub(
+                        "portforward",
+                        "",
+                        "PodPortForwardOptions",
+                        &["create", "get"],
+                    ),
+                    sub("proxy", "", "PodProxyOptions", PROXY_VERBS),
+                ]
+            },
             ops: ops::<Pod>(),
         },
         Resource {
@@ -243,6 +293,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: const { &[bool_field("spec.unschedulable", &["spec", "unschedulable"])] },
+            subresources: const { &[sub("proxy", "", "NodeProxyOptions", PROXY_VERBS)] },
             ops: ops::<Node>(),
         },
         Resource {
@@ -266,6 +317,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
                     field("spec.type", &["spec", "type"]),
                 ]
             },
+            subresources: const { &[sub("proxy", "", "ServiceProxyOptions", PROXY_VERBS)] },
             ops: ops::<Service>(),
         },
         Resource {
@@ -284,6 +336,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: const { &[field("status.replicas", &["status", "replicas"])] },
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ReplicationController>(),
         },
         Resource {
@@ -302,6 +355,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<Endpoints>(),
         },
         Resource {
@@ -320,6 +374,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: true,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<PersistentVolume>(),
         },
         Resource {
@@ -338,6 +393,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: true,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<PersistentVolumeClaim>(),
         },
         Resource {
@@ -356,6 +412,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ConfigMap>(),
         },
         Resource {
@@ -374,6 +431,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: const { &[field("type", &["type"])] },
+            subresources: NO_SUBRESOURCES,
             ops: ops::<Secret>(),
         },
         Resource {
@@ -392,6 +450,14 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: true,
             field_labels: &[],
+            subresources: const {
+                &[sub(
+                    "token",
+                    "authentication.k8s.io",
+                    "TokenRequest",
+                    &["create"],
+                )]
+            },
             ops: ops::<ServiceAccount>(),
         },
         Resource {
@@ -430,6 +496,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
                     field("type", &["type"]),
                 ]
             },
+            subresources: NO_SUBRESOURCES,
             ops: ops::<Event>(),
         },
         Resource {
@@ -448,6 +515,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<Deployment>(),
         },
         Resource {
@@ -466,6 +534,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: const { &[field("status.replicas", &["status", "replicas"])] },
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ReplicaSet>(),
         },
         Resource {
@@ -484,6 +553,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<DaemonSet>(),
         },
         Resource {
@@ -502,6 +572,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<StatefulSet>(),
         },
         Resource {
@@ -520,6 +591,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: const { &[field("status.successful", &["status", "succeeded"])] },
+            subresources: NO_SUBRESOURCES,
             ops: ops::<Job>(),
         },
         Resource {
@@ -538,6 +610,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<CronJob>(),
         },
         Resource {
@@ -556,6 +629,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: true,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ResourceQuota>(),
         },
         Resource {
@@ -574,6 +648,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<LimitRange>(),
         },
         Resource {
@@ -592,6 +667,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<HorizontalPodAutoscaler>(),
         },
         Resource {
@@ -610,6 +686,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<PodDisruptionBudget>(),
         },
         Resource {
@@ -628,6 +705,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<PriorityClass>(),
         },
         Resource {
@@ -646,6 +724,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ControllerRevision>(),
         },
         Resource {
@@ -664,6 +743,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<Lease>(),
         },
         Resource {
@@ -682,6 +762,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<EndpointSlice>(),
         },
         Resource {
@@ -700,6 +781,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<Ingress>(),
         },
         Resource {
@@ -718,6 +800,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<IngressClass>(),
         },
         Resource {
@@ -736,6 +819,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<StorageClass>(),
         },
         Resource {
@@ -754,6 +838,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<CSIDriver>(),
         },
         Resource {
@@ -772,6 +857,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<CSINode>(),
         },
         Resource {
@@ -790,6 +876,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<VolumeAttachment>(),
         },
         Resource {
@@ -808,6 +895,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<CSIStorageCapacity>(),
         },
         Resource {
@@ -826,6 +914,14 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: const { &[field("spec.signerName", &["spec", "signerName"])] },
+            subresources: const {
+                &[sub(
+                    "approval",
+                    "certificates.k8s.io",
+                    "CertificateSigningRequest",
+                    GET_PATCH_UPDATE,
+                )]
+            },
             ops: ops::<CertificateSigningRequest>(),
         },
         Resource {
@@ -844,6 +940,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ClusterRoleBinding>(),
         },
         Resource {
@@ -862,6 +959,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ClusterRole>(),
         },
         Resource {
@@ -880,6 +978,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<RoleBinding>(),
         },
         Resource {
@@ -898,6 +997,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<Role>(),
         },
         Resource {
@@ -916,6 +1016,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<MutatingWebhookConfiguration>(),
         },
         Resource {
@@ -934,6 +1035,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ValidatingWebhookConfiguration>(),
         },
         Resource {
@@ -952,6 +1054,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ValidatingAdmissionPolicy>(),
         },
         Resource {
@@ -970,6 +1073,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: false,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<ValidatingAdmissionPolicyBinding>(),
         },
         Resource {
@@ -988,6 +1092,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<APIService>(),
         },
         Resource {
@@ -1006,6 +1111,7 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             reset_status_on_create: true,
             delete_returns_object: false,
             field_labels: &[],
+            subresources: NO_SUBRESOURCES,
             ops: ops::<CustomResourceDefinition>(),
         },
     ]

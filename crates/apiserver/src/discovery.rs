@@ -67,63 +67,13 @@ fn subresources(r: &Resource, group: &'static str, version: &'static str) -> Vec
             verbs: &["get", "patch", "update"],
         });
     }
-    if r.kind == "Pod" {
-        let sub = |name, kind, verbs| Sub {
-            name,
-            group: "",
-            version: "v1",
-            kind,
-            verbs,
-        };
-        out.push(sub("attach", "PodAttachOptions", &["create", "get"]));
-        out.push(sub("binding", "Binding", &["create"]));
-        out.push(sub(
-            "ephemeralcontainers",
-            "Pod",
-            &["get", "patch", "update"],
-        ));
-        out.push(Sub {
-            name: "eviction",
-            group: "policy",
-            version: "v1",
-            kind: "Eviction",
-            verbs: &["create"],
-        });
-        out.push(sub("exec", "PodExecOptions", &["create", "get"]));
-        out.push(sub("log", "Pod", &["get"]));
-        out.push(sub(
-            "portforward",
-            "PodPortForwardOptions",
-            &["create", "get"],
-        ));
-    }
-    if r.kind == "CertificateSigningRequest" {
-        out.push(Sub {
-            name: "approval",
-            group,
-            version,
-            kind: r.kind,
-            verbs: &["get", "patch", "update"],
-        });
-    }
-    if r.kind == "ServiceAccount" {
-        out.push(Sub {
-            name: "token",
-            group: "authentication.k8s.io",
-            version: "v1",
-            kind: "TokenRequest",
-            verbs: &["create"],
-        });
-    }
-    if r.kind == "Namespace" {
-        out.push(Sub {
-            name: "finalize",
-            group: "",
-            version: "v1",
-            kind: "Namespace",
-            verbs: &["update"],
-        });
-    }
+    out.extend(r.subresources.iter().map(|s| Sub {
+        name: s.name,
+        group: s.group,
+        version: s.version,
+        kind: s.kind,
+        verbs: s.verbs,
+    }));
     out
 }
 

@@ -81,6 +81,13 @@ async fn every_served_kind_is_in_every_table() {
                 .any(|x| x["name"] == format!("{}/{sub}", r.plural));
             assert_eq!(has, on, "{what}: {sub} subresource in discovery");
         }
+        for sub in r.subresources {
+            let entry = listed
+                .iter()
+                .find(|x| x["name"] == format!("{}/{}", r.plural, sub.name))
+                .unwrap_or_else(|| panic!("{what}: {} subresource in discovery", sub.name));
+            assert_eq!(entry["kind"], sub.kind, "{what}: {} kind", sub.name);
+        }
         // Aggregated discovery.
         let groups = if r.group.is_empty() {
             &core

@@ -711,12 +711,11 @@ impl ApiServer {
                 self.create(&t, &req, &params, who).await
             }
             (&Method::DELETE, None, None) => self.delete_collection(&t, &req, &params, who).await,
+            // Past this, a subresource's name alone says which kind it belongs to.
             (_, Some(_), Some(sub)) if !has_subresource(t.resource, sub) => {
                 Err(ApiError::no_route())
             }
-            (&Method::PUT | &Method::PATCH, Some(name), Some("approval"))
-                if t.resource.kind == crate::certificates::KIND =>
-            {
+            (&Method::PUT | &Method::PATCH, Some(name), Some("approval")) => {
                 // Whether the caller may approve the request's signer is judged in the
                 // write, on the request as stored then.
                 if method == Method::PUT {
@@ -751,18 +750,18 @@ impl ApiServer {
                 self.namespaced_target(&t)?;
                 self.scale(&t, name, m, &req, &params, who).await
             }
-            (&Method::PUT, Some(name), Some("finalize")) if t.resource.kind == "Namespace" => {
+            (&Method::PUT, Some(name), Some("finalize")) => {
                 self.finalize(&t, name, &req, &params, who).await
             }
-            (&Method::POST, Some(name), Some("eviction")) if t.resource.kind == "Pod" => {
+            (&Method::POST, Some(name), Some("eviction")) => {
                 self.namespaced_target(&t)?;
                 self.evict(&t, name, &req, &params, who).await
             }
-            (&Method::POST, Some(name), Some("token")) if t.resource.kind == "ServiceAccount" => {
+            (&Method::POST, Some(name), Some("token")) => {
                 self.namespaced_target(&t)?;
                 self.token_request(&t, name, &req).await
             }
-            (&Method::POST, Some(name), Some("binding")) if t.resource.kind == "Pod" => {
+            (&Method::POST, Some(name), Some("binding")) => {
                 self.namespaced_target(&t)?;
                 self.bind(&t, name, &req, &params, who).await
             }
@@ -770,9 +769,7 @@ impl ApiServer {
                 self.namespaced_target(&t)?;
                 self.proxy(&t, name, req).await
             }
-            (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward")))
-                if t.resource.kind == "Pod" =>
-            {
+            (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) => {
                 self.namespaced_target(&t)?;
                 self.node_call(&t, name, sub, req, &params).await
             }
@@ -999,18 +996,7 @@ fn has_subresource(r: &api::Resource, sub: &str) -> bool {
     match sub {
         "status" => r.status,
         "scale" => r.scale,
-        "finalize" => r.kind == "Namespace",
-        "eviction"
-        | "binding"
-        | "log"
-        | "exec"
-        | "attach"
-        | "portforward"
-        | "ephemeralcontainers" => r.kind == "Pod",
-        "proxy" => matches!(r.kind, "Pod" | "Service" | "Node"),
-        "token" => r.kind == "ServiceAccount",
-        "approval" => r.kind == crate::certificates::KIND,
-        _ => false,
+        _ => r.subresources.iter().any(|s| s.name == sub),
     }
 }
 

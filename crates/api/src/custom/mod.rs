@@ -463,6 +463,7 @@ pub fn descriptors(crd: &CustomResourceDefinition) -> Vec<&'static Resource> {
                     .collect::<Vec<_>>()
                     .into_boxed_slice(),
             ),
+            subresources: &[],
             ops,
         }));
     }
@@ -496,6 +497,7 @@ pub fn discovered(
         reset_status_on_create: false,
         delete_returns_object: false,
         field_labels: &[],
+        subresources: &[],
         ops: ops_at(
             key,
             CustomKind {
