@@ -179,7 +179,8 @@ spec:
     assert header[:6] == ["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS", "MODES"]
     ing = cluster.kubectl("get", "ingress", "web", "-n", ns, version=version).stdout.split("\n")
     assert ing[0].split() == ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]
-    assert ing[1].split()[:3] == ["web", "<none>", "web.example.com"]
+    # Created without a class, it has the default one (berth's own).
+    assert ing[1].split()[:3] == ["web", "berth", "web.example.com"]
     bad = cluster.kubectl("create", "-n", ns, "-f", "-", version=version, check=False, input="""apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {name: bad}

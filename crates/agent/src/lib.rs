@@ -8,6 +8,7 @@ pub mod events;
 mod exec;
 pub mod gc;
 pub mod images;
+pub mod ingress;
 pub mod logs;
 pub mod node;
 mod pods;
@@ -67,6 +68,8 @@ pub struct AgentConfig {
     pub network: NetworkSetup,
     /// The `nft` binary for the Service proxy; `None` runs no proxy.
     pub service_proxy: Option<PathBuf>,
+    /// Where the node serves Ingresses; `None` serves none.
+    pub ingress: Option<ingress::IngressConfig>,
     pub dirs: Dirs,
     /// Registries (`host:port`) pulled from over plain HTTP besides localhost.
     pub insecure_registries: Vec<String>,
@@ -146,6 +149,7 @@ pub struct Agent {
     shared: Arc<Shared>,
     network: NetworkSetup,
     service_proxy: Option<PathBuf>,
+    ingress: Option<ingress::IngressConfig>,
 }
 
 impl Agent {
@@ -183,6 +187,7 @@ impl Agent {
             }),
             network: cfg.network,
             service_proxy: cfg.service_proxy,
+            ingress: cfg.ingress,
         }
     }
 
@@ -241,6 +246,13 @@ impl Agent {
                 .and(self.shared.dns.cluster_dns);
             AbortOnDrop(supervise("service-proxy", move || {
                 proxy::run(c.clone(), nft.clone(), node.clone(), local)
+            }))
+        });
+        // Ingresses, once pods are reachable.
+        let _ingress = self.ingress.clone().map(|cfg| {
+            let c = self.shared.client.clone();
+            AbortOnDrop(supervise("ingress-proxy", move || {
+                ingress::run(c.clone(), cfg.clone())
             }))
         });
         let _dns = match (&self.shared.dns_server, self.shared.dns.cluster_dns) {

@@ -125,10 +125,10 @@ impl Seen {
 }
 
 /// Forward every event of a kind's watch into `tx`, until the receiver goes.
-pub(crate) fn follow<K>(
+pub(crate) fn follow<K, C: Send + 'static>(
     client: Client,
-    tx: mpsc::Sender<Change>,
-    wrap: fn(watcher::Event<K>) -> Change,
+    tx: mpsc::Sender<C>,
+    wrap: fn(watcher::Event<K>) -> C,
 ) -> tokio::task::JoinHandle<()>
 where
     K: api::k8s_openapi::Resource + api::k8s_openapi::ListableResource,

@@ -136,6 +136,7 @@ impl Node {
             },
             network: NetworkSetup::Ready(self.network.clone()),
             service_proxy: None,
+            ingress: None,
             dirs: Dirs::under(data),
             insecure_registries: Vec::new(),
             registries_file: data.join("registries.yaml"),

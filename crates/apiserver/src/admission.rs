@@ -171,6 +171,10 @@ impl ApiServer {
                 add_finalizer(obj, PVC_PROTECTION);
             }
             "PersistentVolume" => add_finalizer(obj, PV_PROTECTION),
+            "Ingress" => {
+                self.cache.wait_fresh().await?;
+                self.admit_default_ingress_class(obj);
+            }
             _ => {}
         }
         if let Some(ns) = namespace {
@@ -236,11 +240,41 @@ impl ApiServer {
         {
             return;
         }
-        let classes = self.cached("storage.k8s.io/v1", "StorageClass", None);
-        let default = classes
+        if let Some(name) = self.default_class(
+            "storage.k8s.io/v1",
+            "StorageClass",
+            &api::kinds::storage::DEFAULT_CLASS_ANNOTATIONS,
+        ) {
+            claim["spec"]["storageClassName"] = name;
+        }
+    }
+
+    /// An Ingress created naming no class (neither `ingressClassName` nor the old annotation)
+    /// gets the default IngressClass, as Kubernetes' DefaultIngressClass admission does.
+    fn admit_default_ingress_class(&self, ingress: &mut Value) {
+        if !ingress["spec"]["ingressClassName"].is_null()
+            || !ingress["metadata"]["annotations"][api::kinds::more::INGRESS_CLASS_ANNOTATION]
+                .is_null()
+        {
+            return;
+        }
+        if let Some(name) = self.default_class(
+            "networking.k8s.io/v1",
+            "IngressClass",
+            &[api::kinds::more::DEFAULT_INGRESS_CLASS_ANNOTATION],
+        ) {
+            ingress["spec"]["ingressClassName"] = name;
+        }
+    }
+
+    /// The name of the newest class of `kind` marked default by one of `annotations` (ties
+    /// go to the lower name), as Kubernetes picks it.
+    fn default_class(&self, api_version: &str, kind: &str, annotations: &[&str]) -> Option<Value> {
+        let classes = self.cached(api_version, kind, None);
+        classes
             .iter()
             .filter(|c| {
-                api::kinds::storage::DEFAULT_CLASS_ANNOTATIONS
+                annotations
                     .iter()
                     .any(|a| c["metadata"]["annotations"][*a] == "true")
             })
@@ -255,10 +289,8 @@ impl ApiServer {
                     )
                 };
                 key(a).cmp(&key(b))
-            });
-        if let Some(c) = default {
-            claim["spec"]["storageClassName"] = c["metadata"]["name"].clone();
-        }
+            })
+            .map(|c| c["metadata"]["name"].clone())
     }
 
     /// The not-ready and unreachable tolerations every new pod gets, for as long as this

@@ -14,6 +14,7 @@ use api::k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Namespace, Service, ServicePort,
     ServiceSpec,
 };
+use api::k8s_openapi::api::networking::v1::{IngressClass, IngressClassSpec};
 use api::k8s_openapi::api::scheduling::v1::PriorityClass;
 use api::k8s_openapi::api::storage::v1::StorageClass;
 use api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -830,6 +831,27 @@ async fn bootstrap_objects(c: &Client, advertise: SocketAddr, service_ip: IpAddr
             ..Default::default()
         };
         exists_ok(c.create(None, &class).await).context("creating storage class local-path")?;
+    }
+    // The built-in Ingress controller's class, the default one, as k3s ships Traefik's.
+    if c.get::<IngressClass>(None, agent::ingress::CLASS)
+        .await?
+        .is_none()
+    {
+        let class = IngressClass {
+            metadata: ObjectMeta {
+                name: Some(agent::ingress::CLASS.into()),
+                annotations: Some(BTreeMap::from([(
+                    api::kinds::more::DEFAULT_INGRESS_CLASS_ANNOTATION.to_string(),
+                    "true".to_string(),
+                )])),
+                ..Default::default()
+            },
+            spec: Some(IngressClassSpec {
+                controller: Some(agent::ingress::CONTROLLER.into()),
+                ..Default::default()
+            }),
+        };
+        exists_ok(c.create(None, &class).await).context("creating ingress class berth")?;
     }
     ensure_kubernetes_service(c, advertise, service_ip)
         .await

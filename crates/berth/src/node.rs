@@ -2,7 +2,7 @@
 //! next to the control plane, or by `berth agent` against a remote API server.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -66,6 +66,14 @@ pub struct AgentArgs {
     /// podPidsLimit), so that a fork bomb stays in its pod; `0` for no limit.
     #[arg(long, default_value_t = 4096)]
     pub pod_pids_limit: u64,
+    /// The port the built-in Ingress controller serves HTTP on, on every address of the node;
+    /// `0` serves none.
+    #[arg(long, default_value_t = 80)]
+    pub ingress_http_port: u16,
+    /// The port it serves HTTPS on (certificates from the Ingresses' TLS Secrets, by server
+    /// name); `0` serves none.
+    #[arg(long, default_value_t = 443)]
+    pub ingress_https_port: u16,
 }
 
 /// `berth agent`: a node for a cluster whose API server runs elsewhere.
@@ -248,6 +256,7 @@ pub fn build(
         node,
         network,
         service_proxy: net::nft::find(),
+        ingress: ingress_config(args),
         dirs,
         insecure_registries: args.insecure_registries.clone(),
         registries_file: data_dir.join("registries.yaml"),
@@ -270,6 +279,16 @@ pub fn build(
         images,
         cfg,
     ))
+}
+
+/// Where the node serves Ingresses (every address; none when both ports are 0).
+fn ingress_config(args: &AgentArgs) -> Option<agent::ingress::IngressConfig> {
+    let at = |port: u16| (port != 0).then(|| SocketAddr::from(([0, 0, 0, 0], port)));
+    let cfg = agent::ingress::IngressConfig {
+        http: at(args.ingress_http_port),
+        https: at(args.ingress_https_port),
+    };
+    (cfg.http.is_some() || cfg.https.is_some()).then_some(cfg)
 }
 
 /// `berth agent`: run this machine's node against a remote API server until signalled.

@@ -13,6 +13,7 @@ pub mod gc;
 pub mod harness;
 pub mod history;
 pub mod hpa;
+pub mod ingressstatus;
 pub mod job;
 pub mod leader;
 pub mod mirror;
@@ -120,6 +121,8 @@ pub fn start_controllers(
     let volumes = Mirror::<PersistentVolume>::new();
     let classes = Mirror::<StorageClass>::new();
     let cluster_roles = Mirror::<ClusterRole>::new();
+    let ingresses = Mirror::<api::k8s_openapi::api::networking::v1::Ingress>::new();
+    let ingress_classes = Mirror::<api::k8s_openapi::api::networking::v1::IngressClass>::new();
     let c = || manager.clone();
     let l = || leadership.clone();
 
@@ -228,6 +231,13 @@ pub fn start_controllers(
         nodes.clone(),
     ));
     harness::start(lb.clone(), lb.queue(), 1, l());
+    let ing = Arc::new(ingressstatus::IngressStatusController::new(
+        client_for("ingress-controller"),
+        ingresses.clone(),
+        ingress_classes.clone(),
+        nodes.clone(),
+    ));
+    harness::start(ing.clone(), ing.queue(), 1, l());
     let ns = Arc::new(NamespaceController::new(
         namespace::Clients {
             namespaces: client_for("namespace-controller"),
@@ -277,6 +287,8 @@ pub fn start_controllers(
     supervise_mirror("mirror/persistentvolumes", &volumes, c());
     supervise_mirror("mirror/storageclasses", &classes, c());
     supervise_mirror("mirror/clusterroles", &cluster_roles, c());
+    supervise_mirror("mirror/ingresses", &ingresses, c());
+    supervise_mirror("mirror/ingressclasses", &ingress_classes, c());
 }
 
 fn supervise_mirror<K>(name: &'static str, mirror: &Arc<Mirror<K>>, client: Client)

@@ -73,7 +73,8 @@ pub fn plan(svc: &Service, others: &[Arc<Service>], node_ips: &[String]) -> Vec<
     if taken { Vec::new() } else { node_ips.to_vec() }
 }
 
-fn node_ips(nodes: &[Arc<Node>]) -> Vec<String> {
+/// The Ready nodes' InternalIPs.
+pub(crate) fn node_ips(nodes: &[Arc<Node>]) -> Vec<String> {
     let mut ips: BTreeSet<String> = BTreeSet::new();
     for n in nodes {
         let status = n.status.as_ref();

@@ -3,13 +3,15 @@
 //! pod, masquerade and host ports in nftables); `FakeNetwork` keeps the same books without
 //! touching the kernel; both pass `conformance`. Address allocation (`ipam`) and the
 //! bookkeeping they share (`book`) are pure. Beside the pod network: the Service proxy's
-//! rules (`proxy`, pure, written by `nft`) and the cluster DNS (`dns`).
+//! rules (`proxy`, pure, written by `nft`), the Ingress routing table (`ingress`, pure) and
+//! the cluster DNS (`dns`).
 
 pub mod book;
 pub mod bridge;
 pub mod conformance;
 pub mod dns;
 pub mod fake;
+pub mod ingress;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;

@@ -281,7 +281,7 @@ pub const MASQ_MARK: u32 = 0x4000;
 
 /// The backends of the Service port `name`/`protocol` of the family `v6`: the ready
 /// endpoints, or, if none is ready, those still serving while they terminate.
-fn backends(
+pub(crate) fn backends(
     slices: &[SliceInfo],
     name: &str,
     protocol: Protocol,

@@ -9,7 +9,7 @@ mod apps;
 mod batch;
 pub mod certificates;
 mod core;
-mod more;
+pub mod more;
 mod pod;
 mod policy;
 mod rbac;

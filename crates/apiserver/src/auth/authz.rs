@@ -475,6 +475,7 @@ impl Observer for Authorizer {
     fn follows(&self, r: &Resource) -> bool {
         r.group == RBAC_GROUP
             || (r.group.is_empty() && matches!(r.kind, "Pod" | "PersistentVolumeClaim"))
+            || (r.group == "networking.k8s.io" && r.kind == "Ingress")
     }
 
     fn loaded(&self, r: &Resource, items: &OrdMap<String, Arc<Entry>>) {
@@ -482,6 +483,11 @@ impl Observer for Authorizer {
             "Pod" => return self.nodes.pods_loaded(items.values().map(|e| e.as_ref())),
             "PersistentVolumeClaim" => {
                 return self.nodes.claims_loaded(items.values().map(|e| e.as_ref()));
+            }
+            "Ingress" => {
+                return self
+                    .nodes
+                    .ingresses_loaded(items.values().map(|e| e.as_ref()));
             }
             _ => {}
         }
@@ -496,6 +502,7 @@ impl Observer for Authorizer {
         match r.kind {
             "Pod" => return self.nodes.pod_changed(ev),
             "PersistentVolumeClaim" => return self.nodes.claim_changed(ev),
+            "Ingress" => return self.nodes.ingress_changed(ev),
             _ => {}
         }
         let mut policy = self.policy_mut();

@@ -51,6 +51,11 @@ struct Graph {
     edges: HashMap<Edge, u32>,
     /// `namespace/name` of each bound claim -> its volume.
     claims: HashMap<String, String>,
+    /// `namespace/name` of each Ingress -> the TLS Secrets it names, which every node's
+    /// Ingress proxy reads.
+    ingresses: HashMap<String, Vec<(String, String)>>,
+    /// How many Ingresses name each of those Secrets.
+    tls_secrets: HashMap<(String, String), u32>,
 }
 
 impl Graph {
@@ -72,6 +77,24 @@ impl Graph {
             *self.edges.entry(e.clone()).or_default() += 1;
         }
         self.pods.insert(key.to_string(), edges);
+    }
+
+    fn set_ingress(&mut self, key: &str, secrets: Vec<(String, String)>) {
+        for s in self.ingresses.remove(key).into_iter().flatten() {
+            if let Some(n) = self.tls_secrets.get_mut(&s) {
+                *n -= 1;
+                if *n == 0 {
+                    self.tls_secrets.remove(&s);
+                }
+            }
+        }
+        if secrets.is_empty() {
+            return;
+        }
+        for s in &secrets {
+            *self.tls_secrets.entry(s.clone()).or_default() += 1;
+        }
+        self.ingresses.insert(key.to_string(), secrets);
     }
 
     fn related(&self, node: &str, kind: Kind, namespace: &str, name: &str) -> bool {
@@ -97,6 +120,33 @@ pub fn node_of(user: &UserInfo) -> Option<&str> {
         return None;
     }
     user.name.strip_prefix(NODE_USER_PREFIX)
+}
+
+/// The Secrets an Ingress's `spec.tls` names (in its namespace).
+fn tls_secrets_of(e: &Entry) -> Vec<(String, String)> {
+    #[derive(Deserialize)]
+    struct Tls {
+        #[serde(rename = "secretName")]
+        secret_name: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Spec {
+        tls: Option<Vec<Tls>>,
+    }
+    #[derive(Deserialize)]
+    struct Ing {
+        spec: Option<Spec>,
+    }
+    let ns = e.namespace.clone().unwrap_or_default();
+    serde_json::from_slice::<Ing>(&e.json)
+        .ok()
+        .and_then(|i| i.spec)
+        .and_then(|s| s.tls)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.secret_name.filter(|n| !n.is_empty()))
+        .map(|n| (ns.clone(), n))
+        .collect()
 }
 
 fn no_relationship(node: &str) -> Verdict {
@@ -132,6 +182,25 @@ impl NodeGraph {
             pod_edges(&ev.obj)
         };
         self.write().set_pod(&ev.obj.key, edges);
+    }
+
+    /// Every Ingress, at start and after the cache reloads.
+    pub fn ingresses_loaded<'a>(&self, items: impl Iterator<Item = &'a Entry>) {
+        let mut g = self.write();
+        g.ingresses.clear();
+        g.tls_secrets.clear();
+        for e in items {
+            g.set_ingress(&e.key, tls_secrets_of(e));
+        }
+    }
+
+    pub fn ingress_changed(&self, ev: &CacheEvent) {
+        let secrets = if ev.ty == EventType::Deleted {
+            Vec::new()
+        } else {
+            tls_secrets_of(&ev.obj)
+        };
+        self.write().set_ingress(&ev.obj.key, secrets);
     }
 
     pub fn claims_loaded<'a>(&self, items: impl Iterator<Item = &'a Entry>) {
@@ -201,6 +270,13 @@ impl NodeGraph {
                     opinion("can only read namespaced object of this type")
                 } else if name.is_empty() {
                     opinion("No Object name found")
+                } else if kind == Kind::Secret
+                    && verb == "get"
+                    && g.tls_secrets
+                        .contains_key(&(ns.to_string(), name.to_string()))
+                {
+                    // Every node serves Ingresses, with the certificates they name.
+                    Verdict::Allow
                 } else {
                     graph(kind)
                 }

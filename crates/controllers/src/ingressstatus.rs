@@ -1,0 +1,159 @@
+//! The built-in Ingress controller's status: every node serves the Ingresses of class
+//! `berth` (and those naming no class while `berth` is the default), so their
+//! `status.loadBalancer.ingress` lists the Ready nodes' InternalIPs. One writer, in the control
+//! plane, as the Service load balancer has; the nodes only serve.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use api::k8s_openapi::api::core::v1::Node;
+use api::k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use api::kinds::more::{ingress_served_by, is_default_ingress_class};
+use async_trait::async_trait;
+use client::Client;
+use serde_json::json;
+
+use crate::harness::{Outcome, Queue, Reconciler};
+use crate::mirror::{Mirror, key_of};
+
+/// The class the built-in controller serves.
+pub const CLASS: &str = "berth";
+
+fn addresses_of(ing: &Ingress) -> Vec<String> {
+    ing.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect()
+}
+
+/// The addresses an Ingress should list: the nodes' when the built-in controller serves it,
+/// none otherwise (another controller's are its own to write, and left alone).
+pub fn plan(ing: &Ingress, class_is_default: bool, node_ips: &[String]) -> Option<Vec<String>> {
+    ingress_served_by(ing, CLASS, class_is_default).then(|| node_ips.to_vec())
+}
+
+pub struct IngressStatusController {
+    client: Client,
+    ingresses: Arc<Mirror<Ingress>>,
+    classes: Arc<Mirror<IngressClass>>,
+    nodes: Arc<Mirror<Node>>,
+    queue: Queue,
+}
+
+impl IngressStatusController {
+    pub fn new(
+        client: Client,
+        ingresses: Arc<Mirror<Ingress>>,
+        classes: Arc<Mirror<IngressClass>>,
+        nodes: Arc<Mirror<Node>>,
+    ) -> IngressStatusController {
+        let queue = Queue::new("ingress-status-controller");
+        let q = queue.clone();
+        ingresses.on_change(move |old, new| {
+            if let Some(i) = new.or(old) {
+                q.add(&key_of(&i.metadata));
+            }
+        });
+        // The nodes' addresses, or which class is the default, touch every Ingress.
+        let (q, all) = (queue.clone(), ingresses.clone());
+        nodes.on_change(move |_, _| {
+            for i in all.all() {
+                q.add(&key_of(&i.metadata));
+            }
+        });
+        let (q, all) = (queue.clone(), ingresses.clone());
+        classes.on_change(move |_, _| {
+            for i in all.all() {
+                q.add(&key_of(&i.metadata));
+            }
+        });
+        IngressStatusController {
+            client,
+            ingresses,
+            classes,
+            nodes,
+            queue,
+        }
+    }
+
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
+    }
+}
+
+#[async_trait]
+impl Reconciler for IngressStatusController {
+    fn name(&self) -> &'static str {
+        "ingress-status-controller"
+    }
+
+    async fn ready(&self) {
+        self.ingresses.synced().await;
+        self.classes.synced().await;
+        self.nodes.synced().await;
+    }
+
+    async fn reconcile(&self, key: &str) -> Outcome {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        let Some(ing) = self.ingresses.get(ns, name) else {
+            return Ok(None);
+        };
+        let default = self
+            .classes
+            .get("", CLASS)
+            .is_some_and(|c| is_default_ingress_class(&c));
+        let ips = crate::servicelb::node_ips(&self.nodes.all());
+        let Some(want) = plan(&ing, default, &ips) else {
+            return Ok(None);
+        };
+        if want == addresses_of(&ing) {
+            return Ok(None);
+        }
+        let ingress: Vec<BTreeMap<&str, &str>> = want
+            .iter()
+            .map(|ip| BTreeMap::from([("ip", ip.as_str())]))
+            .collect();
+        let ingress = if ingress.is_empty() {
+            json!(null)
+        } else {
+            json!(ingress)
+        };
+        self.client
+            .patch_status::<Ingress>(
+                Some(ns),
+                name,
+                &json!({"status": {"loadBalancer": {"ingress": ingress}}}),
+            )
+            .await?;
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(class: Option<&str>) -> Ingress {
+        let mut v = json!({"metadata": {"name": "i", "namespace": "ns"}, "spec": {}});
+        if let Some(c) = class {
+            v["spec"]["ingressClassName"] = json!(c);
+        }
+        serde_json::from_value(v).expect("an ingress")
+    }
+
+    #[test]
+    fn only_the_built_in_class_gets_the_nodes_addresses() {
+        let ips = vec!["192.0.2.1".to_string()];
+        assert_eq!(
+            plan(&ingress(Some("berth")), false, &ips),
+            Some(ips.clone())
+        );
+        assert_eq!(plan(&ingress(None), true, &ips), Some(ips.clone()));
+        assert_eq!(plan(&ingress(None), false, &ips), None);
+        assert_eq!(plan(&ingress(Some("nginx")), true, &ips), None);
+    }
+}

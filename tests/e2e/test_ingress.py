@@ -1,0 +1,131 @@
+"""The built-in Ingress controller: Ingresses of the default class `berth` (made by
+`kubectl create ingress` and from YAML) route by host and path to two Services' pods through
+the node's port 80, and over TLS on port 443 with the certificate of the Secret the Ingress
+names, chosen by server name and replaced live. Requests are sent inside the node's own
+network namespace, to its loopback address."""
+
+import pytest
+import yaml
+
+from conftest import own_namespace, wait_until
+from test_webhooks import _certificates
+
+# busybox httpd answering "hello-from-<pod>" at every path the tests ask for.
+SERVER = ["sh", "-c", "mkdir -p /www/api /www/a && for f in index.html x api/v1 a/deeper b; "
+          "do echo hello-from-$(hostname) > /www/$f; done && exec httpd -f -p 8080 -h /www"]
+
+REQUEST = """
+import socket, ssl, sys
+host, port, name, path, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+s = socket.create_connection((host, port), timeout=5)
+if ca != "-":
+    ctx = ssl.create_default_context(cafile=ca)
+    s = ctx.wrap_socket(s, server_hostname=name)
+s.sendall(f"GET {path} HTTP/1.1\\r\\nHost: {name}\\r\\nConnection: close\\r\\n\\r\\n".encode())
+out = b""
+while True:
+    d = s.recv(4096)
+    if not d:
+        break
+    out += d
+print(out.decode(errors="replace"))
+"""
+
+
+def fetch(node, name, path, port=80, ca=None):
+    """A GET to the node's Ingress port with Host `name` (and TLS server name, with `ca`)."""
+    r = node.in_netns("python3", "-c", REQUEST, "127.0.0.1", str(port), name, path,
+                      str(ca) if ca else "-", capture_output=True, text=True, timeout=20)
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def ing_ns(node, request):
+    with own_namespace(node, "ing", request) as ns:
+        for app in ("alpha", "beta"):
+            deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": app},
+                      "spec": {"replicas": 1, "selector": {"matchLabels": {"app": app}},
+                               "template": {"metadata": {"labels": {"app": app}},
+                                            "spec": {"containers": [{
+                                                "name": "web", "image": "busybox:test",
+                                                "command": SERVER,
+                                                "ports": [{"containerPort": 8080}],
+                                                "readinessProbe": {"tcpSocket": {"port": 8080},
+                                                                   "periodSeconds": 1}}]}}}}
+            svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": app},
+                   "spec": {"selector": {"app": app},
+                            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+            for obj in (deploy, svc):
+                node.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(obj))
+        for app in ("alpha", "beta"):
+            node.kubectl("rollout", "status", f"deployment/{app}", "-n", ns, "--timeout=120s",
+                         timeout=150)
+        yield ns
+
+
+def test_ingresses_route_hosts_and_paths_to_services(node, ing_ns, version):
+    ns = ing_ns
+    name = f"cli-{version.replace('.', '')}"
+    node.kubectl("create", "ingress", name, "-n", ns,
+                 f"--rule=alpha-{name}.example.com/*=alpha:80",
+                 f"--rule=beta-{name}.example.com/api*=beta:http", version=version)
+    # Made without a class, it has the default one.
+    got = node.json("get", "ingress", name, "-n", ns, version=version)
+    assert got["spec"]["ingressClassName"] == "berth"
+    wait_until(lambda: "hello-from-alpha" in fetch(node, f"alpha-{name}.example.com", "/x"),
+               timeout=30, what="the created ingress to route")
+    assert "hello-from-beta" in fetch(node, f"beta-{name}.example.com", "/api/v1")
+    # A path no rule of a known host covers, and an unknown host, find nothing.
+    assert "404" in fetch(node, f"beta-{name}.example.com", "/other").split("\n")[0]
+    assert "404" in fetch(node, "nowhere.example.com", "/").split("\n")[0]
+
+    two_paths = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                 "metadata": {"name": f"yaml-{name}"},
+                 "spec": {"rules": [{"host": f"both-{name}.example.com", "http": {"paths": [
+                     {"path": "/a", "pathType": "Prefix",
+                      "backend": {"service": {"name": "alpha", "port": {"number": 80}}}},
+                     {"path": "/b", "pathType": "Exact",
+                      "backend": {"service": {"name": "beta", "port": {"name": "http"}}}}]}}]}}
+    node.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(two_paths), version=version)
+    host = f"both-{name}.example.com"
+    wait_until(lambda: "hello-from-alpha" in fetch(node, host, "/a/deeper"),
+               timeout=30, what="the YAML ingress to route")
+    assert "hello-from-beta" in fetch(node, host, "/b")
+    assert "404" in fetch(node, host, "/b/c").split("\n")[0]
+    # Its status lists the node's address, as kubectl shows it.
+    node_ip = node.json("get", "nodes")["items"][0]["status"]["addresses"][0]["address"]
+
+    def addressed():
+        table = node.kubectl("get", "ingress", f"yaml-{name}", "-n", ns, version=version).stdout
+        return table.split("\n")[1].split()[1:4] == ["berth", host, node_ip]
+    wait_until(addressed, timeout=30, what="the ingress's status to list the node")
+
+
+def test_tls_is_served_with_the_secrets_certificate_and_replaced_live(node, ing_ns, tmp_path):
+    ns = ing_ns
+    host = "secure.example.com"
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    (first / "ca.crt").write_bytes(_certificates(first, dns=host))
+    (second / "ca.crt").write_bytes(_certificates(second, dns=host))
+    node.kubectl("create", "secret", "tls", "secure", "-n", ns,
+                 f"--cert={first / 'tls.crt'}", f"--key={first / 'tls.key'}")
+    ing = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "secure"},
+           "spec": {"tls": [{"hosts": [host], "secretName": "secure"}],
+                    "rules": [{"host": host, "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix",
+                         "backend": {"service": {"name": "beta", "port": {"number": 80}}}}]}}]}}
+    node.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(ing))
+    # Trusted through the first CA only.
+    wait_until(lambda: "hello-from-beta" in fetch(node, host, "/", port=443, ca=first / "ca.crt"),
+               timeout=30, what="TLS through the ingress")
+    assert "CERTIFICATE_VERIFY_FAILED" in fetch(node, host, "/", port=443, ca=second / "ca.crt")
+    # A new certificate in the Secret is served without a restart.
+    replaced = node.kubectl("create", "secret", "tls", "secure", "-n", ns, "--dry-run=client",
+                            "-o", "yaml", f"--cert={second / 'tls.crt'}",
+                            f"--key={second / 'tls.key'}").stdout
+    node.kubectl("apply", "-n", ns, "-f", "-", input=replaced)
+    wait_until(lambda: "hello-from-beta" in fetch(node, host, "/", port=443,
+                                                  ca=second / "ca.crt"),
+               timeout=30, what="the replaced certificate to be served")
