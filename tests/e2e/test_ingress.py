@@ -129,3 +129,62 @@ def test_tls_is_served_with_the_secrets_certificate_and_replaced_live(node, ing_
     wait_until(lambda: "hello-from-beta" in fetch(node, host, "/", port=443,
                                                   ca=second / "ca.crt"),
                timeout=30, what="the replaced certificate to be served")
+
+
+# A backend that answers any request with 101 Switching Protocols and then echoes what it
+# is sent: enough to see an upgraded connection pass through the proxy both ways.
+UPGRADER = ["sh", "-c", r"""cat > /up.sh <<'X'
+while read -r line; do
+  line=$(printf '%s' "$line" | tr -d '\r')
+  [ -z "$line" ] && break
+done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
+exec cat
+X
+exec nc -ll -p 8080 -e /bin/sh /up.sh"""]
+
+UPGRADE = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 80), timeout=5)
+s.sendall(b"GET /ws HTTP/1.1\\r\\nHost: ws.example.com\\r\\nConnection: Upgrade\\r\\n"
+          b"Upgrade: websocket\\r\\nSec-WebSocket-Version: 13\\r\\n"
+          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n")
+head = b""
+while b"\\r\\n\\r\\n" not in head:
+    d = s.recv(1)
+    if not d:
+        break
+    head += d
+print(head.decode().split("\\r\\n")[0])
+s.sendall(b"ping-through-the-ingress\\n")
+back = b""
+while not back.endswith(b"\\n"):
+    d = s.recv(64)
+    if not d:
+        break
+    back += d
+print(back.decode().strip())
+"""
+
+
+def test_an_upgraded_connection_passes_both_ways(node, ing_ns):
+    ns = ing_ns
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ws", "labels": {"app": "ws"}},
+           "spec": {"containers": [{"name": "ws", "image": "busybox:test", "command": UPGRADER,
+                                    "readinessProbe": {"tcpSocket": {"port": 8080},
+                                                       "periodSeconds": 1}}]}}
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ws"},
+           "spec": {"selector": {"app": "ws"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    ing = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "ws"},
+           "spec": {"rules": [{"host": "ws.example.com", "http": {"paths": [
+               {"path": "/ws", "pathType": "Exact",
+                "backend": {"service": {"name": "ws", "port": {"number": 80}}}}]}}]}}
+    for obj in (pod, svc, ing):
+        node.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(obj))
+    node.kubectl("wait", "pod/ws", "-n", ns, "--for=condition=Ready", "--timeout=60s", timeout=90)
+
+    def upgraded():
+        r = node.in_netns("python3", "-c", UPGRADE, capture_output=True, text=True, timeout=20)
+        return r.stdout.split("\n")[:2] == ["HTTP/1.1 101 Switching Protocols",
+                                             "ping-through-the-ingress"] and r.stdout
+    wait_until(upgraded, timeout=30, what="an upgraded connection through the ingress")
