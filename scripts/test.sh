@@ -21,7 +21,7 @@ command -v kubectl >/dev/null || need "kubectl on PATH (the tests drive kubectl 
 # the in-process runtime, openssl for certificates, and Python's venv. apt can report failure
 # for unrelated packages left half-configured on a machine, so success is judged by what ends
 # up installed.
-packages=(runc nftables iproute2 dnsutils musl-tools busybox-static docker-registry libseccomp-dev openssl)
+packages=(runc nftables iproute2 dnsutils musl-tools busybox-static docker-registry libseccomp-dev openssl curl)
 # Debian's Python needs python3-venv for virtualenvs; another Python (pyenv) brings its own.
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()

@@ -39,6 +39,13 @@ def fetch(node, name, path, port=80, ca=None):
     return r.stdout + r.stderr
 
 
+def curl(node, *args):
+    """curl inside the node's namespace; prints the body, then the HTTP version used."""
+    r = node.in_netns("curl", "-sS", "--max-time", "10", "-w", "\n%{http_version}\n", *args,
+                      capture_output=True, text=True, timeout=20)
+    return r.stdout + r.stderr
+
+
 @pytest.fixture(scope="module")
 def ing_ns(node, request):
     with own_namespace(node, "ing", request) as ns:
@@ -129,6 +136,12 @@ def test_tls_is_served_with_the_secrets_certificate_and_replaced_live(node, ing_
     wait_until(lambda: "hello-from-beta" in fetch(node, host, "/", port=443,
                                                   ca=second / "ca.crt"),
                timeout=30, what="the replaced certificate to be served")
+    # HTTP/2 is offered over TLS (ALPN) and spoken in the clear by clients that start with it.
+    out = curl(node, "--http2", "--cacert", str(second / "ca.crt"),
+               "--resolve", f"{host}:443:127.0.0.1", f"https://{host}/")
+    assert "hello-from-beta" in out and out.split()[-1] == "2", out
+    out = curl(node, "--http2-prior-knowledge", "-H", f"Host: {host}", "http://127.0.0.1/")
+    assert "hello-from-beta" in out and out.split()[-1] == "2", out
 
 
 # A backend that answers any request with 101 Switching Protocols and then echoes what it

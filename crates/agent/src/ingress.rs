@@ -344,7 +344,7 @@ pub async fn run(client: Client, cfg: IngressConfig) {
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(certs.clone());
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         tokio_rustls::TlsAcceptor::from(Arc::new(tls))
     });
     let listeners = [
@@ -407,7 +407,9 @@ async fn accept(
                 let certs = certs.clone();
                 async move { Ok::<_, Infallible>(handle(req, peer, https, &certs).await) }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            // HTTP/1.1 or HTTP/2 (by ALPN over TLS, by its preface in the clear).
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             match tls {
                 Some(acceptor) => {
                     let Ok(Ok(s)) =
@@ -417,14 +419,15 @@ async fn accept(
                         return;
                     };
                     let _ = builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), service)
-                        .with_upgrades()
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(s), service)
                         .await;
                 }
                 None => {
                     let _ = builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .with_upgrades()
+                        .serve_connection_with_upgrades(
+                            hyper_util::rt::TokioIo::new(stream),
+                            service,
+                        )
                         .await;
                 }
             }
@@ -494,6 +497,13 @@ async fn handle(
         parts.headers.insert(header::UPGRADE, u.clone());
     }
     forwarded(&mut parts.headers, peer.ip(), https, &host);
+    // Backends are spoken to in HTTP/1.1, which needs a Host header (HTTP/2 has :authority).
+    parts.version = http::Version::HTTP_11;
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
     let path = parts
         .uri
         .path_and_query()
