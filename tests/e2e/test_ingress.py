@@ -201,3 +201,69 @@ def test_an_upgraded_connection_passes_both_ways(node, ing_ns):
         return r.stdout.split("\n")[:2] == ["HTTP/1.1 101 Switching Protocols",
                                              "ping-through-the-ingress"] and r.stdout
     wait_until(upgraded, timeout=30, what="an upgraded connection through the ingress")
+
+
+def test_a_missing_service_is_told_and_answered_503(node, ing_ns):
+    ns = ing_ns
+    ing = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "ghost"},
+           "spec": {"rules": [{"host": "ghost.example.com", "http": {"paths": [
+               {"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "ghost", "port": {"number": 80}}}}]}}]}}
+    node.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(ing))
+
+    def told():
+        events = node.json("get", "events", "-n", ns,
+                           "--field-selector", "involvedObject.name=ghost")["items"]
+        return [e for e in events if e["reason"] == "ServiceNotFound" and e["type"] == "Warning"]
+    event = wait_until(told, timeout=30, what="a ServiceNotFound event")[0]
+    assert event["message"].startswith('service "ghost" not found'), event
+    wait_until(lambda: " 503 " in fetch(node, "ghost.example.com", "/").split("\n")[0],
+               timeout=30, what="a 503 for the missing Service")
+
+
+KEEP_ASKING = """
+import socket, sys, time
+end = time.time() + float(sys.argv[2])
+statuses = []
+while time.time() < end:
+    try:
+        s = socket.create_connection(("127.0.0.1", 80), timeout=10)
+        s.sendall(("GET / HTTP/1.1\\r\\nHost: " + sys.argv[1] + "\\r\\nConnection: close\\r\\n\\r\\n").encode())
+        out = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            out += d
+        statuses.append(out.split(b"\\r\\n")[0].decode())
+    except Exception as e:
+        statuses.append("error " + str(e))
+    time.sleep(0.02)
+print("\\n".join(statuses))
+"""
+
+
+def test_a_backend_killed_mid_traffic_costs_no_request(node, ing_ns):
+    """Requests keep flowing while one of two endpoints is deleted: a connect that fails is
+    tried on the other endpoint, and the routes drop the gone one."""
+    import subprocess
+    ns = ing_ns
+    node.kubectl("scale", "deployment/alpha", "-n", ns, "--replicas=2")
+    node.kubectl("rollout", "status", "deployment/alpha", "-n", ns, "--timeout=120s", timeout=150)
+    ing = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "steady"},
+           "spec": {"rules": [{"host": "steady.example.com", "http": {"paths": [
+               {"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "alpha", "port": {"number": 80}}}}]}}]}}
+    node.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(ing))
+    wait_until(lambda: "hello-from-alpha" in fetch(node, "steady.example.com", "/"),
+               timeout=30, what="the steady ingress to route")
+    asking = subprocess.Popen(["nsenter", f"--net={node.netns_path}", "python3", "-c", KEEP_ASKING,
+                               "steady.example.com", "8"], stdout=subprocess.PIPE, text=True)
+    pods = node.json("get", "pods", "-n", ns, "-l", "app=alpha")["items"]
+    import time
+    time.sleep(1.5)
+    node.kubectl("delete", "pod", pods[0]["metadata"]["name"], "-n", ns, "--wait=false")
+    out, _ = asking.communicate(timeout=60)
+    statuses = out.strip().split("\n")
+    assert len(statuses) > 20, out
+    assert all(s == "HTTP/1.1 200 OK" for s in statuses), out

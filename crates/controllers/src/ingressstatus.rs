@@ -3,10 +3,10 @@
 //! `status.loadBalancer.ingress` lists the Ready nodes' InternalIPs. One writer, in the control
 //! plane, as the Service load balancer has; the nodes only serve.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
-use api::k8s_openapi::api::core::v1::Node;
+use api::k8s_openapi::api::core::v1::{Node, Service};
 use api::k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use api::kinds::more::{ingress_served_by, is_default_ingress_class};
 use async_trait::async_trait;
@@ -36,11 +36,32 @@ pub fn plan(ing: &Ingress, class_is_default: bool, node_ips: &[String]) -> Optio
     ingress_served_by(ing, CLASS, class_is_default).then(|| node_ips.to_vec())
 }
 
+/// The Services an Ingress sends requests to (in its namespace).
+pub fn services_named(ing: &Ingress) -> BTreeSet<String> {
+    let Some(spec) = &ing.spec else {
+        return BTreeSet::new();
+    };
+    let paths = spec
+        .rules
+        .iter()
+        .flatten()
+        .filter_map(|r| r.http.as_ref())
+        .flat_map(|h| h.paths.iter().map(|p| &p.backend));
+    paths
+        .chain(spec.default_backend.iter())
+        .filter_map(|b| b.service.as_ref().map(|s| s.name.clone()))
+        .collect()
+}
+
 pub struct IngressStatusController {
     client: Client,
     ingresses: Arc<Mirror<Ingress>>,
     classes: Arc<Mirror<IngressClass>>,
     nodes: Arc<Mirror<Node>>,
+    services: Arc<Mirror<Service>>,
+    /// The missing Services last reported per Ingress (and for which generation), so that a
+    /// problem is told once, not on every pass.
+    reported: Mutex<HashMap<String, (i64, BTreeSet<String>)>>,
     queue: Queue,
 }
 
@@ -50,6 +71,7 @@ impl IngressStatusController {
         ingresses: Arc<Mirror<Ingress>>,
         classes: Arc<Mirror<IngressClass>>,
         nodes: Arc<Mirror<Node>>,
+        services: Arc<Mirror<Service>>,
     ) -> IngressStatusController {
         let queue = Queue::new("ingress-status-controller");
         let q = queue.clone();
@@ -76,12 +98,42 @@ impl IngressStatusController {
             ingresses,
             classes,
             nodes,
+            services,
+            reported: Mutex::default(),
             queue,
         }
     }
 
     pub fn queue(&self) -> Queue {
         self.queue.clone()
+    }
+}
+
+impl IngressStatusController {
+    /// A Warning event on an Ingress naming Services that do not exist (its requests for
+    /// them are answered 503), once per generation and set of names.
+    fn report_missing(&self, key: &str, ns: &str, ing: &Ingress) {
+        let missing: BTreeSet<String> = services_named(ing)
+            .into_iter()
+            .filter(|s| self.services.get(ns, s).is_none())
+            .collect();
+        let generation = ing.metadata.generation.unwrap_or(0);
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let now = (generation, missing.clone());
+        if reported.get(key) == Some(&now) {
+            return;
+        }
+        reported.insert(key.to_string(), now);
+        for s in missing {
+            crate::owned::event(
+                &self.client,
+                "ingress-controller",
+                ing,
+                "Warning",
+                "ServiceNotFound",
+                &format!("service \"{s}\" not found: requests routed to it are answered 503"),
+            );
+        }
     }
 }
 
@@ -95,11 +147,16 @@ impl Reconciler for IngressStatusController {
         self.ingresses.synced().await;
         self.classes.synced().await;
         self.nodes.synced().await;
+        self.services.synced().await;
     }
 
     async fn reconcile(&self, key: &str) -> Outcome {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let Some(ing) = self.ingresses.get(ns, name) else {
+            self.reported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
             return Ok(None);
         };
         let default = self
@@ -110,6 +167,7 @@ impl Reconciler for IngressStatusController {
         let Some(want) = plan(&ing, default, &ips) else {
             return Ok(None);
         };
+        self.report_missing(key, ns, &ing);
         if want == addresses_of(&ing) {
             return Ok(None);
         }

@@ -236,6 +236,7 @@ pub fn start_controllers(
         ingresses.clone(),
         ingress_classes.clone(),
         nodes.clone(),
+        services.clone(),
     ));
     harness::start(ing.clone(), ing.queue(), 1, l());
     let ns = Arc::new(NamespaceController::new(
