@@ -27,7 +27,7 @@ use net::ingress::{Table, Target};
 use net::proxy::SliceInfo;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -375,6 +375,29 @@ pub async fn run(client: Client, cfg: IngressConfig) {
     }
 }
 
+/// Serve one fixed route until dropped: requests for `host` (any path) go to `endpoints`.
+/// For benchmarks, which measure the proxy without a cluster around it.
+pub async fn serve_fixed(addr: SocketAddr, host: &str, endpoints: Vec<SocketAddr>) {
+    let ingress: Ingress = serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "bench", "name": "bench"},
+        "spec": {"rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "bench", "port": {"number": 80}}}}]}}]},
+    }))
+    .expect("a valid Ingress");
+    let table = Table::build([&ingress]);
+    let routes = Routes {
+        endpoints: table
+            .targets()
+            .into_iter()
+            .map(|t| (t.clone(), endpoints.clone()))
+            .collect(),
+        table,
+    };
+    let certs = Arc::new(Certificates::default());
+    *certs.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    accept(addr, None, certs).await
+}
+
 /// Serve `addr` until dropped; a port that cannot be had is reported and left alone.
 async fn accept(
     addr: SocketAddr,
@@ -433,6 +456,33 @@ async fn accept(
             }
         });
     }
+}
+
+fn empty() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Connections to backends, kept open between requests (per endpoint).
+fn backends() -> &'static hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    ProxyBody,
+> {
+    static CLIENT: std::sync::LazyLock<
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            ProxyBody,
+        >,
+    > = std::sync::LazyLock::new(|| {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector)
+    });
+    &CLIENT
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
@@ -508,42 +558,48 @@ async fn handle(
         .uri
         .path_and_query()
         .map_or("/".to_string(), |p| p.as_str().to_string());
-    parts.uri = path.parse().unwrap_or_default();
+    // A request without a body can be sent again when its connect fails; one with a body
+    // cannot (its body is read as it is sent), so it gets one endpoint.
+    let bodyless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    let attempts = if bodyless {
+        endpoints.len().min(ATTEMPTS)
+    } else {
+        1
+    };
+    let mut body = Some(body.boxed());
     // Try endpoints from a random start; only a failed connect moves on.
     let start = fastrand::usize(..endpoints.len());
-    let mut sender = None;
-    for i in 0..endpoints.len().min(ATTEMPTS) {
+    let mut answer = None;
+    for i in 0..attempts {
         let ep = endpoints[(start + i) % endpoints.len()];
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await {
-                    Ok((send, conn)) => {
-                        tokio::spawn(async move {
-                            let _ = conn.with_upgrades().await;
-                        });
-                        sender = Some(send);
-                        break;
-                    }
-                    Err(e) => debug!(endpoint = %ep, error = %e, "ingress backend handshake"),
-                }
+        let mut out = Request::new(body.take().unwrap_or_else(empty));
+        *out.method_mut() = parts.method.clone();
+        *out.headers_mut() = parts.headers.clone();
+        *out.version_mut() = http::Version::HTTP_11;
+        *out.uri_mut() = match format!("http://{ep}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "400 bad request"),
+        };
+        match backends().request(out).await {
+            Ok(r) => {
+                answer = Some(r);
+                break;
             }
-            Ok(Err(e)) => {
-                debug!(endpoint = %ep, error = %e, "ingress backend refused; trying another")
+            Err(e) if e.is_connect() => {
+                debug!(endpoint = %ep, error = %e, "ingress backend unreachable; trying another")
             }
-            Err(_) => debug!(endpoint = %ep, "ingress backend connect timed out; trying another"),
+            Err(e) => {
+                debug!(endpoint = %ep, error = %e, "ingress backend request failed");
+                break;
+            }
         }
     }
-    let Some(mut sender) = sender else {
+    let Some(mut resp) = answer else {
         return plain(StatusCode::BAD_GATEWAY, "502 bad gateway");
-    };
-    let out = Request::from_parts(parts, body);
-    let mut resp = match sender.send_request(out).await {
-        Ok(r) => r,
-        Err(e) => {
-            debug!(error = %e, "ingress backend request failed");
-            return plain(StatusCode::BAD_GATEWAY, "502 bad gateway");
-        }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -557,12 +613,7 @@ async fn handle(
             }
         });
         let (parts, _) = resp.into_parts();
-        return Response::from_parts(
-            parts,
-            Full::new(Bytes::new())
-                .map_err(|never| match never {})
-                .boxed(),
-        );
+        return Response::from_parts(parts, empty());
     }
     let (mut parts, body) = resp.into_parts();
     for h in HOP_BY_HOP {

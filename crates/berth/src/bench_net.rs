@@ -47,7 +47,7 @@ pub fn isolate() -> Result<()> {
     net::netns::isolate().context("making a network namespace for the benchmark (needs root)")
 }
 
-fn network(state: &Path) -> Result<BridgeNetwork> {
+pub(crate) fn network(state: &Path) -> Result<BridgeNetwork> {
     Ok(BridgeNetwork::new(BridgeConfig {
         bridge: "berth0".into(),
         pod_cidrs: vec!["10.42.0.0/16".parse()?],

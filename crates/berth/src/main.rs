@@ -8,6 +8,7 @@ mod approver;
 mod bench;
 mod bench_crd;
 mod bench_dns;
+mod bench_ingress;
 mod bench_net;
 mod bench_pods;
 mod cluster;
@@ -78,6 +79,9 @@ enum BenchCommand {
     Pods(bench_pods::PodBenchArgs),
     /// The pod network: set-up and tear-down per pod beside a bare veth, and churn.
     Net(bench_net::NetBenchArgs),
+    /// The Ingress proxy: requests per second and latency through it beside straight to
+    /// the pod, at a fixed rate and flat out (needs `hey`).
+    Ingress(bench_ingress::IngressBenchArgs),
     /// The cluster DNS: queries per second on one core (dnsperf), latency, the search-path
     /// walk, and the DNS and proxy memory at 10,000 Services and 50,000 pods.
     Dns(bench_dns::DnsBenchArgs),
@@ -199,7 +203,12 @@ fn run(cli: Cli) -> Result<()> {
     // own, entered before any thread starts so that every thread and child is in it.
     if matches!(
         cli.command,
-        Command::Bench(BenchCommand::Pods(_) | BenchCommand::Net(_) | BenchCommand::Dns(_))
+        Command::Bench(
+            BenchCommand::Pods(_)
+                | BenchCommand::Net(_)
+                | BenchCommand::Dns(_)
+                | BenchCommand::Ingress(_)
+        )
     ) {
         bench_net::isolate()?;
     }
@@ -215,6 +224,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Pods(args)) => bench_pods::run(args).await,
             Command::Bench(BenchCommand::Net(args)) => bench_net::run(args).await,
+            Command::Bench(BenchCommand::Ingress(args)) => bench_ingress::run(args).await,
             Command::Bench(BenchCommand::Dns(args)) => bench_dns::run(args).await,
             Command::Bench(BenchCommand::Authz(args)) => bench::authz(args),
             Command::Image(args) => images_cli::run(args).await,
