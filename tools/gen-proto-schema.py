@@ -39,6 +39,7 @@ ROOTS = [
     "api.core.v1.ReplicationController", "api.core.v1.PersistentVolume",
     "api.core.v1.PersistentVolumeClaim", "api.events.v1.Event",
     "api.networking.v1.Ingress", "api.networking.v1.IngressClass",
+    "api.networking.v1.NetworkPolicy",
     "api.autoscaling.v1.HorizontalPodAutoscaler", "apimachinery.pkg.apis.meta.v1.Status",
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
     "apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",

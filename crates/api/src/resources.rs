@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -802,6 +802,25 @@ static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             field_labels: &[],
             subresources: NO_SUBRESOURCES,
             ops: ops::<IngressClass>(),
+        },
+        Resource {
+            group: "networking.k8s.io",
+            version: "v1",
+            kind: "NetworkPolicy",
+            plural: "networkpolicies",
+            singular: "networkpolicy",
+            namespaced: true,
+            short_names: &["netpol"],
+            categories: NONE,
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            generation: true,
+            reset_status_on_create: false,
+            delete_returns_object: false,
+            field_labels: &[],
+            subresources: NO_SUBRESOURCES,
+            ops: ops::<NetworkPolicy>(),
         },
         Resource {
             group: "storage.k8s.io",

@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as NewEvent;
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, NetworkPolicy};
 use k8s_openapi::api::policy::v1::{Eviction, PodDisruptionBudget};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -362,6 +362,7 @@ fn every_field_of_every_served_kind_survives_protobuf() {
         round_trip::<PersistentVolumeClaim>(),
         round_trip::<Ingress>(),
         round_trip::<IngressClass>(),
+        round_trip::<NetworkPolicy>(),
         round_trip::<EndpointSlice>(),
         round_trip::<NewEvent>(),
         round_trip::<StorageClass>(),

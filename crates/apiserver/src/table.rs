@@ -582,6 +582,16 @@ pub fn columns(kind: &str) -> Vec<Column> {
             col("Ports", "string", 0, "The ports the ingress listens on."),
             AGE,
         ],
+        "NetworkPolicy" => vec![
+            NAME,
+            col(
+                "Pod-Selector",
+                "string",
+                0,
+                "The pods the policy applies to.",
+            ),
+            AGE,
+        ],
         "IngressClass" => vec![
             NAME,
             col(
@@ -1163,6 +1173,7 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Cell> {
             Cell::text(s(&obj["storageClassName"])),
             Cell::text(or_unset(s(&obj["capacity"]))),
         ],
+        "NetworkPolicy" => vec![name(obj), selector_cell(&spec["podSelector"]), created(obj)],
         "IngressClass" => {
             let p = &spec["parameters"];
             let params = if p.is_object() {

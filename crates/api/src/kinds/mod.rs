@@ -10,6 +10,7 @@ mod batch;
 pub mod certificates;
 mod core;
 pub mod more;
+mod netpol;
 mod pod;
 mod policy;
 mod rbac;

@@ -10366,6 +10366,166 @@ pub(super) static MESSAGES: &[Message] = &[
         ],
     },
     Message {
+        name: "api.networking.v1.IpBlock",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "cidr",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "except",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.NetworkPolicy",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Msg("api.networking.v1.NetworkPolicySpec"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.NetworkPolicyEgressRule",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "ports",
+                ty: Msg("api.networking.v1.NetworkPolicyPort"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "to",
+                ty: Msg("api.networking.v1.NetworkPolicyPeer"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.NetworkPolicyIngressRule",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "ports",
+                ty: Msg("api.networking.v1.NetworkPolicyPort"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "from",
+                ty: Msg("api.networking.v1.NetworkPolicyPeer"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.NetworkPolicyList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.ListMeta"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                ty: Msg("api.networking.v1.NetworkPolicy"),
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.NetworkPolicyPeer",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "podSelector",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "namespaceSelector",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "ipBlock",
+                ty: Msg("api.networking.v1.IpBlock"),
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.NetworkPolicyPort",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "protocol",
+                ty: Str,
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "port",
+                ty: Msg("apimachinery.pkg.util.intstr.IntOrString"),
+                shape: Single,
+            },
+            Field {
+                tag: 3,
+                json: "endPort",
+                ty: I32,
+                shape: Single,
+            },
+        ],
+    },
+    Message {
+        name: "api.networking.v1.NetworkPolicySpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "podSelector",
+                ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"),
+                shape: Single,
+            },
+            Field {
+                tag: 2,
+                json: "ingress",
+                ty: Msg("api.networking.v1.NetworkPolicyIngressRule"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "egress",
+                ty: Msg("api.networking.v1.NetworkPolicyEgressRule"),
+                shape: Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "policyTypes",
+                ty: Str,
+                shape: Repeated,
+            },
+        ],
+    },
+    Message {
         name: "api.networking.v1.ServiceBackendPort",
         fields: &[
             Field {
