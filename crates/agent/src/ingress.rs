@@ -559,12 +559,9 @@ async fn handle(
         .path_and_query()
         .map_or("/".to_string(), |p| p.as_str().to_string());
     // A request without a body can be sent again when its connect fails; one with a body
-    // cannot (its body is read as it is sent), so it gets one endpoint.
-    let bodyless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0");
+    // cannot (its body is read as it is sent), so it gets one endpoint. (Asked of the body:
+    // the framing headers are gone by now.)
+    let bodyless = hyper::body::Body::is_end_stream(&body);
     let attempts = if bodyless {
         endpoints.len().min(ATTEMPTS)
     } else {
