@@ -12,6 +12,7 @@ pub mod ingress;
 pub mod logs;
 pub mod node;
 mod pods;
+pub mod policy;
 pub mod portforward;
 pub mod probe;
 pub mod proxy;
@@ -80,6 +81,8 @@ pub struct AgentConfig {
     pub dns: dns::DnsSettings,
     /// The most processes (and threads) one pod may have at once (`None`: no limit).
     pub pod_pids_limit: Option<u64>,
+    /// Where NetworkPolicies are read from; enforced when the Service proxy's `nft` is there.
+    pub network_policy: Option<policy::PolicyFeed>,
 }
 
 /// Where the node's pod network comes from.
@@ -130,6 +133,8 @@ pub(crate) struct Shared {
     pub(crate) dns_server: Option<Arc<net::dns::DnsServer>>,
     /// Service account tokens of the node's pods.
     pub(crate) tokens: volumes::Tokens,
+    /// NetworkPolicy enforcement, when the node does it.
+    pub(crate) policies: Option<Arc<policy::Policies>>,
 }
 
 impl Shared {
@@ -160,6 +165,21 @@ impl Agent {
         cfg: AgentConfig,
     ) -> Agent {
         let events = Events::start(client.clone(), "kubelet", &cfg.node.name);
+        let dns_server = cfg.dns.server();
+        let policies = match (cfg.network_policy, &cfg.service_proxy) {
+            (Some(feed), Some(nft)) => Some(Arc::new(policy::Policies::new(
+                feed,
+                nft.clone(),
+                dns_server.as_ref().and(cfg.dns.cluster_dns),
+            ))),
+            (Some(_), None) => {
+                tracing::warn!(
+                    "nft is not installed (Debian package nftables): NetworkPolicies are not enforced"
+                );
+                None
+            }
+            (None, _) => None,
+        };
         Agent {
             shared: Arc::new(Shared {
                 puller: Puller::new(images.clone()),
@@ -181,9 +201,10 @@ impl Agent {
                 image_gc: cfg.image_gc,
                 stats: Arc::default(),
                 services: Arc::default(),
-                dns_server: cfg.dns.server(),
+                dns_server,
                 dns: cfg.dns,
                 tokens: Default::default(),
+                policies,
             }),
             network: cfg.network,
             service_proxy: cfg.service_proxy,
@@ -234,6 +255,13 @@ impl Agent {
             let network = self.network().await;
             let _ = self.shared.network.set(network);
         }
+        // NetworkPolicy rules, which every pod waits for before it starts.
+        let _policies = self.shared.policies.clone().map(|p| {
+            let node = self.shared.node.name.clone();
+            AbortOnDrop(supervise("network-policy", move || {
+                p.clone().run(node.clone())
+            }))
+        });
         // The Service proxy, once the node's routes are there.
         let _proxy = self.service_proxy.clone().map(|nft| {
             let c = self.shared.client.clone();

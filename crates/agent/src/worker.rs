@@ -968,6 +968,17 @@ impl Worker {
             );
             return false;
         }
+        // The pod's network policies hold before anything in it runs (fail closed).
+        if let (Some(policies), false) = (&self.shared.policies, host_network)
+            && let Err(e) = policies.admit(&self.pod, &self.ips).await
+        {
+            self.event(
+                "Warning",
+                "FailedCreatePodSandBox",
+                &format!("Failed to create pod sandbox: applying network policies: {e}"),
+            );
+            return false;
+        }
         let dir = self.pod_dir();
         // With a subdomain (a headless Service of that name), the pod's fully qualified name
         // comes first, as the kubelet writes it.
@@ -1304,6 +1315,9 @@ impl Worker {
             && let Err(e) = network.detach(&self.uid).await
         {
             warn!(pod = %self.name(), error = %e, "could not free the pod's network");
+        }
+        if let Some(policies) = &self.shared.policies {
+            policies.forget(&self.uid).await;
         }
         if self.shared.runtime.sandbox(&self.uid).is_some()
             && let Err(e) = self.shared.runtime.remove_sandbox(&self.uid).await

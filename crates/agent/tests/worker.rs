@@ -147,6 +147,7 @@ impl Node {
             },
             dns: Default::default(),
             pod_pids_limit: None,
+            network_policy: None,
         };
         let client = Client::new(Arc::new(InProcess(self.api.clone(), "system:node")));
         let runtime = Arc::new(self.runtime.clone()) as Arc<dyn ContainerRuntime>;

@@ -542,8 +542,16 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
                 &[api::rbac::NODES],
             ),
         );
+        // NetworkPolicy enforcement reads every pod, as its own kube-system account (a
+        // node may read only its own pods), with Kubernetes-style rights for exactly that.
+        let policy_reader = InProcess::client_as(
+            api.clone(),
+            "berth-network-policy",
+            UserInfo::of_service_account("kube-system", "berth-network-policy"),
+        );
         let agent = crate::node::build(
             client,
+            Some(policy_reader),
             &data_dir,
             node_args,
             &args.cluster_cidr.0,

@@ -198,8 +198,11 @@ fn runtime_version(runc: &Path) -> String {
 }
 
 /// Build the agent for this machine.
+/// `policy_reader`: an identity that may read every pod, for NetworkPolicy enforcement; without
+/// one the node reads its own pods with its own credentials.
 pub fn build(
     client: Client,
+    policy_reader: Option<Client>,
     data_dir: &Path,
     args: &AgentArgs,
     cluster_cidrs: &[net::Cidr],
@@ -272,6 +275,10 @@ pub fn build(
             serve: true,
         },
         pod_pids_limit: (args.pod_pids_limit > 0).then_some(args.pod_pids_limit),
+        network_policy: Some(agent::policy::PolicyFeed {
+            all_pods: policy_reader.is_some(),
+            client: policy_reader.unwrap_or_else(|| client.clone()),
+        }),
     };
     Ok(Agent::new(
         client,
@@ -331,8 +338,11 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
             client
         }
     };
+    // A joined node reads its own pods only (every pod is not a node's to read; see
+    // `agent::policy::PolicyFeed`).
     let agent = build(
         client,
+        None,
         &data_dir,
         &args.agent,
         &args.cluster_cidr.0,

@@ -3,8 +3,8 @@
 //! pod, masquerade and host ports in nftables); `FakeNetwork` keeps the same books without
 //! touching the kernel; both pass `conformance`. Address allocation (`ipam`) and the
 //! bookkeeping they share (`book`) are pure. Beside the pod network: the Service proxy's
-//! rules (`proxy`, pure, written by `nft`), the Ingress routing table (`ingress`, pure) and
-//! the cluster DNS (`dns`).
+//! rules (`proxy`, pure, written by `nft`), NetworkPolicy as set elements (`policy`, pure),
+//! the Ingress routing table (`ingress`, pure) and the cluster DNS (`dns`).
 
 pub mod book;
 pub mod bridge;
@@ -17,6 +17,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod nftnl;
+pub mod policy;
 pub mod proxy;
 
 use std::io;

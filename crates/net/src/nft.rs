@@ -167,6 +167,22 @@ pub fn load_proxy(
     nftnl::write(t, &ops)
 }
 
+/// Make the NetworkPolicy table `t` afresh in both families (`policy::skeleton`), then write
+/// `ops` (everything the engine holds) into it over netlink. The caller drops the table this
+/// one replaces once it holds: until then both filter, so nothing passes that either refuses.
+pub fn load_policy(
+    nft: &Path,
+    t: &str,
+    dns: Option<IpAddr>,
+    ops: &[crate::nftnl::SetOp],
+) -> Result<(), NetError> {
+    use crate::policy;
+    let mut script = policy::skeleton(false, t, dns);
+    script.push_str(&policy::skeleton(true, t, dns));
+    apply(nft, &script)?;
+    crate::nftnl::write(t, ops)
+}
+
 /// Apply `changes` to the live table `t`: over netlink when only elements move, else (client
 /// affinity chains come or go) as one `nft` script.
 pub fn apply_changes(nft: &Path, t: &str, changes: &crate::proxy::Changes) -> Result<(), NetError> {

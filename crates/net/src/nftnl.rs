@@ -35,6 +35,7 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -45,7 +46,7 @@ const NFT_GOTO: i32 = -4;
 const MAX_ELEMENTS_BYTES: usize = 60_000;
 
 /// The table's family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
     Ip,
     Ip6,
@@ -72,18 +73,23 @@ impl Family {
 }
 
 /// One field of a key or value; several make a concatenation (`ip . proto . port`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Field {
     Ip(IpAddr),
     Proto(Protocol),
+    /// A protocol number that `Protocol` does not name (the ends of a protocol range).
+    ProtoNumber(u8),
     Port(u16),
     /// A 32-bit number, as `numgen` leaves it.
     Number(u32),
+    /// A 32-bit number (a mark) in a set of ranges: `nft` turns the register to network
+    /// order before such a lookup, so the element holds it that way.
+    RangedNumber(u32),
 }
 
 /// A key or value: its fields in order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Fields(Vec<Field>);
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fields(pub(crate) Vec<Field>);
 
 impl Fields {
     pub fn new() -> Fields {
@@ -100,6 +106,11 @@ impl Fields {
         self
     }
 
+    pub fn proto_number(mut self, p: u8) -> Fields {
+        self.0.push(Field::ProtoNumber(p));
+        self
+    }
+
     pub fn port(mut self, p: u16) -> Fields {
         self.0.push(Field::Port(p));
         self
@@ -107,6 +118,11 @@ impl Fields {
 
     pub fn number(mut self, n: u32) -> Fields {
         self.0.push(Field::Number(n));
+        self
+    }
+
+    pub fn ranged_number(mut self, n: u32) -> Fields {
+        self.0.push(Field::RangedNumber(n));
         self
     }
 
@@ -119,8 +135,10 @@ impl Fields {
                 Field::Ip(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
                 Field::Ip(IpAddr::V6(a)) => out.extend_from_slice(&a.octets()),
                 Field::Proto(p) => out.push(p.number()),
+                Field::ProtoNumber(p) => out.push(*p),
                 Field::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
                 Field::Number(n) => out.extend_from_slice(&n.to_ne_bytes()),
+                Field::RangedNumber(n) => out.extend_from_slice(&n.to_be_bytes()),
             }
             let pad = (4 - (out.len() - at) % 4) % 4;
             out.extend(std::iter::repeat_n(0, pad));
@@ -148,8 +166,9 @@ impl fmt::Display for Fields {
             match field {
                 Field::Ip(ip) => write!(f, "{ip}")?,
                 Field::Proto(p) => f.write_str(p.as_str())?,
+                Field::ProtoNumber(p) => write!(f, "{p}")?,
                 Field::Port(p) => write!(f, "{p}")?,
-                Field::Number(n) => write!(f, "{n}")?,
+                Field::Number(n) | Field::RangedNumber(n) => write!(f, "{n}")?,
             }
         }
         Ok(())
@@ -157,7 +176,7 @@ impl fmt::Display for Fields {
 }
 
 /// What an element maps its key to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Data {
     /// A set's element, or an element being deleted: the key alone.
     None,
@@ -166,14 +185,51 @@ pub enum Data {
     Goto(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
     pub key: Fields,
+    /// In a set of ranges (`flags interval` over a concatenation), where the range ends; a
+    /// single value ends where it starts.
+    pub key_end: Option<Fields>,
     pub data: Data,
+}
+
+impl Element {
+    pub fn new(key: Fields, data: Data) -> Element {
+        Element {
+            key,
+            key_end: None,
+            data,
+        }
+    }
+
+    /// A range element of a concatenated interval set: each field from `key`'s to `end`'s.
+    pub fn range(key: Fields, end: Fields) -> Element {
+        Element {
+            key,
+            key_end: Some(end),
+            data: Data::None,
+        }
+    }
 }
 
 impl fmt::Display for Element {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(end) = &self.key_end {
+            // `nft` writes each field's range on its own: `1 . 10.0.0.0-10.0.0.255 . 6 . 80`.
+            for (i, (a, b)) in self.key.0.iter().zip(&end.0).enumerate() {
+                if i > 0 {
+                    f.write_str(" . ")?;
+                }
+                let one = |x: &Field| Fields(vec![*x]).to_string();
+                if a == b {
+                    f.write_str(&one(a))?;
+                } else {
+                    write!(f, "{}-{}", one(a), one(b))?;
+                }
+            }
+            return Ok(());
+        }
         match &self.data {
             Data::None => write!(f, "{}", self.key),
             Data::Value(v) => write!(f, "{} : {v}", self.key),
@@ -292,6 +348,11 @@ fn element(m: &mut Message, e: &Element) {
     let key = m.nest(NFTA_SET_ELEM_KEY);
     m.fields(NFTA_DATA_VALUE, &e.key);
     m.close(key);
+    if let Some(end) = &e.key_end {
+        let at = m.nest(NFTA_SET_ELEM_KEY_END);
+        m.fields(NFTA_DATA_VALUE, end);
+        m.close(at);
+    }
     match &e.data {
         Data::None => {}
         Data::Value(v) => {
@@ -317,7 +378,8 @@ fn element_size(e: &Element) -> usize {
         Data::Value(v) => 8 + v.encoded_len(),
         Data::Goto(c) => 24 + (c.len() + 1).next_multiple_of(4),
     };
-    12 + e.key.encoded_len() + data
+    let end = e.key_end.as_ref().map_or(0, |k| 8 + k.encoded_len());
+    12 + e.key.encoded_len() + end + data
 }
 
 /// The batch applying `ops` to `table`, in order. Only its last message asks for an
@@ -471,10 +533,10 @@ mod tests {
             op: Op::Add,
             family: Family::Ip6,
             set: "be1".into(),
-            elements: vec![Element {
-                key: Fields::new().ip("fd43::1".parse().unwrap()),
-                data: Data::Value(v6),
-            }],
+            elements: vec![Element::new(
+                Fields::new().ip("fd43::1".parse().unwrap()),
+                Data::Value(v6),
+            )],
         };
         assert_eq!(
             op.command("t"),
@@ -484,10 +546,10 @@ mod tests {
 
     #[test]
     fn a_batch_is_framed_and_splits_long_lists() {
-        let e = Element {
-            key: Fields::new().ip("10.43.0.5".parse().unwrap()),
-            data: Data::Goto("svc1".into()),
-        };
+        let e = Element::new(
+            Fields::new().ip("10.43.0.5".parse().unwrap()),
+            Data::Goto("svc1".into()),
+        );
         let many = SetOp {
             op: Op::Add,
             family: Family::Ip,

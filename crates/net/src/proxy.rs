@@ -554,7 +554,7 @@ pub fn elements(v6: bool, state: &State) -> Vec<SetOp> {
     let mut empty = Vec::new();
     let mut slots: BTreeMap<usize, Vec<Element>> = BTreeMap::new();
     let mut pods = BTreeSet::new();
-    let element = |key: Fields, data: Data| Element { key, data };
+    let element = Element::new;
     for (k, backends) in state.frontends.iter().filter(|(k, _)| k.ip.is_ipv6() == v6) {
         let n = backends.len();
         if n == 0 {
@@ -737,23 +737,17 @@ pub fn changes(t: &str, old: &State, new: &State) -> Changes {
     };
     let keys_only = |n: usize, key: &Fields| -> Vec<Element> {
         (0..n)
-            .map(|i| Element {
-                key: key.clone().number(i as u32),
-                data: Data::None,
-            })
+            .map(|i| Element::new(key.clone().number(i as u32), Data::None))
             .collect()
     };
     let slots = |backends: &[Backend], key: &Fields| -> Vec<Element> {
         backends
             .iter()
             .enumerate()
-            .map(|(i, b)| Element {
-                key: key.clone().number(i as u32),
-                data: backend_value(b),
-            })
+            .map(|(i, b)| Element::new(key.clone().number(i as u32), backend_value(b)))
             .collect()
     };
-    let one = |key: Fields, data: Data| vec![Element { key, data }];
+    let one = |key: Fields, data: Data| vec![Element::new(key, data)];
     // Addresses that the changed ports had or have: the only ones whose hairpin pair can move.
     let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
     let mut keys = changed_keys(&old.frontends, &new.frontends);
