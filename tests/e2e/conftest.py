@@ -166,8 +166,11 @@ class Cluster:
             self.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1",
                          "--timeout=60s", check=False, timeout=90)
         self.stop()
+        # What pods still held when the agent stopped (a pod whose object is gone may still be
+        # releasing its volumes): its runtime state, and its volumes under the data dir.
         mounts = [line.split()[4] for line in open("/proc/self/mountinfo")]
-        for m in sorted((m for m in mounts if m.startswith(self.run_dir + "/")), reverse=True):
+        for m in sorted((m for m in mounts if m.startswith((self.run_dir + "/", f"{self.workdir}/"))),
+                        reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         if self.relay is not None:

@@ -192,15 +192,8 @@ def test_documentation_recipes_hold_between_pods(node, pods, version):
 
 
 def stamped(node, ns, pod):
-    """The pod's log lines with the runtime's timestamps, as (seconds since the epoch, text)."""
-    out = node.kubectl("logs", "--timestamps", "-n", ns, pod).stdout
-    lines = []
-    for line in out.splitlines():
-        stamp, _, text = line.partition(" ")
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00")[:26] + "+00:00")
-        if text in ("ok", "fail"):
-            lines.append((when.timestamp(), text))
-    return lines
+    """The pod's `ok` and `fail` lines with the runtime's timestamps."""
+    return [(w, t) for w, t in stamped_any(node, ns, pod) if t in ("ok", "fail")]
 
 
 def test_a_policy_cuts_flowing_traffic_and_removing_it_restores_it(node, pods):
@@ -267,3 +260,48 @@ def test_a_new_pod_under_a_deny_policy_is_never_reachable(node, pods):
         node.kubectl("delete", "netpol", "--all", "-n", ns, check=False)
         node.kubectl("delete", "pod", "marker", "prober", "fresh", "-n", ns, "--wait=false",
                      check=False)
+
+
+def test_a_policy_cuts_an_established_connection_and_removing_it_lets_it_go_on(node, pods):
+    """The node's rules pass established packets without looking; a policy that refuses a
+    connection already open deletes its tracking, so its next packet is judged again."""
+    ns = pods["ns"]
+    run_pod(node, ns, "sink", {"app": "sink"}, ["sh", "-c", "while true; do nc -l -p 9000; done"])
+    wait_ready(node, ns, "sink")
+    sink = ip_of(node, ns, "sink")
+    # One connection, a line every 50 ms (connecting again only if the sink is not up yet).
+    run_pod(node, ns, "ticker", {"role": "ticker"},
+            ["sh", "-c", "while true; do i=0; while true; do i=$((i+1)); echo tick-$i; "
+                         f"usleep 50000; done | nc {sink} 9000; usleep 200000; done"])
+    try:
+        wait_ready(node, ns, "ticker")
+
+        def ticks():
+            return [t for _, t in stamped_any(node, ns, "sink") if t.startswith("tick-")]
+        wait_until(lambda: len(ticks()) >= 10, what="ticks arriving")
+        applied = time.time()
+        apply_policy(node, ns, "deny-sink", {"podSelector": {"matchLabels": {"app": "sink"}},
+                                             "policyTypes": ["Ingress"]})
+        time.sleep(2)
+        seen = len(ticks())
+        time.sleep(1.5)
+        assert len(ticks()) == seen, "ticks still arrive over the connection opened before"
+        last = max(w for w, t in stamped_any(node, ns, "sink") if t.startswith("tick-"))
+        print(f"the last tick arrived {1e3 * (last - applied):.0f} ms after the policy was sent")
+        # The same connection goes on once the policy is gone (its packets are judged anew).
+        node.kubectl("delete", "netpol", "deny-sink", "-n", ns)
+        wait_until(lambda: len(ticks()) > seen, timeout=30, what="the connection to go on")
+    finally:
+        node.kubectl("delete", "netpol", "--all", "-n", ns, check=False)
+        node.kubectl("delete", "pod", "sink", "ticker", "-n", ns, "--wait=false", check=False)
+
+
+def stamped_any(node, ns, pod):
+    """Every log line with its runtime timestamp."""
+    out = node.kubectl("logs", "--timestamps", "-n", ns, pod).stdout
+    lines = []
+    for line in out.splitlines():
+        stamp, _, text = line.partition(" ")
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00")[:26] + "+00:00")
+        lines.append((when.timestamp(), text))
+    return lines

@@ -16,7 +16,7 @@ use api::k8s_openapi::api::core::v1::{Namespace, Pod};
 use api::k8s_openapi::api::networking::v1::NetworkPolicy;
 use client::{Client, ListParams, Watcher, watcher};
 use net::policy::{self, Engine, PodInfo, Policy};
-use net::{NetError, nft, nftnl};
+use net::{NetError, conntrack, nft, nftnl};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -35,7 +35,7 @@ pub struct PolicyFeed {
     pub all_pods: bool,
 }
 
-pub(crate) struct Policies {
+pub struct Policies {
     state: Arc<Mutex<State>>,
     nft: PathBuf,
     /// The cluster DNS address the node serves, which pods may always ask.
@@ -147,6 +147,9 @@ impl State {
                 self.table = None;
                 return Err(e);
             }
+            if restrictive(&ops) {
+                self.cut(dns);
+            }
             return Ok(());
         }
         let present = nft::tables(nft_path)?;
@@ -168,8 +171,56 @@ impl State {
             table,
             policies, identities, pods, "network policy rules loaded"
         );
+        // Connections made while no rules (or older ones) held.
+        self.cut(dns);
         Ok(())
     }
+
+    /// Delete the tracked connections from pods that the rules now refuse, so that a
+    /// policy cuts traffic already flowing, not only new connections. Connections from
+    /// outside the pods (the node's own, which is never filtered) and to the cluster DNS
+    /// are left alone. Blocking.
+    fn cut(&self, dns: Option<IpAddr>) {
+        let denied: Vec<conntrack::Connection> = match conntrack::connections() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|c| {
+                    let (src, dst, proto, port) = c.endpoints();
+                    matches!(proto, 6 | 17 | 132)
+                        && Some(dst) != dns
+                        && self.engine.is_pod_address(src)
+                        && !self.engine.allows(src, dst, proto, port)
+                })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "could not read the tracked connections");
+                return;
+            }
+        };
+        if denied.is_empty() {
+            return;
+        }
+        match conntrack::delete(&denied) {
+            Ok(n) => debug!(
+                connections = n,
+                "connections the network policies refuse cut"
+            ),
+            Err(e) => warn!(error = %e, "could not cut connections the network policies refuse"),
+        }
+    }
+}
+
+/// Whether a change may refuse what was allowed: an allowance or an address's identity
+/// gone, or a pod newly isolated.
+fn restrictive(ops: &[nftnl::SetOp]) -> bool {
+    ops.iter().any(|o| {
+        let isolation = o.set == "in_iso" || o.set == "out_iso";
+        !o.elements.is_empty()
+            && match o.op {
+                nftnl::Op::Delete => !isolation,
+                nftnl::Op::Add => isolation,
+            }
+    })
 }
 
 /// Forward a watch's events into `tx` until the receiver goes.
@@ -193,7 +244,7 @@ where
 }
 
 impl Policies {
-    pub(crate) fn new(feed: PolicyFeed, nft: PathBuf, dns: Option<IpAddr>) -> Policies {
+    pub fn new(feed: PolicyFeed, nft: PathBuf, dns: Option<IpAddr>) -> Policies {
         Policies {
             state: Arc::default(),
             nft,
@@ -204,7 +255,7 @@ impl Policies {
     }
 
     /// Follow policies, namespaces and pods and keep the node's rules in step, until dropped.
-    pub(crate) async fn run(self: Arc<Self>, node: String) {
+    pub async fn run(self: Arc<Self>, node: String) {
         let (tx, mut rx) = mpsc::channel(1024);
         let lean = ListParams {
             strip_managed_fields: true,
@@ -301,7 +352,7 @@ impl Policies {
     /// the rules for it in the kernel: its namespace's policies are read afresh, so that one
     /// written just before the pod holds already. Fails (and the pod must not start) when
     /// the rules cannot be written.
-    pub(crate) async fn admit(&self, pod: &Pod, ips: &[IpAddr]) -> Result<(), String> {
+    pub async fn admit(&self, pod: &Pod, ips: &[IpAddr]) -> Result<(), String> {
         let mut synced = self.synced.subscribe();
         match tokio::time::timeout(FIRST_LOAD, synced.wait_for(|s| *s)).await {
             Ok(Ok(_)) => {}
@@ -338,7 +389,7 @@ impl Policies {
     }
 
     /// One of the node's pods gave its addresses back: its rules go.
-    pub(crate) async fn forget(&self, uid: &str) {
+    pub async fn forget(&self, uid: &str) {
         let (this, nft_path, dns, uid) = (
             self.state.clone(),
             self.nft.clone(),

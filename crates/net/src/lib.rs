@@ -9,6 +9,7 @@
 pub mod book;
 pub mod bridge;
 pub mod conformance;
+pub mod conntrack;
 pub mod dns;
 pub mod fake;
 pub mod ingress;

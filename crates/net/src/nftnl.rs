@@ -156,6 +156,33 @@ impl Fields {
     }
 }
 
+impl Field {
+    /// The field as a number, for comparing with a range's ends.
+    pub(crate) fn value(&self) -> u128 {
+        match self {
+            Field::Ip(IpAddr::V4(a)) => u32::from(*a) as u128,
+            Field::Ip(IpAddr::V6(a)) => u128::from(*a),
+            Field::Proto(p) => p.number() as u128,
+            Field::ProtoNumber(p) => *p as u128,
+            Field::Port(p) => *p as u128,
+            Field::Number(n) | Field::RangedNumber(n) => *n as u128,
+        }
+    }
+}
+
+impl Element {
+    /// Whether the element holds `key`: equal to its key, or each field within the range.
+    pub(crate) fn holds(&self, key: &Fields) -> bool {
+        let end = self.key_end.as_ref().unwrap_or(&self.key);
+        self.key.0.len() == key.0.len()
+            && key
+                .0
+                .iter()
+                .zip(self.key.0.iter().zip(&end.0))
+                .all(|(k, (lo, hi))| lo.value() <= k.value() && k.value() <= hi.value())
+    }
+}
+
 /// As `nft` reads it: `10.43.0.5 . tcp . 80`.
 impl fmt::Display for Fields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -271,13 +298,20 @@ impl SetOp {
 }
 
 /// A netlink message under construction: attributes are appended, nests closed by offset.
-struct Message {
+pub(crate) struct Message {
     buf: Vec<u8>,
     start: usize,
 }
 
 impl Message {
-    fn begin(buf: Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Message {
+    pub(crate) fn begin(
+        buf: Vec<u8>,
+        kind: u16,
+        flags: u16,
+        seq: u32,
+        family: u8,
+        res_id: u16,
+    ) -> Message {
         let mut buf = buf;
         let start = buf.len();
         buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `end`
@@ -292,7 +326,7 @@ impl Message {
         Message { buf, start }
     }
 
-    fn attr(&mut self, kind: u16, payload: &[u8]) {
+    pub(crate) fn attr(&mut self, kind: u16, payload: &[u8]) {
         let len = 4 + payload.len();
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
@@ -316,7 +350,7 @@ impl Message {
         self.attr(kind, &bytes);
     }
 
-    fn nest(&mut self, kind: u16) -> usize {
+    pub(crate) fn nest(&mut self, kind: u16) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
         self.buf
@@ -324,7 +358,7 @@ impl Message {
         at
     }
 
-    fn close(&mut self, at: usize) {
+    pub(crate) fn close(&mut self, at: usize) {
         let len = (self.buf.len() - at) as u16;
         self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
     }
@@ -335,7 +369,7 @@ impl Message {
         }
     }
 
-    fn end(mut self) -> Vec<u8> {
+    pub(crate) fn end(mut self) -> Vec<u8> {
         self.align();
         let len = (self.buf.len() - self.start) as u32;
         self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());

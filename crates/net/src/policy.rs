@@ -529,6 +529,8 @@ pub struct Engine {
     by_namespace: HashMap<String, BTreeSet<(String, String)>>,
     reaching: BTreeSet<(String, String)>,
     idents: HashMap<u32, Ident>,
+    /// Identities by namespace.
+    idents_by_namespace: HashMap<String, BTreeSet<u32>>,
     numbers: HashMap<IdentKey, u32>,
     last_number: u32,
     /// Own identities by namespace.
@@ -569,11 +571,10 @@ impl Engine {
         };
         // Rules selecting namespaces look again at this one's identities.
         let in_ns: Vec<u32> = self
-            .idents
-            .iter()
-            .filter(|(_, i)| i.key.namespace == name)
-            .map(|(n, _)| *n)
-            .collect();
+            .idents_by_namespace
+            .get(name)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
         if in_ns.is_empty() {
             return;
         }
@@ -617,10 +618,13 @@ impl Engine {
         let matched = rules
             .iter()
             .map(|r| {
-                self.idents
-                    .iter()
-                    .filter(|(_, i)| self.admits(&policy, r, &i.key))
-                    .map(|(n, _)| *n)
+                self.reachable(&policy, r)
+                    .into_iter()
+                    .filter(|n| {
+                        self.idents
+                            .get(n)
+                            .is_some_and(|i| self.admits(&policy, r, &i.key))
+                    })
                     .collect()
             })
             .collect();
@@ -817,6 +821,35 @@ impl Engine {
         }
     }
 
+    /// The identities rule `r` of `policy` could admit: those of its own namespace, of the
+    /// namespaces its selectors pick, or (port names toward everyone) all.
+    fn reachable(&self, policy: &Policy, r: &Rule) -> Vec<u32> {
+        if r.by_port_name() {
+            return self.idents.keys().copied().collect();
+        }
+        let empty = Labels::new();
+        let mut namespaces: BTreeSet<&str> = BTreeSet::new();
+        for p in &r.peers {
+            match &p.namespaces {
+                None => {
+                    namespaces.insert(&policy.namespace);
+                }
+                Some(sel) => namespaces.extend(
+                    self.idents_by_namespace
+                        .keys()
+                        .filter(|ns| sel.matches(self.namespaces.get(*ns).unwrap_or(&empty)))
+                        .map(String::as_str),
+                ),
+            }
+        }
+        namespaces
+            .into_iter()
+            .filter_map(|ns| self.idents_by_namespace.get(ns))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
     /// Policies that may name an identity of namespace `ns` as a peer.
     fn candidates(&self, ns: &str) -> Vec<(String, String)> {
         let mut out: BTreeSet<(String, String)> = self.reaching.clone();
@@ -833,6 +866,10 @@ impl Engine {
         let n = self.last_number;
         self.numbers.insert(key.clone(), n);
         let ns = key.namespace.clone();
+        self.idents_by_namespace
+            .entry(ns.clone())
+            .or_default()
+            .insert(n);
         self.idents.insert(
             n,
             Ident {
@@ -853,6 +890,12 @@ impl Engine {
         };
         self.numbers.remove(&i.key);
         self.shapes.remove(&n);
+        if let Some(set) = self.idents_by_namespace.get_mut(&i.key.namespace) {
+            set.remove(&n);
+            if set.is_empty() {
+                self.idents_by_namespace.remove(&i.key.namespace);
+            }
+        }
         for k in self.candidates(&i.key.namespace) {
             let Some(entry) = self.policies.get_mut(&k) else {
                 continue;
@@ -1145,6 +1188,54 @@ impl Engine {
             }
         }
         ops
+    }
+
+    /// Whether the rules the kernel holds (as of the last `take_ops`) let a new connection
+    /// from `src` to `dst` (`proto`, destination `port`) pass: the chains' decision, for
+    /// finding the tracked connections a change no longer allows.
+    pub fn allows(&self, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> bool {
+        let fam = Family::of(src.is_ipv6());
+        let items = |ip: IpAddr| {
+            self.owner
+                .get(&ip)
+                .filter(|u| self.local.contains_key(*u))
+                .and_then(|u| self.applied_local.get(u))
+        };
+        let id = |ip: IpAddr| self.applied_ids.get(&ip).copied().unwrap_or(0);
+        let has = |items: &BTreeSet<Item>, set: &str, key: Fields| {
+            items
+                .iter()
+                .any(|(s, f, e)| *s == set && *f == fam && e.holds(&key))
+        };
+        let tail = |f: Fields| f.proto_number(proto).port(port);
+        if let Some(mine) = items(src)
+            && has(mine, "out_iso", Fields::new().ip(src))
+            && !has(
+                mine,
+                "out_pod",
+                tail(Fields::new().ip(src).ranged_number(id(dst))),
+            )
+            && !has(mine, "out_cidr", tail(Fields::new().ip(src).ip(dst)))
+        {
+            return false;
+        }
+        if let Some(theirs) = items(dst)
+            && has(theirs, "in_iso", Fields::new().ip(dst))
+            && !has(
+                theirs,
+                "in_pod",
+                tail(Fields::new().ranged_number(id(src)).ip(dst)),
+            )
+            && !has(theirs, "in_cidr", tail(Fields::new().ip(src).ip(dst)))
+        {
+            return false;
+        }
+        true
+    }
+
+    /// Whether `ip` is the address of a pod the engine knows.
+    pub fn is_pod_address(&self, ip: IpAddr) -> bool {
+        self.owner.contains_key(&ip)
     }
 
     /// Forget what was written: the next `take_ops` writes everything (into a fresh table).

@@ -471,6 +471,11 @@ fn verdicts_match_the_rules_on_random_clusters() {
                             denied += 1;
                         }
                         assert_eq!(
+                            e.allows(*s, *d, proto, port),
+                            want,
+                            "the engine's own reading, round {round} step {step}: {s} -> {d}"
+                        );
+                        assert_eq!(
                             k.allows(*s, *d, proto, port),
                             want,
                             "round {round} step {step}: {s} -> {d} {proto}/{port}\npods {pods:#?}\npolicies {policies:#?}"
