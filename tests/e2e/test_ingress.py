@@ -32,9 +32,9 @@ print(out.decode(errors="replace"))
 """
 
 
-def fetch(node, name, path, port=80, ca=None):
+def fetch(node, name, path, port=80, ca=None, to="127.0.0.1"):
     """A GET to the node's Ingress port with Host `name` (and TLS server name, with `ca`)."""
-    r = node.in_netns("python3", "-c", REQUEST, "127.0.0.1", str(port), name, path,
+    r = node.in_netns("python3", "-c", REQUEST, to, str(port), name, path,
                       str(ca) if ca else "-", capture_output=True, text=True, timeout=20)
     return r.stdout + r.stderr
 
@@ -82,6 +82,8 @@ def test_ingresses_route_hosts_and_paths_to_services(node, ing_ns, version):
     wait_until(lambda: "hello-from-alpha" in fetch(node, f"alpha-{name}.example.com", "/x"),
                timeout=30, what="the created ingress to route")
     assert "hello-from-beta" in fetch(node, f"beta-{name}.example.com", "/api/v1")
+    # Over IPv6 as well (the node's loopback), with the client's address forwarded as such.
+    assert "hello-from-beta" in fetch(node, f"beta-{name}.example.com", "/api/v1", to="::1")
     # A path no rule of a known host covers, and an unknown host, find nothing.
     assert "404" in fetch(node, f"beta-{name}.example.com", "/other").split("\n")[0]
     assert "404" in fetch(node, "nowhere.example.com", "/").split("\n")[0]
@@ -203,10 +205,11 @@ def test_an_upgraded_connection_passes_both_ways(node, ing_ns):
     wait_until(upgraded, timeout=30, what="an upgraded connection through the ingress")
 
 
-def test_a_missing_service_is_told_and_answered_503(node, ing_ns):
+def test_a_missing_service_or_secret_is_told_and_answered_503(node, ing_ns):
     ns = ing_ns
     ing = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "ghost"},
-           "spec": {"rules": [{"host": "ghost.example.com", "http": {"paths": [
+           "spec": {"tls": [{"hosts": ["ghost.example.com"], "secretName": "ghost-tls"}],
+                    "rules": [{"host": "ghost.example.com", "http": {"paths": [
                {"path": "/", "pathType": "Prefix",
                 "backend": {"service": {"name": "ghost", "port": {"number": 80}}}}]}}]}}
     node.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(ing))
@@ -217,6 +220,13 @@ def test_a_missing_service_is_told_and_answered_503(node, ing_ns):
         return [e for e in events if e["reason"] == "ServiceNotFound" and e["type"] == "Warning"]
     event = wait_until(told, timeout=30, what="a ServiceNotFound event")[0]
     assert event["message"].startswith('service "ghost" not found'), event
+
+    def told_secret():
+        events = node.json("get", "events", "-n", ns,
+                           "--field-selector", "involvedObject.name=ghost")["items"]
+        return [e for e in events if e["reason"] == "SecretNotFound" and e["type"] == "Warning"]
+    event = wait_until(told_secret, timeout=30, what="a SecretNotFound event")[0]
+    assert event["message"].startswith('secret "ghost-tls" not found'), event
     wait_until(lambda: " 503 " in fetch(node, "ghost.example.com", "/").split("\n")[0],
                timeout=30, what="a 503 for the missing Service")
 

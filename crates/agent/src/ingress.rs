@@ -398,22 +398,52 @@ pub async fn serve_fixed(addr: SocketAddr, host: &str, endpoints: Vec<SocketAddr
     accept(addr, None, certs).await
 }
 
+/// A listener on `addr`; asked for every IPv4 address, one socket for every address of both
+/// families when the node has IPv6 (IPv4 clients then arrive as mapped addresses).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if addr.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+        let both = || -> std::io::Result<TcpListener> {
+            let s = tokio::net::TcpSocket::new_v6()?;
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6V6Only, &false)
+                .map_err(std::io::Error::from)?;
+            s.set_reuseaddr(true)?;
+            s.bind(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                addr.port(),
+            ))?;
+            s.listen(1024)
+        };
+        if let Ok(l) = both() {
+            return Ok(l);
+        }
+    }
+    let s = if addr.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
+}
+
 /// Serve `addr` until dropped; a port that cannot be had is reported and left alone.
 async fn accept(
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     certs: Arc<Certificates>,
 ) {
-    let listener = match TcpListener::bind(addr).await {
+    let listener = match listen(addr) {
         Ok(l) => l,
         Err(e) => {
             warn!(%addr, error = %e, "cannot listen for Ingress traffic");
             return;
         }
     };
-    info!(%addr, tls = tls.is_some(), "serving Ingresses");
+    info!(addr = %listener.local_addr().unwrap_or(addr), tls = tls.is_some(), "serving Ingresses");
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, mut peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "accepting an Ingress connection");
@@ -421,6 +451,8 @@ async fn accept(
                 continue;
             }
         };
+        // An IPv4 client of the dual-stack socket is named by its IPv4 address.
+        peer.set_ip(peer.ip().to_canonical());
         let _ = stream.set_nodelay(true);
         let tls = tls.clone();
         let certs = certs.clone();

@@ -53,6 +53,16 @@ pub fn services_named(ing: &Ingress) -> BTreeSet<String> {
         .collect()
 }
 
+/// The Secrets an Ingress's `spec.tls` names.
+pub fn secrets_named(ing: &Ingress) -> BTreeSet<String> {
+    ing.spec
+        .iter()
+        .flat_map(|s| s.tls.iter().flatten())
+        .filter_map(|t| t.secret_name.clone())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
 pub struct IngressStatusController {
     client: Client,
     ingresses: Arc<Mirror<Ingress>>,
@@ -62,6 +72,8 @@ pub struct IngressStatusController {
     /// The missing Services last reported per Ingress (and for which generation), so that a
     /// problem is told once, not on every pass.
     reported: Mutex<HashMap<String, (i64, BTreeSet<String>)>>,
+    /// The TLS Secrets last looked for per Ingress (and for which generation).
+    secrets_checked: Mutex<HashMap<String, (i64, BTreeSet<String>)>>,
     queue: Queue,
 }
 
@@ -100,6 +112,7 @@ impl IngressStatusController {
             nodes,
             services,
             reported: Mutex::default(),
+            secrets_checked: Mutex::default(),
             queue,
         }
     }
@@ -137,6 +150,53 @@ impl IngressStatusController {
     }
 }
 
+impl IngressStatusController {
+    /// A Warning event on an Ingress whose TLS Secret does not exist (its hosts get no
+    /// certificate from it), looked up once per generation and set of names.
+    async fn report_missing_secrets(
+        &self,
+        key: &str,
+        ns: &str,
+        ing: &Ingress,
+    ) -> Result<(), client::ClientError> {
+        let names = secrets_named(ing);
+        let now = (ing.metadata.generation.unwrap_or(0), names.clone());
+        if self
+            .secrets_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            == Some(&now)
+        {
+            return Ok(());
+        }
+        for s in &names {
+            if self
+                .client
+                .get::<api::k8s_openapi::api::core::v1::Secret>(Some(ns), s)
+                .await?
+                .is_none()
+            {
+                crate::owned::event(
+                    &self.client,
+                    "ingress-controller",
+                    ing,
+                    "Warning",
+                    "SecretNotFound",
+                    &format!(
+                        "secret \"{s}\" not found: the hosts of its TLS entry get no certificate from it"
+                    ),
+                );
+            }
+        }
+        self.secrets_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), now);
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Reconciler for IngressStatusController {
     fn name(&self) -> &'static str {
@@ -157,6 +217,10 @@ impl Reconciler for IngressStatusController {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(key);
+            self.secrets_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
             return Ok(None);
         };
         let default = self
@@ -168,6 +232,7 @@ impl Reconciler for IngressStatusController {
             return Ok(None);
         };
         self.report_missing(key, ns, &ing);
+        self.report_missing_secrets(key, ns, &ing).await?;
         if want == addresses_of(&ing) {
             return Ok(None);
         }
