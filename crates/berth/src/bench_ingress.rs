@@ -2,14 +2,16 @@
 //! network namespace made for the run, one pod (a real `BridgeNetwork` attachment) serves a
 //! small HTTP answer; `hey` (Debian's `hey`) drives it through the proxy and straight to the
 //! pod in the same run, at a fixed rate and flat out, and the table prints requests per
-//! second and latency percentiles of both, and what the proxy adds.
+//! second and latency percentiles of both, and what the proxy adds. Then, against a real
+//! `berth server`, the node's Ingress controller follows the API, and each of
+//! `--route-changes` new Ingresses is timed from its create to the first request it routes.
 //!
 //! Prints a table; asserts nothing.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use net::{Attachment, PodNetwork};
@@ -25,6 +27,99 @@ pub struct IngressBenchArgs {
     /// Requests per second of the fixed-rate runs (the goal's 5,000/s per core).
     #[arg(long, default_value_t = 5000)]
     rate: u32,
+    /// Ingresses created one at a time, each timed until it routes (0: none).
+    #[arg(long, default_value_t = 100)]
+    route_changes: usize,
+}
+
+/// The status code of a GET of `/` with `Host: host` to `to`, if one came back.
+fn status(to: SocketAddr, host: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Ingresses created through the API of a real server, each timed from its create until the
+/// node's controller routes a request by it to the backend.
+async fn route_changes(args: &IngressBenchArgs, backend: IpAddr) -> Result<Vec<Duration>> {
+    use bytes::Bytes;
+    use http::Method;
+    use serde_json::json;
+    let server = crate::bench::start_server(&[]).await?;
+    let c = server.client.clone();
+    c.request_json(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(&json!({"metadata": {"name": "bench"}})),
+    )
+    .await?;
+    // A Service without a selector, its one endpoint the backend pod.
+    c.request_json(
+        Method::POST,
+        "/api/v1/namespaces/bench/services",
+        Some(&json!({"metadata": {"name": "bench"},
+                     "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})),
+    )
+    .await?;
+    c.request_json(
+        Method::POST,
+        "/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices",
+        Some(&json!({"metadata": {"name": "bench-1",
+                                  "labels": {"kubernetes.io/service-name": "bench",
+                                             "endpointslice.kubernetes.io/managed-by": "bench"}},
+                     "addressType": "IPv4",
+                     "endpoints": [{"addresses": [backend.to_string()],
+                                    "conditions": {"ready": true}}],
+                     "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})),
+    )
+    .await?;
+    let at: SocketAddr = "127.0.0.1:18081".parse()?;
+    let controller = tokio::spawn(agent::ingress::run(
+        c.clone(),
+        agent::ingress::IngressConfig {
+            http: Some(at),
+            https: None,
+        },
+    ));
+    let mut out = Vec::with_capacity(args.route_changes);
+    for i in 0..args.route_changes {
+        let host = format!("r{i}.example.com");
+        let body = json!({"metadata": {"name": format!("r{i}")},
+                          "spec": {"ingressClassName": "berth", "rules": [{"host": host, "http": {"paths": [
+                              {"path": "/", "pathType": "Prefix",
+                               "backend": {"service": {"name": "bench", "port": {"name": "http"}}}}]}}]}});
+        let t = Instant::now();
+        c.request(
+            Method::POST,
+            "/apis/networking.k8s.io/v1/namespaces/bench/ingresses",
+            "application/json",
+            Bytes::from(body.to_string()),
+        )
+        .await?;
+        let h = host.clone();
+        let routed = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if status(at, &h) == Some(200) {
+                    return Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            None
+        })
+        .await?
+        .with_context(|| format!("{host} was not routed within 10 s"))?;
+        out.push(routed.saturating_duration_since(t));
+    }
+    controller.abort();
+    drop(server);
+    out.sort();
+    Ok(out)
 }
 
 /// The backend: a hyper server in the pod's network namespace, on its own thread.
@@ -172,6 +267,15 @@ pub async fn run(args: IngressBenchArgs) -> Result<()> {
     }
     println!("goal: <= 1 ms p99 added at 5,000 requests/s per core");
     serving.abort();
+    if args.route_changes > 0 {
+        let d = route_changes(&args, ip).await?;
+        println!(
+            "a new Ingress created through the API -> routing ({} times): p50 {}, p99 {} (goal: p99 <= 100 ms)",
+            d.len(),
+            crate::bench::ms(crate::bench::percentile(&d, 0.50)),
+            crate::bench::ms(crate::bench::percentile(&d, 0.99)),
+        );
+    }
     net.detach("ingress-backend").await?;
     Ok(())
 }

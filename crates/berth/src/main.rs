@@ -10,6 +10,7 @@ mod bench_crd;
 mod bench_dns;
 mod bench_ingress;
 mod bench_net;
+mod bench_netpol;
 mod bench_pods;
 mod cluster;
 mod csr_cleaner;
@@ -82,6 +83,9 @@ enum BenchCommand {
     /// The Ingress proxy: requests per second and latency through it beside straight to
     /// the pod, at a fixed rate and flat out (needs `hey`).
     Ingress(bench_ingress::IngressBenchArgs),
+    /// NetworkPolicy: connect() latency with 1,000 policies beside none, a pod's rules
+    /// written before it starts, and a policy change through the API -> enforced.
+    Netpol(bench_netpol::NetpolBenchArgs),
     /// The cluster DNS: queries per second on one core (dnsperf), latency, the search-path
     /// walk, and the DNS and proxy memory at 10,000 Services and 50,000 pods.
     Dns(bench_dns::DnsBenchArgs),
@@ -208,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
                 | BenchCommand::Net(_)
                 | BenchCommand::Dns(_)
                 | BenchCommand::Ingress(_)
+                | BenchCommand::Netpol(_)
         )
     ) {
         bench_net::isolate()?;
@@ -225,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Pods(args)) => bench_pods::run(args).await,
             Command::Bench(BenchCommand::Net(args)) => bench_net::run(args).await,
             Command::Bench(BenchCommand::Ingress(args)) => bench_ingress::run(args).await,
+            Command::Bench(BenchCommand::Netpol(args)) => bench_netpol::run(args).await,
             Command::Bench(BenchCommand::Dns(args)) => bench_dns::run(args).await,
             Command::Bench(BenchCommand::Authz(args)) => bench::authz(args),
             Command::Image(args) => images_cli::run(args).await,
