@@ -6,7 +6,7 @@
 //! starts, with its namespace's policies read afresh, so a pod under a policy is never
 //! reachable before the policy holds for it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -138,8 +138,13 @@ impl State {
     }
 
     /// Bring the kernel up to date: the changes into the live table, or a whole table made
-    /// beside the old one, which then goes. Blocking.
-    fn flush(&mut self, nft_path: &std::path::Path, dns: Option<IpAddr>) -> Result<(), NetError> {
+    /// beside the old one, which then goes. Returns whose connections to check (`cut`).
+    /// Blocking.
+    fn flush(
+        &mut self,
+        nft_path: &std::path::Path,
+        dns: Option<IpAddr>,
+    ) -> Result<Narrowed, NetError> {
         if let Some(t) = self.table {
             let ops = self.engine.take_ops();
             if let Err(e) = nftnl::write(t, &ops) {
@@ -147,10 +152,12 @@ impl State {
                 self.table = None;
                 return Err(e);
             }
-            if restrictive(&ops) {
-                self.cut(dns);
-            }
-            return Ok(());
+            let narrowed = self.engine.take_narrowed();
+            return Ok(if narrowed.is_empty() {
+                Narrowed::Nothing
+            } else {
+                Narrowed::These(narrowed)
+            });
         }
         let present = nft::tables(nft_path)?;
         let table = policy::TABLES
@@ -172,55 +179,67 @@ impl State {
             policies, identities, pods, "network policy rules loaded"
         );
         // Connections made while no rules (or older ones) held.
-        self.cut(dns);
-        Ok(())
-    }
-
-    /// Delete the tracked connections from pods that the rules now refuse, so that a
-    /// policy cuts traffic already flowing, not only new connections. Connections from
-    /// outside the pods (the node's own, which is never filtered) and to the cluster DNS
-    /// are left alone. Blocking.
-    fn cut(&self, dns: Option<IpAddr>) {
-        let denied: Vec<conntrack::Connection> = match conntrack::connections() {
-            Ok(all) => all
-                .into_iter()
-                .filter(|c| {
-                    let (src, dst, proto, port) = c.endpoints();
-                    matches!(proto, 6 | 17 | 132)
-                        && Some(dst) != dns
-                        && self.engine.is_pod_address(src)
-                        && !self.engine.allows(src, dst, proto, port)
-                })
-                .collect(),
-            Err(e) => {
-                warn!(error = %e, "could not read the tracked connections");
-                return;
-            }
-        };
-        if denied.is_empty() {
-            return;
-        }
-        match conntrack::delete(&denied) {
-            Ok(n) => debug!(
-                connections = n,
-                "connections the network policies refuse cut"
-            ),
-            Err(e) => warn!(error = %e, "could not cut connections the network policies refuse"),
-        }
+        self.engine.take_narrowed();
+        Ok(Narrowed::All)
     }
 }
 
-/// Whether a change may refuse what was allowed: an allowance or an address's identity
-/// gone, or a pod newly isolated.
-fn restrictive(ops: &[nftnl::SetOp]) -> bool {
-    ops.iter().any(|o| {
-        let isolation = o.set == "in_iso" || o.set == "out_iso";
-        !o.elements.is_empty()
-            && match o.op {
-                nftnl::Op::Delete => !isolation,
-                nftnl::Op::Add => isolation,
-            }
-    })
+/// Whose tracked connections a change may have refused.
+enum Narrowed {
+    Nothing,
+    These(BTreeSet<IpAddr>),
+    All,
+}
+
+/// Delete the tracked connections from pods that the rules now refuse, so that a policy
+/// cuts traffic already flowing, not only new connections: those touching the `narrowed`
+/// addresses. Connections from outside the pods (the node's own, which is never filtered)
+/// and to the cluster DNS are left alone. The table is read without the lock (it may be
+/// large), then judged under it. Blocking.
+fn cut(state: &Mutex<State>, dns: Option<IpAddr>, narrowed: &Narrowed) {
+    let only = match narrowed {
+        Narrowed::Nothing => return,
+        Narrowed::These(set) => Some(set),
+        Narrowed::All => None,
+    };
+    let all = match conntrack::connections() {
+        Ok(all) => all,
+        Err(e) => {
+            warn!(error = %e, "could not read the tracked connections");
+            return;
+        }
+    };
+    let denied: Vec<conntrack::Connection> = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        all.into_iter()
+            .filter(|c| {
+                let (src, dst, proto, port) = c.endpoints();
+                only.is_none_or(|n| n.contains(&src) || n.contains(&dst))
+                    && matches!(proto, 6 | 17 | 132)
+                    && Some(dst) != dns
+                    && st.engine.is_pod_address(src)
+                    && !st.engine.allows(src, dst, proto, port)
+            })
+            .collect()
+    };
+    if denied.is_empty() {
+        return;
+    }
+    match conntrack::delete(&denied) {
+        Ok(n) => debug!(
+            connections = n,
+            "connections the network policies refuse cut"
+        ),
+        Err(e) => warn!(error = %e, "could not cut connections the network policies refuse"),
+    }
+}
+
+/// Cut what a change refuses, on a thread of its own: the next change need not wait for it.
+fn cut_later(state: Arc<Mutex<State>>, dns: Option<IpAddr>, narrowed: Narrowed) {
+    if matches!(narrowed, Narrowed::Nothing) {
+        return;
+    }
+    tokio::task::spawn_blocking(move || cut(&state, dns, &narrowed));
 }
 
 /// Forward a watch's events into `tx` until the receiver goes.
@@ -320,14 +339,15 @@ impl Policies {
                     st.apply(c);
                 }
                 if ready {
-                    st.flush(&this.nft, this.dns).map(|()| true)
+                    st.flush(&this.nft, this.dns).map(Some)
                 } else {
-                    Ok(false)
+                    Ok(None)
                 }
             })
             .await;
             match result {
-                Ok(Ok(true)) => {
+                Ok(Ok(Some(narrowed))) => {
+                    cut_later(self.state.clone(), self.dns, narrowed);
                     debug!(
                         ms = started.elapsed().as_secs_f64() * 1e3,
                         "network policy rules written"
@@ -335,7 +355,7 @@ impl Policies {
                     self.synced.send_replace(true);
                     retry = false;
                 }
-                Ok(Ok(false)) => {}
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     warn!(error = %e, "could not write the network policy rules; loading them whole next");
                     retry = true;
@@ -362,20 +382,20 @@ impl Policies {
             return Ok(());
         };
         info.ips = ips.to_vec();
-        let params = ListParams {
-            strip_managed_fields: true,
-            ..Default::default()
-        };
-        let (fresh, _) = self
-            .feed
-            .client
-            .list::<NetworkPolicy>(Some(&info.namespace), &params)
+        let asked = Instant::now();
+        let fresh = self
+            .newer_policies(&info.namespace)
             .await
             .map_err(|e| format!("reading the namespace's network policies: {e}"))?;
+        debug!(
+            ms = asked.elapsed().as_secs_f64() * 1e3,
+            newer = fresh.len(),
+            "the namespace's network policies read"
+        );
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         // The lock is taken on a blocking thread: a write may take milliseconds.
         let (this, nft_path, dns) = (self.state.clone(), self.nft.clone(), self.dns);
-        tokio::task::spawn_blocking(move || {
+        let narrowed = tokio::task::spawn_blocking(move || {
             let mut st = this.lock().unwrap_or_else(|p| p.into_inner());
             for p in &fresh {
                 st.policy(p, true);
@@ -385,7 +405,79 @@ impl Policies {
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        cut_later(self.state.clone(), self.dns, narrowed);
+        Ok(())
+    }
+
+    /// The namespace's policies newer than the engine has: their names and versions read
+    /// afresh (metadata only), then each newer one whole (usually none).
+    async fn newer_policies(&self, ns: &str) -> Result<Vec<NetworkPolicy>, client::ClientError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            #[serde(default)]
+            items: Vec<Item>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            metadata: Meta,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Meta {
+            name: String,
+            #[serde(default)]
+            resource_version: Option<String>,
+        }
+        let req = http::Request::get(format!(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"
+        ))
+        .header(
+            http::header::ACCEPT,
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        )
+        .body(bytes::Bytes::new())
+        .map_err(|e| client::ClientError::Transport(Box::new(e)))?;
+        let resp = self.feed.client.send(req).await?;
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(client::ClientError::Transport)?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(client::api_error(status, &body));
+        }
+        let list: List = serde_json::from_slice(&body).map_err(client::ClientError::Decode)?;
+        let newer: Vec<String> = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            list.items
+                .into_iter()
+                .filter(|i| {
+                    let v = i
+                        .metadata
+                        .resource_version
+                        .as_deref()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(u64::MAX);
+                    st.versions
+                        .get(&(ns.to_string(), i.metadata.name.clone()))
+                        .is_none_or(|have| *have < v)
+                })
+                .map(|i| i.metadata.name)
+                .collect()
+        };
+        let mut out = Vec::with_capacity(newer.len());
+        for name in newer {
+            if let Some(p) = self
+                .feed
+                .client
+                .get::<NetworkPolicy>(Some(ns), &name)
+                .await?
+            {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
     /// One of the node's pods gave its addresses back: its rules go.
@@ -399,14 +491,16 @@ impl Policies {
         let done = tokio::task::spawn_blocking(move || {
             let mut st = this.lock().unwrap_or_else(|p| p.into_inner());
             if !st.engine.is_local(&uid) {
-                return Ok(());
+                return Ok(Narrowed::Nothing);
             }
             st.engine.detach(&uid);
             st.flush(&nft_path, dns)
         })
         .await;
-        if let Ok(Err(e)) = done {
-            warn!(error = %e, "could not remove a pod's network policy rules");
+        match done {
+            Ok(Ok(narrowed)) => cut_later(self.state.clone(), self.dns, narrowed),
+            Ok(Err(e)) => warn!(error = %e, "could not remove a pod's network policy rules"),
+            Err(e) => warn!(error = %e, "network policy task failed"),
         }
     }
 }

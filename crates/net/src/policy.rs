@@ -548,6 +548,11 @@ pub struct Engine {
     dirty_ips: BTreeSet<IpAddr>,
     dirty_idents: BTreeSet<u32>,
     dirty_pods: BTreeSet<String>,
+    /// Addresses of pods that the last changes may refuse something they had (their
+    /// connections are worth checking); new pods and gone ones are not among them.
+    narrowed: BTreeSet<IpAddr>,
+    /// The node's pods whose elements a `take_ops` has written (or found empty).
+    written: HashSet<String>,
 }
 
 fn policy_key(ns: &str, name: &str) -> (String, String) {
@@ -1145,6 +1150,10 @@ impl Engine {
             if want == have {
                 continue;
             }
+            if want.is_some() && have.is_some() {
+                // Another identity: what its peers allowed the old one may not hold.
+                self.narrowed.insert(ip);
+            }
             let fam = Family::of(ip.is_ipv6());
             if have.is_some() {
                 removed
@@ -1171,6 +1180,23 @@ impl Engine {
             }
             for (set, fam, e) in want.difference(&have) {
                 added.entry((set, *fam)).or_default().push(e.clone());
+            }
+            let lost = have.difference(&want).next().is_some()
+                || want
+                    .difference(&have)
+                    .any(|(set, _, _)| *set == "in_iso" || *set == "out_iso");
+            // A pod seen before that is still here (a new one has no connections yet).
+            let existed = self.written.contains(&uid);
+            match self.local.get(&uid) {
+                Some(p) => {
+                    if lost && existed {
+                        self.narrowed.extend(p.ips.iter().copied());
+                    }
+                    self.written.insert(uid.clone());
+                }
+                None => {
+                    self.written.remove(&uid);
+                }
             }
             if !want.is_empty() {
                 self.applied_local.insert(uid, want);
@@ -1233,6 +1259,11 @@ impl Engine {
         true
     }
 
+    /// The addresses narrowed since the last call (see `narrowed`).
+    pub fn take_narrowed(&mut self) -> BTreeSet<IpAddr> {
+        std::mem::take(&mut self.narrowed)
+    }
+
     /// Whether `ip` is the address of a pod the engine knows.
     pub fn is_pod_address(&self, ip: IpAddr) -> bool {
         self.owner.contains_key(&ip)
@@ -1242,6 +1273,7 @@ impl Engine {
     pub fn rewrite_all(&mut self) {
         self.applied_ids.clear();
         self.applied_local.clear();
+        self.written.clear();
         self.dirty_ips.extend(self.owner.keys().copied());
         self.dirty_pods.extend(self.local.keys().cloned());
     }

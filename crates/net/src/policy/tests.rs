@@ -257,6 +257,8 @@ fn deny_then_allow_from_a_label_and_replicas_cost_one_element() {
     );
     run(&mut e, &mut k);
     assert!(!k.allows(client, web, TCP, 80), "deny all ingress");
+    // Web's open connections are worth checking now; a new pod's would not be.
+    assert_eq!(e.take_narrowed(), BTreeSet::from([web]));
     assert!(k.allows(web, client, TCP, 80), "egress stays open");
 
     e.set_policy(
@@ -281,6 +283,7 @@ fn deny_then_allow_from_a_label_and_replicas_cost_one_element() {
         Some(pod("default", &[("role", "client")], "10.42.0.9")),
     );
     assert_eq!(run(&mut e, &mut k), 1);
+    assert!(e.take_narrowed().is_empty(), "a replica narrows nothing");
     assert!(k.allows(ip("10.42.0.9"), web, TCP, 80));
     // Its status changing (same labels) writes nothing.
     e.observe_pod(
