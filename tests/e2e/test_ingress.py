@@ -214,18 +214,13 @@ def test_a_missing_service_or_secret_is_told_and_answered_503(node, ing_ns):
                 "backend": {"service": {"name": "ghost", "port": {"number": 80}}}}]}}]}}
     node.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(ing))
 
-    def told():
+    def told(reason):
         events = node.json("get", "events", "-n", ns,
                            "--field-selector", "involvedObject.name=ghost")["items"]
-        return [e for e in events if e["reason"] == "ServiceNotFound" and e["type"] == "Warning"]
-    event = wait_until(told, timeout=30, what="a ServiceNotFound event")[0]
+        return [e for e in events if e["reason"] == reason and e["type"] == "Warning"]
+    event = wait_until(lambda: told("ServiceNotFound"), timeout=30, what="a ServiceNotFound event")[0]
     assert event["message"].startswith('service "ghost" not found'), event
-
-    def told_secret():
-        events = node.json("get", "events", "-n", ns,
-                           "--field-selector", "involvedObject.name=ghost")["items"]
-        return [e for e in events if e["reason"] == "SecretNotFound" and e["type"] == "Warning"]
-    event = wait_until(told_secret, timeout=30, what="a SecretNotFound event")[0]
+    event = wait_until(lambda: told("SecretNotFound"), timeout=30, what="a SecretNotFound event")[0]
     assert event["message"].startswith('secret "ghost-tls" not found'), event
     wait_until(lambda: " 503 " in fetch(node, "ghost.example.com", "/").split("\n")[0],
                timeout=30, what="a 503 for the missing Service")

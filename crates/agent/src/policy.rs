@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use api::k8s_openapi::api::core::v1::{Namespace, Pod};
 use api::k8s_openapi::api::networking::v1::NetworkPolicy;
-use client::{Client, ListParams, Watcher, watcher};
+use client::{Client, ListParams, watcher};
+
+use crate::proxy::{follow_with, next_batch};
 use net::policy::{self, Engine, PodInfo, Policy};
 use net::{NetError, conntrack, nft, nftnl};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-/// How long to gather changes before writing them.
-const GATHER: Duration = Duration::from_millis(2);
 /// How long a pod waits for the first load before its sandbox fails (and is retried).
 const FIRST_LOAD: Duration = Duration::from_secs(30);
 
@@ -242,26 +242,6 @@ fn cut_later(state: Arc<Mutex<State>>, dns: Option<IpAddr>, narrowed: Narrowed) 
     tokio::task::spawn_blocking(move || cut(&state, dns, &narrowed));
 }
 
-/// Forward a watch's events into `tx` until the receiver goes.
-fn follow<K>(
-    client: Client,
-    params: ListParams,
-    tx: mpsc::Sender<Change>,
-    wrap: fn(watcher::Event<K>) -> Change,
-) -> tokio::task::JoinHandle<()>
-where
-    K: api::k8s_openapi::Resource + api::k8s_openapi::ListableResource,
-    K: api::k8s_openapi::Metadata<
-            Ty = api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-        >,
-    K: serde::de::DeserializeOwned + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut w = Watcher::<K>::new(client, None, params);
-        while tx.send(wrap(w.next().await)).await.is_ok() {}
-    })
-}
-
 impl Policies {
     pub fn new(feed: PolicyFeed, nft: PathBuf, dns: Option<IpAddr>) -> Policies {
         Policies {
@@ -286,36 +266,21 @@ impl Policies {
         };
         let c = &self.feed.client;
         let _stop = [
-            follow(c.clone(), lean.clone(), tx.clone(), |e| {
+            follow_with(c.clone(), lean.clone(), tx.clone(), |e| {
                 Change::Policies(Box::new(e))
             }),
-            follow(c.clone(), lean, tx.clone(), |e| {
+            follow_with(c.clone(), lean, tx.clone(), |e| {
                 Change::Namespaces(Box::new(e))
             }),
-            follow(c.clone(), pods, tx, |e| Change::Pods(Box::new(e))),
+            follow_with(c.clone(), pods, tx, |e| Change::Pods(Box::new(e))),
         ]
         .map(supervise::AbortOnDrop);
         let (mut have_policies, mut have_namespaces, mut have_pods) = (false, false, false);
         let mut retry = false;
         loop {
-            // After a failed write, try again within a second even if nothing changes.
-            let first = if retry {
-                match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
-                    Ok(Some(c)) => Some(c),
-                    Ok(None) => return,
-                    Err(_) => None,
-                }
-            } else {
-                match rx.recv().await {
-                    Some(c) => Some(c),
-                    None => return,
-                }
+            let Some(batch) = next_batch(&mut rx, retry).await else {
+                return;
             };
-            let mut batch: Vec<Change> = first.into_iter().collect();
-            tokio::time::sleep(GATHER).await;
-            while let Ok(c) = rx.try_recv() {
-                batch.push(c);
-            }
             for c in &batch {
                 match c {
                     Change::Policies(e) if matches!(**e, watcher::Event::Restarted(_)) => {

@@ -137,10 +137,48 @@ where
         >,
     K: serde::de::DeserializeOwned + Send + 'static,
 {
+    follow_with(client, ListParams::default(), tx, wrap)
+}
+
+/// `follow`, listing and watching with `params`.
+pub(crate) fn follow_with<K, C: Send + 'static>(
+    client: Client,
+    params: ListParams,
+    tx: mpsc::Sender<C>,
+    wrap: fn(watcher::Event<K>) -> C,
+) -> tokio::task::JoinHandle<()>
+where
+    K: api::k8s_openapi::Resource + api::k8s_openapi::ListableResource,
+    K: api::k8s_openapi::Metadata<
+            Ty = api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        >,
+    K: serde::de::DeserializeOwned + Send + 'static,
+{
     tokio::spawn(async move {
-        let mut w = Watcher::<K>::new(client, None, ListParams::default());
+        let mut w = Watcher::<K>::new(client, None, params);
         while tx.send(wrap(w.next().await)).await.is_ok() {}
     })
+}
+
+/// The next batch of changes: the first to arrive and those that follow within `GATHER`.
+/// After a failed write (`retry`) it returns within a second even if nothing arrives, so the
+/// caller tries again. `None` once the senders are gone.
+pub(crate) async fn next_batch<C>(rx: &mut mpsc::Receiver<C>, retry: bool) -> Option<Vec<C>> {
+    let first = if retry {
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(c)) => Some(c),
+            Ok(None) => return None,
+            Err(_) => None,
+        }
+    } else {
+        Some(rx.recv().await?)
+    };
+    let mut batch: Vec<C> = first.into_iter().collect();
+    tokio::time::sleep(GATHER).await;
+    while let Ok(c) = rx.try_recv() {
+        batch.push(c);
+    }
+    Some(batch)
 }
 
 /// What the kernel holds.
@@ -189,24 +227,9 @@ pub async fn run(client: Client, nft_path: PathBuf, node: String, local: Option<
     let mut last_full = Instant::now();
     let mut retry = false;
     loop {
-        // After a failed apply, try again within a second even if nothing changes.
-        let first = if retry {
-            match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
-                Ok(Some(c)) => Some(c),
-                Ok(None) => return,
-                Err(_) => None,
-            }
-        } else {
-            match rx.recv().await {
-                Some(c) => Some(c),
-                None => return,
-            }
+        let Some(batch) = next_batch(&mut rx, retry).await else {
+            return;
         };
-        let mut batch: Vec<Change> = first.into_iter().collect();
-        tokio::time::sleep(GATHER).await;
-        while let Ok(c) = rx.try_recv() {
-            batch.push(c);
-        }
         for c in batch {
             match c {
                 Change::Services(e) => match *e {
