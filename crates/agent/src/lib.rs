@@ -4,6 +4,7 @@
 
 mod backoff;
 pub mod dns;
+pub mod endpoint;
 pub mod events;
 mod exec;
 pub mod gc;
@@ -16,6 +17,7 @@ pub mod policy;
 pub mod portforward;
 pub mod probe;
 pub mod proxy;
+pub mod routes;
 pub mod server;
 pub mod services;
 pub mod spec;
@@ -83,6 +85,8 @@ pub struct AgentConfig {
     pub pod_pids_limit: Option<u64>,
     /// Where NetworkPolicies are read from; enforced when the Service proxy's `nft` is there.
     pub network_policy: Option<policy::PolicyFeed>,
+    /// How other nodes' pods are reached; `None` writes no routes to them.
+    pub node_routes: Option<net::routes::Backend>,
 }
 
 /// Where the node's pod network comes from.
@@ -155,6 +159,7 @@ pub struct Agent {
     network: NetworkSetup,
     service_proxy: Option<PathBuf>,
     ingress: Option<ingress::IngressConfig>,
+    node_routes: Option<net::routes::Backend>,
 }
 
 impl Agent {
@@ -209,7 +214,14 @@ impl Agent {
             network: cfg.network,
             service_proxy: cfg.service_proxy,
             ingress: cfg.ingress,
+            node_routes: cfg.node_routes,
         }
+    }
+
+    /// Stop and remove every container, sandbox and pod network of this node (a node that
+    /// goes away for good; its pods' objects are the control plane's to handle).
+    pub async fn remove_everything(&self) {
+        pods::remove_orphans(&self.shared, &std::collections::HashSet::new()).await;
     }
 
     pub fn node_name(&self) -> &str {
@@ -255,6 +267,14 @@ impl Agent {
             let network = self.network().await;
             let _ = self.shared.network.set(network);
         }
+        // Routes to other nodes' pods.
+        let _routes = self.node_routes.map(|backend| {
+            let c = self.shared.client.clone();
+            let (node, ip) = (self.shared.node.name.clone(), self.shared.node.ip);
+            AbortOnDrop(supervise("node-routes", move || {
+                routes::run(c.clone(), node.clone(), ip, backend)
+            }))
+        });
         // NetworkPolicy rules, which every pod waits for before it starts.
         let _policies = self.shared.policies.clone().map(|p| {
             let node = self.shared.node.name.clone();

@@ -153,7 +153,7 @@ pub(crate) async fn run(shared: Arc<Shared>, workers: Arc<Workers>) {
 
 /// Containers, sandboxes, pod directories, logs and cgroups of pods that are not on this node
 /// any more (deleted while the agent was down).
-async fn remove_orphans(shared: &Shared, present: &HashSet<String>) {
+pub(crate) async fn remove_orphans(shared: &Shared, present: &HashSet<String>) {
     let owner = |id: &str| id.split('_').next().unwrap_or("").to_string();
     for id in shared.runtime.list() {
         if present.contains(&owner(&id)) {

@@ -207,7 +207,11 @@ impl ApiServer {
         let (addr, server_name) =
             crate::webhooks::service_endpoint(&self.cache, ns, name, s.port.unwrap_or(443))?;
         // The server speaks for the caller with the front proxy's certificate.
-        let me = self.config.front_proxy.as_ref();
+        let me = self
+            .config
+            .front_proxy
+            .as_ref()
+            .map(crate::FrontProxy::client_cert);
         let tls = if spec.insecure_skip_tls_verify == Some(true) {
             crate::webhooks::tls_config_unverified(me)?
         } else {

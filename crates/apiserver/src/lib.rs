@@ -36,5 +36,5 @@ mod webhooks;
 mod write;
 
 pub use body::Body;
-pub use node::NodeConnector;
+pub use node::{AgentClient, DEFAULT_AGENT_PORT, NodeConnector, NodeTarget};
 pub use server::{ApiServer, Config, FrontProxy, Identity, KeyRotation, git_version};

@@ -37,7 +37,7 @@ impl ApiServer {
             .uri("/stats/summary")
             .body(Bytes::new())
             .ok()?;
-        let resp = connector.call(node, req).await?;
+        let resp = connector.call(&self.node_target(node), req).await.ok()?;
         if !resp.status().is_success() {
             return None;
         }

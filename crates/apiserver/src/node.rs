@@ -6,6 +6,10 @@
 //! pod instance the API server checked, so a pod re-created under the same name is not
 //! confused with the old one.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -16,11 +20,128 @@ use crate::errors::{ApiError, ApiResult};
 use crate::request::{Params, Target};
 use crate::server::{ApiServer, Reply};
 
+/// A node as the API server knows it: its name, and where its agent's HTTPS endpoint listens
+/// (the Node's first InternalIP, else ExternalIP, at `daemonEndpoints.kubeletEndpoint.Port`),
+/// if the Node says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTarget {
+    pub name: String,
+    pub endpoint: Option<SocketAddr>,
+}
+
+impl NodeTarget {
+    /// Read from a Node object.
+    pub fn of(name: &str, node: Option<&Value>) -> NodeTarget {
+        let endpoint = node.and_then(|n| {
+            let addresses = n["status"]["addresses"].as_array()?;
+            let ip = ["InternalIP", "ExternalIP"].iter().find_map(|kind| {
+                addresses
+                    .iter()
+                    .filter(|a| a["type"] == *kind)
+                    .find_map(|a| a["address"].as_str()?.parse::<IpAddr>().ok())
+            })?;
+            let port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .unwrap_or(DEFAULT_AGENT_PORT);
+            Some(SocketAddr::new(ip, port))
+        });
+        NodeTarget {
+            name: name.to_string(),
+            endpoint,
+        }
+    }
+}
+
+/// The port of a node's agent endpoint, the kubelet's.
+pub const DEFAULT_AGENT_PORT: u16 = 10250;
+
 /// Reaches the agent of a node.
 #[async_trait]
 pub trait NodeConnector: Send + Sync {
-    /// Serve `req` on `node`; `None` if no agent for that node can be reached.
-    async fn call(&self, node: &str, req: Request<Bytes>) -> Option<Response<Body>>;
+    /// Serve `req` on `node`; `Err` says why its agent cannot be reached.
+    async fn call(&self, node: &NodeTarget, req: Request<Bytes>) -> Result<Response<Body>, String>;
+}
+
+/// How long reaching an agent's endpoint (TCP and TLS) may take.
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reaches agents over HTTPS: an agent's certificate must chain to the cluster CA and name the
+/// address dialled, and the server presents its own client certificate (as
+/// `kube-apiserver-kubelet-client`, which the agent authorizes with a SubjectAccessReview).
+/// Upgraded requests (exec, attach, port-forward) are relayed byte for byte once the agent has
+/// switched protocols.
+pub struct AgentClient {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl AgentClient {
+    pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<AgentClient, String> {
+        let me = crate::webhooks::ClientCert {
+            what: "the agent client",
+            cert_pem,
+            key_pem,
+        };
+        let tls = crate::webhooks::tls_config(Some(ca_pem.as_bytes()), Some(me))?;
+        Ok(AgentClient { tls })
+    }
+}
+
+#[async_trait]
+impl NodeConnector for AgentClient {
+    async fn call(
+        &self,
+        node: &NodeTarget,
+        mut req: Request<Bytes>,
+    ) -> Result<Response<Body>, String> {
+        let addr = node.endpoint.ok_or("the node has published no address")?;
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(
+                    rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+                    tcp,
+                )
+                .await
+                .map_err(|e| format!("tls with {addr}: {e}"))
+        };
+        let tls = tokio::time::timeout(AGENT_CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| format!("dial tcp {addr}: i/o timeout"))??;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let caller = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove(http::header::AUTHORIZATION);
+        if let Ok(v) = http::HeaderValue::from_str(&addr.to_string()) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        let out = Request::from_parts(parts, http_body_util::Full::new(body));
+        let mut resp = sender.send_request(out).await.map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(crate::proxy::streamed(resp, sender));
+        }
+        let caller = caller.ok_or("the agent switched protocols on a request that cannot")?;
+        let agent = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(a), Ok(c)) = tokio::join!(agent, caller) {
+                let mut a = hyper_util::rt::TokioIo::new(a);
+                let mut c = hyper_util::rt::TokioIo::new(c);
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut c).await;
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        Ok(Response::from_parts(parts, Body::empty()))
+    }
 }
 
 fn containers_of(pod: &Value, key: &str) -> Vec<String> {
@@ -175,14 +296,21 @@ impl ApiServer {
             .parse()
             .map_err(|e| ApiError::bad_request(format!("bad request path: {e}")))?;
         let resp = connector
-            .call(node, Request::from_parts(parts, body))
+            .call(&self.node_target(node), Request::from_parts(parts, body))
             .await
-            .ok_or_else(|| {
+            .map_err(|e| {
                 ApiError::service_unavailable(format!(
-                    "the agent of node {node:?} cannot be reached"
+                    "the agent of node {node:?} cannot be reached: {e}"
                 ))
             })?;
         Ok(Reply::from_response(resp))
+    }
+
+    /// Where node `name`'s agent is, from the watch cache.
+    pub(crate) fn node_target(&self, name: &str) -> NodeTarget {
+        let nodes = api::resources::find("", "v1", "nodes").expect("nodes are served");
+        let node = self.cache.resource(nodes).get(name).map(|e| e.value());
+        NodeTarget::of(name, node.as_ref())
     }
 }
 

@@ -219,9 +219,11 @@ impl ApiServer {
             .parse()
             .map_err(|e| ApiError::bad_request(format!("bad proxy path: {e}")))?;
         let resp = connector
-            .call(node, Request::from_parts(parts, body))
+            .call(&self.node_target(node), Request::from_parts(parts, body))
             .await
-            .ok_or_else(|| unavailable(format!("the agent of node {node:?} cannot be reached")))?;
+            .map_err(|e| {
+                unavailable(format!("the agent of node {node:?} cannot be reached: {e}"))
+            })?;
         Ok(Reply::from_response(resp))
     }
 }
@@ -278,6 +280,15 @@ pub(crate) fn stream_back<K: Send + 'static>(
     resp: Response<hyper::body::Incoming>,
     keep: K,
 ) -> Reply {
+    Reply::from_response(streamed(resp, keep))
+}
+
+/// A response whose body is passed on as it arrives, without hop-by-hop headers; `keep`
+/// lives as long as the stream.
+pub(crate) fn streamed<K: Send + 'static>(
+    resp: Response<hyper::body::Incoming>,
+    keep: K,
+) -> Response<Body> {
     let (parts, mut incoming) = resp.into_parts();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
@@ -293,7 +304,7 @@ pub(crate) fn stream_back<K: Send + 'static>(
     let mut resp = Response::from_parts(parts, Body::from_receiver(rx));
     resp.headers_mut().remove(header::CONNECTION);
     resp.headers_mut().remove(header::TRANSFER_ENCODING);
-    Reply::from_response(resp)
+    resp
 }
 
 #[cfg(test)]

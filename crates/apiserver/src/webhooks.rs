@@ -692,7 +692,7 @@ pub(crate) fn service_endpoint(
 
 /// TLS that does not check the server's certificate: an APIService's insecureSkipTLSVerify.
 pub(crate) fn tls_config_unverified(
-    client: Option<&crate::FrontProxy>,
+    client: Option<ClientCert<'_>>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     #[derive(Debug)]
     struct Anything(Arc<rustls::crypto::CryptoProvider>);
@@ -746,31 +746,50 @@ pub(crate) fn tls_config_unverified(
     with_client(builder, client)
 }
 
-/// Finish a TLS client configuration, presenting the front proxy's certificate if given.
+/// A client certificate the server presents, with its key (PEM), and what it is called in
+/// errors.
+#[derive(Clone, Copy)]
+pub(crate) struct ClientCert<'a> {
+    pub what: &'static str,
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+}
+
+impl crate::FrontProxy {
+    pub(crate) fn client_cert(&self) -> ClientCert<'_> {
+        ClientCert {
+            what: "the front proxy",
+            cert_pem: &self.cert_pem,
+            key_pem: &self.key_pem,
+        }
+    }
+}
+
+/// Finish a TLS client configuration, presenting `client`'s certificate if given.
 fn with_client(
     builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
-    client: Option<&crate::FrontProxy>,
+    client: Option<ClientCert<'_>>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
-    let Some(fp) = client else {
+    let Some(c) = client else {
         return Ok(Arc::new(builder.with_no_client_auth()));
     };
     let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
-        rustls_pki_types::CertificateDer::pem_slice_iter(fp.cert_pem.as_bytes())
+        rustls_pki_types::CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("the front proxy certificate: {e}"))?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(fp.key_pem.as_bytes())
-        .map_err(|e| format!("the front proxy key: {e}"))?;
+            .map_err(|e| format!("{} certificate: {e}", c.what))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+        .map_err(|e| format!("{} key: {e}", c.what))?;
     builder
         .with_client_auth_cert(certs, key)
         .map(Arc::new)
-        .map_err(|e| format!("the front proxy certificate: {e}"))
+        .map_err(|e| format!("{} certificate: {e}", c.what))
 }
 
 /// TLS trusting `ca_bundle` (PEM), or the system's roots without one.
 pub(crate) fn tls_config(
     ca_bundle: Option<&[u8]>,
-    client: Option<&crate::FrontProxy>,
+    client: Option<ClientCert<'_>>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();

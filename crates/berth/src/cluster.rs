@@ -62,12 +62,15 @@ pub struct ServerArgs {
     pub scheduler_strategy: scheduler::Strategy,
     /// Seconds without a Lease renewal after which a node is unreachable: it gets the
     /// `node.kubernetes.io/unreachable` taints and its pods are evicted once their
-    /// toleration runs out.
-    #[arg(long, default_value_t = 40)]
+    /// toleration runs out. Agents renew every 2 s (Kubernetes: 40 s, renewals every 10 s).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(3..))]
     pub node_monitor_grace_period: u64,
     /// Seconds pods stay on a not-ready or unreachable node before eviction, unless their
-    /// spec says otherwise.
-    #[arg(long, default_value_t = 300)]
+    /// spec says otherwise (Kubernetes: 300). Replacing them sooner is safe: a pod of a
+    /// StatefulSet is not replaced until its old copy is confirmed gone (its object stays
+    /// until the node's agent removes it), and a node that comes back stops the pods that
+    /// were replaced; Nomad and Swarm replace a lost node's work at once.
+    #[arg(long, default_value_t = 30)]
     pub default_toleration_seconds: i64,
     /// Seconds between compactions of the store's history: each drops what is older than
     /// the previous one, so watches can resume from at least this far back.
@@ -299,6 +302,84 @@ pub struct UpArgs {
     pub server: ServerArgs,
     #[command(flatten)]
     pub agent: crate::node::AgentArgs,
+    /// How many nodes: the first is this process's own; each other runs as a `berth agent` in
+    /// a network namespace of its own, joined as a remote machine would be (try multi-node
+    /// on one machine). They stop, and leave nothing behind, when this process stops.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub nodes: u32,
+    /// The addresses of the nodes of `--nodes` on the bridge between them (the first node
+    /// takes the first).
+    #[arg(long, default_value = "10.41.0.0/24", value_parser = parse_nodes_cidr)]
+    pub nodes_cidr: Cidr,
+}
+
+fn parse_nodes_cidr(s: &str) -> Result<Cidr, String> {
+    match api::cidr::parse_list(s)
+        .map_err(|e| e.to_string())?
+        .as_slice()
+    {
+        [c] if !c.is_ipv6() && c.prefix() <= 29 => Ok(*c),
+        _ => Err(format!("{s:?}: must be one IPv4 range of at least /29")),
+    }
+}
+
+/// `berth up`: the control plane and this machine's node, and with `--nodes` the other nodes.
+pub async fn run_up(mut up: UpArgs) -> Result<()> {
+    require_root("berth up")?;
+    let first = crate::fleet::node_ip(&up)?;
+    if first.is_some() {
+        crate::fleet::prepare(&up.nodes_cidr)?;
+        if up.agent.node_ip.is_none() {
+            up.agent.node_ip = first.map(IpAddr::V4);
+        }
+    }
+    let running = match start(&up.server, Some(&up.agent)).await {
+        Ok(r) => r,
+        Err(e) => {
+            if first.is_some() {
+                crate::fleet::remove_base(&up.nodes_cidr);
+            }
+            return Err(e);
+        }
+    };
+    let data_dir = up.server.data_dir.clone().unwrap_or_else(default_data_dir);
+    crate::instances::register(&data_dir);
+    let fleet = match first {
+        None => None,
+        Some(ip) => {
+            let server = format!("https://{ip}:{}", running.addr.port());
+            let first_node = crate::node::node_name(&up.agent);
+            match crate::fleet::Fleet::start(&up, &first_node, &server, &data_dir).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    crate::fleet::remove_base(&up.nodes_cidr);
+                    running.stop().await;
+                    crate::instances::unregister(&data_dir);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    println!(
+        "berth up: Kubernetes API at https://{}{}; run: export KUBECONFIG={}",
+        format_host(running.addr),
+        if up.nodes > 1 {
+            format!(", {} nodes", up.nodes)
+        } else {
+            String::new()
+        },
+        running.kubeconfig.display()
+    );
+    let signalled = wait_for_signal().await;
+    info!("shutting down");
+    if let Some(f) = fleet {
+        f.stop().await;
+    }
+    tokio::time::timeout(Duration::from_secs(5), running.stop())
+        .await
+        .ok();
+    crate::instances::unregister(&data_dir);
+    signalled
 }
 
 /// Start the control plane (and, given agent settings, this machine's node) and return once
@@ -527,6 +608,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         })
     });
 
+    let mut local_agent = None;
     if let Some(node_args) = node {
         // The node acts as itself (system:node:<name>), judged by the Node authorizer and
         // RBAC like any other node, not as admin.
@@ -564,12 +646,21 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         let labeller = bootstrap.clone();
         let labelled = name.clone();
         tokio::spawn(async move { label_control_plane(&labeller, &labelled).await });
-        api.set_node_connector(Arc::new(crate::node::LocalAgents::with(
-            &name,
-            agent.server(),
-        )));
+        local_agent = Some((name, agent.server()));
         tokio::spawn(agent.run());
     }
+    let remote = apiserver::AgentClient::new(
+        &pki.ca_pem,
+        &pki.agent_client_cert_pem,
+        &pki.agent_client_key_pem,
+    )
+    .map_err(anyhow::Error::msg)
+    .context("the client certificate for nodes' agents")?;
+    let mut agents = crate::node::Agents::new(remote);
+    if let Some((name, server)) = local_agent {
+        agents = agents.with_local(&name, server);
+    }
+    api.set_node_connector(Arc::new(agents));
 
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.serving_chain_pem.as_bytes())

@@ -81,7 +81,7 @@ pub async fn run(args: ImageArgs) -> Result<()> {
                 .pull(
                     &reference,
                     &PullOptions {
-                        insecure: insecure_registry,
+                        insecure: insecure_registry.clone(),
                         auth,
                         registries: runtime::images::Registries::load(
                             &data_dir.join("registries.yaml"),
@@ -92,6 +92,25 @@ pub async fn run(args: ImageArgs) -> Result<()> {
                 .await?;
             bars.finish();
             println!("{} {}", runtime::images::normalize(&reference)?, image.id);
+            // The other nodes of a `berth up --nodes` cluster get it too.
+            for (node, dir) in crate::fleet::node_dirs(&data_dir) {
+                let other = Arc::new(store_in(&dir)?);
+                Puller::new(other)
+                    .pull(
+                        &reference,
+                        &PullOptions {
+                            insecure: insecure_registry.clone(),
+                            auth: None,
+                            registries: runtime::images::Registries::load(
+                                &data_dir.join("registries.yaml"),
+                            )?,
+                        },
+                        &runtime::images::Quiet,
+                    )
+                    .await
+                    .with_context(|| format!("pulling {reference} on node {node}"))?;
+                println!("pulled on node {node}");
+            }
         }
         ImageCommand::Import { file } => {
             let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
@@ -116,6 +135,16 @@ pub async fn run(args: ImageArgs) -> Result<()> {
             bar.finish_and_clear();
             if images.is_empty() {
                 bail!("{} holds no images", file.display());
+            }
+            // The other nodes of a `berth up --nodes` cluster get them too, as `kind load`
+            // loads every node.
+            for (node, dir) in crate::fleet::node_dirs(&data_dir) {
+                let other = store_in(&dir)?;
+                let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+                tokio::task::spawn_blocking(move || import(&other, f, &runtime::images::Quiet))
+                    .await?
+                    .with_context(|| format!("importing into node {node}"))?;
+                println!("imported into node {node}");
             }
             for i in images {
                 if i.names.is_empty() {

@@ -6,6 +6,7 @@
 //! current one, at 70-90% of its life and switches to it without a restart. The token is
 //! needed only until the first certificate arrives.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -20,12 +21,77 @@ use serde_json::{Value, json};
 use tracing::{error, info, warn};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::signer::KUBELET_CLIENT;
+use crate::signer::{KUBELET_CLIENT, KUBELET_SERVING};
 
 /// Where the node keeps its certificate and key (PEM, one file, as the kubelet's
 /// `kubelet-client-current.pem`).
 pub fn credential_path(data_dir: &Path) -> PathBuf {
     data_dir.join("credentials").join("node-client.pem")
+}
+
+/// Which certificate a node asks for: its client certificate, or the serving certificate of
+/// its HTTPS endpoint for these addresses and names (`kubernetes.io/kubelet-serving`).
+#[derive(Clone, Debug)]
+pub enum Want {
+    Client,
+    Serving { ips: Vec<IpAddr>, dns: Vec<String> },
+}
+
+impl Want {
+    fn signer(&self) -> &'static str {
+        match self {
+            Want::Client => KUBELET_CLIENT,
+            Want::Serving { .. } => KUBELET_SERVING,
+        }
+    }
+
+    fn usages(&self) -> &'static [&'static str] {
+        match self {
+            Want::Client => &["digital signature", "client auth"],
+            Want::Serving { .. } => &["digital signature", "server auth"],
+        }
+    }
+
+    /// The file it is kept in under the data dir.
+    pub fn path(&self, data_dir: &Path) -> PathBuf {
+        match self {
+            Want::Client => credential_path(data_dir),
+            Want::Serving { .. } => data_dir.join("credentials").join("node-serving.pem"),
+        }
+    }
+
+    /// Whether a certificate covers what is wanted (a serving one: every address and name).
+    fn covered_by(&self, pem: &str) -> bool {
+        let Want::Serving { ips, dns } = self else {
+            return true;
+        };
+        let Some(block) = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+            .filter_map(Result::ok)
+            .find(|b| b.label == "CERTIFICATE")
+        else {
+            return false;
+        };
+        let Ok((_, cert)) = X509Certificate::from_der(&block.contents) else {
+            return false;
+        };
+        let Ok(Some(san)) = cert.subject_alternative_name() else {
+            return false;
+        };
+        use x509_parser::extensions::GeneralName;
+        let (mut have_ips, mut have_dns) = (Vec::new(), Vec::new());
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => have_ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
+                    16 => have_ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
+                    _ => {}
+                },
+                GeneralName::DNSName(d) => have_dns.push(d.to_string()),
+                _ => {}
+            }
+        }
+        ips.iter().all(|ip| have_ips.contains(ip)) && dns.iter().all(|d| have_dns.contains(d))
+    }
 }
 
 /// A node certificate with its key, as held in the credential file.
@@ -186,37 +252,98 @@ impl Join<'_> {
                     "berth agent: asking {} for node {}'s certificate",
                     self.server, self.node
                 );
-                let got = request(&bootstrap, self.node, &path, self.server, self.ca_pem).await?;
+                let held = request(&bootstrap, self.node, &Want::Client).await?;
+                // Only a certificate that works with its key is kept.
+                let transport = held.transport(self.server, self.ca_pem)?;
+                keep(&path, &held)?;
                 info!(node = self.node, "this node has its own certificate");
-                got
+                (held, transport)
             }
         };
         let transport = Arc::new(NodeTransport {
             current: RwLock::new(Arc::new(current)),
         });
         let client = Client::new(transport.clone());
+        let (server, ca_pem) = (self.server.to_string(), self.ca_pem.to_vec());
         let renewal = renew_forever(RenewalTask {
             client: client.clone(),
-            transport,
             held,
-            server: self.server.to_string(),
-            ca_pem: self.ca_pem.to_vec(),
             node: self.node.to_string(),
+            want: Want::Client,
             path,
+            install: Box::new(move |h: &Held| {
+                transport.set(h.transport(&server, &ca_pem)?);
+                Ok(())
+            }),
         });
         Ok((client, renewal))
     }
 }
 
+/// The serving certificate of the node's endpoint: the one on disk if it is this node's,
+/// current and covers `ips` and `dns`, else a new one asked for as the node (approved by rule
+/// when its addresses are the Node's). Returns it, and a task that keeps it renewed.
+pub async fn serving(
+    client: &Client,
+    node: &str,
+    data_dir: &Path,
+    ips: Vec<IpAddr>,
+    dns: Vec<String>,
+) -> Result<(
+    Arc<agent::endpoint::ServingCert>,
+    impl std::future::Future<Output = ()> + use<>,
+)> {
+    let want = Want::Serving { ips, dns };
+    let path = want.path(data_dir);
+    let on_disk = std::fs::read_to_string(&path).ok().and_then(|pem| {
+        let since = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        let held = Held::parse(&pem, node, since, SystemTime::now()).ok()?;
+        want.covered_by(&pem).then_some(held)
+    });
+    let held = match on_disk {
+        Some(h) => h,
+        None => {
+            let h = request(client, node, &want).await?;
+            agent::endpoint::ServingCert::from_pem(&h.pem).map_err(anyhow::Error::msg)?;
+            keep(&path, &h)?;
+            info!(node, "this node has a serving certificate for its endpoint");
+            h
+        }
+    };
+    let cert =
+        Arc::new(agent::endpoint::ServingCert::from_pem(&held.pem).map_err(anyhow::Error::msg)?);
+    let installed = cert.clone();
+    let renewal = renew_forever(RenewalTask {
+        client: client.clone(),
+        held,
+        node: node.to_string(),
+        want,
+        path,
+        install: Box::new(move |h: &Held| installed.replace(&h.pem).map_err(anyhow::Error::msg)),
+    });
+    Ok((cert, renewal))
+}
+
+/// Write a certificate and its key to the node's private file.
+fn keep(path: &Path, held: &Held) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        crate::pki::ensure_dir(dir)?;
+    }
+    crate::pki::write_private(path, held.pem.as_bytes())
+}
+
 struct RenewalTask {
     client: Client,
-    transport: Arc<NodeTransport>,
     held: Held,
-    server: String,
-    ca_pem: Vec<u8>,
     node: String,
+    want: Want,
     path: PathBuf,
+    /// Puts a new certificate to use; only one that could be used is kept.
+    install: Install,
 }
+
+/// What puts a renewed certificate to use.
+type Install = Box<dyn Fn(&Held) -> Result<()> + Send + Sync>;
 
 async fn renew_forever(mut t: RenewalTask) {
     let mut failures = 0u32;
@@ -228,10 +355,13 @@ async fn renew_forever(mut t: RenewalTask) {
                 .unwrap_or(Duration::ZERO);
             tokio::time::sleep(wait).await;
         }
-        match request(&t.client, &t.node, &t.path, &t.server, &t.ca_pem).await {
-            Ok((h, transport)) => {
-                t.transport.set(transport);
-                info!(node = %t.node, "this node renewed its certificate");
+        let renewed = match request(&t.client, &t.node, &t.want).await {
+            Ok(h) => (t.install)(&h).and_then(|()| keep(&t.path, &h)).map(|()| h),
+            Err(e) => Err(e),
+        };
+        match renewed {
+            Ok(h) => {
+                info!(node = %t.node, signer = t.want.signer(), "this node renewed its certificate");
                 t.held = h;
                 failures = 0;
             }
@@ -252,17 +382,21 @@ async fn renew_forever(mut t: RenewalTask) {
     }
 }
 
-/// Ask for a node client certificate for `node` and wait for it (at most `REQUEST_WAIT`);
-/// written to `path` (with the key) once it comes and proves usable.
-async fn request(
-    client: &Client,
-    node: &str,
-    path: &Path,
-    server: &str,
-    ca_pem: &[u8],
-) -> Result<(Held, HttpsTransport)> {
+/// Ask for a certificate for `node` and wait for it (at most `REQUEST_WAIT`).
+async fn request(client: &Client, node: &str, want: &Want) -> Result<Held> {
     let key = KeyPair::generate().context("making the node's key")?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).context("certificate request")?;
+    let names = match want {
+        Want::Serving { dns, .. } => dns.clone(),
+        Want::Client => Vec::new(),
+    };
+    let mut params = CertificateParams::new(names).context("certificate request")?;
+    if let Want::Serving { ips, .. } = want {
+        for ip in ips {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(*ip));
+        }
+    }
     params
         .distinguished_name
         .push(DnType::OrganizationName, api::rbac::NODES);
@@ -290,8 +424,8 @@ async fn request(
         "metadata": {"name": name},
         "spec": {
             "request": base64::engine::general_purpose::STANDARD.encode(csr_pem),
-            "signerName": KUBELET_CLIENT,
-            "usages": ["digital signature", "client auth"],
+            "signerName": want.signer(),
+            "usages": want.usages(),
         },
     });
     let collection = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
@@ -355,15 +489,7 @@ async fn request(
         String::from_utf8(cert).context("the issued certificate is not PEM")?,
         key.serialize_pem()
     );
-    let held = Held::parse(&pem, node, SystemTime::now(), SystemTime::now())
-        .context("the issued certificate")?;
-    // Only a certificate that works with its key replaces the one on disk.
-    let transport = held.transport(server, ca_pem)?;
-    if let Some(dir) = path.parent() {
-        crate::pki::ensure_dir(dir)?;
-    }
-    crate::pki::write_private(path, pem.as_bytes())?;
-    Ok((held, transport))
+    Held::parse(&pem, node, SystemTime::now(), SystemTime::now()).context("the issued certificate")
 }
 
 #[cfg(test)]

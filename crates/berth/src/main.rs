@@ -15,6 +15,7 @@ mod bench_pods;
 mod cluster;
 mod csr_cleaner;
 mod encryption;
+mod fleet;
 mod images_cli;
 mod inprocess;
 mod instances;
@@ -45,8 +46,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a whole single-node cluster on this machine, in the foreground.
-    Up(cluster::UpArgs),
+    /// Run a whole cluster on this machine, in the foreground: one node, or several with
+    /// `--nodes`.
+    Up(Box<cluster::UpArgs>),
     /// Run the control plane (API server, store, controllers) without a node agent.
     Server(cluster::ServerArgs),
     /// Run a node agent for a cluster whose API server runs elsewhere.
@@ -223,7 +225,7 @@ fn run(cli: Cli) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => cluster::run(args.server, Some(args.agent), "up").await,
+            Command::Up(args) => cluster::run_up(*args).await,
             Command::Server(args) => cluster::run(args, None, "server").await,
             Command::Agent(args) => node::run_remote(args).await,
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,

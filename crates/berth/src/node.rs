@@ -9,7 +9,7 @@ use std::sync::Arc;
 use agent::server::{NodeBody, NodeServer};
 use agent::{Agent, AgentConfig, Dirs, NodeInfo};
 use anyhow::{Context, Result, bail};
-use apiserver::{Body, NodeConnector};
+use apiserver::{Body, NodeConnector, NodeTarget};
 use async_trait::async_trait;
 use bytes::Bytes;
 use client::Client;
@@ -74,6 +74,15 @@ pub struct AgentArgs {
     /// name); `0` serves none.
     #[arg(long, default_value_t = 443)]
     pub ingress_https_port: u16,
+    /// The port of the node's HTTPS endpoint (the kubelet's 10250), where API servers reach a
+    /// joined node's agent for logs, exec, attach, port-forward and usage.
+    #[arg(long, default_value_t = apiserver::DEFAULT_AGENT_PORT)]
+    pub agent_port: u16,
+    /// How pods reach pods of other nodes: `auto` (routes through the peer's address where
+    /// the nodes share a subnet, VXLAN elsewhere), `host-gw` (routes only) or `vxlan` (always
+    /// tunnelled; pods get an MTU 50 bytes below the node's link).
+    #[arg(long, default_value = "auto")]
+    pub node_network: net::routes::Backend,
 }
 
 /// `berth agent`: a node for a cluster whose API server runs elsewhere.
@@ -105,6 +114,14 @@ pub struct RemoteAgentArgs {
     pub dns: crate::cluster::DnsArgs,
     #[command(flatten)]
     pub agent: AgentArgs,
+    /// On exit, stop every container of this node and free its pods' networks (the extra
+    /// nodes of `berth up --nodes`, whose namespace goes with them).
+    #[arg(long, hide = true)]
+    pub remove_pods_on_exit: bool,
+    /// Only stop every container of this node and free its pods' networks, then exit (what a
+    /// node of `berth up --nodes` whose agent died left running).
+    #[arg(long, hide = true)]
+    pub remove_pods_and_exit: bool,
 }
 
 /// The pod network of this node: a bridge, made once the control plane has given the node
@@ -113,6 +130,7 @@ fn network_setup(
     run_dir: &Path,
     cluster_cidrs: &[net::Cidr],
     service_cidrs: &[net::Cidr],
+    mtu: Option<u32>,
 ) -> agent::NetworkSetup {
     let state_dir = run_dir.join("net");
     let cluster_cidrs = cluster_cidrs.to_vec();
@@ -124,7 +142,7 @@ fn network_setup(
             cluster_cidrs: cluster_cidrs.clone(),
             service_cidrs: service_cidrs.clone(),
             state_dir: state_dir.clone(),
-            mtu: None,
+            mtu,
             nft: net::nft::find(),
         })?;
         Ok(Arc::new(network) as Arc<dyn net::PodNetwork>)
@@ -160,7 +178,7 @@ fn primary_ip() -> IpAddr {
 }
 
 /// A run directory per data directory, so that two clusters on one machine never share one.
-fn default_run_dir(data_dir: &Path, default_data: &Path) -> PathBuf {
+pub(crate) fn default_run_dir(data_dir: &Path, default_data: &Path) -> PathBuf {
     if data_dir == default_data {
         return PathBuf::from("/run/berth");
     }
@@ -253,8 +271,16 @@ pub fn build(
         storage_dir: dirs.storage.clone(),
         max_volumes: args.max_volumes,
         runtime_version,
+        endpoint_port: args.agent_port,
     };
-    let network = network_setup(&run_dir, cluster_cidrs, service_cidrs);
+    let mtu = match args.node_network {
+        net::routes::Backend::Vxlan => Some(
+            net::routes::tunnel_mtu(node.ip)
+                .with_context(|| format!("finding the MTU of the link with {}", node.ip))?,
+        ),
+        _ => None,
+    };
+    let network = network_setup(&run_dir, cluster_cidrs, service_cidrs, mtu);
     let cfg = AgentConfig {
         node,
         network,
@@ -279,6 +305,7 @@ pub fn build(
             all_pods: policy_reader.is_some(),
             client: policy_reader.unwrap_or_else(|| client.clone()),
         }),
+        node_routes: Some(args.node_network),
     };
     Ok(Agent::new(
         client,
@@ -340,6 +367,20 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
     };
     // A joined node reads its own pods only (every pod is not a node's to read; see
     // `agent::policy::PolicyFeed`).
+    let client_for_endpoint = client.clone();
+    if args.remove_pods_and_exit {
+        let agent = build(
+            client,
+            None,
+            &data_dir,
+            &args.agent,
+            &args.cluster_cidr.0,
+            &args.service_cidr.0,
+            &args.dns,
+        )?;
+        agent.remove_everything().await;
+        return Ok(());
+    }
     let agent = build(
         client,
         None,
@@ -354,35 +395,101 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
         agent.node_name(),
         args.server
     );
+    let endpoint = serve_endpoint(
+        client_for_endpoint,
+        agent.server(),
+        ca.clone(),
+        data_dir.clone(),
+        agent.node_name().to_string(),
+        node_ip(&args.agent),
+        args.agent.agent_port,
+    );
     crate::instances::register(&data_dir);
+    let keep = agent.clone();
     let result = tokio::select! {
         _ = agent.run() => Ok(()),
+        r = endpoint => r,
         r = crate::cluster::wait_for_signal() => r,
     };
+    if args.remove_pods_on_exit {
+        keep.remove_everything().await;
+    }
     crate::instances::unregister(&data_dir);
     result
 }
 
-/// The agents in this process, for the API server's pod `log`/`exec`/`attach`/`portforward`.
-#[derive(Default)]
-pub struct LocalAgents {
-    agents: HashMap<String, NodeServer>,
+/// The node's HTTPS endpoint: once the Node is registered with its address, get a serving
+/// certificate for it (kept renewed) and serve the agent's `NodeServer` until the task ends.
+/// Returns only if the endpoint cannot be served.
+async fn serve_endpoint(
+    client: Client,
+    server: NodeServer,
+    ca_pem: Vec<u8>,
+    data_dir: PathBuf,
+    node: String,
+    ip: IpAddr,
+    port: u16,
+) -> Result<()> {
+    use api::k8s_openapi::api::core::v1::Node;
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+            .await
+            .with_context(|| format!("cannot listen on the node endpoint's port {port}"))?;
+    // The approver checks the certificate's address against the Node's, so the Node comes
+    // first.
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        let registered = client.get::<Node>(None, &node).await.ok().flatten();
+        if registered.is_some_and(|n| {
+            n.status
+                .and_then(|s| s.addresses)
+                .is_some_and(|a| a.iter().any(|a| a.address == ip.to_string()))
+        }) {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+    }
+    let (cert, renewal) =
+        crate::join::serving(&client, &node, &data_dir, vec![ip], vec![node.clone()])
+            .await
+            .context("getting the node endpoint's serving certificate")?;
+    tokio::spawn(renewal);
+    let tls = agent::endpoint::tls_config(&ca_pem, cert).map_err(anyhow::Error::msg)?;
+    let endpoint = agent::endpoint::Endpoint::new(server, client, &node);
+    agent::endpoint::serve(Arc::new(listener), tls, endpoint).await;
+    Ok(())
 }
 
-impl LocalAgents {
-    pub fn with(node: &str, server: NodeServer) -> LocalAgents {
-        LocalAgents {
-            agents: HashMap::from([(node.to_string(), server)]),
+/// How the API server reaches nodes' agents for pod `log`/`exec`/`attach`/`portforward`,
+/// node proxying and usage: the agent in this process directly, any other over HTTPS.
+pub struct Agents {
+    local: HashMap<String, NodeServer>,
+    remote: apiserver::AgentClient,
+}
+
+impl Agents {
+    pub fn new(remote: apiserver::AgentClient) -> Agents {
+        Agents {
+            local: HashMap::new(),
+            remote,
         }
+    }
+
+    pub fn with_local(mut self, node: &str, server: NodeServer) -> Agents {
+        self.local.insert(node.to_string(), server);
+        self
     }
 }
 
 #[async_trait]
-impl NodeConnector for LocalAgents {
-    async fn call(&self, node: &str, req: Request<Bytes>) -> Option<Response<Body>> {
-        let server = self.agents.get(node)?;
+impl NodeConnector for Agents {
+    async fn call(&self, node: &NodeTarget, req: Request<Bytes>) -> Result<Response<Body>, String> {
+        let Some(server) = self.local.get(&node.name) else {
+            return self.remote.call(node, req).await;
+        };
         let resp = server.handle(req).await;
-        Some(resp.map(|b| match b {
+        Ok(resp.map(|b| match b {
             NodeBody::Full(b) => Body::from_bytes(b),
             NodeBody::Stream(rx) => Body::from_receiver(rx),
         }))

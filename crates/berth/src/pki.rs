@@ -39,6 +39,9 @@ pub struct Pki {
     pub front_proxy_ca_pem: String,
     pub front_proxy_cert_pem: String,
     pub front_proxy_key_pem: String,
+    /// The client certificate and key the API server presents to nodes' agents.
+    pub agent_client_cert_pem: String,
+    pub agent_client_key_pem: String,
 }
 
 /// Write a private file (mode 0600), replacing it atomically.
@@ -246,6 +249,19 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
         write_private(&admin_crt, cert.as_bytes())?;
         info!("issued the admin's client certificate");
     }
+    let (agent_crt, agent_key) = (
+        tls.join("apiserver-kubelet-client.crt"),
+        tls.join("apiserver-kubelet-client.key"),
+    );
+    let usable = agent_key.exists()
+        && fs::read_to_string(&agent_crt).is_ok_and(|pem| client_cert_usable(&pem));
+    if !usable {
+        let (cert, key) =
+            issue_client_cert(&ca_pem, &ca_key_pem, "kube-apiserver-kubelet-client", None)?;
+        write_private(&agent_key, key.as_bytes())?;
+        write_private(&agent_crt, cert.as_bytes())?;
+        info!("issued the API server's client certificate for nodes' agents");
+    }
     let token_path = creds.join("admin.token");
     if !token_path.exists() {
         write_private(&token_path, random_token()?.as_bytes())?;
@@ -311,6 +327,8 @@ pub fn load_or_create(data_dir: &Path, sans: &Sans) -> Result<Pki> {
         front_proxy_ca_pem,
         front_proxy_cert_pem: fs::read_to_string(&fp_crt)?,
         front_proxy_key_pem: fs::read_to_string(&fp_key)?,
+        agent_client_cert_pem: fs::read_to_string(&agent_crt)?,
+        agent_client_key_pem: fs::read_to_string(&agent_key)?,
     })
 }
 

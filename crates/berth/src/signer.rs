@@ -54,8 +54,8 @@ struct Subject {
     /// How many common names it has (a certificate is issued only for exactly one).
     common_names: usize,
     organizations: Vec<String>,
-    dns: usize,
-    ips: usize,
+    dns: Vec<String>,
+    ips: Vec<std::net::IpAddr>,
     emails: usize,
     uris: usize,
 }
@@ -74,8 +74,8 @@ fn subject_of(der: &[u8]) -> Result<Subject, String> {
             .unwrap_or_default(),
         common_names: info.subject.iter_common_name().count(),
         organizations: info.subject.iter_organization().map(text).collect(),
-        dns: 0,
-        ips: 0,
+        dns: Vec::new(),
+        ips: Vec::new(),
         emails: 0,
         uris: 0,
     };
@@ -83,8 +83,14 @@ fn subject_of(der: &[u8]) -> Result<Subject, String> {
         if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext {
             for n in &san.general_names {
                 match n {
-                    x509_parser::extensions::GeneralName::DNSName(_) => s.dns += 1,
-                    x509_parser::extensions::GeneralName::IPAddress(_) => s.ips += 1,
+                    x509_parser::extensions::GeneralName::DNSName(d) => s.dns.push(d.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(b) => {
+                        if let Ok(v4) = <[u8; 4]>::try_from(*b) {
+                            s.ips.push(v4.into());
+                        } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                            s.ips.push(v6.into());
+                        }
+                    }
                     x509_parser::extensions::GeneralName::RFC822Name(_) => s.emails += 1,
                     x509_parser::extensions::GeneralName::URI(_) => s.uris += 1,
                     _ => {}
@@ -143,10 +149,10 @@ fn check(signer: &str, s: &Subject, usages: &[String]) -> Result<(), String> {
             if s.organizations != ["system:nodes"] {
                 return Err("subject organization is not system:nodes".into());
             }
-            if s.dns > 0 {
+            if !s.dns.is_empty() {
                 return Err("DNS subjectAltNames are not allowed".into());
             }
-            if s.ips > 0 {
+            if !s.ips.is_empty() {
                 return Err("IP subjectAltNames are not allowed".into());
             }
             node()?;
@@ -164,7 +170,7 @@ fn check(signer: &str, s: &Subject, usages: &[String]) -> Result<(), String> {
             Ok(())
         }
         KUBELET_SERVING => {
-            if s.dns + s.ips == 0 {
+            if s.dns.is_empty() && s.ips.is_empty() {
                 return Err("DNS or IP subjectAltName is required".into());
             }
             node()?;
@@ -202,6 +208,18 @@ pub(crate) fn node_client_subject(csr: &CertificateSigningRequest) -> Option<Str
     let usages = csr.spec.usages.clone().unwrap_or_default();
     check(KUBELET_CLIENT, &subject, &usages).ok()?;
     Some(subject.common_name)
+}
+
+/// A node's request for its endpoint's serving certificate that the kubelet serving signer
+/// would sign: the node's user name, and the names and addresses it asks for.
+pub(crate) fn node_serving_subject(
+    csr: &CertificateSigningRequest,
+) -> Option<(String, Vec<String>, Vec<std::net::IpAddr>)> {
+    let der = api::kinds::certificates::parse_request(&csr.spec.request.0).ok()?;
+    let subject = subject_of(&der).ok()?;
+    let usages = csr.spec.usages.clone().unwrap_or_default();
+    check(KUBELET_SERVING, &subject, &usages).ok()?;
+    Some((subject.common_name, subject.dns, subject.ips))
 }
 
 impl Signer {

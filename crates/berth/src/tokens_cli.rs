@@ -66,35 +66,42 @@ pub async fn run(args: TokenArgs) -> Result<()> {
             server,
         } => {
             let (c, server) = crate::store_cli::admin_client(&data_dir, server.as_deref())?;
-            let (id, secret) = (random_chars(6)?, random_chars(16)?);
-            let mut data = json!({
-                "token-id": id,
-                "token-secret": secret,
-                "usage-bootstrap-authentication": "true",
-                "usage-bootstrap-signing": "true",
-                "auth-extra-groups": NODE_TOKEN_GROUP,
-                "description": description,
-            });
-            if !ttl.is_zero() {
-                let until =
-                    jiff::Timestamp::now() + jiff::SignedDuration::from_secs(ttl.as_secs() as i64);
-                data["expiration"] = json!(until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-            }
-            let obj = json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
-                "type": "bootstrap.kubernetes.io/token",
-                "stringData": data,
-            });
-            c.request_json(
-                Method::POST,
-                "/api/v1/namespaces/kube-system/secrets",
-                Some(&obj),
-            )
-            .await
-            .with_context(|| format!("creating a bootstrap token on {server}"))?;
-            println!("{id}.{secret}");
+            let token = create(&c, ttl, &description)
+                .await
+                .with_context(|| format!("creating a bootstrap token on {server}"))?;
+            println!("{token}");
             Ok(())
         }
     }
+}
+
+/// Create a bootstrap token for joining nodes, good for `ttl` (zero: for ever); returns it as
+/// `<id>.<secret>`.
+pub async fn create(c: &client::Client, ttl: Duration, description: &str) -> Result<String> {
+    let (id, secret) = (random_chars(6)?, random_chars(16)?);
+    let mut data = json!({
+        "token-id": id,
+        "token-secret": secret,
+        "usage-bootstrap-authentication": "true",
+        "usage-bootstrap-signing": "true",
+        "auth-extra-groups": NODE_TOKEN_GROUP,
+        "description": description,
+    });
+    if !ttl.is_zero() {
+        let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(ttl.as_secs() as i64);
+        data["expiration"] = json!(until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    }
+    let obj = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "stringData": data,
+    });
+    c.request_json(
+        Method::POST,
+        "/api/v1/namespaces/kube-system/secrets",
+        Some(&obj),
+    )
+    .await?;
+    Ok(format!("{id}.{secret}"))
 }

@@ -2,6 +2,7 @@
 //! token or a client certificate, over pooled HTTP/1.1 connections.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,7 +21,71 @@ use crate::{ClientError, ResponseBody, Transport};
 pub struct HttpsTransport {
     base: Uri,
     token: Option<HeaderValue>,
-    client: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HyperClient<hyper_rustls::HttpsConnector<Dialer>, Full<Bytes>>,
+}
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection is probed after this long, then every `KEEPALIVE_INTERVAL`, and dropped
+/// after three unanswered probes: a watch to a server behind a partition ends in ~16 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// A connection whose sent data stays unacknowledged this long is dropped (TCP_USER_TIMEOUT):
+/// a request on a pooled connection to a vanished peer fails in seconds, not after TCP's
+/// quarter of an hour of retransmissions (the kubelet's lost-heartbeat problem).
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Dials the API server: hyper's connector with a connect timeout and keepalive, and every
+/// connection given `USER_TIMEOUT`.
+#[derive(Clone)]
+pub struct Dialer(HttpConnector);
+
+impl Dialer {
+    fn new() -> Dialer {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_keepalive(Some(KEEPALIVE_IDLE));
+        http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+        http.set_keepalive_retries(Some(3));
+        http.set_nodelay(true);
+        Dialer(http)
+    }
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = <HttpConnector as tower_service::Service<Uri>>::Response;
+    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let stream = connecting.await?;
+            let ms = USER_TIMEOUT.as_millis() as libc::c_uint;
+            // SAFETY: a plain setsockopt on the connection's own descriptor with a value that
+            // outlives the call; failing leaves the kernel's default, which is only slower.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(stream.inner()),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_USER_TIMEOUT,
+                    (&ms as *const libc::c_uint).cast(),
+                    std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+                );
+            }
+            Ok(stream)
+        })
+    }
 }
 
 /// How the transport proves who it is.
@@ -98,7 +163,7 @@ impl HttpsTransport {
             .with_tls_config(tls)
             .https_only()
             .enable_http1()
-            .build();
+            .wrap_connector(Dialer::new());
         let client = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .build(connector);

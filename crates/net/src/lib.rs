@@ -20,6 +20,7 @@ pub mod nft;
 pub mod nftnl;
 pub mod policy;
 pub mod proxy;
+pub mod routes;
 
 use std::io;
 use std::net::IpAddr;

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::path::Path;
 
 use netlink_packet_core::{
@@ -333,6 +333,230 @@ impl Netlink {
             NLM_F_CREATE | NLM_F_REPLACE,
         )
     }
+}
+
+/// The protocol number berth's routes to other nodes carry, so that they can be found again
+/// (and told from anyone else's) after a restart.
+pub const NODE_ROUTE_PROTOCOL: u8 = 0xbe;
+
+/// How a route to another node's pods leaves this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Via {
+    pub gateway: IpAddr,
+    pub link: u32,
+    /// The gateway is on the link even though no address of this node's says so (VXLAN).
+    pub onlink: bool,
+}
+
+impl Netlink {
+    /// Every address of every link: `(link index, address, prefix length)`.
+    pub fn all_addresses(&mut self) -> io::Result<Vec<(u32, IpAddr, u8)>> {
+        let mut out = Vec::new();
+        self.exchange(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+            |m| {
+                if let RouteNetlinkMessage::NewAddress(a) = m {
+                    for attr in &a.attributes {
+                        if let AddressAttribute::Address(ip) = attr {
+                            out.push((a.header.index, *ip, a.header.prefix_len));
+                        }
+                    }
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// A route to `dst` through `via`, marked as berth's node route, replacing any.
+    pub fn add_node_route(&mut self, dst: crate::Cidr, via: Via) -> io::Result<()> {
+        let mut msg = route_message(dst.is_ipv6(), dst.prefix());
+        msg.header.protocol = RouteProtocol::from(NODE_ROUTE_PROTOCOL);
+        msg.header.scope = RouteScope::Universe;
+        if via.onlink {
+            msg.header.flags = netlink_packet_route::route::RouteFlags::Onlink;
+        }
+        msg.attributes
+            .push(RouteAttribute::Destination(route_address(dst.network())));
+        msg.attributes.push(RouteAttribute::Oif(via.link));
+        msg.attributes
+            .push(RouteAttribute::Gateway(route_address(via.gateway)));
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Delete berth's node route to `dst`; one that is gone already is not an error.
+    pub fn delete_node_route(&mut self, dst: crate::Cidr) -> io::Result<()> {
+        let mut msg = route_message(dst.is_ipv6(), dst.prefix());
+        msg.header.protocol = RouteProtocol::from(NODE_ROUTE_PROTOCOL);
+        msg.header.scope = RouteScope::Universe;
+        msg.attributes
+            .push(RouteAttribute::Destination(route_address(dst.network())));
+        match self.request(RouteNetlinkMessage::DelRoute(msg), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// The destinations of berth's node routes in the main table, both families.
+    pub fn node_routes(&mut self) -> io::Result<Vec<crate::Cidr>> {
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            let msg = route_message(v6, 0);
+            self.exchange(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP, |m| {
+                let RouteNetlinkMessage::NewRoute(r) = m else {
+                    return;
+                };
+                if r.header.protocol != RouteProtocol::from(NODE_ROUTE_PROTOCOL)
+                    || r.header.table != RouteHeader::RT_TABLE_MAIN
+                {
+                    return;
+                }
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                });
+                if let Some(c) =
+                    dst.and_then(|ip| crate::Cidr::new(ip, r.header.destination_prefix_length))
+                {
+                    out.push(c);
+                }
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Create the VXLAN device `name` (VNI `vni`, UDP `port`, sending from `local` out of link
+    /// `link`, learning off: every remote is written as a forwarding entry), or keep it if it is
+    /// there. Returns its index and hardware address.
+    pub fn add_vxlan(
+        &mut self,
+        name: &str,
+        vni: u32,
+        port: u16,
+        local: std::net::Ipv4Addr,
+        link: u32,
+        mtu: u32,
+    ) -> io::Result<(u32, Vec<u8>)> {
+        use netlink_packet_route::link::InfoVxlan;
+        if self.link(name)?.is_none() {
+            let mut msg = LinkMessage::default();
+            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+            msg.attributes.push(LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(vec![
+                    InfoVxlan::Id(vni),
+                    InfoVxlan::Local(local),
+                    InfoVxlan::Link(link),
+                    InfoVxlan::Port(port),
+                    InfoVxlan::Learning(false),
+                ])),
+            ]));
+            self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)?;
+        }
+        let l = self
+            .link(name)?
+            .ok_or_else(|| io::Error::other("the VXLAN device vanished"))?;
+        self.set_up(l.index)?;
+        Ok((l.index, l.mac.unwrap_or_default()))
+    }
+
+    /// A permanent neighbour entry: `ip` on link `link` is `mac`.
+    pub fn set_neighbour(&mut self, link: u32, ip: IpAddr, mac: &[u8]) -> io::Result<()> {
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family(ip);
+        msg.header.ifindex = link;
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match ip {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// A forwarding entry of the VXLAN device `link`: frames for `mac` go to `remote`.
+    pub fn set_fdb(&mut self, link: u32, mac: &[u8], remote: IpAddr) -> io::Result<()> {
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = link;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match remote {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+}
+
+/// Turn off transmit checksum offload on a link: through a VXLAN device it makes TCP stall
+/// (kubernetes#88986).
+pub fn tx_checksum_off(name: &str) -> io::Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct Value {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: *mut Value,
+        _pad: [u8; 16],
+    }
+    let mut value = Value {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    for (d, b) in req
+        .name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: a datagram socket with no preconditions; closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned here alone.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: req and value outlive the call; the kernel reads the name and writes nothing
+    // past the structures for ETHTOOL_STXCSUM.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn route_message(v6: bool, prefix: u8) -> RouteMessage {
