@@ -18,10 +18,12 @@ command -v kubectl >/dev/null || need "kubectl on PATH (the tests drive kubectl 
 # Debian packages: the OCI runtime, nftables (the pod network's masquerade and host ports),
 # iproute2 (the network tests make namespaces), dnsutils (dig) and musl-tools (a resolving
 # client for test pods) for the DNS tests, busybox for test images, a local registry, libseccomp for
-# the in-process runtime, openssl for certificates, and Python's venv. apt can report failure
-# for unrelated packages left half-configured on a machine, so success is judged by what ends
-# up installed.
-packages=(runc nftables iproute2 dnsutils musl-tools busybox-static docker-registry libseccomp-dev openssl curl)
+# the in-process runtime, openssl for certificates, etcd (the HA store's tests run a real
+# cluster), protoc (the etcd client's build compiles etcd's protocol), and Python's venv. apt
+# can report failure for unrelated packages left half-configured on a machine, so success is
+# judged by what ends up installed.
+packages=(runc nftables iproute2 dnsutils musl-tools busybox-static docker-registry libseccomp-dev openssl curl
+          etcd-server etcd-client protobuf-compiler)
 # Debian's Python needs python3-venv for virtualenvs; another Python (pyenv) brings its own.
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()

@@ -282,10 +282,12 @@ class RemoteAgent(Cluster):
     network namespace of its own, reaching the server through the relay; `kubectl` goes to the
     server."""
 
-    def __init__(self, workdir, server, node, extra=()):
+    def __init__(self, workdir, server, node, extra=(), servers=()):
         super().__init__(workdir, role="agent", extra=extra)
         self.server, self.node = server, node
         self.port = server.port
+        # Every server the agent may use (it fails over between them); `server` alone by default.
+        self.servers = list(servers) or [server]
         self.run_dir = f"/run/berth-e2e-{server.port}-{node}"
         self.netns = f"berth-e2e-{server.port}-{node}"
 
@@ -294,14 +296,15 @@ class RemoteAgent(Cluster):
         return self.server.kubeconfig
 
     def relay_api(self):
-        """The agent reaches the server on the machine's loopback."""
-        self.relay_command("out", self.port)
+        """The agent reaches the servers on the machine's loopback."""
+        for srv in self.servers:
+            self.relay_command("out", srv.port)
 
     def start(self, env=None):
         self.enter_netns()
         log = open(self.log, "a")
         args = ["nsenter", f"--net={self.netns_path}", BERTH, "agent",
-                "--server", f"https://127.0.0.1:{self.port}",
+                "--server", ",".join(f"https://127.0.0.1:{srv.port}" for srv in self.servers),
                 "--ca-cert", str(self.server.data / "tls" / "ca.crt"),
                 "--data-dir", str(self.data), "--run-dir", self.run_dir,
                 "--node-name", self.node, *self.extra]

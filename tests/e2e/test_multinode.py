@@ -253,3 +253,36 @@ def test_stopping_the_cluster_leaves_nothing_of_the_extra_nodes(spread):
     assert not procs.strip(), procs
     for name in extra:
         assert name in os.listdir(c.data / "nodes")
+
+
+def test_nodes_that_share_no_subnet_reach_each_others_pods_through_vxlan():
+    """`--node-network vxlan` tunnels pod traffic between nodes (as between machines on
+    different subnets): a pod reaches a pod of the other node through the VXLAN device."""
+    with tempfile.TemporaryDirectory(prefix="berth-vxlan-") as d:
+        c = Cluster(d, role="up", extra=["--nodes", "2", "--node-network", "vxlan"])
+        try:
+            c.start()
+            wait_until(lambda: sum(ready(n) for n in c.json("get", "nodes")["items"]) == 2, timeout=60,
+                       what="2 nodes Ready")
+            path = c.workdir / "busybox.tar"
+            path.write_bytes(lookup_image().oci_layout("busybox:test"))
+            c.berth("image", "import", str(path))
+            c.kubectl("create", "namespace", "multi")
+            apply(c, workload("DaemonSet", "web", SERVER))
+            wait_until(lambda: len(running_pods(c, "web")) == 2, timeout=90, what="a web pod on each node")
+            pods = running_pods(c, "web")
+            first, second = (pods[n][0] for n in node_names(c))
+            out = c.kubectl("exec", "-n", "multi", first["metadata"]["name"], "--", "sh", "-c",
+                            f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {second['status']['podIP']} 8080").stdout
+            assert f"hello-from-{second['metadata']['name']}" in out, out
+            route = c.in_netns("ip", "route", "get", second["status"]["podIP"], capture_output=True, text=True).stdout
+            assert "dev berth.vxlan" in route, route
+            # Tunnelled pods get an MTU that leaves room for VXLAN's 50 bytes.
+            mtu = c.kubectl("exec", "-n", "multi", first["metadata"]["name"], "--", "cat",
+                            "/sys/class/net/eth0/mtu").stdout.strip()
+            assert int(mtu) <= 1450, mtu
+        finally:
+            if c.proc is not None and c.proc.poll() is None:
+                c.kubectl("delete", "namespace", "multi", "--ignore-not-found", "--timeout=120s", check=False,
+                          timeout=150)
+            c.teardown()

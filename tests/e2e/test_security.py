@@ -592,11 +592,18 @@ def test_a_remote_node_joins_with_a_bootstrap_token_and_renews_its_certificate(t
         agent.start()
         assert token.encode() not in open(f"/proc/{agent.proc.pid}/cmdline", "rb").read()
         # The node asked as the token's bootstrapper and was approved by rule.
-        csrs = server.json("get", "csr")["items"]
+        every = server.json("get", "csr")["items"]
+        csrs = [c for c in every if c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"]
         assert [c["spec"]["username"] for c in csrs] == [f"system:bootstrap:{token_id}"]
-        assert csrs[0]["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
         assert [(c["type"], c["reason"]) for c in csrs[0]["status"]["conditions"]] == \
             [("Approved", "AutoApproved")]
+        # Then, as the node, for its endpoint's serving certificate: approved too, since it
+        # names only the node's own name and address.
+        def serving_issued():
+            return [c for c in server.json("get", "csr")["items"]
+                    if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving" and c["status"].get("certificate")]
+        serving = wait_until(serving_issued, timeout=30, what="the node's serving certificate")
+        assert serving[0]["spec"]["username"] == "system:node:joiner"
         credential = agent.data / "credentials" / "node-client.pem"
         assert credential.stat().st_mode & 0o777 == 0o600
         subject, first_serial = _certificate(credential)

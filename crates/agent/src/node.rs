@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 /// 40 s grace). A renewal is one small write: 500 a second for 1,000 nodes.
 pub const LEASE_RENEW: Duration = Duration::from_secs(2);
 pub const LEASE_DURATION_SECONDS: i32 = 8;
+/// How soon a failed renewal is tried again, once.
+const LEASE_RETRY: Duration = Duration::from_millis(250);
 /// How often the Node's status is refreshed even when nothing changed.
 pub const STATUS_EVERY: Duration = Duration::from_secs(60);
 const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -363,6 +365,12 @@ pub async fn heartbeat(c: Client, info: NodeInfo) {
             Err(e) => {
                 warn!(error = %e, "could not renew the node lease");
                 lapsed = true;
+                // Once more soon: a server that just went away has peers to take the renewal.
+                tokio::time::sleep(LEASE_RETRY).await;
+                if renew_lease(&c, &info.name).await.is_ok() {
+                    last_status = tokio::time::Instant::now() - STATUS_EVERY;
+                    lapsed = false;
+                }
             }
         }
         if last_status.elapsed() >= STATUS_EVERY {

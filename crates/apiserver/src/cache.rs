@@ -871,9 +871,15 @@ impl Cache {
 
     /// The dispatcher: apply store changes in order, forever.
     async fn follow(self: Arc<Self>, mut rev: Revision) {
+        // A store behind a network (etcd) may be gone for a moment: try again soon, then less
+        // often, up to a second apart.
+        let mut retry = Duration::from_millis(20);
         loop {
             let mut w = match self.store.watch("/registry/", rev).await {
-                Ok(w) => w,
+                Ok(w) => {
+                    retry = Duration::from_millis(20);
+                    w
+                }
                 Err(StoreError::Compacted { .. }) => {
                     rev = self.relist().await;
                     continue;
@@ -881,7 +887,8 @@ impl Cache {
                 Err(StoreError::Closed) => return,
                 Err(e) => {
                     error!(error = %e, "cannot watch the store; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(1));
                     continue;
                 }
             };

@@ -138,6 +138,25 @@ pub struct ServerArgs {
     /// `Request` (and the request's object) or `RequestResponse` (and the response's).
     #[arg(long, default_value = "Metadata", value_parser = parse_audit_level)]
     pub audit_level: apiserver::audit::Level,
+    /// Where the cluster's state lives: the embedded store in the data dir (the default), or
+    /// an etcd cluster shared by several servers, `etcd://host:2379,host:2379` (`etcds://` for
+    /// TLS, trusting `--etcd-cafile`). With etcd the scheduler and the controllers run on one
+    /// server at a time, elected through Leases.
+    #[arg(long, value_parser = parse_store)]
+    pub store: Option<StoreUrl>,
+    /// The CA that signed the etcd members' certificates (PEM).
+    #[arg(long)]
+    pub etcd_cafile: Option<PathBuf>,
+    /// A client certificate for etcd (PEM), with `--etcd-keyfile`.
+    #[arg(long)]
+    pub etcd_certfile: Option<PathBuf>,
+    #[arg(long)]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// How long the scheduler's and the controllers' Leases stand without renewal when
+    /// several servers share an etcd store (Kubernetes: 15s); another server takes over this
+    /// long after the leader is gone.
+    #[arg(long, default_value = "2s", value_parser = crate::store_cli::parse_interval)]
+    pub leader_elect_lease_duration: Duration,
     /// How long a request's body may take to arrive (`60s`, `2m`); a slower one is refused.
     #[arg(long, default_value = "60s", value_parser = crate::store_cli::parse_interval)]
     pub request_body_timeout: Duration,
@@ -154,6 +173,83 @@ pub struct ServerArgs {
     /// of their life.
     #[arg(long, default_value = "8760h", value_parser = parse_signing_duration)]
     pub cluster_signing_duration: Duration,
+}
+
+/// An etcd cluster to keep the state in.
+#[derive(Clone, Debug)]
+pub struct StoreUrl {
+    pub endpoints: Vec<String>,
+    pub tls: bool,
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.endpoints.join(","))
+    }
+}
+
+fn parse_store(s: &str) -> Result<StoreUrl, String> {
+    let (tls, rest) = if let Some(r) = s.strip_prefix("etcds://") {
+        (true, r)
+    } else if let Some(r) = s.strip_prefix("etcd://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "{s:?}: name an etcd cluster as etcd://host:port[,host:port...] (or etcds:// for TLS)"
+        ));
+    };
+    let scheme = if tls { "https" } else { "http" };
+    let endpoints: Vec<String> = rest
+        .trim_end_matches('/')
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(|e| format!("{scheme}://{e}"))
+        .collect();
+    if endpoints.is_empty() {
+        return Err(format!("{s:?}: name at least one etcd member"));
+    }
+    Ok(StoreUrl { endpoints, tls })
+}
+
+/// Open the store the flags name: the embedded one in `db_dir`, or etcd.
+async fn open_store(args: &ServerArgs, data_dir: &Path) -> Result<Arc<dyn store::Store>> {
+    if let Some(url) = &args.store {
+        let read = |p: &Option<PathBuf>| -> Result<Option<Vec<u8>>> {
+            p.as_ref()
+                .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+                .transpose()
+        };
+        let cfg = store::EtcdConfig {
+            endpoints: url.endpoints.clone(),
+            ca_pem: read(&args.etcd_cafile)?,
+            cert_pem: read(&args.etcd_certfile)?,
+            key_pem: read(&args.etcd_keyfile)?,
+        };
+        if url.tls && cfg.ca_pem.is_none() {
+            anyhow::bail!(
+                "etcds:// needs --etcd-cafile, the CA that signed the members' certificates"
+            );
+        }
+        let store = store::EtcdStore::connect(&cfg).await.map_err(|e| {
+            let why = match e {
+                store::StoreError::Unavailable { reason, .. } => {
+                    reason.trim_start_matches("etcd: ").to_string()
+                }
+                e => format!("{e:#}"),
+            };
+            anyhow::anyhow!("cannot reach etcd at {url}: {why}")
+        })?;
+        return Ok(Arc::new(store));
+    }
+    let db_dir = data_dir.join("db");
+    std::fs::create_dir_all(&db_dir)?;
+    std::fs::set_permissions(&db_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let store = RedbStore::open(&db_dir.join("state.redb"), STORE_CACHE_BYTES)
+        .map_err(|e| damaged(e.into(), data_dir))
+        .with_context(|| format!("opening the store in {}", db_dir.display()))?;
+    store.set_min_free(args.store_min_free);
+    store.set_record_checksums(args.store_record_checksums);
+    Ok(Arc::new(store))
 }
 
 /// File descriptors kept back from clients for the store, the node's containers and the rest.
@@ -388,6 +484,8 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     // Keys, the store (with Secrets) and pods' files: for the owner's eyes only.
     pki::ensure_dir(&data_dir)?;
+    // The store first: a cluster whose state cannot be reached has nothing to serve.
+    let raw = open_store(args, &data_dir).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -471,15 +569,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
 
     // Objects include Secrets: the store is for this user's eyes only.
     let mut rotation: Option<Arc<crate::encryption::Rotation>> = None;
-    let db_dir = data_dir.join("db");
-    std::fs::create_dir_all(&db_dir)?;
-    std::fs::set_permissions(&db_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let store = RedbStore::open(&db_dir.join("state.redb"), STORE_CACHE_BYTES)
-        .map_err(|e| damaged(e.into(), &data_dir))
-        .with_context(|| format!("opening the store in {}", db_dir.display()))?;
-    store.set_min_free(args.store_min_free);
-    store.set_record_checksums(args.store_record_checksums);
-    let raw: Arc<dyn store::Store> = Arc::new(store);
+
     // Secrets are sealed before they reach the disk; snapshots copy them sealed.
     let served: Arc<dyn store::Store> = if args.encrypt_secrets {
         let sealed = crate::encryption::wrap(raw.clone(), &data_dir)?;
@@ -525,11 +615,41 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("waiting for the bootstrap RBAC policy")?;
     ensure_dns_service(&bootstrap, args.dns.cluster_dns).await;
-    KubernetesService::start(bootstrap.clone(), advertise, service_ip);
-    // Controllers and the scheduler run once per cluster. With peers they would each hold a
-    // Lease (`controllers::leader::Elector`); a single server is always the leader, and
-    // renewing a Lease nobody contends would only cost it a store write every two seconds.
-    let leadership = Leadership::Always;
+    // Controllers and the scheduler run once per cluster. Servers sharing an etcd store elect
+    // one for each through a Lease, as kube-controller-manager and kube-scheduler do; a single
+    // server is always the leader, and renewing a Lease nobody contends would only cost it a
+    // store write every half second.
+    let (leadership, scheduling): (Leadership, Leadership) = if args.store.is_some() {
+        let identity = format!(
+            "{}_{}",
+            pki::hostname().unwrap_or_else(|| "berth".into()),
+            advertise
+        );
+        let elect = |lease: &'static str, user: &'static str| {
+            let mut cfg = leader::Config::new(lease, &identity);
+            cfg.lease_duration = args.leader_elect_lease_duration;
+            cfg.renew_deadline = args.leader_elect_lease_duration.mul_f64(0.75);
+            cfg.retry_period = args.leader_elect_lease_duration / 4;
+            let elector = Arc::new(leader::Elector::new(
+                InProcess::client_as(api.clone(), lease, UserInfo::new(user, &[])),
+                cfg,
+            ));
+            let leadership = elector.leadership();
+            supervise::supervise(lease, move || {
+                let e = elector.clone();
+                async move { e.run().await }
+            });
+            leadership
+        };
+        (
+            elect("kube-controller-manager", "system:kube-controller-manager"),
+            elect("kube-scheduler", "system:kube-scheduler"),
+        )
+    } else {
+        (Leadership::Always, Leadership::Always)
+    };
+    // The kubernetes Service's endpoints: the leading server's address.
+    KubernetesService::start(bootstrap.clone(), advertise, service_ip, leadership.clone());
     // Each controller acts as its own kube-system account, judged by Kubernetes' role for
     // it; the shared mirrors list and watch as system:kube-controller-manager.
     let manager = InProcess::client_as(
@@ -576,17 +696,29 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
         args.cluster_signing_duration,
     ));
     let signer_client = client_for("certificate-controller");
+    let l = leadership.clone();
     supervise::supervise("certificate-signer", move || {
-        crate::signer::run(signer_client.clone(), signer.clone())
+        let (c, s) = (signer_client.clone(), signer.clone());
+        leader::while_leading("certificate-signer", l.clone(), move || {
+            crate::signer::run(c.clone(), s.clone())
+        })
     });
     // Nodes' client certificate requests from joining or renewing nodes are approved by rule.
     let approver_client = client_for("certificate-controller");
+    let l = leadership.clone();
     supervise::supervise("certificate-approver", move || {
-        crate::approver::run(approver_client.clone())
+        let c = approver_client.clone();
+        leader::while_leading("certificate-approver", l.clone(), move || {
+            crate::approver::run(c.clone())
+        })
     });
     let cleaner_client = client_for("certificate-controller");
+    let l = leadership.clone();
     supervise::supervise("certificate-cleaner", move || {
-        crate::csr_cleaner::run(cleaner_client.clone())
+        let c = cleaner_client.clone();
+        leader::while_leading("certificate-cleaner", l.clone(), move || {
+            crate::csr_cleaner::run(c.clone())
+        })
     });
     // The scheduler has its own identity and Kubernetes' roles for it
     // (system:kube-scheduler, system:volume-scheduler), not the admin's.
@@ -603,7 +735,7 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     ));
     supervise::supervise("scheduler", move || {
         let scheduler = scheduler.clone();
-        leader::while_leading("scheduler", leadership.clone(), move || {
+        leader::while_leading("scheduler", scheduling.clone(), move || {
             scheduler.clone().run()
         })
     });
@@ -691,8 +823,12 @@ pub async fn start(args: &ServerArgs, node: Option<&crate::node::AgentArgs>) -> 
     // Token Secrets get their long-lived tokens, as from kube-controller-manager's tokens
     // controller (which acts with the manager's own rights).
     let (token_client, token_issuer, ca) = (manager.clone(), tokens.clone(), pki.ca_pem.clone());
+    let l = leadership.clone();
     supervise::supervise("token-secrets", move || {
-        crate::token_secrets::run(token_client.clone(), token_issuer.clone(), ca.clone())
+        let (c, t, ca) = (token_client.clone(), token_issuer.clone(), ca.clone());
+        leader::while_leading("token-secrets", l.clone(), move || {
+            crate::token_secrets::run(c.clone(), t.clone(), ca.clone())
+        })
     });
     let auth = Arc::new(
         Authenticator::new([(
@@ -771,7 +907,7 @@ const KUBERNETES_SERVICE_RECHECK: Duration = Duration::from_secs(10);
 
 impl KubernetesService {
     /// Start it (with the mirrors it follows), supervised.
-    fn start(client: Client, advertise: SocketAddr, service_ip: IpAddr) {
+    fn start(client: Client, advertise: SocketAddr, service_ip: IpAddr, leadership: Leadership) {
         let queue = Queue::new("kubernetes-service");
         let only = || client::ListParams {
             field_selector: Some("metadata.name=kubernetes".into()),
@@ -794,7 +930,7 @@ impl KubernetesService {
             service_ip,
             queue,
         });
-        harness::start(keeper.clone(), keeper.queue.clone(), 1, Leadership::Always);
+        harness::start(keeper.clone(), keeper.queue.clone(), 1, leadership);
         let c = client.clone();
         supervise::supervise("mirror/kubernetes-service", move || {
             services.clone().run(c.clone())

@@ -1,5 +1,6 @@
 //! The HTTPS transport: TLS to the API server, trusting only the cluster CA, with a bearer
-//! token or a client certificate, over pooled HTTP/1.1 connections.
+//! token or a client certificate, over pooled HTTP/1.1 connections; given several servers
+//! (comma-separated), it fails over to the next one that can be reached.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::{ClientError, ResponseBody, Transport};
 
 pub struct HttpsTransport {
-    base: Uri,
+    /// Every server, in the order given: requests go to `current` and move on to the next
+    /// one that answers when it cannot be reached (k3s's agent balancer does the same).
+    bases: Vec<Uri>,
+    current: std::sync::atomic::AtomicUsize,
     token: Option<HeaderValue>,
     client: HyperClient<hyper_rustls::HttpsConnector<Dialer>, Full<Bytes>>,
 }
@@ -127,8 +131,10 @@ impl HttpsTransport {
         ca_pem: &[u8],
         credential: Credential<'_>,
     ) -> Result<HttpsTransport, ClientError> {
-        let base: Uri = server
-            .parse()
+        let bases = server
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').parse::<Uri>())
+            .collect::<Result<Vec<Uri>, _>>()
             .map_err(|e| ClientError::Transport(Box::new(e)))?;
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem) {
@@ -172,34 +178,70 @@ impl HttpsTransport {
             .transpose()
             .map_err(|e| ClientError::Transport(Box::new(e)))?;
         Ok(HttpsTransport {
-            base,
+            bases,
+            current: Default::default(),
             token,
             client,
         })
     }
 }
 
+/// Whether a request only reads, so that sending it twice does no harm.
+fn reads_only(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD)
+}
+
 #[async_trait]
 impl Transport for HttpsTransport {
     async fn send(&self, req: Request<Bytes>) -> Result<http::Response<ResponseBody>, ClientError> {
+        use std::sync::atomic::Ordering;
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = format!("{}{}", self.base.to_string().trim_end_matches('/'), path);
-        parts.uri = uri
-            .parse()
-            .map_err(|e| ClientError::Transport(Box::new(e)))?;
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
         if let Some(t) = &self.token {
             parts.headers.insert(http::header::AUTHORIZATION, t.clone());
         }
-        let resp = self
-            .client
-            .request(Request::from_parts(parts, Full::new(body)))
-            .await
-            .map_err(|e| ClientError::Transport(Box::new(e)))?;
-        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as crate::BoxError).boxed_unsync()))
+        let first = self.current.load(Ordering::Relaxed);
+        let mut tried = 0;
+        loop {
+            let at = (first + tried) % self.bases.len();
+            let uri = format!("{}{path}", self.bases[at].to_string().trim_end_matches('/'));
+            let mut out = Request::new(Full::new(body.clone()));
+            *out.method_mut() = parts.method.clone();
+            *out.version_mut() = parts.version;
+            *out.headers_mut() = parts.headers.clone();
+            *out.uri_mut() = uri
+                .parse()
+                .map_err(|e| ClientError::Transport(Box::new(e)))?;
+            match self.client.request(out).await {
+                Ok(resp) => {
+                    if tried > 0 {
+                        self.current.store(at, Ordering::Relaxed);
+                    }
+                    return Ok(
+                        resp.map(|b| b.map_err(|e| Box::new(e) as crate::BoxError).boxed_unsync())
+                    );
+                }
+                // Not even connected, the request never left: the next server may have it.
+                // A read may go there whatever became of it.
+                Err(e)
+                    if (e.is_connect() || reads_only(&parts.method))
+                        && tried + 1 < self.bases.len() =>
+                {
+                    tried += 1
+                }
+                Err(e) => {
+                    // Whatever became of this request, the next one tries another server.
+                    if self.bases.len() > 1 {
+                        self.current
+                            .store((at + 1) % self.bases.len(), Ordering::Relaxed);
+                    }
+                    return Err(ClientError::Transport(Box::new(e)));
+                }
+            }
+        }
     }
 }

@@ -3,11 +3,13 @@
 //! compare-and-swap on the mod revision, prefix ranges, watch from any retained revision, and
 //! compaction of old history.
 //!
-//! [`Store`] is the trait; [`RedbStore`] is the embedded, crash-safe backend and [`MemStore`]
-//! the in-memory fake. Both pass [`conformance`], which any future backend (etcd) must pass too.
+//! [`Store`] is the trait; [`RedbStore`] is the embedded, crash-safe backend, [`EtcdStore`]
+//! the one over an etcd cluster for several servers, and [`MemStore`] the in-memory fake. All
+//! pass [`conformance`].
 
 pub mod conformance;
 pub mod encrypt;
+mod etcd;
 mod hub;
 mod mem;
 mod redb;
@@ -17,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub use crate::etcd::{EtcdConfig, EtcdStore};
 pub use crate::mem::MemStore;
 pub use crate::redb::{Inspection, RedbStore, panic_is_caught};
 
