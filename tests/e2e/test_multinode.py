@@ -95,10 +95,17 @@ def spread(fleet):
     """A Deployment of 30 web servers, a Service in front of them, and a ticker on each node."""
     apply(fleet, workload("Deployment", "web", SERVER, replicas=REPLICAS))
     apply(fleet, workload("DaemonSet", "ticker", TICKER))
+    # A StatefulSet with one member per node.
+    db = workload("StatefulSet", "db", ["sleep", "3600"], replicas=NODES)
+    db["spec"]["serviceName"] = "db"
+    db["spec"]["template"]["spec"]["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}}
+    apply(fleet, db)
     fleet.kubectl("expose", "-n", "multi", "deployment", "web", "--port", "80", "--target-port", "8080")
     wait_until(lambda: sum(len(v) for v in running_pods(fleet, "web").values()) == REPLICAS,
                timeout=120, what=f"{REPLICAS} web pods Running")
     wait_until(lambda: len(running_pods(fleet, "ticker")) == NODES, timeout=60, what="a ticker on every node")
+    wait_until(lambda: len(running_pods(fleet, "db")) == NODES, timeout=90, what="a db member on every node")
     return fleet
 
 
@@ -196,6 +203,13 @@ def test_a_node_whose_agent_dies_goes_not_ready_and_its_pods_move(spread):
     print(f"node NotReady {noticed:.1f} s after its agent was killed; pods Running elsewhere after {moved:.1f} s")
     taints = {t["key"] for t in c.json("get", "node", victim)["spec"].get("taints", [])}
     assert "node.kubernetes.io/unreachable" in taints
+    # The StatefulSet's member there is evicted but not replaced: its old copy might still run,
+    # so the pod stays, Terminating, on the lost node, and no second one takes its name.
+    mine = [p for p in c.json("get", "pods", "-n", "multi", "-l", "app=db")["items"]
+            if p["spec"]["nodeName"] == victim]
+    assert len(mine) == 1 and mine[0]["metadata"].get("deletionTimestamp"), mine
+    names = [p["metadata"]["name"] for p in c.json("get", "pods", "-n", "multi", "-l", "app=db")["items"]]
+    assert len(names) == len(set(names)) == NODES, names
 
 
 def test_a_partitioned_node_is_handled_alike_and_stops_its_replaced_pods_when_it_returns(spread):

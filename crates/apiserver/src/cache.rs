@@ -871,8 +871,8 @@ impl Cache {
 
     /// The dispatcher: apply store changes in order, forever.
     async fn follow(self: Arc<Self>, mut rev: Revision) {
-        // A store behind a network (etcd) may be gone for a moment: try again soon, then less
-        // often, up to a second apart.
+        // A store behind a network (etcd) may be gone for a moment (an election takes about a
+        // second): try again soon, then less often, up to a quarter of a second apart.
         let mut retry = Duration::from_millis(20);
         loop {
             let mut w = match self.store.watch("/registry/", rev).await {
@@ -888,7 +888,7 @@ impl Cache {
                 Err(e) => {
                     error!(error = %e, "cannot watch the store; retrying");
                     tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(1));
+                    retry = (retry * 2).min(Duration::from_millis(250));
                     continue;
                 }
             };
