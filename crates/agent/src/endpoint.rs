@@ -183,23 +183,12 @@ impl Endpoint {
             d.retain(|_, (a, at)| at.elapsed() < if *a { ALLOWED_FOR } else { REFUSED_FOR });
         }
         let review = json!({
-            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-            "spec": {
-                "user": caller.user, "groups": caller.groups,
-                "resourceAttributes": {"verb": verb, "version": "v1", "resource": "nodes",
-                                       "subresource": sub, "name": self.node},
-            },
+            "user": caller.user, "groups": caller.groups,
+            "resourceAttributes": {"verb": verb, "version": "v1", "resource": "nodes",
+                                   "subresource": sub, "name": self.node},
         });
-        let allowed = match self
-            .client
-            .request_json(
-                Method::POST,
-                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-                Some(&review),
-            )
-            .await
-        {
-            Ok(v) => v["status"]["allowed"] == true,
+        let allowed = match self.client.access_allowed(review).await {
+            Ok(allowed) => allowed,
             Err(e) => {
                 // Not remembered: the next request asks again.
                 warn!(error = %e, "could not review a request to the node endpoint");

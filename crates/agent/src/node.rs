@@ -326,19 +326,21 @@ pub async fn report_status(c: &Client, info: &NodeInfo) -> Result<(), ClientErro
 /// Unknown while its Lease lapses; the kubelet checks every 10 s too).
 const READY_CHECK_EVERY: u32 = 5;
 
+/// Whether a Node's Ready condition is True.
+pub fn is_ready(n: &Node) -> bool {
+    n.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
 /// Whether the Node object says the node is Ready.
 async fn says_ready(c: &Client, node: &str) -> bool {
     c.get::<Node>(None, node)
         .await
         .ok()
         .flatten()
-        .is_some_and(|n| {
-            n.status
-                .and_then(|s| s.conditions)
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+        .is_some_and(|n| is_ready(&n))
 }
 
 /// Renew the node's Lease forever; refresh its status now and then, and at once when the

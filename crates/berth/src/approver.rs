@@ -10,7 +10,6 @@
 use api::k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use api::k8s_openapi::api::core::v1::{Node, NodeAddress};
 use client::Client;
-use http::Method;
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -60,23 +59,13 @@ async fn requester_may(
 ) -> bool {
     let spec = &csr.spec;
     let review = json!({
-        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-        "spec": {
-            "user": spec.username, "uid": spec.uid, "groups": spec.groups, "extra": spec.extra,
-            "resourceAttributes": {"group": "certificates.k8s.io",
-                                   "resource": "certificatesigningrequests",
-                                   "subresource": subresource, "verb": "create", "version": "*"},
-        },
+        "user": spec.username, "uid": spec.uid, "groups": spec.groups, "extra": spec.extra,
+        "resourceAttributes": {"group": "certificates.k8s.io",
+                               "resource": "certificatesigningrequests",
+                               "subresource": subresource, "verb": "create", "version": "*"},
     });
-    match client
-        .request_json(
-            Method::POST,
-            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-            Some(&review),
-        )
-        .await
-    {
-        Ok(v) => v["status"]["allowed"] == true,
+    match client.access_allowed(review).await {
+        Ok(allowed) => allowed,
         Err(e) => {
             warn!(error = %e, "could not review a certificate request's requester");
             false

@@ -456,26 +456,12 @@ pub async fn run_up(mut up: UpArgs) -> Result<()> {
             }
         }
     };
-    println!(
-        "berth up: Kubernetes API at https://{}{}; run: export KUBECONFIG={}",
-        format_host(running.addr),
-        if up.nodes > 1 {
-            format!(", {} nodes", up.nodes)
-        } else {
-            String::new()
-        },
-        running.kubeconfig.display()
-    );
-    let signalled = wait_for_signal().await;
-    info!("shutting down");
-    if let Some(f) = fleet {
-        f.stop().await;
-    }
-    tokio::time::timeout(Duration::from_secs(5), running.stop())
-        .await
-        .ok();
-    crate::instances::unregister(&data_dir);
-    signalled
+    let nodes = if up.nodes > 1 {
+        format!(", {} nodes", up.nodes)
+    } else {
+        String::new()
+    };
+    serve_until_signalled("berth up", running, &data_dir, nodes, fleet).await
 }
 
 /// Start the control plane (and, given agent settings, this machine's node) and return once
@@ -965,26 +951,38 @@ pub fn require_root(role: &str) -> Result<()> {
     Ok(())
 }
 
-/// Serve until SIGINT or SIGTERM.
-pub async fn run(args: ServerArgs, node: Option<crate::node::AgentArgs>, role: &str) -> Result<()> {
-    if node.is_some() {
-        require_root(&format!("berth {role}"))?;
-    }
-    let running = start(&args, node.as_ref()).await?;
+/// `berth server`: serve until SIGINT or SIGTERM.
+pub async fn run(args: ServerArgs) -> Result<()> {
+    let running = start(&args, None).await?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     crate::instances::register(&data_dir);
+    serve_until_signalled("berth server", running, &data_dir, String::new(), None).await
+}
+
+/// Say where the API is, serve until SIGINT or SIGTERM, then stop the extra nodes (if any)
+/// and the control plane.
+async fn serve_until_signalled(
+    role: &str,
+    running: Running,
+    data_dir: &Path,
+    nodes: String,
+    fleet: Option<crate::fleet::Fleet>,
+) -> Result<()> {
     println!(
-        "berth {role}: Kubernetes API at https://{}; run: export KUBECONFIG={}",
+        "{role}: Kubernetes API at https://{}{nodes}; run: export KUBECONFIG={}",
         format_host(running.addr),
         running.kubeconfig.display()
     );
-    wait_for_signal().await?;
+    let signalled = wait_for_signal().await;
     info!("shutting down");
+    if let Some(f) = fleet {
+        f.stop().await;
+    }
     tokio::time::timeout(Duration::from_secs(5), running.stop())
         .await
         .ok();
-    crate::instances::unregister(&data_dir);
-    Ok(())
+    crate::instances::unregister(data_dir);
+    signalled
 }
 
 pub(crate) async fn wait_for_signal() -> Result<()> {

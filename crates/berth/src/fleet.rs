@@ -80,27 +80,8 @@ pub fn prepare(nodes_cidr: &Cidr) -> Result<()> {
 }
 
 fn nft(script: &str) -> Result<()> {
-    use std::io::Write;
-    let Some(bin) = net::nft::find() else {
-        bail!("nft is not installed (Debian package nftables)");
-    };
-    let mut child = std::process::Command::new(bin)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft")?;
-    child
-        .stdin
-        .take()
-        .context("nft's stdin")?
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+    let bin = net::nft::find().context("nft is not installed (Debian package nftables)")?;
+    net::nft::apply(&bin, script).map_err(anyhow::Error::from)
 }
 
 impl Fleet {
@@ -175,13 +156,7 @@ impl Fleet {
                     .await
                     .ok()
                     .flatten()
-                    .is_some_and(|n| {
-                        n.status
-                            .and_then(|s| s.conditions)
-                            .into_iter()
-                            .flatten()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                    });
+                    .is_some_and(|n| agent::node::is_ready(&n));
                 if ready {
                     println!("berth up: node {name} is Ready");
                 } else {

@@ -226,7 +226,7 @@ fn run(cli: Cli) -> Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Up(args) => cluster::run_up(*args).await,
-            Command::Server(args) => cluster::run(args, None, "server").await,
+            Command::Server(args) => cluster::run(args).await,
             Command::Agent(args) => node::run_remote(args).await,
             Command::Bench(BenchCommand::Api(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Pods(args)) => bench_pods::run(args).await,

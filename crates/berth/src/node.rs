@@ -368,19 +368,6 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
     // A joined node reads its own pods only (every pod is not a node's to read; see
     // `agent::policy::PolicyFeed`).
     let client_for_endpoint = client.clone();
-    if args.remove_pods_and_exit {
-        let agent = build(
-            client,
-            None,
-            &data_dir,
-            &args.agent,
-            &args.cluster_cidr.0,
-            &args.service_cidr.0,
-            &args.dns,
-        )?;
-        agent.remove_everything().await;
-        return Ok(());
-    }
     let agent = build(
         client,
         None,
@@ -390,6 +377,10 @@ pub async fn run_remote(args: RemoteAgentArgs) -> Result<()> {
         &args.service_cidr.0,
         &args.dns,
     )?;
+    if args.remove_pods_and_exit {
+        agent.remove_everything().await;
+        return Ok(());
+    }
     println!(
         "berth agent: node {} joining {}",
         agent.node_name(),

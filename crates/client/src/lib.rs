@@ -260,6 +260,22 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(ClientError::Decode)
     }
 
+    /// Whether the server allows what a SubjectAccessReview's `spec` asks (user, groups and
+    /// resource attributes), as delegated authorizers ask it.
+    pub async fn access_allowed(&self, spec: Value) -> Result<bool, ClientError> {
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec,
+        });
+        let v = self
+            .request_json(
+                Method::POST,
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                Some(&review),
+            )
+            .await?;
+        Ok(v["status"]["allowed"] == true)
+    }
+
     pub async fn get<K>(
         &self,
         namespace: Option<&str>,

@@ -268,23 +268,12 @@ impl Netlink {
 
     /// The addresses on a link.
     pub fn addresses(&mut self, index: u32) -> io::Result<Vec<(IpAddr, u8)>> {
-        let mut out = Vec::new();
-        self.exchange(
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            NLM_F_DUMP,
-            |m| {
-                if let RouteNetlinkMessage::NewAddress(a) = m
-                    && a.header.index == index
-                {
-                    for attr in &a.attributes {
-                        if let AddressAttribute::Address(ip) = attr {
-                            out.push((*ip, a.header.prefix_len));
-                        }
-                    }
-                }
-            },
-        )?;
-        Ok(out)
+        Ok(self
+            .all_addresses()?
+            .into_iter()
+            .filter(|(link, _, _)| *link == index)
+            .map(|(_, ip, prefix)| (ip, prefix))
+            .collect())
     }
 
     /// A route to `dst` straight out of link `index` (no gateway), replacing any.
